@@ -1,0 +1,119 @@
+"""The one home of the pipeline's names: S3 prefixes, key layout, canonical schema, slot math.
+
+Everything that reads or writes a key (the DAGs, the Glue job script, the local stand-in and feed,
+the Terraform checks, the tests) derives it from here. The Glue job script runs alone on Glue's
+Python 3.9 runtime and carries a copy of the few functions it needs; ``tests/unit/test_layout.py``
+checks that the copy agrees with this module.
+
+Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHMMZ``)::
+
+    crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot><anything>      producer writes
+    crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>.csv             Glue job writes
+    crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>.json            ledger, one per window
+    crypto/99-quarantine/year=YYYY/month=MM/day=DD/<slot>/<digest>.object    copy of a bad object
+    crypto/99-quarantine/year=YYYY/month=MM/day=DD/<slot>/<digest>.reason.json
+
+A window ``[start, start + 5 min)`` owns the record whose candle starts at ``start``; its ingestion
+object is found by listing the one prefix ``ingestion_window_prefix(start)``, never by a bucket scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+SLOT_SECONDS = 300
+SLOT = timedelta(seconds=SLOT_SECONDS)
+
+INGESTION_PREFIX = "crypto/01-data-ingestion/"
+ANALYSIS_PREFIX = "crypto/02-data-analysis/"
+CHANGES_PREFIX = "crypto/03-price-changes/"
+QUARANTINE_PREFIX = "crypto/99-quarantine/"
+PARQUET_PREFIX = "crypto/02-data-analysis-parquet/"
+GLUE_SCRIPTS_PREFIX = "artifacts/glue-scripts/"
+
+GLUE_SCRIPT_PATH = Path(__file__).resolve().parents[1] / "glue" / "normalize_price_record.py"
+FIELD_ALIASES_PATH = Path(__file__).resolve().parents[1] / "glue" / "field_aliases.json"
+
+#: Canonical normalized record, in CSV column order. No wall-clock fields: re-runs are byte-identical.
+CANONICAL_COLUMNS = (
+    "timestamp",  # UTC slot start, ISO 8601 with Z
+    "pair",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "weighted_average",
+    "source_key",
+    "source_format",
+)
+
+
+def slot_start(moment: datetime) -> datetime:
+    """Return the UTC start of the 5-minute slot containing ``moment`` (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    epoch = int(moment.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % SLOT_SECONDS, tz=timezone.utc)
+
+
+def slot_stamp(slot: datetime) -> str:
+    """Format a slot start as the key stamp ``YYYYMMDDTHHMMZ``."""
+    return slot.astimezone(timezone.utc).strftime("%Y%m%dT%H%MZ")
+
+
+def parse_slot_stamp(stamp: str) -> datetime:
+    """Inverse of :func:`slot_stamp`."""
+    return datetime.strptime(stamp, "%Y%m%dT%H%MZ").replace(tzinfo=timezone.utc)
+
+
+def partition(slot: datetime) -> str:
+    """Hive-style day partition of a slot: ``year=YYYY/month=MM/day=DD/``."""
+    slot = slot.astimezone(timezone.utc)
+    return f"year={slot:%Y}/month={slot:%m}/day={slot:%d}/"
+
+
+def ingestion_window_prefix(slot: datetime, prefix: str = INGESTION_PREFIX) -> str:
+    """The one prefix under which the window's raw object lands (any extension follows)."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}"
+
+
+def ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION_PREFIX) -> str:
+    """Where a producer writes the record of ``slot``; ``extension`` includes its dot (``.json``)."""
+    return f"{ingestion_window_prefix(slot, prefix)}{extension}"
+
+
+def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
+    """Where the Glue job writes the canonical CSV of ``slot``."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}.csv"
+
+
+def ledger_key(slot: datetime, prefix: str = CHANGES_PREFIX) -> str:
+    """Where the price-change ledger entry of the window starting at ``slot`` lives."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}.json"
+
+
+def quarantine_keys(slot: datetime, source_key: str, prefix: str = QUARANTINE_PREFIX) -> tuple[str, str]:
+    """(copy key, reason key) for a quarantined object; the source key only enters as a digest."""
+    digest = hashlib.sha256(source_key.encode("utf-8")).hexdigest()[:16]
+    base = f"{prefix}{partition(slot)}{slot_stamp(slot)}/{digest}"
+    return f"{base}.object", f"{base}.reason.json"
+
+
+def slot_of_key(key: str) -> datetime:
+    """The slot a key under any of the prefixes above belongs to (its last ``YYYYMMDDTHHMMZ``)."""
+    name = key.rsplit("/", 1)[-1]
+    return parse_slot_stamp(name[:14])
+
+
+def day_partitions(first: datetime, last: datetime) -> list[str]:
+    """Every day partition from ``first`` to ``last`` inclusive, in order."""
+    day = slot_start(first).replace(hour=0, minute=0)
+    out = []
+    while day <= last:
+        out.append(partition(day))
+        day += timedelta(days=1)
+    return out

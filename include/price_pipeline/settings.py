@@ -1,0 +1,99 @@
+"""Deployment settings: read from the environment, each with a documented default.
+
+Credentials are never settings: they live in the Airflow connection named by ``PRICE_AWS_CONN_ID``
+(``AIRFLOW_CONN_AWS_DEFAULT`` locally, a secrets backend in production). Per-run knobs (threshold,
+lookback, backfill notification) are DAG params whose defaults come from here.
+
+The defaults match the local stand-in (moto's account 123456789012 in us-east-1); on AWS every value
+comes from a Terraform output of the same name (see ``terraform/outputs.tf``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from include.price_pipeline import layout
+
+LOCAL_ACCOUNT = "123456789012"
+LOCAL_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment setting: its variable, default and meaning (the README table is built from these)."""
+
+    env: str
+    default: str
+    doc: str
+
+
+SETTINGS = (
+    Setting("PRICE_AWS_CONN_ID", "aws_default", "Airflow connection holding AWS credentials/endpoint"),
+    Setting("PRICE_BUCKET", "price-notification-local", "S3 bucket for every prefix below"),
+    Setting("PRICE_INGESTION_PREFIX", layout.INGESTION_PREFIX, "where producers write raw records"),
+    Setting("PRICE_ANALYSIS_PREFIX", layout.ANALYSIS_PREFIX, "canonical CSV written by the Glue job"),
+    Setting("PRICE_CHANGES_PREFIX", layout.CHANGES_PREFIX, "price-change ledger, one JSON per window"),
+    Setting("PRICE_QUARANTINE_PREFIX", layout.QUARANTINE_PREFIX, "copies of objects that failed checks"),
+    Setting("PRICE_PAIR", "ETH/USDT", "trading pair named in records and alerts"),
+    Setting(
+        "PRICE_ALERT_TOPIC_ARN",
+        f"arn:aws:sns:{LOCAL_REGION}:{LOCAL_ACCOUNT}:price-alerts",
+        "SNS topic subscribers receive price alerts on",
+    ),
+    Setting(
+        "PRICE_OPS_TOPIC_ARN",
+        f"arn:aws:sns:{LOCAL_REGION}:{LOCAL_ACCOUNT}:price-pipeline-ops",
+        "SNS topic for pipeline health (failures, stale feed, quarantine)",
+    ),
+    Setting("PRICE_GLUE_JOB_NAME", "price-normalize-record", "Glue Python shell job name"),
+    Setting("PRICE_GLUE_ROLE_NAME", "price-glue-job", "IAM role the Glue job runs as"),
+    Setting("PRICE_THRESHOLD_PCT", "1.0", "default alert threshold, absolute % change"),
+    Setting("PRICE_LOOKBACK_MINUTES", "60", "default: how far back the previous record may be"),
+    Setting("PRICE_MAX_ALERT_AGE_MINUTES", "15", "windows ending longer ago than this do not notify"),
+    Setting("PRICE_SENSOR_TIMEOUT_SECONDS", "900", "how long to wait for a window's record"),
+    Setting("PRICE_SENSOR_POKE_SECONDS", "20", "how often the sensor lists the window prefix"),
+    Setting("PRICE_MAX_OBJECT_BYTES", "1048576", "raw objects above this are quarantined unread"),
+    Setting("PRICE_AIRFLOW_BASE_URL", "http://127.0.0.1:8080", "Airflow UI address used in alert links"),
+)
+
+_BY_NAME = {s.env: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings, one attribute per ``PRICE_*`` variable (lower case, prefix dropped)."""
+
+    aws_conn_id: str
+    bucket: str
+    ingestion_prefix: str
+    analysis_prefix: str
+    changes_prefix: str
+    quarantine_prefix: str
+    pair: str
+    alert_topic_arn: str
+    ops_topic_arn: str
+    glue_job_name: str
+    glue_role_name: str
+    threshold_pct: float
+    lookback_minutes: int
+    max_alert_age_minutes: int
+    sensor_timeout_seconds: int
+    sensor_poke_seconds: int
+    max_object_bytes: int
+    airflow_base_url: str
+
+
+def load(environ: Mapping[str, str] | None = None) -> Config:
+    """Resolve every setting from ``environ`` (default ``os.environ``), falling back to its default."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for field in fields(Config):
+        setting = _BY_NAME[f"PRICE_{field.name.upper()}"]
+        raw = environ.get(setting.env, setting.default)
+        try:
+            values[field.name] = {"float": float, "int": int}.get(field.type, str)(raw)
+        except ValueError as error:
+            raise ValueError(f"{setting.env}={raw!r} is not a valid {field.type}") from error
+    return Config(**values)
