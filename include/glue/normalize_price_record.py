@@ -14,6 +14,14 @@ such as Glue's own, are ignored):
     --max_object_bytes    objects above this size are quarantined without being read whole
     --field_aliases       JSON: canonical field -> accepted spellings (include/glue/field_aliases.json)
 
+The format of a raw object is detected by its content, never its key: JSON (an object, an envelope
+such as ``{"data": ...}``, an array of records, NDJSON, Binance klines), XML (element or attribute
+style, through defusedxml), delimited text (CSV, TSV, semicolon; with a header in any column order or
+headerless in Poloniex order) and ``key=value`` / ``key: value`` text. Field names are looked up in the
+alias file; every record is validated (finite positive prices, high >= low, open, close and
+weighted_average within [low, high], volumes >= 0, a 5-minute slot timestamp) or rejected with a
+one-line reason.
+
 For every raw object of the range (in key order) it writes ``<analysis_prefix>.../<slot>.csv`` per
 valid record, named by the record's own timestamp, or copies the object to the quarantine prefix
 beside a reason file. The original is never changed or deleted. Output holds no wall-clock value, so
@@ -28,9 +36,13 @@ import hashlib
 import io
 import json
 import math
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+
+import defusedxml.ElementTree as defused_etree
+from defusedxml import DefusedXmlException
 
 # --- copy of include/price_pipeline/layout.py (Glue gets this one file); tests/unit/test_layout.py
 # --- checks that it agrees with the original.
@@ -77,9 +89,49 @@ def quarantine_keys(slot, source_key, prefix):
 
 NUMERIC_FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "weighted_average")
 PRICE_FIELDS = ("open", "high", "low", "close", "weighted_average")
-#: weighted_average may sit this far (relative) outside [low, high] before it is rejected.
+VOLUME_FIELDS = ("volume", "quote_volume")
+#: Prices that must lie within [low, high].
+BOUNDED_FIELDS = ("open", "close", "weighted_average")
+#: A price may sit this far (relative) outside [low, high] before it is rejected.
 RANGE_TOLERANCE = 1e-6
 MAX_WORKERS = 16
+
+#: JSON envelope keys whose value holds the record(s): ``{"data": {...}}``, ``{"result": [...]}``.
+WRAPPER_KEYS = ("data", "result", "results", "records", "candles", "items")
+MAX_WRAPPERS = 3
+#: XML container levels above the record elements (``<response><candles><candle/>``).
+MAX_XML_LEVELS = 4
+#: Delimiters in order of preference: the first one found in the first line wins, so a
+#: semicolon or tab file may carry thousands separators ("3,120.55") unquoted.
+DELIMITERS = (("\t", "tsv"), (";", "csv-semicolon"), (",", "csv"))
+#: Headerless delimited rows: Poloniex returnChartData order, in canonical names.
+HEADERLESS_COLUMNS = (
+    "timestamp",
+    "high",
+    "low",
+    "open",
+    "close",
+    "volume",
+    "quote_volume",
+    "weighted_average",
+)
+#: Binance kline positions in canonical names. The canonical volumes have Poloniex semantics
+#: (weighted_average = volume / quote_volume), so Binance's quote-asset volume (index 7, in the
+#: pricing currency) is ``volume`` and its base-asset volume (index 5) is ``quote_volume``.
+KLINE_COLUMNS = ("timestamp", "open", "high", "low", "close", "quote_volume", None, "volume")
+KLINE_CLOSE_INDEX = 6
+#: Unix timestamps above this are milliseconds (1e11 seconds is the year 5138).
+UNIX_MILLISECONDS_ABOVE = 1e11
+
+_CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_KEY = re.compile(r"(?<![^\s,;])([A-Za-z_][\w.-]*)[ \t]*[:=]")
+_DECIMAL = re.compile(r"[+-]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_UNIX_TIME = re.compile(r"\d+(?:\.\d+)?")
+_ISO_TIME = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)? ?([Zz]|[+-]\d\d:?\d\d)?"
+)
+_NON_FINITE = ("nan", "inf", "infinity")
 
 
 class Rejected(Exception):
@@ -90,132 +142,453 @@ class Rejected(Exception):
         self.format_guess = format_guess
 
 
-# ---------------------------------------------------------------- decoding and format detection
+def _clip(value):
+    """A short printable form of an input value for a reason line."""
+    return repr(str(value)[:40])
+
+
+# ---------------------------------------------------------------- decoding
 
 
 def decode_text(data):
-    """Bytes to text: UTF-8 (BOM optional) or UTF-16 with BOM; anything else is rejected."""
-    if data.startswith(b"\xff\xfe") or data.startswith(b"\xfe\xff"):
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError as error:
-            raise Rejected("not valid UTF-16: {}".format(error.reason))
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    """Bytes to text: UTF-8 (BOM optional) or UTF-16 with BOM; anything else is rejected.
+
+    Control characters other than tab and line breaks mean binary data or a wrong guess of the
+    encoding (UTF-16 without its BOM reads as UTF-8 full of NULs), so they are rejected too.
+    """
+    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        raise Rejected("UTF-32 is not accepted (only UTF-8, or UTF-16 with BOM)")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = _decode(data, "utf-16")
+    else:
+        text = _decode(data[3:] if data.startswith(b"\xef\xbb\xbf") else data, "utf-8")
+    control = _CONTROL_CHARACTER.search(text)
+    if control:
+        raise Rejected(
+            "control character {!r} at offset {}: binary data or a wrong encoding".format(
+                control.group(), control.start()
+            )
+        )
+    return text
+
+
+def _decode(data, encoding):
     try:
-        return data.decode("utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError as error:
-        raise Rejected("not UTF-8 or UTF-16 with BOM (byte {} at {})".format(hex(data[error.start]), error.start))
+        raise Rejected(
+            "not valid {} ({} at byte {}); only UTF-8, or UTF-16 with BOM, is accepted".format(
+                encoding.upper(), error.reason, error.start
+            )
+        ) from None
+
+
+def _lines(text):
+    """The non-blank lines of ``text``."""
+    return [line for line in _LINE_BREAK.split(text) if line.strip()]
+
+
+def _mapping(pairs, source_format):
+    """A record from ``(name, value)`` pairs; a name given twice makes the record ambiguous."""
+    record = {}
+    for name, value in pairs:
+        if name in record:
+            raise Rejected("field {!r} appears twice in one record".format(name), source_format)
+        record[name] = value
+    return record
+
+
+def _named(names, values, source_format):
+    """Pair positional ``values`` with ``names`` (a ``None`` name drops its value)."""
+    return _mapping([(name, values[i]) for i, name in enumerate(names) if name is not None], source_format)
+
+
+# ---------------------------------------------------------------- format detection
 
 
 def parse_object(text):
-    """Detect the format of ``text`` by its content and return ``(format_name, [raw mapping, ...])``."""
+    """Detect the format of ``text`` by its content and return ``(format_name, [raw mapping, ...])``.
+
+    The first character tells XML (``<``) and JSON (``{`` or ``[``) from text. Text is key=value when
+    every line is made of ``key=value`` or ``key: value`` pairs, and delimited (CSV, TSV, ...) otherwise.
+    """
     stripped = text.strip()
     if not stripped:
         raise Rejected("object is empty")
+    if stripped[0] == "<":
+        return _parse_xml(stripped)
     if stripped[0] in "[{":
+        return _parse_json(stripped)
+    pairs = _key_value_pairs(stripped)
+    if pairs is not None:
+        return "text-kv", [_mapping(pairs, "text-kv")]
+    return _parse_delimited(stripped)
+
+
+# --- XML
+
+
+def _parse_xml(text):
+    """XML, element or attribute style, through defusedxml only: any DTD (so every entity bomb and
+    external entity) is refused before anything is expanded."""
+    try:
+        root = defused_etree.fromstring(text, forbid_dtd=True)
+    except DefusedXmlException as error:
+        raise Rejected(
+            "XML refused ({}): DTDs, entity declarations and external references are not accepted".format(
+                type(error).__name__
+            ),
+            "xml",
+        ) from None
+    except defused_etree.ParseError as error:
+        raise Rejected("XML does not parse: {}".format(error), "xml") from None
+    records = _xml_records(root, MAX_XML_LEVELS)
+    if not records:
+        raise Rejected("XML holds no record", "xml")
+    return "xml", records
+
+
+def _is_xml_field(element):
+    """A plain field: text only, no attributes, no children (``<high>0.1</high>``)."""
+    return len(element) == 0 and not element.attrib
+
+
+def _xml_records(element, levels):
+    """The records at or under ``element``: the element itself when all its children are plain fields
+    (element style) or it only has attributes (attribute style); else those of its non-field children."""
+    children = list(element)
+    if all(_is_xml_field(child) for child in children):
+        return [_xml_record(element)] if children or element.attrib else []
+    if levels == 0:
+        raise Rejected("XML nests records deeper than {} levels".format(MAX_XML_LEVELS), "xml")
+    records = []
+    for child in children:
+        if not _is_xml_field(child):
+            records.extend(_xml_records(child, levels - 1))
+    return records
+
+
+def _xml_record(element):
+    """One record element as a mapping of local names (namespaces dropped) to text."""
+    pairs = [(_local_name(name), value.strip()) for name, value in element.attrib.items()]
+    pairs += [(_local_name(child.tag), (child.text or "").strip()) for child in element]
+    return _mapping(pairs, "xml")
+
+
+def _local_name(name):
+    """``{urn:ns}high`` -> ``high``."""
+    return name.rsplit("}", 1)[-1]
+
+
+# --- JSON
+
+
+def _parse_json(text):
+    """A JSON document, or NDJSON when it is several lines that each start a JSON object."""
+    try:
+        value = _load_json(text)
+    except ValueError as error:
+        lines = _lines(text)
+        if len(lines) > 1 and all(line.lstrip().startswith("{") for line in lines):
+            return "ndjson", _parse_ndjson(lines)
+        raise Rejected("looks like JSON but does not parse: {}".format(error), "json") from None
+    return _json_shape(value, MAX_WRAPPERS)
+
+
+def _load_json(text):
+    """``json.loads`` that rejects repeated keys and nesting too deep for the parser."""
+    try:
+        return json.loads(text, object_pairs_hook=lambda pairs: _mapping(pairs, "json"))
+    except RecursionError:
+        raise Rejected("JSON nests too deeply to parse", "json") from None
+
+
+def _parse_ndjson(lines):
+    """One JSON object per line."""
+    records = []
+    for number, line in enumerate(lines, 1):
         try:
-            return "json", _json_records(json.loads(stripped))
-        except ValueError:
-            raise Rejected("looks like JSON but does not parse", "json")
-    lines = [line for line in stripped.splitlines() if line.strip()]
-    if len(lines) >= 2 and "," in lines[0]:
-        reader = csv.DictReader(io.StringIO(stripped))
-        return "csv", [dict(row) for row in reader]
-    raise Rejected("unrecognized format")
+            records.append(_load_json(line))
+        except ValueError as error:
+            raise Rejected("ndjson record {} does not parse: {}".format(number, error), "ndjson") from None
+    return records
 
 
-def _json_records(value):
+def _json_shape(value, wrappers_left):
+    """Name the shape of a parsed JSON document and return ``(format_name, records)``."""
     if isinstance(value, list):
-        return [item for item in value if isinstance(item, dict)]
-    if isinstance(value, dict):
-        return [value]
-    raise Rejected("JSON holds no record", "json")
+        return _json_list(value)
+    if not isinstance(value, dict):
+        raise Rejected("JSON holds a bare {}, not a record".format(type(value).__name__), "json")
+    payload = _unwrap(value)
+    if payload is None:
+        return "json", [value]
+    if wrappers_left == 0:
+        raise Rejected("JSON wraps its records in more than {} envelopes".format(MAX_WRAPPERS), "json-nested")
+    name, records = _json_shape(payload, wrappers_left - 1)
+    return ("binance-kline" if name == "binance-kline" else "json-nested"), records
+
+
+def _unwrap(mapping):
+    """The payload of an envelope such as ``{"data": {...}}`` or ``{"result": [...]}``; None for a record.
+
+    An envelope reporting an error (``{"error": "Invalid currency pair."}``) is rejected with its message.
+    """
+    error = mapping.get("error")
+    if isinstance(error, (str, list)) and error:
+        raise Rejected("producer reported an error: {}".format(_clip(error)), "json")
+    for key in WRAPPER_KEYS:
+        if isinstance(mapping.get(key), (dict, list)):
+            return mapping[key]
+    return None
+
+
+def _json_list(items):
+    """A JSON array: of records (a Poloniex returnChartData response), of klines, or one kline."""
+    if not items:
+        raise Rejected("JSON array is empty", "json-array")
+    if all(isinstance(item, dict) for item in items):
+        return "json-array", items
+    if all(isinstance(item, list) for item in items):
+        return "binance-kline", [_kline(item) for item in items]
+    if not any(isinstance(item, (dict, list)) for item in items):
+        return "binance-kline", [_kline(items)]
+    raise Rejected("JSON array mixes records, arrays and plain values", "json-array")
+
+
+def _kline(values):
+    """One Binance kline ``[open_time_ms, open, high, low, close, base_volume, close_time_ms,
+    quote_volume, ...]`` as a raw mapping; it must span exactly one 5-minute candle."""
+    if len(values) <= KLINE_CLOSE_INDEX + 1:
+        raise Rejected(
+            "kline has {} values; a Binance kline has at least 8".format(len(values)), "binance-kline"
+        )
+    opened, closed = values[0], values[KLINE_CLOSE_INDEX]
+    span_ms = SLOT_SECONDS * 1000 - 1
+    if not (_is_integer(opened) and _is_integer(closed) and closed - opened == span_ms):
+        raise Rejected(
+            "kline open/close times {}/{} do not span one 5-minute candle".format(
+                _clip(opened), _clip(closed)
+            ),
+            "binance-kline",
+        )
+    return _named(KLINE_COLUMNS, values, "binance-kline")
+
+
+def _is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- key=value text
+
+
+def _key_value_pairs(text):
+    """The ``(key, value)`` pairs of ``key=value`` / ``key: value`` text (one pair per line, or several
+    separated by spaces, commas or semicolons); None when some line is not made of such pairs."""
+    pairs = []
+    for line in _lines(text):
+        keys = list(_KEY.finditer(line))
+        if not keys or line[: keys[0].start()].strip():
+            return None
+        for index, key in enumerate(keys):
+            end = keys[index + 1].start() if index + 1 < len(keys) else len(line)
+            pairs.append((key.group(1), line[key.end() : end].strip(" \t,;")))
+    return pairs
+
+
+# --- delimited text
+
+
+def _parse_delimited(text):
+    """CSV, TSV or semicolon-separated text: with a header in any column order, or headerless in the
+    Poloniex order (date,high,low,open,close,volume,quoteVolume,weightedAverage)."""
+    delimiter, name = _delimiter(_lines(text)[0])
+    rows = _rows(text, delimiter, name)
+    if re.match(r"[A-Za-z_]", rows[0][0]):
+        header, body = rows[0], rows[1:]
+        if not body:
+            raise Rejected("{} has a header and no rows".format(name), name)
+    else:
+        header, body, name = HEADERLESS_COLUMNS, rows, name + "-headerless"
+    for number, row in enumerate(body, 1):
+        if len(row) != len(header):
+            raise Rejected(
+                "{} row {} has {} cells, expected {}".format(name, number, len(row), len(header)), name
+            )
+    return name, [_named(header, row, name) for row in body]
+
+
+def _delimiter(first_line):
+    """The delimiter of a text by its first line: tab, then semicolon, then comma."""
+    for delimiter, name in DELIMITERS:
+        if delimiter in first_line:
+            return delimiter, name
+    raise Rejected("unrecognized format: not JSON, XML, key=value or delimited text")
+
+
+def _rows(text, delimiter, name):
+    """The non-blank rows of delimited text, cells stripped."""
+    try:
+        rows = list(csv.reader(io.StringIO(text), delimiter=delimiter, strict=True))
+    except csv.Error as error:
+        raise Rejected("{} does not parse: {}".format(name, error), name) from None
+    return [[cell.strip() for cell in row] for row in rows if any(cell.strip() for cell in row)]
 
 
 # ---------------------------------------------------------------- normalization and validation
 
 
-def _lookup(raw, spellings):
-    for name in spellings:
-        if name in raw and raw[name] not in (None, ""):
-            return raw[name]
-    return None
-
-
-def _number(value, field):
-    if isinstance(value, bool):
-        raise Rejected("{} is not a number: {!r}".format(field, value))
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        try:
-            number = float(str(value).strip().replace(",", ""))
-        except ValueError:
-            raise Rejected("{} is not a number: {!r}".format(field, str(value)[:40]))
-    if not math.isfinite(number):
-        raise Rejected("{} is not finite: {!r}".format(field, str(value)[:40]))
-    return number
-
-
-def _timestamp(value):
-    if isinstance(value, (int, float)) and not isinstance(value, bool) or str(value).strip().isdigit():
-        seconds = float(value)
-        if seconds > 1e11:  # milliseconds
-            seconds /= 1000.0
-        return datetime.fromtimestamp(seconds, tz=timezone.utc)
-    text = str(value).strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise Rejected("timestamp not understood: {!r}".format(str(value)[:40]))
-    if moment.tzinfo is None:
-        raise Rejected("timestamp has no UTC offset: {!r}".format(str(value)[:40]))
-    return moment.astimezone(timezone.utc)
-
-
 def normalize(raw, aliases, pair, source_key, source_format):
     """One raw mapping to a validated canonical row (a dict keyed by CANONICAL_COLUMNS)."""
-    stamp = _lookup(raw, aliases["timestamp"])
-    if stamp is None:
-        raise Rejected("record has no timestamp field", source_format)
-    moment = _timestamp(stamp)
-    if moment.second or moment.microsecond or moment.minute % 5:
-        raise Rejected("timestamp {} is not on a 5-minute boundary".format(moment.isoformat()), source_format)
-    row = {"timestamp": moment.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    named_pair = _lookup(raw, aliases.get("pair", ()))
-    row["pair"] = str(named_pair) if named_pair is not None else pair
-    for field in NUMERIC_FIELDS:
-        value = _lookup(raw, aliases[field])
-        row[field] = None if value is None else _number(value, field)
-    if row["weighted_average"] is None:
-        if row["volume"] and row["quote_volume"]:
-            row["weighted_average"] = row["volume"] / row["quote_volume"]
-        else:
-            raise Rejected("no weighted_average, and no volume and quote_volume to derive it", source_format)
-    validate(row)
+    try:
+        row = _canonical(raw, aliases, pair)
+        validate(row)
+    except Rejected as error:
+        raise Rejected(str(error), source_format) from None
     row["source_key"] = source_key
     row["source_format"] = source_format
     return row
 
 
+def _field(raw, aliases, field):
+    """The value of ``field`` in ``raw`` under its canonical name or the first accepted spelling present."""
+    for name in (field,) + tuple(aliases.get(field, ())):
+        if raw.get(name) not in (None, ""):
+            return raw[name]
+    return None
+
+
+def _canonical(raw, aliases, pair):
+    """Pick and convert each canonical field; derive weighted_average only when no spelling of it is given."""
+    stamp = _field(raw, aliases, "timestamp")
+    if stamp is None:
+        raise Rejected("record has no timestamp field")
+    moment = _timestamp(stamp)
+    if moment.second or moment.microsecond or moment.minute % 5:
+        raise Rejected("timestamp {} is not on a 5-minute boundary".format(moment.isoformat()))
+    row = dict.fromkeys(CANONICAL_COLUMNS)
+    row["timestamp"] = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    row["pair"] = _pair(_field(raw, aliases, "pair"), pair)
+    for field in NUMERIC_FIELDS:
+        value = _field(raw, aliases, field)
+        row[field] = None if value is None else _number(value, field)
+    if row["weighted_average"] is None:
+        row["weighted_average"] = _derived_weighted_average(row["volume"], row["quote_volume"])
+    return row
+
+
+def _pair(named, default):
+    """The record's own pair when it names one, else the job's ``--pair``."""
+    if named is None:
+        return default
+    if not isinstance(named, str) or len(named) > 40 or not named.strip().isprintable():
+        raise Rejected("pair is not a short text: {}".format(_clip(named)))
+    return named.strip()
+
+
+def _derived_weighted_average(volume, quote_volume):
+    """weighted_average from the volumes with Poloniex semantics: volume / quote_volume."""
+    if volume is None or quote_volume is None:
+        raise Rejected("no weighted_average, and no volume and quote_volume to derive it")
+    if not (volume > 0 and quote_volume > 0):
+        raise Rejected(
+            "no weighted_average, and volume {!r} / quote_volume {!r} cannot derive one".format(
+                volume, quote_volume
+            )
+        )
+    return volume / quote_volume
+
+
+def _number(value, field):
+    """A JSON number, or a decimal string (thousands separators allowed: "3,120.55"), as a finite float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise Rejected("{} is not a number: {}".format(field, _clip(value)))
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("+-").lower() in _NON_FINITE:
+            raise Rejected("{} is not finite: {}".format(field, _clip(value)))
+        if not _DECIMAL.fullmatch(text):
+            raise Rejected("{} is not a number: {}".format(field, _clip(value)))
+        value = text.replace(",", "")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise Rejected("{} is not finite: {}".format(field, _clip(value)))
+    return number
+
+
+def _timestamp(value):
+    """Unix seconds or milliseconds (a number or digits) or ISO 8601 with an offset, as aware UTC."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise Rejected("timestamp not understood: {}".format(_clip(value)))
+    if not isinstance(value, str) or _UNIX_TIME.fullmatch(value.strip()):
+        return _from_unix(value)
+    return _from_iso(value.strip())
+
+
+def _from_unix(value):
+    """Unix seconds, or milliseconds when above UNIX_MILLISECONDS_ABOVE, as aware UTC."""
+    try:
+        seconds = float(value)
+        if seconds > UNIX_MILLISECONDS_ABOVE:
+            seconds /= 1000.0
+        if not seconds >= 0:
+            raise ValueError("negative")
+        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise Rejected("timestamp out of range: {}".format(_clip(value))) from None
+
+
+def _from_iso(text):
+    """ISO 8601 date and time with ``Z`` or a ``+hh:mm`` offset, as aware UTC (no offset: rejected)."""
+    match = _ISO_TIME.fullmatch(text)
+    if not match:
+        raise Rejected("timestamp not understood: {}".format(_clip(text)))
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    if offset is None:
+        raise Rejected("timestamp has no UTC offset: {}".format(_clip(text)))
+    try:
+        zone = timezone.utc if offset.upper() == "Z" else _offset(offset)
+        parts = [int(part) for part in (year, month, day, hour, minute, second or 0)]
+        moment = datetime(*parts, int((fraction or "").ljust(6, "0")), tzinfo=zone)
+        return moment.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise Rejected("timestamp is not a valid time: {}".format(_clip(text))) from None
+
+
+def _offset(text):
+    """``+05:30`` or ``-0800`` as a fixed timezone."""
+    sign = -1 if text[0] == "-" else 1
+    return timezone(sign * timedelta(hours=int(text[1:3]), minutes=int(text[-2:])))
+
+
 def validate(row):
-    """Reject a row whose numbers cannot be trusted."""
+    """Reject a row whose numbers cannot be trusted: prices finite and > 0, volumes >= 0,
+    high >= low, and open, close and weighted_average within [low, high] (RANGE_TOLERANCE)."""
     for field in PRICE_FIELDS:
-        if row[field] is not None and row[field] <= 0:
-            raise Rejected("{} must be > 0, got {!r}".format(field, row[field]))
-    for field in ("volume", "quote_volume"):
-        if row[field] is not None and row[field] < 0:
-            raise Rejected("{} must be >= 0, got {!r}".format(field, row[field]))
-    high, low, average = row["high"], row["low"], row["weighted_average"]
-    if high is not None and low is not None:
-        if high < low:
-            raise Rejected("high {!r} is below low {!r}".format(high, low))
-        slack = RANGE_TOLERANCE * high
-        if not low - slack <= average <= high + slack:
-            raise Rejected("weighted_average {!r} outside [low {!r}, high {!r}]".format(average, low, high))
+        value = row[field]
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise Rejected("{} must be finite and > 0, got {!r}".format(field, value))
+    for field in VOLUME_FIELDS:
+        value = row[field]
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise Rejected("{} must be finite and >= 0, got {!r}".format(field, value))
+    low, high = row["low"], row["high"]
+    if low is not None and high is not None and high < low:
+        raise Rejected("high {!r} is below low {!r}".format(high, low))
+    for field in BOUNDED_FIELDS:
+        if _outside(row[field], low, high):
+            raise Rejected("{} {!r} outside [low {!r}, high {!r}]".format(field, row[field], low, high))
+
+
+def _outside(value, low, high):
+    """Whether ``value`` lies outside [low, high] by more than RANGE_TOLERANCE (None: no bound)."""
+    if value is None:
+        return False
+    slack = RANGE_TOLERANCE * value
+    return (low is not None and value < low - slack) or (high is not None and value > high + slack)
 
 
 def to_csv(row):
@@ -223,8 +596,15 @@ def to_csv(row):
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CANONICAL_COLUMNS)
-    writer.writerow(["" if row[c] is None else repr(row[c]) if isinstance(row[c], float) else row[c] for c in CANONICAL_COLUMNS])
+    writer.writerow([_csv_cell(row[column]) for column in CANONICAL_COLUMNS])
     return out.getvalue().encode("utf-8")
+
+
+def _csv_cell(value):
+    """Empty for a missing value, ``repr`` (shortest round trip) for a float, else the value."""
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else value
 
 
 # ---------------------------------------------------------------- the job
@@ -244,7 +624,9 @@ def parse_args(argv):
     args, _glue_own_arguments = parser.parse_known_args(argv)
     args.aliases = json.loads(args.field_aliases)
     args.start = _timestamp(args.window_start)
-    args.end = _timestamp(args.window_end) if args.window_end else args.start + timedelta(seconds=SLOT_SECONDS)
+    args.end = (
+        _timestamp(args.window_end) if args.window_end else args.start + timedelta(seconds=SLOT_SECONDS)
+    )
     return args
 
 
@@ -260,7 +642,9 @@ def list_raw_keys(s3, args):
     keys = []
     paginator = s3.get_paginator("list_objects_v2")
     for slot in window_slots(args.start, args.end):
-        for page in paginator.paginate(Bucket=args.bucket, Prefix=ingestion_window_prefix(slot, args.ingestion_prefix)):
+        for page in paginator.paginate(
+            Bucket=args.bucket, Prefix=ingestion_window_prefix(slot, args.ingestion_prefix)
+        ):
             keys.extend(item["Key"] for item in page.get("Contents", []))
     return sorted(keys)
 
@@ -284,7 +668,7 @@ def process_object(s3, args, key):
         data = read_bounded(s3, args.bucket, key, args.max_object_bytes)
         fmt, raws = parse_object(decode_text(data))
     except Rejected as error:
-        raise Rejected(str(error), error.format_guess if error.format_guess != "unknown" else fmt)
+        raise Rejected(str(error), error.format_guess if error.format_guess != "unknown" else fmt) from None
     rows, problems = [], []
     for index, raw in enumerate(raws):
         try:
@@ -313,7 +697,7 @@ def run(s3, args):
     with ThreadPoolExecutor(MAX_WORKERS) as pool:
         results = list(pool.map(lambda key: _attempt(s3, args, key), keys))
     by_slot = {}
-    for key, (rows, problems, rejection) in zip(keys, results):
+    for key, (rows, problems, rejection) in zip(keys, results):  # noqa: B905 - Glue's 3.9 has no strict=
         if rejection is not None:
             reason, fmt = rejection
             print("QUARANTINED {}: {}".format(key, reason))
