@@ -1,0 +1,295 @@
+"""The Glue job's parsing part on the corpus of valid producer formats and on the real Poloniex data.
+
+Each file in ``tests/data/formats/valid/`` sits beside ``<name>.expected.json``: the canonical rows
+(without ``source_key``) that detecting and normalizing the file must give, and the reasons of any
+record in it that must be skipped. The expected values are written out by hand, not produced by the job.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from include.glue import normalize_price_record as glue
+from include.price_pipeline import layout
+
+ROOT = Path(__file__).resolve().parents[2]
+VALID = ROOT / "tests" / "data" / "formats" / "valid"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+POLONIEX_5M_CSV = SHARED_DATA / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
+POLONIEX_DAILY_JSON = SHARED_DATA / "raw" / "poloniex_returnChartData_BTC_ETH_period86400_first300.json"
+ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+PAIR = "ETH/USDT"
+KEY = "crypto/01-data-ingestion/year=2017/month=07/day=14/20170714T0240Z.raw"
+EVERY_FORMAT = {
+    "json",
+    "json-nested",
+    "json-array",
+    "ndjson",
+    "xml",
+    "csv",
+    "csv-headerless",
+    "tsv",
+    "tsv-headerless",
+    "csv-semicolon",
+    "text-kv",
+    "binance-kline",
+}
+PY39_CANDIDATES = (
+    Path.home() / ".pyenv" / "versions" / "3.9.18" / "bin" / "python",
+    shutil.which("python3.9"),
+)
+
+
+def corpus_inputs(folder: Path) -> list[Path]:
+    """The input files of a corpus folder (every file but the ``.expected.json`` sidecars)."""
+    return sorted(path for path in folder.iterdir() if not path.name.endswith(".expected.json"))
+
+
+def sidecar(path: Path) -> dict:
+    return json.loads(path.with_name(path.name + ".expected.json").read_text())
+
+
+def normalize_object(data: bytes, aliases: dict = ALIASES) -> tuple[str, list[dict], list[str]]:
+    """Decode, detect and normalize one raw object: (format, canonical rows, reasons of skipped records)."""
+    fmt, raws = glue.parse_object(glue.decode_text(data))
+    rows, skipped = [], []
+    for raw in raws:
+        try:
+            rows.append(glue.normalize(raw, aliases, PAIR, KEY, fmt))
+        except glue.Rejected as error:
+            skipped.append(str(error))
+    return fmt, rows, skipped
+
+
+def normalize_record(record: dict) -> dict:
+    """One JSON-style record through ``normalize``."""
+    return glue.normalize(record, ALIASES, PAIR, KEY, "json")
+
+
+def shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"../shared/data not present: {path} lives outside the repo and is never copied in")
+    return path
+
+
+# ---------------------------------------------------------------- the valid corpus
+
+
+def test_valid_corpus_has_25_variants_each_with_its_expected_rows():
+    inputs = corpus_inputs(VALID)
+    assert len(inputs) >= 25
+    assert all(sidecar(path)["rows"] for path in inputs)
+
+
+def test_valid_corpus_covers_every_format():
+    formats = {row["source_format"] for path in corpus_inputs(VALID) for row in sidecar(path)["rows"]}
+    assert formats == EVERY_FORMAT
+
+
+@pytest.mark.parametrize("path", corpus_inputs(VALID), ids=lambda path: path.name)
+def test_valid_variant_gives_exactly_its_expected_rows(path):
+    expected = sidecar(path)
+    fmt, rows, skipped = normalize_object(path.read_bytes())
+    assert rows == [{**row, "source_key": KEY} for row in expected["rows"]]
+    assert {row["source_format"] for row in rows} == {fmt}
+    assert len(skipped) == len(expected.get("skipped", []))
+    for reason, wanted in zip(skipped, expected.get("skipped", []), strict=True):
+        assert wanted in reason
+
+
+@pytest.mark.parametrize("path", corpus_inputs(VALID), ids=lambda path: path.name)
+def test_canonical_csv_is_deterministic_and_round_trips(path):
+    _, first, _ = normalize_object(path.read_bytes())
+    _, second, _ = normalize_object(path.read_bytes())
+    for row, again in zip(first, second, strict=True):
+        written = glue.to_csv(row)
+        assert written == glue.to_csv(again)
+        header, line = list(csv.reader(io.StringIO(written.decode("utf-8"))))
+        assert tuple(header) == layout.CANONICAL_COLUMNS
+        back = dict(zip(header, line, strict=True))
+        for column in glue.NUMERIC_FIELDS:
+            assert (float(back[column]) if back[column] else None) == row[column]
+        assert back["timestamp"] == row["timestamp"]
+
+
+# ---------------------------------------------------------------- alias file: schema drift is data
+
+
+def test_alias_file_keeps_each_field_on_one_line():
+    """Adding a producer's spelling stays a one-line change of field_aliases.json."""
+    lines = layout.FIELD_ALIASES_PATH.read_text().splitlines()
+    for field, spellings in ALIASES.items():
+        (line,) = [line for line in lines if line.strip().startswith(json.dumps(field) + ":")]
+        assert json.loads(line.split(":", 1)[1].strip().rstrip(",")) == spellings
+
+
+def test_alias_file_names_every_canonical_field_and_gives_no_spelling_two_meanings():
+    assert set(glue.NUMERIC_FIELDS) | {"timestamp", "pair"} == set(ALIASES)
+    spellings = [spelling for names in ALIASES.values() for spelling in names]
+    assert len(spellings) == len(set(spellings))
+
+
+def test_explicit_weighted_average_spellings_come_before_price():
+    names = ALIASES["weighted_average"]
+    assert names.index("price") > max(names.index("weightedAverage"), names.index("vwap"))
+
+
+def test_a_new_producer_spelling_needs_only_the_alias_file():
+    record = b'{"px_time": "2017-07-14T02:40:00Z", "px_vwap": "0.0864", "high": 0.0866, "low": 0.0862}'
+    _, rows, skipped = normalize_object(record)
+    assert rows == []
+    assert skipped == ["record has no timestamp field"]
+    drifted = {field: list(names) for field, names in ALIASES.items()}
+    drifted["timestamp"].append("px_time")
+    drifted["weighted_average"].append("px_vwap")
+    _, rows, skipped = normalize_object(record, drifted)
+    assert skipped == []
+    assert (rows[0]["timestamp"], rows[0]["weighted_average"]) == ("2017-07-14T02:40:00Z", 0.0864)
+
+
+# ---------------------------------------------------------------- timestamps and numbers
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        (1500000000, "2017-07-14T02:40:00Z"),
+        (1500000000.0, "2017-07-14T02:40:00Z"),
+        ("1500000000", "2017-07-14T02:40:00Z"),
+        (1500000000000, "2017-07-14T02:40:00Z"),
+        ("1500000000000", "2017-07-14T02:40:00Z"),
+        ("2017-07-14T02:40:00Z", "2017-07-14T02:40:00Z"),
+        ("2017-07-14T02:40:00.000z", "2017-07-14T02:40:00Z"),
+        ("2017-07-14 02:40+00:00", "2017-07-14T02:40:00Z"),
+        ("2017-07-13T22:40:00-04:00", "2017-07-14T02:40:00Z"),
+        ("2017-07-14T08:10:00+0530", "2017-07-14T02:40:00Z"),
+    ],
+)
+def test_timestamp_spellings_name_the_same_slot(stamp, expected):
+    row = normalize_record({"date": stamp, "weightedAverage": 1})
+    assert row["timestamp"] == expected
+
+
+@pytest.mark.parametrize(
+    ("stamp", "reason"),
+    [
+        ("2017-07-14T02:40:00", "timestamp has no UTC offset"),
+        ("14/07/2017 02:40", "timestamp not understood"),
+        ("2017-07-14T02:40:00+25:00", "timestamp is not a valid time"),
+        (-300, "timestamp out of range"),
+        (10**30, "timestamp out of range"),
+        (1500000000123, "not on a 5-minute boundary"),
+        ([1500000000], "timestamp not understood"),
+    ],
+)
+def test_timestamp_that_names_no_slot_is_rejected(stamp, reason):
+    with pytest.raises(glue.Rejected, match=reason):
+        normalize_record({"date": stamp, "weightedAverage": 1})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("3,120.55", 3120.55),
+        ("1,233,214.125", 1233214.125),
+        (" 42 ", 42.0),
+        ("1e3", 1000.0),
+        (".5", 0.5),
+        (7, 7.0),
+    ],
+)
+def test_numbers_as_json_numbers_or_text_with_thousands_separators(text, value):
+    row = normalize_record({"date": 1500000000, "high": text, "weightedAverage": 0.1})
+    assert row["high"] == value
+
+
+@pytest.mark.parametrize("text", ["1_000", "3,12,0.55", "0x10", "1.2.3", "12,34", "3.120,55", "one", True])
+def test_ambiguous_number_text_is_rejected_not_guessed(text):
+    with pytest.raises(glue.Rejected, match="high is not a number"):
+        normalize_record({"date": 1500000000, "high": text, "weightedAverage": 0.1})
+
+
+def test_weighted_average_is_derived_only_from_both_volumes():
+    record = {"date": 1500000000, "volume": 49.75685525, "quoteVolume": 575.64509072}
+    row = normalize_record(record)
+    assert row["weighted_average"] == 49.75685525 / 575.64509072
+    with pytest.raises(glue.Rejected, match="no volume and quote_volume to derive it"):
+        normalize_record({"date": 1500000000, "volume": 49.75685525})
+
+
+# ---------------------------------------------------------------- the real data in ../shared/data
+
+
+def test_real_5m_csv_each_row_as_its_own_headered_object():
+    header, *lines = shared(POLONIEX_5M_CSV).read_text().splitlines()
+    assert len(lines) == 7673
+    for line in lines:
+        fmt, rows, skipped = normalize_object(f"{header}\n{line}\n".encode())
+        assert (fmt, skipped, len(rows)) == ("csv", [], 1)
+        source = dict(zip(header.split(","), line.split(","), strict=True))
+        assert_same_candle(rows[0], source)
+
+
+def test_real_5m_csv_as_one_object():
+    path = shared(POLONIEX_5M_CSV)
+    fmt, rows, skipped = normalize_object(path.read_bytes())
+    assert (fmt, skipped, len(rows)) == ("csv", [], 7673)
+    with path.open(newline="") as handle:
+        for row, source in zip(rows, csv.DictReader(handle), strict=True):
+            assert_same_candle(row, source)
+    fillers = [row for row in rows if row["volume"] == 0]
+    assert len(fillers) == 48
+    assert all(
+        row["open"] == row["high"] == row["low"] == row["close"] == row["weighted_average"] for row in fillers
+    )
+
+
+def test_real_daily_json_array_normalizes_every_record_to_its_own_slot():
+    text = shared(POLONIEX_DAILY_JSON).read_text()
+    fmt, rows, skipped = normalize_object(text.encode())
+    assert (fmt, skipped, len(rows)) == ("json-array", [], 300)
+    for row, source in zip(rows, json.loads(text), strict=True):
+        assert_same_candle(row, source)
+    assert len({row["timestamp"] for row in rows}) == 300
+    first = rows[0]
+    assert (first["timestamp"], first["high"], first["open"], first["low"]) == (
+        "2015-08-08T00:00:00Z",
+        50.0,
+        50.0,
+        0.00262,
+    )
+    assert first["weighted_average"] == 0.00452958
+
+
+def assert_same_candle(row: dict, source: dict) -> None:
+    """A canonical row carries exactly the numbers of its Poloniex source record."""
+    assert row["timestamp"] == datetime.fromtimestamp(int(source["date"]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    names = {"volume": "volume", "quote_volume": "quoteVolume", "weighted_average": "weightedAverage"}
+    for column in glue.NUMERIC_FIELDS:
+        assert row[column] == float(source[names.get(column, column)])
+    assert row["pair"] == PAIR
+
+
+# ---------------------------------------------------------------- Glue's runtime
+
+
+def test_job_script_compiles_under_python_39(tmp_path):
+    python39 = next((str(path) for path in PY39_CANDIDATES if path and Path(path).exists()), None)
+    if python39 is None:
+        pytest.skip("no Python 3.9 here (~/.pyenv/versions/3.9.18/bin/python or python3.9 on PATH)")
+    compile_it = "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)"
+    result = subprocess.run(
+        [python39, "-c", compile_it, str(layout.GLUE_SCRIPT_PATH), str(tmp_path / "job.pyc")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
