@@ -1,0 +1,220 @@
+"""The Glue job against malformed and hostile objects: each is refused with a clear one-line reason.
+
+Each file in ``tests/data/formats/malformed/`` sits beside ``<name>.expected.json`` holding a substring
+of the reason it must be rejected with and the format guess that goes into the quarantine note. The
+objects go through the job's own ``process_object`` (bounded read, decode, detect, normalize).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from include.glue import normalize_price_record as glue
+from include.price_pipeline import layout
+
+MALFORMED = Path(__file__).resolve().parents[2] / "tests" / "data" / "formats" / "malformed"
+ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+CAP = 1048576
+#: Hostile kinds the corpus must keep: a file name holding each word.
+REQUIRED_KINDS = (
+    "billion_laughs",
+    "quadratic_blowup",
+    "xxe",
+    "external_dtd",
+    "latin1",
+    "utf32",
+    "utf16_without_bom",
+    "nan",
+    "infinity",
+    "negative_price",
+    "high_below_low",
+    "vwap_outside_range",
+    "off_boundary",
+    "missing_timestamp",
+    "missing_vwap_no_volumes",
+    "empty",
+    "binary",
+    "truncated",
+)
+
+
+class FakeS3:
+    """Just enough S3 for ``read_bounded``: one object, and a record of what was asked."""
+
+    def __init__(self, data: bytes):
+        self.data, self.calls = data, []
+
+    def head_object(self, Bucket, Key):  # noqa: N803 - boto3's argument names
+        self.calls.append("head_object")
+        return {"ContentLength": len(self.data)}
+
+    def get_object(self, Bucket, Key, Range):  # noqa: N803
+        self.calls.append("get_object")
+        last = int(Range.rsplit("-", 1)[1])
+        return {"Body": io.BytesIO(self.data[: last + 1])}
+
+
+def job_args(**overrides) -> SimpleNamespace:
+    defaults = {"bucket": "price-bucket", "max_object_bytes": CAP, "aliases": ALIASES, "pair": "ETH/USDT"}
+    return SimpleNamespace(**{**defaults, **overrides})
+
+
+def rejection(data: bytes, args: SimpleNamespace | None = None) -> glue.Rejected:
+    """The Rejected that ``process_object`` raises for ``data`` (fails the test if it accepts it)."""
+    with pytest.raises(glue.Rejected) as caught:
+        glue.process_object(FakeS3(data), args or job_args(), "crypto/01-data-ingestion/x")
+    return caught.value
+
+
+def malformed_inputs() -> list[Path]:
+    return sorted(path for path in MALFORMED.iterdir() if not path.name.endswith(".expected.json"))
+
+
+# ---------------------------------------------------------------- the malformed corpus
+
+
+def test_malformed_corpus_has_25_inputs_and_every_hostile_kind():
+    names = [path.name for path in malformed_inputs()]
+    assert len(names) >= 25
+    for kind in REQUIRED_KINDS:
+        assert any(kind in name for name in names), kind
+
+
+@pytest.mark.parametrize("path", malformed_inputs(), ids=lambda path: path.name)
+def test_malformed_object_is_rejected_with_its_reason(path):
+    expected = json.loads(path.with_name(path.name + ".expected.json").read_text())
+    error = rejection(path.read_bytes())
+    reason = str(error)
+    assert expected["reason"] in reason
+    assert error.format_guess == expected["format_guess"]
+    assert "\n" not in reason
+    assert len(reason) < 400
+
+
+# ---------------------------------------------------------------- XML
+
+
+def test_xml_bombs_are_refused_before_any_expansion():
+    for name in ("xml_billion_laughs.xml", "xml_quadratic_blowup.xml"):
+        started = time.monotonic()
+        assert "DTDForbidden" in str(rejection((MALFORMED / name).read_bytes()))
+        assert time.monotonic() - started < 1.0
+
+
+def test_job_parses_xml_only_through_defusedxml():
+    source = layout.GLUE_SCRIPT_PATH.read_text()
+    imports = [line.strip() for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert [line for line in imports if "xml" in line] == [
+        "import defusedxml.ElementTree as defused_etree",
+        "from defusedxml import DefusedXmlException",
+    ]
+    assert "forbid_dtd=True" in source
+
+
+# ---------------------------------------------------------------- encodings and size
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "date=1500000000 pair=Ü weightedAverage=0.0864".encode(),
+        b"\xef\xbb\xbf" + "date=1500000000 pair=Ü weightedAverage=0.0864".encode(),
+        b"\xff\xfe" + "date=1500000000 pair=Ü weightedAverage=0.0864".encode("utf-16-le"),
+        b"\xfe\xff" + "date=1500000000 pair=Ü weightedAverage=0.0864".encode("utf-16-be"),
+    ],
+    ids=["utf-8", "utf-8-bom", "utf-16-le-bom", "utf-16-be-bom"],
+)
+def test_accepted_encodings_decode_to_the_same_text(data):
+    assert glue.decode_text(data) == "date=1500000000 pair=Ü weightedAverage=0.0864"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ("pair=Ü".encode("cp1252"), "not valid UTF-8"),
+        ("pair=Ü".encode("utf-32"), "UTF-32 is not accepted"),
+        ("pair=ETH".encode("utf-16-be"), "control character"),
+        (b"\x1f\x8b\x08\x00", "not valid UTF-8"),
+        (b"PK\x03\x04", "control character"),
+    ],
+)
+def test_other_encodings_are_rejected(data, reason):
+    with pytest.raises(glue.Rejected, match=reason):
+        glue.decode_text(data)
+
+
+def test_object_over_the_cap_is_refused_without_being_read():
+    s3 = FakeS3(b"x" * 2048)
+    with pytest.raises(glue.Rejected, match="over the 1024-byte cap"):
+        glue.process_object(s3, job_args(max_object_bytes=1024), "crypto/01-data-ingestion/x")
+    assert s3.calls == ["head_object"]
+
+
+# ---------------------------------------------------------------- non-finite numbers
+
+
+@pytest.mark.parametrize(
+    "value", ["NaN", "nan", "Infinity", "-Infinity", "inf", "+INF", float("nan"), 10**400]
+)
+def test_non_finite_prices_are_rejected_in_every_spelling(value):
+    record = {"date": 1500000000, "high": value, "weightedAverage": 0.0864}
+    with pytest.raises(glue.Rejected, match="high is not finite"):
+        glue.normalize(record, ALIASES, "ETH/USDT", "k", "json")
+
+
+def test_infinite_derived_weighted_average_is_rejected():
+    record = {"date": 1500000000, "volume": 1e308, "quoteVolume": 1e-308}
+    with pytest.raises(glue.Rejected, match="weighted_average must be finite"):
+        glue.normalize(record, ALIASES, "ETH/USDT", "k", "json")
+
+
+# ---------------------------------------------------------------- input never names an output
+
+
+@mock_aws
+def test_input_never_builds_an_output_key(monkeypatch, capsys):
+    """Keys come from the record's slot and a digest of the source key, never from input text."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="price-bucket")
+    slot = datetime(2017, 7, 14, 2, 40, tzinfo=UTC)
+    good = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "/../../../etc/passwd.json"
+    bad = (
+        glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-x/../../crypto/02-data-analysis/evil"
+    )
+    record = {"date": 1500000000, "pair": "../../crypto/02-data-analysis/evil", "weightedAverage": 0.0864}
+    s3.put_object(Bucket="price-bucket", Key=good, Body=json.dumps(record).encode())
+    s3.put_object(
+        Bucket="price-bucket",
+        Key=bad,
+        Body=b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>',
+    )
+    args = glue.parse_args(
+        [
+            "--bucket=price-bucket",
+            "--ingestion_prefix=" + layout.INGESTION_PREFIX,
+            "--analysis_prefix=" + layout.ANALYSIS_PREFIX,
+            "--quarantine_prefix=" + layout.QUARANTINE_PREFIX,
+            "--window_start=2017-07-14T02:40:00Z",
+            "--field_aliases=" + json.dumps(ALIASES),
+        ]
+    )
+
+    summary = glue.run(s3, args)
+
+    assert summary["rows"] == 1
+    assert [item["key"] for item in summary["quarantined"]] == [bad]
+    assert "QUARANTINED " + bad + ": XML refused (DTDForbidden)" in capsys.readouterr().out
+    written = {item["Key"] for item in s3.list_objects_v2(Bucket="price-bucket")["Contents"]} - {good, bad}
+    assert written == {layout.analysis_key(slot), *layout.quarantine_keys(slot, bad)}
+    body = s3.get_object(Bucket="price-bucket", Key=layout.analysis_key(slot))["Body"].read().decode()
+    assert "../../crypto/02-data-analysis/evil" in body  # the pair is data in the row, nothing more
