@@ -222,7 +222,7 @@ def parse_object(text):
     pairs = _key_value_pairs(stripped)
     if pairs is not None:
         return "text-kv", [_mapping(pairs, "text-kv")]
-    return _parse_delimited(stripped)
+    return _parse_delimited(text)  # unstripped: a trailing tab is an empty last cell
 
 
 # --- XML
@@ -404,6 +404,8 @@ def _parse_delimited(text):
     Poloniex order (date,high,low,open,close,volume,quoteVolume,weightedAverage)."""
     delimiter, name = _delimiter(_lines(text)[0])
     rows = _rows(text, delimiter, name)
+    if not rows:
+        raise Rejected("{} holds no values".format(name), name)
     if re.match(r"[A-Za-z_]", rows[0][0]):
         header, body = rows[0], rows[1:]
         if not body:
