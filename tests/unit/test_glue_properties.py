@@ -1,0 +1,311 @@
+"""Property tests: any valid record, written in any producer format, normalizes to the same canonical row.
+
+The writers here are small and independent of the job: each renders records the way a producer would,
+with field names drawn from the alias file, numbers as JSON numbers or text (with or without thousands
+separators) and timestamps as unix seconds, milliseconds or ISO 8601 with an offset. Every record holds
+exact 8-decimal prices, so the canonical values it must give are known without running the job.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from xml.sax.saxutils import escape, quoteattr
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from include.glue import normalize_price_record as glue
+from include.price_pipeline import layout
+
+ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+PAIR = "ETH/USDT"
+KEY = "crypto/01-data-ingestion/year=2026/month=11/day=25/20261125T1930Z.raw"
+NUMERIC = ("open", "high", "low", "close", "volume", "quote_volume", "weighted_average")
+POLONIEX_ORDER = ("timestamp", "high", "low", "open", "close", "volume", "quote_volume", "weighted_average")
+PROPERTY = settings(max_examples=60, deadline=None)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A valid candle: exact decimals, volume = weighted_average * quote_volume (Poloniex semantics)."""
+
+    slot: datetime
+    pair: str | None
+    values: dict[str, Decimal]
+    explicit_vwap: bool
+
+    def fields(self) -> tuple[str, ...]:
+        """The canonical numeric fields a producer writes (weighted_average may be left to derivation)."""
+        return tuple(field for field in NUMERIC if self.explicit_vwap or field != "weighted_average")
+
+    def expected(self, source_format: str, names_pair: bool = True) -> dict:
+        """The canonical row this record must normalize to."""
+        row = {field: float(value) for field, value in self.values.items()}
+        if not self.explicit_vwap:
+            row["weighted_average"] = row["volume"] / row["quote_volume"]
+        pair = self.pair if names_pair and self.pair else PAIR
+        stamp = self.slot.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"timestamp": stamp, "pair": pair, **row, "source_key": KEY, "source_format": source_format}
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a producer spells a record: field names, number form, timestamp form."""
+
+    names: dict[str, str]
+    numbers: str  # "json", "text" or "thousands"
+    stamps: str  # "seconds", "milliseconds", "text", "iso-z" or "iso-offset"
+    offset_minutes: int
+
+    def number(self, value: Decimal) -> float | str:
+        if self.numbers == "json":
+            return float(value)
+        return format(value, ",f" if self.numbers == "thousands" else "f")
+
+    def stamp(self, slot: datetime) -> int | str:
+        seconds = int(slot.timestamp())
+        if self.stamps in ("seconds", "milliseconds", "text"):
+            value = seconds * 1000 if self.stamps == "milliseconds" else seconds
+            return str(value) if self.stamps == "text" else value
+        if self.stamps == "iso-z":
+            return f"{slot:%Y-%m-%dT%H:%M:%S}Z"
+        hours, minutes = divmod(abs(self.offset_minutes), 60)
+        sign = "-" if self.offset_minutes < 0 else "+"
+        local = slot + timedelta(minutes=self.offset_minutes)
+        return f"{local:%Y-%m-%dT%H:%M:%S}{sign}{hours:02d}:{minutes:02d}"
+
+    def pairs(self, record: Record) -> list[tuple[str, object]]:
+        """The record as ``(spelling, value)`` pairs, timestamp first, then pair, then numbers."""
+        out = [(self.names["timestamp"], self.stamp(record.slot))]
+        if record.pair:
+            out.append((self.names["pair"], record.pair))
+        return out + [(self.names[field], self.number(record.values[field])) for field in record.fields()]
+
+
+PRICE = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("99999.99999999"), places=8)
+QUOTE_VOLUME = st.decimals(min_value=Decimal(0), max_value=Decimal("1000000"), places=8)
+SLOT_INDEX = st.integers(min_value=1262304000 // 300, max_value=2524608000 // 300)  # 2010 to 2050
+
+
+@st.composite
+def records(draw, traded: bool = False) -> Record:
+    """A valid record; ``traded`` forces a positive quote volume (so weighted_average is derivable)."""
+    low, high = sorted((draw(PRICE), draw(PRICE)))
+    inside = st.decimals(min_value=low, max_value=high, places=8)
+    vwap = draw(inside)
+    quote_volume = draw(QUOTE_VOLUME.filter(lambda v: v > 0) if traded else QUOTE_VOLUME)
+    values = {
+        "open": draw(inside),
+        "high": high,
+        "low": low,
+        "close": draw(inside),
+        "volume": vwap * quote_volume,
+        "quote_volume": quote_volume,
+        "weighted_average": vwap,
+    }
+    explicit_vwap = quote_volume == 0 or draw(st.booleans())
+    pair = draw(st.sampled_from([None, "BTC_ETH", "ETH/USDT", "ETHUSDT", "eth-usd"]))
+    slot = datetime.fromtimestamp(draw(SLOT_INDEX) * 300, UTC)
+    return Record(slot, pair, values, explicit_vwap)
+
+
+@st.composite
+def styles(draw) -> Style:
+    fields = ("timestamp", "pair", *NUMERIC)
+    names = {field: draw(st.sampled_from((field, *ALIASES[field]))) for field in fields}
+    numbers = draw(st.sampled_from(("json", "text", "thousands")))
+    stamps = draw(st.sampled_from(("seconds", "milliseconds", "text", "iso-z", "iso-offset")))
+    return Style(names, numbers, stamps, draw(st.integers(-12 * 4, 14 * 4)) * 15)
+
+
+def normalize_object(text: str | bytes) -> tuple[str, list[dict], list[str]]:
+    """Decode, detect and normalize one raw object: (format, canonical rows, reasons of skipped records)."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    fmt, raws = glue.parse_object(glue.decode_text(data))
+    rows, skipped = [], []
+    for raw in raws:
+        try:
+            rows.append(glue.normalize(raw, ALIASES, PAIR, KEY, fmt))
+        except glue.Rejected as error:
+            skipped.append(str(error))
+    return fmt, rows, skipped
+
+
+def assert_normalizes(text: str | bytes, fmt: str, recs: list[Record], names_pair: bool = True) -> None:
+    assert normalize_object(text) == (fmt, [record.expected(fmt, names_pair) for record in recs], [])
+
+
+# ---------------------------------------------------------------- the writers
+
+
+def as_text(value: object) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def write_json(pairs: list) -> str:
+    return json.dumps(dict(pairs))
+
+
+def write_xml_elements(pairs: list, prefix: str) -> str:
+    fields = "".join(f"<{prefix}{name}>{escape(as_text(value))}</{prefix}{name}>" for name, value in pairs)
+    return f"<{prefix}record>{fields}</{prefix}record>"
+
+
+def write_xml_attributes(pairs: list, prefix: str) -> str:
+    attributes = " ".join(f"{prefix}{name}={quoteattr(as_text(value))}" for name, value in pairs)
+    return f"<{prefix}record {attributes}/>"
+
+
+def xml_document(body: str, prefix: str) -> str:
+    namespace = f' xmlns:{prefix[:-1]}="urn:example:prices"' if prefix else ""
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{prefix}records{namespace}>{body}</{prefix}records>\n'
+
+
+def write_delimited(header: list, rows: list[list], delimiter: str) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+    if header:
+        writer.writerow(header)
+    writer.writerows([as_text(value) for value in row] for row in rows)
+    return out.getvalue()
+
+
+def write_key_value(pairs: list, separator: str, joiner: str) -> str:
+    return joiner.join(f"{name}{separator}{as_text(value)}" for name, value in pairs) + "\n"
+
+
+def write_kline(record: Record, style: Style) -> list:
+    """A Binance kline: base-asset volume at 5 (our quote_volume), quote-asset volume at 7 (our volume)."""
+    opened = int(record.slot.timestamp()) * 1000
+    values = record.values
+    numbers = [style.number(values[field]) for field in ("open", "high", "low", "close", "quote_volume")]
+    return [opened, *numbers, opened + 299_999, style.number(values["volume"]), 42, "0", "0", "0"]
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@PROPERTY
+@given(records(), styles(), st.sampled_from(glue.WRAPPER_KEYS), st.booleans())
+def test_json_object_and_envelope(record, style, wrapper, wrapped):
+    document = {wrapper: dict(style.pairs(record))} if wrapped else dict(style.pairs(record))
+    assert_normalizes(
+        json.dumps(document, indent=2 if wrapped else None), "json-nested" if wrapped else "json", [record]
+    )
+
+
+@PROPERTY
+@given(st.lists(records(), min_size=1, max_size=4), styles())
+def test_json_array(recs, style):
+    assert_normalizes(json.dumps([dict(style.pairs(record)) for record in recs]), "json-array", recs)
+
+
+@PROPERTY
+@given(st.lists(records(), min_size=2, max_size=4), styles())
+def test_ndjson(recs, style):
+    assert_normalizes("\n".join(write_json(style.pairs(record)) for record in recs) + "\n", "ndjson", recs)
+
+
+@PROPERTY
+@given(st.lists(records(), min_size=1, max_size=3), styles(), st.sampled_from(("", "p:")), st.booleans())
+def test_xml_element_and_attribute_styles(recs, style, prefix, attributes):
+    write = write_xml_attributes if attributes else write_xml_elements
+    body = "".join(write(style.pairs(record), prefix) for record in recs)
+    assert_normalizes(xml_document(body, prefix), "xml", recs)
+
+
+@PROPERTY
+@given(records(), styles(), st.randoms(use_true_random=False), st.sampled_from(glue.DELIMITERS))
+def test_delimited_with_header_in_any_column_order(record, style, random, delimiter_and_format):
+    delimiter, fmt = delimiter_and_format
+    pairs = style.pairs(record)
+    random.shuffle(pairs)
+    text = write_delimited([name for name, _ in pairs], [[value for _, value in pairs]], delimiter)
+    assert_normalizes(text, fmt, [record])
+
+
+@PROPERTY
+@given(st.lists(records(), min_size=1, max_size=3), styles(), st.sampled_from(glue.DELIMITERS))
+def test_headerless_in_poloniex_order(recs, style, delimiter_and_format):
+    delimiter, fmt = delimiter_and_format
+    rows = [
+        [style.stamp(record.slot)]
+        + [
+            style.number(record.values[field]) if field in record.fields() else ""
+            for field in POLONIEX_ORDER[1:]
+        ]
+        for record in recs
+    ]
+    assert_normalizes(write_delimited([], rows, delimiter), fmt + "-headerless", recs, names_pair=False)
+
+
+@PROPERTY
+@given(records(), styles(), st.sampled_from(("=", ": ", " = ")), st.sampled_from(("\n", " ", ", ", "; ")))
+def test_key_value_text(record, style, separator, joiner):
+    assert_normalizes(write_key_value(style.pairs(record), separator, joiner), "text-kv", [record])
+
+
+@PROPERTY
+@given(st.lists(records(traded=True), min_size=1, max_size=3), styles(), st.booleans())
+def test_binance_klines(recs, style, single):
+    derived = [Record(record.slot, None, record.values, explicit_vwap=False) for record in recs]
+    klines = [write_kline(record, style) for record in recs]
+    text = json.dumps(klines[0] if single else klines)
+    assert_normalizes(text, "binance-kline", derived[:1] if single else derived)
+
+
+@PROPERTY
+@given(records(), styles())
+def test_canonical_csv_is_itself_valid_input(record, style):
+    """The job's own output, fed back, gives the same row: nothing is lost or reshaped in to_csv."""
+    (row,) = normalize_object(write_json(style.pairs(record)))[1]
+    (again,) = normalize_object(glue.to_csv(row))[1]
+    assert again == {**row, "source_format": "csv"}
+
+
+# ---------------------------------------------------------------- nothing but Rejected
+
+
+def accepted_or_rejected(data: bytes) -> list[dict]:
+    """Rows of ``data``, or none when it is rejected; any other exception fails the test."""
+    try:
+        return normalize_object(data)[1]
+    except glue.Rejected as error:
+        reason = str(error)
+    assert reason
+    assert "\n" not in reason
+    return []
+
+
+@PROPERTY
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_are_accepted_or_rejected_never_crash(data):
+    for row in accepted_or_rejected(data):
+        glue.validate(row)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='{}[]<>"=:,;\t\n .0123456789eE+-TZdatehiglowpqrsvx/!&#%', max_size=300))
+def test_format_shaped_noise_is_accepted_or_rejected_never_crash(text):
+    for row in accepted_or_rejected(text.encode("utf-8")):
+        glue.validate(row)
+
+
+@PROPERTY
+@given(records(), styles(), st.sampled_from(("json", "xml", "csv", "kv")), st.data())
+def test_truncated_valid_objects_never_crash_nor_give_an_invalid_row(record, style, fmt, data):
+    pairs = style.pairs(record)
+    text = {
+        "json": write_json(pairs),
+        "xml": xml_document(write_xml_elements(pairs, ""), ""),
+        "csv": write_delimited([name for name, _ in pairs], [[value for _, value in pairs]], ","),
+        "kv": write_key_value(pairs, "=", "\n"),
+    }[fmt]
+    cut = data.draw(st.integers(min_value=0, max_value=len(text)))
+    for row in accepted_or_rejected(text[:cut].encode("utf-8")):
+        glue.validate(row)
