@@ -123,7 +123,7 @@ KLINE_CLOSE_INDEX = 6
 #: Unix timestamps above this are milliseconds (1e11 seconds is the year 5138).
 UNIX_MILLISECONDS_ABOVE = 1e11
 
-_CONTROL_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _KEY = re.compile(r"(?<![^\s,;])([A-Za-z_][\w.-]*)[ \t]*[:=]")
 _DECIMAL = re.compile(r"[+-]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
@@ -359,7 +359,7 @@ def _json_list(items):
 def _kline(values):
     """One Binance kline ``[open_time_ms, open, high, low, close, base_volume, close_time_ms,
     quote_volume, ...]`` as a raw mapping; it must span exactly one 5-minute candle."""
-    if len(values) <= KLINE_CLOSE_INDEX + 1:
+    if len(values) < len(KLINE_COLUMNS):
         raise Rejected(
             "kline has {} values; a Binance kline has at least 8".format(len(values)), "binance-kline"
         )
