@@ -128,9 +128,7 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _KEY = re.compile(r"(?<![^\s,;])([A-Za-z_][\w.-]*)[ \t]*[:=]")
 _DECIMAL = re.compile(r"[+-]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _UNIX_TIME = re.compile(r"\d+(?:\.\d+)?")
-_ISO_TIME = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)? ?([Zz]|[+-]\d\d:?\d\d)?"
-)
+_ISO_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)? ?([Zz]|[+-]\d\d:?\d\d)?")
 _NON_FINITE = ("nan", "inf", "infinity")
 
 
@@ -360,16 +358,12 @@ def _kline(values):
     """One Binance kline ``[open_time_ms, open, high, low, close, base_volume, close_time_ms,
     quote_volume, ...]`` as a raw mapping; it must span exactly one 5-minute candle."""
     if len(values) < len(KLINE_COLUMNS):
-        raise Rejected(
-            "kline has {} values; a Binance kline has at least 8".format(len(values)), "binance-kline"
-        )
+        raise Rejected("kline has {} values; a Binance kline has at least 8".format(len(values)), "binance-kline")
     opened, closed = values[0], values[KLINE_CLOSE_INDEX]
     span_ms = SLOT_SECONDS * 1000 - 1
     if not (_is_integer(opened) and _is_integer(closed) and closed - opened == span_ms):
         raise Rejected(
-            "kline open/close times {}/{} do not span one 5-minute candle".format(
-                _clip(opened), _clip(closed)
-            ),
+            "kline open/close times {}/{} do not span one 5-minute candle".format(_clip(opened), _clip(closed)),
             "binance-kline",
         )
     return _named(KLINE_COLUMNS, values, "binance-kline")
@@ -414,9 +408,7 @@ def _parse_delimited(text):
         header, body, name = HEADERLESS_COLUMNS, rows, name + "-headerless"
     for number, row in enumerate(body, 1):
         if len(row) != len(header):
-            raise Rejected(
-                "{} row {} has {} cells, expected {}".format(name, number, len(row), len(header)), name
-            )
+            raise Rejected("{} row {} has {} cells, expected {}".format(name, number, len(row), len(header)), name)
     return name, [_named(header, row, name) for row in body]
 
 
@@ -494,9 +486,7 @@ def _derived_weighted_average(volume, quote_volume):
         raise Rejected("no weighted_average, and no volume and quote_volume to derive it")
     if not (volume > 0 and quote_volume > 0):
         raise Rejected(
-            "no weighted_average, and volume {!r} / quote_volume {!r} cannot derive one".format(
-                volume, quote_volume
-            )
+            "no weighted_average, and volume {!r} / quote_volume {!r} cannot derive one".format(volume, quote_volume)
         )
     return volume / quote_volume
 
@@ -626,9 +616,7 @@ def parse_args(argv):
     args, _glue_own_arguments = parser.parse_known_args(argv)
     args.aliases = json.loads(args.field_aliases)
     args.start = _timestamp(args.window_start)
-    args.end = (
-        _timestamp(args.window_end) if args.window_end else args.start + timedelta(seconds=SLOT_SECONDS)
-    )
+    args.end = _timestamp(args.window_end) if args.window_end else args.start + timedelta(seconds=SLOT_SECONDS)
     return args
 
 
@@ -644,9 +632,7 @@ def list_raw_keys(s3, args):
     keys = []
     paginator = s3.get_paginator("list_objects_v2")
     for slot in window_slots(args.start, args.end):
-        for page in paginator.paginate(
-            Bucket=args.bucket, Prefix=ingestion_window_prefix(slot, args.ingestion_prefix)
-        ):
+        for page in paginator.paginate(Bucket=args.bucket, Prefix=ingestion_window_prefix(slot, args.ingestion_prefix)):
             keys.extend(item["Key"] for item in page.get("Contents", []))
     return sorted(keys)
 

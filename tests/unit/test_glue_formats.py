@@ -247,9 +247,7 @@ def test_real_5m_csv_as_one_object():
             assert_same_candle(row, source)
     fillers = [row for row in rows if row["volume"] == 0]
     assert len(fillers) == 48
-    assert all(
-        row["open"] == row["high"] == row["low"] == row["close"] == row["weighted_average"] for row in fillers
-    )
+    assert all(row["open"] == row["high"] == row["low"] == row["close"] == row["weighted_average"] for row in fillers)
 
 
 def test_real_daily_json_array_normalizes_every_record_to_its_own_slot():

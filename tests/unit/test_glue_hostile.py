@@ -162,9 +162,7 @@ def test_object_over_the_cap_is_refused_without_being_read():
 # ---------------------------------------------------------------- non-finite numbers
 
 
-@pytest.mark.parametrize(
-    "value", ["NaN", "nan", "Infinity", "-Infinity", "inf", "+INF", float("nan"), 10**400]
-)
+@pytest.mark.parametrize("value", ["NaN", "nan", "Infinity", "-Infinity", "inf", "+INF", float("nan"), 10**400])
 def test_non_finite_prices_are_rejected_in_every_spelling(value):
     record = {"date": 1500000000, "high": value, "weightedAverage": 0.0864}
     with pytest.raises(glue.Rejected, match="high is not finite"):
@@ -188,9 +186,7 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     s3.create_bucket(Bucket="price-bucket")
     slot = datetime(2017, 7, 14, 2, 40, tzinfo=UTC)
     good = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "/../../../etc/passwd.json"
-    bad = (
-        glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-x/../../crypto/02-data-analysis/evil"
-    )
+    bad = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-x/../../crypto/02-data-analysis/evil"
     record = {"date": 1500000000, "pair": "../../crypto/02-data-analysis/evil", "weightedAverage": 0.0864}
     s3.put_object(Bucket="price-bucket", Key=good, Body=json.dumps(record).encode())
     s3.put_object(

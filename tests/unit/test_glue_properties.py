@@ -235,10 +235,7 @@ def test_headerless_in_poloniex_order(recs, style, delimiter_and_format):
     delimiter, fmt = delimiter_and_format
     rows = [
         [style.stamp(record.slot)]
-        + [
-            style.number(record.values[field]) if field in record.fields() else ""
-            for field in POLONIEX_ORDER[1:]
-        ]
+        + [style.number(record.values[field]) if field in record.fields() else "" for field in POLONIEX_ORDER[1:]]
         for record in recs
     ]
     assert_normalizes(write_delimited([], rows, delimiter), fmt + "-headerless", recs, names_pair=False)
