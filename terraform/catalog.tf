@@ -1,0 +1,185 @@
+# Glue Data Catalog tables over the history so Athena can query it. Partition projection: no crawler,
+# no MSCK REPAIR; new days are queryable as soon as their objects exist.
+
+locals {
+  s3_root    = "s3://${aws_s3_bucket.data.id}/"
+  year_range = "${var.history_first_year},${var.history_last_year}"
+
+  # One JSON object per window (crypto/03-price-changes/); written by the DAG. Fields it lacks read
+  # as NULL, extra fields are ignored, so this list can grow with the ledger.
+  ledger_columns = [
+    { name = "window_start", type = "string" },
+    { name = "window_end", type = "string" },
+    { name = "pair", type = "string" },
+    { name = "previous_timestamp", type = "string" },
+    { name = "previous_price", type = "double" },
+    { name = "price", type = "double" },
+    { name = "change_pct", type = "double" },
+    { name = "threshold_pct", type = "double" },
+    { name = "notified", type = "boolean" },
+    { name = "status", type = "string" },
+  ]
+}
+
+resource "aws_glue_catalog_database" "history" {
+  name        = var.catalog_database_name
+  description = "${var.project}: canonical records, their Parquet copy and the price-change ledger"
+}
+
+resource "aws_glue_catalog_table" "analysis_csv" {
+  name          = "analysis_csv"
+  database_name = aws_glue_catalog_database.history.name
+  description   = "Canonical records, one CSV with a header per 5-minute slot (written by the Glue job)"
+  table_type    = "EXTERNAL_TABLE"
+
+  parameters = {
+    "classification"            = "csv"
+    "skip.header.line.count"    = "1"
+    "projection.enabled"        = "true"
+    "projection.year.type"      = "integer"
+    "projection.year.range"     = local.year_range
+    "projection.month.type"     = "integer"
+    "projection.month.range"    = "1,12"
+    "projection.month.digits"   = "2"
+    "projection.day.type"       = "integer"
+    "projection.day.range"      = "1,31"
+    "projection.day.digits"     = "2"
+    "storage.location.template" = "${local.s3_root}${var.analysis_prefix}year=$${year}/month=$${month}/day=$${day}/"
+  }
+
+  partition_keys {
+    name = "year"
+    type = "string"
+  }
+  partition_keys {
+    name = "month"
+    type = "string"
+  }
+  partition_keys {
+    name = "day"
+    type = "string"
+  }
+
+  storage_descriptor {
+    location      = "${local.s3_root}${var.analysis_prefix}"
+    input_format  = "org.apache.hadoop.mapred.TextInputFormat"
+    output_format = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+
+    ser_de_info {
+      serialization_library = "org.apache.hadoop.hive.serde2.OpenCSVSerde"
+      parameters = {
+        "separatorChar" = ","
+        "quoteChar"     = "\""
+        "escapeChar"    = "\\"
+      }
+    }
+
+    dynamic "columns" {
+      for_each = local.canonical_columns
+      content {
+        name = columns.value.name
+        type = columns.value.type
+      }
+    }
+  }
+}
+
+resource "aws_glue_catalog_table" "analysis_parquet" {
+  name          = "analysis_parquet"
+  database_name = aws_glue_catalog_database.history.name
+  description   = "Canonical records compacted to Parquet, one prefix per month"
+  table_type    = "EXTERNAL_TABLE"
+
+  parameters = {
+    "classification"            = "parquet"
+    "projection.enabled"        = "true"
+    "projection.year.type"      = "integer"
+    "projection.year.range"     = local.year_range
+    "projection.month.type"     = "integer"
+    "projection.month.range"    = "1,12"
+    "projection.month.digits"   = "2"
+    "storage.location.template" = "${local.s3_root}${local.parquet_prefix}year=$${year}/month=$${month}/"
+  }
+
+  partition_keys {
+    name = "year"
+    type = "string"
+  }
+  partition_keys {
+    name = "month"
+    type = "string"
+  }
+
+  storage_descriptor {
+    location      = "${local.s3_root}${local.parquet_prefix}"
+    input_format  = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+    output_format = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
+
+    ser_de_info {
+      serialization_library = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+    }
+
+    dynamic "columns" {
+      for_each = local.canonical_columns
+      content {
+        name = columns.value.name
+        type = columns.value.type
+      }
+    }
+  }
+}
+
+resource "aws_glue_catalog_table" "price_changes" {
+  name          = "price_changes"
+  database_name = aws_glue_catalog_database.history.name
+  description   = "Price-change ledger, one JSON object per 5-minute window"
+  table_type    = "EXTERNAL_TABLE"
+
+  parameters = {
+    "classification"            = "json"
+    "projection.enabled"        = "true"
+    "projection.year.type"      = "integer"
+    "projection.year.range"     = local.year_range
+    "projection.month.type"     = "integer"
+    "projection.month.range"    = "1,12"
+    "projection.month.digits"   = "2"
+    "projection.day.type"       = "integer"
+    "projection.day.range"      = "1,31"
+    "projection.day.digits"     = "2"
+    "storage.location.template" = "${local.s3_root}${var.changes_prefix}year=$${year}/month=$${month}/day=$${day}/"
+  }
+
+  partition_keys {
+    name = "year"
+    type = "string"
+  }
+  partition_keys {
+    name = "month"
+    type = "string"
+  }
+  partition_keys {
+    name = "day"
+    type = "string"
+  }
+
+  storage_descriptor {
+    location      = "${local.s3_root}${var.changes_prefix}"
+    input_format  = "org.apache.hadoop.mapred.TextInputFormat"
+    output_format = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+
+    ser_de_info {
+      serialization_library = "org.openx.data.jsonserde.JsonSerDe"
+      parameters = {
+        "ignore.malformed.json" = "true"
+      }
+    }
+
+    dynamic "columns" {
+      for_each = local.ledger_columns
+      content {
+        name = columns.value.name
+        type = columns.value.type
+      }
+    }
+  }
+}

@@ -1,0 +1,264 @@
+# Defaults mirror include/price_pipeline/settings.py and layout.py; tests/infra/test_terraform.py
+# checks that they agree.
+
+variable "aws_region" {
+  description = "AWS region of every resource."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "project" {
+  description = "Name stem of the shared resources (bucket, KMS alias, policies, catalog database)."
+  type        = string
+  default     = "price-notification"
+}
+
+variable "tags" {
+  description = "Tags applied to every resource."
+  type        = map(string)
+  default = {
+    project = "price-notification"
+  }
+}
+
+# ------------------------------------------------------------------------------------ bucket
+
+variable "bucket_name" {
+  description = "Data bucket (PRICE_BUCKET). Empty: <project>-<account id>-<region>, unique per account."
+  type        = string
+  default     = ""
+}
+
+variable "ingestion_prefix" {
+  description = "PRICE_INGESTION_PREFIX: where producers write raw records."
+  type        = string
+  default     = "crypto/01-data-ingestion/"
+
+  validation {
+    condition     = can(regex("^[^/].*/$", var.ingestion_prefix))
+    error_message = "A prefix ends with / and does not start with one."
+  }
+}
+
+variable "analysis_prefix" {
+  description = "PRICE_ANALYSIS_PREFIX: canonical CSV written by the Glue job."
+  type        = string
+  default     = "crypto/02-data-analysis/"
+
+  validation {
+    condition     = can(regex("^[^/].*/$", var.analysis_prefix))
+    error_message = "A prefix ends with / and does not start with one."
+  }
+}
+
+variable "changes_prefix" {
+  description = "PRICE_CHANGES_PREFIX: price-change ledger, one JSON per window."
+  type        = string
+  default     = "crypto/03-price-changes/"
+
+  validation {
+    condition     = can(regex("^[^/].*/$", var.changes_prefix))
+    error_message = "A prefix ends with / and does not start with one."
+  }
+}
+
+variable "quarantine_prefix" {
+  description = "PRICE_QUARANTINE_PREFIX: copies of objects that failed checks."
+  type        = string
+  default     = "crypto/99-quarantine/"
+
+  validation {
+    condition     = can(regex("^[^/].*/$", var.quarantine_prefix))
+    error_message = "A prefix ends with / and does not start with one."
+  }
+}
+
+variable "s3_encryption" {
+  description = "Default encryption of the data bucket: SSE-KMS (the pipeline's customer key) or SSE-S3."
+  type        = string
+  default     = "SSE-KMS"
+
+  validation {
+    condition     = contains(["SSE-KMS", "SSE-S3"], var.s3_encryption)
+    error_message = "s3_encryption is SSE-KMS or SSE-S3."
+  }
+}
+
+variable "ingestion_expiration_days" {
+  description = "Raw records under the ingestion prefix expire after this many days."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.ingestion_expiration_days >= 1
+    error_message = "At least one day."
+  }
+}
+
+variable "quarantine_expiration_days" {
+  description = "Quarantined copies expire after this many days (kept longer than raw records)."
+  type        = number
+  default     = 180
+
+  validation {
+    condition     = var.quarantine_expiration_days >= 1
+    error_message = "At least one day."
+  }
+}
+
+variable "noncurrent_version_expiration_days" {
+  description = "Overwritten or deleted object versions are kept this many days."
+  type        = number
+  default     = 30
+}
+
+variable "access_log_expiration_days" {
+  description = "S3 server access logs of the data bucket are kept this many days."
+  type        = number
+  default     = 365
+}
+
+# ------------------------------------------------------------------------------------ Glue
+
+variable "glue_job_name" {
+  description = "PRICE_GLUE_JOB_NAME: the Glue Python shell job."
+  type        = string
+  default     = "price-normalize-record"
+}
+
+variable "glue_role_name" {
+  description = "PRICE_GLUE_ROLE_NAME: the IAM role the Glue job runs as."
+  type        = string
+  default     = "price-glue-job"
+}
+
+variable "pair" {
+  description = "PRICE_PAIR: trading pair named in records and alerts."
+  type        = string
+  default     = "ETH/USDT"
+}
+
+variable "max_object_bytes" {
+  description = "PRICE_MAX_OBJECT_BYTES: raw objects above this are quarantined unread."
+  type        = number
+  default     = 1048576
+
+  validation {
+    condition     = var.max_object_bytes >= 1024 && floor(var.max_object_bytes) == var.max_object_bytes
+    error_message = "A whole number of bytes, at least 1024."
+  }
+}
+
+variable "glue_timeout_minutes" {
+  description = "A job run still going after this many minutes is stopped (one window takes seconds)."
+  type        = number
+  default     = 10
+}
+
+# ------------------------------------------------------------------------------------ SNS
+
+variable "alert_topic_name" {
+  description = "Topic of PRICE_ALERT_TOPIC_ARN: subscribers receive price alerts."
+  type        = string
+  default     = "price-alerts"
+}
+
+variable "ops_topic_name" {
+  description = "Topic of PRICE_OPS_TOPIC_ARN: pipeline health (failures, stale feed, quarantine)."
+  type        = string
+  default     = "price-pipeline-ops"
+}
+
+variable "alert_emails" {
+  description = "Email addresses subscribed to the alert topic (each must confirm by mail)."
+  type        = list(string)
+  default     = []
+}
+
+variable "ops_emails" {
+  description = "Email addresses subscribed to the ops topic (each must confirm by mail)."
+  type        = list(string)
+  default     = []
+}
+
+# ------------------------------------------------------------------------------------ KMS, catalog
+
+variable "kms_deletion_window_days" {
+  description = "Waiting period before the pipeline's KMS key is deleted after a destroy."
+  type        = number
+  default     = 30
+}
+
+variable "catalog_database_name" {
+  description = "Glue Data Catalog database holding the history tables for Athena."
+  type        = string
+  default     = "price_notification"
+}
+
+variable "history_first_year" {
+  description = "First year of the partition projection range of the history tables."
+  type        = number
+  default     = 2017
+}
+
+variable "history_last_year" {
+  description = "Last year of the partition projection range (queries without a year filter scan the range)."
+  type        = number
+  default     = 2035
+}
+
+# ------------------------------------------------------------------------------------ Airflow
+
+variable "airflow_policy_name" {
+  description = "Name of the IAM policy with exactly what the DAGs need."
+  type        = string
+  default     = "price-notification-airflow"
+}
+
+variable "airflow_role_name" {
+  description = "Existing IAM role of a self-hosted Airflow (instance or task role) to attach the policy to; empty: none."
+  type        = string
+  default     = ""
+}
+
+variable "create_mwaa" {
+  description = "Create an Amazon MWAA environment wired to the above (off by default: it costs money)."
+  type        = bool
+  default     = false
+}
+
+variable "mwaa_environment_name" {
+  description = "Name of the MWAA environment."
+  type        = string
+  default     = "price-notification"
+}
+
+variable "mwaa_airflow_version" {
+  description = "Airflow version of the MWAA environment (one MWAA supports; self-hosted runs the pinned 3.3.2)."
+  type        = string
+  default     = "3.0.6"
+}
+
+variable "mwaa_environment_class" {
+  description = "MWAA environment class."
+  type        = string
+  default     = "mw1.small"
+}
+
+variable "mwaa_subnet_ids" {
+  description = "Two private subnets (in different AZs, with a route to S3, SNS, Glue, KMS, Logs) for MWAA."
+  type        = list(string)
+  default     = []
+}
+
+variable "mwaa_security_group_ids" {
+  description = "Security groups of the MWAA environment (one that allows traffic to itself)."
+  type        = list(string)
+  default     = []
+}
+
+variable "mwaa_dags_prefix" {
+  description = "Where in the data bucket MWAA reads DAGs, its startup script and requirements."
+  type        = string
+  default     = "airflow/"
+}
