@@ -1,0 +1,567 @@
+"""Checks of terraform/: formatting, checkov, and that its names agree with layout.py and settings.py.
+
+The HCL checks parse the files with python-hcl2 and resolve the simple references they use
+(``var.x`` to its default, ``local.x``, ``path.module``), so a renamed prefix, job, role, topic or
+argument on either side fails here instead of at deploy time. ``terraform validate`` needs the AWS
+provider download, which this machine cannot do; docs/deploy.md says so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+import hcl2
+import pytest
+
+from include.price_pipeline import layout, settings
+
+ROOT = Path(__file__).resolve().parents[2]
+TERRAFORM_DIR = ROOT / "terraform"
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
+DEFAULTS = {s.env: s.default for s in settings.SETTINGS}
+
+#: Settings that Terraform does not decide: Airflow-side knobs and the connection id. Every other
+#: PRICE_* setting must be a Terraform output of the same name (and a new setting must be put on
+#: one side or the other, here).
+AIRFLOW_SIDE = {
+    "PRICE_AWS_CONN_ID": "names an Airflow connection, not an AWS resource",
+    "PRICE_THRESHOLD_PCT": "DAG param default",
+    "PRICE_LOOKBACK_MINUTES": "DAG param default",
+    "PRICE_MAX_ALERT_AGE_MINUTES": "DAG behaviour",
+    "PRICE_SENSOR_TIMEOUT_SECONDS": "sensor timing",
+    "PRICE_SENSOR_POKE_SECONDS": "sensor timing",
+}
+
+#: Which Terraform resource each ARN/name output comes from.
+OUTPUT_RESOURCES = {
+    "PRICE_BUCKET": "${aws_s3_bucket.data.id}",
+    "PRICE_ALERT_TOPIC_ARN": "${aws_sns_topic.alerts.arn}",
+    "PRICE_OPS_TOPIC_ARN": "${aws_sns_topic.ops.arn}",
+    "PRICE_GLUE_JOB_NAME": "${aws_glue_job.normalize.name}",
+    "PRICE_GLUE_ROLE_NAME": "${aws_iam_role.glue_job.name}",
+}
+
+BUCKET = "<bucket>"
+
+
+# ------------------------------------------------------------------------------------ HCL loading
+
+
+def _strip_meta(value):
+    if isinstance(value, dict):
+        return {k: _strip_meta(v) for k, v in value.items() if not k.startswith("__")}
+    if isinstance(value, list):
+        return [_strip_meta(v) for v in value]
+    return value
+
+
+def _is_legacy_body(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, list) for k, v in value.items() if not k.startswith("__"))
+
+
+def _from_legacy_body(body: dict) -> dict:
+    """bc-python-hcl2 (checkov's fork, same ``hcl2`` package) wraps every attribute in a list."""
+    out = {}
+    for key, value in body.items():
+        if key.startswith("__"):
+            continue
+        if key == "dynamic":  # labeled nested blocks: [{label: body}]
+            out[key] = [{label: _from_legacy_body(b) for label, b in item.items()} for item in value]
+        elif value and all(_is_legacy_body(item) for item in value):
+            out[key] = [_from_legacy_body(item) for item in value]  # nested blocks
+        else:
+            out[key] = value[0]
+    return out
+
+
+LABELS = {"resource": 2, "data": 2, "variable": 1, "output": 1, "provider": 1, "module": 1}
+
+
+def _from_legacy(tree: dict) -> dict:
+    def walk(node, depth):
+        if depth == 0:
+            return _from_legacy_body(node)
+        return {label: walk(child, depth - 1) for label, child in node.items() if not label.startswith("__")}
+
+    return {kind: [walk(block, LABELS.get(kind, 0)) for block in blocks] for kind, blocks in tree.items()}
+
+
+def load_hcl(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    if "serialization_options" in inspect.signature(hcl2.loads).parameters:
+        from hcl2.utils import SerializationOptions
+
+        options = SerializationOptions(with_comments=False, strip_string_quotes=True)
+        return _strip_meta(hcl2.loads(text, serialization_options=options))
+    # A .venv where checkov was installed over python-hcl2 has bc-python-hcl2's API under `hcl2`.
+    return _from_legacy(hcl2.loads(text))
+
+
+class Module:
+    """The blocks of every terraform/*.tf file, keyed by their labels."""
+
+    def __init__(self, directory: Path):
+        self.resources: dict[tuple[str, str], dict] = {}
+        self.data: dict[tuple[str, str], dict] = {}
+        self.variables: dict[str, dict] = {}
+        self.outputs: dict[str, dict] = {}
+        self.locals: dict[str, object] = {}
+        for path in sorted(directory.glob("*.tf")):
+            tree = load_hcl(path)
+            for kind, target in (("resource", self.resources), ("data", self.data)):
+                for block in tree.get(kind, []):
+                    for rtype, named in block.items():
+                        for name, body in named.items():
+                            assert (rtype, name) not in target, f"{rtype}.{name} declared twice"
+                            target[(rtype, name)] = body
+            for block in tree.get("variable", []):
+                self.variables.update(block)
+            for block in tree.get("output", []):
+                self.outputs.update(block)
+            for block in tree.get("locals", []):
+                for name, value in block.items():
+                    assert name not in self.locals, f"local.{name} declared twice"
+                    self.locals[name] = value
+
+    def resource(self, rtype: str, name: str) -> dict:
+        return self.resources[(rtype, name)]
+
+
+@cache
+def module() -> Module:
+    return Module(TERRAFORM_DIR)
+
+
+class Unresolved(Exception):
+    """An expression beyond the simple references this test follows."""
+
+
+REFERENCE = re.compile(r"\$\{([^{}]+)\}")
+ESCAPED = "\x00"
+
+
+def resolve(value, extra: dict[str, str] | None = None):
+    """Follow ``var.x`` (its default), ``local.x[.key]``, ``path.module`` and ``tostring(...)``."""
+    tf = module()
+
+    def one(expr: str):
+        expr = expr.strip()
+        if extra and expr in extra:
+            return extra[expr]
+        if match := re.fullmatch(r"tostring\((.+)\)", expr):
+            return str(one(match.group(1)))
+        if expr == "path.module":
+            return str(TERRAFORM_DIR)
+        parts = expr.split(".")
+        if parts[0] == "var" and len(parts) == 2 and parts[1] in tf.variables:
+            return resolve(tf.variables[parts[1]]["default"], extra)
+        if parts[0] == "local" and len(parts) >= 2 and parts[1] in tf.locals:
+            node = tf.locals[parts[1]]
+            for key in parts[2:]:
+                node = node[key]
+            return resolve(node, extra)
+        raise Unresolved(expr)
+
+    if isinstance(value, list):
+        return [resolve(v, extra) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve(v, extra) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+    text = value.replace("$${", ESCAPED)  # HCL's escape for a literal ${
+    if match := REFERENCE.fullmatch(text):
+        return one(match.group(1))
+    return REFERENCE.sub(lambda m: str(one(m.group(1))), text).replace(ESCAPED, "${")
+
+
+def compact(expression: str) -> str:
+    return re.sub(r"\s+", "", expression)
+
+
+def statements(document: dict) -> dict[str, dict]:
+    """The statements of an ``aws_iam_policy_document`` by sid."""
+    return {s["sid"]: s for s in document["statement"]}
+
+
+# ------------------------------------------------------------------------------------ tools
+
+
+def test_terraform_fmt_is_clean():
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("terraform is not on PATH")
+    result = subprocess.run(
+        [terraform, "fmt", "-check", "-recursive", "-diff", str(TERRAFORM_DIR)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CHECKPOINT_DISABLE": "1"},
+        timeout=120,
+    )
+    assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
+
+
+def test_checkov_reports_no_failed_check():
+    if not CHECKOV.exists():
+        pytest.skip(f"{CHECKOV.relative_to(ROOT)} is missing (make install creates it)")
+    result = subprocess.run(
+        [str(CHECKOV), "-d", str(TERRAFORM_DIR), "--framework", "terraform"]
+        + ["--compact", "--quiet", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    report = json.loads(result.stdout)
+    report = report[0] if isinstance(report, list) else report
+    summary = report["summary"]
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+        for c in report.get("results", {}).get("failed_checks", [])
+    ]
+    assert not failed, "checkov failed checks:\n" + "\n".join(failed)
+    assert summary["failed"] == 0
+    assert summary["parsing_errors"] == 0
+    assert summary["passed"] > 0
+
+
+def test_every_checkov_skip_is_justified():
+    """An inline ``#checkov:skip=CKV_...:reason`` is the only way to skip, and it needs a reason."""
+    skip = re.compile(r"#\s*checkov:skip=([A-Z0-9_]+)(?::(.*))?$")
+    found = []
+    for path in sorted(TERRAFORM_DIR.rglob("*.tf")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if "checkov:skip" in line:
+                match = skip.search(line.strip())
+                assert match, f"{path.name}:{number}: malformed skip: {line.strip()}"
+                reason = (match.group(2) or "").strip()
+                assert len(reason) >= 20, f"{path.name}:{number}: {match.group(1)} needs a real reason"
+                found.append(match.group(1))
+    assert len(found) <= 6, f"skips are the exception, found {found}"
+    assert not (ROOT / ".checkov.yaml").exists() or "skip-check" not in (ROOT / ".checkov.yaml").read_text()
+
+
+# ------------------------------------------------------------------------------------ names
+
+
+def test_every_file_parses():
+    files = sorted(TERRAFORM_DIR.glob("*.tf"))
+    assert {p.name for p in files} >= {"versions.tf", "variables.tf", "outputs.tf"}
+    assert module().resources
+
+
+def test_variable_defaults_match_settings():
+    tf = module()
+    expected = {
+        "ingestion_prefix": DEFAULTS["PRICE_INGESTION_PREFIX"],
+        "analysis_prefix": DEFAULTS["PRICE_ANALYSIS_PREFIX"],
+        "changes_prefix": DEFAULTS["PRICE_CHANGES_PREFIX"],
+        "quarantine_prefix": DEFAULTS["PRICE_QUARANTINE_PREFIX"],
+        "pair": DEFAULTS["PRICE_PAIR"],
+        "glue_job_name": DEFAULTS["PRICE_GLUE_JOB_NAME"],
+        "glue_role_name": DEFAULTS["PRICE_GLUE_ROLE_NAME"],
+        "max_object_bytes": DEFAULTS["PRICE_MAX_OBJECT_BYTES"],
+        "alert_topic_name": DEFAULTS["PRICE_ALERT_TOPIC_ARN"].rsplit(":", 1)[-1],
+        "ops_topic_name": DEFAULTS["PRICE_OPS_TOPIC_ARN"].rsplit(":", 1)[-1],
+        # Bucket names are global: AWS gets <project>-<account>-<region>, the stand-in <project>-local.
+        "project": DEFAULTS["PRICE_BUCKET"].removesuffix("-local"),
+    }
+    actual = {name: str(tf.variables[name]["default"]) for name in expected}
+    assert actual == expected
+    assert expected["ingestion_prefix"] == layout.INGESTION_PREFIX
+    assert expected["quarantine_prefix"] == layout.QUARANTINE_PREFIX
+
+
+def test_bucket_name_is_derived_from_the_project():
+    bucket = module().resource("aws_s3_bucket", "data")
+    assert bucket["bucket"] == "${local.bucket_name}"
+    # A conditional is beyond resolve(); check the fallback branch textually.
+    assert '"${var.project}-${local.account_id}-${local.region}"' in module().locals["bucket_name"]
+
+
+def test_layout_locals_match_layout():
+    tf = module()
+    assert resolve(tf.locals["parquet_prefix"]) == layout.PARQUET_PREFIX
+    assert resolve(tf.locals["glue_scripts_prefix"]) == layout.GLUE_SCRIPTS_PREFIX
+    assert Path(resolve(tf.locals["glue_script_file"])).resolve() == layout.GLUE_SCRIPT_PATH
+    assert Path(resolve(tf.locals["field_aliases_file"])).resolve() == layout.FIELD_ALIASES_PATH
+    script_key = layout.GLUE_SCRIPTS_PREFIX + layout.GLUE_SCRIPT_PATH.name
+    assert resolve(tf.locals["glue_script_key"]) == script_key
+    assert tuple(c["name"] for c in resolve(tf.locals["canonical_columns"])) == layout.CANONICAL_COLUMNS
+
+
+def test_glue_script_is_uploaded_where_the_operator_uploads_it():
+    tf = module()
+    script = tf.resource("aws_s3_object", "glue_script")
+    assert resolve(script["key"]) == layout.GLUE_SCRIPTS_PREFIX + layout.GLUE_SCRIPT_PATH.name
+    assert Path(resolve(script["source"])).resolve() == layout.GLUE_SCRIPT_PATH
+    # ETag is not the MD5 of an SSE-KMS object; source_hash tracks the file instead.
+    assert compact(script["source_hash"]) == "${filemd5(local.glue_script_file)}"
+    assert "etag" not in script
+    job = tf.resource("aws_glue_job", "normalize")
+    [command] = job["command"]
+    assert command["script_location"] == "s3://${aws_s3_bucket.data.id}/${aws_s3_object.glue_script.key}"
+
+
+def test_glue_job_definition():
+    tf = module()
+    job = tf.resource("aws_glue_job", "normalize")
+    [command] = job["command"]
+    assert command["name"] == "pythonshell"
+    assert command["python_version"] == "3.9"
+    assert job["glue_version"] == "3.0"
+    assert float(job["max_capacity"]) == 0.0625
+    assert int(job["max_retries"]) == 0
+    assert resolve(job["name"]) == DEFAULTS["PRICE_GLUE_JOB_NAME"]
+    assert job["role_arn"] == "${aws_iam_role.glue_job.arn}"
+    assert resolve(tf.resource("aws_iam_role", "glue_job")["name"]) == DEFAULTS["PRICE_GLUE_ROLE_NAME"]
+    assert job["security_configuration"] == "${aws_glue_security_configuration.job.name}"
+    [encryption] = tf.resource("aws_glue_security_configuration", "job")["encryption_configuration"]
+    assert {"cloudwatch_encryption", "job_bookmarks_encryption", "s3_encryption"} <= set(encryption)
+
+
+def _script_options() -> set[str]:
+    source = layout.GLUE_SCRIPT_PATH.read_text(encoding="utf-8")
+    return set(re.findall(r'add_argument\(\s*"(--[a-z_]+)"', source))
+
+
+def test_glue_job_arguments_match_the_script_and_settings():
+    job = module().resource("aws_glue_job", "normalize")
+    arguments = job["default_arguments"]
+    per_run = {"--window_start", "--window_end"}  # the DAG passes these for each window
+    assert _script_options() - per_run == set(arguments) - {"--additional-python-modules"}
+
+    assert arguments["--bucket"] == "${aws_s3_bucket.data.id}"
+    fixed = {k: v for k, v in arguments.items() if k != "--field_aliases"}
+    resolved = resolve(fixed, extra={"aws_s3_bucket.data.id": BUCKET})
+    assert resolved["--ingestion_prefix"] == layout.INGESTION_PREFIX
+    assert resolved["--analysis_prefix"] == layout.ANALYSIS_PREFIX
+    assert resolved["--quarantine_prefix"] == layout.QUARANTINE_PREFIX
+    assert resolved["--pair"] == DEFAULTS["PRICE_PAIR"]
+    assert resolved["--max_object_bytes"] == DEFAULTS["PRICE_MAX_OBJECT_BYTES"]
+    assert compact(arguments["--field_aliases"]) == "${jsonencode(jsondecode(file(local.field_aliases_file)))}"
+
+    pins = (ROOT / "requirements.txt").read_text(encoding="utf-8").split()
+    modules = resolved["--additional-python-modules"].split(",")
+    assert modules
+    assert all(m in pins for m in modules), f"{modules} are not pinned like requirements.txt"
+
+
+def test_glue_job_arguments_match_what_the_dag_passes():
+    """settings.glue_job_arguments is what the DAG passes; Terraform's defaults are the same."""
+    if not hasattr(settings, "glue_job_arguments"):
+        pytest.skip("settings.glue_job_arguments is not there yet")
+    config = settings.load({})
+    dag = settings.glue_job_arguments(config)
+    arguments = module().resource("aws_glue_job", "normalize")["default_arguments"]
+    assert set(dag) == set(arguments) - {"--additional-python-modules"}
+    fixed = {k: v for k, v in arguments.items() if k not in {"--field_aliases", "--additional-python-modules"}}
+    assert resolve(fixed, extra={"aws_s3_bucket.data.id": config.bucket}) == {
+        k: v for k, v in dag.items() if k != "--field_aliases"
+    }
+    assert json.loads(dag["--field_aliases"]) == json.loads(layout.FIELD_ALIASES_PATH.read_text("utf-8"))
+
+
+def test_glue_job_arguments_parse_with_the_job_script():
+    """The default arguments, as Glue would pass them plus one window, are accepted by the script."""
+    from include.glue import normalize_price_record as job_script
+
+    arguments = dict(module().resource("aws_glue_job", "normalize")["default_arguments"])
+    aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text(encoding="utf-8"))
+    # What jsonencode(jsondecode(file(...))) yields: minified, keys sorted.
+    arguments["--field_aliases"] = json.dumps(aliases, separators=(",", ":"), sort_keys=True)
+    resolved = resolve(arguments, extra={"aws_s3_bucket.data.id": BUCKET})
+    argv = [token for pair in resolved.items() for token in pair]
+    args = job_script.parse_args([*argv, "--window_start", "2026-11-25T19:30:00Z"])
+    assert args.bucket == BUCKET
+    assert args.analysis_prefix == layout.ANALYSIS_PREFIX
+    assert args.max_object_bytes == int(DEFAULTS["PRICE_MAX_OBJECT_BYTES"])
+    assert args.aliases == aliases
+
+
+def test_topics_are_named_like_the_settings_and_encrypted_tls_only():
+    tf = module()
+    for name, setting in (("alerts", "PRICE_ALERT_TOPIC_ARN"), ("ops", "PRICE_OPS_TOPIC_ARN")):
+        topic = tf.resource("aws_sns_topic", name)
+        assert resolve(topic["name"]) == DEFAULTS[setting].rsplit(":", 1)[-1]
+        assert topic["kms_master_key_id"] == "${aws_kms_key.pipeline.arn}"
+        policy = tf.resource("aws_sns_topic_policy", name)
+        assert policy["arn"] == f"${{aws_sns_topic.{name}.arn}}"
+        assert policy["policy"] == f'${{data.aws_iam_policy_document.topic["{name}"].json}}'
+    deny = statements(tf.data[("aws_iam_policy_document", "topic")])["DenyInsecureTransport"]
+    _assert_denies_plain_http(deny)
+    key = tf.resource("aws_kms_key", "pipeline")
+    assert key["enable_key_rotation"] is True
+
+
+def _assert_denies_plain_http(statement: dict):
+    assert statement["effect"] == "Deny"
+    [condition] = statement["condition"]
+    assert (condition["test"], condition["variable"], condition["values"]) == (
+        "Bool",
+        "aws:SecureTransport",
+        ["false"],
+    )
+
+
+def test_bucket_is_private_encrypted_versioned_and_expires_by_prefix():
+    tf = module()
+    block = tf.resource("aws_s3_bucket_public_access_block", "data")
+    flags = ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
+    assert all(block[flag] is True for flag in flags)
+    [rule] = tf.resource("aws_s3_bucket_server_side_encryption_configuration", "data")["rule"]
+    [default] = rule["apply_server_side_encryption_by_default"]
+    assert "aws:kms" in default["sse_algorithm"]
+    assert "AES256" in default["sse_algorithm"]
+    assert tf.variables["s3_encryption"]["default"] == "SSE-KMS"
+    [versioning] = tf.resource("aws_s3_bucket_versioning", "data")["versioning_configuration"]
+    assert versioning["status"] == "Enabled"
+    _assert_denies_plain_http(statements(tf.data[("aws_iam_policy_document", "data_bucket")])["DenyInsecureTransport"])
+
+    expiry = {}
+    for lifecycle_rule in tf.resource("aws_s3_bucket_lifecycle_configuration", "data")["rule"]:
+        [rule_filter] = lifecycle_rule["filter"] or [{}]
+        for expiration in lifecycle_rule.get("expiration", []):
+            if "days" in expiration:
+                expiry[resolve(rule_filter.get("prefix", ""))] = resolve(expiration["days"])
+    assert set(expiry) == {layout.INGESTION_PREFIX, layout.QUARANTINE_PREFIX}
+    assert expiry[layout.QUARANTINE_PREFIX] > expiry[layout.INGESTION_PREFIX]
+
+
+def _s3_prefix_of(arn: str) -> str:
+    resolved = resolve(arn, extra={"local.bucket_arn": "arn:aws:s3:::" + BUCKET})
+    return resolved.removeprefix(f"arn:aws:s3:::{BUCKET}/")
+
+
+def test_airflow_policy_grants_exactly_what_the_dags_use():
+    tf = module()
+    policy = statements(tf.data[("aws_iam_policy_document", "airflow")])
+    for statement in policy.values():
+        assert statement.get("effect", "Allow") == "Allow"
+        assert not any("*" in action for action in statement["actions"]), statement["sid"]
+        assert "*" not in statement["resources"], statement["sid"]
+
+    granted = {}
+    for statement in policy.values():
+        for action in statement["actions"]:
+            granted.setdefault(action, set()).update(statement["resources"])
+    assert set(granted) == {
+        "s3:ListBucket",
+        "s3:GetObject",
+        "s3:PutObject",
+        *(f"glue:{a}" for a in ("GetJob", "CreateJob", "UpdateJob", "StartJobRun", "GetJobRun")),
+        "glue:GetJobRuns",
+        "glue:BatchStopJobRun",
+        "iam:PassRole",
+        "iam:GetRole",
+        "logs:FilterLogEvents",
+        "logs:GetLogEvents",
+        "sns:Publish",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+    }
+    reads = {_s3_prefix_of(arn) for arn in granted["s3:GetObject"]}
+    writes = {_s3_prefix_of(arn) for arn in granted["s3:PutObject"]}
+    assert reads == {
+        f"{p}*"
+        for p in (
+            layout.INGESTION_PREFIX,
+            layout.ANALYSIS_PREFIX,
+            layout.CHANGES_PREFIX,
+            layout.QUARANTINE_PREFIX,
+            layout.GLUE_SCRIPTS_PREFIX,
+        )
+    }
+    assert writes == {f"{layout.CHANGES_PREFIX}*", f"{layout.GLUE_SCRIPTS_PREFIX}*"}
+    [listing] = policy["ListPipelinePrefixes"]["condition"]
+    assert listing["variable"] == "s3:prefix"
+    assert {p.removesuffix("*") for p in resolve(listing["values"])} == {p.removesuffix("*") for p in reads}
+    assert granted["sns:Publish"] == {"${aws_sns_topic.alerts.arn}", "${aws_sns_topic.ops.arn}"}
+    assert granted["iam:PassRole"] == {"${aws_iam_role.glue_job.arn}"}
+    [passed_to] = policy["PassGlueRoleToGlueOnly"]["condition"]
+    assert (passed_to["variable"], passed_to["values"]) == ("iam:PassedToService", ["glue.amazonaws.com"])
+    assert granted["glue:StartJobRun"] == {"${local.glue_job_arn}"}
+    account = {"local.partition": "aws", "local.region": "r", "local.account_id": "1"}
+    job_arn = f"arn:aws:glue:r:1:job/{DEFAULTS['PRICE_GLUE_JOB_NAME']}"
+    assert resolve(tf.locals["glue_job_arn"], extra=account) == job_arn
+
+
+def test_glue_role_reads_raw_and_writes_only_its_outputs():
+    tf = module()
+    policy = statements(tf.data[("aws_iam_policy_document", "glue_job")])
+    for statement in policy.values():
+        assert not any("*" in action for action in statement["actions"]), statement["sid"]
+        assert "*" not in statement["resources"], statement["sid"]
+    reads = {_s3_prefix_of(arn) for arn in policy["ReadRawRecordsAndScript"]["resources"]}
+    assert reads == {f"{layout.INGESTION_PREFIX}*", layout.GLUE_SCRIPTS_PREFIX + layout.GLUE_SCRIPT_PATH.name}
+    writes = {_s3_prefix_of(arn) for arn in policy["WriteCanonicalCsvAndQuarantine"]["resources"]}
+    assert writes == {f"{layout.ANALYSIS_PREFIX}*", f"{layout.QUARANTINE_PREFIX}*"}
+
+
+def test_outputs_are_exactly_the_deployment_settings():
+    tf = module()
+    price_env = tf.locals["price_env"]
+    unknown = set(AIRFLOW_SIDE) - set(DEFAULTS)
+    assert not unknown, f"AIRFLOW_SIDE names settings that no longer exist: {unknown}"
+    assert set(tf.outputs) <= set(DEFAULTS), f"outputs that are no setting: {set(tf.outputs) - set(DEFAULTS)}"
+    assert set(tf.outputs) == set(DEFAULTS) - set(AIRFLOW_SIDE)
+    assert set(price_env) == set(tf.outputs)
+    for name, output in tf.outputs.items():
+        assert output["value"] == f"${{local.price_env.{name}}}"
+        assert output.get("description")
+
+    for name, expression in price_env.items():
+        if name in OUTPUT_RESOURCES:
+            assert expression == OUTPUT_RESOURCES[name], name
+        else:
+            assert str(resolve(expression)) == DEFAULTS[name], name
+
+
+def test_catalog_tables_cover_the_history_prefixes():
+    tf = module()
+    extra = {"local.s3_root": f"s3://{BUCKET}/"}
+    slot = datetime(2026, 1, 5, 9, 35, tzinfo=UTC)
+    expected = {
+        "analysis_csv": (layout.ANALYSIS_PREFIX, ("year", "month", "day"), layout.partition(slot)),
+        "analysis_parquet": (layout.PARQUET_PREFIX, ("year", "month"), "year=2026/month=01/"),
+        "price_changes": (layout.CHANGES_PREFIX, ("year", "month", "day"), layout.partition(slot)),
+    }
+    values = {"year": slot.strftime("%Y"), "month": slot.strftime("%m"), "day": slot.strftime("%d")}
+    for name, (prefix, keys, partition) in expected.items():
+        table = tf.resource("aws_glue_catalog_table", name)
+        [storage] = table["storage_descriptor"]
+        assert resolve(storage["location"], extra) == f"s3://{BUCKET}/{prefix}"
+        assert tuple(k["name"] for k in table["partition_keys"]) == keys
+        parameters = resolve(table["parameters"], extra)
+        assert parameters["projection.enabled"] == "true"
+        template = parameters["storage.location.template"]
+        filled = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], template)
+        assert filled == f"s3://{BUCKET}/{prefix}{partition}", name
+        for key in keys:
+            assert parameters[f"projection.{key}.type"] == "integer"
+    csv_table = tf.resource("aws_glue_catalog_table", "analysis_csv")
+    [storage] = csv_table["storage_descriptor"]
+    [serde] = storage["ser_de_info"]
+    assert serde["serialization_library"] == "org.apache.hadoop.hive.serde2.OpenCSVSerde"
+    assert csv_table["parameters"]["skip.header.line.count"] == "1"
+    [columns] = storage["dynamic"]
+    assert columns["columns"]["for_each"] == "${local.canonical_columns}"
+
+
+def test_mwaa_is_optional_and_off_by_default():
+    tf = module()
+    assert tf.variables["create_mwaa"]["default"] is False
+    gated = [key for key in tf.resources if key[0] in {"aws_mwaa_environment"} or key[1].startswith("mwaa")]
+    assert ("aws_mwaa_environment", "this") in gated
+    for key in gated:
+        assert compact(str(tf.resources[key].get("count"))) == "${var.create_mwaa?1:0}", key
+    startup = compact(tf.locals["mwaa_startup_script"])
+    assert "local.price_env" in startup
+    assert "export${name}" in startup
