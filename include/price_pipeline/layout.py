@@ -20,7 +20,7 @@ object is found by listing the one prefix ``ingestion_window_prefix(start)``, ne
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 SLOT_SECONDS = 300
@@ -55,24 +55,24 @@ CANONICAL_COLUMNS = (
 def slot_start(moment: datetime) -> datetime:
     """Return the UTC start of the 5-minute slot containing ``moment`` (naive means UTC)."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     epoch = int(moment.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % SLOT_SECONDS, tz=timezone.utc)
+    return datetime.fromtimestamp(epoch - epoch % SLOT_SECONDS, tz=UTC)
 
 
 def slot_stamp(slot: datetime) -> str:
     """Format a slot start as the key stamp ``YYYYMMDDTHHMMZ``."""
-    return slot.astimezone(timezone.utc).strftime("%Y%m%dT%H%MZ")
+    return slot.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
 
 
 def parse_slot_stamp(stamp: str) -> datetime:
     """Inverse of :func:`slot_stamp`."""
-    return datetime.strptime(stamp, "%Y%m%dT%H%MZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(stamp, "%Y%m%dT%H%MZ").replace(tzinfo=UTC)
 
 
 def partition(slot: datetime) -> str:
     """Hive-style day partition of a slot: ``year=YYYY/month=MM/day=DD/``."""
-    slot = slot.astimezone(timezone.utc)
+    slot = slot.astimezone(UTC)
     return f"year={slot:%Y}/month={slot:%m}/day={slot:%d}/"
 
 

@@ -10,6 +10,7 @@ comes from a Terraform output of the same name (see ``terraform/outputs.tf``).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -54,8 +55,8 @@ SETTINGS = (
     Setting("PRICE_MAX_ALERT_AGE_MINUTES", "15", "windows ending longer ago than this do not notify"),
     Setting("PRICE_SENSOR_TIMEOUT_SECONDS", "900", "how long to wait for a window's record"),
     Setting("PRICE_SENSOR_POKE_SECONDS", "20", "how often the sensor lists the window prefix"),
+    Setting("PRICE_DEFERRABLE", "true", "defer waits to the triggerer; false where none runs (dags test)"),
     Setting("PRICE_MAX_OBJECT_BYTES", "1048576", "raw objects above this are quarantined unread"),
-    Setting("PRICE_AIRFLOW_BASE_URL", "http://127.0.0.1:8080", "Airflow UI address used in alert links"),
 )
 
 _BY_NAME = {s.env: s for s in SETTINGS}
@@ -81,8 +82,16 @@ class Config:
     max_alert_age_minutes: int
     sensor_timeout_seconds: int
     sensor_poke_seconds: int
+    deferrable: bool
     max_object_bytes: int
-    airflow_base_url: str
+
+
+def _boolean(raw: str) -> bool:
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:
@@ -93,7 +102,20 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         setting = _BY_NAME[f"PRICE_{field.name.upper()}"]
         raw = environ.get(setting.env, setting.default)
         try:
-            values[field.name] = {"float": float, "int": int}.get(field.type, str)(raw)
+            values[field.name] = {"float": float, "int": int, "bool": _boolean}.get(field.type, str)(raw)
         except ValueError as error:
             raise ValueError(f"{setting.env}={raw!r} is not a valid {field.type}") from error
     return Config(**values)
+
+
+def glue_job_arguments(config: Config) -> dict[str, str]:
+    """The Glue job's fixed arguments (the DAG adds the window); Terraform sets the same defaults."""
+    return {
+        "--bucket": config.bucket,
+        "--ingestion_prefix": config.ingestion_prefix,
+        "--analysis_prefix": config.analysis_prefix,
+        "--quarantine_prefix": config.quarantine_prefix,
+        "--pair": config.pair,
+        "--max_object_bytes": str(config.max_object_bytes),
+        "--field_aliases": json.dumps(json.loads(layout.FIELD_ALIASES_PATH.read_text()), separators=(",", ":")),
+    }

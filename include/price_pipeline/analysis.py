@@ -1,0 +1,150 @@
+"""Pure price-change analysis: from a series of normalized prices to one decision per window.
+
+Every decision is a function of the price series and the policy alone (never of what was sent
+before), so the live DAG, a native backfill and the bulk history DAG reach the same answer for the
+same window, whatever order or parallelism they run in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from include.price_pipeline import layout
+
+NO_PREVIOUS = "no_previous_record"
+BELOW_THRESHOLD = "below_threshold"
+BELOW_MIN_MOVE = "below_min_abs_move"
+SUPPRESSED_REPEAT = "suppressed_repeat"
+SUPPRESSED_BACKFILL = "suppressed_backfill"
+NOTIFY = "notify"  # due: the publish task turns it into NOTIFIED
+NOTIFIED = "notified"
+
+
+@dataclass(frozen=True)
+class Price:
+    """One normalized record: its slot, weighted average price and where it came from."""
+
+    slot: datetime
+    weighted_average: float
+    pair: str
+    source_key: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """A window's price against the latest earlier price within the lookback (if any)."""
+
+    latest: Price
+    previous: Price | None
+    change_pct: float | None
+
+    @property
+    def abs_change_pct(self) -> float | None:
+        return None if self.change_pct is None else abs(self.change_pct)
+
+    @property
+    def direction(self) -> str:
+        if not self.change_pct:
+            return "flat"
+        return "up" if self.change_pct > 0 else "down"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Per-run knobs: the % threshold and the optional de-noising rules (0 = off)."""
+
+    threshold_pct: float = 1.0
+    lookback_minutes: int = 60
+    min_abs_move: float = 0.0
+    repeat_windows: int = 0
+
+    @property
+    def lookback(self) -> timedelta:
+        return timedelta(minutes=self.lookback_minutes)
+
+
+def parse_canonical_csv(body: bytes) -> Price:
+    """Read the Glue job's canonical CSV object (header plus one row) into a :class:`Price`."""
+    rows = list(csv.DictReader(io.StringIO(body.decode("utf-8"))))
+    if len(rows) != 1:
+        raise ValueError(f"canonical CSV must hold exactly one row, found {len(rows)}")
+    row = rows[0]
+    missing = [c for c in layout.CANONICAL_COLUMNS if c not in row]
+    if missing:
+        raise ValueError(f"canonical CSV lacks columns {missing}")
+    return Price(
+        slot=datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")),
+        weighted_average=float(row["weighted_average"]),
+        pair=row["pair"],
+        source_key=row["source_key"],
+    )
+
+
+def pct_change(previous: float, latest: float) -> float:
+    """Signed % change from ``previous`` to ``latest``."""
+    return (latest - previous) / previous * 100.0
+
+
+def series_changes(prices: list[Price], lookback: timedelta) -> list[Change]:
+    """Each price against the latest earlier price no older than ``lookback``, in slot order."""
+    ordered = sorted(prices, key=lambda p: p.slot)
+    changes, previous = [], None
+    for price in ordered:
+        if previous is not None and price.slot - previous.slot <= lookback:
+            changes.append(Change(price, previous, pct_change(previous.weighted_average, price.weighted_average)))
+        else:
+            changes.append(Change(price, None, None))
+        previous = price
+    return changes
+
+
+def is_breach(change: Change, policy: Policy) -> bool:
+    """Above the % threshold and, when set, the absolute move in price units."""
+    if change.change_pct is None or change.abs_change_pct <= policy.threshold_pct:
+        return False
+    return abs(change.latest.weighted_average - change.previous.weighted_average) >= policy.min_abs_move
+
+
+def classify(change: Change, earlier: list[Change], policy: Policy) -> tuple[str, str]:
+    """``(decision, reason)`` for ``change``, before the freshness rule; ``earlier`` precede it in order.
+
+    With ``repeat_windows = N``, a breach right after another breach in the same direction within the
+    previous N windows of the series is a continuing move and is suppressed.
+    """
+    if change.previous is None:
+        return NO_PREVIOUS, f"no earlier record within the {policy.lookback_minutes}-minute lookback"
+    if change.abs_change_pct <= policy.threshold_pct:
+        return BELOW_THRESHOLD, f"|change| {change.abs_change_pct:.4f}% <= threshold {policy.threshold_pct}%"
+    if not is_breach(change, policy):
+        return BELOW_MIN_MOVE, f"absolute move below min_abs_move {policy.min_abs_move}"
+    if policy.repeat_windows:
+        recent = [c for c in earlier if change.latest.slot - c.latest.slot <= layout.SLOT * policy.repeat_windows]
+        if any(is_breach(c, policy) and c.direction == change.direction for c in recent):
+            return (
+                SUPPRESSED_REPEAT,
+                f"move continues {change.direction} within {policy.repeat_windows} windows",
+            )
+    return NOTIFY, f"|change| {change.abs_change_pct:.4f}% > threshold {policy.threshold_pct}%"
+
+
+def apply_freshness(decision: str, reason: str, due: bool, why_not_due: str) -> tuple[str, str]:
+    """Turn a NOTIFY into SUPPRESSED_BACKFILL when the window is not due for subscribers."""
+    if decision == NOTIFY and not due:
+        return SUPPRESSED_BACKFILL, why_not_due
+    return decision, reason
+
+
+def due_for_subscribers(
+    run_type: str, window_end: datetime, now: datetime, max_alert_age_minutes: int, notify_on_backfill: bool
+) -> tuple[bool, str]:
+    """Whether a breach in this window may notify subscribers, and if not, why (no wall-clock figures)."""
+    if notify_on_backfill:
+        return True, ""
+    if run_type == "backfill":
+        return False, "backfill run (notify_on_backfill is off)"
+    if now - window_end > timedelta(minutes=max_alert_age_minutes):
+        return False, f"window ended more than max_alert_age ({max_alert_age_minutes} min) ago"
+    return True, ""

@@ -1,0 +1,82 @@
+"""S3 reads and writes of the pipeline's objects, given a boto3 S3 client (no Airflow here).
+
+Tasks pass ``S3Hook(aws_conn_id).get_conn()``; tests pass a client on the local stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+from botocore.exceptions import ClientError
+
+from include.price_pipeline import layout
+from include.price_pipeline.analysis import Price, parse_canonical_csv
+
+READ_WORKERS = 8
+
+
+def _is_missing(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
+
+def read_bytes(s3, bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None if it does not exist."""
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if _is_missing(error):
+            return None
+        raise
+
+
+def read_json(s3, bucket: str, key: str) -> dict | None:
+    """A JSON object, or None if it does not exist."""
+    body = read_bytes(s3, bucket, key)
+    return None if body is None else json.loads(body)
+
+
+def write_bytes(s3, bucket: str, key: str, body: bytes, content_type: str) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+
+def list_keys(s3, bucket: str, prefix: str, start_after: str = "") -> list[str]:
+    """Every key under ``prefix`` (after ``start_after``), in key order."""
+    keys = []
+    paginator = s3.get_paginator("list_objects_v2")
+    extra = {"StartAfter": start_after} if start_after else {}
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **extra):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    return keys
+
+
+def analysis_keys_between(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> list[str]:
+    """Canonical CSV keys with slots in ``[first, last]``: one listing per day partition."""
+    first_key, last_key = layout.analysis_key(first, prefix), layout.analysis_key(last, prefix)
+    keys = []
+    for day in layout.day_partitions(first, last):
+        day_prefix = f"{prefix}{day}"
+        after = "" if first_key < day_prefix else _just_before(first_key)
+        keys.extend(k for k in list_keys(s3, bucket, day_prefix, after) if first_key <= k <= last_key)
+    return keys
+
+
+def _just_before(key: str) -> str:
+    """A StartAfter value that still includes ``key`` itself."""
+    return key[:-1] + chr(ord(key[-1]) - 1)
+
+
+def load_prices(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> list[Price]:
+    """Every normalized price with a slot in ``[first, last]``, in slot order (parallel reads)."""
+    keys = analysis_keys_between(s3, bucket, prefix, first, last)
+    with ThreadPoolExecutor(READ_WORKERS) as pool:
+        bodies = list(pool.map(lambda key: read_bytes(s3, bucket, key), keys))
+    return [parse_canonical_csv(body) for body in bodies if body is not None]
+
+
+def quarantine_reasons(s3, bucket: str, prefix: str, slot: datetime) -> list[dict]:
+    """Reason files the Glue job left for the window starting at ``slot``."""
+    window_prefix = f"{prefix}{layout.partition(slot)}{layout.slot_stamp(slot)}/"
+    keys = [k for k in list_keys(s3, bucket, window_prefix) if k.endswith(".reason.json")]
+    return [read_json(s3, bucket, k) for k in keys]

@@ -1,0 +1,137 @@
+"""Local price feed: one record per 5-minute window under the ingestion prefix.
+
+Two sources:
+- a seeded synthetic random walk (default): the record of a slot depends only on the seed and the
+  slot, so writing a window twice writes the same bytes; about one window in eight jumps past the
+  default 1 % threshold;
+- a replay of a Poloniex-format CSV (``--replay``), either shifted so its rows land on the current
+  windows, or at the rows' own timestamps (``--original-times``, for backfill demos).
+
+Records rotate through JSON, CSV, XML and key=value text, as a real multi-producer feed would.
+
+    python -m local.feed --endpoint http://127.0.0.1:4566 [--replay FILE] [--once]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import random
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from xml.sax.saxutils import escape
+
+from include.price_pipeline import layout, settings
+
+FIELDS = ("date", "high", "low", "open", "close", "volume", "quoteVolume", "weightedAverage")
+FORMATS = ("json", "csv", "xml", "txt")
+
+
+def synthetic_record(slot: datetime, seed: int = 7, start_price: float = 3000.0) -> dict:
+    """The random-walk record of ``slot``: a function of (seed, slot) alone."""
+    day = slot.replace(hour=0, minute=0, second=0)
+    rng = random.Random(f"{seed}:{day:%Y%m%d}")  # noqa: S311 - demo data, not security
+    price = start_price * (1 + rng.uniform(-0.05, 0.05))
+    steps = int((slot - day).total_seconds() // layout.SLOT_SECONDS) + 1
+    for _ in range(steps):
+        jump = rng.random() < 0.125
+        price *= 1 + (rng.choice((-1, 1)) * rng.uniform(0.012, 0.03) if jump else rng.gauss(0, 0.002))
+        volume = rng.uniform(20, 200)
+    spread = price * rng.uniform(0.0005, 0.004)
+    return {
+        "date": int(slot.timestamp()),
+        "high": round(price + spread, 8),
+        "low": round(price - spread, 8),
+        "open": round(price + rng.uniform(-spread, spread), 8),
+        "close": round(price + rng.uniform(-spread, spread), 8),
+        "volume": round(volume * price, 8),
+        "quoteVolume": round(volume, 8),
+        "weightedAverage": round(price, 8),
+    }
+
+
+def render(record: dict, fmt: str) -> bytes:
+    """A record in one of the producer formats the Glue job reads."""
+    if fmt == "json":
+        return json.dumps(record).encode()
+    if fmt == "csv":
+        return (",".join(FIELDS) + "\n" + ",".join(str(record[f]) for f in FIELDS) + "\n").encode()
+    if fmt == "xml":
+        inner = "".join(f"<{f}>{escape(str(record[f]))}</{f}>" for f in FIELDS)
+        return f'<?xml version="1.0" encoding="UTF-8"?><record>{inner}</record>'.encode()
+    if fmt == "txt":
+        return "\n".join(f"{f}={record[f]}" for f in FIELDS).encode() + b"\n"
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def format_for(slot: datetime) -> str:
+    """Rotate formats by slot, deterministically."""
+    digest = hashlib.sha256(layout.slot_stamp(slot).encode()).digest()
+    return FORMATS[digest[0] % len(FORMATS)]
+
+
+def write_record(s3, bucket: str, record: dict, fmt: str | None = None, prefix: str = layout.INGESTION_PREFIX) -> str:
+    """Write ``record`` under its slot's ingestion key; return the key."""
+    slot = datetime.fromtimestamp(int(float(record["date"])), tz=UTC)
+    fmt = fmt or format_for(slot)
+    key = layout.ingestion_key(slot, f".{fmt}", prefix)
+    s3.put_object(Bucket=bucket, Key=key, Body=render(record, fmt))
+    return key
+
+
+def replay_rows(path: str) -> list[dict]:
+    """Rows of a Poloniex-format CSV, numbers as floats (date as int)."""
+    with open(path, newline="") as handle:
+        return [{f: int(row[f]) if f == "date" else float(row[f]) for f in FIELDS} for row in csv.DictReader(handle)]
+
+
+def shifted(rows: list[dict], first_slot: datetime) -> Iterator[dict]:
+    """The rows moved in time so that row i lands on ``first_slot + i * 5 min``."""
+    for index, row in enumerate(rows):
+        yield {**row, "date": int((first_slot + layout.SLOT * index).timestamp())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--endpoint", default="http://127.0.0.1:4566", help="AWS stand-in URL")
+    parser.add_argument("--replay", help="Poloniex-format CSV to replay instead of the random walk")
+    parser.add_argument("--original-times", action="store_true", help="replay at the rows' own timestamps")
+    parser.add_argument("--history-windows", type=int, default=12, help="past windows to write at start")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--once", action="store_true", help="write the history and exit")
+    args = parser.parse_args(argv)
+
+    from local.standin import client
+
+    config = settings.load()
+    s3 = client("s3", args.endpoint)
+    if args.replay and args.original_times:
+        for row in replay_rows(args.replay):
+            write_record(s3, config.bucket, row, prefix=config.ingestion_prefix)
+        return 0
+
+    current = layout.slot_start(datetime.now(UTC)) - layout.SLOT  # the latest window that has ended
+    first = current - layout.SLOT * (args.history_windows - 1)
+    replay = iter(shifted(replay_rows(args.replay), first)) if args.replay else None
+
+    def record_for(slot: datetime) -> dict:
+        return next(replay) if replay else synthetic_record(slot, args.seed)
+
+    slot = first
+    while True:
+        while slot <= current:
+            key = write_record(s3, config.bucket, record_for(slot), prefix=config.ingestion_prefix)
+            print(f"feed: wrote {key}", flush=True)
+            slot += layout.SLOT
+        if args.once:
+            return 0
+        current = layout.slot_start(datetime.now(UTC)) - layout.SLOT
+        time.sleep(5)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

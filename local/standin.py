@@ -1,0 +1,293 @@
+"""Local AWS stand-in: moto server on loopback, plus a Glue runner that really runs the job script.
+
+moto answers S3, SNS, SQS, IAM, Glue and CloudWatch Logs, but marks every Glue job run SUCCEEDED
+without running anything. Here StartJobRun also starts a runner thread that:
+
+1. takes the job's script from the stand-in's own S3 (``Command.ScriptLocation``),
+2. runs it in a subprocess with the job's default arguments merged with the run's arguments, and an
+   environment pointing boto3 at the stand-in,
+3. reports RUNNING, then SUCCEEDED, FAILED (with the script's last error line as ``ErrorMessage``),
+   or TIMEOUT past the run's (or job's) timeout,
+4. stores stdout and stderr as the CloudWatch log streams ``<run id>`` in
+   ``/aws-glue/python-jobs/output`` and ``/aws-glue/python-jobs/error``, which the Airflow provider
+   reads to stream Glue output into the task log.
+
+It also provisions, idempotently, what the pipeline expects: the bucket, the alert and ops SNS
+topics, one SQS queue subscribed to each (so notifications can be read back), and the Glue role.
+
+Run: ``python -m local.standin --host 127.0.0.1 --port 4566``. Stop with SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import boto3
+from moto.glue import models as glue_models
+from moto.server import ThreadedMotoServer
+
+from include.price_pipeline import settings
+
+log = logging.getLogger("standin")
+
+LOG_GROUP = "/aws-glue/python-jobs"
+ACCESS_KEY = "testing"  # moto accepts any key; these are not secrets
+REGION = settings.LOCAL_REGION
+
+
+def endpoint(host: str, port: int) -> str:
+    """The URL boto3 clients use to reach the stand-in."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
+
+
+def client(service: str, url: str):
+    """A boto3 client for ``service`` on the stand-in at ``url``."""
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=ACCESS_KEY,  # noqa: S106
+    )
+
+
+def queue_name(topic_arn: str) -> str:
+    """The SQS queue subscribed to ``topic_arn``: the topic name plus ``-inbox``."""
+    return f"{topic_arn.rsplit(':', 1)[-1]}-inbox"
+
+
+# ------------------------------------------------------------------------------------ Glue runner
+
+
+@dataclass
+class RunOutcome:
+    """What the runner reports for one job run (read by the patched ``FakeJobRun.as_dict``)."""
+
+    state: str = "RUNNING"
+    error: str | None = None
+    completed_on: datetime | None = None
+    execution_seconds: int = 0
+
+
+class GlueRunner:
+    """Runs a Glue Python shell job's script for each StartJobRun on the stand-in."""
+
+    def __init__(self, url: str, python: str, minute_seconds: float):
+        self.url = url
+        self.python = python
+        self.minute_seconds = minute_seconds  # seconds per Glue "timeout minute" (tests shrink it)
+        self.outcomes: dict[str, RunOutcome] = {}
+        self.threads: list[threading.Thread] = []
+
+    def install(self) -> None:
+        """Patch moto's Glue backend so runs execute and report real states."""
+        runner = self
+        original_start = glue_models.GlueBackend.start_job_run
+        original_as_dict = glue_models.FakeJobRun.as_dict
+
+        def start_job_run(backend, name, arguments, *args, **kwargs):
+            run_id = original_start(backend, name, arguments, *args, **kwargs)
+            job = backend.get_job(name)
+            run = job.get_job_run(run_id)
+            runner.start(job, run)
+            return run_id
+
+        def as_dict(run):
+            data = original_as_dict(run)
+            outcome = runner.outcomes.get(run.job_run_id)
+            if outcome is not None:
+                data["JobRunState"] = outcome.state
+                data["LogGroupName"] = LOG_GROUP
+                data["ExecutionTime"] = outcome.execution_seconds
+                data.pop("CompletedOn", None)
+                if outcome.completed_on is not None:
+                    data["CompletedOn"] = outcome.completed_on
+                if outcome.error:
+                    data["ErrorMessage"] = outcome.error
+            return data
+
+        glue_models.GlueBackend.start_job_run = start_job_run
+        glue_models.FakeJobRun.as_dict = as_dict
+
+    def start(self, job, run) -> None:
+        """Record the run as RUNNING and execute it in a thread."""
+        self.outcomes[run.job_run_id] = RunOutcome()
+        arguments = {**(job.default_arguments or {}), **(run.arguments or {})}
+        timeout_minutes = run.timeout or job.timeout or 2880
+        thread = threading.Thread(
+            target=self._execute,
+            args=(run.job_run_id, job.name, job.command["ScriptLocation"], arguments, timeout_minutes),
+            name=f"glue-{run.job_run_id[:12]}",
+            daemon=True,
+        )
+        self.threads.append(thread)
+        thread.start()
+
+    def _execute(self, run_id, job_name, script_uri, arguments, timeout_minutes) -> None:
+        outcome = self.outcomes[run_id]
+        started = time.monotonic()
+        stdout, stderr = "", ""
+        try:
+            script = self._fetch_script(script_uri)
+            argv = [self.python, script, "--JOB_NAME", job_name, "--JOB_RUN_ID", run_id]
+            for name, value in arguments.items():
+                argv += [name, str(value)]
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW"))},
+                "AWS_ENDPOINT_URL": self.url,
+                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": ACCESS_KEY,
+                "AWS_DEFAULT_REGION": REGION,
+                "PYTHONUNBUFFERED": "1",
+            }
+            try:
+                done = subprocess.run(  # noqa: PLW1510 - the return code is read below
+                    argv,
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=timeout_minutes * self.minute_seconds,
+                )
+                stdout, stderr = done.stdout, done.stderr
+                if done.returncode == 0:
+                    outcome.state = "SUCCEEDED"
+                else:
+                    outcome.state = "FAILED"
+                    outcome.error = last_error_line(stderr) or f"exit code {done.returncode}"
+            except subprocess.TimeoutExpired as expired:
+                stdout = _text(expired.stdout)
+                stderr = _text(expired.stderr)
+                outcome.state = "TIMEOUT"
+                outcome.error = f"Job run timed out after {timeout_minutes} minute(s)"
+            finally:
+                os.unlink(script)
+        except Exception as error:  # the runner must never leave a run RUNNING forever
+            outcome.state = "FAILED"
+            outcome.error = f"stand-in could not run the job: {error}"
+        finally:
+            self._store_logs(run_id, stdout, stderr)
+            outcome.execution_seconds = int(time.monotonic() - started)
+            outcome.completed_on = datetime.now(UTC)
+            log.info("glue run %s of %s: %s %s", run_id[:12], job_name, outcome.state, outcome.error or "")
+
+    def _fetch_script(self, script_uri: str) -> str:
+        bucket, key = script_uri.removeprefix("s3://").split("/", 1)
+        body = client("s3", self.url).get_object(Bucket=bucket, Key=key)["Body"].read()
+        handle, path = tempfile.mkstemp(suffix=".py", prefix="glue-job-")
+        with os.fdopen(handle, "wb") as out:
+            out.write(body)
+        return path
+
+    def _store_logs(self, run_id: str, stdout: str, stderr: str) -> None:
+        logs = client("logs", self.url)
+        for suffix, text in (("output", stdout), ("error", stderr)):
+            group = f"{LOG_GROUP}/{suffix}"
+            for create, kwargs in (
+                (logs.create_log_group, {"logGroupName": group}),
+                (logs.create_log_stream, {"logGroupName": group, "logStreamName": run_id}),
+            ):
+                with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+                    create(**kwargs)
+            now = int(time.time() * 1000)
+            events = [{"timestamp": now, "message": line} for line in text.splitlines() if line.strip()]
+            for start in range(0, len(events), 1000):
+                logs.put_log_events(logGroupName=group, logStreamName=run_id, logEvents=events[start : start + 1000])
+
+
+def last_error_line(stderr: str) -> str:
+    """The line a Glue console would show as the error: the last non-empty line of stderr."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1][:2000] if lines else ""
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+# ----------------------------------------------------------------------------------- provisioning
+
+
+def provision(url: str, config: settings.Config | None = None) -> dict[str, str]:
+    """Create, idempotently, the bucket, topics, subscribed queues and Glue role; return queue URLs."""
+    config = config or settings.load()
+    s3 = client("s3", url)
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket=config.bucket)
+    sns, sqs = client("sns", url), client("sqs", url)
+    queues = {}
+    for topic_arn in (config.alert_topic_arn, config.ops_topic_arn):
+        arn = sns.create_topic(Name=topic_arn.rsplit(":", 1)[-1])["TopicArn"]
+        queue_url = sqs.create_queue(QueueName=queue_name(arn))["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        subscribed = sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]
+        if not any(s["Endpoint"] == queue_arn for s in subscribed):
+            sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn)
+        queues[arn] = queue_url
+    iam = client("iam", url)
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "glue.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
+    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_role(RoleName=config.glue_role_name, AssumeRolePolicyDocument=json.dumps(trust))
+    return queues
+
+
+def wait_until_up(url: str, timeout: float = 30.0) -> None:
+    """Block until the stand-in answers, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client("s3", url).list_buckets()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"AWS stand-in at {url} did not answer within {timeout:.0f}s") from None
+            time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("STANDIN_PORT", "4566")))
+    parser.add_argument("--python", default=os.environ.get("STANDIN_GLUE_PYTHON", sys.executable))
+    parser.add_argument(
+        "--glue-minute-seconds",
+        type=float,
+        default=float(os.environ.get("STANDIN_GLUE_MINUTE_SECONDS", "60")),
+        help="seconds per minute of a Glue job timeout (tests shrink it to see TIMEOUT quickly)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s standin %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    url = endpoint(args.host, args.port)
+    GlueRunner(url, args.python, args.glue_minute_seconds).install()
+    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    wait_until_up(url)
+    provision(url)
+    print(f"AWS stand-in ready on {url}", flush=True)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Shared fixtures: an isolated Airflow home, the local AWS stand-in, the real data in ../shared.
+
+Airflow reads its settings when first imported, so the environment is set here, at collection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+POLONIEX_CSV = SHARED_DATA / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Chosen once per session (this module may be imported twice: as conftest and as tests.conftest).
+STANDIN_PORT = int(os.environ.setdefault("PRICE_TEST_STANDIN_PORT", str(_free_port())))
+STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
+AIRFLOW_HOME = Path(os.environ.setdefault("PRICE_TEST_AIRFLOW_HOME", tempfile.mkdtemp(prefix="price-airflow-")))
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API__BASE_URL": "http://127.0.0.1:8080",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"region_name": "us-east-1", "endpoint_url": STANDIN_URL},
+            }
+        ),
+        # Short waits so a missing record fails a test in seconds, not minutes.
+        "PRICE_SENSOR_TIMEOUT_SECONDS": "6",
+        "PRICE_SENSOR_POKE_SECONDS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+)
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def standin():
+    """The local AWS stand-in, a real server on loopback, provisioned; yields its URL."""
+    from local.standin import wait_until_up
+
+    log_path = AIRFLOW_HOME / "standin.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "local.standin", "--port", str(STANDIN_PORT), "--glue-minute-seconds", "3"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_up(STANDIN_URL, timeout=60)
+        _wait_provisioned()
+        yield STANDIN_URL
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _wait_provisioned(timeout: float = 30) -> None:
+    from include.price_pipeline import settings
+    from local.standin import client, queue_name
+
+    sqs, deadline = client("sqs", STANDIN_URL), time.monotonic() + timeout
+    wanted = queue_name(settings.load().ops_topic_arn)
+    while not any(url.endswith(wanted) for url in sqs.list_queues().get("QueueUrls", [])):
+        if time.monotonic() > deadline:
+            raise TimeoutError("stand-in did not provision its queues")
+        time.sleep(0.2)
+
+
+class Aws:
+    """Clients on the stand-in plus helpers the tests share."""
+
+    def __init__(self, url: str):
+        from include.price_pipeline import settings
+        from local.standin import client, queue_name
+
+        self.config = settings.load()
+        self.s3, self.sqs, self.glue = client("s3", url), client("sqs", url), client("glue", url)
+        self.alert_queue = self.sqs.get_queue_url(QueueName=queue_name(self.config.alert_topic_arn))["QueueUrl"]
+        self.ops_queue = self.sqs.get_queue_url(QueueName=queue_name(self.config.ops_topic_arn))["QueueUrl"]
+
+    def receive(self, queue_url: str, wait_seconds: int = 1) -> list[dict]:
+        """Every SNS notification waiting in the queue (the SNS envelopes, parsed), removing them."""
+        out = []
+        while True:
+            got = self.sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
+            ).get("Messages", [])
+            if not got:
+                return out
+            for message in got:
+                out.append(json.loads(message["Body"]))
+                self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def alerts(self) -> list[dict]:
+        return self.receive(self.alert_queue)
+
+    def ops(self) -> list[dict]:
+        return self.receive(self.ops_queue)
+
+    def put(self, key: str, body: bytes | str) -> None:
+        self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=body.encode() if isinstance(body, str) else body)
+
+    def get(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()
+
+    def keys(self, prefix: str) -> list[str]:
+        from include.price_pipeline import store
+
+        return store.list_keys(self.s3, self.config.bucket, prefix)
+
+    def snapshot(self, prefix: str = "crypto/") -> dict[str, bytes]:
+        """Every object under ``prefix`` with its bytes."""
+        return {key: self.get(key) for key in self.keys(prefix)}
+
+
+@pytest.fixture(scope="session")
+def aws_session(standin) -> Aws:
+    return Aws(standin)
+
+
+@pytest.fixture
+def aws(aws_session) -> Aws:
+    """The stand-in with both notification queues drained before the test."""
+    aws_session.alerts()
+    aws_session.ops()
+    return aws_session
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated SQLite metadata database in the session's AIRFLOW_HOME."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, cwd=ROOT)
+    return AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def poloniex_rows() -> list[dict]:
+    """The real 5-minute Poloniex BTC_ETH rows from ../shared/data (skips where absent)."""
+    import csv
+
+    if not POLONIEX_CSV.exists():
+        pytest.skip(f"real data not present: {POLONIEX_CSV} (../shared/data is outside the repo)")
+    with open(POLONIEX_CSV, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def utc(*args: int) -> datetime:
+    """A UTC datetime, shorter to write in tests."""
+    return datetime(*args, tzinfo=UTC)

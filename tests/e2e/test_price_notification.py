@@ -1,0 +1,180 @@
+"""End to end: `dag.test()` runs of price_notification against the local AWS stand-in.
+
+Each test works on its own day so the shared stand-in never mixes their windows. In Airflow 3 a
+run's logical date is its data interval's end: the window [slot, slot + 5 min) runs as slot + 5 min.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from include.price_pipeline import layout
+from local.feed import write_record
+from tests.conftest import utc
+from tests.records import candle, seed_normalized
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_db):
+    from dags.price_notification import price_notification
+
+    return price_notification()
+
+
+def run_window(dag, slot, **conf):
+    """Run the DAG for the window starting at ``slot``; return the DagRun.
+
+    Every param is passed: in-process runs share the DAG object, and one run's conf would otherwise
+    stay in ``dag.params`` for the next.
+    """
+    return dag.test(logical_date=slot + layout.SLOT, run_conf={**DEFAULT_PARAMS, **conf})
+
+
+DEFAULT_PARAMS = {
+    "notify_on_backfill": False,
+    "threshold_pct": 1.0,
+    "lookback_minutes": 60,
+    "min_abs_move": 0.0,
+    "repeat_windows": 0,
+}
+
+
+def task_states(run) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+
+def ledger(aws, slot) -> dict:
+    return json.loads(aws.get(layout.ledger_key(slot)))
+
+
+def test_breaching_window_publishes_exactly_one_alert_with_the_right_numbers(dag, aws):
+    slot = utc(2026, 1, 5, 10, 0)
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
+    write_record(aws.s3, aws.config.bucket, candle(slot, 102.5), "xml")
+
+    run = run_window(dag, slot, notify_on_backfill=True)
+
+    assert run.state == "success", task_states(run)
+    [alert] = aws.alerts()
+    assert alert["Subject"] == "ETH/USDT up 2.50% in 5 min: 102.50"
+    assert "Previous: 100.00 at 2026-01-05T09:55:00Z" in alert["Message"]
+    assert "Latest:   102.50 at 2026-01-05T10:00:00Z" in alert["Message"]
+    assert alert["MessageAttributes"]["direction"] == {"Type": "String", "Value": "up"}
+    assert alert["MessageAttributes"]["change_pct"] == {"Type": "Number", "Value": "2.5"}
+    entry = ledger(aws, slot)
+    assert entry["decision"] == "notified"
+    assert entry["sns_message_id"] == alert["MessageId"]
+    assert entry["change_pct"] == pytest.approx(2.5)
+    assert aws.ops() == []
+
+
+def test_calm_window_sends_nothing_and_records_below_threshold(dag, aws):
+    slot = utc(2026, 1, 6, 10, 0)
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
+    write_record(aws.s3, aws.config.bucket, candle(slot, 100.4), "txt")
+
+    run = run_window(dag, slot, notify_on_backfill=True)
+
+    assert run.state == "success", task_states(run)
+    assert task_states(run)["publish_price_alert"] == "skipped"
+    assert aws.alerts() == []
+    assert ledger(aws, slot)["decision"] == "below_threshold"
+    assert aws.ops() == []
+
+
+@pytest.fixture
+def poking_dag(airflow_db, monkeypatch):
+    """The DAG parsed with PRICE_DEFERRABLE=false: dag.test() runs triggers inline and ignores their
+    timeout, so only a poking sensor shows the timeout path there (a triggerer enforces it live)."""
+    import importlib.util
+
+    monkeypatch.setenv("PRICE_DEFERRABLE", "false")
+    spec = importlib.util.spec_from_file_location(
+        "price_notification_poking", layout.GLUE_SCRIPT_PATH.parents[2] / "dags" / "price_notification.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.price_notification()
+    assert dag.get_task("wait_for_price_record").deferrable is False
+    return dag
+
+
+def test_missing_record_times_out_the_sensor_and_tells_ops_the_feed_is_stale(poking_dag, aws):
+    slot = utc(2026, 1, 7, 10, 0)
+
+    run = run_window(poking_dag, slot)
+
+    assert run.state == "failed"
+    assert task_states(run)["wait_for_price_record"] == "failed"
+    assert aws.alerts() == []
+    [ops] = aws.ops()
+    assert ops["Subject"].startswith("[price pipeline] Feed stale: wait_for_price_record 2026-01-07 10:00")
+    assert "no price record arrived for window 2026-01-07" in ops["Message"]
+
+
+def test_running_a_window_again_writes_identical_objects_and_never_notifies_twice(dag, aws):
+    slot = utc(2026, 1, 8, 10, 0)
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
+    write_record(aws.s3, aws.config.bucket, candle(slot, 97.0), "csv")
+
+    first = run_window(dag, slot, notify_on_backfill=True)
+    after_first = aws.snapshot("crypto/")
+    second = run_window(dag, slot, notify_on_backfill=True)
+    after_second = aws.snapshot("crypto/")
+
+    assert first.state == second.state == "success"
+    assert after_second == after_first
+    alerts = aws.alerts()
+    assert len(alerts) == 1
+    assert alerts[0]["Subject"].startswith("ETH/USDT down 3.00%")
+    assert task_states(second)["publish_price_alert"] == "skipped"
+
+
+def test_old_window_is_recorded_as_suppressed_without_notify_on_backfill(dag, aws):
+    slot = utc(2026, 1, 9, 10, 0)
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
+    write_record(aws.s3, aws.config.bucket, candle(slot, 105.0), "json")
+
+    run = run_window(dag, slot)
+
+    assert run.state == "success", task_states(run)
+    assert aws.alerts() == []
+    entry = ledger(aws, slot)
+    assert entry["decision"] == "suppressed_backfill"
+    assert "max_alert_age" in entry["reason"]
+
+
+def test_quarantined_record_fails_with_its_reason_and_the_next_window_compares_with_the_last_good(dag, aws):
+    slot = utc(2026, 1, 10, 10, 0)
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
+    bad_key = layout.ingestion_key(slot, ".json")
+    bad_body = b'{"date": %d, "weightedAverage": "NaN"}' % int(slot.timestamp())
+    aws.put(bad_key, bad_body)
+    write_record(aws.s3, aws.config.bucket, candle(slot + layout.SLOT, 103.0), "xml")
+
+    bad = run_window(dag, slot, notify_on_backfill=True)
+    good = run_window(dag, slot + layout.SLOT, notify_on_backfill=True)
+
+    assert bad.state == "failed"
+    states = task_states(bad)
+    assert states["normalize_price_record"] == "success"
+    assert states["compute_price_change"] == "failed"
+    assert aws.get(bad_key) == bad_body, "the original must stay untouched"
+    [reason_key] = [
+        k for k in aws.keys(layout.QUARANTINE_PREFIX + layout.partition(slot)) if k.endswith(".reason.json")
+    ]
+    reason = json.loads(aws.get(reason_key))
+    assert reason["source_key"] == bad_key
+    assert "not finite" in reason["reason"]
+    [ops] = aws.ops()
+    assert ops["Subject"].startswith("[price pipeline] Record quarantined")
+    assert "not finite" in ops["Message"]
+
+    assert good.state == "success", task_states(good)
+    [alert] = aws.alerts()
+    assert alert["Subject"] == "ETH/USDT up 3.00% in 10 min: 103.00"
+    assert ledger(aws, slot + layout.SLOT)["previous"]["timestamp"] == "2026-01-10T09:55:00Z"

@@ -1,0 +1,35 @@
+"""Test records in the Poloniex chart shape (shared by the test layers)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def candle(slot: datetime, weighted_average: float, volume: float = 10.0) -> dict:
+    """A consistent Poloniex-style record for ``slot`` around ``weighted_average``."""
+    return {
+        "date": int(slot.timestamp()),
+        "high": round(weighted_average * 1.002, 8),
+        "low": round(weighted_average * 0.998, 8),
+        "open": weighted_average,
+        "close": weighted_average,
+        "volume": round(volume * weighted_average, 8),
+        "quoteVolume": volume,
+        "weightedAverage": weighted_average,
+    }
+
+
+def seed_normalized(s3, bucket: str, record: dict, pair: str = "ETH/USDT") -> str:
+    """Write ``record`` straight to the analysis prefix as the Glue job would (its own functions)."""
+    import json
+
+    from include.glue import normalize_price_record as job
+    from include.price_pipeline import layout
+
+    aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+    slot = datetime.fromtimestamp(record["date"], tz=UTC)
+    source = layout.ingestion_key(slot, ".json")
+    row = job.normalize(record, aliases, pair, source, "json")
+    key = layout.analysis_key(slot)
+    s3.put_object(Bucket=bucket, Key=key, Body=job.to_csv(row))
+    return key
