@@ -1,0 +1,126 @@
+"""``make run``: the whole pipeline on this machine, no AWS account needed.
+
+Starts the AWS stand-in and Airflow (scheduler, dag-processor, triggerer, api-server on 127.0.0.1,
+SQLite, LocalExecutor), unpauses ``price_notification``, starts the price feed, prints the UI address
+and login, then prints every notification (alerts and ops) as it arrives. Ctrl-C stops every process
+it started.
+
+Options (environment): STANDIN_PORT (4566), AIRFLOW_PORT (8080), FEED_REPLAY (a Poloniex CSV to
+replay instead of the synthetic walk), STANDIN_FAULTS (fault injection spec, see local/standin.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+from include.price_pipeline import layout, settings
+from local.stack import ADMIN_USER, Stack
+
+DAG_ID = "price_notification"
+
+
+def describe(notification: dict, topic: str) -> str:
+    """One console block per SNS notification."""
+    stamp = time.strftime("%H:%M:%S")
+    return f"\n[{stamp}] {topic.upper()}: {notification.get('Subject', '')}\n    " + notification["Message"].replace(
+        "\n", "\n    "
+    )
+
+
+def main() -> int:
+    faults = os.environ.get("STANDIN_FAULTS")
+    stack = Stack(
+        standin_port=int(os.environ.get("STANDIN_PORT", "4566")),
+        api_port=int(os.environ.get("AIRFLOW_PORT", "8080")),
+        standin_args=("--faults", faults) if faults else (),
+    )
+    stop = False
+
+    def request_stop(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        print(f"Starting the AWS stand-in on {stack.standin_url} ...", flush=True)
+        stack.start_standin()
+        print("Preparing the Airflow database ...", flush=True)
+        stack.migrate()
+        print("Starting scheduler, dag-processor, triggerer and api-server ...", flush=True)
+        stack.start_airflow()
+        stack.wait_for_dag(DAG_ID)
+        stack.airflow("dags", "unpause", DAG_ID)
+        feed_argv = [sys.executable, "-m", "local.feed", "--endpoint", stack.standin_url]
+        if os.environ.get("FEED_REPLAY"):
+            feed_argv += ["--replay", os.environ["FEED_REPLAY"]]
+        stack._spawn("feed", feed_argv)
+        backfill_history(stack)
+        print(
+            f"\nAirflow UI: {stack.ui_url}  (login: {ADMIN_USER} / {stack.admin_password()}; "
+            f"the password is kept in {stack.passwords_file})\n"
+            f"Logs: {stack.logs}/   Stop with Ctrl-C.\nWaiting for notifications ...",
+            flush=True,
+        )
+        watch_notifications(stack, lambda: stop)
+    finally:
+        print("\nStopping every process ...", flush=True)
+        stack.stop()
+        print("Stopped.", flush=True)
+    return 0
+
+
+def backfill_history(stack: Stack, windows: int = 11) -> None:
+    """Backfill the hour of history the feed writes at start, so live windows have a previous price.
+
+    Backfill runs record breaches as suppressed: subscribers only hear about fresh windows.
+    """
+    latest = layout.slot_start(datetime.now(UTC)) - 2 * layout.SLOT  # the scheduler runs the one after
+    first = latest - layout.SLOT * (windows - 1)
+    stamp = "%Y-%m-%dT%H:%M:%S+00:00"
+    stack.airflow(
+        "backfill",
+        "create",
+        "--dag-id",
+        DAG_ID,
+        "--from-date",
+        first.strftime(stamp),
+        "--to-date",
+        latest.strftime(stamp),
+        "--max-active-runs",
+        "4",
+        check=False,
+    )
+
+
+def watch_notifications(stack: Stack, should_stop) -> None:
+    """Print alert and ops notifications from the stand-in's subscriber queues until told to stop."""
+    from local.standin import client, queue_name
+
+    config = settings.load()
+    sqs = client("sqs", stack.standin_url)
+    queues = {
+        "alert": sqs.get_queue_url(QueueName=queue_name(config.alert_topic_arn))["QueueUrl"],
+        "ops": sqs.get_queue_url(QueueName=queue_name(config.ops_topic_arn))["QueueUrl"],
+    }
+    while not should_stop():
+        for topic, url in queues.items():
+            for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+                print(describe(json.loads(message["Body"]), topic), flush=True)
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        for name, process in stack.processes.items():
+            if process.poll() is not None:
+                raise subprocess.SubprocessError(
+                    f"{name} exited (code {process.returncode}); see {stack.logs}/{name}.log"
+                )
+        time.sleep(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
