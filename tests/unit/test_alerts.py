@@ -1,0 +1,317 @@
+"""Ledger entries, alert subject/message/attributes, run links and the ops notification templates."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from types import SimpleNamespace
+from urllib.parse import unquote, urlsplit
+
+import jinja2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jinja2.sandbox import SandboxedEnvironment
+
+from include.price_pipeline import alerts, analysis, layout
+from include.price_pipeline.analysis import Policy, Price
+from tests.conftest import utc
+
+SLOT = utc(2026, 2, 3, 12, 0)
+RUN_URL = "http://127.0.0.1:8080/dags/price_notification/runs/manual__2026-02-03T12%3A05%3A00%2B00%3A00"
+
+
+def entry_for(
+    previous: float | None,
+    latest: float,
+    pair: str = "ETH/USDT",
+    gap_windows: int = 1,
+    policy: Policy | None = None,
+    decision: str = analysis.NOTIFY,
+) -> dict:
+    """The ledger entry of the window at SLOT, built the way the DAG builds it."""
+    policy = policy or Policy(threshold_pct=1.5)
+    prices = [Price(SLOT, latest, pair, layout.ingestion_key(SLOT, ".json"))]
+    if previous is not None:
+        earlier = SLOT - layout.SLOT * gap_windows
+        prices.append(Price(earlier, previous, pair, layout.ingestion_key(earlier, ".csv")))
+    change = analysis.series_changes(prices, timedelta(minutes=24 * 60))[-1]
+    return alerts.ledger_entry(change, policy, decision, "a reason")
+
+
+# ------------------------------------------------------------------ ledger
+
+
+def test_ledger_entry_is_the_same_for_equal_inputs_and_serializes_to_identical_bytes():
+    first, second = entry_for(3047.12, 3120.55), entry_for(3047.12, 3120.55)
+
+    assert first == second
+    assert alerts.ledger_bytes(first) == alerts.ledger_bytes(second)
+
+
+def test_ledger_bytes_are_sorted_json_with_a_trailing_newline_that_reads_back_to_the_entry():
+    entry = entry_for(3047.12, 3120.55)
+
+    body = alerts.ledger_bytes(entry)
+
+    assert body.endswith(b"}\n")
+    assert json.loads(body) == entry
+    assert list(json.loads(body)) == sorted(entry)
+
+
+def test_ledger_bytes_differ_when_the_decision_differs():
+    notify = entry_for(100.0, 103.0, decision=analysis.NOTIFY)
+    suppressed = entry_for(100.0, 103.0, decision=analysis.SUPPRESSED_BACKFILL)
+
+    assert alerts.ledger_bytes(notify) != alerts.ledger_bytes(suppressed)
+
+
+def test_ledger_entry_records_the_window_prices_change_and_policy():
+    policy = Policy(threshold_pct=1.5, lookback_minutes=30, min_abs_move=2.0, repeat_windows=3)
+
+    entry = entry_for(100.0, 103.0, policy=policy)
+
+    assert entry["window_start"] == "2026-02-03T12:00:00Z"
+    assert entry["window_end"] == "2026-02-03T12:05:00Z"
+    assert entry["latest"] == {
+        "timestamp": "2026-02-03T12:00:00Z",
+        "weighted_average": 103.0,
+        "source_key": layout.ingestion_key(SLOT, ".json"),
+    }
+    assert entry["previous"]["timestamp"] == "2026-02-03T11:55:00Z"
+    assert entry["change_pct"] == pytest.approx(3.0)
+    assert entry["direction"] == "up"
+    assert (entry["threshold_pct"], entry["lookback_minutes"], entry["min_abs_move"], entry["repeat_windows"]) == (
+        1.5,
+        30,
+        2.0,
+        3,
+    )
+    assert entry["sns_message_id"] is None
+
+
+def test_ledger_entry_of_a_window_without_a_previous_record_serializes_with_nulls():
+    entry = entry_for(None, 103.0, decision=analysis.NO_PREVIOUS)
+
+    parsed = json.loads(alerts.ledger_bytes(entry))
+
+    assert parsed["previous"] is None
+    assert parsed["change_pct"] is None
+    assert parsed["direction"] == "flat"
+
+
+# ------------------------------------------------------------------ subject
+
+
+def test_alert_subject_reads_like_the_documented_example():
+    assert alerts.alert_subject(entry_for(3047.12, 3120.55)) == "ETH/USDT up 2.41% in 5 min: 3,120.55"
+
+
+def test_alert_subject_of_a_fall_says_down_with_the_absolute_change():
+    assert alerts.alert_subject(entry_for(3000.0, 2910.0)) == "ETH/USDT down 3.00% in 5 min: 2,910.00"
+
+
+def test_alert_subject_counts_the_minutes_since_the_previous_record():
+    assert alerts.alert_subject(entry_for(100.0, 103.0, gap_windows=3)).startswith("ETH/USDT up 3.00% in 15 min: ")
+
+
+prices = st.floats(min_value=1e-8, max_value=1e12, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(previous=prices, latest=prices, pair=st.text(min_size=1, max_size=200))
+def test_alert_subject_never_exceeds_the_sns_subject_limit(previous, latest, pair):
+    assert len(alerts.alert_subject(entry_for(previous, latest, pair=pair))) <= 100
+
+
+realistic_prices = st.floats(min_value=0.01, max_value=1e7)
+short_pairs = st.text(st.characters(categories=("L", "N"), include_characters="/_-"), min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(previous=realistic_prices, ratio=st.floats(min_value=0.05, max_value=9.0), pair=short_pairs)
+def test_alert_subject_of_a_realistic_alert_is_complete(previous, ratio, pair):
+    latest = previous * ratio
+    entry = entry_for(previous, latest, pair=pair)
+
+    subject = alerts.alert_subject(entry)
+
+    match = re.fullmatch(rf"{re.escape(pair)} (up|down|flat) (\d+\.\d\d)% in 5 min: (.+)", subject)
+    assert match, subject
+    assert match[1] == entry["direction"]
+    assert float(match[2]) == pytest.approx(abs(latest - previous) / previous * 100, abs=0.005 + 1e-9)
+    assert match[3] == alerts.format_price(latest)
+
+
+# ------------------------------------------------------------------ message and attributes
+
+
+def test_alert_message_holds_both_prices_and_times_the_change_threshold_window_and_run_link():
+    message = alerts.alert_message(entry_for(3047.12, 3120.55), RUN_URL)
+
+    assert "3,047.12" in message
+    assert "3,120.55" in message
+    assert "2026-02-03T11:55:00Z" in message
+    assert "2026-02-03T12:00:00Z" in message
+    assert "+2.41%" in message
+    assert "threshold 1.5%" in message
+    assert "2026-02-03T12:00:00Z to 2026-02-03T12:05:00Z" in message
+    assert RUN_URL in message
+    assert message.index("3,047.12") < message.index("3,120.55"), "previous comes before latest"
+
+
+def test_alert_message_of_a_fall_shows_a_negative_change():
+    assert "-3.00%" in alerts.alert_message(entry_for(3000.0, 2910.0), RUN_URL)
+
+
+@pytest.mark.parametrize(("latest", "direction", "change"), [(3072.3, "up", 2.41), (2910.0, "down", -3.0)])
+def test_alert_attributes_carry_symbol_direction_and_change_as_a_number(latest, direction, change):
+    attributes = alerts.alert_attributes(entry_for(3000.0, latest))
+
+    assert attributes["symbol"] == "ETH/USDT"
+    assert attributes["direction"] == direction
+    assert isinstance(attributes["change_pct"], float)
+    assert attributes["change_pct"] == pytest.approx(change, abs=1e-4)
+    assert set(attributes) == {"symbol", "direction", "change_pct"}
+
+
+# ------------------------------------------------------------------ format_price and run_url
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (3120.55, "3,120.55"),
+        (1234567.891, "1,234,567.89"),
+        (100.0, "100.00"),
+        (99.5, "99.5000"),
+        (1.0, "1.0000"),
+        (0.00012345, "0.00012345"),
+    ],
+)
+def test_format_price_examples(value, text):
+    assert alerts.format_price(value) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.floats(min_value=1e-8, max_value=1e12))
+def test_format_price_reads_back_to_the_price_within_its_last_digit(value):
+    text = alerts.format_price(value)
+
+    decimals = len(text.rsplit(".", 1)[1])
+    assert decimals >= 2
+    assert abs(float(text.replace(",", "")) - value) <= 0.5 * 10**-decimals + 1e-9 * value
+    whole = text.split(".")[0]
+    assert re.fullmatch(r"\d{1,3}(,\d{3})*", whole), text
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    ["scheduled__2026-01-05T10:05:00+00:00", "manual__2026-01-05T10:05:00.123456+00:00", "backfill/odd id+1"],
+)
+def test_run_url_quotes_the_run_id_into_one_path_segment(run_id):
+    url = alerts.run_url("http://127.0.0.1:8080/", "price_notification", run_id)
+
+    path = urlsplit(url).path
+    assert url.startswith("http://127.0.0.1:8080/dags/price_notification/runs/")
+    assert "//dags" not in url
+    segment = path.rsplit("/", 1)[1]
+    assert path == f"/dags/price_notification/runs/{segment}"
+    assert unquote(segment) == run_id
+    assert not {"+", ":", "/"} & set(segment)
+
+
+def test_run_url_encodes_plus_and_colon_as_percent_escapes():
+    url = alerts.run_url("http://airflow.example.com", "price_notification", "scheduled__2026-01-05T10:05:00+00:00")
+
+    assert url.endswith("/runs/scheduled__2026-01-05T10%3A05%3A00%2B00%3A00")
+
+
+# ------------------------------------------------------------------ ops notification templates
+
+
+#: Airflow renders notifier fields in a sandbox that fails on undefined names.
+JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+DAG_TASK_IDS = (
+    "wait_for_price_record",
+    "normalize_price_record",
+    "compute_price_change",
+    "is_alert_due",
+    "publish_price_alert",
+)
+
+
+def ops_context(task_id: str, exception: object) -> dict:
+    start = utc(2026, 1, 7, 10, 0)
+    return {
+        "ti": SimpleNamespace(
+            task_id=task_id,
+            try_number=2,
+            log_url=f"http://127.0.0.1:8080/dags/price_notification/runs/r/tasks/{task_id}?try_number=2",
+        ),
+        "dag": SimpleNamespace(dag_id="price_notification"),
+        "run_id": "scheduled__2026-01-07T10:05:00+00:00",
+        "data_interval_start": start,
+        "data_interval_end": start + layout.SLOT,
+        "exception": exception,
+    }
+
+
+def render_ops(task_id: str, exception: object) -> tuple[str, str]:
+    context = ops_context(task_id, exception)
+    return JINJA.from_string(alerts.OPS_SUBJECT).render(context), JINJA.from_string(alerts.OPS_MESSAGE).render(context)
+
+
+QUARANTINE_FAILURE = RuntimeError(
+    "record for window 20260107T1000Z quarantined: record 0: weighted_average is not finite: 'NaN' "
+    "(object crypto/01-data-ingestion/year=2026/month=01/day=07/20260107T1000Z.json)"
+)
+
+
+def test_ops_notification_of_the_sensor_says_the_feed_is_stale():
+    subject, message = render_ops("wait_for_price_record", TimeoutError("Sensor has timed out"))
+
+    assert subject == "[price pipeline] Feed stale: wait_for_price_record 2026-01-07 10:00 UTC"
+    assert message.startswith("Feed stale: no price record arrived for window 2026-01-07 10:00:00+00:00 to ")
+    assert "2026-01-07 10:05:00+00:00" in message
+
+
+def test_ops_notification_of_a_quarantined_record_says_so():
+    subject, message = render_ops("compute_price_change", QUARANTINE_FAILURE)
+
+    assert subject == "[price pipeline] Record quarantined: compute_price_change 2026-01-07 10:00 UTC"
+    assert message.startswith("Record quarantined for window 2026-01-07 10:00:00+00:00")
+    assert "weighted_average is not finite" in message
+
+
+def test_ops_notification_of_any_other_failure_says_task_failed():
+    subject, message = render_ops("publish_price_alert", ValueError("SNS said no"))
+
+    assert subject == "[price pipeline] Task failed: publish_price_alert 2026-01-07 10:00 UTC"
+    assert message.startswith("Task publish_price_alert failed for window 2026-01-07 10:00:00+00:00 to ")
+
+
+def test_ops_notification_without_an_exception_still_renders_as_task_failed():
+    subject, message = render_ops("normalize_price_record", None)
+
+    assert subject.startswith("[price pipeline] Task failed: normalize_price_record")
+    assert "Reason: None" in message
+
+
+@pytest.mark.parametrize("task_id", DAG_TASK_IDS)
+def test_ops_message_names_reason_dag_run_try_and_log(task_id):
+    _, message = render_ops(task_id, ValueError("the reason"))
+
+    assert "Reason: the reason" in message
+    assert "DAG: price_notification, run scheduled__2026-01-07T10:05:00+00:00, try 2" in message
+    assert f"Log: http://127.0.0.1:8080/dags/price_notification/runs/r/tasks/{task_id}?try_number=2" in message
+
+
+@pytest.mark.parametrize("exception", [ValueError("x"), QUARANTINE_FAILURE, None])
+@pytest.mark.parametrize("task_id", DAG_TASK_IDS)
+def test_ops_subject_is_one_line_within_the_sns_limit_for_every_task(task_id, exception):
+    subject, _ = render_ops(task_id, exception)
+
+    assert "\n" not in subject
+    assert len(subject) <= 100
