@@ -1,0 +1,201 @@
+"""Deployment settings: defaults, typed environment overrides, the Glue job's arguments, the README."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from include.glue import normalize_price_record as glue
+from include.price_pipeline import layout, settings
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+TYPES = {field.name: field.type for field in fields(settings.Config)}
+
+
+def attribute(setting: settings.Setting) -> str:
+    """The Config attribute of a ``PRICE_*`` variable."""
+    return setting.env.removeprefix("PRICE_").lower()
+
+
+# ------------------------------------------------------------------ the settings table
+
+
+def test_every_setting_is_a_config_attribute_and_every_attribute_a_setting():
+    assert len(settings.SETTINGS) == len(fields(settings.Config))
+    assert {attribute(s) for s in settings.SETTINGS} == {f.name for f in fields(settings.Config)}
+
+
+def test_setting_names_are_unique_price_variables_with_a_description():
+    names = [s.env for s in settings.SETTINGS]
+
+    assert len(names) == len(set(names))
+    assert all(re.fullmatch(r"PRICE_[A-Z0-9_]+", name) for name in names)
+    assert all(s.doc.strip() for s in settings.SETTINGS)
+
+
+# ------------------------------------------------------------------ load()
+
+
+def _expected_default(setting: settings.Setting):
+    kind = TYPES[attribute(setting)]
+    if kind == "bool":
+        return {"true": True, "false": False}[setting.default]
+    return {"float": float, "int": int}.get(kind, str)(setting.default)
+
+
+@pytest.mark.parametrize("setting", settings.SETTINGS, ids=lambda s: s.env)
+def test_load_without_environment_gives_each_setting_default_with_its_type(setting):
+    value = getattr(settings.load({}), attribute(setting))
+
+    assert value == _expected_default(setting)
+    assert type(value).__name__ == TYPES[attribute(setting)]
+
+
+def test_documented_defaults_match_the_local_stand_in_and_the_layout():
+    config = settings.load({})
+
+    assert config.bucket == "price-notification-local"
+    assert config.ingestion_prefix == layout.INGESTION_PREFIX
+    assert config.analysis_prefix == layout.ANALYSIS_PREFIX
+    assert config.alert_topic_arn == "arn:aws:sns:us-east-1:123456789012:price-alerts"
+    assert config.threshold_pct == 1.0
+    assert config.lookback_minutes == 60
+    assert config.deferrable is True
+
+
+def test_load_reads_os_environ_when_given_no_mapping(monkeypatch):
+    monkeypatch.setenv("PRICE_BUCKET", "bucket-from-env")
+    monkeypatch.setenv("PRICE_MAX_ALERT_AGE_MINUTES", "42")
+
+    config = settings.load()
+
+    assert config.bucket == "bucket-from-env"
+    assert config.max_alert_age_minutes == 42
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "expected"),
+    [
+        ("PRICE_THRESHOLD_PCT", "2.5", 2.5),
+        ("PRICE_THRESHOLD_PCT", "3", 3.0),
+        ("PRICE_LOOKBACK_MINUTES", "30", 30),
+        ("PRICE_SENSOR_TIMEOUT_SECONDS", " 120 ", 120),
+        ("PRICE_MAX_OBJECT_BYTES", "2048", 2048),
+        ("PRICE_PAIR", "BTC/USDT", "BTC/USDT"),
+        ("PRICE_BUCKET", "my-bucket", "my-bucket"),
+    ],
+)
+def test_an_environment_value_overrides_the_default_with_the_setting_type(variable, raw, expected):
+    value = getattr(settings.load({variable: raw}), variable.removeprefix("PRICE_").lower())
+
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(r, True) for r in ("true", "1", "yes", "on", "TRUE", " On ")]
+    + [(r, False) for r in ("false", "0", "no", "off", "False", " OFF ")],
+)
+def test_boolean_settings_accept_the_usual_spellings(raw, expected):
+    assert settings.load({"PRICE_DEFERRABLE": raw}).deferrable is expected
+
+
+def test_an_override_changes_only_its_own_setting():
+    default, changed = settings.load({}), settings.load({"PRICE_LOOKBACK_MINUTES": "15", "UNRELATED": "x"})
+
+    assert changed.lookback_minutes == 15
+    assert {f.name: getattr(changed, f.name) for f in fields(settings.Config) if f.name != "lookback_minutes"} == {
+        f.name: getattr(default, f.name) for f in fields(settings.Config) if f.name != "lookback_minutes"
+    }
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("PRICE_THRESHOLD_PCT", "one"),
+        ("PRICE_THRESHOLD_PCT", ""),
+        ("PRICE_LOOKBACK_MINUTES", "1.5"),
+        ("PRICE_SENSOR_POKE_SECONDS", "20s"),
+        ("PRICE_MAX_OBJECT_BYTES", ""),
+        ("PRICE_DEFERRABLE", "maybe"),
+        ("PRICE_DEFERRABLE", ""),
+    ],
+)
+def test_an_invalid_value_raises_value_error_naming_the_variable_and_value(variable, raw):
+    with pytest.raises(ValueError, match=re.escape(f"{variable}={raw!r}")):
+        settings.load({variable: raw})
+
+
+# ------------------------------------------------------------------ glue_job_arguments
+
+
+def test_glue_job_arguments_are_all_strings_under_double_dash_names():
+    arguments = settings.glue_job_arguments(settings.load({}))
+
+    assert arguments
+    assert all(name.startswith("--") for name in arguments)
+    assert all(type(value) is str for value in arguments.values())
+
+
+def test_glue_job_field_aliases_are_the_alias_file_as_compact_json():
+    value = settings.glue_job_arguments(settings.load({}))["--field_aliases"]
+
+    assert json.loads(value) == json.loads(layout.FIELD_ALIASES_PATH.read_text())
+    outside_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', value)
+    assert not re.search(r"\s", outside_strings), "whitespace between JSON tokens"
+
+
+def test_glue_job_arguments_follow_the_configuration():
+    config = settings.load(
+        {
+            "PRICE_BUCKET": "other-bucket",
+            "PRICE_INGESTION_PREFIX": "in/",
+            "PRICE_ANALYSIS_PREFIX": "out/",
+            "PRICE_QUARANTINE_PREFIX": "bad/",
+            "PRICE_PAIR": "BTC/USDT",
+            "PRICE_MAX_OBJECT_BYTES": "4096",
+        }
+    )
+
+    arguments = settings.glue_job_arguments(config)
+
+    assert {name: value for name, value in arguments.items() if name != "--field_aliases"} == {
+        "--bucket": "other-bucket",
+        "--ingestion_prefix": "in/",
+        "--analysis_prefix": "out/",
+        "--quarantine_prefix": "bad/",
+        "--pair": "BTC/USDT",
+        "--max_object_bytes": "4096",
+    }
+
+
+def test_the_glue_job_parses_every_argument_the_dag_passes_it():
+    config = settings.load({"PRICE_BUCKET": "other-bucket", "PRICE_MAX_OBJECT_BYTES": "4096"})
+    arguments = settings.glue_job_arguments(config)
+    argv = [part for name, value in arguments.items() for part in (name, value)]
+
+    args = glue.parse_args([*argv, "--window_start", "2026-02-03T12:00:00Z"])
+
+    for name, value in arguments.items():
+        assert str(getattr(args, name.removeprefix("--"))) == value, name
+    assert args.max_object_bytes == 4096
+    assert args.aliases == json.loads(layout.FIELD_ALIASES_PATH.read_text())
+
+
+# ------------------------------------------------------------------ README
+
+
+def test_readme_lists_every_price_setting():
+    if not README.exists():
+        pytest.fail(f"{README} does not exist yet: it must document every PRICE_* setting")
+    text = README.read_text()
+
+    missing = [s.env for s in settings.SETTINGS if not re.search(rf"\b{s.env}\b", text)]
+
+    assert missing == [], f"README.md does not mention {missing}"
