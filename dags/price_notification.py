@@ -13,6 +13,8 @@ candle starts at `data_interval_start`:
 4. **is_alert_due** / **publish_price_alert**: SNS alert when the change is above the threshold, at most
    once per window (the ledger is checked before and written right after publishing). Backfill runs
    and windows older than `max_alert_age` are recorded as suppressed unless `notify_on_backfill`.
+   **post_slack_alert** (only when `PRICE_SLACK_CONN_ID` names a Slack webhook connection) posts the
+   same alert to Slack after SNS accepted it.
 
 Failures (a stale feed, a quarantined record, any task) go to the ops topic, not to subscribers.
 Settings come from `PRICE_*` environment variables (see README); per-run knobs are the params below.
@@ -28,6 +30,7 @@ from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.providers.amazon.aws.operators.sns import SnsPublishOperator
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+from airflow.providers.slack.operators.slack_webhook import SlackWebhookOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 
 from include.price_pipeline import alerts, layout, settings
@@ -188,12 +191,24 @@ def price_notification():
         post_execute=_record_notified,
     )
 
+    alert_tasks = [publish_price_alert]
+    if config.slack_conn_id:
+        post_slack_alert = SlackWebhookOperator(
+            task_id="post_slack_alert",
+            slack_webhook_conn_id=config.slack_conn_id,
+            message=(
+                "*{{ ti.xcom_pull(task_ids='compute_price_change', key='subject') }}*\n"
+                "{{ ti.xcom_pull(task_ids='compute_price_change', key='message') }}"
+            ),
+        )
+        alert_tasks.append(post_slack_alert)
+
     chain(
         wait_for_price_record,
         normalize_price_record,
         price_change,
         is_alert_due(price_change["decision"]),
-        publish_price_alert,
+        *alert_tasks,
     )
 
 

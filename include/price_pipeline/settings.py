@@ -56,6 +56,7 @@ SETTINGS = (
     Setting("PRICE_SENSOR_TIMEOUT_SECONDS", "900", "how long to wait for a window's record"),
     Setting("PRICE_SENSOR_POKE_SECONDS", "20", "how often the sensor lists the window prefix"),
     Setting("PRICE_DEFERRABLE", "true", "defer waits to the triggerer; false where none runs (dags test)"),
+    Setting("PRICE_SLACK_CONN_ID", "", "Slack incoming-webhook connection; empty: alerts go to SNS only"),
     Setting("PRICE_MAX_OBJECT_BYTES", "1048576", "raw objects above this are quarantined unread"),
 )
 
@@ -83,6 +84,7 @@ class Config:
     sensor_timeout_seconds: int
     sensor_poke_seconds: int
     deferrable: bool
+    slack_conn_id: str
     max_object_bytes: int
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from include.price_pipeline import layout
 from local.feed import write_record
-from tests.conftest import utc
+from tests.conftest import ROOT, utc
 from tests.records import candle, seed_normalized
 
 pytestmark = pytest.mark.e2e
@@ -86,19 +86,23 @@ def test_calm_window_sends_nothing_and_records_below_threshold(dag, aws):
     assert aws.ops() == []
 
 
+def parse_dag_with(monkeypatch, name: str, **env: str):
+    """A fresh price_notification DAG parsed with extra deployment settings in the environment."""
+    import importlib.util
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    spec = importlib.util.spec_from_file_location(name, ROOT / "dags" / "price_notification.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.price_notification()
+
+
 @pytest.fixture
 def poking_dag(airflow_db, monkeypatch):
     """The DAG parsed with PRICE_DEFERRABLE=false: dag.test() runs triggers inline and ignores their
     timeout, so only a poking sensor shows the timeout path there (a triggerer enforces it live)."""
-    import importlib.util
-
-    monkeypatch.setenv("PRICE_DEFERRABLE", "false")
-    spec = importlib.util.spec_from_file_location(
-        "price_notification_poking", layout.GLUE_SCRIPT_PATH.parents[2] / "dags" / "price_notification.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    dag = module.price_notification()
+    dag = parse_dag_with(monkeypatch, "price_notification_poking", PRICE_DEFERRABLE="false")
     assert dag.get_task("wait_for_price_record").deferrable is False
     return dag
 
@@ -178,3 +182,71 @@ def test_quarantined_record_fails_with_its_reason_and_the_next_window_compares_w
     [alert] = aws.alerts()
     assert alert["Subject"] == "ETH/USDT up 3.00% in 10 min: 103.00"
     assert ledger(aws, slot + layout.SLOT)["previous"]["timestamp"] == "2026-01-10T09:55:00Z"
+
+
+@pytest.fixture
+def slack_receiver():
+    """A local HTTP server standing in for Slack's incoming webhook; yields (url, received bodies)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/services/T0/B0/local", received
+    server.shutdown()
+
+
+def test_slack_gets_the_same_alert_when_a_webhook_connection_is_configured(
+    airflow_db, aws, monkeypatch, slack_receiver
+):
+    url, received = slack_receiver
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "password": url}))
+    dag = parse_dag_with(monkeypatch, "price_notification_slack", PRICE_SLACK_CONN_ID="slack_alerts")
+    slot = utc(2026, 1, 11, 10, 0)
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
+    write_record(aws.s3, aws.config.bucket, candle(slot, 98.0), "json")
+
+    run = run_window(dag, slot, notify_on_backfill=True)
+
+    assert run.state == "success", task_states(run)
+    [alert] = aws.alerts()
+    [posted] = received
+    assert posted["text"].startswith(f"*{alert['Subject']}*")
+    assert "Previous: 100.00 at 2026-01-11T09:55:00Z" in posted["text"]
+
+
+def test_a_retried_publish_task_does_not_notify_again(dag, aws):
+    """Re-run only publish_price_alert of a notified run, as a retry or a task clear would."""
+    import subprocess
+    import sys
+
+    slot = utc(2026, 1, 12, 10, 0)
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
+    write_record(aws.s3, aws.config.bucket, candle(slot, 101.5), "json")
+    run = run_window(dag, slot, notify_on_backfill=True)
+    assert run.state == "success", task_states(run)
+    assert len(aws.alerts()) == 1
+
+    retry = subprocess.run(
+        [sys.executable, "-m", "airflow", "tasks", "test", "price_notification", "publish_price_alert", run.run_id],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+    assert "window already notified as SNS message" in retry.stdout + retry.stderr, retry.stderr[-3000:]
+    assert aws.alerts() == []
+    assert ledger(aws, slot)["decision"] == "notified"
