@@ -1,0 +1,389 @@
+"""DAG integrity: every DAG in dags/ parses cleanly and follows the house rules; price_notification is
+wired as documented; parsing touches no Variable, connection or AWS API.
+
+The DAGs are parsed with the settings' defaults (no PRICE_DEFERRABLE or PRICE_SLACK_CONN_ID in the
+environment), as a deployment without overrides would parse them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from include.price_pipeline import analysis, layout, settings
+from tests.conftest import utc
+
+ROOT = Path(__file__).resolve().parents[2]
+DAGS_FOLDER = ROOT / "dags"
+DAG_FILE = DAGS_FOLDER / "price_notification.py"
+TASK_ORDER = (
+    "wait_for_price_record",
+    "normalize_price_record",
+    "compute_price_change",
+    "is_alert_due",
+    "publish_price_alert",
+)
+VERB_NOUN = re.compile(r"[a-z]+(?:_[a-z0-9]+)+")
+OVERRIDES_UNDER_TEST = ("PRICE_DEFERRABLE", "PRICE_SLACK_CONN_ID")
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in OVERRIDES_UNDER_TEST:
+            patch.delenv(name, raising=False)
+        return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+@pytest.fixture(scope="module")
+def dags(dagbag) -> list:
+    assert dagbag.dags, "no DAG found in dags/"
+    return list(dagbag.dags.values())
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags["price_notification"]
+
+
+@pytest.fixture(scope="module")
+def config():
+    """The settings the DAG was parsed with (conftest's overrides, none of OVERRIDES_UNDER_TEST)."""
+    return settings.load({k: v for k, v in os.environ.items() if k not in OVERRIDES_UNDER_TEST})
+
+
+# ------------------------------------------------------------------ every DAG
+
+
+def test_dags_folder_parses_without_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "price_notification" in dagbag.dags
+
+
+def test_every_dag_file_defines_a_dag(dagbag):
+    files = {Path(d.fileloc).name for d in dagbag.dags.values()}
+
+    assert files == {path.name for path in DAGS_FOLDER.glob("*.py") if not path.name.startswith("_")}
+
+
+def test_every_dag_id_equals_its_file_name(dags):
+    assert [(d.dag_id, Path(d.fileloc).stem) for d in dags if d.dag_id != Path(d.fileloc).stem] == []
+
+
+def test_every_dag_has_tags_and_documentation(dags):
+    for d in dags:
+        assert d.tags, f"{d.dag_id} has no tags"
+        assert d.doc_md, f"{d.dag_id} has no doc_md"
+        assert d.doc_md.strip(), f"{d.dag_id} has an empty doc_md"
+
+
+def test_every_task_has_a_real_owner(dags):
+    unowned = [(d.dag_id, t.task_id, t.owner) for d in dags for t in d.tasks if not t.owner or t.owner == "airflow"]
+
+    assert unowned == []
+
+
+def test_every_task_retries_at_least_twice(dags):
+    assert [(d.dag_id, t.task_id, t.retries) for d in dags for t in d.tasks if t.retries < 2] == []
+
+
+def test_every_task_id_is_verb_noun_snake_case(dags):
+    assert [(d.dag_id, t.task_id) for d in dags for t in d.tasks if not VERB_NOUN.fullmatch(t.task_id)] == []
+
+
+def test_no_task_depends_on_past(dags):
+    assert [(d.dag_id, t.task_id) for d in dags for t in d.tasks if t.depends_on_past] == []
+
+
+# ------------------------------------------------------------------ price_notification: the DAG
+
+
+def test_price_notification_runs_every_five_minutes_in_utc(dag):
+    from airflow.sdk import CronDataIntervalTimetable
+
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    assert dag.timetable.expression == "*/5 * * * *"
+    assert getattr(dag.timetable.timezone, "name", dag.timetable.timezone) == "UTC"
+
+
+def test_price_notification_does_not_catch_up_and_lets_slow_windows_overlap(dag):
+    assert dag.catchup is False
+    assert dag.max_active_runs >= 8
+
+
+def test_price_notification_tasks_run_in_the_documented_order(dag):
+    for upstream, downstream in zip(TASK_ORDER, TASK_ORDER[1:], strict=False):
+        assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream}"
+    assert dag.get_task(TASK_ORDER[0]).upstream_task_ids == set()
+    for position, task_id in enumerate(TASK_ORDER):
+        assert dag.get_task(task_id).upstream_task_ids <= set(TASK_ORDER[:position]), task_id
+
+
+def test_any_further_task_of_price_notification_comes_after_the_sns_alert(dag):
+    extra = [t for t in dag.tasks if t.task_id not in TASK_ORDER]
+
+    for task in extra:
+        assert "publish_price_alert" in task.get_flat_relative_ids(upstream=True), task.task_id
+
+
+def test_price_notification_parses_with_exactly_the_documented_tasks_by_default(dag):
+    assert {t.task_id for t in dag.tasks} == set(TASK_ORDER)
+
+
+# ------------------------------------------------------------------ price_notification: the sensor
+
+
+def test_sensor_is_deferrable_by_default_with_a_finite_timeout_and_poke_interval(dag, config):
+    from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+
+    sensor = dag.get_task("wait_for_price_record")
+
+    assert isinstance(sensor, S3KeySensor)
+    assert sensor.deferrable is True
+    assert math.isfinite(sensor.timeout)
+    assert 0 < sensor.poke_interval < sensor.timeout
+    assert sensor.timeout == config.sensor_timeout_seconds
+    assert sensor.poke_interval == config.sensor_poke_seconds
+
+
+def test_sensor_waits_for_any_object_under_the_window_prefix_only(dag, config):
+    sensor = dag.get_task("wait_for_price_record")
+    slot = utc(2026, 2, 3, 12, 0)
+
+    key = dag.get_template_env().from_string(sensor.bucket_key).render(data_interval_start=slot)
+
+    assert sensor.bucket_name == config.bucket
+    assert sensor.wildcard_match is True
+    assert key == layout.ingestion_window_prefix(slot, config.ingestion_prefix) + "*"
+
+
+# ------------------------------------------------------------------ price_notification: the Glue job
+
+
+def test_glue_job_is_a_small_python_shell_job_running_the_repository_script(dag):
+    from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
+
+    glue = dag.get_task("normalize_price_record")
+
+    assert isinstance(glue, GlueJobOperator)
+    assert glue.script_location == str(layout.GLUE_SCRIPT_PATH)
+    assert glue.replace_script_file is True
+    assert glue.num_of_dpus == 0.0625
+    assert glue.verbose is True
+    command = glue.create_job_kwargs["Command"]
+    assert command["Name"] == "pythonshell"
+    assert command["PythonVersion"] == "3.9"
+    assert command["ScriptLocation"].endswith(f"/{layout.GLUE_SCRIPTS_PREFIX}{layout.GLUE_SCRIPT_PATH.name}")
+
+
+def test_glue_job_script_location_is_where_the_operator_uploads_the_script(dag):
+    glue = dag.get_task("normalize_price_record")
+
+    uploaded_to = f"s3://{glue.s3_bucket}/{glue.s3_artifacts_prefix}{Path(glue.script_location).name}"
+
+    assert glue.create_job_kwargs["Command"]["ScriptLocation"] == uploaded_to
+
+
+def test_glue_job_gets_the_settings_arguments_and_the_window(dag, config):
+    glue = dag.get_task("normalize_price_record")
+    start = utc(2026, 2, 3, 12, 0)
+    env = dag.get_template_env()
+
+    assert settings.glue_job_arguments(config).items() <= glue.script_args.items()
+    render = {
+        name: env.from_string(glue.script_args[name]).render(
+            data_interval_start=start, data_interval_end=start + layout.SLOT
+        )
+        for name in ("--window_start", "--window_end")
+    }
+    assert render == {"--window_start": "2026-02-03T12:00:00Z", "--window_end": "2026-02-03T12:05:00Z"}
+
+
+# ------------------------------------------------------------------ price_notification: params
+
+
+@pytest.mark.parametrize(
+    ("name", "json_type", "default"),
+    [
+        ("threshold_pct", "number", float(settings.load({}).threshold_pct)),
+        ("lookback_minutes", "integer", settings.load({}).lookback_minutes),
+        ("notify_on_backfill", "boolean", False),
+        ("min_abs_move", "number", analysis.Policy().min_abs_move),
+        ("repeat_windows", "integer", analysis.Policy().repeat_windows),
+    ],
+)
+def test_params_have_a_type_a_description_and_the_documented_default(dag, name, json_type, default):
+    param = dag.params.get_param(name)
+
+    assert param.schema["type"] == json_type
+    assert param.description
+    assert param.value == default
+    assert type(param.value) is type(default)
+
+
+def test_param_defaults_match_the_analysis_policy_defaults(dag):
+    policy = analysis.Policy()
+
+    assert dag.params["threshold_pct"] == policy.threshold_pct
+    assert dag.params["lookback_minutes"] == policy.lookback_minutes
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("threshold_pct", -1.0), ("lookback_minutes", 2), ("repeat_windows", -1), ("notify_on_backfill", "yes")],
+)
+def test_params_reject_values_outside_their_schema(dag, name, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        dag.params.get_param(name).resolve(value)
+
+
+def test_params_are_exactly_the_documented_ones(dag):
+    assert set(dag.params) == {
+        "threshold_pct",
+        "lookback_minutes",
+        "notify_on_backfill",
+        "min_abs_move",
+        "repeat_windows",
+    }
+
+
+# ------------------------------------------------------------------ parse-time safety
+
+PARSE_WITH_LOOKUPS_FORBIDDEN = """
+import json, sys
+
+import airflow.models.connection
+import airflow.models.variable
+import airflow.sdk
+import boto3.session
+import botocore.client
+import botocore.session
+
+
+class ParseTimeAccess(Exception):
+    pass
+
+
+def forbid(what):
+    def refuse(*args, **kwargs):
+        raise ParseTimeAccess(what + " called while parsing")
+    return refuse
+
+
+airflow.sdk.Variable.get = staticmethod(forbid("airflow.sdk.Variable.get"))
+airflow.models.variable.Variable.get = staticmethod(forbid("airflow.models.variable.Variable.get"))
+airflow.sdk.BaseHook.get_connection = staticmethod(forbid("airflow.sdk.BaseHook.get_connection"))
+airflow.sdk.Connection.get = staticmethod(forbid("airflow.sdk.Connection.get"))
+airflow.models.connection.Connection.get_connection_from_secrets = staticmethod(
+    forbid("Connection.get_connection_from_secrets")
+)
+botocore.client.BaseClient._make_api_call = forbid("AWS API call")
+boto3.session.Session.__init__ = forbid("boto3 session creation")
+botocore.session.Session.create_client = forbid("botocore client creation")
+
+# The patches are live: each guarded call refuses.
+import boto3
+for probe in (
+    lambda: airflow.sdk.Variable.get("any"),
+    lambda: airflow.models.variable.Variable.get("any"),
+    lambda: airflow.sdk.BaseHook.get_connection("aws_default"),
+    lambda: boto3.client("s3"),
+):
+    try:
+        probe()
+    except ParseTimeAccess:
+        continue
+    sys.exit("a patch is not effective")
+
+from airflow.dag_processing.dagbag import DagBag
+
+bag = DagBag(dag_folder=sys.argv[1])
+print(json.dumps({
+    "import_errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "dags": {dag_id: sorted(t.task_id for t in d.tasks) for dag_id, d in bag.dags.items()},
+}))
+"""
+
+
+def _parse_in_subprocess(dag_path: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", PARSE_WITH_LOOKUPS_FORBIDDEN, str(dag_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in OVERRIDES_UNDER_TEST},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_dag_parses_with_variables_connections_and_aws_calls_forbidden():
+    result = _parse_in_subprocess(DAG_FILE)
+
+    assert result["import_errors"] == {}
+    assert result["dags"] == {"price_notification": sorted(TASK_ORDER)}
+
+
+def test_parse_time_guard_catches_a_dag_that_reads_a_variable_at_module_level(tmp_path):
+    offender = tmp_path / "reads_a_variable.py"
+    offender.write_text(
+        "import pendulum\n"
+        "from airflow.sdk import Variable, dag, task\n"
+        "THRESHOLD = Variable.get('threshold')\n"
+        "@dag(schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz='UTC'))\n"
+        "def reads_a_variable():\n"
+        "    @task\n"
+        "    def use_threshold():\n"
+        "        return THRESHOLD\n"
+        "    use_threshold()\n"
+        "reads_a_variable()\n"
+    )
+
+    result = _parse_in_subprocess(offender)
+
+    assert result["dags"] == {}
+    assert "Variable.get called while parsing" in json.dumps(result["import_errors"])
+
+
+def test_parse_time_guard_catches_a_dag_that_creates_a_boto3_client_at_module_level(tmp_path):
+    offender = tmp_path / "makes_a_client.py"
+    offender.write_text(
+        "import boto3\n"
+        "import pendulum\n"
+        "from airflow.sdk import dag, task\n"
+        "S3 = boto3.client('s3', region_name='us-east-1')\n"
+        "@dag(schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz='UTC'))\n"
+        "def makes_a_client():\n"
+        "    @task\n"
+        "    def list_buckets():\n"
+        "        return S3.list_buckets()\n"
+        "    list_buckets()\n"
+        "makes_a_client()\n"
+    )
+
+    result = _parse_in_subprocess(offender)
+
+    assert result["dags"] == {}
+    assert "boto3 session creation called while parsing" in json.dumps(result["import_errors"])
+
+
+def test_ruff_airflow_rules_pass_on_the_dags_folder():
+    ruff = Path(sys.executable).parent / "ruff"
+
+    done = subprocess.run(
+        [str(ruff), "check", "--no-cache", "--select", "AIR", "dags"], capture_output=True, text=True, cwd=ROOT
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
