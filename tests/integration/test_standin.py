@@ -1,0 +1,252 @@
+"""The local AWS stand-in: Glue job runs really execute their script, report real states and logs,
+provisioning is idempotent, and the pipeline's own Glue job normalizes a record on it.
+
+Every test uses its own Glue job name and its own days in 2025 (the e2e tests use 2026), so tests
+sharing the session's stand-in never see each other's objects.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from botocore.exceptions import ClientError
+
+from include.price_pipeline import layout, settings
+from local.standin import client, provision, queue_name
+from tests.conftest import utc
+from tests.records import candle
+
+pytestmark = pytest.mark.integration
+
+LOG_GROUP = "/aws-glue/python-jobs"
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "TIMEOUT", "STOPPED", "ERROR")
+
+
+@pytest.fixture
+def logs(standin):
+    return client("logs", standin)
+
+
+def glue_job(aws, script: str | bytes, **job_kwargs) -> str:
+    """Upload ``script`` to the stand-in's S3 and create a Python shell job running it; return its name."""
+    name = f"test-standin-{uuid.uuid4().hex[:12]}"
+    key = f"{layout.GLUE_SCRIPTS_PREFIX}tests/{name}.py"
+    aws.put(key, script)
+    aws.glue.create_job(
+        Name=name,
+        Role=aws.config.glue_role_name,
+        Command={"Name": "pythonshell", "ScriptLocation": f"s3://{aws.config.bucket}/{key}", "PythonVersion": "3.9"},
+        **job_kwargs,
+    )
+    return name
+
+
+def finished_run(aws, name: str, arguments: dict | None = None, timeout: float = 90) -> dict:
+    """Start a run of job ``name`` and return its JobRun once it has finished.
+
+    A run is finished when it is in a terminal state and has CompletedOn; the stand-in sets CompletedOn
+    after it has stored the run's logs (see test_terminal_state_is_reported_only_after_the_logs_are_stored).
+    """
+    run_id = aws.glue.start_job_run(JobName=name, Arguments=arguments or {})["JobRunId"]
+    deadline = time.monotonic() + timeout
+    while True:
+        run = aws.glue.get_job_run(JobName=name, RunId=run_id)["JobRun"]
+        if run["JobRunState"] in TERMINAL_STATES and "CompletedOn" in run:
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} of {name} still {run['JobRunState']} after {timeout}s"
+        time.sleep(0.2)
+
+
+def log_lines(logs, stream: str, run_id: str) -> list[str]:
+    """Every message of the run's stream in ``/aws-glue/python-jobs/<stream>``, oldest first."""
+    lines, token = [], None
+    while True:
+        page = logs.get_log_events(
+            logGroupName=f"{LOG_GROUP}/{stream}",
+            logStreamName=run_id,
+            startFromHead=True,
+            **({"nextToken": token} if token else {}),
+        )
+        lines.extend(event["message"] for event in page["events"])
+        if not page["events"] or page["nextForwardToken"] == token:
+            return lines
+        token = page["nextForwardToken"]
+
+
+# ------------------------------------------------------------------ Glue runs and their states
+
+
+def test_a_job_that_succeeds_is_succeeded_with_its_stdout_in_cloudwatch(aws, logs):
+    name = glue_job(aws, "print('hello from the job')\nprint('second line')\n")
+
+    run = finished_run(aws, name)
+
+    assert run["JobRunState"] == "SUCCEEDED"
+    assert "ErrorMessage" not in run
+    assert run["LogGroupName"] == LOG_GROUP
+    assert log_lines(logs, "output", run["Id"]) == ["hello from the job", "second line"]
+
+
+def test_a_job_that_raises_is_failed_with_the_error_and_its_traceback_in_cloudwatch(aws, logs):
+    name = glue_job(aws, "def check():\n    raise ValueError('boom')\n\ncheck()\n")
+
+    run = finished_run(aws, name)
+
+    assert run["JobRunState"] == "FAILED"
+    assert "ValueError: boom" in run["ErrorMessage"]
+    errors = log_lines(logs, "error", run["Id"])
+    assert errors[0] == "Traceback (most recent call last):"
+    assert any("in check" in line for line in errors)
+    assert errors[-1] == "ValueError: boom"
+
+
+def test_a_job_that_runs_past_its_timeout_is_timeout_and_keeps_its_earlier_output(aws, logs):
+    # The session's stand-in counts 3 seconds per Glue timeout minute.
+    name = glue_job(aws, "import time\nprint('started', flush=True)\ntime.sleep(60)\nprint('never')\n", Timeout=1)
+    started = time.monotonic()
+
+    run = finished_run(aws, name)
+
+    elapsed = time.monotonic() - started
+    assert run["JobRunState"] == "TIMEOUT"
+    assert "timed out" in run["ErrorMessage"]
+    assert 3 <= elapsed < 30
+    assert log_lines(logs, "output", run["Id"]) == ["started"]
+
+
+ECHO_ARGUMENTS = """
+import json, sys
+names, values = sys.argv[1::2], sys.argv[2::2]
+print(json.dumps(dict(zip(names, values))))
+"""
+
+
+def test_the_script_receives_the_job_default_arguments_merged_with_the_run_arguments(aws, logs):
+    name = glue_job(aws, ECHO_ARGUMENTS, DefaultArguments={"--from_job": "job", "--overridden": "job default"})
+
+    run = finished_run(aws, name, {"--overridden": "run value", "--from_run": "run"})
+
+    assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
+    [line] = log_lines(logs, "output", run["Id"])
+    received = json.loads(line)
+    assert received["--from_job"] == "job"
+    assert received["--overridden"] == "run value"
+    assert received["--from_run"] == "run"
+    assert received["--JOB_NAME"] == name
+    assert received["--JOB_RUN_ID"] == run["Id"]
+
+
+WRITE_TO_S3 = """
+import sys
+import boto3
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+body = ("written by " + args["--JOB_RUN_ID"]).encode()
+boto3.client("s3").put_object(Bucket=args["--bucket"], Key=args["--key"], Body=body)
+"""
+
+
+def test_the_script_boto3_reaches_the_stand_in(aws):
+    key = f"tests/standin/{uuid.uuid4().hex}/written-by-glue.txt"
+    name = glue_job(aws, WRITE_TO_S3)
+
+    run = finished_run(aws, name, {"--bucket": aws.config.bucket, "--key": key})
+
+    assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
+    assert aws.get(key) == f"written by {run['Id']}".encode()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="local/standin.py GlueRunner._execute sets the terminal JobRunState before _store_logs runs, so a "
+    "poller (like GlueJobHook.job_completion, which reads logs once on the terminal state) can see SUCCEEDED "
+    "without CompletedOn and before the run's output is in CloudWatch; the job's last lines are lost",
+)
+def test_terminal_state_is_reported_only_after_the_logs_are_stored(aws, logs):
+    # Enough output that storing it takes the stand-in dozens of PutLogEvents calls.
+    name = glue_job(aws, "for n in range(50000):\n    print('line', n)\nprint('LAST LINE')\n")
+    run_id = aws.glue.start_job_run(JobName=name)["JobRunId"]
+    deadline = time.monotonic() + 90
+    while (run := aws.glue.get_job_run(JobName=name, RunId=run_id)["JobRun"])["JobRunState"] not in TERMINAL_STATES:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        newest = logs.get_log_events(logGroupName=f"{LOG_GROUP}/output", logStreamName=run_id, limit=1)["events"]
+    except ClientError as error:
+        newest = [{"message": error.response["Error"]["Code"]}]
+
+    assert run["JobRunState"] == "SUCCEEDED"
+    assert [event["message"] for event in newest] == ["LAST LINE"]
+    assert "CompletedOn" in run
+
+
+# ------------------------------------------------------------------ provisioning
+
+
+def test_provision_is_idempotent_one_subscription_per_topic(standin, aws):
+    first = provision(standin)
+    second = provision(standin)
+
+    assert first == second
+    sns, sqs = client("sns", standin), client("sqs", standin)
+    config = settings.load()
+    assert set(second) == {config.alert_topic_arn, config.ops_topic_arn}
+    for topic_arn, queue_url in second.items():
+        assert queue_url.endswith(queue_name(topic_arn))
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
+        assert [(s["Protocol"], s["Endpoint"]) for s in subscriptions] == [("sqs", queue_arn)]
+    assert config.bucket in {b["Name"] for b in aws.s3.list_buckets()["Buckets"]}
+    assert client("iam", standin).get_role(RoleName=config.glue_role_name)["Role"]["RoleName"] == config.glue_role_name
+
+
+# ------------------------------------------------------------------ the pipeline's own Glue job
+
+
+def _canonical_rows(body: bytes) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(body.decode("utf-8"))))
+
+
+def test_the_normalize_job_turns_a_raw_record_into_its_canonical_csv_byte_identically_on_rerun(aws, logs):
+    slot = utc(2025, 3, 14, 12, 0)
+    record = candle(slot, 3120.55)
+    raw_key = layout.ingestion_key(slot, ".json", aws.config.ingestion_prefix)
+    raw_body = json.dumps(record).encode()
+    aws.put(raw_key, raw_body)
+    name = glue_job(aws, layout.GLUE_SCRIPT_PATH.read_bytes(), DefaultArguments=settings.glue_job_arguments(aws.config))
+    window = {"--window_start": "2025-03-14T12:00:00Z"}
+    output_key = layout.analysis_key(slot, aws.config.analysis_prefix)
+
+    first = finished_run(aws, name, window)
+    first_body = aws.get(output_key)
+    aws.s3.delete_object(Bucket=aws.config.bucket, Key=output_key)  # so the re-run must write it again
+    second = finished_run(aws, name, window)
+
+    assert first["JobRunState"] == second["JobRunState"] == "SUCCEEDED", first.get("ErrorMessage")
+    [row] = _canonical_rows(first_body)
+    assert row["timestamp"] == "2025-03-14T12:00:00Z"
+    assert row["pair"] == aws.config.pair
+    assert datetime.fromisoformat(row["timestamp"]).astimezone(UTC) == slot
+    for column, field in [
+        ("open", "open"),
+        ("high", "high"),
+        ("low", "low"),
+        ("close", "close"),
+        ("volume", "volume"),
+        ("quote_volume", "quoteVolume"),
+        ("weighted_average", "weightedAverage"),
+    ]:
+        assert float(row[column]) == record[field], column
+    assert row["source_key"] == raw_key
+    assert row["source_format"] == "json"
+    assert list(row) == list(layout.CANONICAL_COLUMNS)
+    summary = json.loads(log_lines(logs, "output", first["Id"])[-1].removeprefix("SUMMARY "))
+    assert (summary["objects"], summary["rows"], summary["quarantined"]) == (1, 1, [])
+    assert aws.get(output_key) == first_body, "a re-run must write byte-identical output"
+    assert aws.get(raw_key) == raw_body, "the raw record must stay untouched"
+    assert aws.keys(layout.QUARANTINE_PREFIX + layout.partition(slot)) == []
