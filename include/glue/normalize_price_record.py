@@ -31,6 +31,7 @@ a re-run writes byte-identical objects. A summary is printed as the last line (`
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import hashlib
 import io
@@ -95,6 +96,8 @@ BOUNDED_FIELDS = ("open", "close", "weighted_average")
 #: A price may sit this far (relative) outside [low, high] before it is rejected.
 RANGE_TOLERANCE = 1e-6
 MAX_WORKERS = 16
+#: Longer ranges are listed by day partition rather than by window prefix (see list_raw_objects).
+LIST_BY_DAY_ABOVE_SLOTS = 12
 
 #: JSON envelope keys whose value holds the record(s): ``{"data": {...}}``, ``{"result": [...]}``.
 WRAPPER_KEYS = ("data", "result", "results", "records", "candles", "items")
@@ -628,20 +631,57 @@ def window_slots(start, end):
     return slots
 
 
+def list_raw_objects(s3, args):
+    """``[(key, size, slot), ...]`` in key order: every raw object of the range with its listed size and
+    the window whose prefix it lies under.
+
+    A range of up to LIST_BY_DAY_ABOVE_SLOTS windows lists each window's prefix (one LIST per window, as
+    a single live window always has). A longer range lists each day partition it touches once, in
+    parallel, and keeps the keys under one of its window prefixes: the same keys, with ~30 requests
+    instead of 8,640 for a month.
+    """
+    slots = window_slots(args.start, args.end)
+    slot_of_prefix = {ingestion_window_prefix(slot, args.ingestion_prefix): slot for slot in slots}
+    if len(slots) <= LIST_BY_DAY_ABOVE_SLOTS:
+        listings = [_list_objects(s3, args.bucket, prefix) for prefix in slot_of_prefix]
+    else:
+        days = sorted({args.ingestion_prefix + partition(slot) for slot in slots})
+        with ThreadPoolExecutor(min(MAX_WORKERS, len(days))) as pool:
+            listings = list(pool.map(lambda day: _list_objects(s3, args.bucket, day), days))
+    lengths = sorted({len(prefix) for prefix in slot_of_prefix})
+    found = {}
+    for listing in listings:
+        for key, size in listing:
+            for length in lengths:
+                slot = slot_of_prefix.get(key[:length])
+                if slot is not None:
+                    found[key] = (key, size, slot)
+                    break
+    return [found[key] for key in sorted(found)]
+
+
 def list_raw_keys(s3, args):
-    keys = []
-    paginator = s3.get_paginator("list_objects_v2")
-    for slot in window_slots(args.start, args.end):
-        for page in paginator.paginate(Bucket=args.bucket, Prefix=ingestion_window_prefix(slot, args.ingestion_prefix)):
-            keys.extend(item["Key"] for item in page.get("Contents", []))
-    return sorted(keys)
+    """Every raw object key of the range, in key order."""
+    return [key for key, _size, _slot in list_raw_objects(s3, args)]
 
 
-def read_bounded(s3, bucket, key, limit):
-    """Read at most ``limit`` bytes; reject larger objects without reading them whole."""
-    head = s3.head_object(Bucket=bucket, Key=key)
-    if head["ContentLength"] > limit:
-        raise Rejected("object is {} bytes, over the {}-byte cap".format(head["ContentLength"], limit))
+def _list_objects(s3, bucket, prefix):
+    """``[(key, size), ...]`` of every object under ``prefix``."""
+    out = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.extend((item["Key"], item["Size"]) for item in page.get("Contents", []))
+    return out
+
+
+def read_bounded(s3, bucket, key, limit, size=None):
+    """Read at most ``limit`` bytes; reject larger objects without reading them whole.
+
+    ``size`` is the object's size from a listing; without it a HEAD request asks for it.
+    """
+    if size is None:
+        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    if size > limit:
+        raise Rejected("object is {} bytes, over the {}-byte cap".format(size, limit))
     body = s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-{}".format(limit))["Body"]
     data = body.read(limit + 1)
     if len(data) > limit:
@@ -649,11 +689,11 @@ def read_bounded(s3, bucket, key, limit):
     return data
 
 
-def process_object(s3, args, key):
+def process_object(s3, args, key, size=None):
     """Return ``(rows, problems)`` for one raw object; raise Rejected if nothing in it can be used."""
     fmt = "unknown"
     try:
-        data = read_bounded(s3, args.bucket, key, args.max_object_bytes)
+        data = read_bounded(s3, args.bucket, key, args.max_object_bytes, size)
         fmt, raws = parse_object(decode_text(data))
     except Rejected as error:
         raise Rejected(str(error), error.format_guess if error.format_guess != "unknown" else fmt) from None
@@ -679,17 +719,22 @@ def quarantine(s3, args, key, reason, format_guess):
 
 
 def run(s3, args):
-    """Process every raw object of the range; return the summary dict."""
-    keys = list_raw_keys(s3, args)
+    """Process every raw object of the range; return the summary dict.
+
+    The sizes from the listing spare one HEAD request per object. A bad object is quarantined under
+    the window it was found in (for a single window, that is ``--window_start``).
+    """
+    objects = list_raw_objects(s3, args)
+    keys = [key for key, _size, _slot in objects]
     summary = {"window_start": slot_stamp(args.start), "objects": len(keys), "rows": 0, "quarantined": []}
     with ThreadPoolExecutor(MAX_WORKERS) as pool:
-        results = list(pool.map(lambda key: _attempt(s3, args, key), keys))
+        results = list(pool.map(lambda item: _attempt(s3, args, item[0], item[1]), objects))
     by_slot = {}
-    for key, (rows, problems, rejection) in zip(keys, results):  # noqa: B905 - Glue's 3.9 has no strict=
+    for (key, _size, slot), (rows, problems, rejection) in zip(objects, results):  # noqa: B905 - no strict= on 3.9
         if rejection is not None:
             reason, fmt = rejection
             print("QUARANTINED {}: {}".format(key, reason))
-            quarantine(s3, args, key, reason, fmt)
+            quarantine(s3, _at_window(args, slot), key, reason, fmt)
             summary["quarantined"].append({"key": key, "reason": reason})
             continue
         for problem in problems:
@@ -706,9 +751,16 @@ def run(s3, args):
     return summary
 
 
-def _attempt(s3, args, key):
+def _at_window(args, slot):
+    """``args`` with ``start`` moved to the window ``slot`` (where its objects are quarantined)."""
+    moved = copy.copy(args)
+    moved.start = slot
+    return moved
+
+
+def _attempt(s3, args, key, size=None):
     try:
-        rows, problems = process_object(s3, args, key)
+        rows, problems = process_object(s3, args, key, size)
         return rows, problems, None
     except Rejected as error:
         return [], [], (str(error), error.format_guess)
@@ -721,9 +773,11 @@ def _write(s3, args, row):
 
 def main(argv=None):
     import boto3  # imported here so the pure functions above are usable without it
+    from botocore.config import Config
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    summary = run(boto3.client("s3"), args)
+    # One pooled connection per worker thread (boto3 keeps 10 by default and discards the rest).
+    summary = run(boto3.client("s3", config=Config(max_pool_connections=MAX_WORKERS)), args)
     print("SUMMARY " + json.dumps(summary, sort_keys=True))
     return 0
 
