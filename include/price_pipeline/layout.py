@@ -117,3 +117,46 @@ def day_partitions(first: datetime, last: datetime) -> list[str]:
         out.append(partition(day))
         day += timedelta(days=1)
     return out
+
+
+#: The one Parquet object of a month partition under PARQUET_PREFIX.
+PARQUET_FILE_NAME = "data.parquet"
+
+
+def slots_between(start: datetime, end: datetime) -> list[datetime]:
+    """Every window start in ``[start, end)``, in order (``start`` on a slot boundary)."""
+    slots, slot = [], start
+    while slot < end:
+        slots.append(slot)
+        slot += SLOT
+    return slots
+
+
+def months_between(first: datetime, last: datetime) -> list[tuple[int, int]]:
+    """Every ``(year, month)`` from the month of ``first`` to that of ``last`` inclusive, in order."""
+    first, last = first.astimezone(UTC), last.astimezone(UTC)
+    year, month, out = first.year, first.month, []
+    while (year, month) <= (last.year, last.month):
+        out.append((year, month))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out
+
+
+def month_partition(year: int, month: int) -> str:
+    """Hive-style month partition: ``year=YYYY/month=MM/``."""
+    return f"year={year:04d}/month={month:02d}/"
+
+
+def month_analysis_prefix(year: int, month: int, prefix: str = ANALYSIS_PREFIX) -> str:
+    """The prefix holding every canonical CSV of a month."""
+    return f"{prefix}{month_partition(year, month)}"
+
+
+def parquet_key(year: int, month: int, prefix: str = PARQUET_PREFIX) -> str:
+    """Where the month's canonical records are compacted to Parquet (one object per month)."""
+    return f"{prefix}{month_partition(year, month)}{PARQUET_FILE_NAME}"
+
+
+def quarantine_window_prefix(slot: datetime, prefix: str = QUARANTINE_PREFIX) -> str:
+    """The folder holding every quarantined object (and reason file) of the window starting at ``slot``."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}/"

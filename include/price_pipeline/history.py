@@ -1,0 +1,486 @@
+"""Bulk price history: every window of a range analysed in one pass, its ledger and monthly Parquet.
+
+Task bodies of the ``price_history_backfill`` DAG, after its one Glue job run has normalized the range:
+
+1. read every canonical CSV the range needs (the range, the lookback before it, and the rest of each
+   month it touches, for Parquet) with a bounded pool of threads;
+2. decide every window with the live DAG's own rules (:func:`analysis.series_changes`,
+   :func:`analysis.classify`, :func:`analysis.apply_freshness`, :func:`analysis.due_for_subscribers`
+   for run type ``backfill``), so each ledger entry is byte-identical to the one ``price_notification``
+   writes for the same window and params;
+3. write the ledger entries that differ from what is stored, never over a ``notified`` one (conditional
+   writes: an entry notified meanwhile is seen, not overwritten);
+4. rewrite each month's Parquet object from all canonical CSVs of that month (deterministic bytes);
+5. with ``notify_on_backfill``, publish each due breach once, through a callable the task passes.
+
+S3 goes through a boto3 client (``S3Hook(...).get_conn()`` in the task); no Airflow here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import hashlib
+import io
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from botocore.exceptions import ClientError
+
+from include.price_pipeline import alerts, layout, store, windows
+from include.price_pipeline.analysis import (
+    NOTIFIED,
+    NOTIFY,
+    Change,
+    Policy,
+    Price,
+    apply_freshness,
+    classify,
+    due_for_subscribers,
+    is_breach,
+    parse_canonical_csv,
+    series_changes,
+)
+from include.price_pipeline.settings import Config
+
+log = logging.getLogger(__name__)
+
+#: Ops notification (SnsNotifier failure callback) of the bulk DAG; its runs have no data interval.
+OPS_SUBJECT = "[price pipeline] Backfill failed: {{ ti.task_id }} from {{ params.start }}"
+OPS_MESSAGE = """\
+Task {{ ti.task_id }} failed for the range {{ params.start }} to {{ params.end }} (end excluded).
+Reason: {{ exception }}
+DAG: {{ dag.dag_id }}, run {{ run_id }}, try {{ ti.try_number }}
+Log: {{ ti.log_url }}
+"""
+
+#: A window start as the DAG's ``start`` and ``end`` params take it: UTC, on a 5-minute boundary.
+WINDOW_START_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d[05]:00Z$"
+#: Run timeout of the one Glue job run of a range (the job's own 10 minutes are sized for one window).
+GLUE_RANGE_TIMEOUT_MINUTES = 120
+#: Upper bound of concurrent S3 requests (also capped by the client's connection pool, 10 by default).
+MAX_WORKERS = 16
+#: How many of the largest moves the summary lists.
+LARGEST_MOVES = 5
+#: How many missing windows the summary names (it always counts all of them).
+MISSING_NAMED = 20
+#: Attempts at a conditional ledger write before giving up (each failure means someone else wrote).
+WRITE_ATTEMPTS = 3
+#: S3 answers a failed If-Match / If-None-Match with one of these.
+CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+
+FLOAT_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "weighted_average")
+STRING_COLUMNS = ("pair", "source_key", "source_format")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One analysed window: its change against the previous price, and the decision with its reason."""
+
+    change: Change
+    decision: str
+    reason: str
+
+    @property
+    def slot(self) -> datetime:
+        return self.change.latest.slot
+
+
+# ------------------------------------------------------------------------------ pure analysis
+
+
+def parse_window_start(text: str) -> datetime:
+    """An ISO 8601 UTC time on a 5-minute boundary (``2025-03-10T00:00:00Z``) as an aware datetime."""
+    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if moment.tzinfo is None or moment.utcoffset().total_seconds() != 0:
+        raise ValueError(f"{text!r} is not a UTC time (end it with Z)")
+    moment = moment.astimezone(UTC)
+    if moment != layout.slot_start(moment):
+        raise ValueError(f"{text!r} is not a window start (a 5-minute boundary)")
+    return moment
+
+
+def context_start(start: datetime, policy: Policy) -> datetime:
+    """The earliest slot whose price can matter to the window at ``start`` (the live DAG loads as far back)."""
+    return start - policy.lookback - layout.SLOT * policy.repeat_windows
+
+
+def analyse_series(
+    prices: Iterable[Price],
+    start: datetime,
+    end: datetime,
+    policy: Policy,
+    notify_on_backfill: bool,
+    now: datetime,
+    max_alert_age_minutes: int,
+) -> list[Window]:
+    """The decision of every window in ``[start, end)`` that has a price, in slot order.
+
+    ``prices`` (one per slot) should reach back to :func:`context_start`. Each window gets exactly what
+    ``windows.analyse_window`` gives it in a native backfill run: the same change (the series is the
+    same within the lookback), the same repeat-window context (the breaches of the previous
+    ``repeat_windows`` windows) and the same freshness rule for run type ``backfill``.
+    """
+    changes = series_changes(list(prices), policy.lookback)
+    slots = [change.latest.slot for change in changes]
+    repeat_span = layout.SLOT * policy.repeat_windows
+    out = []
+    for index in range(bisect.bisect_left(slots, start), bisect.bisect_left(slots, end)):
+        change = changes[index]
+        # classify only looks at earlier changes within repeat_span: hand it just those (O(n) overall).
+        earlier = changes[bisect.bisect_left(slots, change.latest.slot - repeat_span, 0, index) : index]
+        due, why_not_due = due_for_subscribers(
+            "backfill", change.latest.slot + layout.SLOT, now, max_alert_age_minutes, notify_on_backfill
+        )
+        decision, reason = apply_freshness(*classify(change, earlier, policy), due, why_not_due)
+        out.append(Window(change, decision, reason))
+    return out
+
+
+def ledger_objects(analysed: Iterable[Window], policy: Policy, prefix: str) -> dict[str, bytes]:
+    """``{ledger key: bytes}`` of every window not due for publishing (due ones are written once sent)."""
+    return {
+        layout.ledger_key(window.slot, prefix): alerts.ledger_bytes(
+            alerts.ledger_entry(window.change, policy, window.decision, window.reason)
+        )
+        for window in analysed
+        if window.decision != NOTIFY
+    }
+
+
+def summarize(
+    analysed: list[Window],
+    start: datetime,
+    end: datetime,
+    policy: Policy,
+    quarantined: int,
+) -> dict:
+    """Counts for the task log and XCom: windows seen and missing, quarantined, breaches, largest moves."""
+    seen = {window.slot for window in analysed}
+    missing = [slot for slot in layout.slots_between(start, end) if slot not in seen]
+    moved = sorted(
+        (w for w in analysed if w.change.change_pct is not None),
+        key=lambda w: (-w.change.abs_change_pct, w.slot),
+    )
+    return {
+        "start": alerts.iso(start),
+        "end": alerts.iso(end),
+        "windows": len(seen) + len(missing),
+        "windows_seen": len(seen),
+        "missing": len(missing),
+        "missing_windows": [alerts.iso(slot) for slot in missing[:MISSING_NAMED]],
+        "quarantined": quarantined,
+        "breaches": sum(1 for w in analysed if is_breach(w.change, policy)),
+        "decisions": dict(sorted(Counter(w.decision for w in analysed).items())),
+        "largest_moves": [
+            {"window_start": alerts.iso(w.slot), "change_pct": round(w.change.change_pct, 4), "decision": w.decision}
+            for w in moved[:LARGEST_MOVES]
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------ Parquet
+
+
+def canonical_rows(body: bytes) -> list[dict]:
+    """The rows of a canonical CSV object, typed for Parquet (numbers float or None, timestamp aware)."""
+    rows = []
+    for raw in csv.DictReader(io.StringIO(body.decode("utf-8"))):
+        row = {"timestamp": datetime.fromisoformat(raw["timestamp"].replace("Z", "+00:00"))}
+        row.update({column: float(raw[column]) if raw[column] != "" else None for column in FLOAT_COLUMNS})
+        row.update({column: raw[column] for column in STRING_COLUMNS})
+        rows.append(row)
+    return rows
+
+
+def parquet_schema():
+    """layout.CANONICAL_COLUMNS as Arrow types: timestamp in UTC (microseconds), numbers float64."""
+    import pyarrow as pa
+
+    types = {"timestamp": pa.timestamp("us", tz="UTC"), **dict.fromkeys(FLOAT_COLUMNS, pa.float64())}
+    return pa.schema([pa.field(column, types.get(column, pa.string())) for column in layout.CANONICAL_COLUMNS])
+
+
+def parquet_bytes(rows: Iterable[dict]) -> bytes:
+    """One Parquet file of canonical rows, ordered by (timestamp, source_key).
+
+    The same rows give the same bytes, in any order: every writer option that could vary is pinned,
+    and nothing time- or host-dependent is written (``created_by`` names the pyarrow version only).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ordered = sorted(rows, key=lambda row: (row["timestamp"], row["source_key"]))
+    schema = parquet_schema()
+    table = pa.Table.from_pydict({name: [row[name] for row in ordered] for name in schema.names}, schema=schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        version="2.6",
+        data_page_version="1.0",
+        compression="zstd",
+        compression_level=3,
+        use_dictionary=list(STRING_COLUMNS),
+        write_statistics=True,
+        row_group_size=1_048_576,
+        store_schema=True,
+        write_page_index=False,
+        write_page_checksum=False,
+    )
+    return sink.getvalue().to_pybytes()
+
+
+# ------------------------------------------------------------------------------ S3
+
+
+def pool_size(s3) -> int:
+    """Threads to use with ``s3``: MAX_WORKERS, or fewer if the client pools fewer connections."""
+    pooled = getattr(getattr(getattr(s3, "meta", None), "config", None), "max_pool_connections", MAX_WORKERS)
+    return max(1, min(MAX_WORKERS, pooled or MAX_WORKERS))
+
+
+def read_all(s3, bucket: str, keys: list[str]) -> dict[str, bytes]:
+    """``{key: bytes}`` of every key that exists, read in parallel."""
+    with ThreadPoolExecutor(pool_size(s3)) as pool:
+        bodies = list(pool.map(lambda key: store.read_bytes(s3, bucket, key), keys))
+    return {key: body for key, body in zip(keys, bodies, strict=True) if body is not None}
+
+
+def list_with_etags(s3, bucket: str, prefixes: Iterable[str]) -> dict[str, str]:
+    """``{key: ETag without quotes}`` of every object under each of ``prefixes`` (listed in parallel)."""
+
+    def listing(prefix: str) -> dict[str, str]:
+        found = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            found.update({item["Key"]: item["ETag"].strip('"') for item in page.get("Contents", [])})
+        return found
+
+    prefixes = list(prefixes)
+    out: dict[str, str] = {}
+    with ThreadPoolExecutor(max(1, min(pool_size(s3), len(prefixes)))) as pool:
+        for found in pool.map(listing, prefixes):
+            out.update(found)
+    return out
+
+
+def canonical_keys(s3, config: Config, start: datetime, end: datetime, policy: Policy) -> tuple[list[str], list[str]]:
+    """(keys the analysis needs, keys of every month touched by the range) of canonical CSVs.
+
+    The analysis needs ``[context_start, end)``; Parquet needs every CSV of each month of ``[start, end)``.
+    """
+    last = end - layout.SLOT
+    month_keys = []
+    for year, month in layout.months_between(start, last):
+        month_prefix = layout.month_analysis_prefix(year, month, config.analysis_prefix)
+        month_keys.extend(k for k in store.list_keys(s3, config.bucket, month_prefix) if k.endswith(".csv"))
+    first_key = layout.analysis_key(start, config.analysis_prefix)
+    last_key = layout.analysis_key(last, config.analysis_prefix)
+    in_range = [key for key in month_keys if first_key <= key <= last_key]
+    before = store.analysis_keys_between(
+        s3, config.bucket, config.analysis_prefix, context_start(start, policy), start - layout.SLOT
+    )
+    return before + in_range, month_keys
+
+
+def count_quarantined(s3, config: Config, start: datetime, end: datetime) -> int:
+    """Reason files the Glue job left for windows of ``[start, end)``."""
+    slots = layout.slots_between(start, end)
+    if not slots:
+        return 0
+    wanted = {layout.quarantine_window_prefix(slot, config.quarantine_prefix) for slot in slots}
+    days = [f"{config.quarantine_prefix}{day}" for day in layout.day_partitions(slots[0], slots[-1])]
+    length = len(next(iter(wanted)))
+    keys = list_with_etags(s3, config.bucket, days)
+    return sum(1 for key in keys if key.endswith(".reason.json") and key[:length] in wanted)
+
+
+def _md5(body: bytes) -> str:
+    return hashlib.md5(body, usedforsecurity=False).hexdigest()
+
+
+def _condition_failed(error: ClientError) -> bool:
+    response = error.response
+    return (
+        response.get("Error", {}).get("Code") in CONDITION_FAILED
+        or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode")) in CONDITION_FAILED
+    )
+
+
+def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first: datetime, last: datetime) -> dict:
+    """Write each ledger object unless the stored one is identical or ``notified``; return the counts.
+
+    One listing per day partition gives each stored entry's ETag: an entry whose ETag is the MD5 of the
+    new bytes is identical and left alone (with SSE-KMS, ETags are no MD5 and every stored entry is read
+    instead). Writes are conditional (If-None-Match for a new key, If-Match on the ETag just read), so an
+    entry notified by a live run in the meantime is re-read and kept, never overwritten.
+    """
+    days = [f"{prefix}{day}" for day in layout.day_partitions(first, last)] if objects else []
+    stored = list_with_etags(s3, bucket, days)
+
+    def settle(key: str) -> str:
+        body, etag = objects[key], stored.get(key)
+        for _attempt in range(WRITE_ATTEMPTS):
+            if etag is None:
+                condition = {"IfNoneMatch": "*"}
+            else:
+                if etag == _md5(body):
+                    return "unchanged"
+                current = _read_with_etag(s3, bucket, key)
+                if current is None:
+                    etag = None
+                    continue
+                existing, etag = current
+                if existing == body:
+                    return "unchanged"
+                if _decision(existing) == NOTIFIED:
+                    return "kept_notified"
+                condition = {"IfMatch": etag}
+            try:
+                s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
+                return "written"
+            except ClientError as error:
+                if not _condition_failed(error):
+                    raise
+                etag = "changed meanwhile"  # not an MD5: read it again
+        raise RuntimeError(f"ledger entry {key} kept changing while being written ({WRITE_ATTEMPTS} attempts)")
+
+    keys = sorted(objects)
+    with ThreadPoolExecutor(pool_size(s3)) as pool:
+        outcomes = list(pool.map(settle, keys))
+    counts = Counter(outcomes)
+    return {name: counts.get(name, 0) for name in ("written", "unchanged", "kept_notified")}
+
+
+def _read_with_etag(s3, bucket: str, key: str) -> tuple[bytes, str] | None:
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+    return response["Body"].read(), response["ETag"].strip('"')
+
+
+def _decision(body: bytes) -> str | None:
+    try:
+        return json.loads(body).get("decision")
+    except (ValueError, AttributeError):
+        return None
+
+
+def write_parquet(s3, bucket: str, prefix: str, bodies: dict[str, bytes], month_keys: list[str]) -> list[dict]:
+    """Rewrite the Parquet object of each month from all its canonical CSVs; skip identical bytes."""
+    by_month: dict[tuple[int, int], list[dict]] = {}
+    for key in month_keys:
+        slot = layout.slot_of_key(key)
+        rows = by_month.setdefault((slot.year, slot.month), [])
+        if key in bodies:
+            rows.extend(canonical_rows(bodies[key]))
+    stored = list_with_etags(s3, bucket, [layout.parquet_key(y, m, prefix) for y, m in by_month])
+    out = []
+    for (year, month), rows in sorted(by_month.items()):
+        key, body = layout.parquet_key(year, month, prefix), parquet_bytes(rows)
+        changed = stored.get(key) != _md5(body)
+        if changed:
+            store.write_bytes(s3, bucket, key, body, "application/vnd.apache.parquet")
+        out.append({"key": key, "rows": len(rows), "bytes": len(body), "written": changed})
+    return out
+
+
+# ------------------------------------------------------------------------------ the task
+
+
+def publish_due(
+    s3,
+    config: Config,
+    analysed: list[Window],
+    policy: Policy,
+    publish: Callable[[str, str, dict], str],
+    run_url: str,
+) -> int:
+    """Publish each window due for subscribers (``notify_on_backfill``), once: a window the ledger shows
+    as notified is skipped; each one sent is recorded as notified right away. Returns how many were sent.
+
+    ``publish(subject, message, attributes)`` sends one alert and returns its message id.
+    """
+    sent = 0
+    for window in analysed:
+        if window.decision != NOTIFY:
+            continue
+        message_id = windows.already_notified(s3, config, window.slot)
+        if message_id:
+            log.info("Window %s was already notified (message %s): not again", alerts.iso(window.slot), message_id)
+            continue
+        entry = alerts.ledger_entry(window.change, policy, window.decision, window.reason)
+        message_id = publish(
+            alerts.alert_subject(entry), alerts.alert_message(entry, run_url), alerts.alert_attributes(entry)
+        )
+        windows.record_notified(s3, config, entry, message_id)
+        sent += 1
+    return sent
+
+
+def backfill_history(
+    s3,
+    config: Config,
+    start: datetime,
+    end: datetime,
+    policy: Policy,
+    notify_on_backfill: bool,
+    now: datetime,
+    publish: Callable[[str, str, dict], str] | None = None,
+    run_url: str = "",
+    parquet_prefix: str = layout.PARQUET_PREFIX,
+) -> dict:
+    """Analyse every window of ``[start, end)`` from the canonical CSVs, write the ledger and the
+    monthly Parquet, publish due breaches when allowed; return the summary (also logged)."""
+    if end <= start:
+        raise ValueError(f"end {alerts.iso(end)} is not after start {alerts.iso(start)}")
+    needed, month_keys = canonical_keys(s3, config, start, end, policy)
+    bodies = read_all(s3, config.bucket, sorted(set(needed) | set(month_keys)))
+    prices = [parse_canonical_csv(bodies[key]) for key in needed if key in bodies]
+    analysed = analyse_series(prices, start, end, policy, notify_on_backfill, now, config.max_alert_age_minutes)
+    objects = ledger_objects(analysed, policy, config.changes_prefix)
+    summary = summarize(analysed, start, end, policy, count_quarantined(s3, config, start, end))
+    summary["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, start, end - layout.SLOT) | {
+        "due": sum(1 for w in analysed if w.decision == NOTIFY)
+    }
+    summary["parquet"] = write_parquet(s3, config.bucket, parquet_prefix, bodies, month_keys)
+    summary["notified"] = publish_due(s3, config, analysed, policy, publish, run_url) if publish else 0
+    log_summary(summary)
+    return summary
+
+
+def log_summary(summary: dict) -> None:
+    """A few readable lines for the task log."""
+    log.info(
+        "Range %s to %s: %d windows, %d seen, %d missing (%d quarantined objects), %d breaches",
+        summary["start"],
+        summary["end"],
+        summary["windows"],
+        summary["windows_seen"],
+        summary["missing"],
+        summary["quarantined"],
+        summary["breaches"],
+    )
+    log.info("Decisions: %s; ledger: %s", summary["decisions"], summary["ledger"])
+    if summary["missing_windows"]:
+        log.info("First missing windows: %s", ", ".join(summary["missing_windows"]))
+    for move in summary["largest_moves"]:
+        log.info("Largest move: %s %+.4f%% (%s)", move["window_start"], move["change_pct"], move["decision"])
+    for item in summary.get("parquet", []):
+        log.info(
+            "Parquet %s: %d rows, %d bytes, %s",
+            item["key"],
+            item["rows"],
+            item["bytes"],
+            "written" if item["written"] else "unchanged",
+        )
+    if summary.get("notified"):
+        log.info("Notified subscribers of %d windows", summary["notified"])

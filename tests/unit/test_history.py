@@ -1,0 +1,465 @@
+"""Bulk history analysis: the same ledger bytes as the live DAG's per-window analysis, deterministic
+Parquet, ledger writes that never overwrite a notified window, and the Glue job's range listing.
+
+The per-window reference is ``windows.analyse_window`` itself (what every price_notification run does),
+run for each window on an in-memory S3; the bulk side is ``history`` on another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from argparse import Namespace
+from datetime import timedelta
+
+import boto3
+import pandas as pd
+import pytest
+from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from moto import mock_aws
+
+from include.glue import normalize_price_record as glue
+from include.price_pipeline import alerts, analysis, history, layout, windows
+from include.price_pipeline import settings as pipeline_settings
+from include.price_pipeline.analysis import NOTIFIED, NOTIFY, Policy
+from tests.conftest import utc
+from tests.records import candle
+
+CONFIG = pipeline_settings.load({})
+ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+NOW = utc(2030, 1, 1)
+#: Series start two hours before a month ends, so ranges and lookbacks cross the month boundary.
+T0 = utc(2025, 3, 31, 22, 0)
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+class MemoryS3:
+    """Just enough S3, in memory, for store, windows and history: get, (conditional) put, paged listing."""
+
+    def __init__(self, objects: dict[str, bytes] | None = None):
+        self.objects = dict(objects or {})
+        self.puts: list[str] = []
+        self.meta = Namespace(config=Namespace(max_pool_connections=10))
+
+    @staticmethod
+    def _etag(body: bytes) -> str:
+        return f'"{hashlib.md5(body, usedforsecurity=False).hexdigest()}"'
+
+    def get_object(self, Bucket, Key, **_):  # noqa: N803 - boto3's argument names
+        if Key not in self.objects:
+            raise ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject")
+        body = self.objects[Key]
+        return {"Body": io.BytesIO(body), "ETag": self._etag(body)}
+
+    def put_object(self, Bucket, Key, Body, ContentType=None, IfNoneMatch=None, IfMatch=None):  # noqa: N803
+        if (IfNoneMatch == "*" and Key in self.objects) or (
+            IfMatch is not None and (Key not in self.objects or self._etag(self.objects[Key]).strip('"') != IfMatch)
+        ):
+            raise ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
+        self.objects[Key] = Body
+        self.puts.append(Key)
+
+    def get_paginator(self, _name):
+        return self
+
+    def paginate(self, Bucket, Prefix, StartAfter=""):  # noqa: N803
+        keys = sorted(k for k in self.objects if k.startswith(Prefix) and k > StartAfter)
+        yield {
+            "Contents": [{"Key": k, "ETag": self._etag(self.objects[k]), "Size": len(self.objects[k])} for k in keys]
+        }
+
+    def under(self, prefix: str) -> dict[str, bytes]:
+        return {k: v for k, v in self.objects.items() if k.startswith(prefix)}
+
+
+def canonical_csv(slot, weighted_average: float) -> bytes:
+    """The Glue job's canonical CSV of a consistent record, built with the job's own functions."""
+    source = layout.ingestion_key(slot, ".json")
+    return glue.to_csv(glue.normalize(candle(slot, weighted_average), ALIASES, "ETH/USDT", source, "json"))
+
+
+def seeded(prices: dict) -> MemoryS3:
+    """An in-memory bucket holding the canonical CSV of each ``{slot: weighted_average}``."""
+    return MemoryS3({layout.analysis_key(slot): canonical_csv(slot, value) for slot, value in prices.items()})
+
+
+def per_window(s3: MemoryS3, start, end, policy: Policy, notify_on_backfill: bool) -> dict:
+    """``{slot: ledger bytes}`` as price_notification's backfill runs reach them, one window at a time."""
+    out = {}
+    for slot in layout.slots_between(start, end):
+        due, why_not = analysis.due_for_subscribers(
+            "backfill", slot + layout.SLOT, NOW, CONFIG.max_alert_age_minutes, notify_on_backfill
+        )
+        try:
+            result = windows.analyse_window(s3, CONFIG, slot, policy, due, why_not, "")
+        except windows.WindowFailed:
+            continue
+        out[slot] = alerts.ledger_bytes(result["entry"])
+    return out
+
+
+def bulk(s3: MemoryS3, start, end, policy: Policy, notify_on_backfill: bool) -> dict:
+    """``{slot: ledger bytes}`` of history.analyse_series over the prices stored in ``s3``."""
+    needed, _ = history.canonical_keys(s3, CONFIG, start, end, policy)
+    prices = [analysis.parse_canonical_csv(s3.objects[key]) for key in needed]
+    analysed = history.analyse_series(prices, start, end, policy, notify_on_backfill, NOW, CONFIG.max_alert_age_minutes)
+    return {w.slot: alerts.ledger_bytes(alerts.ledger_entry(w.change, policy, w.decision, w.reason)) for w in analysed}
+
+
+@st.composite
+def histories(draw):
+    """A price series with gaps (short and longer than any lookback), a sub-range and a policy."""
+    gaps = draw(st.lists(st.one_of(st.just(0), st.just(0), st.just(0), st.integers(1, 20)), min_size=8, max_size=80))
+    moves = st.one_of(st.floats(-0.004, 0.004), st.floats(-0.04, 0.04), st.sampled_from([0.02, -0.02, 0.0]))
+    steps = draw(st.lists(moves, min_size=len(gaps), max_size=len(gaps)))
+    prices, index, value = {}, 0, 100.0
+    for gap, step in zip(gaps, steps, strict=True):
+        index += gap + 1
+        value = round(value * (1 + step), 6)
+        prices[T0 + layout.SLOT * index] = value
+    span = index + 3
+    first = draw(st.integers(0, span // 2))
+    last = draw(st.integers(first + 1, span + 1))
+    policy = Policy(
+        threshold_pct=draw(st.sampled_from([0.0, 0.3, 1.0, 1.5])),
+        lookback_minutes=draw(st.integers(5, 90)),
+        min_abs_move=draw(st.sampled_from([0.0, 0.5, 3.0])),
+        repeat_windows=draw(st.sampled_from([0, 1, 2, 3, 6])),
+    )
+    return prices, T0 + layout.SLOT * first, T0 + layout.SLOT * last, policy, draw(st.booleans())
+
+
+# ------------------------------------------------------------------ bulk analysis == per-window analysis
+
+
+@PROPERTY
+@given(case=histories())
+def test_bulk_analysis_gives_every_window_the_ledger_bytes_of_its_own_run(case):
+    prices, start, end, policy, notify_on_backfill = case
+
+    assert bulk(seeded(prices), start, end, policy, notify_on_backfill) == per_window(
+        seeded(prices), start, end, policy, notify_on_backfill
+    )
+
+
+@PROPERTY
+@given(case=histories())
+def test_backfill_history_leaves_the_ledger_the_live_runs_leave(case):
+    prices, start, end, policy, notify_on_backfill = case
+    live, backfilled = seeded(prices), seeded(prices)
+    per_window(live, start, end, policy, notify_on_backfill)
+
+    summary = history.backfill_history(backfilled, CONFIG, start, end, policy, notify_on_backfill, NOW)
+
+    assert backfilled.under(layout.CHANGES_PREFIX) == live.under(layout.CHANGES_PREFIX)
+    in_range = [slot for slot in prices if start <= slot < end]
+    assert summary["windows"] == len(layout.slots_between(start, end))
+    assert summary["windows_seen"] == len(in_range)
+    assert summary["missing"] == summary["windows"] - len(in_range)
+
+
+def test_repeat_windows_suppress_a_continuing_move_in_bulk_as_in_the_live_run():
+    prices = {T0 + layout.SLOT * i: value for i, value in enumerate([100.0, 102.0, 104.0, 102.0, 104.5])}
+    policy = Policy(threshold_pct=1.0, repeat_windows=2)
+
+    decisions = [
+        w.decision
+        for w in history.analyse_series(
+            [analysis.parse_canonical_csv(canonical_csv(s, v)) for s, v in prices.items()],
+            T0,
+            T0 + layout.SLOT * 5,
+            policy,
+            True,
+            NOW,
+            15,
+        )
+    ]
+
+    assert decisions == ["no_previous_record", NOTIFY, "suppressed_repeat", NOTIFY, "suppressed_repeat"]
+
+
+def test_breaches_are_suppressed_as_backfill_with_the_live_reason_unless_notify_on_backfill():
+    prices = [analysis.parse_canonical_csv(canonical_csv(T0 + layout.SLOT * i, v)) for i, v in enumerate([100, 105])]
+
+    [_, off] = history.analyse_series(prices, T0, T0 + 2 * layout.SLOT, Policy(), False, NOW, 15)
+    [_, on] = history.analyse_series(prices, T0, T0 + 2 * layout.SLOT, Policy(), True, NOW, 15)
+
+    assert (off.decision, off.reason) == ("suppressed_backfill", "backfill run (notify_on_backfill is off)")
+    assert on.decision == NOTIFY
+
+
+def test_summary_counts_missing_windows_breaches_and_names_the_largest_moves():
+    values = {0: 100.0, 1: 100.2, 3: 103.0, 4: 99.0}
+    prices = [analysis.parse_canonical_csv(canonical_csv(T0 + layout.SLOT * i, v)) for i, v in values.items()]
+    end = T0 + layout.SLOT * 6
+    analysed = history.analyse_series(prices, T0, end, Policy(), False, NOW, 15)
+
+    summary = history.summarize(analysed, T0, end, Policy(), quarantined=1)
+
+    assert (summary["windows"], summary["windows_seen"], summary["missing"]) == (6, 4, 2)
+    assert summary["missing_windows"] == ["2025-03-31T22:10:00Z", "2025-03-31T22:25:00Z"]
+    assert summary["breaches"] == 2
+    assert summary["quarantined"] == 1
+    assert [m["window_start"] for m in summary["largest_moves"]] == [
+        "2025-03-31T22:20:00Z",
+        "2025-03-31T22:15:00Z",
+        "2025-03-31T22:05:00Z",
+    ]
+    assert summary["largest_moves"][0]["change_pct"] == round((99.0 - 103.0) / 103.0 * 100, 4)
+
+
+@pytest.mark.parametrize("text", ["2025-03-01T00:03:00Z", "2025-03-01T00:05:00+01:00", "2025-03-01T00:05:00"])
+def test_range_bounds_must_be_utc_window_starts(text):
+    with pytest.raises(ValueError, match="not a"):
+        history.parse_window_start(text)
+
+
+def test_range_bounds_parse_to_aware_utc():
+    assert history.parse_window_start("2025-03-01T00:05:00Z") == utc(2025, 3, 1, 0, 5)
+    assert history.parse_window_start("2025-03-01T00:05:00+00:00") == utc(2025, 3, 1, 0, 5)
+
+
+# ------------------------------------------------------------------ ledger writes
+
+
+def test_ledger_writes_skip_identical_entries_and_never_overwrite_a_notified_one():
+    prices = {T0 + layout.SLOT * i: 100.0 + 2 * i for i in range(4)}
+    s3 = seeded(prices)
+    end = T0 + layout.SLOT * 4
+    first = history.backfill_history(s3, CONFIG, T0, end, Policy(), False, NOW)
+    notified_key = layout.ledger_key(T0 + layout.SLOT)
+    entry = json.loads(s3.objects[notified_key])
+    windows.record_notified(s3, CONFIG, entry, "message-1")
+    notified = s3.objects[notified_key]
+    changed_key = layout.ledger_key(T0 + 2 * layout.SLOT)
+    s3.objects[changed_key] = b'{"decision": "below_threshold"}\n'
+    s3.puts.clear()
+
+    second = history.backfill_history(s3, CONFIG, T0, end, Policy(), False, NOW)
+
+    assert first["ledger"] == {"written": 4, "unchanged": 0, "kept_notified": 0, "due": 0}
+    assert second["ledger"] == {"written": 1, "unchanged": 2, "kept_notified": 1, "due": 0}
+    assert s3.objects[notified_key] == notified
+    assert json.loads(s3.objects[notified_key])["decision"] == NOTIFIED
+    assert [k for k in s3.puts if k.startswith(layout.CHANGES_PREFIX)] == [changed_key]
+
+
+def test_an_entry_notified_between_listing_and_writing_is_kept():
+    """The conditional write fails, the entry is read again and, being notified, left alone."""
+    slot = T0 + layout.SLOT
+    s3 = seeded({T0: 100.0, slot: 103.0})
+    key = layout.ledger_key(slot)
+    s3.objects[key] = b'{"decision": "suppressed_backfill"}\n'
+    notified = json.dumps({"decision": NOTIFIED, "sns_message_id": "m"}).encode()
+    real_get = s3.get_object
+
+    def get_then_notify(Bucket, Key, **kwargs):  # noqa: N803
+        response = real_get(Bucket=Bucket, Key=Key, **kwargs)
+        if Key == key and s3.objects[key] != notified:
+            s3.objects[key] = notified  # a live run publishes right after our read
+        return response
+
+    s3.get_object = get_then_notify
+
+    counts = history.write_ledger(s3, CONFIG.bucket, layout.CHANGES_PREFIX, {key: b"new\n"}, slot, slot)
+
+    assert counts == {"written": 0, "unchanged": 0, "kept_notified": 1}
+    assert s3.objects[key] == notified
+
+
+def test_publish_due_sends_each_due_window_once_and_records_it_notified():
+    prices = {T0 + layout.SLOT * i: v for i, v in enumerate([100.0, 103.0, 103.1, 99.0])}
+    s3 = seeded(prices)
+    sent = []
+
+    def publish(subject, message, attributes):
+        sent.append(subject)
+        return f"message-{len(sent)}"
+
+    end = T0 + layout.SLOT * 4
+    first = history.backfill_history(s3, CONFIG, T0, end, Policy(), True, NOW, publish, "http://ui/run")
+    again = history.backfill_history(s3, CONFIG, T0, end, Policy(), True, NOW, publish, "http://ui/run")
+
+    assert first["notified"] == 2
+    assert again["notified"] == 0
+    assert sent == ["ETH/USDT up 3.00% in 5 min: 103.00", "ETH/USDT down 3.98% in 5 min: 99.0000"]
+    entry = json.loads(s3.objects[layout.ledger_key(T0 + layout.SLOT)])
+    assert (entry["decision"], entry["sns_message_id"]) == (NOTIFIED, "message-1")
+
+
+# ------------------------------------------------------------------ Parquet
+
+
+def month_rows(count: int, seed: int = 3) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        slot = utc(2025, 3, 1) + layout.SLOT * i
+        rows.extend(history.canonical_rows(canonical_csv(slot, round(rng.uniform(90, 110), 6))))
+    return rows
+
+
+def test_parquet_bytes_are_the_same_for_the_same_rows_in_any_order():
+    rows = month_rows(300)
+    shuffled = rows[:]
+    random.Random(1).shuffle(shuffled)
+
+    assert history.parquet_bytes(rows) == history.parquet_bytes(rows) == history.parquet_bytes(shuffled)
+    assert history.parquet_bytes(rows) != history.parquet_bytes(rows[:-1])
+
+
+def test_parquet_reads_back_with_the_canonical_columns_a_utc_timestamp_and_float64_numbers():
+    rows = month_rows(5)
+    rows[2]["quote_volume"] = None
+
+    frame = pd.read_parquet(io.BytesIO(history.parquet_bytes(rows)))
+
+    assert tuple(frame.columns) == layout.CANONICAL_COLUMNS
+    assert str(frame["timestamp"].dtype) == "datetime64[us, UTC]"
+    assert frame["timestamp"].iloc[0] == pd.Timestamp("2025-03-01T00:00:00Z")
+    for column in history.FLOAT_COLUMNS:
+        assert frame[column].dtype == "float64"
+    assert frame["quote_volume"].isna().tolist() == [False, False, True, False, False]
+    assert frame["weighted_average"].tolist() == [row["weighted_average"] for row in rows]
+    assert frame["source_format"].tolist() == ["json"] * 5
+
+
+def test_each_month_gets_one_parquet_object_from_all_its_csvs_and_a_rerun_writes_nothing():
+    prices = {T0 + layout.SLOT * i: 100.0 + i for i in range(36)}  # 22:00 on 31 March to 01:00 on 1 April
+    s3 = seeded(prices)
+    end = T0 + layout.SLOT * 36
+
+    first = history.backfill_history(s3, CONFIG, T0 + layout.SLOT * 30, end, Policy(), False, NOW)
+    s3.puts.clear()
+    again = history.backfill_history(s3, CONFIG, T0 + layout.SLOT * 30, end, Policy(), False, NOW)
+
+    assert [(p["key"], p["rows"]) for p in first["parquet"]] == [(layout.parquet_key(2025, 4), 12)]
+    assert [p["written"] for p in again["parquet"]] == [False]
+    assert s3.puts == []
+    frame = pd.read_parquet(io.BytesIO(s3.objects[layout.parquet_key(2025, 4)]))
+    assert frame["timestamp"].min() == pd.Timestamp("2025-04-01T00:00:00Z")
+    assert layout.parquet_key(2025, 3) not in s3.objects  # March is outside the range
+
+
+# ------------------------------------------------------------------ the Glue job's range listing
+
+
+def raw_bucket():
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="raw")
+    return s3
+
+
+def job_args(start, end) -> Namespace:
+    return glue.parse_args(
+        [
+            "--bucket=raw",
+            "--ingestion_prefix=" + layout.INGESTION_PREFIX,
+            "--analysis_prefix=" + layout.ANALYSIS_PREFIX,
+            "--quarantine_prefix=" + layout.QUARANTINE_PREFIX,
+            "--window_start=" + alerts.iso(start),
+            "--window_end=" + alerts.iso(end),
+            "--field_aliases=" + json.dumps(ALIASES),
+        ]
+    )
+
+
+@pytest.fixture
+def moto_env(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    with mock_aws():
+        yield
+
+
+def test_a_long_range_lists_day_partitions_and_finds_exactly_the_keys_of_its_window_prefixes(moto_env, monkeypatch):
+    s3 = raw_bucket()
+    start = utc(2025, 3, 1, 22, 0)
+    end = start + timedelta(hours=4)  # 48 windows over two days
+    keys = [layout.ingestion_key(start + layout.SLOT * i, (".json", ".csv", ".x")[i % 3]) for i in range(48)]
+    decoys = [
+        layout.ingestion_key(start - layout.SLOT, ".json"),  # before the range
+        layout.ingestion_key(end, ".json"),  # the end is excluded
+        f"{layout.INGESTION_PREFIX}{layout.partition(start)}{layout.slot_stamp(start + timedelta(days=1))}.json",
+        f"{layout.INGESTION_PREFIX}{layout.partition(start)}notes.txt",
+    ]
+    for key in keys + decoys:
+        s3.put_object(Bucket="raw", Key=key, Body=b"x")
+    listed = []
+    real = s3.get_paginator
+
+    def counting(name):
+        paginator = real(name)
+        original = paginator.paginate
+
+        def paginate(**kwargs):
+            listed.append(kwargs["Prefix"])
+            return original(**kwargs)
+
+        paginator.paginate = paginate
+        return paginator
+
+    monkeypatch.setattr(s3, "get_paginator", counting)
+
+    by_day = glue.list_raw_keys(s3, job_args(start, end))
+    days_listed = len(listed)
+    monkeypatch.setattr(glue, "LIST_BY_DAY_ABOVE_SLOTS", 10_000)
+    by_window = glue.list_raw_keys(s3, job_args(start, end))
+
+    assert by_day == by_window == sorted(keys)
+    assert days_listed == 2
+    assert len(listed) == 2 + 48
+
+
+def test_a_range_run_writes_what_single_window_runs_write_and_quarantines_under_the_objects_window(moto_env):
+    from local.feed import render, synthetic_record
+
+    start = utc(2025, 3, 2, 0, 0)
+    slots = [start + layout.SLOT * i for i in range(20)]
+    bad_slot = slots[7]
+    raw = {
+        layout.ingestion_key(slot, f".{fmt}"): render(synthetic_record(slot), fmt)
+        for slot, fmt in zip(slots, ["json", "csv", "xml", "txt"] * 5, strict=True)
+        if slot != bad_slot
+    }
+    raw[layout.ingestion_key(bad_slot, ".json")] = b'{"date": %d, "weightedAverage": "NaN"}' % bad_slot.timestamp()
+
+    def outputs(runs) -> dict:
+        s3 = raw_bucket()
+        for key, body in raw.items():
+            s3.put_object(Bucket="raw", Key=key, Body=body)
+        for first, last in runs:
+            glue.run(s3, job_args(first, last))
+        listed = s3.list_objects_v2(Bucket="raw")["Contents"]
+        return {o["Key"]: s3.get_object(Bucket="raw", Key=o["Key"])["Body"].read() for o in listed}
+
+    one_run = outputs([(start, start + layout.SLOT * 20)])
+    window_runs = outputs([(slot, slot + layout.SLOT) for slot in slots])
+
+    assert one_run == window_runs
+    copy_key, reason_key = layout.quarantine_keys(bad_slot, layout.ingestion_key(bad_slot, ".json"))
+    assert json.loads(one_run[reason_key])["window"] == layout.slot_stamp(bad_slot)
+    assert copy_key in one_run
+    assert sum(k.startswith(layout.ANALYSIS_PREFIX) for k in one_run) == 19
+
+
+def test_listed_sizes_spare_the_head_request_and_still_refuse_an_oversized_object(moto_env):
+    s3 = raw_bucket()
+    slot = utc(2025, 3, 3, 12, 0)
+    key = layout.ingestion_key(slot, ".json")
+    s3.put_object(Bucket="raw", Key=key, Body=b"x" * 2048)
+    args = job_args(slot, slot + layout.SLOT)
+    args.max_object_bytes = 1024
+    calls = []
+    s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+
+    summary = glue.run(s3, args)
+
+    assert summary["quarantined"] == [{"key": key, "reason": "object is 2048 bytes, over the 1024-byte cap"}]
+    assert "HeadObject" not in calls
+    assert "GetObject" not in calls
