@@ -162,25 +162,23 @@ class GlueRunner:
                 )
                 stdout, stderr = done.stdout, done.stderr
                 if done.returncode == 0:
-                    outcome.state = "SUCCEEDED"
+                    state, error = "SUCCEEDED", None
                 else:
-                    outcome.state = "FAILED"
-                    outcome.error = last_error_line(stderr) or f"exit code {done.returncode}"
+                    state, error = "FAILED", last_error_line(stderr) or f"exit code {done.returncode}"
             except subprocess.TimeoutExpired as expired:
-                stdout = _text(expired.stdout)
-                stderr = _text(expired.stderr)
-                outcome.state = "TIMEOUT"
-                outcome.error = f"Job run timed out after {timeout_minutes} minute(s)"
+                stdout, stderr = _text(expired.stdout), _text(expired.stderr)
+                state, error = "TIMEOUT", f"Job run timed out after {timeout_minutes} minute(s)"
             finally:
                 os.unlink(script)
-        except Exception as error:  # the runner must never leave a run RUNNING forever
-            outcome.state = "FAILED"
-            outcome.error = f"stand-in could not run the job: {error}"
-        finally:
-            self._store_logs(run_id, stdout, stderr)
-            outcome.execution_seconds = int(time.monotonic() - started)
-            outcome.completed_on = datetime.now(UTC)
-            log.info("glue run %s of %s: %s %s", run_id[:12], job_name, outcome.state, outcome.error or "")
+        except Exception as error_:  # the runner must never leave a run RUNNING forever
+            state, error = "FAILED", f"stand-in could not run the job: {error_}"
+        # As on Glue, the logs are complete by the time a terminal state is visible.
+        self._store_logs(run_id, stdout, stderr)
+        outcome.execution_seconds = int(time.monotonic() - started)
+        outcome.completed_on = datetime.now(UTC)
+        outcome.error = error
+        outcome.state = state
+        log.info("glue run %s of %s: %s %s", run_id[:12], job_name, state, error or "")
 
     def _fetch_script(self, script_uri: str) -> str:
         bucket, key = script_uri.removeprefix("s3://").split("/", 1)

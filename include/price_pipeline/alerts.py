@@ -13,7 +13,7 @@ from urllib.parse import quote
 from include.price_pipeline import layout
 from include.price_pipeline.analysis import Change, Policy, Price
 
-SUBJECT_LIMIT = 100  # SNS email subjects are cut at 100 characters
+SUBJECT_LIMIT = 99  # SNS wants email subjects of less than 100 characters
 
 
 def iso(moment: datetime) -> str:

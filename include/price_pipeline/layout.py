@@ -20,6 +20,7 @@ object is found by listing the one prefix ``ingestion_window_prefix(start)``, ne
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -103,10 +104,15 @@ def quarantine_keys(slot: datetime, source_key: str, prefix: str = QUARANTINE_PR
     return f"{base}.object", f"{base}.reason.json"
 
 
+_STAMP = re.compile(r"\d{8}T\d{4}Z")
+
+
 def slot_of_key(key: str) -> datetime:
     """The slot a key under any of the prefixes above belongs to (its last ``YYYYMMDDTHHMMZ``)."""
-    name = key.rsplit("/", 1)[-1]
-    return parse_slot_stamp(name[:14])
+    stamps = _STAMP.findall(key)
+    if not stamps:
+        raise ValueError(f"no slot stamp in key {key!r}")
+    return parse_slot_stamp(stamps[-1])
 
 
 def day_partitions(first: datetime, last: datetime) -> list[str]:

@@ -161,12 +161,6 @@ def test_the_script_boto3_reaches_the_stand_in(aws):
     assert aws.get(key) == f"written by {run['Id']}".encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="local/standin.py GlueRunner._execute sets the terminal JobRunState before _store_logs runs, so a "
-    "poller (like GlueJobHook.job_completion, which reads logs once on the terminal state) can see SUCCEEDED "
-    "without CompletedOn and before the run's output is in CloudWatch; the job's last lines are lost",
-)
 def test_terminal_state_is_reported_only_after_the_logs_are_stored(aws, logs):
     # Enough output that storing it takes the stand-in dozens of PutLogEvents calls.
     name = glue_job(aws, "for n in range(50000):\n    print('line', n)\nprint('LAST LINE')\n")

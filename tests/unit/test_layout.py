@@ -171,12 +171,6 @@ def test_slot_of_key_inverts_the_analysis_and_ledger_keys_for_any_slot(slot):
     assert layout.slot_of_key(layout.ledger_key(slot)) == slot
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="layout.slot_of_key reads only the last path segment; quarantine keys put the slot in the "
-    "directory (<slot>/<digest>.object), so it raises ValueError although its docstring promises keys "
-    "under any of the module's prefixes",
-)
 def test_slot_of_key_recovers_the_slot_of_a_quarantine_key():
     copy_key, reason_key = layout.quarantine_keys(SLOT, "crypto/01-data-ingestion/bad.json")
 
