@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 ADMIN_USER = "admin"
+SQLITE_CONNECT_ARGS = {"timeout": 60}
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -35,7 +37,14 @@ class Stack:
     api_port: int = 8080
     extra_env: dict[str, str] = field(default_factory=dict)
     standin_args: tuple[str, ...] = ()
+    worker_log_port: int = 0  # 0: Airflow's 8793/8794 for the default stack, free ports for any other
+    trigger_log_port: int = 0
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        default = self.api_port == 8080
+        self.worker_log_port = self.worker_log_port or (8793 if default else free_port())
+        self.trigger_log_port = self.trigger_log_port or (8794 if default else free_port())
 
     @property
     def home(self) -> Path:
@@ -80,6 +89,8 @@ class Stack:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "8",
+            # SQLite has one writer at a time: wait for the lock instead of failing after 5 s.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "local.stack.SQLITE_CONNECT_ARGS",
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.ui_url}/execution/",
@@ -90,6 +101,8 @@ class Stack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs / "tasks"),
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.worker_log_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.trigger_log_port),
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
             **self.extra_env,
         }
@@ -207,6 +220,13 @@ class Stack:
                 return f"(see {self.passwords_file})"
             time.sleep(0.5)
         return json.loads(self.passwords_file.read_text()).get(ADMIN_USER, "")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
