@@ -38,6 +38,8 @@ AIRFLOW_SIDE = {
     "PRICE_MAX_ALERT_AGE_MINUTES": "DAG behaviour",
     "PRICE_SENSOR_TIMEOUT_SECONDS": "sensor timing",
     "PRICE_SENSOR_POKE_SECONDS": "sensor timing",
+    "PRICE_DEFERRABLE": "whether a triggerer runs, an Airflow deployment fact",
+    "PRICE_SLACK_CONN_ID": "names an Airflow connection (the webhook is a secret, never a Terraform output)",
 }
 
 #: Which Terraform resource each ARN/name output comes from.
