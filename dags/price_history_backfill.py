@@ -1,0 +1,157 @@
+"""
+### Price history backfill, on demand
+
+Analyses a whole range of 5-minute windows in two tasks, where `price_notification` needs one run (and
+one Glue job run) per window:
+
+1. **normalize_price_history**: ONE run of the same Glue Python shell job (same name and configuration as
+   `price_notification`'s) normalizes every raw record of `[start, end)` to canonical CSV under
+   `crypto/02-data-analysis/`, or quarantines it under `crypto/99-quarantine/`.
+2. **analyse_price_history**: every window's change against the previous record within the lookback, by
+   the live DAG's rules, written to the ledger `crypto/03-price-changes/` byte for byte as
+   `price_notification` would write it (a window already `notified` is never overwritten); each month the
+   range touches is rewritten as Parquet, `crypto/02-data-analysis-parquet/year=YYYY/month=MM/data.parquet`,
+   from all canonical CSVs of that month; a summary (windows seen, missing, quarantined, breaches,
+   largest moves) goes to the task log and XCom.
+
+Breaches are recorded as `suppressed_backfill` unless `notify_on_backfill` is on: then each due breach is
+published to the alert topic once and recorded as notified.
+
+`start` and `end` are window starts in UTC such as `2025-03-01T00:00:00Z`; `end` is excluded. Running a
+range again writes identical objects.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
+from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
+from airflow.sdk import Param, chain, dag, task
+
+from include.price_pipeline import history, layout, settings
+
+config = settings.load()
+
+notify_ops = SnsNotifier(
+    aws_conn_id=config.aws_conn_id,
+    target_arn=config.ops_topic_arn,
+    subject=history.OPS_SUBJECT,
+    message=history.OPS_MESSAGE,
+)
+
+
+@dag(
+    schedule=None,
+    start_date=pendulum.datetime(2017, 7, 14, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["prices", "backfill", "glue", "parquet"],
+    default_args={
+        "owner": "price-alerts",
+        "retries": 3,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=5),
+        "on_failure_callback": notify_ops,
+    },
+    params={
+        "start": Param(
+            type="string",
+            pattern=history.WINDOW_START_PATTERN,
+            description="first window start, UTC, e.g. 2025-03-01T00:00:00Z",
+        ),
+        "end": Param(
+            type="string",
+            pattern=history.WINDOW_START_PATTERN,
+            description="end of the range (excluded), a window start in UTC",
+        ),
+        "threshold_pct": Param(config.threshold_pct, type="number", minimum=0, description="alert above this |%|"),
+        "lookback_minutes": Param(
+            config.lookback_minutes,
+            type="integer",
+            minimum=5,
+            description="previous record no older than this",
+        ),
+        "notify_on_backfill": Param(False, type="boolean", description="publish due breaches to subscribers"),
+        "min_abs_move": Param(0.0, type="number", minimum=0, description="also require this move in price units"),
+        "repeat_windows": Param(
+            0, type="integer", minimum=0, description="suppress same-direction breaches within N windows"
+        ),
+    },
+)
+def price_history_backfill():
+    # The Glue job as price_notification defines it (the operator updates the job to this configuration,
+    # so any difference would flip it back and forth); only the run's timeout is longer for a range.
+    normalize_price_history = GlueJobOperator(
+        task_id="normalize_price_history",
+        aws_conn_id=config.aws_conn_id,
+        job_name=config.glue_job_name,
+        job_desc="Normalize raw price records to canonical CSV (price_notification)",
+        script_location=str(layout.GLUE_SCRIPT_PATH),
+        s3_bucket=config.bucket,
+        replace_script_file=True,
+        iam_role_name=config.glue_role_name,
+        num_of_dpus=0.0625,
+        create_job_kwargs={
+            # Repeat ScriptLocation: a Command key replaces the provider's default one.
+            "Command": {
+                "Name": "pythonshell",
+                "PythonVersion": "3.9",
+                "ScriptLocation": f"s3://{config.bucket}/{layout.GLUE_SCRIPTS_PREFIX}{layout.GLUE_SCRIPT_PATH.name}",
+            },
+            "Timeout": 10,
+            "DefaultArguments": {"--additional-python-modules": "defusedxml==0.7.1"},
+        },
+        run_job_kwargs={"Timeout": history.GLUE_RANGE_TIMEOUT_MINUTES},
+        script_args={
+            **settings.glue_job_arguments(config),
+            "--window_start": "{{ params.start }}",
+            "--window_end": "{{ params.end }}",
+        },
+        verbose=True,
+        deferrable=config.deferrable,
+        waiter_delay=5,
+    )
+
+    @task(execution_timeout=timedelta(minutes=60))
+    def analyse_price_history(params=None, dag_run=None) -> dict:
+        from airflow.configuration import conf
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from airflow.providers.amazon.aws.hooks.sns import SnsHook
+
+        from include.price_pipeline import alerts, analysis
+
+        policy = analysis.Policy(
+            threshold_pct=params["threshold_pct"],
+            lookback_minutes=params["lookback_minutes"],
+            min_abs_move=params["min_abs_move"],
+            repeat_windows=params["repeat_windows"],
+        )
+        publish = None
+        if params["notify_on_backfill"]:
+            sns = SnsHook(aws_conn_id=config.aws_conn_id)
+
+            def publish(subject: str, message: str, attributes: dict) -> str:
+                return sns.publish_to_target(
+                    target_arn=config.alert_topic_arn, message=message, subject=subject, message_attributes=attributes
+                )["MessageId"]
+
+        return history.backfill_history(
+            S3Hook(aws_conn_id=config.aws_conn_id).get_conn(),
+            config,
+            history.parse_window_start(params["start"]),
+            history.parse_window_start(params["end"]),
+            policy,
+            params["notify_on_backfill"],
+            pendulum.now("UTC"),
+            publish,
+            alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id),
+        )
+
+    chain(normalize_price_history, analyse_price_history())
+
+
+price_history_backfill()

@@ -1,0 +1,217 @@
+"""End to end: the bulk ``price_history_backfill`` DAG over a day of mixed-format records on the local
+AWS stand-in, with ``dag.test()``, compared byte for byte with ``price_notification``'s runs.
+
+The module's tests share one day (2025-03-11, no other test writes March 2025) and run in order: the
+bulk run, the live runs of a few of its windows, a re-run over a notified window, a notifying run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+
+from include.price_pipeline import analysis, layout, windows
+from local.feed import synthetic_record, write_record
+from tests.conftest import utc
+
+pytestmark = pytest.mark.e2e
+
+DAY = utc(2025, 3, 11)
+NEXT_DAY = utc(2025, 3, 12)
+GAPS = (utc(2025, 3, 11, 6, 0), utc(2025, 3, 11, 6, 5))
+BAD_SLOT = utc(2025, 3, 11, 10, 0)
+BAD_KEY = layout.ingestion_key(BAD_SLOT, ".json")
+DEFAULT_PARAMS = {
+    "notify_on_backfill": False,
+    "threshold_pct": 1.0,
+    "lookback_minutes": 60,
+    "min_abs_move": 0.0,
+    "repeat_windows": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def bulk_dag(airflow_db):
+    from dags.price_history_backfill import price_history_backfill
+
+    return price_history_backfill()
+
+
+@pytest.fixture(scope="module")
+def live_dag(airflow_db):
+    from dags.price_notification import price_notification
+
+    return price_notification()
+
+
+@pytest.fixture(scope="module")
+def day_of_records(aws_session):
+    """Every window of DAY in rotating formats, but two gaps and one malformed object."""
+    for slot in layout.slots_between(DAY, NEXT_DAY):
+        if slot not in GAPS and slot != BAD_SLOT:
+            write_record(aws_session.s3, aws_session.config.bucket, synthetic_record(slot))
+    aws_session.put(BAD_KEY, b'{"date": %d, "weightedAverage": "NaN"}' % BAD_SLOT.timestamp())
+    return aws_session
+
+
+def run_bulk(dag, start, end, **params):
+    """Run the bulk DAG over ``[start, end)``; return (DagRun, summary). Every param is passed explicitly:
+    in-process runs share ``dag.params``."""
+    run = dag.test(run_conf={**DEFAULT_PARAMS, "start": iso(start), "end": iso(end), **params})
+    return run, xcom_summary(run)
+
+
+def xcom_summary(run) -> dict | None:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(
+            run_id=run.run_id, dag_ids=run.dag_id, task_ids="analyse_price_history", key="return_value"
+        )
+        row = session.scalars(query).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def iso(moment) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def task_states(run) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+
+def day_objects(aws) -> dict[str, bytes]:
+    """Every object the bulk DAG writes for DAY: canonical CSVs, ledger, quarantine, March's Parquet."""
+    day = layout.partition(DAY)
+    prefixes = [layout.ANALYSIS_PREFIX + day, layout.CHANGES_PREFIX + day, layout.QUARANTINE_PREFIX + day]
+    objects = {k: v for prefix in prefixes for k, v in aws.snapshot(prefix).items()}
+    objects[layout.parquet_key(2025, 3)] = aws.get(layout.parquet_key(2025, 3))
+    return objects
+
+
+@pytest.fixture(scope="module")
+def first_run(bulk_dag, day_of_records):
+    run, summary = run_bulk(bulk_dag, DAY, NEXT_DAY)
+    return run, summary, day_objects(day_of_records)
+
+
+def test_both_dags_define_the_glue_job_identically(bulk_dag, live_dag):
+    bulk, live = bulk_dag.get_task("normalize_price_history"), live_dag.get_task("normalize_price_record")
+
+    for attribute in (
+        "job_name",
+        "job_desc",
+        "script_location",
+        "s3_bucket",
+        "iam_role_name",
+        "num_of_dpus",
+        "concurrent_run_limit",
+        "create_job_kwargs",
+        "replace_script_file",
+        "aws_conn_id",
+    ):
+        assert getattr(bulk, attribute) == getattr(live, attribute), attribute
+    assert {k: v for k, v in bulk.script_args.items() if not k.startswith("--window")} == {
+        k: v for k, v in live.script_args.items() if not k.startswith("--window")
+    }
+
+
+def test_one_run_normalizes_and_analyses_the_whole_day_and_counts_what_is_missing(first_run, day_of_records):
+    aws = day_of_records
+    run, summary, objects = first_run
+
+    assert run.state == "success", task_states(run)
+    assert summary["windows"] == 288
+    assert summary["windows_seen"] == 285
+    assert summary["missing"] == 3
+    assert summary["missing_windows"] == [iso(GAPS[0]), iso(GAPS[1]), iso(BAD_SLOT)]
+    assert summary["quarantined"] == 1
+    assert summary["breaches"] > 0
+    assert summary["ledger"]["written"] == 285
+    assert summary["decisions"]["no_previous_record"] == 1  # 00:00; the gaps are shorter than the lookback
+    assert len([k for k in objects if k.startswith(layout.CHANGES_PREFIX)]) == 285
+    assert len([k for k in objects if k.startswith(layout.ANALYSIS_PREFIX)]) == 285
+    [reason_key] = [k for k in objects if k.endswith(".reason.json")]
+    assert reason_key.startswith(layout.quarantine_window_prefix(BAD_SLOT))
+    assert "not finite" in json.loads(objects[reason_key])["reason"]
+    assert aws.get(BAD_KEY).startswith(b'{"date"'), "the original stays"
+
+
+def test_the_month_parquet_holds_every_canonical_csv_of_march(first_run, day_of_records):
+    aws = day_of_records
+    _, summary, objects = first_run
+    march_csvs = aws.keys(layout.month_analysis_prefix(2025, 3))
+
+    frame = pd.read_parquet(io.BytesIO(objects[layout.parquet_key(2025, 3)]))
+
+    assert summary["parquet"][0]["rows"] == len(frame) == len(march_csvs) >= 285
+    assert tuple(frame.columns) == layout.CANONICAL_COLUMNS
+    assert str(frame["timestamp"].dtype) == "datetime64[us, UTC]"
+    assert frame["timestamp"].is_monotonic_increasing
+    assert frame["weighted_average"].dtype == "float64"
+    assert set(frame["source_format"]) == {"json", "csv", "xml", "text-kv"}
+
+
+def test_ledger_entries_are_byte_identical_to_what_price_notification_writes(first_run, live_dag, aws, monkeypatch):
+    """dag.test() only makes manual runs; the DAG hands dag_run.run_type to due_for_subscribers, so
+    patching the run type to "backfill" there gives exactly a native backfill run of the window."""
+    _, _, objects = first_run
+    ledger = {k: json.loads(v) for k, v in objects.items() if k.startswith(layout.CHANGES_PREFIX)}
+    breach = min(k for k, v in ledger.items() if v["decision"] == "suppressed_backfill")
+    after_bad = layout.ledger_key(BAD_SLOT + layout.SLOT)
+    compared = [layout.ledger_key(DAY), after_bad, breach]
+    real_due = analysis.due_for_subscribers
+    monkeypatch.setattr(analysis, "due_for_subscribers", lambda _run_type, *rest: real_due("backfill", *rest))
+
+    for key in compared:
+        aws.s3.delete_object(Bucket=aws.config.bucket, Key=key)
+        slot = layout.slot_of_key(key)
+        run = live_dag.test(logical_date=slot + layout.SLOT, run_conf=DEFAULT_PARAMS)
+        assert run.state == "success", task_states(run)
+
+    assert [aws.get(key) for key in compared] == [objects[key] for key in compared]
+    assert ledger[breach]["reason"] == "backfill run (notify_on_backfill is off)"
+    assert ledger[after_bad]["previous"]["timestamp"] == "2025-03-11T09:55:00Z"
+    assert aws.alerts() == []
+
+
+def test_a_rerun_writes_identical_objects_and_leaves_a_notified_window_untouched(first_run, bulk_dag, day_of_records):
+    aws = day_of_records
+    _, _, before = first_run
+    breach_key = min(k for k, v in before.items() if k.startswith(layout.CHANGES_PREFIX) and b"suppressed_b" in v)
+    entry = windows.record_notified(aws.s3, aws.config, json.loads(before[breach_key]), "message-from-live-run")
+    expected = {**before, breach_key: aws.get(breach_key)}
+
+    run, summary = run_bulk(bulk_dag, DAY, NEXT_DAY)
+
+    assert run.state == "success", task_states(run)
+    assert day_objects(aws) == expected
+    assert json.loads(aws.get(breach_key)) == entry
+    assert summary["ledger"] == {"written": 0, "unchanged": 284, "kept_notified": 1, "due": 0}
+    assert summary["parquet"][0]["written"] is False
+
+
+def test_notify_on_backfill_publishes_each_due_breach_once_and_skips_the_notified_window(first_run, bulk_dag, aws):
+    _, _, before = first_run
+    ledger_keys = sorted(k for k in before if k.startswith(layout.CHANGES_PREFIX))
+    [notified_key] = [k for k in ledger_keys if b'"notified"' in aws.get(k)]
+    notified_entry = aws.get(notified_key)
+    fresh = [k for k in ledger_keys if k > notified_key and b"suppressed_backfill" in before[k]][:3]
+    start, end = layout.slot_of_key(notified_key), layout.slot_of_key(fresh[-1]) + layout.SLOT
+
+    run, summary = run_bulk(bulk_dag, start, end, notify_on_backfill=True)
+
+    assert run.state == "success", task_states(run)
+    alerts = aws.alerts()
+    assert summary["notified"] == len(alerts) == len(fresh) == 3
+    assert aws.get(notified_key) == notified_entry
+    entries = [json.loads(aws.get(key)) for key in fresh]
+    assert {e["decision"] for e in entries} == {"notified"}
+    assert {e["sns_message_id"] for e in entries} == {a["MessageId"] for a in alerts}
+    for alert in alerts:
+        assert alert["Subject"].startswith("ETH/USDT ")
+        assert "/dags/price_history_backfill/runs/" in alert["Message"]
