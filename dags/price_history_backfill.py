@@ -95,6 +95,8 @@ def price_history_backfill():
         replace_script_file=True,
         iam_role_name=config.glue_role_name,
         num_of_dpus=0.0625,
+        # Backfills run windows in parallel: Glue must accept as many concurrent runs.
+        concurrent_run_limit=16,
         create_job_kwargs={
             # Repeat ScriptLocation: a Command key replaces the provider's default one.
             "Command": {
