@@ -37,3 +37,7 @@ backfill: $(VENV)/.installed
 
 clean:
 	rm -rf .local .pytest_cache .ruff_cache
+
+# Benchmarks (not tests: CI runs `make test`, never this). `$(PY) -m bench --quick` is the short version.
+bench: $(VENV)/.installed
+	$(PY) -m bench

@@ -1,0 +1,512 @@
+"""Measurements against the real local stack: the AWS stand-in plus Airflow's scheduler, dag-processor,
+triggerer and api-server as separate processes (``local.stack.Stack``) in a temporary state folder on
+free ports. Runs are started the way an operator starts them (``airflow dags trigger``, ``airflow
+backfill create``) and timed from the metadata database's own timestamps.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import re
+import socket
+import statistics
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from include.glue import normalize_price_record as job
+from include.price_pipeline import alerts, layout, settings
+from local.feed import synthetic_record, write_record
+from local.stack import ADMIN_USER, Stack
+from local.standin import client, queue_name
+
+LIVE_DAG = "price_notification"
+BULK_DAG = "price_history_backfill"
+TERMINAL = ("success", "failed")
+DEFAULT_PARAMS = {
+    "threshold_pct": 1.0,
+    "lookback_minutes": 60,
+    "notify_on_backfill": False,
+    "min_abs_move": 0.0,
+    "repeat_windows": 0,
+}
+#: How long after a sensor defers its trigger has surely made its first check (the triggerer picks
+#: up new triggers every second or so).
+TRIGGER_FIRST_CHECK_SECONDS = 3.0
+GLUE_LOG_DELIVERY = ("CreateLogGroup", "CreateLogStream", "PutLogEvents")
+_CREDENTIAL_SERVICE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def iso(moment: datetime) -> str:
+    return alerts.iso(moment)
+
+
+def parse_db_time(value: str | None) -> datetime | None:
+    """A timestamp as Airflow stores it in SQLite (UTC, with or without an offset)."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class Bench:
+    """One local stack for every measurement of a benchmark run."""
+
+    def __init__(self, state_dir: Path, log=print):
+        self.state_dir = state_dir
+        self.recording = state_dir / "moto_recording.jsonl"
+        self.stack = Stack(
+            state_dir=state_dir,
+            standin_port=free_port(),
+            api_port=free_port(),
+            extra_env={"MOTO_RECORDER_FILEPATH": str(self.recording)},
+        )
+        self.config = settings.load()
+        self.log = log
+        self.s3 = self.sqs = self.glue = None
+
+    # ------------------------------------------------------------------------------ the stack
+
+    def start(self) -> None:
+        self.log(f"starting the stand-in and Airflow in {self.state_dir} ...")
+        self.stack.start()
+        url = self.stack.standin_url
+        self.s3, self.sqs, self.glue = client("s3", url), client("sqs", url), client("glue", url)
+        self.alert_queue = self.sqs.get_queue_url(QueueName=queue_name(self.config.alert_topic_arn))["QueueUrl"]
+        for dag_id in (LIVE_DAG, BULK_DAG):
+            self.stack.wait_for_dag(dag_id, timeout=300)
+            self.airflow("dags", "unpause", dag_id)
+        self.log("stack ready")
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+    # ------------------------------------------------------------------------------ data
+
+    def write_history(self, slots: list[datetime]) -> None:
+        """The local feed's synthetic records of ``slots``, formats rotating as the feed rotates them."""
+        with ThreadPoolExecutor(10) as pool:
+            list(pool.map(lambda slot: write_record(self.s3, self.config.bucket, synthetic_record(slot)), slots))
+
+    def seed_canonical(self, slot: datetime, weighted_average: float) -> None:
+        """A canonical CSV for ``slot`` as the Glue job writes it (the previous price of a live window)."""
+        record = {"date": int(slot.timestamp()), "weightedAverage": weighted_average, "volume": 1.0}
+        record |= {"high": weighted_average * 1.001, "low": weighted_average * 0.999, "quoteVolume": 1.0}
+        aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+        row = job.normalize(record, aliases, self.config.pair, layout.ingestion_key(slot, ".json"), "json")
+        self.s3.put_object(Bucket=self.config.bucket, Key=layout.analysis_key(slot), Body=job.to_csv(row))
+
+    def standin_rate(self, count: int = 2000, threads: int = 10) -> dict:
+        """Requests per second the stand-in answers for small PUTs and GETs (a floor for the bulk runs,
+        which make about four S3 requests per window: GET raw, PUT CSV, GET CSV, PUT ledger)."""
+        keys = [f"bench-rate/{index:06d}" for index in range(count)]
+        body = b"x" * 300
+        out = {}
+        for name, call in (
+            ("put", lambda key: self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=body)),
+            ("get", lambda key: self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()),
+        ):
+            started = time.perf_counter()
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(call, keys))
+            out[f"{name}_per_second"] = count / (time.perf_counter() - started)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda key: self.s3.delete_object(Bucket=self.config.bucket, Key=key), keys))
+        return out
+
+    # ------------------------------------------------------------------------------ runs
+
+    def airflow(self, *argv: str, attempts: int = 6):
+        """An ``airflow`` CLI command, tried again while SQLite reports the database locked (the
+        scheduler writes every few seconds; a CLI writer can lose the race and roll back)."""
+        for attempt in range(attempts):
+            done = self.stack.airflow(*argv, check=False)
+            if done.returncode == 0:
+                return done
+            if "database is locked" not in done.stderr + done.stdout or attempt == attempts - 1:
+                raise RuntimeError(
+                    f"airflow {' '.join(argv[:3])} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+                )
+            self.log(f"  airflow {argv[0]} {argv[1]}: database locked, trying again")
+            time.sleep(2)
+        raise AssertionError("unreachable")
+
+    def trigger(self, dag_id: str, run_id: str, conf: dict, logical_date: datetime | None = None) -> None:
+        argv = ["dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf)]
+        if logical_date is not None:
+            argv += ["--logical-date", logical_date.isoformat()]
+        self.airflow(*argv)
+
+    def trigger_window(self, dag_id: str, run_id: str, slot: datetime, conf: dict) -> None:
+        """A manual run of the window starting at ``slot`` through the REST API (the CLI infers the data
+        interval from the wall clock, the API takes it explicitly)."""
+        body = {
+            "dag_run_id": run_id,
+            "logical_date": iso(slot),
+            "data_interval_start": iso(slot),
+            "data_interval_end": iso(slot + layout.SLOT),
+            "conf": conf,
+        }
+        self._api("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+
+    def _api(self, method: str, path: str, body: dict) -> dict:
+        if getattr(self, "_token", None) is None:
+            login = {"username": ADMIN_USER, "password": self.stack.admin_password()}
+            self._token = self._request("POST", "/auth/token", login, token=None)["access_token"]
+        return self._request(method, path, body, token=self._token)
+
+    def _request(self, method: str, path: str, body: dict, token: str | None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(
+            f"{self.stack.ui_url}{path}", data=json.dumps(body).encode(), headers=headers, method=method
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback api-server
+            return json.loads(response.read())
+
+    def run_row(self, dag_id: str, run_id: str) -> dict | None:
+        rows = self.stack.query(
+            "SELECT state, queued_at, start_date, end_date FROM dag_run WHERE dag_id = ? AND run_id = ?",
+            dag_id,
+            run_id,
+        )
+        if not rows:
+            return None
+        state, queued, started, ended = rows[0]
+        return {
+            "state": state,
+            "queued_at": parse_db_time(queued),
+            "start_date": parse_db_time(started),
+            "end_date": parse_db_time(ended),
+        }
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.run_row(dag_id, run_id)
+            if row and row["state"] in TERMINAL:
+                return row
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{dag_id} {run_id} still {row and row['state']} after {timeout:.0f}s")
+            time.sleep(0.5)
+
+    def task_times(self, dag_id: str, run_id: str) -> dict[str, dict]:
+        rows = self.stack.query(
+            "SELECT task_id, state, start_date, end_date, try_number FROM task_instance"
+            " WHERE dag_id = ? AND run_id = ?",
+            dag_id,
+            run_id,
+        )
+        out = {}
+        for task_id, state, started, ended, tries in rows:
+            started, ended = parse_db_time(started), parse_db_time(ended)
+            seconds = (ended - started).total_seconds() if started and ended else None
+            out[task_id] = {"state": state, "seconds": seconds, "tries": tries, "start": started, "end": ended}
+        return out
+
+    def task_state(self, dag_id: str, run_id: str, task_id: str) -> str | None:
+        rows = self.stack.query(
+            "SELECT state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?", dag_id, run_id, task_id
+        )
+        return rows[0][0] if rows else None
+
+    def last_glue_run(self) -> dict:
+        runs = self.glue.get_job_runs(JobName=self.config.glue_job_name)["JobRuns"]
+        latest = max(runs, key=lambda run: run["StartedOn"])
+        seconds = (latest["CompletedOn"] - latest["StartedOn"]).total_seconds() if "CompletedOn" in latest else None
+        return {"id": latest["Id"], "state": latest["JobRunState"], "seconds": seconds}
+
+    # ------------------------------------------------------------------------------ figures
+
+    def bulk_backfill(self, start: datetime, end: datetime, timeout: float = 3600) -> dict:
+        """price_history_backfill over ``[start, end)``, triggered and run by the scheduler."""
+        run_id = f"bench_bulk_{layout.slot_stamp(start)}_{layout.slot_stamp(end)}_{int(time.time())}"
+        self.trigger(BULK_DAG, run_id, {**DEFAULT_PARAMS, "start": iso(start), "end": iso(end)})
+        row = self.wait_run(BULK_DAG, run_id, timeout)
+        tasks = self.task_times(BULK_DAG, run_id)
+        windows = len(layout.slots_between(start, end))
+        seconds = (row["end_date"] - row["queued_at"]).total_seconds()
+        summary = self.xcom(BULK_DAG, run_id, "analyse_price_history")
+        return {
+            "run_id": run_id,
+            "state": row["state"],
+            "windows": windows,
+            "seconds": seconds,
+            "seconds_per_window": seconds / windows,
+            "glue_task_seconds": tasks.get("normalize_price_history", {}).get("seconds"),
+            "analysis_task_seconds": tasks.get("analyse_price_history", {}).get("seconds"),
+            "glue_run": self.last_glue_run(),
+            "summary": summary,
+        }
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str):
+        rows = self.stack.query(
+            "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = ? AND key = 'return_value'",
+            dag_id,
+            run_id,
+            task_id,
+        )
+        if not rows:
+            return None
+        value = rows[0][0]
+        with contextlib.suppress(TypeError, ValueError):
+            while isinstance(value, (str, bytes)):
+                value = json.loads(value)
+        return value
+
+    def native_backfill(self, first: datetime, windows: int, max_active_runs: int = 8, timeout: float = 3600) -> dict:
+        """``airflow backfill create`` of price_notification over ``windows`` windows from ``first``.
+
+        The scheduler runs the backfill's runs (sensor, Glue job run, analysis per window); timed from
+        the backfill's creation to the end of its last run.
+        """
+        last = first + layout.SLOT * (windows - 1)
+        done = self.airflow(
+            "backfill",
+            "create",
+            "--dag-id",
+            LIVE_DAG,
+            "--from-date",
+            first.isoformat(),
+            "--to-date",
+            last.isoformat(),
+            "--max-active-runs",
+            str(max_active_runs),
+            "--reprocess-behavior",
+            "completed",
+            "--dag-run-conf",
+            json.dumps({"notify_on_backfill": False}),
+        )
+        [(backfill_id, created)] = self.stack.query("SELECT id, created_at FROM backfill ORDER BY id DESC LIMIT 1")
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.stack.query("SELECT state, end_date FROM dag_run WHERE backfill_id = ?", backfill_id)
+            if rows and all(state in TERMINAL for state, _ in rows):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"native backfill {backfill_id} not finished after {timeout:.0f}s: {rows}")
+            time.sleep(1)
+        ends = [parse_db_time(end) for _, end in rows]
+        seconds = (max(ends) - parse_db_time(created)).total_seconds()
+        states = Counter(state for state, _ in rows)
+        return {
+            "backfill_id": backfill_id,
+            "runs": len(rows),
+            "states": dict(states),
+            "seconds": seconds,
+            "seconds_per_window": seconds / len(rows),
+            "max_active_runs": max_active_runs,
+            "cli_output": done.stdout[-500:],
+        }
+
+    def live_latency(self, first: datetime, windows: int, record_requests: bool = True) -> dict:
+        """Record landing -> alert in the subscriber queue, for ``windows`` live runs of price_notification.
+
+        Each run is triggered through the REST API for a past window with ``notify_on_backfill`` (a
+        scheduled run needs the wall clock to reach the window; the tasks are the same), an hour of
+        previous prices is in place, and the record, 2 % above them, is written only once the run's
+        sensor is waiting: from then on the path is the live one (deferred sensor poke, Glue job run,
+        analysis, SNS -> SQS). The last window is run with the stand-in recording every request, to
+        count the AWS requests of one window.
+        """
+        self._drain()
+        # An hour of flat prices before each window, as in steady state: the analysis reads all of them.
+        lookback = self.config.lookback_minutes // 5
+        slots = [first + layout.SLOT * (lookback + 3) * i for i in range(windows + (1 if record_requests else 0))]
+        for slot in slots:
+            for back in range(1, lookback + 1):
+                self.seed_canonical(slot - layout.SLOT * back, 3000.0)
+        run_ids = {}
+        for slot in slots:
+            run_ids[slot] = f"bench_live_{layout.slot_stamp(slot)}_{int(time.time())}"
+        measured = []
+        for index, slot in enumerate(slots):
+            recording = record_requests and index == len(slots) - 1
+            if recording:
+                self._recorder("reset-recording")
+                self._recorder("start-recording")
+            self.trigger_window(LIVE_DAG, run_ids[slot], slot, {**DEFAULT_PARAMS, "notify_on_backfill": True})
+            self._wait_task_state(LIVE_DAG, run_ids[slot], "wait_for_price_record", ("deferred", "running"), 300)
+            # Land the record at evenly spread points of the sensor's poke cycle, as a producer would: the
+            # trigger checks once within ~3 s of the deferral, then every sensor_poke_seconds.
+            phase = self.config.sensor_poke_seconds * (index % max(1, windows)) / max(1, windows)
+            time.sleep(TRIGGER_FIRST_CHECK_SECONDS + phase)
+            record = synthetic_record(slot) | {"weightedAverage": 3060.0, "high": 3070.0, "low": 3050.0}
+            record |= {"open": 3060.0, "close": 3060.0}
+            landed = time.time()
+            key = write_record(self.s3, self.config.bucket, record)
+            alert = self._wait_alert(slot, timeout=600)
+            row = self.wait_run(LIVE_DAG, run_ids[slot], 600)
+            tasks = self.task_times(LIVE_DAG, run_ids[slot])
+            sensor_end = tasks["wait_for_price_record"]["end"]
+            result = {
+                "window": iso(slot),
+                "landed_after_deferral_seconds": TRIGGER_FIRST_CHECK_SECONDS + phase,
+                "seconds": alert["sent"] - landed,
+                "received_seconds": alert["received"] - landed,
+                "sensor_noticed_seconds": sensor_end.timestamp() - landed if sensor_end else None,
+                "glue_task_seconds": tasks["normalize_price_record"]["seconds"],
+                "compute_task_seconds": tasks["compute_price_change"]["seconds"],
+                "publish_task_seconds": tasks["publish_price_alert"]["seconds"],
+                "run_state": row["state"],
+                "tries": {task_id: task["tries"] for task_id, task in tasks.items()},
+                "subject": alert["subject"],
+            }
+            if recording:
+                self._recorder("stop-recording")
+                result["requests"] = self.count_requests(slot, key)
+                result["glue_run"] = self.last_glue_run()
+                result["object_bytes"] = self.window_bytes(slot, key)
+                result["glue_log_bytes"] = self.glue_log_bytes(result["glue_run"]["id"])
+                self.request_window = result
+            else:
+                measured.append(result)
+        latencies = [m["seconds"] for m in measured]
+        return {
+            "windows": measured,
+            "median_seconds": statistics.median(latencies),
+            "max_seconds": max(latencies),
+            "min_seconds": min(latencies),
+            "sensor_poke_seconds": self.config.sensor_poke_seconds,
+            "request_window": getattr(self, "request_window", None),
+        }
+
+    def _wait_task_state(self, dag_id, run_id, task_id, states, timeout) -> None:
+        deadline = time.monotonic() + timeout
+        while self.task_state(dag_id, run_id, task_id) not in states:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{task_id} of {run_id} not in {states} after {timeout}s")
+            time.sleep(0.2)
+
+    def _drain(self) -> None:
+        while got := self.sqs.receive_message(QueueUrl=self.alert_queue, MaxNumberOfMessages=10).get("Messages"):
+            for message in got:
+                self.sqs.delete_message(QueueUrl=self.alert_queue, ReceiptHandle=message["ReceiptHandle"])
+
+    def _wait_alert(self, slot: datetime, timeout: float) -> dict:
+        """The alert of the window starting at ``slot``: SQS SentTimestamp and our receive time."""
+        needle = f"Window:   {iso(slot)}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.sqs.receive_message(
+                QueueUrl=self.alert_queue, MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["SentTimestamp"]
+            ).get("Messages", [])
+            received = time.time()
+            for message in got:
+                self.sqs.delete_message(QueueUrl=self.alert_queue, ReceiptHandle=message["ReceiptHandle"])
+                body = json.loads(message["Body"])
+                if needle in body.get("Message", ""):
+                    sent = int(message["Attributes"]["SentTimestamp"]) / 1000
+                    return {"sent": sent, "received": received, "subject": body.get("Subject")}
+        raise TimeoutError(f"no alert for window {iso(slot)} within {timeout:.0f}s")
+
+    # ------------------------------------------------------------------------------ requests
+
+    def _recorder(self, action: str) -> None:
+        request = urllib.request.Request(f"{self.stack.standin_url}/moto-api/recorder/{action}", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback stand-in
+            response.read()
+
+    def count_requests(self, slot: datetime, landed_key: str) -> dict:
+        """AWS requests the pipeline made for one window, by service and operation, from the recording.
+
+        Left out: the producer's PUT of the record, requests about other windows (the sensors of
+        scheduled runs waiting on the current wall-clock window), the benchmark's own SQS reads and the
+        stand-in's delivery of the job's log lines (on AWS, Glue writes them: ingestion, not requests).
+        """
+        counts: dict[str, Counter] = defaultdict(Counter)
+        other = Counter()
+        window_day = layout.partition(slot)
+        for line in self.recording.read_text().splitlines():
+            entry = json.loads(line)
+            service, operation, target = classify(entry)
+            if service == "s3" and target is not None:
+                if target == landed_key and operation == "PutObject":
+                    continue
+                if "year=" in target and window_day not in target:
+                    other[operation] += 1
+                    continue
+            if service == "sqs":
+                continue  # the benchmark reading the subscriber queue
+            if service == "logs" and operation in GLUE_LOG_DELIVERY:
+                other[f"logs {operation}"] += 1  # the stand-in delivering Glue's logs, as Glue does on AWS
+                continue
+            counts[service][operation] += 1
+        return {"by_service": {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}, "excluded": dict(other)}
+
+    def window_bytes(self, slot: datetime, raw_key: str) -> dict:
+        def size(key):
+            return self.s3.head_object(Bucket=self.config.bucket, Key=key)["ContentLength"]
+
+        return {
+            "raw": size(raw_key),
+            "canonical_csv": size(layout.analysis_key(slot)),
+            "ledger": size(layout.ledger_key(slot)),
+        }
+
+    def glue_log_bytes(self, run_id: str) -> int:
+        logs = client("logs", self.stack.standin_url)
+        total = 0
+        for group in ("/aws-glue/python-jobs/output", "/aws-glue/python-jobs/error"):
+            with contextlib.suppress(Exception):
+                events = logs.get_log_events(logGroupName=group, logStreamName=run_id, startFromHead=True)["events"]
+                total += sum(len(event["message"].encode()) for event in events)
+        return total
+
+    # ------------------------------------------------------------------------------ parsing
+
+    def parse_times(self) -> dict:
+        """DAG file parse time: the dag-processor's own last_parse_duration per DAG, and ``airflow dags
+        report`` (an in-process DagBag parse of the folder)."""
+        recorded = self.stack.query(
+            "SELECT dag_id, last_parse_duration FROM dag WHERE dag_id IN (?, ?)", LIVE_DAG, BULK_DAG
+        )
+        report = self.stack.airflow("dags", "report", "-o", "json", check=False)
+        parsed = []
+        for line in report.stdout.splitlines():
+            if line.startswith("[{"):
+                parsed = json.loads(line)
+        return {"dag_processor": {dag_id: seconds for dag_id, seconds in recorded}, "dags_report": parsed}
+
+    def glue_job(self) -> dict:
+        return self.glue.get_job(JobName=self.config.glue_job_name)["Job"]
+
+
+def classify(entry: dict) -> tuple[str, str, str | None]:
+    """(service, operation, S3 key or prefix) of one recorded request."""
+    headers = {k.lower(): v for k, v in entry.get("headers", {}).items()}
+    match = _CREDENTIAL_SERVICE.search(headers.get("authorization", ""))
+    service = match.group(1) if match else "unknown"
+    target = headers.get("x-amz-target")
+    if target:
+        return service, target.rsplit(".", 1)[-1], None
+    url = urlparse(entry["url"])
+    query = parse_qs(url.query, keep_blank_values=True)
+    if service == "s3":
+        path = unquote(url.path).lstrip("/")
+        key = path.split("/", 1)[1] if "/" in path else None
+        method = entry["method"]
+        if method == "GET" and ("list-type" in query or not key):
+            return service, "ListObjectsV2", query.get("prefix", [""])[0]
+        if method == "PUT" and "x-amz-copy-source" in headers:
+            return service, "CopyObject", key
+        operation = {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}
+        return service, operation.get(method, method), key
+    body = entry.get("body") or ""
+    if entry.get("body_encoded"):
+        body = base64.b64decode(body).decode("utf-8", "replace")
+    action = parse_qs(body).get("Action", query.get("Action", ["?"]))[0]
+    return service, action, None
