@@ -162,12 +162,35 @@ class Stack:
             process.wait()
         self.processes.clear()
 
-    def restart(self, component: str) -> None:
-        """Stop one component's process group and start it again."""
+    def stop_component(self, component: str) -> None:
+        """Stop one component's process group (SIGTERM, then SIGKILL after 30 s)."""
         process = self.processes.pop(component)
         _signal_group(process, signal.SIGTERM)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        finally:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+
+    def restart(self, component: str) -> None:
+        """Stop one component's process group and start it again."""
+        self.stop_component(component)
         self._spawn(component, [sys.executable, "-m", "airflow", component])
+
+    def create_backfill(self, dag_id: str, *args: str) -> subprocess.CompletedProcess:
+        """``airflow backfill create`` while the scheduler is stopped.
+
+        SQLite lets one writer in at a time, and a backfill created while the scheduler writes can
+        fail half-way ("database is locked"); with the scheduler stopped for those seconds it cannot.
+        """
+        running = "scheduler" in self.processes
+        if running:
+            self.stop_component("scheduler")
+        try:
+            return self.airflow("backfill", "create", "--dag-id", dag_id, *args)
+        finally:
+            if running:
+                self.start_airflow(("scheduler",))
 
     def _check_alive(self, name: str) -> None:
         process = self.processes[name]

@@ -1,0 +1,109 @@
+"""Native `airflow backfill create` with the scheduler running (the local stack of `make run`).
+
+A backfill never notifies by default (breaches are recorded as suppressed), a backfill with
+notify_on_backfill notifies each breach once, and backfilling an already-notified range again sends
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from include.price_pipeline import layout, settings
+from local.feed import write_record
+from local.stack import Stack, free_port
+from local.standin import client, queue_name
+from tests.records import candle, seed_normalized
+
+pytestmark = pytest.mark.integration
+
+DAG_ID = "price_notification"
+FIRST = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)
+PRICES = (102.0, 102.1, 99.0, 99.5)  # after 100.0 at 09:55: breach, calm, breach, calm
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack(
+        state_dir=tmp_path_factory.mktemp("stack"),
+        standin_port=free_port(),
+        api_port=free_port(),
+        extra_env={"PRICE_SENSOR_TIMEOUT_SECONDS": "30", "PRICE_SENSOR_POKE_SECONDS": "2"},
+    )
+    try:
+        stack.start()
+        stack.wait_for_dag(DAG_ID)
+        stack.airflow("dags", "unpause", DAG_ID)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def backfill(stack: Stack, notify: bool) -> None:
+    """Create a backfill over the four windows and wait until it has completed."""
+    stamp = "%Y-%m-%dT%H:%M:%S+00:00"
+    stack.create_backfill(
+        DAG_ID,
+        "--from-date", FIRST.strftime(stamp), "--to-date", (FIRST + 3 * layout.SLOT).strftime(stamp),
+        "--reprocess-behavior", "completed", "--dag-run-conf", json.dumps({"notify_on_backfill": notify}),
+    )  # fmt: skip
+    [(backfill_id,)] = stack.query("SELECT max(id) FROM backfill")
+    deadline = time.monotonic() + 600
+    while not stack.query("SELECT 1 FROM backfill WHERE id = ? AND completed_at IS NOT NULL", backfill_id):
+        assert time.monotonic() < deadline, f"backfill {backfill_id} did not complete"
+        time.sleep(3)
+    states = stack.query(
+        "SELECT r.run_id, r.state FROM backfill_dag_run b JOIN dag_run r ON r.id = b.dag_run_id"
+        " WHERE b.backfill_id = ?",
+        backfill_id,
+    )
+    assert len(states) == 4, f"backfill {backfill_id} ran {states}"
+    assert all(state == "success" for _, state in states), states
+
+
+def receive_all(sqs, url) -> list[dict]:
+    out = []
+    while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+        for message in got:
+            out.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return out
+
+
+def test_backfill_is_quiet_by_default_notifies_once_when_asked_and_never_again(stack):
+    config = settings.load({})
+    s3, sqs = client("s3", stack.standin_url), client("sqs", stack.standin_url)
+    alerts_url = sqs.get_queue_url(QueueName=queue_name(config.alert_topic_arn))["QueueUrl"]
+    seed_normalized(s3, config.bucket, candle(FIRST - layout.SLOT, 100.0))
+    for index, price in enumerate(PRICES):
+        write_record(s3, config.bucket, candle(FIRST + layout.SLOT * index, price))
+
+    def ledger(index: int) -> dict:
+        key = layout.ledger_key(FIRST + layout.SLOT * index)
+        return json.loads(s3.get_object(Bucket=config.bucket, Key=key)["Body"].read())
+
+    backfill(stack, notify=False)
+    assert receive_all(sqs, alerts_url) == []
+    assert [ledger(i)["decision"] for i in range(4)] == [
+        "suppressed_backfill",
+        "below_threshold",
+        "suppressed_backfill",
+        "below_threshold",
+    ]
+
+    backfill(stack, notify=True)
+    alerts = receive_all(sqs, alerts_url)
+    assert sorted(a["Subject"] for a in alerts) == [
+        "ETH/USDT down 3.04% in 5 min: 99.0000",
+        "ETH/USDT up 2.00% in 5 min: 102.00",
+    ]
+    notified_ids = {ledger(i)["sns_message_id"] for i in (0, 2)}
+    assert notified_ids == {a["MessageId"] for a in alerts}
+
+    backfill(stack, notify=True)
+    assert receive_all(sqs, alerts_url) == []
+    assert {ledger(i)["sns_message_id"] for i in (0, 2)} == notified_ids
