@@ -15,7 +15,13 @@ without running anything. Here StartJobRun also starts a runner thread that:
 It also provisions, idempotently, what the pipeline expects: the bucket, the alert and ops SNS
 topics, one SQS queue subscribed to each (so notifications can be read back), and the Glue role.
 
-Run: ``python -m local.standin --host 127.0.0.1 --port 4566``. Stop with SIGTERM or Ctrl-C.
+Faults (off by default, see local/faults.py for the SPEC format): ``--faults SPEC`` makes a seeded
+fraction of S3, Glue, SNS and CloudWatch Logs calls fail (throttling, 500, 503, connection reset) or
+wait, before moto sees them; ``POST /_standin/faults`` switches them at runtime. The runner's own
+script download and log writing are exempt; the job script's boto3 calls are not.
+
+Run: ``python -m local.standin --host 127.0.0.1 --port 4566 [--faults SPEC --fault-seed N]``.
+Stop with SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -31,14 +37,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import boto3
 from moto.glue import models as glue_models
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.server import ThreadedMotoServer
+from werkzeug.serving import make_server
 
 from include.price_pipeline import settings
+from local import faults
 
 log = logging.getLogger("standin")
 
@@ -49,7 +59,8 @@ REGION = settings.LOCAL_REGION
 
 def endpoint(host: str, port: int) -> str:
     """The URL boto3 clients use to reach the stand-in."""
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
+    wildcard = host in ("0.0.0.0", "::")  # noqa: S104  # nosec B104 - a comparison for clients; binds nothing
+    return f"http://{'127.0.0.1' if wildcard else host}:{port}"
 
 
 def client(service: str, url: str):
@@ -61,6 +72,11 @@ def client(service: str, url: str):
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=ACCESS_KEY,  # noqa: S106
     )
+
+
+def internal_client(service: str, url: str):
+    """A client for the stand-in's own calls to itself: never faulted (it is the simulated AWS)."""
+    return faults.exempt(client(service, url))
 
 
 def queue_name(topic_arn: str) -> str:
@@ -84,10 +100,11 @@ class RunOutcome:
 class GlueRunner:
     """Runs a Glue Python shell job's script for each StartJobRun on the stand-in."""
 
-    def __init__(self, url: str, python: str, minute_seconds: float):
+    def __init__(self, url: str, python: str, minute_seconds: float, injector: faults.FaultInjector | None = None):
         self.url = url
         self.python = python
         self.minute_seconds = minute_seconds  # seconds per Glue "timeout minute" (tests shrink it)
+        self.injector = injector  # its glue_startup_ms keeps runs RUNNING before the script starts
         self.outcomes: dict[str, RunOutcome] = {}
         self.threads: list[threading.Thread] = []
 
@@ -140,6 +157,7 @@ class GlueRunner:
         started = time.monotonic()
         stdout, stderr = "", ""
         try:
+            self._start_up()
             script = self._fetch_script(script_uri)
             argv = [self.python, script, "--JOB_NAME", job_name, "--JOB_RUN_ID", run_id]
             for name, value in arguments.items():
@@ -180,16 +198,22 @@ class GlueRunner:
         outcome.state = state
         log.info("glue run %s of %s: %s %s", run_id[:12], job_name, state, error or "")
 
+    def _start_up(self) -> None:
+        """Wait the fault spec's ``glue_startup_ms`` (re-read while waiting, so switching it off ends it)."""
+        started = time.monotonic()
+        while self.injector and (time.monotonic() - started) * 1000 < self.injector.spec.glue_startup_ms:
+            time.sleep(0.05)
+
     def _fetch_script(self, script_uri: str) -> str:
         bucket, key = script_uri.removeprefix("s3://").split("/", 1)
-        body = client("s3", self.url).get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = internal_client("s3", self.url).get_object(Bucket=bucket, Key=key)["Body"].read()
         handle, path = tempfile.mkstemp(suffix=".py", prefix="glue-job-")
         with os.fdopen(handle, "wb") as out:
             out.write(body)
         return path
 
     def _store_logs(self, run_id: str, stdout: str, stderr: str) -> None:
-        logs = client("logs", self.url)
+        logs = internal_client("logs", self.url)
         for suffix, text in (("output", stdout), ("error", stderr)):
             group = f"{LOG_GROUP}/{suffix}"
             for create, kwargs in (
@@ -219,13 +243,15 @@ def _text(value: bytes | str | None) -> str:
 # ----------------------------------------------------------------------------------- provisioning
 
 
-def provision(url: str, config: settings.Config | None = None) -> dict[str, str]:
+def provision(
+    url: str, config: settings.Config | None = None, make_client: Callable[[str, str], object] = client
+) -> dict[str, str]:
     """Create, idempotently, the bucket, topics, subscribed queues and Glue role; return queue URLs."""
     config = config or settings.load()
-    s3 = client("s3", url)
+    s3 = make_client("s3", url)
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=config.bucket)
-    sns, sqs = client("sns", url), client("sqs", url)
+    sns, sqs = make_client("sns", url), make_client("sqs", url)
     queues = {}
     for topic_arn in (config.alert_topic_arn, config.ops_topic_arn):
         arn = sns.create_topic(Name=topic_arn.rsplit(":", 1)[-1])["TopicArn"]
@@ -235,7 +261,7 @@ def provision(url: str, config: settings.Config | None = None) -> dict[str, str]
         if not any(s["Endpoint"] == queue_arn for s in subscribed):
             sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn)
         queues[arn] = queue_url
-    iam = client("iam", url)
+    iam = make_client("iam", url)
     trust = {
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Principal": {"Service": "glue.amazonaws.com"}, "Action": "sts:AssumeRole"}],
@@ -245,17 +271,35 @@ def provision(url: str, config: settings.Config | None = None) -> dict[str, str]
     return queues
 
 
-def wait_until_up(url: str, timeout: float = 30.0) -> None:
+def wait_until_up(url: str, timeout: float = 30.0, make_client: Callable[[str, str], object] = client) -> None:
     """Block until the stand-in answers, or raise TimeoutError."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            client("s3", url).list_buckets()
+            make_client("s3", url).list_buckets()
             return
         except Exception:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"AWS stand-in at {url} did not answer within {timeout:.0f}s") from None
             time.sleep(0.2)
+
+
+class FaultRequestHandler(faults.AbortingRequestHandler, MotoRequestHandler):
+    """moto's request handler, able to reset a connection as a fault."""
+
+
+class FaultyMotoServer(ThreadedMotoServer):
+    """moto's threaded server with :class:`local.faults.FaultMiddleware` in front of its app."""
+
+    def __init__(self, injector: faults.FaultInjector, **kwargs):
+        super().__init__(**kwargs)
+        self.injector = injector
+
+    def _server_entry(self) -> None:
+        app = faults.FaultMiddleware(DomainDispatcherApplication(create_backend_app), self.injector)
+        self._server = make_server(self._ip_address, self._port, app, True, request_handler=FaultRequestHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,18 +313,28 @@ def main(argv: list[str] | None = None) -> int:
         default=float(os.environ.get("STANDIN_GLUE_MINUTE_SECONDS", "60")),
         help="seconds per minute of a Glue job timeout (tests shrink it to see TIMEOUT quickly)",
     )
+    parser.add_argument(
+        "--faults", default="off", help="fault spec, e.g. s3=0.2,sns=0.2,latency_ms=50 (see local/faults.py)"
+    )
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (a seed= item wins)")
     args = parser.parse_args(argv)
+    try:
+        spec = faults.parse_spec(args.faults)
+    except ValueError as error:
+        parser.error(str(error))
+    injector = faults.FaultInjector(spec, args.fault_seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s standin %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     url = endpoint(args.host, args.port)
-    GlueRunner(url, args.python, args.glue_minute_seconds).install()
-    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
+    GlueRunner(url, args.python, args.glue_minute_seconds, injector).install()
+    server = FaultyMotoServer(injector, ip_address=args.host, port=args.port, verbose=False)
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    wait_until_up(url)
-    provision(url)
+    wait_until_up(url, make_client=internal_client)
+    provision(url, make_client=internal_client)
+    print(f"faults: {spec.text()} (seed {injector.seed})", flush=True)
     print(f"AWS stand-in ready on {url}", flush=True)
     stop.wait()
     server.stop()
