@@ -30,7 +30,7 @@ from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk import Param, chain, dag, task
 
-from include.price_pipeline import history, layout, settings
+from include.price_pipeline import history, settings
 
 config = settings.load()
 
@@ -68,46 +68,16 @@ notify_ops = SnsNotifier(
             pattern=history.WINDOW_START_PATTERN,
             description="end of the range (excluded), a window start in UTC",
         ),
-        "threshold_pct": Param(config.threshold_pct, type="number", minimum=0, description="alert above this |%|"),
-        "lookback_minutes": Param(
-            config.lookback_minutes,
-            type="integer",
-            minimum=5,
-            description="previous record no older than this",
-        ),
-        "notify_on_backfill": Param(False, type="boolean", description="publish due breaches to subscribers"),
-        "min_abs_move": Param(0.0, type="number", minimum=0, description="also require this move in price units"),
-        "repeat_windows": Param(
-            0, type="integer", minimum=0, description="suppress same-direction breaches within N windows"
-        ),
+        **{name: Param(**spec) for name, spec in settings.policy_params(config).items()},
     },
 )
 def price_history_backfill():
-    # The Glue job as price_notification defines it (the operator updates the job to this configuration,
-    # so any difference would flip it back and forth); only the run's timeout is longer for a range.
+    # The one Glue job both DAGs share (settings.glue_job_spec); only this run's timeout is longer.
     normalize_price_history = GlueJobOperator(
         task_id="normalize_price_history",
         aws_conn_id=config.aws_conn_id,
-        job_name=config.glue_job_name,
-        job_desc="Normalize raw price records to canonical CSV (price_notification)",
-        script_location=str(layout.GLUE_SCRIPT_PATH),
-        s3_bucket=config.bucket,
-        replace_script_file=True,
-        iam_role_name=config.glue_role_name,
-        num_of_dpus=0.0625,
-        # Backfills run windows in parallel: Glue must accept as many concurrent runs.
-        concurrent_run_limit=16,
-        create_job_kwargs={
-            # Repeat ScriptLocation: a Command key replaces the provider's default one.
-            "Command": {
-                "Name": "pythonshell",
-                "PythonVersion": "3.9",
-                "ScriptLocation": f"s3://{config.bucket}/{layout.GLUE_SCRIPTS_PREFIX}{layout.GLUE_SCRIPT_PATH.name}",
-            },
-            "Timeout": 10,
-            "DefaultArguments": {"--additional-python-modules": "defusedxml==0.7.1"},
-        },
         run_job_kwargs={"Timeout": history.GLUE_RANGE_TIMEOUT_MINUTES},
+        **settings.glue_job_spec(config),
         script_args={
             **settings.glue_job_arguments(config),
             "--window_start": "{{ params.start }}",
@@ -126,12 +96,7 @@ def price_history_backfill():
 
         from include.price_pipeline import alerts, analysis
 
-        policy = analysis.Policy(
-            threshold_pct=params["threshold_pct"],
-            lookback_minutes=params["lookback_minutes"],
-            min_abs_move=params["min_abs_move"],
-            repeat_windows=params["repeat_windows"],
-        )
+        policy = analysis.Policy.from_params(params)
         publish = None
         if params["notify_on_backfill"]:
             sns = SnsHook(aws_conn_id=config.aws_conn_id)

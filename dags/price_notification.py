@@ -90,18 +90,7 @@ notify_ops = SnsNotifier(
         "iso": lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
     },
     params={
-        "threshold_pct": Param(config.threshold_pct, type="number", minimum=0, description="alert above this |%|"),
-        "lookback_minutes": Param(
-            config.lookback_minutes,
-            type="integer",
-            minimum=5,
-            description="previous record no older than this",
-        ),
-        "notify_on_backfill": Param(False, type="boolean", description="notify subscribers for old windows too"),
-        "min_abs_move": Param(0.0, type="number", minimum=0, description="also require this move in price units"),
-        "repeat_windows": Param(
-            0, type="integer", minimum=0, description="suppress same-direction breaches within N windows"
-        ),
+        **{name: Param(**spec) for name, spec in settings.policy_params(config).items()},
     },
 )
 def price_notification():
@@ -119,25 +108,7 @@ def price_notification():
     normalize_price_record = GlueJobOperator(
         task_id="normalize_price_record",
         aws_conn_id=config.aws_conn_id,
-        job_name=config.glue_job_name,
-        job_desc="Normalize raw price records to canonical CSV (price_notification)",
-        script_location=str(layout.GLUE_SCRIPT_PATH),
-        s3_bucket=config.bucket,
-        replace_script_file=True,
-        iam_role_name=config.glue_role_name,
-        num_of_dpus=0.0625,
-        # Backfills run windows in parallel: Glue must accept as many concurrent runs.
-        concurrent_run_limit=16,
-        create_job_kwargs={
-            # Repeat ScriptLocation: a Command key replaces the provider's default one.
-            "Command": {
-                "Name": "pythonshell",
-                "PythonVersion": "3.9",
-                "ScriptLocation": f"s3://{config.bucket}/{layout.GLUE_SCRIPTS_PREFIX}{layout.GLUE_SCRIPT_PATH.name}",
-            },
-            "Timeout": 10,
-            "DefaultArguments": {"--additional-python-modules": "defusedxml==0.7.1"},
-        },
+        **settings.glue_job_spec(config),
         script_args={
             **settings.glue_job_arguments(config),
             "--window_start": "{{ iso(data_interval_start) }}",
@@ -156,12 +127,7 @@ def price_notification():
 
         from include.price_pipeline import analysis, windows
 
-        policy = analysis.Policy(
-            threshold_pct=params["threshold_pct"],
-            lookback_minutes=params["lookback_minutes"],
-            min_abs_move=params["min_abs_move"],
-            repeat_windows=params["repeat_windows"],
-        )
+        policy = analysis.Policy.from_params(params)
         due, why_not = analysis.due_for_subscribers(
             dag_run.run_type,
             data_interval_end,

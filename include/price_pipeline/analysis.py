@@ -65,6 +65,16 @@ class Policy:
     def lookback(self) -> timedelta:
         return timedelta(minutes=self.lookback_minutes)
 
+    @classmethod
+    def from_params(cls, params) -> Policy:
+        """The policy a DAG run's params ask for (see ``settings.policy_params``)."""
+        return cls(
+            threshold_pct=params["threshold_pct"],
+            lookback_minutes=params["lookback_minutes"],
+            min_abs_move=params["min_abs_move"],
+            repeat_windows=params["repeat_windows"],
+        )
+
 
 def parse_canonical_csv(body: bytes) -> Price:
     """Read the Glue job's canonical CSV object (header plus one row) into a :class:`Price`."""

@@ -121,3 +121,48 @@ def glue_job_arguments(config: Config) -> dict[str, str]:
         "--max_object_bytes": str(config.max_object_bytes),
         "--field_aliases": json.dumps(json.loads(layout.FIELD_ALIASES_PATH.read_text()), separators=(",", ":")),
     }
+
+
+def glue_job_spec(config: Config) -> dict:
+    """The Glue job as every DAG's GlueJobOperator defines it: one job, one configuration.
+
+    A Python shell job (0.0625 DPU; a Spark job for one record costs about 30x more) running the very
+    script in ``include/glue/``, which the operator uploads to ``artifacts/glue-scripts/``.
+    """
+    return {
+        "job_name": config.glue_job_name,
+        "job_desc": "Normalize raw price records to canonical CSV (price pipeline)",
+        "script_location": str(layout.GLUE_SCRIPT_PATH),
+        "s3_bucket": config.bucket,
+        "replace_script_file": True,
+        "iam_role_name": config.glue_role_name,
+        "num_of_dpus": 0.0625,
+        # Backfills run windows in parallel: Glue must accept as many concurrent runs.
+        "concurrent_run_limit": 16,
+        "create_job_kwargs": {
+            # Repeat ScriptLocation: a Command key replaces the provider's default one.
+            "Command": {
+                "Name": "pythonshell",
+                "PythonVersion": "3.9",
+                "ScriptLocation": f"s3://{config.bucket}/{layout.GLUE_SCRIPTS_PREFIX}{layout.GLUE_SCRIPT_PATH.name}",
+            },
+            "Timeout": 10,
+            "DefaultArguments": {"--additional-python-modules": "defusedxml==0.7.1"},
+        },
+    }
+
+
+def policy_params(config: Config) -> dict[str, dict]:
+    """The alert-policy DAG params as JSON-schema specs (the DAGs wrap each in ``Param``)."""
+    return {
+        "threshold_pct": {"default": config.threshold_pct, "type": "number", "minimum": 0,
+                          "description": "alert above this absolute % change"},
+        "lookback_minutes": {"default": config.lookback_minutes, "type": "integer", "minimum": 5,
+                             "description": "previous record no older than this"},
+        "notify_on_backfill": {"default": False, "type": "boolean",
+                               "description": "notify subscribers for backfills and old windows too"},
+        "min_abs_move": {"default": 0.0, "type": "number", "minimum": 0,
+                         "description": "also require this move in price units"},
+        "repeat_windows": {"default": 0, "type": "integer", "minimum": 0,
+                           "description": "suppress same-direction breaches within N windows"},
+    }  # fmt: skip
