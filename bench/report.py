@@ -15,6 +15,14 @@ def _per_window(seconds: float) -> str:
     return f"{seconds * 1000:,.1f} ms/window" if seconds < 1 else f"{seconds:,.2f} s/window"
 
 
+def _phases(seconds: dict | None) -> str:
+    """`` (read CSVs 3.1 s, ...)`` from the analysis task's own phase timings."""
+    if not seconds:
+        return ""
+    names = {"read_csv": "read CSVs", "analyse": "decide", "write_ledger": "ledger", "write_parquet": "Parquet"}
+    return " (" + ", ".join(f"{names[k]} {_s(v)}" for k, v in seconds.items() if k in names) + ")"
+
+
 def _duration(text: str | None) -> str:
     """``0:00:00.604693`` (as ``airflow dags report`` prints it) as seconds."""
     if not text:
@@ -48,7 +56,8 @@ def render(r: dict) -> str:
             f"({bulk['state']}) "
             f"| `price_history_backfill` triggered with `airflow dags trigger`, run by the scheduler; dag_run "
             f"queued → end. Glue task {_s(bulk['glue_task_seconds'])} (job run {_s(bulk['glue_run']['seconds'])}), "
-            f"analysis task {_s(bulk['analysis_task_seconds'])}; {s.get('windows_seen', 0):,} windows seen, "
+            f"analysis task {_s(bulk['analysis_task_seconds'])}{_phases(s.get('seconds'))}; "
+            f"{s.get('windows_seen', 0):,} windows seen, "
             f"{s.get('breaches', 0):,} breaches; synthetic records of `local/feed.py` in rotating formats |"
         )
     rate = r["standin_rate"]

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -442,19 +443,39 @@ def backfill_history(
     monthly Parquet, publish due breaches when allowed; return the summary (also logged)."""
     if end <= start:
         raise ValueError(f"end {alerts.iso(end)} is not after start {alerts.iso(start)}")
+    clock = _Phases()
     needed, month_keys = canonical_keys(s3, config, start, end, policy)
     bodies = read_all(s3, config.bucket, sorted(set(needed) | set(month_keys)))
+    clock.done("read_csv")
     prices = [parse_canonical_csv(bodies[key]) for key in needed if key in bodies]
     analysed = analyse_series(prices, start, end, policy, notify_on_backfill, now, config.max_alert_age_minutes)
     objects = ledger_objects(analysed, policy, config.changes_prefix)
     summary = summarize(analysed, start, end, policy, count_quarantined(s3, config, start, end))
+    clock.done("analyse")
     summary["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, start, end - layout.SLOT) | {
         "due": sum(1 for w in analysed if w.decision == NOTIFY)
     }
+    clock.done("write_ledger")
     summary["parquet"] = write_parquet(s3, config.bucket, parquet_prefix, bodies, month_keys)
+    clock.done("write_parquet")
     summary["notified"] = publish_due(s3, config, analysed, policy, publish, run_url) if publish else 0
+    clock.done("publish")
+    summary["seconds"] = clock.seconds
     log_summary(summary)
     return summary
+
+
+class _Phases:
+    """Wall-clock seconds of each phase, for the log and XCom only (never in an S3 object)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def done(self, phase: str) -> None:
+        now = time.monotonic()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
 
 
 def log_summary(summary: dict) -> None:
@@ -484,3 +505,5 @@ def log_summary(summary: dict) -> None:
         )
     if summary.get("notified"):
         log.info("Notified subscribers of %d windows", summary["notified"])
+    if summary.get("seconds"):
+        log.info("Seconds per phase: %s", summary["seconds"])
