@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CHECKOV_VENV := .venv-checkov
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test lint unit dags integration e2e infra security bench soak backfill clean
+.PHONY: install run test test-scheduler lint unit dags integration e2e infra security bench soak backfill clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ run: $(VENV)/.installed
 
 test: install lint
 	$(PY) -m pytest
+
+# Scheduler-level tests: a whole local stack per module, minutes each (not in `make test`, see README).
+test-scheduler: install
+	$(PY) -m pytest -m scheduler
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -177,17 +177,26 @@ class Stack:
         self.stop_component(component)
         self._spawn(component, [sys.executable, "-m", "airflow", component])
 
-    def create_backfill(self, dag_id: str, *args: str) -> subprocess.CompletedProcess:
+    def create_backfill(self, dag_id: str, *args: str, attempts: int = 5) -> subprocess.CompletedProcess:
         """``airflow backfill create`` while the scheduler is stopped.
 
-        SQLite lets one writer in at a time, and a backfill created while the scheduler writes can
-        fail half-way ("database is locked"); with the scheduler stopped for those seconds it cannot.
+        SQLite lets one writer in at a time, and a backfill created while another process writes can
+        fail ("database is locked"). The scheduler is stopped for those seconds, and a try that created
+        nothing is repeated.
         """
         running = "scheduler" in self.processes
         if running:
             self.stop_component("scheduler")
         try:
-            return self.airflow("backfill", "create", "--dag-id", dag_id, *args)
+            for attempt in range(1, attempts + 1):
+                before = self.query("SELECT count(*) FROM backfill")[0][0]
+                done = self.airflow("backfill", "create", "--dag-id", dag_id, *args, check=False)
+                created = self.query("SELECT count(*) FROM backfill")[0][0] > before
+                if done.returncode == 0 or created or "database is locked" not in done.stderr or attempt == attempts:
+                    break
+                time.sleep(2 * attempt)
+            done.check_returncode()
+            return done
         finally:
             if running:
                 self.start_airflow(("scheduler",))

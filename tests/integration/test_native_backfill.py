@@ -19,7 +19,7 @@ from local.stack import Stack, free_port
 from local.standin import client, queue_name
 from tests.records import candle, seed_normalized
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.scheduler]
 
 DAG_ID = "price_notification"
 FIRST = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)
