@@ -1,0 +1,608 @@
+"""``make soak``: replay a window range through the real price_notification DAG while AWS calls fail.
+
+A private local stack (stand-in, scheduler, dag-processor, triggerer, api-server; temp state folder,
+free ports) replays past windows: the feed writes each window's raw record at its original time, a
+native ``airflow backfill create`` with ``notify_on_backfill`` runs every window through the DAG, and
+the stand-in answers a seeded fraction of the S3, Glue, SNS and CloudWatch Logs calls with
+throttling, 500, 503 or a reset connection (local/faults.py). Afterwards the results are checked
+against an independent computation of the series, written here in plain Python (none of the
+pipeline's own functions):
+
+- every window is analysed: one ledger entry under ``crypto/03-price-changes/``, comparing the right
+  previous price, with the expected decision;
+- every breach is notified exactly once (the alert topic's SQS subscriber), nothing else is notified;
+- no raw object is lost or altered, no analysis CSV is missing, nothing is quarantined.
+
+    python -m local.soak [--windows 288] [--first 2017-07-16T00:00] [--faults all=0.2] [--seed 7]
+
+Exit code 0 when every check holds. The kill tests (tests/integration/test_kill.py) share the helpers
+for finding and killing task processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from local import faults
+from local.stack import ADMIN_USER, ROOT, Stack, free_port
+
+DAG_ID = "price_notification"
+DATA_FILE = ROOT.parent / "shared" / "data" / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
+DEFAULT_FIRST = datetime(2017, 7, 16, tzinfo=UTC)  # a volatile day: 29 breaches of 1 % in 288 windows
+DEFAULT_FAULTS = "s3=0.2,glue=0.2,sns=0.2,logs=0.2"
+SLOT = timedelta(minutes=5)
+THRESHOLD_PCT = 1.0  # the DAG's default params, restated: the check does not read the project's values
+LOOKBACK = timedelta(minutes=60)
+BUCKET = "price-notification-local"
+RAW, ANALYSIS, LEDGER, QUARANTINE = (
+    "crypto/01-data-ingestion/",
+    "crypto/02-data-analysis/",
+    "crypto/03-price-changes/",
+    "crypto/99-quarantine/",
+)
+_STAMP = re.compile(r"(\d{8}T\d{4}Z)")
+_WINDOW_LINE = re.compile(r"^Window:\s+(\S+) to", re.MULTILINE)
+
+
+# ---------------------------------------------------------------------------------- the series
+
+
+def load_rows(path: Path, first: datetime, windows: int) -> list[dict]:
+    """The Poloniex rows whose candles start in ``[first, first + windows * 5 min)``, in time order."""
+    start, end = first.timestamp(), (first + windows * SLOT).timestamp()
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if start <= int(row["date"]) < end]
+    return sorted(rows, key=lambda row: int(row["date"]))
+
+
+def expected_series(rows: list[dict], threshold_pct: float = THRESHOLD_PCT, lookback: timedelta = LOOKBACK) -> dict:
+    """Per window start (ISO, Z): the previous window start it must be compared with (or None), the
+    signed % change and whether it breaches. Only the replayed rows exist in the bucket."""
+    expected, before = {}, None
+    for row in rows:
+        moment = datetime.fromtimestamp(int(row["date"]), tz=UTC)
+        price = float(row["weightedAverage"])
+        previous = change = None
+        if before is not None and moment - before[0] <= lookback:
+            previous = _iso(before[0])
+            change = (price - before[1]) / before[1] * 100.0
+        expected[_iso(moment)] = {
+            "previous": previous,
+            "change_pct": change,
+            "breach": change is not None and abs(change) > threshold_pct,
+        }
+        before = (moment, price)
+    return expected
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _window_of_key(key: str) -> str | None:
+    """The window start (ISO) named by a key's ``YYYYMMDDTHHMMZ`` stamp."""
+    stamps = _STAMP.findall(key)
+    if not stamps:
+        return None
+    return _iso(datetime.strptime(stamps[-1], "%Y%m%dT%H%MZ").replace(tzinfo=UTC))
+
+
+# --------------------------------------------------------------------------------------- stack
+
+
+def soak_stack(state_dir: Path, extra_env: dict[str, str] | None = None, seed: int = 0) -> Stack:
+    """A private stack: free ports, no scheduled (cron) runs so only the runs a test creates exist."""
+    return Stack(
+        state_dir=state_dir,
+        standin_port=free_port(),
+        api_port=free_port(),
+        extra_env={"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", **(extra_env or {})},
+        standin_args=("--fault-seed", str(seed)),
+    )
+
+
+def start_parser_only(stack: Stack) -> None:
+    """Stand-in, database and dag-processor; the DAG unpaused. The scheduler starts later: a backfill
+    created while it runs can lose SQLite's write lock to it (see create_backfill)."""
+    stack.start_standin()
+    stack.migrate()
+    stack.start_airflow(("dag-processor",))
+    stack.wait_for_dag(DAG_ID)
+    stack.airflow("dags", "unpause", DAG_ID)
+
+
+def start_runners(stack: Stack, timeout: float = 120) -> None:
+    """The api-server (tasks report to its execution API), once it answers the scheduler and triggerer:
+    a task started before it listens fails to connect and burns a retry."""
+    import http.client
+
+    stack.start_airflow(("api-server",))
+    deadline = time.monotonic() + timeout
+    while True:
+        connection = http.client.HTTPConnection("127.0.0.1", stack.api_port, timeout=5)
+        try:
+            connection.request("GET", "/api/v2/monitor/health")
+            if connection.getresponse().status == 200:
+                break
+        except OSError:
+            stack._check_alive("api-server")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"api-server not answering after {timeout:.0f}s") from None
+            time.sleep(1)
+        finally:
+            connection.close()
+    stack.start_airflow(("scheduler", "triggerer"))
+
+
+def aws_clients(stack: Stack) -> dict:
+    """S3, SQS and Glue clients on the stack's stand-in, exempt from faults (the harness reads truth)."""
+    from local.standin import client
+
+    return {name: faults.exempt(client(name, stack.standin_url)) for name in ("s3", "sqs", "glue")}
+
+
+def write_records(s3, rows: list[dict]) -> list[str]:
+    """Write each row as its window's raw record (formats rotate as in local/feed.py); return the keys."""
+    from local.feed import write_record
+
+    return [write_record(s3, BUCKET, {k: float(v) if k != "date" else int(v) for k, v in row.items()}) for row in rows]
+
+
+def create_backfill(
+    stack: Stack, first: datetime, last: datetime, notify: bool, max_active_runs: int = 16, pause: bool = False
+) -> int:
+    """``airflow backfill create`` over window starts ``[first, last]``; returns the backfill id.
+
+    Retried when SQLite's lock was busy (the CLI then rolled everything back). With ``pause`` the DAG
+    is paused meanwhile, so a running scheduler leaves the new runs alone until they all exist: a
+    scheduler scheduling runs of a backfill whose creation then rolled back has crashed on SQLite."""
+    stamp = "%Y-%m-%dT%H:%M:%S+00:00"
+    before = stack.query("SELECT coalesce(max(id), 0) FROM backfill")[0][0]
+    if pause:
+        stack.airflow("dags", "pause", DAG_ID)
+    try:
+        return _create_backfill(stack, first, last, notify, max_active_runs, before, stamp)
+    finally:
+        if pause:
+            stack.airflow("dags", "unpause", DAG_ID)
+
+
+def _create_backfill(stack, first, last, notify, max_active_runs, before, stamp) -> int:
+    for attempt in range(5):
+        done = stack.airflow(
+            "backfill", "create", "--dag-id", DAG_ID,
+            "--from-date", first.strftime(stamp), "--to-date", last.strftime(stamp),
+            "--max-active-runs", str(max_active_runs), "--reprocess-behavior", "completed",
+            "--dag-run-conf", json.dumps({"notify_on_backfill": notify}),
+            check=False,
+        )  # fmt: skip
+        [(latest,)] = stack.query("SELECT coalesce(max(id), 0) FROM backfill")
+        if latest > before:
+            return latest
+        if "database is locked" not in done.stderr or attempt == 4:
+            raise RuntimeError(f"backfill create failed:\n{done.stderr[-3000:]}")
+        time.sleep(3)
+    raise AssertionError("unreachable")
+
+
+def unfinished_backfills(stack: Stack) -> list[int]:
+    """Ids of the DAG's backfills the scheduler has not marked complete yet."""
+    return [row[0] for row in stack.query("SELECT id FROM backfill WHERE dag_id = ? AND completed_at IS NULL", DAG_ID)]
+
+
+def wait_for_backfill(stack: Stack, backfill_id: int, timeout: float) -> dict[str, int]:
+    """Block until every run of the backfill is finished; return ``{state: runs}``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = dict(
+            stack.query("SELECT state, count(*) FROM dag_run WHERE backfill_id = ? GROUP BY state", backfill_id)
+        )
+        if states and not set(states) - {"success", "failed"}:
+            return states
+        for name in stack.processes:
+            stack._check_alive(name)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"backfill {backfill_id} unfinished after {timeout:.0f}s: {states}")
+        time.sleep(3)
+
+
+def receive_all(sqs, queue_url: str) -> list[dict]:
+    """Every SNS envelope waiting in an SQS queue (removed from it)."""
+    out = []
+    while got := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+        for message in got:
+            out.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return out
+
+
+def queue_url(sqs, topic: str) -> str:
+    """The subscriber queue of ``topic`` (``price-alerts`` or ``price-pipeline-ops``)."""
+    return sqs.get_queue_url(QueueName=f"{topic}-inbox")["QueueUrl"]
+
+
+def snapshot(s3, prefix: str) -> dict[str, bytes]:
+    """Every object under ``prefix`` with its bytes."""
+    keys, token = [], None
+    while True:
+        page = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix, **({"ContinuationToken": token} if token else {}))
+        keys += [item["Key"] for item in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            break
+        token = page["NextContinuationToken"]
+    return {key: s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() for key in keys}
+
+
+def alert_windows(alerts: list[dict]) -> Counter:
+    """How many alerts each window (its ``Window:`` line) received."""
+    return Counter(match.group(1) for alert in alerts if (match := _WINDOW_LINE.search(alert.get("Message", ""))))
+
+
+# -------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class SoakReport:
+    """What a soak found; ``ok`` when every guarantee held."""
+
+    windows_expected: int
+    breaches_expected: int
+    analysed: int = 0
+    missing: list[str] = field(default_factory=list)
+    wrong_ledger: list[str] = field(default_factory=list)
+    notified: int = 0
+    duplicates: int = 0
+    not_notified: list[str] = field(default_factory=list)
+    unexpected_alerts: list[str] = field(default_factory=list)
+    lost_objects: list[str] = field(default_factory=list)
+    missing_analysis: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    runs: dict[str, int] = field(default_factory=dict)
+    task_tries: dict[str, int] = field(default_factory=dict)
+    ops_notifications: int = 0
+    glue_runs: int = 0
+    faults: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.missing
+            or self.wrong_ledger
+            or self.duplicates
+            or self.not_notified
+            or self.unexpected_alerts
+            or self.lost_objects
+            or self.missing_analysis
+            or self.quarantined
+        )
+
+    def lines(self) -> list[str]:
+        """The human summary."""
+        injected = sum(self.faults.get("faults", {}).values())
+        calls = sum(self.faults.get("calls", {}).values())
+        by_kind = Counter()
+        for key, count in self.faults.get("faults", {}).items():
+            by_kind[key.split(":", 1)[1]] += count
+        return [
+            f"windows expected   {self.windows_expected}",
+            f"windows analysed   {self.analysed}  (missing {len(self.missing)}, wrong ledger entry "
+            f"{len(self.wrong_ledger)})",
+            f"breaches expected  {self.breaches_expected}",
+            f"notified           {self.notified}  (duplicates {self.duplicates}, not notified "
+            f"{len(self.not_notified)}, unexpected {len(self.unexpected_alerts)})",
+            f"lost objects       {len(self.lost_objects)}  (raw lost/altered; analysis CSVs missing "
+            f"{len(self.missing_analysis)}; quarantined {len(self.quarantined)})",
+            f"faults injected    {injected} of {calls} AWS calls ({dict(by_kind)}; "
+            f"per service {self.faults.get('calls', {})})",
+            f"dag runs           {self.runs}; task tries {self.task_tries}; Glue runs {self.glue_runs}; "
+            f"ops notifications {self.ops_notifications}",
+            f"elapsed            {self.seconds:.0f} s",
+            "RESULT             " + ("OK" if self.ok else "FAILED"),
+        ]
+
+
+def check(expected: dict, ledger: dict[str, dict], alerts: list[dict], raw_before: dict, raw_after: dict,
+          analysis_keys: list[str], quarantine_keys: list[str]) -> SoakReport:  # fmt: skip
+    """Compare what the pipeline left with the independent expectation."""
+    breaches = {window for window, item in expected.items() if item["breach"]}
+    report = SoakReport(windows_expected=len(expected), breaches_expected=len(breaches))
+    for window, item in expected.items():
+        entry = ledger.get(window)
+        if entry is None:
+            report.missing.append(window)
+            continue
+        report.analysed += 1
+        previous = (entry.get("previous") or {}).get("timestamp")
+        decided_breach = entry.get("decision") == "notified"
+        same_change = (entry.get("change_pct") is None) == (item["change_pct"] is None) and (
+            item["change_pct"] is None or abs(entry["change_pct"] - item["change_pct"]) < 1e-9
+        )
+        if previous != item["previous"] or decided_breach != item["breach"] or not same_change:
+            report.wrong_ledger.append(window)
+    counts = alert_windows(alerts)
+    report.notified = len(set(counts) & breaches)
+    report.duplicates = sum(count - 1 for count in counts.values() if count > 1)
+    report.not_notified = sorted(breaches - set(counts))
+    report.unexpected_alerts = sorted(set(counts) - breaches)
+    report.lost_objects = sorted(key for key, body in raw_before.items() if raw_after.get(key) != body)
+    analysed_windows = {_window_of_key(key) for key in analysis_keys}
+    report.missing_analysis = sorted(set(expected) - analysed_windows)
+    report.quarantined = sorted(quarantine_keys)
+    return report
+
+
+def run_soak(
+    windows: int = 288,
+    first: datetime = DEFAULT_FIRST,
+    fault_spec: str = DEFAULT_FAULTS,
+    seed: int = 7,
+    data_file: Path = DATA_FILE,
+    max_active_runs: int = 16,
+    timeout: float = 4 * 3600,
+    state_dir: Path | None = None,
+    log=print,
+) -> SoakReport:
+    """Run one soak and return its report (the stack is stopped; its state folder removed unless given)."""
+    started = time.monotonic()
+    rows = load_rows(data_file, first, windows)
+    if len(rows) != windows:
+        raise ValueError(f"{data_file} holds {len(rows)} of the {windows} windows from {_iso(first)}")
+    expected = expected_series(rows)
+    keep = state_dir is not None
+    state_dir = Path(state_dir or tempfile.mkdtemp(prefix="price-soak-"))
+    stack = soak_stack(state_dir, seed=seed)
+    try:
+        log(f"soak: {windows} windows from {_iso(first)}, faults {fault_spec!r} seed {seed}, state {state_dir}")
+        start_parser_only(stack)
+        aws = aws_clients(stack)
+        write_records(aws["s3"], rows)
+        raw_before = snapshot(aws["s3"], RAW)
+        backfill_id = create_backfill(
+            stack, first, first + (windows - 1) * SLOT, notify=True, max_active_runs=max_active_runs
+        )
+        faults.set_faults(stack.standin_url, fault_spec, seed)
+        log(f"soak: backfill {backfill_id} created; starting the scheduler")
+        start_runners(stack)
+        runs = wait_for_backfill(stack, backfill_id, timeout)
+        fault_counts = faults.fault_state(stack.standin_url)
+        faults.set_faults(stack.standin_url, "off")
+        ledger = {_window_of_key(key): json.loads(body) for key, body in snapshot(aws["s3"], LEDGER).items()}
+        alerts = receive_all(aws["sqs"], queue_url(aws["sqs"], "price-alerts"))
+        report = check(
+            expected,
+            ledger,
+            alerts,
+            raw_before,
+            snapshot(aws["s3"], RAW),
+            list(snapshot(aws["s3"], ANALYSIS)),
+            list(snapshot(aws["s3"], QUARANTINE)),
+        )
+        report.runs = runs
+        report.task_tries = dict(
+            stack.query(
+                "SELECT task_id, sum(try_number) FROM task_instance WHERE run_id IN "
+                "(SELECT run_id FROM dag_run WHERE backfill_id = ?) GROUP BY task_id",
+                backfill_id,
+            )
+        )
+        report.ops_notifications = len(receive_all(aws["sqs"], queue_url(aws["sqs"], "price-pipeline-ops")))
+        report.glue_runs = len(glue_runs(aws["glue"]))
+        report.faults = fault_counts
+        report.seconds = time.monotonic() - started
+        return report
+    finally:
+        stack.stop()
+        if not keep:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- task processes
+
+
+class Api:
+    """The stack's REST API, logged in as its admin: no CLI start-up (seconds on a busy machine) per call."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.port = stack.api_port
+        self.token = None
+        self.token = self.call("POST", "/auth/token", {"username": ADMIN_USER, "password": stack.admin_password()})[
+            "access_token"
+        ]
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One JSON request; raises RuntimeError with the answer on a status >= 300."""
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        finally:
+            connection.close()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {path}: {response.status} {data[:2000]!r}")
+        return json.loads(data or b"{}")
+
+    def backfill(self, first: datetime, last: datetime, notify: bool, max_active_runs: int = 16) -> int:
+        """Create a backfill over window starts ``[first, last]`` (the DAG paused meanwhile, as in
+        :func:`create_backfill`); returns its id. Waits for an earlier backfill of the DAG to be
+        marked complete first: Airflow runs one backfill per DAG at a time."""
+        wait_for(lambda: not unfinished_backfills(self.stack), what="earlier backfills complete", stack=self.stack)
+        self.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": True})
+        try:
+            created = self.call(
+                "POST",
+                "/api/v2/backfills",
+                {
+                    "dag_id": DAG_ID,
+                    "from_date": first.isoformat(),
+                    "to_date": last.isoformat(),
+                    "dag_run_conf": {"notify_on_backfill": notify},
+                    "reprocess_behavior": "completed",
+                    "max_active_runs": max_active_runs,
+                },
+            )
+        finally:
+            self.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+        return created["id"]
+
+
+def backfill_window(stack: Stack, window_start: datetime, notify: bool = True, api: Api | None = None) -> str:
+    """A one-window backfill of the window starting at ``window_start``; returns its run id.
+
+    (A manual ``dags trigger`` cannot aim at a past window: its data interval comes from the time it
+    is triggered, whatever logical date it is given.)"""
+    if api is not None:
+        backfill_id = api.backfill(window_start, window_start, notify)
+    else:
+        backfill_id = create_backfill(stack, window_start, window_start, notify=notify, pause=True)
+    [(run_id, start)] = stack.query(
+        "SELECT run_id, data_interval_start FROM dag_run WHERE backfill_id = ?", backfill_id
+    )
+    if not start.startswith(window_start.strftime("%Y-%m-%d %H:%M:%S")):
+        raise AssertionError(f"run {run_id} covers the window from {start}, not {window_start}")
+    return run_id
+
+
+def task_instance(stack: Stack, run_id: str, task_id: str) -> tuple[str, int, str | None] | None:
+    """``(ti id, try number, state)`` of one task of a run, or None before it exists."""
+    rows = stack.query(
+        "SELECT id, try_number, state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?",
+        DAG_ID,
+        run_id,
+        task_id,
+    )
+    return rows[0] if rows else None
+
+
+def run_state(stack: Stack, run_id: str) -> str | None:
+    rows = stack.query("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", DAG_ID, run_id)
+    return rows[0][0] if rows else None
+
+
+def wait_for(condition, timeout: float = 600, what: str = "condition", stack: Stack | None = None):
+    """Poll ``condition`` until it returns something truthy and return that; meanwhile check the
+    stack's processes are alive. Raises TimeoutError after ``timeout`` seconds (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        for name in stack.processes if stack else ():
+            stack._check_alive(name)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met after {timeout:.0f}s")
+        time.sleep(0.5)
+    return result
+
+
+def glue_runs_by_window(glue, job_name: str = "price-normalize-record") -> Counter:
+    """How many Glue job runs were started for each window (its ``--window_start`` argument)."""
+    return Counter(run.get("Arguments", {}).get("--window_start") for run in glue_runs(glue, job_name))
+
+
+def ledger_entry(s3, window_start: datetime) -> dict | None:
+    """The window's ledger entry, read by its documented key, or None."""
+    key = (
+        f"{LEDGER}year={window_start:%Y}/month={window_start:%m}/day={window_start:%d}/{window_start:%Y%m%dT%H%MZ}.json"
+    )
+    try:
+        return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def glue_runs(glue, job_name: str = "price-normalize-record") -> list[dict]:
+    """Every run of the Glue job the stand-in knows (newest first)."""
+    runs, token = [], None
+    while True:
+        page = glue.get_job_runs(JobName=job_name, **({"NextToken": token} if token else {}))
+        runs += page["JobRuns"]
+        token = page.get("NextToken")
+        if not token:
+            return runs
+
+
+def task_runner_pids(stack: Stack, ti_id: str) -> list[int]:
+    """PIDs of the task runner processes of task instance ``ti_id`` under the stack's scheduler.
+
+    The LocalExecutor's workers are the scheduler's children; each supervises a task runner child
+    whose process title is ``airflow worker -- <ti id>`` (dashes and all)."""
+    import psutil
+
+    scheduler = stack.processes.get("scheduler")
+    if scheduler is None:
+        return []
+    wanted = ti_id.replace("-", "")  # the database keeps it without dashes, the title with them
+    found = []
+    for process in psutil.Process(scheduler.pid).children(recursive=True):
+        try:
+            title = " ".join(part for part in process.cmdline() if part)
+        except psutil.Error:
+            continue
+        if title.startswith("airflow worker -- ") and title.split(" -- ", 1)[1].replace("-", "") == wanted:
+            found.append(process.pid)
+    return found
+
+
+def kill_task_runner(stack: Stack, ti_id: str) -> int:
+    """SIGKILL the task runner of ``ti_id`` (as the OOM killer or a lost host would); return its PID."""
+    pids = task_runner_pids(stack, ti_id)
+    if len(pids) != 1:
+        raise LookupError(f"expected one task runner for {ti_id}, found {pids}")
+    os.kill(pids[0], signal.SIGKILL)
+    return pids[0]
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=int(os.environ.get("SOAK_WINDOWS", "288")))
+    parser.add_argument("--first", default=_iso(DEFAULT_FIRST), help="first window start, UTC")
+    parser.add_argument("--faults", default=os.environ.get("SOAK_FAULTS", DEFAULT_FAULTS), help="local/faults.py spec")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--data", type=Path, default=DATA_FILE, help="Poloniex-format CSV to replay")
+    parser.add_argument("--max-active-runs", type=int, default=16)
+    parser.add_argument("--state-dir", type=Path, help="keep the stack's state here (default: a temp dir, removed)")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    faults.parse_spec(args.faults)  # fail fast on a bad spec
+    first = datetime.fromisoformat(args.first.replace("Z", "+00:00"))
+    first = first if first.tzinfo else first.replace(tzinfo=UTC)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the stack on `kill` as on Ctrl-C
+    report = run_soak(
+        args.windows, first, args.faults, args.seed, args.data, args.max_active_runs, state_dir=args.state_dir
+    )
+    print("\n".join(report.lines()), flush=True)
+    for name in ("missing", "wrong_ledger", "not_notified", "unexpected_alerts", "lost_objects", "quarantined"):
+        if getattr(report, name):
+            print(f"{name}: {getattr(report, name)[:20]}")
+    if args.json:
+        args.json.write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=1, sort_keys=True) + "\n")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
