@@ -21,7 +21,7 @@ from local import faults, soak
 from local.feed import write_record
 from tests.records import candle, seed_normalized
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.scheduler]
 
 SLOT = timedelta(minutes=5)
 
