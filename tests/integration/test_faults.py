@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutE
 
 from local import faults
 from local.stack import ROOT, free_port
-from local.standin import client, queue_name, wait_until_up
+from local.standin import ACCESS_KEY, client, queue_name, wait_until_up
 
 pytestmark = pytest.mark.integration
 
@@ -202,8 +202,8 @@ def raw_client(service: str, url: str, config: Config = NO_RETRIES):
         service,
         endpoint_url=url,
         region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto's fake credentials
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=ACCESS_KEY,  # moto takes any; the stand-in's own are not secrets
         config=config,
     )
 
@@ -444,3 +444,23 @@ def wait_for(condition, timeout: float = 60):
         assert time.monotonic() < deadline, "condition not met"
         time.sleep(0.1)
     return result
+
+
+def test_make_run_hands_standin_faults_to_the_stand_in(monkeypatch):
+    from local import run
+
+    class Started(Exception):
+        pass
+
+    seen = {}
+
+    def stack(**kwargs):
+        seen.update(kwargs)
+        raise Started
+
+    monkeypatch.setattr(run, "Stack", stack)
+    monkeypatch.setenv("STANDIN_FAULTS", "s3=0.2,glue=0.2,sns=0.2,logs=0.2,latency_ms=50")
+
+    with pytest.raises(Started):
+        run.main()
+    assert seen["standin_args"] == ("--faults", "s3=0.2,glue=0.2,sns=0.2,logs=0.2,latency_ms=50")
