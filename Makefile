@@ -45,3 +45,7 @@ clean:
 # Benchmarks (not tests: CI runs `make test`, never this). `$(PY) -m bench --quick` is the short version.
 bench: $(VENV)/.installed
 	$(PY) -m bench
+
+# Soak under faults: 288 windows of real data through the real DAG, 20% of AWS calls failing (docs/reliability.md).
+soak: $(VENV)/.installed
+	$(PY) -m local.soak
