@@ -226,12 +226,6 @@ def test_make_run_binds_the_ui_to_loopback_behind_simple_auth_manager_login(tmp_
     assert (tmp_path / "airflow" / "jwt_secret").stat().st_mode & 0o077 == 0  # the JWT secret is private
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="local/stack.py starts from os.environ and does not set SIMPLE_AUTH_MANAGER_ALL_ADMINS itself: "
-    "a shell exporting AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=true opens make run's UI to anyone "
-    "(reported to the stack's owner: set it to False in Stack.env)",
-)
 def test_make_run_keeps_the_login_even_if_the_shell_asks_for_all_admins(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "true")
 
