@@ -83,6 +83,7 @@ def expected_series(rows: list[dict], threshold_pct: float = THRESHOLD_PCT, look
             "previous": previous,
             "change_pct": change,
             "breach": change is not None and abs(change) > threshold_pct,
+            "price": price,
         }
         before = (moment, price)
     return expected
@@ -90,6 +91,12 @@ def expected_series(rows: list[dict], threshold_pct: float = THRESHOLD_PCT, look
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _csv_price(body: bytes) -> float | None:
+    """The ``weighted_average`` of a canonical CSV object (header and one row), read with the csv module."""
+    rows = list(csv.DictReader(body.decode("utf-8").splitlines()))
+    return float(rows[0]["weighted_average"]) if len(rows) == 1 else None
 
 
 def _window_of_key(key: str) -> str | None:
@@ -180,8 +187,8 @@ def create_backfill(
             stack.airflow("dags", "unpause", DAG_ID)
 
 
-def _create_backfill(stack, first, last, notify, max_active_runs, before, stamp) -> int:
-    for attempt in range(5):
+def _create_backfill(stack, first, last, notify, max_active_runs, before, stamp, attempts: int = 6) -> int:
+    for attempt in range(1, attempts + 1):
         done = stack.airflow(
             "backfill", "create", "--dag-id", DAG_ID,
             "--from-date", first.strftime(stamp), "--to-date", last.strftime(stamp),
@@ -192,9 +199,9 @@ def _create_backfill(stack, first, last, notify, max_active_runs, before, stamp)
         [(latest,)] = stack.query("SELECT coalesce(max(id), 0) FROM backfill")
         if latest > before:
             return latest
-        if "database is locked" not in done.stderr or attempt == 4:
+        if "database is locked" not in done.stderr or attempt == attempts:
             raise RuntimeError(f"backfill create failed:\n{done.stderr[-3000:]}")
-        time.sleep(3)
+        time.sleep(2 * attempt)
     raise AssertionError("unreachable")
 
 
@@ -269,6 +276,7 @@ class SoakReport:
     unexpected_alerts: list[str] = field(default_factory=list)
     lost_objects: list[str] = field(default_factory=list)
     missing_analysis: list[str] = field(default_factory=list)
+    altered_analysis: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     runs: dict[str, int] = field(default_factory=dict)
     task_tries: dict[str, int] = field(default_factory=dict)
@@ -287,6 +295,7 @@ class SoakReport:
             or self.unexpected_alerts
             or self.lost_objects
             or self.missing_analysis
+            or self.altered_analysis
             or self.quarantined
         )
 
@@ -305,7 +314,7 @@ class SoakReport:
             f"notified           {self.notified}  (duplicates {self.duplicates}, not notified "
             f"{len(self.not_notified)}, unexpected {len(self.unexpected_alerts)})",
             f"lost objects       {len(self.lost_objects)}  (raw lost/altered; analysis CSVs missing "
-            f"{len(self.missing_analysis)}; quarantined {len(self.quarantined)})",
+            f"{len(self.missing_analysis)}, altered {len(self.altered_analysis)}; quarantined {len(self.quarantined)})",
             f"faults injected    {injected} of {calls} AWS calls ({dict(by_kind)}; "
             f"per service {self.faults.get('calls', {})})",
             f"dag runs           {self.runs}; task tries {self.task_tries}; Glue runs {self.glue_runs}; "
@@ -316,7 +325,7 @@ class SoakReport:
 
 
 def check(expected: dict, ledger: dict[str, dict], alerts: list[dict], raw_before: dict, raw_after: dict,
-          analysis_keys: list[str], quarantine_keys: list[str]) -> SoakReport:  # fmt: skip
+          analysis: dict[str, bytes], quarantine_keys: list[str]) -> SoakReport:  # fmt: skip
     """Compare what the pipeline left with the independent expectation."""
     breaches = {window for window, item in expected.items() if item["breach"]}
     report = SoakReport(windows_expected=len(expected), breaches_expected=len(breaches))
@@ -339,8 +348,11 @@ def check(expected: dict, ledger: dict[str, dict], alerts: list[dict], raw_befor
     report.not_notified = sorted(breaches - set(counts))
     report.unexpected_alerts = sorted(set(counts) - breaches)
     report.lost_objects = sorted(key for key, body in raw_before.items() if raw_after.get(key) != body)
-    analysed_windows = {_window_of_key(key) for key in analysis_keys}
-    report.missing_analysis = sorted(set(expected) - analysed_windows)
+    canonical = {_window_of_key(key): _csv_price(body) for key, body in analysis.items()}
+    report.missing_analysis = sorted(set(expected) - set(canonical))
+    report.altered_analysis = sorted(
+        window for window, item in expected.items() if window in canonical and canonical[window] != item["price"]
+    )
     report.quarantined = sorted(quarantine_keys)
     return report
 
@@ -371,11 +383,14 @@ def run_soak(
         aws = aws_clients(stack)
         write_records(aws["s3"], rows)
         raw_before = snapshot(aws["s3"], RAW)
+        # SQLite has one writer: the dag-processor's periodic writes can fail a long backfill creation.
+        stack.stop_component("dag-processor")
         backfill_id = create_backfill(
             stack, first, first + (windows - 1) * SLOT, notify=True, max_active_runs=max_active_runs
         )
         faults.set_faults(stack.standin_url, fault_spec, seed)
         log(f"soak: backfill {backfill_id} created; starting the scheduler")
+        stack.start_airflow(("dag-processor",))
         start_runners(stack)
         runs = wait_for_backfill(stack, backfill_id, timeout)
         fault_counts = faults.fault_state(stack.standin_url)
@@ -388,7 +403,7 @@ def run_soak(
             alerts,
             raw_before,
             snapshot(aws["s3"], RAW),
-            list(snapshot(aws["s3"], ANALYSIS)),
+            snapshot(aws["s3"], ANALYSIS),
             list(snapshot(aws["s3"], QUARANTINE)),
         )
         report.runs = runs
@@ -596,7 +611,16 @@ def main(argv: list[str] | None = None) -> int:
         args.windows, first, args.faults, args.seed, args.data, args.max_active_runs, state_dir=args.state_dir
     )
     print("\n".join(report.lines()), flush=True)
-    for name in ("missing", "wrong_ledger", "not_notified", "unexpected_alerts", "lost_objects", "quarantined"):
+    for name in (
+        "missing",
+        "wrong_ledger",
+        "not_notified",
+        "unexpected_alerts",
+        "lost_objects",
+        "missing_analysis",
+        "altered_analysis",
+        "quarantined",
+    ):
         if getattr(report, name):
             print(f"{name}: {getattr(report, name)[:20]}")
     if args.json:
