@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench import cost, machine, report, throughput
-from bench.pipeline import Bench
+from bench.pipeline import Bench, Disrupted
 from include.price_pipeline import layout
 
 RESULTS = Path(__file__).with_name("results")
@@ -32,6 +32,7 @@ BULK_STARTS = {1: datetime(2025, 5, 10, tzinfo=UTC)}
 MULTI_DAY_START = datetime(2025, 4, 1, tzinfo=UTC)  # 30 days = all of April: one Parquet month
 NATIVE_START = datetime(2025, 5, 20, 0, 0, tzinfo=UTC)
 LATENCY_START = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
+NATIVE_ATTEMPTS = 3
 
 
 def log(message: str) -> None:
@@ -59,11 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"normalization throughput over {plan['throughput_records']:,} records ...")
     results["throughput"] = throughput.parse_and_normalize(throughput.mixed_objects(plan["throughput_records"]))
 
+    output = args.output or RESULTS / ("quick.md" if args.quick else "latest.md")
     state_dir = Path(tempfile.mkdtemp(prefix="price-bench-"))
     bench = Bench(state_dir, log=log)
     try:
         bench.start()
-        results |= measure(bench, plan)
+        measure(bench, plan, results)
+    except BaseException:
+        partial = output.with_suffix(".partial.json")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(results | {"restarts": bench.restarts}, indent=1, default=str) + "\n")
+        log(f"stopped early; the figures measured so far are in {partial}")
+        raise
     finally:
         log("stopping the stack ...")
         bench.stop()
@@ -77,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     results |= derived(results)
     text = report.render(results)
     print(text)
-    output = args.output or RESULTS / ("quick.md" if args.quick else "latest.md")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     output.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
@@ -85,49 +92,57 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(bench: Bench, plan: dict) -> dict:
-    """Every figure that needs the stack, in an order that keeps runs from overlapping."""
+def measure(bench: Bench, plan: dict, results: dict) -> None:
+    """Every figure that needs the stack, in an order that keeps runs from overlapping, into ``results``
+    as soon as each is measured."""
     multi_days = plan["bulk_days"][1]
     ranges = [
         (1, BULK_STARTS[1], BULK_STARTS[1] + DAY),
         (multi_days, MULTI_DAY_START, MULTI_DAY_START + multi_days * DAY),
     ]
-    native_first = NATIVE_START
-    native_slots = layout.slots_between(
-        native_first - 13 * layout.SLOT, native_first + (plan["native_windows"] + 2) * layout.SLOT
-    )
+    native_days = [NATIVE_START + DAY * attempt for attempt in range(NATIVE_ATTEMPTS)]
+    native_slots = [
+        slot
+        for first in native_days
+        for slot in layout.slots_between(first - 13 * layout.SLOT, first + (plan["native_windows"] + 2) * layout.SLOT)
+    ]
     for days, start, end in ranges:
         log(f"writing {days * 288:,} raw records in rotating formats ({start:%Y-%m-%d} + {days} d) ...")
         bench.write_history(layout.slots_between(start, end))
     bench.write_history(native_slots)
 
     log("stand-in request rate ...")
-    rate = bench.standin_rate()
+    results["standin_rate"] = bench.standin_rate()
 
-    bulk = []
+    results["bulk"] = bulk = []
     for days, start, end in ranges:
         log(f"bulk backfill of {days} day(s) through the scheduler ...")
         result = bench.bulk_backfill(start, end)
         log(f"  {result['state']} in {result['seconds']:.1f} s")
         bulk.append({"days": days, **result})
 
-    log(f"native backfill of {plan['native_windows']} windows ...")
-    native = bench.native_backfill(native_first, plan["native_windows"])
+    for attempt, first in enumerate(native_days, 1):
+        log(f"native backfill of {plan['native_windows']} windows from {first:%Y-%m-%d %H:%M} ...")
+        try:
+            native = bench.native_backfill(first, plan["native_windows"])
+            break
+        except Disrupted as disrupted:
+            # On SQLite, a `backfill create` that loses a write race deletes the runs it made while the
+            # scheduler may be scheduling them, which can crash the scheduler: measure again elsewhere.
+            log(f"  disrupted ({disrupted}); attempt {attempt} of {NATIVE_ATTEMPTS}")
+            if attempt == NATIVE_ATTEMPTS:
+                raise
+    results["native"] = native | {"attempt": attempt}
     log(f"  {native['states']} in {native['seconds']:.1f} s")
 
     log(f"live latency over {plan['latency_windows']} windows (+1 recorded for request counts) ...")
-    latency = bench.live_latency(LATENCY_START, plan["latency_windows"])
+    results["latency"] = latency = bench.live_latency(LATENCY_START, plan["latency_windows"])
     log(f"  median {latency['median_seconds']:.1f} s, max {latency['max_seconds']:.1f} s")
 
     log("parse times and the Glue job configuration ...")
-    return {
-        "standin_rate": rate,
-        "bulk": bulk,
-        "native": native,
-        "latency": latency,
-        "parse": bench.parse_times(),
-        "glue_job": bench.glue_job(),
-    }
+    results["parse"] = bench.parse_times()
+    results["glue_job"] = bench.glue_job()
+    results["restarts"] = bench.restarts
 
 
 def derived(results: dict) -> dict:

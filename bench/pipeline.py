@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from include.glue import normalize_price_record as job
 from include.price_pipeline import alerts, layout, settings
 from local.feed import synthetic_record, write_record
-from local.stack import ADMIN_USER, Stack
+from local.stack import ADMIN_USER, AIRFLOW_COMPONENTS, Stack
 from local.standin import client, queue_name
 
 LIVE_DAG = "price_notification"
@@ -61,6 +61,10 @@ def parse_db_time(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+class Disrupted(RuntimeError):
+    """An Airflow component died (and was restarted) while a figure was being measured."""
+
+
 class Bench:
     """One local stack for every measurement of a benchmark run."""
 
@@ -76,6 +80,20 @@ class Bench:
         self.config = settings.load()
         self.log = log
         self.s3 = self.sqs = self.glue = None
+        self.restarts: list[dict] = []
+
+    def supervise(self) -> None:
+        """Restart an Airflow component that died, note it, and raise Disrupted: a measurement that
+        lived through a restart is not a clean figure."""
+        for name in AIRFLOW_COMPONENTS:
+            process = self.stack.processes.get(name)
+            if process is None or process.poll() is None:
+                continue
+            tail = (self.stack.logs / f"{name}.log").read_text(errors="replace")[-1500:]
+            self.log(f"  {name} exited with code {process.returncode}; restarting it")
+            self.stack.restart(name)
+            self.restarts.append({"component": name, "at": iso(datetime.now(UTC)), "log_tail": tail})
+            raise Disrupted(f"{name} exited with code {process.returncode} during a measurement")
 
     # ------------------------------------------------------------------------------ the stack
 
@@ -141,6 +159,7 @@ class Bench:
                 )
             self.log(f"  airflow {argv[0]} {argv[1]}: database locked, trying again")
             time.sleep(2)
+            self.supervise()
         raise AssertionError("unreachable")
 
     def trigger(self, dag_id: str, run_id: str, conf: dict, logical_date: datetime | None = None) -> None:
@@ -201,6 +220,7 @@ class Bench:
                 return row
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{dag_id} {run_id} still {row and row['state']} after {timeout:.0f}s")
+            self.supervise()
             time.sleep(0.5)
 
     def task_times(self, dag_id: str, run_id: str) -> dict[str, dict]:
@@ -270,14 +290,14 @@ class Bench:
     def native_backfill(self, first: datetime, windows: int, max_active_runs: int = 8, timeout: float = 3600) -> dict:
         """``airflow backfill create`` of price_notification over ``windows`` windows from ``first``.
 
-        The scheduler runs the backfill's runs (sensor, Glue job run, analysis per window); timed from
-        the backfill's creation to the end of its last run.
+        Created with ``Stack.create_backfill``, which stops the scheduler for the moment (on SQLite a
+        create that loses a write race to the scheduler deletes its runs, and a scheduler already
+        scheduling them crashes). The scheduler then runs the backfill's runs (sensor, Glue job run,
+        analysis per window); timed from the start of the first run to the end of the last, so the
+        scheduler's restart is not counted against native backfill.
         """
         last = first + layout.SLOT * (windows - 1)
-        done = self.airflow(
-            "backfill",
-            "create",
-            "--dag-id",
+        done = self.stack.create_backfill(
             LIVE_DAG,
             "--from-date",
             first.isoformat(),
@@ -290,22 +310,28 @@ class Bench:
             "--dag-run-conf",
             json.dumps({"notify_on_backfill": False}),
         )
-        [(backfill_id, created)] = self.stack.query("SELECT id, created_at FROM backfill ORDER BY id DESC LIMIT 1")
+        [(backfill_id,)] = self.stack.query("SELECT max(id) FROM backfill")
         deadline = time.monotonic() + timeout
         while True:
-            rows = self.stack.query("SELECT state, end_date FROM dag_run WHERE backfill_id = ?", backfill_id)
-            if rows and all(state in TERMINAL for state, _ in rows):
+            rows = self.stack.query(
+                "SELECT state, start_date, end_date FROM dag_run WHERE backfill_id = ?", backfill_id
+            )
+            if rows and all(state in TERMINAL for state, _, _ in rows):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"native backfill {backfill_id} not finished after {timeout:.0f}s: {rows}")
+            try:
+                self.supervise()
+            except Disrupted:
+                self._api("PUT", f"/api/v2/backfills/{backfill_id}/cancel", {})  # one active backfill per DAG
+                raise
             time.sleep(1)
-        ends = [parse_db_time(end) for _, end in rows]
-        seconds = (max(ends) - parse_db_time(created)).total_seconds()
-        states = Counter(state for state, _ in rows)
+        started = min(parse_db_time(start) for _, start, _ in rows if start)
+        seconds = (max(parse_db_time(end) for _, _, end in rows) - started).total_seconds()
         return {
             "backfill_id": backfill_id,
             "runs": len(rows),
-            "states": dict(states),
+            "states": dict(Counter(state for state, _, _ in rows)),
             "seconds": seconds,
             "seconds_per_window": seconds / len(rows),
             "max_active_runs": max_active_runs,
@@ -389,6 +415,7 @@ class Bench:
         while self.task_state(dag_id, run_id, task_id) not in states:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{task_id} of {run_id} not in {states} after {timeout}s")
+            self.supervise()
             time.sleep(0.2)
 
     def _drain(self) -> None:
@@ -405,6 +432,7 @@ class Bench:
                 QueueUrl=self.alert_queue, MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["SentTimestamp"]
             ).get("Messages", [])
             received = time.time()
+            self.supervise()
             for message in got:
                 self.sqs.delete_message(QueueUrl=self.alert_queue, ReceiptHandle=message["ReceiptHandle"])
                 body = json.loads(message["Body"])
