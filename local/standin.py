@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +53,7 @@ from include.price_pipeline import settings
 from local import faults
 
 log = logging.getLogger("standin")
+log_werkzeug = logging.getLogger("werkzeug")
 
 LOG_GROUP = "/aws-glue/python-jobs"
 ACCESS_KEY = "testing"  # moto accepts any key; these are not secrets
@@ -284,8 +287,100 @@ def wait_until_up(url: str, timeout: float = 30.0, make_client: Callable[[str, s
             time.sleep(0.2)
 
 
-class FaultRequestHandler(faults.AbortingRequestHandler, MotoRequestHandler):
-    """moto's request handler, able to reset a connection as a fault."""
+class KeepAliveRequestHandler(MotoRequestHandler):
+    """moto's request handler, keeping the connection open between requests.
+
+    werkzeug's development server answers every request with ``Connection: close`` (http.server cannot
+    drain an unread body before the next request line), so each AWS call paid a TCP handshake, a new
+    server thread and a new client connection. Here the whole body is read before the app sees it
+    (requests to the stand-in are small), the answer goes out as one write with its length, and the
+    connection stays open unless the client asks to close it or the call was aborted.
+    """
+
+    disable_nagle_algorithm = True
+
+    def log_request(self, code="-", size="-") -> None:
+        if log_werkzeug.isEnabledFor(logging.INFO):  # formatting each access line costs even when dropped
+            super().log_request(code, size)
+
+    def run_wsgi(self) -> None:
+        if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.environ = environ = self.make_environ()
+        if environ.get("wsgi.input_terminated"):
+            body = environ["wsgi.input"].read()
+        else:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = self.rfile.read(length) if length > 0 else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        answer: dict = {}
+        chunks: list[bytes] = []
+
+        def start_response(status, headers, exc_info=None):
+            answer.update(status=status, headers=headers)
+            return chunks.append
+
+        try:
+            result = self.server.app(environ, start_response)
+            try:
+                chunks.extend(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+        except self.connection_dropped_errors:
+            self.close_connection = True  # answered with nothing (an injected reset or a dropped call)
+            return
+        except Exception:
+            self.server.log("error", f"Error on request:\n{traceback.format_exc()}")
+            answer, chunks = {"status": "500 Internal Server Error", "headers": []}, [b"stand-in error"]
+        self._answer(answer["status"], answer["headers"], b"".join(chunks))
+
+    def _answer(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        code, _, reason = status.partition(" ")
+        self.send_response(int(code), reason)
+        head = self.command == "HEAD" or 100 <= int(code) < 200 or int(code) in (204, 304)
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered in ("connection", "transfer-encoding") or (lowered == "content-length" and not head):
+                continue
+            self.send_header(name, value)
+        if not head:
+            self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self._headers_buffer.append(b"\r\n")
+        if not head:
+            self._headers_buffer.append(body)
+        self.flush_headers()  # status line, headers and body in one write
+
+
+class FaultRequestHandler(faults.AbortingRequestHandler, KeepAliveRequestHandler):
+    """The stand-in's request handler: keep-alive, and able to reset a connection as a fault."""
+
+
+class QuickDispatcher(DomainDispatcherApplication):
+    """moto's dispatcher with two costs per request removed: finding the service of a host (moto lists
+    its package folder and tries hundreds of URL patterns, under a lock, on every request) is done
+    once per host, and the services' Flask apps run out of debug mode (moto turns it on) and without
+    CORS headers."""
+
+    def __init__(self):
+        super().__init__(self._backend_app)
+        self._backend_of_host: dict = {}
+
+    @staticmethod
+    def _backend_app(service: str):
+        app = create_backend_app(service)
+        app.debug = False
+        # CORS headers are for browsers; every caller here is an SDK client.
+        after = app.after_request_funcs.get(None, [])
+        after[:] = [hook for hook in after if getattr(hook, "__name__", "") != "cors_after_request"]
+        return app
+
+    def get_backend_for_host(self, host):
+        if host not in self._backend_of_host:
+            self._backend_of_host[host] = super().get_backend_for_host(host)
+        return self._backend_of_host[host]
 
 
 class FaultyMotoServer(ThreadedMotoServer):
@@ -296,7 +391,7 @@ class FaultyMotoServer(ThreadedMotoServer):
         self.injector = injector
 
     def _server_entry(self) -> None:
-        app = faults.FaultMiddleware(DomainDispatcherApplication(create_backend_app), self.injector)
+        app = faults.FaultMiddleware(QuickDispatcher(), self.injector)
         self._server = make_server(self._ip_address, self._port, app, True, request_handler=FaultRequestHandler)
         self._server_ready_event.set()
         self._server.serve_forever()
@@ -324,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     injector = faults.FaultInjector(spec, args.fault_seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s standin %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    log_werkzeug.setLevel(logging.WARNING)
     url = endpoint(args.host, args.port)
     GlueRunner(url, args.python, args.glue_minute_seconds, injector).install()
     server = FaultyMotoServer(injector, ip_address=args.host, port=args.port, verbose=False)

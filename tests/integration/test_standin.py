@@ -244,3 +244,49 @@ def test_the_normalize_job_turns_a_raw_record_into_its_canonical_csv_byte_identi
     assert aws.get(output_key) == first_body, "a re-run must write byte-identical output"
     assert aws.get(raw_key) == raw_body, "the raw record must stay untouched"
     assert aws.keys(layout.QUARANTINE_PREFIX + layout.partition(slot)) == []
+
+
+def test_one_connection_carries_many_calls_and_each_answer_is_framed_by_its_length(standin, aws):
+    """The stand-in keeps connections open (werkzeug closes each one): a PUT, a HEAD and a GET follow
+    each other on one socket, the HEAD answers the object's length with no body, and an unread body
+    (an unknown path) does not spill into the next request."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from local.standin import ACCESS_KEY, REGION
+
+    def signed(method: str, url: str, data: bytes = b"") -> dict:
+        request = AWSRequest(method=method, url=url, data=data)
+        S3SigV4Auth(Credentials(ACCESS_KEY, ACCESS_KEY), "s3", REGION).add_auth(request)
+        return dict(request.headers.items())
+
+    address = urlsplit(standin)
+    path = f"/{aws.config.bucket}/tests/keep-alive/{uuid.uuid4().hex}.txt"
+    body = b"price," * 50
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    answers = []
+    try:
+        for method, target, data in (
+            ("PUT", path, body),
+            ("HEAD", path, b""),
+            ("POST", "/no-such-service/anything", b"x" * 5000),
+            ("GET", path, b""),
+        ):
+            connection.request(method, target, body=data, headers=signed(method, standin + target, data))
+            response = connection.getresponse()
+            answers.append((response.status, response.getheader("Content-Length"), response.read()))
+            if method == "PUT":
+                sock = connection.sock
+                assert response.getheader("Connection") != "close"
+            assert connection.sock is sock  # still the first socket
+    finally:
+        connection.close()
+
+    put, head, _unknown, get = answers
+    assert put[0] == 200
+    assert head == (200, str(len(body)), b"")
+    assert get == (200, str(len(body)), body)
