@@ -26,6 +26,11 @@ For every raw object of the range (in key order) it writes ``<analysis_prefix>..
 valid record, named by the record's own timestamp, or copies the object to the quarantine prefix
 beside a reason file. The original is never changed or deleted. Output holds no wall-clock value, so
 a re-run writes byte-identical objects. A summary is printed as the last line (``SUMMARY {json}``).
+
+A run over more than one window also writes all canonical objects it wrote in one JSON-lines object
+under ``<analysis_prefix>_ranges/`` (the bulk analysis reads that one instead of one per window). A run
+of more than PROCESSES_ABOVE_OBJECTS objects reads and writes them from one process per CPU (botocore
+spends a few milliseconds of CPU per request, so one Python process tops out near 300 requests/s).
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import defusedxml.ElementTree as defused_etree
@@ -80,6 +86,10 @@ def analysis_key(slot, prefix):
     return prefix + partition(slot) + slot_stamp(slot) + ".csv"
 
 
+def range_objects_key(start, end, prefix):
+    return prefix + "_ranges/" + slot_stamp(start) + "-" + slot_stamp(end) + ".jsonl"
+
+
 def quarantine_keys(slot, source_key, prefix):
     digest = hashlib.sha256(source_key.encode("utf-8")).hexdigest()[:16]
     base = prefix + partition(slot) + slot_stamp(slot) + "/" + digest
@@ -96,6 +106,9 @@ BOUNDED_FIELDS = ("open", "close", "weighted_average")
 #: A price may sit this far (relative) outside [low, high] before it is rejected.
 RANGE_TOLERANCE = 1e-6
 MAX_WORKERS = 16
+#: Runs of more raw objects than this spread them over processes (one per CPU, at most MAX_PROCESSES).
+PROCESSES_ABOVE_OBJECTS = 1000
+MAX_PROCESSES = 4
 #: Longer ranges are listed by day partition rather than by window prefix (see list_raw_objects).
 LIST_BY_DAY_ABOVE_SLOTS = 12
 
@@ -718,17 +731,19 @@ def quarantine(s3, args, key, reason, format_guess):
     return reason_key
 
 
-def run(s3, args):
+def run(s3, args, spread=False):
     """Process every raw object of the range; return the summary dict.
 
     The sizes from the listing spare one HEAD request per object. A bad object is quarantined under
-    the window it was found in (for a single window, that is ``--window_start``).
+    the window it was found in (for a single window, that is ``--window_start``). With ``spread``, a
+    long run reads and writes from several processes (see worker_processes), each with its own S3
+    client from the environment; ``s3`` then only lists, quarantines and writes the range object.
     """
     objects = list_raw_objects(s3, args)
+    processes = worker_processes(len(objects)) if spread else 1
     keys = [key for key, _size, _slot in objects]
     summary = {"window_start": slot_stamp(args.start), "objects": len(keys), "rows": 0, "quarantined": []}
-    with ThreadPoolExecutor(MAX_WORKERS) as pool:
-        results = list(pool.map(lambda item: _attempt(s3, args, item[0], item[1]), objects))
+    results = _each(s3, args, _read_listed, objects, processes)
     by_slot = {}
     for (key, _size, slot), (rows, problems, rejection) in zip(objects, results):  # noqa: B905 - no strict= on 3.9
         if rejection is not None:
@@ -745,10 +760,67 @@ def run(s3, args):
         slot = _timestamp(stamp)
         if not args.start <= slot < args.end:
             print("NOTE {} holds the record of slot {}, outside the window".format(row["source_key"], stamp))
-    with ThreadPoolExecutor(MAX_WORKERS) as pool:
-        list(pool.map(lambda row: _write(s3, args, row), by_slot.values()))
+    written = _each(s3, args, _write, list(by_slot.values()), processes)
     summary["rows"] = len(by_slot)
+    if args.end - args.start > timedelta(seconds=SLOT_SECONDS):
+        summary["range_objects_key"] = write_range_objects(s3, args, written)
     return summary
+
+
+def range_objects(written):
+    """The JSON-lines body of a range's canonical objects: one ``{"body", "key"}`` line each, in key order."""
+    lines = [json.dumps({"body": body.decode("utf-8"), "key": key}, sort_keys=True) for key, body in written]
+    return "".join(line + "\n" for line in sorted(lines)).encode("utf-8")
+
+
+def write_range_objects(s3, args, written):
+    """Write every canonical object of this range run in one more object (after all of them, so it never
+    names one that is not there yet); the bulk analysis reads it instead of one object per window."""
+    key = range_objects_key(args.start, args.end, args.analysis_prefix)
+    s3.put_object(Bucket=args.bucket, Key=key, Body=range_objects(written), ContentType="application/x-ndjson")
+    return key
+
+
+def worker_processes(objects, cpus=None):
+    """How many processes a run over ``objects`` raw objects uses: 1 up to PROCESSES_ABOVE_OBJECTS,
+    else one per CPU, at most MAX_PROCESSES."""
+    if objects <= PROCESSES_ABOVE_OBJECTS:
+        return 1
+    return max(1, min(MAX_PROCESSES, cpus or os.cpu_count() or 1))
+
+
+def _each(s3, args, task, items, processes):
+    """``[task(s3, args, item) for item in items]``, in order, from MAX_WORKERS threads per process."""
+    if processes <= 1 or len(items) < 2:
+        return _threaded(s3, args, task, items)
+    size = -(-len(items) // processes)
+    chunks = [items[start : start + size] for start in range(0, len(items), size)]
+    with ProcessPoolExecutor(len(chunks)) as pool:
+        parts = pool.map(_in_process, [task] * len(chunks), [args] * len(chunks), chunks)
+        return [result for part in parts for result in part]
+
+
+def _threaded(s3, args, task, items):
+    with ThreadPoolExecutor(MAX_WORKERS) as pool:
+        return list(pool.map(lambda item: task(s3, args, item), items))
+
+
+def _in_process(task, args, items):
+    """One worker process's share: its own client (a client never crosses a process boundary)."""
+    return _threaded(s3_client(), args, task, items)
+
+
+def s3_client():
+    """An S3 client from the environment, with one pooled connection per worker thread."""
+    import boto3  # imported here so the pure functions above are usable without it
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(max_pool_connections=MAX_WORKERS))
+
+
+def _read_listed(s3, args, listed):
+    key, size, _slot = listed
+    return _attempt(s3, args, key, size)
 
 
 def _at_window(args, slot):
@@ -767,17 +839,14 @@ def _attempt(s3, args, key, size=None):
 
 
 def _write(s3, args, row):
-    key = analysis_key(_timestamp(row["timestamp"]), args.analysis_prefix)
-    s3.put_object(Bucket=args.bucket, Key=key, Body=to_csv(row), ContentType="text/csv")
+    key, body = analysis_key(_timestamp(row["timestamp"]), args.analysis_prefix), to_csv(row)
+    s3.put_object(Bucket=args.bucket, Key=key, Body=body, ContentType="text/csv")
+    return key, body
 
 
 def main(argv=None):
-    import boto3  # imported here so the pure functions above are usable without it
-    from botocore.config import Config
-
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    # One pooled connection per worker thread (boto3 keeps 10 by default and discards the rest).
-    summary = run(boto3.client("s3", config=Config(max_pool_connections=MAX_WORKERS)), args)
+    summary = run(s3_client(), args, spread=True)
     print("SUMMARY " + json.dumps(summary, sort_keys=True))
     return 0
 

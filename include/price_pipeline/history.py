@@ -3,7 +3,8 @@
 Task bodies of the ``price_history_backfill`` DAG, after its one Glue job run has normalized the range:
 
 1. read every canonical CSV the range needs (the range, the lookback before it, and the rest of each
-   month it touches, for Parquet) with a bounded pool of threads;
+   month it touches, for Parquet): those the Glue run wrote from its one range object, the others
+   with a bounded pool of threads;
 2. decide every window with the live DAG's own rules (:func:`analysis.series_changes`,
    :func:`analysis.classify`, :func:`analysis.apply_freshness`, :func:`analysis.due_for_subscribers`
    for run type ``backfill``), so each ledger entry is byte-identical to the one ``price_notification``
@@ -253,6 +254,27 @@ def read_all(s3, bucket: str, keys: list[str]) -> dict[str, bytes]:
     return {key: body for key, body in zip(keys, bodies, strict=True) if body is not None}
 
 
+def range_objects(s3, bucket: str, key: str) -> dict[str, bytes]:
+    """``{key: bytes}`` of the canonical CSVs a Glue range run wrote (its ``_ranges/`` object); ``{}`` if
+    there is none (a one-window range, or a range the job has not run over)."""
+    body = store.read_bytes(s3, bucket, key)
+    if body is None:
+        return {}
+    lines = (json.loads(line) for line in body.decode("utf-8").splitlines() if line)
+    return {line["key"]: line["body"].encode("utf-8") for line in lines}
+
+
+def read_canonical(s3, bucket: str, keys: list[str], range_key: str) -> tuple[dict[str, bytes], int]:
+    """(``{key: bytes}`` of the listed canonical CSVs ``keys``, how many came from the range object).
+
+    The listing decides which windows have a CSV; the bytes of each come from the Glue run's range object
+    when it wrote that key (the same bytes it put there, one GET instead of thousands), else from S3.
+    """
+    written = range_objects(s3, bucket, range_key)
+    known = {key: written[key] for key in keys if key in written}
+    return known | read_all(s3, bucket, [key for key in keys if key not in known]), len(known)
+
+
 def list_with_etags(s3, bucket: str, prefixes: Iterable[str]) -> dict[str, str]:
     """``{key: ETag without quotes}`` of every object under each of ``prefixes`` (listed in parallel)."""
 
@@ -445,12 +467,14 @@ def backfill_history(
         raise ValueError(f"end {alerts.iso(end)} is not after start {alerts.iso(start)}")
     clock = _Phases()
     needed, month_keys = canonical_keys(s3, config, start, end, policy)
-    bodies = read_all(s3, config.bucket, sorted(set(needed) | set(month_keys)))
+    range_key = layout.range_objects_key(start, end, config.analysis_prefix)
+    bodies, from_range = read_canonical(s3, config.bucket, sorted(set(needed) | set(month_keys)), range_key)
     clock.done("read_csv")
     prices = [parse_canonical_csv(bodies[key]) for key in needed if key in bodies]
     analysed = analyse_series(prices, start, end, policy, notify_on_backfill, now, config.max_alert_age_minutes)
     objects = ledger_objects(analysed, policy, config.changes_prefix)
     summary = summarize(analysed, start, end, policy, count_quarantined(s3, config, start, end))
+    summary["canonical_csvs"] = {"from_range_object": from_range, "read": len(bodies) - from_range}
     clock.done("analyse")
     summary["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, start, end - layout.SLOT) | {
         "due": sum(1 for w in analysed if w.decision == NOTIFY)
@@ -491,6 +515,8 @@ def log_summary(summary: dict) -> None:
         summary["breaches"],
     )
     log.info("Decisions: %s; ledger: %s", summary["decisions"], summary["ledger"])
+    if summary.get("canonical_csvs"):
+        log.info("Canonical CSVs: %s", summary["canonical_csvs"])
     if summary["missing_windows"]:
         log.info("First missing windows: %s", ", ".join(summary["missing_windows"]))
     for move in summary["largest_moves"]:

@@ -9,6 +9,7 @@ Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHM
 
     crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot><anything>      producer writes
     crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>.csv             Glue job writes
+    crypto/02-data-analysis/_ranges/<first slot>-<end slot>.jsonl            Glue run of a range writes
     crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>.json            ledger, one per window
     crypto/99-quarantine/year=YYYY/month=MM/day=DD/<slot>/<digest>.object    copy of a bad object
     crypto/99-quarantine/year=YYYY/month=MM/day=DD/<slot>/<digest>.reason.json
@@ -90,6 +91,13 @@ def ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION_PREFIX
 def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
     """Where the Glue job writes the canonical CSV of ``slot``."""
     return f"{prefix}{partition(slot)}{slot_stamp(slot)}.csv"
+
+
+def range_objects_key(start: datetime, end: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
+    """Where a Glue run over more than one window also writes every canonical CSV it wrote, as JSON lines
+    ``{"body": <the object's text>, "key": <its key>}``, so the bulk analysis reads one object, not one per
+    window. The folder starts with an underscore: Athena and Hive skip it; no partition listing sees it."""
+    return f"{prefix}_ranges/{slot_stamp(start)}-{slot_stamp(end)}.jsonl"
 
 
 def ledger_key(slot: datetime, prefix: str = CHANGES_PREFIX) -> str:

@@ -431,6 +431,8 @@ def test_a_range_run_writes_what_single_window_runs_write_and_quarantines_under_
 
     def outputs(runs) -> dict:
         s3 = raw_bucket()
+        for stale in s3.list_objects_v2(Bucket="raw").get("Contents", []):  # the same mock serves both calls
+            s3.delete_object(Bucket="raw", Key=stale["Key"])
         for key, body in raw.items():
             s3.put_object(Bucket="raw", Key=key, Body=body)
         for first, last in runs:
@@ -440,8 +442,13 @@ def test_a_range_run_writes_what_single_window_runs_write_and_quarantines_under_
 
     one_run = outputs([(start, start + layout.SLOT * 20)])
     window_runs = outputs([(slot, slot + layout.SLOT) for slot in slots])
+    range_key = layout.range_objects_key(start, start + layout.SLOT * 20)
+    range_body = one_run.pop(range_key)
 
     assert one_run == window_runs
+    canonical = {k: v for k, v in one_run.items() if k.startswith(layout.ANALYSIS_PREFIX)}
+    assert history.range_objects(MemoryS3({range_key: range_body}), "raw", range_key) == canonical
+    assert not any("_ranges/" in key for key in window_runs)  # a one-window run writes no range object
     copy_key, reason_key = layout.quarantine_keys(bad_slot, layout.ingestion_key(bad_slot, ".json"))
     assert json.loads(one_run[reason_key])["window"] == layout.slot_stamp(bad_slot)
     assert copy_key in one_run
@@ -463,3 +470,54 @@ def test_listed_sizes_spare_the_head_request_and_still_refuse_an_oversized_objec
     assert summary["quarantined"] == [{"key": key, "reason": "object is 2048 bytes, over the 1024-byte cap"}]
     assert "HeadObject" not in calls
     assert "GetObject" not in calls
+
+
+def test_the_analysis_takes_the_glue_runs_range_object_for_listed_keys_and_reads_the_rest():
+    prices = {T0 + layout.SLOT * i: 100 + i * 0.7 for i in range(40)}
+    start, end, policy = T0 + layout.SLOT * 10, T0 + layout.SLOT * 30, Policy(1.0, 60, 0.0, 2)
+    reference = seeded(prices)
+    history.backfill_history(reference, CONFIG, start, end, policy, False, NOW)
+    s3 = seeded(prices)
+    in_range = [layout.analysis_key(slot) for slot in layout.slots_between(start, end)]
+    stale_key = layout.analysis_key(T0 + layout.SLOT * 200)  # named by the range object, gone from S3
+    written = [(key, s3.objects[key]) for key in in_range[:-3]] + [(stale_key, b"not, a, price\n")]
+    s3.objects[layout.range_objects_key(start, end)] = glue.range_objects(written)
+    reads = []
+    real_get = s3.get_object
+
+    def get_object(Bucket, Key, **kwargs):  # noqa: N803
+        reads.append(Key)
+        return real_get(Bucket, Key, **kwargs)
+
+    s3.get_object = get_object
+
+    summary = history.backfill_history(s3, CONFIG, start, end, policy, False, NOW)
+
+    assert s3.under(layout.CHANGES_PREFIX) == reference.under(layout.CHANGES_PREFIX)
+    assert summary["canonical_csvs"]["from_range_object"] == len(in_range) - 3
+    assert not set(reads) & set(in_range[:-3])
+    assert set(in_range[-3:]) <= set(reads)
+    assert stale_key not in reads
+
+
+def test_the_range_object_lists_each_canonical_object_once_in_key_order_and_rereads_to_the_same_bytes():
+    written = [("b.csv", b'x,y\n2,"a,b"\n'), ("a.csv", "x,y\n1,é\n".encode())]
+    body = glue.range_objects(written)
+
+    assert body == glue.range_objects(list(reversed(written)))
+    assert [json.loads(line)["key"] for line in body.decode().splitlines()] == ["a.csv", "b.csv"]
+    assert history.range_objects(MemoryS3({"r.jsonl": body}), "bucket", "r.jsonl") == dict(written)
+
+
+@pytest.mark.parametrize(
+    ("objects", "cpus", "processes"),
+    [
+        (1, 8, 1),
+        (glue.PROCESSES_ABOVE_OBJECTS, 8, 1),
+        (glue.PROCESSES_ABOVE_OBJECTS + 1, 2, 2),
+        (8640, 64, 4),
+        (8640, 1, 1),
+    ],
+)
+def test_only_long_runs_spread_over_processes_one_per_cpu_up_to_the_cap(objects, cpus, processes):
+    assert glue.worker_processes(objects, cpus) == processes

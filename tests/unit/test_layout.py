@@ -256,6 +256,7 @@ CHECKED_COPIES = {
     "partition",
     "ingestion_window_prefix",
     "analysis_key",
+    "range_objects_key",
     "quarantine_keys",
 }
 
@@ -277,6 +278,8 @@ def test_glue_copy_builds_the_same_stamps_partitions_and_keys_as_layout(moment, 
         assert glue.partition(slot) == layout.partition(slot)
         assert glue.ingestion_window_prefix(slot, prefix) == layout.ingestion_window_prefix(slot, prefix)
         assert glue.analysis_key(slot, prefix) == layout.analysis_key(slot, prefix)
+        end = slot + layout.SLOT * 7
+        assert glue.range_objects_key(slot, end, prefix) == layout.range_objects_key(slot, end, prefix)
 
 
 @PROPERTY
