@@ -127,8 +127,8 @@ class Bench:
         self.s3.put_object(Bucket=self.config.bucket, Key=layout.analysis_key(slot), Body=job.to_csv(row))
 
     def standin_rate(self, count: int = 2000, threads: int = 10) -> dict:
-        """Requests per second the stand-in answers for small PUTs and GETs (a floor for the bulk runs,
-        which make about four S3 requests per window: GET raw, PUT CSV, GET CSV, PUT ledger)."""
+        """Requests per second the stand-in answers one client process for small PUTs and GETs (the bulk
+        runs make three S3 requests per window: GET raw, PUT CSV, PUT ledger)."""
         keys = [f"bench-rate/{index:06d}" for index in range(count)]
         body = b"x" * 300
         out = {}
