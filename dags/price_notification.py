@@ -22,6 +22,7 @@ Settings come from `PRICE_*` environment variables (see README); per-run knobs a
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from functools import partial
 
@@ -36,6 +37,11 @@ from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 from include.price_pipeline import alerts, layout, settings
 
 config = settings.load()
+log = logging.getLogger(__name__)
+#: States in which an earlier window's normalize_price_record will not write its CSV any more.
+FINISHED_STATES = ["success", "failed", "skipped", "upstream_failed", "removed"]
+#: How often a window waiting for an earlier one's normalization looks again.
+PREVIOUS_WINDOW_POKE = timedelta(seconds=15)
 
 
 def _skip_if_already_notified(context) -> None:
@@ -120,12 +126,18 @@ def price_notification():
     )
 
     @task(multiple_outputs=True)
-    def compute_price_change(params=None, data_interval_start=None, data_interval_end=None, dag_run=None):
+    def compute_price_change(params=None, data_interval_start=None, data_interval_end=None, dag_run=None, ti=None):
         from airflow.configuration import conf
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow.sdk import get_current_context
+        from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
         from include.price_pipeline import analysis, windows
+
+        def still_normalizing(slots) -> int:
+            """Earlier windows whose normalize_price_record has not finished (runs of a parallel backfill)."""
+            counted = {"dag_id": dag_run.dag_id, "task_ids": ["normalize_price_record"], "logical_dates": slots}
+            return ti.get_ti_count(**counted) - ti.get_ti_count(**counted, states=FINISHED_STATES)
 
         policy = analysis.Policy.from_params(params)
         due, why_not = analysis.due_for_subscribers(
@@ -137,8 +149,18 @@ def price_notification():
         )
         s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
         link = alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id)
+        analyse = partial(windows.analyse_window, s3, config, data_interval_start, policy, due, why_not, link)
         try:
-            return windows.analyse_window(s3, config, data_interval_start, policy, due, why_not, link)
+            try:
+                return analyse(still_normalizing=still_normalizing)
+            except windows.WindowNotReady as waiting:
+                started = ti.get_first_reschedule_date(get_current_context()) or pendulum.now("UTC")
+                wait = timedelta(seconds=config.previous_window_wait_seconds)
+                if pendulum.now("UTC") - started < wait:
+                    # Up for reschedule frees the worker slot the earlier window's tasks may need.
+                    raise AirflowRescheduleException(pendulum.now("UTC") + PREVIOUS_WINDOW_POKE) from waiting
+                log.warning("%s; waited %s, analysing with the CSVs there are", waiting, wait)
+                return analyse()
         except windows.WindowFailed as failure:
             raise AirflowFailException(str(failure)) from None
 

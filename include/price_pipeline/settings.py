@@ -55,6 +55,11 @@ SETTINGS = (
     Setting("PRICE_MAX_ALERT_AGE_MINUTES", "15", "windows ending longer ago than this do not notify"),
     Setting("PRICE_SENSOR_TIMEOUT_SECONDS", "900", "how long to wait for a window's record"),
     Setting("PRICE_SENSOR_POKE_SECONDS", "20", "how often the sensor lists the window prefix"),
+    Setting(
+        "PRICE_PREVIOUS_WINDOW_WAIT_SECONDS",
+        "1800",
+        "how long a window waits for an earlier one still being normalized (parallel backfills)",
+    ),
     Setting("PRICE_DEFERRABLE", "true", "defer waits to the triggerer; false where none runs (dags test)"),
     Setting("PRICE_SLACK_CONN_ID", "", "Slack incoming-webhook connection; empty: alerts go to SNS only"),
     Setting("PRICE_MAX_OBJECT_BYTES", "1048576", "raw objects above this are quarantined unread"),
@@ -83,6 +88,7 @@ class Config:
     max_alert_age_minutes: int
     sensor_timeout_seconds: int
     sensor_poke_seconds: int
+    previous_window_wait_seconds: int
     deferrable: bool
     slack_conn_id: str
     max_object_bytes: int

@@ -521,3 +521,54 @@ def test_the_range_object_lists_each_canonical_object_once_in_key_order_and_rere
 )
 def test_only_long_runs_spread_over_processes_one_per_cpu_up_to_the_cap(objects, cpus, processes):
     assert glue.worker_processes(objects, cpus) == processes
+
+
+# ------------------------------------------------------------------ a window waits for earlier normalizations
+
+
+def waiting_case():
+    """Windows every 5 minutes from T0 with CSVs, except T0+15 min, whose raw record is there unnormalized."""
+    prices = {T0 + layout.SLOT * i: 100.0 + (3.0 if i == 3 else 0.0) for i in range(6) if i != 3}
+    s3 = seeded(prices)
+    s3.objects[layout.ingestion_key(T0 + layout.SLOT * 3, ".json")] = b"{}"
+    return s3, T0 + layout.SLOT * 4
+
+
+def analyse(s3, slot, still_normalizing=None):
+    policy = Policy(1.0, 60, 0.0, 2)
+    return windows.analyse_window(s3, CONFIG, slot, policy, False, "backfill", "", still_normalizing)
+
+
+def test_a_window_waits_while_an_earlier_record_of_its_lookback_is_still_being_normalized():
+    s3, slot = waiting_case()
+    asked = []
+
+    with pytest.raises(windows.WindowNotReady, match=layout.slot_stamp(T0 + layout.SLOT * 3)):
+        analyse(s3, slot, lambda slots: asked.append(slots) or 1)
+
+    assert asked == [[T0 + layout.SLOT * 3]]
+    assert not s3.under(layout.CHANGES_PREFIX)  # nothing decided yet
+
+
+def test_a_window_goes_on_when_the_earlier_normalization_has_finished_without_a_csv():
+    s3, slot = waiting_case()
+
+    result = analyse(s3, slot, lambda slots: 0)
+
+    assert result["entry"]["previous"]["timestamp"] == alerts.iso(T0 + layout.SLOT * 2)
+
+
+def test_a_window_whose_earlier_windows_all_have_csvs_asks_nothing_and_lists_no_raw_prefix():
+    s3 = seeded({T0 + layout.SLOT * i: 100.0 for i in range(-14, 6)})  # the whole lookback and repeat span
+    listed = []
+    real = s3.paginate
+
+    def paginate(Bucket, Prefix, StartAfter=""):  # noqa: N803
+        listed.append(Prefix)
+        return real(Bucket, Prefix, StartAfter)
+
+    s3.paginate = paginate
+
+    analyse(s3, T0 + layout.SLOT * 5, lambda slots: pytest.fail("asked the scheduler without a reason"))
+
+    assert not any(prefix.startswith(layout.INGESTION_PREFIX) for prefix in listed)
