@@ -27,7 +27,7 @@ run: $(VENV)/.installed
 test: install lint
 	$(PY) -m pytest
 
-# Scheduler-level tests: a whole local stack per module, minutes each (not in `make test`, see README).
+# Native `airflow backfill create` with the scheduler running: on SQLite it can lose a write race (see README).
 test-scheduler: install
 	$(PY) -m pytest -m scheduler
 

@@ -143,7 +143,9 @@ class Stack:
 
     def start_airflow(self, components: tuple[str, ...] = AIRFLOW_COMPONENTS) -> None:
         for component in components:
-            self._spawn(component, [sys.executable, "-m", "airflow", component])
+            # Their log servers bind every interface; the api-server reads the log files directly here.
+            quiet = ["--skip-serve-logs"] if component in ("scheduler", "triggerer") else []
+            self._spawn(component, [sys.executable, "-m", "airflow", component, *quiet])
 
     def start(self) -> None:
         """Stand-in, database, then every Airflow component."""

@@ -1,7 +1,6 @@
 """Soak under faults, CI size: 24 windows of real Poloniex data through the real price_notification
 DAG (native backfill, scheduler running) while 20 % of the S3, Glue, SNS and CloudWatch Logs calls
-fail. ``make soak`` runs the same check over a whole day (288 windows); this one runs with
-``make test-scheduler``.
+fail. ``make soak`` runs the same check over a whole day (288 windows); this one runs in ``make test``.
 
 The expected series is computed in local/soak.py in plain Python, not with the pipeline's functions.
 """
@@ -16,8 +15,7 @@ import pytest
 
 from local import soak
 
-# A whole stack with the scheduler, for minutes: `make test-scheduler`, like the kill tests.
-pytestmark = [pytest.mark.integration, pytest.mark.scheduler, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 FIRST = datetime(2017, 7, 16, 10, 30, tzinfo=UTC)  # 24 windows holding 8 breaches of 1 %
 WINDOWS = 24
@@ -59,12 +57,6 @@ def test_no_object_is_lost_altered_or_quarantined(report):
     assert report.quarantined == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="race in price_notification under parallel backfill: compute_price_change of a window can run "
-    "before the previous window's Glue run wrote its CSV, and then compares with an older record "
-    "(reported to the DAG owner; happens in some runs, not all)",
-)
 def test_each_window_is_compared_with_its_previous_record_and_the_breaches_match_the_independent_series(report):
     assert report.wrong_ledger == []
     assert report.not_notified == []
