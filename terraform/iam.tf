@@ -115,6 +115,7 @@ data "aws_iam_policy_document" "airflow" {
         "${var.changes_prefix}*",
         "${var.quarantine_prefix}*",
         "${local.glue_scripts_prefix}*",
+        "${local.parquet_prefix}*",
       ]
     }
   }
@@ -135,12 +136,14 @@ data "aws_iam_policy_document" "airflow" {
   }
 
   statement {
-    sid     = "WriteLedgerAndGlueScript"
+    # The bulk history DAG also rewrites the monthly Parquet objects.
+    sid     = "WriteLedgerGlueScriptAndParquet"
     effect  = "Allow"
     actions = ["s3:PutObject"]
     resources = [
       "${local.bucket_arn}/${var.changes_prefix}*",
       "${local.bucket_arn}/${local.glue_scripts_prefix}*",
+      "${local.bucket_arn}/${local.parquet_prefix}*",
     ]
   }
 

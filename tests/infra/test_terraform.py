@@ -38,6 +38,7 @@ AIRFLOW_SIDE = {
     "PRICE_MAX_ALERT_AGE_MINUTES": "DAG behaviour",
     "PRICE_SENSOR_TIMEOUT_SECONDS": "sensor timing",
     "PRICE_SENSOR_POKE_SECONDS": "sensor timing",
+    "PRICE_PREVIOUS_WINDOW_WAIT_SECONDS": "DAG behaviour",
     "PRICE_DEFERRABLE": "whether a triggerer runs, an Airflow deployment fact",
     "PRICE_SLACK_CONN_ID": "names an Airflow connection (the webhook is a secret, never a Terraform output)",
 }
@@ -481,10 +482,11 @@ def test_airflow_policy_grants_exactly_what_the_dags_use():
             layout.GLUE_SCRIPTS_PREFIX,
         )
     }
-    assert writes == {f"{layout.CHANGES_PREFIX}*", f"{layout.GLUE_SCRIPTS_PREFIX}*"}
+    assert writes == {f"{layout.CHANGES_PREFIX}*", f"{layout.GLUE_SCRIPTS_PREFIX}*", f"{layout.PARQUET_PREFIX}*"}
     [listing] = policy["ListPipelinePrefixes"]["condition"]
     assert listing["variable"] == "s3:prefix"
-    assert {p.removesuffix("*") for p in resolve(listing["values"])} == {p.removesuffix("*") for p in reads}
+    listed = {p.removesuffix("*") for p in resolve(listing["values"])}
+    assert listed == {p.removesuffix("*") for p in reads} | {layout.PARQUET_PREFIX}
     assert granted["sns:Publish"] == {"${aws_sns_topic.alerts.arn}", "${aws_sns_topic.ops.arn}"}
     assert granted["iam:PassRole"] == {"${aws_iam_role.glue_job.arn}"}
     [passed_to] = policy["PassGlueRoleToGlueOnly"]["condition"]
