@@ -5,19 +5,31 @@ locals {
   s3_root    = "s3://${aws_s3_bucket.data.id}/"
   year_range = "${var.history_first_year},${var.history_last_year}"
 
-  # One JSON object per window (crypto/03-price-changes/); written by the DAG. Fields it lacks read
-  # as NULL, extra fields are ignored, so this list can grow with the ledger.
+  # One JSON object per window and line (crypto/03-price-changes/, alerts.ledger_entry); written by
+  # the DAGs. Fields it lacks read as NULL, extra fields are ignored, so this list can grow with it.
+  price_struct = "struct<timestamp:string,weighted_average:double,source_key:string>"
   ledger_columns = [
     { name = "window_start", type = "string" },
     { name = "window_end", type = "string" },
     { name = "pair", type = "string" },
-    { name = "previous_timestamp", type = "string" },
-    { name = "previous_price", type = "double" },
-    { name = "price", type = "double" },
+    { name = "latest", type = local.price_struct },
+    { name = "previous", type = local.price_struct },
     { name = "change_pct", type = "double" },
+    { name = "abs_change_pct", type = "double" },
+    { name = "direction", type = "string" },
     { name = "threshold_pct", type = "double" },
-    { name = "notified", type = "boolean" },
-    { name = "status", type = "string" },
+    { name = "lookback_minutes", type = "int" },
+    { name = "min_abs_move", type = "double" },
+    { name = "repeat_windows", type = "int" },
+    { name = "decision", type = "string" },
+    { name = "reason", type = "string" },
+    { name = "sns_message_id", type = "string" },
+  ]
+
+  # The Parquet copy stores the slot as a UTC timestamp (history.parquet_schema), the CSV as text.
+  parquet_columns = [
+    for column in local.canonical_columns :
+    column.name == "timestamp" ? { name = column.name, type = "timestamp" } : column
   ]
 }
 
@@ -120,7 +132,7 @@ resource "aws_glue_catalog_table" "analysis_parquet" {
     }
 
     dynamic "columns" {
-      for_each = local.canonical_columns
+      for_each = local.parquet_columns
       content {
         name = columns.value.name
         type = columns.value.type

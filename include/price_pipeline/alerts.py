@@ -54,8 +54,9 @@ def ledger_entry(change: Change, policy: Policy, decision: str, reason: str) -> 
 
 
 def ledger_bytes(entry: dict) -> bytes:
-    """Canonical serialization: sorted keys, fixed separators, trailing newline."""
-    return (json.dumps(entry, sort_keys=True, indent=1) + "\n").encode("utf-8")
+    """Canonical serialization: one line (Athena's JSON SerDe reads an object per line), sorted keys,
+    fixed separators, trailing newline."""
+    return (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def format_price(value: float) -> str:

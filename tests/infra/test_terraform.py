@@ -569,3 +569,25 @@ def test_mwaa_is_optional_and_off_by_default():
     startup = compact(tf.locals["mwaa_startup_script"])
     assert "local.price_env" in startup
     assert "export${name}" in startup
+
+
+def test_catalog_columns_are_the_fields_the_pipeline_writes():
+    from include.price_pipeline import alerts, analysis, history
+
+    tf = module()
+    slot = datetime(2026, 1, 5, 9, 35, tzinfo=UTC)
+    prices = [analysis.Price(slot - layout.SLOT * i, 100.0 + i, "ETH/USDT", f"k{i}") for i in (1, 0)]
+    change = analysis.series_changes(prices, analysis.Policy().lookback)[-1]
+    entry = alerts.ledger_entry(change, analysis.Policy(), analysis.NOTIFY, "above threshold")
+
+    assert [column["name"] for column in resolve(tf.locals["ledger_columns"])] == list(entry)
+    assert re.findall(r"(\w+):", tf.locals["price_struct"]) == list(entry["latest"])
+    parquet = tf.resource("aws_glue_catalog_table", "analysis_parquet")
+    [storage] = parquet["storage_descriptor"]
+    [columns] = storage["dynamic"]
+    assert columns["columns"]["for_each"] == "${local.parquet_columns}"
+    assert str(history.parquet_schema().field("timestamp").type).startswith("timestamp")
+    assert compact(tf.locals["parquet_columns"]) == compact(
+        '${[for column in local.canonical_columns : column.name == "timestamp" ? '
+        "{'name': '${column.name}', 'type': 'timestamp'} : column]}"
+    )

@@ -56,6 +56,7 @@ def test_ledger_bytes_are_sorted_json_with_a_trailing_newline_that_reads_back_to
     body = alerts.ledger_bytes(entry)
 
     assert body.endswith(b"}\n")
+    assert body.count(b"\n") == 1  # one object per line, as Athena's JSON SerDe reads the ledger
     assert json.loads(body) == entry
     assert list(json.loads(body)) == sorted(entry)
 
