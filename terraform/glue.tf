@@ -50,8 +50,8 @@ resource "aws_glue_job" "normalize" {
   }
 
   execution_property {
-    # One run per window; the DAG's own concurrency decides how many windows run at once.
-    max_concurrent_runs = 8
+    # One run per window; as many as the DAG runs windows at once (settings.glue_job_spec).
+    max_concurrent_runs = 16
   }
 
   # The same arguments the DAG passes (it adds --window_start per run; run arguments win).

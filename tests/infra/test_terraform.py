@@ -320,7 +320,10 @@ def test_glue_job_definition():
     assert command["name"] == "pythonshell"
     assert command["python_version"] == "3.9"
     assert job["glue_version"] == "3.0"
-    assert float(job["max_capacity"]) == 0.0625
+    spec = settings.glue_job_spec(settings.load({}))
+    assert float(job["max_capacity"]) == spec["num_of_dpus"]
+    [execution] = job["execution_property"]
+    assert int(execution["max_concurrent_runs"]) == spec["concurrent_run_limit"]  # backfills are refused otherwise
     assert int(job["max_retries"]) == 0
     assert resolve(job["name"]) == DEFAULTS["PRICE_GLUE_JOB_NAME"]
     assert job["role_arn"] == "${aws_iam_role.glue_job.arn}"
