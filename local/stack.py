@@ -176,9 +176,9 @@ class Stack:
             process.wait()
 
     def restart(self, component: str) -> None:
-        """Stop one component's process group and start it again."""
+        """Stop one Airflow component's process group and start it again."""
         self.stop_component(component)
-        self._spawn(component, [sys.executable, "-m", "airflow", component])
+        self.start_airflow((component,))  # with the options of the first start (no log server)
 
     def create_backfill(self, dag_id: str, *args: str, attempts: int = 5) -> subprocess.CompletedProcess:
         """``airflow backfill create`` while the scheduler is stopped.

@@ -590,7 +590,19 @@ def test_catalog_columns_are_the_fields_the_pipeline_writes():
     [columns] = storage["dynamic"]
     assert columns["columns"]["for_each"] == "${local.parquet_columns}"
     assert str(history.parquet_schema().field("timestamp").type).startswith("timestamp")
-    assert compact(tf.locals["parquet_columns"]) == compact(
-        '${[for column in local.canonical_columns : column.name == "timestamp" ? '
-        "{'name': '${column.name}', 'type': 'timestamp'} : column]}"
-    )
+    # hcl2 versions render the object differently ({'name': ...} or {name = ...}); the words are the same.
+    words = [word for word in re.findall(r"[\w.]+|==|\?", tf.locals["parquet_columns"]) if word != "in"]
+    assert words == [
+        "for",
+        "column",
+        "local.canonical_columns",
+        "column.name",
+        "==",
+        "timestamp",
+        "?",
+        "name",
+        "column.name",
+        "type",
+        "timestamp",
+        "column",
+    ]
