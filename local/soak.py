@@ -462,11 +462,14 @@ class Api:
         :func:`create_backfill`); returns its id. Waits for an earlier backfill of the DAG to be
         marked complete first: Airflow runs one backfill per DAG at a time."""
         wait_for(lambda: not unfinished_backfills(self.stack), what="earlier backfills complete", stack=self.stack)
+        # SQLite lets one writer in at a time: with the scheduler writing, Airflow answers 503 "Database
+        # is locked" (backfill creation under concurrent access is unsupported there). Stop it meanwhile.
+        scheduler_was_running = "scheduler" in self.stack.processes
+        if scheduler_was_running:
+            self.stack.stop_component("scheduler")
         self.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": True})
         try:
-            created = self.call(
-                "POST",
-                "/api/v2/backfills",
+            created = self._create_backfill(
                 {
                     "dag_id": DAG_ID,
                     "from_date": first.isoformat(),
@@ -474,11 +477,27 @@ class Api:
                     "dag_run_conf": {"notify_on_backfill": notify},
                     "reprocess_behavior": "completed",
                     "max_active_runs": max_active_runs,
-                },
+                }
             )
         finally:
             self.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+            if scheduler_was_running:
+                self.stack.start_airflow(("scheduler",))
         return created["id"]
+
+    def _create_backfill(self, body: dict, attempts: int = 5) -> dict:
+        """POST the backfill, again while another writer (the triggerer) holds SQLite's lock and
+        nothing was created."""
+        for attempt in range(1, attempts + 1):
+            before = self.stack.query("SELECT count(*) FROM backfill WHERE dag_id = ?", DAG_ID)[0][0]
+            try:
+                return self.call("POST", "/api/v2/backfills", body)
+            except RuntimeError as error:
+                created = self.stack.query("SELECT count(*) FROM backfill WHERE dag_id = ?", DAG_ID)[0][0] > before
+                if "Database is locked" not in str(error) or created or attempt == attempts:
+                    raise
+                time.sleep(2 * attempt)
+        raise AssertionError("unreachable")
 
 
 def backfill_window(stack: Stack, window_start: datetime, notify: bool = True, api: Api | None = None) -> str:
