@@ -36,7 +36,6 @@ spends a few milliseconds of CPU per request, so one Python process tops out nea
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import hashlib
 import io
@@ -67,6 +66,9 @@ CANONICAL_COLUMNS = (
     "source_key",
     "source_format",
 )
+ADDED_COLUMNS = ("weighted_average_basis", "superseded")
+CSV_COLUMNS = CANONICAL_COLUMNS + ADDED_COLUMNS
+INGESTED_TAG = {"Key": "price-pipeline", "Value": "ingested"}
 
 
 def slot_stamp(slot):
@@ -136,13 +138,21 @@ HEADERLESS_COLUMNS = (
 #: pricing currency) is ``volume`` and its base-asset volume (index 5) is ``quote_volume``.
 KLINE_COLUMNS = ("timestamp", "open", "high", "low", "close", "quote_volume", None, "volume")
 KLINE_CLOSE_INDEX = 6
+#: Prices outside [MIN_PRICE, MAX_PRICE] are refused: wide enough for every listed pair (SHIB/BTC near
+#: 3e-10, BTC/VND near 3e9), narrow enough that no change between two prices overflows (5e-324 or 1e300).
+MIN_PRICE = 1e-10
+MAX_PRICE = 1e10
+#: Timestamps before this are refused (no crypto market data is older); so are those more than
+#: FUTURE_SLACK after the window they were found under.
+EARLIEST = datetime(2009, 1, 1, tzinfo=timezone.utc)
+FUTURE_SLACK = timedelta(days=1)
 #: Unix timestamps above this are milliseconds (1e11 seconds is the year 5138).
 UNIX_MILLISECONDS_ABOVE = 1e11
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _KEY = re.compile(r"(?<![^\s,;])([A-Za-z_][\w.-]*)[ \t]*[:=]")
-_DECIMAL = re.compile(r"[+-]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMBER_TEXT = re.compile(r"([+-]?)(\d[\d.,]*|[.,]\d+)((?:[eE][+-]?\d+)?)")
 _UNIX_TIME = re.compile(r"\d+(?:\.\d+)?")
 _ISO_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)? ?([Zz]|[+-]\d\d:?\d\d)?")
 _NON_FINITE = ("nan", "inf", "infinity")
@@ -448,10 +458,13 @@ def _rows(text, delimiter, name):
 # ---------------------------------------------------------------- normalization and validation
 
 
-def normalize(raw, aliases, pair, source_key, source_format):
-    """One raw mapping to a validated canonical row (a dict keyed by CANONICAL_COLUMNS)."""
+def normalize(raw, aliases, pair, source_key, source_format, decimal=None):
+    """One raw mapping to a validated canonical row (a dict keyed by CSV_COLUMNS but ``superseded``).
+
+    ``decimal`` is the object's decimal separator when its text numbers show one (decimal_convention).
+    """
     try:
-        row = _canonical(raw, aliases, pair)
+        row = _canonical(raw, aliases, pair, _Numbers(decimal, source_format))
         validate(row)
     except Rejected as error:
         raise Rejected(str(error), source_format) from None
@@ -460,40 +473,79 @@ def normalize(raw, aliases, pair, source_key, source_format):
     return row
 
 
-def _field(raw, aliases, field):
-    """The value of ``field`` in ``raw`` under its canonical name or the first accepted spelling present."""
-    for name in (field,) + tuple(aliases.get(field, ())):
-        if raw.get(name) not in (None, ""):
-            return raw[name]
-    return None
+def _spellings(raw, aliases, field):
+    """``[(spelling, value), ...]`` of every spelling of ``field`` present (and not empty) in ``raw``."""
+    names = (field,) + tuple(name for name in aliases.get(field, ()) if name != field)
+    return [(name, raw[name]) for name in names if raw.get(name) not in (None, "")]
 
 
-def _canonical(raw, aliases, pair):
-    """Pick and convert each canonical field; derive weighted_average only when no spelling of it is given."""
-    stamp = _field(raw, aliases, "timestamp")
-    if stamp is None:
+def _field(raw, aliases, field, convert):
+    """``convert(value)`` of the one value ``field`` has in ``raw`` (None when absent). Two spellings
+    with values that convert differently (``"high"`` and ``"h"``) make the record ambiguous."""
+    present = _spellings(raw, aliases, field)
+    if not present:
+        return None
+    values = [convert(value) for _name, value in present]
+    for (name, value), converted in zip(present[1:], values[1:]):  # noqa: B905 - no strict= on 3.9
+        if converted != values[0]:
+            raise Rejected(
+                "{} given twice with different values: {} {} and {} {}".format(
+                    field, present[0][0], _clip(present[0][1]), name, _clip(value)
+                )
+            )
+    return values[0]
+
+
+def _canonical(raw, aliases, pair, numbers):
+    """Pick and convert each canonical field; derive weighted_average only when no spelling of it is given
+    (from the volumes, or the one price of a no-trade candle)."""
+    moment = _field(raw, aliases, "timestamp", _timestamp)
+    if moment is None:
         raise Rejected("record has no timestamp field")
-    moment = _timestamp(stamp)
+    if moment < EARLIEST:
+        raise Rejected("timestamp {} is before {}: no market data that old".format(moment.isoformat(), EARLIEST.year))
     if moment.second or moment.microsecond or moment.minute % 5:
         raise Rejected("timestamp {} is not on a 5-minute boundary".format(moment.isoformat()))
     row = dict.fromkeys(CANONICAL_COLUMNS)
     row["timestamp"] = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    row["pair"] = _pair(_field(raw, aliases, "pair"), pair)
+    _field(raw, aliases, "pair", lambda named: _pair(named, pair))
+    row["pair"] = pair
     for field in NUMERIC_FIELDS:
-        value = _field(raw, aliases, field)
-        row[field] = None if value is None else _number(value, field)
+        row[field] = _field(raw, aliases, field, lambda value, field=field: numbers.read(value, field))
+    row["weighted_average_basis"] = "record"
     if row["weighted_average"] is None:
-        row["weighted_average"] = _derived_weighted_average(row["volume"], row["quote_volume"])
+        if _no_trade(row):
+            row["weighted_average"], row["weighted_average_basis"] = row["close"], "no_trade"
+        else:
+            row["weighted_average"] = _derived_weighted_average(row["volume"], row["quote_volume"])
+            row["weighted_average_basis"] = "volumes"
     return row
 
 
-def _pair(named, default):
-    """The record's own pair when it names one, else the job's ``--pair``."""
-    if named is None:
-        return default
+def _no_trade(row):
+    """A candle in which nothing traded: every volume given is 0 and open = high = low = close."""
+    volumes = [row[field] for field in VOLUME_FIELDS if row[field] is not None]
+    prices = [row[field] for field in ("open", "high", "low", "close")]
+    return bool(volumes) and not any(volumes) and None not in prices and len(set(prices)) == 1
+
+
+def _pair(named, configured):
+    """Check that a record's pair names the job's ``--pair`` (see pair_spellings); anything else is refused."""
     if not isinstance(named, str) or len(named) > 40 or not named.strip().isprintable():
         raise Rejected("pair is not a short text: {}".format(_clip(named)))
-    return named.strip()
+    if named.strip().upper() not in pair_spellings(configured):
+        raise Rejected("record names pair {}, not the configured {}".format(_clip(named), configured))
+    return configured
+
+
+def pair_spellings(configured):
+    """How a record may name the configured ``BASE/QUOTE`` pair (case-insensitive): ``BASE/QUOTE``,
+    ``BASE-QUOTE``, ``BASE_QUOTE``, ``BASE:QUOTE``, ``BASEQUOTE`` (Binance) and ``QUOTE_BASE`` (Poloniex).
+    A configured pair without a slash is matched as written."""
+    base, slash, quote = configured.strip().upper().partition("/")
+    if not slash:
+        return {base}
+    return {base + separator + quote for separator in ("/", "-", "_", ":", "")} | {quote + "_" + base}
 
 
 def _derived_weighted_average(volume, quote_volume):
@@ -507,24 +559,121 @@ def _derived_weighted_average(volume, quote_volume):
     return volume / quote_volume
 
 
-def _number(value, field):
-    """A JSON number, or a decimal string (thousands separators allowed: "3,120.55"), as a finite float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise Rejected("{} is not a number: {}".format(field, _clip(value)))
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lstrip("+-").lower() in _NON_FINITE:
-            raise Rejected("{} is not finite: {}".format(field, _clip(value)))
-        if not _DECIMAL.fullmatch(text):
+# --- numbers written as text: which separator is the decimal one
+
+
+def _number_shape(text):
+    """``(digits, evidence, ambiguous)`` of a number written as text, or None when it is no number.
+
+    ``digits`` is the number with a ``.`` decimal point (None while ambiguous); ``evidence`` the
+    decimal separator the text shows (``.``, ``,`` or None); ``ambiguous`` the separator of a value
+    that reads two ways, 1000x apart (``3,120`` is 3120 or 3.12; ``1.234`` is 1.234 or 1234).
+    """
+    match = _NUMBER_TEXT.fullmatch(text)
+    if not match:
+        return None
+    sign, body, exponent = match.groups()
+    commas, dots = body.count(","), body.count(".")
+    if commas and dots:
+        point = "," if body.rfind(",") > body.rfind(".") else "."
+        grouping = "." if point == "," else ","
+        whole, fraction = body.rsplit(point, 1)
+        if point in whole or grouping in fraction or not _grouped(whole, grouping):
+            return None
+        return sign + whole.replace(grouping, "") + "." + fraction + exponent, point, None
+    separator = "," if commas else "." if dots else None
+    if separator is None:
+        return sign + body + exponent, None, None
+    if body.count(separator) > 1:  # only a thousands separator repeats: "1,233,214" or "1.233.214"
+        if not _grouped(body, separator):
+            return None
+        return sign + body.replace(separator, "") + exponent, "." if separator == "," else ",", None
+    whole, fraction = body.split(separator)
+    if not (whole or fraction):
+        return None
+    if re.fullmatch(r"[1-9]\d{0,2}", whole) and len(fraction) == 3 and not exponent:
+        return None, None, separator
+    return sign + (whole or "0") + "." + (fraction or "0") + exponent, separator, None
+
+
+def _grouped(text, separator):
+    """Whether ``text`` is digits in thousands groups: ``1,233,214``."""
+    return re.fullmatch(r"[1-9]\d{0,2}(?:" + re.escape(separator) + r"\d{3})+", text) is not None
+
+
+def decimal_convention(raws, aliases):
+    """The decimal separator the numbers written as text in one object's records show (``.``, ``,`` or
+    None when none shows one); an object that shows both is refused: one of them would be misread."""
+    shown = {}
+    for raw in raws:
+        for field in NUMERIC_FIELDS:
+            for _name, value in _spellings(raw, aliases, field):
+                shape = _number_shape(value.strip()) if isinstance(value, str) else None
+                if shape and shape[1]:
+                    shown.setdefault(shape[1], value)
+    if len(shown) > 1:
+        raise Rejected(
+            "numbers use both '.' and ',' as decimal separator ({} and {})".format(_clip(shown["."]), _clip(shown[","]))
+        )
+    return next(iter(shown), None)
+
+
+class _Numbers:
+    """Reads the numbers of one object: its decimal convention, and whether it is semicolon-delimited
+    text (where a lone comma is the decimal separator: ``0,086`` and ``3,120`` read 0.086 and 3.12)."""
+
+    def __init__(self, decimal, source_format):
+        self.decimal = decimal
+        self.semicolon = source_format.startswith("csv-semicolon")
+
+    def read(self, value, field):
+        """A JSON number or a number written as text, as a finite float; a value that could be read two
+        ways, 1000x apart, is refused (never guessed)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise Rejected("{} is not a number: {}".format(field, _clip(value)))
-        value = text.replace(",", "")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond float range
-        number = math.inf
-    if not math.isfinite(number):
-        raise Rejected("{} is not finite: {}".format(field, _clip(value)))
-    return number
+        if isinstance(value, str):
+            value = self._digits(value.strip(), field)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise Rejected("{} is not finite: {}".format(field, _clip(value)))
+        return number
+
+    def _digits(self, text, field):
+        if text.lstrip("+-").lower() in _NON_FINITE:
+            raise Rejected("{} is not finite: {}".format(field, _clip(text)))
+        shape = _number_shape(text)
+        if shape is None:
+            raise Rejected("{} is not a number: {}".format(field, _clip(text)))
+        digits, _evidence, ambiguous = shape
+        if ambiguous is None:
+            return digits
+        point = self._point(ambiguous)
+        if point is None:
+            raise Rejected(
+                "{} {} is ambiguous: {!r} may be the decimal or the thousands separator".format(
+                    field, _clip(text), ambiguous
+                )
+            )
+        whole, fraction = text.split(ambiguous)
+        return whole + "." + fraction if point == ambiguous else whole + fraction
+
+    def _point(self, ambiguous):
+        """The decimal separator that settles a value with one ``ambiguous`` separator, or None.
+
+        Semicolon text writes decimals with a comma unless its other numbers show a point; elsewhere a
+        point is the decimal separator unless the object's numbers show a comma, and a lone comma
+        (``"3,120"`` in JSON) is never settled.
+        """
+        if self.semicolon:
+            if ambiguous == ",":
+                return self.decimal or ","
+            return self.decimal
+        if ambiguous == ".":
+            return "." if self.decimal in (None, ".") else None
+        return None
 
 
 def _timestamp(value):
@@ -573,12 +722,17 @@ def _offset(text):
 
 
 def validate(row):
-    """Reject a row whose numbers cannot be trusted: prices finite and > 0, volumes >= 0,
-    high >= low, and open, close and weighted_average within [low, high] (RANGE_TOLERANCE)."""
+    """Reject a row whose numbers cannot be trusted: prices finite and within [MIN_PRICE, MAX_PRICE],
+    volumes finite and >= 0, high >= low, and open, close and weighted_average within [low, high]
+    (RANGE_TOLERANCE)."""
     for field in PRICE_FIELDS:
         value = row[field]
         if value is not None and not (math.isfinite(value) and value > 0):
             raise Rejected("{} must be finite and > 0, got {!r}".format(field, value))
+        if value is not None and not MIN_PRICE <= value <= MAX_PRICE:
+            raise Rejected(
+                "{} {!r} is outside the plausible prices [{}, {}]".format(field, value, MIN_PRICE, MAX_PRICE)
+            )
     for field in VOLUME_FIELDS:
         value = row[field]
         if value is not None and not (math.isfinite(value) and value >= 0):
@@ -603,8 +757,8 @@ def to_csv(row):
     """The canonical CSV object of one row: header plus one line, floats in shortest round-trip form."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CANONICAL_COLUMNS)
-    writer.writerow([_csv_cell(row[column]) for column in CANONICAL_COLUMNS])
+    writer.writerow(CSV_COLUMNS)
+    writer.writerow([_csv_cell(row.get(column)) for column in CSV_COLUMNS])
     return out.getvalue().encode("utf-8")
 
 
@@ -645,8 +799,8 @@ def window_slots(start, end):
 
 
 def list_raw_objects(s3, args):
-    """``[(key, size, slot), ...]`` in key order: every raw object of the range with its listed size and
-    the window whose prefix it lies under.
+    """``[(key, size, slot, modified), ...]`` in key order: every raw object of the range with its listed
+    size and LastModified (ISO 8601) and the window whose prefix it lies under.
 
     A range of up to LIST_BY_DAY_ABOVE_SLOTS windows lists each window's prefix (one LIST per window, as
     a single live window always has). A longer range lists each day partition it touches once, in
@@ -664,25 +818,27 @@ def list_raw_objects(s3, args):
     lengths = sorted({len(prefix) for prefix in slot_of_prefix})
     found = {}
     for listing in listings:
-        for key, size in listing:
+        for key, size, modified in listing:
             for length in lengths:
                 slot = slot_of_prefix.get(key[:length])
                 if slot is not None:
-                    found[key] = (key, size, slot)
+                    found[key] = (key, size, slot, modified)
                     break
     return [found[key] for key in sorted(found)]
 
 
 def list_raw_keys(s3, args):
     """Every raw object key of the range, in key order."""
-    return [key for key, _size, _slot in list_raw_objects(s3, args)]
+    return [listed[0] for listed in list_raw_objects(s3, args)]
 
 
 def _list_objects(s3, bucket, prefix):
-    """``[(key, size), ...]`` of every object under ``prefix``."""
+    """``[(key, size, LastModified as ISO 8601 UTC), ...]`` of every object under ``prefix``."""
     out = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        out.extend((item["Key"], item["Size"]) for item in page.get("Contents", []))
+        for item in page.get("Contents", []):
+            modified = item["LastModified"].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            out.append((item["Key"], item["Size"], modified))
     return out
 
 
@@ -704,64 +860,155 @@ def read_bounded(s3, bucket, key, limit, size=None):
 
 def process_object(s3, args, key, size=None):
     """Return ``(rows, problems)`` for one raw object; raise Rejected if nothing in it can be used."""
+    return records_of(read_bounded(s3, args.bucket, key, args.max_object_bytes, size), args, key)
+
+
+def records_of(data, args, key):
+    """``(rows, problems)`` of one raw object's bytes: its valid canonical rows, and a one-line reason
+    per refused record; Rejected (with its format guess) when no record in it can be used."""
     fmt = "unknown"
     try:
-        data = read_bounded(s3, args.bucket, key, args.max_object_bytes, size)
         fmt, raws = parse_object(decode_text(data))
+        decimal = decimal_convention(raws, args.aliases)
     except Rejected as error:
         raise Rejected(str(error), error.format_guess if error.format_guess != "unknown" else fmt) from None
     rows, problems = [], []
     for index, raw in enumerate(raws):
         try:
-            rows.append(normalize(raw, args.aliases, args.pair, key, fmt))
+            rows.append(normalize(raw, args.aliases, args.pair, key, fmt, decimal))
         except Rejected as error:
             problems.append("record {}: {}".format(index, error))
     if not rows:
-        reason = problems[0] if len(problems) == 1 else "; ".join(problems[:3]) or "no record found"
-        raise Rejected(reason, fmt)
+        raise Rejected(_one_line(problems) or "no record found", fmt)
     return rows, problems
 
 
-def quarantine(s3, args, key, reason, format_guess):
-    window = slot_stamp(args.start)
-    copy_key, reason_key = quarantine_keys(args.start, key, args.quarantine_prefix)
-    s3.copy_object(Bucket=args.bucket, Key=copy_key, CopySource={"Bucket": args.bucket, "Key": key})
-    note = {"source_key": key, "reason": reason, "format_guess": format_guess, "window": window}
-    s3.put_object(Bucket=args.bucket, Key=reason_key, Body=json.dumps(note, sort_keys=True).encode("utf-8"))
-    return reason_key
+def _one_line(reasons):
+    """Several reasons as one line: the first three, and how many more there are."""
+    line = "; ".join(reasons[:3])
+    return line + "; and {} more".format(len(reasons) - 3) if len(reasons) > 3 else line
+
+
+# --- the window contract: what an object found under window W may write
+
+
+def assess(data, args, key, slot):
+    """What the raw object ``key``, listed under window ``slot``, offers that window.
+
+    ``data`` is its bytes, or the Rejected raised while reading it. Returns ``{"key", "row", "reasons",
+    "format"}``: ``row`` is the object's one valid record of ``slot`` (None if it has none, or more than
+    one), ``reasons`` says why anything else in it was refused; a record of any other slot is refused,
+    whatever it holds. Any failure inside is the object's own: it becomes a reason, never a crash.
+    """
+    outcome = {"key": key, "row": None, "reasons": [], "format": "unknown"}
+    try:
+        if isinstance(data, Rejected):
+            raise data
+        rows, problems = records_of(data, args, key)
+    except Rejected as error:
+        outcome.update(reasons=[str(error)], format=error.format_guess)
+        return outcome
+    except Exception as error:  # noqa: BLE001 - a bug meeting one object must not fail every window
+        outcome["reasons"] = ["could not be processed: {}: {}".format(type(error).__name__, _clip(error))]
+        return outcome
+    stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
+    mine = [row for row in rows if row["timestamp"] == stamp]
+    outcome["format"] = rows[0]["source_format"]
+    outcome["reasons"] = problems + [_elsewhere(row["timestamp"], slot) for row in rows if row["timestamp"] != stamp]
+    if len(mine) == 1:
+        outcome["row"] = mine[0]
+    elif mine:
+        outcome["reasons"].append("{} records of window {} in one object: none is used".format(len(mine), stamp))
+    return outcome
+
+
+def _elsewhere(stamp, slot):
+    """Why a record of slot ``stamp`` found under window ``slot`` is refused."""
+    moment = _timestamp(stamp)
+    if moment >= slot + timedelta(seconds=SLOT_SECONDS) + FUTURE_SLACK:
+        return "record of {} is more than a day after window {}".format(stamp, slot_stamp(slot))
+    return "record of {} found under window {}: an object writes only its own window".format(stamp, slot_stamp(slot))
+
+
+def plan_window(args, slot, outcomes):
+    """Every write the objects listed under window ``slot`` lead to, decided before any is made.
+
+    ``outcomes`` are ``assess`` results with the listing's ``modified`` added. The newest object
+    (LastModified, then key) with a valid record of the window gives the canonical CSV, which names the
+    older ones it superseded; an object with any refused record is copied to quarantine with the reasons;
+    every object is tagged as ingested once those writes are made. The keys written are
+    ``analysis_key(slot)`` and ``quarantine_keys(slot, <listed key>)``, nothing else.
+    """
+    candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: (o["modified"], o["key"]))
+    plan = {"window": slot_stamp(slot), "csv": None, "used": None, "quarantine": []}
+    plan["tag"] = sorted(o["key"] for o in outcomes)
+    plan["superseded"] = [o["key"] for o in candidates[:-1]]
+    if candidates:
+        plan["used"] = candidates[-1]["key"]
+        row = dict(candidates[-1]["row"], superseded=json.dumps(plan["superseded"]) if plan["superseded"] else "")
+        plan["csv"] = (analysis_key(slot, args.analysis_prefix), to_csv(row))
+    for outcome in sorted(outcomes, key=lambda o: o["key"]):
+        if outcome["reasons"]:
+            copy_key, reason_key = quarantine_keys(slot, outcome["key"], args.quarantine_prefix)
+            note = {
+                "source_key": outcome["key"],
+                "reason": _one_line(outcome["reasons"]),
+                "format_guess": outcome["format"],
+                "window": plan["window"],
+                "record_used": outcome["key"] == plan["used"],
+            }
+            plan["quarantine"].append((outcome["key"], copy_key, reason_key, note))
+    return plan
+
+
+def apply_plan(s3, args, plan):
+    """Make a window's planned writes: quarantine copies and reasons, the canonical CSV, then the
+    ``price-pipeline=ingested`` tag on each raw object (only once what it gave is written, so the
+    lifecycle rule that expires tagged objects never removes one whose data is nowhere else)."""
+    for source_key, copy_key, reason_key, note in plan["quarantine"]:
+        s3.copy_object(
+            Bucket=args.bucket,
+            Key=copy_key,
+            CopySource={"Bucket": args.bucket, "Key": source_key},
+            TaggingDirective="REPLACE",  # the copy is not "ingested": it expires with the quarantine prefix
+        )
+        body = json.dumps(note, sort_keys=True).encode("utf-8")
+        s3.put_object(Bucket=args.bucket, Key=reason_key, Body=body, ContentType="application/json")
+    if plan["csv"] is not None:
+        key, body = plan["csv"]
+        s3.put_object(Bucket=args.bucket, Key=key, Body=body, ContentType="text/csv")
+    for key in plan["tag"]:
+        s3.put_object_tagging(Bucket=args.bucket, Key=key, Tagging={"TagSet": [INGESTED_TAG]})
+    return plan["csv"]
 
 
 def run(s3, args, spread=False):
     """Process every raw object of the range; return the summary dict.
 
-    The sizes from the listing spare one HEAD request per object. A bad object is quarantined under
-    the window it was found in (for a single window, that is ``--window_start``). With ``spread``, a
-    long run reads and writes from several processes (see worker_processes), each with its own S3
-    client from the environment; ``s3`` then only lists, quarantines and writes the range object.
+    The listing gives each object's size (sparing a HEAD request) and LastModified. Each object is read
+    and assessed against the window it is listed under, then each window's writes are planned and made
+    (see plan_window). With ``spread``, a long run reads and writes from several processes (see
+    worker_processes), each with its own S3 client from the environment.
     """
     objects = list_raw_objects(s3, args)
     processes = worker_processes(len(objects)) if spread else 1
-    keys = [key for key, _size, _slot in objects]
-    summary = {"window_start": slot_stamp(args.start), "objects": len(keys), "rows": 0, "quarantined": []}
     results = _each(s3, args, _read_listed, objects, processes)
-    by_slot = {}
-    for (key, _size, slot), (rows, problems, rejection) in zip(objects, results):  # noqa: B905 - no strict= on 3.9
-        if rejection is not None:
-            reason, fmt = rejection
-            print("QUARANTINED {}: {}".format(key, reason))
-            quarantine(s3, _at_window(args, slot), key, reason, fmt)
-            summary["quarantined"].append({"key": key, "reason": reason})
-            continue
-        for problem in problems:
-            print("SKIPPED in {}: {}".format(key, problem))
-        for row in rows:
-            by_slot[row["timestamp"]] = row  # later keys win: key order makes it deterministic
-    for stamp, row in sorted(by_slot.items()):
-        slot = _timestamp(stamp)
-        if not args.start <= slot < args.end:
-            print("NOTE {} holds the record of slot {}, outside the window".format(row["source_key"], stamp))
-    written = _each(s3, args, _write, list(by_slot.values()), processes)
-    summary["rows"] = len(by_slot)
+    by_window = {}
+    for (_key, _size, slot, modified), outcome in zip(objects, results):  # noqa: B905 - no strict= on 3.9
+        by_window.setdefault(slot, []).append(dict(outcome, modified=modified))
+    plans = [plan_window(args, slot, outcomes) for slot, outcomes in sorted(by_window.items())]
+    summary = {"window_start": slot_stamp(args.start), "objects": len(objects), "rows": 0}
+    summary.update(quarantined=[], superseded=[])
+    for plan in plans:
+        for source_key, _copy, _reason, note in plan["quarantine"]:
+            print("QUARANTINED {}: {}".format(source_key, note["reason"]))
+            summary["quarantined"].append({"key": source_key, "reason": note["reason"]})
+        if plan["superseded"]:
+            for key in plan["superseded"]:
+                print("SUPERSEDED in window {}: {} (by the newer {})".format(plan["window"], key, plan["used"]))
+                summary["superseded"].append({"window": plan["window"], "key": key, "by": plan["used"]})
+    written = [item for item in _each(s3, args, apply_plan, plans, processes) if item is not None]
+    summary["rows"] = len(written)
     if args.end - args.start > timedelta(seconds=SLOT_SECONDS):
         summary["range_objects_key"] = write_range_objects(s3, args, written)
     return summary
@@ -819,29 +1066,13 @@ def s3_client():
 
 
 def _read_listed(s3, args, listed):
-    key, size, _slot = listed
-    return _attempt(s3, args, key, size)
-
-
-def _at_window(args, slot):
-    """``args`` with ``start`` moved to the window ``slot`` (where its objects are quarantined)."""
-    moved = copy.copy(args)
-    moved.start = slot
-    return moved
-
-
-def _attempt(s3, args, key, size=None):
+    """Read one listed object (an S3 error fails the run, to be retried) and assess it (never raises)."""
+    key, size, slot, _modified = listed
     try:
-        rows, problems = process_object(s3, args, key, size)
-        return rows, problems, None
+        data = read_bounded(s3, args.bucket, key, args.max_object_bytes, size)
     except Rejected as error:
-        return [], [], (str(error), error.format_guess)
-
-
-def _write(s3, args, row):
-    key, body = analysis_key(_timestamp(row["timestamp"]), args.analysis_prefix), to_csv(row)
-    s3.put_object(Bucket=args.bucket, Key=key, Body=body, ContentType="text/csv")
-    return key, body
+        data = error
+    return assess(data, args, key, slot)
 
 
 def main(argv=None):

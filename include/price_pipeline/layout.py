@@ -52,6 +52,17 @@ CANONICAL_COLUMNS = (
     "source_key",
     "source_format",
 )
+#: Columns written after CANONICAL_COLUMNS, added later: a canonical CSV written before them lacks them,
+#: so a reader takes them by name and defaults them (``""``). ``weighted_average_basis`` says where the
+#: weighted average came from: ``record`` (the record gave it), ``volumes`` (volume / quote_volume) or
+#: ``no_trade`` (a zero-volume candle with open = high = low = close: that one price). ``superseded`` is
+#: a JSON list of the window's other raw objects, older than ``source_key``, whose record was not used.
+ADDED_COLUMNS = ("weighted_average_basis", "superseded")
+#: The header of every canonical CSV the Glue job writes.
+CSV_COLUMNS = CANONICAL_COLUMNS + ADDED_COLUMNS
+#: The S3 object tag the Glue job puts on a raw object once what it gave is written (canonical CSV or
+#: quarantine copy); Terraform expires only raw objects that carry it.
+INGESTED_TAG = {"Key": "price-pipeline", "Value": "ingested"}
 
 
 def slot_start(moment: datetime) -> datetime:

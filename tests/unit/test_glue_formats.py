@@ -10,10 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -57,13 +59,14 @@ def sidecar(path: Path) -> dict:
     return json.loads(path.with_name(path.name + ".expected.json").read_text())
 
 
-def normalize_object(data: bytes, aliases: dict = ALIASES) -> tuple[str, list[dict], list[str]]:
+def normalize_object(data: bytes, aliases: dict = ALIASES, pair: str = PAIR) -> tuple[str, list[dict], list[str]]:
     """Decode, detect and normalize one raw object: (format, canonical rows, reasons of skipped records)."""
     fmt, raws = glue.parse_object(glue.decode_text(data))
+    decimal = glue.decimal_convention(raws, aliases)
     rows, skipped = [], []
     for raw in raws:
         try:
-            rows.append(glue.normalize(raw, aliases, PAIR, KEY, fmt))
+            rows.append(glue.normalize(raw, aliases, pair, KEY, fmt, decimal))
         except glue.Rejected as error:
             skipped.append(str(error))
     return fmt, rows, skipped
@@ -97,7 +100,7 @@ def test_valid_corpus_covers_every_format():
 @pytest.mark.parametrize("path", corpus_inputs(VALID), ids=lambda path: path.name)
 def test_valid_variant_gives_exactly_its_expected_rows(path):
     expected = sidecar(path)
-    fmt, rows, skipped = normalize_object(path.read_bytes())
+    fmt, rows, skipped = normalize_object(path.read_bytes(), pair=expected.get("pair", PAIR))
     assert rows == [{**row, "source_key": KEY} for row in expected["rows"]]
     assert {row["source_format"] for row in rows} == {fmt}
     assert len(skipped) == len(expected.get("skipped", []))
@@ -107,13 +110,14 @@ def test_valid_variant_gives_exactly_its_expected_rows(path):
 
 @pytest.mark.parametrize("path", corpus_inputs(VALID), ids=lambda path: path.name)
 def test_canonical_csv_is_deterministic_and_round_trips(path):
-    _, first, _ = normalize_object(path.read_bytes())
-    _, second, _ = normalize_object(path.read_bytes())
+    pair = sidecar(path).get("pair", PAIR)
+    _, first, _ = normalize_object(path.read_bytes(), pair=pair)
+    _, second, _ = normalize_object(path.read_bytes(), pair=pair)
     for row, again in zip(first, second, strict=True):
         written = glue.to_csv(row)
         assert written == glue.to_csv(again)
         header, line = list(csv.reader(io.StringIO(written.decode("utf-8"))))
-        assert tuple(header) == layout.CANONICAL_COLUMNS
+        assert tuple(header) == layout.CSV_COLUMNS
         back = dict(zip(header, line, strict=True))
         for column in glue.NUMERIC_FIELDS:
             assert (float(back[column]) if back[column] else None) == row[column]
@@ -211,10 +215,52 @@ def test_numbers_as_json_numbers_or_text_with_thousands_separators(text, value):
     assert row["high"] == value
 
 
-@pytest.mark.parametrize("text", ["1_000", "3,12,0.55", "0x10", "1.2.3", "12,34", "3.120,55", "one", True])
-def test_ambiguous_number_text_is_rejected_not_guessed(text):
+@pytest.mark.parametrize("text", ["1_000", "3,12,0.55", "0x10", "1.2.3", "3.120,5.5", "one", True])
+def test_number_text_that_is_no_number_is_rejected(text):
     with pytest.raises(glue.Rejected, match="high is not a number"):
         normalize_record({"date": 1500000000, "high": text, "weightedAverage": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("12,34", 12.34), ("0,086", 0.086), ("3.120,55", 3120.55), ("1.233.214", 1233214.0), ("1234,5", 1234.5)],
+)
+def test_a_comma_decimal_that_reads_only_one_way_is_read(text, value):
+    assert normalize_record({"date": 1500000000, "high": text, "weightedAverage": 0.01})["high"] == value
+
+
+@pytest.mark.parametrize("text", ["3,120", "100,000", "-3,120"])
+def test_a_lone_comma_that_reads_two_ways_1000x_apart_is_refused_outside_semicolon_text(text):
+    with pytest.raises(glue.Rejected, match="is ambiguous"):
+        normalize_record({"date": 1500000000, "high": text, "weightedAverage": 0.01})
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        # A lone comma in semicolon text is the decimal separator ...
+        ("date;high;weightedAverage\n1500000000;3,120;3,1\n", (3.12, 3.1)),
+        # ... unless the object's other numbers show a decimal point.
+        ("date;high;weightedAverage\n1500000000;3,120;3110.5\n", (3120.0, 3110.5)),
+        ("date;high;weightedAverage\n1500000000;1.234;1,2\n", (1234.0, 1.2)),
+    ],
+)
+def test_semicolon_text_reads_its_numbers_by_the_objects_own_convention(text, values):
+    _, [row], _ = normalize_object(text.encode())
+    assert (row["high"], row["weighted_average"]) == values
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("date;high;weightedAverage\n1500000000;1.234;3120\n", "'1.234' is ambiguous"),
+        ("date;high;weightedAverage\n1500000000;3,120.5;3,1\n", "both '.' and ','"),
+        ('{"date": 1500000000, "high": "0,0866", "weightedAverage": "0.0864"}', "both '.' and ','"),
+    ],
+)
+def test_a_value_or_object_that_could_be_misread_1000x_is_refused(text, reason):
+    with pytest.raises(glue.Rejected, match=re.escape(reason)):
+        glue.records_of(text.encode(), SimpleNamespace(aliases=ALIASES, pair=PAIR), KEY)
 
 
 def test_weighted_average_is_derived_only_from_both_volumes():

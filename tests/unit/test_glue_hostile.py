@@ -180,20 +180,23 @@ def test_infinite_derived_weighted_average_is_rejected():
 
 @mock_aws
 def test_input_never_builds_an_output_key(monkeypatch, capsys):
-    """Keys come from the record's slot and a digest of the source key, never from input text."""
+    """Keys come from the window an object is listed under and a digest of its key, never from input text."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="price-bucket")
     slot = datetime(2017, 7, 14, 2, 40, tzinfo=UTC)
     good = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "/../../../etc/passwd.json"
     bad = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-x/../../crypto/02-data-analysis/evil"
-    record = {"date": 1500000000, "pair": "../../crypto/02-data-analysis/evil", "weightedAverage": 0.0864}
+    named = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "/../../crypto/03-price-changes/x.json"
+    record = {"date": 1500000000, "weightedAverage": 0.0864}
     s3.put_object(Bucket="price-bucket", Key=good, Body=json.dumps(record).encode())
     s3.put_object(
         Bucket="price-bucket",
         Key=bad,
         Body=b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>',
     )
+    hostile_pair = {**record, "pair": "../../crypto/02-data-analysis/evil"}
+    s3.put_object(Bucket="price-bucket", Key=named, Body=json.dumps(hostile_pair).encode())
     args = glue.parse_args(
         [
             "--bucket=price-bucket",
@@ -208,9 +211,12 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     summary = glue.run(s3, args)
 
     assert summary["rows"] == 1
-    assert [item["key"] for item in summary["quarantined"]] == [bad]
-    assert "QUARANTINED " + bad + ": XML refused (DTDForbidden)" in capsys.readouterr().out
-    written = {item["Key"] for item in s3.list_objects_v2(Bucket="price-bucket")["Contents"]} - {good, bad}
-    assert written == {layout.analysis_key(slot), *layout.quarantine_keys(slot, bad)}
+    assert sorted(item["key"] for item in summary["quarantined"]) == sorted([bad, named])
+    out = capsys.readouterr().out
+    assert "QUARANTINED " + bad + ": XML refused (DTDForbidden)" in out
+    assert "QUARANTINED " + named + ": record 0: record names pair '../../crypto/02-data-analysis/evil'" in out
+    written = {item["Key"] for item in s3.list_objects_v2(Bucket="price-bucket")["Contents"]} - {good, bad, named}
+    quarantined = {*layout.quarantine_keys(slot, bad), *layout.quarantine_keys(slot, named)}
+    assert written == {layout.analysis_key(slot), *quarantined}
     body = s3.get_object(Bucket="price-bucket", Key=layout.analysis_key(slot))["Body"].read().decode()
-    assert "../../crypto/02-data-analysis/evil" in body  # the pair is data in the row, nothing more
+    assert "evil" not in body  # the record's pair text is never data in a row: the row names the configured pair

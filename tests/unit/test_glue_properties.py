@@ -43,14 +43,21 @@ class Record:
         """The canonical numeric fields a producer writes (weighted_average may be left to derivation)."""
         return tuple(field for field in NUMERIC if self.explicit_vwap or field != "weighted_average")
 
-    def expected(self, source_format: str, names_pair: bool = True) -> dict:
+    def expected(self, source_format: str) -> dict:
         """The canonical row this record must normalize to."""
         row = {field: float(value) for field, value in self.values.items()}
         if not self.explicit_vwap:
             row["weighted_average"] = row["volume"] / row["quote_volume"]
-        pair = self.pair if names_pair and self.pair else PAIR
         stamp = self.slot.strftime("%Y-%m-%dT%H:%M:%SZ")
-        return {"timestamp": stamp, "pair": pair, **row, "source_key": KEY, "source_format": source_format}
+        basis = "record" if self.explicit_vwap else "volumes"
+        return {
+            "timestamp": stamp,
+            "pair": PAIR,  # a record may name the configured pair in any spelling; the row names it one way
+            **row,
+            "source_key": KEY,
+            "source_format": source_format,
+            "weighted_average_basis": basis,
+        }
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ def records(draw, traded: bool = False) -> Record:
         "weighted_average": vwap,
     }
     explicit_vwap = quote_volume == 0 or draw(st.booleans())
-    pair = draw(st.sampled_from([None, "BTC_ETH", "ETH/USDT", "ETHUSDT", "eth-usd"]))
+    pair = draw(st.sampled_from([None, "ETH/USDT", "ETHUSDT", "eth-usdt", "USDT_ETH", "eth_usdt"]))
     slot = datetime.fromtimestamp(draw(SLOT_INDEX) * 300, UTC)
     return Record(slot, pair, values, explicit_vwap)
 
@@ -127,17 +134,18 @@ def normalize_object(text: str | bytes) -> tuple[str, list[dict], list[str]]:
     """Decode, detect and normalize one raw object: (format, canonical rows, reasons of skipped records)."""
     data = text.encode("utf-8") if isinstance(text, str) else text
     fmt, raws = glue.parse_object(glue.decode_text(data))
+    decimal = glue.decimal_convention(raws, ALIASES)
     rows, skipped = [], []
     for raw in raws:
         try:
-            rows.append(glue.normalize(raw, ALIASES, PAIR, KEY, fmt))
+            rows.append(glue.normalize(raw, ALIASES, PAIR, KEY, fmt, decimal))
         except glue.Rejected as error:
             skipped.append(str(error))
     return fmt, rows, skipped
 
 
-def assert_normalizes(text: str | bytes, fmt: str, recs: list[Record], names_pair: bool = True) -> None:
-    assert normalize_object(text) == (fmt, [record.expected(fmt, names_pair) for record in recs], [])
+def assert_normalizes(text: str | bytes, fmt: str, recs: list[Record]) -> None:
+    assert normalize_object(text) == (fmt, [record.expected(fmt) for record in recs], [])
 
 
 # ---------------------------------------------------------------- the writers
@@ -238,7 +246,7 @@ def test_headerless_in_poloniex_order(recs, style, delimiter_and_format):
         + [style.number(record.values[field]) if field in record.fields() else "" for field in POLONIEX_ORDER[1:]]
         for record in recs
     ]
-    assert_normalizes(write_delimited([], rows, delimiter), fmt + "-headerless", recs, names_pair=False)
+    assert_normalizes(write_delimited([], rows, delimiter), fmt + "-headerless", recs)
 
 
 @PROPERTY
@@ -262,7 +270,7 @@ def test_canonical_csv_is_itself_valid_input(record, style):
     """The job's own output, fed back, gives the same row: nothing is lost or reshaped in to_csv."""
     (row,) = normalize_object(write_json(style.pairs(record)))[1]
     (again,) = normalize_object(glue.to_csv(row))[1]
-    assert again == {**row, "source_format": "csv"}
+    assert again == {**row, "source_format": "csv", "weighted_average_basis": "record"}
 
 
 # ---------------------------------------------------------------- nothing but Rejected

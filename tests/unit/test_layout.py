@@ -252,6 +252,9 @@ def _copy_block_names() -> set[str]:
 CHECKED_COPIES = {
     "SLOT_SECONDS",
     "CANONICAL_COLUMNS",
+    "ADDED_COLUMNS",
+    "CSV_COLUMNS",
+    "INGESTED_TAG",
     "slot_stamp",
     "partition",
     "ingestion_window_prefix",
@@ -268,6 +271,9 @@ def test_every_name_in_the_glue_copy_block_is_checked_against_layout():
 def test_glue_copy_has_the_same_constants_as_layout():
     assert glue.SLOT_SECONDS == layout.SLOT_SECONDS
     assert glue.CANONICAL_COLUMNS == layout.CANONICAL_COLUMNS
+    assert glue.ADDED_COLUMNS == layout.ADDED_COLUMNS
+    assert glue.CSV_COLUMNS == layout.CSV_COLUMNS
+    assert glue.INGESTED_TAG == layout.INGESTED_TAG
 
 
 @PROPERTY
