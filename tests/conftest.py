@@ -140,6 +140,31 @@ class Aws:
         """Every object under ``prefix`` with its bytes."""
         return {key: self.get(key) for key in self.keys(prefix)}
 
+    def run_real_glue_job(self, arguments: dict[str, str], timeout: float = 300, **job_kwargs) -> dict:
+        """One run of the pipeline's real Glue job script on the stand-in, as a job of its own (a unique
+        name); its finished JobRun. ``arguments`` are the run's (``--window_start`` ...); ``job_kwargs`` go
+        to CreateJob (default: ``settings.glue_job_arguments`` as DefaultArguments, a 20-minute Timeout)."""
+        import uuid
+
+        from include.price_pipeline import layout, settings
+
+        name = f"test-glue-{uuid.uuid4().hex[:12]}"
+        script_key = f"{layout.GLUE_SCRIPTS_PREFIX}tests/{name}.py"
+        self.s3.upload_file(str(layout.GLUE_SCRIPT_PATH), self.config.bucket, script_key)
+        script = f"s3://{self.config.bucket}/{script_key}"
+        self.glue.create_job(
+            Name=name,
+            Role=self.config.glue_role_name,
+            Command={"Name": "pythonshell", "PythonVersion": "3.9", "ScriptLocation": script},
+            **{"Timeout": 20, "DefaultArguments": settings.glue_job_arguments(self.config), **job_kwargs},
+        )
+        run_id = self.glue.start_job_run(JobName=name, Arguments=arguments)["JobRunId"]
+        deadline = time.monotonic() + timeout
+        while "CompletedOn" not in (run := self.glue.get_job_run(JobName=name, RunId=run_id)["JobRun"]):
+            assert time.monotonic() < deadline, f"Glue run {run_id} of {name} did not finish in {timeout} s"
+            time.sleep(0.3)
+        return run
+
 
 @pytest.fixture(scope="session")
 def aws_session(standin) -> Aws:

@@ -8,49 +8,17 @@ computed here in plain Python from the CSV, without the project's functions.
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.price_pipeline import analysis, layout, settings, windows
+from include.price_pipeline import alerts, analysis, layout, settings, windows
 from local.feed import write_record
 
 pytestmark = pytest.mark.integration
 
 DAY = datetime(2017, 7, 20, tzinfo=UTC)  # holds the +6.4 % rally bar at 23:15
 THRESHOLD = 1.0
-
-
-def run_glue_range(aws, start: datetime, end: datetime, pair: str) -> None:
-    """One Glue Python shell run of the real job script over [start, end) on the stand-in."""
-    script_key = f"{layout.GLUE_SCRIPTS_PREFIX}real-data-test.py"
-    aws.s3.upload_file(str(layout.GLUE_SCRIPT_PATH), aws.config.bucket, script_key)
-    name = "price-normalize-real-data-test"
-    aws.glue.create_job(
-        Name=name,
-        Role=aws.config.glue_role_name,
-        Command={
-            "Name": "pythonshell",
-            "PythonVersion": "3.9",
-            "ScriptLocation": f"s3://{aws.config.bucket}/{script_key}",
-        },
-        MaxCapacity=0.0625,
-        Timeout=20,
-        DefaultArguments={**settings.glue_job_arguments(aws.config), "--pair": pair},
-    )
-    run_id = aws.glue.start_job_run(
-        JobName=name,
-        Arguments={
-            "--window_start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "--window_end": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        },
-    )["JobRunId"]
-    deadline = time.monotonic() + 300
-    while (state := aws.glue.get_job_run(JobName=name, RunId=run_id)["JobRun"])["JobRunState"] == "RUNNING":
-        assert time.monotonic() < deadline, "Glue range run did not finish"
-        time.sleep(1)
-    assert state["JobRunState"] == "SUCCEEDED", state.get("ErrorMessage")
 
 
 def independent_expectation(rows: list[dict]) -> dict[int, tuple[float, float, float, str]]:
@@ -77,7 +45,10 @@ def test_ledger_of_a_replayed_real_day_matches_an_independent_computation(aws, p
         record = {k: int(v) if k == "date" else float(v) for k, v in row.items()}
         write_record(aws.s3, aws.config.bucket, record)  # formats rotate by slot: json, csv, xml, txt
 
-    run_glue_range(aws, DAY - layout.SLOT, DAY + timedelta(days=1), pair="ETH/BTC")
+    window = {"--window_start": alerts.iso(DAY - layout.SLOT), "--window_end": alerts.iso(DAY + timedelta(days=1))}
+    job_arguments = settings.glue_job_arguments(aws.config) | {"--pair": "ETH/BTC"}
+    run = aws.run_real_glue_job(window, DefaultArguments=job_arguments)
+    assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     policy = analysis.Policy(threshold_pct=THRESHOLD, lookback_minutes=60)
     slots = [DAY + layout.SLOT * i for i in range(288)]
     for slot in slots:

@@ -20,14 +20,13 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from include.price_pipeline import layout, settings
+from include.price_pipeline import layout
 from local.feed import render
 from local.stack import ROOT, SIMPLE_AUTH_MANAGER, Stack
 from tests.records import candle
@@ -132,33 +131,6 @@ def listener():
     server.shutdown()
 
 
-def run_normalize_job(aws, slot: datetime) -> dict:
-    """One run of the real Glue job script over ``slot``'s window on the stand-in; its final JobRun."""
-    name = f"test-security-{uuid.uuid4().hex[:12]}"
-    script_key = f"{layout.GLUE_SCRIPTS_PREFIX}tests/{name}.py"
-    aws.s3.upload_file(str(layout.GLUE_SCRIPT_PATH), aws.config.bucket, script_key)
-    aws.glue.create_job(
-        Name=name,
-        Role=aws.config.glue_role_name,
-        Command={
-            "Name": "pythonshell",
-            "PythonVersion": "3.9",
-            "ScriptLocation": f"s3://{aws.config.bucket}/{script_key}",
-        },
-        Timeout=20,
-        DefaultArguments=settings.glue_job_arguments(aws.config),
-    )
-    run_id = aws.glue.start_job_run(
-        JobName=name,
-        Arguments={"--window_start": slot.strftime("%Y-%m-%dT%H:%M:%SZ")},
-    )["JobRunId"]
-    deadline = time.monotonic() + 300
-    while "CompletedOn" not in (run := aws.glue.get_job_run(JobName=name, RunId=run_id)["JobRun"]):
-        assert time.monotonic() < deadline, "the Glue run did not finish"
-        time.sleep(0.5)
-    return run
-
-
 @pytest.mark.integration
 def test_hostile_objects_through_the_real_glue_job_read_fetch_and_write_nothing_outside_the_window(
     aws, listener, tmp_path
@@ -167,11 +139,11 @@ def test_hostile_objects_through_the_real_glue_job_read_fetch_and_write_nothing_
     prefix = layout.ingestion_window_prefix(slot)
     canary = tmp_path / "canary.txt"
     canary.write_text(f"canary-{uuid.uuid4().hex}")
-    record = {**candle(slot, 2500.0), "pair": "../../crypto/03-price-changes/evil"}
+    named = {**candle(slot, 2500.0), "pair": "../../crypto/03-price-changes/evil"}  # quarantined: not our pair
     hostile = {
-        prefix + "/../../../etc/passwd.json": render(record, "json"),
-        prefix + "-x/../../crypto/03-price-changes/evil.json": render(record, "txt"),
-        prefix + "..%2F..%2Fcrypto%2F02-data-analysis%2Fevil.csv": render(record, "csv"),
+        prefix + "/../../../etc/passwd.json": render(candle(slot, 2500.0), "json"),
+        prefix + "-x/../../crypto/03-price-changes/evil.json": render(named, "json"),
+        prefix + "..%2F..%2Fcrypto%2F02-data-analysis%2Fevil.csv": render(candle(slot, 2500.0), "csv"),
         prefix + "\\..\\..\\evil.xml": (
             f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file://{canary}">]>'
             f"<record><date>{int(slot.timestamp())}</date><weightedAverage>&x;</weightedAverage></record>"
@@ -186,7 +158,7 @@ def test_hostile_objects_through_the_real_glue_job_read_fetch_and_write_nothing_
     for key, body in hostile.items():
         aws.put(key, body)
 
-    run = run_normalize_job(aws, slot)
+    run = aws.run_real_glue_job({"--window_start": slot.strftime("%Y-%m-%dT%H:%M:%SZ")})
 
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     written = (set(aws.keys("crypto/")) | set(aws.keys("artifacts/"))) - before - set(hostile)
@@ -201,8 +173,10 @@ def test_hostile_objects_through_the_real_glue_job_read_fetch_and_write_nothing_
     assert outside == []
     assert layout.analysis_key(slot) in written  # the good records still got through
     quarantined = [json.loads(aws.get(k)) for k in written if k.endswith(".reason.json")]
-    assert sorted(q["source_key"] for q in quarantined) == sorted(k for k in hostile if k.endswith(".xml"))
-    assert all("XML refused" in q["reason"] for q in quarantined)
+    reasons = {q["source_key"]: q["reason"] for q in quarantined}
+    assert sorted(reasons) == sorted(k for k in hostile if k.endswith((".xml", "evil.json")))
+    assert all("XML refused" in reasons[k] for k in hostile if k.endswith(".xml"))
+    assert "names pair" in reasons[prefix + "-x/../../crypto/03-price-changes/evil.json"]
     assert _Listener.hits == []  # no DTD or entity was fetched
     secret = canary.read_text().encode()
     assert [key for key in written if secret in aws.get(key)] == []  # the local file was never read
