@@ -755,10 +755,13 @@ def _outside(value, low, high):
 
 def to_csv(row):
     """The canonical CSV object of one row: header plus one line, floats in shortest round-trip form."""
+    cells = [_csv_cell(row.get(column)) for column in CSV_COLUMNS]
+    # The csv module quotes only the line terminator's characters: a key holding a carriage return
+    # (S3 allows it) would break the row, so such a row has every cell quoted.
+    stray_return = any("\r" in cell for cell in cells if isinstance(cell, str))
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    writer.writerow([_csv_cell(row.get(column)) for column in CSV_COLUMNS])
+    csv.writer(out, lineterminator="\n").writerow(CSV_COLUMNS)
+    csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL if stray_return else csv.QUOTE_MINIMAL).writerow(cells)
     return out.getvalue().encode("utf-8")
 
 

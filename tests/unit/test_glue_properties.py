@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from xml.sax.saxutils import escape, quoteattr
 
 from hypothesis import given, settings
@@ -314,3 +315,91 @@ def test_truncated_valid_objects_never_crash_nor_give_an_invalid_row(record, sty
     cut = data.draw(st.integers(min_value=0, max_value=len(text)))
     for row in accepted_or_rejected(text[:cut].encode("utf-8")):
         glue.validate(row)
+
+
+# ---------------------------------------------------------------- the window contract
+
+
+class RecordingS3:
+    """The S3 calls apply_plan makes, recorded: which keys it writes and tags."""
+
+    def __init__(self):
+        self.written, self.tagged = [], []
+
+    def copy_object(self, Bucket, Key, CopySource, TaggingDirective):  # noqa: N803 - boto3's names
+        self.written.append(Key)
+
+    def put_object(self, Bucket, Key, Body, ContentType):  # noqa: N803
+        self.written.append(Key)
+
+    def put_object_tagging(self, Bucket, Key, Tagging):  # noqa: N803
+        self.tagged.append((Key, Tagging["TagSet"]))
+
+
+CONTRACT_ARGS = SimpleNamespace(
+    bucket="b",
+    aliases=ALIASES,
+    pair=PAIR,
+    analysis_prefix=layout.ANALYSIS_PREFIX,
+    quarantine_prefix=layout.QUARANTINE_PREFIX,
+)
+#: Where a record of an object under window W may claim to be: W itself, near it, far from it, implausible.
+SLOT_OFFSETS = st.sampled_from([0, 0, 0, -1, 1, -288, 288 * 3, -(10**6), 10**7])
+
+
+@st.composite
+def contract_objects(draw, window: datetime) -> tuple[str, bytes]:
+    """``(key, bytes)`` of an object listed under ``window``: records of any slot, pair and shape."""
+    recs = []
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        record = draw(records())
+        offset = draw(SLOT_OFFSETS)
+        slot = window + timedelta(minutes=5 * offset)
+        pair = draw(st.sampled_from([None, PAIR, "eth_usdt", "BTC/USDT", "<!channel>"]))
+        recs.append(Record(slot, pair, record.values, record.explicit_vwap))
+    style = draw(styles())
+    shape = draw(st.sampled_from(["json-array", "ndjson", "csv", "noise"]))
+    if shape == "noise" or not recs:
+        data = draw(st.binary(max_size=200))
+    elif shape == "csv":
+        fields = ["timestamp", *NUMERIC]
+        rows = [[style.stamp(r.slot), *(style.number(r.values[f]) for f in NUMERIC)] for r in recs]
+        data = write_delimited([style.names[f] for f in fields], rows, ",").encode()
+    else:
+        docs = [dict(style.pairs(record)) for record in recs]
+        data = (json.dumps(docs) if shape == "json-array" else "\n".join(map(json.dumps, docs)) + "\n").encode()
+    suffix = draw(st.text(max_size=30))
+    return glue.ingestion_window_prefix(window, layout.INGESTION_PREFIX) + suffix, data
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data(), SLOT_INDEX)
+def test_any_objects_under_a_window_write_at_most_its_csv_and_their_quarantine_copies(data, slot_index):
+    window = datetime.fromtimestamp(slot_index * 300, UTC)
+    objects = dict(data.draw(st.lists(contract_objects(window), min_size=1, max_size=4)))
+    modified = {
+        key: data.draw(st.sampled_from(["2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:01.000000Z"]))
+        for key in objects
+    }
+    outcomes = [
+        dict(glue.assess(body, CONTRACT_ARGS, key, window), modified=modified[key]) for key, body in objects.items()
+    ]
+
+    plan = glue.plan_window(CONTRACT_ARGS, window, outcomes)
+    s3 = RecordingS3()
+    written = glue.apply_plan(s3, CONTRACT_ARGS, plan)
+
+    allowed = {layout.analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
+    assert set(s3.written) <= allowed
+    assert s3.tagged == [(key, [layout.INGESTED_TAG]) for key in sorted(objects)]  # after every write
+    quarantined = {source for source, *_ in plan["quarantine"]}
+    for key in objects:  # nothing is dropped silently: each object gave the CSV, was superseded or quarantined
+        assert key == plan["used"] or key in plan["superseded"] or key in quarantined
+    if written is None:
+        assert plan["used"] is None
+        return
+    [row] = csv.DictReader(io.StringIO(written[1].decode()))
+    assert (row["timestamp"], row["pair"]) == (window.strftime("%Y-%m-%dT%H:%M:%SZ"), PAIR)
+    candidates = [(modified[o["key"]], o["key"]) for o in outcomes if o["row"] is not None]
+    assert row["source_key"] == max(candidates)[1]
+    assert json.loads(row["superseded"] or "[]") == [key for _, key in sorted(candidates)[:-1]]
