@@ -139,7 +139,7 @@ resource "aws_s3_object" "mwaa_startup" {
   content_type = "text/x-sh"
   kms_key_id   = var.s3_encryption == "SSE-KMS" ? aws_kms_key.pipeline.arn : null
 
-  depends_on = [aws_s3_bucket_versioning.data]
+  depends_on = [aws_s3_bucket_versioning.bucket]
 }
 
 resource "aws_mwaa_environment" "this" {

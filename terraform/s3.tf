@@ -6,21 +6,6 @@ resource "aws_s3_bucket" "data" {
   bucket = local.bucket_name
 }
 
-resource "aws_s3_bucket_public_access_block" "data" {
-  bucket                  = aws_s3_bucket.data.id
-  block_public_acls       = true
-  block_public_policy     = true
-  ignore_public_acls      = true
-  restrict_public_buckets = true
-}
-
-resource "aws_s3_bucket_ownership_controls" "data" {
-  bucket = aws_s3_bucket.data.id
-  rule {
-    object_ownership = "BucketOwnerEnforced"
-  }
-}
-
 resource "aws_s3_bucket_server_side_encryption_configuration" "data" {
   bucket = aws_s3_bucket.data.id
   rule {
@@ -32,24 +17,39 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "data" {
   }
 }
 
-resource "aws_s3_bucket_versioning" "data" {
-  bucket = aws_s3_bucket.data.id
-  versioning_configuration {
-    status = "Enabled"
-  }
-}
-
+# What is kept (README "Bad input" says the same): raw objects until 30 days after upload once the Glue
+# job has tagged them ingested (their canonical CSV or quarantine copy is written; untagged ones are
+# kept), quarantine copies 180 days, canonical CSVs, Parquet and the ledger with every version forever.
 resource "aws_s3_bucket_lifecycle_configuration" "data" {
   bucket = aws_s3_bucket.data.id
 
   rule {
-    id     = "expire-raw-records"
+    id     = "expire-ingested-raw-records"
+    status = "Enabled"
+    filter {
+      and {
+        prefix = var.ingestion_prefix
+        tags   = local.ingested_tag
+      }
+    }
+    expiration {
+      days = var.ingestion_expiration_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = var.noncurrent_version_expiration_days
+    }
+  }
+
+  rule {
+    # A tag filter cannot carry these two: the delete marker left once a raw object's last version is
+    # gone, and uploads that never completed.
+    id     = "raw-delete-markers-and-uploads"
     status = "Enabled"
     filter {
       prefix = var.ingestion_prefix
     }
     expiration {
-      days = var.ingestion_expiration_days
+      expired_object_delete_marker = true
     }
     abort_incomplete_multipart_upload {
       days_after_initiation = 1
@@ -65,55 +65,32 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
     expiration {
       days = var.quarantine_expiration_days
     }
+    noncurrent_version_expiration {
+      noncurrent_days = var.noncurrent_version_expiration_days
+    }
     abort_incomplete_multipart_upload {
       days_after_initiation = 1
     }
   }
 
   rule {
-    id     = "noncurrent-versions-and-uploads"
+    # Bucket-wide, uploads only: the ledger, canonical CSV and Parquet keep every version.
+    id     = "abort-incomplete-uploads"
     status = "Enabled"
     filter {}
-    noncurrent_version_expiration {
-      noncurrent_days = var.noncurrent_version_expiration_days
-    }
-    expiration {
-      expired_object_delete_marker = true
-    }
     abort_incomplete_multipart_upload {
       days_after_initiation = 1
     }
   }
 
-  depends_on = [aws_s3_bucket_versioning.data]
-}
-
-data "aws_iam_policy_document" "data_bucket" {
-  statement {
-    sid     = "DenyInsecureTransport"
-    effect  = "Deny"
-    actions = ["s3:*"]
-    resources = [
-      aws_s3_bucket.data.arn,
-      "${aws_s3_bucket.data.arn}/*",
-    ]
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
+  depends_on = [aws_s3_bucket_versioning.bucket]
 }
 
 resource "aws_s3_bucket_policy" "data" {
   bucket = aws_s3_bucket.data.id
-  policy = data.aws_iam_policy_document.data_bucket.json
+  policy = data.aws_iam_policy_document.deny_insecure_transport["data"].json
 
-  depends_on = [aws_s3_bucket_public_access_block.data]
+  depends_on = [aws_s3_bucket_public_access_block.bucket]
 }
 
 resource "aws_s3_bucket_logging" "data" {
@@ -131,34 +108,12 @@ resource "aws_s3_bucket" "access_logs" {
   bucket = "${local.bucket_name}-logs"
 }
 
-resource "aws_s3_bucket_public_access_block" "access_logs" {
-  bucket                  = aws_s3_bucket.access_logs.id
-  block_public_acls       = true
-  block_public_policy     = true
-  ignore_public_acls      = true
-  restrict_public_buckets = true
-}
-
-resource "aws_s3_bucket_ownership_controls" "access_logs" {
-  bucket = aws_s3_bucket.access_logs.id
-  rule {
-    object_ownership = "BucketOwnerEnforced"
-  }
-}
-
 resource "aws_s3_bucket_server_side_encryption_configuration" "access_logs" {
   bucket = aws_s3_bucket.access_logs.id
   rule {
     apply_server_side_encryption_by_default {
       sse_algorithm = "AES256"
     }
-  }
-}
-
-resource "aws_s3_bucket_versioning" "access_logs" {
-  bucket = aws_s3_bucket.access_logs.id
-  versioning_configuration {
-    status = "Enabled"
   }
 }
 
@@ -180,10 +135,12 @@ resource "aws_s3_bucket_lifecycle_configuration" "access_logs" {
     }
   }
 
-  depends_on = [aws_s3_bucket_versioning.access_logs]
+  depends_on = [aws_s3_bucket_versioning.bucket]
 }
 
 data "aws_iam_policy_document" "access_logs" {
+  source_policy_documents = [data.aws_iam_policy_document.deny_insecure_transport["access_logs"].json]
+
   statement {
     sid       = "S3ServerAccessLogDelivery"
     effect    = "Allow"
@@ -204,15 +161,60 @@ data "aws_iam_policy_document" "access_logs" {
       values   = [local.account_id]
     }
   }
+}
 
+resource "aws_s3_bucket_policy" "access_logs" {
+  bucket = aws_s3_bucket.access_logs.id
+  policy = data.aws_iam_policy_document.access_logs.json
+
+  depends_on = [aws_s3_bucket_public_access_block.bucket]
+}
+
+# ------------------------------------------------------------------------------------ both buckets
+
+# The same hardening for the data bucket and its access-log bucket: private, owner-enforced,
+# versioned, TLS only.
+locals {
+  buckets = {
+    data        = aws_s3_bucket.data
+    access_logs = aws_s3_bucket.access_logs
+  }
+  # The tag the Glue job puts on a raw object once it is ingested (layout.INGESTED_TAG).
+  ingested_tag = { "price-pipeline" = "ingested" }
+}
+
+resource "aws_s3_bucket_public_access_block" "bucket" {
+  for_each                = local.buckets
+  bucket                  = each.value.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_ownership_controls" "bucket" {
+  for_each = local.buckets
+  bucket   = each.value.id
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_versioning" "bucket" {
+  for_each = local.buckets
+  bucket   = each.value.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+data "aws_iam_policy_document" "deny_insecure_transport" {
+  for_each = local.buckets
   statement {
-    sid     = "DenyInsecureTransport"
-    effect  = "Deny"
-    actions = ["s3:*"]
-    resources = [
-      aws_s3_bucket.access_logs.arn,
-      "${aws_s3_bucket.access_logs.arn}/*",
-    ]
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [each.value.arn, "${each.value.arn}/*"]
     principals {
       type        = "*"
       identifiers = ["*"]
@@ -225,9 +227,33 @@ data "aws_iam_policy_document" "access_logs" {
   }
 }
 
-resource "aws_s3_bucket_policy" "access_logs" {
-  bucket = aws_s3_bucket.access_logs.id
-  policy = data.aws_iam_policy_document.access_logs.json
+# Where these blocks were before they were shared (no replacement on apply).
+moved {
+  from = aws_s3_bucket_public_access_block.data
+  to   = aws_s3_bucket_public_access_block.bucket["data"]
+}
 
-  depends_on = [aws_s3_bucket_public_access_block.access_logs]
+moved {
+  from = aws_s3_bucket_public_access_block.access_logs
+  to   = aws_s3_bucket_public_access_block.bucket["access_logs"]
+}
+
+moved {
+  from = aws_s3_bucket_ownership_controls.data
+  to   = aws_s3_bucket_ownership_controls.bucket["data"]
+}
+
+moved {
+  from = aws_s3_bucket_ownership_controls.access_logs
+  to   = aws_s3_bucket_ownership_controls.bucket["access_logs"]
+}
+
+moved {
+  from = aws_s3_bucket_versioning.data
+  to   = aws_s3_bucket_versioning.bucket["data"]
+}
+
+moved {
+  from = aws_s3_bucket_versioning.access_logs
+  to   = aws_s3_bucket_versioning.bucket["access_logs"]
 }

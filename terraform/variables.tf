@@ -85,7 +85,7 @@ variable "s3_encryption" {
 }
 
 variable "ingestion_expiration_days" {
-  description = "Raw records under the ingestion prefix expire after this many days."
+  description = "Raw records the Glue job has tagged ingested expire this many days after upload (untagged ones are kept)."
   type        = number
   default     = 30
 
@@ -107,7 +107,7 @@ variable "quarantine_expiration_days" {
 }
 
 variable "noncurrent_version_expiration_days" {
-  description = "Overwritten or deleted object versions are kept this many days."
+  description = "Overwritten or deleted versions of raw records and quarantine copies are kept this many days (the ledger, canonical CSV and Parquet keep every version)."
   type        = number
   default     = 30
 }

@@ -419,26 +419,43 @@ def _assert_denies_plain_http(statement: dict):
 
 def test_bucket_is_private_encrypted_versioned_and_expires_by_prefix():
     tf = module()
-    block = tf.resource("aws_s3_bucket_public_access_block", "data")
+    block = tf.resource("aws_s3_bucket_public_access_block", "bucket")
     flags = ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
     assert all(block[flag] is True for flag in flags)
+    assert block["for_each"] == "${local.buckets}"
+    assert set(tf.locals["buckets"]) == {"data", "access_logs"}
     [rule] = tf.resource("aws_s3_bucket_server_side_encryption_configuration", "data")["rule"]
     [default] = rule["apply_server_side_encryption_by_default"]
     assert "aws:kms" in default["sse_algorithm"]
     assert "AES256" in default["sse_algorithm"]
     assert tf.variables["s3_encryption"]["default"] == "SSE-KMS"
-    [versioning] = tf.resource("aws_s3_bucket_versioning", "data")["versioning_configuration"]
-    assert versioning["status"] == "Enabled"
-    _assert_denies_plain_http(statements(tf.data[("aws_iam_policy_document", "data_bucket")])["DenyInsecureTransport"])
+    versioning = tf.resource("aws_s3_bucket_versioning", "bucket")
+    assert versioning["for_each"] == "${local.buckets}"
+    assert versioning["versioning_configuration"][0]["status"] == "Enabled"
+    deny = tf.data[("aws_iam_policy_document", "deny_insecure_transport")]
+    assert deny["for_each"] == "${local.buckets}"
+    _assert_denies_plain_http(statements(deny)["DenyInsecureTransport"])
+    policy = tf.resource("aws_s3_bucket_policy", "data")["policy"]
+    assert policy == '${data.aws_iam_policy_document.deny_insecure_transport["data"].json}'
 
-    expiry = {}
+
+def test_only_ingested_raw_records_and_quarantine_copies_expire_and_ledger_history_is_kept():
+    tf = module()
+    expiry, noncurrent = {}, set()
     for lifecycle_rule in tf.resource("aws_s3_bucket_lifecycle_configuration", "data")["rule"]:
         [rule_filter] = lifecycle_rule["filter"] or [{}]
+        [scope] = rule_filter.get("and") or [rule_filter]
+        prefix, tags = resolve(scope.get("prefix", "")), resolve(scope.get("tags", {}))
         for expiration in lifecycle_rule.get("expiration", []):
             if "days" in expiration:
-                expiry[resolve(rule_filter.get("prefix", ""))] = resolve(expiration["days"])
-    assert set(expiry) == {layout.INGESTION_PREFIX, layout.QUARANTINE_PREFIX}
-    assert expiry[layout.QUARANTINE_PREFIX] > expiry[layout.INGESTION_PREFIX]
+                expiry[(prefix, tuple(sorted(tags.items())))] = resolve(expiration["days"])
+        if lifecycle_rule.get("noncurrent_version_expiration"):
+            noncurrent.add(prefix)
+    ingested = (layout.INGESTED_TAG["Key"], layout.INGESTED_TAG["Value"])
+    assert set(expiry) == {(layout.INGESTION_PREFIX, (ingested,)), (layout.QUARANTINE_PREFIX, ())}
+    assert expiry[(layout.QUARANTINE_PREFIX, ())] > expiry[(layout.INGESTION_PREFIX, (ingested,))]
+    # No version purge reaches the ledger, the canonical CSV or Parquet (a rule without prefix would).
+    assert noncurrent == {layout.INGESTION_PREFIX, layout.QUARANTINE_PREFIX}
 
 
 def _s3_prefix_of(arn: str) -> str:
@@ -510,6 +527,11 @@ def test_glue_role_reads_raw_and_writes_only_its_outputs():
     assert reads == {f"{layout.INGESTION_PREFIX}*", layout.GLUE_SCRIPTS_PREFIX + layout.GLUE_SCRIPT_PATH.name}
     writes = {_s3_prefix_of(arn) for arn in policy["WriteCanonicalCsvAndQuarantine"]["resources"]}
     assert writes == {f"{layout.ANALYSIS_PREFIX}*", f"{layout.QUARANTINE_PREFIX}*"}
+    tagging = [s for s in policy.values() if any("Tagging" in action for action in s["actions"])]
+    assert [(s["actions"], s["resources"]) for s in tagging] == [
+        (["s3:PutObjectTagging"], ["${local.bucket_arn}/${var.ingestion_prefix}*"])
+    ]
+    assert {_s3_prefix_of(arn) for arn in tagging[0]["resources"]} == {f"{layout.INGESTION_PREFIX}*"}
 
 
 def test_outputs_are_exactly_the_deployment_settings():
