@@ -10,7 +10,7 @@ such as Glue's own, are ignored):
     --quarantine_prefix   copies of objects that could not be trusted, with a reason file
     --window_start        first slot to process, ISO 8601 (``2026-11-25T19:30:00Z``)
     --window_end          end of the range, exclusive (default: window_start + 5 minutes)
-    --pair                trading pair written to each row when the record does not name one
+    --pair                the configured pair: a record names it or none; every row carries it
     --max_object_bytes    objects above this size are quarantined without being read whole
     --field_aliases       JSON: canonical field -> accepted spellings (include/glue/field_aliases.json)
 
@@ -18,14 +18,19 @@ The format of a raw object is detected by its content, never its key: JSON (an o
 such as ``{"data": ...}``, an array of records, NDJSON, Binance klines), XML (element or attribute
 style, through defusedxml), delimited text (CSV, TSV, semicolon; with a header in any column order or
 headerless in Poloniex order) and ``key=value`` / ``key: value`` text. Field names are looked up in the
-alias file; every record is validated (finite positive prices, high >= low, open, close and
-weighted_average within [low, high], volumes >= 0, a 5-minute slot timestamp) or rejected with a
-one-line reason.
+alias file; every record is validated (the configured pair or none, one value per field, numbers that
+read one way only, prices finite within [MIN_PRICE, MAX_PRICE], high >= low, open, close and
+weighted_average within [low, high], volumes >= 0, a 5-minute slot timestamp from 2009 on) or refused
+with a one-line reason.
 
-For every raw object of the range (in key order) it writes ``<analysis_prefix>.../<slot>.csv`` per
-valid record, named by the record's own timestamp, or copies the object to the quarantine prefix
-beside a reason file. The original is never changed or deleted. Output holds no wall-clock value, so
-a re-run writes byte-identical objects. A summary is printed as the last line (``SUMMARY {json}``).
+The window contract: a raw object listed under window W only ever writes W's canonical CSV
+``<analysis_prefix>.../<W>.csv``. Its one record of W is a candidate; records of other slots, and
+any refused record, send a copy of the object to the quarantine prefix beside a reason file. Among the
+objects of W with a candidate the newest (LastModified, then key) wins; the CSV names the older ones it
+superseded. Once a window's writes are made, each of its raw objects is tagged ``price-pipeline=
+ingested`` (Terraform expires only tagged raw objects). The original is never changed otherwise. A
+failure inside one object is its quarantine reason, never the run's. Output holds no wall-clock value,
+so a re-run writes byte-identical objects. A summary is printed as the last line (``SUMMARY {json}``).
 
 A run over more than one window also writes all canonical objects it wrote in one JSON-lines object
 under ``<analysis_prefix>_ranges/`` (the bulk analysis reads that one instead of one per window). A run
