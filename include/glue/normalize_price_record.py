@@ -917,7 +917,8 @@ def assess(data, args, key, slot):
         outcome.update(reasons=[str(error)], format=error.format_guess)
         return outcome
     except Exception as error:  # noqa: BLE001 - a bug meeting one object must not fail every window
-        outcome["reasons"] = ["could not be processed: {}: {}".format(type(error).__name__, _clip(error))]
+        detail = " ".join(str(error).split())[:200]  # one line, bounded
+        outcome["reasons"] = ["could not be processed: {}: {}".format(type(error).__name__, detail)]
         return outcome
     stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
     mine = [row for row in rows if row["timestamp"] == stamp]

@@ -220,3 +220,45 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     assert written == {layout.analysis_key(slot), *quarantined}
     body = s3.get_object(Bucket="price-bucket", Key=layout.analysis_key(slot))["Body"].read().decode()
     assert "evil" not in body  # the record's pair text is never data in a row: the row names the configured pair
+
+
+@mock_aws
+def test_a_failure_inside_one_object_is_its_quarantine_reason_and_the_range_run_goes_on(monkeypatch, capsys):
+    """Even a bug meeting one object (here: the parser raising something other than Rejected) fails
+    only that object; before, any exception in a range run failed it whole and wrote nothing."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="price-bucket")
+    first = datetime(2017, 7, 14, 2, 40, tzinfo=UTC)
+    slots = [first + layout.SLOT * i for i in range(3)]
+    for slot in slots:
+        record = {"date": int(slot.timestamp()), "weightedAverage": 0.0864}
+        s3.put_object(Bucket="price-bucket", Key=layout.ingestion_key(slot, ".json"), Body=json.dumps(record).encode())
+    real_parse = glue.parse_object
+
+    def parse_object(text):
+        if f'"date": {int(slots[1].timestamp())}' in text:
+            raise KeyError("a bug")
+        return real_parse(text)
+
+    monkeypatch.setattr(glue, "parse_object", parse_object)
+    args = glue.parse_args(
+        [
+            "--bucket=price-bucket",
+            "--ingestion_prefix=" + layout.INGESTION_PREFIX,
+            "--analysis_prefix=" + layout.ANALYSIS_PREFIX,
+            "--quarantine_prefix=" + layout.QUARANTINE_PREFIX,
+            "--window_start=2017-07-14T02:40:00Z",
+            "--window_end=2017-07-14T02:55:00Z",
+            "--field_aliases=" + json.dumps(ALIASES),
+        ]
+    )
+
+    summary = glue.run(s3, args)
+
+    assert summary["rows"] == 2
+    broken = layout.ingestion_key(slots[1], ".json")
+    assert summary["quarantined"] == [{"key": broken, "reason": "could not be processed: KeyError: 'a bug'"}]
+    listed = {item["Key"] for item in s3.list_objects_v2(Bucket="price-bucket")["Contents"]}
+    assert {layout.analysis_key(slots[0]), layout.analysis_key(slots[2])} <= listed
+    assert layout.analysis_key(slots[1]) not in listed
