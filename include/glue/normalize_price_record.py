@@ -972,8 +972,8 @@ def plan_window(args, slot, outcomes):
 
 def apply_plan(s3, args, plan):
     """Make a window's planned writes: quarantine copies and reasons, the canonical CSV, then the
-    ``price-pipeline=ingested`` tag on each raw object (only once what it gave is written, so the
-    lifecycle rule that expires tagged objects never removes one whose data is nowhere else)."""
+    ``price-pipeline=ingested`` tag on each raw object of the window, only once those writes are made:
+    the lifecycle rule expires tagged objects. A superseded object is tagged too (the CSV names it)."""
     for source_key, copy_key, reason_key, note in plan["quarantine"]:
         s3.copy_object(
             Bucket=args.bucket,
