@@ -191,7 +191,7 @@ def test_a_rerun_writes_identical_objects_and_leaves_a_notified_window_untouched
     assert run.state == "success", task_states(run)
     assert day_objects(aws) == expected
     assert json.loads(aws.get(breach_key)) == entry
-    assert summary["ledger"] == {"written": 0, "unchanged": 284, "kept_notified": 1, "due": 0}
+    assert summary["ledger"] == {"written": 0, "unchanged": 284, "kept_notified": 1, "kept_publishing": 0, "due": 0}
     assert summary["parquet"][0]["written"] is False
 
 
