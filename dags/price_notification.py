@@ -54,16 +54,14 @@ def _claimant(dag_run) -> str:
 
 
 def _publish_only_on_our_claim(context) -> None:
-    """Publish guard: only the run whose claim is the ledger entry publishes, on its first try."""
+    """Publish guard: only the run whose claim is the ledger entry publishes, and only once."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    ti = context["ti"]
     s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
     slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
-    claim_etag = ti.xcom_pull(task_ids="compute_price_change", key="claim_etag")
     try:
-        windows.check_claim(s3, config, slot, _claimant(context["dag_run"]), claim_etag, first_try=ti.try_number <= 1)
+        windows.start_publish(s3, config, slot, _claimant(context["dag_run"]))
     except (windows.AlreadyNotified, windows.ClaimLost) as reason:
         log.warning("%s", reason)
         raise AirflowSkipException(str(reason)) from None
@@ -75,11 +73,9 @@ def _record_notified(context, result) -> None:
     """Replace this run's claim with the notified entry in the same task try that published it."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    ti = context["ti"]
-    entry = ti.xcom_pull(task_ids="compute_price_change", key="entry")
-    claim_etag = ti.xcom_pull(task_ids="compute_price_change", key="claim_etag")
+    entry = context["ti"].xcom_pull(task_ids="compute_price_change", key="entry")
     s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
-    windows.record_notified(s3, config, entry, result["MessageId"], claim_etag)
+    windows.record_notified(s3, config, entry, result["MessageId"], _claimant(context["dag_run"]))
 
 
 def _window_start(dag_run):
@@ -194,7 +190,7 @@ def price_notification():
                 subject=f"[price pipeline] Late breach not sent: {layout.slot_stamp(window_start)}",
                 message=result["ops_notice"],
             )
-        keys = ("decision", "entry", "claim_etag", "subject", "message", "attributes", "slack")
+        keys = ("decision", "entry", "subject", "message", "attributes", "slack")
         return {key: result.get(key) for key in keys}
 
     @task.short_circuit

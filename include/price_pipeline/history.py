@@ -436,7 +436,7 @@ def publish_due(
             continue
         entry = alerts.ledger_entry(window.change, policy, window.decision, window.reason)
         try:
-            claim_etag = windows.claim(s3, config, entry, etag, claimant)
+            windows.claim(s3, config, entry, etag, claimant, started=True)
         except store.ConditionFailed:
             elsewhere += 1
             log.warning("Window %s was claimed by another run between our read and our claim: not publishing", stamp)
@@ -445,7 +445,7 @@ def publish_due(
         message_id = publish(
             subject, alerts.alert_message(entry, run_url, config.pair), alerts.alert_attributes(entry, config.pair)
         )
-        windows.record_notified(s3, config, entry, message_id, claim_etag)
+        windows.record_notified(s3, config, entry, message_id, claimant)
         sent += 1
     return {"sent": sent, "claimed_elsewhere": elsewhere, "claims_left": left}
 

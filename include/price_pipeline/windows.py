@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 #: What a run that did not publish a window says it found (its decision in XCom, never in the ledger).
 CLAIMED_ELSEWHERE = "claimed_elsewhere"
+#: Marks a claim whose publish has begun: from then on nobody publishes it again (at most once).
+PUBLISH_STARTED = "publish_started"
 
 
 class WindowFailed(Exception):
@@ -86,9 +88,9 @@ def analyse_window(
 ) -> dict:
     """Compare the window's price with the previous one, record the decision, claim a due alert.
 
-    Returns ``decision``, the ledger ``entry``, and for a due alert (``decision = notify``) the
-    ``claim_etag`` of this run's ``publishing`` claim with the alert ``subject``, ``message``,
-    ``attributes`` and ``slack`` text; ``ops_notice`` holds a line for the ops topic when a breach was
+    Returns ``decision``, the ledger ``entry``, and for a due alert (``decision = notify``, once this
+    run's ``publishing`` claim landed) the alert ``subject``, ``message``, ``attributes`` and ``slack``
+    text (a retried analysis keeps its own claim); ``ops_notice`` holds a line for the ops topic when a breach was
     suppressed only for lateness. A window already ``notified``, or claimed by another run (``claimant``
     names this one: ``<dag_id>/<run_id>``), comes back as ``notified`` / ``claimed_elsewhere`` with the
     stored entry, and nothing is written.
@@ -103,7 +105,7 @@ def analyse_window(
     if existing and existing["decision"] in CLAIMED:
         if existing["decision"] == PUBLISHING and claimant and existing.get("claimed_by") == claimant:
             log.info("Window %s: this run claimed it in an earlier try; keeping the claim", stamp)
-            return _due(existing, etag, config, run_url)
+            return _due(existing, config, run_url)
         return _not_ours(existing, stamp)
 
     first = slot - policy.lookback - layout.SLOT * policy.repeat_windows
@@ -125,11 +127,11 @@ def analyse_window(
     entry = alerts.ledger_entry(change, policy, decision, reason)
     if decision == NOTIFY:
         try:
-            claim_etag = claim(s3, config, entry, etag, claimant)
+            claim(s3, config, entry, etag, claimant)
         except store.ConditionFailed:
             stored, _ = read_entry(s3, config, slot)
             return _not_ours(stored or {"decision": "(deleted)"}, stamp)
-        return _due({**entry, "decision": PUBLISHING, "claimed_by": claimant}, claim_etag, config, run_url)
+        return _due(entry, config, run_url)
     stored = _settle(s3, config, slot, entry, etag)
     if decision == INVALID_CHANGE:
         raise WindowFailed(f"window {stamp}: {reason}")
@@ -157,15 +159,14 @@ def _not_ours(existing: dict, stamp: str) -> dict:
     return {"decision": CLAIMED_ELSEWHERE, "entry": existing}
 
 
-def _due(claimed: dict, claim_etag: str, config: Config, run_url: str) -> dict:
+def _due(claimed: dict, config: Config, run_url: str) -> dict:
     """What the publish task needs: the entry as decided (notify), this run's claim and the alert text."""
-    entry = {k: v for k, v in claimed.items() if k != "claimed_by"} | {"decision": NOTIFY}
+    entry = {k: v for k, v in claimed.items() if k not in ("claimed_by", PUBLISH_STARTED)} | {"decision": NOTIFY}
     subject = alerts.alert_subject(entry, config.pair)
     message = alerts.alert_message(entry, run_url, config.pair)
     return {
         "decision": NOTIFY,
         "entry": entry,
-        "claim_etag": claim_etag,
         "subject": subject,
         "message": message,
         "attributes": alerts.alert_attributes(entry, config.pair),
@@ -196,56 +197,63 @@ def _settle(s3, config: Config, slot: datetime, entry: dict, etag: str | None) -
         return stored or entry
 
 
-def claim(s3, config: Config, entry: dict, etag: str | None, claimant: str) -> str:
+def claim(s3, config: Config, entry: dict, etag: str | None, claimant: str, started: bool = False) -> str:
     """Write the window's entry as ``publishing`` by ``claimant`` over the version read (``etag``, None
-    when there was none); return the claim's ETag. ConditionFailed: another writer came first."""
+    when there was none); return the claim's ETag. ConditionFailed: another writer came first.
+    ``started`` marks the claim as being published right away (the bulk DAG publishes in the same try)."""
     slot = datetime.fromisoformat(entry["window_start"].replace("Z", "+00:00"))
-    body = alerts.ledger_bytes({**entry, "decision": PUBLISHING, "claimed_by": claimant})
-    return store.write_if(s3, config.bucket, layout.ledger_key(slot, config.changes_prefix), body, JSON, etag)
+    claimed = {**entry, "decision": PUBLISHING, "claimed_by": claimant} | ({PUBLISH_STARTED: True} if started else {})
+    key = layout.ledger_key(slot, config.changes_prefix)
+    return store.write_if(s3, config.bucket, key, alerts.ledger_bytes(claimed), JSON, etag)
 
 
-def check_claim(s3, config: Config, slot: datetime, claimant: str, claim_etag: str, first_try: bool) -> None:
-    """Right before publishing: return only if ``claimant``'s claim is still the entry (ETag
-    ``claim_etag``) and no earlier try of the publish may have sent it.
+def start_publish(s3, config: Config, slot: datetime, claimant: str) -> None:
+    """Right before publishing: return only if ``claimant``'s claim is the window's entry and no earlier
+    try has started publishing it; mark the claim as started first (a conditional write).
 
-    Raises AlreadyNotified, ClaimLost (another run's claim, or the entry changed) or ClaimLeft (a retry
-    finds its own claim still publishing: the earlier try may have published, so ops decide).
+    Raises AlreadyNotified, ClaimLost (another run's claim, or none) or ClaimLeft (a publish of this claim
+    started before and never recorded its outcome: it may have been sent, so ops decide).
     """
     entry, etag = read_entry(s3, config, slot)
     stamp = layout.slot_stamp(slot)
     if entry and entry["decision"] == NOTIFIED:
         raise AlreadyNotified(f"window already notified as SNS message {entry['sns_message_id']}")
-    if not entry or entry["decision"] != PUBLISHING or entry.get("claimed_by") != claimant or etag != claim_etag:
+    if not entry or entry["decision"] != PUBLISHING or entry.get("claimed_by") != claimant:
         raise ClaimLost(
-            f"window {stamp} is not claimed by this run any more (ledger: "
-            f"{(entry or {}).get('decision', 'no entry')} by {(entry or {}).get('claimed_by', '-')}): not publishing"
+            f"window {stamp} is not claimed by this run (ledger: {(entry or {}).get('decision', 'no entry')} "
+            f"by {(entry or {}).get('claimed_by', '-')}): not publishing"
         )
-    if not first_try:
+    if entry.get(PUBLISH_STARTED):
         raise ClaimLeft(
-            f"window {stamp} claim left by an earlier try of {claimant}: it may have published; not publishing "
-            "again. Check the alert topic; to release the claim, see README (releasing a claim)"
+            f"window {stamp}: claim left by an earlier publish of {claimant}, which may have sent the alert; "
+            "not publishing again. Check the alert topic; to release the claim see README (releasing a claim)"
         )
+    key = layout.ledger_key(slot, config.changes_prefix)
+    try:
+        store.write_if(s3, config.bucket, key, alerts.ledger_bytes({**entry, PUBLISH_STARTED: True}), JSON, etag)
+    except store.ConditionFailed:
+        raise ClaimLost(f"window {stamp}: the claim changed while this run started publishing") from None
 
 
-def record_notified(s3, config: Config, entry: dict, message_id: str, claim_etag: str | None = None) -> dict:
-    """Replace the window's ``publishing`` claim (ETag ``claim_etag``) with its entry as notified.
+def record_notified(s3, config: Config, entry: dict, message_id: str, claimant: str | None = None) -> dict:
+    """Replace ``claimant``'s ``publishing`` claim with the window's entry as notified (If-Match on the
+    claim just read: nobody else's entry is overwritten). ClaimLost if the entry is not that claim.
 
-    ConditionFailed means the claim was changed after this run published: the message id is in the log.
-    Without ``claim_etag`` (tests seeding a ledger) the entry is written only where there is none or
-    where it is not claimed.
+    Without ``claimant`` (tests seeding a ledger) the entry is written only where none is claimed.
     """
     entry = {**entry, "decision": NOTIFIED, "sns_message_id": message_id}
     slot = datetime.fromisoformat(entry["window_start"].replace("Z", "+00:00"))
     key = layout.ledger_key(slot, config.changes_prefix)
-    if claim_etag is None:
-        existing, claim_etag = read_entry(s3, config, slot)
-        if existing and existing["decision"] in CLAIMED:
-            raise store.ConditionFailed(key)
+    existing, etag = read_entry(s3, config, slot)
+    ours = existing and existing["decision"] == PUBLISHING and existing.get("claimed_by") == claimant
+    if (claimant is not None and not ours) or (claimant is None and existing and existing["decision"] in CLAIMED):
+        log.error("Window %s was published as SNS message %s but the ledger no longer holds its claim", key, message_id)
+        raise ClaimLost(f"window {layout.slot_stamp(slot)}: published as {message_id}, but the claim is gone")
     try:
-        store.write_if(s3, config.bucket, key, alerts.ledger_bytes(entry), JSON, claim_etag)
+        store.write_if(s3, config.bucket, key, alerts.ledger_bytes(entry), JSON, etag)
     except store.ConditionFailed:
         log.error("Window %s was published as SNS message %s but its claim changed meanwhile", key, message_id)
-        raise
+        raise ClaimLost(f"window {layout.slot_stamp(slot)}: published as {message_id}, but the claim changed") from None
     return entry
 
 

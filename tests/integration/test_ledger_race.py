@@ -19,10 +19,10 @@ pytestmark = pytest.mark.integration
 
 
 class ReadTogether:
-    """An S3 client whose reads of one key wait until ``parties`` flows have read it."""
+    """An S3 client whose first read of one key waits until every flow has read it once."""
 
     def __init__(self, s3, key: str, barrier: threading.Barrier):
-        self._s3, self._key, self._barrier = s3, key, barrier
+        self._s3, self._key, self._barrier, self._waited = s3, key, barrier, False
 
     def __getattr__(self, name):
         return getattr(self._s3, name)
@@ -31,7 +31,8 @@ class ReadTogether:
         try:
             return self._s3.get_object(**kwargs)
         finally:
-            if kwargs["Key"] == self._key and not self._barrier.broken:
+            if kwargs["Key"] == self._key and not self._waited:
+                self._waited = True
                 self._barrier.wait(timeout=30)
 
 
@@ -40,11 +41,11 @@ def flow(aws, s3, slot, claimant: str) -> str | None:
     result = windows.analyse_window(s3, aws.config, slot, Policy(), True, "", "http://ui/run", claimant=claimant)
     if result["decision"] != NOTIFY:
         return None
-    windows.check_claim(s3, aws.config, slot, claimant, result["claim_etag"], first_try=True)
+    windows.start_publish(s3, aws.config, slot, claimant)
     message_id = aws.sns.publish(
         TopicArn=aws.config.alert_topic_arn, Subject=result["subject"], Message=result["message"]
     )["MessageId"]
-    windows.record_notified(s3, aws.config, result["entry"], message_id, result["claim_etag"])
+    windows.record_notified(s3, aws.config, result["entry"], message_id, claimant)
     return message_id
 
 

@@ -36,7 +36,6 @@ def test_a_due_breach_is_claimed_in_the_ledger_before_anything_is_published():
     assert result["decision"] == NOTIFY
     stored = entry(s3)
     assert (stored["decision"], stored["claimed_by"], stored["sns_message_id"]) == (PUBLISHING, RUN_A, None)
-    assert result["claim_etag"] == MemoryS3._etag(s3.objects[KEY]).strip('"')
     assert result["entry"]["decision"] == NOTIFY
     assert "claimed_by" not in result["entry"]
     assert result["subject"] == "ETH/USDT up 3.00% in 5 min: 103.00"
@@ -44,14 +43,15 @@ def test_a_due_breach_is_claimed_in_the_ledger_before_anything_is_published():
 
 def test_a_second_run_of_the_window_finds_the_claim_and_does_not_publish():
     s3 = seeded({T0: 100.0, SLOT: 103.0})
-    first = analyse(s3, RUN_A)
+    analyse(s3, RUN_A)
 
     second = analyse(s3, RUN_B)
 
     assert second["decision"] == windows.CLAIMED_ELSEWHERE
     with pytest.raises(windows.ClaimLost):
-        windows.check_claim(s3, CONFIG, SLOT, RUN_B, "whatever", first_try=True)
-    windows.check_claim(s3, CONFIG, SLOT, RUN_A, first["claim_etag"], first_try=True)
+        windows.start_publish(s3, CONFIG, SLOT, RUN_B)
+    windows.start_publish(s3, CONFIG, SLOT, RUN_A)
+    assert entry(s3)[windows.PUBLISH_STARTED] is True
 
 
 def test_a_claim_written_between_our_read_and_our_write_wins_and_ours_is_refused():
@@ -75,28 +75,49 @@ def test_a_claim_written_between_our_read_and_our_write_wins_and_ours_is_refused
 def test_only_the_claimant_replaces_its_claim_with_notified_and_nobody_overwrites_notified():
     s3 = seeded({T0: 100.0, SLOT: 103.0})
     claimed = analyse(s3, RUN_A)
+    windows.start_publish(s3, CONFIG, SLOT, RUN_A)
+    with pytest.raises(windows.ClaimLost):
+        windows.record_notified(s3, CONFIG, claimed["entry"], "m-0", RUN_B)
 
-    notified = windows.record_notified(s3, CONFIG, claimed["entry"], "m-1", claimed["claim_etag"])
+    notified = windows.record_notified(s3, CONFIG, claimed["entry"], "m-1", RUN_A)
 
     assert entry(s3) == notified
     assert notified["decision"] == NOTIFIED
     assert "claimed_by" not in notified
-    with pytest.raises(windows.store.ConditionFailed):
-        windows.record_notified(s3, CONFIG, claimed["entry"], "m-2", claimed["claim_etag"])
+    with pytest.raises(windows.ClaimLost):
+        windows.record_notified(s3, CONFIG, claimed["entry"], "m-2", RUN_A)
     calm = seeded({T0: 100.0, SLOT: 100.1})
     calm.objects[KEY] = s3.objects[KEY]
     assert analyse(calm, RUN_B)["decision"] == NOTIFIED, "a later below_threshold never replaces notified"
     assert entry(calm)["sns_message_id"] == "m-1"
     with pytest.raises(windows.AlreadyNotified):
-        windows.check_claim(s3, CONFIG, SLOT, RUN_A, claimed["claim_etag"], first_try=True)
+        windows.start_publish(s3, CONFIG, SLOT, RUN_A)
 
 
-def test_a_retry_that_finds_its_own_claim_still_publishing_does_not_publish_again():
+def test_a_retry_that_finds_its_own_claim_already_publishing_does_not_publish_again():
     s3 = seeded({T0: 100.0, SLOT: 103.0})
-    claimed = analyse(s3, RUN_A)
+    analyse(s3, RUN_A)
+    windows.start_publish(s3, CONFIG, SLOT, RUN_A)  # then the worker dies, before or after SNS took it
 
-    with pytest.raises(windows.ClaimLeft, match="claim left by an earlier try"):
-        windows.check_claim(s3, CONFIG, SLOT, RUN_A, claimed["claim_etag"], first_try=False)
+    with pytest.raises(windows.ClaimLeft, match="claim left by an earlier publish"):
+        windows.start_publish(s3, CONFIG, SLOT, RUN_A)
+    assert analyse(s3, RUN_A)["decision"] == NOTIFY, "a cleared run keeps its claim"
+    with pytest.raises(windows.ClaimLeft):
+        windows.start_publish(s3, CONFIG, SLOT, RUN_A)
+
+
+def test_a_released_claim_is_claimed_and_published_afresh():
+    """README: an operator who found no alert deletes the entry and clears the run."""
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    analyse(s3, RUN_A)
+    windows.start_publish(s3, CONFIG, SLOT, RUN_A)
+    del s3.objects[KEY]
+
+    again = analyse(s3, RUN_A)
+    windows.start_publish(s3, CONFIG, SLOT, RUN_A)
+
+    assert again["decision"] == NOTIFY
+    assert windows.record_notified(s3, CONFIG, again["entry"], "m", RUN_A)["decision"] == NOTIFIED
 
 
 def test_a_retried_analysis_keeps_its_own_claim_and_another_run_is_told_it_is_claimed(caplog):
@@ -106,7 +127,7 @@ def test_a_retried_analysis_keeps_its_own_claim_and_another_run_is_told_it_is_cl
     again = analyse(s3, RUN_A)
     other = analyse(s3, RUN_B)
 
-    assert (again["decision"], again["claim_etag"]) == (NOTIFY, claimed["claim_etag"])
+    assert again == claimed
     assert other["decision"] == windows.CLAIMED_ELSEWHERE
     assert f"claimed for publishing by {RUN_A}" in caplog.text
 
@@ -124,9 +145,10 @@ def test_every_ledger_write_of_the_live_path_is_conditional():
     analyse(s3, RUN_A)  # creates below_threshold
     s3.objects[layout.analysis_key(SLOT)] = seeded({SLOT: 103.0}).objects[layout.analysis_key(SLOT)]
     claimed = analyse(s3, RUN_B)  # replaces it with a claim
-    windows.record_notified(s3, CONFIG, claimed["entry"], "m", claimed["claim_etag"])
+    windows.start_publish(s3, CONFIG, SLOT, RUN_B)
+    windows.record_notified(s3, CONFIG, claimed["entry"], "m", RUN_B)
 
-    assert conditions == [(True, False), (False, True), (False, True)]
+    assert conditions == [(True, False), (False, True), (False, True), (False, True)]
 
 
 def test_a_non_finite_change_is_refused_with_its_reason_and_recorded_without_infinity():
@@ -210,7 +232,9 @@ def test_the_bulk_run_claims_before_it_publishes_and_a_live_run_then_finds_the_c
 
     history.backfill_history(s3, CONFIG, T0, SLOT + layout.SLOT, Policy(), True, NOW, publish, "", claimant="bulk/r")
 
-    assert [(e["decision"], e["claimed_by"]) for e in seen] == [(PUBLISHING, "bulk/r")]
+    assert [(e["decision"], e["claimed_by"], e[windows.PUBLISH_STARTED]) for e in seen] == [
+        (PUBLISHING, "bulk/r", True)
+    ]
     assert (entry(s3)["decision"], entry(s3)["sns_message_id"]) == (NOTIFIED, "m-bulk")
     assert analyse(s3, RUN_A)["decision"] == NOTIFIED
 
