@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,12 +33,14 @@ LATE_REASON = "window ended more than max_alert_age"
 
 @dataclass(frozen=True)
 class Price:
-    """One normalized record: its slot, weighted average price and where it came from."""
+    """One normalized record: its slot, weighted average price, where it came from and, when the Glue job
+    names them (its ``superseded`` column), the window's older raw objects it did not use."""
 
     slot: datetime
     weighted_average: float
     pair: str
     source_key: str
+    superseded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ def parse_canonical_csv(body: bytes) -> Price:
         weighted_average=weighted_average,
         pair=row["pair"],
         source_key=row["source_key"],
+        superseded=tuple(json.loads(row["superseded"])) if row.get("superseded") else (),
     )
 
 

@@ -120,6 +120,13 @@ def analyse_window(
         if pending and still_normalizing(pending):
             stamps = ", ".join(layout.slot_stamp(s) for s in pending)
             raise WindowNotReady(f"window {stamp} waits for the normalization of {stamps}")
+    if prices[-1].superseded:
+        log.warning(
+            "Window %s: used %s; superseded older objects: %s",
+            stamp,
+            prices[-1].source_key,
+            ", ".join(prices[-1].superseded),
+        )
     changes = series_changes(prices, policy.lookback)
     change = changes[-1]
     decision, reason = apply_freshness(*classify(change, changes[:-1], policy), due, why_not_due)

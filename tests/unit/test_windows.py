@@ -270,3 +270,16 @@ def test_a_range_where_every_window_was_quarantined_fails_with_the_counts():
         "no usable window from 2025-03-31T22:00:00Z to 2025-03-31T22:20:00Z: 4 windows, "
         "4 without a canonical record, 4 quarantined objects"
     )
+
+
+def test_the_run_log_names_the_object_used_and_those_the_glue_job_says_it_superseded(caplog):
+    """Hook for the Glue job's ``superseded`` column (a JSON list); CSVs without it read as before."""
+    s3 = seeded({T0: 100.0, SLOT: 100.1})
+    key = layout.analysis_key(SLOT)
+    header, row = s3.objects[key].decode().splitlines()
+    older = layout.ingestion_key(SLOT, ".json")
+    s3.objects[key] = f'{header},superseded\n{row},"[""{older}""]"\n'.encode()
+
+    analyse(s3, RUN_A)
+
+    assert f"superseded older objects: {older}" in caplog.text
