@@ -15,7 +15,8 @@ one Glue job run) per window:
    largest moves) goes to the task log and XCom.
 
 Breaches are recorded as `suppressed_backfill` unless `notify_on_backfill` is on: then each due breach is
-published to the alert topic once and recorded as notified.
+claimed in the ledger (`publishing`, a conditional write), published to the alert topic by the run whose
+claim landed, and recorded as notified. A range where no window has a usable record fails with the counts.
 
 `start` and `end` are window starts in UTC such as `2025-03-01T00:00:00Z`; `end` is excluded. Running a
 range again writes identical objects.
@@ -49,14 +50,7 @@ notify_ops = SnsNotifier(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["prices", "backfill", "glue", "parquet"],
-    default_args={
-        "owner": "price-alerts",
-        "retries": 3,
-        "retry_delay": timedelta(seconds=20),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=5),
-        "on_failure_callback": notify_ops,
-    },
+    default_args={**settings.DEFAULT_TASK_ARGS, "on_failure_callback": notify_ops},
     params={
         "start": Param(
             type="string",
@@ -93,6 +87,7 @@ def price_history_backfill():
         from airflow.configuration import conf
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         from airflow.providers.amazon.aws.hooks.sns import SnsHook
+        from airflow.sdk.exceptions import AirflowFailException
 
         from include.price_pipeline import alerts, analysis
 
@@ -106,17 +101,21 @@ def price_history_backfill():
                     target_arn=config.alert_topic_arn, message=message, subject=subject, message_attributes=attributes
                 )["MessageId"]
 
-        return history.backfill_history(
-            S3Hook(aws_conn_id=config.aws_conn_id).get_conn(),
-            config,
-            history.parse_window_start(params["start"]),
-            history.parse_window_start(params["end"]),
-            policy,
-            params["notify_on_backfill"],
-            pendulum.now("UTC"),
-            publish,
-            alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id),
-        )
+        try:
+            return history.backfill_history(
+                S3Hook(aws_conn_id=config.aws_conn_id).get_conn(),
+                config,
+                history.parse_window_start(params["start"]),
+                history.parse_window_start(params["end"]),
+                policy,
+                params["notify_on_backfill"],
+                pendulum.now("UTC"),
+                publish,
+                alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id),
+                claimant=f"{dag_run.dag_id}/{dag_run.run_id}",
+            )
+        except (history.NoUsableWindow, history.ClaimsLeft, alerts.UnsafeText) as failure:
+            raise AirflowFailException(str(failure)) from None
 
     chain(normalize_price_history, analyse_price_history())
 

@@ -11,12 +11,16 @@ candle starts at `data_interval_start`:
 3. **compute_price_change**: absolute % change of `weightedAverage` against the previous record within
    the lookback; the decision goes to the ledger `crypto/03-price-changes/`.
 4. **is_alert_due** / **publish_price_alert**: SNS alert when the change is above the threshold, at most
-   once per window (the ledger is checked before and written right after publishing). Backfill runs
-   and windows older than `max_alert_age` are recorded as suppressed unless `notify_on_backfill`.
+   once per window: compute_price_change claims the window in the ledger with a conditional write
+   (`publishing`), only the run whose claim landed publishes, and it replaces its claim with `notified`.
+   Backfill runs and windows older than `max_alert_age` are recorded as suppressed unless
+   `notify_on_backfill` (a live breach suppressed for lateness is reported to ops).
    **post_slack_alert** (only when `PRICE_SLACK_CONN_ID` names a Slack webhook connection) posts the
-   same alert to Slack after SNS accepted it.
+   same alert, escaped for Slack, after SNS accepted it.
 
-Failures (a stale feed, a quarantined record, any task) go to the ops topic, not to subscribers.
+A run without a logical date (REST or CLI trigger with none) analyses the latest window complete when it
+was triggered. Failures (a stale feed, a quarantined record, a claim left by a crash, any task) go to the
+ops topic, not to subscribers.
 Settings come from `PRICE_*` environment variables (see README); per-run knobs are the params below.
 """
 
@@ -34,7 +38,7 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.providers.slack.operators.slack_webhook import SlackWebhookOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 
-from include.price_pipeline import alerts, layout, settings
+from include.price_pipeline import alerts, layout, settings, windows
 
 config = settings.load()
 log = logging.getLogger(__name__)
@@ -44,28 +48,38 @@ FINISHED_STATES = ["success", "failed", "skipped", "upstream_failed", "removed"]
 PREVIOUS_WINDOW_POKE = timedelta(seconds=15)
 
 
-def _skip_if_already_notified(context) -> None:
-    """Publish guard: a cleared or retried publish never sends a window's alert twice."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from airflow.sdk.exceptions import AirflowSkipException
+def _claimant(dag_run) -> str:
+    """Who claims a window in the ledger: this DAG run."""
+    return f"{dag_run.dag_id}/{dag_run.run_id}"
 
-    from include.price_pipeline import windows
+
+def _publish_only_on_our_claim(context) -> None:
+    """Publish guard: only the run whose claim is the ledger entry publishes, and only once."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
-    message_id = windows.already_notified(s3, config, context["data_interval_start"])
-    if message_id:
-        raise AirflowSkipException(f"window already notified as SNS message {message_id}")
+    slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
+    try:
+        windows.start_publish(s3, config, slot, _claimant(context["dag_run"]))
+    except (windows.AlreadyNotified, windows.ClaimLost) as reason:
+        log.warning("%s", reason)
+        raise AirflowSkipException(str(reason)) from None
+    except windows.ClaimLeft as left:
+        raise AirflowFailException(str(left)) from None
 
 
 def _record_notified(context, result) -> None:
-    """Write the ledger entry as notified in the same task try that published it."""
+    """Replace this run's claim with the notified entry in the same task try that published it."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    from include.price_pipeline import windows
 
     entry = context["ti"].xcom_pull(task_ids="compute_price_change", key="entry")
     s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
-    windows.record_notified(s3, config, entry, result["MessageId"])
+    windows.record_notified(s3, config, entry, result["MessageId"], _claimant(context["dag_run"]))
+
+
+def _window_start(dag_run):
+    return windows.run_window_start(dag_run.data_interval_start, dag_run.run_after)
 
 
 notify_ops = SnsNotifier(
@@ -83,17 +97,12 @@ notify_ops = SnsNotifier(
     max_active_runs=16,
     doc_md=__doc__,
     tags=["prices", "alerts", "glue", "sns"],
-    default_args={
-        "owner": "price-alerts",
-        "retries": 3,
-        "retry_delay": timedelta(seconds=20),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=5),
-        "on_failure_callback": notify_ops,
-    },
+    default_args={**settings.DEFAULT_TASK_ARGS, "on_failure_callback": notify_ops},
     user_defined_macros={
         "window_prefix": partial(layout.ingestion_window_prefix, prefix=config.ingestion_prefix),
+        "window_start": _window_start,
         "iso": lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "slot": layout.SLOT,
     },
     params={
         **{name: Param(**spec) for name, spec in settings.policy_params(config).items()},
@@ -104,7 +113,7 @@ def price_notification():
         task_id="wait_for_price_record",
         aws_conn_id=config.aws_conn_id,
         bucket_name=config.bucket,
-        bucket_key="{{ window_prefix(data_interval_start) }}*",
+        bucket_key="{{ window_prefix(window_start(dag_run)) }}*",
         wildcard_match=True,
         deferrable=config.deferrable,
         poke_interval=config.sensor_poke_seconds,
@@ -117,8 +126,8 @@ def price_notification():
         **settings.glue_job_spec(config),
         script_args={
             **settings.glue_job_arguments(config),
-            "--window_start": "{{ iso(data_interval_start) }}",
-            "--window_end": "{{ iso(data_interval_end) }}",
+            "--window_start": "{{ iso(window_start(dag_run)) }}",
+            "--window_end": "{{ iso(window_start(dag_run) + slot) }}",
         },
         verbose=True,
         deferrable=config.deferrable,
@@ -126,13 +135,22 @@ def price_notification():
     )
 
     @task(multiple_outputs=True)
-    def compute_price_change(params=None, data_interval_start=None, data_interval_end=None, dag_run=None, ti=None):
+    def compute_price_change(params=None, data_interval_start=None, dag_run=None, ti=None):
         from airflow.configuration import conf
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from airflow.providers.amazon.aws.hooks.sns import SnsHook
         from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
-        from include.price_pipeline import analysis, windows
+        from include.price_pipeline import analysis
+
+        window_start = windows.run_window_start(data_interval_start, dag_run.run_after)
+        if data_interval_start is None:
+            log.info(
+                "Run without a logical date (triggered for %s): analysing the latest complete window, %s",
+                dag_run.run_after,
+                alerts.iso(window_start),
+            )
 
         def still_normalizing(slots) -> int:
             """Earlier windows whose normalize_price_record has not finished (runs of a parallel backfill)."""
@@ -142,17 +160,19 @@ def price_notification():
         policy = analysis.Policy.from_params(params)
         due, why_not = analysis.due_for_subscribers(
             dag_run.run_type,
-            data_interval_end,
+            window_start + layout.SLOT,
             pendulum.now("UTC"),  # freshness of an alert is about the clock, not about what is processed
             config.max_alert_age_minutes,
             params["notify_on_backfill"],
         )
         s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
         link = alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id)
-        analyse = partial(windows.analyse_window, s3, config, data_interval_start, policy, due, why_not, link)
+        analyse = partial(
+            windows.analyse_window, s3, config, window_start, policy, due, why_not, link, claimant=_claimant(dag_run)
+        )
         try:
             try:
-                return analyse(still_normalizing=still_normalizing)
+                result = analyse(still_normalizing=still_normalizing)
             except windows.WindowNotReady as waiting:
                 started = ti.get_first_reschedule_date(get_current_context()) or pendulum.now("UTC")
                 wait = timedelta(seconds=config.previous_window_wait_seconds)
@@ -160,9 +180,18 @@ def price_notification():
                     # Up for reschedule frees the worker slot the earlier window's tasks may need.
                     raise AirflowRescheduleException(pendulum.now("UTC") + PREVIOUS_WINDOW_POKE) from waiting
                 log.warning("%s; waited %s, analysing with the CSVs there are", waiting, wait)
-                return analyse()
-        except windows.WindowFailed as failure:
+                result = analyse()
+        except (windows.WindowFailed, alerts.UnsafeText) as failure:
             raise AirflowFailException(str(failure)) from None
+        if result.get("ops_notice"):
+            log.warning("%s", result["ops_notice"])
+            SnsHook(aws_conn_id=config.aws_conn_id).publish_to_target(
+                target_arn=config.ops_topic_arn,
+                subject=f"[price pipeline] Late breach not sent: {layout.slot_stamp(window_start)}",
+                message=result["ops_notice"],
+            )
+        keys = ("decision", "entry", "subject", "message", "attributes", "slack")
+        return {key: result.get(key) for key in keys}
 
     @task.short_circuit
     def is_alert_due(decision: str) -> bool:
@@ -177,7 +206,7 @@ def price_notification():
         subject=price_change["subject"],
         message=price_change["message"],
         message_attributes=price_change["attributes"],
-        pre_execute=_skip_if_already_notified,
+        pre_execute=_publish_only_on_our_claim,
         post_execute=_record_notified,
     )
 
@@ -186,10 +215,7 @@ def price_notification():
         post_slack_alert = SlackWebhookOperator(
             task_id="post_slack_alert",
             slack_webhook_conn_id=config.slack_conn_id,
-            message=(
-                "*{{ ti.xcom_pull(task_ids='compute_price_change', key='subject') }}*\n"
-                "{{ ti.xcom_pull(task_ids='compute_price_change', key='message') }}"
-            ),
+            message="{{ ti.xcom_pull(task_ids='compute_price_change', key='slack') }}",
         )
         alert_tasks.append(post_slack_alert)
 

@@ -7,6 +7,7 @@ the same window, prices and policy always give the same bytes, whichever DAG wro
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from urllib.parse import quote
 
@@ -14,6 +15,10 @@ from include.price_pipeline import layout
 from include.price_pipeline.analysis import Change, Policy, Price
 
 SUBJECT_LIMIT = 99  # SNS wants email subjects of less than 100 characters
+
+
+class UnsafeText(ValueError):
+    """Alert text that SNS would refuse or that must not reach people (the message says why)."""
 
 
 def iso(moment: datetime) -> str:
@@ -31,8 +36,14 @@ def _price(price: Price | None) -> dict | None:
     }
 
 
+def _finite(value: float | None) -> float | None:
+    """A number the ledger may store: JSON has no NaN or Infinity (Athena's SerDe and SNS refuse them)."""
+    return value if value is None or math.isfinite(value) else None
+
+
 def ledger_entry(change: Change, policy: Policy, decision: str, reason: str) -> dict:
-    """The ledger record of the window whose record is ``change.latest``."""
+    """The ledger record of the window whose record is ``change.latest`` (a change that is not a finite
+    number is stored as null: its decision is ``invalid_change``)."""
     slot = change.latest.slot
     return {
         "window_start": iso(slot),
@@ -40,8 +51,8 @@ def ledger_entry(change: Change, policy: Policy, decision: str, reason: str) -> 
         "pair": change.latest.pair,
         "latest": _price(change.latest),
         "previous": _price(change.previous),
-        "change_pct": change.change_pct,
-        "abs_change_pct": change.abs_change_pct,
+        "change_pct": _finite(change.change_pct),
+        "abs_change_pct": _finite(change.abs_change_pct),
         "direction": change.direction,
         "threshold_pct": policy.threshold_pct,
         "lookback_minutes": policy.lookback_minutes,
@@ -55,8 +66,8 @@ def ledger_entry(change: Change, policy: Policy, decision: str, reason: str) -> 
 
 def ledger_bytes(entry: dict) -> bytes:
     """Canonical serialization: one line (Athena's JSON SerDe reads an object per line), sorted keys,
-    fixed separators, trailing newline."""
-    return (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+    fixed separators, trailing newline. NaN and Infinity raise ValueError: they never reach the ledger."""
+    return (json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
 
 def format_price(value: float) -> str:
@@ -68,26 +79,39 @@ def format_price(value: float) -> str:
     return f"{value:.8f}"
 
 
-def alert_subject(entry: dict) -> str:
-    """E.g. ``ETH/USDT up 2.41% in 5 min: 3,120.55`` (always under the SNS limit)."""
+def alert_subject(entry: dict, pair: str) -> str:
+    """E.g. ``ETH/USDT up 2.41% in 5 min: 3,120.55``: the configured ``pair`` (never the record's text),
+    checked against SNS's subject rules."""
     minutes = _minutes_between(entry["previous"]["timestamp"], entry["latest"]["timestamp"])
     subject = (
-        f"{entry['pair']} {entry['direction']} {entry['abs_change_pct']:.2f}% in {minutes} min: "
-        f"{format_price(entry['latest']['weighted_average'])}"
+        f"{pair} {entry['direction']} {_number(entry['abs_change_pct']):.2f}% in {minutes} min: "
+        f"{format_price(_number(entry['latest']['weighted_average']))}"
     )
-    return subject[:SUBJECT_LIMIT]
+    return check_subject(subject[:SUBJECT_LIMIT])
 
 
-def alert_message(entry: dict, run_url: str) -> str:
+def check_subject(subject: str) -> str:
+    """``subject`` if SNS accepts it (ASCII printable, no line breaks, under 100 characters, starting with a
+    letter, digit or punctuation), else UnsafeText: the stand-in accepts anything, real SNS does not."""
+    if not subject or len(subject) >= 100:
+        raise UnsafeText(f"SNS subject must be 1 to 99 characters, got {len(subject)}")
+    if not all(" " <= char <= "~" for char in subject):
+        raise UnsafeText(f"SNS subject must be printable ASCII without line breaks: {subject!r}")
+    if subject[0] == " ":
+        raise UnsafeText(f"SNS subject must not start with whitespace: {subject!r}")
+    return subject
+
+
+def alert_message(entry: dict, run_url: str, pair: str) -> str:
     """The body people read: both prices and times, the change, the threshold and the run link."""
     previous, latest = entry["previous"], entry["latest"]
     return "\n".join(
         [
-            f"{entry['pair']} weighted average moved {entry['change_pct']:+.2f}% "
+            f"{pair} weighted average moved {_number(entry['change_pct']):+.2f}% "
             f"(threshold {entry['threshold_pct']}%).",
             "",
-            f"Previous: {format_price(previous['weighted_average'])} at {previous['timestamp']}",
-            f"Latest:   {format_price(latest['weighted_average'])} at {latest['timestamp']}",
+            f"Previous: {format_price(_number(previous['weighted_average']))} at {previous['timestamp']}",
+            f"Latest:   {format_price(_number(latest['weighted_average']))} at {latest['timestamp']}",
             f"Window:   {entry['window_start']} to {entry['window_end']} (UTC)",
             "",
             f"Airflow run: {run_url}",
@@ -95,13 +119,31 @@ def alert_message(entry: dict, run_url: str) -> str:
     )
 
 
-def alert_attributes(entry: dict) -> dict:
-    """SNS message attributes for subscription filter policies (change_pct is a Number)."""
+def alert_attributes(entry: dict, pair: str) -> dict:
+    """SNS message attributes for subscription filter policies (change_pct is a finite Number)."""
     return {
-        "symbol": entry["pair"],
+        "symbol": pair,
         "direction": entry["direction"],
-        "change_pct": round(entry["change_pct"], 4),
+        "change_pct": round(_number(entry["change_pct"]), 4),
     }
+
+
+def slack_text(subject: str, message: str) -> str:
+    """The alert as Slack mrkdwn: ``&``, ``<`` and ``>`` escaped as Slack asks, so no text can become a
+    link, a mention or ``<!channel>``."""
+    return f"*{slack_escape(subject)}*\n{slack_escape(message)}"
+
+
+def slack_escape(text: str) -> str:
+    """Slack's three control characters as entities (https://api.slack.com/reference/surfaces/formatting)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _number(value) -> float:
+    """A finite number for alert text and attributes, else UnsafeText (SNS refuses a non-finite Number)."""
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise UnsafeText(f"{value!r} is not a finite number")
+    return value
 
 
 def run_url(base_url: str, dag_id: str, run_id: str) -> str:
@@ -120,16 +162,20 @@ OPS_SUBJECT = (
     "[price pipeline] "
     "{% if ti.task_id == 'wait_for_price_record' %}Feed stale"
     "{% elif 'quarantined' in (exception | string) %}Record quarantined"
+    "{% elif 'claim' in (exception | string) %}Alert claim left"
     "{% else %}Task failed{% endif %}"
-    ": {{ ti.task_id }} {{ data_interval_start.strftime('%Y-%m-%d %H:%M') }} UTC"
+    ": {{ ti.task_id }} {{ (data_interval_start | default(dag_run.run_after, true)).strftime('%Y-%m-%d %H:%M') }} UTC"
 )
 OPS_MESSAGE = """\
 {% if ti.task_id == 'wait_for_price_record' -%}
-Feed stale: no price record arrived for window {{ data_interval_start }} to {{ data_interval_end }}.
+Feed stale: no price record arrived for window {{ data_interval_start | default('(run without a logical date)') }} \
+to {{ data_interval_end | default(dag_run.run_after) }}.
 {% elif 'quarantined' in (exception | string) -%}
-Record quarantined for window {{ data_interval_start }}: the object was copied to the quarantine prefix.
+Record quarantined for window {{ data_interval_start | default('(run without a logical date)') }}: the object was \
+copied to the quarantine prefix.
 {% else -%}
-Task {{ ti.task_id }} failed for window {{ data_interval_start }} to {{ data_interval_end }}.
+Task {{ ti.task_id }} failed for window {{ data_interval_start | default('(run without a logical date)') }} \
+to {{ data_interval_end | default(dag_run.run_after) }}.
 {% endif -%}
 Reason: {{ exception }}
 DAG: {{ dag.dag_id }}, run {{ run_id }}, try {{ ti.try_number }}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,18 +21,26 @@ BELOW_THRESHOLD = "below_threshold"
 BELOW_MIN_MOVE = "below_min_abs_move"
 SUPPRESSED_REPEAT = "suppressed_repeat"
 SUPPRESSED_BACKFILL = "suppressed_backfill"
-NOTIFY = "notify"  # due: the publish task turns it into NOTIFIED
+INVALID_CHANGE = "invalid_change"  # the change is not a finite number: refused, never published
+NOTIFY = "notify"  # due: the window is claimed (PUBLISHING), then published and recorded as NOTIFIED
+PUBLISHING = "publishing"  # claimed by one run, which alone may publish and then write NOTIFIED
 NOTIFIED = "notified"
+#: Decisions no writer may overwrite: the window's alert belongs to whoever claimed it.
+CLAIMED = (PUBLISHING, NOTIFIED)
+#: The reason of a breach suppressed only because its window ended too long ago (see due_for_subscribers).
+LATE_REASON = "window ended more than max_alert_age"
 
 
 @dataclass(frozen=True)
 class Price:
-    """One normalized record: its slot, weighted average price and where it came from."""
+    """One normalized record: its slot, weighted average price, where it came from and, when the Glue job
+    names them (its ``superseded`` column), the window's older raw objects it did not use."""
 
     slot: datetime
     weighted_average: float
     pair: str
     source_key: str
+    superseded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,11 +95,15 @@ def parse_canonical_csv(body: bytes) -> Price:
     missing = [c for c in layout.CANONICAL_COLUMNS if c not in row]
     if missing:
         raise ValueError(f"canonical CSV lacks columns {missing}")
+    weighted_average = float(row["weighted_average"])
+    if not (math.isfinite(weighted_average) and weighted_average > 0):
+        raise ValueError(f"canonical CSV weighted_average {row['weighted_average']!r} is not a finite positive number")
     return Price(
         slot=datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")),
-        weighted_average=float(row["weighted_average"]),
+        weighted_average=weighted_average,
         pair=row["pair"],
         source_key=row["source_key"],
+        superseded=tuple(json.loads(row["superseded"])) if row.get("superseded") else (),
     )
 
 
@@ -113,7 +127,9 @@ def series_changes(prices: list[Price], lookback: timedelta) -> list[Change]:
 
 def is_breach(change: Change, policy: Policy) -> bool:
     """Above the % threshold and, when set, the absolute move in price units."""
-    if change.change_pct is None or change.abs_change_pct <= policy.threshold_pct:
+    if change.change_pct is None or not math.isfinite(change.change_pct):
+        return False
+    if change.abs_change_pct <= policy.threshold_pct:
         return False
     return abs(change.latest.weighted_average - change.previous.weighted_average) >= policy.min_abs_move
 
@@ -126,6 +142,12 @@ def classify(change: Change, earlier: list[Change], policy: Policy) -> tuple[str
     """
     if change.previous is None:
         return NO_PREVIOUS, f"no earlier record within the {policy.lookback_minutes}-minute lookback"
+    if not math.isfinite(change.change_pct):
+        return (
+            INVALID_CHANGE,
+            f"change from {change.previous.weighted_average!r} to {change.latest.weighted_average!r} "
+            "is not a finite number: refused",
+        )
     if change.abs_change_pct <= policy.threshold_pct:
         return BELOW_THRESHOLD, f"|change| {change.abs_change_pct:.4f}% <= threshold {policy.threshold_pct}%"
     if not is_breach(change, policy):
@@ -156,5 +178,10 @@ def due_for_subscribers(
     if run_type == "backfill":
         return False, "backfill run (notify_on_backfill is off)"
     if now - window_end > timedelta(minutes=max_alert_age_minutes):
-        return False, f"window ended more than max_alert_age ({max_alert_age_minutes} min) ago"
+        return False, f"{LATE_REASON} ({max_alert_age_minutes} min) ago"
     return True, ""
+
+
+def suppressed_for_lateness(decision: str, reason: str) -> bool:
+    """A breach a live run would have sent but for its record arriving late: news for ops."""
+    return decision == SUPPRESSED_BACKFILL and reason.startswith(LATE_REASON)

@@ -9,10 +9,13 @@ Task bodies of the ``price_history_backfill`` DAG, after its one Glue job run ha
    :func:`analysis.classify`, :func:`analysis.apply_freshness`, :func:`analysis.due_for_subscribers`
    for run type ``backfill``), so each ledger entry is byte-identical to the one ``price_notification``
    writes for the same window and params;
-3. write the ledger entries that differ from what is stored, never over a ``notified`` one (conditional
-   writes: an entry notified meanwhile is seen, not overwritten);
+3. write the ledger entries that differ from what is stored, never over a ``publishing`` or ``notified``
+   one (conditional writes: an entry claimed or notified meanwhile is seen, not overwritten);
 4. rewrite each month's Parquet object from all canonical CSVs of that month (deterministic bytes);
-5. with ``notify_on_backfill``, publish each due breach once, through a callable the task passes.
+5. with ``notify_on_backfill``, claim each due breach as the live DAG does (``windows.claim``) and publish
+   only the claims that landed, through a callable the task passes.
+
+A range with no usable window (every one missing or quarantined) raises NoUsableWindow with the counts.
 
 S3 goes through a boto3 client (``S3Hook(...).get_conn()`` in the task); no Airflow here.
 """
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -32,12 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from botocore.exceptions import ClientError
-
 from include.price_pipeline import alerts, layout, store, windows
 from include.price_pipeline.analysis import (
+    CLAIMED,
     NOTIFIED,
     NOTIFY,
+    PUBLISHING,
     Change,
     Policy,
     Price,
@@ -73,11 +75,17 @@ LARGEST_MOVES = 5
 MISSING_NAMED = 20
 #: Attempts at a conditional ledger write before giving up (each failure means someone else wrote).
 WRITE_ATTEMPTS = 3
-#: S3 answers a failed If-Match / If-None-Match with one of these.
-CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
 FLOAT_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "weighted_average")
 STRING_COLUMNS = ("pair", "source_key", "source_format")
+
+
+class NoUsableWindow(ValueError):
+    """Every window of the range is missing or quarantined: a green run would have done nothing."""
+
+
+class ClaimsLeft(RuntimeError):
+    """Windows this run claimed in an earlier try are still ``publishing``: they may have been sent."""
 
 
 @dataclass(frozen=True)
@@ -323,25 +331,14 @@ def count_quarantined(s3, config: Config, start: datetime, end: datetime) -> int
     return sum(1 for key in keys if key.endswith(".reason.json") and key[:length] in wanted)
 
 
-def _md5(body: bytes) -> str:
-    return hashlib.md5(body, usedforsecurity=False).hexdigest()
-
-
-def _condition_failed(error: ClientError) -> bool:
-    response = error.response
-    return (
-        response.get("Error", {}).get("Code") in CONDITION_FAILED
-        or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode")) in CONDITION_FAILED
-    )
-
-
 def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first: datetime, last: datetime) -> dict:
-    """Write each ledger object unless the stored one is identical or ``notified``; return the counts.
+    """Write each ledger object unless the stored one is identical, ``publishing`` or ``notified``; return
+    the counts.
 
     One listing per day partition gives each stored entry's ETag: an entry whose ETag is the MD5 of the
     new bytes is identical and left alone (with SSE-KMS, ETags are no MD5 and every stored entry is read
     instead). Writes are conditional (If-None-Match for a new key, If-Match on the ETag just read), so an
-    entry notified by a live run in the meantime is re-read and kept, never overwritten.
+    entry claimed or notified by a live run in the meantime is re-read and kept, never overwritten.
     """
     days = [f"{prefix}{day}" for day in layout.day_partitions(first, last)] if objects else []
     stored = list_with_etags(s3, bucket, days)
@@ -349,27 +346,22 @@ def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first:
     def settle(key: str) -> str:
         body, etag = objects[key], stored.get(key)
         for _attempt in range(WRITE_ATTEMPTS):
-            if etag is None:
-                condition = {"IfNoneMatch": "*"}
-            else:
-                if etag == _md5(body):
+            if etag is not None:
+                if etag == store.md5(body):
                     return "unchanged"
-                current = _read_with_etag(s3, bucket, key)
+                current = store.read_with_etag(s3, bucket, key)
                 if current is None:
                     etag = None
                     continue
                 existing, etag = current
                 if existing == body:
                     return "unchanged"
-                if _decision(existing) == NOTIFIED:
-                    return "kept_notified"
-                condition = {"IfMatch": etag}
+                if _decision(existing) in CLAIMED:
+                    return f"kept_{_decision(existing)}"
             try:
-                s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
+                store.write_if(s3, bucket, key, body, "application/json", etag)
                 return "written"
-            except ClientError as error:
-                if not _condition_failed(error):
-                    raise
+            except store.ConditionFailed:
                 etag = "changed meanwhile"  # not an MD5: read it again
         raise RuntimeError(f"ledger entry {key} kept changing while being written ({WRITE_ATTEMPTS} attempts)")
 
@@ -377,17 +369,7 @@ def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first:
     with ThreadPoolExecutor(pool_size(s3)) as pool:
         outcomes = list(pool.map(settle, keys))
     counts = Counter(outcomes)
-    return {name: counts.get(name, 0) for name in ("written", "unchanged", "kept_notified")}
-
-
-def _read_with_etag(s3, bucket: str, key: str) -> tuple[bytes, str] | None:
-    try:
-        response = s3.get_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise
-    return response["Body"].read(), response["ETag"].strip('"')
+    return {name: counts.get(name, 0) for name in ("written", "unchanged", "kept_notified", "kept_publishing")}
 
 
 def _decision(body: bytes) -> str | None:
@@ -409,7 +391,7 @@ def write_parquet(s3, bucket: str, prefix: str, bodies: dict[str, bytes], month_
     out = []
     for (year, month), rows in sorted(by_month.items()):
         key, body = layout.parquet_key(year, month, prefix), parquet_bytes(rows)
-        changed = stored.get(key) != _md5(body)
+        changed = stored.get(key) != store.md5(body)
         if changed:
             store.write_bytes(s3, bucket, key, body, "application/vnd.apache.parquet")
         out.append({"key": key, "rows": len(rows), "bytes": len(body), "written": changed})
@@ -426,27 +408,46 @@ def publish_due(
     policy: Policy,
     publish: Callable[[str, str, dict], str],
     run_url: str,
-) -> int:
-    """Publish each window due for subscribers (``notify_on_backfill``), once: a window the ledger shows
-    as notified is skipped; each one sent is recorded as notified right away. Returns how many were sent.
+    claimant: str = "",
+) -> dict:
+    """Claim and publish each window due for subscribers (``notify_on_backfill``), once.
 
-    ``publish(subject, message, attributes)`` sends one alert and returns its message id.
+    A window is claimed (``publishing`` by ``claimant``, a conditional write over the entry just read)
+    before it is published, and recorded as notified over its claim right after: a window notified or
+    claimed by another run, or claimed by a live run between our read and our write, is left to it (and
+    logged). ``publish(subject, message, attributes)`` sends one alert and returns its message id.
+    Returns ``{"sent", "claimed_elsewhere", "claims_left"}``: the last lists windows this run claimed in
+    an earlier try and never recorded (they may have been sent: never again, ops decide).
     """
-    sent = 0
+    sent, elsewhere, left = 0, 0, []
     for window in analysed:
         if window.decision != NOTIFY:
             continue
-        message_id = windows.already_notified(s3, config, window.slot)
-        if message_id:
-            log.info("Window %s was already notified (message %s): not again", alerts.iso(window.slot), message_id)
+        stamp = alerts.iso(window.slot)
+        stored, etag = windows.read_entry(s3, config, window.slot)
+        if stored and stored["decision"] in CLAIMED:
+            if stored["decision"] == PUBLISHING and stored.get("claimed_by") == claimant:
+                left.append(stamp)
+            elif stored["decision"] == NOTIFIED:
+                log.info("Window %s was already notified (message %s): not again", stamp, stored["sns_message_id"])
+            else:
+                elsewhere += 1
+                log.warning("Window %s is claimed by %s: this run does not publish it", stamp, stored.get("claimed_by"))
             continue
         entry = alerts.ledger_entry(window.change, policy, window.decision, window.reason)
+        try:
+            windows.claim(s3, config, entry, etag, claimant, started=True)
+        except store.ConditionFailed:
+            elsewhere += 1
+            log.warning("Window %s was claimed by another run between our read and our claim: not publishing", stamp)
+            continue
+        subject = alerts.alert_subject(entry, config.pair)
         message_id = publish(
-            alerts.alert_subject(entry), alerts.alert_message(entry, run_url), alerts.alert_attributes(entry)
+            subject, alerts.alert_message(entry, run_url, config.pair), alerts.alert_attributes(entry, config.pair)
         )
-        windows.record_notified(s3, config, entry, message_id)
+        windows.record_notified(s3, config, entry, message_id, claimant)
         sent += 1
-    return sent
+    return {"sent": sent, "claimed_elsewhere": elsewhere, "claims_left": left}
 
 
 def backfill_history(
@@ -460,9 +461,13 @@ def backfill_history(
     publish: Callable[[str, str, dict], str] | None = None,
     run_url: str = "",
     parquet_prefix: str = layout.PARQUET_PREFIX,
+    claimant: str = "",
 ) -> dict:
     """Analyse every window of ``[start, end)`` from the canonical CSVs, write the ledger and the
-    monthly Parquet, publish due breaches when allowed; return the summary (also logged)."""
+    monthly Parquet, claim and publish due breaches when allowed; return the summary (also logged).
+
+    Raises NoUsableWindow when no window of the range has a record (all missing or quarantined), and
+    ClaimsLeft (after everything else is written) when an earlier try of this run left claims."""
     if end <= start:
         raise ValueError(f"end {alerts.iso(end)} is not after start {alerts.iso(start)}")
     clock = _Phases()
@@ -475,6 +480,11 @@ def backfill_history(
     objects = ledger_objects(analysed, policy, config.changes_prefix)
     summary = summarize(analysed, start, end, policy, count_quarantined(s3, config, start, end))
     summary["canonical_csvs"] = {"from_range_object": from_range, "read": len(bodies) - from_range}
+    if not analysed:
+        raise NoUsableWindow(
+            f"no usable window from {summary['start']} to {summary['end']}: {summary['windows']} windows, "
+            f"{summary['missing']} without a canonical record, {summary['quarantined']} quarantined objects"
+        )
     clock.done("analyse")
     summary["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, start, end - layout.SLOT) | {
         "due": sum(1 for w in analysed if w.decision == NOTIFY)
@@ -482,10 +492,18 @@ def backfill_history(
     clock.done("write_ledger")
     summary["parquet"] = write_parquet(s3, config.bucket, parquet_prefix, bodies, month_keys)
     clock.done("write_parquet")
-    summary["notified"] = publish_due(s3, config, analysed, policy, publish, run_url) if publish else 0
+    published = publish_due(s3, config, analysed, policy, publish, run_url, claimant) if publish else {}
+    summary["notified"] = published.get("sent", 0)
+    summary["claimed_elsewhere"] = published.get("claimed_elsewhere", 0)
     clock.done("publish")
     summary["seconds"] = clock.seconds
     log_summary(summary)
+    if published.get("claims_left"):
+        raise ClaimsLeft(
+            f"claims left by an earlier try of {claimant} (may have been sent, not sent again): "
+            + ", ".join(published["claims_left"])
+            + "; to release a claim see README"
+        )
     return summary
 
 
@@ -531,5 +549,7 @@ def log_summary(summary: dict) -> None:
         )
     if summary.get("notified"):
         log.info("Notified subscribers of %d windows", summary["notified"])
+    if summary.get("claimed_elsewhere"):
+        log.warning("%d due windows were claimed by other runs: not published here", summary["claimed_elsewhere"])
     if summary.get("seconds"):
         log.info("Seconds per phase: %s", summary["seconds"])

@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import timedelta
 
 from include.price_pipeline import layout
 
@@ -66,6 +67,15 @@ SETTINGS = (
 )
 
 _BY_NAME = {s.env: s for s in SETTINGS}
+
+#: Task defaults both DAGs share (plain values; each DAG adds its ops notifier as on_failure_callback).
+DEFAULT_TASK_ARGS = {
+    "owner": "price-alerts",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=5),
+}
 
 
 @dataclass(frozen=True)

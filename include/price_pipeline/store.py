@@ -5,6 +5,7 @@ Tasks pass ``S3Hook(aws_conn_id).get_conn()``; tests pass a client on the local 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -15,6 +16,12 @@ from include.price_pipeline import layout
 from include.price_pipeline.analysis import Price, parse_canonical_csv
 
 READ_WORKERS = 8
+#: S3 answers a failed If-Match / If-None-Match with one of these (412, or 409 for a concurrent write).
+CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+
+
+class ConditionFailed(Exception):
+    """A conditional write lost: the object was created or changed by someone else since it was read."""
 
 
 def _is_missing(error: ClientError) -> bool:
@@ -39,6 +46,44 @@ def read_json(s3, bucket: str, key: str) -> dict | None:
 
 def write_bytes(s3, bucket: str, key: str, body: bytes, content_type: str) -> None:
     s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+
+def read_with_etag(s3, bucket: str, key: str) -> tuple[bytes, str] | None:
+    """(bytes, ETag without quotes) of the object, or None if it does not exist."""
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if _is_missing(error):
+            return None
+        raise
+    return response["Body"].read(), response["ETag"].strip('"')
+
+
+def md5(body: bytes) -> str:
+    """The ETag S3 gives ``body`` written in one part without SSE-KMS."""
+    return hashlib.md5(body, usedforsecurity=False).hexdigest()
+
+
+def condition_failed(error: ClientError) -> bool:
+    response = error.response
+    return (
+        response.get("Error", {}).get("Code") in CONDITION_FAILED
+        or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode")) in CONDITION_FAILED
+    )
+
+
+def write_if(s3, bucket: str, key: str, body: bytes, content_type: str, etag: str | None) -> str:
+    """Write only over the version read: ``etag`` None creates (If-None-Match: *), else replaces the
+    object whose ETag is ``etag`` (If-Match). Returns the new ETag; raises ConditionFailed when the
+    object was created or changed meanwhile (S3 and the stand-in enforce both conditions)."""
+    condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+    try:
+        response = s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **condition)
+    except ClientError as error:
+        if condition_failed(error):
+            raise ConditionFailed(key) from error
+        raise
+    return str(response.get("ETag", "")).strip('"')
 
 
 def list_keys(s3, bucket: str, prefix: str, start_after: str = "") -> list[str]:

@@ -1,4 +1,11 @@
-"""Task bodies of the price-notification DAG as plain functions (S3 through a boto3 client)."""
+"""Task bodies of the price-notification DAG as plain functions (S3 through a boto3 client).
+
+Once per window is enforced by conditional ledger writes, not by a read before a write: every ledger
+write goes over exactly the version read (S3 If-Match on its ETag, or If-None-Match: * to create). A
+breach is first *claimed*: its entry is written as ``publishing`` with the claimant's run, and only the
+run whose claim landed publishes, then replaces its own claim with ``notified`` (If-Match on the claim).
+Nobody overwrites a ``publishing`` or ``notified`` entry.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +15,25 @@ from datetime import datetime
 
 from include.price_pipeline import alerts, layout, store
 from include.price_pipeline.analysis import (
+    CLAIMED,
+    INVALID_CHANGE,
     NOTIFIED,
     NOTIFY,
+    PUBLISHING,
     Policy,
     apply_freshness,
     classify,
     series_changes,
+    suppressed_for_lateness,
 )
 from include.price_pipeline.settings import Config
 
 log = logging.getLogger(__name__)
+JSON = "application/json"
+#: What a run that did not publish a window says it found (its decision in XCom, never in the ledger).
+CLAIMED_ELSEWHERE = "claimed_elsewhere"
+#: Marks a claim whose publish has begun: from then on nobody publishes it again (at most once).
+PUBLISH_STARTED = "publish_started"
 
 
 class WindowFailed(Exception):
@@ -30,6 +46,35 @@ class WindowNotReady(Exception):
     older price. Try again shortly (the message names the windows)."""
 
 
+class AlreadyNotified(Exception):
+    """The window's alert was sent (its ledger entry is notified): nothing to do."""
+
+
+class ClaimLost(Exception):
+    """Another run holds (or released) the window's claim: this one must not publish."""
+
+
+class ClaimLeft(Exception):
+    """This run's claim is still ``publishing`` on a retry: an earlier try may have published. Not sent
+    again (at most once); ops decide (README: releasing a claim)."""
+
+
+def run_window_start(data_interval_start: datetime | None, run_after: datetime) -> datetime:
+    """The window a run analyses: its data interval, or for a run without a logical date (REST or CLI
+    trigger with none) the latest window complete when it was due to run."""
+    if data_interval_start is not None:
+        return data_interval_start
+    return layout.slot_start(run_after) - layout.SLOT
+
+
+def read_entry(s3, config: Config, slot: datetime) -> tuple[dict | None, str | None]:
+    """(ledger entry, its ETag) of the window, or (None, None)."""
+    import json
+
+    stored = store.read_with_etag(s3, config.bucket, layout.ledger_key(slot, config.changes_prefix))
+    return (None, None) if stored is None else (json.loads(stored[0]), stored[1])
+
+
 def analyse_window(
     s3,
     config: Config,
@@ -39,52 +84,184 @@ def analyse_window(
     why_not_due: str,
     run_url: str,
     still_normalizing: Callable[[list[datetime]], int] | None = None,
+    claimant: str = "",
 ) -> dict:
-    """Compare the window's price with the previous one, record the decision, draft the alert.
+    """Compare the window's price with the previous one, record the decision, claim a due alert.
 
-    Returns ``decision`` (``notify`` when the publish task should send), the ledger ``entry`` and the
-    alert ``subject``, ``message`` and ``attributes``. A window the ledger already shows as notified
-    is never notified again: its entry comes back unchanged with ``decision = notified``.
+    Returns ``decision``, the ledger ``entry``, and for a due alert (``decision = notify``, once this
+    run's ``publishing`` claim landed) the alert ``subject``, ``message``, ``attributes`` and ``slack``
+    text (a retried analysis keeps its own claim); ``ops_notice`` holds a line for the ops topic when a breach was
+    suppressed only for lateness. A window already ``notified``, or claimed by another run (``claimant``
+    names this one: ``<dag_id>/<run_id>``), comes back as ``notified`` / ``claimed_elsewhere`` with the
+    stored entry, and nothing is written.
 
     Every earlier window the decision looks at (lookback and repeat windows) must be settled: when one
     has a raw record but no canonical CSV yet, ``still_normalizing(those windows)`` (the caller asks its
     scheduler) tells how many are still being normalized; any, and WindowNotReady is raised. Without
     ``still_normalizing`` the window is analysed with the CSVs there are.
     """
-    ledger_key = layout.ledger_key(slot, config.changes_prefix)
-    existing = store.read_json(s3, config.bucket, ledger_key)
-    if existing and existing["decision"] == NOTIFIED:
-        log.info(
-            "Window %s was already notified (message %s): not again",
-            layout.slot_stamp(slot),
-            existing["sns_message_id"],
-        )
-        return {"decision": NOTIFIED, "entry": existing, "subject": "", "message": "", "attributes": {}}
+    stamp = layout.slot_stamp(slot)
+    existing, etag = read_entry(s3, config, slot)
+    if existing and existing["decision"] in CLAIMED:
+        if existing["decision"] == PUBLISHING and claimant and existing.get("claimed_by") == claimant:
+            log.info("Window %s: this run claimed it in an earlier try; keeping the claim", stamp)
+            return _due(existing, config, run_url)
+        return _not_ours(existing, stamp)
 
     first = slot - policy.lookback - layout.SLOT * policy.repeat_windows
-    prices = store.load_prices(s3, config.bucket, config.analysis_prefix, first, slot)
+    try:
+        prices = store.load_prices(s3, config.bucket, config.analysis_prefix, first, slot)
+    except ValueError as error:
+        raise WindowFailed(f"window {stamp}: {error}") from None
     if not prices or prices[-1].slot != slot:
         raise WindowFailed(_missing_record_reason(s3, config, slot))
     if still_normalizing is not None:
         pending = records_not_normalized(s3, config, first, slot, {price.slot for price in prices})
         if pending and still_normalizing(pending):
             stamps = ", ".join(layout.slot_stamp(s) for s in pending)
-            raise WindowNotReady(f"window {layout.slot_stamp(slot)} waits for the normalization of {stamps}")
+            raise WindowNotReady(f"window {stamp} waits for the normalization of {stamps}")
+    if prices[-1].superseded:
+        log.warning(
+            "Window %s: used %s; superseded older objects: %s",
+            stamp,
+            prices[-1].source_key,
+            ", ".join(prices[-1].superseded),
+        )
     changes = series_changes(prices, policy.lookback)
     change = changes[-1]
     decision, reason = apply_freshness(*classify(change, changes[:-1], policy), due, why_not_due)
-    log.info("Window %s: %s (%s)", layout.slot_stamp(slot), decision, reason)
+    log.info("Window %s: %s (%s)", stamp, decision, reason)
     entry = alerts.ledger_entry(change, policy, decision, reason)
-    if decision != NOTIFY:
-        store.write_bytes(s3, config.bucket, ledger_key, alerts.ledger_bytes(entry), "application/json")
-        return {"decision": decision, "entry": entry, "subject": "", "message": "", "attributes": {}}
+    if decision == NOTIFY:
+        try:
+            claim(s3, config, entry, etag, claimant)
+        except store.ConditionFailed:
+            stored, _ = read_entry(s3, config, slot)
+            return _not_ours(stored or {"decision": "(deleted)"}, stamp)
+        return _due(entry, config, run_url)
+    stored = _settle(s3, config, slot, entry, etag)
+    if decision == INVALID_CHANGE:
+        raise WindowFailed(f"window {stamp}: {reason}")
+    ops_notice = None
+    if suppressed_for_lateness(decision, reason) and stored is entry:
+        ops_notice = (
+            f"Breach of window {stamp} not sent: {reason} when its record was analysed "
+            f"(change {entry['change_pct']:+.2f}%, threshold {policy.threshold_pct}%). Run: {run_url}"
+        )
+    return {"decision": stored["decision"], "entry": stored, "ops_notice": ops_notice}
+
+
+def _not_ours(existing: dict, stamp: str) -> dict:
+    """The window's alert belongs to another run (or was sent): say so in the log, change nothing."""
+    if existing.get("decision") == NOTIFIED:
+        log.info("Window %s was already notified (message %s): not again", stamp, existing.get("sns_message_id"))
+        return {"decision": NOTIFIED, "entry": existing}
+    log.warning(
+        "Window %s is claimed for publishing by %s (ledger: %s): this run does not publish it. If that run "
+        "is no longer running, its claim was left by a crash (README: releasing a claim)",
+        stamp,
+        existing.get("claimed_by", "another run"),
+        existing.get("decision"),
+    )
+    return {"decision": CLAIMED_ELSEWHERE, "entry": existing}
+
+
+def _due(claimed: dict, config: Config, run_url: str) -> dict:
+    """What the publish task needs: the entry as decided (notify), this run's claim and the alert text."""
+    entry = {k: v for k, v in claimed.items() if k not in ("claimed_by", PUBLISH_STARTED)} | {"decision": NOTIFY}
+    subject = alerts.alert_subject(entry, config.pair)
+    message = alerts.alert_message(entry, run_url, config.pair)
     return {
-        "decision": decision,
+        "decision": NOTIFY,
         "entry": entry,
-        "subject": alerts.alert_subject(entry),
-        "message": alerts.alert_message(entry, run_url),
-        "attributes": alerts.alert_attributes(entry),
+        "subject": subject,
+        "message": message,
+        "attributes": alerts.alert_attributes(entry, config.pair),
+        "slack": alerts.slack_text(subject, message),
     }
+
+
+def _settle(s3, config: Config, slot: datetime, entry: dict, etag: str | None) -> dict:
+    """Write a decision that is not an alert over the version read; return the entry the ledger holds.
+
+    A run that loses (someone wrote the entry since it was read) keeps the other's entry and logs it.
+    """
+    body = alerts.ledger_bytes(entry)
+    key = layout.ledger_key(slot, config.changes_prefix)
+    if etag is not None and etag == store.md5(body):
+        return entry
+    try:
+        store.write_if(s3, config.bucket, key, body, JSON, etag)
+        return entry
+    except store.ConditionFailed:
+        stored, _ = read_entry(s3, config, slot)
+        log.warning(
+            "Window %s: the ledger entry changed while this run analysed it (now %s); kept it, did not write %s",
+            layout.slot_stamp(slot),
+            (stored or {}).get("decision"),
+            entry["decision"],
+        )
+        return stored or entry
+
+
+def claim(s3, config: Config, entry: dict, etag: str | None, claimant: str, started: bool = False) -> str:
+    """Write the window's entry as ``publishing`` by ``claimant`` over the version read (``etag``, None
+    when there was none); return the claim's ETag. ConditionFailed: another writer came first.
+    ``started`` marks the claim as being published right away (the bulk DAG publishes in the same try)."""
+    slot = datetime.fromisoformat(entry["window_start"].replace("Z", "+00:00"))
+    claimed = {**entry, "decision": PUBLISHING, "claimed_by": claimant} | ({PUBLISH_STARTED: True} if started else {})
+    key = layout.ledger_key(slot, config.changes_prefix)
+    return store.write_if(s3, config.bucket, key, alerts.ledger_bytes(claimed), JSON, etag)
+
+
+def start_publish(s3, config: Config, slot: datetime, claimant: str) -> None:
+    """Right before publishing: return only if ``claimant``'s claim is the window's entry and no earlier
+    try has started publishing it; mark the claim as started first (a conditional write).
+
+    Raises AlreadyNotified, ClaimLost (another run's claim, or none) or ClaimLeft (a publish of this claim
+    started before and never recorded its outcome: it may have been sent, so ops decide).
+    """
+    entry, etag = read_entry(s3, config, slot)
+    stamp = layout.slot_stamp(slot)
+    if entry and entry["decision"] == NOTIFIED:
+        raise AlreadyNotified(f"window already notified as SNS message {entry['sns_message_id']}")
+    if not entry or entry["decision"] != PUBLISHING or entry.get("claimed_by") != claimant:
+        raise ClaimLost(
+            f"window {stamp} is not claimed by this run (ledger: {(entry or {}).get('decision', 'no entry')} "
+            f"by {(entry or {}).get('claimed_by', '-')}): not publishing"
+        )
+    if entry.get(PUBLISH_STARTED):
+        raise ClaimLeft(
+            f"window {stamp}: claim left by an earlier publish of {claimant}, which may have sent the alert; "
+            "not publishing again. Check the alert topic; to release the claim see README (releasing a claim)"
+        )
+    key = layout.ledger_key(slot, config.changes_prefix)
+    try:
+        store.write_if(s3, config.bucket, key, alerts.ledger_bytes({**entry, PUBLISH_STARTED: True}), JSON, etag)
+    except store.ConditionFailed:
+        raise ClaimLost(f"window {stamp}: the claim changed while this run started publishing") from None
+
+
+def record_notified(s3, config: Config, entry: dict, message_id: str, claimant: str | None = None) -> dict:
+    """Replace ``claimant``'s ``publishing`` claim with the window's entry as notified (If-Match on the
+    claim just read: nobody else's entry is overwritten). ClaimLost if the entry is not that claim.
+
+    Without ``claimant`` (tests seeding a ledger) the entry is written only where none is claimed.
+    """
+    entry = {**entry, "decision": NOTIFIED, "sns_message_id": message_id}
+    slot = datetime.fromisoformat(entry["window_start"].replace("Z", "+00:00"))
+    key = layout.ledger_key(slot, config.changes_prefix)
+    existing, etag = read_entry(s3, config, slot)
+    ours = existing and existing["decision"] == PUBLISHING and existing.get("claimed_by") == claimant
+    if (claimant is not None and not ours) or (claimant is None and existing and existing["decision"] in CLAIMED):
+        log.error("Window %s was published as SNS message %s but the ledger no longer holds its claim", key, message_id)
+        raise ClaimLost(f"window {layout.slot_stamp(slot)}: published as {message_id}, but the claim is gone")
+    try:
+        store.write_if(s3, config.bucket, key, alerts.ledger_bytes(entry), JSON, etag)
+    except store.ConditionFailed:
+        log.error("Window %s was published as SNS message %s but its claim changed meanwhile", key, message_id)
+        raise ClaimLost(f"window {layout.slot_stamp(slot)}: published as {message_id}, but the claim changed") from None
+    return entry
 
 
 def records_not_normalized(s3, config: Config, first: datetime, slot: datetime, normalized: set) -> list[datetime]:
@@ -110,18 +287,3 @@ def _missing_record_reason(s3, config: Config, slot: datetime) -> str:
         first = reasons[0]
         return f"record for window {stamp} quarantined: {first['reason']} (object {first['source_key']})"
     return f"no normalized record for window {stamp} (the raw object held no record of this slot)"
-
-
-def already_notified(s3, config: Config, slot: datetime) -> str | None:
-    """The SNS message id if the ledger shows the window as notified, else None."""
-    entry = store.read_json(s3, config.bucket, layout.ledger_key(slot, config.changes_prefix))
-    return entry["sns_message_id"] if entry and entry["decision"] == NOTIFIED else None
-
-
-def record_notified(s3, config: Config, entry: dict, message_id: str) -> dict:
-    """Write the window's ledger entry as notified, with the SNS message id."""
-    entry = {**entry, "decision": NOTIFIED, "sns_message_id": message_id}
-    slot = datetime.fromisoformat(entry["window_start"].replace("Z", "+00:00"))
-    key = layout.ledger_key(slot, config.changes_prefix)
-    store.write_bytes(s3, config.bucket, key, alerts.ledger_bytes(entry), "application/json")
-    return entry

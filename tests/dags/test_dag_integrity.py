@@ -159,7 +159,7 @@ def test_sensor_waits_for_any_object_under_the_window_prefix_only(dag, config):
     sensor = dag.get_task("wait_for_price_record")
     slot = utc(2026, 2, 3, 12, 0)
 
-    key = dag.get_template_env().from_string(sensor.bucket_key).render(data_interval_start=slot)
+    key = dag.get_template_env().from_string(sensor.bucket_key).render(dag_run=dag_run(slot))
 
     assert sensor.bucket_name == config.bucket
     assert sensor.wildcard_match is True
@@ -200,12 +200,39 @@ def test_glue_job_gets_the_settings_arguments_and_the_window(dag, config):
 
     assert settings.glue_job_arguments(config).items() <= glue.script_args.items()
     render = {
-        name: env.from_string(glue.script_args[name]).render(
-            data_interval_start=start, data_interval_end=start + layout.SLOT
-        )
+        name: env.from_string(glue.script_args[name]).render(dag_run=dag_run(start))
         for name in ("--window_start", "--window_end")
     }
     assert render == {"--window_start": "2026-02-03T12:00:00Z", "--window_end": "2026-02-03T12:05:00Z"}
+
+
+def dag_run(start, run_after=None):
+    """The template context's dag_run: a run without a logical date has no data interval."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(data_interval_start=start, run_after=run_after or (start + layout.SLOT))
+
+
+def test_a_run_without_a_logical_date_renders_the_latest_complete_window(dag, config):
+    """REST ``"logical_date": null`` and ``airflow dags trigger`` without a date: no data interval."""
+    env = dag.get_template_env()
+    run = dag_run(None, run_after=utc(2026, 2, 3, 12, 7, 30))
+    sensor, glue = dag.get_task("wait_for_price_record"), dag.get_task("normalize_price_record")
+
+    key = env.from_string(sensor.bucket_key).render(dag_run=run)
+    window = [env.from_string(glue.script_args[n]).render(dag_run=run) for n in ("--window_start", "--window_end")]
+
+    assert key == layout.ingestion_window_prefix(utc(2026, 2, 3, 12, 0), config.ingestion_prefix) + "*"
+    assert window == ["2026-02-03T12:00:00Z", "2026-02-03T12:05:00Z"]
+
+
+def test_both_dags_take_their_task_defaults_from_one_home_and_tell_ops_of_failures(dagbag):
+    for dag_id in ("price_notification", "price_history_backfill"):
+        default_args = dict(dagbag.dags[dag_id].default_args)
+        callback = default_args.pop("on_failure_callback")
+
+        assert default_args == settings.DEFAULT_TASK_ARGS, dag_id
+        assert type(callback).__name__ == "SnsNotifier", dag_id
 
 
 # ------------------------------------------------------------------ price_notification: params

@@ -191,7 +191,7 @@ def test_a_rerun_writes_identical_objects_and_leaves_a_notified_window_untouched
     assert run.state == "success", task_states(run)
     assert day_objects(aws) == expected
     assert json.loads(aws.get(breach_key)) == entry
-    assert summary["ledger"] == {"written": 0, "unchanged": 284, "kept_notified": 1, "due": 0}
+    assert summary["ledger"] == {"written": 0, "unchanged": 284, "kept_notified": 1, "kept_publishing": 0, "due": 0}
     assert summary["parquet"][0]["written"] is False
 
 
@@ -215,3 +215,21 @@ def test_notify_on_backfill_publishes_each_due_breach_once_and_skips_the_notifie
     for alert in alerts:
         assert alert["Subject"].startswith("ETH/USDT ")
         assert "/dags/price_history_backfill/runs/" in alert["Message"]
+
+
+def test_a_range_where_every_record_was_quarantined_fails_with_the_counts_and_tells_ops(bulk_dag, aws):
+    first = utc(2025, 4, 2, 10, 0)
+    for n in range(3):
+        slot = first + n * layout.SLOT
+        aws.put(layout.ingestion_key(slot, ".json"), b'{"date": %d, "weightedAverage": "NaN"}' % slot.timestamp())
+
+    run, summary = run_bulk(bulk_dag, first, first + 3 * layout.SLOT)
+
+    assert run.state == "failed"
+    assert task_states(run)["analyse_price_history"] == "failed"
+    assert summary is None
+    [ops] = aws.ops()
+    assert (
+        "Reason: no usable window from 2025-04-02T10:00:00Z to 2025-04-02T10:15:00Z: 3 windows, "
+        "3 without a canonical record, 3 quarantined objects"
+    ) in ops["Message"]

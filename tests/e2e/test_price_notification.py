@@ -150,6 +150,10 @@ def test_old_window_is_recorded_as_suppressed_without_notify_on_backfill(dag, aw
     entry = ledger(aws, slot)
     assert entry["decision"] == "suppressed_backfill"
     assert "max_alert_age" in entry["reason"]
+    [ops] = aws.ops()
+    assert ops["Subject"] == "[price pipeline] Late breach not sent: 20260109T1000Z"
+    assert ops["Message"].startswith("Breach of window 20260109T1000Z not sent: window ended more than max_alert_age")
+    assert "+5.00%" in ops["Message"]
 
 
 def test_quarantined_record_fails_with_its_reason_and_the_next_window_compares_with_the_last_good(dag, aws):

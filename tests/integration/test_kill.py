@@ -117,7 +117,9 @@ def test_worker_killed_during_the_glue_run_retries_into_the_same_run_and_notifie
     assert ops_subjects(aws) == []
 
 
-def test_worker_killed_during_the_publish_call_publishes_once_on_retry(stack, aws, api, switch):
+def test_worker_killed_during_the_publish_call_leaves_its_claim_to_ops_and_does_not_publish(stack, aws, api, switch):
+    """The Publish never reached SNS, but the try had started publishing: the retry cannot know, so it
+    does not publish (at most once) and ops get the window (README: releasing a claim)."""
     slot = utc(2017, 7, 20, 10, 0)
     breach_window(aws, slot)
     # The Publish call is held on its way to SNS: the kill lands while it is in flight.
@@ -134,21 +136,21 @@ def test_worker_killed_during_the_publish_call_publishes_once_on_retry(stack, aw
 
     assert dropped == 1  # the killed try's Publish never reached SNS
     assert soak.wait_for(lambda: soak.run_state(stack, run_id) in ("success", "failed"), stack=stack)
-    assert soak.run_state(stack, run_id) == "success"
-    assert soak.task_instance(stack, run_id, "publish_price_alert")[1] == first_try + 1
-    [alert] = alerts_by_window(aws)[iso(slot)]
-    assert alert["Subject"].startswith("ETH/USDT up 3.00%")
+    assert soak.run_state(stack, run_id) == "failed"
+    assert soak.task_instance(stack, run_id, "publish_price_alert")[1:] == (first_try + 1, "failed")
+    assert iso(slot) not in alerts_by_window(aws)
     entry = soak.ledger_entry(aws["s3"], slot)
-    assert entry["decision"] == "notified"
-    assert entry["sns_message_id"] == alert["MessageId"]
-    assert ops_subjects(aws) == []
+    assert (entry["decision"], entry["claimed_by"], entry["publish_started"]) == (
+        "publishing",
+        f"{soak.DAG_ID}/{run_id}",
+        True,
+    )
+    assert ops_subjects(aws) == ["[price pipeline] Alert claim left: publish_price_alert 2017-07-20 10:00 UTC"]
 
 
-def test_worker_killed_after_sns_accepted_the_publish_notifies_twice_the_one_at_least_once_case(
-    stack, aws, api, switch
-):
-    """SNS did the work but the answer (or the ledger write after it) never came back: the retry finds
-    no ledger entry and publishes again. docs/reliability.md names this as the one duplicate path."""
+def test_worker_killed_after_sns_accepted_the_publish_does_not_notify_twice(stack, aws, api, switch):
+    """SNS did the work but the answer (or the ledger write after it) never came back: before the claim
+    the retry published again (the one at-least-once case); now it finds its started claim and stops."""
     slot = utc(2017, 7, 21, 10, 0)
     breach_window(aws, slot)
     switch("sns:Publish.reply_ms=600000")
@@ -160,11 +162,11 @@ def test_worker_killed_after_sns_accepted_the_publish_notifies_twice_the_one_at_
     switch("off")
 
     assert soak.wait_for(lambda: soak.run_state(stack, run_id) in ("success", "failed"), stack=stack)
-    assert soak.run_state(stack, run_id) == "success"
-    first, second = alerts_by_window(aws)[iso(slot)]
-    assert first["Message"] == second["Message"]
-    assert soak.ledger_entry(aws["s3"], slot)["sns_message_id"] in (first["MessageId"], second["MessageId"])
-    assert ops_subjects(aws) == []
+    assert soak.run_state(stack, run_id) == "failed"
+    [alert] = alerts_by_window(aws)[iso(slot)]
+    assert alert["Subject"].startswith("ETH/USDT up 3.00%")
+    assert soak.ledger_entry(aws["s3"], slot)["decision"] == "publishing"
+    assert ops_subjects(aws) == ["[price pipeline] Alert claim left: publish_price_alert 2017-07-21 10:00 UTC"]
 
 
 def test_scheduler_restarted_in_the_middle_of_a_backfill_leaves_no_window_missing_or_notified_twice(stack, aws, api):

@@ -19,6 +19,7 @@ from include.price_pipeline.analysis import Policy, Price
 from tests.conftest import utc
 
 SLOT = utc(2026, 2, 3, 12, 0)
+PAIR = "ETH/USDT"
 RUN_URL = "http://127.0.0.1:8080/dags/price_notification/runs/manual__2026-02-03T12%3A05%3A00%2B00%3A00"
 
 
@@ -106,15 +107,17 @@ def test_ledger_entry_of_a_window_without_a_previous_record_serializes_with_null
 
 
 def test_alert_subject_reads_like_the_documented_example():
-    assert alerts.alert_subject(entry_for(3047.12, 3120.55)) == "ETH/USDT up 2.41% in 5 min: 3,120.55"
+    assert alerts.alert_subject(entry_for(3047.12, 3120.55), PAIR) == "ETH/USDT up 2.41% in 5 min: 3,120.55"
 
 
 def test_alert_subject_of_a_fall_says_down_with_the_absolute_change():
-    assert alerts.alert_subject(entry_for(3000.0, 2910.0)) == "ETH/USDT down 3.00% in 5 min: 2,910.00"
+    assert alerts.alert_subject(entry_for(3000.0, 2910.0), PAIR) == "ETH/USDT down 3.00% in 5 min: 2,910.00"
 
 
 def test_alert_subject_counts_the_minutes_since_the_previous_record():
-    assert alerts.alert_subject(entry_for(100.0, 103.0, gap_windows=3)).startswith("ETH/USDT up 3.00% in 15 min: ")
+    assert alerts.alert_subject(entry_for(100.0, 103.0, gap_windows=3), PAIR).startswith(
+        "ETH/USDT up 3.00% in 15 min: "
+    )
 
 
 prices = st.floats(min_value=1e-8, max_value=1e12, allow_nan=False, allow_infinity=False)
@@ -123,20 +126,22 @@ prices = st.floats(min_value=1e-8, max_value=1e12, allow_nan=False, allow_infini
 @settings(max_examples=300, deadline=None)
 @given(previous=prices, latest=prices, pair=st.text(min_size=1, max_size=200))
 def test_alert_subject_never_exceeds_the_sns_subject_limit(previous, latest, pair):
-    assert len(alerts.alert_subject(entry_for(previous, latest, pair=pair))) <= 100
+    assert len(alerts.alert_subject(entry_for(previous, latest, pair=pair), PAIR)) <= 100
 
 
 realistic_prices = st.floats(min_value=0.01, max_value=1e7)
-short_pairs = st.text(st.characters(categories=("L", "N"), include_characters="/_-"), min_size=1, max_size=40)
+short_pairs = st.text(
+    st.characters(categories=("L", "N"), include_characters="/_-", max_codepoint=127), min_size=1, max_size=40
+)
 
 
 @settings(max_examples=200, deadline=None)
 @given(previous=realistic_prices, ratio=st.floats(min_value=0.05, max_value=9.0), pair=short_pairs)
 def test_alert_subject_of_a_realistic_alert_is_complete(previous, ratio, pair):
     latest = previous * ratio
-    entry = entry_for(previous, latest, pair=pair)
+    entry = entry_for(previous, latest)
 
-    subject = alerts.alert_subject(entry)
+    subject = alerts.alert_subject(entry, pair)
 
     match = re.fullmatch(rf"{re.escape(pair)} (up|down|flat) (\d+\.\d\d)% in 5 min: (.+)", subject)
     assert match, subject
@@ -149,7 +154,7 @@ def test_alert_subject_of_a_realistic_alert_is_complete(previous, ratio, pair):
 
 
 def test_alert_message_holds_both_prices_and_times_the_change_threshold_window_and_run_link():
-    message = alerts.alert_message(entry_for(3047.12, 3120.55), RUN_URL)
+    message = alerts.alert_message(entry_for(3047.12, 3120.55), RUN_URL, PAIR)
 
     assert "3,047.12" in message
     assert "3,120.55" in message
@@ -163,18 +168,95 @@ def test_alert_message_holds_both_prices_and_times_the_change_threshold_window_a
 
 
 def test_alert_message_of_a_fall_shows_a_negative_change():
-    assert "-3.00%" in alerts.alert_message(entry_for(3000.0, 2910.0), RUN_URL)
+    assert "-3.00%" in alerts.alert_message(entry_for(3000.0, 2910.0), RUN_URL, PAIR)
 
 
 @pytest.mark.parametrize(("latest", "direction", "change"), [(3072.3, "up", 2.41), (2910.0, "down", -3.0)])
 def test_alert_attributes_carry_symbol_direction_and_change_as_a_number(latest, direction, change):
-    attributes = alerts.alert_attributes(entry_for(3000.0, latest))
+    attributes = alerts.alert_attributes(entry_for(3000.0, latest), PAIR)
 
     assert attributes["symbol"] == "ETH/USDT"
     assert attributes["direction"] == direction
     assert isinstance(attributes["change_pct"], float)
     assert attributes["change_pct"] == pytest.approx(change, abs=1e-4)
     assert set(attributes) == {"symbol", "direction", "change_pct"}
+
+
+# ------------------------------------------------ no NaN or Infinity; record text never reaches people
+
+
+def test_a_non_finite_change_is_stored_as_null_and_json_refuses_nan_and_infinity():
+    infinite = entry_for(5e-324, 1e300, decision=analysis.INVALID_CHANGE)
+
+    body = alerts.ledger_bytes(infinite)
+
+    assert json.loads(body)["change_pct"] is None
+    assert b"Infinity" not in body
+    assert b"NaN" not in body
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        alerts.ledger_bytes({**infinite, "change_pct": float("inf")})
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        alerts.ledger_bytes({**infinite, "abs_change_pct": float("nan")})
+
+
+def test_alert_text_and_attributes_refuse_a_non_finite_change():
+    entry = {**entry_for(100.0, 103.0), "change_pct": float("inf"), "abs_change_pct": float("inf")}
+
+    for render in (
+        lambda: alerts.alert_subject(entry, PAIR),
+        lambda: alerts.alert_message(entry, RUN_URL, PAIR),
+        lambda: alerts.alert_attributes(entry, PAIR),
+    ):
+        with pytest.raises(alerts.UnsafeText):
+            render()
+
+
+HOSTILE_PAIR = "<!channel> <https://x|LOGIN> \U0001f680 BTC/USDT\nSubject: x"
+
+
+def test_alert_text_names_the_configured_pair_never_the_records_text():
+    entry = entry_for(100.0, 103.0, pair=HOSTILE_PAIR)
+
+    texts = [
+        alerts.alert_subject(entry, PAIR),
+        alerts.alert_message(entry, RUN_URL, PAIR),
+        json.dumps(alerts.alert_attributes(entry, PAIR)),
+    ]
+
+    assert texts[0] == "ETH/USDT up 3.00% in 5 min: 103.00"
+    assert alerts.alert_attributes(entry, PAIR)["symbol"] == PAIR
+    assert not any(part in text for text in texts for part in ("channel", "LOGIN", "BTC", "\U0001f680"))
+
+
+def test_slack_text_escapes_ampersand_and_angle_brackets_so_nothing_becomes_a_mention_or_a_link():
+    text = alerts.slack_text("ETH <b> & co", "<!channel> <https://x|LOGIN> <@U123> a&b > c")
+
+    assert text == "*ETH &lt;b&gt; &amp; co*\n&lt;!channel&gt; &lt;https://x|LOGIN&gt; &lt;@U123&gt; a&amp;b &gt; c"
+    assert "<" not in text
+    assert ">" not in text
+
+
+@pytest.mark.parametrize(
+    ("subject", "why"),
+    [
+        ("x" * 100, "1 to 99"),
+        ("", "1 to 99"),
+        ("ETH/USDT\nup", "printable ASCII"),
+        ("ETH/USDT\rup", "printable ASCII"),
+        ("ETH \u00e9 up", "printable ASCII"),
+        ("ETH \U0001f680", "printable ASCII"),
+        ("\tETH", "printable ASCII"),
+        (" ETH up", "whitespace"),
+    ],
+)
+def test_sns_subject_rules_are_checked_by_our_code(subject, why):
+    with pytest.raises(alerts.UnsafeText, match=why):
+        alerts.check_subject(subject)
+
+
+def test_a_configured_pair_sns_would_refuse_fails_the_subject_instead_of_reaching_sns():
+    with pytest.raises(alerts.UnsafeText):
+        alerts.alert_subject(entry_for(100.0, 103.0), "ETH/\u00e9")
 
 
 # ------------------------------------------------------------------ format_price and run_url
@@ -255,6 +337,7 @@ def ops_context(task_id: str, exception: object) -> dict:
         "run_id": "scheduled__2026-01-07T10:05:00+00:00",
         "data_interval_start": start,
         "data_interval_end": start + layout.SLOT,
+        "dag_run": SimpleNamespace(run_after=start + layout.SLOT),
         "exception": exception,
     }
 
@@ -307,6 +390,25 @@ def test_ops_message_names_reason_dag_run_try_and_log(task_id):
     assert "Reason: the reason" in message
     assert "DAG: price_notification, run scheduled__2026-01-07T10:05:00+00:00, try 2" in message
     assert f"Log: http://127.0.0.1:8080/dags/price_notification/runs/r/tasks/{task_id}?try_number=2" in message
+
+
+def test_ops_notification_of_a_run_without_a_logical_date_renders_with_its_trigger_time():
+    context = {**ops_context("compute_price_change", ValueError("x")), "dag_run": SimpleNamespace(run_after=SLOT)}
+    del context["data_interval_start"], context["data_interval_end"]
+
+    subject = JINJA.from_string(alerts.OPS_SUBJECT).render(context)
+    message = JINJA.from_string(alerts.OPS_MESSAGE).render(context)
+
+    assert subject == "[price pipeline] Task failed: compute_price_change 2026-02-03 12:00 UTC"
+    assert "(run without a logical date)" in message
+
+
+def test_ops_notification_of_a_claim_left_by_a_crash_says_so():
+    left = RuntimeError("window 20260107T1000Z claim left by an earlier try of price_notification/r: ...")
+
+    subject, _ = render_ops("publish_price_alert", left)
+
+    assert subject == "[price pipeline] Alert claim left: publish_price_alert 2026-01-07 10:00 UTC"
 
 
 @pytest.mark.parametrize("exception", [ValueError("x"), QUARANTINE_FAILURE, None])
