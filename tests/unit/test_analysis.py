@@ -375,7 +375,7 @@ def test_parse_canonical_csv_round_trips_any_normalized_record_exactly(windows, 
     record.update(high=weighted_average, low=weighted_average)
     key = layout.ingestion_key(slot, ".json")
 
-    parsed = analysis.parse_canonical_csv(glue_csv(record, key))
+    parsed = analysis.parse_canonical_csv(glue_csv(record, key, pair))
 
     assert parsed == Price(slot, weighted_average, pair, key)
 
