@@ -37,7 +37,8 @@ class Progress:
     completed: bool  # the scheduler marked the backfill complete
 
     def line(self) -> str:
-        return f"backfill {self.backfill_id}: {self.done} done, {self.failed} failed, {self.total} windows"
+        state = ", complete" if self.completed else ""
+        return f"backfill {self.backfill_id}: {self.done} done, {self.failed} failed, {self.total} windows{state}"
 
 
 class Api:

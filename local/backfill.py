@@ -77,7 +77,7 @@ def report(final: Progress) -> int:
         print(f"Backfill {final.backfill_id}: {final.total - final.done} of {final.total} windows did not succeed",
               file=sys.stderr)  # fmt: skip
         return 1
-    print(f"Backfill {final.backfill_id}: all {final.total} windows succeeded")
+    print(f"Backfill {final.backfill_id}: {final.done} of {final.total} windows succeeded")
     return 0
 
 
