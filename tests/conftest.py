@@ -160,7 +160,10 @@ def aws(aws_session) -> Aws:
 
 @pytest.fixture(scope="session")
 def airflow_db():
-    """A migrated PostgreSQL metadata database for the session's AIRFLOW_HOME (server stopped at the end)."""
+    """A migrated PostgreSQL metadata database for the session's AIRFLOW_HOME (server stopped and its
+    data removed at the end)."""
+    import shutil
+
     from local.postgres import stop_pid
 
     POSTGRES.prepare()
@@ -180,6 +183,7 @@ def airflow_db():
     finally:
         stop_pid(server.pid)
         server.wait()
+        shutil.rmtree(POSTGRES.data_dir, ignore_errors=True)  # ~40 MB per session; the logs stay
 
 
 @pytest.fixture(scope="module")
