@@ -188,14 +188,15 @@ def airflow_db():
 
 @pytest.fixture(scope="module")
 def stack_dir():
-    """A state folder for one module's local stack, removed afterwards. Not under pytest's basetemp:
-    each pytest session (anyone's, as root) makes /tmp/pytest-of-<user> 0700 again, and the database
-    server's own user must be able to reach its data folder while the module runs."""
+    """A state folder for one module's local stack. Not under pytest's basetemp: each pytest session
+    (anyone's, as root) makes /tmp/pytest-of-<user> 0700 again, and the database server's own user
+    must be able to reach its data folder while the module runs. Afterwards the database (tens of
+    MB) is removed and the logs are kept for a post-mortem."""
     import shutil
 
     path = Path(tempfile.mkdtemp(prefix="price-stack-"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(path / "postgres", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
