@@ -254,9 +254,9 @@ class Bench:
 
         def progress() -> str:  # one run does every window: its tasks are the steps
             tasks = self.task_times(BULK_DAG, run_id)
-            done = sorted(task for task, times in tasks.items() if times["state"] in TERMINAL)
-            running = sorted(task for task, times in tasks.items() if times["state"] == "running")
-            return f"  {windows:,} windows in one run: {len(done)} of {len(tasks)} tasks done, running {running}"
+            done = [task for task, times in tasks.items() if times["state"] in TERMINAL]
+            going = sorted(f"{task} {t['state']}" for task, t in tasks.items() if t["state"] not in (*TERMINAL, None))
+            return f"  {windows:,} windows in one run: {len(done)} of {len(tasks)} tasks done; {', '.join(going)}"
 
         row = self.wait_run(BULK_DAG, run_id, timeout, progress)
         tasks = self.task_times(BULK_DAG, run_id)
