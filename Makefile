@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CHECKOV_VENV := .venv-checkov
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test test-scheduler lint unit dags integration e2e infra security bench soak backfill clean
+.PHONY: install run test lint unit dags integration e2e infra security bench soak backfill clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,15 +21,14 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt constraints-checkov.txt
 
 install: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 
+# EXECUTOR=CeleryExecutor: two Celery workers and a local Redis broker instead of the LocalExecutor.
+EXECUTOR ?= LocalExecutor
+
 run: $(VENV)/.installed
-	$(PY) -m local.run
+	AIRFLOW_EXECUTOR=$(EXECUTOR) $(PY) -m local.run
 
 test: install lint
 	$(PY) -m pytest
-
-# Native `airflow backfill create` with the scheduler running: on SQLite it can lose a write race (see README).
-test-scheduler: install
-	$(PY) -m pytest -m scheduler
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -130,8 +130,7 @@ def measure(bench: Bench, plan: dict, results: dict) -> None:
             native = bench.native_backfill(first, plan["native_windows"])
             break
         except Disrupted as disrupted:
-            # On SQLite, a `backfill create` that loses a write race deletes the runs it made while the
-            # scheduler may be scheduling them, which can crash the scheduler: measure again elsewhere.
+            # A component that died during the measurement was restarted: measure again elsewhere.
             log(f"  disrupted ({disrupted}); attempt {attempt} of {NATIVE_ATTEMPTS}")
             if attempt == NATIVE_ATTEMPTS:
                 raise

@@ -53,12 +53,9 @@ def iso(moment: datetime) -> str:
     return alerts.iso(moment)
 
 
-def parse_db_time(value: str | None) -> datetime | None:
-    """A timestamp as Airflow stores it in SQLite (UTC, with or without an offset)."""
-    if value is None:
-        return None
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def parse_db_time(value: datetime | None) -> datetime | None:
+    """A timestamp from the metadata database, in UTC."""
+    return None if value is None else value.astimezone(UTC)
 
 
 class Disrupted(RuntimeError):
@@ -146,21 +143,12 @@ class Bench:
 
     # ------------------------------------------------------------------------------ runs
 
-    def airflow(self, *argv: str, attempts: int = 6):
-        """An ``airflow`` CLI command, tried again while SQLite reports the database locked (the
-        scheduler writes every few seconds; a CLI writer can lose the race and roll back)."""
-        for attempt in range(attempts):
-            done = self.stack.airflow(*argv, check=False)
-            if done.returncode == 0:
-                return done
-            if "database is locked" not in done.stderr + done.stdout or attempt == attempts - 1:
-                raise RuntimeError(
-                    f"airflow {' '.join(argv[:3])} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-                )
-            self.log(f"  airflow {argv[0]} {argv[1]}: database locked, trying again")
-            time.sleep(2)
-            self.supervise()
-        raise AssertionError("unreachable")
+    def airflow(self, *argv: str):
+        """An ``airflow`` CLI command; raises with its output when it fails."""
+        done = self.stack.airflow(*argv, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(argv[:3])} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        return done
 
     def trigger(self, dag_id: str, run_id: str, conf: dict, logical_date: datetime | None = None) -> None:
         argv = ["dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf)]
@@ -198,7 +186,7 @@ class Bench:
 
     def run_row(self, dag_id: str, run_id: str) -> dict | None:
         rows = self.stack.query(
-            "SELECT state, queued_at, start_date, end_date FROM dag_run WHERE dag_id = ? AND run_id = ?",
+            "SELECT state, queued_at, start_date, end_date FROM dag_run WHERE dag_id = %s AND run_id = %s",
             dag_id,
             run_id,
         )
@@ -212,10 +200,14 @@ class Bench:
             "end_date": parse_db_time(ended),
         }
 
-    def wait_run(self, dag_id: str, run_id: str, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
+    def wait_run(self, dag_id: str, run_id: str, timeout: float, progress=None) -> dict:
+        """Until the run ends; ``progress()`` gives a line logged whenever it changes."""
+        deadline, shown = time.monotonic() + timeout, None
         while True:
             row = self.run_row(dag_id, run_id)
+            if progress is not None and (line := progress()) != shown:
+                self.log(line)
+                shown = line
             if row and row["state"] in TERMINAL:
                 return row
             if time.monotonic() > deadline:
@@ -226,7 +218,7 @@ class Bench:
     def task_times(self, dag_id: str, run_id: str) -> dict[str, dict]:
         rows = self.stack.query(
             "SELECT task_id, state, start_date, end_date, try_number FROM task_instance"
-            " WHERE dag_id = ? AND run_id = ?",
+            " WHERE dag_id = %s AND run_id = %s",
             dag_id,
             run_id,
         )
@@ -239,7 +231,10 @@ class Bench:
 
     def task_state(self, dag_id: str, run_id: str, task_id: str) -> str | None:
         rows = self.stack.query(
-            "SELECT state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?", dag_id, run_id, task_id
+            "SELECT state FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = %s",
+            dag_id,
+            run_id,
+            task_id,
         )
         return rows[0][0] if rows else None
 
@@ -255,9 +250,16 @@ class Bench:
         """price_history_backfill over ``[start, end)``, triggered and run by the scheduler."""
         run_id = f"bench_bulk_{layout.slot_stamp(start)}_{layout.slot_stamp(end)}_{int(time.time())}"
         self.trigger(BULK_DAG, run_id, {**DEFAULT_PARAMS, "start": iso(start), "end": iso(end)})
-        row = self.wait_run(BULK_DAG, run_id, timeout)
-        tasks = self.task_times(BULK_DAG, run_id)
         windows = len(layout.slots_between(start, end))
+
+        def progress() -> str:  # one run does every window: its tasks are the steps
+            tasks = self.task_times(BULK_DAG, run_id)
+            done = [task for task, times in tasks.items() if times["state"] in TERMINAL]
+            going = sorted(f"{task} {t['state']}" for task, t in tasks.items() if t["state"] not in (*TERMINAL, None))
+            return f"  {windows:,} windows in one run: {len(done)} of {len(tasks)} tasks done; {', '.join(going)}"
+
+        row = self.wait_run(BULK_DAG, run_id, timeout, progress)
+        tasks = self.task_times(BULK_DAG, run_id)
         seconds = (row["end_date"] - row["queued_at"]).total_seconds()
         summary = self.xcom(BULK_DAG, run_id, "analyse_price_history")
         return {
@@ -274,7 +276,7 @@ class Bench:
 
     def xcom(self, dag_id: str, run_id: str, task_id: str):
         rows = self.stack.query(
-            "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = ? AND key = 'return_value'",
+            "SELECT value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = %s AND key = 'return_value'",
             dag_id,
             run_id,
             task_id,
@@ -290,14 +292,15 @@ class Bench:
     def native_backfill(self, first: datetime, windows: int, max_active_runs: int = 8, timeout: float = 3600) -> dict:
         """``airflow backfill create`` of price_notification over ``windows`` windows from ``first``.
 
-        Created with ``Stack.create_backfill``, which stops the scheduler for the moment (on SQLite a
-        create that loses a write race to the scheduler deletes its runs, and a scheduler already
-        scheduling them crashes). The scheduler then runs the backfill's runs (sensor, Glue job run,
-        analysis per window); timed from the start of the first run to the end of the last, so the
-        scheduler's restart is not counted against native backfill.
+        Created with the CLI while the scheduler runs, which then runs the backfill's runs (sensor, Glue
+        job run, analysis per window); timed from the start of the first run to the end of the last.
+        Progress (windows done / total) is logged as it changes.
         """
         last = first + layout.SLOT * (windows - 1)
-        done = self.stack.create_backfill(
+        done = self.airflow(
+            "backfill",
+            "create",
+            "--dag-id",
             LIVE_DAG,
             "--from-date",
             first.isoformat(),
@@ -311,11 +314,15 @@ class Bench:
             json.dumps({"notify_on_backfill": False}),
         )
         [(backfill_id,)] = self.stack.query("SELECT max(id) FROM backfill")
-        deadline = time.monotonic() + timeout
+        deadline, shown = time.monotonic() + timeout, None
         while True:
             rows = self.stack.query(
-                "SELECT state, start_date, end_date FROM dag_run WHERE backfill_id = ?", backfill_id
+                "SELECT state, start_date, end_date FROM dag_run WHERE backfill_id = %s", backfill_id
             )
+            finished = Counter(state for state, _, _ in rows if state in TERMINAL)
+            if (progress := (finished["success"], finished["failed"], len(rows))) != shown:
+                self.log(f"  windows done {progress[0]}, failed {progress[1]}, of {progress[2]}")
+                shown = progress
             if rows and all(state in TERMINAL for state, _, _ in rows):
                 break
             if time.monotonic() > deadline:
@@ -400,6 +407,7 @@ class Bench:
                 self.request_window = result
             else:
                 measured.append(result)
+            self.log(f"  windows done {index + 1} of {len(slots)} ({result['seconds']:.1f} s)")
         latencies = [m["seconds"] for m in measured]
         return {
             "windows": measured,
@@ -500,7 +508,7 @@ class Bench:
         """DAG file parse time: the dag-processor's own last_parse_duration per DAG, and ``airflow dags
         report`` (an in-process DagBag parse of the folder)."""
         recorded = self.stack.query(
-            "SELECT dag_id, last_parse_duration FROM dag WHERE dag_id IN (?, ?)", LIVE_DAG, BULK_DAG
+            "SELECT dag_id, last_parse_duration FROM dag WHERE dag_id IN (%s, %s)", LIVE_DAG, BULK_DAG
         )
         report = self.stack.airflow("dags", "report", "-o", "json", check=False)
         parsed = []

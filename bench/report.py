@@ -53,7 +53,7 @@ def render(r: dict) -> str:
         f"Load average (1/5/15 min) at start {r['load_start']}, at end {r['load_end']}: other work shared the "
         "machine, so every time below is an upper bound for it.  ",
         "Everything runs locally: moto stand-in for AWS (one process, answering every request in turn), "
-        "Airflow 3.3 scheduler, dag-processor, triggerer and api-server as separate processes, SQLite, "
+        "Airflow 3.3 scheduler, dag-processor, triggerer and api-server as separate processes, PostgreSQL, "
         "LocalExecutor (parallelism 8).",
         *_restarts(r),
         "",
@@ -85,8 +85,7 @@ def render(r: dict) -> str:
         f"| Native backfill, {native['runs']} windows | {_s(native['seconds'])}, "
         f"**{_per_window(native['seconds_per_window'])}** ({native['states']}) "
         f"| `airflow backfill create` of `price_notification` (max-active-runs {native['max_active_runs']}), "
-        "scheduler running; first run started → last run ended (the scheduler is stopped while the backfill "
-        "is created, see `Stack.create_backfill`, and its restart is not counted) |"
+        "scheduler running; first run started → last run ended |"
     )
     for bulk in r["bulk"]:
         ratio = native["seconds_per_window"] / bulk["seconds_per_window"]

@@ -1,12 +1,14 @@
 """``make run``: the whole pipeline on this machine, no AWS account needed.
 
-Starts the AWS stand-in and Airflow (scheduler, dag-processor, triggerer, api-server on 127.0.0.1,
-SQLite, LocalExecutor), unpauses ``price_notification``, starts the price feed, prints the UI address
-and login, then prints every notification (alerts and ops) as it arrives. Ctrl-C stops every process
-it started.
+Starts the AWS stand-in, PostgreSQL (the metadata database, in ``.local/postgres``) and Airflow
+(scheduler, dag-processor, triggerer, api-server on 127.0.0.1, LocalExecutor or CeleryExecutor),
+unpauses ``price_notification``, starts the price feed, backfills the feed's past hour, prints the UI
+address and login, then prints every notification (alerts and ops) as it arrives. Ctrl-C stops every
+process it started.
 
 Options (environment): STANDIN_PORT (4566), AIRFLOW_PORT (8080), FEED_REPLAY (a Poloniex CSV to
-replay instead of the synthetic walk), STANDIN_FAULTS (fault injection spec, see local/standin.py).
+replay instead of the synthetic walk), STANDIN_FAULTS (fault injection spec, see local/standin.py),
+AIRFLOW_EXECUTOR (LocalExecutor, or CeleryExecutor: two Celery workers and a local Redis broker).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from datetime import UTC, datetime
 
 from include.price_pipeline import layout, settings
+from local.api import Api, ApiError
 from local.stack import ADMIN_USER, Stack
 
 DAG_ID = "price_notification"
@@ -39,6 +42,7 @@ def main() -> int:
         standin_port=int(os.environ.get("STANDIN_PORT", "4566")),
         api_port=int(os.environ.get("AIRFLOW_PORT", "8080")),
         standin_args=("--faults", faults) if faults else (),
+        executor=os.environ.get("AIRFLOW_EXECUTOR", "LocalExecutor"),
     )
     stop = False
 
@@ -49,19 +53,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        print(f"Starting the AWS stand-in on {stack.standin_url} ...", flush=True)
-        stack.start_standin()
-        print("Preparing the Airflow database ...", flush=True)
-        stack.migrate()
-        print("Starting scheduler, dag-processor, triggerer and api-server ...", flush=True)
-        stack.start_airflow()
-        stack.wait_for_dag(DAG_ID)
-        stack.airflow("dags", "unpause", DAG_ID)
-        feed_argv = [sys.executable, "-m", "local.feed", "--endpoint", stack.standin_url]
-        if os.environ.get("FEED_REPLAY"):
-            feed_argv += ["--replay", os.environ["FEED_REPLAY"]]
-        stack._spawn("feed", feed_argv)
-        backfill_history(stack)
+        start(stack, replay=os.environ.get("FEED_REPLAY"))
         print(
             f"\nAirflow UI: {stack.ui_url}  (login: {ADMIN_USER} / {stack.admin_password()}; "
             f"the password is kept in {stack.passwords_file})\n"
@@ -76,27 +68,42 @@ def main() -> int:
     return 0
 
 
-def backfill_history(stack: Stack, windows: int = 11) -> None:
-    """Backfill the hour of history the feed writes at start, so live windows have a previous price.
+def start(stack: Stack, replay: str | None = None, log=print) -> dict | None:
+    """Everything ``make run`` starts, in order; returns the history backfill (None if refused)."""
+    log(f"Starting the AWS stand-in on {stack.standin_url} ...", flush=True)
+    stack.start_standin()
+    log(f"Starting PostgreSQL ({stack.postgres.data_dir}) and preparing the Airflow database ...", flush=True)
+    stack.start_database()
+    log(f"Starting api-server, scheduler, dag-processor and triggerer ({stack.executor}) ...", flush=True)
+    stack.start_airflow()
+    stack.wait_for_dag(DAG_ID)
+    stack.airflow("dags", "unpause", DAG_ID)
+    feed_argv = [sys.executable, "-m", "local.feed", "--endpoint", stack.standin_url]
+    if replay:
+        feed_argv += ["--replay", replay]
+    stack._spawn("feed", feed_argv)
+    return backfill_history(Api(stack), log=log)
+
+
+def backfill_history(api: Api, windows: int = 11, log=print) -> dict | None:
+    """Backfill the hour of history the feed writes at start, so live windows have a previous price;
+    say why when Airflow refuses it.
 
     Backfill runs record breaches as suppressed: subscribers only hear about fresh windows.
     """
     latest = layout.slot_start(datetime.now(UTC)) - 2 * layout.SLOT  # the scheduler runs the one after
     first = latest - layout.SLOT * (windows - 1)
-    stamp = "%Y-%m-%dT%H:%M:%S+00:00"
-    stack.airflow(
-        "backfill",
-        "create",
-        "--dag-id",
-        DAG_ID,
-        "--from-date",
-        first.strftime(stamp),
-        "--to-date",
-        latest.strftime(stamp),
-        "--max-active-runs",
-        "4",
-        check=False,
+    try:
+        backfill = api.create_backfill(first, latest, notify=False, max_active_runs=4)
+    except ApiError as error:
+        log(f"The history backfill ({first:%H:%M} to {latest:%H:%M} UTC) was not created: {error.reason}", flush=True)
+        return None
+    log(
+        f"History backfill {backfill['id']} created: {windows} windows, {first:%H:%M} to {latest:%H:%M} UTC "
+        f"({api.backfill_ui_url()})",
+        flush=True,
     )
+    return backfill
 
 
 def watch_notifications(stack: Stack, should_stop) -> None:

@@ -1,8 +1,9 @@
 """``make soak``: replay a window range through the real price_notification DAG while AWS calls fail.
 
-A private local stack (stand-in, scheduler, dag-processor, triggerer, api-server; temp state folder,
-free ports) replays past windows: the feed writes each window's raw record at its original time, a
-native ``airflow backfill create`` with ``notify_on_backfill`` runs every window through the DAG, and
+A private local stack (stand-in, PostgreSQL, scheduler, dag-processor, triggerer, api-server; temp
+state folder, free ports) replays past windows: the feed writes each window's raw record at its
+original time, a native backfill (created through the REST API, as the UI does) with
+``notify_on_backfill`` runs every window through the DAG while progress is printed, and
 the stand-in answers a seeded fraction of the S3, Glue, SNS and CloudWatch Logs calls with
 throttling, 500, 503 or a reset connection (local/faults.py). Afterwards the results are checked
 against an independent computation of the series, written here in plain Python (none of the
@@ -37,10 +38,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from local import faults
-from local.stack import ADMIN_USER, ROOT, Stack, free_port
+from local.api import Api, backfill_when_free
+from local.api import wait_for_backfill as wait_until_complete
+from local.stack import ROOT, Stack, free_port
 
 DAG_ID = "price_notification"
-DATA_FILE = ROOT.parent / "shared" / "data" / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
+DATA_FILE = ROOT / "tests" / "data" / "poloniex" / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
 DEFAULT_FIRST = datetime(2017, 7, 16, tzinfo=UTC)  # a volatile day: 29 breaches of 1 % in 288 windows
 DEFAULT_FAULTS = "s3=0.2,glue=0.2,sns=0.2,logs=0.2"
 SLOT = timedelta(minutes=5)
@@ -121,37 +124,14 @@ def soak_stack(state_dir: Path, extra_env: dict[str, str] | None = None, seed: i
     )
 
 
-def start_parser_only(stack: Stack) -> None:
-    """Stand-in, database and dag-processor; the DAG unpaused. The scheduler starts later: a backfill
-    created while it runs can lose SQLite's write lock to it (see create_backfill)."""
+def start_stack(stack: Stack) -> Api:
+    """Stand-in, database and every Airflow component; the DAG unpaused. Returns the logged-in API."""
     stack.start_standin()
-    stack.migrate()
-    stack.start_airflow(("dag-processor",))
+    stack.start_database()
+    stack.start_airflow()
     stack.wait_for_dag(DAG_ID)
     stack.airflow("dags", "unpause", DAG_ID)
-
-
-def start_runners(stack: Stack, timeout: float = 120) -> None:
-    """The api-server (tasks report to its execution API), once it answers the scheduler and triggerer:
-    a task started before it listens fails to connect and burns a retry."""
-    import http.client
-
-    stack.start_airflow(("api-server",))
-    deadline = time.monotonic() + timeout
-    while True:
-        connection = http.client.HTTPConnection("127.0.0.1", stack.api_port, timeout=5)
-        try:
-            connection.request("GET", "/api/v2/monitor/health")
-            if connection.getresponse().status == 200:
-                break
-        except OSError:
-            stack._check_alive("api-server")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"api-server not answering after {timeout:.0f}s") from None
-            time.sleep(1)
-        finally:
-            connection.close()
-    stack.start_airflow(("scheduler", "triggerer"))
+    return Api(stack)
 
 
 def aws_clients(stack: Stack) -> dict:
@@ -168,62 +148,11 @@ def write_records(s3, rows: list[dict]) -> list[str]:
     return [write_record(s3, BUCKET, {k: float(v) if k != "date" else int(v) for k, v in row.items()}) for row in rows]
 
 
-def create_backfill(
-    stack: Stack, first: datetime, last: datetime, notify: bool, max_active_runs: int = 16, pause: bool = False
-) -> int:
-    """``airflow backfill create`` over window starts ``[first, last]``; returns the backfill id.
-
-    Retried when SQLite's lock was busy (the CLI then rolled everything back). With ``pause`` the DAG
-    is paused meanwhile, so a running scheduler leaves the new runs alone until they all exist: a
-    scheduler scheduling runs of a backfill whose creation then rolled back has crashed on SQLite."""
-    stamp = "%Y-%m-%dT%H:%M:%S+00:00"
-    before = stack.query("SELECT coalesce(max(id), 0) FROM backfill")[0][0]
-    if pause:
-        stack.airflow("dags", "pause", DAG_ID)
-    try:
-        return _create_backfill(stack, first, last, notify, max_active_runs, before, stamp)
-    finally:
-        if pause:
-            stack.airflow("dags", "unpause", DAG_ID)
-
-
-def _create_backfill(stack, first, last, notify, max_active_runs, before, stamp, attempts: int = 6) -> int:
-    for attempt in range(1, attempts + 1):
-        done = stack.airflow(
-            "backfill", "create", "--dag-id", DAG_ID,
-            "--from-date", first.strftime(stamp), "--to-date", last.strftime(stamp),
-            "--max-active-runs", str(max_active_runs), "--reprocess-behavior", "completed",
-            "--dag-run-conf", json.dumps({"notify_on_backfill": notify}),
-            check=False,
-        )  # fmt: skip
-        [(latest,)] = stack.query("SELECT coalesce(max(id), 0) FROM backfill")
-        if latest > before:
-            return latest
-        if "database is locked" not in done.stderr or attempt == attempts:
-            raise RuntimeError(f"backfill create failed:\n{done.stderr[-3000:]}")
-        time.sleep(2 * attempt)
-    raise AssertionError("unreachable")
-
-
-def unfinished_backfills(stack: Stack) -> list[int]:
-    """Ids of the DAG's backfills the scheduler has not marked complete yet."""
-    return [row[0] for row in stack.query("SELECT id FROM backfill WHERE dag_id = ? AND completed_at IS NULL", DAG_ID)]
-
-
-def wait_for_backfill(stack: Stack, backfill_id: int, timeout: float) -> dict[str, int]:
-    """Block until every run of the backfill is finished; return ``{state: runs}``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        states = dict(
-            stack.query("SELECT state, count(*) FROM dag_run WHERE backfill_id = ? GROUP BY state", backfill_id)
-        )
-        if states and not set(states) - {"success", "failed"}:
-            return states
-        for name in stack.processes:
-            stack._check_alive(name)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"backfill {backfill_id} unfinished after {timeout:.0f}s: {states}")
-        time.sleep(3)
+def wait_for_backfill(stack: Stack, backfill_id: int, timeout: float, report=None) -> dict[str, int]:
+    """Block until the scheduler completes the backfill (``report`` gets progress lines); return
+    ``{state: runs}``."""
+    wait_until_complete(stack, {"id": backfill_id}, timeout, report=report or (lambda line: None))
+    return dict(stack.query("SELECT state, count(*) FROM dag_run WHERE backfill_id = %s GROUP BY state", backfill_id))
 
 
 def receive_all(sqs, queue_url: str) -> list[dict]:
@@ -379,20 +308,16 @@ def run_soak(
     stack = soak_stack(state_dir, seed=seed)
     try:
         log(f"soak: {windows} windows from {_iso(first)}, faults {fault_spec!r} seed {seed}, state {state_dir}")
-        start_parser_only(stack)
+        api = start_stack(stack)
         aws = aws_clients(stack)
         write_records(aws["s3"], rows)
         raw_before = snapshot(aws["s3"], RAW)
-        # SQLite has one writer: the dag-processor's periodic writes can fail a long backfill creation.
-        stack.stop_component("dag-processor")
-        backfill_id = create_backfill(
-            stack, first, first + (windows - 1) * SLOT, notify=True, max_active_runs=max_active_runs
-        )
         faults.set_faults(stack.standin_url, fault_spec, seed)
-        log(f"soak: backfill {backfill_id} created; starting the scheduler")
-        stack.start_airflow(("dag-processor",))
-        start_runners(stack)
-        runs = wait_for_backfill(stack, backfill_id, timeout)
+        backfill = backfill_when_free(
+            stack, api, first, first + (windows - 1) * SLOT, notify=True, max_active_runs=max_active_runs
+        )
+        log(f"soak: backfill {backfill['id']} created over {windows} windows")
+        runs = wait_for_backfill(stack, backfill["id"], timeout, report=lambda line: log(f"soak: {line}"))
         fault_counts = faults.fault_state(stack.standin_url)
         faults.set_faults(stack.standin_url, "off")
         ledger = {_window_of_key(key): json.loads(body) for key, body in snapshot(aws["s3"], LEDGER).items()}
@@ -407,10 +332,11 @@ def run_soak(
             list(snapshot(aws["s3"], QUARANTINE)),
         )
         report.runs = runs
+        backfill_id = backfill["id"]
         report.task_tries = dict(
             stack.query(
                 "SELECT task_id, sum(try_number) FROM task_instance WHERE run_id IN "
-                "(SELECT run_id FROM dag_run WHERE backfill_id = ?) GROUP BY task_id",
+                "(SELECT run_id FROM dag_run WHERE backfill_id = %s) GROUP BY task_id",
                 backfill_id,
             )
         )
@@ -428,91 +354,16 @@ def run_soak(
 # ---------------------------------------------------------------------------- task processes
 
 
-class Api:
-    """The stack's REST API, logged in as its admin: no CLI start-up (seconds on a busy machine) per call."""
-
-    def __init__(self, stack: Stack):
-        self.stack = stack
-        self.port = stack.api_port
-        self.token = None
-        self.token = self.call("POST", "/auth/token", {"username": ADMIN_USER, "password": stack.admin_password()})[
-            "access_token"
-        ]
-
-    def call(self, method: str, path: str, body: dict | None = None) -> dict:
-        """One JSON request; raises RuntimeError with the answer on a status >= 300."""
-        import http.client
-
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-            response = connection.getresponse()
-            data = response.read()
-        finally:
-            connection.close()
-        if response.status >= 300:
-            raise RuntimeError(f"{method} {path}: {response.status} {data[:2000]!r}")
-        return json.loads(data or b"{}")
-
-    def backfill(self, first: datetime, last: datetime, notify: bool, max_active_runs: int = 16) -> int:
-        """Create a backfill over window starts ``[first, last]`` (the DAG paused meanwhile, as in
-        :func:`create_backfill`); returns its id. Waits for an earlier backfill of the DAG to be
-        marked complete first: Airflow runs one backfill per DAG at a time."""
-        wait_for(lambda: not unfinished_backfills(self.stack), what="earlier backfills complete", stack=self.stack)
-        # SQLite lets one writer in at a time: with the scheduler writing, Airflow answers 503 "Database
-        # is locked" (backfill creation under concurrent access is unsupported there). Stop it meanwhile.
-        scheduler_was_running = "scheduler" in self.stack.processes
-        if scheduler_was_running:
-            self.stack.stop_component("scheduler")
-        self.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": True})
-        try:
-            created = self._create_backfill(
-                {
-                    "dag_id": DAG_ID,
-                    "from_date": first.isoformat(),
-                    "to_date": last.isoformat(),
-                    "dag_run_conf": {"notify_on_backfill": notify},
-                    "reprocess_behavior": "completed",
-                    "max_active_runs": max_active_runs,
-                }
-            )
-        finally:
-            self.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-            if scheduler_was_running:
-                self.stack.start_airflow(("scheduler",))
-        return created["id"]
-
-    def _create_backfill(self, body: dict, attempts: int = 5) -> dict:
-        """POST the backfill, again while another writer (the triggerer) holds SQLite's lock and
-        nothing was created."""
-        for attempt in range(1, attempts + 1):
-            before = self.stack.query("SELECT count(*) FROM backfill WHERE dag_id = ?", DAG_ID)[0][0]
-            try:
-                return self.call("POST", "/api/v2/backfills", body)
-            except RuntimeError as error:
-                created = self.stack.query("SELECT count(*) FROM backfill WHERE dag_id = ?", DAG_ID)[0][0] > before
-                if "Database is locked" not in str(error) or created or attempt == attempts:
-                    raise
-                time.sleep(2 * attempt)
-        raise AssertionError("unreachable")
-
-
-def backfill_window(stack: Stack, window_start: datetime, notify: bool = True, api: Api | None = None) -> str:
+def backfill_window(stack: Stack, api: Api, window_start: datetime, notify: bool = True) -> str:
     """A one-window backfill of the window starting at ``window_start``; returns its run id.
 
-    (A manual ``dags trigger`` cannot aim at a past window: its data interval comes from the time it
-    is triggered, whatever logical date it is given.)"""
-    if api is not None:
-        backfill_id = api.backfill(window_start, window_start, notify)
-    else:
-        backfill_id = create_backfill(stack, window_start, window_start, notify=notify, pause=True)
+    (A manual trigger without an explicit data interval cannot aim at a past window: its interval
+    comes from the time it is triggered.)"""
+    backfill = backfill_when_free(stack, api, window_start, window_start, notify, report=lambda line: None)
     [(run_id, start)] = stack.query(
-        "SELECT run_id, data_interval_start FROM dag_run WHERE backfill_id = ?", backfill_id
+        "SELECT run_id, data_interval_start FROM dag_run WHERE backfill_id = %s", backfill["id"]
     )
-    if not start.startswith(window_start.strftime("%Y-%m-%d %H:%M:%S")):
+    if start != window_start:
         raise AssertionError(f"run {run_id} covers the window from {start}, not {window_start}")
     return run_id
 
@@ -520,7 +371,7 @@ def backfill_window(stack: Stack, window_start: datetime, notify: bool = True, a
 def task_instance(stack: Stack, run_id: str, task_id: str) -> tuple[str, int, str | None] | None:
     """``(ti id, try number, state)`` of one task of a run, or None before it exists."""
     rows = stack.query(
-        "SELECT id, try_number, state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?",
+        "SELECT id, try_number, state FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = %s",
         DAG_ID,
         run_id,
         task_id,
@@ -529,7 +380,7 @@ def task_instance(stack: Stack, run_id: str, task_id: str) -> tuple[str, int, st
 
 
 def run_state(stack: Stack, run_id: str) -> str | None:
-    rows = stack.query("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", DAG_ID, run_id)
+    rows = stack.query("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", DAG_ID, run_id)
     return rows[0][0] if rows else None
 
 

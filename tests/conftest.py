@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated Airflow home, the local AWS stand-in, the real data in ../shared.
+"""Shared fixtures: an isolated Airflow home with a PostgreSQL metadata database, the local AWS
+stand-in, the real Poloniex data in tests/data/poloniex.
 
 Airflow reads its settings when first imported, so the environment is set here, at collection.
 """
@@ -18,8 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-POLONIEX_CSV = SHARED_DATA / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
+POLONIEX_CSV = ROOT / "tests" / "data" / "poloniex" / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
 
 
 def _free_port() -> int:
@@ -32,6 +32,10 @@ def _free_port() -> int:
 STANDIN_PORT = int(os.environ.setdefault("PRICE_TEST_STANDIN_PORT", str(_free_port())))
 STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
 AIRFLOW_HOME = Path(os.environ.setdefault("PRICE_TEST_AIRFLOW_HOME", tempfile.mkdtemp(prefix="price-airflow-")))
+sys.path.insert(0, str(ROOT))
+from local.postgres import Postgres  # noqa: E402 - needs ROOT on the path
+
+POSTGRES = Postgres(AIRFLOW_HOME / "postgres")  # started by the airflow_db fixture
 
 os.environ.update(
     {
@@ -40,6 +44,7 @@ os.environ.update(
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": POSTGRES.uri,
         "AIRFLOW__API__BASE_URL": "http://127.0.0.1:8080",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
@@ -56,7 +61,6 @@ os.environ.update(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
 )
-sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")
@@ -181,18 +185,50 @@ def aws(aws_session) -> Aws:
 
 @pytest.fixture(scope="session")
 def airflow_db():
-    """A migrated SQLite metadata database in the session's AIRFLOW_HOME."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, cwd=ROOT)
-    return AIRFLOW_HOME
+    """A migrated PostgreSQL metadata database for the session's AIRFLOW_HOME (server stopped and its
+    data removed at the end)."""
+    import shutil
+
+    from local.postgres import stop_pid
+
+    POSTGRES.prepare()
+    with open(AIRFLOW_HOME / "postgres.log", "ab") as log:
+        server = subprocess.Popen(
+            POSTGRES.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **POSTGRES.identity()
+        )
+
+    def alive():
+        if server.poll() is not None:
+            raise RuntimeError(f"PostgreSQL exited ({server.returncode}): see {AIRFLOW_HOME / 'postgres.log'}")
+
+    try:
+        POSTGRES.wait_ready(alive)
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, cwd=ROOT)
+        yield AIRFLOW_HOME
+    finally:
+        stop_pid(server.pid)
+        server.wait()
+        shutil.rmtree(POSTGRES.data_dir, ignore_errors=True)  # ~40 MB per session; the logs stay
+
+
+@pytest.fixture(scope="module")
+def stack_dir():
+    """A state folder for one module's local stack. Not under pytest's basetemp: each pytest session
+    (anyone's, as root) makes /tmp/pytest-of-<user> 0700 again, and the database server's own user
+    must be able to reach its data folder while the module runs. Afterwards the database (tens of
+    MB) is removed and the logs are kept for a post-mortem."""
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix="price-stack-"))
+    yield path
+    shutil.rmtree(path / "postgres", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def poloniex_rows() -> list[dict]:
-    """The real 5-minute Poloniex BTC_ETH rows from ../shared/data (skips where absent)."""
+    """The real 5-minute Poloniex BTC_ETH rows (tests/data/poloniex, with its SOURCE.md)."""
     import csv
 
-    if not POLONIEX_CSV.exists():
-        pytest.skip(f"real data not present: {POLONIEX_CSV} (../shared/data is outside the repo)")
     with open(POLONIEX_CSV, newline="") as handle:
         return list(csv.DictReader(handle))
 

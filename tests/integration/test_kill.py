@@ -2,8 +2,8 @@
 in the middle of a backfill. Afterwards no window is missing, none is notified twice, and no try
 started a second Glue run.
 
-One private stack (local/soak.py: stand-in, scheduler, dag-processor, triggerer, api-server on free
-ports, no cron runs) serves the module. The stand-in's holds (local/faults.py) stop a call at the
+One private stack (local/soak.py: stand-in, PostgreSQL, scheduler, dag-processor, triggerer,
+api-server on free ports, no cron runs) serves the module. The stand-in's holds (local/faults.py) stop a call at the
 moment a test wants to kill, so a kill lands where the test says, not where timing happens to put
 it. The LocalExecutor's task runner (``airflow worker -- <ti id>``) gets SIGKILL, as from the OOM
 killer; its supervisor reports the try failed and the scheduler retries it.
@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from local import faults, soak
+from local.api import backfill_when_free
 from local.feed import write_record
 from tests.records import candle, seed_normalized
 
@@ -27,11 +28,10 @@ SLOT = timedelta(minutes=5)
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = soak.soak_stack(tmp_path_factory.mktemp("kill"))
+def stack(stack_dir):
+    stack = soak.soak_stack(stack_dir)
     try:
-        soak.start_parser_only(stack)
-        soak.start_runners(stack)
+        stack.api = soak.start_stack(stack)
         yield stack
     finally:
         stack.stop()
@@ -44,7 +44,7 @@ def aws(stack):
 
 @pytest.fixture(scope="module")
 def api(stack):
-    return soak.Api(stack)
+    return stack.api
 
 
 @pytest.fixture
@@ -88,56 +88,72 @@ def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_worker_killed_during_the_glue_run_retries_into_the_same_run_and_notifies_once(stack, aws, api, switch):
-    slot = utc(2017, 7, 18, 10, 0)
+def kill_while_held(stack, aws, api, switch, slot: datetime, spec: str, call: tuple[str, str, str], task_id: str):
+    """Backfill a breaching window with ``call`` (phase, service, action) held by the stand-in's
+    ``spec``, and SIGKILL ``task_id``'s task runner while the call is held. Returns (run id, the
+    killed try number)."""
     breach_window(aws, slot)
-    # Glue starts the run but its answer is held, and the run stays in start-up: the task runner is
-    # alive and the Glue run is going when the kill lands.
-    switch("glue:StartJobRun.reply_ms=600000,glue_startup_ms=600000")
-    run_id = soak.backfill_window(stack, slot, api=api)
-    soak.wait_for(lambda: held(stack, "reply", "glue", "StartJobRun"), what="StartJobRun answered", stack=stack)
-    ti_id, first_try, _ = soak.task_instance(stack, run_id, "normalize_price_record")
-
+    switch(spec)
+    run_id = soak.backfill_window(stack, api, slot)
+    soak.wait_for(lambda: held(stack, *call), what=f"{call} held", stack=stack)
+    ti_id, killed_try, _ = soak.task_instance(stack, run_id, task_id)
     soak.kill_task_runner(stack, ti_id)
-    switch("glue_startup_ms=600000")  # the run is still starting up when the retry looks for it
-    soak.wait_for(
-        lambda: soak.task_instance(stack, run_id, "normalize_price_record")[1:] == (first_try + 1, "deferred"),
-        what="the retry deferred on a Glue run",
-        stack=stack,
-    )
-    switch("off")
+    return run_id, killed_try
 
+
+def wait_finished(stack, run_id: str, state: str = "success") -> None:
     assert soak.wait_for(lambda: soak.run_state(stack, run_id) in ("success", "failed"), stack=stack)
-    assert soak.run_state(stack, run_id) == "success"
-    assert soak.glue_runs_by_window(aws["glue"])[iso(slot)] == 1, "the retry started a second Glue run"
+    assert soak.run_state(stack, run_id) == state
+
+
+def assert_notified_once(aws, slot: datetime) -> dict:
+    """One alert for the window, its id in the ledger's ``notified`` entry, nothing for ops."""
     [alert] = alerts_by_window(aws)[iso(slot)]
     entry = soak.ledger_entry(aws["s3"], slot)
     assert entry["decision"] == "notified"
     assert entry["sns_message_id"] == alert["MessageId"]
     assert ops_subjects(aws) == []
+    return alert
+
+
+def test_worker_killed_during_the_glue_run_retries_into_the_same_run_and_notifies_once(stack, aws, api, switch):
+    slot = utc(2017, 7, 18, 10, 0)
+    # Glue starts the run but its answer is held, and the run stays in start-up: the task runner is
+    # alive and the Glue run is going when the kill lands.
+    run_id, killed_try = kill_while_held(
+        stack, aws, api, switch, slot, "glue:StartJobRun.reply_ms=600000,glue_startup_ms=600000",
+        ("reply", "glue", "StartJobRun"), "normalize_price_record",
+    )  # fmt: skip
+    switch("glue_startup_ms=600000")  # the run is still starting up when the retry looks for it
+    soak.wait_for(
+        lambda: soak.task_instance(stack, run_id, "normalize_price_record")[1:] == (killed_try + 1, "deferred"),
+        what="the retry deferred on a Glue run",
+        stack=stack,
+    )
+    switch("off")
+
+    wait_finished(stack, run_id)
+    assert soak.glue_runs_by_window(aws["glue"])[iso(slot)] == 1, "the retry started a second Glue run"
+    assert_notified_once(aws, slot)
 
 
 def test_worker_killed_during_the_publish_call_leaves_its_claim_to_ops_and_does_not_publish(stack, aws, api, switch):
     """The Publish never reached SNS, but the try had started publishing: the retry cannot know, so it
     does not publish (at most once) and ops get the window (README: releasing a claim)."""
     slot = utc(2017, 7, 20, 10, 0)
-    breach_window(aws, slot)
     # The Publish call is held on its way to SNS: the kill lands while it is in flight.
-    switch("sns:Publish.latency_ms=600000")
-    run_id = soak.backfill_window(stack, slot, api=api)
-    soak.wait_for(lambda: held(stack, "latency", "sns", "Publish"), what="Publish in flight", stack=stack)
-    ti_id, first_try, _ = soak.task_instance(stack, run_id, "publish_price_alert")
-
-    soak.kill_task_runner(stack, ti_id)
+    run_id, killed_try = kill_while_held(
+        stack, aws, api, switch, slot, "sns:Publish.latency_ms=600000", ("latency", "sns", "Publish"),
+        "publish_price_alert",
+    )  # fmt: skip
     dropped = soak.wait_for(
         lambda: faults.fault_state(stack.standin_url)["dropped"].get("sns:latency"), what="the call dropped"
     )
     switch("off")
 
     assert dropped == 1  # the killed try's Publish never reached SNS
-    assert soak.wait_for(lambda: soak.run_state(stack, run_id) in ("success", "failed"), stack=stack)
-    assert soak.run_state(stack, run_id) == "failed"
-    assert soak.task_instance(stack, run_id, "publish_price_alert")[1:] == (first_try + 1, "failed")
+    wait_finished(stack, run_id, "failed")
+    assert soak.task_instance(stack, run_id, "publish_price_alert")[1:] == (killed_try + 1, "failed")
     assert iso(slot) not in alerts_by_window(aws)
     entry = soak.ledger_entry(aws["s3"], slot)
     assert (entry["decision"], entry["claimed_by"], entry["publish_started"]) == (
@@ -152,17 +168,13 @@ def test_worker_killed_after_sns_accepted_the_publish_does_not_notify_twice(stac
     """SNS did the work but the answer (or the ledger write after it) never came back: before the claim
     the retry published again (the one at-least-once case); now it finds its started claim and stops."""
     slot = utc(2017, 7, 21, 10, 0)
-    breach_window(aws, slot)
-    switch("sns:Publish.reply_ms=600000")
-    run_id = soak.backfill_window(stack, slot, api=api)
-    soak.wait_for(lambda: held(stack, "reply", "sns", "Publish"), what="Publish accepted", stack=stack)
-    ti_id, _, _ = soak.task_instance(stack, run_id, "publish_price_alert")
-
-    soak.kill_task_runner(stack, ti_id)
+    run_id, _ = kill_while_held(
+        stack, aws, api, switch, slot, "sns:Publish.reply_ms=600000", ("reply", "sns", "Publish"),
+        "publish_price_alert",
+    )  # fmt: skip
     switch("off")
 
-    assert soak.wait_for(lambda: soak.run_state(stack, run_id) in ("success", "failed"), stack=stack)
-    assert soak.run_state(stack, run_id) == "failed"
+    wait_finished(stack, run_id, "failed")
     [alert] = alerts_by_window(aws)[iso(slot)]
     assert alert["Subject"].startswith("ETH/USDT up 3.00%")
     assert soak.ledger_entry(aws["s3"], slot)["decision"] == "publishing"
@@ -176,11 +188,11 @@ def test_scheduler_restarted_in_the_middle_of_a_backfill_leaves_no_window_missin
     slots = [first + n * SLOT for n in range(len(prices))]
     for slot, price in zip(slots, prices, strict=True):
         write_record(aws["s3"], soak.BUCKET, candle(slot, price))
-    backfill_id = api.backfill(slots[0], slots[-1], notify=True, max_active_runs=3)
+    backfill_id = backfill_when_free(stack, api, slots[0], slots[-1], notify=True, max_active_runs=3)["id"]
 
     def states():
         return dict(
-            stack.query("SELECT state, count(*) FROM dag_run WHERE backfill_id = ? GROUP BY state", backfill_id)
+            stack.query("SELECT state, count(*) FROM dag_run WHERE backfill_id = %s GROUP BY state", backfill_id)
         )
 
     soak.wait_for(lambda: states().get("success") and states().get("running"), what="backfill half done", stack=stack)
@@ -198,13 +210,13 @@ def test_scheduler_restarted_in_the_middle_of_a_backfill_leaves_no_window_missin
     tries = dict(
         stack.query(
             "SELECT d.data_interval_start, t.try_number FROM task_instance t JOIN dag_run d USING (dag_id, run_id) "
-            "WHERE d.backfill_id = ? AND t.task_id = 'normalize_price_record'",
+            "WHERE d.backfill_id = %s AND t.task_id = 'normalize_price_record'",
             backfill_id,
         )
     )
     glue = soak.glue_runs_by_window(aws["glue"])
     for start, try_number in tries.items():
-        window = start[:10] + "T" + start[11:19] + "Z"
+        window = iso(start.astimezone(UTC))
         assert 1 <= glue[window] <= try_number, (window, glue[window], try_number)
     assert ops_subjects(aws) == []
 

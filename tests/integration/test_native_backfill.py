@@ -1,4 +1,5 @@
-"""Native `airflow backfill create` with the scheduler running (the local stack of `make run`).
+"""Native `airflow backfill create` (the CLI) with the scheduler running, on the local stack of
+`make run` (PostgreSQL metadata database).
 
 A backfill never notifies by default (breaches are recorded as suppressed), a backfill with
 notify_on_backfill notifies each breach once, and backfilling an already-notified range again sends
@@ -8,18 +9,19 @@ nothing.
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 
 import pytest
 
 from include.price_pipeline import layout, settings
+from local.api import wait_for_backfill
 from local.feed import write_record
+from local.soak import receive_all
 from local.stack import Stack, free_port
 from local.standin import client, queue_name
 from tests.records import candle, seed_normalized
 
-pytestmark = [pytest.mark.integration, pytest.mark.scheduler]
+pytestmark = [pytest.mark.integration]
 
 DAG_ID = "price_notification"
 FIRST = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)
@@ -27,9 +29,9 @@ PRICES = (102.0, 102.1, 99.0, 99.5)  # after 100.0 at 09:55: breach, calm, breac
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(stack_dir):
     stack = Stack(
-        state_dir=tmp_path_factory.mktemp("stack"),
+        state_dir=stack_dir,
         standin_port=free_port(),
         api_port=free_port(),
         extra_env={"PRICE_SENSOR_TIMEOUT_SECONDS": "30", "PRICE_SENSOR_POKE_SECONDS": "2"},
@@ -44,34 +46,16 @@ def stack(tmp_path_factory):
 
 
 def backfill(stack: Stack, notify: bool) -> None:
-    """Create a backfill over the four windows and wait until it has completed."""
+    """Create a backfill over the four windows with the CLI and wait until it has completed."""
     stamp = "%Y-%m-%dT%H:%M:%S+00:00"
-    stack.create_backfill(
-        DAG_ID,
+    stack.airflow(
+        "backfill", "create", "--dag-id", DAG_ID,
         "--from-date", FIRST.strftime(stamp), "--to-date", (FIRST + 3 * layout.SLOT).strftime(stamp),
         "--reprocess-behavior", "completed", "--dag-run-conf", json.dumps({"notify_on_backfill": notify}),
     )  # fmt: skip
     [(backfill_id,)] = stack.query("SELECT max(id) FROM backfill")
-    deadline = time.monotonic() + 600
-    while not stack.query("SELECT 1 FROM backfill WHERE id = ? AND completed_at IS NOT NULL", backfill_id):
-        assert time.monotonic() < deadline, f"backfill {backfill_id} did not complete"
-        time.sleep(3)
-    states = stack.query(
-        "SELECT r.run_id, r.state FROM backfill_dag_run b JOIN dag_run r ON r.id = b.dag_run_id"
-        " WHERE b.backfill_id = ?",
-        backfill_id,
-    )
-    assert len(states) == 4, f"backfill {backfill_id} ran {states}"
-    assert all(state == "success" for _, state in states), states
-
-
-def receive_all(sqs, url) -> list[dict]:
-    out = []
-    while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
-        for message in got:
-            out.append(json.loads(message["Body"]))
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-    return out
+    final = wait_for_backfill(stack, {"id": backfill_id}, timeout=600, report=lambda line: None)
+    assert (final.done, final.total) == (4, 4), final
 
 
 def test_backfill_is_quiet_by_default_notifies_once_when_asked_and_never_again(stack):

@@ -15,31 +15,42 @@ import pytest
 
 from include.price_pipeline import layout
 from local import soak
+from local.api import Api, backfill_when_free
 from local.feed import write_record
 from local.stack import Stack, free_port
 from tests.records import candle, seed_normalized
 
-pytestmark = [pytest.mark.integration, pytest.mark.scheduler, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 LIVE, BULK = "price_notification", "price_history_backfill"
 SLOT = layout.SLOT
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(stack_dir):
     stack = Stack(
-        state_dir=tmp_path_factory.mktemp("once"),
+        state_dir=stack_dir,
         standin_port=free_port(),
         api_port=free_port(),
         extra_env={"PRICE_SENSOR_TIMEOUT_SECONDS": "60", "PRICE_SENSOR_POKE_SECONDS": "2"},
     )
     try:
-        soak.start_parser_only(stack)  # the live DAG is unpaused here: its scheduled run starts with the scheduler
-        stack.wait_for_dag(BULK)
-        stack.airflow("dags", "unpause", BULK)
+        stack.start_standin()
+        stack.start_database()
+        # No scheduler yet: the first test starts it once its window's records are in, so the scheduled
+        # run of that window (catchup off: the latest one) is one of the racers.
+        stack.start_airflow(tuple(c for c in stack.components if c != "scheduler"))
+        for dag_id in (LIVE, BULK):
+            stack.wait_for_dag(dag_id)
+            stack.airflow("dags", "unpause", dag_id)
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    return Api(stack)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +68,7 @@ def iso(moment: datetime) -> str:
 
 def wait_runs_finished(stack: Stack, dag_id: str, run_ids: list[str]) -> dict[str, str]:
     def states():
-        rows = dict(stack.query("SELECT run_id, state FROM dag_run WHERE dag_id = ?", dag_id))  # noqa: S608
+        rows = dict(stack.query("SELECT run_id, state FROM dag_run WHERE dag_id = %s", dag_id))
         got = {run_id: rows.get(run_id) for run_id in run_ids}
         return got if all(state in ("success", "failed") for state in got.values()) else None
 
@@ -78,19 +89,18 @@ def latest_window_with_time_to_spare(spare: timedelta = timedelta(seconds=100)) 
         time.sleep(5)
 
 
-def test_a_scheduled_run_and_a_rest_run_without_logical_date_of_one_window_send_one_alert(stack, aws):
+def test_a_scheduled_run_and_a_rest_run_without_logical_date_of_one_window_send_one_alert(stack, aws, api):
     window = latest_window_with_time_to_spare()
     seed_normalized(aws["s3"], soak.BUCKET, candle(window - SLOT, 100.0))
     write_record(aws["s3"], soak.BUCKET, candle(window, 103.0))
-    soak.start_runners(stack)  # the scheduler creates the scheduled run of `window` (catchup off)
-    api = soak.Api(stack)
+    stack.start_airflow(("scheduler",))  # it creates the scheduled run of `window` (catchup off)
 
     manual = api.call("POST", f"/api/v2/dags/{LIVE}/dagRuns", {"logical_date": None})["dag_run_id"]
     scheduled = soak.wait_for(
         lambda: stack.query(
-            "SELECT run_id FROM dag_run WHERE dag_id = ? AND run_type = 'scheduled' AND data_interval_start LIKE ?",
+            "SELECT run_id FROM dag_run WHERE dag_id = %s AND run_type = 'scheduled' AND data_interval_start = %s",
             LIVE,
-            window.strftime("%Y-%m-%d %H:%M:%S") + "%",
+            window,
         ),
         what="the scheduled run of the window",
         stack=stack,
@@ -108,13 +118,12 @@ def test_a_scheduled_run_and_a_rest_run_without_logical_date_of_one_window_send_
     assert len(losers) == 1, "the run that did not publish says why in its log"
 
 
-def test_a_live_run_and_a_notifying_bulk_run_over_the_same_window_send_one_alert(stack, aws):
-    api = soak.Api(stack)
+def test_a_live_run_and_a_notifying_bulk_run_over_the_same_window_send_one_alert(stack, aws, api):
     window = utc(2017, 7, 24, 10, 0)
     seed_normalized(aws["s3"], soak.BUCKET, candle(window - SLOT, 100.0))
     write_record(aws["s3"], soak.BUCKET, candle(window, 96.0))
 
-    live = soak.backfill_window(stack, window, notify=True, api=api)
+    live = soak.backfill_window(stack, api, window)
     bulk = api.call(
         "POST",
         f"/api/v2/dags/{BULK}/dagRuns",
@@ -131,15 +140,14 @@ def test_a_live_run_and_a_notifying_bulk_run_over_the_same_window_send_one_alert
     assert soak.ledger_entry(aws["s3"], window)["sns_message_id"] == alert["MessageId"]
 
 
-def test_a_native_backfill_overlapping_a_notifying_bulk_run_sends_each_breach_once(stack, aws):
-    api = soak.Api(stack)
+def test_a_native_backfill_overlapping_a_notifying_bulk_run_sends_each_breach_once(stack, aws, api):
     first = utc(2017, 7, 25, 10, 0)
     seed_normalized(aws["s3"], soak.BUCKET, candle(first - SLOT, 100.0))
     slots = [first + n * SLOT for n in range(3)]
     for slot, price in zip(slots, (102.0, 102.1, 99.0), strict=True):
         write_record(aws["s3"], soak.BUCKET, candle(slot, price))
 
-    backfill_id = api.backfill(slots[0], slots[-1], notify=True)
+    backfill_id = backfill_when_free(stack, api, slots[0], slots[-1], notify=True, report=lambda line: None)["id"]
     bulk = api.call(
         "POST",
         f"/api/v2/dags/{BULK}/dagRuns",

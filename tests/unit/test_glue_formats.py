@@ -25,7 +25,7 @@ from include.price_pipeline import layout
 ROOT = Path(__file__).resolve().parents[2]
 VALID = ROOT / "tests" / "data" / "formats" / "valid"
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-POLONIEX_5M_CSV = SHARED_DATA / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
+POLONIEX_5M_CSV = ROOT / "tests" / "data" / "poloniex" / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
 POLONIEX_DAILY_JSON = SHARED_DATA / "raw" / "poloniex_returnChartData_BTC_ETH_period86400_first300.json"
 ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
 PAIR = "ETH/USDT"
