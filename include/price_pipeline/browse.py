@@ -5,10 +5,11 @@ to read a range, chosen by its length:
 
 - **ledger** (up to :data:`LEDGER_MAX_WINDOWS` windows): every ledger entry of the range, as written.
 - **parquet** (longer ranges): prices from the monthly Parquet objects, changes computed with the live
-  DAG's rule at the configured lookback, and the ledger entries read only where they can say more than
-  the prices: every window whose change reaches the configured threshold (the alerts and suppressed
-  breaches, with their SNS message ids), and every window the Parquet does not hold a price for.
-  A window decided from the prices alone carries ``source = "parquet"``.
+  DAG's rule at the configured lookback; a window whose change is under the configured threshold is
+  decided from its price (``source = "parquet"``). The windows whose ledger entry says more than the
+  price can (a change above the threshold: sent or not, the SNS message id; no price in the Parquet)
+  come back as ``pending``, and :func:`ledger_details` reads their entries in a second request, so the
+  page draws the chart of a month before those reads (one GET each) are done.
 
 Entries are read tolerantly: an unknown decision is shown as it is, a missing field is blank (None).
 Every slot of the range is a row; a window with neither a price nor a ledger entry is ``missing``.
@@ -34,6 +35,10 @@ LEDGER_MAX_WINDOWS = 288
 WORKERS = 10
 #: Row of a slot that has neither a price nor a ledger entry.
 MISSING = "missing"
+#: Row of a window with a price (Parquet) but no ledger entry (its run has not decided it).
+NO_ENTRY = "no_ledger_entry"
+#: Row whose ledger entry :func:`ledger_details` reads (long ranges).
+PENDING = "pending"
 #: Ledger entry fields a row carries, beside the window start.
 ROW_FIELDS = ("price", "change_pct", "threshold_pct", "direction", "decision", "reason", "sns_message_id")
 
@@ -78,6 +83,24 @@ def history(s3, config: Config, start: datetime, end: datetime) -> dict:
         "counts": dict(sorted(Counter(row["decision"] for row in rows).items())),
         "quarantined": quarantined(s3, config, start, end),
     }
+
+
+def ledger_details(s3, config: Config, start: datetime, end: datetime) -> list[dict]:
+    """The rows :func:`history` left ``pending`` for ``[start, end)``, from their ledger entries (``missing``
+    where there is none)."""
+    slots = layout.slots_between(start, end)
+    if len(slots) <= LEDGER_MAX_WINDOWS:
+        return []
+    pending = {row["window_start"]: row for row in _rows_from_parquet(s3, config, slots) if row["decision"] == PENDING}
+    key_of = {stamp: layout.ledger_key(_parse_time(stamp), config.changes_prefix) for stamp in pending}
+    entries = _read_entries(s3, config, list(key_of.values()))
+    out = []
+    for stamp, key in key_of.items():
+        if key in entries:
+            out.append(row_from_entry(_parse_time(stamp), entries[key]))
+        else:
+            out.append({**pending[stamp], "decision": MISSING if pending[stamp]["price"] is None else NO_ENTRY})
+    return out
 
 
 def iso(moment: datetime) -> str:
@@ -173,25 +196,21 @@ def _rows_from_parquet(s3, config: Config, slots: list[datetime]) -> list[dict]:
     lookback = timedelta(minutes=config.lookback_minutes)
     prices = parquet_prices(s3, config, slots[0] - lookback, slots[-1])
     changes = {change.latest.slot: change for change in series_changes(prices, lookback)}
-    existing = _ledger_keys(s3, config, slots)
-    key_of = {slot: layout.ledger_key(slot, config.changes_prefix) for slot in slots}
-    wanted = [
-        key_of[slot]
-        for slot in slots
-        if key_of[slot] in existing
-        and (slot not in changes or (changes[slot].abs_change_pct or 0.0) > config.threshold_pct)
-    ]
-    entries = _read_entries(s3, config, wanted)
     rows = []
     for slot in slots:
-        key = key_of[slot]
-        if key in entries:
-            rows.append(row_from_entry(slot, entries[key]))
-        elif slot in changes:
-            rows.append(_computed_row(slot, changes[slot], config.threshold_pct))
+        change = changes.get(slot)
+        if change is None or (change.abs_change_pct or 0.0) > config.threshold_pct:
+            rows.append(_pending_row(slot, change, config.threshold_pct))
         else:
-            rows.append(missing_row(slot))
+            rows.append(_computed_row(slot, change, config.threshold_pct))
     return rows
+
+
+def _pending_row(slot: datetime, change, threshold_pct: float) -> dict:
+    """A row whose ledger entry is still to be read: its price and change if the Parquet has them."""
+    if change is None:
+        return {**missing_row(slot), "decision": PENDING}
+    return {**_computed_row(slot, change, threshold_pct), "decision": PENDING}
 
 
 def _computed_row(slot: datetime, change, threshold_pct: float) -> dict:

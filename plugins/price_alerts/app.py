@@ -8,6 +8,7 @@ Read-only: GET routes only. S3 is read through the Airflow AWS connection when a
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -113,25 +114,62 @@ def create_app() -> FastAPI:
         return FileResponse(STATIC / name, media_type=FILES[name])
 
     @app.get("/api/history")
-    def history(
-        _user: User,
-        start: Annotated[str | None, Query(max_length=40)] = None,
-        end: Annotated[str | None, Query(max_length=40)] = None,
-        dag_id: Annotated[str | None, Query(max_length=250)] = None,
-        run_id: Annotated[str | None, Query(max_length=250)] = None,
-    ) -> dict:
-        """The windows of ``[start, end)`` (default: the last 24 hours), or around one DAG run's window."""
-        return read_history(start, end, dag_id, run_id)
+    def history(_user: User, start: Start = None, end: End = None, dag_id: DagId = None, run_id: RunId = None):
+        """The windows of ``[start, end)`` (default: the last 24 hours), or around one DAG run's window.
+        Over a long range, rows marked ``pending`` are completed by ``/api/ledger`` for the same range."""
+        from include.price_pipeline import browse
+
+        first, last, focus = resolve_range(start, end, dag_id, run_id)
+        config = load_config()
+        data = browse.history(s3_client(config), config, first, last)
+        links = run_links(first, last)
+        for row in data["windows"]:
+            row["run_url"] = links.get(row["window_start"])
+        data["focus"] = {"start": focus[0], "end": focus[1]} if focus else None
+        return json_response(data)
+
+    @app.get("/api/ledger")
+    def ledger(_user: User, start: Start = None, end: End = None, dag_id: DagId = None, run_id: RunId = None):
+        """The ledger entries of the rows ``/api/history`` left ``pending`` for the same range."""
+        from include.price_pipeline import browse
+
+        first, last, _focus = resolve_range(start, end, dag_id, run_id)
+        config = load_config()
+        return json_response({"windows": browse.ledger_details(s3_client(config), config, first, last)})
 
     return app
 
 
-def read_history(start: str | None, end: str | None, dag_id: str | None, run_id: str | None) -> dict:
+Start = Annotated[str | None, Query(max_length=40)]
+End = Annotated[str | None, Query(max_length=40)]
+DagId = Annotated[str | None, Query(max_length=250)]
+RunId = Annotated[str | None, Query(max_length=250)]
+
+
+def load_config():
+    from include.price_pipeline import settings
+
+    return settings.load()
+
+
+def s3_client(config):
+    """S3 through the Airflow AWS connection (the same code path on the stand-in and on AWS)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    from include.price_pipeline import browse, layout, settings
+    return S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
 
-    config = settings.load()
+
+def json_response(data: dict) -> Response:
+    # Plain json.dumps: a month of rows through FastAPI's generic encoder costs more than reading them.
+    return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")
+
+
+def resolve_range(
+    start: str | None, end: str | None, dag_id: str | None, run_id: str | None
+) -> tuple[datetime, datetime, tuple[str, str] | None]:
+    """``(first, last, focus)``: the range asked for, or the window of a run with some context around it."""
+    from include.price_pipeline import browse, layout
+
     focus = None
     if run_id and dag_id:
         focus = run_range(dag_id, run_id)
@@ -144,13 +182,7 @@ def read_history(start: str | None, end: str | None, dag_id: str | None, run_id:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from error
     if focus is not None and last - first <= layout.SLOT * 2:
         first, last = first - layout.SLOT * RUN_CONTEXT_WINDOWS, last + layout.SLOT * RUN_CONTEXT_WINDOWS
-    s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
-    data = browse.history(s3, config, first, last)
-    links = run_links(first, last)
-    for row in data["windows"]:
-        row["run_url"] = links.get(row["window_start"])
-    data["focus"] = {"start": focus[0], "end": focus[1]} if focus else None
-    return data
+    return first, last, focus
 
 
 def run_url(dag_id: str, run_id: str) -> str:

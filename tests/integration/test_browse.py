@@ -114,23 +114,30 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
     put_entry(aws, calm, prices[calm], prices[calm - layout.SLOT], "below_threshold", reason="not read")
 
     data = browse.history(aws.s3, aws.config, start, end)
+    details = {row["window_start"]: row for row in browse.ledger_details(aws.s3, aws.config, start, end)}
 
     assert data["mode"] == "parquet"
     by_slot = {row["window_start"]: row for row in data["windows"]}
     assert len(by_slot) == len(slots)
-    assert by_slot[browse.iso(breach)] | {"change_pct": None} == {
-        "window_start": browse.iso(breach), "price": prices[breach], "change_pct": None, "threshold_pct": 1.0,
-        "direction": "up", "decision": "notified", "reason": "r", "sns_message_id": "msg-9", "source": "ledger",
-    }  # fmt: skip
+    # First answer: the prices; the breach and the windows without a price wait for their ledger entry.
+    assert {stamp for stamp, row in by_slot.items() if row["decision"] == "pending"} == set(details)
+    back_down = breach + layout.SLOT  # the price returns: a breach too, with no ledger entry here
+    assert set(details) == {browse.iso(s) for s in (breach, back_down, gap, ledger_only)}
+    assert by_slot[browse.iso(breach)]["price"] == prices[breach]
     assert by_slot[browse.iso(breach)]["change_pct"] == pytest.approx(5.0)
-    assert by_slot[browse.iso(gap)]["decision"] == "missing"
-    assert by_slot[browse.iso(ledger_only)]["reason"] == "written by a live run"
     computed = by_slot[browse.iso(calm)]
     assert (computed["decision"], computed["source"], computed["reason"]) == ("below_threshold", "parquet", None)
     assert computed["price"] == prices[calm]
     assert by_slot[browse.iso(start)]["decision"] == "no_previous_record"  # nothing before the range
-    assert data["counts"]["notified"] == 1
-    assert data["counts"]["missing"] == 1
+    # Second answer: what the ledger says about those.
+    assert details[browse.iso(breach)] | {"change_pct": None} == {
+        "window_start": browse.iso(breach), "price": prices[breach], "change_pct": None, "threshold_pct": 1.0,
+        "direction": "up", "decision": "notified", "reason": "r", "sns_message_id": "msg-9", "source": "ledger",
+    }  # fmt: skip
+    assert details[browse.iso(gap)]["decision"] == "missing"
+    assert details[browse.iso(back_down)]["decision"] == "no_ledger_entry"
+    assert details[browse.iso(back_down)]["price"] == prices[back_down]
+    assert details[browse.iso(ledger_only)]["reason"] == "written by a live run"
 
 
 def test_the_range_defaults_to_the_last_day_and_refuses_more_than_31_days():

@@ -39,6 +39,7 @@ def token(client) -> str:
 
 def test_data_without_a_login_is_401_and_with_a_forged_token_403(client):
     assert client.get(f"/price-alerts/api/history?{RANGE}").status_code == 401
+    assert client.get(f"/price-alerts/api/ledger?{RANGE}").status_code == 401
     assert client.get("/price-alerts/static/page.js").status_code == 401
     forged = client.get(f"/price-alerts/api/history?{RANGE}", headers={"Authorization": "Bearer not.a.jwt"})
     assert forged.status_code == 403

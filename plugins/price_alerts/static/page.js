@@ -91,7 +91,8 @@ function drawPrice(data, focus) {
     const cx = x(Date.parse(row.window_start));
     const cy = y(row.price);
     const d = up ? `M${cx},${cy - 12}l-5,9h10z` : `M${cx},${cy + 12}l-5,-9h10z`;
-    const classes = ["marker", up ? "up" : "down", SENT.has(row.decision) ? "sent" : "unsent"];
+    const sent = SENT.has(row.decision) ? "sent" : "unsent";
+    const classes = ["marker", up ? "up" : "down", row.decision === "pending" ? "pending" : sent];
     if (focus && row.window_start >= focus.start && row.window_start < focus.end) classes.push("focus");
     const title = `${when(row.window_start)} ${row.decision}: ${fmt(row.change_pct, 2)}% at ${fmt(row.price, 4)}`;
     svg.appendChild(
@@ -138,14 +139,23 @@ function drawChange(data) {
   return svg;
 }
 
+function countDecisions(rows) {
+  const counts = {};
+  for (const row of rows) counts[row.decision] = (counts[row.decision] ?? 0) + 1;
+  return Object.fromEntries(Object.entries(counts).sort());
+}
+
 function drawCounts(data) {
   const box = document.getElementById("counts");
   box.replaceChildren();
   const select = document.getElementById("decision");
-  for (const [decision, count] of Object.entries(data.counts)) {
+  const chosen = select.value;
+  select.replaceChildren(el("option", { value: "" }, "all"));
+  for (const [decision, count] of Object.entries(countDecisions(data.windows))) {
     box.appendChild(el("span", { "data-decision": decision }, `${decision}: ${count}`));
     select.appendChild(el("option", { value: decision }, `${decision} (${count})`));
   }
+  select.value = chosen;
   box.appendChild(el("span", { "data-decision": "quarantined" }, `quarantined objects: ${data.quarantined.length}`));
 }
 
@@ -228,6 +238,35 @@ function presets() {
   }
 }
 
+function draw(data, decision) {
+  const focus = data.focus;
+  document.getElementById("price-chart").replaceChildren(drawPrice(data, focus));
+  document.getElementById("change-chart").replaceChildren(drawChange(data));
+  drawCounts(data);
+  const select = document.getElementById("decision");
+  if (decision !== undefined) select.value = decision;
+  select.onchange = () => drawTable(data, focus, select.value, 0);
+  drawTable(data, focus, select.value, 0);
+  drawQuarantine(data);
+}
+
+function settle(state, mark) {
+  return new Promise((resolve) =>
+    requestAnimationFrame(() => {
+      performance.mark(mark);
+      document.body.dataset.state = state;
+      resolve();
+    }),
+  );
+}
+
+async function getJson(path, query) {
+  const response = await fetch(`${path}?${query}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  const data = await response.json();
+  if (!response.ok) throw new Error(typeof data.detail === "string" ? data.detail : `HTTP ${response.status}`);
+  return data;
+}
+
 async function main() {
   const params = new URLSearchParams(window.location.search);
   for (const name of ["start", "end"]) if (params.get(name)) document.getElementById(name).value = params.get(name);
@@ -235,34 +274,28 @@ async function main() {
   const query = new URLSearchParams();
   for (const name of ["start", "end", "dag_id", "run_id"]) if (params.get(name)) query.set(name, params.get(name));
   const status = document.getElementById("status");
-  const response = await fetch(`api/history?${query}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
-  const data = await response.json();
-  if (!response.ok) {
-    status.textContent = `Cannot show this range: ${typeof data.detail === "string" ? data.detail : response.status}`;
-    status.classList.add("error");
-    document.body.dataset.state = "error";
-    return;
-  }
-  const focus = data.focus;
-  document.getElementById("price-chart").replaceChildren(drawPrice(data, focus));
-  document.getElementById("change-chart").replaceChildren(drawChange(data));
-  drawCounts(data);
-  const select = document.getElementById("decision");
-  if (params.get("decision")) select.value = params.get("decision");
-  select.addEventListener("change", () => drawTable(data, focus, select.value, 0));
-  drawTable(data, focus, select.value, 0);
-  drawQuarantine(data);
-  const source = data.mode === "ledger" ? "ledger entries" : "monthly Parquet prices and the ledger entries of breaches";
-  status.textContent = `${when(data.start)} to ${when(data.end)} UTC: ${data.windows.length} windows from ${source}.`;
-  requestAnimationFrame(() => {
-    performance.mark("price-alerts-drawn");
-    document.body.dataset.state = "drawn";
-  });
+  const data = await getJson("api/history", query);
+  const range = `${when(data.start)} to ${when(data.end)} UTC: ${data.windows.length} windows`;
+  const pending = data.windows.filter((row) => row.decision === "pending").length;
+  draw(data, params.get("decision") ?? "");
+  status.textContent = pending
+    ? `${range} from the monthly Parquet prices; reading the ledger entries of ${pending} windows…`
+    : `${range} from the ledger entries.`;
+  await settle("drawn", "price-alerts-drawn");
+  if (!pending) return settle("complete", "price-alerts-complete");
+  const details = await getJson("api/ledger", query);
+  const byWindow = new Map(details.windows.map((row) => [row.window_start, row]));
+  data.windows = data.windows.map((row) =>
+    byWindow.has(row.window_start) ? { ...byWindow.get(row.window_start), run_url: row.run_url } : row,
+  );
+  draw(data);
+  status.textContent = `${range} from the monthly Parquet prices and ${details.windows.length} ledger entries.`;
+  return settle("complete", "price-alerts-complete");
 }
 
 main().catch((error) => {
   const status = document.getElementById("status");
-  status.textContent = `Cannot show the page: ${error}`;
+  status.textContent = `Cannot show this range: ${error.message ?? error}`;
   status.classList.add("error");
   document.body.dataset.state = "error";
 });
