@@ -14,7 +14,7 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -127,7 +127,7 @@ def test_the_page_shows_the_alerts_their_runs_and_the_quarantine(stack, runs, br
     page.on("pageerror", lambda error: problems.append(str(error)))
 
     log_in(page, stack, f"{stack.ui_url}/price-alerts/?{PAGE_RANGE}")
-    page.wait_for_selector("body[data-state=drawn]")
+    page.wait_for_selector("body[data-state=complete]")
 
     up = page.locator(f'path.marker.up.sent[data-window="{iso(UP)}"]')
     assert up.get_attribute("data-decision") == "notified"
@@ -163,12 +163,17 @@ def test_the_ui_shows_the_page_in_its_navigation_and_on_the_dag_run(stack, runs,
 
     log_in(page, stack, f"{stack.ui_url}/plugin/price-alerts")
     frame = page.frame_locator("iframe[title='Price alerts']")
-    frame.locator("body[data-state=drawn]").wait_for()
+    frame.locator("body[data-state=complete]").wait_for()
     assert page.get_by_role("link", name="Price alerts").count() + page.get_by_text("Price alerts").count() > 0
 
     run_id = runs[iso(DOWN)]
     page.goto(f"{stack.ui_url}/dags/{LIVE}/runs/{run_id}/plugin/price-window")
     window_frame = page.frame_locator("iframe[title='Price window']")
-    window_frame.locator("body[data-state=drawn]").wait_for()
+    window_frame.locator("body[data-state=complete]").wait_for()
     assert window_frame.locator(f'#windows tr.focus[data-window="{iso(DOWN)}"]').count() == 1
+
+    # A run link inside the UI's (sandboxed) iframe opens the run in the UI itself, not in the frame.
+    window_frame.locator(f'#windows tr[data-window="{iso(UP)}"] a.run').click()
+    page.wait_for_url(lambda url: unquote(url).endswith(f"/dags/{LIVE}/runs/{runs[iso(UP)]}"))
+    assert page.locator("iframe[title='Price window']").count() == 0
     assert problems == []
