@@ -231,9 +231,13 @@ def _computed_row(slot: datetime, change, threshold_pct: float) -> dict:
 
 def quarantined(s3, config: Config, start: datetime, end: datetime) -> list[dict]:
     """Every quarantined object of windows in ``[start, end)``: its key, reason and source key."""
-    days = layout.day_partitions(start, end - layout.SLOT)
-    with ThreadPoolExecutor(min(WORKERS, len(days))) as pool:
-        listed = pool.map(lambda day: store.list_keys(s3, config.bucket, f"{config.quarantine_prefix}{day}"), days)
+    # One listing per month: quarantined objects are few, and a month is one request instead of 31.
+    months = [
+        f"{config.quarantine_prefix}{layout.month_partition(year, month)}"
+        for year, month in layout.months_between(start, end - layout.SLOT)
+    ]
+    with ThreadPoolExecutor(min(WORKERS, len(months))) as pool:
+        listed = pool.map(lambda prefix: store.list_keys(s3, config.bucket, prefix), months)
     keys = [key for keys in listed for key in keys]
     in_range = [key for key in keys if _has_slot(key) and start <= layout.slot_of_key(key) < end]
     reasons = _read_entries(s3, config, [key for key in in_range if key.endswith(".reason.json")])
