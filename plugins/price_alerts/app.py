@@ -82,6 +82,10 @@ class _LoginRequired(Exception):
 
 User = Annotated[object, Depends(current_user)]
 PageUser = Annotated[object, Depends(page_user)]
+Start = Annotated[str | None, Query(max_length=40)]
+End = Annotated[str | None, Query(max_length=40)]
+DagId = Annotated[str | None, Query(max_length=250)]
+RunId = Annotated[str | None, Query(max_length=250)]
 
 
 def create_app() -> FastAPI:
@@ -138,12 +142,6 @@ def create_app() -> FastAPI:
         return json_response({"windows": browse.ledger_details(s3_client(config), config, first, last)})
 
     return app
-
-
-Start = Annotated[str | None, Query(max_length=40)]
-End = Annotated[str | None, Query(max_length=40)]
-DagId = Annotated[str | None, Query(max_length=250)]
-RunId = Annotated[str | None, Query(max_length=250)]
 
 
 def load_config():
