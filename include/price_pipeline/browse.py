@@ -12,7 +12,8 @@ to read a range, chosen by its length:
   page draws the chart of a month before those reads (one GET each) are done.
 
 Entries are read tolerantly: an unknown decision is shown as it is, a missing field is blank (None).
-Every slot of the range is a row; a window with neither a price nor a ledger entry is ``missing``.
+Every slot of the range is a row; a window with neither a price nor a ledger entry is ``missing``, or
+``quarantined`` (with the reason) when its raw object was quarantined.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ WORKERS = 10
 MISSING = "missing"
 #: Row of a window with a price (Parquet) but no ledger entry (its run has not decided it).
 NO_ENTRY = "no_ledger_entry"
+#: Row of a window without a record whose raw object was quarantined.
+QUARANTINED = "quarantined"
 #: Row whose ledger entry :func:`ledger_details` reads (long ranges).
 PENDING = "pending"
 #: Ledger entry fields a row carries, beside the window start.
@@ -74,6 +77,8 @@ def history(s3, config: Config, start: datetime, end: datetime) -> dict:
         mode, rows = "ledger", _rows_from_ledger(s3, config, slots)
     else:
         mode, rows = "parquet", _rows_from_parquet(s3, config, slots)
+    bad = quarantined(s3, config, start, end)
+    rows = _mark_quarantined(rows, bad)
     return {
         "start": iso(start),
         "end": iso(end),
@@ -81,8 +86,21 @@ def history(s3, config: Config, start: datetime, end: datetime) -> dict:
         "threshold_pct": config.threshold_pct,
         "windows": rows,
         "counts": dict(sorted(Counter(row["decision"] for row in rows).items())),
-        "quarantined": quarantined(s3, config, start, end),
+        "quarantined": bad,
     }
+
+
+def _mark_quarantined(rows: list[dict], bad: list[dict]) -> list[dict]:
+    """A window without a record whose object was quarantined shows as ``quarantined``, with its reason."""
+    reason = {}
+    for item in bad:
+        reason.setdefault(item["window_start"], item["reason"])
+    return [
+        {**row, "decision": QUARANTINED, "reason": reason[row["window_start"]]}
+        if row["decision"] == MISSING and row["window_start"] in reason
+        else row
+        for row in rows
+    ]
 
 
 def ledger_details(s3, config: Config, start: datetime, end: datetime) -> list[dict]:
@@ -100,7 +118,11 @@ def ledger_details(s3, config: Config, start: datetime, end: datetime) -> list[d
             out.append(row_from_entry(_parse_time(stamp), entries[key]))
         else:
             out.append({**pending[stamp], "decision": MISSING if pending[stamp]["price"] is None else NO_ENTRY})
-    return out
+    return (
+        _mark_quarantined(out, quarantined(s3, config, start, end))
+        if any(r["decision"] == MISSING for r in out)
+        else out
+    )
 
 
 def iso(moment: datetime) -> str:

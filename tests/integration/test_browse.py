@@ -81,6 +81,7 @@ def test_quarantined_objects_of_the_range_come_with_their_reasons(aws):
     aws.put(outside, b"later")
 
     found = browse.quarantined(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30))
+    rows = browse.history(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 15))["windows"]
 
     assert found == [
         {
@@ -91,6 +92,11 @@ def test_quarantined_objects_of_the_range_come_with_their_reasons(aws):
             "source_key": "raw/key.json",
             "format_guess": None,
         }
+    ]
+    assert [(row["decision"], row["reason"]) for row in rows] == [
+        ("missing", None),
+        ("quarantined", "<script>x</script> not a record"),
+        ("missing", None),
     ]
 
 
