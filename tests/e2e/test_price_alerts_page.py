@@ -142,6 +142,7 @@ def test_the_page_shows_the_alerts_their_runs_and_the_quarantine(stack, runs, br
     quarantined = page.locator(f'#quarantine tr[data-window="{iso(BAD)}"]')
     assert "not finite" in quarantined.text_content()
     assert layout.QUARANTINE_PREFIX in quarantined.text_content()
+    assert page.locator(f'#windows tr[data-window="{iso(BAD)}"] td').nth(4).text_content() == "quarantined"
 
     page.select_option("#decision", "notified")
     assert page.locator("#windows tbody tr").count() == 2

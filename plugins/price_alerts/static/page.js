@@ -67,8 +67,8 @@ function drawPrice(data, focus) {
   const x = scale(start, end, MARGIN.left, WIDTH - MARGIN.right);
   const low = prices.length ? Math.min(...prices) : 0;
   const high = prices.length ? Math.max(...prices) : 1;
-  const pad = (high - low) * 0.08 || Math.abs(high) * 0.01 || 1;
-  const y = scale(low - pad, high + pad, height - MARGIN.bottom, MARGIN.top);
+  // 16 px inside the plot at both ends: room for the alert markers above and below the line.
+  const y = scale(low, high === low ? low + 1 : high, height - MARGIN.bottom - 16, MARGIN.top + 16);
   let line = "";
   let gaps = "";
   let previous = null;
@@ -85,12 +85,17 @@ function drawPrice(data, focus) {
   }
   svg.appendChild(svgEl("path", { class: "gap", d: gaps || "M0,0" }));
   svg.appendChild(svgEl("path", { class: "price", d: line || "M0,0" }));
+  // A price with no neighbour (missing windows on both sides) has no segment: draw it as a dot.
+  rows.forEach((row, index) => {
+    if (row.price === null || rows[index - 1]?.price != null || rows[index + 1]?.price != null) return;
+    svg.appendChild(svgEl("circle", { class: "point", r: 2.5, cx: x(Date.parse(row.window_start)), cy: y(row.price) }));
+  });
   for (const row of rows) {
     if (row.price === null || !(SENT.has(row.decision) || isBreach(row, data.threshold_pct))) continue;
     const up = (row.change_pct ?? 0) > 0 || row.direction === "up";
     const cx = x(Date.parse(row.window_start));
     const cy = y(row.price);
-    const d = up ? `M${cx},${cy - 12}l-5,9h10z` : `M${cx},${cy + 12}l-5,-9h10z`;
+    const d = up ? `M${cx},${cy - 14}l-5,9h10z` : `M${cx},${cy + 14}l-5,-9h10z`;
     const sent = SENT.has(row.decision) ? "sent" : "unsent";
     const classes = ["marker", up ? "up" : "down", row.decision === "pending" ? "pending" : sent];
     if (focus && row.window_start >= focus.start && row.window_start < focus.end) classes.push("focus");
