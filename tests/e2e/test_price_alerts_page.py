@@ -95,9 +95,9 @@ def runs(stack) -> dict[str, str]:
     found = stack.query(
         "SELECT run_id, data_interval_start, state FROM dag_run WHERE dag_id = ? AND run_type = 'backfill'", LIVE
     )
-    states = {start[:16]: state for _, start, state in found}
+    states = {str(start)[:16]: state for _, start, state in found}
     assert states == {"2026-02-10 10:00": "success", "2026-02-10 10:05": "failed", "2026-02-10 10:10": "success"}
-    return {start[:16].replace(" ", "T") + ":00Z": run_id for run_id, start, _ in found}
+    return {str(start)[:16].replace(" ", "T") + ":00Z": run_id for run_id, start, _ in found}
 
 
 @pytest.fixture(scope="module")

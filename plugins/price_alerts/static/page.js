@@ -5,7 +5,7 @@
 const SVG = "http://www.w3.org/2000/svg";
 const SLOT_MS = 300000;
 const PAGE_ROWS = 200;
-const SENT = new Set(["notified", "notify", "publishing"]);
+const SENT = new Set(["notified"]); // other decisions (notify, publishing, suppressed_*) are not a sent alert
 const WIDTH = 1200;
 const MARGIN = { left: 70, right: 10, top: 10, bottom: 22 };
 
