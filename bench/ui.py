@@ -126,7 +126,8 @@ def main() -> int:
     days = int(sys.argv[1]) if len(sys.argv) > 1 else 30
     start = datetime(2025, 4, 1, tzinfo=UTC)
     end = start + timedelta(days=days)
-    bench = Bench(Path(tempfile.mkdtemp(prefix="price-bench-ui-")))
+    state_dir = Path(tempfile.mkdtemp(prefix="price-bench-ui-"))
+    bench = Bench(state_dir)
     try:
         bench.start()
         began = time.monotonic()
@@ -137,6 +138,7 @@ def main() -> int:
         ui = render_times(bench.stack, start, end)
     finally:
         bench.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
     print(json.dumps(ui, indent=1))
     print(report(ui))
     return 0
