@@ -27,7 +27,7 @@ EXECUTOR ?= LocalExecutor
 run: $(VENV)/.installed
 	AIRFLOW_EXECUTOR=$(EXECUTOR) $(PY) -m local.run
 
-test: install lint
+test: install lint browser
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
@@ -42,9 +42,20 @@ clean:
 	rm -rf .local .pytest_cache .ruff_cache
 
 # Benchmarks (not tests: CI runs `make test`, never this). `$(PY) -m bench --quick` is the short version.
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed browser
 	$(PY) -m bench
 
 # Soak under faults: 288 windows of real data through the real DAG, 20% of AWS calls failing (docs/reliability.md).
 soak: $(VENV)/.installed
 	$(PY) -m local.soak
+
+# Debian's chromium for the browser test, the bench row and the screenshot of the Price alerts page
+# (Playwright from PyPI drives it; its own browser download is never used). Installed only when missing.
+.PHONY: browser screenshot
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
+# docs/price-alerts.png (shown in the README): the page's browser test on its own local stack, screenshotted.
+screenshot: $(VENV)/.installed browser
+	PRICE_ALERTS_SCREENSHOT=docs/price-alerts.png $(PY) -m pytest tests/e2e/test_price_alerts_page.py -k shows_the_alerts

@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench import cost, machine, report, throughput
+from bench import cost, machine, report, throughput, ui
 from bench.pipeline import Bench, Disrupted
 from include.price_pipeline import layout
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_end"] = machine.load_average()
     results["wall_seconds"] = time.monotonic() - wall
     results |= derived(results)
-    text = report.render(results)
+    text = report.render(results) + ui.report(results.get("ui"))
     print(text)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
@@ -123,6 +123,10 @@ def measure(bench: Bench, plan: dict, results: dict) -> None:
         result = bench.bulk_backfill(start, end)
         log(f"  {result['state']} in {result['seconds']:.1f} s")
         bulk.append({"days": days, **result})
+
+    log(f"Price alerts page over the {multi_days}-day range, request to drawn chart ...")
+    results["ui"] = ui.render_times(bench.stack, ranges[-1][1], ranges[-1][2])
+    log(f"  {results['ui']}")
 
     for attempt, first in enumerate(native_days, 1):
         log(f"native backfill of {plan['native_windows']} windows from {first:%Y-%m-%d %H:%M} ...")

@@ -1,0 +1,294 @@
+"""What the "Price alerts" page shows for a range of windows, read from S3 (no Airflow here).
+
+Plain functions over a boto3 S3 client (the plugin passes ``S3Hook(aws_conn_id).get_conn()``). Two ways
+to read a range, chosen by its length:
+
+- **ledger** (up to :data:`LEDGER_MAX_WINDOWS` windows): every ledger entry of the range, as written.
+- **parquet** (longer ranges): prices from the monthly Parquet objects, changes computed with the live
+  DAG's rule at the configured lookback; a window whose change is under the configured threshold is
+  decided from its price (``source = "parquet"``). The windows whose ledger entry says more than the
+  price can (a change above the threshold: sent or not, the SNS message id; no price in the Parquet)
+  come back as ``pending``, and :func:`ledger_details` reads their entries in a second request, so the
+  page draws the chart of a month before those reads (one GET each) are done.
+
+Entries are read tolerantly: an unknown decision is shown as it is, a missing field is blank (None).
+Every slot of the range is a row; a window with neither a price nor a ledger entry is ``missing``, or
+``quarantined`` (with the reason) when its raw object was quarantined.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+from include.price_pipeline import layout, store
+from include.price_pipeline.analysis import BELOW_THRESHOLD, NO_PREVIOUS, Price, series_changes
+from include.price_pipeline.settings import Config
+
+#: Longest range the page reads (31 days of 5-minute windows).
+MAX_RANGE = timedelta(days=31)
+#: Ranges of at most this many windows are read from the ledger alone (one GET per window).
+LEDGER_MAX_WINDOWS = 288
+#: Concurrent S3 requests (the client's connection pool is 10 by default).
+WORKERS = 10
+#: Row of a slot that has neither a price nor a ledger entry.
+MISSING = "missing"
+#: Row of a window with a price (Parquet) but no ledger entry (its run has not decided it).
+NO_ENTRY = "no_ledger_entry"
+#: Row of a window without a record whose raw object was quarantined.
+QUARANTINED = "quarantined"
+#: Row whose ledger entry :func:`ledger_details` reads (long ranges).
+PENDING = "pending"
+#: Ledger entry fields a row carries, beside the window start.
+ROW_FIELDS = ("price", "change_pct", "threshold_pct", "direction", "decision", "reason", "sns_message_id")
+
+
+def parse_range(start: str | None, end: str | None, now: datetime) -> tuple[datetime, datetime]:
+    """``[start, end)`` on slot boundaries from ISO 8601 texts; default the last 24 hours before ``now``.
+
+    Raises ValueError for an empty, reversed or longer than :data:`MAX_RANGE` range.
+    """
+    end_at = _slot_ceiling(_parse_time(end)) if end else _slot_ceiling(now)
+    start_at = layout.slot_start(_parse_time(start)) if start else end_at - timedelta(days=1)
+    if start_at >= end_at:
+        raise ValueError("start must be before end")
+    if end_at - start_at > MAX_RANGE:
+        raise ValueError(f"the range is longer than {MAX_RANGE.days} days")
+    return start_at, end_at
+
+
+def _parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _slot_ceiling(moment: datetime) -> datetime:
+    floor = layout.slot_start(moment)
+    return floor if floor == moment else floor + layout.SLOT
+
+
+def history(s3, config: Config, start: datetime, end: datetime) -> dict:
+    """Every window of ``[start, end)``, counts by decision, and the quarantined objects of the range."""
+    slots = layout.slots_between(start, end)
+    if len(slots) <= LEDGER_MAX_WINDOWS:
+        mode, rows = "ledger", _rows_from_ledger(s3, config, slots)
+    else:
+        mode, rows = "parquet", _rows_from_parquet(s3, config, slots)
+    bad = quarantined(s3, config, start, end)
+    rows = _mark_quarantined(rows, bad)
+    return {
+        "start": iso(start),
+        "end": iso(end),
+        "mode": mode,
+        "threshold_pct": config.threshold_pct,
+        "windows": rows,
+        "counts": dict(sorted(Counter(row["decision"] for row in rows).items())),
+        "quarantined": bad,
+    }
+
+
+def _mark_quarantined(rows: list[dict], bad: list[dict]) -> list[dict]:
+    """A window without a record whose object was quarantined shows as ``quarantined``, with its reason."""
+    reason = {}
+    for item in bad:
+        reason.setdefault(item["window_start"], item["reason"])
+    return [
+        {**row, "decision": QUARANTINED, "reason": reason[row["window_start"]]}
+        if row["decision"] == MISSING and row["window_start"] in reason
+        else row
+        for row in rows
+    ]
+
+
+def ledger_details(s3, config: Config, start: datetime, end: datetime) -> list[dict]:
+    """The rows :func:`history` left ``pending`` for ``[start, end)``, from their ledger entries (``missing``
+    where there is none)."""
+    slots = layout.slots_between(start, end)
+    if len(slots) <= LEDGER_MAX_WINDOWS:
+        return []
+    pending = {row["window_start"]: row for row in _rows_from_parquet(s3, config, slots) if row["decision"] == PENDING}
+    key_of = {stamp: layout.ledger_key(_parse_time(stamp), config.changes_prefix) for stamp in pending}
+    entries = _read_entries(s3, config, list(key_of.values()))
+    out = []
+    for stamp, key in key_of.items():
+        if key in entries:
+            out.append(row_from_entry(_parse_time(stamp), entries[key]))
+        else:
+            out.append({**pending[stamp], "decision": MISSING if pending[stamp]["price"] is None else NO_ENTRY})
+    return (
+        _mark_quarantined(out, quarantined(s3, config, start, end))
+        if any(r["decision"] == MISSING for r in out)
+        else out
+    )
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def row_from_entry(slot: datetime, entry: dict) -> dict:
+    """A page row from a ledger entry, whatever fields it has (missing ones are None)."""
+    latest = entry.get("latest") if isinstance(entry.get("latest"), dict) else {}
+    row = {
+        "window_start": iso(slot),
+        "price": latest.get("weighted_average"),
+        "change_pct": entry.get("change_pct"),
+        "threshold_pct": entry.get("threshold_pct"),
+        "direction": entry.get("direction"),
+        "decision": entry.get("decision"),
+        "reason": entry.get("reason"),
+        "sns_message_id": entry.get("sns_message_id"),
+        "source": "ledger",
+    }
+    for name in ("price", "change_pct", "threshold_pct"):
+        if not isinstance(row[name], int | float) or isinstance(row[name], bool):
+            row[name] = None
+    for name in ("direction", "decision", "reason", "sns_message_id"):
+        row[name] = None if row[name] is None else str(row[name])
+    row["decision"] = row["decision"] or "unknown"
+    return row
+
+
+def missing_row(slot: datetime) -> dict:
+    return {"window_start": iso(slot), **dict.fromkeys(ROW_FIELDS), "decision": MISSING, "source": None}
+
+
+def _ledger_keys(s3, config: Config, slots: list[datetime]) -> set[str]:
+    """Ledger keys that exist for ``slots`` (one listing per day partition, in parallel)."""
+    days = layout.day_partitions(slots[0], slots[-1])
+    with ThreadPoolExecutor(min(WORKERS, len(days))) as pool:
+        listed = pool.map(lambda day: store.list_keys(s3, config.bucket, f"{config.changes_prefix}{day}"), days)
+    return {key for keys in listed for key in keys}
+
+
+def _read_entries(s3, config: Config, keys: list[str]) -> dict[str, dict]:
+    """``{key: entry}`` of ledger objects (a body that is not a JSON object is left out)."""
+
+    def read(key: str) -> dict | None:
+        body = store.read_bytes(s3, config.bucket, key)
+        try:
+            entry = json.loads(body) if body is not None else None
+        except ValueError:
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        entries = list(pool.map(read, keys))
+    return {key: entry for key, entry in zip(keys, entries, strict=True) if entry is not None}
+
+
+def _rows_from_ledger(s3, config: Config, slots: list[datetime]) -> list[dict]:
+    existing = _ledger_keys(s3, config, slots)
+    key_of = {slot: layout.ledger_key(slot, config.changes_prefix) for slot in slots}
+    entries = _read_entries(s3, config, [key for key in key_of.values() if key in existing])
+    return [
+        row_from_entry(slot, entries[key_of[slot]]) if key_of[slot] in entries else missing_row(slot) for slot in slots
+    ]
+
+
+def parquet_prices(s3, config: Config, first: datetime, last: datetime) -> list[Price]:
+    """Prices of slots in ``[first, last]`` from the monthly Parquet objects (months without one: none)."""
+    import pyarrow.parquet as pq
+
+    months = layout.months_between(first, last)
+    keys = [layout.parquet_key(year, month, _parquet_prefix(config)) for year, month in months]
+    with ThreadPoolExecutor(min(WORKERS, len(keys))) as pool:
+        bodies = list(pool.map(lambda key: store.read_bytes(s3, config.bucket, key), keys))
+    prices = {}
+    for body in bodies:
+        if body is None:
+            continue
+        table = pq.read_table(io.BytesIO(body), columns=["timestamp", "weighted_average", "pair", "source_key"])
+        for stamp, price, pair, source_key in zip(*(table.column(i).to_pylist() for i in range(4)), strict=True):
+            slot = stamp.astimezone(UTC)
+            if first <= slot <= last and price is not None:
+                prices[slot] = Price(slot, price, pair, source_key)
+    return [prices[slot] for slot in sorted(prices)]
+
+
+def _parquet_prefix(config: Config) -> str:
+    # The bulk DAG writes the Parquet months beside the analysis prefix, as layout.PARQUET_PREFIX does.
+    return getattr(config, "parquet_prefix", layout.PARQUET_PREFIX)
+
+
+def _rows_from_parquet(s3, config: Config, slots: list[datetime]) -> list[dict]:
+    lookback = timedelta(minutes=config.lookback_minutes)
+    prices = parquet_prices(s3, config, slots[0] - lookback, slots[-1])
+    changes = {change.latest.slot: change for change in series_changes(prices, lookback)}
+    rows = []
+    for slot in slots:
+        change = changes.get(slot)
+        if change is None or (change.abs_change_pct or 0.0) > config.threshold_pct:
+            rows.append(_pending_row(slot, change, config.threshold_pct))
+        else:
+            rows.append(_computed_row(slot, change, config.threshold_pct))
+    return rows
+
+
+def _pending_row(slot: datetime, change, threshold_pct: float) -> dict:
+    """A row whose ledger entry is still to be read: its price and change if the Parquet has them."""
+    if change is None:
+        return {**missing_row(slot), "decision": PENDING}
+    return {**_computed_row(slot, change, threshold_pct), "decision": PENDING}
+
+
+def _computed_row(slot: datetime, change, threshold_pct: float) -> dict:
+    """A row from the Parquet price alone: its change is below the threshold (or has no previous price)."""
+    decision = NO_PREVIOUS if change.change_pct is None else BELOW_THRESHOLD
+    return {
+        "window_start": iso(slot),
+        "price": change.latest.weighted_average,
+        "change_pct": change.change_pct,
+        "threshold_pct": threshold_pct,
+        "direction": change.direction,
+        "decision": decision,
+        "reason": None,
+        "sns_message_id": None,
+        "source": "parquet",
+    }
+
+
+def quarantined(s3, config: Config, start: datetime, end: datetime) -> list[dict]:
+    """Every quarantined object of windows in ``[start, end)``: its key, reason and source key."""
+    # One listing per month: quarantined objects are few, and a month is one request instead of 31.
+    months = [
+        f"{config.quarantine_prefix}{layout.month_partition(year, month)}"
+        for year, month in layout.months_between(start, end - layout.SLOT)
+    ]
+    with ThreadPoolExecutor(min(WORKERS, len(months))) as pool:
+        listed = pool.map(lambda prefix: store.list_keys(s3, config.bucket, prefix), months)
+    keys = [key for keys in listed for key in keys]
+    in_range = [key for key in keys if _has_slot(key) and start <= layout.slot_of_key(key) < end]
+    reasons = _read_entries(s3, config, [key for key in in_range if key.endswith(".reason.json")])
+    out = []
+    for key in in_range:
+        if not key.endswith(".object"):
+            continue
+        reason_key = key[: -len(".object")] + ".reason.json"
+        note = reasons.get(reason_key, {})
+        out.append(
+            {
+                "window_start": iso(layout.slot_of_key(key)),
+                "key": key,
+                "reason_key": reason_key if reason_key in reasons else None,
+                "reason": _text(note.get("reason")),
+                "source_key": _text(note.get("source_key")),
+                "format_guess": _text(note.get("format_guess")),
+            }
+        )
+    return out
+
+
+def _has_slot(key: str) -> bool:
+    try:
+        layout.slot_of_key(key)
+    except ValueError:
+        return False
+    return True
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,1 @@
+"""The "Price alerts" page of the Airflow UI (see ``plugins/price_alerts_plugin.py``)."""

@@ -1,0 +1,160 @@
+"""The Price alerts page's data (include/price_pipeline/browse.py) read from the stand-in.
+
+Each test writes its own day (2026-03-xx) so the shared stand-in never mixes their windows.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from include.price_pipeline import alerts, browse, history, layout
+from include.price_pipeline.analysis import Change, Policy, Price
+from tests.conftest import utc
+
+pytestmark = pytest.mark.integration
+
+POLICY = Policy(threshold_pct=1.0)
+
+
+def put_entry(aws, slot, price, previous_price, decision, reason="r", **extra):
+    previous = Price(slot - layout.SLOT, previous_price, "ETH/USDT", "prev") if previous_price else None
+    change_pct = (price - previous_price) / previous_price * 100 if previous_price else None
+    entry = alerts.ledger_entry(
+        Change(Price(slot, price, "ETH/USDT", "src"), previous, change_pct), POLICY, decision, reason
+    )
+    aws.put(layout.ledger_key(slot), alerts.ledger_bytes({**entry, **extra}))
+    return entry
+
+
+def test_short_range_reads_every_ledger_entry_and_marks_missing_windows(aws):
+    start = utc(2026, 3, 2, 10, 0)
+    put_entry(aws, start, 100.0, None, "no_previous_record")
+    put_entry(aws, start + layout.SLOT, 102.0, 100.0, "notified", sns_message_id="msg-1")
+    # start + 2 slots: nothing at all (a gap)
+    put_entry(aws, start + 3 * layout.SLOT, 102.1, 102.0, "below_threshold")
+
+    data = browse.history(aws.s3, aws.config, start, start + 4 * layout.SLOT)
+
+    assert data["mode"] == "ledger"
+    assert [(r["window_start"], r["decision"]) for r in data["windows"]] == [
+        ("2026-03-02T10:00:00Z", "no_previous_record"),
+        ("2026-03-02T10:05:00Z", "notified"),
+        ("2026-03-02T10:10:00Z", "missing"),
+        ("2026-03-02T10:15:00Z", "below_threshold"),
+    ]
+    notified = data["windows"][1]
+    assert notified["price"] == 102.0
+    assert notified["change_pct"] == pytest.approx(2.0)
+    assert notified["threshold_pct"] == 1.0
+    assert notified["sns_message_id"] == "msg-1"
+    assert data["windows"][2]["price"] is None
+    assert data["counts"] == {"below_threshold": 1, "missing": 1, "no_previous_record": 1, "notified": 1}
+
+
+def test_entries_are_read_tolerantly_unknown_decisions_as_is_missing_fields_blank(aws):
+    start = utc(2026, 3, 3, 10, 0)
+    aws.put(layout.ledger_key(start), json.dumps({"decision": "publishing", "window_start": "x", "new_field": 1}))
+    aws.put(layout.ledger_key(start + layout.SLOT), json.dumps({"latest": "not an object", "change_pct": "2"}))
+    aws.put(layout.ledger_key(start + 2 * layout.SLOT), b"not json")
+
+    rows = browse.history(aws.s3, aws.config, start, start + 3 * layout.SLOT)["windows"]
+
+    assert rows[0]["decision"] == "publishing"
+    assert rows[0]["price"] is None
+    assert rows[0]["reason"] is None
+    assert rows[0]["sns_message_id"] is None
+    assert rows[1]["decision"] == "unknown"
+    assert rows[1]["price"] is None
+    assert rows[1]["change_pct"] is None
+    assert rows[2]["decision"] == "missing"
+
+
+def test_quarantined_objects_of_the_range_come_with_their_reasons(aws):
+    slot = utc(2026, 3, 4, 10, 5)
+    copy_key, reason_key = layout.quarantine_keys(slot, "crypto/01-data-ingestion/x/<b>bad</b>.json")
+    aws.put(copy_key, b"garbage")
+    aws.put(reason_key, json.dumps({"reason": "<script>x</script> not a record", "source_key": "raw/key.json"}))
+    outside, _ = layout.quarantine_keys(slot + timedelta(hours=1), "other")
+    aws.put(outside, b"later")
+
+    found = browse.quarantined(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30))
+    rows = browse.history(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 15))["windows"]
+
+    assert found == [
+        {
+            "window_start": "2026-03-04T10:05:00Z",
+            "key": copy_key,
+            "reason_key": reason_key,
+            "reason": "<script>x</script> not a record",
+            "source_key": "raw/key.json",
+            "format_guess": None,
+        }
+    ]
+    assert [(row["decision"], row["reason"]) for row in rows] == [
+        ("missing", None),
+        ("quarantined", "<script>x</script> not a record"),
+        ("missing", None),
+    ]
+
+
+def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_more(aws):
+    start = utc(2026, 3, 10, 0, 0)
+    end = start + timedelta(days=2)  # 576 windows: the Parquet path
+    slots = layout.slots_between(start, end)
+    breach, gap, ledger_only = slots[100], slots[200], slots[300]
+    prices = {slot: 100.0 + (index % 7) * 0.01 for index, slot in enumerate(slots)}
+    prices[breach] = prices[breach - layout.SLOT] * 1.05
+    del prices[gap], prices[ledger_only]
+    rows = [
+        {"timestamp": slot, "weighted_average": price, "pair": "ETH/USDT", "source_key": f"k{slot:%H%M}",
+         "source_format": "json", **dict.fromkeys(("open", "high", "low", "close", "volume", "quote_volume"), 1.0)}
+        for slot, price in prices.items()
+    ]  # fmt: skip
+    aws.put(layout.parquet_key(2026, 3), history.parquet_bytes(rows))
+    put_entry(aws, breach, prices[breach], prices[breach - layout.SLOT], "notified", sns_message_id="msg-9")
+    put_entry(aws, ledger_only, 99.0, None, "no_previous_record", reason="written by a live run")
+    calm = slots[50]
+    put_entry(aws, calm, prices[calm], prices[calm - layout.SLOT], "below_threshold", reason="not read")
+
+    data = browse.history(aws.s3, aws.config, start, end)
+    details = {row["window_start"]: row for row in browse.ledger_details(aws.s3, aws.config, start, end)}
+
+    assert data["mode"] == "parquet"
+    by_slot = {row["window_start"]: row for row in data["windows"]}
+    assert len(by_slot) == len(slots)
+    # First answer: the prices; the breach and the windows without a price wait for their ledger entry.
+    assert {stamp for stamp, row in by_slot.items() if row["decision"] == "pending"} == set(details)
+    back_down = breach + layout.SLOT  # the price returns: a breach too, with no ledger entry here
+    assert set(details) == {browse.iso(s) for s in (breach, back_down, gap, ledger_only)}
+    assert by_slot[browse.iso(breach)]["price"] == prices[breach]
+    assert by_slot[browse.iso(breach)]["change_pct"] == pytest.approx(5.0)
+    computed = by_slot[browse.iso(calm)]
+    assert (computed["decision"], computed["source"], computed["reason"]) == ("below_threshold", "parquet", None)
+    assert computed["price"] == prices[calm]
+    assert by_slot[browse.iso(start)]["decision"] == "no_previous_record"  # nothing before the range
+    # Second answer: what the ledger says about those.
+    assert details[browse.iso(breach)] | {"change_pct": None} == {
+        "window_start": browse.iso(breach), "price": prices[breach], "change_pct": None, "threshold_pct": 1.0,
+        "direction": "up", "decision": "notified", "reason": "r", "sns_message_id": "msg-9", "source": "ledger",
+    }  # fmt: skip
+    assert details[browse.iso(gap)]["decision"] == "missing"
+    assert details[browse.iso(back_down)]["decision"] == "no_ledger_entry"
+    assert details[browse.iso(back_down)]["price"] == prices[back_down]
+    assert details[browse.iso(ledger_only)]["reason"] == "written by a live run"
+
+
+def test_the_range_defaults_to_the_last_day_and_refuses_more_than_31_days():
+    now = utc(2026, 3, 5, 12, 3)
+
+    assert browse.parse_range(None, None, now) == (utc(2026, 3, 4, 12, 5), utc(2026, 3, 5, 12, 5))
+    assert browse.parse_range("2026-03-01T00:00Z", "2026-03-02T00:00:00+00:00", now) == (
+        utc(2026, 3, 1),
+        utc(2026, 3, 2),
+    )
+    with pytest.raises(ValueError, match="31 days"):
+        browse.parse_range("2026-01-01T00:00Z", "2026-03-01T00:00Z", now)
+    with pytest.raises(ValueError, match="before"):
+        browse.parse_range("2026-03-02T00:00Z", "2026-03-01T00:00Z", now)

@@ -1,0 +1,112 @@
+"""The Price alerts plugin inside Airflow's own API app: same login as the UI, read-only, no remote source.
+
+Airflow's API server app is built in-process (with the plugins folder of this repo) and called over
+ASGI; the data comes from the stand-in through the Airflow AWS connection.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from include.price_pipeline import alerts, layout
+from include.price_pipeline.analysis import Change, Policy, Price
+from tests.conftest import utc
+
+pytestmark = pytest.mark.integration
+
+SLOT = utc(2026, 3, 20, 10, 0)
+RANGE = "start=2026-03-20T10:00Z&end=2026-03-20T10:30Z"
+
+
+@pytest.fixture(scope="module")
+def client(airflow_db, standin):
+    from airflow.api_fastapi.app import create_app
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(), base_url="http://127.0.0.1:8080") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def token(client) -> str:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
+
+
+def test_data_without_a_login_is_401_and_with_a_forged_token_403(client):
+    assert client.get(f"/price-alerts/api/history?{RANGE}").status_code == 401
+    assert client.get(f"/price-alerts/api/ledger?{RANGE}").status_code == 401
+    assert client.get("/price-alerts/static/page.js").status_code == 401
+    forged = client.get(f"/price-alerts/api/history?{RANGE}", headers={"Authorization": "Bearer not.a.jwt"})
+    assert forged.status_code == 403
+
+
+def test_the_page_without_a_login_redirects_to_the_login_page_and_back(client):
+    response = client.get("/price-alerts/?start=2026-03-20T10:00Z", follow_redirects=False)
+
+    assert response.status_code == 303
+    assert response.headers["location"] == (
+        "/auth/login?next=http%3A%2F%2F127.0.0.1%3A8080%2Fprice-alerts%2F%3Fstart%3D2026-03-20T10%3A00Z"
+    )
+    expired = client.get("/price-alerts/", cookies={"_token": "forged"}, follow_redirects=False)
+    assert expired.status_code == 303
+
+
+def test_with_the_ui_cookie_the_page_and_its_data_are_served_with_a_strict_csp(client, token, aws):
+    previous, latest = Price(SLOT - layout.SLOT, 100.0, "ETH/USDT", "a"), Price(SLOT, 103.0, "ETH/USDT", "b")
+    entry = alerts.ledger_entry(Change(latest, previous, 3.0), Policy(), "notified", "<img src=x onerror=alert(1)>")
+    aws.put(layout.ledger_key(SLOT), alerts.ledger_bytes({**entry, "sns_message_id": "m-1"}))
+    client.cookies.set("_token", token)
+    try:
+        page = client.get("/price-alerts/")
+        data = client.get(f"/price-alerts/api/history?{RANGE}")
+        script = client.get("/price-alerts/static/page.js")
+    finally:
+        client.cookies.clear()
+
+    assert page.status_code == 200
+    assert "<title>Price alerts</title>" in page.text
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp
+    assert "script-src 'self'" in csp
+    assert "http" not in csp
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "innerHTML" not in script.text
+    assert "http://" not in script.text.replace("http://www.w3.org/2000/svg", "")
+    assert data.status_code == 200
+    [row, *rest] = data.json()["windows"]
+    assert (row["decision"], row["sns_message_id"], row["reason"]) == (
+        "notified",
+        "m-1",
+        "<img src=x onerror=alert(1)>",
+    )
+    assert [r["decision"] for r in rest] == ["missing"] * 5
+
+
+def test_the_plugin_is_read_only_and_refuses_bad_ranges(client, token):
+    headers = {"Authorization": f"Bearer {token}"}
+
+    assert client.post("/price-alerts/api/history", headers=headers).status_code == 405
+    assert client.delete("/price-alerts/", headers=headers).status_code == 405
+    too_long = client.get("/price-alerts/api/history?start=2026-01-01T00:00Z&end=2026-03-01T00:00Z", headers=headers)
+    assert too_long.status_code == 400
+    assert "31 days" in too_long.json()["detail"]
+    unknown_run = client.get("/price-alerts/api/history?dag_id=price_notification&run_id=nope", headers=headers)
+    assert unknown_run.status_code == 404
+    assert client.get("/price-alerts/static/index.py", headers=headers).status_code == 404
+
+
+def test_the_ui_lists_the_nav_view_and_the_dag_run_view(client, token):
+    response = client.get("/api/v2/plugins", headers={"Authorization": f"Bearer {token}"})
+
+    [plugin] = [p for p in response.json()["plugins"] if p["name"] == "price_alerts"]
+    assert [app["url_prefix"] for app in plugin["fastapi_apps"]] == ["/price-alerts"]
+    views = {view["destination"]: view for view in plugin["external_views"]}
+    assert views["nav"]["href"] == "/price-alerts/"
+    assert views["dag_run"]["href"] == "/price-alerts/?dag_id={DAG_ID}&run_id={RUN_ID}"
+    assert json.dumps(plugin).count("http") == 0  # nothing remote
