@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 import shutil
@@ -24,9 +25,7 @@ from include.price_pipeline import layout
 
 ROOT = Path(__file__).resolve().parents[2]
 VALID = ROOT / "tests" / "data" / "formats" / "valid"
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 POLONIEX_5M_CSV = ROOT / "tests" / "data" / "poloniex" / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
-POLONIEX_DAILY_JSON = SHARED_DATA / "raw" / "poloniex_returnChartData_BTC_ETH_period86400_first300.json"
 ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
 PAIR = "ETH/USDT"
 KEY = "crypto/01-data-ingestion/year=2017/month=07/day=14/20170714T0240Z.raw"
@@ -75,12 +74,6 @@ def normalize_object(data: bytes, aliases: dict = ALIASES, pair: str = PAIR) -> 
 def normalize_record(record: dict) -> dict:
     """One JSON-style record through ``normalize``."""
     return glue.normalize(record, ALIASES, PAIR, KEY, "json")
-
-
-def shared(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"../shared/data not present: {path} lives outside the repo and is never copied in")
-    return path
 
 
 # ---------------------------------------------------------------- the valid corpus
@@ -275,7 +268,7 @@ def test_weighted_average_is_derived_only_from_both_volumes():
 
 
 def test_real_5m_csv_each_row_as_its_own_headered_object():
-    header, *lines = shared(POLONIEX_5M_CSV).read_text().splitlines()
+    header, *lines = POLONIEX_5M_CSV.read_text().splitlines()
     assert len(lines) == 7673
     for line in lines:
         fmt, rows, skipped = normalize_object(f"{header}\n{line}\n".encode())
@@ -285,7 +278,7 @@ def test_real_5m_csv_each_row_as_its_own_headered_object():
 
 
 def test_real_5m_csv_as_one_object():
-    path = shared(POLONIEX_5M_CSV)
+    path = POLONIEX_5M_CSV
     fmt, rows, skipped = normalize_object(path.read_bytes())
     assert (fmt, skipped, len(rows)) == ("csv", [], 7673)
     with path.open(newline="") as handle:
@@ -296,21 +289,20 @@ def test_real_5m_csv_as_one_object():
     assert all(row["open"] == row["high"] == row["low"] == row["close"] == row["weighted_average"] for row in fillers)
 
 
-def test_real_daily_json_array_normalizes_every_record_to_its_own_slot():
-    text = shared(POLONIEX_DAILY_JSON).read_text()
-    fmt, rows, skipped = normalize_object(text.encode())
+def test_real_candles_as_one_returnchartdata_json_array_normalize_each_to_its_own_slot():
+    """The 5-minute file's first 300 candles as Poloniex's returnChartData answers them (one JSON array,
+    numbers as JSON numbers)."""
+    with POLONIEX_5M_CSV.open(newline="") as handle:
+        sources = [
+            {name: int(value) if name == "date" else float(value) for name, value in row.items()}
+            for row in itertools.islice(csv.DictReader(handle), 300)
+        ]
+    fmt, rows, skipped = normalize_object(json.dumps(sources).encode())
     assert (fmt, skipped, len(rows)) == ("json-array", [], 300)
-    for row, source in zip(rows, json.loads(text), strict=True):
+    for row, source in zip(rows, sources, strict=True):
         assert_same_candle(row, source)
     assert len({row["timestamp"] for row in rows}) == 300
-    first = rows[0]
-    assert (first["timestamp"], first["high"], first["open"], first["low"]) == (
-        "2015-08-08T00:00:00Z",
-        50.0,
-        50.0,
-        0.00262,
-    )
-    assert first["weighted_average"] == 0.00452958
+    assert rows[0]["timestamp"] == "2017-07-14T02:40:00Z"
 
 
 def assert_same_candle(row: dict, source: dict) -> None:
