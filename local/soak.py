@@ -40,7 +40,7 @@ from pathlib import Path
 from local import faults
 from local.api import Api, backfill_when_free
 from local.api import wait_for_backfill as wait_until_complete
-from local.stack import ROOT, Stack, free_port
+from local.stack import ROOT, Stack, isolated
 
 DAG_ID = "price_notification"
 DATA_FILE = ROOT / "tests" / "data" / "poloniex" / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
@@ -113,24 +113,19 @@ def _window_of_key(key: str) -> str | None:
 # --------------------------------------------------------------------------------------- stack
 
 
-def soak_stack(state_dir: Path, extra_env: dict[str, str] | None = None, seed: int = 0) -> Stack:
+def soak_stack(state_dir: Path, extra_env: dict[str, str] | None = None, seed: int = 0, **settings) -> Stack:
     """A private stack: free ports, no scheduled (cron) runs so only the runs a test creates exist."""
-    return Stack(
-        state_dir=state_dir,
-        standin_port=free_port(),
-        api_port=free_port(),
+    return isolated(
+        state_dir,
         extra_env={"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", **(extra_env or {})},
         standin_args=("--fault-seed", str(seed)),
+        **settings,
     )
 
 
 def start_stack(stack: Stack) -> Api:
     """Stand-in, database and every Airflow component; the DAG unpaused. Returns the logged-in API."""
-    stack.start_standin()
-    stack.start_database()
-    stack.start_airflow()
-    stack.wait_for_dag(DAG_ID)
-    stack.airflow("dags", "unpause", DAG_ID)
+    stack.start(unpause=(DAG_ID,))
     return Api(stack)
 
 

@@ -249,11 +249,38 @@ class Stack:
                 raise TimeoutError(f"api-server not answering after {timeout:.0f}s")
             time.sleep(0.5)
 
-    def start(self) -> None:
-        """Stand-in, database, then every Airflow component."""
+    def start(self, components: tuple[str, ...] | None = None, unpause: tuple[str, ...] = ()) -> None:
+        """Stand-in, database, then Airflow's ``components`` (default: all); each DAG of ``unpause``
+        once the dag-processor has serialized it."""
         self.start_standin()
         self.start_database()
-        self.start_airflow()
+        self.start_airflow(components)
+        for dag_id in unpause:
+            self.wait_for_dag(dag_id)
+            self.airflow("dags", "unpause", dag_id)
+
+    @contextlib.contextmanager
+    def running(self, components: tuple[str, ...] | None = None, unpause: tuple[str, ...] = ()):
+        """``start`` for the length of a ``with`` block; everything stopped at its end, whatever happened."""
+        try:
+            self.start(components, unpause)
+            yield self
+        finally:
+            self.stop()
+
+    def listening(self) -> set[tuple[str, int]]:
+        """(address, port) of every socket a process of this stack (or one of its children) listens on."""
+        import psutil
+
+        pids = set()
+        for process in self.processes.values():
+            root = psutil.Process(process.pid)
+            pids |= {root.pid, *(child.pid for child in root.children(recursive=True))}
+        return {
+            (conn.laddr.ip, conn.laddr.port)
+            for conn in psutil.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN and conn.pid in pids
+        }
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM each process group, then SIGKILL what is left after ``timeout`` seconds; PostgreSQL
@@ -336,6 +363,11 @@ class Stack:
                 return f"(see {self.passwords_file})"
             time.sleep(0.5)
         return json.loads(self.passwords_file.read_text()).get(ADMIN_USER, "")
+
+
+def isolated(state_dir: Path, **settings) -> Stack:
+    """A stack beside any other: its own state folder and free ports (tests, soak, bench)."""
+    return Stack(state_dir=state_dir, standin_port=free_port(), api_port=free_port(), **settings)
 
 
 def free_port() -> int:

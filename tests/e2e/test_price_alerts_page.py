@@ -21,7 +21,7 @@ import pytest
 from include.price_pipeline import layout, settings
 from local.api import Api, backfill_when_free, wait_for_backfill
 from local.feed import write_record
-from local.stack import ADMIN_USER, Stack, free_port
+from local.stack import ADMIN_USER, Stack, isolated
 from local.standin import client
 from tests.records import candle
 
@@ -54,20 +54,9 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def stack(stack_dir):
-    stack = Stack(
-        state_dir=stack_dir,
-        standin_port=free_port(),
-        api_port=free_port(),
-        extra_env={"PRICE_SENSOR_TIMEOUT_SECONDS": "30", "PRICE_SENSOR_POKE_SECONDS": "2"},
-    )
-    try:
-        stack.start()
-        for dag_id in (LIVE, BULK):
-            stack.wait_for_dag(dag_id)
-            stack.airflow("dags", "unpause", dag_id)
+    env = {"PRICE_SENSOR_TIMEOUT_SECONDS": "30", "PRICE_SENSOR_POKE_SECONDS": "2"}
+    with isolated(stack_dir, extra_env=env).running(unpause=(LIVE, BULK)) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import psutil
 import pytest
 
 from local import soak
 from local.feed import write_record
-from local.stack import Stack, free_port
 from tests.records import candle, seed_normalized
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -24,13 +22,7 @@ SLOT = timedelta(minutes=5)
 
 @pytest.fixture(scope="module")
 def stack(stack_dir):
-    stack = Stack(
-        state_dir=stack_dir,
-        standin_port=free_port(),
-        api_port=free_port(),
-        executor="CeleryExecutor",
-        extra_env={"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"},
-    )
+    stack = soak.soak_stack(stack_dir, executor="CeleryExecutor")
     try:
         stack.api = soak.start_stack(stack)
         yield stack
@@ -69,15 +61,7 @@ def worker_log(stack, name: str) -> str:
 def test_both_workers_are_up_and_every_port_is_on_loopback(stack):
     """Two workers, their log servers skipped; the broker on 127.0.0.1."""
     assert all("ready." in worker_log(stack, name) for name in ("celery-worker-1", "celery-worker-2"))
-    pids = set()
-    for process in stack.processes.values():
-        root = psutil.Process(process.pid)
-        pids |= {root.pid, *(child.pid for child in root.children(recursive=True))}
-    listening = {
-        (conn.laddr.ip, conn.laddr.port)
-        for conn in psutil.net_connections(kind="inet")
-        if conn.status == psutil.CONN_LISTEN and conn.pid in pids
-    }
+    listening = stack.listening()
 
     assert ("127.0.0.1", stack.broker_port) in listening
     assert {ip for ip, _ in listening} <= {"127.0.0.1"}, sorted(listening)

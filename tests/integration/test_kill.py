@@ -239,17 +239,7 @@ def test_the_api_and_ui_answer_only_after_a_login(stack):
 
 def test_every_port_the_stack_listens_on_is_on_loopback(stack):
     """Airflow's log servers would bind every interface; the stack starts without them."""
-    import psutil
-
-    pids = set()
-    for process in stack.processes.values():
-        root = psutil.Process(process.pid)
-        pids |= {root.pid, *(child.pid for child in root.children(recursive=True))}
-    listening = {
-        (conn.laddr.ip, conn.laddr.port)
-        for conn in psutil.net_connections(kind="inet")
-        if conn.status == psutil.CONN_LISTEN and conn.pid in pids
-    }
+    listening = stack.listening()
 
     assert listening
     assert {ip for ip, _ in listening} <= {"127.0.0.1"}, sorted(listening)

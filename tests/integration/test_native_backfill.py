@@ -17,7 +17,7 @@ from include.price_pipeline import layout, settings
 from local.api import wait_for_backfill
 from local.feed import write_record
 from local.soak import receive_all
-from local.stack import Stack, free_port
+from local.stack import Stack, isolated
 from local.standin import client, queue_name
 from tests.records import candle, seed_normalized
 
@@ -30,19 +30,9 @@ PRICES = (102.0, 102.1, 99.0, 99.5)  # after 100.0 at 09:55: breach, calm, breac
 
 @pytest.fixture(scope="module")
 def stack(stack_dir):
-    stack = Stack(
-        state_dir=stack_dir,
-        standin_port=free_port(),
-        api_port=free_port(),
-        extra_env={"PRICE_SENSOR_TIMEOUT_SECONDS": "30", "PRICE_SENSOR_POKE_SECONDS": "2"},
-    )
-    try:
-        stack.start()
-        stack.wait_for_dag(DAG_ID)
-        stack.airflow("dags", "unpause", DAG_ID)
+    env = {"PRICE_SENSOR_TIMEOUT_SECONDS": "30", "PRICE_SENSOR_POKE_SECONDS": "2"}
+    with isolated(stack_dir, extra_env=env).running(unpause=(DAG_ID,)) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def backfill(stack: Stack, notify: bool) -> None:

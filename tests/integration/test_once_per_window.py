@@ -17,7 +17,7 @@ from include.price_pipeline import layout
 from local import soak
 from local.api import Api, backfill_when_free
 from local.feed import write_record
-from local.stack import Stack, free_port
+from local.stack import Stack, isolated
 from tests.records import candle, seed_normalized
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -28,24 +28,11 @@ SLOT = layout.SLOT
 
 @pytest.fixture(scope="module")
 def stack(stack_dir):
-    stack = Stack(
-        state_dir=stack_dir,
-        standin_port=free_port(),
-        api_port=free_port(),
-        extra_env={"PRICE_SENSOR_TIMEOUT_SECONDS": "60", "PRICE_SENSOR_POKE_SECONDS": "2"},
-    )
-    try:
-        stack.start_standin()
-        stack.start_database()
-        # No scheduler yet: the first test starts it once its window's records are in, so the scheduled
-        # run of that window (catchup off: the latest one) is one of the racers.
-        stack.start_airflow(tuple(c for c in stack.components if c != "scheduler"))
-        for dag_id in (LIVE, BULK):
-            stack.wait_for_dag(dag_id)
-            stack.airflow("dags", "unpause", dag_id)
+    stack = isolated(stack_dir, extra_env={"PRICE_SENSOR_TIMEOUT_SECONDS": "60", "PRICE_SENSOR_POKE_SECONDS": "2"})
+    # No scheduler yet: the first test starts it once its window's records are in, so the scheduled run of
+    # that window (catchup off: the latest one) is one of the racers.
+    with stack.running(tuple(c for c in stack.components if c != "scheduler"), unpause=(LIVE, BULK)):
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

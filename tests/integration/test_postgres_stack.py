@@ -24,7 +24,7 @@ from include.price_pipeline import layout
 from local import backfill, run
 from local.api import Api
 from local.postgres import Postgres
-from local.stack import Stack, free_port
+from local.stack import isolated
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -33,7 +33,7 @@ DAG_ID = "price_notification"
 
 @pytest.fixture(scope="module")
 def stack(stack_dir):
-    stack = Stack(state_dir=stack_dir, standin_port=free_port(), api_port=free_port())
+    stack = isolated(stack_dir)
     try:
         stack.history = run.start(stack, log=lambda *args, **kwargs: None)
         yield stack
