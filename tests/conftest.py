@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -46,6 +47,9 @@ os.environ.update(
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": POSTGRES.uri,
         "AIRFLOW__API__BASE_URL": "http://127.0.0.1:8080",
+        # In-process API apps (the plugin tests) sign and check tokens with it; Airflow writes one into
+        # airflow.cfg only on some code paths, so a test order could leave it unset.
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.setdefault("PRICE_TEST_JWT_SECRET", secrets.token_urlsafe(64)),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
             {
