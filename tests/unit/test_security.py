@@ -28,6 +28,7 @@ import pytest
 
 from include.price_pipeline import layout
 from local.feed import render
+from local.postgres import Postgres
 from local.stack import ROOT, SIMPLE_AUTH_MANAGER, Stack
 from tests.records import candle
 
@@ -228,6 +229,7 @@ class FakeStack:
         self.standin_url, self.ui_url = "http://127.0.0.1:4566", "http://127.0.0.1:8080"
         self.logs = tmp_path / "logs"
         self.passwords_file = tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated"
+        self.postgres = Postgres(tmp_path / "postgres")
 
     def admin_password(self) -> str:
         return "generated-password"
