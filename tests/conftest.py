@@ -210,6 +210,8 @@ def airflow_db():
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, cwd=ROOT)
         yield AIRFLOW_HOME
     finally:
+        if "airflow.settings" in sys.modules:  # its atexit hook would talk to a stopped server
+            sys.modules["airflow.settings"].dispose_orm()
         stop_pid(server.pid)
         server.wait()
         shutil.rmtree(POSTGRES.data_dir, ignore_errors=True)  # ~40 MB per session; the logs stay
