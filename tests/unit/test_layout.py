@@ -261,6 +261,10 @@ CHECKED_COPIES = {
     "analysis_key",
     "range_objects_key",
     "quarantine_keys",
+    "_PAIR_SLUG",
+    "pair_slug",
+    "_pair_folder",
+    "pair_of_ingestion_key",
 }
 
 
@@ -284,6 +288,7 @@ def test_glue_copy_builds_the_same_stamps_partitions_and_keys_as_layout(moment, 
         assert glue.partition(slot) == layout.partition(slot)
         assert glue.ingestion_window_prefix(slot, prefix) == layout.ingestion_window_prefix(slot, prefix)
         assert glue.analysis_key(slot, prefix) == layout.analysis_key(slot, prefix)
+        assert glue.analysis_key(slot, prefix, "BTC/USDT") == layout.analysis_key(slot, prefix, pair="BTC/USDT")
         end = slot + layout.SLOT * 7
         assert glue.range_objects_key(slot, end, prefix) == layout.range_objects_key(slot, end, prefix)
 
@@ -398,3 +403,13 @@ def test_one_window_listing_finds_every_pairs_object_of_that_window_only(slot, o
     if slot == other:
         assert layout.pair_of_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT") == (pair or "ETH/USDT")
         assert layout.slot_of_key(key) == slot
+
+
+@pytest.mark.parametrize("rest", [".json", "/BTC_USDT.json", "/BTC_USDT-v2.csv", "/notes.txt", "/BTC_USDT_x", ""])
+def test_glue_copy_reads_the_pair_of_a_key_as_layout_does(rest):
+    assert glue._PAIR_SLUG.pattern == layout._PAIR_SLUG.pattern
+    assert glue.pair_slug("sol/usdt") == layout.pair_slug("sol/usdt")
+    key = layout.ingestion_window_prefix(SLOT) + rest
+    assert glue.pair_of_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == (
+        layout.pair_of_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT")
+    )
