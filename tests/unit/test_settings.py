@@ -214,7 +214,7 @@ def test_readme_lists_every_price_setting():
 def test_the_default_pairs_rule_in_the_file_must_be_what_the_single_pair_path_does(tmp_path):
     """The default pair is decided by the PRICE_* defaults and the DAG params: a file saying otherwise
     (another threshold, a second rule) is refused at parse time rather than silently not applied."""
-    doc = json.loads(open(settings.load({}).rules_file).read())
+    doc = json.loads((ROOT / settings.load({}).rules_file).read_text())
     doc["pairs"]["ETH/USDT"][0]["threshold_pct"] = 2.0
     path = tmp_path / "rules.json"
     path.write_text(json.dumps(doc))
