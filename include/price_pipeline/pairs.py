@@ -153,11 +153,11 @@ def _alerts(entry: dict, config: Config, run_url: str) -> list[dict]:
             continue
         pair, latest = entry["pair"], entry["latest"]["weighted_average"]
         what = (
-            f"{alerts._number(abs(rule['change_pct'])):.2f}% in {rule['minutes']} min"
+            f"{rule['direction']} {alerts._number(abs(rule['change_pct'])):.2f}% in {rule['minutes']} min"
             if rule["kind"] == rules.CHANGE
-            else f"crossed {rule['level']:g}"
+            else f"crossed {rule['level']:g} {rule['direction']}ward"
         )
-        subject = alerts.check_subject(f"{pair} {rule['direction']} {what}: {alerts.format_price(latest)}"[:99])
+        subject = alerts.check_subject(f"{pair} {what}: {alerts.format_price(latest)}"[:99])
         message = "\n".join(
             [
                 f"{pair} weighted average moved {alerts._number(rule['change_pct']):+.2f}% "
