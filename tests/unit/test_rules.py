@@ -325,3 +325,25 @@ def test_params_override_only_the_default_pairs_change_rule():
         p: r for p, r in loaded.pairs.items() if p != "ETH/USDT"
     }
     assert rules.with_overrides(loaded, {}) == loaded
+
+
+def test_make_runs_feed_fires_every_rule_of_the_local_file_within_ten_minutes_whenever_it_starts():
+    """local/feed.py's other pairs under include/rules/local.json: from any start, each of their rules
+    fires on one of the first two live windows (after the feed's hour of history)."""
+    from local.feed import pair_record
+
+    loaded = rules.load(rules.REPO_ROOT / "include" / "rules" / "local.json")
+    for start_minute in range(0, 20, 5):
+        first_live = T0 + timedelta(minutes=60 + start_minute)
+        slots = [first_live - FIVE * i for i in range(12, -2, -1)]
+        for pair, pair_rules in loaded.pairs.items():
+            if pair == loaded.default_pair:
+                continue
+            prices = []
+            for slot in slots:
+                record = pair_record(slot, pair, pair_rules)
+                prices.append(Price(slot, record["weightedAverage"], pair, "k"))
+            whole = rules.Series(prices)
+            for rule in pair_rules:
+                fired = [rules.evaluate(rule, whole, slot).decision for slot in slots[-2:]]
+                assert "notify" in fired, (pair, rule.name, start_minute)
