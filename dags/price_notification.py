@@ -270,15 +270,26 @@ def price_notification():
     if other_pairs:
 
         @task
-        def analyse_pairs(params=None, data_interval_start=None, dag_run=None) -> list[dict]:
+        def analyse_pairs(params=None, data_interval_start=None, dag_run=None, ti=None) -> list[dict]:
             """Every other pair's rules for the window; the due alerts as publish_pair_alert's kwargs."""
             from airflow.configuration import conf
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
             from airflow.providers.amazon.aws.hooks.sns import SnsHook
+            from airflow.sdk import get_current_context
+            from airflow.sdk.exceptions import AirflowRescheduleException
 
             from include.price_pipeline import analysis
 
             window_start = windows.run_window_start(data_interval_start, dag_run.run_after)
+            # Parallel backfills: the rules look back up to rule_set.history(); wait (up for reschedule) while
+            # an earlier window there is still being normalized, so every run decides from the same prices.
+            earlier = layout.slots_between(window_start - rule_set.history(), window_start)
+            counted = {"dag_id": dag_run.dag_id, "task_ids": ["normalize_price_record"], "logical_dates": earlier}
+            if ti.get_ti_count(**counted) - ti.get_ti_count(**counted, states=FINISHED_STATES):
+                started = ti.get_first_reschedule_date(get_current_context()) or pendulum.now("UTC")
+                if pendulum.now("UTC") - started < timedelta(seconds=config.previous_window_wait_seconds):
+                    raise AirflowRescheduleException(pendulum.now("UTC") + PREVIOUS_WINDOW_POKE)
+                log.warning("Earlier windows still normalizing after the wait: analysing with the CSVs there are")
             due, why_not = analysis.due_for_subscribers(
                 dag_run.run_type,
                 window_start + layout.SLOT,
