@@ -167,7 +167,7 @@ def glue_job_arguments(config: Config) -> dict[str, str]:
 
     pairs = rules.load(rules.resolve_path(config.rules_file)).pairs
     return {
-        "--pairs": ",".join(pair for pair in pairs if pair != config.pair),
+        "--pairs": ",".join(sorted(pair for pair in pairs if pair != config.pair)),
         "--bucket": config.bucket,
         "--ingestion_prefix": config.ingestion_prefix,
         "--analysis_prefix": config.analysis_prefix,
