@@ -227,11 +227,11 @@ def start_publish(s3, config: Config, slot: datetime, pair: str, rule: str, clai
     stamp = f"{pair} window {layout.slot_stamp(slot)} rule {rule}"
 
     def mark(entry):
-        if not entry or entry.get("claimed_by") != claimant or rule not in entry.get("rules", {}):
-            raise ClaimLost(f"{stamp} is not claimed by this run: not publishing")
-        state = entry["rules"][rule]
-        if state["decision"] == NOTIFIED:
+        state = (entry or {}).get("rules", {}).get(rule, {})
+        if state.get("decision") == NOTIFIED:
             raise AlreadyNotified(f"{stamp} already notified as SNS message {state['sns_message_id']}")
+        if not state or entry.get("claimed_by") != claimant:
+            raise ClaimLost(f"{stamp} is not claimed by this run: not publishing")
         if state.get(PUBLISH_STARTED):
             raise ClaimLeft(
                 f"{stamp}: claim left by an earlier publish of {claimant}, which may have sent the alert; "
