@@ -146,6 +146,13 @@ def pair_of_ingestion_key(key: str, slot: datetime, prefix: str, default_pair: s
     return f"{match.group(1)}/{match.group(2)}"
 
 
+def pair_of_analysis_key(key: str) -> str:
+    """The pair of a canonical CSV (or ledger) key: ``""`` (the default pair) for ``<slot>.csv``, the
+    slug's pair for ``<slot>/<BASE>_<QUOTE>.csv``."""
+    name = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return slug_pair(name) if _PAIR_SLUG.fullmatch(name) else ""
+
+
 def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX, pair: str = "") -> str:
     """Where the Glue job writes the canonical CSV of ``slot`` (``pair`` empty: the default pair)."""
     return f"{prefix}{partition(slot)}{slot_stamp(slot)}{_pair_folder(pair)}.csv"

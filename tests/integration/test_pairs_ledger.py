@@ -103,3 +103,45 @@ def test_a_backfill_records_a_firing_rule_as_suppressed_and_a_missing_pair_as_la
     later = pairs.analyse_pairs(aws.s3, aws.config, RULES, slot + layout.SLOT * 3, True, "", "url", "dag/live")
     assert later["late"] == {"BTC/USDT": "no record of the window when it was analysed"}
     assert "- BTC/USDT: no record of the window" in pairs.late_notice(slot, later["late"], "url")
+
+
+def test_the_bulk_backfill_writes_each_pairs_entries_as_a_backfill_run_does_and_parquet_per_pair(aws):
+    from datetime import datetime
+
+    from include.price_pipeline import history
+    from include.price_pipeline.analysis import Policy
+    from tests.records import seed_normalized
+
+    start = utc(2025, 9, 10, 6, 0)  # a day no other test writes
+    slots = [start + layout.SLOT * i for i in range(6)]
+    for i, slot in enumerate(slots):
+        seed_normalized(aws.s3, aws.config.bucket, candle(slot, 3000.0 + i))
+        seed(aws, slot, (99000.0, 99500.0, 100500.0, 100600.0, 99800.0, 103000.0)[i])
+
+    summary = history.backfill_history(
+        aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, Policy(), False, datetime.now().astimezone(),
+        rule_set=RULES,
+    )  # fmt: skip
+
+    month = aws.keys(layout.month_analysis_prefix(2025, 9))
+    by_pair = [layout.pair_of_analysis_key(key) for key in month]
+    assert summary["parquet"][0]["rows"] == by_pair.count("")  # the default pair's month: its rows only
+    btc = summary["pairs"]["BTC/USDT"]
+    assert btc["windows"] == 5
+    assert btc["parquet"][0]["rows"] == by_pair.count("BTC/USDT") > 6
+    assert btc["parquet"][0]["key"] == layout.parquet_key(2025, 9, pair="BTC/USDT")
+    bulk = {slot: aws.get(layout.ledger_key(slot, pair="BTC/USDT")) for slot in slots[1:]}
+    decisions = [json.loads(body)["rules"]["cross-100k"]["decision"] for body in bulk.values()]
+    assert decisions == [
+        "not_crossed",
+        "suppressed_backfill",
+        "not_crossed",
+        "suppressed_backfill",
+        "suppressed_backfill",
+    ]
+    for slot in slots[1:]:  # what a native backfill run of the window writes: the same bytes
+        aws.s3.delete_object(Bucket=aws.config.bucket, Key=layout.ledger_key(slot, pair="BTC/USDT"))
+        pairs.analyse_pairs(
+            aws.s3, aws.config, RULES, slot, False, "backfill run (notify_on_backfill is off)", "u", "r"
+        )
+        assert aws.get(layout.ledger_key(slot, pair="BTC/USDT")) == bulk[slot]
