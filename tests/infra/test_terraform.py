@@ -601,6 +601,22 @@ def test_mwaa_is_optional_and_off_by_default():
     assert "export${name}" in startup
 
 
+def test_catalog_has_the_other_pairs_parquet_partitioned_by_pair_and_month():
+    tf = module()
+    extra = {"local.s3_root": f"s3://{BUCKET}/"}
+    table = tf.resource("aws_glue_catalog_table", "pair_parquet")
+    assert tuple(k["name"] for k in table["partition_keys"]) == ("pair", "year", "month")
+    parameters = resolve(table["parameters"], extra)
+    assert parameters["projection.pair.type"] == "injected"
+    values = {"pair": "BTC_USDT", "year": "2026", "month": "01"}
+    filled = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], parameters["storage.location.template"])
+    key = layout.parquet_key(2026, 1, pair="BTC/USDT")
+    assert filled + layout.PARQUET_FILE_NAME == f"s3://{BUCKET}/{key}"
+    [storage] = table["storage_descriptor"]
+    [columns] = storage["dynamic"]
+    assert columns["columns"]["for_each"] == "${local.parquet_columns}"
+
+
 def test_catalog_columns_are_the_fields_the_pipeline_writes():
     from include.price_pipeline import alerts, analysis, history
 
