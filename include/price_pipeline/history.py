@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from include.price_pipeline import alerts, layout, store, windows
+from include.price_pipeline import alerts, layout, settings, store, windows
 from include.price_pipeline.analysis import (
     CLAIMED,
     NOTIFIED,
@@ -452,7 +452,9 @@ def publish_due(
             continue
         subject = alerts.alert_subject(entry, config.pair)
         message_id = publish(
-            subject, alerts.alert_message(entry, run_url, config.pair), alerts.alert_attributes(entry, config.pair)
+            subject,
+            alerts.alert_message(entry, run_url, config.pair),
+            alerts.alert_attributes(entry, config.pair, settings.default_rule_name(config)),
         )
         windows.record_notified(s3, config, entry, message_id, claimant)
         sent += 1

@@ -160,6 +160,14 @@ def load_rules(config: Config):
     return loaded
 
 
+def default_rule_name(config: Config) -> str:
+    """The name of the default pair's rule in the rules file (its alerts' ``rule`` attribute)."""
+    from include.price_pipeline import rules
+
+    loaded = rules.load(rules.resolve_path(config.rules_file)).pairs
+    return loaded[config.pair][0].name if config.pair in loaded else ""
+
+
 def glue_job_arguments(config: Config) -> dict[str, str]:
     """The Glue job's fixed arguments (the DAG adds the window); Terraform sets the same defaults.
     ``--pairs`` names the rules file's other pairs: one run normalizes every pair's record of a window."""
