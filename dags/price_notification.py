@@ -302,6 +302,7 @@ def price_notification():
             result = pairs.analyse_pairs(s3, config, rule_set, window_start, due, why_not, link, _claimant(dag_run))
             if result["late"]:
                 log.warning("Pairs late for window %s: %s", layout.slot_stamp(window_start), result["late"])
+            if result["late"] and due:  # a live window: ops hear of it (a backfill of old windows only logs it)
                 SnsHook(aws_conn_id=config.aws_conn_id).publish_to_target(
                     target_arn=config.ops_topic_arn,
                     subject=f"[price pipeline] Pairs late: {layout.slot_stamp(window_start)}",
