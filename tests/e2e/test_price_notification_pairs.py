@@ -113,3 +113,17 @@ def test_a_late_pair_is_reported_to_ops_and_does_not_hold_the_others(dag, aws):
     assert ops["Subject"] == f"[price pipeline] Pairs late: {layout.slot_stamp(slot)}"
     assert "- BTC/USDT: no record of the window when it was analysed" in ops["Message"]
     assert aws.keys(layout.ledger_key(slot, pair="BTC/USDT")) == []  # a later run can still decide it
+
+
+def test_an_old_window_without_a_pair_only_logs_it_late(dag, aws):
+    slot = W + layout.SLOT * 24
+    seed(aws, "ETH/USDT", slot - layout.SLOT, 100.0)
+    land(aws, "ETH/USDT", slot, 100.1)
+    land(aws, "SOL/USDT", slot, 160.0)
+
+    run = run_window(dag, slot)  # an old window, notify_on_backfill off: not due for subscribers
+
+    assert run.state == "success", task_states(run)
+    assert aws.alerts() == []
+    assert aws.ops() == []  # BTC/USDT was late, but a window this old is no news for ops
+    assert aws.keys(layout.ledger_key(slot, pair="BTC/USDT")) == []
