@@ -34,6 +34,8 @@ from airflow.sdk import Param, chain, dag, task
 from include.price_pipeline import history, settings
 
 config = settings.load()
+#: The pairs and their rules, validated now (one line naming the field); the other pairs are analysed too.
+rule_set = settings.load_rules(config)
 
 notify_ops = SnsNotifier(
     aws_conn_id=config.aws_conn_id,
@@ -113,6 +115,7 @@ def price_history_backfill():
                 publish,
                 alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id),
                 claimant=f"{dag_run.dag_id}/{dag_run.run_id}",
+                rule_set=rule_set,
             )
         except (history.NoUsableWindow, history.ClaimsLeft, alerts.UnsafeText) as failure:
             raise AirflowFailException(str(failure)) from None

@@ -18,6 +18,12 @@ candle starts at `data_interval_start`:
    **post_slack_alert** (only when `PRICE_SLACK_CONN_ID` names a Slack webhook connection) posts the
    same alert, escaped for Slack, after SNS accepted it.
 
+**Many pairs** (`PRICE_RULES_FILE` lists more than the default pair): the same Glue run normalizes every
+pair's record of the window; **analyse_pairs** decides each other pair's rules in one task (one ledger
+entry per pair and window) and **publish_pair_alert**, mapped over the due (pair, rule) alerts, publishes
+each once. The sensor waits for the default pair's record; a pair still missing then is reported to ops
+as late.
+
 A run without a logical date (REST or CLI trigger with none) analyses the latest window complete when it
 was triggered. Failures (a stale feed, a quarantined record, a claim left by a crash, any task) go to the
 ops topic, not to subscribers.
@@ -38,9 +44,12 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.providers.slack.operators.slack_webhook import SlackWebhookOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 
-from include.price_pipeline import alerts, layout, settings, windows
+from include.price_pipeline import alerts, layout, pairs, settings, windows
 
 config = settings.load()
+#: The pairs and their rules, validated now: a bad file fails the parse with one line naming the field.
+rule_set = settings.load_rules(config)
+other_pairs = pairs.other_pairs(rule_set)
 log = logging.getLogger(__name__)
 #: States in which an earlier window's normalize_price_record will not write its CSV any more.
 FINISHED_STATES = ["success", "failed", "skipped", "upstream_failed", "removed"]
@@ -78,6 +87,35 @@ def _record_notified(context, result) -> None:
     windows.record_notified(s3, config, entry, result["MessageId"], _claimant(context["dag_run"]))
 
 
+def _pair_alert(context) -> tuple:
+    """(window start, pair, rule) of a mapped publish_pair_alert (its message attributes name them)."""
+    attributes = context["task"].message_attributes
+    slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
+    return slot, attributes["symbol"], attributes["rule"]
+
+
+def _publish_pair_only_on_our_claim(context) -> None:
+    """Publish guard of one (pair, rule): only this run's claim, only once (see pairs.start_publish)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
+    try:
+        pairs.start_publish(s3, config, *_pair_alert(context), _claimant(context["dag_run"]))
+    except (windows.AlreadyNotified, windows.ClaimLost) as reason:
+        log.warning("%s", reason)
+        raise AirflowSkipException(str(reason)) from None
+    except windows.ClaimLeft as left:
+        raise AirflowFailException(str(left)) from None
+
+
+def _record_pair_notified(context, result) -> None:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
+    pairs.record_notified(s3, config, *_pair_alert(context), result["MessageId"], _claimant(context["dag_run"]))
+
+
 def _window_start(dag_run):
     return windows.run_window_start(dag_run.data_interval_start, dag_run.run_after)
 
@@ -100,6 +138,8 @@ notify_ops = SnsNotifier(
     default_args={**settings.DEFAULT_TASK_ARGS, "on_failure_callback": notify_ops},
     user_defined_macros={
         "window_prefix": partial(layout.ingestion_window_prefix, prefix=config.ingestion_prefix),
+        # the default pair's own object: its single-pair key, not another pair's in the window folder
+        "default_pair_glob": "[!/]*" if other_pairs else "*",
         "window_start": _window_start,
         "iso": lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "slot": layout.SLOT,
@@ -113,7 +153,7 @@ def price_notification():
         task_id="wait_for_price_record",
         aws_conn_id=config.aws_conn_id,
         bucket_name=config.bucket,
-        bucket_key="{{ window_prefix(window_start(dag_run)) }}*",
+        bucket_key="{{ window_prefix(window_start(dag_run)) }}{{ default_pair_glob }}",
         wildcard_match=True,
         deferrable=config.deferrable,
         poke_interval=config.sensor_poke_seconds,
@@ -226,6 +266,63 @@ def price_notification():
         is_alert_due(price_change["decision"]),
         *alert_tasks,
     )
+
+    if other_pairs:
+
+        @task
+        def analyse_pairs(params=None, data_interval_start=None, dag_run=None, ti=None) -> list[dict]:
+            """Every other pair's rules for the window; the due alerts as publish_pair_alert's kwargs."""
+            from airflow.configuration import conf
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+            from airflow.providers.amazon.aws.hooks.sns import SnsHook
+            from airflow.sdk import get_current_context
+            from airflow.sdk.exceptions import AirflowRescheduleException
+
+            from include.price_pipeline import analysis
+
+            window_start = windows.run_window_start(data_interval_start, dag_run.run_after)
+            # Parallel backfills: the rules look back up to rule_set.history(); wait (up for reschedule) while
+            # an earlier window there is still being normalized, so every run decides from the same prices.
+            earlier = layout.slots_between(window_start - rule_set.history(), window_start)
+            counted = {"dag_id": dag_run.dag_id, "task_ids": ["normalize_price_record"], "logical_dates": earlier}
+            if ti.get_ti_count(**counted) - ti.get_ti_count(**counted, states=FINISHED_STATES):
+                started = ti.get_first_reschedule_date(get_current_context()) or pendulum.now("UTC")
+                if pendulum.now("UTC") - started < timedelta(seconds=config.previous_window_wait_seconds):
+                    raise AirflowRescheduleException(pendulum.now("UTC") + PREVIOUS_WINDOW_POKE)
+                log.warning("Earlier windows still normalizing after the wait: analysing with the CSVs there are")
+            due, why_not = analysis.due_for_subscribers(
+                dag_run.run_type,
+                window_start + layout.SLOT,
+                pendulum.now("UTC"),
+                config.max_alert_age_minutes,
+                params["notify_on_backfill"],
+            )
+            link = alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id)
+            s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
+            result = pairs.analyse_pairs(s3, config, rule_set, window_start, due, why_not, link, _claimant(dag_run))
+            if result["late"]:
+                log.warning("Pairs late for window %s: %s", layout.slot_stamp(window_start), result["late"])
+            if result["late"] and due:  # a live window: ops hear of it (a backfill of old windows only logs it)
+                SnsHook(aws_conn_id=config.aws_conn_id).publish_to_target(
+                    target_arn=config.ops_topic_arn,
+                    subject=f"[price pipeline] Pairs late: {layout.slot_stamp(window_start)}",
+                    message=pairs.late_notice(window_start, result["late"], link),
+                )
+            return [
+                {"subject": a["subject"], "message": a["message"], "message_attributes": a["attributes"]}
+                for a in result["alerts"]
+            ]
+
+        pair_alerts = analyse_pairs()
+        publish_pair_alert = SnsPublishOperator.partial(
+            task_id="publish_pair_alert",
+            aws_conn_id=config.aws_conn_id,
+            target_arn=config.alert_topic_arn,
+            pre_execute=_publish_pair_only_on_our_claim,
+            post_execute=_record_pair_notified,
+        ).expand_kwargs(pair_alerts)
+
+        chain(normalize_price_record, pair_alerts, publish_pair_alert)
 
 
 price_notification()

@@ -9,6 +9,11 @@ Two sources:
 
 Records rotate through JSON, CSV, XML and key=value text, as a real multi-producer feed would.
 
+Every other pair of the rules file (``PRICE_RULES_FILE``) gets a record per window too, under its own
+key (``<slot>/<BASE>_<QUOTE>.<ext>``), made to show its rules firing within minutes (``pair_record``):
+a pair with a ``crossing`` rule swings around the level (one crossing every 10 minutes), any other
+steps by 1.2 % every 10 minutes (a 15-minute change above 0.8 % every 10 minutes, alternately up and down).
+
     python -m local.feed --endpoint http://127.0.0.1:4566 [--replay FILE] [--once]
 """
 
@@ -54,6 +59,32 @@ def synthetic_record(slot: datetime, seed: int = 7, start_price: float = 3000.0)
     }
 
 
+#: Demo price levels of pairs without a crossing rule (others: 100).
+PAIR_BASE = {"BTC/USDT": 90000.0, "ETH/USDT": 3000.0, "SOL/USDT": 150.0}
+#: Four-window cycles of another pair's price, relative to its base (see the module docstring).
+CROSSING_CYCLE = (1.004, 1.002, 0.998, 0.996)
+STEP_CYCLE = (1.0, 1.0, 1.012, 1.012)
+
+
+def pair_record(slot: datetime, pair: str, pair_rules, seed: int = 7) -> dict:
+    """The demo record of another pair for ``slot``: a function of (pair, rules, seed, slot) alone."""
+    crossing = next((rule for rule in pair_rules if rule.kind == "crossing"), None)
+    base, cycle = (crossing.level, CROSSING_CYCLE) if crossing else (PAIR_BASE.get(pair, 100.0), STEP_CYCLE)
+    rng = random.Random(f"{seed}:{pair}:{layout.slot_stamp(slot)}")  # noqa: S311 - demo data, not security
+    price = base * cycle[int(slot.timestamp()) // layout.SLOT_SECONDS % len(cycle)] * (1 + rng.gauss(0, 0.0002))
+    spread, volume = price * 0.0005, rng.uniform(20, 200)
+    return {
+        "date": int(slot.timestamp()),
+        "high": round(price + spread, 8),
+        "low": round(price - spread, 8),
+        "open": round(price, 8),
+        "close": round(price, 8),
+        "volume": round(volume * price, 8),
+        "quoteVolume": round(volume, 8),
+        "weightedAverage": round(price, 8),
+    }
+
+
 def render(record: dict, fmt: str) -> bytes:
     """A record in one of the producer formats the Glue job reads."""
     if fmt == "json":
@@ -74,11 +105,13 @@ def format_for(slot: datetime) -> str:
     return FORMATS[digest[0] % len(FORMATS)]
 
 
-def write_record(s3, bucket: str, record: dict, fmt: str | None = None, prefix: str = layout.INGESTION_PREFIX) -> str:
-    """Write ``record`` under its slot's ingestion key; return the key."""
+def write_record(
+    s3, bucket: str, record: dict, fmt: str | None = None, prefix: str = layout.INGESTION_PREFIX, pair: str = ""
+) -> str:
+    """Write ``record`` under its slot's ingestion key (``pair``: another pair than the default); return the key."""
     slot = datetime.fromtimestamp(int(float(record["date"])), tz=UTC)
     fmt = fmt or format_for(slot)
-    key = layout.ingestion_key(slot, f".{fmt}", prefix)
+    key = layout.ingestion_key(slot, f".{fmt}", prefix, pair=pair)
     s3.put_object(Bucket=bucket, Key=key, Body=render(record, fmt))
     return key
 
@@ -108,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     from local.standin import client
 
     config = settings.load()
+    rule_set = settings.load_rules(config)
+    others = {pair: rules for pair, rules in rule_set.pairs.items() if pair != config.pair}
     s3 = client("s3", args.endpoint)
     if args.replay and args.original_times:
         for row in replay_rows(args.replay):
@@ -124,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     slot = first
     while True:
         while slot <= current:
+            for pair, pair_rules in others.items():  # before the default pair's record, which starts the run
+                record = pair_record(slot, pair, pair_rules, args.seed)
+                write_record(s3, config.bucket, record, prefix=config.ingestion_prefix, pair=pair)
             key = write_record(s3, config.bucket, record_for(slot), prefix=config.ingestion_prefix)
             print(f"feed: wrote {key}", flush=True)
             slot += layout.SLOT

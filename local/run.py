@@ -8,7 +8,8 @@ process it started.
 
 Options (environment): STANDIN_PORT (4566), AIRFLOW_PORT (8080), FEED_REPLAY (a Poloniex CSV to
 replay instead of the synthetic walk), STANDIN_FAULTS (fault injection spec, see local/standin.py),
-AIRFLOW_EXECUTOR (LocalExecutor, or CeleryExecutor: two Celery workers and a local Redis broker).
+AIRFLOW_EXECUTOR (LocalExecutor, or CeleryExecutor: two Celery workers and a local Redis broker),
+PRICE_RULES_FILE (default here ``include/rules/local.json``: three pairs, a rule of each kind).
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ def describe(notification: dict, topic: str) -> str:
     )
 
 
+#: make run watches three pairs with a rule of each kind, so a newcomer sees each fire within minutes.
+LOCAL_RULES_FILE = "include/rules/local.json"
+
+
 def main() -> int:
+    os.environ.setdefault("PRICE_RULES_FILE", LOCAL_RULES_FILE)  # Airflow and the feed inherit it
     faults = os.environ.get("STANDIN_FAULTS")
     stack = Stack(
         standin_port=int(os.environ.get("STANDIN_PORT", "4566")),

@@ -62,6 +62,7 @@ resource "aws_glue_job" "normalize" {
     "--analysis_prefix"           = var.analysis_prefix
     "--quarantine_prefix"         = var.quarantine_prefix
     "--pair"                      = var.pair
+    "--pairs"                     = join(",", local.other_pairs)
     "--max_object_bytes"          = tostring(var.max_object_bytes)
     "--field_aliases"             = jsonencode(jsondecode(file(local.field_aliases_file)))
   }

@@ -15,6 +15,8 @@ locals {
   # The Glue job script and its field aliases, uploaded/passed as they are in the repository.
   glue_script_file   = "${path.module}/../include/glue/normalize_price_record.py"
   field_aliases_file = "${path.module}/../include/glue/field_aliases.json"
+  # The rules file's pairs other than the default one: the Glue job's --pairs (settings.glue_job_arguments).
+  other_pairs = sort([for pair in keys(jsondecode(file("${path.module}/../${var.rules_file}")).pairs) : pair if pair != var.pair])
   # Same key as the Airflow GlueJobOperator's upload: <s3_artifacts_prefix><script file name>.
   glue_script_key = "${local.glue_scripts_prefix}normalize_price_record.py"
 

@@ -16,6 +16,7 @@ locals {
     PRICE_GLUE_JOB_NAME     = aws_glue_job.normalize.name
     PRICE_GLUE_ROLE_NAME    = aws_iam_role.glue_job.name
     PRICE_MAX_OBJECT_BYTES  = tostring(var.max_object_bytes)
+    PRICE_RULES_FILE        = var.rules_file
   }
 }
 
@@ -72,4 +73,9 @@ output "PRICE_GLUE_ROLE_NAME" {
 output "PRICE_MAX_OBJECT_BYTES" {
   description = "raw objects above this are quarantined unread"
   value       = local.price_env.PRICE_MAX_OBJECT_BYTES
+}
+
+output "PRICE_RULES_FILE" {
+  description = "pairs and alert rules (JSON; relative to the repository root); its default_pair is PRICE_PAIR"
+  value       = local.price_env.PRICE_RULES_FILE
 }

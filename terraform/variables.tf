@@ -132,6 +132,12 @@ variable "glue_role_name" {
   default     = "price-glue-job"
 }
 
+variable "rules_file" {
+  description = "PRICE_RULES_FILE: the pairs and alert rules (JSON), relative to the repository root."
+  type        = string
+  default     = "include/rules/default.json"
+}
+
 variable "pair" {
   description = "PRICE_PAIR: trading pair named in records and alerts."
   type        = string

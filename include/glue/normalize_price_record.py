@@ -10,7 +10,11 @@ such as Glue's own, are ignored):
     --quarantine_prefix   copies of objects that could not be trusted, with a reason file
     --window_start        first slot to process, ISO 8601 (``2026-11-25T19:30:00Z``)
     --window_end          end of the range, exclusive (default: window_start + 5 minutes)
-    --pair                the configured pair: a record names it or none; every row carries it
+    --pair                the default pair: an object under a window's single-pair key (``<slot>...``)
+                          is for it; a record names it or none; every row carries it
+    --pairs               the other configured pairs, comma-separated (``BTC/USDT,SOL/USDT``): an object
+                          at ``<slot>/<BASE>_<QUOTE>...`` is for that pair and writes its own CSV
+                          ``<slot>/<BASE>_<QUOTE>.csv``; one naming no configured pair is quarantined
     --max_object_bytes    objects above this size are quarantined without being read whole
     --field_aliases       JSON: canonical field -> accepted spellings (include/glue/field_aliases.json)
 
@@ -89,8 +93,32 @@ def ingestion_window_prefix(slot, prefix):
     return prefix + partition(slot) + slot_stamp(slot)
 
 
-def analysis_key(slot, prefix):
-    return prefix + partition(slot) + slot_stamp(slot) + ".csv"
+_PAIR_SLUG = re.compile(r"([A-Z0-9]{2,12})_([A-Z0-9]{2,12})")
+
+
+def pair_slug(pair):
+    slug = pair.upper().replace("/", "_")
+    if not _PAIR_SLUG.fullmatch(slug):
+        raise ValueError("pair {!r} is not BASE/QUOTE of 2-12 letters or digits each".format(pair))
+    return slug
+
+
+def _pair_folder(pair):
+    return "/" + pair_slug(pair) if pair else ""
+
+
+def pair_of_ingestion_key(key, slot, prefix, default_pair):
+    rest = key[len(ingestion_window_prefix(slot, prefix)) :]
+    if not rest.startswith("/"):
+        return default_pair
+    match = _PAIR_SLUG.match(rest[1:])
+    if not match or rest[1 + match.end() : 2 + match.end()] not in ("", ".", "-"):
+        return None
+    return "{}/{}".format(match.group(1), match.group(2))
+
+
+def analysis_key(slot, prefix, pair=""):
+    return prefix + partition(slot) + slot_stamp(slot) + _pair_folder(pair) + ".csv"
 
 
 def range_objects_key(start, end, prefix):
@@ -789,10 +817,12 @@ def parse_args(argv):
     parser.add_argument("--window_start", required=True)
     parser.add_argument("--window_end", default="")
     parser.add_argument("--pair", default="ETH/USDT")
+    parser.add_argument("--pairs", default="")
     parser.add_argument("--max_object_bytes", type=int, default=1048576)
     parser.add_argument("--field_aliases", required=True)
     args, _glue_own_arguments = parser.parse_known_args(argv)
     args.aliases = json.loads(args.field_aliases)
+    args.other_pairs = [pair.strip() for pair in args.pairs.split(",") if pair.strip() and pair.strip() != args.pair]
     args.start = _timestamp(args.window_start)
     args.end = _timestamp(args.window_end) if args.window_end else args.start + timedelta(seconds=SLOT_SECONDS)
     return args
@@ -871,9 +901,10 @@ def process_object(s3, args, key, size=None):
     return records_of(read_bounded(s3, args.bucket, key, args.max_object_bytes, size), args, key)
 
 
-def records_of(data, args, key):
+def records_of(data, args, key, pair=None):
     """``(rows, problems)`` of one raw object's bytes: its valid canonical rows, and a one-line reason
-    per refused record; Rejected (with its format guess) when no record in it can be used."""
+    per refused record; Rejected (with its format guess) when no record in it can be used. ``pair``: the
+    pair the object's key is for (default ``--pair``)."""
     fmt = "unknown"
     try:
         fmt, raws = parse_object(decode_text(data))
@@ -883,7 +914,7 @@ def records_of(data, args, key):
     rows, problems = [], []
     for index, raw in enumerate(raws):
         try:
-            rows.append(normalize(raw, args.aliases, args.pair, key, fmt, decimal))
+            rows.append(normalize(raw, args.aliases, pair or args.pair, key, fmt, decimal))
         except Rejected as error:
             problems.append("record {}: {}".format(index, error))
     if not rows:
@@ -900,19 +931,20 @@ def _one_line(reasons):
 # --- the window contract: what an object found under window W may write
 
 
-def assess(data, args, key, slot):
+def assess(data, args, key, slot, pair=None):
     """What the raw object ``key``, listed under window ``slot``, offers that window.
 
     ``data`` is its bytes, or the Rejected raised while reading it. Returns ``{"key", "row", "reasons",
     "format"}``: ``row`` is the object's one valid record of ``slot`` (None if it has none, or more than
     one), ``reasons`` says why anything else in it was refused; a record of any other slot is refused,
     whatever it holds. Any failure inside is the object's own: it becomes a reason, never a crash.
+    ``pair`` is the pair its key is for (default ``--pair``).
     """
     outcome = {"key": key, "row": None, "reasons": [], "format": "unknown"}
     try:
         if isinstance(data, Rejected):
             raise data
-        rows, problems = records_of(data, args, key)
+        rows, problems = records_of(data, args, key, pair)
     except Rejected as error:
         outcome.update(reasons=[str(error)], format=error.format_guess)
         return outcome
@@ -939,15 +971,17 @@ def _elsewhere(stamp, slot):
     return "record of {} found under window {}: an object writes only its own window".format(stamp, slot_stamp(slot))
 
 
-def plan_window(args, slot, outcomes):
+def plan_window(args, slot, outcomes, pair=None):
     """Every write the objects listed under window ``slot`` lead to, decided before any is made.
 
     ``outcomes`` are ``assess`` results with the listing's ``modified`` added. The newest object
     (LastModified, then key) with a valid record of the window gives the canonical CSV, which names the
     older ones it superseded; an object with any refused record is copied to quarantine with the reasons;
     every object is tagged as ingested once those writes are made. The keys written are
-    ``analysis_key(slot)`` and ``quarantine_keys(slot, <listed key>)``, nothing else.
+    ``analysis_key(slot)`` (``<slot>/<SLUG>.csv`` for another ``pair`` than ``--pair``) and
+    ``quarantine_keys(slot, <listed key>)``, nothing else.
     """
+    other = pair if pair and pair != args.pair else ""
     candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: (o["modified"], o["key"]))
     plan = {"window": slot_stamp(slot), "csv": None, "used": None, "quarantine": []}
     plan["tag"] = sorted(o["key"] for o in outcomes)
@@ -955,7 +989,7 @@ def plan_window(args, slot, outcomes):
     if candidates:
         plan["used"] = candidates[-1]["key"]
         row = dict(candidates[-1]["row"], superseded=json.dumps(plan["superseded"]) if plan["superseded"] else "")
-        plan["csv"] = (analysis_key(slot, args.analysis_prefix), to_csv(row))
+        plan["csv"] = (analysis_key(slot, args.analysis_prefix, other), to_csv(row))
     for outcome in sorted(outcomes, key=lambda o: o["key"]):
         if outcome["reasons"]:
             copy_key, reason_key = quarantine_keys(slot, outcome["key"], args.quarantine_prefix)
@@ -966,6 +1000,8 @@ def plan_window(args, slot, outcomes):
                 "window": plan["window"],
                 "record_used": outcome["key"] == plan["used"],
             }
+            if other:
+                note["pair"] = other
             plan["quarantine"].append((outcome["key"], copy_key, reason_key, note))
     return plan
 
@@ -1004,8 +1040,9 @@ def run(s3, args, spread=False):
     results = _each(s3, args, _read_listed, objects, processes)
     by_window = {}
     for (_key, _size, slot, modified), outcome in zip(objects, results):  # noqa: B905 - no strict= on 3.9
-        by_window.setdefault(slot, []).append(dict(outcome, modified=modified))
-    plans = [plan_window(args, slot, outcomes) for slot, outcomes in sorted(by_window.items())]
+        pair = outcome.pop("pair")
+        by_window.setdefault((slot, pair or ""), []).append(dict(outcome, modified=modified))
+    plans = [plan_window(args, slot, outcomes, pair) for (slot, pair), outcomes in sorted(by_window.items())]
     summary = {"window_start": slot_stamp(args.start), "objects": len(objects), "rows": 0}
     summary.update(quarantined=[], superseded=[])
     for plan in plans:
@@ -1077,11 +1114,18 @@ def s3_client():
 def _read_listed(s3, args, listed):
     """Read one listed object (an S3 error fails the run, to be retried) and assess it (never raises)."""
     key, size, slot, _modified = listed
+    pair = pair_of_ingestion_key(key, slot, args.ingestion_prefix, args.pair)
+    if pair not in [args.pair] + args.other_pairs:
+        named = "no pair" if pair is None else "pair " + pair
+        reason = "key names {}, not one of the configured pairs ({})".format(
+            named, ", ".join([args.pair] + args.other_pairs)
+        )
+        return {"key": key, "row": None, "reasons": [reason], "format": "unknown", "pair": None}
     try:
         data = read_bounded(s3, args.bucket, key, args.max_object_bytes, size)
     except Rejected as error:
         data = error
-    return assess(data, args, key, slot)
+    return dict(assess(data, args, key, slot, pair), pair=pair)
 
 
 def main(argv=None):

@@ -119,10 +119,12 @@ def alert_message(entry: dict, run_url: str, pair: str) -> str:
     )
 
 
-def alert_attributes(entry: dict, pair: str) -> dict:
-    """SNS message attributes for subscription filter policies (change_pct is a finite Number)."""
+def alert_attributes(entry: dict, pair: str, rule: str = "") -> dict:
+    """SNS message attributes for subscription filter policies (change_pct is a finite Number); ``rule``
+    names the rules file's rule (SNS refuses an empty attribute: left out when there is none)."""
     return {
         "symbol": pair,
+        **({"rule": rule} if rule else {}),
         "direction": entry["direction"],
         "change_pct": round(_number(entry["change_pct"]), 4),
     }

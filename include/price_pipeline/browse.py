@@ -70,9 +70,26 @@ def _slot_ceiling(moment: datetime) -> datetime:
     return floor if floor == moment else floor + layout.SLOT
 
 
-def history(s3, config: Config, start: datetime, end: datetime) -> dict:
-    """Every window of ``[start, end)``, counts by decision, and the quarantined objects of the range."""
+def history(s3, config: Config, start: datetime, end: datetime, pair: str = "") -> dict:
+    """Every window of ``[start, end)``, counts by decision, and the quarantined objects of the range.
+
+    ``pair``: another pair than the default one (its ledger entries, a day at most: ValueError beyond);
+    each row shows the rule that decided most (notified, then claimed, suppressed, ...) and its reason."""
     slots = layout.slots_between(start, end)
+    if pair and pair != config.pair:
+        if len(slots) > LEDGER_MAX_WINDOWS:
+            raise ValueError(f"pairs other than {config.pair} are shown a day at a time")
+        rows = _mark_quarantined(_pair_rows(s3, config, slots, pair), bad := quarantined(s3, config, start, end))
+        return {
+            "start": iso(start),
+            "end": iso(end),
+            "mode": "ledger",
+            "pair": pair,
+            "threshold_pct": None,
+            "windows": rows,
+            "counts": dict(sorted(Counter(row["decision"] for row in rows).items())),
+            "quarantined": [item for item in bad if f"/{layout.pair_slug(pair)}" in (item["source_key"] or "")],
+        }
     if len(slots) <= LEDGER_MAX_WINDOWS:
         mode, rows = "ledger", _rows_from_ledger(s3, config, slots)
     else:
@@ -178,6 +195,37 @@ def _read_entries(s3, config: Config, keys: list[str]) -> dict[str, dict]:
     with ThreadPoolExecutor(WORKERS) as pool:
         entries = list(pool.map(read, keys))
     return {key: entry for key, entry in zip(keys, entries, strict=True) if entry is not None}
+
+
+#: Which rule's decision a pair's row shows: the first of these any rule has, else the first rule's.
+RULE_PRECEDENCE = (
+    "notified",
+    "publishing",
+    "notify",
+    "suppressed_backfill",
+    "suppressed_cooldown",
+    "below_min_abs_move",
+)
+
+
+def row_from_pair_entry(slot: datetime, entry: dict) -> dict:
+    """A page row from another pair's entry: the window's price and the deciding rule's change and reason."""
+    decided = entry.get("rules") if isinstance(entry.get("rules"), dict) else {}
+    states = [(name, rule) for name, rule in decided.items() if isinstance(rule, dict)]
+    rank = {decision: index for index, decision in enumerate(RULE_PRECEDENCE)}
+    name, rule = min(states, key=lambda s: rank.get(s[1].get("decision"), len(rank)), default=("", {}))
+    flat = {**rule, "latest": entry.get("latest"), "reason": f"{name}: {rule.get('reason')}" if name else None}
+    return row_from_entry(slot, flat)
+
+
+def _pair_rows(s3, config: Config, slots: list[datetime], pair: str) -> list[dict]:
+    existing = _ledger_keys(s3, config, slots)
+    key_of = {slot: layout.ledger_key(slot, config.changes_prefix, pair=pair) for slot in slots}
+    entries = _read_entries(s3, config, [key for key in key_of.values() if key in existing])
+    return [
+        row_from_pair_entry(slot, entries[key_of[slot]]) if key_of[slot] in entries else missing_row(slot)
+        for slot in slots
+    ]
 
 
 def _rows_from_ledger(s3, config: Config, slots: list[datetime]) -> list[dict]:

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from include.price_pipeline import alerts, layout, store, windows
+from include.price_pipeline import alerts, layout, settings, store, windows
 from include.price_pipeline.analysis import (
     CLAIMED,
     NOTIFIED,
@@ -300,16 +300,22 @@ def list_with_etags(s3, bucket: str, prefixes: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def all_month_keys(s3, config: Config, start: datetime, end: datetime) -> list[str]:
+    """Every canonical CSV key (every pair's) of each month of ``[start, end)``: one listing per month."""
+    keys = []
+    for year, month in layout.months_between(start, end - layout.SLOT):
+        month_prefix = layout.month_analysis_prefix(year, month, config.analysis_prefix)
+        keys.extend(k for k in store.list_keys(s3, config.bucket, month_prefix) if k.endswith(".csv"))
+    return keys
+
+
 def canonical_keys(s3, config: Config, start: datetime, end: datetime, policy: Policy) -> tuple[list[str], list[str]]:
     """(keys the analysis needs, keys of every month touched by the range) of canonical CSVs.
 
     The analysis needs ``[context_start, end)``; Parquet needs every CSV of each month of ``[start, end)``.
     """
     last = end - layout.SLOT
-    month_keys = []
-    for year, month in layout.months_between(start, last):
-        month_prefix = layout.month_analysis_prefix(year, month, config.analysis_prefix)
-        month_keys.extend(k for k in store.list_keys(s3, config.bucket, month_prefix) if k.endswith(".csv"))
+    month_keys = [key for key in all_month_keys(s3, config, start, end) if not layout.pair_of_analysis_key(key)]
     first_key = layout.analysis_key(start, config.analysis_prefix)
     last_key = layout.analysis_key(last, config.analysis_prefix)
     in_range = [key for key in month_keys if first_key <= key <= last_key]
@@ -379,18 +385,21 @@ def _decision(body: bytes) -> str | None:
         return None
 
 
-def write_parquet(s3, bucket: str, prefix: str, bodies: dict[str, bytes], month_keys: list[str]) -> list[dict]:
-    """Rewrite the Parquet object of each month from all its canonical CSVs; skip identical bytes."""
+def write_parquet(
+    s3, bucket: str, prefix: str, bodies: dict[str, bytes], month_keys: list[str], pair: str = ""
+) -> list[dict]:
+    """Rewrite the Parquet object of each month from all its canonical CSVs; skip identical bytes.
+    ``pair``: another pair than the default one, under ``pair=<BASE>_<QUOTE>/``."""
     by_month: dict[tuple[int, int], list[dict]] = {}
     for key in month_keys:
         slot = layout.slot_of_key(key)
         rows = by_month.setdefault((slot.year, slot.month), [])
         if key in bodies:
             rows.extend(canonical_rows(bodies[key]))
-    stored = list_with_etags(s3, bucket, [layout.parquet_key(y, m, prefix) for y, m in by_month])
+    stored = list_with_etags(s3, bucket, [layout.parquet_key(y, m, prefix, pair) for y, m in by_month])
     out = []
     for (year, month), rows in sorted(by_month.items()):
-        key, body = layout.parquet_key(year, month, prefix), parquet_bytes(rows)
+        key, body = layout.parquet_key(year, month, prefix, pair), parquet_bytes(rows)
         changed = stored.get(key) != store.md5(body)
         if changed:
             store.write_bytes(s3, bucket, key, body, "application/vnd.apache.parquet")
@@ -443,7 +452,9 @@ def publish_due(
             continue
         subject = alerts.alert_subject(entry, config.pair)
         message_id = publish(
-            subject, alerts.alert_message(entry, run_url, config.pair), alerts.alert_attributes(entry, config.pair)
+            subject,
+            alerts.alert_message(entry, run_url, config.pair),
+            alerts.alert_attributes(entry, config.pair, settings.default_rule_name(config)),
         )
         windows.record_notified(s3, config, entry, message_id, claimant)
         sent += 1
@@ -462,6 +473,7 @@ def backfill_history(
     run_url: str = "",
     parquet_prefix: str = layout.PARQUET_PREFIX,
     claimant: str = "",
+    rule_set=None,
 ) -> dict:
     """Analyse every window of ``[start, end)`` from the canonical CSVs, write the ledger and the
     monthly Parquet, claim and publish due breaches when allowed; return the summary (also logged).
@@ -496,6 +508,11 @@ def backfill_history(
     summary["notified"] = published.get("sent", 0)
     summary["claimed_elsewhere"] = published.get("claimed_elsewhere", 0)
     clock.done("publish")
+    if rule_set is not None and len(rule_set.pairs) > 1:
+        summary["pairs"] = backfill_pairs(
+            s3, config, rule_set, start, end, range_key, notify_on_backfill, parquet_prefix
+        )
+        clock.done("pairs")
     summary["seconds"] = clock.seconds
     log_summary(summary)
     if published.get("claims_left"):
@@ -505,6 +522,46 @@ def backfill_history(
             + "; to release a claim see README"
         )
     return summary
+
+
+def backfill_pairs(
+    s3, config: Config, rule_set, start: datetime, end: datetime, range_key: str, notify_on_backfill: bool,
+    parquet_prefix: str = layout.PARQUET_PREFIX,
+) -> dict:  # fmt: skip
+    """The other pairs of the rules file over ``[start, end)``: each window's entry with every rule's
+    decision (as a native backfill run of price_notification writes it), one ledger pass for all pairs
+    (never over a ``publishing`` or ``notified`` entry) and each pair's monthly Parquet. Firing rules are
+    recorded ``suppressed_backfill``: this DAG publishes the default pair's breaches only."""
+    from include.price_pipeline import pairs, rules
+
+    others = pairs.other_pairs(rule_set)
+    history = max(rule.history for pair in others for rule in rule_set.pairs[pair])
+    month_keys = [key for key in all_month_keys(s3, config, start, end) if layout.pair_of_analysis_key(key) in others]
+    before = []
+    for day in layout.day_partitions(start - history, start - layout.SLOT):
+        before += store.list_keys(s3, config.bucket, f"{config.analysis_prefix}{day}")
+    first, last = layout.slot_stamp(start - history), layout.slot_stamp(start - layout.SLOT)
+    before = [k for k in before if layout.pair_of_analysis_key(k) in others and first <= layout.slot_stamp(
+        layout.slot_of_key(k)) <= last]  # fmt: skip
+    bodies, _ = read_canonical(s3, config.bucket, sorted(set(month_keys) | set(before)), range_key)
+    why = "bulk backfill: this DAG publishes the default pair only" if notify_on_backfill else (
+        "backfill run (notify_on_backfill is off)")  # fmt: skip
+    objects, out = {}, {}
+    for pair in others:
+        keys = [k for k in sorted(set(month_keys) | set(before)) if layout.pair_of_analysis_key(k) == pair]
+        series = rules.Series([parse_canonical_csv(bodies[k]) for k in keys if k in bodies])
+        windows_done = 0
+        for price in series.prices:
+            if not start <= price.slot < end:
+                continue
+            decided = {rule.name: rules.evaluate(rule, series, price.slot) for rule in rule_set.pairs[pair]}
+            entry = pairs.pair_entry(pair, price.slot, price, rule_set.pairs[pair], decided, False, why)
+            objects[layout.ledger_key(price.slot, config.changes_prefix, pair=pair)] = alerts.ledger_bytes(entry)
+            windows_done += 1
+        parquet = write_parquet(s3, config.bucket, parquet_prefix, bodies, [k for k in keys if k in month_keys], pair)
+        out[pair] = {"windows": windows_done, "parquet": parquet}
+    out["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, start, end - layout.SLOT)
+    return out
 
 
 class _Phases:

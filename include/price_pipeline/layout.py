@@ -16,6 +16,18 @@ Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHM
 
 A window ``[start, start + 5 min)`` owns the record whose candle starts at ``start``; its ingestion
 object is found by listing the one prefix ``ingestion_window_prefix(start)``, never by a bucket scan.
+
+Many pairs: a pair other than the default one writes under the window's folder, named by its slug
+``BASE_QUOTE`` (``ingestion_key(slot, ext, pair=...)``)::
+
+    crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE><anything>
+    crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE>.csv
+    crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE>.json
+
+The same single listing of ``ingestion_window_prefix(start)`` returns every pair's object of the window
+(the default pair's ``<slot>.json`` and the others' ``<slot>/<SLUG>...``): one listing per window,
+whatever the number of pairs. The default pair keeps the single-pair keys, so existing objects, ledgers
+and readers stay valid without a migration (``pair_of_ingestion_key`` reads them as the default pair).
 """
 
 from __future__ import annotations
@@ -94,14 +106,56 @@ def ingestion_window_prefix(slot: datetime, prefix: str = INGESTION_PREFIX) -> s
     return f"{prefix}{partition(slot)}{slot_stamp(slot)}"
 
 
-def ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION_PREFIX) -> str:
-    """Where a producer writes the record of ``slot``; ``extension`` includes its dot (``.json``)."""
-    return f"{ingestion_window_prefix(slot, prefix)}{extension}"
+_PAIR_SLUG = re.compile(r"([A-Z0-9]{2,12})_([A-Z0-9]{2,12})")
 
 
-def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
-    """Where the Glue job writes the canonical CSV of ``slot``."""
-    return f"{prefix}{partition(slot)}{slot_stamp(slot)}.csv"
+def pair_slug(pair: str) -> str:
+    """The key part naming a pair: ``ETH/USDT`` is ``ETH_USDT`` (upper case, ``/`` becomes ``_``)."""
+    slug = pair.upper().replace("/", "_")
+    if not _PAIR_SLUG.fullmatch(slug):
+        raise ValueError(f"pair {pair!r} is not BASE/QUOTE of 2-12 letters or digits each")
+    return slug
+
+
+def slug_pair(slug: str) -> str:
+    """Inverse of :func:`pair_slug`."""
+    return slug.replace("_", "/", 1)
+
+
+def _pair_folder(pair: str) -> str:
+    """``""`` for the default pair (the single-pair keys), else ``/<SLUG>``."""
+    return f"/{pair_slug(pair)}" if pair else ""
+
+
+def ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION_PREFIX, pair: str = "") -> str:
+    """Where a producer writes the record of ``slot``; ``extension`` includes its dot (``.json``).
+    ``pair`` empty: the default pair's single-pair key; else the pair's key in the window's folder."""
+    return f"{ingestion_window_prefix(slot, prefix)}{_pair_folder(pair)}{extension}"
+
+
+def pair_of_ingestion_key(key: str, slot: datetime, prefix: str, default_pair: str) -> str | None:
+    """The pair a raw object listed under the window of ``slot`` is for: ``default_pair`` for a
+    single-pair key (``<slot>`` then anything but ``/``), the slug's pair for ``<slot>/<SLUG>...``,
+    None for a key in the window's folder that names no pair."""
+    rest = key[len(ingestion_window_prefix(slot, prefix)) :]
+    if not rest.startswith("/"):
+        return default_pair
+    match = _PAIR_SLUG.match(rest[1:])
+    if not match or rest[1 + match.end() : 2 + match.end()] not in ("", ".", "-"):
+        return None
+    return f"{match.group(1)}/{match.group(2)}"
+
+
+def pair_of_analysis_key(key: str) -> str:
+    """The pair of a canonical CSV (or ledger) key: ``""`` (the default pair) for ``<slot>.csv``, the
+    slug's pair for ``<slot>/<BASE>_<QUOTE>.csv``."""
+    name = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return slug_pair(name) if _PAIR_SLUG.fullmatch(name) else ""
+
+
+def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX, pair: str = "") -> str:
+    """Where the Glue job writes the canonical CSV of ``slot`` (``pair`` empty: the default pair)."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}{_pair_folder(pair)}.csv"
 
 
 def range_objects_key(start: datetime, end: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
@@ -111,9 +165,10 @@ def range_objects_key(start: datetime, end: datetime, prefix: str = ANALYSIS_PRE
     return f"{prefix}_ranges/{slot_stamp(start)}-{slot_stamp(end)}.jsonl"
 
 
-def ledger_key(slot: datetime, prefix: str = CHANGES_PREFIX) -> str:
-    """Where the price-change ledger entry of the window starting at ``slot`` lives."""
-    return f"{prefix}{partition(slot)}{slot_stamp(slot)}.json"
+def ledger_key(slot: datetime, prefix: str = CHANGES_PREFIX, pair: str = "") -> str:
+    """Where the price-change ledger entry of the window starting at ``slot`` lives (one per pair and
+    window; ``pair`` empty: the default pair)."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}{_pair_folder(pair)}.json"
 
 
 def quarantine_keys(slot: datetime, source_key: str, prefix: str = QUARANTINE_PREFIX) -> tuple[str, str]:
@@ -177,9 +232,11 @@ def month_analysis_prefix(year: int, month: int, prefix: str = ANALYSIS_PREFIX) 
     return f"{prefix}{month_partition(year, month)}"
 
 
-def parquet_key(year: int, month: int, prefix: str = PARQUET_PREFIX) -> str:
-    """Where the month's canonical records are compacted to Parquet (one object per month)."""
-    return f"{prefix}{month_partition(year, month)}{PARQUET_FILE_NAME}"
+def parquet_key(year: int, month: int, prefix: str = PARQUET_PREFIX, pair: str = "") -> str:
+    """Where the month's canonical records are compacted to Parquet (one object per month); another pair
+    than the default one under ``pair=<SLUG>/`` (Hive partitions pair, year, month for Athena)."""
+    folder = f"pair={pair_slug(pair)}/" if pair else ""
+    return f"{prefix}{folder}{month_partition(year, month)}{PARQUET_FILE_NAME}"
 
 
 def quarantine_window_prefix(slot: datetime, prefix: str = QUARANTINE_PREFIX) -> str:

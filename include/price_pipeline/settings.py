@@ -64,6 +64,11 @@ SETTINGS = (
     Setting("PRICE_DEFERRABLE", "true", "defer waits to the triggerer; false where none runs (dags test)"),
     Setting("PRICE_SLACK_CONN_ID", "", "Slack incoming-webhook connection; empty: alerts go to SNS only"),
     Setting("PRICE_MAX_OBJECT_BYTES", "1048576", "raw objects above this are quarantined unread"),
+    Setting(
+        "PRICE_RULES_FILE",
+        "include/rules/default.json",
+        "pairs and alert rules (JSON; relative to the repository root); its default_pair is PRICE_PAIR",
+    ),
 )
 
 _BY_NAME = {s.env: s for s in SETTINGS}
@@ -102,6 +107,7 @@ class Config:
     deferrable: bool
     slack_conn_id: str
     max_object_bytes: int
+    rules_file: str
 
 
 def _boolean(raw: str) -> bool:
@@ -126,9 +132,50 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     return Config(**values)
 
 
+def load_rules(config: Config):
+    """The rules file ``PRICE_RULES_FILE`` names, validated (RulesError: one line naming the pair, rule and
+    field); its ``default_pair`` must be ``PRICE_PAIR``. A small local file: fine when a DAG is parsed."""
+    from include.price_pipeline import rules
+
+    loaded = rules.load(rules.resolve_path(config.rules_file))
+    if loaded.default_pair != config.pair:
+        raise rules.RulesError(
+            f"rules file {config.rules_file}: default_pair {loaded.default_pair} is not PRICE_PAIR {config.pair}"
+        )
+    # The default pair keeps its single-pair path: one 5-minute change rule, set by the PRICE_* defaults and
+    # the DAG params; the file must say the same, so it never reads as something it does not do.
+    expected = rules.Rule(
+        loaded.pairs[config.pair][0].name,
+        rules.CHANGE,
+        threshold_pct=config.threshold_pct,
+        minutes=5,
+        tolerance_minutes=config.lookback_minutes - 5,
+    )
+    if loaded.pairs[config.pair] != (expected,):
+        raise rules.RulesError(
+            f"rules file {config.rules_file}: pair {config.pair}: the default pair takes one change rule of 5 "
+            f"minutes with threshold_pct {config.threshold_pct} (PRICE_THRESHOLD_PCT) and tolerance_minutes "
+            f"{config.lookback_minutes - 5} (PRICE_LOOKBACK_MINUTES - 5), no min_abs_move or cooldown (DAG params)"
+        )
+    return loaded
+
+
+def default_rule_name(config: Config) -> str:
+    """The name of the default pair's rule in the rules file (its alerts' ``rule`` attribute)."""
+    from include.price_pipeline import rules
+
+    loaded = rules.load(rules.resolve_path(config.rules_file)).pairs
+    return loaded[config.pair][0].name if config.pair in loaded else ""
+
+
 def glue_job_arguments(config: Config) -> dict[str, str]:
-    """The Glue job's fixed arguments (the DAG adds the window); Terraform sets the same defaults."""
+    """The Glue job's fixed arguments (the DAG adds the window); Terraform sets the same defaults.
+    ``--pairs`` names the rules file's other pairs: one run normalizes every pair's record of a window."""
+    from include.price_pipeline import rules
+
+    pairs = rules.load(rules.resolve_path(config.rules_file)).pairs
     return {
+        "--pairs": ",".join(sorted(pair for pair in pairs if pair != config.pair)),
         "--bucket": config.bucket,
         "--ingestion_prefix": config.ingestion_prefix,
         "--analysis_prefix": config.analysis_prefix,

@@ -97,13 +97,18 @@ def list_keys(s3, bucket: str, prefix: str, start_after: str = "") -> list[str]:
 
 
 def analysis_keys_between(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> list[str]:
-    """Canonical CSV keys with slots in ``[first, last]``: one listing per day partition."""
+    """The default pair's canonical CSV keys with slots in ``[first, last]``: one listing per day partition
+    (other pairs' CSVs, in the window folders ``<slot>/<SLUG>.csv``, are not the default pair's)."""
     first_key, last_key = layout.analysis_key(first, prefix), layout.analysis_key(last, prefix)
     keys = []
     for day in layout.day_partitions(first, last):
         day_prefix = f"{prefix}{day}"
         after = "" if first_key < day_prefix else _just_before(first_key)
-        keys.extend(k for k in list_keys(s3, bucket, day_prefix, after) if first_key <= k <= last_key)
+        keys.extend(
+            k
+            for k in list_keys(s3, bucket, day_prefix, after)
+            if first_key <= k <= last_key and "/" not in k[len(day_prefix) :]
+        )
     return keys
 
 

@@ -26,7 +26,7 @@ from include.price_pipeline.analysis import (
     series_changes,
     suppressed_for_lateness,
 )
-from include.price_pipeline.settings import Config
+from include.price_pipeline.settings import Config, default_rule_name
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
@@ -176,7 +176,7 @@ def _due(claimed: dict, config: Config, run_url: str) -> dict:
         "entry": entry,
         "subject": subject,
         "message": message,
-        "attributes": alerts.alert_attributes(entry, config.pair),
+        "attributes": alerts.alert_attributes(entry, config.pair, default_rule_name(config)),
         "slack": alerts.slack_text(subject, message),
     }
 

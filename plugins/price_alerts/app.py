@@ -86,6 +86,7 @@ Start = Annotated[str | None, Query(max_length=40)]
 End = Annotated[str | None, Query(max_length=40)]
 DagId = Annotated[str | None, Query(max_length=250)]
 RunId = Annotated[str | None, Query(max_length=250)]
+PairName = Annotated[str | None, Query(max_length=30)]
 
 
 def create_app() -> FastAPI:
@@ -118,14 +119,29 @@ def create_app() -> FastAPI:
         return FileResponse(STATIC / name, media_type=FILES[name])
 
     @app.get("/api/history")
-    def history(_user: User, start: Start = None, end: End = None, dag_id: DagId = None, run_id: RunId = None):
+    def history(
+        _user: User, start: Start = None, end: End = None, dag_id: DagId = None, run_id: RunId = None,
+        pair: PairName = None,
+    ):  # fmt: skip
         """The windows of ``[start, end)`` (default: the last 24 hours), or around one DAG run's window.
-        Over a long range, rows marked ``pending`` are completed by ``/api/ledger`` for the same range."""
-        from include.price_pipeline import browse
+        Over a long range, rows marked ``pending`` are completed by ``/api/ledger`` for the same range.
+        ``pair``: one of the rules file's pairs (default: the default pair)."""
+        from include.price_pipeline import browse, settings
 
         first, last, focus = resolve_range(start, end, dag_id, run_id)
         config = load_config()
-        data = browse.history(s3_client(config), config, first, last)
+        rule_set = settings.load_rules(config)
+        pairs = list(rule_set.pairs)
+        if pair and pair not in pairs:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"pair must be one of {', '.join(pairs)}")
+        try:
+            data = browse.history(s3_client(config), config, first, last, pair or "")
+        except ValueError as error:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
+        data["pairs"], data["pair"] = pairs, pair or config.pair
+        if data["threshold_pct"] is None:  # another pair: the band of its first change rule, if any
+            changes = [rule.threshold_pct for rule in rule_set.pairs[pair] if rule.kind == "change"]
+            data["threshold_pct"] = changes[0] if changes else 0.0
         links = run_links(first, last)
         for row in data["windows"]:
             row["run_url"] = links.get(row["window_start"])

@@ -345,7 +345,7 @@ def test_glue_job_arguments_match_the_script_and_settings():
     assert _script_options() - per_run == set(arguments) - {"--additional-python-modules"}
 
     assert arguments["--bucket"] == "${aws_s3_bucket.data.id}"
-    fixed = {k: v for k, v in arguments.items() if k != "--field_aliases"}
+    fixed = {k: v for k, v in arguments.items() if k not in ("--field_aliases", "--pairs")}
     resolved = resolve(fixed, extra={"aws_s3_bucket.data.id": BUCKET})
     assert resolved["--ingestion_prefix"] == layout.INGESTION_PREFIX
     assert resolved["--analysis_prefix"] == layout.ANALYSIS_PREFIX
@@ -368,10 +368,14 @@ def test_glue_job_arguments_match_what_the_dag_passes():
     dag = settings.glue_job_arguments(config)
     arguments = module().resource("aws_glue_job", "normalize")["default_arguments"]
     assert set(dag) == set(arguments) - {"--additional-python-modules"}
-    fixed = {k: v for k, v in arguments.items() if k not in {"--field_aliases", "--additional-python-modules"}}
+    computed = {"--field_aliases", "--additional-python-modules", "--pairs"}
+    fixed = {k: v for k, v in arguments.items() if k not in computed}
     assert resolve(fixed, extra={"aws_s3_bucket.data.id": config.bucket}) == {
-        k: v for k, v in dag.items() if k != "--field_aliases"
+        k: v for k, v in dag.items() if k not in computed
     }
+    # --pairs: the rules file's pairs other than PRICE_PAIR, sorted (the default file has none)
+    assert compact(arguments["--pairs"]) == '${join(",",local.other_pairs)}'
+    assert dag["--pairs"] == ""
     assert json.loads(dag["--field_aliases"]) == json.loads(layout.FIELD_ALIASES_PATH.read_text("utf-8"))
 
 
@@ -383,6 +387,7 @@ def test_glue_job_arguments_parse_with_the_job_script():
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text(encoding="utf-8"))
     # What jsonencode(jsondecode(file(...))) yields: minified, keys sorted.
     arguments["--field_aliases"] = json.dumps(aliases, separators=(",", ":"), sort_keys=True)
+    arguments["--pairs"] = ""  # join(",", local.other_pairs) of the default rules file: no other pair
     resolved = resolve(arguments, extra={"aws_s3_bucket.data.id": BUCKET})
     argv = [token for pair in resolved.items() for token in pair]
     args = job_script.parse_args([*argv, "--window_start", "2026-11-25T19:30:00Z"])
@@ -594,6 +599,22 @@ def test_mwaa_is_optional_and_off_by_default():
     startup = compact(tf.locals["mwaa_startup_script"])
     assert "local.price_env" in startup
     assert "export${name}" in startup
+
+
+def test_catalog_has_the_other_pairs_parquet_partitioned_by_pair_and_month():
+    tf = module()
+    extra = {"local.s3_root": f"s3://{BUCKET}/"}
+    table = tf.resource("aws_glue_catalog_table", "pair_parquet")
+    assert tuple(k["name"] for k in table["partition_keys"]) == ("pair", "year", "month")
+    parameters = resolve(table["parameters"], extra)
+    assert parameters["projection.pair.type"] == "injected"
+    values = {"pair": "BTC_USDT", "year": "2026", "month": "01"}
+    filled = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], parameters["storage.location.template"])
+    key = layout.parquet_key(2026, 1, pair="BTC/USDT")
+    assert filled + layout.PARQUET_FILE_NAME == f"s3://{BUCKET}/{key}"
+    [storage] = table["storage_descriptor"]
+    [columns] = storage["dynamic"]
+    assert columns["columns"]["for_each"] == "${local.parquet_columns}"
 
 
 def test_catalog_columns_are_the_fields_the_pipeline_writes():

@@ -110,3 +110,34 @@ def test_the_ui_lists_the_nav_view_and_the_dag_run_view(client, token):
     assert views["nav"]["href"] == "/price-alerts/"
     assert views["dag_run"]["href"] == "/price-alerts/?dag_id={DAG_ID}&run_id={RUN_ID}"
     assert json.dumps(plugin).count("http") == 0  # nothing remote
+
+
+def test_the_pair_selector_shows_another_pairs_windows_and_refuses_an_unknown_pair(client, token, aws, monkeypatch):
+    from include.glue import normalize_price_record as job
+    from include.price_pipeline import pairs, rules, settings
+    from tests.records import candle
+
+    monkeypatch.setenv("PRICE_RULES_FILE", "include/rules/local.json")
+    slot = utc(2026, 3, 21, 10, 0)
+    aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+    for at, price in ((slot - layout.SLOT, 149.0), (slot, 151.0)):
+        row = job.normalize(candle(at, price), aliases, "SOL/USDT", "k", "json")
+        aws.s3.put_object(Bucket=aws.config.bucket, Key=layout.analysis_key(at, pair="SOL/USDT"), Body=job.to_csv(row))
+    rule_set = rules.load(rules.resolve_path("include/rules/local.json"))
+    pairs.analyse_pairs(aws.s3, aws.config, rule_set, slot, False, "backfill run", "u", "r")
+    headers = {"Authorization": f"Bearer {token}"}
+    window = "start=2026-03-21T10:00Z&end=2026-03-21T10:10Z"
+
+    data = client.get(f"/price-alerts/api/history?{window}&pair=SOL/USDT", headers=headers).json()
+
+    assert data["pair"] == "SOL/USDT"
+    assert data["pairs"] == list(settings.load_rules(settings.load()).pairs)
+    first, second = data["windows"]
+    assert (first["price"], first["decision"], first["direction"]) == (151.0, "suppressed_backfill", "up")
+    assert first["reason"] == "cross-150: backfill run"
+    assert second["decision"] == "missing"
+    default = client.get(f"/price-alerts/api/history?{window}", headers=headers).json()
+    assert default["pair"] == "ETH/USDT"
+    unknown = client.get(f"/price-alerts/api/history?{window}&pair=DOGE/USDT", headers=headers)
+    assert unknown.status_code == 400
+    assert "pair must be one of ETH/USDT, BTC/USDT, SOL/USDT" in unknown.text

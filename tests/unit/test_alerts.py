@@ -180,6 +180,8 @@ def test_alert_attributes_carry_symbol_direction_and_change_as_a_number(latest, 
     assert isinstance(attributes["change_pct"], float)
     assert attributes["change_pct"] == pytest.approx(change, abs=1e-4)
     assert set(attributes) == {"symbol", "direction", "change_pct"}
+    named = alerts.alert_attributes(entry_for(3000.0, latest), PAIR, "move-5m")
+    assert named == {**attributes, "rule": "move-5m"}
 
 
 # ------------------------------------------------ no NaN or Infinity; record text never reaches people

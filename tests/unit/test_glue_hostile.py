@@ -185,9 +185,11 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="price-bucket")
     slot = datetime(2017, 7, 14, 2, 40, tzinfo=UTC)
-    good = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "/../../../etc/passwd.json"
+    good = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "../../../etc/passwd.json"
     bad = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-x/../../crypto/02-data-analysis/evil"
-    named = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "/../../crypto/03-price-changes/x.json"
+    named = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-n/../../crypto/03-price-changes/x.json"
+    # in the window folder a key must name a pair (<slot>/<BASE>_<QUOTE>...): this one names none
+    folder = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "/../../crypto/03-price-changes/y.json"
     record = {"date": 1500000000, "weightedAverage": 0.0864}
     s3.put_object(Bucket="price-bucket", Key=good, Body=json.dumps(record).encode())
     s3.put_object(
@@ -197,6 +199,7 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     )
     hostile_pair = {**record, "pair": "../../crypto/02-data-analysis/evil"}
     s3.put_object(Bucket="price-bucket", Key=named, Body=json.dumps(hostile_pair).encode())
+    s3.put_object(Bucket="price-bucket", Key=folder, Body=json.dumps(record).encode())
     args = glue.parse_args(
         [
             "--bucket=price-bucket",
@@ -211,12 +214,20 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     summary = glue.run(s3, args)
 
     assert summary["rows"] == 1
-    assert sorted(item["key"] for item in summary["quarantined"]) == sorted([bad, named])
-    out = capsys.readouterr().out
+    assert sorted(item["key"] for item in summary["quarantined"]) == sorted([bad, named, folder])
+    assert "QUARANTINED " + folder + ": key names no pair, not one of the configured pairs (ETH/USDT)" in (
+        out := capsys.readouterr().out
+    )
     assert "QUARANTINED " + bad + ": XML refused (DTDForbidden)" in out
     assert "QUARANTINED " + named + ": record 0: record names pair '../../crypto/02-data-analysis/evil'" in out
-    written = {item["Key"] for item in s3.list_objects_v2(Bucket="price-bucket")["Contents"]} - {good, bad, named}
+    written = {item["Key"] for item in s3.list_objects_v2(Bucket="price-bucket")["Contents"]} - {
+        good,
+        bad,
+        named,
+        folder,
+    }
     quarantined = {*layout.quarantine_keys(slot, bad), *layout.quarantine_keys(slot, named)}
+    quarantined |= {*layout.quarantine_keys(slot, folder)}
     assert written == {layout.analysis_key(slot), *quarantined}
     body = s3.get_object(Bucket="price-bucket", Key=layout.analysis_key(slot))["Body"].read().decode()
     assert "evil" not in body  # the record's pair text is never data in a row: the row names the configured pair

@@ -261,6 +261,10 @@ CHECKED_COPIES = {
     "analysis_key",
     "range_objects_key",
     "quarantine_keys",
+    "_PAIR_SLUG",
+    "pair_slug",
+    "_pair_folder",
+    "pair_of_ingestion_key",
 }
 
 
@@ -284,6 +288,7 @@ def test_glue_copy_builds_the_same_stamps_partitions_and_keys_as_layout(moment, 
         assert glue.partition(slot) == layout.partition(slot)
         assert glue.ingestion_window_prefix(slot, prefix) == layout.ingestion_window_prefix(slot, prefix)
         assert glue.analysis_key(slot, prefix) == layout.analysis_key(slot, prefix)
+        assert glue.analysis_key(slot, prefix, "BTC/USDT") == layout.analysis_key(slot, prefix, pair="BTC/USDT")
         end = slot + layout.SLOT * 7
         assert glue.range_objects_key(slot, end, prefix) == layout.range_objects_key(slot, end, prefix)
 
@@ -347,3 +352,64 @@ def test_distinct_source_keys_get_distinct_quarantine_keys_and_equal_ones_the_sa
 
     assert layout.quarantine_keys(slot, first) != layout.quarantine_keys(slot, second)
     assert layout.quarantine_keys(slot, first) == layout.quarantine_keys(slot, first)
+
+
+# ------------------------------------------------------------------ many pairs
+
+
+def test_pair_keys_sit_in_the_window_folder_named_by_the_pair_slug():
+    day = "year=2026/month=11/day=25/"
+    assert layout.pair_slug("ETH/USDT") == "ETH_USDT"
+    assert layout.slug_pair("ETH_USDT") == "ETH/USDT"
+    assert layout.ingestion_key(SLOT, ".json", pair="BTC/USDT") == (
+        f"crypto/01-data-ingestion/{day}20261125T1930Z/BTC_USDT.json"
+    )
+    assert layout.analysis_key(SLOT, pair="BTC/USDT") == f"crypto/02-data-analysis/{day}20261125T1930Z/BTC_USDT.csv"
+    assert layout.ledger_key(SLOT, pair="SOL/USDT") == f"crypto/03-price-changes/{day}20261125T1930Z/SOL_USDT.json"
+    assert layout.parquet_key(2026, 11, pair="SOL/USDT") == (
+        "crypto/02-data-analysis-parquet/pair=SOL_USDT/year=2026/month=11/data.parquet"
+    )
+    # the default pair (pair left empty) keeps the single-pair keys
+    assert layout.ledger_key(SLOT, pair="") == layout.ledger_key(SLOT)
+    assert layout.parquet_key(2026, 11) == "crypto/02-data-analysis-parquet/year=2026/month=11/data.parquet"
+    with pytest.raises(ValueError, match="BASE/QUOTE"):
+        layout.pair_slug("ETH/../x")
+
+
+@pytest.mark.parametrize(
+    ("rest", "pair"),
+    [
+        (".json", "ETH/USDT"),  # a single-pair key is the default pair's
+        ("-v2.csv", "ETH/USDT"),
+        ("", "ETH/USDT"),
+        ("/BTC_USDT.json", "BTC/USDT"),
+        ("/BTC_USDT-v2.csv", "BTC/USDT"),
+        ("/SOL_USDT", "SOL/USDT"),
+        ("/BTC_USDTX.json", "BTC/USDTX"),
+        ("/notes.txt", None),  # in the window folder without a pair: named by nobody
+        ("/BTC_USDT_x.json", None),
+    ],
+)
+def test_pair_of_an_ingestion_key_listed_under_a_window(rest, pair):
+    key = layout.ingestion_window_prefix(SLOT) + rest
+    assert layout.pair_of_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == pair
+
+
+@PROPERTY
+@given(slot=slots, other=slots, pair=st.sampled_from(["", "BTC/USDT", "SOL/USDT", "ETH/BTC"]))
+def test_one_window_listing_finds_every_pairs_object_of_that_window_only(slot, other, pair):
+    key = layout.ingestion_key(other, ".json", pair=pair)
+    assert key.startswith(layout.ingestion_window_prefix(slot)) == (slot == other)
+    if slot == other:
+        assert layout.pair_of_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT") == (pair or "ETH/USDT")
+        assert layout.slot_of_key(key) == slot
+
+
+@pytest.mark.parametrize("rest", [".json", "/BTC_USDT.json", "/BTC_USDT-v2.csv", "/notes.txt", "/BTC_USDT_x", ""])
+def test_glue_copy_reads_the_pair_of_a_key_as_layout_does(rest):
+    assert glue._PAIR_SLUG.pattern == layout._PAIR_SLUG.pattern
+    assert glue.pair_slug("sol/usdt") == layout.pair_slug("sol/usdt")
+    key = layout.ingestion_window_prefix(SLOT) + rest
+    assert glue.pair_of_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == (
+        layout.pair_of_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT")
+    )

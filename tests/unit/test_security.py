@@ -142,7 +142,8 @@ def test_hostile_objects_through_the_real_glue_job_read_fetch_and_write_nothing_
     canary.write_text(f"canary-{uuid.uuid4().hex}")
     named = {**candle(slot, 2500.0), "pair": "../../crypto/03-price-changes/evil"}  # quarantined: not our pair
     hostile = {
-        prefix + "/../../../etc/passwd.json": render(candle(slot, 2500.0), "json"),
+        # the default pair's key ("<slot>" then anything but "/"; "<slot>/..." must name a pair)
+        prefix + "../../../etc/passwd.json": render(candle(slot, 2500.0), "json"),
         prefix + "-x/../../crypto/03-price-changes/evil.json": render(named, "json"),
         prefix + "..%2F..%2Fcrypto%2F02-data-analysis%2Fevil.csv": render(candle(slot, 2500.0), "csv"),
         prefix + "\\..\\..\\evil.xml": (

@@ -171,8 +171,18 @@ def test_glue_job_arguments_follow_the_configuration():
         "--analysis_prefix": "out/",
         "--quarantine_prefix": "bad/",
         "--pair": "BTC/USDT",
+        "--pairs": "ETH/USDT",  # the rules file's pairs other than PRICE_PAIR
         "--max_object_bytes": "4096",
     }
+
+
+def test_the_rules_file_names_the_glue_jobs_other_pairs_and_its_default_pair_must_be_price_pair():
+    local = settings.load({"PRICE_RULES_FILE": "include/rules/local.json"})
+    assert settings.glue_job_arguments(local)["--pairs"] == "BTC/USDT,SOL/USDT"
+    assert settings.glue_job_arguments(settings.load({}))["--pairs"] == ""
+    assert settings.load_rules(local).default_pair == "ETH/USDT"
+    with pytest.raises(ValueError, match="default_pair ETH/USDT is not PRICE_PAIR BTC/USDT"):
+        settings.load_rules(settings.load({"PRICE_PAIR": "BTC/USDT"}))
 
 
 def test_the_glue_job_parses_every_argument_the_dag_passes_it():
@@ -199,3 +209,15 @@ def test_readme_lists_every_price_setting():
     missing = [s.env for s in settings.SETTINGS if not re.search(rf"\b{s.env}\b", text)]
 
     assert missing == [], f"README.md does not mention {missing}"
+
+
+def test_the_default_pairs_rule_in_the_file_must_be_what_the_single_pair_path_does(tmp_path):
+    """The default pair is decided by the PRICE_* defaults and the DAG params: a file saying otherwise
+    (another threshold, a second rule) is refused at parse time rather than silently not applied."""
+    doc = json.loads((ROOT / settings.load({}).rules_file).read_text())
+    doc["pairs"]["ETH/USDT"][0]["threshold_pct"] = 2.0
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="pair ETH/USDT: the default pair takes one change rule of 5 minutes"):
+        settings.load_rules(settings.load({"PRICE_RULES_FILE": str(path)}))
+    assert settings.load_rules(settings.load({"PRICE_RULES_FILE": str(path), "PRICE_THRESHOLD_PCT": "2"}))

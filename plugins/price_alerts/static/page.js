@@ -277,9 +277,12 @@ async function main() {
   for (const name of ["start", "end"]) if (params.get(name)) document.getElementById(name).value = params.get(name);
   presets();
   const query = new URLSearchParams();
-  for (const name of ["start", "end", "dag_id", "run_id"]) if (params.get(name)) query.set(name, params.get(name));
+  for (const name of ["start", "end", "dag_id", "run_id", "pair"]) if (params.get(name)) query.set(name, params.get(name));
   const status = document.getElementById("status");
   const data = await getJson("api/history", query);
+  const pairs = document.getElementById("pair");
+  pairs.replaceChildren(...(data.pairs ?? []).map((name) => el("option", { value: name }, name)));
+  pairs.value = data.pair ?? "";
   const range = `${when(data.start)} to ${when(data.end)} UTC: ${data.windows.length} windows`;
   const pending = data.windows.filter((row) => row.decision === "pending").length;
   draw(data, params.get("decision") ?? "");

@@ -1,0 +1,350 @@
+"""The one home of the alert rules: the rules file's schema, its validator and each rule kind's meaning.
+
+The rules file (``PRICE_RULES_FILE``, JSON) lists the pairs the pipeline watches and each pair's rules::
+
+    {"default_pair": "ETH/USDT",
+     "pairs": {"ETH/USDT": [{"name": "move-5m", "kind": "change", "threshold_pct": 1.0, "minutes": 5,
+                             "tolerance_minutes": 55, "min_abs_move": 0, "cooldown_minutes": 0}]}}
+
+Rule kinds (every price is a record's ``weightedAverage``; ``t`` is the window's slot):
+
+- ``change``: the absolute % change from the *reference* price to the window's price is above
+  ``threshold_pct``. The reference is the record ``minutes`` earlier (a multiple of 5, up to 1440) or,
+  when that one is missing, the nearest earlier record no more than ``tolerance_minutes`` before it.
+- ``crossing``: the price crosses ``level`` (``direction`` ``up``, ``down`` or ``both``) between the
+  previous record (within ``tolerance_minutes`` of the previous slot) and this one. A price at the level
+  counts as at-or-above it: fires only on the window where the side changes, never while the price stays.
+
+Both kinds take ``min_abs_move`` (the move from the reference in price units must be at least this) and
+``cooldown_minutes``: a firing is suppressed when the same rule fired in the same direction on the price
+series within the previous ``cooldown_minutes`` (on the series, not on what was sent, so parallel
+backfills reach the same decisions). The default file reproduces the single-pair pipeline exactly.
+
+Everything here is plain data and pure functions: the DAGs validate the file when they are parsed (a
+small local file, no AWS call) and fail with one line naming the pair, the rule and the field.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from include.price_pipeline import layout
+from include.price_pipeline.analysis import Price, pct_change
+
+#: The rules file the settings default to: today's single-pair behaviour (``include/rules/default.json``).
+DEFAULT_RULES_FILE = Path(__file__).resolve().parents[1] / "rules" / "default.json"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+CHANGE = "change"
+CROSSING = "crossing"
+KINDS = (CHANGE, CROSSING)
+DIRECTIONS = ("up", "down", "both")
+MAX_MINUTES = 1440
+MAX_COOLDOWN_MINUTES = 7 * 1440
+MAX_RULES_FILE_BYTES = 1 << 20
+
+#: Decisions of one rule for one window (the ledger's vocabulary, plus ``not_crossed``).
+NOTIFY = "notify"
+NO_PREVIOUS = "no_previous_record"
+BELOW_THRESHOLD = "below_threshold"
+NOT_CROSSED = "not_crossed"
+BELOW_MIN_MOVE = "below_min_abs_move"
+SUPPRESSED_COOLDOWN = "suppressed_cooldown"
+INVALID_CHANGE = "invalid_change"
+
+_PAIR = re.compile(r"[A-Z0-9]{2,12}/[A-Z0-9]{2,12}")
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+
+
+class RulesError(ValueError):
+    """The rules file is not valid (one line: the file, the pair, the rule and the field)."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule of one pair; fields a kind does not use keep their defaults."""
+
+    name: str
+    kind: str
+    threshold_pct: float = 0.0  # change
+    minutes: int = 5  # change: compare with the record this many minutes earlier
+    level: float = 0.0  # crossing
+    direction: str = "both"  # crossing
+    tolerance_minutes: int = 0  # how much earlier than wanted the reference record may be
+    min_abs_move: float = 0.0
+    cooldown_minutes: int = 0
+
+    @property
+    def reference_offset(self) -> timedelta:
+        """How far before the window's slot the reference record should be."""
+        return timedelta(minutes=self.minutes if self.kind == CHANGE else 5)
+
+    @property
+    def history(self) -> timedelta:
+        """How far back from a window its decision looks (reference, tolerance and cooldown)."""
+        return self.reference_offset + timedelta(minutes=self.tolerance_minutes + self.cooldown_minutes)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A validated rules file: the default pair and each pair's rules, in file order."""
+
+    default_pair: str
+    pairs: dict[str, tuple[Rule, ...]]
+
+    def history(self) -> timedelta:
+        return max(rule.history for rules in self.pairs.values() for rule in rules)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one rule decided for one window of one pair."""
+
+    rule: str
+    kind: str
+    decision: str
+    reason: str
+    direction: str  # up, down or flat
+    change_pct: float | None
+    reference: Price | None
+
+
+# --- loading and validation --------------------------------------------------------------------------
+
+
+def resolve_path(setting: str) -> Path:
+    """The rules file a ``PRICE_RULES_FILE`` value names (relative paths from the repository root)."""
+    if not setting:
+        return DEFAULT_RULES_FILE
+    path = Path(setting)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def load(path: str | Path) -> Rules:
+    """Read and validate a rules file; RulesError with a one-line reason when it is not valid."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_RULES_FILE_BYTES + 1)
+    except OSError as error:
+        raise RulesError(f"rules file {path}: cannot be read ({error.strerror})") from None
+    if len(raw) > MAX_RULES_FILE_BYTES:
+        raise RulesError(f"rules file {path}: larger than {MAX_RULES_FILE_BYTES} bytes")
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RulesError(f"rules file {path}: not JSON ({error})") from None
+    return parse(document, str(path))
+
+
+def parse(document, source: str = "rules file") -> Rules:
+    """Validate a rules document (the file's parsed JSON)."""
+    where = f"rules file {source}"
+    if not isinstance(document, dict):
+        raise RulesError(f"{where}: must be an object with default_pair and pairs")
+    unknown = sorted(set(document) - {"default_pair", "pairs"})
+    if unknown:
+        raise RulesError(f"{where}: unknown field {unknown[0]!r} (allowed: default_pair, pairs)")
+    pairs = document.get("pairs")
+    if not isinstance(pairs, dict) or not pairs:
+        raise RulesError(f"{where}: pairs must be a non-empty object of pair -> list of rules")
+    parsed = {}
+    for pair, rules in pairs.items():
+        if not isinstance(pair, str) or not _PAIR.fullmatch(pair):
+            raise RulesError(f"{where}: pair {pair!r} must be BASE/QUOTE in capitals (e.g. ETH/USDT)")
+        if not isinstance(rules, list) or not rules:
+            raise RulesError(f"{where}: pair {pair}: must have a non-empty list of rules")
+        parsed[pair] = tuple(_rule(rule, f"{where}: pair {pair}", index) for index, rule in enumerate(rules))
+        names = [rule.name for rule in parsed[pair]]
+        duplicate = next((name for name in names if names.count(name) > 1), None)
+        if duplicate:
+            raise RulesError(f"{where}: pair {pair}: rule name {duplicate!r} is used twice")
+    slugs = [layout.pair_slug(pair) for pair in parsed]
+    if len(set(slugs)) != len(slugs):
+        raise RulesError(f"{where}: two pairs share the key {next(s for s in slugs if slugs.count(s) > 1)}")
+    default = document.get("default_pair")
+    if default not in parsed:
+        raise RulesError(f"{where}: default_pair {default!r} must be one of the pairs ({', '.join(parsed)})")
+    return Rules(default_pair=default, pairs=parsed)
+
+
+_FIELDS = {
+    CHANGE: {"name", "kind", "threshold_pct", "minutes", "tolerance_minutes", "min_abs_move", "cooldown_minutes"},
+    CROSSING: {"name", "kind", "level", "direction", "tolerance_minutes", "min_abs_move", "cooldown_minutes"},
+}
+
+
+def _rule(raw, where: str, index: int) -> Rule:
+    if not isinstance(raw, dict):
+        raise RulesError(f"{where}, rule {index + 1}: must be an object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise RulesError(f"{where}, rule {index + 1}: name must be 1-40 of a-z, 0-9, '-' (got {name!r})")
+    where = f"{where}, rule {name}"
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise RulesError(f"{where}: kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    unknown = sorted(set(raw) - _FIELDS[kind])
+    if unknown:
+        raise RulesError(f"{where}: unknown field {unknown[0]!r} for a {kind} rule")
+    values = {
+        "tolerance_minutes": _minutes(raw, "tolerance_minutes", where, 0, MAX_MINUTES, default=0, multiple=False),
+        "min_abs_move": _number(raw, "min_abs_move", where, default=0.0),
+        "cooldown_minutes": _minutes(raw, "cooldown_minutes", where, 0, MAX_COOLDOWN_MINUTES, default=0),
+    }
+    if kind == CHANGE:
+        values["threshold_pct"] = _number(raw, "threshold_pct", where)
+        values["minutes"] = _minutes(raw, "minutes", where, 5, MAX_MINUTES, default=5)
+    else:
+        values["level"] = _number(raw, "level", where, positive=True)
+        direction = raw.get("direction", "both")
+        if direction not in DIRECTIONS:
+            raise RulesError(f"{where}: direction must be one of {', '.join(DIRECTIONS)} (got {direction!r})")
+        values["direction"] = direction
+    return Rule(name=name, kind=kind, **values)
+
+
+def _number(raw: dict, field: str, where: str, default: float | None = None, positive: bool = False) -> float:
+    value = raw.get(field, default)
+    if value is None:
+        raise RulesError(f"{where}: {field} is required")
+    valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not valid or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise RulesError(f"{where}: {field} must be a finite number {bound} (got {value!r})")
+    return float(value)
+
+
+def _minutes(raw: dict, field: str, where: str, low: int, high: int, default: int, multiple: bool = True) -> int:
+    value = raw.get(field, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high or (multiple and value % 5):
+        shape = "a multiple of 5 " if multiple else "whole minutes "
+        raise RulesError(f"{where}: {field} must be {shape}from {low} to {high} (got {value!r})")
+    return value
+
+
+def with_overrides(rules: Rules, params) -> Rules:
+    """The rules a DAG run uses: its params (``threshold_pct``, ``lookback_minutes``, ``min_abs_move``,
+    ``repeat_windows``) override the default pair's first ``change`` rule; other rules are as in the file.
+    A param absent from ``params`` (or None) leaves the file's value."""
+    pair_rules = list(rules.pairs[rules.default_pair])
+    index = next((i for i, rule in enumerate(pair_rules) if rule.kind == CHANGE), None)
+    if index is None:
+        return rules
+    rule = pair_rules[index]
+    changes = {}
+    if params.get("threshold_pct") is not None:
+        changes["threshold_pct"] = float(params["threshold_pct"])
+    if params.get("lookback_minutes") is not None:
+        changes["tolerance_minutes"] = max(0, int(params["lookback_minutes"]) - rule.minutes)
+    if params.get("min_abs_move") is not None:
+        changes["min_abs_move"] = float(params["min_abs_move"])
+    if params.get("repeat_windows") is not None:
+        changes["cooldown_minutes"] = int(params["repeat_windows"]) * 5
+    pair_rules[index] = replace(rule, **changes)
+    return replace(rules, pairs={**rules.pairs, rules.default_pair: tuple(pair_rules)})
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+
+class Series:
+    """One pair's prices by slot, for evaluating rules at any of its windows."""
+
+    def __init__(self, prices: list[Price]):
+        self.prices = sorted(prices, key=lambda price: price.slot)
+        self.slots = [price.slot for price in self.prices]
+        self._by_slot = dict(zip(self.slots, self.prices, strict=True))
+
+    def at(self, slot: datetime) -> Price | None:
+        return self._by_slot.get(slot)
+
+    def reference(self, rule: Rule, slot: datetime) -> Price | None:
+        """The latest record at or before ``slot - offset`` and no earlier than ``tolerance`` before that."""
+        wanted = slot - rule.reference_offset
+        index = bisect.bisect_right(self.slots, wanted) - 1
+        if index < 0:
+            return None
+        candidate = self.prices[index]
+        return candidate if wanted - candidate.slot <= timedelta(minutes=rule.tolerance_minutes) else None
+
+
+def _direction(change_pct: float | None) -> str:
+    if not change_pct:
+        return "flat"
+    return "up" if change_pct > 0 else "down"
+
+
+def _raw(rule: Rule, series: Series, slot: datetime) -> Decision:
+    """The rule's decision at ``slot`` before the cooldown (the window's price must be in the series)."""
+    latest = series.at(slot)
+    reference = series.reference(rule, slot)
+    if reference is None:
+        wanted = rule.reference_offset.total_seconds() // 60
+        return Decision(
+            rule.name,
+            rule.kind,
+            NO_PREVIOUS,
+            f"no record from {wanted:.0f} to {wanted + rule.tolerance_minutes:.0f} minutes earlier",
+            "flat",
+            None,
+            None,
+        )
+    change = pct_change(reference.weighted_average, latest.weighted_average)
+    direction = _direction(change)
+    if not math.isfinite(change):
+        reason = f"change from {reference.weighted_average!r} to {latest.weighted_average!r} is not a finite number"
+        return Decision(rule.name, rule.kind, INVALID_CHANGE, reason, direction, None, reference)
+
+    def decided(decision: str, reason: str) -> Decision:
+        return Decision(rule.name, rule.kind, decision, reason, direction, change, reference)
+
+    if rule.kind == CHANGE:
+        if abs(change) <= rule.threshold_pct:
+            return decided(BELOW_THRESHOLD, f"|change| {abs(change):.4f}% <= threshold {rule.threshold_pct}%")
+        fired = f"|change| {abs(change):.4f}% over {rule.minutes} min > threshold {rule.threshold_pct}%"
+    else:
+        before, now = reference.weighted_average >= rule.level, latest.weighted_average >= rule.level
+        crossed = "up" if now and not before else "down" if before and not now else None
+        if crossed is None or rule.direction not in (crossed, "both"):
+            side = "at or above" if now else "below"
+            return decided(NOT_CROSSED, f"{side} {rule.level:g} as before" if crossed is None else f"crossed {crossed}")
+        direction = crossed
+        fired = f"crossed {rule.level:g} {crossed}ward: {reference.weighted_average:g} to {latest.weighted_average:g}"
+    if abs(latest.weighted_average - reference.weighted_average) < rule.min_abs_move:
+        return Decision(rule.name, rule.kind, BELOW_MIN_MOVE, f"absolute move below min_abs_move {rule.min_abs_move:g}",
+                        direction, change, reference)  # fmt: skip
+    return Decision(rule.name, rule.kind, NOTIFY, fired, direction, change, reference)
+
+
+def evaluate(rule: Rule, series: Series, slot: datetime) -> Decision:
+    """The rule's decision for the window starting at ``slot`` (its record must be in ``series``).
+
+    ``series`` must hold every record from ``slot - rule.history`` on: the decision depends on nothing else.
+    """
+    decision = _raw(rule, series, slot)
+    if decision.decision != NOTIFY or not rule.cooldown_minutes:
+        return decision
+    first = slot - timedelta(minutes=rule.cooldown_minutes)
+    for earlier in series.prices[bisect.bisect_left(series.slots, first) : bisect.bisect_left(series.slots, slot)]:
+        before = _raw(rule, series, earlier.slot)
+        if before.decision == NOTIFY and before.direction == decision.direction:
+            return replace(
+                decision,
+                decision=SUPPRESSED_COOLDOWN,
+                reason=f"fired {before.direction} at {layout.slot_stamp(earlier.slot)}, within the "
+                f"{rule.cooldown_minutes}-minute cooldown",
+            )
+    return decision
+
+
+def evaluate_pair(rules: tuple[Rule, ...], prices: list[Price], slot: datetime) -> list[Decision]:
+    """Every rule's decision for one pair's window, in the file's order."""
+    series = Series(prices)
+    return [evaluate(rule, series, slot) for rule in rules]

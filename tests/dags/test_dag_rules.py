@@ -1,0 +1,45 @@
+"""The rules file is validated when the DAGs are parsed: a mistake fails the parse with one line naming
+the pair, the rule and the field; with other pairs the notification DAG gains the pairs' tasks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from include.price_pipeline import rules
+from tests.conftest import ROOT
+
+
+def parse(monkeypatch, dag_file: str, rules_file) -> object:
+    monkeypatch.setenv("PRICE_RULES_FILE", str(rules_file))
+    spec = importlib.util.spec_from_file_location(f"{dag_file}_rules_test", ROOT / "dags" / f"{dag_file}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dag_file", ["price_notification", "price_history_backfill"])
+def test_a_bad_rules_file_fails_the_parse_with_one_line(monkeypatch, tmp_path, dag_file):
+    document = json.loads((ROOT / "include" / "rules" / "local.json").read_text())
+    document["pairs"]["BTC/USDT"][0]["minutes"] = 7
+    bad = tmp_path / "rules.json"
+    bad.write_text(json.dumps(document))
+
+    with pytest.raises(rules.RulesError) as refused:
+        parse(monkeypatch, dag_file, bad)
+
+    assert str(refused.value) == (
+        f"rules file {bad}: pair BTC/USDT, rule move-15m: minutes must be a multiple of 5 from 5 to 1440 (got 7)"
+    )
+
+
+def test_other_pairs_add_one_analysis_task_and_one_mapped_publish(monkeypatch):
+    dag = parse(monkeypatch, "price_notification", "include/rules/local.json").price_notification()
+    analyse, publish = dag.get_task("analyse_pairs"), dag.get_task("publish_pair_alert")
+    assert publish.upstream_task_ids == {"analyse_pairs"}
+    assert analyse.upstream_task_ids == {"normalize_price_record"}
+    assert dag.get_task("wait_for_price_record").bucket_key.endswith("{{ default_pair_glob }}")
+    default = parse(monkeypatch, "price_notification", "include/rules/default.json").price_notification()
+    assert "analyse_pairs" not in default.task_ids

@@ -1,0 +1,129 @@
+"""End to end, three pairs: `dag.test()` runs of price_notification parsed with the local rules file
+(ETH/USDT change over 5 min, the default pair; BTC/USDT change over 15 min with a cooldown; SOL/USDT
+crossing 150) against the stand-in. One live window sends exactly one message per firing (pair, rule),
+with the filter attributes; a re-run sends nothing more; a window without BTC/USDT's record tells ops
+that pair was late and still alerts the others."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from include.glue import normalize_price_record as job
+from include.price_pipeline import layout
+from local.feed import write_record
+from tests.conftest import utc
+from tests.e2e.test_price_notification import parse_dag_with, run_window, task_states
+from tests.records import candle
+
+pytestmark = pytest.mark.e2e
+
+W = utc(2026, 3, 9, 10, 0)  # a day no other test uses
+ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def dag(airflow_db):
+    with pytest.MonkeyPatch.context() as patch:
+        dag = parse_dag_with(patch, "price_notification_pairs", PRICE_RULES_FILE="include/rules/local.json")
+    assert {t.task_id for t in dag.tasks} >= {"analyse_pairs", "publish_pair_alert"}
+    return dag
+
+
+def seed(aws, pair: str, slot, price: float) -> None:
+    """A pair's canonical CSV of an earlier window, as the Glue job writes it."""
+    other = "" if pair == "ETH/USDT" else pair
+    row = job.normalize(candle(slot, price), ALIASES, pair, layout.ingestion_key(slot, ".json", pair=other), "json")
+    aws.s3.put_object(Bucket=aws.config.bucket, Key=layout.analysis_key(slot, pair=other), Body=job.to_csv(row))
+
+
+def land(aws, pair: str, slot, price: float) -> None:
+    """A producer's raw record of ``slot`` (the default pair under its single-pair key)."""
+    if pair == "ETH/USDT":
+        write_record(aws.s3, aws.config.bucket, candle(slot, price), "json")
+    else:
+        aws.put(layout.ingestion_key(slot, ".json", pair=pair), json.dumps(candle(slot, price)))
+
+
+def pair_ledger(aws, slot, pair) -> dict:
+    return json.loads(aws.get(layout.ledger_key(slot, pair=pair)))
+
+
+def test_three_pairs_one_live_window_exactly_the_expected_messages(dag, aws):
+    seed(aws, "ETH/USDT", W - layout.SLOT, 100.0)
+    for minutes, price in ((15, 90000.0), (10, 90100.0), (5, 90500.0)):
+        seed(aws, "BTC/USDT", W - layout.SLOT * (minutes // 5), price)
+    seed(aws, "SOL/USDT", W - layout.SLOT, 149.0)
+    land(aws, "ETH/USDT", W, 102.5)  # +2.5 % over 5 min
+    land(aws, "BTC/USDT", W, 91000.0)  # +1.11 % over 15 min
+    land(aws, "SOL/USDT", W, 150.5)  # crosses 150 upward
+
+    run = run_window(dag, W, notify_on_backfill=True)
+
+    assert run.state == "success", task_states(run)
+    sent = {alert["Subject"]: alert for alert in aws.alerts()}
+    assert sorted(sent) == [
+        "BTC/USDT up 1.11% in 15 min: 91,000.00",
+        "ETH/USDT up 2.50% in 5 min: 102.50",
+        "SOL/USDT crossed 150 upward: 150.50",
+    ]
+    attributes = {k: v["Value"] for k, v in sent["BTC/USDT up 1.11% in 15 min: 91,000.00"]["MessageAttributes"].items()}
+    assert attributes == {"symbol": "BTC/USDT", "rule": "move-15m", "direction": "up", "change_pct": "1.1111"}
+    eth = sent["ETH/USDT up 2.50% in 5 min: 102.50"]["MessageAttributes"]
+    assert {k: v["Value"] for k, v in eth.items()} == {
+        "symbol": "ETH/USDT", "rule": "move-5m", "direction": "up", "change_pct": "2.5"
+    }  # fmt: skip
+    sol = sent["SOL/USDT crossed 150 upward: 150.50"]
+    assert {k: v["Value"] for k, v in sol["MessageAttributes"].items()} == {
+        "symbol": "SOL/USDT", "rule": "cross-150", "direction": "up", "change_pct": "1.0067"
+    }  # fmt: skip
+    assert "Reference: 149.00 at 2026-03-09T09:55:00Z" in sol["Message"]
+    btc = pair_ledger(aws, W, "BTC/USDT")
+    assert btc["decision"] == "notified"
+    assert "claimed_by" not in btc
+    assert btc["rules"]["move-15m"]["sns_message_id"] == sent["BTC/USDT up 1.11% in 15 min: 91,000.00"]["MessageId"]
+    assert btc["rules"]["move-15m"]["reference"]["timestamp"] == "2026-03-09T09:45:00Z"
+    assert pair_ledger(aws, W, "SOL/USDT")["rules"]["cross-150"]["decision"] == "notified"
+    assert json.loads(aws.get(layout.ledger_key(W)))["decision"] == "notified"
+    assert aws.ops() == []
+
+    again = run_window(dag, W, notify_on_backfill=True)
+
+    assert again.state == "success", task_states(again)
+    assert aws.alerts() == []  # every (pair, rule, window) once
+    assert pair_ledger(aws, W, "BTC/USDT") == btc
+
+
+def test_a_late_pair_is_reported_to_ops_and_does_not_hold_the_others(dag, aws):
+    slot = W + layout.SLOT * 12
+    seed(aws, "ETH/USDT", slot - layout.SLOT, 100.0)
+    seed(aws, "SOL/USDT", slot - layout.SLOT, 151.0)
+    land(aws, "ETH/USDT", slot, 98.0)  # -2 %
+    land(aws, "SOL/USDT", slot, 149.9)  # crosses 150 downward; BTC/USDT's record never lands
+
+    run = run_window(dag, slot, notify_on_backfill=True)
+
+    assert run.state == "success", task_states(run)
+    assert sorted(alert["Subject"] for alert in aws.alerts()) == [
+        "ETH/USDT down 2.00% in 5 min: 98.0000",
+        "SOL/USDT crossed 150 downward: 149.90",
+    ]
+    [ops] = aws.ops()
+    assert ops["Subject"] == f"[price pipeline] Pairs late: {layout.slot_stamp(slot)}"
+    assert "- BTC/USDT: no record of the window when it was analysed" in ops["Message"]
+    assert aws.keys(layout.ledger_key(slot, pair="BTC/USDT")) == []  # a later run can still decide it
+
+
+def test_an_old_window_without_a_pair_only_logs_it_late(dag, aws):
+    slot = W + layout.SLOT * 24
+    seed(aws, "ETH/USDT", slot - layout.SLOT, 100.0)
+    land(aws, "ETH/USDT", slot, 100.1)
+    land(aws, "SOL/USDT", slot, 160.0)
+
+    run = run_window(dag, slot)  # an old window, notify_on_backfill off: not due for subscribers
+
+    assert run.state == "success", task_states(run)
+    assert aws.alerts() == []
+    assert aws.ops() == []  # BTC/USDT was late, but a window this old is no news for ops
+    assert aws.keys(layout.ledger_key(slot, pair="BTC/USDT")) == []

@@ -1,0 +1,58 @@
+"""Many pairs through the real Glue job script on the stand-in: one run of a window normalizes every
+configured pair's object (the default pair under its single-pair key, the others in the window folder)
+to one CSV per pair, and quarantines an object whose key or record names a pair it is not for."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from include.price_pipeline import alerts, layout
+from tests.conftest import utc
+from tests.records import candle
+
+pytestmark = pytest.mark.integration
+
+WINDOW = utc(2025, 9, 6, 8, 0)  # a day no other test writes
+PAIRS = "BTC/USDT,SOL/USDT"
+
+
+def row(aws, pair: str = "") -> dict:
+    return next(csv.DictReader(io.StringIO(aws.get(layout.analysis_key(WINDOW, pair=pair)).decode())))
+
+
+def test_one_run_writes_every_pairs_csv_and_quarantines_what_names_another_pair(aws):
+    key = lambda pair, ext=".json": layout.ingestion_key(WINDOW, ext, pair=pair)  # noqa: E731
+    aws.put(key(""), json.dumps(candle(WINDOW, 3000.0)))
+    aws.put(key("BTC/USDT"), json.dumps({**candle(WINDOW, 90000.0), "pair": "BTC_USDT"}))
+    aws.put(key("SOL/USDT", ".csv"), f"date,weightedAverage\n{int(WINDOW.timestamp())},150.5\n")
+    aws.put(key("DOGE/USDT"), json.dumps(candle(WINDOW, 0.2)))  # not configured
+    aws.put(key("SOL/USDT", "-v2.json"), json.dumps({**candle(WINDOW, 151.0), "pair": "ETH/USDT"}))  # wrong pair
+
+    run = aws.run_real_glue_job({"--window_start": alerts.iso(WINDOW), "--pairs": PAIRS})
+
+    assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
+    assert (row(aws)["pair"], float(row(aws)["weighted_average"])) == ("ETH/USDT", 3000.0)
+    assert (row(aws, "BTC/USDT")["pair"], float(row(aws, "BTC/USDT")["weighted_average"])) == ("BTC/USDT", 90000.0)
+    sol = row(aws, "SOL/USDT")
+    assert (sol["pair"], float(sol["weighted_average"]), sol["source_key"]) == (
+        "SOL/USDT",
+        150.5,
+        key("SOL/USDT", ".csv"),
+    )
+    written = aws.keys(layout.ANALYSIS_PREFIX + layout.partition(WINDOW))
+    assert sorted(written) == sorted(layout.analysis_key(WINDOW, pair=p) for p in ("", "BTC/USDT", "SOL/USDT"))
+    reasons = {}
+    for reason_key in aws.keys(layout.quarantine_window_prefix(WINDOW)):
+        if reason_key.endswith(".reason.json"):
+            note = json.loads(aws.get(reason_key))
+            reasons[note["source_key"]] = note["reason"]
+    assert reasons.keys() == {key("DOGE/USDT"), key("SOL/USDT", "-v2.json")}
+    assert (
+        "key names pair DOGE/USDT, not one of the configured pairs (ETH/USDT, BTC/USDT, SOL/USDT)"
+        in reasons[key("DOGE/USDT")]
+    )
+    assert "record names pair 'ETH/USDT', not the configured SOL/USDT" in reasons[key("SOL/USDT", "-v2.json")]

@@ -1,0 +1,349 @@
+"""The rules file and the rule kinds: validation with one-line reasons, the default file reproducing the
+single-pair policy on real data, each kind against an independent computation on the Poloniex file, and
+the crossing / cooldown edge cases."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from include.price_pipeline import analysis, rules
+from include.price_pipeline.analysis import Price
+from tests.conftest import utc
+
+T0 = utc(2026, 11, 25, 12, 0)
+FIVE = timedelta(minutes=5)
+
+
+def real_prices(rows, drop_every: int = 0) -> list[Price]:
+    """The Poloniex rows as prices; ``drop_every`` removes every n-th row to make gaps."""
+    return [
+        Price(datetime.fromtimestamp(int(row["date"]), tz=UTC), float(row["weightedAverage"]), "ETH/USDT", "k")
+        for index, row in enumerate(rows)
+        if not (drop_every and index % drop_every == 3)
+    ]
+
+
+def series(*values: float | None, start: datetime = T0) -> list[Price]:
+    """Prices every 5 minutes from ``start``; None leaves that window without a record."""
+    return [Price(start + FIVE * i, v, "ETH/USDT", f"k{i}") for i, v in enumerate(values) if v is not None]
+
+
+def decisions(rule: rules.Rule, prices: list[Price]) -> list[tuple[str, str]]:
+    """(decision, direction) of every window that has a record."""
+    whole = rules.Series(prices)
+    out = []
+    for price in whole.prices:
+        decided = rules.evaluate(rule, whole, price.slot)
+        out.append((decided.decision, decided.direction))
+    return out
+
+
+# --- the default file ---------------------------------------------------------------------------------
+
+
+def test_default_file_is_todays_single_pair_policy():
+    loaded = rules.load(rules.DEFAULT_RULES_FILE)
+    assert loaded.default_pair == "ETH/USDT"
+    assert loaded.pairs == {
+        "ETH/USDT": (
+            rules.Rule("move-5m", "change", threshold_pct=1.0, minutes=5, tolerance_minutes=55, min_abs_move=0.0),
+        )
+    }
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        analysis.Policy(),
+        analysis.Policy(threshold_pct=0.5, repeat_windows=3),
+        analysis.Policy(threshold_pct=0.3, lookback_minutes=10, min_abs_move=0.0004, repeat_windows=1),
+    ],
+    ids=["default", "repeat3", "lookback10-minmove"],
+)
+def test_change_rule_decides_as_the_single_pair_policy_on_real_data(poloniex_rows, policy):
+    """The default rule with the DAG params as overrides gives every window the decision analysis.classify
+    gives it (gaps made by dropping rows included)."""
+    prices = real_prices(poloniex_rows, drop_every=7)
+    params = {"threshold_pct": policy.threshold_pct, "lookback_minutes": policy.lookback_minutes,
+              "min_abs_move": policy.min_abs_move, "repeat_windows": policy.repeat_windows}  # fmt: skip
+    rule = rules.with_overrides(rules.load(rules.DEFAULT_RULES_FILE), params).pairs["ETH/USDT"][0]
+    changes = analysis.series_changes(prices, policy.lookback)
+    expected = [
+        (analysis.classify(change, changes[:index], policy)[0], change.direction)
+        for index, change in enumerate(changes)
+    ]
+    vocabulary = {rules.SUPPRESSED_COOLDOWN: analysis.SUPPRESSED_REPEAT}
+    got = [(vocabulary.get(decision, decision), direction) for decision, direction in decisions(rule, prices)]
+    assert got == expected
+    assert sum(d == analysis.NOTIFY for d, _ in expected) > 5  # the real data breaches
+
+
+# --- each kind on real data, against an independent computation ---------------------------------------
+
+
+def test_change_over_an_hour_on_real_data(poloniex_rows):
+    """Reference: the record 60 minutes earlier, else the nearest earlier within 10 minutes of it."""
+    rule = rules.Rule("move-1h", "change", threshold_pct=2.0, minutes=60, tolerance_minutes=10)
+    prices = real_prices(poloniex_rows, drop_every=5)
+    by_epoch = {int(p.slot.timestamp()): p.weighted_average for p in prices}
+    expected = []
+    for epoch, price in sorted(by_epoch.items()):
+        wanted = [epoch - 3600 - 300 * k for k in range(3)]  # 60, 65, 70 minutes back
+        reference = next((by_epoch[e] for e in wanted if e in by_epoch), None)
+        if reference is None:
+            expected.append(("no_previous_record", "flat"))
+            continue
+        change = (price - reference) / reference * 100
+        direction = "up" if change > 0 else "down" if change < 0 else "flat"
+        expected.append(("notify" if abs(change) > 2.0 else "below_threshold", direction))
+    assert decisions(rule, prices) == expected
+    assert expected.count(("notify", "up")) > 3
+    assert expected.count(("notify", "down")) > 3
+
+
+def test_crossing_on_real_data(poloniex_rows):
+    """Fires on the windows where the side of the level changes from the previous record (within the
+    tolerance), and only there; a price at the level counts as at or above it."""
+    prices = real_prices(poloniex_rows, drop_every=9)
+    level = sorted(p.weighted_average for p in prices)[len(prices) // 2]
+    rule = rules.Rule("cross", "crossing", level=level, direction="both", tolerance_minutes=5)
+    expected, previous = [], None
+    for price in prices:
+        if previous is None or (price.slot - previous.slot) > timedelta(minutes=10):
+            expected.append("no_previous_record")
+        else:
+            before, now = previous.weighted_average >= level, price.weighted_average >= level
+            expected.append("notify" if before != now else "not_crossed")
+        previous = price
+    got = decisions(rule, prices)
+    assert [d for d, _ in got] == expected
+    ups = [p for p, (d, direction) in zip(prices, got, strict=True) if d == "notify" and direction == "up"]
+    assert ups
+    assert all(p.weighted_average >= level for p in ups)
+    assert 10 < expected.count("notify") < len(prices) // 4
+
+    up_only = rules.Rule("cross-up", "crossing", level=level, direction="up", tolerance_minutes=5)
+    assert [d == "notify" for d, _ in decisions(up_only, prices)] == [
+        d == "notify" and direction == "up" for d, direction in got
+    ]
+
+
+def test_cooldown_on_real_data(poloniex_rows):
+    """A firing is suppressed when the rule fired the same way on the series within the cooldown,
+    computed here from the raw firings (cooldown off) by a plain scan."""
+    prices = real_prices(poloniex_rows)
+    plain = rules.Rule("move", "change", threshold_pct=0.8, minutes=5, tolerance_minutes=55)
+    cooled = rules.Rule("move", "change", threshold_pct=0.8, minutes=5, tolerance_minutes=55, cooldown_minutes=30)
+    raw = decisions(plain, prices)
+    fired = [(p.slot, direction) for p, (d, direction) in zip(prices, raw, strict=True) if d == "notify"]
+    expected = []
+    for price, (decision, direction) in zip(prices, raw, strict=True):
+        if decision == "notify" and any(
+            direction == d and timedelta(0) < price.slot - s <= timedelta(minutes=30) for s, d in fired
+        ):
+            decision = "suppressed_cooldown"
+        expected.append((decision, direction))
+    assert decisions(cooled, prices) == expected
+    assert ("suppressed_cooldown", "up") in expected
+    assert ("notify", "up") in expected
+
+
+# --- edge cases -----------------------------------------------------------------------------------------
+
+
+def crossing(direction="both", tolerance=0, level=100.0) -> rules.Rule:
+    return rules.Rule("cross", "crossing", level=level, direction=direction, tolerance_minutes=tolerance)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ((99, 100), ["no_previous_record", "notify/up"]),  # reaching the level from below crosses it
+        ((101, 100), ["no_previous_record", "not_crossed"]),  # touching it from above does not
+        ((99, 100, 100, 101), ["no_previous_record", "notify/up", "not_crossed", "not_crossed"]),
+        ((101, 100, 99.99), ["no_previous_record", "not_crossed", "notify/down"]),
+        ((99, 100, 99), ["no_previous_record", "notify/up", "notify/down"]),  # a touch and back
+        ((99, 101, 102, 103), ["no_previous_record", "notify/up", "not_crossed", "not_crossed"]),  # once
+        ((99, 99.5, 99.9), ["no_previous_record", "not_crossed", "not_crossed"]),
+    ],
+)
+def test_crossing_at_and_around_the_level(values, expected):
+    got = decisions(crossing(), series(*values))
+    assert [d if d != "notify" else f"notify/{direction}" for d, direction in got] == expected
+
+
+def test_crossing_over_a_gap_within_and_beyond_the_tolerance():
+    gap = series(99, None, None, 101)  # the record before the crossing is 15 minutes old
+    assert decisions(crossing(tolerance=10), gap)[-1] == ("notify", "up")
+    assert decisions(crossing(tolerance=5), gap)[-1] == ("no_previous_record", "flat")
+
+
+def test_crossing_direction_filter():
+    prices = series(99, 101, 99)
+    assert [d for d, _ in decisions(crossing("up"), prices)] == ["no_previous_record", "notify", "not_crossed"]
+    assert [d for d, _ in decisions(crossing("down"), prices)] == ["no_previous_record", "not_crossed", "notify"]
+
+
+@pytest.mark.parametrize(
+    ("cooldown", "expected"),
+    [
+        (0, ["notify", "notify", "notify"]),
+        (5, ["notify", "notify", "notify"]),  # 10 minutes apart: outside
+        (10, ["notify", "suppressed_cooldown", "notify"]),  # exactly 10 minutes: inside
+        (15, ["notify", "suppressed_cooldown", "suppressed_cooldown"]),  # 15 after a suppressed one: inside
+    ],
+)
+def test_cooldown_boundaries(cooldown, expected):
+    """Breaches up at 5, 15 and 30 minutes (flat between). The cooldown counts the series' firings, a
+    suppressed one included (defined on the prices, not on what was sent)."""
+    prices = series(100, 102, 102, 104.1, 104.1, 104.1, 106.2)
+    rule = rules.Rule("move", "change", threshold_pct=1.0, tolerance_minutes=55, cooldown_minutes=cooldown)
+    got = [d for d, _ in decisions(rule, prices)]
+    assert got[0] == "no_previous_record"
+    assert {got[2], got[4], got[5]} == {"below_threshold"}
+    assert [got[1], got[3], got[6]] == expected
+
+
+def test_cooldown_is_per_direction_and_per_rule_kind():
+    prices = series(99, 101, 99, 101)
+    rule = rules.Rule("cross", "crossing", level=100.0, cooldown_minutes=15)
+    assert [d for d, _ in decisions(rule, prices)] == ["no_previous_record", "notify", "notify", "suppressed_cooldown"]
+
+
+def test_change_reference_is_never_a_later_record():
+    """A 15-minute change compares with the record 15 minutes earlier, not with the one 5 minutes earlier."""
+    rule = rules.Rule("m15", "change", threshold_pct=1.0, minutes=15, tolerance_minutes=0)
+    assert decisions(rule, series(100, 100, 100, 100.5))[-1] == ("below_threshold", "up")
+    assert decisions(rule, series(100, 50, 150, 100.5))[-1] == ("below_threshold", "up")
+    assert decisions(rule, series(None, 100, 100, 100.5))[-1] == ("no_previous_record", "flat")
+    tolerant = rules.Rule("m15", "change", threshold_pct=1.0, minutes=15, tolerance_minutes=5)
+    assert decisions(tolerant, series(97, None, 100, 100, 99))[-1] == ("notify", "up")
+
+
+def test_min_abs_move_applies_to_both_kinds():
+    change = rules.Rule("m", "change", threshold_pct=1.0, tolerance_minutes=55, min_abs_move=3.0)
+    assert decisions(change, series(100, 102.5))[-1][0] == "below_min_abs_move"
+    assert decisions(change, series(100, 103))[-1][0] == "notify"
+    cross = rules.Rule("c", "crossing", level=100.0, min_abs_move=3.0)
+    assert decisions(cross, series(99, 101))[-1][0] == "below_min_abs_move"
+    assert decisions(cross, series(98, 101))[-1][0] == "notify"
+
+
+def test_history_covers_everything_a_decision_reads():
+    rule = rules.Rule("m", "change", threshold_pct=1.0, minutes=60, tolerance_minutes=10, cooldown_minutes=30)
+    assert rule.history == timedelta(minutes=100)
+    prices = real_prices([{"date": 1500000000 + 300 * i, "weightedAverage": 100 + (i % 7)} for i in range(100)])
+    last = prices[-1].slot
+    window = [p for p in prices if p.slot >= last - rule.history]
+    assert rules.evaluate(rule, rules.Series(prices), last) == rules.evaluate(rule, rules.Series(window), last)
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+
+def document(**rule) -> dict:
+    base = {"name": "move", "kind": "change", "threshold_pct": 1.0}
+    return {"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [{**base, **rule}]}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (document(threshold_pct=-1), "pair ETH/USDT, rule move: threshold_pct must be a finite number >= 0"),
+        (document(threshold_pct="1"), "rule move: threshold_pct must be a finite number"),
+        (document(threshold_pct=True), "rule move: threshold_pct must be a finite number"),
+        ({"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [{"name": "move", "kind": "change"}]}},
+         "pair ETH/USDT, rule move: threshold_pct is required"),
+        (document(minutes=7), "rule move: minutes must be a multiple of 5 from 5 to 1440 (got 7)"),
+        (document(minutes=1445), "minutes must be a multiple of 5 from 5 to 1440"),
+        (document(minutes=0), "minutes must be a multiple of 5 from 5 to 1440"),
+        (document(cooldown_minutes=12), "rule move: cooldown_minutes must be a multiple of 5"),
+        (document(tolerance_minutes=-5), "rule move: tolerance_minutes must be whole minutes"),
+        (document(kind="crossing", threshold_pct=None), "rule move: unknown field 'threshold_pct' for a crossing"),
+        (document(kind="crossing"), "unknown field 'threshold_pct'"),
+        (document(kind="spike"), "pair ETH/USDT, rule move: kind must be one of change, crossing (got 'spike')"),
+        (document(treshold_pct=1), "rule move: unknown field 'treshold_pct' for a change rule"),
+        (document(name="Move 5m"), "pair ETH/USDT, rule 1: name must be"),
+        ({"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [{"name": "c", "kind": "crossing", "level": 0}]}},
+         "pair ETH/USDT, rule c: level must be a finite number > 0"),
+        ({"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [{"name": "c", "kind": "crossing", "level": 5,
+                                                             "direction": "sideways"}]}},
+         "rule c: direction must be one of up, down, both"),
+        ({"default_pair": "BTC/USDT", "pairs": document()["pairs"]}, "default_pair 'BTC/USDT' must be one of"),
+        ({"pairs": document()["pairs"]}, "default_pair None must be one of the pairs"),
+        ({"default_pair": "eth/usdt", "pairs": {"eth/usdt": document()["pairs"]["ETH/USDT"]}},
+         "pair 'eth/usdt' must be BASE/QUOTE in capitals"),
+        ({"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": []}}, "pair ETH/USDT: must have a non-empty list"),
+        ({"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [document()["pairs"]["ETH/USDT"][0]] * 2}},
+         "pair ETH/USDT: rule name 'move' is used twice"),
+        ({"default_pair": "ETH/USDT", "pairs": {}}, "pairs must be a non-empty object"),
+        ({**document(), "pair": "x"}, "unknown field 'pair'"),
+        ([], "must be an object"),
+    ],
+)  # fmt: skip
+def test_invalid_rules_are_refused_with_one_line_naming_pair_rule_and_field(doc, message):
+    with pytest.raises(rules.RulesError) as refused:
+        rules.parse(doc, "r.json")
+    assert message in str(refused.value)
+    assert str(refused.value).startswith("rules file r.json: ")
+    assert "\n" not in str(refused.value)
+
+
+def test_load_refuses_unreadable_and_non_json_files(tmp_path):
+    with pytest.raises(rules.RulesError, match="cannot be read"):
+        rules.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{'pairs': 1}")
+    with pytest.raises(rules.RulesError, match=r"bad.json: not JSON"):
+        rules.load(bad)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(document(minutes=60, tolerance_minutes=10, cooldown_minutes=60)))
+    assert rules.load(good).pairs["ETH/USDT"][0].minutes == 60
+
+
+def test_local_rules_file_has_three_pairs_and_each_kind():
+    loaded = rules.load(rules.REPO_ROOT / "include" / "rules" / "local.json")
+    assert len(loaded.pairs) == 3
+    assert loaded.default_pair == "ETH/USDT"
+    every = [rule for pair_rules in loaded.pairs.values() for rule in pair_rules]
+    assert {rule.kind for rule in every} == {"change", "crossing"}
+    assert any(rule.cooldown_minutes for rule in every)
+    assert any(rule.minutes > 5 for rule in every)
+
+
+def test_params_override_only_the_default_pairs_change_rule():
+    loaded = rules.load(rules.REPO_ROOT / "include" / "rules" / "local.json")
+    params = {"threshold_pct": 2.5, "lookback_minutes": 30, "min_abs_move": 4, "repeat_windows": 2}
+    overridden = rules.with_overrides(loaded, params)
+    assert overridden.pairs["ETH/USDT"][0] == rules.Rule(
+        "move-5m", "change", threshold_pct=2.5, minutes=5, tolerance_minutes=25, min_abs_move=4.0, cooldown_minutes=10
+    )
+    assert {p: r for p, r in overridden.pairs.items() if p != "ETH/USDT"} == {
+        p: r for p, r in loaded.pairs.items() if p != "ETH/USDT"
+    }
+    assert rules.with_overrides(loaded, {}) == loaded
+
+
+def test_make_runs_feed_fires_every_rule_of_the_local_file_within_ten_minutes_whenever_it_starts():
+    """local/feed.py's other pairs under include/rules/local.json: from any start, each of their rules
+    fires on one of the first two live windows (after the feed's hour of history)."""
+    from local.feed import pair_record
+
+    loaded = rules.load(rules.REPO_ROOT / "include" / "rules" / "local.json")
+    for start_minute in range(0, 20, 5):
+        first_live = T0 + timedelta(minutes=60 + start_minute)
+        slots = [first_live - FIVE * i for i in range(12, -2, -1)]
+        for pair, pair_rules in loaded.pairs.items():
+            if pair == loaded.default_pair:
+                continue
+            prices = []
+            for slot in slots:
+                record = pair_record(slot, pair, pair_rules)
+                prices.append(Price(slot, record["weightedAverage"], pair, "k"))
+            whole = rules.Series(prices)
+            for rule in pair_rules:
+                fired = [rules.evaluate(rule, whole, slot).decision for slot in slots[-2:]]
+                assert "notify" in fired, (pair, rule.name, start_minute)
