@@ -42,13 +42,14 @@ LOCAL_RULES_FILE = "include/rules/local.json"
 
 
 def main() -> int:
-    os.environ.setdefault("PRICE_RULES_FILE", LOCAL_RULES_FILE)  # Airflow and the feed inherit it
     faults = os.environ.get("STANDIN_FAULTS")
     stack = Stack(
         standin_port=int(os.environ.get("STANDIN_PORT", "4566")),
         api_port=int(os.environ.get("AIRFLOW_PORT", "8080")),
         standin_args=("--faults", faults) if faults else (),
         executor=os.environ.get("AIRFLOW_EXECUTOR", "LocalExecutor"),
+        # Airflow's processes and the feed get it; this process's environment stays as it was.
+        extra_env={"PRICE_RULES_FILE": os.environ.get("PRICE_RULES_FILE", LOCAL_RULES_FILE)},
     )
     stop = False
 
