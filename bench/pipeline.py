@@ -242,7 +242,13 @@ class Bench:
         runs = self.glue.get_job_runs(JobName=self.config.glue_job_name)["JobRuns"]
         latest = max(runs, key=lambda run: run["StartedOn"])
         seconds = (latest["CompletedOn"] - latest["StartedOn"]).total_seconds() if "CompletedOn" in latest else None
-        return {"id": latest["Id"], "state": latest["JobRunState"], "seconds": seconds}
+        return {
+            "id": latest["Id"],
+            "state": latest["JobRunState"],
+            "seconds": seconds,
+            "started": latest["StartedOn"],
+            "completed": latest.get("CompletedOn"),
+        }
 
     # ------------------------------------------------------------------------------ figures
 
@@ -385,6 +391,7 @@ class Bench:
             row = self.wait_run(LIVE_DAG, run_ids[slot], 600)
             tasks = self.task_times(LIVE_DAG, run_ids[slot])
             sensor_end = tasks["wait_for_price_record"]["end"]
+            glue_run = self.last_glue_run()
             result = {
                 "window": iso(slot),
                 "landed_after_deferral_seconds": TRIGGER_FIRST_CHECK_SECONDS + phase,
@@ -397,11 +404,12 @@ class Bench:
                 "run_state": row["state"],
                 "tries": {task_id: task["tries"] for task_id, task in tasks.items()},
                 "subject": alert["subject"],
+                "timeline": timeline(landed, tasks, glue_run, alert["sent"]),
             }
             if recording:
                 self._recorder("stop-recording")
                 result["requests"] = self.count_requests(slot, key)
-                result["glue_run"] = self.last_glue_run()
+                result["glue_run"] = glue_run
                 result["object_bytes"] = self.window_bytes(slot, key)
                 result["glue_log_bytes"] = self.glue_log_bytes(result["glue_run"]["id"])
                 self.request_window = result
@@ -519,6 +527,36 @@ class Bench:
 
     def glue_job(self) -> dict:
         return self.glue.get_job(JobName=self.config.glue_job_name)["Job"]
+
+
+#: The steps of a live window in the order they happen, as (label, task or "glue run", "start" or "end").
+TIMELINE = (
+    ("sensor done", "wait_for_price_record", "end"),
+    ("Glue task start", "normalize_price_record", "start"),
+    ("Glue run start", "glue run", "start"),
+    ("Glue run end", "glue run", "end"),
+    ("Glue task end", "normalize_price_record", "end"),
+    ("compute start", "compute_price_change", "start"),
+    ("compute end", "compute_price_change", "end"),
+    ("is_alert_due start", "is_alert_due", "start"),
+    ("is_alert_due end", "is_alert_due", "end"),
+    ("publish start", "publish_price_alert", "start"),
+    ("publish end", "publish_price_alert", "end"),
+)
+
+
+def timeline(landed: float, tasks: dict, glue_run: dict, sent: float) -> dict[str, float | None]:
+    """Seconds from the record landing to each step of the window's run (task instance start/end times
+    from the metadata DB, the Glue job run's own StartedOn/CompletedOn), ending with the SQS SentTimestamp."""
+    out: dict[str, float | None] = {}
+    for label, task, edge in TIMELINE:
+        if task == "glue run":
+            moment = glue_run.get("started" if edge == "start" else "completed")
+        else:
+            moment = tasks.get(task, {}).get(edge)
+        out[label] = None if moment is None else moment.timestamp() - landed
+    out["alert in SQS"] = sent - landed
+    return out
 
 
 def classify(entry: dict) -> tuple[str, str, str | None]:
