@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -21,35 +20,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench import machine
-from bench.pipeline import TIMELINE, Bench
-from local.faults import set_faults
+from bench.pipeline import GLUE_STARTUP_MODEL_MS, Bench
+from bench.report import latency_steps
 
 FIRST = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
-#: Glue Python shell start-up on AWS as the stand-in models it (seconds before the script runs).
-GLUE_STARTUP_MODEL_MS = 20000
 
 
 def log(message: str) -> None:
     print(f"[latency {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def table(latency: dict) -> str:
-    labels = [label for label, _, _ in TIMELINE] + ["alert in SQS"]
-    lines = ["| Window | Landed after deferral | " + " | ".join(labels) + " |", "|---|" + "---:|" * (len(labels) + 1)]
-    for w in latency["windows"]:
-        cells = ["n/a" if w["timeline"][k] is None else f"{w['timeline'][k]:.1f}" for k in labels]
-        lines.append(f"| {w['window']} | {w['landed_after_deferral_seconds']:.1f} | " + " | ".join(cells) + " |")
-    lines.append(
-        f"\nmedian {latency['median_seconds']:.1f} s, min {latency['min_seconds']:.1f} s, "
-        f"max {latency['max_seconds']:.1f} s over {len(latency['windows'])} windows"
-    )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=9)
-    parser.add_argument("--glue-startup-ms", type=int, default=0, help="also measure with this Glue start-up")
+    parser.add_argument(
+        "--glue-startup-ms",
+        type=int,
+        nargs="?",
+        const=GLUE_STARTUP_MODEL_MS,
+        default=0,
+        help=f"also measure with this Glue start-up (alone: the model, {GLUE_STARTUP_MODEL_MS} ms)",
+    )
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
     parser.add_argument("--keep-state", action="store_true", help="keep the stack's state folder (task logs)")
     args = parser.parse_args(argv)
@@ -59,14 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.start()
         results["latency"] = bench.live_latency(FIRST, args.windows, record_requests=False)
-        print(table(results["latency"]), flush=True)
+        print(latency_steps(results["latency"]), flush=True)
         if args.glue_startup_ms:
-            set_faults(bench.stack.standin_url, f"glue_startup_ms={args.glue_startup_ms}")
             later = FIRST + timedelta(days=1)  # other windows than the first pass
-            results["with_glue_startup"] = bench.live_latency(later, args.windows, record_requests=False)
-            set_faults(bench.stack.standin_url, "off")
+            results["with_glue_startup"] = bench.live_latency_glue_startup(later, args.windows, args.glue_startup_ms)
             print(f"\nwith glue_startup_ms={args.glue_startup_ms}:", flush=True)
-            print(table(results["with_glue_startup"]), flush=True)
+            print(latency_steps(results["with_glue_startup"]), flush=True)
     finally:
         bench.stop()
         if args.keep_state:
