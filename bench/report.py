@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 
 def _s(seconds: float | None, digits: int = 1) -> str:
     return "n/a" if seconds is None else f"{seconds:,.{digits}f} s"
@@ -212,6 +214,11 @@ def latency_steps(latency: dict) -> str:
         steps = w.get("timeline", {})
         cells = ["n/a" if steps.get(k) is None else f"{steps[k]:.1f}" for k in labels]
         lines.append(f"| {w['window']} | {w['landed_after_deferral_seconds']:.1f} | " + " | ".join(cells) + " |")
+    medians = []
+    for label in labels:
+        values = [w["timeline"][label] for w in latency["windows"] if w.get("timeline", {}).get(label) is not None]
+        medians.append(f"{statistics.median(values):.1f}" if values else "n/a")
+    lines.append("| **median** | | " + " | ".join(medians) + " |")
     lines += [
         "",
         f"Median {_s(latency['median_seconds'])}, min {_s(latency['min_seconds'])}, max "
