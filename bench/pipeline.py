@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from include.glue import normalize_price_record as job
 from include.price_pipeline import alerts, layout, settings
+from local.faults import set_faults
 from local.feed import synthetic_record, write_record
 from local.stack import ADMIN_USER, AIRFLOW_COMPONENTS, Stack
 from local.standin import client, queue_name
@@ -36,6 +37,9 @@ DEFAULT_PARAMS = {
     "min_abs_move": 0.0,
     "repeat_windows": 0,
 }
+#: Glue Python shell start-up on AWS as the stand-in models it (``glue_startup_ms``): a job run stays
+#: RUNNING this long before its script starts. An assumption (AWS quotes no figure), not a measurement.
+GLUE_STARTUP_MODEL_MS = 20000
 #: How long after a sensor defers its trigger has surely made its first check (the triggerer picks
 #: up new triggers every second or so).
 TRIGGER_FIRST_CHECK_SECONDS = 3.0
@@ -74,7 +78,7 @@ class Bench:
             api_port=free_port(),
             extra_env={"MOTO_RECORDER_FILEPATH": str(self.recording)},
         )
-        self.config = settings.load()
+        self.config = settings.load(self.stack.env())  # the stack's settings, as its tasks see them
         self.log = log
         self.s3 = self.sqs = self.glue = None
         self.restarts: list[dict] = []
@@ -242,7 +246,13 @@ class Bench:
         runs = self.glue.get_job_runs(JobName=self.config.glue_job_name)["JobRuns"]
         latest = max(runs, key=lambda run: run["StartedOn"])
         seconds = (latest["CompletedOn"] - latest["StartedOn"]).total_seconds() if "CompletedOn" in latest else None
-        return {"id": latest["Id"], "state": latest["JobRunState"], "seconds": seconds}
+        return {
+            "id": latest["Id"],
+            "state": latest["JobRunState"],
+            "seconds": seconds,
+            "started": latest["StartedOn"],
+            "completed": latest.get("CompletedOn"),
+        }
 
     # ------------------------------------------------------------------------------ figures
 
@@ -385,6 +395,7 @@ class Bench:
             row = self.wait_run(LIVE_DAG, run_ids[slot], 600)
             tasks = self.task_times(LIVE_DAG, run_ids[slot])
             sensor_end = tasks["wait_for_price_record"]["end"]
+            glue_run = self.last_glue_run()
             result = {
                 "window": iso(slot),
                 "landed_after_deferral_seconds": TRIGGER_FIRST_CHECK_SECONDS + phase,
@@ -397,11 +408,12 @@ class Bench:
                 "run_state": row["state"],
                 "tries": {task_id: task["tries"] for task_id, task in tasks.items()},
                 "subject": alert["subject"],
+                "timeline": timeline(landed, tasks, glue_run, alert["sent"]),
             }
             if recording:
                 self._recorder("stop-recording")
                 result["requests"] = self.count_requests(slot, key)
-                result["glue_run"] = self.last_glue_run()
+                result["glue_run"] = glue_run
                 result["object_bytes"] = self.window_bytes(slot, key)
                 result["glue_log_bytes"] = self.glue_log_bytes(result["glue_run"]["id"])
                 self.request_window = result
@@ -415,8 +427,18 @@ class Bench:
             "max_seconds": max(latencies),
             "min_seconds": min(latencies),
             "sensor_poke_seconds": self.config.sensor_poke_seconds,
+            "glue_poll_seconds": self.config.glue_poll_seconds,
             "request_window": getattr(self, "request_window", None),
         }
+
+    def live_latency_glue_startup(self, first: datetime, windows: int, startup_ms: int) -> dict:
+        """``live_latency`` with the stand-in holding each Glue job run RUNNING ``startup_ms`` before its
+        script starts: Glue's start-up on AWS, which the stand-in otherwise skips."""
+        set_faults(self.stack.standin_url, f"glue_startup_ms={startup_ms}")
+        try:
+            return self.live_latency(first, windows, record_requests=False) | {"glue_startup_ms": startup_ms}
+        finally:
+            set_faults(self.stack.standin_url, "off")
 
     def _wait_task_state(self, dag_id, run_id, task_id, states, timeout) -> None:
         deadline = time.monotonic() + timeout
@@ -519,6 +541,36 @@ class Bench:
 
     def glue_job(self) -> dict:
         return self.glue.get_job(JobName=self.config.glue_job_name)["Job"]
+
+
+#: The steps of a live window in the order they happen, as (label, task or "glue run", "start" or "end").
+TIMELINE = (
+    ("sensor done", "wait_for_price_record", "end"),
+    ("Glue task start", "normalize_price_record", "start"),
+    ("Glue run start", "glue run", "start"),
+    ("Glue run end", "glue run", "end"),
+    ("Glue task end", "normalize_price_record", "end"),
+    ("compute start", "compute_price_change", "start"),
+    ("compute end", "compute_price_change", "end"),
+    ("is_alert_due start", "is_alert_due", "start"),
+    ("is_alert_due end", "is_alert_due", "end"),
+    ("publish start", "publish_price_alert", "start"),
+    ("publish end", "publish_price_alert", "end"),
+)
+
+
+def timeline(landed: float, tasks: dict, glue_run: dict, sent: float) -> dict[str, float | None]:
+    """Seconds from the record landing to each step of the window's run (task instance start/end times
+    from the metadata DB, the Glue job run's own StartedOn/CompletedOn), ending with the SQS SentTimestamp."""
+    out: dict[str, float | None] = {}
+    for label, task, edge in TIMELINE:
+        if task == "glue run":
+            moment = glue_run.get("started" if edge == "start" else "completed")
+        else:
+            moment = tasks.get(task, {}).get(edge)
+        out[label] = None if moment is None else moment.timestamp() - landed
+    out["alert in SQS"] = sent - landed
+    return out
 
 
 def classify(entry: dict) -> tuple[str, str, str | None]:

@@ -41,7 +41,6 @@ from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.providers.amazon.aws.operators.sns import SnsPublishOperator
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
-from airflow.providers.slack.operators.slack_webhook import SlackWebhookOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 
 from include.price_pipeline import alerts, layout, pairs, settings, windows
@@ -171,7 +170,8 @@ def price_notification():
         },
         verbose=True,
         deferrable=config.deferrable,
-        waiter_delay=5,
+        waiter_delay=config.glue_poll_seconds,
+        job_poll_interval=config.glue_poll_seconds,
     )
 
     @task(multiple_outputs=True)
@@ -252,6 +252,9 @@ def price_notification():
 
     alert_tasks = [publish_price_alert]
     if config.slack_conn_id:
+        # Imported only when used: every task start parses this file, and slack_sdk adds ~0.2 s to each.
+        from airflow.providers.slack.operators.slack_webhook import SlackWebhookOperator
+
         post_slack_alert = SlackWebhookOperator(
             task_id="post_slack_alert",
             slack_webhook_conn_id=config.slack_conn_id,

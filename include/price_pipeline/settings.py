@@ -55,7 +55,12 @@ SETTINGS = (
     Setting("PRICE_LOOKBACK_MINUTES", "60", "default: how far back the previous record may be"),
     Setting("PRICE_MAX_ALERT_AGE_MINUTES", "15", "windows ending longer ago than this do not notify"),
     Setting("PRICE_SENSOR_TIMEOUT_SECONDS", "900", "how long to wait for a window's record"),
-    Setting("PRICE_SENSOR_POKE_SECONDS", "20", "how often the sensor lists the window prefix"),
+    Setting("PRICE_SENSOR_POKE_SECONDS", "2", "how often the sensor lists the window prefix"),
+    Setting(
+        "PRICE_GLUE_POLL_SECONDS",
+        "5",
+        "how often the Glue task asks whether its job run has ended (each ask also reads the job's new log lines)",
+    ),
     Setting(
         "PRICE_PREVIOUS_WINDOW_WAIT_SECONDS",
         "1800",
@@ -103,6 +108,7 @@ class Config:
     max_alert_age_minutes: int
     sensor_timeout_seconds: int
     sensor_poke_seconds: int
+    glue_poll_seconds: int
     previous_window_wait_seconds: int
     deferrable: bool
     slack_conn_id: str

@@ -185,6 +185,20 @@ def test_glue_job_is_a_small_python_shell_job_running_the_repository_script(dag)
     assert command["ScriptLocation"].endswith(f"/{layout.GLUE_SCRIPTS_PREFIX}{layout.GLUE_SCRIPT_PATH.name}")
 
 
+def test_sensor_and_glue_task_poll_at_the_intervals_the_settings_give(monkeypatch):
+    """The record-to-alert latency rests on these two knobs (docs/performance.md)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("PRICE_SENSOR_POKE_SECONDS", "7")
+    monkeypatch.setenv("PRICE_GLUE_POLL_SECONDS", "3")
+    dag = DagBag(dag_folder=str(DAG_FILE)).dags["price_notification"]
+    sensor, glue = dag.get_task("wait_for_price_record"), dag.get_task("normalize_price_record")
+
+    assert sensor.poke_interval == 7
+    assert glue.waiter_delay == 3  # deferrable: the trigger's interval
+    assert glue.job_poll_interval == 3  # PRICE_DEFERRABLE=false: the worker's interval
+
+
 def test_glue_job_script_location_is_where_the_operator_uploads_the_script(dag):
     glue = dag.get_task("normalize_price_record")
 
