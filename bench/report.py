@@ -54,8 +54,8 @@ def render(r: dict) -> str:
         f"(kernel {m['kernel']}).  ",
         f"Load average (1/5/15 min) at start {r['load_start']}, at end {r['load_end']}: other work shared the "
         "machine, so every time below is an upper bound for it.  ",
-        "Everything runs locally: moto stand-in for AWS (one process, answering every request in turn), "
-        "Airflow 3.3 scheduler, dag-processor, triggerer and api-server as separate processes, PostgreSQL, "
+        "Everything runs locally: moto stand-in for AWS (one process, a thread per connection, bound by one GIL), "
+        "Airflow 3.3 scheduler, dag-processor, triggerer and api-server as separate processes, embedded PostgreSQL, "
         "LocalExecutor (parallelism 8).",
         *_restarts(r),
         "",
