@@ -61,20 +61,25 @@ def _claimant(dag_run) -> str:
     return f"{dag_run.dag_id}/{dag_run.run_id}"
 
 
-def _publish_only_on_our_claim(context) -> None:
-    """Publish guard: only the run whose claim is the ledger entry publishes, and only once."""
+def _only_on_our_claim(start_publish) -> None:
+    """Publish guard: ``start_publish(s3)`` returns only when this run's claim is the ledger entry and no
+    try published it yet; skip when it was notified or is claimed elsewhere, fail on a claim left."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
-    slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
     try:
-        windows.start_publish(s3, config, slot, _claimant(context["dag_run"]))
+        start_publish(S3Hook(aws_conn_id=config.aws_conn_id).get_conn())
     except (windows.AlreadyNotified, windows.ClaimLost) as reason:
         log.warning("%s", reason)
         raise AirflowSkipException(str(reason)) from None
     except windows.ClaimLeft as left:
         raise AirflowFailException(str(left)) from None
+
+
+def _publish_only_on_our_claim(context) -> None:
+    """Publish guard of the default pair: only the run whose claim is the ledger entry, only once."""
+    slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
+    _only_on_our_claim(lambda s3: windows.start_publish(s3, config, slot, _claimant(context["dag_run"])))
 
 
 def _record_notified(context, result) -> None:
@@ -95,17 +100,8 @@ def _pair_alert(context) -> tuple:
 
 def _publish_pair_only_on_our_claim(context) -> None:
     """Publish guard of one (pair, rule): only this run's claim, only once (see pairs.start_publish)."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-    s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
-    try:
-        pairs.start_publish(s3, config, *_pair_alert(context), _claimant(context["dag_run"]))
-    except (windows.AlreadyNotified, windows.ClaimLost) as reason:
-        log.warning("%s", reason)
-        raise AirflowSkipException(str(reason)) from None
-    except windows.ClaimLeft as left:
-        raise AirflowFailException(str(left)) from None
+    alert = _pair_alert(context)
+    _only_on_our_claim(lambda s3: pairs.start_publish(s3, config, *alert, _claimant(context["dag_run"])))
 
 
 def _record_pair_notified(context, result) -> None:
