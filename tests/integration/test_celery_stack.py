@@ -50,8 +50,11 @@ def test_a_triggered_live_window_runs_on_the_celery_workers_and_alerts_once(stac
     alerts = soak.receive_all(aws["sqs"], soak.queue_url(aws["sqs"], "price-alerts"))
     assert soak.alert_windows(alerts) == {slot.strftime("%Y-%m-%dT%H:%M:%SZ"): 1}
     assert soak.ledger_entry(aws["s3"], slot)["sns_message_id"] == alerts[0]["MessageId"]
-    ran = sum(worker_log(stack, name).count("succeeded in") for name in ("celery-worker-1", "celery-worker-2"))
-    assert ran >= 5, "the run's tasks did not run on the Celery workers"
+
+    def ran() -> int:  # a worker logs a task's end just after reporting its state, so wait for the lines
+        return sum(worker_log(stack, name).count("succeeded in") for name in ("celery-worker-1", "celery-worker-2"))
+
+    assert soak.wait_for(lambda: ran() >= 5, timeout=60, what="the run's tasks in the Celery workers' logs")
 
 
 def worker_log(stack, name: str) -> str:
