@@ -40,6 +40,7 @@ AIRFLOW_SIDE = {
     "PRICE_SENSOR_POKE_SECONDS": "sensor timing",
     "PRICE_PREVIOUS_WINDOW_WAIT_SECONDS": "DAG behaviour",
     "PRICE_DEFERRABLE": "whether a triggerer runs, an Airflow deployment fact",
+    "PRICE_GLUE_POLL_SECONDS": "operator timing",
     "PRICE_SLACK_CONN_ID": "names an Airflow connection (the webhook is a secret, never a Terraform output)",
 }
 
