@@ -224,7 +224,7 @@ class FaultInjector:
         with self._lock:
             self.spec = spec
             self.seed = spec.seed if spec.seed is not None else (seed or 0)
-            self._rng = random.Random(self.seed)  # noqa: S311 - test faults, not security
+            self._streams: dict[str, random.Random] = {}
             self.generation = getattr(self, "generation", 0) + 1
             self.calls: Counter[str] = Counter()
             self.faults: Counter[str] = Counter()
@@ -236,9 +236,14 @@ class FaultInjector:
         with self._lock:
             self.calls[service] += 1
             rate = self.spec.rate(service)
-            if not rate or self._rng.random() >= rate:
+            # One stream per service: its n-th call meets the same draw however the calls of the
+            # other services interleave with it (a shared stream made the soak's few SNS calls luck).
+            stream = self._streams.get(service)
+            if stream is None:
+                stream = self._streams[service] = random.Random(f"{self.seed}:{service}")  # noqa: S311 - test faults
+            if not rate or stream.random() >= rate:
                 return None
-            kind = self._rng.choice(self.spec.kinds)
+            kind = stream.choice(self.spec.kinds)
             self.faults[f"{service}:{kind}"] += 1
             return kind
 

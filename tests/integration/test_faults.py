@@ -21,7 +21,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
-from local import faults
+from local import faults, soak
 from local.stack import ROOT, free_port
 from local.standin import ACCESS_KEY, client, queue_name, wait_until_up
 
@@ -159,6 +159,26 @@ def test_draws_are_reproducible_for_a_seed_and_differ_between_seeds():
     assert draws(1) != draws(2)
     assert 60 < sum(kind is not None for kind in draws(1)) < 140
     assert {kind for kind in draws(1) if kind} == set(faults.KINDS)
+
+
+def test_a_services_draws_do_not_depend_on_the_other_services_calls():
+    def sns_draws(other_calls_between):
+        injector = faults.FaultInjector(faults.parse_spec("all=0.2"), 7)
+        draws = []
+        for _ in range(40):
+            for _ in range(other_calls_between):
+                injector.draw("s3")
+            draws.append(injector.draw("sns"))
+        return draws
+
+    assert sns_draws(0) == sns_draws(1) == sns_draws(5)
+
+
+def test_the_soak_seed_faults_sns_within_its_first_eight_calls():
+    """The CI soak publishes 8 alerts: its seed must fault one of them, whatever S3 and Glue do."""
+    injector = faults.FaultInjector(faults.parse_spec(soak.DEFAULT_FAULTS), 7)
+
+    assert any(injector.draw("sns") for _ in range(8))
 
 
 # ------------------------------------------------------------------------ against a stand-in
