@@ -9,7 +9,15 @@ from pathlib import Path
 
 PRICES_PATH = Path(__file__).with_name("aws_prices.json")
 #: S3 request classes as S3 prices them (DELETE is free).
-S3_PUT_CLASS = {"PutObject", "CopyObject", "PostObject", "ListObjectsV2", "ListObjects", "CreateMultipartUpload"}
+S3_PUT_CLASS = {
+    "PutObject",
+    "PutObjectTagging",
+    "CopyObject",
+    "PostObject",
+    "ListObjectsV2",
+    "ListObjects",
+    "CreateMultipartUpload",
+}
 S3_FREE = {"DeleteObject", "DeleteObjects"}
 GB = 1024**3
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from include.glue import normalize_price_record as job
-from include.price_pipeline import alerts, layout, settings
+from include.price_pipeline import alerts, layout, pairs, settings
 from local.faults import set_faults
-from local.feed import synthetic_record, write_record
+from local.feed import pair_record, synthetic_record, write_record
 from local.stack import ADMIN_USER, AIRFLOW_COMPONENTS, Stack
 from local.standin import client, queue_name
 
@@ -43,8 +43,17 @@ GLUE_STARTUP_MODEL_MS = 20000
 #: How long after a sensor defers its trigger has surely made its first check (the triggerer picks
 #: up new triggers every second or so).
 TRIGGER_FIRST_CHECK_SECONDS = 3.0
+#: Previous prices of a live window (the default pair's, other pairs'), and the measured windows' move.
+FLAT = {False: 3000.0, True: 100.0}
+MOVE = 1.02
 GLUE_LOG_DELIVERY = ("CreateLogGroup", "CreateLogStream", "PutLogEvents")
 _CREDENTIAL_SERVICE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+
+
+def flat_record(slot: datetime, price: float) -> dict:
+    """A record of ``slot`` at ``price``, with a narrow spread (the feed's formats rotate as usual)."""
+    return {"date": int(slot.timestamp()), "weightedAverage": price, "high": price * 1.001, "low": price * 0.999,
+            "open": price, "close": price, "volume": 50.0 * price, "quoteVolume": 50.0}  # fmt: skip
 
 
 def free_port() -> int:
@@ -69,16 +78,16 @@ class Disrupted(RuntimeError):
 class Bench:
     """One local stack for every measurement of a benchmark run."""
 
-    def __init__(self, state_dir: Path, log=print):
+    def __init__(self, state_dir: Path, log=print, rules_file: Path | None = None):
         self.state_dir = state_dir
         self.recording = state_dir / "moto_recording.jsonl"
-        self.stack = Stack(
-            state_dir=state_dir,
-            standin_port=free_port(),
-            api_port=free_port(),
-            extra_env={"MOTO_RECORDER_FILEPATH": str(self.recording)},
-        )
+        extra_env = {"MOTO_RECORDER_FILEPATH": str(self.recording)}
+        if rules_file is not None:
+            extra_env["PRICE_RULES_FILE"] = str(rules_file)
+        self.stack = Stack(state_dir=state_dir, standin_port=free_port(), api_port=free_port(), extra_env=extra_env)
         self.config = settings.load(self.stack.env())  # the stack's settings, as its tasks see them
+        self.rule_set = settings.load_rules(self.config)
+        self.other_pairs = pairs.other_pairs(self.rule_set)
         self.log = log
         self.s3 = self.sqs = self.glue = None
         self.restarts: list[dict] = []
@@ -115,17 +124,27 @@ class Bench:
     # ------------------------------------------------------------------------------ data
 
     def write_history(self, slots: list[datetime]) -> None:
-        """The local feed's synthetic records of ``slots``, formats rotating as the feed rotates them."""
-        with ThreadPoolExecutor(10) as pool:
-            list(pool.map(lambda slot: write_record(self.s3, self.config.bucket, synthetic_record(slot)), slots))
+        """The local feed's records of ``slots`` for every configured pair (the default pair's synthetic walk,
+        the others' demo records), formats rotating as the feed rotates them."""
 
-    def seed_canonical(self, slot: datetime, weighted_average: float) -> None:
-        """A canonical CSV for ``slot`` as the Glue job writes it (the previous price of a live window)."""
+        def write(slot: datetime) -> None:
+            for pair in self.other_pairs:
+                record = pair_record(slot, pair, self.rule_set.pairs[pair])
+                write_record(self.s3, self.config.bucket, record, pair=pair)
+            write_record(self.s3, self.config.bucket, synthetic_record(slot))
+
+        with ThreadPoolExecutor(10) as pool:
+            list(pool.map(write, slots))
+
+    def seed_canonical(self, slot: datetime, weighted_average: float, pair: str = "") -> None:
+        """A canonical CSV for ``slot`` as the Glue job writes it (the previous price of a live window);
+        ``pair`` empty: the default pair's."""
         record = {"date": int(slot.timestamp()), "weightedAverage": weighted_average, "volume": 1.0}
         record |= {"high": weighted_average * 1.001, "low": weighted_average * 0.999, "quoteVolume": 1.0}
         aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
-        row = job.normalize(record, aliases, self.config.pair, layout.ingestion_key(slot, ".json"), "json")
-        self.s3.put_object(Bucket=self.config.bucket, Key=layout.analysis_key(slot), Body=job.to_csv(row))
+        source = layout.ingestion_key(slot, ".json", pair=pair)
+        row = job.normalize(record, aliases, pair or self.config.pair, source, "json")
+        self.s3.put_object(Bucket=self.config.bucket, Key=layout.analysis_key(slot, pair=pair), Body=job.to_csv(row))
 
     def standin_rate(self, count: int = 2000, threads: int = 10) -> dict:
         """Requests per second the stand-in answers one client process for small PUTs and GETs (the bulk
@@ -226,11 +245,24 @@ class Bench:
             dag_id,
             run_id,
         )
-        out = {}
+        grouped = defaultdict(list)  # a mapped task has a row per map index: its first start, last end
         for task_id, state, started, ended, tries in rows:
-            started, ended = parse_db_time(started), parse_db_time(ended)
-            seconds = (ended - started).total_seconds() if started and ended else None
-            out[task_id] = {"state": state, "seconds": seconds, "tries": tries, "start": started, "end": ended}
+            grouped[task_id].append((state, parse_db_time(started), parse_db_time(ended), tries))
+        out = {}
+        for task_id, instances in grouped.items():
+            starts = [started for _, started, _, _ in instances if started]
+            ends = [ended for _, _, ended, _ in instances]
+            started = min(starts) if starts else None
+            ended = max(ends) if ends and None not in ends else None
+            states = {state for state, _, _, _ in instances}
+            out[task_id] = {
+                "state": states.pop() if len(states) == 1 else ",".join(sorted(map(str, states))),
+                "seconds": (ended - started).total_seconds() if started and ended else None,
+                "tries": max(tries for _, _, _, tries in instances),
+                "start": started,
+                "end": ended,
+                "instances": len(instances),
+            }
         return out
 
     def task_state(self, dag_id: str, run_id: str, task_id: str) -> str | None:
@@ -360,75 +392,85 @@ class Bench:
 
         Each run is triggered through the REST API for a past window with ``notify_on_backfill`` (a
         scheduled run needs the wall clock to reach the window; the tasks are the same), an hour of
-        previous prices is in place, and the record, 2 % above them, is written only once the run's
-        sensor is waiting: from then on the path is the live one (deferred sensor poke, Glue job run,
-        analysis, SNS -> SQS). The last window is run with the stand-in recording every request, to
-        count the AWS requests of one window.
+        previous prices is in place for every configured pair, and the records, 2 % above them, are
+        written only once the run's sensor is waiting: from then on the path is the live one (deferred
+        sensor poke, Glue job run, analysis, SNS -> SQS). Other pairs' records land first, the default
+        pair's (which the sensor waits for) last, as ``make run``'s feed writes them; the latency runs from
+        that last record to the window's last alert. With ``record_requests`` two more windows run with the
+        stand-in recording every request: one where every pair fires (``request_window``) and one where
+        none does (``quiet_window``), to count the AWS requests of a window and of its alerts.
         """
         self._drain()
         # An hour of flat prices before each window, as in steady state: the analysis reads all of them.
         lookback = self.config.lookback_minutes // 5
-        slots = [first + layout.SLOT * (lookback + 3) * i for i in range(windows + (1 if record_requests else 0))]
-        for slot in slots:
-            for back in range(1, lookback + 1):
-                self.seed_canonical(slot - layout.SLOT * back, 3000.0)
-        run_ids = {}
-        for slot in slots:
-            run_ids[slot] = f"bench_live_{layout.slot_stamp(slot)}_{int(time.time())}"
-        measured = []
+        recorded = ("firing", "quiet") if record_requests else ()
+        slots = [first + layout.SLOT * (lookback + 3) * i for i in range(windows + len(recorded))]
+        with ThreadPoolExecutor(10) as pool:
+            seeds = [(slot - layout.SLOT * back, pair) for slot in slots for back in range(1, lookback + 1)
+                     for pair in ("", *self.other_pairs)]  # fmt: skip
+            list(pool.map(lambda seed: self.seed_canonical(seed[0], FLAT[bool(seed[1])], seed[1]), seeds))
+        measured, stamp = [], int(time.time())
         for index, slot in enumerate(slots):
-            recording = record_requests and index == len(slots) - 1
-            if recording:
+            kind = recorded[index - windows] if index >= windows else "measured"
+            run_id = f"bench_live_{layout.slot_stamp(slot)}_{stamp}"
+            if kind != "measured":
                 self._recorder("reset-recording")
                 self._recorder("start-recording")
-            self.trigger_window(LIVE_DAG, run_ids[slot], slot, {**DEFAULT_PARAMS, "notify_on_backfill": True})
-            self._wait_task_state(LIVE_DAG, run_ids[slot], "wait_for_price_record", ("deferred", "running"), 300)
+            self.trigger_window(LIVE_DAG, run_id, slot, {**DEFAULT_PARAMS, "notify_on_backfill": True})
+            self._wait_task_state(LIVE_DAG, run_id, "wait_for_price_record", ("deferred", "running"), 300)
             # Land the record at evenly spread points of the sensor's poke cycle, as a producer would: the
             # trigger checks once within ~3 s of the deferral, then every sensor_poke_seconds.
             phase = self.config.sensor_poke_seconds * (index % max(1, windows)) / max(1, windows)
             time.sleep(TRIGGER_FIRST_CHECK_SECONDS + phase)
-            record = synthetic_record(slot) | {"weightedAverage": 3060.0, "high": 3070.0, "low": 3050.0}
-            record |= {"open": 3060.0, "close": 3060.0}
+            move = 1.0 if kind == "quiet" else MOVE
+            for pair in self.other_pairs:
+                write_record(self.s3, self.config.bucket, flat_record(slot, FLAT[True] * move), pair=pair)
             landed = time.time()
-            key = write_record(self.s3, self.config.bucket, record)
-            alert = self._wait_alert(slot, timeout=600)
-            row = self.wait_run(LIVE_DAG, run_ids[slot], 600)
-            tasks = self.task_times(LIVE_DAG, run_ids[slot])
+            key = write_record(self.s3, self.config.bucket, flat_record(slot, FLAT[False] * move))
+            expected = 0 if kind == "quiet" else 1 + len(self.other_pairs)
+            sent = self._wait_alerts(slot, expected, timeout=900)
+            row = self.wait_run(LIVE_DAG, run_id, 900)
+            tasks = self.task_times(LIVE_DAG, run_id)
             sensor_end = tasks["wait_for_price_record"]["end"]
             glue_run = self.last_glue_run()
+            last = max(sent, default=landed)
             result = {
                 "window": iso(slot),
+                "pairs": 1 + len(self.other_pairs),
+                "alerts": len(sent),
                 "landed_after_deferral_seconds": TRIGGER_FIRST_CHECK_SECONDS + phase,
-                "seconds": alert["sent"] - landed,
-                "received_seconds": alert["received"] - landed,
+                "seconds": last - landed,
+                "first_alert_seconds": min(sent, default=landed) - landed,
                 "sensor_noticed_seconds": sensor_end.timestamp() - landed if sensor_end else None,
                 "glue_task_seconds": tasks["normalize_price_record"]["seconds"],
                 "compute_task_seconds": tasks["compute_price_change"]["seconds"],
-                "publish_task_seconds": tasks["publish_price_alert"]["seconds"],
+                "publish_task_seconds": tasks.get("publish_price_alert", {}).get("seconds"),
                 "run_state": row["state"],
                 "tries": {task_id: task["tries"] for task_id, task in tasks.items()},
-                "subject": alert["subject"],
-                "timeline": timeline(landed, tasks, glue_run, alert["sent"]),
+                "timeline": timeline(landed, tasks, glue_run, last),
             }
-            if recording:
+            if kind != "measured":
                 self._recorder("stop-recording")
                 result["requests"] = self.count_requests(slot, key)
                 result["glue_run"] = glue_run
-                result["object_bytes"] = self.window_bytes(slot, key)
+                result["object_bytes"] = self.window_bytes(slot)
                 result["glue_log_bytes"] = self.glue_log_bytes(result["glue_run"]["id"])
-                self.request_window = result
+                setattr(self, f"{kind}_window", result)
             else:
                 measured.append(result)
-            self.log(f"  windows done {index + 1} of {len(slots)} ({result['seconds']:.1f} s)")
+            self.log(f"  windows done {index + 1} of {len(slots)} ({kind}: {result['seconds']:.1f} s, "
+                     f"{len(sent)} alerts)")  # fmt: skip
         latencies = [m["seconds"] for m in measured]
         return {
             "windows": measured,
+            "pairs": 1 + len(self.other_pairs),
             "median_seconds": statistics.median(latencies),
             "max_seconds": max(latencies),
             "min_seconds": min(latencies),
             "sensor_poke_seconds": self.config.sensor_poke_seconds,
             "glue_poll_seconds": self.config.glue_poll_seconds,
-            "request_window": getattr(self, "request_window", None),
+            "request_window": getattr(self, "firing_window", None),
+            "quiet_window": getattr(self, "quiet_window", None),
         }
 
     def live_latency_glue_startup(self, first: datetime, windows: int, startup_ms: int) -> dict:
@@ -453,23 +495,23 @@ class Bench:
             for message in got:
                 self.sqs.delete_message(QueueUrl=self.alert_queue, ReceiptHandle=message["ReceiptHandle"])
 
-    def _wait_alert(self, slot: datetime, timeout: float) -> dict:
-        """The alert of the window starting at ``slot``: SQS SentTimestamp and our receive time."""
-        needle = f"Window:   {iso(slot)}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def _wait_alerts(self, slot: datetime, expected: int, timeout: float) -> list[float]:
+        """SQS SentTimestamps of the ``expected`` alerts of the window starting at ``slot`` (none expected:
+        the run's end is waited for instead, by the caller)."""
+        needle = re.compile(rf"Window:\s+{re.escape(iso(slot))}")
+        deadline, sent = time.monotonic() + timeout, []
+        while len(sent) < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(sent)} of {expected} alerts for window {iso(slot)} within {timeout:.0f}s")
             got = self.sqs.receive_message(
                 QueueUrl=self.alert_queue, MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["SentTimestamp"]
             ).get("Messages", [])
-            received = time.time()
             self.supervise()
             for message in got:
                 self.sqs.delete_message(QueueUrl=self.alert_queue, ReceiptHandle=message["ReceiptHandle"])
-                body = json.loads(message["Body"])
-                if needle in body.get("Message", ""):
-                    sent = int(message["Attributes"]["SentTimestamp"]) / 1000
-                    return {"sent": sent, "received": received, "subject": body.get("Subject")}
-        raise TimeoutError(f"no alert for window {iso(slot)} within {timeout:.0f}s")
+                if needle.search(json.loads(message["Body"]).get("Message", "")):
+                    sent.append(int(message["Attributes"]["SentTimestamp"]) / 1000)
+        return sent
 
     # ------------------------------------------------------------------------------ requests
 
@@ -505,15 +547,20 @@ class Bench:
             counts[service][operation] += 1
         return {"by_service": {s: dict(sorted(c.items())) for s, c in sorted(counts.items())}, "excluded": dict(other)}
 
-    def window_bytes(self, slot: datetime, raw_key: str) -> dict:
-        def size(key):
-            return self.s3.head_object(Bucket=self.config.bucket, Key=key)["ContentLength"]
-
-        return {
-            "raw": size(raw_key),
-            "canonical_csv": size(layout.analysis_key(slot)),
-            "ledger": size(layout.ledger_key(slot)),
+    def window_bytes(self, slot: datetime) -> dict:
+        """Bytes the window stores, every pair together: raw records, canonical CSVs, ledger entries."""
+        window = layout.slot_stamp(slot)
+        prefixes = {
+            "raw": self.config.ingestion_prefix,
+            "canonical_csv": self.config.analysis_prefix,
+            "ledger": self.config.changes_prefix,
         }
+        out = {}
+        for name, prefix in prefixes.items():
+            window_prefix = f"{prefix}{layout.partition(slot)}{window}"
+            listed = self.s3.list_objects_v2(Bucket=self.config.bucket, Prefix=window_prefix)
+            out[name] = sum(item["Size"] for item in listed.get("Contents", []))
+        return out
 
     def glue_log_bytes(self, run_id: str) -> int:
         logs = client("logs", self.stack.standin_url)
@@ -557,13 +604,20 @@ TIMELINE = (
     ("publish start", "publish_price_alert", "start"),
     ("publish end", "publish_price_alert", "end"),
 )
+#: The other pairs' steps (their analysis and the mapped publishes: first start, last end).
+PAIRS_TIMELINE = (
+    ("analyse_pairs start", "analyse_pairs", "start"),
+    ("analyse_pairs end", "analyse_pairs", "end"),
+    ("pair publishes start", "publish_pair_alert", "start"),
+    ("pair publishes end", "publish_pair_alert", "end"),
+)
 
 
 def timeline(landed: float, tasks: dict, glue_run: dict, sent: float) -> dict[str, float | None]:
     """Seconds from the record landing to each step of the window's run (task instance start/end times
     from the metadata DB, the Glue job run's own StartedOn/CompletedOn), ending with the SQS SentTimestamp."""
     out: dict[str, float | None] = {}
-    for label, task, edge in TIMELINE:
+    for label, task, edge in (*TIMELINE, *PAIRS_TIMELINE):
         if task == "glue run":
             moment = glue_run.get("started" if edge == "start" else "completed")
         else:
@@ -591,6 +645,8 @@ def classify(entry: dict) -> tuple[str, str, str | None]:
             return service, "ListObjectsV2", query.get("prefix", [""])[0]
         if method == "PUT" and "x-amz-copy-source" in headers:
             return service, "CopyObject", key
+        if method == "PUT" and "tagging" in query:
+            return service, "PutObjectTagging", key
         operation = {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}
         return service, operation.get(method, method), key
     body = entry.get("body") or ""
