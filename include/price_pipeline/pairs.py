@@ -5,10 +5,12 @@ The default pair keeps its single-pair path (``windows.analyse_window``: today's
 params). Every other pair of the rules file goes through here, in one task of the window's run:
 
 - its prices come from its canonical CSVs ``<slot>/<BASE>_<QUOTE>.csv``; the keys of every pair are found
-  with one listing per day partition the rules look back into (StartAfter the first key), not one per pair;
+  with one listing per day partition the rules look back into (StartAfter the first key), not one per pair,
+  and only the CSVs a decision reads are fetched (``rules.slots_read``: two per rule without a cooldown);
 - each rule decides (``rules.evaluate``); a firing rule of a window not due for subscribers (a backfill,
   an old window) is ``suppressed_backfill``;
-- the entry ``<slot>/<BASE>_<QUOTE>.json`` is written with ``If-None-Match: *`` / ``If-Match``: when a rule
+- the entry ``<slot>/<BASE>_<QUOTE>.json`` is written with ``If-None-Match: *`` (read only when one is
+  there already) / ``If-Match``: when a rule
   is due, as the claim ``publishing`` by this run, listing the due rules; only that run publishes them,
   each one marked ``publish_started`` before its Publish and ``notified`` with its message id after;
 - a pair without a record of the window is *late*: no entry is written (a later run of the window, a
@@ -37,22 +39,29 @@ def other_pairs(rule_set: rules.Rules) -> list[str]:
     return [pair for pair in rule_set.pairs if pair != rule_set.default_pair]
 
 
-def load_pair_prices(s3, config: Config, pairs: list[str], first: datetime, last: datetime) -> dict:
-    """``{pair: [Price, ...]}`` of every pair's canonical CSV with a slot in ``[first, last]``: one listing
-    per day partition for all pairs together, then one GET per CSV."""
+def load_pair_prices(s3, config: Config, rule_set: rules.Rules, pairs: list[str], slot: datetime) -> dict:
+    """``{pair: [Price, ...]}``: of each pair's canonical CSVs in its rules' look-back from ``slot``, the
+    ones its decision reads (``rules.slots_read``: the window's, each rule's reference, a cooldown's
+    history). One listing per day partition for all pairs together, then one GET per CSV read."""
     from concurrent.futures import ThreadPoolExecutor
 
     wanted = {layout.pair_slug(pair): pair for pair in pairs}
-    keys = []
+    first = slot - max(rule.history for pair in pairs for rule in rule_set.pairs[pair])
+    listed: dict[str, dict[datetime, str]] = {pair: {} for pair in pairs}
     first_key = layout.analysis_key(first, config.analysis_prefix)
-    last_stamp = layout.slot_stamp(last)
-    for day in layout.day_partitions(first, last):
+    last_stamp = layout.slot_stamp(slot)
+    for day in layout.day_partitions(first, slot):
         day_prefix = f"{config.analysis_prefix}{day}"
         after = "" if first_key < day_prefix else first_key[:-4]  # the slot stamp itself sorts first
         for key in store.list_keys(s3, config.bucket, day_prefix, after):
             stamp, _, rest = key[len(day_prefix) :].partition("/")
             if stamp <= last_stamp and rest.endswith(".csv") and rest[:-4] in wanted:
-                keys.append(key)
+                listed[wanted[rest[:-4]]][layout.parse_slot_stamp(stamp)] = key
+    keys = [
+        by_slot[read]
+        for pair, by_slot in listed.items()
+        for read in rules.slots_read(rule_set.pairs[pair], list(by_slot), slot)
+    ]
     with ThreadPoolExecutor(store.READ_WORKERS) as pool:
         bodies = list(pool.map(lambda key: store.read_bytes(s3, config.bucket, key), keys))
     prices = {pair: [] for pair in pairs}
@@ -65,52 +74,78 @@ def load_pair_prices(s3, config: Config, pairs: list[str], first: datetime, last
 
 def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due: bool, why_not_due: str,
                   run_url: str, claimant: str) -> dict:  # fmt: skip
-    """Decide every other pair's window, write its entry, claim its due rules.
+    """Decide every other pair's window, write its entry, claim its due rules (the pairs in parallel).
 
     Returns ``alerts`` (one per due (pair, rule): ``pair``, ``rule``, ``subject``, ``message``,
     ``attributes``), ``decisions`` (``{pair: {rule: decision}}`` or the stored entry's for a pair already
     claimed) and ``late`` (``{pair: reason}`` of pairs without a record of the window).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     pairs = other_pairs(rule_set)
     out = {"alerts": [], "decisions": {}, "late": {}}
     if not pairs:
         return out
-    history = max(rule.history for pair in pairs for rule in rule_set.pairs[pair])
-    prices = load_pair_prices(s3, config, pairs, slot - history, slot)
-    for pair in pairs:
-        key = layout.ledger_key(slot, config.changes_prefix, pair=pair)
-        stored = store.read_with_etag(s3, config.bucket, key)
-        existing, etag = (json.loads(stored[0]), stored[1]) if stored else (None, None)
-        if existing and existing["decision"] in CLAIMED:
-            out["decisions"][pair] = {name: r["decision"] for name, r in existing["rules"].items()}
-            if existing["decision"] == PUBLISHING and existing.get("claimed_by") == claimant:
-                out["alerts"] += _alerts(existing, config, run_url)  # an earlier try of this run claimed it
-            else:
-                log.warning("%s window %s is %s by %s: this run does not publish it", pair, layout.slot_stamp(slot),
-                            existing["decision"], existing.get("claimed_by", "an earlier run"))  # fmt: skip
-            continue
+    prices = load_pair_prices(s3, config, rule_set, pairs, slot)
+
+    def analyse(pair: str) -> dict:
         series = rules.Series(prices[pair])
-        if series.at(slot) is None:
-            out["late"][pair] = _missing_reason(s3, config, slot, pair)
-            continue
-        decided = {rule.name: rules.evaluate(rule, series, slot) for rule in rule_set.pairs[pair]}
-        entry = pair_entry(pair, slot, series.at(slot), rule_set.pairs[pair], decided, due, why_not_due)
-        out["decisions"][pair] = {name: r["decision"] for name, r in entry["rules"].items()}
-        if entry["decision"] == PUBLISHING:
-            try:
-                claimed = alerts.ledger_bytes({**entry, "claimed_by": claimant})
-                store.write_if(s3, config.bucket, key, claimed, JSON, etag)
-            except store.ConditionFailed:
-                log.warning("%s window %s was claimed by another run meanwhile", pair, layout.slot_stamp(slot))
+        return _analyse_pair(s3, config, rule_set.pairs[pair], pair, series, slot, due, why_not_due, claimant)
+
+    with ThreadPoolExecutor(store.READ_WORKERS) as pool:
+        for pair, result in zip(pairs, pool.map(analyse, pairs), strict=True):
+            if "late" in result:
+                out["late"][pair] = result["late"]
                 continue
-            out["alerts"] += _alerts(entry, config, run_url)
-        elif etag is None or etag != store.md5(alerts.ledger_bytes(entry)):
-            try:
-                store.write_if(s3, config.bucket, key, alerts.ledger_bytes(entry), JSON, etag)
-            except store.ConditionFailed:
-                log.warning("%s window %s: the entry changed meanwhile; kept it", pair, layout.slot_stamp(slot))
-        log.info("%s window %s: %s", pair, layout.slot_stamp(slot), out["decisions"][pair])
+            out["decisions"][pair] = result["decisions"]
+            if result.get("claimed"):
+                out["alerts"] += _alerts(result["entry"], config, run_url)
     return out
+
+
+def _analyse_pair(s3, config: Config, pair_rules, pair, series, slot, due, why_not_due, claimant) -> dict:
+    """One pair's window: ``{"decisions", "entry", "claimed"}`` (``claimed``: this run is to publish the
+    entry's due rules) or ``{"late": reason}``. The entry is written with ``If-None-Match: *`` first (a
+    window's first analysis reads nothing); only when one is there already is it read, and then a
+    ``publishing`` or ``notified`` entry is kept as it is and anything else replaced ``If-Match`` its ETag."""
+    key = layout.ledger_key(slot, config.changes_prefix, pair=pair)
+    stamp = layout.slot_stamp(slot)
+    entry = None
+    if series.at(slot) is not None:
+        decided = {rule.name: rules.evaluate(rule, series, slot) for rule in pair_rules}
+        entry = pair_entry(pair, slot, series.at(slot), pair_rules, decided, due, why_not_due)
+        if entry["decision"] == PUBLISHING:
+            entry = {**entry, "claimed_by": claimant}
+        try:
+            store.write_if(s3, config.bucket, key, alerts.ledger_bytes(entry), JSON, None)
+            return _decided(pair, stamp, entry, claimed=entry["decision"] == PUBLISHING)
+        except store.ConditionFailed:
+            pass  # an entry is there: what it is decides
+    stored = store.read_with_etag(s3, config.bucket, key)
+    existing, etag = (json.loads(stored[0]), stored[1]) if stored else (None, None)
+    if existing and existing["decision"] in CLAIMED:
+        ours = existing["decision"] == PUBLISHING and existing.get("claimed_by") == claimant
+        if not ours:
+            log.warning("%s window %s is %s by %s: this run does not publish it", pair, stamp,
+                        existing["decision"], existing.get("claimed_by", "an earlier run"))  # fmt: skip
+        return _decided(pair, stamp, existing, claimed=ours)  # ours: an earlier try of this run claimed it
+    if entry is None:
+        return {"late": _missing_reason(s3, config, slot, pair)}
+    if etag is not None and etag == store.md5(alerts.ledger_bytes(entry)):
+        return _decided(pair, stamp, entry, claimed=False)
+    try:
+        store.write_if(s3, config.bucket, key, alerts.ledger_bytes(entry), JSON, etag)
+    except store.ConditionFailed:
+        word = "claimed by another run" if entry["decision"] == PUBLISHING else "changed"
+        log.warning("%s window %s: the entry %s meanwhile; kept it", pair, stamp, word)
+        return {"decisions": {name: r["decision"] for name, r in entry["rules"].items()}, "claimed": False}
+    return _decided(pair, stamp, entry, claimed=entry["decision"] == PUBLISHING)
+
+
+def _decided(pair: str, stamp: str, entry: dict, claimed: bool) -> dict:
+    decisions = {name: r["decision"] for name, r in entry["rules"].items()}
+    log.info("%s window %s: %s", pair, stamp, decisions)
+    return {"decisions": decisions, "entry": entry, "claimed": claimed}
 
 
 def pair_entry(pair, slot, latest, pair_rules, decided, due, why_not_due) -> dict:

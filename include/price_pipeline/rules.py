@@ -267,12 +267,32 @@ class Series:
 
     def reference(self, rule: Rule, slot: datetime) -> Price | None:
         """The latest record at or before ``slot - offset`` and no earlier than ``tolerance`` before that."""
-        wanted = slot - rule.reference_offset
-        index = bisect.bisect_right(self.slots, wanted) - 1
-        if index < 0:
-            return None
-        candidate = self.prices[index]
-        return candidate if wanted - candidate.slot <= timedelta(minutes=rule.tolerance_minutes) else None
+        index = _reference_index(rule, self.slots, slot)
+        return None if index is None else self.prices[index]
+
+
+def _reference_index(rule: Rule, slots: list[datetime], slot: datetime) -> int | None:
+    """Index in the sorted ``slots`` of the rule's reference record for the window at ``slot``, if any."""
+    wanted = slot - rule.reference_offset
+    index = bisect.bisect_right(slots, wanted) - 1
+    if index < 0 or wanted - slots[index] > timedelta(minutes=rule.tolerance_minutes):
+        return None
+    return index
+
+
+def slots_read(rules: tuple[Rule, ...], slots: list[datetime], slot: datetime) -> set[datetime]:
+    """The slots among ``slots`` (those with a record) whose records the rules' decisions at ``slot`` read:
+    the window's own and each rule's reference, and for a rule with a cooldown every slot of its history
+    (its earlier firings decide too). ``evaluate`` over these records alone decides as over all of them,
+    so a window's analysis reads two records per pair and rule, not the whole look-back."""
+    ordered = sorted(slots)
+    read = {slot} & set(ordered)
+    for rule in rules:
+        if rule.cooldown_minutes:
+            read |= {earlier for earlier in ordered if slot - rule.history <= earlier <= slot}
+        elif (index := _reference_index(rule, ordered, slot)) is not None:
+            read.add(ordered[index])
+    return read
 
 
 def _direction(change_pct: float | None) -> str:

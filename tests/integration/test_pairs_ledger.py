@@ -105,6 +105,29 @@ def test_a_backfill_records_a_firing_rule_as_suppressed_and_a_missing_pair_as_la
     assert "- BTC/USDT: no record of the window" in pairs.late_notice(slot, later["late"], "url")
 
 
+def test_a_windows_first_analysis_reads_only_the_records_its_rules_decide_from_and_no_ledger_entry(aws):
+    slot = W + layout.SLOT * 96
+    move = {"name": "move-5m", "kind": "change", "threshold_pct": 1.0, "tolerance_minutes": 55}
+    five = rules.parse({"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [move], "BTC/USDT": [move]}})
+    for back in range(12, -1, -1):  # an hour of records: the rule's whole look-back
+        seed(aws, slot - layout.SLOT * back, 99000.0 + back)
+    reads: list[str] = []
+
+    def count(params, **_):
+        reads.append(params["Key"])
+
+    event = "provide-client-params.s3.GetObject"
+    aws.s3.meta.events.register(event, count)
+    try:
+        result = pairs.analyse_pairs(aws.s3, aws.config, five, slot, True, "", "url", "dag/run-r")
+    finally:
+        aws.s3.meta.events.unregister(event, count)
+
+    assert result["decisions"] == {"BTC/USDT": {"move-5m": "below_threshold"}}
+    assert sorted(reads) == sorted(layout.analysis_key(s, pair="BTC/USDT") for s in (slot - layout.SLOT, slot))
+    assert json.loads(aws.get(layout.ledger_key(slot, pair="BTC/USDT")))["decision"] == "analysed"
+
+
 def test_the_bulk_backfill_writes_each_pairs_entries_as_a_backfill_run_does_and_parquet_per_pair(aws):
     from datetime import datetime
 

@@ -4,6 +4,7 @@ the crossing / cooldown edge cases."""
 
 from __future__ import annotations
 
+import bisect
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -239,6 +240,27 @@ def test_history_covers_everything_a_decision_reads():
     last = prices[-1].slot
     window = [p for p in prices if p.slot >= last - rule.history]
     assert rules.evaluate(rule, rules.Series(prices), last) == rules.evaluate(rule, rules.Series(window), last)
+
+
+READ_RULES = (
+    rules.Rule("move-5m", "change", threshold_pct=0.5, minutes=5, tolerance_minutes=55),
+    rules.Rule("move-1h", "change", threshold_pct=1.0, minutes=60, tolerance_minutes=10, min_abs_move=0.0005),
+    rules.Rule("cross", "crossing", level=0.09, tolerance_minutes=55),
+    rules.Rule("cool", "change", threshold_pct=0.5, minutes=15, tolerance_minutes=10, cooldown_minutes=30),
+)
+
+
+@pytest.mark.parametrize("rule", READ_RULES, ids=lambda rule: rule.name)
+def test_a_decision_over_the_records_it_reads_is_the_decision_over_every_record(poloniex_rows, rule):
+    whole = rules.Series(real_prices(poloniex_rows, drop_every=7))  # gaps: references found within tolerances
+    for index, price in enumerate(whole.prices):
+        back = whole.prices[bisect.bisect_left(whole.slots, price.slot - rule.history) : index + 1]
+        read = rules.slots_read((rule,), [p.slot for p in back], price.slot)
+        reduced = rules.Series([p for p in back if p.slot in read])
+
+        assert rules.evaluate(rule, reduced, price.slot) == rules.evaluate(rule, whole, price.slot)
+        if not rule.cooldown_minutes:
+            assert len(read) <= 2  # the window's record and its reference: not the whole look-back
 
 
 # --- validation -------------------------------------------------------------------------------------------
