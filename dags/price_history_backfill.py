@@ -81,7 +81,8 @@ def price_history_backfill():
         },
         verbose=True,
         deferrable=config.deferrable,
-        waiter_delay=5,
+        # A range run's poll also reads its log lines: every 5 s whatever PRICE_GLUE_POLL_SECONDS says.
+        **settings.glue_wait(history.GLUE_RANGE_TIMEOUT_MINUTES, 5),
     )
 
     @task(execution_timeout=timedelta(minutes=60))

@@ -166,8 +166,7 @@ def price_notification():
         },
         verbose=True,
         deferrable=config.deferrable,
-        waiter_delay=config.glue_poll_seconds,
-        job_poll_interval=config.glue_poll_seconds,
+        **settings.glue_wait(settings.GLUE_JOB_TIMEOUT_MINUTES, config.glue_poll_seconds),
     )
 
     @task(multiple_outputs=True)

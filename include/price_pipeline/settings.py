@@ -192,6 +192,21 @@ def glue_job_arguments(config: Config) -> dict[str, str]:
     }
 
 
+#: How long one job run may take (Glue stops it then: TIMEOUT); a range run sets its own (history.py).
+GLUE_JOB_TIMEOUT_MINUTES = 10
+
+
+def glue_wait(timeout_minutes: int, poll_seconds: int) -> dict:
+    """How a GlueJobOperator waits for its run: a poll every ``poll_seconds`` for as long as Glue lets the
+    run go (its ``timeout_minutes``) and a minute more. The provider's default of 75 polls gives up after
+    6 minutes at 5 s while Glue still runs the job, and the task's retry would start a second run beside it."""
+    return {
+        "waiter_delay": poll_seconds,
+        "job_poll_interval": poll_seconds,
+        "waiter_max_attempts": -(-(timeout_minutes + 1) * 60 // poll_seconds),
+    }
+
+
 def glue_job_spec(config: Config) -> dict:
     """The Glue job as every DAG's GlueJobOperator defines it: one job, one configuration.
 
@@ -215,7 +230,7 @@ def glue_job_spec(config: Config) -> dict:
                 "PythonVersion": "3.9",
                 "ScriptLocation": f"s3://{config.bucket}/{layout.GLUE_SCRIPTS_PREFIX}{layout.GLUE_SCRIPT_PATH.name}",
             },
-            "Timeout": 10,
+            "Timeout": GLUE_JOB_TIMEOUT_MINUTES,
             "DefaultArguments": {"--additional-python-modules": "defusedxml==0.7.1"},
         },
     }

@@ -199,6 +199,19 @@ def test_sensor_and_glue_task_poll_at_the_intervals_the_settings_give(monkeypatc
     assert glue.job_poll_interval == 3  # PRICE_DEFERRABLE=false: the worker's interval
 
 
+@pytest.mark.parametrize(
+    ("dag_id", "task_id"),
+    [("price_notification", "normalize_price_record"), ("price_history_backfill", "normalize_price_history")],
+)
+def test_a_glue_task_waits_as_long_as_glue_lets_its_run_go(dagbag, dag_id, task_id):
+    """Airflow giving up on a run Glue still runs fails the task, and its retry starts a second run."""
+    glue = dagbag.dags[dag_id].get_task(task_id)
+    timeout_minutes = (glue.run_job_kwargs or {}).get("Timeout", glue.create_job_kwargs["Timeout"])
+
+    assert glue.waiter_delay * glue.waiter_max_attempts >= timeout_minutes * 60
+    assert glue.waiter_delay == glue.job_poll_interval
+
+
 def test_glue_job_script_location_is_where_the_operator_uploads_the_script(dag):
     glue = dag.get_task("normalize_price_record")
 
