@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench import cost, machine, pairs, report, throughput, ui
-from bench.pipeline import GLUE_STARTUP_MODEL_MS, Bench, Disrupted
+from bench.pipeline import GLUE_STARTUP_MODEL_MS, Bench, Disrupted, running
 from include.price_pipeline import layout
 
 RESULTS = Path(__file__).with_name("results")
@@ -66,24 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     results["throughput"] = throughput.parse_and_normalize(throughput.mixed_objects(plan["throughput_records"]))
 
     output = args.output or RESULTS / ("quick.md" if args.quick else "latest.md")
-    state_dir = Path(tempfile.mkdtemp(prefix="price-bench-"))
-    bench = Bench(state_dir, log=log)
     try:
-        bench.start()
-        measure(bench, plan, results)
+        with running("price-bench-", log, args.keep_state) as bench:
+            try:
+                measure(bench, plan, results)
+            finally:
+                results["restarts"] = bench.restarts
     except BaseException:
         partial = output.with_suffix(".partial.json")
         partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(results | {"restarts": bench.restarts}, indent=1, default=str) + "\n")
+        partial.write_text(json.dumps(results, indent=1, default=str) + "\n")
         log(f"stopped early; the figures measured so far are in {partial}")
         raise
-    finally:
-        log("stopping the stack ...")
-        bench.stop()
-        if args.keep_state:
-            log(f"state (logs, database) kept in {state_dir}")
-        else:
-            shutil.rmtree(state_dir, ignore_errors=True)
 
     log("pairs: 1, 10 and 100 pairs on stacks of their own ..." if not args.quick else "pairs: 1 and 10 pairs ...")
     results["pairs"] = pairs.run(quick=args.quick, keep_state=args.keep_state)
@@ -157,7 +149,6 @@ def measure(bench: Bench, plan: dict, results: dict) -> None:
     log("parse times and the Glue job configuration ...")
     results["parse"] = bench.parse_times()
     results["glue_job"] = bench.glue_job()
-    results["restarts"] = bench.restarts
 
 
 def derived(results: dict) -> dict:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench import machine
-from bench.pipeline import GLUE_STARTUP_MODEL_MS, Bench
+from bench.pipeline import GLUE_STARTUP_MODEL_MS, running
 from bench.report import latency_steps
 
 FIRST = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
@@ -44,11 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
     parser.add_argument("--keep-state", action="store_true", help="keep the stack's state folder (task logs)")
     args = parser.parse_args(argv)
-    state_dir = Path(tempfile.mkdtemp(prefix="price-latency-"))
-    bench = Bench(state_dir, log=log)
     results = {"load_start": machine.load_average()}
-    try:
-        bench.start()
+    with running("price-latency-", log, args.keep_state) as bench:
         results["latency"] = bench.live_latency(FIRST, args.windows, record_requests=False)
         print(latency_steps(results["latency"]), flush=True)
         if args.glue_startup_ms:
@@ -56,12 +51,6 @@ def main(argv: list[str] | None = None) -> int:
             results["with_glue_startup"] = bench.live_latency_glue_startup(later, args.windows, args.glue_startup_ms)
             print(f"\nwith glue_startup_ms={args.glue_startup_ms}:", flush=True)
             print(latency_steps(results["with_glue_startup"]), flush=True)
-    finally:
-        bench.stop()
-        if args.keep_state:
-            log(f"state (logs, database) kept in {state_dir}")
-        else:
-            shutil.rmtree(state_dir, ignore_errors=True)
     results["load_end"] = machine.load_average()
     print(f"\nload average at start {results['load_start']}, at end {results['load_end']}")
     if args.output:

@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench import cost, machine
-from bench.pipeline import Bench
+from bench.pipeline import Bench, running
 from include.price_pipeline import layout
 
 COUNTS = (1, 10, 100)
@@ -92,13 +90,8 @@ def monthly_cost(latency: dict, job: dict, share: float) -> dict:
 
 def measure(count: int, windows: int, bulk_days: int | None, keep_state: bool = False) -> dict:
     """Every figure of one pair count, on a stack of its own."""
-    state_dir = Path(tempfile.mkdtemp(prefix=f"price-bench-pairs{count}-"))
-    rules_file = state_dir / "rules.json"
-    rules_file.write_text(json.dumps(rules_document(count), indent=1))
-    bench = Bench(state_dir, log=log, rules_file=rules_file)
     out: dict = {"pairs": count}
-    try:
-        bench.start()
+    with running(f"price-bench-pairs{count}-", log, keep_state, rules=rules_document(count)) as bench:
         log(f"{count} pairs: live latency over {windows} windows (+2 recorded for request counts) ...")
         out["latency"] = latency = bench.live_latency(LATENCY_START, windows)
         log(f"  median {latency['median_seconds']:.1f} s, max {latency['max_seconds']:.1f} s")
@@ -114,12 +107,6 @@ def measure(count: int, windows: int, bulk_days: int | None, keep_state: bool = 
             bulk["parquet_objects"] = parquet_objects(bench)
             log(f"  {bulk['state']} in {bulk['seconds']:.1f} s")
         out["restarts"] = bench.restarts
-    finally:
-        bench.stop()
-        if keep_state:
-            log(f"state (logs, database) kept in {state_dir}")
-        else:
-            shutil.rmtree(state_dir, ignore_errors=True)
     return out
 
 

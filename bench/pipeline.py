@@ -10,11 +10,14 @@ import base64
 import contextlib
 import json
 import re
+import shutil
 import socket
 import statistics
+import tempfile
 import time
 import urllib.request
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +72,28 @@ def iso(moment: datetime) -> str:
 def parse_db_time(value: datetime | None) -> datetime | None:
     """A timestamp from the metadata database, in UTC."""
     return None if value is None else value.astimezone(UTC)
+
+
+@contextlib.contextmanager
+def running(prefix: str, log=print, keep_state: bool = False, rules: dict | None = None) -> Iterator[Bench]:
+    """A ``Bench`` on a fresh stack in a new temporary state folder (``rules``: a rules file for it),
+    started, then stopped and its folder removed (kept with ``keep_state``) however the block ends."""
+    state_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    rules_file = None
+    if rules is not None:
+        rules_file = state_dir / "rules.json"
+        rules_file.write_text(json.dumps(rules, indent=1))
+    bench = Bench(state_dir, log=log, rules_file=rules_file)
+    try:
+        bench.start()
+        yield bench
+    finally:
+        log("stopping the stack ...")
+        bench.stop()
+        if keep_state:
+            log(f"state (logs, database) kept in {state_dir}")
+        else:
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 class Disrupted(RuntimeError):

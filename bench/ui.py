@@ -15,7 +15,7 @@ import shutil
 import statistics
 from datetime import datetime
 
-from local.stack import ADMIN_USER, Stack
+from local.stack import Stack, log_in
 
 REPEATS = 5
 MARKS = ("price-alerts-drawn", "price-alerts-complete")
@@ -37,12 +37,7 @@ def render_times(stack: Stack, start: datetime, end: datetime, repeats: int = RE
         browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.goto(url)
-            page.wait_for_url("**/auth/login**")
-            page.fill("input[name=username]", ADMIN_USER)
-            page.fill("input[name=password]", stack.admin_password())
-            page.click("button[type=submit]")
-            page.wait_for_url(url)
+            log_in(page, stack, url)
             loads = []
             for attempt in range(repeats + 1):
                 if attempt:

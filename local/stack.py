@@ -371,6 +371,17 @@ class Stack:
         return json.loads(self.passwords_file.read_text()).get(ADMIN_USER, "")
 
 
+def log_in(page, stack: Stack, url: str) -> None:
+    """Open ``url`` in a Playwright ``page``: the UI's login page comes first (the make-run login) and
+    brings the browser back to ``url`` afterwards."""
+    page.goto(url)
+    page.wait_for_url("**/auth/login**")
+    page.fill("input[name=username]", ADMIN_USER)
+    page.fill("input[name=password]", stack.admin_password())
+    page.click("button[type=submit]")
+    page.wait_for_url(url)
+
+
 def isolated(state_dir: Path, **settings) -> Stack:
     """A stack beside any other: its own state folder and free ports (tests, soak, bench)."""
     return Stack(state_dir=state_dir, standin_port=free_port(), api_port=free_port(), **settings)

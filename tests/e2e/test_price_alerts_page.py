@@ -21,7 +21,7 @@ import pytest
 from include.price_pipeline import layout, settings
 from local.api import Api, backfill_when_free, wait_for_backfill
 from local.feed import write_record
-from local.stack import ADMIN_USER, Stack, isolated
+from local.stack import isolated, log_in
 from local.standin import client
 from tests.records import candle
 
@@ -94,16 +94,6 @@ def browser():
         browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True)
         yield browser
         browser.close()
-
-
-def log_in(page, stack: Stack, url: str) -> None:
-    """Open ``url``; the UI's login page comes first and brings the browser back after the login."""
-    page.goto(url)
-    page.wait_for_url("**/auth/login**")
-    page.fill("input[name=username]", ADMIN_USER)
-    page.fill("input[name=password]", stack.admin_password())
-    page.click("button[type=submit]")
-    page.wait_for_url(url)
 
 
 def test_the_page_shows_the_alerts_their_runs_and_the_quarantine(stack, runs, browser):
