@@ -33,3 +33,23 @@ def seed_normalized(s3, bucket: str, record: dict, pair: str = "ETH/USDT") -> st
     key = layout.analysis_key(slot)
     s3.put_object(Bucket=bucket, Key=key, Body=job.to_csv(row))
     return key
+
+
+def glue_args(bucket: str, start: datetime, end: datetime | None = None):
+    """The Glue job's parsed arguments for the windows ``[start, end)`` (one window without ``end``) with
+    the repository's prefixes and field aliases, as the DAGs pass them."""
+
+    from include.glue import normalize_price_record as job
+    from include.price_pipeline import alerts, layout
+
+    window = [f"--window_start={alerts.iso(start)}"] + ([f"--window_end={alerts.iso(end)}"] if end else [])
+    return job.parse_args(
+        [
+            f"--bucket={bucket}",
+            f"--ingestion_prefix={layout.INGESTION_PREFIX}",
+            f"--analysis_prefix={layout.ANALYSIS_PREFIX}",
+            f"--quarantine_prefix={layout.QUARANTINE_PREFIX}",
+            *window,
+            f"--field_aliases={layout.FIELD_ALIASES_PATH.read_text()}",
+        ]
+    )

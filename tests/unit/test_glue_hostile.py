@@ -20,6 +20,7 @@ from moto import mock_aws
 
 from include.glue import normalize_price_record as glue
 from include.price_pipeline import layout
+from tests.records import glue_args
 
 MALFORMED = Path(__file__).resolve().parents[2] / "tests" / "data" / "formats" / "malformed"
 ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
@@ -200,16 +201,7 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     hostile_pair = {**record, "pair": "../../crypto/02-data-analysis/evil"}
     s3.put_object(Bucket="price-bucket", Key=named, Body=json.dumps(hostile_pair).encode())
     s3.put_object(Bucket="price-bucket", Key=folder, Body=json.dumps(record).encode())
-    args = glue.parse_args(
-        [
-            "--bucket=price-bucket",
-            "--ingestion_prefix=" + layout.INGESTION_PREFIX,
-            "--analysis_prefix=" + layout.ANALYSIS_PREFIX,
-            "--quarantine_prefix=" + layout.QUARANTINE_PREFIX,
-            "--window_start=2017-07-14T02:40:00Z",
-            "--field_aliases=" + json.dumps(ALIASES),
-        ]
-    )
+    args = glue_args("price-bucket", slot)
 
     summary = glue.run(s3, args)
 
@@ -253,17 +245,7 @@ def test_a_failure_inside_one_object_is_its_quarantine_reason_and_the_range_run_
         return real_parse(text)
 
     monkeypatch.setattr(glue, "parse_object", parse_object)
-    args = glue.parse_args(
-        [
-            "--bucket=price-bucket",
-            "--ingestion_prefix=" + layout.INGESTION_PREFIX,
-            "--analysis_prefix=" + layout.ANALYSIS_PREFIX,
-            "--quarantine_prefix=" + layout.QUARANTINE_PREFIX,
-            "--window_start=2017-07-14T02:40:00Z",
-            "--window_end=2017-07-14T02:55:00Z",
-            "--field_aliases=" + json.dumps(ALIASES),
-        ]
-    )
+    args = glue_args("price-bucket", first, first + 3 * layout.SLOT)
 
     summary = glue.run(s3, args)
 

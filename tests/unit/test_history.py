@@ -27,7 +27,7 @@ from include.price_pipeline import alerts, analysis, history, layout, windows
 from include.price_pipeline import settings as pipeline_settings
 from include.price_pipeline.analysis import NOTIFIED, NOTIFY, Policy
 from tests.conftest import utc
-from tests.records import candle
+from tests.records import candle, glue_args
 
 CONFIG = pipeline_settings.load({})
 ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
@@ -363,17 +363,7 @@ def raw_bucket():
 
 
 def job_args(start, end) -> Namespace:
-    return glue.parse_args(
-        [
-            "--bucket=raw",
-            "--ingestion_prefix=" + layout.INGESTION_PREFIX,
-            "--analysis_prefix=" + layout.ANALYSIS_PREFIX,
-            "--quarantine_prefix=" + layout.QUARANTINE_PREFIX,
-            "--window_start=" + alerts.iso(start),
-            "--window_end=" + alerts.iso(end),
-            "--field_aliases=" + json.dumps(ALIASES),
-        ]
-    )
+    return glue_args("raw", start, end)
 
 
 @pytest.fixture
