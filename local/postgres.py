@@ -66,6 +66,7 @@ class Postgres:
         """Create the data folder (0700 from the start) and cluster if missing; stop a server that a
         killed run left on this folder, so the caller starts its own."""
         self._ensure_user()
+        self._traverse(bin_dir())  # a checkout under a 0700 folder (/root, mktemp -d) hides the binaries
         if not (self.data_dir / "PG_VERSION").exists():
             self.data_dir.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):
@@ -148,6 +149,12 @@ class Postgres:
 
         entry = pwd.getpwnam(self.user)
         os.chown(path, entry.pw_uid, entry.pw_gid)
+        self._traverse(path)
+
+    def _traverse(self, path: Path) -> None:
+        """As root: the server's user may pass through (not list) every folder above ``path``."""
+        if self.user is None:
+            return
         for parent in path.parents:
             mode = parent.stat().st_mode
             if not mode & 0o001:
