@@ -434,7 +434,7 @@ class Bench:
             seeds = [(slot - layout.SLOT * back, pair) for slot in slots for back in range(1, lookback + 1)
                      for pair in ("", *self.other_pairs)]  # fmt: skip
             list(pool.map(lambda seed: self.seed_canonical(seed[0], FLAT[bool(seed[1])], seed[1]), seeds))
-        measured, stamp = [], int(time.time())
+        measured, windows_recorded, stamp = [], {}, int(time.time())
         for index, slot in enumerate(slots):
             kind = recorded[index - windows] if index >= windows else "measured"
             run_id = f"bench_live_{layout.slot_stamp(slot)}_{stamp}"
@@ -480,7 +480,7 @@ class Bench:
                 result["glue_run"] = glue_run
                 result["object_bytes"] = self.window_bytes(slot)
                 result["glue_log_bytes"] = self.glue_log_bytes(result["glue_run"]["id"])
-                setattr(self, f"{kind}_window", result)
+                windows_recorded[kind] = result
             else:
                 measured.append(result)
             self.log(f"  windows done {index + 1} of {len(slots)} ({kind}: {result['seconds']:.1f} s, "
@@ -494,8 +494,8 @@ class Bench:
             "min_seconds": min(latencies),
             "sensor_poke_seconds": self.config.sensor_poke_seconds,
             "glue_poll_seconds": self.config.glue_poll_seconds,
-            "request_window": getattr(self, "firing_window", None),
-            "quiet_window": getattr(self, "quiet_window", None),
+            "request_window": windows_recorded.get("firing"),
+            "quiet_window": windows_recorded.get("quiet"),
         }
 
     def live_latency_glue_startup(self, first: datetime, windows: int, startup_ms: int) -> dict:
@@ -574,7 +574,6 @@ class Bench:
 
     def window_bytes(self, slot: datetime) -> dict:
         """Bytes the window stores, every pair together: raw records, canonical CSVs, ledger entries."""
-        window = layout.slot_stamp(slot)
         prefixes = {
             "raw": self.config.ingestion_prefix,
             "canonical_csv": self.config.analysis_prefix,
@@ -582,7 +581,7 @@ class Bench:
         }
         out = {}
         for name, prefix in prefixes.items():
-            window_prefix = f"{prefix}{layout.partition(slot)}{window}"
+            window_prefix = layout.ingestion_window_prefix(slot, prefix)  # the window's own key start, any prefix
             listed = self.s3.list_objects_v2(Bucket=self.config.bucket, Prefix=window_prefix)
             out[name] = sum(item["Size"] for item in listed.get("Contents", []))
         return out

@@ -6,7 +6,8 @@ params). Every other pair of the rules file goes through here, in one task of th
 
 - its prices come from its canonical CSVs ``<slot>/<BASE>_<QUOTE>.csv``; the keys of every pair are found
   with one listing per day partition the rules look back into (StartAfter the first key), not one per pair,
-  and only the CSVs a decision reads are fetched (``rules.slots_read``: two per rule without a cooldown);
+  and only the CSVs a decision reads are fetched (``rules.slots_read``: the window's and one reference per
+  rule without a cooldown);
 - each rule decides (``rules.evaluate``); a firing rule of a window not due for subscribers (a backfill,
   an old window) is ``suppressed_backfill``;
 - the entry ``<slot>/<BASE>_<QUOTE>.json`` is written with ``If-None-Match: *`` (read only when one is
@@ -138,7 +139,7 @@ def _analyse_pair(s3, config: Config, pair_rules, pair, series, slot, due, why_n
     except store.ConditionFailed:
         word = "claimed by another run" if entry["decision"] == PUBLISHING else "changed"
         log.warning("%s window %s: the entry %s meanwhile; kept it", pair, stamp, word)
-        return {"decisions": {name: r["decision"] for name, r in entry["rules"].items()}, "claimed": False}
+        return _decided(pair, stamp, entry, claimed=False)
     return _decided(pair, stamp, entry, claimed=entry["decision"] == PUBLISHING)
 
 

@@ -284,7 +284,7 @@ def slots_read(rules: tuple[Rule, ...], slots: list[datetime], slot: datetime) -
     """The slots among ``slots`` (those with a record) whose records the rules' decisions at ``slot`` read:
     the window's own and each rule's reference, and for a rule with a cooldown every slot of its history
     (its earlier firings decide too). ``evaluate`` over these records alone decides as over all of them,
-    so a window's analysis reads two records per pair and rule, not the whole look-back."""
+    so a window's analysis reads its own record and one per rule, not the whole look-back."""
     ordered = sorted(slots)
     read = {slot} & set(ordered)
     for rule in rules:
