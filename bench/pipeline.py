@@ -161,15 +161,18 @@ class Bench:
         with ThreadPoolExecutor(10) as pool:
             list(pool.map(write, slots))
 
-    def seed_canonical(self, slot: datetime, weighted_average: float, pair: str = "") -> None:
-        """A canonical CSV for ``slot`` as the Glue job writes it (the previous price of a live window);
-        ``pair`` empty: the default pair's."""
+    def seed_canonical(self, slot: datetime, weighted_average: float, pairs: bool = False) -> None:
+        """The canonical CSV of ``slot`` as the Glue job writes it (the previous price of a live window):
+        the default pair's, or with ``pairs`` the one of every other pair, each at ``weighted_average``."""
         record = {"date": int(slot.timestamp()), "weightedAverage": weighted_average, "volume": 1.0}
         record |= {"high": weighted_average * 1.001, "low": weighted_average * 0.999, "quoteVolume": 1.0}
         aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
-        source = layout.ingestion_key(slot, ".json", pair=pair)
-        row = job.normalize(record, aliases, pair or self.config.pair, source, "json")
-        self.s3.put_object(Bucket=self.config.bucket, Key=layout.analysis_key(slot, pair=pair), Body=job.to_csv(row))
+        sources = {pair: layout.ingestion_key(slot, ".json", pair=pair) for pair in self.other_pairs} if pairs else {
+            self.config.pair: layout.ingestion_key(slot, ".json")
+        }  # fmt: skip
+        rows = [job.normalize(record, aliases, pair, source, "json") for pair, source in sources.items()]
+        key = layout.pairs_analysis_key(slot) if pairs else layout.analysis_key(slot)
+        self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=job.to_csv(*rows))
 
     def standin_rate(self, count: int = 2000, threads: int = 10) -> dict:
         """Requests per second the stand-in answers one client process for small PUTs and GETs (the bulk
@@ -431,9 +434,9 @@ class Bench:
         recorded = ("firing", "quiet") if record_requests else ()
         slots = [first + layout.SLOT * (lookback + 3) * i for i in range(windows + len(recorded))]
         with ThreadPoolExecutor(10) as pool:
-            seeds = [(slot - layout.SLOT * back, pair) for slot in slots for back in range(1, lookback + 1)
-                     for pair in ("", *self.other_pairs)]  # fmt: skip
-            list(pool.map(lambda seed: self.seed_canonical(seed[0], FLAT[bool(seed[1])], seed[1]), seeds))
+            seeds = [(slot - layout.SLOT * back, pairs) for slot in slots for back in range(1, lookback + 1)
+                     for pairs in ([False, True] if self.other_pairs else [False])]  # fmt: skip
+            list(pool.map(lambda seed: self.seed_canonical(seed[0], FLAT[seed[1]], seed[1]), seeds))
         measured, windows_recorded, stamp = [], {}, int(time.time())
         for index, slot in enumerate(slots):
             kind = recorded[index - windows] if index >= windows else "measured"
@@ -451,7 +454,7 @@ class Bench:
             for pair in self.other_pairs:
                 write_record(self.s3, self.config.bucket, flat_record(slot, FLAT[True] * move), pair=pair)
             landed = time.time()
-            key = write_record(self.s3, self.config.bucket, flat_record(slot, FLAT[False] * move))
+            write_record(self.s3, self.config.bucket, flat_record(slot, FLAT[False] * move))
             expected = 0 if kind == "quiet" else 1 + len(self.other_pairs)
             sent = self._wait_alerts(slot, expected, timeout=900)
             row = self.wait_run(LIVE_DAG, run_id, 900)
@@ -476,7 +479,7 @@ class Bench:
             }
             if kind != "measured":
                 self._recorder("stop-recording")
-                result["requests"] = self.count_requests(slot, key)
+                result["requests"] = self.count_requests(slot)
                 result["glue_run"] = glue_run
                 result["object_bytes"] = self.window_bytes(slot)
                 result["glue_log_bytes"] = self.glue_log_bytes(result["glue_run"]["id"])
@@ -545,21 +548,24 @@ class Bench:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback stand-in
             response.read()
 
-    def count_requests(self, slot: datetime, landed_key: str) -> dict:
+    def count_requests(self, slot: datetime) -> dict:
         """AWS requests the pipeline made for one window, by service and operation, from the recording.
 
-        Left out: the producer's PUT of the record, requests about other windows (the sensors of
+        Left out (counted under ``excluded``): the producers' PUTs of the window's records (one per pair:
+        the feed's cost, whatever the pipeline does), requests about other windows (the sensors of
         scheduled runs waiting on the current wall-clock window), the benchmark's own SQS reads and the
         stand-in's delivery of the job's log lines (on AWS, Glue writes them: ingestion, not requests).
         """
         counts: dict[str, Counter] = defaultdict(Counter)
         other = Counter()
         window_day = layout.partition(slot)
+        records = layout.ingestion_window_prefix(slot, self.config.ingestion_prefix)
         for line in self.recording.read_text().splitlines():
             entry = json.loads(line)
             service, operation, target = classify(entry)
             if service == "s3" and target is not None:
-                if target == landed_key and operation == "PutObject":
+                if target.startswith(records) and operation == "PutObject":
+                    other["producer PutObject"] += 1
                     continue
                 if "year=" in target and window_day not in target:
                     other[operation] += 1
@@ -628,12 +634,12 @@ TIMELINE = (
     ("publish start", "publish_price_alert", "start"),
     ("publish end", "publish_price_alert", "end"),
 )
-#: The other pairs' steps (their analysis and the mapped publishes: first start, last end).
+#: The other pairs' steps (their analysis and their alerts' publish task).
 PAIRS_TIMELINE = (
     ("analyse_pairs start", "analyse_pairs", "start"),
     ("analyse_pairs end", "analyse_pairs", "end"),
-    ("pair publishes start", "publish_pair_alert", "start"),
-    ("pair publishes end", "publish_pair_alert", "end"),
+    ("pair publishes start", "publish_pair_alerts", "start"),
+    ("pair publishes end", "publish_pair_alerts", "end"),
 )
 
 

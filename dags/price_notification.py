@@ -20,9 +20,9 @@ candle starts at `data_interval_start`:
 
 **Many pairs** (`PRICE_RULES_FILE` lists more than the default pair): the same Glue run normalizes every
 pair's record of the window; **analyse_pairs** decides each other pair's rules in one task (one ledger
-entry per pair and window) and **publish_pair_alert**, mapped over the due (pair, rule) alerts, publishes
-each once. The sensor waits for the default pair's record; a pair still missing then is reported to ops
-as late.
+entry per pair and window, all pairs in one ledger object) and **publish_pair_alerts** publishes each due
+(pair, rule) alert once, in parallel. The sensor waits for the default pair's record; a pair still missing
+then is reported to ops as late.
 
 A run without a logical date (REST or CLI trigger with none) analyses the latest window complete when it
 was triggered. Failures (a stale feed, a quarantined record, a claim left by a crash, any task) go to the
@@ -89,26 +89,6 @@ def _record_notified(context, result) -> None:
     entry = context["ti"].xcom_pull(task_ids="compute_price_change", key="entry")
     s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
     windows.record_notified(s3, config, entry, result["MessageId"], _claimant(context["dag_run"]))
-
-
-def _pair_alert(context) -> tuple:
-    """(window start, pair, rule) of a mapped publish_pair_alert (its message attributes name them)."""
-    attributes = context["task"].message_attributes
-    slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
-    return slot, attributes["symbol"], attributes["rule"]
-
-
-def _publish_pair_only_on_our_claim(context) -> None:
-    """Publish guard of one (pair, rule): only this run's claim, only once (see pairs.start_publish)."""
-    alert = _pair_alert(context)
-    _only_on_our_claim(lambda s3: pairs.start_publish(s3, config, *alert, _claimant(context["dag_run"])))
-
-
-def _record_pair_notified(context, result) -> None:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
-    pairs.record_notified(s3, config, *_pair_alert(context), result["MessageId"], _claimant(context["dag_run"]))
 
 
 def _window_start(dag_run):
@@ -306,21 +286,37 @@ def price_notification():
                     subject=f"[price pipeline] Pairs late: {layout.slot_stamp(window_start)}",
                     message=pairs.late_notice(window_start, result["late"], link),
                 )
-            return [
-                {"subject": a["subject"], "message": a["message"], "message_attributes": a["attributes"]}
-                for a in result["alerts"]
-            ]
+            return result["alerts"]
+
+        @task
+        def publish_pair_alerts(due: list[dict], data_interval_start=None, dag_run=None) -> dict:
+            """Each due (pair, rule) alert once: only this run's claims, marked in the ledger around each Publish."""
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+            from airflow.providers.amazon.aws.hooks.sns import SnsHook
+            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+            if not due:
+                raise AirflowSkipException("no pair alert is due in this window")
+            window_start = windows.run_window_start(data_interval_start, dag_run.run_after)
+            sns = SnsHook(aws_conn_id=config.aws_conn_id)
+
+            def publish(alert: dict) -> str:
+                kwargs = {"subject": alert["subject"], "message_attributes": alert["attributes"]}
+                return sns.publish_to_target(config.alert_topic_arn, alert["message"], **kwargs)["MessageId"]
+
+            s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
+            result = pairs.publish_alerts(s3, config, window_start, due, _claimant(dag_run), publish)
+            for reason in result["skipped"]:
+                log.warning("%s", reason)
+            log.info("Published %d pair alerts: %s", len(result["sent"]), result["sent"])
+            if result["failed"]:  # not sent: the task's retry publishes them (and reports any left again)
+                raise RuntimeError("; ".join(result["failed"] + result["left"]))
+            if result["left"]:
+                raise AirflowFailException("; ".join(result["left"]))
+            return result["sent"]
 
         pair_alerts = analyse_pairs()
-        publish_pair_alert = SnsPublishOperator.partial(
-            task_id="publish_pair_alert",
-            aws_conn_id=config.aws_conn_id,
-            target_arn=config.alert_topic_arn,
-            pre_execute=_publish_pair_only_on_our_claim,
-            post_execute=_record_pair_notified,
-        ).expand_kwargs(pair_alerts)
-
-        chain(normalize_price_record, pair_alerts, publish_pair_alert)
+        chain(normalize_price_record, pair_alerts, publish_pair_alerts(pair_alerts))
 
 
 price_notification()

@@ -35,6 +35,24 @@ def seed_normalized(s3, bucket: str, record: dict, pair: str = "ETH/USDT") -> st
     return key
 
 
+def seed_pairs(s3, bucket: str, slot: datetime, prices: dict[str, float]) -> str:
+    """Write the other pairs' canonical CSV of ``slot`` (``{pair: weighted average}``, a row each) as the
+    Glue job would (its own functions)."""
+    import json
+
+    from include.glue import normalize_price_record as job
+    from include.price_pipeline import layout
+
+    aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+    rows = [
+        job.normalize(candle(slot, price), aliases, pair, layout.ingestion_key(slot, ".json", pair=pair), "json")
+        for pair, price in sorted(prices.items())
+    ]
+    key = layout.pairs_analysis_key(slot)
+    s3.put_object(Bucket=bucket, Key=key, Body=job.to_csv(*rows))
+    return key
+
+
 def glue_args(bucket: str, start: datetime, end: datetime | None = None):
     """The Glue job's parsed arguments for the windows ``[start, end)`` (one window without ``end``) with
     the repository's prefixes and field aliases, as the DAGs pass them."""

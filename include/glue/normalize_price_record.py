@@ -13,8 +13,9 @@ such as Glue's own, are ignored):
     --pair                the default pair: an object under a window's single-pair key (``<slot>...``)
                           is for it; a record names it or none; every row carries it
     --pairs               the other configured pairs, comma-separated (``BTC/USDT,SOL/USDT``): an object
-                          at ``<slot>/<BASE>_<QUOTE>...`` is for that pair and writes its own CSV
-                          ``<slot>/<BASE>_<QUOTE>.csv``; one naming no configured pair is quarantined
+                          at ``<slot>/<BASE>_<QUOTE>...`` is for that pair; the window's other pairs
+                          share one CSV ``<slot>/pairs.csv``, a row per pair (by pair); an object naming
+                          no configured pair is quarantined
     --max_object_bytes    objects above this size are quarantined without being read whole
     --field_aliases       JSON: canonical field -> accepted spellings (include/glue/field_aliases.json)
 
@@ -103,10 +104,6 @@ def pair_slug(pair):
     return slug
 
 
-def _pair_folder(pair):
-    return "/" + pair_slug(pair) if pair else ""
-
-
 def pair_of_ingestion_key(key, slot, prefix, default_pair):
     rest = key[len(ingestion_window_prefix(slot, prefix)) :]
     if not rest.startswith("/"):
@@ -117,8 +114,15 @@ def pair_of_ingestion_key(key, slot, prefix, default_pair):
     return "{}/{}".format(match.group(1), match.group(2))
 
 
-def analysis_key(slot, prefix, pair=""):
-    return prefix + partition(slot) + slot_stamp(slot) + _pair_folder(pair) + ".csv"
+def analysis_key(slot, prefix):
+    return prefix + partition(slot) + slot_stamp(slot) + ".csv"
+
+
+PAIRS_FILE = "pairs"
+
+
+def pairs_analysis_key(slot, prefix):
+    return prefix + partition(slot) + slot_stamp(slot) + "/" + PAIRS_FILE + ".csv"
 
 
 def range_objects_key(start, end, prefix):
@@ -786,15 +790,17 @@ def _outside(value, low, high):
     return (low is not None and value < low - slack) or (high is not None and value > high + slack)
 
 
-def to_csv(row):
-    """The canonical CSV object of one row: header plus one line, floats in shortest round-trip form."""
-    cells = [_csv_cell(row.get(column)) for column in CSV_COLUMNS]
-    # The csv module quotes only the line terminator's characters: a key holding a carriage return
-    # (S3 allows it) would break the row, so such a row has every cell quoted.
-    stray_return = any("\r" in cell for cell in cells if isinstance(cell, str))
+def to_csv(*rows):
+    """The canonical CSV object of its rows: header plus one line each, floats in shortest round-trip form."""
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow(CSV_COLUMNS)
-    csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL if stray_return else csv.QUOTE_MINIMAL).writerow(cells)
+    for row in rows:
+        cells = [_csv_cell(row.get(column)) for column in CSV_COLUMNS]
+        # The csv module quotes only the line terminator's characters: a key holding a carriage return
+        # (S3 allows it) would break the row, so such a row has every cell quoted.
+        stray_return = any("\r" in cell for cell in cells if isinstance(cell, str))
+        quoting = csv.QUOTE_ALL if stray_return else csv.QUOTE_MINIMAL
+        csv.writer(out, lineterminator="\n", quoting=quoting).writerow(cells)
     return out.getvalue().encode("utf-8")
 
 
@@ -978,18 +984,21 @@ def plan_window(args, slot, outcomes, pair=None):
     (LastModified, then key) with a valid record of the window gives the canonical CSV, which names the
     older ones it superseded; an object with any refused record is copied to quarantine with the reasons;
     every object is tagged as ingested once those writes are made. The keys written are
-    ``analysis_key(slot)`` (``<slot>/<SLUG>.csv`` for another ``pair`` than ``--pair``) and
-    ``quarantine_keys(slot, <listed key>)``, nothing else.
+    ``analysis_key(slot)`` and ``quarantine_keys(slot, <listed key>)``, nothing else; for another ``pair``
+    than ``--pair`` the plan holds the ``row`` for the window's shared CSV instead (see plan_pairs).
     """
     other = pair if pair and pair != args.pair else ""
     candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: (o["modified"], o["key"]))
-    plan = {"window": slot_stamp(slot), "csv": None, "used": None, "quarantine": []}
+    plan = {"window": slot_stamp(slot), "csv": None, "row": None, "used": None, "quarantine": []}
     plan["tag"] = sorted(o["key"] for o in outcomes)
     plan["superseded"] = [o["key"] for o in candidates[:-1]]
     if candidates:
         plan["used"] = candidates[-1]["key"]
         row = dict(candidates[-1]["row"], superseded=json.dumps(plan["superseded"]) if plan["superseded"] else "")
-        plan["csv"] = (analysis_key(slot, args.analysis_prefix, other), to_csv(row))
+        if other:
+            plan["row"] = row
+        else:
+            plan["csv"] = (analysis_key(slot, args.analysis_prefix), to_csv(row))
     for outcome in sorted(outcomes, key=lambda o: o["key"]):
         if outcome["reasons"]:
             copy_key, reason_key = quarantine_keys(slot, outcome["key"], args.quarantine_prefix)
@@ -1004,6 +1013,21 @@ def plan_window(args, slot, outcomes, pair=None):
                 note["pair"] = other
             plan["quarantine"].append((outcome["key"], copy_key, reason_key, note))
     return plan
+
+
+def plan_pairs(args, slot, plans, tag_workers=1):
+    """The other pairs' plans of window ``slot`` as one: their quarantine writes and tags, and the one CSV
+    ``pairs_analysis_key(slot)`` holding a row per pair with a record, by pair (none if no pair has one).
+    One object for every pair: S3 bills a PUT per object, whatever its size. ``tag_workers``: threads
+    tagging the window's raw objects (a live window's run has nothing else to do in parallel)."""
+    rows = sorted((plan["row"] for plan in plans if plan["row"] is not None), key=lambda row: row["pair"])
+    return {
+        "window": slot_stamp(slot),
+        "csv": (pairs_analysis_key(slot, args.analysis_prefix), to_csv(*rows)) if rows else None,
+        "quarantine": [item for plan in plans for item in plan["quarantine"]],
+        "tag": sorted(key for plan in plans for key in plan["tag"]),
+        "tag_workers": tag_workers,
+    }
 
 
 def apply_plan(s3, args, plan):
@@ -1022,8 +1046,12 @@ def apply_plan(s3, args, plan):
     if plan["csv"] is not None:
         key, body = plan["csv"]
         s3.put_object(Bucket=args.bucket, Key=key, Body=body, ContentType="text/csv")
-    for key in plan["tag"]:
+
+    def tag(key):
         s3.put_object_tagging(Bucket=args.bucket, Key=key, Tagging={"TagSet": [INGESTED_TAG]})
+
+    with ThreadPoolExecutor(plan.get("tag_workers", 1)) as pool:
+        list(pool.map(tag, plan["tag"]))
     return plan["csv"]
 
 
@@ -1042,7 +1070,8 @@ def run(s3, args, spread=False):
     for (_key, _size, slot, modified), outcome in zip(objects, results):  # noqa: B905 - no strict= on 3.9
         pair = outcome.pop("pair")
         by_window.setdefault((slot, pair or ""), []).append(dict(outcome, modified=modified))
-    plans = [plan_window(args, slot, outcomes, pair) for (slot, pair), outcomes in sorted(by_window.items())]
+    windows = sorted(by_window)
+    plans = [plan_window(args, slot, by_window[(slot, pair)], pair) for slot, pair in windows]
     summary = {"window_start": slot_stamp(args.start), "objects": len(objects), "rows": 0}
     summary.update(quarantined=[], superseded=[])
     for plan in plans:
@@ -1053,7 +1082,15 @@ def run(s3, args, spread=False):
             for key in plan["superseded"]:
                 print("SUPERSEDED in window {}: {} (by the newer {})".format(plan["window"], key, plan["used"]))
                 summary["superseded"].append({"window": plan["window"], "key": key, "by": plan["used"]})
-    written = [item for item in _each(s3, args, apply_plan, plans, processes) if item is not None]
+    writes, other_pairs = [], {}
+    for (slot, pair), plan in zip(windows, plans):  # noqa: B905 - no strict= on 3.9
+        if pair and pair != args.pair:
+            other_pairs.setdefault(slot, []).append(plan)
+        else:
+            writes.append(plan)
+    tag_workers = MAX_WORKERS if len(other_pairs) == 1 else 1  # one window: tag its pairs' objects in parallel
+    writes += [plan_pairs(args, slot, group, tag_workers) for slot, group in sorted(other_pairs.items())]
+    written = [item for item in _each(s3, args, apply_plan, writes, processes) if item is not None]
     summary["rows"] = len(written)
     if args.end - args.start > timedelta(seconds=SLOT_SECONDS):
         summary["range_objects_key"] = write_range_objects(s3, args, written)

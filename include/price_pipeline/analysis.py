@@ -87,24 +87,35 @@ class Policy:
 
 
 def parse_canonical_csv(body: bytes) -> Price:
-    """Read the Glue job's canonical CSV object (header plus one row) into a :class:`Price`."""
-    rows = list(csv.DictReader(io.StringIO(body.decode("utf-8"))))
-    if len(rows) != 1:
-        raise ValueError(f"canonical CSV must hold exactly one row, found {len(rows)}")
-    row = rows[0]
-    missing = [c for c in layout.CANONICAL_COLUMNS if c not in row]
-    if missing:
-        raise ValueError(f"canonical CSV lacks columns {missing}")
-    weighted_average = float(row["weighted_average"])
-    if not (math.isfinite(weighted_average) and weighted_average > 0):
-        raise ValueError(f"canonical CSV weighted_average {row['weighted_average']!r} is not a finite positive number")
-    return Price(
-        slot=datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")),
-        weighted_average=weighted_average,
-        pair=row["pair"],
-        source_key=row["source_key"],
-        superseded=tuple(json.loads(row["superseded"])) if row.get("superseded") else (),
-    )
+    """Read the Glue job's canonical CSV object of the default pair (header plus one row) into a :class:`Price`."""
+    prices = parse_canonical_rows(body)
+    if len(prices) != 1:
+        raise ValueError(f"canonical CSV must hold exactly one row, found {len(prices)}")
+    return prices[0]
+
+
+def parse_canonical_rows(body: bytes) -> list[Price]:
+    """Every row of a canonical CSV object (a window's other-pairs CSV holds one per pair) as a :class:`Price`."""
+    prices = []
+    for row in csv.DictReader(io.StringIO(body.decode("utf-8"))):
+        missing = [c for c in layout.CANONICAL_COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"canonical CSV lacks columns {missing}")
+        weighted_average = float(row["weighted_average"])
+        if not (math.isfinite(weighted_average) and weighted_average > 0):
+            raise ValueError(
+                f"canonical CSV weighted_average {row['weighted_average']!r} is not a finite positive number"
+            )
+        prices.append(
+            Price(
+                slot=datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")),
+                weighted_average=weighted_average,
+                pair=row["pair"],
+                source_key=row["source_key"],
+                superseded=tuple(json.loads(row["superseded"])) if row.get("superseded") else (),
+            )
+        )
+    return prices
 
 
 def pct_change(previous: float, latest: float) -> float:

@@ -181,16 +181,21 @@ def _ledger_keys(s3, config: Config, slots: list[datetime]) -> set[str]:
     return {key for keys in listed for key in keys}
 
 
-def _read_entries(s3, config: Config, keys: list[str]) -> dict[str, dict]:
-    """``{key: entry}`` of ledger objects (a body that is not a JSON object is left out)."""
+def _read_entries(s3, config: Config, keys: list[str], pair: str = "") -> dict[str, dict]:
+    """``{key: entry}`` of ledger objects (a body that is not a JSON object is left out); ``pair``: of the
+    other pairs' objects (JSON lines), that pair's entry."""
 
     def read(key: str) -> dict | None:
         body = store.read_bytes(s3, config.bucket, key)
-        try:
-            entry = json.loads(body) if body is not None else None
-        except ValueError:
-            return None
-        return entry if isinstance(entry, dict) else None
+        lines = body.decode("utf-8", "replace").splitlines() if pair and body is not None else [body]
+        for line in lines:
+            try:
+                entry = json.loads(line) if line is not None else None
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and (not pair or entry.get("pair") == pair):
+                return entry
+        return None
 
     with ThreadPoolExecutor(WORKERS) as pool:
         entries = list(pool.map(read, keys))
@@ -220,8 +225,8 @@ def row_from_pair_entry(slot: datetime, entry: dict) -> dict:
 
 def _pair_rows(s3, config: Config, slots: list[datetime], pair: str) -> list[dict]:
     existing = _ledger_keys(s3, config, slots)
-    key_of = {slot: layout.ledger_key(slot, config.changes_prefix, pair=pair) for slot in slots}
-    entries = _read_entries(s3, config, [key for key in key_of.values() if key in existing])
+    key_of = {slot: layout.pairs_ledger_key(slot, config.changes_prefix) for slot in slots}
+    entries = _read_entries(s3, config, [key for key in key_of.values() if key in existing], pair)
     return [
         row_from_pair_entry(slot, entries[key_of[slot]]) if key_of[slot] in entries else missing_row(slot)
         for slot in slots

@@ -315,7 +315,7 @@ def canonical_keys(s3, config: Config, start: datetime, end: datetime, policy: P
     The analysis needs ``[context_start, end)``; Parquet needs every CSV of each month of ``[start, end)``.
     """
     last = end - layout.SLOT
-    month_keys = [key for key in all_month_keys(s3, config, start, end) if not layout.pair_of_analysis_key(key)]
+    month_keys = [key for key in all_month_keys(s3, config, start, end) if not layout.is_pairs_key(key)]
     first_key = layout.analysis_key(start, config.analysis_prefix)
     last_key = layout.analysis_key(last, config.analysis_prefix)
     in_range = [key for key in month_keys if first_key <= key <= last_key]
@@ -337,9 +337,12 @@ def count_quarantined(s3, config: Config, start: datetime, end: datetime) -> int
     return sum(1 for key in keys if key.endswith(".reason.json") and key[:length] in wanted)
 
 
-def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first: datetime, last: datetime) -> dict:
+def write_ledger(
+    s3, bucket: str, prefix: str, objects: dict[str, bytes], first: datetime, last: datetime, merge=None
+) -> dict:
     """Write each ledger object unless the stored one is identical, ``publishing`` or ``notified``; return
-    the counts.
+    the counts. ``merge(stored bytes, new bytes) -> bytes`` instead decides what an object that is there
+    becomes (the other pairs' objects: each pair's claimed entry is kept, the others replaced).
 
     One listing per day partition gives each stored entry's ETag: an entry whose ETag is the MD5 of the
     new bytes is identical and left alone (with SSE-KMS, ETags are no MD5 and every stored entry is read
@@ -350,8 +353,9 @@ def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first:
     stored = list_with_etags(s3, bucket, days)
 
     def settle(key: str) -> str:
-        body, etag = objects[key], stored.get(key)
+        new, etag = objects[key], stored.get(key)
         for _attempt in range(WRITE_ATTEMPTS):
+            body = new
             if etag is not None:
                 if etag == store.md5(body):
                     return "unchanged"
@@ -360,9 +364,10 @@ def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first:
                     etag = None
                     continue
                 existing, etag = current
+                body = merge(existing, new) if merge else new
                 if existing == body:
                     return "unchanged"
-                if _decision(existing) in CLAIMED:
+                if not merge and _decision(existing) in CLAIMED:
                     return f"kept_{_decision(existing)}"
             try:
                 store.write_if(s3, bucket, key, body, "application/json", etag)
@@ -385,17 +390,20 @@ def _decision(body: bytes) -> str | None:
         return None
 
 
-def write_parquet(
-    s3, bucket: str, prefix: str, bodies: dict[str, bytes], month_keys: list[str], pair: str = ""
-) -> list[dict]:
-    """Rewrite the Parquet object of each month from all its canonical CSVs; skip identical bytes.
-    ``pair``: another pair than the default one, under ``pair=<BASE>_<QUOTE>/``."""
+def write_parquet(s3, bucket: str, prefix: str, bodies: dict[str, bytes], month_keys: list[str]) -> list[dict]:
+    """Rewrite the Parquet object of each month from all its canonical CSVs; skip identical bytes."""
     by_month: dict[tuple[int, int], list[dict]] = {}
     for key in month_keys:
         slot = layout.slot_of_key(key)
         rows = by_month.setdefault((slot.year, slot.month), [])
         if key in bodies:
             rows.extend(canonical_rows(bodies[key]))
+    return write_months(s3, bucket, prefix, by_month)
+
+
+def write_months(s3, bucket: str, prefix: str, by_month: dict[tuple[int, int], list[dict]], pair: str = "") -> list:
+    """Write each month's Parquet object of its rows unless identical bytes are there. ``pair``: another
+    pair than the default one, under ``pair=<BASE>_<QUOTE>/``."""
     stored = list_with_etags(s3, bucket, [layout.parquet_key(y, m, prefix, pair) for y, m in by_month])
     out = []
     for (year, month), rows in sorted(by_month.items()):
@@ -536,31 +544,46 @@ def backfill_pairs(
 
     others = pairs.other_pairs(rule_set)
     history = max(rule.history for pair in others for rule in rule_set.pairs[pair])
-    month_keys = [key for key in all_month_keys(s3, config, start, end) if layout.pair_of_analysis_key(key) in others]
+    month_keys = [key for key in all_month_keys(s3, config, start, end) if layout.is_pairs_key(key)]
+    first = layout.pairs_analysis_key(start - history, config.analysis_prefix)
+    last = layout.pairs_analysis_key(start - layout.SLOT, config.analysis_prefix)
     before = []
     for day in layout.day_partitions(start - history, start - layout.SLOT):
-        before += store.list_keys(s3, config.bucket, f"{config.analysis_prefix}{day}")
-    first, last = layout.slot_stamp(start - history), layout.slot_stamp(start - layout.SLOT)
-    before = [k for k in before if layout.pair_of_analysis_key(k) in others and first <= layout.slot_stamp(
-        layout.slot_of_key(k)) <= last]  # fmt: skip
+        keys = store.list_keys(s3, config.bucket, f"{config.analysis_prefix}{day}")
+        before += [k for k in keys if layout.is_pairs_key(k) and first <= k <= last]
     bodies, _ = read_canonical(s3, config.bucket, sorted(set(month_keys) | set(before)), range_key)
+    by_slot = pairs.prices_by_slot({layout.slot_of_key(key): body for key, body in bodies.items()})
     why = "bulk backfill: this DAG publishes the default pair only" if notify_on_backfill else (
         "backfill run (notify_on_backfill is off)")  # fmt: skip
-    objects, out = {}, {}
+    entries: dict[datetime, dict[str, dict]] = {}
+    out = {}
     for pair in others:
-        keys = [k for k in sorted(set(month_keys) | set(before)) if layout.pair_of_analysis_key(k) == pair]
-        series = rules.Series([parse_canonical_csv(bodies[k]) for k in keys if k in bodies])
+        series = rules.Series([by_slot[slot][pair] for slot in sorted(by_slot) if pair in by_slot[slot]])
         windows_done = 0
         for price in series.prices:
             if not start <= price.slot < end:
                 continue
             decided = {rule.name: rules.evaluate(rule, series, price.slot) for rule in rule_set.pairs[pair]}
             entry = pairs.pair_entry(pair, price.slot, price, rule_set.pairs[pair], decided, False, why)
-            objects[layout.ledger_key(price.slot, config.changes_prefix, pair=pair)] = alerts.ledger_bytes(entry)
+            entries.setdefault(price.slot, {})[pair] = entry
             windows_done += 1
-        parquet = write_parquet(s3, config.bucket, parquet_prefix, bodies, [k for k in keys if k in month_keys], pair)
-        out[pair] = {"windows": windows_done, "parquet": parquet}
-    out["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, start, end - layout.SLOT)
+        out[pair] = {"windows": windows_done}
+    by_pair_month: dict[str, dict[tuple[int, int], list[dict]]] = {pair: {} for pair in others}
+    for key in month_keys:
+        slot = layout.slot_of_key(key)
+        for pair in others:
+            by_pair_month[pair].setdefault((slot.year, slot.month), [])
+        for row in canonical_rows(bodies.get(key, b"")):
+            if row["pair"] in by_pair_month:
+                by_pair_month[row["pair"]][(slot.year, slot.month)].append(row)
+    for pair in others:
+        out[pair]["parquet"] = write_months(s3, config.bucket, parquet_prefix, by_pair_month[pair], pair)
+    objects = {
+        layout.pairs_ledger_key(slot, config.changes_prefix): pairs.entries_bytes(by_pair)
+        for slot, by_pair in entries.items()
+    }
+    ledger_range = (start, end - layout.SLOT)
+    out["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, *ledger_range, pairs.merged_bytes)
     return out
 
 

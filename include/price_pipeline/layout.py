@@ -17,17 +17,20 @@ Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHM
 A window ``[start, start + 5 min)`` owns the record whose candle starts at ``start``; its ingestion
 object is found by listing the one prefix ``ingestion_window_prefix(start)``, never by a bucket scan.
 
-Many pairs: a pair other than the default one writes under the window's folder, named by its slug
-``BASE_QUOTE`` (``ingestion_key(slot, ext, pair=...)``)::
+Many pairs: a pair other than the default one writes its raw object under the window's folder, named by
+its slug ``BASE_QUOTE`` (``ingestion_key(slot, ext, pair=...)``); every other pair of a window shares one
+canonical CSV (a row per pair, by pair) and one ledger object (JSON lines, an entry per pair, by pair)::
 
     crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE><anything>
-    crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE>.csv
-    crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE>.json
+    crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>/pairs.csv
+    crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>/pairs.jsonl
 
 The same single listing of ``ingestion_window_prefix(start)`` returns every pair's object of the window
 (the default pair's ``<slot>.json`` and the others' ``<slot>/<SLUG>...``): one listing per window,
-whatever the number of pairs. The default pair keeps the single-pair keys, so existing objects, ledgers
-and readers stay valid without a migration (``pair_of_ingestion_key`` reads them as the default pair).
+whatever the number of pairs. The shared CSV and ledger object keep S3's PUTs per window constant: on S3
+a request costs more than the bytes, and a window of 100 pairs would otherwise write 200 more objects.
+The default pair keeps the single-pair keys, so existing objects, ledgers and readers stay valid without
+a migration (``pair_of_ingestion_key`` reads them as the default pair).
 """
 
 from __future__ import annotations
@@ -117,20 +120,11 @@ def pair_slug(pair: str) -> str:
     return slug
 
 
-def slug_pair(slug: str) -> str:
-    """Inverse of :func:`pair_slug`."""
-    return slug.replace("_", "/", 1)
-
-
-def _pair_folder(pair: str) -> str:
-    """``""`` for the default pair (the single-pair keys), else ``/<SLUG>``."""
-    return f"/{pair_slug(pair)}" if pair else ""
-
-
 def ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION_PREFIX, pair: str = "") -> str:
     """Where a producer writes the record of ``slot``; ``extension`` includes its dot (``.json``).
     ``pair`` empty: the default pair's single-pair key; else the pair's key in the window's folder."""
-    return f"{ingestion_window_prefix(slot, prefix)}{_pair_folder(pair)}{extension}"
+    folder = f"/{pair_slug(pair)}" if pair else ""
+    return f"{ingestion_window_prefix(slot, prefix)}{folder}{extension}"
 
 
 def pair_of_ingestion_key(key: str, slot: datetime, prefix: str, default_pair: str) -> str | None:
@@ -146,16 +140,23 @@ def pair_of_ingestion_key(key: str, slot: datetime, prefix: str, default_pair: s
     return f"{match.group(1)}/{match.group(2)}"
 
 
-def pair_of_analysis_key(key: str) -> str:
-    """The pair of a canonical CSV (or ledger) key: ``""`` (the default pair) for ``<slot>.csv``, the
-    slug's pair for ``<slot>/<BASE>_<QUOTE>.csv``."""
-    name = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return slug_pair(name) if _PAIR_SLUG.fullmatch(name) else ""
+def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
+    """Where the Glue job writes the default pair's canonical CSV of ``slot``."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}.csv"
 
 
-def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX, pair: str = "") -> str:
-    """Where the Glue job writes the canonical CSV of ``slot`` (``pair`` empty: the default pair)."""
-    return f"{prefix}{partition(slot)}{slot_stamp(slot)}{_pair_folder(pair)}.csv"
+#: The name, in a window's folder, of the canonical CSV and of the ledger object every other pair shares.
+PAIRS_FILE = "pairs"
+
+
+def pairs_analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
+    """Where the Glue job writes the other pairs' canonical records of ``slot``: one CSV, a row per pair."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}/{PAIRS_FILE}.csv"
+
+
+def is_pairs_key(key: str) -> bool:
+    """Whether a canonical CSV key is a window's other-pairs CSV (else the default pair's)."""
+    return key.endswith(f"/{PAIRS_FILE}.csv")
 
 
 def range_objects_key(start: datetime, end: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
@@ -165,10 +166,15 @@ def range_objects_key(start: datetime, end: datetime, prefix: str = ANALYSIS_PRE
     return f"{prefix}_ranges/{slot_stamp(start)}-{slot_stamp(end)}.jsonl"
 
 
-def ledger_key(slot: datetime, prefix: str = CHANGES_PREFIX, pair: str = "") -> str:
-    """Where the price-change ledger entry of the window starting at ``slot`` lives (one per pair and
-    window; ``pair`` empty: the default pair)."""
-    return f"{prefix}{partition(slot)}{slot_stamp(slot)}{_pair_folder(pair)}.json"
+def ledger_key(slot: datetime, prefix: str = CHANGES_PREFIX) -> str:
+    """Where the default pair's price-change ledger entry of the window starting at ``slot`` lives."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}.json"
+
+
+def pairs_ledger_key(slot: datetime, prefix: str = CHANGES_PREFIX) -> str:
+    """Where the other pairs' ledger entries of the window starting at ``slot`` live: JSON lines, one entry
+    per pair (Athena's JSON SerDe reads it as rows)."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}/{PAIRS_FILE}.jsonl"
 
 
 def quarantine_keys(slot: datetime, source_key: str, prefix: str = QUARANTINE_PREFIX) -> tuple[str, str]:

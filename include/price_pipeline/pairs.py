@@ -4,16 +4,18 @@ holding each rule's decision, and once per (pair, rule, window) by conditional l
 The default pair keeps its single-pair path (``windows.analyse_window``: today's entry bytes, claims and
 params). Every other pair of the rules file goes through here, in one task of the window's run:
 
-- its prices come from its canonical CSVs ``<slot>/<BASE>_<QUOTE>.csv``; the keys of every pair are found
-  with one listing per day partition the rules look back into (StartAfter the first key), not one per pair,
-  and only the CSVs a decision reads are fetched (``rules.slots_read``: the window's and one reference per
-  rule without a cooldown);
+- a window's other pairs share one canonical CSV ``<slot>/pairs.csv`` (a row per pair) and one ledger
+  object ``<slot>/pairs.jsonl`` (an entry per pair): S3 bills per request, so the requests of a window do
+  not grow with its pairs. The CSVs are found with one listing per day partition the rules look back
+  into, and only the slots a decision reads are fetched (``rules.slots_read``: the window's and one
+  reference per rule; a cooldown's history), one GET per slot for every pair;
 - each rule decides (``rules.evaluate``); a firing rule of a window not due for subscribers (a backfill,
   an old window) is ``suppressed_backfill``;
-- the entry ``<slot>/<BASE>_<QUOTE>.json`` is written with ``If-None-Match: *`` (read only when one is
-  there already) / ``If-Match``: when a rule
-  is due, as the claim ``publishing`` by this run, listing the due rules; only that run publishes them,
-  each one marked ``publish_started`` before its Publish and ``notified`` with its message id after;
+- the ledger object is created with ``If-None-Match: *`` (read only when one is there already) and else
+  rewritten ``If-Match`` its ETag: an entry ``publishing`` or ``notified`` is kept as it is; a pair with a
+  rule due is claimed ``publishing`` by this run, listing the due rules; only that run publishes them
+  (``publish_alerts``), each rule marked ``publish_started`` before its Publish and ``notified`` with its
+  message id after;
 - a pair without a record of the window is *late*: no entry is written (a later run of the window, a
   clear, a backfill or the bulk DAG still can), and the run tells ops which pairs were late.
 """
@@ -22,131 +24,171 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+from botocore.exceptions import ClientError
+
 from include.price_pipeline import alerts, layout, rules, store
-from include.price_pipeline.analysis import CLAIMED, NOTIFIED, PUBLISHING, SUPPRESSED_BACKFILL, parse_canonical_csv
+from include.price_pipeline.analysis import (
+    CLAIMED,
+    NOTIFIED,
+    PUBLISHING,
+    SUPPRESSED_BACKFILL,
+    Price,
+    parse_canonical_rows,
+)
 from include.price_pipeline.settings import Config
-from include.price_pipeline.windows import PUBLISH_STARTED, AlreadyNotified, ClaimLeft, ClaimLost
+from include.price_pipeline.windows import PUBLISH_STARTED
 
 log = logging.getLogger(__name__)
-JSON = "application/json"
+JSON = "application/x-ndjson"
 ANALYSED = "analysed"
-#: Concurrent publishes of one claim (mapped tasks) rewrite the entry in turn; a lost race is read again.
+#: The ledger object is rewritten over the version read; a lost race (another run of the window) reads again.
 MAX_WRITE_ATTEMPTS = 20
+#: Alerts published at once: each batch is marked started in one write, published in parallel, and
+#: recorded in one more write, so a crash leaves at most this many alerts for ops to check.
+PUBLISH_BATCH = 8
+#: Why an alert whose publish started is not published again.
+LEFT = (
+    "a publish started and did not record its outcome, it may have been sent: not publishing again. "
+    "Check the alert topic; to release the claim see README (releasing a claim)"
+)
 
 
 def other_pairs(rule_set: rules.Rules) -> list[str]:
     return [pair for pair in rule_set.pairs if pair != rule_set.default_pair]
 
 
-def load_pair_prices(s3, config: Config, rule_set: rules.Rules, pairs: list[str], slot: datetime) -> dict:
-    """``{pair: [Price, ...]}``: of each pair's canonical CSVs in its rules' look-back from ``slot``, the
-    ones its decision reads (``rules.slots_read``: the window's, each rule's reference, a cooldown's
-    history). One listing per day partition for all pairs together, then one GET per CSV read."""
-    from concurrent.futures import ThreadPoolExecutor
+def entries_bytes(entries: dict[str, dict]) -> bytes:
+    """A window's other-pairs ledger object: one canonical line per entry, by pair."""
+    return b"".join(alerts.ledger_bytes(entries[pair]) for pair in sorted(entries))
 
-    wanted = {layout.pair_slug(pair): pair for pair in pairs}
+
+def parse_entries(body: bytes) -> dict[str, dict]:
+    """``{pair: entry}`` of a window's other-pairs ledger object."""
+    entries = (json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip())
+    return {entry["pair"]: entry for entry in entries}
+
+
+def read_entries(s3, config: Config, slot: datetime) -> dict[str, dict]:
+    body = store.read_bytes(s3, config.bucket, layout.pairs_ledger_key(slot, config.changes_prefix))
+    return {} if body is None else parse_entries(body)
+
+
+def prices_by_slot(bodies: dict[datetime, bytes]) -> dict[datetime, dict[str, Price]]:
+    """``{slot: {pair: Price}}`` of other-pairs CSVs read."""
+    return {slot: {price.pair: price for price in parse_canonical_rows(body)} for slot, body in bodies.items()}
+
+
+def load_pair_prices(s3, config: Config, rule_set: rules.Rules, pairs: list[str], slot: datetime) -> dict:
+    """``{pair: [Price, ...]}``: of the other-pairs CSVs in the rules' look-back from ``slot``, the ones the
+    decisions read (``rules.slots_read`` for each pair), one GET per slot for every pair. One listing per
+    day partition says which slots have a CSV; a slot read without a pair's row is not that pair's
+    reference, so the next candidate is read, until every pair's decision has what it reads."""
     first = slot - max(rule.history for pair in pairs for rule in rule_set.pairs[pair])
-    listed: dict[str, dict[datetime, str]] = {pair: {} for pair in pairs}
-    first_key = layout.analysis_key(first, config.analysis_prefix)
-    last_stamp = layout.slot_stamp(slot)
+    first_key, last_key = (
+        layout.pairs_analysis_key(first, config.analysis_prefix),
+        layout.pairs_analysis_key(slot, config.analysis_prefix),
+    )
+    files = []
     for day in layout.day_partitions(first, slot):
         day_prefix = f"{config.analysis_prefix}{day}"
-        after = "" if first_key < day_prefix else first_key[:-4]  # the slot stamp itself sorts first
-        for key in store.list_keys(s3, config.bucket, day_prefix, after):
-            stamp, _, rest = key[len(day_prefix) :].partition("/")
-            if stamp <= last_stamp and rest.endswith(".csv") and rest[:-4] in wanted:
-                listed[wanted[rest[:-4]]][layout.parse_slot_stamp(stamp)] = key
-    keys = [
-        by_slot[read]
-        for pair, by_slot in listed.items()
-        for read in rules.slots_read(rule_set.pairs[pair], list(by_slot), slot)
-    ]
-    with ThreadPoolExecutor(store.READ_WORKERS) as pool:
-        bodies = list(pool.map(lambda key: store.read_bytes(s3, config.bucket, key), keys))
-    prices = {pair: [] for pair in pairs}
-    for body in bodies:
-        if body is not None:
-            price = parse_canonical_csv(body)
-            prices[price.pair].append(price)
-    return prices
+        after = "" if first_key < day_prefix else layout.analysis_key(first, config.analysis_prefix)
+        keys = store.list_keys(s3, config.bucket, day_prefix, after)
+        files += [layout.slot_of_key(k) for k in keys if layout.is_pairs_key(k) and first_key <= k <= last_key]
+    read: dict[datetime, dict[str, Price]] = {}
+    while True:
+        wanted = set()
+        for pair in pairs:
+            candidates = [at for at in files if at not in read or pair in read[at]]
+            wanted |= rules.slots_read(rule_set.pairs[pair], candidates, slot) - read.keys()
+        if not wanted:
+            break
+        slots = sorted(wanted)
+        keys = [layout.pairs_analysis_key(at, config.analysis_prefix) for at in slots]
+        with ThreadPoolExecutor(store.READ_WORKERS) as pool:
+            bodies = list(pool.map(lambda key: store.read_bytes(s3, config.bucket, key), keys))
+        read.update(prices_by_slot({at: body or b"" for at, body in zip(slots, bodies, strict=True)}))
+    return {pair: [read[at][pair] for at in sorted(read) if pair in read[at]] for pair in pairs}
 
 
 def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due: bool, why_not_due: str,
                   run_url: str, claimant: str) -> dict:  # fmt: skip
-    """Decide every other pair's window, write its entry, claim its due rules (the pairs in parallel).
+    """Decide every other pair's window, write the window's entries, claim its due rules.
 
     Returns ``alerts`` (one per due (pair, rule): ``pair``, ``rule``, ``subject``, ``message``,
-    ``attributes``), ``decisions`` (``{pair: {rule: decision}}`` or the stored entry's for a pair already
+    ``attributes``), ``decisions`` (``{pair: {rule: decision}}``, the stored entry's for a pair already
     claimed) and ``late`` (``{pair: reason}`` of pairs without a record of the window).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     pairs = other_pairs(rule_set)
     out = {"alerts": [], "decisions": {}, "late": {}}
     if not pairs:
         return out
     prices = load_pair_prices(s3, config, rule_set, pairs, slot)
-
-    def analyse(pair: str) -> dict:
+    fresh = {}
+    for pair in pairs:
         series = rules.Series(prices[pair])
-        return _analyse_pair(s3, config, rule_set.pairs[pair], pair, series, slot, due, why_not_due, claimant)
+        if series.at(slot) is None:
+            continue
+        decided = {rule.name: rules.evaluate(rule, series, slot) for rule in rule_set.pairs[pair]}
+        entry = pair_entry(pair, slot, series.at(slot), rule_set.pairs[pair], decided, due, why_not_due)
+        fresh[pair] = {**entry, "claimed_by": claimant} if entry["decision"] == PUBLISHING else entry
 
-    with ThreadPoolExecutor(store.READ_WORKERS) as pool:
-        for pair, result in zip(pairs, pool.map(analyse, pairs), strict=True):
-            if "late" in result:
-                out["late"][pair] = result["late"]
-                continue
-            out["decisions"][pair] = result["decisions"]
-            if result.get("claimed"):
-                out["alerts"] += _alerts(result["entry"], config, run_url)
+    entries = _rewrite(s3, config, slot, lambda stored: merged(stored, fresh))
+    stamp = layout.slot_stamp(slot)
+    for pair in pairs:
+        entry = entries.get(pair)
+        if entry is None or (pair not in fresh and entry["decision"] not in CLAIMED):
+            out["late"][pair] = _missing_reason(s3, config, slot, pair)
+            continue
+        out["decisions"][pair] = {name: r["decision"] for name, r in entry["rules"].items()}
+        ours = entry["decision"] == PUBLISHING and entry.get("claimed_by") == claimant
+        if entry is not fresh.get(pair) and not ours and entry["decision"] in CLAIMED:
+            log.warning("%s window %s is %s by %s: this run does not publish it", pair, stamp, entry["decision"],
+                        entry.get("claimed_by", "an earlier run"))  # fmt: skip
+        if ours:
+            out["alerts"] += _alerts(entry, config, run_url)
+    log.info("Window %s: %s", stamp, out["decisions"])
     return out
 
 
-def _analyse_pair(s3, config: Config, pair_rules, pair, series, slot, due, why_not_due, claimant) -> dict:
-    """One pair's window: ``{"decisions", "entry", "claimed"}`` (``claimed``: this run is to publish the
-    entry's due rules) or ``{"late": reason}``. The entry is written with ``If-None-Match: *`` first (a
-    window's first analysis reads nothing); only when one is there already is it read, and then a
-    ``publishing`` or ``notified`` entry is kept as it is and anything else replaced ``If-Match`` its ETag."""
-    key = layout.ledger_key(slot, config.changes_prefix, pair=pair)
-    stamp = layout.slot_stamp(slot)
-    entry = None
-    if series.at(slot) is not None:
-        decided = {rule.name: rules.evaluate(rule, series, slot) for rule in pair_rules}
-        entry = pair_entry(pair, slot, series.at(slot), pair_rules, decided, due, why_not_due)
-        if entry["decision"] == PUBLISHING:
-            entry = {**entry, "claimed_by": claimant}
-        try:
-            store.write_if(s3, config.bucket, key, alerts.ledger_bytes(entry), JSON, None)
-            return _decided(pair, stamp, entry, claimed=entry["decision"] == PUBLISHING)
-        except store.ConditionFailed:
-            pass  # an entry is there: what it is decides
-    stored = store.read_with_etag(s3, config.bucket, key)
-    existing, etag = (json.loads(stored[0]), stored[1]) if stored else (None, None)
-    if existing and existing["decision"] in CLAIMED:
-        ours = existing["decision"] == PUBLISHING and existing.get("claimed_by") == claimant
-        if not ours:
-            log.warning("%s window %s is %s by %s: this run does not publish it", pair, stamp,
-                        existing["decision"], existing.get("claimed_by", "an earlier run"))  # fmt: skip
-        return _decided(pair, stamp, existing, claimed=ours)  # ours: an earlier try of this run claimed it
-    if entry is None:
-        return {"late": _missing_reason(s3, config, slot, pair)}
-    if etag is not None and etag == store.md5(alerts.ledger_bytes(entry)):
-        return _decided(pair, stamp, entry, claimed=False)
-    try:
-        store.write_if(s3, config.bucket, key, alerts.ledger_bytes(entry), JSON, etag)
-    except store.ConditionFailed:
-        word = "claimed by another run" if entry["decision"] == PUBLISHING else "changed"
-        log.warning("%s window %s: the entry %s meanwhile; kept it", pair, stamp, word)
-        return _decided(pair, stamp, entry, claimed=False)
-    return _decided(pair, stamp, entry, claimed=entry["decision"] == PUBLISHING)
+def merged(stored: dict[str, dict], fresh: dict[str, dict]) -> dict[str, dict]:
+    """A window's entries after an analysis: each pair's ``publishing`` or ``notified`` entry as stored
+    (nobody overwrites a claim), else the fresh one, else the stored one (a pair without a record now)."""
+    keep = {pair: entry for pair, entry in stored.items() if entry["decision"] in CLAIMED or pair not in fresh}
+    return {pair: keep.get(pair) or fresh[pair] for pair in sorted(set(stored) | set(fresh))}
 
 
-def _decided(pair: str, stamp: str, entry: dict, claimed: bool) -> dict:
-    decisions = {name: r["decision"] for name, r in entry["rules"].items()}
-    log.info("%s window %s: %s", pair, stamp, decisions)
-    return {"decisions": decisions, "entry": entry, "claimed": claimed}
+def merged_bytes(stored: bytes, fresh: bytes) -> bytes:
+    """:func:`merged` of two ledger objects' bytes (the bulk DAG's ledger pass)."""
+    return entries_bytes(merged(parse_entries(stored), parse_entries(fresh)))
+
+
+def _rewrite(s3, config: Config, slot: datetime, change: Callable[[dict], dict], read_first: bool = False) -> dict:
+    """Apply ``change({pair: entry}) -> {pair: entry}`` to the window's ledger object over the version read
+    and return what it holds. Unless ``read_first``, the first write creates it (If-None-Match, nothing
+    read: a window's first analysis); else, and once that finds one, it is read and replaced If-Match its
+    ETag, again when another writer came in between. An unchanged object is not written."""
+    key = layout.pairs_ledger_key(slot, config.changes_prefix)
+    stored, etag, read = {}, None, False
+    if read_first:
+        current, read = store.read_with_etag(s3, config.bucket, key), True
+        stored, etag = (parse_entries(current[0]), current[1]) if current else ({}, None)
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        updated = change(stored)
+        if read and entries_bytes(updated) == entries_bytes(stored):
+            return updated  # nothing to write (also: no entry at all stays no object)
+        if updated:
+            try:
+                store.write_if(s3, config.bucket, key, entries_bytes(updated), JSON, etag)
+                return updated
+            except store.ConditionFailed:
+                pass
+        current, read = store.read_with_etag(s3, config.bucket, key), True
+        stored, etag = (parse_entries(current[0]), current[1]) if current else ({}, None)
+    raise RuntimeError(f"window {layout.slot_stamp(slot)}: the pairs' ledger object kept changing; not written")
 
 
 def pair_entry(pair, slot, latest, pair_rules, decided, due, why_not_due) -> dict:
@@ -240,56 +282,89 @@ def late_notice(slot: datetime, late: dict, run_url: str) -> str:
     return "\n".join(lines)
 
 
-def _rewrite(s3, config: Config, slot: datetime, pair: str, change) -> dict:
-    """Apply ``change(entry) -> new entry`` over the version read, again when a concurrent publish of the
-    same claim (another mapped task) wrote in between; ``change`` raises to stop."""
-    key = layout.ledger_key(slot, config.changes_prefix, pair=pair)
-    for _ in range(MAX_WRITE_ATTEMPTS):
-        stored = store.read_with_etag(s3, config.bucket, key)
-        entry, etag = (json.loads(stored[0]), stored[1]) if stored else (None, None)
-        updated = change(entry)
-        try:
-            store.write_if(s3, config.bucket, key, alerts.ledger_bytes(updated), JSON, etag)
-            return updated
-        except store.ConditionFailed:
-            continue
-    raise ClaimLost(f"{pair} window {layout.slot_stamp(slot)}: the entry kept changing; not publishing")
+def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant: str,
+                   publish: Callable[[dict], str]) -> dict:  # fmt: skip
+    """Publish each due alert (``analyse_pairs``'s) of ``claimant``'s claims once: ``publish(alert)``
+    returns the SNS message id. In batches of PUBLISH_BATCH: one write marks the batch's rules
+    ``publish_started`` (only rules of this run's claim, not notified, not started before), they are
+    published in parallel, one write records each as ``notified`` with its message id (an entry once all
+    its rules are). A Publish that SNS refused (it answered with an error: not sent) gets its mark back, for
+    a retry; any other failure may have sent it and keeps the mark.
+
+    Returns ``sent`` (``{"<pair> <rule>": message id}``), ``skipped`` (reasons: notified already, not this
+    run's claim), ``left`` (reasons: started by an earlier try, may have been sent: ops decide) and
+    ``failed`` (reasons: not sent, a retry publishes them).
+    """
+    out = {"sent": {}, "skipped": [], "left": [], "failed": []}
+    stamp = layout.slot_stamp(slot)
+    for first in range(0, len(due), PUBLISH_BATCH):
+        batch, verdicts = due[first : first + PUBLISH_BATCH], {}
+
+        def start(entries, batch=batch, verdicts=verdicts):
+            verdicts.clear()
+            marked = dict(entries)
+            for alert in batch:
+                pair, rule = alert["pair"], alert["rule"]
+                entry = marked.get(pair) or {}
+                state = entry.get("rules", {}).get(rule, {})
+                what = f"{pair} window {stamp} rule {rule}"
+                if state.get("decision") == NOTIFIED:
+                    verdicts[pair, rule] = (
+                        "skipped",
+                        f"{what} already notified as SNS message {state['sns_message_id']}",
+                    )
+                elif entry.get("decision") != PUBLISHING or entry.get("claimed_by") != claimant:
+                    verdicts[pair, rule] = ("skipped", f"{what} is not claimed by this run: not publishing")
+                elif state.get(PUBLISH_STARTED):
+                    verdicts[pair, rule] = ("left", f"{what}: {LEFT} (an earlier publish of {claimant})")
+                else:
+                    verdicts[pair, rule] = ("go", what)
+                    marked[pair] = {**entry, "rules": {**entry["rules"], rule: {**state, PUBLISH_STARTED: True}}}
+            return marked
+
+        _rewrite(s3, config, slot, start, read_first=True)
+        go = [alert for alert in batch if verdicts[alert["pair"], alert["rule"]][0] == "go"]
+        for verdict, reason in verdicts.values():
+            if verdict != "go":
+                out[verdict].append(reason)
+        with ThreadPoolExecutor(PUBLISH_BATCH) as pool:
+            results = list(pool.map(lambda alert: _attempt(publish, alert), go))
+        if go:
+            _rewrite(s3, config, slot, lambda entries, go=go, results=results: _recorded(entries, go, results), True)
+        for alert, (message_id, error) in zip(go, results, strict=True):
+            what = f"{alert['pair']} window {stamp} rule {alert['rule']}"
+            if message_id is not None:
+                out["sent"][f"{alert['pair']} {alert['rule']}"] = message_id
+            elif isinstance(error, ClientError):
+                out["failed"].append(f"{what}: SNS refused the Publish ({error}); a retry publishes it")
+            else:
+                out["left"].append(f"{what}: {LEFT} (the Publish failed: {type(error).__name__}: {error})")
+    return out
 
 
-def start_publish(s3, config: Config, slot: datetime, pair: str, rule: str, claimant: str) -> None:
-    """Right before publishing (pair, rule): only ``claimant``'s claim, only once: marks the rule
-    ``publish_started``. AlreadyNotified, ClaimLost (not this run's claim) or ClaimLeft (an earlier try
-    started publishing this rule and did not record the outcome: ops decide)."""
-    stamp = f"{pair} window {layout.slot_stamp(slot)} rule {rule}"
-
-    def mark(entry):
-        state = (entry or {}).get("rules", {}).get(rule, {})
-        if state.get("decision") == NOTIFIED:
-            raise AlreadyNotified(f"{stamp} already notified as SNS message {state['sns_message_id']}")
-        if not state or entry.get("claimed_by") != claimant:
-            raise ClaimLost(f"{stamp} is not claimed by this run: not publishing")
-        if state.get(PUBLISH_STARTED):
-            raise ClaimLeft(
-                f"{stamp}: claim left by an earlier publish of {claimant}, which may have sent the alert; "
-                "not publishing again. Check the alert topic; to release the claim see README (releasing a claim)"
-            )
-        return {**entry, "rules": {**entry["rules"], rule: {**state, PUBLISH_STARTED: True}}}
-
-    _rewrite(s3, config, slot, pair, mark)
+def _attempt(publish: Callable[[dict], str], alert: dict) -> tuple[str | None, Exception | None]:
+    try:
+        return publish(alert), None
+    except Exception as error:  # noqa: BLE001 - recorded per alert, reported by the caller
+        return None, error
 
 
-def record_notified(s3, config: Config, slot: datetime, pair: str, rule: str, message_id: str, claimant: str) -> dict:
-    """The rule as ``notified`` with its message id; once every due rule is, the entry is ``notified``."""
-
-    def mark(entry):
-        if not entry or entry.get("claimed_by") != claimant:
-            raise ClaimLost(f"{pair} window {layout.slot_stamp(slot)} rule {rule}: published as {message_id}, "
-                            "but the claim is gone")  # fmt: skip
-        state = {k: v for k, v in entry["rules"][rule].items() if k != PUBLISH_STARTED}
-        state = {**state, "decision": NOTIFIED, "sns_message_id": message_id}
-        updated = {**entry, "rules": {**entry["rules"], rule: state}}
-        if not any(r["decision"] == rules.NOTIFY for r in updated["rules"].values()):
-            updated = {k: v for k, v in updated.items() if k != "claimed_by"} | {"decision": NOTIFIED}
-        return updated
-
-    return _rewrite(s3, config, slot, pair, mark)
+def _recorded(entries: dict[str, dict], go: list[dict], results: list[tuple]) -> dict[str, dict]:
+    """The entries with each published rule ``notified`` (its message id), each refused one's mark taken
+    back; an entry whose rules are all notified is ``notified`` and no longer claimed."""
+    updated = dict(entries)
+    for alert, (message_id, error) in zip(go, results, strict=True):
+        entry = updated[alert["pair"]]
+        state = entry["rules"][alert["rule"]]
+        if message_id is not None:
+            state = {k: v for k, v in state.items() if k != PUBLISH_STARTED} | {
+                "decision": NOTIFIED,
+                "sns_message_id": message_id,
+            }
+        elif isinstance(error, ClientError):
+            state = {k: v for k, v in state.items() if k != PUBLISH_STARTED}
+        entry = {**entry, "rules": {**entry["rules"], alert["rule"]: state}}
+        if not any(r["decision"] == rules.NOTIFY for r in entry["rules"].values()):
+            entry = {k: v for k, v in entry.items() if k != "claimed_by"} | {"decision": NOTIFIED}
+        updated[alert["pair"]] = entry
+    return updated

@@ -10,32 +10,32 @@ import json
 
 import pytest
 
-from include.glue import normalize_price_record as job
-from include.price_pipeline import layout
+from include.price_pipeline import layout, pairs
 from local.feed import write_record
 from tests.conftest import utc
 from tests.e2e.test_price_notification import parse_dag_with, run_window, task_states
-from tests.records import candle
+from tests.records import candle, seed_normalized, seed_pairs
 
 pytestmark = pytest.mark.e2e
 
 W = utc(2026, 3, 9, 10, 0)  # a day no other test uses
-ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
 
 
 @pytest.fixture(scope="module")
 def dag(airflow_db):
     with pytest.MonkeyPatch.context() as patch:
         dag = parse_dag_with(patch, "price_notification_pairs", PRICE_RULES_FILE="include/rules/local.json")
-    assert {t.task_id for t in dag.tasks} >= {"analyse_pairs", "publish_pair_alert"}
+    assert {t.task_id for t in dag.tasks} >= {"analyse_pairs", "publish_pair_alerts"}
     return dag
 
 
-def seed(aws, pair: str, slot, price: float) -> None:
-    """A pair's canonical CSV of an earlier window, as the Glue job writes it."""
-    other = "" if pair == "ETH/USDT" else pair
-    row = job.normalize(candle(slot, price), ALIASES, pair, layout.ingestion_key(slot, ".json", pair=other), "json")
-    aws.s3.put_object(Bucket=aws.config.bucket, Key=layout.analysis_key(slot, pair=other), Body=job.to_csv(row))
+def seed(aws, slot, prices: dict[str, float]) -> None:
+    """The canonical CSVs of an earlier window, as the Glue job writes them (the default pair's own, the
+    others' shared one)."""
+    if "ETH/USDT" in prices:
+        seed_normalized(aws.s3, aws.config.bucket, candle(slot, prices.pop("ETH/USDT")))
+    if prices:
+        seed_pairs(aws.s3, aws.config.bucket, slot, prices)
 
 
 def land(aws, pair: str, slot, price: float) -> None:
@@ -46,15 +46,14 @@ def land(aws, pair: str, slot, price: float) -> None:
         aws.put(layout.ingestion_key(slot, ".json", pair=pair), json.dumps(candle(slot, price)))
 
 
-def pair_ledger(aws, slot, pair) -> dict:
-    return json.loads(aws.get(layout.ledger_key(slot, pair=pair)))
+def pair_ledger(aws, slot) -> dict:
+    return pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot)))
 
 
 def test_three_pairs_one_live_window_exactly_the_expected_messages(dag, aws):
-    seed(aws, "ETH/USDT", W - layout.SLOT, 100.0)
-    for minutes, price in ((15, 90000.0), (10, 90100.0), (5, 90500.0)):
-        seed(aws, "BTC/USDT", W - layout.SLOT * (minutes // 5), price)
-    seed(aws, "SOL/USDT", W - layout.SLOT, 149.0)
+    seed(aws, W - layout.SLOT * 3, {"BTC/USDT": 90000.0})
+    seed(aws, W - layout.SLOT * 2, {"BTC/USDT": 90100.0})
+    seed(aws, W - layout.SLOT, {"ETH/USDT": 100.0, "BTC/USDT": 90500.0, "SOL/USDT": 149.0})
     land(aws, "ETH/USDT", W, 102.5)  # +2.5 % over 5 min
     land(aws, "BTC/USDT", W, 91000.0)  # +1.11 % over 15 min
     land(aws, "SOL/USDT", W, 150.5)  # crosses 150 upward
@@ -79,12 +78,12 @@ def test_three_pairs_one_live_window_exactly_the_expected_messages(dag, aws):
         "symbol": "SOL/USDT", "rule": "cross-150", "direction": "up", "change_pct": "1.0067"
     }  # fmt: skip
     assert "Reference: 149.00 at 2026-03-09T09:55:00Z" in sol["Message"]
-    btc = pair_ledger(aws, W, "BTC/USDT")
+    btc = pair_ledger(aws, W)["BTC/USDT"]
     assert btc["decision"] == "notified"
     assert "claimed_by" not in btc
     assert btc["rules"]["move-15m"]["sns_message_id"] == sent["BTC/USDT up 1.11% in 15 min: 91,000.00"]["MessageId"]
     assert btc["rules"]["move-15m"]["reference"]["timestamp"] == "2026-03-09T09:45:00Z"
-    assert pair_ledger(aws, W, "SOL/USDT")["rules"]["cross-150"]["decision"] == "notified"
+    assert pair_ledger(aws, W)["SOL/USDT"]["rules"]["cross-150"]["decision"] == "notified"
     assert json.loads(aws.get(layout.ledger_key(W)))["decision"] == "notified"
     assert aws.ops() == []
 
@@ -92,13 +91,12 @@ def test_three_pairs_one_live_window_exactly_the_expected_messages(dag, aws):
 
     assert again.state == "success", task_states(again)
     assert aws.alerts() == []  # every (pair, rule, window) once
-    assert pair_ledger(aws, W, "BTC/USDT") == btc
+    assert pair_ledger(aws, W)["BTC/USDT"] == btc
 
 
 def test_a_late_pair_is_reported_to_ops_and_does_not_hold_the_others(dag, aws):
     slot = W + layout.SLOT * 12
-    seed(aws, "ETH/USDT", slot - layout.SLOT, 100.0)
-    seed(aws, "SOL/USDT", slot - layout.SLOT, 151.0)
+    seed(aws, slot - layout.SLOT, {"ETH/USDT": 100.0, "SOL/USDT": 151.0})
     land(aws, "ETH/USDT", slot, 98.0)  # -2 %
     land(aws, "SOL/USDT", slot, 149.9)  # crosses 150 downward; BTC/USDT's record never lands
 
@@ -112,12 +110,12 @@ def test_a_late_pair_is_reported_to_ops_and_does_not_hold_the_others(dag, aws):
     [ops] = aws.ops()
     assert ops["Subject"] == f"[price pipeline] Pairs late: {layout.slot_stamp(slot)}"
     assert "- BTC/USDT: no record of the window when it was analysed" in ops["Message"]
-    assert aws.keys(layout.ledger_key(slot, pair="BTC/USDT")) == []  # a later run can still decide it
+    assert list(pair_ledger(aws, slot)) == ["SOL/USDT"]  # no BTC/USDT entry: a later run can still decide it
 
 
 def test_an_old_window_without_a_pair_only_logs_it_late(dag, aws):
     slot = W + layout.SLOT * 24
-    seed(aws, "ETH/USDT", slot - layout.SLOT, 100.0)
+    seed(aws, slot - layout.SLOT, {"ETH/USDT": 100.0})
     land(aws, "ETH/USDT", slot, 100.1)
     land(aws, "SOL/USDT", slot, 160.0)
 
@@ -126,4 +124,4 @@ def test_an_old_window_without_a_pair_only_logs_it_late(dag, aws):
     assert run.state == "success", task_states(run)
     assert aws.alerts() == []
     assert aws.ops() == []  # BTC/USDT was late, but a window this old is no news for ops
-    assert aws.keys(layout.ledger_key(slot, pair="BTC/USDT")) == []
+    assert list(pair_ledger(aws, slot)) == ["SOL/USDT"]

@@ -1,6 +1,7 @@
 """Many pairs through the real Glue job script on the stand-in: one run of a window normalizes every
-configured pair's object (the default pair under its single-pair key, the others in the window folder)
-to one CSV per pair, and quarantines an object whose key or record names a pair it is not for."""
+configured pair's object (the default pair under its single-pair key, the others in the window folder):
+the default pair to its own CSV, the others to one shared CSV with a row each; it quarantines an object
+whose key or record names a pair it is not for."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ WINDOW = utc(2025, 9, 6, 8, 0)  # a day no other test writes
 PAIRS = "BTC/USDT,SOL/USDT"
 
 
-def row(aws, pair: str = "") -> dict:
-    return next(csv.DictReader(io.StringIO(aws.get(layout.analysis_key(WINDOW, pair=pair)).decode())))
+def rows(aws, key: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(aws.get(key).decode())))
 
 
 def test_one_run_writes_every_pairs_csv_and_quarantines_what_names_another_pair(aws):
@@ -35,16 +36,17 @@ def test_one_run_writes_every_pairs_csv_and_quarantines_what_names_another_pair(
     run = aws.run_real_glue_job({"--window_start": alerts.iso(WINDOW), "--pairs": PAIRS})
 
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
-    assert (row(aws)["pair"], float(row(aws)["weighted_average"])) == ("ETH/USDT", 3000.0)
-    assert (row(aws, "BTC/USDT")["pair"], float(row(aws, "BTC/USDT")["weighted_average"])) == ("BTC/USDT", 90000.0)
-    sol = row(aws, "SOL/USDT")
+    [eth] = rows(aws, layout.analysis_key(WINDOW))
+    assert (eth["pair"], float(eth["weighted_average"])) == ("ETH/USDT", 3000.0)
+    btc, sol = rows(aws, layout.pairs_analysis_key(WINDOW))  # one row per pair, by pair
+    assert (btc["pair"], float(btc["weighted_average"]), btc["source_key"]) == ("BTC/USDT", 90000.0, key("BTC/USDT"))
     assert (sol["pair"], float(sol["weighted_average"]), sol["source_key"]) == (
         "SOL/USDT",
         150.5,
         key("SOL/USDT", ".csv"),
     )
     written = aws.keys(layout.ANALYSIS_PREFIX + layout.partition(WINDOW))
-    assert sorted(written) == sorted(layout.analysis_key(WINDOW, pair=p) for p in ("", "BTC/USDT", "SOL/USDT"))
+    assert sorted(written) == [layout.analysis_key(WINDOW), layout.pairs_analysis_key(WINDOW)]
     reasons = {}
     for reason_key in aws.keys(layout.quarantine_window_prefix(WINDOW)):
         if reason_key.endswith(".reason.json"):
@@ -56,3 +58,5 @@ def test_one_run_writes_every_pairs_csv_and_quarantines_what_names_another_pair(
         in reasons[key("DOGE/USDT")]
     )
     assert "record names pair 'ETH/USDT', not the configured SOL/USDT" in reasons[key("SOL/USDT", "-v2.json")]
+    for raw in (key(""), key("BTC/USDT"), key("SOL/USDT", ".csv"), key("DOGE/USDT"), key("SOL/USDT", "-v2.json")):
+        assert aws.s3.get_object_tagging(Bucket=aws.config.bucket, Key=raw)["TagSet"] == [layout.INGESTED_TAG]

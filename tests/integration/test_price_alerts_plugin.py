@@ -113,16 +113,13 @@ def test_the_ui_lists_the_nav_view_and_the_dag_run_view(client, token):
 
 
 def test_the_pair_selector_shows_another_pairs_windows_and_refuses_an_unknown_pair(client, token, aws, monkeypatch):
-    from include.glue import normalize_price_record as job
     from include.price_pipeline import pairs, rules, settings
-    from tests.records import candle
+    from tests.records import seed_pairs
 
     monkeypatch.setenv("PRICE_RULES_FILE", "include/rules/local.json")
     slot = utc(2026, 3, 21, 10, 0)
-    aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
     for at, price in ((slot - layout.SLOT, 149.0), (slot, 151.0)):
-        row = job.normalize(candle(at, price), aliases, "SOL/USDT", "k", "json")
-        aws.s3.put_object(Bucket=aws.config.bucket, Key=layout.analysis_key(at, pair="SOL/USDT"), Body=job.to_csv(row))
+        seed_pairs(aws.s3, aws.config.bucket, at, {"SOL/USDT": price, "BTC/USDT": 90000.0})
     rule_set = rules.load(rules.resolve_path("include/rules/local.json"))
     pairs.analyse_pairs(aws.s3, aws.config, rule_set, slot, False, "backfill run", "u", "r")
     headers = {"Authorization": f"Bearer {token}"}

@@ -403,3 +403,40 @@ def test_any_objects_under_a_window_write_at_most_its_csv_and_their_quarantine_c
     candidates = [(modified[o["key"]], o["key"]) for o in outcomes if o["row"] is not None]
     assert row["source_key"] == max(candidates)[1]
     assert json.loads(row["superseded"] or "[]") == [key for _, key in sorted(candidates)[:-1]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data(), SLOT_INDEX)
+def test_any_other_pairs_objects_of_a_window_write_one_shared_csv_with_a_row_per_pair_that_has_a_record(
+    data, slot_index
+):
+    window = datetime.fromtimestamp(slot_index * 300, UTC)
+    prefix = glue.ingestion_window_prefix(window, layout.INGESTION_PREFIX)
+    chosen = data.draw(st.lists(st.sampled_from(["BTC/USDT", "SOL/USDT", "ETH/BTC"]), min_size=1, unique=True))
+    plans, objects = [], []
+    for pair in chosen:
+        drawn = data.draw(st.lists(contract_objects(window), min_size=1, max_size=3))
+        listed = {f"{prefix}/{layout.pair_slug(pair)}{key[len(prefix) :]}": body for key, body in drawn}
+        outcomes = [
+            dict(glue.assess(body, CONTRACT_ARGS, key, window, pair), modified="2026-01-01T00:00:00.000000Z")
+            for key, body in listed.items()
+        ]
+        plans.append(glue.plan_window(CONTRACT_ARGS, window, outcomes, pair))
+        objects += listed
+
+    plan = glue.plan_pairs(CONTRACT_ARGS, window, plans)
+    s3 = RecordingS3()
+    written = glue.apply_plan(s3, CONTRACT_ARGS, plan)
+
+    allowed = {layout.pairs_analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
+    assert set(s3.written) <= allowed
+    assert sorted(s3.tagged) == [(key, [layout.INGESTED_TAG]) for key in sorted(objects)]
+    with_record = sorted(pair for pair, one in zip(chosen, plans, strict=True) if one["used"] is not None)
+    if not with_record:
+        assert written is None
+        return
+    rows = list(csv.DictReader(io.StringIO(written[1].decode())))
+    assert [row["pair"] for row in rows] == with_record  # one row per pair, by pair
+    for row, pair in zip(rows, with_record, strict=True):
+        assert row["timestamp"] == window.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert row["source_key"].startswith(f"{prefix}/{layout.pair_slug(pair)}")

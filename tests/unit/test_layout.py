@@ -263,8 +263,9 @@ CHECKED_COPIES = {
     "quarantine_keys",
     "_PAIR_SLUG",
     "pair_slug",
-    "_pair_folder",
     "pair_of_ingestion_key",
+    "PAIRS_FILE",
+    "pairs_analysis_key",
 }
 
 
@@ -278,6 +279,7 @@ def test_glue_copy_has_the_same_constants_as_layout():
     assert glue.ADDED_COLUMNS == layout.ADDED_COLUMNS
     assert glue.CSV_COLUMNS == layout.CSV_COLUMNS
     assert glue.INGESTED_TAG == layout.INGESTED_TAG
+    assert glue.PAIRS_FILE == layout.PAIRS_FILE
 
 
 @PROPERTY
@@ -288,7 +290,7 @@ def test_glue_copy_builds_the_same_stamps_partitions_and_keys_as_layout(moment, 
         assert glue.partition(slot) == layout.partition(slot)
         assert glue.ingestion_window_prefix(slot, prefix) == layout.ingestion_window_prefix(slot, prefix)
         assert glue.analysis_key(slot, prefix) == layout.analysis_key(slot, prefix)
-        assert glue.analysis_key(slot, prefix, "BTC/USDT") == layout.analysis_key(slot, prefix, pair="BTC/USDT")
+        assert glue.pairs_analysis_key(slot, prefix) == layout.pairs_analysis_key(slot, prefix)
         end = slot + layout.SLOT * 7
         assert glue.range_objects_key(slot, end, prefix) == layout.range_objects_key(slot, end, prefix)
 
@@ -357,23 +359,30 @@ def test_distinct_source_keys_get_distinct_quarantine_keys_and_equal_ones_the_sa
 # ------------------------------------------------------------------ many pairs
 
 
-def test_pair_keys_sit_in_the_window_folder_named_by_the_pair_slug():
+def test_pair_raw_keys_sit_in_the_window_folder_and_the_pairs_share_one_csv_and_one_ledger_object():
     day = "year=2026/month=11/day=25/"
     assert layout.pair_slug("ETH/USDT") == "ETH_USDT"
-    assert layout.slug_pair("ETH_USDT") == "ETH/USDT"
     assert layout.ingestion_key(SLOT, ".json", pair="BTC/USDT") == (
         f"crypto/01-data-ingestion/{day}20261125T1930Z/BTC_USDT.json"
     )
-    assert layout.analysis_key(SLOT, pair="BTC/USDT") == f"crypto/02-data-analysis/{day}20261125T1930Z/BTC_USDT.csv"
-    assert layout.ledger_key(SLOT, pair="SOL/USDT") == f"crypto/03-price-changes/{day}20261125T1930Z/SOL_USDT.json"
+    assert layout.pairs_analysis_key(SLOT) == f"crypto/02-data-analysis/{day}20261125T1930Z/pairs.csv"
+    assert layout.pairs_ledger_key(SLOT) == f"crypto/03-price-changes/{day}20261125T1930Z/pairs.jsonl"
+    assert layout.is_pairs_key(layout.pairs_analysis_key(SLOT))
+    assert not layout.is_pairs_key(layout.analysis_key(SLOT))
+    assert layout.slot_of_key(layout.pairs_analysis_key(SLOT)) == SLOT
+    assert layout.slot_of_key(layout.pairs_ledger_key(SLOT)) == SLOT
     assert layout.parquet_key(2026, 11, pair="SOL/USDT") == (
         "crypto/02-data-analysis-parquet/pair=SOL_USDT/year=2026/month=11/data.parquet"
     )
-    # the default pair (pair left empty) keeps the single-pair keys
-    assert layout.ledger_key(SLOT, pair="") == layout.ledger_key(SLOT)
+    # the default pair keeps the single-pair keys
     assert layout.parquet_key(2026, 11) == "crypto/02-data-analysis-parquet/year=2026/month=11/data.parquet"
     with pytest.raises(ValueError, match="BASE/QUOTE"):
         layout.pair_slug("ETH/../x")
+
+
+def test_no_pair_slug_is_the_shared_files_name():
+    with pytest.raises(ValueError, match="BASE/QUOTE"):
+        layout.pair_slug(layout.PAIRS_FILE)
 
 
 @pytest.mark.parametrize(
