@@ -4,7 +4,7 @@ For 1, 10 and 100 pairs (the default pair plus others, each with the default pai
 over 5 minutes), each on a local stack of its own with a rules file of that many pairs:
 
 - record-to-alert latency of a live window where every pair fires (a market-wide move, the worst case
-  for the mapped publishes): from the default pair's record, which lands last, to the window's last alert;
+  for the publish task): from the default pair's record, which lands last, to the window's last alert;
 - the AWS requests of one window, recorded by the stand-in for a window where no pair fires and for one
   where every pair fires;
 - the monthly AWS cost from those counts (``bench/cost.py``): a quiet window's requests every window, plus

@@ -249,7 +249,7 @@ def price_notification():
 
         @task
         def analyse_pairs(params=None, data_interval_start=None, dag_run=None, ti=None) -> list[dict]:
-            """Every other pair's rules for the window; the due alerts as publish_pair_alert's kwargs."""
+            """Every other pair's rules for the window; the due alerts, for publish_pair_alerts."""
             from airflow.configuration import conf
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
             from airflow.providers.amazon.aws.hooks.sns import SnsHook

@@ -138,10 +138,11 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
 
     entries = _rewrite(s3, config, slot, lambda stored: merged(stored, fresh))
     stamp = layout.slot_stamp(slot)
+    late = [p for p in pairs if p not in entries or (p not in fresh and entries[p]["decision"] not in CLAIMED)]
+    out["late"] = _missing_reasons(s3, config, slot, late)
     for pair in pairs:
         entry = entries.get(pair)
-        if entry is None or (pair not in fresh and entry["decision"] not in CLAIMED):
-            out["late"][pair] = _missing_reason(s3, config, slot, pair)
+        if pair in out["late"]:
             continue
         out["decisions"][pair] = {name: r["decision"] for name, r in entry["rules"].items()}
         ours = entry["decision"] == PUBLISHING and entry.get("claimed_by") == claimant
@@ -259,15 +260,19 @@ def _alerts(entry: dict, config: Config, run_url: str) -> list[dict]:
     return out
 
 
-def _missing_reason(s3, config: Config, slot: datetime, pair: str) -> str:
-    reasons = [
-        note
-        for note in store.quarantine_reasons(s3, config.bucket, config.quarantine_prefix, slot)
-        if note.get("pair") == pair
-    ]
-    if reasons:
-        return f"quarantined: {reasons[0]['reason']} (object {reasons[0]['source_key']})"
-    return "no record of the window when it was analysed"
+def _missing_reasons(s3, config: Config, slot: datetime, late: list[str]) -> dict[str, str]:
+    """Why each of the ``late`` pairs has no record of the window: its quarantine reason, if the Glue job
+    left one (one listing of the window's quarantine folder for all of them), else that none was there."""
+    notes = store.quarantine_reasons(s3, config.bucket, config.quarantine_prefix, slot) if late else []
+    first = {}
+    for note in notes:
+        first.setdefault(note.get("pair"), note)
+    return {
+        pair: f"quarantined: {first[pair]['reason']} (object {first[pair]['source_key']})"
+        if pair in first
+        else "no record of the window when it was analysed"
+        for pair in late
+    }
 
 
 def late_notice(slot: datetime, late: dict, run_url: str) -> str:

@@ -4,6 +4,8 @@ parallel batches, retries, crashes and other runs."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from botocore.exceptions import ClientError
 
@@ -237,3 +239,17 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
         aws.s3.delete_object(Bucket=aws.config.bucket, Key=layout.pairs_ledger_key(slot))
         analyse(aws, "r", slot, due=False, why="backfill run (notify_on_backfill is off)")
         assert aws.get(layout.pairs_ledger_key(slot)) == bulk[slot]
+
+
+def test_a_late_pair_whose_object_was_quarantined_is_late_with_the_quarantine_reason(aws):
+    slot = W + layout.SLOT * 144
+    seed(aws, slot - layout.SLOT, BTC=99000.0, SOL=150.0)
+    seed(aws, slot, BTC=99000.0)
+    source = layout.ingestion_key(slot, ".json", pair="SOL/USDT")
+    _copy, reason_key = layout.quarantine_keys(slot, source)
+    note = {"source_key": source, "reason": "weighted_average is not a number", "pair": "SOL/USDT"}
+    aws.put(reason_key, json.dumps(note))
+
+    late = analyse(aws, "dag/live", slot)["late"]
+
+    assert late == {"SOL/USDT": f"quarantined: weighted_average is not a number (object {source})"}
