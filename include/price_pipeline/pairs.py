@@ -72,11 +72,6 @@ def parse_entries(body: bytes) -> dict[str, dict]:
     return {entry["pair"]: entry for entry in entries}
 
 
-def read_entries(s3, config: Config, slot: datetime) -> dict[str, dict]:
-    body = store.read_bytes(s3, config.bucket, layout.pairs_ledger_key(slot, config.changes_prefix))
-    return {} if body is None else parse_entries(body)
-
-
 def prices_by_slot(bodies: dict[datetime, bytes]) -> dict[datetime, dict[str, Price]]:
     """``{slot: {pair: Price}}`` of other-pairs CSVs read."""
     return {slot: {price.pair: price for price in parse_canonical_rows(body)} for slot, body in bodies.items()}
