@@ -25,7 +25,7 @@ def mixed_objects(count: int, first: datetime = datetime(2025, 1, 1, tzinfo=UTC)
 def _normalize_all(objects: list[tuple[str, bytes]], aliases: dict) -> int:
     rows = 0
     for key, data in objects:
-        fmt, raws = job.parse_object(job.decode_text(data))
+        fmt, raws = job.parse_object(job.decode_text(data), aliases)
         for raw in raws:
             job.normalize(raw, aliases, "ETH/USDT", key, fmt)
             rows += 1

@@ -267,29 +267,38 @@ def _named(names, values, source_format):
 # ---------------------------------------------------------------- format detection
 
 
-def parse_object(text):
+def parse_object(text, aliases):
     """Detect the format of ``text`` by its content and return ``(format_name, [raw mapping, ...])``.
 
     The first character tells XML (``<``) and JSON (``{`` or ``[``) from text. Text is key=value when
     every line is made of ``key=value`` or ``key: value`` pairs, and delimited (CSV, TSV, ...) otherwise.
+    In JSON and XML a record is any mapping or element holding a price or volume field (``aliases``),
+    at any depth: records nested in a record are records of the object too, never hidden by it.
     """
     stripped = text.strip()
     if not stripped:
         raise Rejected("object is empty")
+    names = _record_names(aliases)
     if stripped[0] == "<":
-        return _parse_xml(stripped)
+        return _parse_xml(stripped, names)
     if stripped[0] in "[{":
-        return _parse_json(stripped)
+        return _parse_json(stripped, names)
     pairs = _key_value_pairs(stripped)
     if pairs is not None:
         return "text-kv", [_mapping(pairs, "text-kv")]
     return _parse_delimited(text)  # unstripped: a trailing tab is an empty last cell
 
 
+def _record_names(aliases):
+    """Every spelling of a price or volume field: a mapping holding one is a record (an envelope such as
+    ``{"time": ..., "data": {...}}`` holds none)."""
+    return {name for field in NUMERIC_FIELDS for name in (field,) + tuple(aliases.get(field, ()))}
+
+
 # --- XML
 
 
-def _parse_xml(text):
+def _parse_xml(text, names):
     """XML, element or attribute style, through defusedxml only: any DTD (so every entity bomb and
     external entity) is refused before anything is expanded."""
     try:
@@ -303,37 +312,40 @@ def _parse_xml(text):
         ) from None
     except defused_etree.ParseError as error:
         raise Rejected("XML does not parse: {}".format(error), "xml") from None
-    records = _xml_records(root, MAX_XML_LEVELS)
+    records = _xml_records(root, MAX_XML_LEVELS, names)
     if not records:
         raise Rejected("XML holds no record", "xml")
     return "xml", records
 
 
-def _is_xml_field(element):
-    """A plain field: text only, no attributes, no children (``<high>0.1</high>``)."""
-    return len(element) == 0 and not element.attrib
-
-
-def _xml_records(element, levels):
-    """The records at or under ``element``: the element itself when all its children are plain fields
-    (element style) or it only has attributes (attribute style); else those of its non-field children."""
-    children = list(element)
-    if all(_is_xml_field(child) for child in children):
-        return [_xml_record(element)] if children or element.attrib else []
-    if levels == 0:
-        raise Rejected("XML nests records deeper than {} levels".format(MAX_XML_LEVELS), "xml")
+def _xml_records(element, levels, names):
+    """The records at or under ``element``. Its fields are its attributes and its text children
+    (``<high>0.1</high>``, no children of their own); it is a record when a field is a price or a volume
+    (``names``), or when it has fields and nothing else. Its other children (elements with children, or
+    attributes only: ``<prev date=".." high=".."/>``) are searched the same way, ``levels`` deep."""
+    fields = [(_local_name(name), value.strip()) for name, value in element.attrib.items()]
+    nested = []
+    for child in element:
+        if len(child) or (child.attrib and not (child.text or "").strip()):
+            nested.append(child)
+            continue
+        name = _local_name(child.tag)
+        if child.attrib:
+            raise Rejected(
+                "XML field <{}> carries attributes ({}): a unit or scale on a value is not understood".format(
+                    name, ", ".join(sorted(_local_name(attribute) for attribute in child.attrib))
+                ),
+                "xml",
+            )
+        fields.append((name, (child.text or "").strip()))
     records = []
-    for child in children:
-        if not _is_xml_field(child):
-            records.extend(_xml_records(child, levels - 1))
+    if any(name in names for name, _value in fields) or (fields and not nested):
+        records.append(_mapping(fields, "xml"))
+    if nested and levels == 0:
+        raise Rejected("XML nests records deeper than {} levels".format(MAX_XML_LEVELS), "xml")
+    for child in nested:
+        records.extend(_xml_records(child, levels - 1, names))
     return records
-
-
-def _xml_record(element):
-    """One record element as a mapping of local names (namespaces dropped) to text."""
-    pairs = [(_local_name(name), value.strip()) for name, value in element.attrib.items()]
-    pairs += [(_local_name(child.tag), (child.text or "").strip()) for child in element]
-    return _mapping(pairs, "xml")
 
 
 def _local_name(name):
@@ -344,16 +356,16 @@ def _local_name(name):
 # --- JSON
 
 
-def _parse_json(text):
+def _parse_json(text, names):
     """A JSON document, or NDJSON when it is several lines that each start a JSON object."""
     try:
         value = _load_json(text)
     except ValueError as error:
         lines = _lines(text)
         if len(lines) > 1 and all(line.lstrip().startswith("{") for line in lines):
-            return "ndjson", _parse_ndjson(lines)
+            return "ndjson", _with_nested(_parse_ndjson(lines), names)
         raise Rejected("looks like JSON but does not parse: {}".format(error), "json") from None
-    return _json_shape(value, MAX_WRAPPERS)
+    return _json_shape(value, MAX_WRAPPERS, names)
 
 
 def _load_json(text):
@@ -375,23 +387,49 @@ def _parse_ndjson(lines):
     return records
 
 
-def _json_shape(value, wrappers_left):
-    """Name the shape of a parsed JSON document and return ``(format_name, records)``."""
+def _json_shape(value, wrappers_left, names):
+    """Name the shape of a parsed JSON document and return ``(format_name, records)``: an envelope
+    (``{"data": ...}``) is unwrapped only when it holds no field of its own, and every record nested in a
+    record or an envelope is returned too."""
     if isinstance(value, list):
-        return _json_list(value)
+        return _json_list(value, names)
     if not isinstance(value, dict):
         raise Rejected("JSON holds a bare {}, not a record".format(type(value).__name__), "json")
-    payload = _unwrap(value)
-    if payload is None:
-        return "json", [value]
+    wrapper = None if _is_record(value, names) else _wrapper(value)
+    if wrapper is None:
+        return "json", _with_nested([value], names)
     if wrappers_left == 0:
         raise Rejected("JSON wraps its records in more than {} envelopes".format(MAX_WRAPPERS), "json-nested")
-    name, records = _json_shape(payload, wrappers_left - 1)
+    name, records = _json_shape(value[wrapper], wrappers_left - 1, names)
+    records += _nested_records([item for key, item in value.items() if key != wrapper], names)
     return ("binance-kline" if name == "binance-kline" else "json-nested"), records
 
 
-def _unwrap(mapping):
-    """The payload of an envelope such as ``{"data": {...}}`` or ``{"result": [...]}``; None for a record.
+def _is_record(mapping, names):
+    return any(name in names for name in mapping)
+
+
+def _with_nested(records, names):
+    """Each record followed by the records nested in it."""
+    return [found for record in records for found in [record] + _nested_records(record.values(), names)]
+
+
+def _nested_records(values, names):
+    """Every mapping holding a field (``names``) at any depth inside ``values``, in document order."""
+    found, stack = [], list(reversed(list(values)))
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if _is_record(value, names):
+                found.append(value)
+            stack.extend(reversed(list(value.values())))
+        elif isinstance(value, list):
+            stack.extend(reversed(value))
+    return found
+
+
+def _wrapper(mapping):
+    """The key of an envelope's payload, as ``data`` in ``{"data": {...}}``; None when there is none.
 
     An envelope reporting an error (``{"error": "Invalid currency pair."}``) is rejected with its message.
     """
@@ -400,16 +438,16 @@ def _unwrap(mapping):
         raise Rejected("producer reported an error: {}".format(_clip(error)), "json")
     for key in WRAPPER_KEYS:
         if isinstance(mapping.get(key), (dict, list)):
-            return mapping[key]
+            return key
     return None
 
 
-def _json_list(items):
+def _json_list(items, names):
     """A JSON array: of records (a Poloniex returnChartData response), of klines, or one kline."""
     if not items:
         raise Rejected("JSON array is empty", "json-array")
     if all(isinstance(item, dict) for item in items):
-        return "json-array", items
+        return "json-array", _with_nested(items, names)
     if all(isinstance(item, list) for item in items):
         return "binance-kline", [_kline(item) for item in items]
     if not any(isinstance(item, (dict, list)) for item in items):
@@ -913,7 +951,7 @@ def records_of(data, args, key, pair=None):
     pair the object's key is for (default ``--pair``)."""
     fmt = "unknown"
     try:
-        fmt, raws = parse_object(decode_text(data))
+        fmt, raws = parse_object(decode_text(data), args.aliases)
         decimal = decimal_convention(raws, args.aliases)
     except Rejected as error:
         raise Rejected(str(error), error.format_guess if error.format_guess != "unknown" else fmt) from None

@@ -60,7 +60,7 @@ def sidecar(path: Path) -> dict:
 
 def normalize_object(data: bytes, aliases: dict = ALIASES, pair: str = PAIR) -> tuple[str, list[dict], list[str]]:
     """Decode, detect and normalize one raw object: (format, canonical rows, reasons of skipped records)."""
-    fmt, raws = glue.parse_object(glue.decode_text(data))
+    fmt, raws = glue.parse_object(glue.decode_text(data), aliases)
     decimal = glue.decimal_convention(raws, aliases)
     rows, skipped = [], []
     for raw in raws:

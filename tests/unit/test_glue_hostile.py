@@ -239,10 +239,10 @@ def test_a_failure_inside_one_object_is_its_quarantine_reason_and_the_range_run_
         s3.put_object(Bucket="price-bucket", Key=layout.ingestion_key(slot, ".json"), Body=json.dumps(record).encode())
     real_parse = glue.parse_object
 
-    def parse_object(text):
+    def parse_object(text, aliases):
         if f'"date": {int(slots[1].timestamp())}' in text:
             raise KeyError("a bug")
-        return real_parse(text)
+        return real_parse(text, aliases)
 
     monkeypatch.setattr(glue, "parse_object", parse_object)
     args = glue_args("price-bucket", first, first + 3 * layout.SLOT)

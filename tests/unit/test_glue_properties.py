@@ -134,7 +134,7 @@ def styles(draw) -> Style:
 def normalize_object(text: str | bytes) -> tuple[str, list[dict], list[str]]:
     """Decode, detect and normalize one raw object: (format, canonical rows, reasons of skipped records)."""
     data = text.encode("utf-8") if isinstance(text, str) else text
-    fmt, raws = glue.parse_object(glue.decode_text(data))
+    fmt, raws = glue.parse_object(glue.decode_text(data), ALIASES)
     decimal = glue.decimal_convention(raws, ALIASES)
     rows, skipped = [], []
     for raw in raws:
