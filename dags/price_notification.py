@@ -113,8 +113,8 @@ notify_ops = SnsNotifier(
     default_args={**settings.DEFAULT_TASK_ARGS, "on_failure_callback": notify_ops},
     user_defined_macros={
         "window_prefix": partial(layout.ingestion_window_prefix, prefix=config.ingestion_prefix),
-        # the default pair's own object: its single-pair key, not another pair's in the window folder
-        "default_pair_glob": "[!/]*" if other_pairs else "*",
+        # the default pair's own object by the ingestion key grammar, never another pair's
+        "default_pair_glob": layout.DEFAULT_PAIR_KEY_GLOB,
         "window_start": _window_start,
         "iso": lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "slot": layout.SLOT,

@@ -10,10 +10,11 @@ such as Glue's own, are ignored):
     --quarantine_prefix   copies of objects that could not be trusted, with a reason file
     --window_start        first slot to process, ISO 8601 (``2026-11-25T19:30:00Z``)
     --window_end          end of the range, exclusive (default: window_start + 5 minutes)
-    --pair                the default pair: an object under a window's single-pair key (``<slot>...``)
-                          is for it; a record names it or none; every row carries it
+    --pair                the default pair: an object under a window's single-pair key (``<slot>.<...>``
+                          or ``<slot>-<...>``) is for it; a record names it or none; every row carries it
     --pairs               the other configured pairs, comma-separated (``BTC/USDT,SOL/USDT``): an object
-                          at ``<slot>/<BASE>_<QUOTE>...`` is for that pair; the window's other pairs
+                          at ``<slot>/<BASE>_<QUOTE>[.<...>|-<...>]`` is for that pair (any other key:
+                          quarantined, see read_ingestion_key); the window's other pairs
                           share one CSV ``<slot>/pairs.csv``, a row per pair (by pair); an object naming
                           no configured pair is quarantined
     --max_object_bytes    objects above this size are quarantined without being read whole
@@ -31,8 +32,9 @@ with a one-line reason.
 The window contract: a raw object listed under window W only ever writes W's canonical CSV
 ``<analysis_prefix>.../<W>.csv``. Its one record of W is a candidate; records of other slots, and
 any refused record, send a copy of the object to the quarantine prefix beside a reason file. Among the
-objects of W with a candidate the newest (LastModified, then key) wins; the CSV names the older ones it
-superseded. Once a window's writes are made, each of its raw objects is tagged ``price-pipeline=
+objects of W with a candidate the highest key version (``-v<N>``) wins, then the newest LastModified;
+a tie in both refuses them (see plan_window); the CSV names the ones it superseded.
+Once a window's writes are made, each of its raw objects is tagged ``price-pipeline=
 ingested`` (Terraform expires only tagged raw objects). The original is never changed otherwise. A
 failure inside one object is its quarantine reason, never the run's. Output holds no wall-clock value,
 so a re-run writes byte-identical objects. A summary is printed as the last line (``SUMMARY {json}``).
@@ -104,14 +106,17 @@ def pair_slug(pair):
     return slug
 
 
-def pair_of_ingestion_key(key, slot, prefix, default_pair):
-    rest = key[len(ingestion_window_prefix(slot, prefix)) :]
-    if not rest.startswith("/"):
-        return default_pair
-    match = _PAIR_SLUG.match(rest[1:])
-    if not match or rest[1 + match.end() : 2 + match.end()] not in ("", ".", "-"):
+_INGESTION_REST = re.compile(r"(?:/([A-Z0-9]{2,12})_([A-Z0-9]{2,12})((?:[.-][^/]*)?)|([.-][^/]*))")
+_VERSION = re.compile(r"-v([1-9][0-9]{0,8})(?:\.|$)")
+
+
+def read_ingestion_key(key, slot, prefix, default_pair):
+    match = _INGESTION_REST.fullmatch(key[len(ingestion_window_prefix(slot, prefix)) :])
+    if not match:
         return None
-    return "{}/{}".format(match.group(1), match.group(2))
+    base, quote, pair_suffix, default_suffix = match.groups()
+    version = _VERSION.match(pair_suffix if base else default_suffix)
+    return ("{}/{}".format(base, quote) if base else default_pair), int(version.group(1)) if version else 1
 
 
 def analysis_key(slot, prefix):
@@ -175,6 +180,10 @@ HEADERLESS_COLUMNS = (
 #: pricing currency) is ``volume`` and its base-asset volume (index 5) is ``quote_volume``.
 KLINE_COLUMNS = ("timestamp", "open", "high", "low", "close", "quote_volume", None, "volume")
 KLINE_CLOSE_INDEX = 6
+GRAMMAR_REFUSED = (
+    "key does not follow the ingestion key grammar: <slot> then '.' or '-' (the default pair), "
+    "or <slot>/<BASE>_<QUOTE> (another pair), and no other '/'"
+)
 #: Prices outside [MIN_PRICE, MAX_PRICE] are refused: wide enough for every listed pair (SHIB/BTC near
 #: 3e-10, BTC/VND near 3e9), narrow enough that no change between two prices overflows (5e-324 or 1e300).
 MIN_PRICE = 1e-10
@@ -919,7 +928,8 @@ def _list_objects(s3, bucket, prefix):
     out = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            modified = item["LastModified"].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            # S3's LastModified has one-second resolution (whatever a stand-in gives): compare seconds only
+            modified = item["LastModified"].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             out.append((item["Key"], item["Size"], modified))
     return out
 
@@ -1018,15 +1028,25 @@ def _elsewhere(stamp, slot):
 def plan_window(args, slot, outcomes, pair=None):
     """Every write the objects listed under window ``slot`` lead to, decided before any is made.
 
-    ``outcomes`` are ``assess`` results with the listing's ``modified`` added. The newest object
-    (LastModified, then key) with a valid record of the window gives the canonical CSV, which names the
-    older ones it superseded; an object with any refused record is copied to quarantine with the reasons;
-    every object is tagged as ingested once those writes are made. The keys written are
-    ``analysis_key(slot)`` and ``quarantine_keys(slot, <listed key>)``, nothing else; for another ``pair``
-    than ``--pair`` the plan holds the ``row`` for the window's shared CSV instead (see plan_pairs).
+    ``outcomes`` are ``assess`` results with the key's ``version`` and the listing's ``modified`` added.
+    Among the objects with a valid record of the window, the highest version wins, then the newest
+    (LastModified, to the second); two at the top with the same version and second are both refused (which
+    one is newer is unknown). The winner gives the canonical CSV, which names the other candidates it
+    superseded; an object with any refused record is copied to quarantine with the reasons; every object
+    is tagged as ingested once those writes are made. The keys written are ``analysis_key(slot)`` and
+    ``quarantine_keys(slot, <listed key>)``, nothing else; for another ``pair`` than ``--pair`` the plan
+    holds the ``row`` for the window's shared CSV instead (see plan_pairs).
     """
     other = pair if pair and pair != args.pair else ""
-    candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: (o["modified"], o["key"]))
+    candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: _order(o) + (o["key"],))
+    tied = [o for o in candidates if _order(o) == _order(candidates[-1])]
+    if len(tied) > 1:
+        for outcome in tied:
+            outcome["reasons"].append(
+                "{} objects of window {} have version {} and LastModified {}: which is newer is unknown, none "
+                "is used (write a correction with a higher -v<N>)".format(len(tied), slot_stamp(slot), *_order(outcome))
+            )
+        candidates = []
     plan = {"window": slot_stamp(slot), "csv": None, "row": None, "used": None, "quarantine": []}
     plan["tag"] = sorted(o["key"] for o in outcomes)
     plan["superseded"] = [o["key"] for o in candidates[:-1]]
@@ -1051,6 +1071,11 @@ def plan_window(args, slot, outcomes, pair=None):
                 note["pair"] = other
             plan["quarantine"].append((outcome["key"], copy_key, reason_key, note))
     return plan
+
+
+def _order(outcome):
+    """Which of a window's candidate objects is the newer: the key's version, then its LastModified."""
+    return outcome["version"], outcome["modified"]
 
 
 def plan_pairs(args, slot, plans, tag_workers=1):
@@ -1189,18 +1214,19 @@ def s3_client():
 def _read_listed(s3, args, listed):
     """Read one listed object (an S3 error fails the run, to be retried) and assess it (never raises)."""
     key, size, slot, _modified = listed
-    pair = pair_of_ingestion_key(key, slot, args.ingestion_prefix, args.pair)
-    if pair not in [args.pair] + args.other_pairs:
-        named = "no pair" if pair is None else "pair " + pair
-        reason = "key names {}, not one of the configured pairs ({})".format(
-            named, ", ".join([args.pair] + args.other_pairs)
-        )
-        return {"key": key, "row": None, "reasons": [reason], "format": "unknown", "pair": None}
+    configured = [args.pair] + args.other_pairs
+    pair, version = read_ingestion_key(key, slot, args.ingestion_prefix, args.pair) or (None, 1)
+    if pair not in configured:
+        if pair is None:
+            reason = GRAMMAR_REFUSED
+        else:
+            reason = "key names pair {}, not one of the configured pairs ({})".format(pair, ", ".join(configured))
+        return {"key": key, "row": None, "reasons": [reason], "format": "unknown", "pair": None, "version": version}
     try:
         data = read_bounded(s3, args.bucket, key, args.max_object_bytes, size)
     except Rejected as error:
         data = error
-    return dict(assess(data, args, key, slot, pair), pair=pair)
+    return dict(assess(data, args, key, slot, pair), pair=pair, version=version)
 
 
 def main(argv=None):

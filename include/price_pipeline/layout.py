@@ -7,7 +7,7 @@ checks that the copy agrees with this module.
 
 Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHMMZ``)::
 
-    crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot><anything>      producer writes
+    crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>.<...>|-<...>   producer writes
     crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>.csv             Glue job writes
     crypto/02-data-analysis/_ranges/<first slot>-<end slot>.jsonl            Glue run of a range writes
     crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>.json            ledger, one per window
@@ -21,16 +21,18 @@ Many pairs: a pair other than the default one writes its raw object under the wi
 its slug ``BASE_QUOTE`` (``ingestion_key(slot, ext, pair=...)``); every other pair of a window shares one
 canonical CSV (a row per pair, by pair) and one ledger object (JSON lines, an entry per pair, by pair)::
 
-    crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE><anything>
+    crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE>[.<...>|-<...>]
     crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>/pairs.csv
     crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>/pairs.jsonl
 
 The same single listing of ``ingestion_window_prefix(start)`` returns every pair's object of the window
 (the default pair's ``<slot>.json`` and the others' ``<slot>/<SLUG>...``): one listing per window,
-whatever the number of pairs. The shared CSV and ledger object keep S3's PUTs per window constant: on S3
+whatever the number of pairs. ``read_ingestion_key`` gives each listed key one pair and version by the
+ingestion key grammar (``_INGESTION_REST``), or none: such a key is quarantined.
+The shared CSV and ledger object keep S3's PUTs per window constant: on S3
 a request costs more than the bytes, and a window of 100 pairs would otherwise write 200 more objects.
 The default pair keeps the single-pair keys, so existing objects, ledgers and readers stay valid without
-a migration (``pair_of_ingestion_key`` reads them as the default pair).
+a migration (``read_ingestion_key`` reads them as the default pair).
 """
 
 from __future__ import annotations
@@ -127,17 +129,29 @@ def ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION_PREFIX
     return f"{ingestion_window_prefix(slot, prefix)}{folder}{extension}"
 
 
-def pair_of_ingestion_key(key: str, slot: datetime, prefix: str, default_pair: str) -> str | None:
-    """The pair a raw object listed under the window of ``slot`` is for: ``default_pair`` for a
-    single-pair key (``<slot>`` then anything but ``/``), the slug's pair for ``<slot>/<SLUG>...``,
-    None for a key in the window's folder that names no pair."""
-    rest = key[len(ingestion_window_prefix(slot, prefix)) :]
-    if not rest.startswith("/"):
-        return default_pair
-    match = _PAIR_SLUG.match(rest[1:])
-    if not match or rest[1 + match.end() : 2 + match.end()] not in ("", ".", "-"):
+#: The ingestion key grammar: what follows a window's prefix ``.../<slot>`` in a raw object's key is
+#: ``/<BASE>_<QUOTE>`` (another pair's folder; absent: the default pair) and then a suffix, ``.`` or ``-``
+#: followed by anything but ``/`` (optional after a pair folder). A suffix starting ``-v<N>`` then ``.`` or
+#: its end is version N of the window's record (N from 1; any other suffix is version 1). Every other key
+#: under the window belongs to no pair and is quarantined with that reason.
+_INGESTION_REST = re.compile(r"(?:/([A-Z0-9]{2,12})_([A-Z0-9]{2,12})((?:[.-][^/]*)?)|([.-][^/]*))")
+_VERSION = re.compile(r"-v([1-9][0-9]{0,8})(?:\.|$)")
+#: The sensor's fnmatch pattern after the window prefix for the default pair's keys. fnmatch's ``*`` also
+#: matches ``/``, so it also matches a key such as ``<slot>-v2/x.json``, outside the grammar: the job
+#: quarantines that one, and a window left without the default pair's record fails with its reason.
+DEFAULT_PAIR_KEY_GLOB = "[.-]*"
+
+
+def read_ingestion_key(key: str, slot: datetime, prefix: str, default_pair: str) -> tuple[str, int] | None:
+    """``(pair, version)`` of a raw object listed under the window of ``slot``, by the ingestion key
+    grammar: ``default_pair`` for ``<slot>.<...>`` or ``<slot>-<...>``, the slug's pair for
+    ``<slot>/<SLUG>...``; None for a key outside the grammar (a ``/`` elsewhere, a folder that is no slug)."""
+    match = _INGESTION_REST.fullmatch(key[len(ingestion_window_prefix(slot, prefix)) :])
+    if not match:
         return None
-    return f"{match.group(1)}/{match.group(2)}"
+    base, quote, pair_suffix, default_suffix = match.groups()
+    version = _VERSION.match(pair_suffix if base else default_suffix)
+    return (f"{base}/{quote}" if base else default_pair), int(version.group(1)) if version else 1
 
 
 def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:

@@ -186,10 +186,10 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="price-bucket")
     slot = datetime(2017, 7, 14, 2, 40, tzinfo=UTC)
-    good = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "../../../etc/passwd.json"
+    good = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "..%2F..%2Fetc%2Fpasswd.json"
+    # a '/' after the slot other than a pair folder's is outside the ingestion key grammar (issue 21)
     bad = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-x/../../crypto/02-data-analysis/evil"
     named = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-n/../../crypto/03-price-changes/x.json"
-    # in the window folder a key must name a pair (<slot>/<BASE>_<QUOTE>...): this one names none
     folder = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "/../../crypto/03-price-changes/y.json"
     record = {"date": 1500000000, "weightedAverage": 0.0864}
     s3.put_object(Bucket="price-bucket", Key=good, Body=json.dumps(record).encode())
@@ -207,11 +207,9 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
 
     assert summary["rows"] == 1
     assert sorted(item["key"] for item in summary["quarantined"]) == sorted([bad, named, folder])
-    assert "QUARANTINED " + folder + ": key names no pair, not one of the configured pairs (ETH/USDT)" in (
-        out := capsys.readouterr().out
-    )
-    assert "QUARANTINED " + bad + ": XML refused (DTDForbidden)" in out
-    assert "QUARANTINED " + named + ": record 0: record names pair '../../crypto/02-data-analysis/evil'" in out
+    out = capsys.readouterr().out
+    for key in (bad, named, folder):
+        assert "QUARANTINED " + key + ": " + glue.GRAMMAR_REFUSED in out
     written = {item["Key"] for item in s3.list_objects_v2(Bucket="price-bucket")["Contents"]} - {
         good,
         bad,

@@ -7,6 +7,7 @@ write exactly the keys the DAG reads, for every slot and every prefix, or window
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -263,7 +264,9 @@ CHECKED_COPIES = {
     "quarantine_keys",
     "_PAIR_SLUG",
     "pair_slug",
-    "pair_of_ingestion_key",
+    "_INGESTION_REST",
+    "_VERSION",
+    "read_ingestion_key",
     "PAIRS_FILE",
     "pairs_analysis_key",
 }
@@ -386,22 +389,40 @@ def test_no_pair_slug_is_the_shared_files_name():
 
 
 @pytest.mark.parametrize(
-    ("rest", "pair"),
+    ("rest", "read"),
     [
-        (".json", "ETH/USDT"),  # a single-pair key is the default pair's
-        ("-v2.csv", "ETH/USDT"),
-        ("", "ETH/USDT"),
-        ("/BTC_USDT.json", "BTC/USDT"),
-        ("/BTC_USDT-v2.csv", "BTC/USDT"),
-        ("/SOL_USDT", "SOL/USDT"),
-        ("/BTC_USDTX.json", "BTC/USDTX"),
+        (".json", ("ETH/USDT", 1)),  # a single-pair key is the default pair's
+        ("-v2.csv", ("ETH/USDT", 2)),
+        ("-v12", ("ETH/USDT", 12)),
+        ("-v2b.csv", ("ETH/USDT", 1)),  # not a version: -v<N> then '.' or the end
+        ("-v0.csv", ("ETH/USDT", 1)),
+        ('-"producer, b".csv', ("ETH/USDT", 1)),
+        ("/BTC_USDT.json", ("BTC/USDT", 1)),
+        ("/BTC_USDT-v2.csv", ("BTC/USDT", 2)),
+        ("/SOL_USDT", ("SOL/USDT", 1)),
+        ("/BTC_USDTX.json", ("BTC/USDTX", 1)),
+        ("", None),  # outside the grammar: the default pair's key has a suffix
+        ("x.json", None),
         ("/notes.txt", None),  # in the window folder without a pair: named by nobody
         ("/BTC_USDT_x.json", None),
+        ("-v2/BTC_USDT.json", None),  # another pair's object beside the pair folder (issue 21, point 2)
+        (".d/BTC_USDT.json", None),
+        ("/BTC_USDT/x.json", None),
+        ("/BTC_USDT.d/x.json", None),
     ],
 )
-def test_pair_of_an_ingestion_key_listed_under_a_window(rest, pair):
+def test_the_ingestion_key_grammar_gives_a_key_one_pair_and_version_or_none(rest, read):
     key = layout.ingestion_window_prefix(SLOT) + rest
-    assert layout.pair_of_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == pair
+    assert layout.read_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == read
+    assert glue.read_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == read
+
+
+@pytest.mark.parametrize("rest", [".json", "-v2.csv", ".csv.gz", '-"producer, b".csv'])
+def test_the_sensor_glob_matches_the_default_pairs_keys_and_no_other_pairs(rest):
+    prefix = layout.ingestion_window_prefix(SLOT)
+    assert fnmatch.fnmatch(prefix + rest, prefix + layout.DEFAULT_PAIR_KEY_GLOB)
+    for other in ("/BTC_USDT.json", "/BTC_USDT-v2.csv", "", "x.json"):
+        assert not fnmatch.fnmatch(prefix + other, prefix + layout.DEFAULT_PAIR_KEY_GLOB)
 
 
 @PROPERTY
@@ -410,15 +431,18 @@ def test_one_window_listing_finds_every_pairs_object_of_that_window_only(slot, o
     key = layout.ingestion_key(other, ".json", pair=pair)
     assert key.startswith(layout.ingestion_window_prefix(slot)) == (slot == other)
     if slot == other:
-        assert layout.pair_of_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT") == (pair or "ETH/USDT")
+        assert layout.read_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT") == (pair or "ETH/USDT", 1)
         assert layout.slot_of_key(key) == slot
 
 
-@pytest.mark.parametrize("rest", [".json", "/BTC_USDT.json", "/BTC_USDT-v2.csv", "/notes.txt", "/BTC_USDT_x", ""])
-def test_glue_copy_reads_the_pair_of_a_key_as_layout_does(rest):
+@PROPERTY
+@given(slot=slots, rest=st.text(max_size=30))
+def test_glue_copy_reads_any_key_as_layout_does(slot, rest):
     assert glue._PAIR_SLUG.pattern == layout._PAIR_SLUG.pattern
+    assert glue._INGESTION_REST.pattern == layout._INGESTION_REST.pattern
+    assert glue._VERSION.pattern == layout._VERSION.pattern
     assert glue.pair_slug("sol/usdt") == layout.pair_slug("sol/usdt")
-    key = layout.ingestion_window_prefix(SLOT) + rest
-    assert glue.pair_of_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == (
-        layout.pair_of_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT")
+    key = layout.ingestion_window_prefix(slot) + rest
+    assert glue.read_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT") == (
+        layout.read_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT")
     )
