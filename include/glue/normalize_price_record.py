@@ -198,9 +198,13 @@ UNIX_MILLISECONDS_ABOVE = 1e11
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _KEY = re.compile(r"(?<![^\s,;])([A-Za-z_][\w.-]*)[ \t]*[:=]")
-_NUMBER_TEXT = re.compile(r"([+-]?)(\d[\d.,]*|[.,]\d+)((?:[eE][+-]?\d+)?)")
-_UNIX_TIME = re.compile(r"\d+(?:\.\d+)?")
-_ISO_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)? ?([Zz]|[+-]\d\d:?\d\d)?")
+#: Numbers and times are ASCII digits only (re.ASCII): Python reads "٣١٢٠" or "３１２０" as 3120, and their
+#: separators would escape the ambiguity rule; any other script is "not a number".
+_NUMBER_TEXT = re.compile(r"([+-]?)(\d[\d.,]*|[.,]\d+)((?:[eE][+-]?\d+)?)", re.ASCII)
+_UNIX_TIME = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
+_ISO_TIME = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)? ?([Zz]|[+-]\d\d:?\d\d)?", re.ASCII
+)
 _NON_FINITE = ("nan", "inf", "infinity")
 
 
@@ -658,6 +662,8 @@ def _number_shape(text):
         return None
     sign, body, exponent = match.groups()
     commas, dots = body.count(","), body.count(".")
+    if commas and exponent:  # "3,120e0": an exponent belongs to a decimal point only
+        return None
     if commas and dots:
         point = "," if body.rfind(",") > body.rfind(".") else "."
         grouping = "." if point == "," else ","
@@ -675,14 +681,14 @@ def _number_shape(text):
     whole, fraction = body.split(separator)
     if not (whole or fraction):
         return None
-    if re.fullmatch(r"[1-9]\d{0,2}", whole) and len(fraction) == 3 and not exponent:
+    if re.fullmatch(r"[1-9][0-9]{0,2}", whole) and len(fraction) == 3 and not exponent:
         return None, None, separator
     return sign + (whole or "0") + "." + (fraction or "0") + exponent, separator, None
 
 
 def _grouped(text, separator):
     """Whether ``text`` is digits in thousands groups: ``1,233,214``."""
-    return re.fullmatch(r"[1-9]\d{0,2}(?:" + re.escape(separator) + r"\d{3})+", text) is not None
+    return re.fullmatch(r"[1-9][0-9]{0,2}(?:" + re.escape(separator) + r"[0-9]{3})+", text) is not None
 
 
 def decimal_convention(raws, aliases):

@@ -176,6 +176,24 @@ def test_infinite_derived_weighted_average_is_rejected():
         glue.normalize(record, ALIASES, "ETH/USDT", "k", "json")
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["٣,١٢٠", "３,１２０", "٣١٢٠", "３１２０", "3,120e0", "1,233,214e0", "3.120,5e1", "3,1e2"],
+    ids=["arabic", "fullwidth", "arabic-plain", "fullwidth-plain", "comma-exp", "grouped-exp", "both-exp", "short"],
+)
+def test_one_number_grammar_ascii_digits_and_no_comma_with_an_exponent(value):
+    """Issue 21, point 4: "٣,١٢٠" and "3,120e0" read 3.12, where ASCII "3,120" is refused as ambiguous."""
+    record = {"date": 1500000000, "weightedAverage": value}
+    with pytest.raises(glue.Rejected, match="weighted_average is not a number"):
+        glue.normalize(record, ALIASES, "ETH/USDT", "k", "json")
+
+
+def test_a_timestamp_in_other_digits_is_not_understood():
+    record = {"date": "١٥٠٠٠٠٠٠٠٠", "weightedAverage": 3120.0}
+    with pytest.raises(glue.Rejected, match="timestamp not understood"):
+        glue.normalize(record, ALIASES, "ETH/USDT", "k", "json")
+
+
 # ---------------------------------------------------------------- input never names an output
 
 
