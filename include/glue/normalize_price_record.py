@@ -150,6 +150,10 @@ BOUNDED_FIELDS = ("open", "close", "weighted_average")
 #: A price may sit this far (relative) outside [low, high] before it is rejected.
 RANGE_TOLERANCE = 1e-6
 MAX_WORKERS = 16
+#: A conditional write of the other pairs' shared CSV is read, merged and tried again this often.
+CONDITIONAL_ATTEMPTS = 8
+#: S3 answers a failed If-Match / If-None-Match with one of these (412, or 409 for a concurrent write).
+CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 #: Runs of more raw objects than this spread them over processes (one per CPU, at most MAX_PROCESSES).
 PROCESSES_ABOVE_OBJECTS = 1000
 MAX_PROCESSES = 4
@@ -1085,24 +1089,69 @@ def _order(outcome):
 
 
 def plan_pairs(args, slot, plans, tag_workers=1):
-    """The other pairs' plans of window ``slot`` as one: their quarantine writes and tags, and the one CSV
-    ``pairs_analysis_key(slot)`` holding a row per pair with a record, by pair (none if no pair has one).
-    One object for every pair: S3 bills a PUT per object, whatever its size. ``tag_workers``: threads
-    tagging the window's raw objects (a live window's run has nothing else to do in parallel)."""
-    rows = sorted((plan["row"] for plan in plans if plan["row"] is not None), key=lambda row: row["pair"])
+    """The other pairs' plans of window ``slot`` as one: their quarantine writes and tags, and the rows of
+    the one CSV ``pairs_analysis_key(slot)``, a row per pair with a record (see write_pairs_csv). One object
+    for every pair: S3 bills a PUT per object, whatever its size. ``tag_workers``: threads tagging the
+    window's raw objects (a live window's run has nothing else to do in parallel)."""
+    rows = [plan["row"] for plan in plans if plan["row"] is not None]
     return {
         "window": slot_stamp(slot),
-        "csv": (pairs_analysis_key(slot, args.analysis_prefix), to_csv(*rows)) if rows else None,
+        "csv": None,
+        "pairs_csv": (pairs_analysis_key(slot, args.analysis_prefix), rows) if rows else None,
         "quarantine": [item for plan in plans for item in plan["quarantine"]],
         "tag": sorted(key for plan in plans for key in plan["tag"]),
         "tag_workers": tag_workers,
     }
 
 
+def write_pairs_csv(s3, bucket, key, rows):
+    """Write the window's shared CSV of the other pairs with ``rows`` (re-derived by this run) and every row
+    it holds of a pair this run did not re-derive (a pair gone from the rules, or whose raw object expired):
+    a re-run loses no pair. The write is conditional on the version read (If-None-Match: * to create,
+    If-Match to replace), read and merged again when another run wrote in between; unchanged bytes are not
+    written again. Returns ``(key, body)`` as it stands."""
+    fresh = {row["pair"] for row in rows}
+    for _attempt in range(CONDITIONAL_ATTEMPTS):
+        current, etag = _read_with_etag(s3, bucket, key)
+        kept = list(csv.DictReader(io.StringIO(current.decode("utf-8")))) if current else []
+        merged = sorted([row for row in kept if row["pair"] not in fresh] + rows, key=lambda row: row["pair"])
+        body = to_csv(*merged)
+        if body == current:
+            return key, body
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/csv", **condition)
+            return key, body
+        except Exception as error:  # noqa: BLE001 - botocore's ClientError, told apart by its code
+            if _error_code(error) not in CONDITION_FAILED:
+                raise
+    raise RuntimeError("{} changed under {} conditional writes in a row".format(key, CONDITIONAL_ATTEMPTS))
+
+
+def _read_with_etag(s3, bucket, key):
+    """``(bytes, ETag)`` of an object, ``(None, None)`` when there is none."""
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except Exception as error:  # noqa: BLE001 - botocore's ClientError, told apart by its code
+        if _error_code(error) in ("NoSuchKey", "404", "NotFound"):
+            return None, None
+        raise
+    return response["Body"].read(), response["ETag"]
+
+
+def _error_code(error):
+    """The S3 error code of a botocore ClientError (its HTTP status when it has none); None for others."""
+    response = getattr(error, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return response.get("Error", {}).get("Code") or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+
+
 def apply_plan(s3, args, plan):
-    """Make a window's planned writes: quarantine copies and reasons, the canonical CSV, then the
-    ``price-pipeline=ingested`` tag on each raw object of the window, only once those writes are made:
-    the lifecycle rule expires tagged objects. A superseded object is tagged too (the CSV names it)."""
+    """Make a window's planned writes: quarantine copies and reasons, the canonical CSV (or the other
+    pairs' shared one), then the ``price-pipeline=ingested`` tag on each raw object of the window, only once
+    those writes are made: the lifecycle rule expires tagged objects. A superseded object is tagged too
+    (the CSV names it). Returns ``(key, body)`` of the CSV written, or None."""
     for source_key, copy_key, reason_key, note in plan["quarantine"]:
         s3.copy_object(
             Bucket=args.bucket,
@@ -1112,16 +1161,19 @@ def apply_plan(s3, args, plan):
         )
         body = json.dumps(note, sort_keys=True).encode("utf-8")
         s3.put_object(Bucket=args.bucket, Key=reason_key, Body=body, ContentType="application/json")
-    if plan["csv"] is not None:
-        key, body = plan["csv"]
+    written = plan["csv"]
+    if written is not None:
+        key, body = written
         s3.put_object(Bucket=args.bucket, Key=key, Body=body, ContentType="text/csv")
+    if plan.get("pairs_csv") is not None:
+        written = write_pairs_csv(s3, args.bucket, *plan["pairs_csv"])
 
     def tag(key):
         s3.put_object_tagging(Bucket=args.bucket, Key=key, Tagging={"TagSet": [INGESTED_TAG]})
 
     with ThreadPoolExecutor(plan.get("tag_workers", 1)) as pool:
         list(pool.map(tag, plan["tag"]))
-    return plan["csv"]
+    return written
 
 
 def run(s3, args, spread=False):

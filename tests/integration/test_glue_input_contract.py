@@ -217,3 +217,38 @@ def test_7_a_rerun_keeps_the_rows_of_pairs_it_did_not_rederive(aws):
     assert rows.keys() == {"BTC/USDT", "SOL/USDT"}  # SOL's row was dropped
     assert float(rows["BTC/USDT"]["weighted_average"]) == 91000.0  # re-derived
     assert float(rows["SOL/USDT"]["weighted_average"]) == 150.0  # kept as it was
+
+
+def test_7_concurrent_writers_of_the_shared_csv_both_keep_their_rows(aws):
+    """Another run creates the shared CSV between this run's read and its write: the create is refused
+    (If-None-Match: *), the object read again and merged, so neither run's row is lost."""
+    from include.glue import normalize_price_record as job
+
+    slot = utc(2025, 9, 9, 12, 0)
+    key = layout.pairs_analysis_key(slot)
+    aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+
+    def row(pair, price):
+        return job.normalize(candle(slot, price), aliases, pair, raw_key(slot, ".json", pair), "json")
+
+    reads = []
+
+    class RacingS3:
+        """The stand-in's S3, on which a rival run creates the object right after this run's first read."""
+
+        def __getattr__(self, name):
+            return getattr(aws.s3, name)
+
+        def get_object(self, **kwargs):
+            reads.append(kwargs["Key"])
+            try:
+                return aws.s3.get_object(**kwargs)
+            finally:
+                if len(reads) == 1:
+                    aws.s3.put_object(Bucket=aws.config.bucket, Key=key, Body=job.to_csv(row("SOL/USDT", 150.0)))
+
+    written = job.write_pairs_csv(RacingS3(), aws.config.bucket, key, [row("BTC/USDT", 90000.0)])
+
+    assert reads == [key, key]  # the create lost, and the rewrite read the rival's object
+    assert pairs_rows(aws, slot).keys() == {"BTC/USDT", "SOL/USDT"}
+    assert written == (key, aws.get(key))

@@ -17,6 +17,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 from xml.sax.saxutils import escape, quoteattr
 
+from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -329,8 +330,11 @@ class RecordingS3:
     def copy_object(self, Bucket, Key, CopySource, TaggingDirective):  # noqa: N803 - boto3's names
         self.written.append(Key)
 
-    def put_object(self, Bucket, Key, Body, ContentType):  # noqa: N803
+    def put_object(self, Bucket, Key, Body, ContentType, **condition):  # noqa: N803
         self.written.append(Key)
+
+    def get_object(self, Bucket, Key):  # noqa: N803 - nothing is written yet
+        raise ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject")
 
     def put_object_tagging(self, Bucket, Key, Tagging):  # noqa: N803
         self.tagged.append((Key, Tagging["TagSet"]))
