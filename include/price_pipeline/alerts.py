@@ -21,6 +21,19 @@ class UnsafeText(ValueError):
     """Alert text that SNS would refuse or that must not reach people (the message says why)."""
 
 
+#: How much of one text from S3 (a key, a reason) a message quotes.
+QUOTED_LIMIT = 300
+
+
+def quoted(text: str) -> str:
+    """Text read from S3 (a key, a quarantine reason) as a message shows it: in double quotes, cut at
+    QUOTED_LIMIT characters, with line breaks, control and non-ASCII characters and Slack's ``<``, ``>``,
+    ``&`` written as JSON escapes. It stays one line and can neither forge a line of the message nor
+    become a link, a mention or ``<!channel>`` wherever the message goes (mail, SQS, Slack)."""
+    escaped = json.dumps(str(text)[:QUOTED_LIMIT], ensure_ascii=True)
+    return escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def iso(moment: datetime) -> str:
     """UTC ISO 8601 with a Z, to the second."""
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

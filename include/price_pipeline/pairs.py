@@ -263,7 +263,7 @@ def _missing_reasons(s3, config: Config, slot: datetime, late: list[str]) -> dic
     for note in notes:
         first.setdefault(note.get("pair"), note)
     return {
-        pair: f"quarantined: {first[pair]['reason']} (object {first[pair]['source_key']})"
+        pair: f"quarantined: {alerts.quoted(first[pair]['reason'])} (object {alerts.quoted(first[pair]['source_key'])})"
         if pair in first
         else "no record of the window when it was analysed"
         for pair in late

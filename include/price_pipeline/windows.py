@@ -285,5 +285,6 @@ def _missing_record_reason(s3, config: Config, slot: datetime) -> str:
     reasons = store.quarantine_reasons(s3, config.bucket, config.quarantine_prefix, slot)
     if reasons:
         first = reasons[0]
-        return f"record for window {stamp} quarantined: {first['reason']} (object {first['source_key']})"
+        reason, key = alerts.quoted(first["reason"]), alerts.quoted(first["source_key"])
+        return f"record for window {stamp} quarantined: {reason} (object {key})"
     return f"no normalized record for window {stamp} (the raw object held no record of this slot)"

@@ -212,6 +212,25 @@ def slack_receiver():
     server.shutdown()
 
 
+def test_a_quarantined_keys_text_cannot_forge_a_line_or_a_mention_in_the_ops_message(dag, aws):
+    """Issue 21, point 8: the default pair's failure reason quotes the key, escaped, on one line."""
+    slot = utc(2026, 1, 13, 10, 0)
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
+    forged = layout.ingestion_key(slot, ".json\r- forged: all good <!channel> <https:evil.example|click>")
+    aws.put(forged, b'{"date": %d, "weightedAverage": "NaN"}' % int(slot.timestamp()))
+
+    run = run_window(dag, slot, notify_on_backfill=True)
+
+    assert run.state == "failed"
+    [ops] = aws.ops()
+    assert ops["Subject"].startswith("[price pipeline] Record quarantined")
+    assert not any(line.startswith("- forged") for line in ops["Message"].splitlines())
+    assert "<!channel>" not in ops["Message"]
+    assert "<https:evil" not in ops["Message"]
+    quoted = json.dumps(forged).replace("<", "\\u003c").replace(">", "\\u003e")
+    assert f"(object {quoted})" in ops["Message"]
+
+
 def test_slack_gets_the_same_alert_when_a_webhook_connection_is_configured(
     airflow_db, aws, monkeypatch, slack_receiver
 ):

@@ -113,6 +113,27 @@ def test_a_late_pair_is_reported_to_ops_and_does_not_hold_the_others(dag, aws):
     assert list(pair_ledger(aws, slot)) == ["SOL/USDT"]  # no BTC/USDT entry: a later run can still decide it
 
 
+def test_a_late_pairs_key_cannot_forge_a_line_or_a_mention_in_the_ops_message(dag, aws):
+    """Issue 21, point 8: a key in the pair folder whose text holds a line break and Slack markup."""
+    slot = W + layout.SLOT * 36
+    seed(aws, slot - layout.SLOT, {"ETH/USDT": 100.0, "SOL/USDT": 151.0})
+    land(aws, "ETH/USDT", slot, 100.1)
+    land(aws, "SOL/USDT", slot, 151.1)
+    forged = layout.ingestion_key(slot, ".json\r- SOL_USDT: ok <!channel> <https:evil.example|click>", pair="BTC/USDT")
+    aws.put(forged, b'{"date": %d, "weightedAverage": "NaN"}' % int(slot.timestamp()))
+
+    run = run_window(dag, slot, notify_on_backfill=True)
+
+    assert run.state == "success", task_states(run)
+    [ops] = aws.ops()
+    listed = [line for line in ops["Message"].splitlines() if line.startswith("- ")]
+    assert len(listed) == 1  # BTC/USDT's line only: the key's text forged a "- SOL_USDT: ok" line
+    assert listed[0].startswith('- BTC/USDT: quarantined: "record 0: weighted_average is not finite')
+    assert json.dumps(forged).replace("<", "\\u003c").replace(">", "\\u003e") in listed[0]
+    assert "<!channel>" not in ops["Message"]
+    assert "<https:evil" not in ops["Message"]
+
+
 def test_an_old_window_without_a_pair_only_logs_it_late(dag, aws):
     slot = W + layout.SLOT * 24
     seed(aws, slot - layout.SLOT, {"ETH/USDT": 100.0})

@@ -420,3 +420,13 @@ def test_ops_subject_is_one_line_within_the_sns_limit_for_every_task(task_id, ex
 
     assert "\n" not in subject
     assert len(subject) <= 100
+
+
+@given(st.text(max_size=400))
+def test_text_from_s3_is_quoted_on_one_line_and_can_become_no_slack_markup(text):
+    """Issue 21, point 8: keys and reasons read from S3 reach ops text through alerts.quoted."""
+    shown = alerts.quoted(text)
+    assert shown.isascii()
+    assert shown.isprintable()  # no line break, no control character
+    assert not {"<", ">", "&"} & set(shown)
+    assert json.loads(shown) == text[: alerts.QUOTED_LIMIT]
