@@ -149,6 +149,9 @@ VOLUME_FIELDS = ("volume", "quote_volume")
 BOUNDED_FIELDS = ("open", "close", "weighted_average")
 #: A price may sit this far (relative) outside [low, high] before it is rejected.
 RANGE_TOLERANCE = 1e-6
+#: Without high and low, the weighted average must lie within [min(open, close) / OPEN_CLOSE_FACTOR,
+#: max(open, close) * OPEN_CLOSE_FACTOR]: no 5-minute candle of a listed pair moves 2x.
+OPEN_CLOSE_FACTOR = 2.0
 MAX_WORKERS = 16
 #: A conditional write of the other pairs' shared CSV is read, merged and tried again this often.
 CONDITIONAL_ATTEMPTS = 8
@@ -818,7 +821,7 @@ def _offset(text):
 def validate(row):
     """Reject a row whose numbers cannot be trusted: prices finite and within [MIN_PRICE, MAX_PRICE],
     volumes finite and >= 0, high >= low, and open, close and weighted_average within [low, high]
-    (RANGE_TOLERANCE)."""
+    (RANGE_TOLERANCE); without high or low, weighted_average within OPEN_CLOSE_FACTOR of open and close."""
     for field in PRICE_FIELDS:
         value = row[field]
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -837,6 +840,15 @@ def validate(row):
     for field in BOUNDED_FIELDS:
         if _outside(row[field], low, high):
             raise Rejected("{} {!r} outside [low {!r}, high {!r}]".format(field, row[field], low, high))
+    known = [row[field] for field in ("open", "close") if row[field] is not None]
+    average = row["weighted_average"]
+    if (low is None or high is None) and known and average is not None:
+        floor, ceiling = min(known) / OPEN_CLOSE_FACTOR, max(known) * OPEN_CLOSE_FACTOR
+        if not floor <= average <= ceiling:
+            raise Rejected(
+                "weighted_average {!r} is not within [{!r}, {!r}]: without high and low it must lie within {}x "
+                "of open and close".format(average, floor, ceiling, OPEN_CLOSE_FACTOR)
+            )
 
 
 def _outside(value, low, high):
