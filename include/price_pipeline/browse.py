@@ -60,9 +60,20 @@ def parse_range(start: str | None, end: str | None, now: datetime) -> tuple[date
     return start_at, end_at
 
 
+#: The moments a range may name: slot and day arithmetic (a day before, a slot after) stays within
+#: datetime's years 1 to 9999 and Unix time.
+EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
 def _parse_time(text: str) -> datetime:
     moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    if not EARLIEST <= moment <= LATEST:
+        raise ValueError(
+            f"{text.strip()[:40]!r} is outside the dates the page shows ({EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d})"
+        )
+    return moment.astimezone(UTC)
 
 
 def _slot_ceiling(moment: datetime) -> datetime:

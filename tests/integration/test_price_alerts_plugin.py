@@ -101,6 +101,17 @@ def test_the_plugin_is_read_only_and_refuses_bad_ranges(client, token):
     assert client.get("/price-alerts/static/index.py", headers=headers).status_code == 404
 
 
+@pytest.mark.parametrize("api", ["history", "ledger"])
+@pytest.mark.parametrize(
+    "query", ["end=0001-01-01T00:00Z", "end=9999-12-31T23:59Z", "start=9999-12-31T23:50Z", "start=0001-01-01T00:05Z"]
+)
+def test_extreme_dates_are_refused_with_the_reason_not_a_500(client, token, api, query):
+    """Issue 21, point 9: an uncaught OverflowError answered 500."""
+    answer = client.get(f"/price-alerts/api/{api}?{query}", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 400
+    assert "outside the dates the page shows" in answer.json()["detail"]
+
+
 def test_the_ui_lists_the_nav_view_and_the_dag_run_view(client, token):
     response = client.get("/api/v2/plugins", headers={"Authorization": f"Bearer {token}"})
 
