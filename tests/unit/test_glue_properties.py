@@ -453,3 +453,77 @@ def test_any_other_pairs_objects_of_a_window_write_one_shared_csv_with_a_row_per
     for row, pair in zip(rows, with_record, strict=True):
         assert row["timestamp"] == window.strftime("%Y-%m-%dT%H:%M:%SZ")
         assert row["source_key"].startswith(f"{prefix}/{layout.pair_slug(pair)}")
+
+
+# ---------------------------------------------------------------- records nested at any depth (issue 21)
+
+#: The outer record's weighted average; every nested record holds another price.
+OUTER_PRICE = 3000.0
+NEST_KEYS = st.sampled_from(["data", "result", "source", "prev", "meta", "items", "x"])
+
+
+@st.composite
+def nested_json(draw, window):
+    """A JSON record of ``window`` (price OUTER_PRICE) with records of other prices nested at any depth
+    in it, in envelopes and lists, of the same window or a near one."""
+    stamp = int(window.timestamp())
+
+    def inner():
+        offset = draw(st.sampled_from([0, 0, 300, -300]))
+        price = draw(st.sampled_from([9000.0, 3.0, 2999.0, 0.5]))
+        return {"date": stamp + offset, draw(st.sampled_from(["weightedAverage", "price", "close"])): price}
+
+    def wrap(value, depth):
+        for _ in range(depth):
+            value = draw(st.sampled_from([{draw(NEST_KEYS): value}, [value], {"note": "n", draw(NEST_KEYS): value}]))
+        return value
+
+    outer = {"date": stamp, "weightedAverage": OUTER_PRICE, "high": 3010.0, "low": 2990.0}
+    for _ in range(draw(st.integers(1, 3))):
+        outer[draw(st.sampled_from(["data", "source", "prev", "extra"]))] = wrap(inner(), draw(st.integers(0, 12)))
+    document = outer
+    for _ in range(draw(st.integers(0, 2))):  # the whole record may sit in envelopes too
+        document = {draw(st.sampled_from(["data", "result"])): document}
+    return json.dumps(document).encode()
+
+
+@st.composite
+def nested_xml(draw, window):
+    """An XML record of ``window`` with records nested in child elements (element or attribute style)."""
+    iso = window.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def inner():
+        price = draw(st.sampled_from(["9000", "3", "2999"]))
+        if draw(st.booleans()):
+            return f'<prev date="{iso}" weightedAverage="{price}"/>'
+        return f"<source><date>{iso}</date><weightedAverage>{price}</weightedAverage></source>"
+
+    children = []
+    for _ in range(draw(st.integers(1, 3))):
+        text = inner()
+        for _ in range(draw(st.integers(0, 5))):
+            tag = draw(st.sampled_from(["data", "meta", "x"]))
+            text = f"<{tag}>{text}</{tag}>"
+        children.append(text)
+    fields = f"<date>{iso}</date><weightedAverage>3000</weightedAverage><high>3010</high><low>2990</low>"
+    position = draw(st.integers(0, len(children)))
+    body = "".join(children[:position]) + fields + "".join(children[position:])
+    return f"<response><candle>{body}</candle></response>".encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), SLOT_INDEX, st.sampled_from(["json", "xml"]))
+def test_a_record_with_records_nested_at_any_depth_writes_the_outer_price_or_nothing(data, slot_index, fmt):
+    """The job writes the outer record's price or quarantines the object: never an inner value."""
+    window = datetime.fromtimestamp(slot_index * 300, UTC)
+    body = data.draw(nested_json(window) if fmt == "json" else nested_xml(window))
+    key = layout.ingestion_key(window, "." + fmt)
+    outcome = dict(glue.assess(body, CONTRACT_ARGS, key, window), modified="2026-01-01T00:00:00Z", version=1)
+
+    plan = glue.plan_window(CONTRACT_ARGS, window, [outcome])
+
+    if plan["csv"] is None:
+        assert [source for source, *_ in plan["quarantine"]] == [key]  # refused, with its reason
+        return
+    [row] = csv.DictReader(io.StringIO(plan["csv"][1].decode()))
+    assert float(row["weighted_average"]) == OUTER_PRICE
