@@ -252,4 +252,4 @@ def test_a_late_pair_whose_object_was_quarantined_is_late_with_the_quarantine_re
 
     late = analyse(aws, "dag/live", slot)["late"]
 
-    assert late == {"SOL/USDT": f"quarantined: weighted_average is not a number (object {source})"}
+    assert late == {"SOL/USDT": f'quarantined: "weighted_average is not a number" (object "{source}")'}

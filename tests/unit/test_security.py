@@ -142,7 +142,8 @@ def test_hostile_objects_through_the_real_glue_job_read_fetch_and_write_nothing_
     canary.write_text(f"canary-{uuid.uuid4().hex}")
     named = {**candle(slot, 2500.0), "pair": "../../crypto/03-price-changes/evil"}  # quarantined: not our pair
     hostile = {
-        # the default pair's key ("<slot>" then anything but "/"; "<slot>/..." must name a pair)
+        # the key grammar: "<slot>" then "." or "-" and no "/" (or "<slot>/<BASE>_<QUOTE>..."); the
+        # first, second and fourth are outside it, quarantined unread
         prefix + "../../../etc/passwd.json": render(candle(slot, 2500.0), "json"),
         prefix + "-x/../../crypto/03-price-changes/evil.json": render(named, "json"),
         prefix + "..%2F..%2Fcrypto%2F02-data-analysis%2Fevil.csv": render(candle(slot, 2500.0), "csv"),
@@ -176,9 +177,11 @@ def test_hostile_objects_through_the_real_glue_job_read_fetch_and_write_nothing_
     assert layout.analysis_key(slot) in written  # the good records still got through
     quarantined = [json.loads(aws.get(k)) for k in written if k.endswith(".reason.json")]
     reasons = {q["source_key"]: q["reason"] for q in quarantined}
-    assert sorted(reasons) == sorted(k for k in hostile if k.endswith((".xml", "evil.json")))
-    assert all("XML refused" in reasons[k] for k in hostile if k.endswith(".xml"))
-    assert "names pair" in reasons[prefix + "-x/../../crypto/03-price-changes/evil.json"]
+    assert sorted(reasons) == sorted(k for k in hostile if k.endswith((".xml", ".json")))
+    outside_grammar = [prefix + "../../../etc/passwd.json", prefix + "-x/../../crypto/03-price-changes/evil.json"]
+    outside_grammar.append(prefix + "\\..\\..\\evil.xml")
+    assert all(reasons[k].startswith("key does not follow the ingestion key grammar") for k in outside_grammar)
+    assert all("XML refused" in reasons[k] for k in hostile if k.endswith(".xml") and k not in outside_grammar)
     assert _Listener.hits == []  # no DTD or entity was fetched
     secret = canary.read_text().encode()
     assert [key for key in written if secret in aws.get(key)] == []  # the local file was never read
