@@ -27,6 +27,8 @@ import csv
 import io
 import json
 import logging
+import math
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -75,6 +77,11 @@ LARGEST_MOVES = 5
 MISSING_NAMED = 20
 #: Attempts at a conditional ledger write before giving up (each failure means someone else wrote).
 WRITE_ATTEMPTS = 3
+#: The ops message of a range with quarantined objects reads at most this many reason files (spread
+#: evenly over the range's, in key order) to name the commonest reasons; it always counts all of them.
+QUARANTINE_NOTES_READ = 500
+#: How many of the commonest quarantine reasons the ops message lists.
+COMMON_REASONS = 5
 
 FLOAT_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "weighted_average")
 STRING_COLUMNS = ("pair", "source_key", "source_format")
@@ -325,16 +332,115 @@ def canonical_keys(s3, config: Config, start: datetime, end: datetime, policy: P
     return before + in_range, month_keys
 
 
-def count_quarantined(s3, config: Config, start: datetime, end: datetime) -> int:
-    """Reason files the Glue job left for windows of ``[start, end)``."""
+def quarantined_reason_keys(s3, config: Config, start: datetime, end: datetime) -> list[str]:
+    """The reason files the Glue job left for windows of ``[start, end)``, in key order: one listing
+    per day partition (a reason file's key names its window, never its reason: that is inside)."""
     slots = layout.slots_between(start, end)
     if not slots:
-        return 0
+        return []
     wanted = {layout.quarantine_window_prefix(slot, config.quarantine_prefix) for slot in slots}
     days = [f"{config.quarantine_prefix}{day}" for day in layout.day_partitions(slots[0], slots[-1])]
     length = len(next(iter(wanted)))
     keys = list_with_etags(s3, config.bucket, days)
-    return sum(1 for key in keys if key.endswith(".reason.json") and key[:length] in wanted)
+    return sorted(key for key in keys if key.endswith(".reason.json") and key[:length] in wanted)
+
+
+def count_quarantined(s3, config: Config, start: datetime, end: datetime) -> int:
+    """Reason files the Glue job left for windows of ``[start, end)``."""
+    return len(quarantined_reason_keys(s3, config, start, end))
+
+
+def objects_seen(reason_keys: Iterable[str], prices: Iterable[Price], quarantine_prefix: str) -> int:
+    """How many raw objects the range's outcome comes from: every quarantined one (``reason_keys``) and
+    every one a canonical CSV of the range names (``source_key``, ``superseded``), each once: a used
+    object that was also quarantined (``record_used``) is known by its reason key, derived from its key."""
+    known = set(reason_keys)
+    for price in prices:
+        for source in (price.source_key, *price.superseded):
+            known.add(layout.quarantine_keys(price.slot, source, quarantine_prefix)[1])
+    return len(known)
+
+
+def read_quarantine_notes(s3, bucket: str, reason_keys: list[str]) -> list[dict]:
+    """Up to QUARANTINE_NOTES_READ of the reason files ``reason_keys``, spread evenly over them, read in
+    parallel (store.READ_WORKERS); each as ``{"key": reason key, "source_key", "reason"}``. A file gone
+    meanwhile, or not a JSON object, is left out."""
+    step = max(1, math.ceil(len(reason_keys) / QUARANTINE_NOTES_READ))
+    chosen = reason_keys[::step]
+    with ThreadPoolExecutor(store.READ_WORKERS) as pool:
+        bodies = list(pool.map(lambda key: store.read_bytes(s3, bucket, key), chosen))
+    notes = []
+    for key, body in zip(chosen, bodies, strict=True):
+        try:
+            note = json.loads(body) if body is not None else None
+        except ValueError:
+            note = None
+        if isinstance(note, dict):
+            notes.append(
+                {"key": key, "source_key": str(note.get("source_key", "")), "reason": str(note.get("reason", ""))}
+            )
+    return notes
+
+
+# A value the Glue job quotes in a reason (``_clip``: Python's repr, in ' or "), standing as a word of two
+# characters or more (the key grammar's own '.', '-' and '/' stay), and a number, time or date standing as
+# a word (not the 5 of "5-minute"): what varies between two objects refused for the same reason.
+_QUOTED_VALUE = re.compile(r"""(?<![^\s(\[:=])(?:'(?:[^'\\]|\\.){2,}'|"(?:[^"\\]|\\.){2,}")(?![^\s,;)\]])""")
+_NUMBER_WORD = re.compile(r"(?<![\w.])[-+]?\d[\d.eE:+TZ-]*(?![\w-])")
+_RECORD_NUMBER = re.compile(r"^record \d+: ")
+
+
+def reason_kind(reason: str) -> str:
+    """What a quarantine reason says, without what varies: its first reason only (a note joins up to
+    three with "; "), without "record N: ", quoted values as '...' and numbers, times and dates as N."""
+    first = _RECORD_NUMBER.sub("", str(reason).split("; ")[0].strip())
+    return _NUMBER_WORD.sub("N", _QUOTED_VALUE.sub("'...'", first)) or "(no reason given)"
+
+
+def quarantine_report(summary: dict, notes: list[dict], run_url: str) -> tuple[str, str]:
+    """(subject, message) telling ops what the range run of ``summary`` left quarantined: the counts and
+    the COMMON_REASONS commonest kinds of reason among ``notes`` (see reason_kind), most objects first,
+    each with one example object and its full reason. Every text read from S3 is alerts.quoted."""
+    quarantined, objects = summary["quarantined"], max(summary.get("objects", 0), summary["quarantined"])
+    start, end = (f"{summary[bound][:16]}Z" for bound in ("start", "end"))
+    subject = f"[price pipeline] Quarantined in range {start}..{end}: {quarantined} of {objects} objects"
+    kinds: dict[str, list[dict]] = {}
+    for note in sorted(notes, key=lambda note: note["key"]):
+        kinds.setdefault(reason_kind(note["reason"]), []).append(note)
+    common = sorted(kinds.items(), key=lambda item: (-len(item[1]), item[0]))[:COMMON_REASONS]
+    sample = (
+        "" if len(notes) == quarantined else f" (from the reason files of {len(notes)} of them, spread over the range)"
+    )
+    lines = [
+        f"The bulk analysis of {summary['start']} to {summary['end']} (end excluded) succeeded, but the Glue job "
+        f"quarantined {quarantined} of {objects} objects of the range: {summary['windows_seen']} of "
+        f"{summary['windows']} windows have a usable record, {summary['missing']} have none.",
+        "",
+        f"Commonest reasons{sample}:",
+    ]
+    for kind, examples in common:
+        example = examples[0]
+        lines += [
+            f"- {len(examples)} object{'' if len(examples) == 1 else 's'}: {alerts.quoted(kind)}",
+            f"  e.g. {alerts.quoted(example['source_key'])}: {alerts.quoted(example['reason'])}",
+        ]
+    if len(kinds) > len(common):
+        lines.append(f"- and {len(kinds) - len(common)} other kinds of reason")
+    lines += [
+        "",
+        "Each object's copy and reason file are under the quarantine prefix, in its window's folder.",
+        f"Run: {run_url}",
+    ]
+    return alerts.check_subject(subject[: alerts.SUBJECT_LIMIT]), "\n".join(lines) + "\n"
+
+
+def report_quarantine(s3, config: Config, summary: dict, run_url: str) -> tuple[str, str] | None:
+    """The ops (subject, message) of a range run whose range holds quarantined objects, else None."""
+    if not summary.get("quarantined"):
+        return None
+    start, end = parse_window_start(summary["start"]), parse_window_start(summary["end"])
+    notes = read_quarantine_notes(s3, config.bucket, quarantined_reason_keys(s3, config, start, end))
+    return quarantine_report(summary, notes, run_url)
 
 
 def write_ledger(
@@ -498,7 +604,9 @@ def backfill_history(
     prices = [parse_canonical_csv(bodies[key]) for key in needed if key in bodies]
     analysed = analyse_series(prices, start, end, policy, notify_on_backfill, now, config.max_alert_age_minutes)
     objects = ledger_objects(analysed, policy, config.changes_prefix)
-    summary = summarize(analysed, start, end, policy, count_quarantined(s3, config, start, end))
+    reason_keys = quarantined_reason_keys(s3, config, start, end)
+    summary = summarize(analysed, start, end, policy, len(reason_keys))
+    summary["objects"] = objects_seen(reason_keys, (w.change.latest for w in analysed), config.quarantine_prefix)
     summary["canonical_csvs"] = {"from_range_object": from_range, "read": len(bodies) - from_range}
     if not analysed:
         raise NoUsableWindow(

@@ -570,3 +570,148 @@ def test_a_window_whose_earlier_windows_all_have_csvs_asks_nothing_and_lists_no_
     analyse(s3, T0 + layout.SLOT * 5, lambda slots: pytest.fail("asked the scheduler without a reason"))
 
     assert not any(prefix.startswith(layout.INGESTION_PREFIX) for prefix in listed)
+
+
+# ------------------------------------------------------------------------------ quarantine report to ops
+
+NO_WA = "no weighted_average, and no volume and quote_volume to derive it"
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("record 0: weighted_average is not finite: 'NaN'", "weighted_average is not finite: 'inf'"),
+        ("high 0.0817 is below low 0.0818", "high 3120.5 is below low 3121"),
+        (
+            "timestamp 2025-04-03T10:02:00+00:00 is not on a 5-minute boundary",
+            "timestamp 2026-01-01T00:01:00+00:00 is not on a 5-minute boundary",
+        ),
+        (f"{NO_WA}; record 1: {NO_WA}; and 4 more", NO_WA),
+        ("object is 2048 bytes, over the 1024-byte cap", "object is 99999 bytes, over the 1024-byte cap"),
+        (
+            "record of 2025-04-03T10:00:00Z found under window 2025-04-03T10:05:00Z: an object writes only its own",
+            "record of 2025-05-01T00:00:00Z found under window 2025-05-01T00:05:00Z: an object writes only its own",
+        ),
+        (
+            "record names pair 'BTC/USD', not the configured ETH/USDT",
+            'record names pair "it\'s", not the configured ETH/USDT',
+        ),
+    ],
+)
+def test_reasons_that_differ_only_in_their_values_are_one_kind(one, other):
+    assert history.reason_kind(one) == history.reason_kind(other)
+
+
+def test_a_reason_kind_keeps_what_is_said_and_different_reasons_stay_apart():
+    grammar = glue.GRAMMAR_REFUSED
+
+    assert history.reason_kind(NO_WA) == NO_WA
+    assert history.reason_kind(grammar) == grammar  # its '.', '-', '/' are the grammar, not values
+    assert history.reason_kind("timestamp 2025-04-03T10:02:00+00:00 is not on a 5-minute boundary") == (
+        "timestamp N is not on a 5-minute boundary"
+    )
+    assert history.reason_kind("open 'x' is not a number") != history.reason_kind("close 'x' is not a number")
+
+
+def note(n: int, reason: str, source_key: str = "") -> dict:
+    key = f"{layout.QUARANTINE_PREFIX}year=2025/month=04/day=03/20250403T10{n:02d}00Z/{n:04x}.reason.json"
+    return {"key": key, "source_key": source_key or f"crypto/01-data-ingestion/k{n:03d}.json", "reason": reason}
+
+
+def report_summary(quarantined: int, objects: int, seen: int = 2, windows: int = 13) -> dict:
+    return {
+        "start": "2025-04-03T10:00:00Z",
+        "end": "2025-04-03T11:05:00Z",
+        "quarantined": quarantined,
+        "objects": objects,
+        "windows": windows,
+        "windows_seen": seen,
+        "missing": windows - seen,
+    }
+
+
+def test_the_ops_report_gives_the_counts_and_the_commonest_kinds_of_reason_most_first_with_an_example_each():
+    notes = [note(n, NO_WA) for n in range(10)] + [
+        note(10, "record 0: weighted_average is not finite: 'NaN'"),
+        note(11, "record 0: weighted_average is not finite: 'inf'"),
+        note(12, "high 1 is below low 2"),
+    ]
+    notes += [note(20 + n, f"reason number {chr(97 + n)}{chr(97 + n)} is rare") for n in range(4)]
+
+    subject, message = history.quarantine_report(report_summary(17, 19), notes, "http://airflow/run")
+
+    assert subject == "[price pipeline] Quarantined in range 2025-04-03T10:00Z..2025-04-03T11:05Z: 17 of 19 objects"
+    lines = message.splitlines()
+    assert lines[0] == (
+        "The bulk analysis of 2025-04-03T10:00:00Z to 2025-04-03T11:05:00Z (end excluded) succeeded, but the Glue "
+        "job quarantined 17 of 19 objects of the range: 2 of 13 windows have a usable record, 11 have none."
+    )
+    kinds = [line for line in lines if line.startswith("- ")]
+    assert kinds == [
+        f'- 10 objects: "{NO_WA}"',
+        "- 2 objects: \"weighted_average is not finite: '...'\"",
+        '- 1 object: "high N is below low N"',
+        '- 1 object: "reason number aa is rare"',
+        '- 1 object: "reason number bb is rare"',
+        "- and 2 other kinds of reason",
+    ]
+    assert '  e.g. "crypto/01-data-ingestion/k010.json": "record 0: weighted_average is not finite: \'NaN\'"' in lines
+    assert "Commonest reasons:" in lines
+    assert lines[-1] == "Run: http://airflow/run"
+
+
+def test_text_from_s3_reaches_the_ops_report_quoted_on_one_line():
+    hostile_key = "crypto/01-data-ingestion/x\nReason: all fine <!channel>.json"
+    notes = [note(0, "bad <!channel>\nDAG: forged & more", hostile_key)]
+
+    _, message = history.quarantine_report(report_summary(1, 1), notes, "u")
+
+    assert "<!channel>" not in message
+    assert "\nReason: all fine" not in message
+    assert "\nDAG: forged" not in message
+    assert alerts.quoted(hostile_key) in message
+
+
+def test_a_sample_of_the_reasons_is_said_to_be_one():
+    _, message = history.quarantine_report(report_summary(900, 900), [note(0, NO_WA)], "u")
+
+    assert "Commonest reasons (from the reason files of 1 of them, spread over the range):" in message
+
+
+def test_the_report_reads_a_bounded_spread_of_reason_files_in_one_listing_and_is_none_without_quarantine(
+    monkeypatch,
+):
+    start = utc(2025, 4, 3)
+    end = start + layout.SLOT * 288
+    s3 = MemoryS3()
+    for n, slot in enumerate(layout.slots_between(start, end)):
+        for copy in range(3):
+            source = f"{layout.ingestion_key(slot, '.json')}{copy}"
+            body = json.dumps({"source_key": source, "reason": NO_WA if n % 4 else "high 1 is below low 2"}).encode()
+            s3.objects[layout.quarantine_keys(slot, source)[1]] = body
+    s3.objects[layout.quarantine_keys(end, "after the range")[1]] = b"{}"
+    reads = []
+    real_get = s3.get_object
+    monkeypatch.setattr(s3, "get_object", lambda **kwargs: reads.append(kwargs["Key"]) or real_get(**kwargs))
+    monkeypatch.setattr(history, "QUARANTINE_NOTES_READ", 100)
+
+    summary = report_summary(864, 864, 0, 288) | {"start": alerts.iso(start), "end": alerts.iso(end)}
+
+    subject, message = history.report_quarantine(s3, CONFIG, summary, "u")
+
+    assert subject.endswith(": 864 of 864 objects")
+    assert len(reads) == len(set(reads)) == 96  # every 9th of 864
+    assert {layout.slot_of_key(key).hour for key in reads} == set(range(24))
+    assert "(from the reason files of 96 of them, spread over the range)" in message
+    assert f'- 72 objects: "{NO_WA}"' in message
+    assert '- 24 objects: "high N is below low N"' in message
+    assert history.report_quarantine(s3, CONFIG, summary | {"quarantined": 0}, "u") is None
+
+
+def test_an_object_used_for_its_window_and_quarantined_for_another_record_counts_once():
+    slot = T0
+    used, superseded, bad = (layout.ingestion_key(slot, suffix) for suffix in ("-v2.json", ".json", ".xml"))
+    price = analysis.Price(slot, 100.0, "ETH/USDT", used, (superseded,))
+    reason_keys = [layout.quarantine_keys(slot, key)[1] for key in (used, bad)]
+
+    assert history.objects_seen(reason_keys, [price], layout.QUARANTINE_PREFIX) == 3
