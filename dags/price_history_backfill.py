@@ -13,6 +13,9 @@ one Glue job run) per window:
    range touches is rewritten as Parquet, `crypto/02-data-analysis-parquet/year=YYYY/month=MM/data.parquet`,
    from all canonical CSVs of that month; a summary (windows seen, missing, quarantined, breaches,
    largest moves) goes to the task log and XCom.
+3. **report_quarantine**: when any object of the range is quarantined (by this run or an earlier one), ops
+   get ONE message for the run: how many of the range's objects were quarantined, how many windows are
+   usable, and the commonest reasons with an example object each. The run stays successful.
 
 Breaches are recorded as `suppressed_backfill` unless `notify_on_backfill` is on: then each due breach is
 claimed in the ledger (`publishing`, a conditional write), published to the alert topic by the run whose
@@ -121,7 +124,24 @@ def price_history_backfill():
         except (history.NoUsableWindow, history.ClaimsLeft, alerts.UnsafeText) as failure:
             raise AirflowFailException(str(failure)) from None
 
-    chain(normalize_price_history, analyse_price_history())
+    @task
+    def report_quarantine(summary: dict, dag_run=None) -> str | None:
+        from airflow.configuration import conf
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from airflow.providers.amazon.aws.hooks.sns import SnsHook
+
+        from include.price_pipeline import alerts
+
+        run_url = alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id)
+        report = history.report_quarantine(S3Hook(aws_conn_id=config.aws_conn_id).get_conn(), config, summary, run_url)
+        if report is None:
+            return None
+        subject, message = report
+        sns = SnsHook(aws_conn_id=config.aws_conn_id)
+        return sns.publish_to_target(target_arn=config.ops_topic_arn, message=message, subject=subject)["MessageId"]
+
+    summary = analyse_price_history()
+    chain(normalize_price_history, summary, report_quarantine(summary))
 
 
 price_history_backfill()

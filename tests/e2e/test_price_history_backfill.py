@@ -233,3 +233,38 @@ def test_a_range_where_every_record_was_quarantined_fails_with_the_counts_and_te
         "Reason: no usable window from 2025-04-02T10:00:00Z to 2025-04-02T10:15:00Z: 3 windows, "
         "3 without a canonical record, 3 quarantined objects"
     ) in ops["Message"]
+
+
+def test_a_mostly_quarantined_range_succeeds_and_tells_ops_once_with_the_counts_and_commonest_reasons(
+    bulk_dag, aws, poloniex_rows
+):
+    """Real Poloniex candles as an OHLC feed sends them (no weighted average, no quote volume): only the
+    no-trade candles are usable. The run succeeds on those and ops hear of the rest, once."""
+    first = utc(2025, 4, 3, 10, 0)
+    candles = poloniex_rows[5655:5667]  # 8 trades, 2 no-trade candles, 2 trades (2017-08-03)
+    for n, row in enumerate(candles):
+        slot = first + n * layout.SLOT
+        record = {"date": int(slot.timestamp()), **{f: row[f] for f in ("open", "high", "low", "close", "volume")}}
+        aws.put(layout.ingestion_key(slot, ".json"), json.dumps(record))
+    nan_slot = first + len(candles) * layout.SLOT
+    nan_key = layout.ingestion_key(nan_slot, ".json")
+    aws.put(nan_key, b'{"date": %d, "weightedAverage": "NaN"}' % nan_slot.timestamp())
+    end = nan_slot + layout.SLOT
+
+    run, summary = run_bulk(bulk_dag, first, end)
+
+    assert run.state == "success", task_states(run)
+    assert (summary["windows"], summary["windows_seen"], summary["quarantined"]) == (13, 2, 11)
+    [ops] = aws.ops()
+    assert (
+        ops["Subject"] == "[price pipeline] Quarantined in range 2025-04-03T10:00Z..2025-04-03T11:05Z: 11 of 13 objects"
+    )
+    message = ops["Message"]
+    assert "quarantined 11 of 13 objects of the range: 2 of 13 windows have a usable record" in message
+    wa_line = next(line for line in message.splitlines() if "no weighted_average" in line)
+    assert wa_line.startswith('- 10 objects: "no weighted_average, and no volume and quote_volume to derive it"')
+    nan_line = next(line for line in message.splitlines() if "is not finite" in line)
+    assert nan_line.startswith("- 1 object: ")
+    assert message.index(wa_line) < message.index(nan_line), "commonest first"
+    assert f'e.g. "{nan_key}"' in message
+    assert "/dags/price_history_backfill/runs/" in message
