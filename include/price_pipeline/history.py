@@ -13,7 +13,9 @@ Task bodies of the ``price_history_backfill`` DAG, after its one Glue job run ha
    one (conditional writes: an entry claimed or notified meanwhile is seen, not overwritten);
 4. rewrite each month's Parquet object from all canonical CSVs of that month (deterministic bytes);
 5. with ``notify_on_backfill``, claim each due breach as the live DAG does (``windows.claim``) and publish
-   only the claims that landed, through a callable the task passes.
+   only the claims that landed, through a callable the task passes;
+6. when the range holds quarantined objects, build ops' one message of the run (:func:`report_quarantine`):
+   the counts and the commonest kinds of reason, each with a quoted example.
 
 A range with no usable window (every one missing or quarantined) raises NoUsableWindow with the counts.
 
