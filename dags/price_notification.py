@@ -166,7 +166,6 @@ def price_notification():
     def compute_price_change(params=None, data_interval_start=None, dag_run=None, ti=None):
         from airflow.configuration import conf
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
 
         from include.price_pipeline import analysis
@@ -186,11 +185,7 @@ def price_notification():
             windows.analyse_window, s3, config, window_start, policy, due, why_not, link, claimant=_claimant(dag_run)
         )
         try:
-            try:
-                result = analyse(still_normalizing=runs.still_normalizing(ti, dag_run.dag_id))
-            except windows.WindowNotReady as waiting:
-                runs.wait_for_earlier_windows(ti, get_current_context(), waiting, config.previous_window_wait_seconds)
-                result = analyse()
+            result = runs.analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
         except (windows.WindowFailed, alerts.UnsafeText) as failure:
             raise AirflowFailException(str(failure)) from None
         if result.get("ops_notice"):
@@ -243,7 +238,6 @@ def price_notification():
             """Every other pair's rules for the window; the due alerts, for publish_pair_alerts."""
             from airflow.configuration import conf
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-            from airflow.sdk import get_current_context
 
             window_start = windows.run_window_start(data_interval_start, dag_run.run_after)
             due, why_not = _due(params, dag_run, window_start)
@@ -252,11 +246,7 @@ def price_notification():
             analyse = partial(
                 pairs.analyse_pairs, s3, config, rule_set, window_start, due, why_not, link, _claimant(dag_run)
             )
-            try:
-                result = analyse(still_normalizing=runs.still_normalizing(ti, dag_run.dag_id))
-            except windows.WindowNotReady as waiting:
-                runs.wait_for_earlier_windows(ti, get_current_context(), waiting, config.previous_window_wait_seconds)
-                result = analyse()
+            result = runs.analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
             stamp = layout.slot_stamp(window_start)
             if result["late"]:
                 log.warning("Pairs late for window %s: %s", stamp, result["late"])

@@ -2,7 +2,7 @@
 plain functions that never do).
 
 - ``WindowRecordSensor``: a live window's run waits for its record; a past window's run looks once.
-- ``still_normalizing`` / ``wait_for_earlier_windows``: the scheduler's side of the one rule for waiting on
+- ``still_normalizing`` / ``analyse_when_settled``: the scheduler's side of the one rule for waiting on
   earlier windows (``windows.wait_for_earlier_windows``), the same for every pair.
 - ``LiveRunsOpsNotifier``: failures page ops for live runs; a backfill's failed windows go to whoever ran it.
 """
@@ -72,18 +72,24 @@ def still_normalizing(ti, dag_id: str) -> windows.StillNormalizing:
     return those
 
 
-def wait_for_earlier_windows(ti, context, waiting: windows.WindowNotReady, wait_seconds: int) -> None:
-    """Up for reschedule (the worker slot is freed for the earlier window's tasks) while ``waiting`` and
-    the task has waited less than ``wait_seconds``; after that, return: the window is analysed with the
-    CSVs there are."""
+def analyse_when_settled(ti, analyse, wait_seconds: int) -> dict:
+    """``analyse(still_normalizing=...)`` (``windows.analyse_window`` or ``pairs.analyse_pairs`` with their
+    window bound), the one way both lanes wait on earlier windows: while ``windows.WindowNotReady``, up for
+    reschedule (the worker slot is freed for the earlier window's tasks); once the task has waited
+    ``wait_seconds``, ``analyse()`` with the CSVs there are."""
+    from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowRescheduleException
 
-    now = pendulum.now("UTC")
-    started = ti.get_first_reschedule_date(context) or now
-    if now - started < timedelta(seconds=wait_seconds):
-        log.info("%s (a record there, its run still able to normalize it); looking again shortly", waiting)
-        raise AirflowRescheduleException(now + PREVIOUS_WINDOW_POKE) from waiting
-    log.warning("%s; waited %s s, analysing with the CSVs there are", waiting, wait_seconds)
+    try:
+        return analyse(still_normalizing=still_normalizing(ti, ti.dag_id))
+    except windows.WindowNotReady as waiting:
+        now = pendulum.now("UTC")
+        started = ti.get_first_reschedule_date(get_current_context()) or now
+        if now - started < timedelta(seconds=wait_seconds):
+            log.info("%s (a record there, its run still able to normalize it); looking again shortly", waiting)
+            raise AirflowRescheduleException(now + PREVIOUS_WINDOW_POKE) from waiting
+        log.warning("%s; waited %s s, analysing with the CSVs there are", waiting, wait_seconds)
+    return analyse()
 
 
 def tell_ops(config: Config, subject: str, message: str) -> None:
