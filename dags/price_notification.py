@@ -32,7 +32,7 @@ still normalize it, the same rule for every pair: a missing record holds nobody.
 A run without a logical date (REST or CLI trigger with none) analyses the latest window complete when it
 was triggered. Failures of live runs (a stale feed, a quarantined record, a claim left by a crash, any
 task) go to the ops topic, not to subscribers; a backfill's are reported to whoever ran it (`make backfill`,
-the UI), not paged.
+the UI), not paged, but for a claim left, which only ops can release.
 Settings come from `PRICE_*` environment variables (see README); per-run knobs are the params below.
 """
 

@@ -103,11 +103,13 @@ def tell_ops(config: Config, subject: str, message: str) -> None:
 
 
 class LiveRunsOpsNotifier(SnsNotifier):
-    """The ops topic's failure callback for live runs. A backfill run's failures are not paged: whoever ran
-    the backfill sees them (``make backfill``'s summary, the UI), so ops hear of live trouble only."""
+    """The ops topic's failure callback. A backfill run's failures are not paged: whoever ran the backfill
+    sees them (``make backfill``'s summary, the UI), so ops hear of live trouble only; but an *Alert claim
+    left* (``alerts.OPS_SUBJECT``'s rule: a claim named in the exception) is paged whatever the run, since
+    only ops can release it and an alert may be missing."""
 
     def notify(self, context) -> None:
-        if context["dag_run"].run_type == "backfill":
+        if context["dag_run"].run_type == "backfill" and "claim" not in str(context.get("exception", "")):
             log.info("A backfill run's failure: not paged to ops (make backfill and the UI report it)")
             return
         super().notify(context)
