@@ -5,7 +5,9 @@ Each run owns one window `[data_interval_start, data_interval_end)` and the ETH 
 candle starts at `data_interval_start`:
 
 1. **wait_for_price_record**: the raw object lands under
-   `crypto/01-data-ingestion/year=/month=/day=/<YYYYMMDDTHHMM>Z<any extension>` (one prefix listing).
+   `crypto/01-data-ingestion/year=/month=/day=/<YYYYMMDDTHHMM>Z<any extension>` (one prefix listing). A
+   live window's run waits for it (deferred, up to the sensor timeout); a backfill run, or a window that
+   ended longer ago than the timeout, looks once and is skipped with the reason when nothing is there.
 2. **normalize_price_record**: Glue Python shell job (0.0625 DPU) writes the canonical CSV under
    `crypto/02-data-analysis/`, or quarantines an object it cannot trust.
 3. **compute_price_change**: absolute % change of `weightedAverage` against the previous record within
@@ -24,36 +26,33 @@ entry per pair and window, all pairs in one ledger object) and **publish_pair_al
 (pair, rule) alert once, in parallel. The sensor waits for the default pair's record; a pair still missing
 then is reported to ops as late.
 
+An analysis waits (up for reschedule) only for an earlier window whose record is there and whose run can
+still normalize it, the same rule for every pair: a missing record holds nobody.
+
 A run without a logical date (REST or CLI trigger with none) analyses the latest window complete when it
-was triggered. Failures (a stale feed, a quarantined record, a claim left by a crash, any task) go to the
-ops topic, not to subscribers.
+was triggered. Failures of live runs (a stale feed, a quarantined record, a claim left by a crash, any
+task) go to the ops topic, not to subscribers; a backfill's are reported to whoever ran it (`make backfill`,
+the UI), not paged, but for a claim left, which only ops can release.
 Settings come from `PRICE_*` environment variables (see README); per-run knobs are the params below.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from functools import partial
 
 import pendulum
-from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.providers.amazon.aws.operators.sns import SnsPublishOperator
-from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 
-from include.price_pipeline import alerts, layout, pairs, settings, windows
+from include.price_pipeline import alerts, layout, pairs, runs, settings, windows
 
 config = settings.load()
 #: The pairs and their rules, validated now: a bad file fails the parse with one line naming the field.
 rule_set = settings.load_rules(config)
 other_pairs = pairs.other_pairs(rule_set)
 log = logging.getLogger(__name__)
-#: States in which an earlier window's normalize_price_record will not write its CSV any more.
-FINISHED_STATES = ["success", "failed", "skipped", "upstream_failed", "removed"]
-#: How often a window waiting for an earlier one's normalization looks again.
-PREVIOUS_WINDOW_POKE = timedelta(seconds=15)
 
 
 def _claimant(dag_run) -> str:
@@ -91,11 +90,25 @@ def _record_notified(context, result) -> None:
     windows.record_notified(s3, config, entry, result["MessageId"], _claimant(context["dag_run"]))
 
 
+def _due(params, dag_run, window_start) -> tuple[bool, str]:
+    """Whether the window's breaches may notify subscribers (freshness is about the clock, not about
+    what is processed), and if not, why."""
+    from include.price_pipeline import analysis
+
+    return analysis.due_for_subscribers(
+        dag_run.run_type,
+        window_start + layout.SLOT,
+        pendulum.now("UTC"),
+        config.max_alert_age_minutes,
+        params["notify_on_backfill"],
+    )
+
+
 def _window_start(dag_run):
     return windows.run_window_start(dag_run.data_interval_start, dag_run.run_after)
 
 
-notify_ops = SnsNotifier(
+notify_ops = runs.LiveRunsOpsNotifier(
     aws_conn_id=config.aws_conn_id,
     target_arn=config.ops_topic_arn,
     subject=alerts.OPS_SUBJECT,
@@ -124,7 +137,7 @@ notify_ops = SnsNotifier(
     },
 )
 def price_notification():
-    wait_for_price_record = S3KeySensor(
+    wait_for_price_record = runs.WindowRecordSensor(
         task_id="wait_for_price_record",
         aws_conn_id=config.aws_conn_id,
         bucket_name=config.bucket,
@@ -153,9 +166,7 @@ def price_notification():
     def compute_price_change(params=None, data_interval_start=None, dag_run=None, ti=None):
         from airflow.configuration import conf
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.providers.amazon.aws.hooks.sns import SnsHook
-        from airflow.sdk import get_current_context
-        from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from include.price_pipeline import analysis
 
@@ -166,45 +177,20 @@ def price_notification():
                 dag_run.run_after,
                 alerts.iso(window_start),
             )
-
-        def still_normalizing(slots) -> int:
-            """Earlier windows whose normalize_price_record has not finished (runs of a parallel backfill)."""
-            counted = {"dag_id": dag_run.dag_id, "task_ids": ["normalize_price_record"], "logical_dates": slots}
-            return ti.get_ti_count(**counted) - ti.get_ti_count(**counted, states=FINISHED_STATES)
-
         policy = analysis.Policy.from_params(params)
-        due, why_not = analysis.due_for_subscribers(
-            dag_run.run_type,
-            window_start + layout.SLOT,
-            pendulum.now("UTC"),  # freshness of an alert is about the clock, not about what is processed
-            config.max_alert_age_minutes,
-            params["notify_on_backfill"],
-        )
+        due, why_not = _due(params, dag_run, window_start)
         s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
         link = alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id)
         analyse = partial(
             windows.analyse_window, s3, config, window_start, policy, due, why_not, link, claimant=_claimant(dag_run)
         )
         try:
-            try:
-                result = analyse(still_normalizing=still_normalizing)
-            except windows.WindowNotReady as waiting:
-                started = ti.get_first_reschedule_date(get_current_context()) or pendulum.now("UTC")
-                wait = timedelta(seconds=config.previous_window_wait_seconds)
-                if pendulum.now("UTC") - started < wait:
-                    # Up for reschedule frees the worker slot the earlier window's tasks may need.
-                    raise AirflowRescheduleException(pendulum.now("UTC") + PREVIOUS_WINDOW_POKE) from waiting
-                log.warning("%s; waited %s, analysing with the CSVs there are", waiting, wait)
-                result = analyse()
+            result = runs.analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
         except (windows.WindowFailed, alerts.UnsafeText) as failure:
             raise AirflowFailException(str(failure)) from None
         if result.get("ops_notice"):
-            log.warning("%s", result["ops_notice"])
-            SnsHook(aws_conn_id=config.aws_conn_id).publish_to_target(
-                target_arn=config.ops_topic_arn,
-                subject=f"[price pipeline] Late breach not sent: {layout.slot_stamp(window_start)}",
-                message=result["ops_notice"],
-            )
+            runs.tell_ops(config, f"[price pipeline] Late breach not sent: {layout.slot_stamp(window_start)}",
+                          result["ops_notice"])  # fmt: skip
         keys = ("decision", "entry", "subject", "message", "attributes", "slack")
         return {key: result.get(key) for key in keys}
 
@@ -252,40 +238,23 @@ def price_notification():
             """Every other pair's rules for the window; the due alerts, for publish_pair_alerts."""
             from airflow.configuration import conf
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-            from airflow.providers.amazon.aws.hooks.sns import SnsHook
-            from airflow.sdk import get_current_context
-            from airflow.sdk.exceptions import AirflowRescheduleException
-
-            from include.price_pipeline import analysis
 
             window_start = windows.run_window_start(data_interval_start, dag_run.run_after)
-            # Parallel backfills: the rules look back up to rule_set.history(); wait (up for reschedule) while
-            # an earlier window there is still being normalized, so every run decides from the same prices.
-            earlier = layout.slots_between(window_start - rule_set.history(), window_start)
-            counted = {"dag_id": dag_run.dag_id, "task_ids": ["normalize_price_record"], "logical_dates": earlier}
-            if ti.get_ti_count(**counted) - ti.get_ti_count(**counted, states=FINISHED_STATES):
-                started = ti.get_first_reschedule_date(get_current_context()) or pendulum.now("UTC")
-                if pendulum.now("UTC") - started < timedelta(seconds=config.previous_window_wait_seconds):
-                    raise AirflowRescheduleException(pendulum.now("UTC") + PREVIOUS_WINDOW_POKE)
-                log.warning("Earlier windows still normalizing after the wait: analysing with the CSVs there are")
-            due, why_not = analysis.due_for_subscribers(
-                dag_run.run_type,
-                window_start + layout.SLOT,
-                pendulum.now("UTC"),
-                config.max_alert_age_minutes,
-                params["notify_on_backfill"],
-            )
+            due, why_not = _due(params, dag_run, window_start)
             link = alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id)
             s3 = S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
-            result = pairs.analyse_pairs(s3, config, rule_set, window_start, due, why_not, link, _claimant(dag_run))
+            analyse = partial(
+                pairs.analyse_pairs, s3, config, rule_set, window_start, due, why_not, link, _claimant(dag_run)
+            )
+            result = runs.analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
+            stamp = layout.slot_stamp(window_start)
             if result["late"]:
-                log.warning("Pairs late for window %s: %s", layout.slot_stamp(window_start), result["late"])
+                log.warning("Pairs late for window %s: %s", stamp, result["late"])
             if result["late"] and due:  # a live window: ops hear of it (a backfill of old windows only logs it)
-                SnsHook(aws_conn_id=config.aws_conn_id).publish_to_target(
-                    target_arn=config.ops_topic_arn,
-                    subject=f"[price pipeline] Pairs late: {layout.slot_stamp(window_start)}",
-                    message=pairs.late_notice(window_start, result["late"], link),
-                )
+                runs.tell_ops(config, f"[price pipeline] Pairs late: {stamp}",
+                              pairs.late_notice(window_start, result["late"], link))  # fmt: skip
+            if result["ops_notice"]:
+                runs.tell_ops(config, f"[price pipeline] Late breach not sent: {stamp}", result["ops_notice"])
             return result["alerts"]
 
         @task

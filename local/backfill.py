@@ -1,11 +1,18 @@
 """``make backfill FROM=.. TO=..``: a native Airflow backfill of price_notification over a range,
 created the way the UI's backfill dialog creates it (REST API, logged in as ``make run``'s admin).
 
-FROM and TO are window starts (logical dates, UTC, inclusive), e.g. ``FROM=2026-11-25T10:00
-TO=2026-11-25T12:00``. The scheduler of ``make run`` (another terminal; same AIRFLOW_PORT) runs the
-windows; this prints the backfill id and its page in the UI, then progress until the backfill ends.
-Exit code 0 when every window succeeded, 1 when one failed or Airflow refused the backfill (its
-reason is printed), 2 when no ``make run`` answers. Ctrl-C stops the waiting, not the backfill.
+FROM and TO are window starts (logical dates, UTC, inclusive): ``FROM=2026-11-25T10:00
+TO=2026-11-25T12:00``, or relative to now, ``FROM=-45m TO=-15m`` (``m``, ``h`` or ``d``: the window that was
+starting then). The scheduler of ``make run`` (another terminal; same AIRFLOW_PORT) runs the windows; this
+prints the backfill id and its page in the UI, then the windows done / failed / no record / waiting (for
+a record, for an earlier window) / in all whenever a number changes and at least every 30 s, and at the
+end each window that failed or had no record with the reason its task gave.
+
+A backfill run looks for its window's record once: a window without one ends at once as *no record*
+(its run is skipped, not failed), and nothing is paged to ops: this summary is the report. Exit code 0
+when every window succeeded with a record, 1 when one failed or had none or Airflow refused the
+backfill (its reason is printed), 2 when no ``make run`` answers. Ctrl-C stops the waiting, not the
+backfill.
 
 Airflow runs one backfill per DAG at a time: when one is running, this says so and waits for it
 before creating its own. Backfill runs never notify subscribers unless ``NOTIFY=1`` (the
@@ -16,30 +23,42 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from local.api import Api, ApiError, Progress, backfill_when_free, progress, wait_for_backfill
+from include.price_pipeline import layout
+from local.api import Api, ApiError, Progress, backfill_when_free, progress, unfinished_windows, wait_for_backfill
 from local.stack import ROOT, Stack
 
+RELATIVE = re.compile(r"-(\d+)([mhd])")
+UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
-def window_start(text: str) -> datetime:
+
+def window_start(text: str, now: datetime | None = None) -> datetime:
+    """A window start given as ISO time (UTC unless it says otherwise) or as ``-<n>m|h|d`` before ``now``:
+    the window that was starting then."""
+    relative = RELATIVE.fullmatch(text.strip())
+    if relative:
+        ago = timedelta(**{UNITS[relative.group(2)]: int(relative.group(1))})
+        return layout.slot_start((now or datetime.now(UTC)) - ago)
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from", dest="start", required=True, help="first window start, UTC")
-    parser.add_argument("--to", dest="end", required=True, help="last window start, UTC (inclusive)")
+    parser.add_argument("--from", dest="start", required=True, help="first window start, UTC, or -<n>m|h|d before now")
+    parser.add_argument("--to", dest="end", required=True, help="last window start (inclusive), as --from")
     parser.add_argument("--notify", action="store_true", help="notify subscribers for breaches too")
     parser.add_argument("--max-active-runs", type=int, default=8)
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".local", help="the make run state folder")
     args = parser.parse_args(argv)
     if not args.start or not args.end:
-        parser.error("give both FROM and TO, e.g. make backfill FROM=2026-11-25T10:00 TO=2026-11-25T12:00")
-    first, last = window_start(args.start), window_start(args.end)
+        parser.error("give both FROM and TO, e.g. make backfill FROM=-45m TO=-15m or FROM=2026-11-25T10:00 TO=..")
+    now = datetime.now(UTC)
+    first, last = window_start(args.start, now), window_start(args.end, now)
     stack = Stack(state_dir=args.state_dir, api_port=int(os.environ.get("AIRFLOW_PORT", "8080")))
     if not stack.passwords_file.exists():
         print(f"No `make run` login in {stack.passwords_file}: start `make run` in another terminal first.")
@@ -66,16 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nStopped waiting; the backfill goes on ({progress(stack, backfill).line()}).")
         return 130
-    return report(final)
+    return report(final, unfinished_windows(api, backfill))
 
 
-def report(final: Progress) -> int:
+def report(final: Progress, unfinished: list[tuple[datetime, str, str]]) -> int:
+    """The backfill's outcome: one line, then each window that failed or had no record with its reason."""
     if final.total == 0:
         print(f"Backfill {final.backfill_id} ran no window (is the range in the DAG's schedule?)", file=sys.stderr)
         return 1
-    if final.failed or final.done != final.total:
-        print(f"Backfill {final.backfill_id}: {final.total - final.done} of {final.total} windows did not succeed",
-              file=sys.stderr)  # fmt: skip
+    if final.done != final.total:
+        print(f"Backfill {final.backfill_id}: {final.total - final.done} of {final.total} windows did not succeed "
+              f"({final.failed} failed, {final.no_record} no record):", file=sys.stderr)  # fmt: skip
+        for window, what, reason in unfinished:
+            print(f"  {window:%Y-%m-%d %H:%M} UTC  {what}: {reason}", file=sys.stderr)
         return 1
     print(f"Backfill {final.backfill_id}: {final.done} of {final.total} windows succeeded")
     return 0

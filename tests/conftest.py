@@ -242,3 +242,17 @@ def poloniex_rows() -> list[dict]:
 def utc(*args: int) -> datetime:
     """A UTC datetime, shorter to write in tests."""
     return datetime(*args, tzinfo=UTC)
+
+
+def make_backfill(stack, monkeypatch, *argv: str) -> tuple[int, str]:
+    """``make backfill`` against a local stack (AIRFLOW_PORT as make run's); exit code and output."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from local import backfill
+
+    out = io.StringIO()
+    monkeypatch.setenv("AIRFLOW_PORT", str(stack.api_port))
+    with redirect_stdout(out), redirect_stderr(out):
+        code = backfill.main([*argv, "--state-dir", str(stack.state_dir)])
+    return code, out.getvalue()

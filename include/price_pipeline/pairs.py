@@ -30,7 +30,7 @@ from datetime import datetime
 
 from botocore.exceptions import ClientError
 
-from include.price_pipeline import alerts, layout, rules, store
+from include.price_pipeline import alerts, layout, rules, store, windows
 from include.price_pipeline.analysis import (
     CLAIMED,
     NOTIFIED,
@@ -38,6 +38,7 @@ from include.price_pipeline.analysis import (
     SUPPRESSED_BACKFILL,
     Price,
     parse_canonical_rows,
+    suppressed_for_lateness,
 )
 from include.price_pipeline.settings import Config
 from include.price_pipeline.windows import PUBLISH_STARTED
@@ -77,12 +78,8 @@ def prices_by_slot(bodies: dict[datetime, bytes]) -> dict[datetime, dict[str, Pr
     return {slot: {price.pair: price for price in parse_canonical_rows(body)} for slot, body in bodies.items()}
 
 
-def load_pair_prices(s3, config: Config, rule_set: rules.Rules, pairs: list[str], slot: datetime) -> dict:
-    """``{pair: [Price, ...]}``: of the other-pairs CSVs in the rules' look-back from ``slot``, the ones the
-    decisions read (``rules.slots_read`` for each pair), one GET per slot for every pair. One listing per
-    day partition says which slots have a CSV; a slot read without a pair's row is not that pair's
-    reference, so the next candidate is read, until every pair's decision has what it reads."""
-    first = slot - max(rule.history for pair in pairs for rule in rule_set.pairs[pair])
+def pairs_csv_slots(s3, config: Config, first: datetime, slot: datetime) -> list[datetime]:
+    """The slots in ``[first, slot]`` that have an other-pairs CSV: one listing per day partition."""
     first_key, last_key = (
         layout.pairs_analysis_key(first, config.analysis_prefix),
         layout.pairs_analysis_key(slot, config.analysis_prefix),
@@ -93,6 +90,16 @@ def load_pair_prices(s3, config: Config, rule_set: rules.Rules, pairs: list[str]
         after = "" if first_key < day_prefix else layout.analysis_key(first, config.analysis_prefix)
         keys = store.list_keys(s3, config.bucket, day_prefix, after)
         files += [layout.slot_of_key(k) for k in keys if layout.is_pairs_key(k) and first_key <= k <= last_key]
+    return files
+
+
+def load_pair_prices(
+    s3, config: Config, rule_set: rules.Rules, pairs: list[str], slot: datetime, files: list[datetime]
+) -> dict:
+    """``{pair: [Price, ...]}``: of the other-pairs CSVs in the rules' look-back from ``slot`` (``files``:
+    their slots), the ones the decisions read (``rules.slots_read`` for each pair), one GET per slot for
+    every pair. A slot read without a pair's row is not that pair's reference, so the next candidate is
+    read, until every pair's decision has what it reads."""
     read: dict[datetime, dict[str, Price]] = {}
     while True:
         wanted = set()
@@ -110,18 +117,26 @@ def load_pair_prices(s3, config: Config, rule_set: rules.Rules, pairs: list[str]
 
 
 def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due: bool, why_not_due: str,
-                  run_url: str, claimant: str) -> dict:  # fmt: skip
-    """Decide every other pair's window, write the window's entries, claim its due rules.
+                  run_url: str, claimant: str,
+                  still_normalizing: windows.StillNormalizing | None = None) -> dict:  # fmt: skip
+    """Decide every other pair's window, write the window's entries, claim its due rules. Earlier windows
+    the rules read are waited for as the default pair's are (``windows.wait_for_earlier_windows``).
 
     Returns ``alerts`` (one per due (pair, rule): ``pair``, ``rule``, ``subject``, ``message``,
     ``attributes``), ``decisions`` (``{pair: {rule: decision}}``, the stored entry's for a pair already
-    claimed) and ``late`` (``{pair: reason}`` of pairs without a record of the window).
+    claimed), ``late`` (``{pair: reason}`` of pairs without a record of the window) and ``ops_notice``
+    (a message for ops naming each breach suppressed only because the window was analysed late, or None).
     """
     pairs = other_pairs(rule_set)
-    out = {"alerts": [], "decisions": {}, "late": {}}
+    out = {"alerts": [], "decisions": {}, "late": {}, "ops_notice": None}
     if not pairs:
         return out
-    prices = load_pair_prices(s3, config, rule_set, pairs, slot)
+    first = slot - max(rule.history for pair in pairs for rule in rule_set.pairs[pair])
+    files = pairs_csv_slots(s3, config, first, slot)
+    listed = set(files)
+    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in listed]
+    windows.wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
+    prices = load_pair_prices(s3, config, rule_set, pairs, slot, files)
     fresh = {}
     for pair in pairs:
         series = rules.Series(prices[pair])
@@ -146,6 +161,18 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
                         entry.get("claimed_by", "an earlier run"))  # fmt: skip
         if ours:
             out["alerts"] += _alerts(entry, config, run_url)
+    breaches = [
+        f"- {pair} rule {name}: {alerts._number(rule['change_pct']):+.2f}% ({rule['kind']})"
+        for pair, entry in sorted(entries.items())
+        if entry is fresh.get(pair)
+        for name, rule in entry["rules"].items()
+        if suppressed_for_lateness(rule["decision"], rule["reason"])
+    ]
+    if breaches:
+        out["ops_notice"] = "\n".join(
+            [f"Breaches of window {stamp} not sent: {why_not_due} when their records were analysed:", *breaches,
+             f"Run: {run_url}"]
+        )  # fmt: skip
     log.info("Window %s: %s", stamp, out["decisions"])
     return out
 

@@ -54,7 +54,11 @@ SETTINGS = (
     Setting("PRICE_THRESHOLD_PCT", "1.0", "default alert threshold, absolute % change"),
     Setting("PRICE_LOOKBACK_MINUTES", "60", "default: how far back the previous record may be"),
     Setting("PRICE_MAX_ALERT_AGE_MINUTES", "15", "windows ending longer ago than this do not notify"),
-    Setting("PRICE_SENSOR_TIMEOUT_SECONDS", "900", "how long to wait for a window's record"),
+    Setting(
+        "PRICE_SENSOR_TIMEOUT_SECONDS",
+        "900",
+        "how long a live window's run waits for its record (a past window's looks once)",
+    ),
     Setting("PRICE_SENSOR_POKE_SECONDS", "2", "how often the sensor lists the window prefix"),
     Setting(
         "PRICE_GLUE_POLL_SECONDS",
@@ -64,7 +68,7 @@ SETTINGS = (
     Setting(
         "PRICE_PREVIOUS_WINDOW_WAIT_SECONDS",
         "1800",
-        "how long a window waits for an earlier one still being normalized (parallel backfills)",
+        "at most how long a window waits for an earlier one a run is still normalizing (parallel backfills)",
     ),
     Setting("PRICE_DEFERRABLE", "true", "defer waits to the triggerer; false where none runs (dags test)"),
     Setting("PRICE_SLACK_CONN_ID", "", "Slack incoming-webhook connection; empty: alerts go to SNS only"),

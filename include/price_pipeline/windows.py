@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from include.price_pipeline import alerts, layout, store
 from include.price_pipeline.analysis import (
@@ -36,6 +36,10 @@ CLAIMED_ELSEWHERE = "claimed_elsewhere"
 PUBLISH_STARTED = "publish_started"
 
 
+#: ``still_normalizing(windows)``: those of ``windows`` whose normalization a run can still finish.
+StillNormalizing = Callable[[list[datetime]], list[datetime]]
+
+
 class WindowFailed(Exception):
     """The window cannot be analysed and a retry will not change that (the message says why)."""
 
@@ -43,7 +47,12 @@ class WindowFailed(Exception):
 class WindowNotReady(Exception):
     """An earlier window this one is compared with has a raw record whose normalization is still
     under way (a parallel backfill, a slow or retried Glue run): analysing now would compare with an
-    older price. Try again shortly (the message names the windows)."""
+    older price. Try again shortly (the message names the windows, ``windows`` lists them)."""
+
+    def __init__(self, slot: datetime, waiting: list[datetime]):
+        self.windows = waiting
+        stamps = ", ".join(layout.slot_stamp(s) for s in waiting)
+        super().__init__(f"window {layout.slot_stamp(slot)} waits for the normalization of {stamps}")
 
 
 class AlreadyNotified(Exception):
@@ -67,6 +76,17 @@ def run_window_start(data_interval_start: datetime | None, run_after: datetime) 
     return layout.slot_start(run_after) - layout.SLOT
 
 
+def looks_once(run_type: str, window_end: datetime, now: datetime, sensor_timeout_seconds: float) -> str | None:
+    """Why the run of a window whose record should already be there looks for it once instead of waiting
+    (a backfill run, or a window that ended longer ago than the sensor timeout); None for a live window,
+    whose run waits for its record up to the sensor timeout."""
+    if run_type == "backfill":
+        return "a backfill run"
+    if now - window_end > timedelta(seconds=sensor_timeout_seconds):
+        return f"the window ended more than the sensor timeout ({sensor_timeout_seconds:g} s) ago"
+    return None
+
+
 def read_entry(s3, config: Config, slot: datetime) -> tuple[dict | None, str | None]:
     """(ledger entry, its ETag) of the window, or (None, None)."""
     import json
@@ -83,7 +103,7 @@ def analyse_window(
     due: bool,
     why_not_due: str,
     run_url: str,
-    still_normalizing: Callable[[list[datetime]], int] | None = None,
+    still_normalizing: StillNormalizing | None = None,
     claimant: str = "",
 ) -> dict:
     """Compare the window's price with the previous one, record the decision, claim a due alert.
@@ -95,10 +115,9 @@ def analyse_window(
     names this one: ``<dag_id>/<run_id>``), comes back as ``notified`` / ``claimed_elsewhere`` with the
     stored entry, and nothing is written.
 
-    Every earlier window the decision looks at (lookback and repeat windows) must be settled: when one
-    has a raw record but no canonical CSV yet, ``still_normalizing(those windows)`` (the caller asks its
-    scheduler) tells how many are still being normalized; any, and WindowNotReady is raised. Without
-    ``still_normalizing`` the window is analysed with the CSVs there are.
+    Every earlier window the decision looks at (lookback and repeat windows) must be settled: see
+    :func:`wait_for_earlier_windows`. Without ``still_normalizing`` the window is analysed with the CSVs
+    there are.
     """
     stamp = layout.slot_stamp(slot)
     existing, etag = read_entry(s3, config, slot)
@@ -115,11 +134,9 @@ def analyse_window(
         raise WindowFailed(f"window {stamp}: {error}") from None
     if not prices or prices[-1].slot != slot:
         raise WindowFailed(_missing_record_reason(s3, config, slot))
-    if still_normalizing is not None:
-        pending = records_not_normalized(s3, config, first, slot, {price.slot for price in prices})
-        if pending and still_normalizing(pending):
-            stamps = ", ".join(layout.slot_stamp(s) for s in pending)
-            raise WindowNotReady(f"window {stamp} waits for the normalization of {stamps}")
+    normalized = {price.slot for price in prices}
+    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in normalized]
+    wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
     if prices[-1].superseded:
         log.warning(
             "Window %s: used %s; superseded older objects: %s",
@@ -264,19 +281,35 @@ def record_notified(s3, config: Config, entry: dict, message_id: str, claimant: 
     return entry
 
 
-def records_not_normalized(s3, config: Config, first: datetime, slot: datetime, normalized: set) -> list[datetime]:
-    """Windows in ``[first, slot)`` with a raw record but no canonical CSV (none in the usual case,
-    when every earlier window has its CSV: then nothing is listed)."""
-    gaps = [s for s in layout.slots_between(first, slot) if s not in normalized]
-    if not gaps:
-        return []
+def wait_for_earlier_windows(
+    s3, config: Config, slot: datetime, gaps: list[datetime], still_normalizing: StillNormalizing | None
+) -> None:
+    """The one rule for waiting on earlier windows, for every pair: of the earlier windows ``gaps`` a
+    decision of ``slot`` looks at and finds no canonical price in, raise WindowNotReady naming those
+    whose record is there (:func:`records_not_normalized`) and whose normalization a run can still
+    finish (``still_normalizing(windows)``: the caller asks its scheduler). A window without a record, or
+    whose run has failed, finished or will never run, holds nobody: a live alert never waits for another
+    window's missing record."""
+    if still_normalizing is None or not gaps:
+        return
+    pending = records_not_normalized(s3, config, gaps)
+    waiting = still_normalizing(pending) if pending else []
+    if waiting:
+        raise WindowNotReady(slot, waiting)
+
+
+def records_not_normalized(s3, config: Config, gaps: list[datetime]) -> list[datetime]:
+    """Of the windows ``gaps`` (sorted), those whose run has a record to normalize: the default pair's
+    raw object, which the run's sensor waits for, is there (one listing per day partition)."""
     window_of = {layout.ingestion_window_prefix(s, config.ingestion_prefix): s for s in gaps}
     length = len(next(iter(window_of)))
     found = set()
     for day in layout.day_partitions(gaps[0], gaps[-1]):
         for key in store.list_keys(s3, config.bucket, f"{config.ingestion_prefix}{day}"):
-            if key[:length] in window_of:
-                found.add(window_of[key[:length]])
+            slot = window_of.get(key[:length])
+            read = slot and layout.read_ingestion_key(key, slot, config.ingestion_prefix, config.pair)
+            if read and read[0] == config.pair:
+                found.add(slot)
     return sorted(found)
 
 

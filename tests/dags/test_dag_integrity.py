@@ -254,12 +254,14 @@ def test_a_run_without_a_logical_date_renders_the_latest_complete_window(dag, co
 
 
 def test_both_dags_take_their_task_defaults_from_one_home_and_tell_ops_of_failures(dagbag):
+    from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
+
     for dag_id in ("price_notification", "price_history_backfill"):
         default_args = dict(dagbag.dags[dag_id].default_args)
         callback = default_args.pop("on_failure_callback")
 
         assert default_args == settings.DEFAULT_TASK_ARGS, dag_id
-        assert type(callback).__name__ == "SnsNotifier", dag_id
+        assert isinstance(callback, SnsNotifier), dag_id
 
 
 # ------------------------------------------------------------------ price_notification: params

@@ -7,6 +7,7 @@ run's logical date is its data interval's end: the window [slot, slot + 5 min) r
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -107,8 +108,9 @@ def poking_dag(airflow_db, monkeypatch):
     return dag
 
 
-def test_missing_record_times_out_the_sensor_and_tells_ops_the_feed_is_stale(poking_dag, aws):
-    slot = utc(2026, 1, 7, 10, 0)
+def test_a_live_windows_missing_record_times_out_the_sensor_and_tells_ops_the_feed_is_stale(poking_dag, aws):
+    """The window being written now: its run waits the sensor timeout (6 s here) before it gives up."""
+    slot = layout.slot_start(datetime.now(UTC))
 
     run = run_window(poking_dag, slot)
 
@@ -116,8 +118,27 @@ def test_missing_record_times_out_the_sensor_and_tells_ops_the_feed_is_stale(pok
     assert task_states(run)["wait_for_price_record"] == "failed"
     assert aws.alerts() == []
     [ops] = aws.ops()
-    assert ops["Subject"].startswith("[price pipeline] Feed stale: wait_for_price_record 2026-01-07 10:00")
-    assert "no price record arrived for window 2026-01-07" in ops["Message"]
+    assert ops["Subject"].startswith(f"[price pipeline] Feed stale: wait_for_price_record {slot:%Y-%m-%d %H:%M}")
+    assert f"no price record arrived for window {slot:%Y-%m-%d}" in ops["Message"]
+
+
+def test_a_past_windows_missing_record_is_looked_for_once_and_the_run_ends_with_the_reason_not_a_page(
+    poking_dag, aws, capfd
+):
+    """A window that ended longer ago than the sensor timeout: its record should be there. The run lists
+    once, skips the window naming it and what was listed, and pages nobody (the feed is not stale now)."""
+    slot = utc(2026, 1, 7, 10, 0)
+
+    run = run_window(poking_dag, slot)
+
+    assert run.state == "success"
+    assert set(task_states(run).values()) == {"skipped"}
+    assert aws.alerts() == []
+    assert aws.ops() == []
+    [reason] = [line for line in capfd.readouterr().out.splitlines() if "Skipping task." in line]
+    assert f"no record for window {layout.slot_stamp(slot)}: nothing matches s3://" in reason
+    assert layout.ingestion_window_prefix(slot) in reason
+    assert "looked once" in reason
 
 
 def test_running_a_window_again_writes_identical_objects_and_never_notifies_twice(dag, aws):

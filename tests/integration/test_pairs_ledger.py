@@ -9,7 +9,7 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
-from include.price_pipeline import layout, pairs, rules
+from include.price_pipeline import layout, pairs, rules, windows
 from tests.conftest import utc
 from tests.records import seed_pairs
 
@@ -253,3 +253,65 @@ def test_a_late_pair_whose_object_was_quarantined_is_late_with_the_quarantine_re
     late = analyse(aws, "dag/live", slot)["late"]
 
     assert late == {"SOL/USDT": f'quarantined: "weighted_average is not a number" (object "{source}")'}
+
+
+# ------------------------------------------------------------------ waiting on earlier windows: one rule for every pair
+
+WAIT = utc(2025, 9, 12, 12, 0)  # a day no other test writes
+
+
+def test_other_pairs_wait_as_the_default_pair_does_only_for_an_earlier_record_a_run_can_still_normalize(aws):
+    """An hour of pairs' CSVs before WAIT but for WAIT-15 min, whose record is there: the scheduler is asked
+    about that window alone; while a run can still normalize it the analysis waits, writing nothing."""
+    for back in range(1, 13):
+        if back != 3:
+            seed(aws, WAIT - layout.SLOT * back, BTC=90000.0, SOL=140.0)
+    seed(aws, WAIT, BTC=92000.0, SOL=141.0)
+    gap = WAIT - layout.SLOT * 3
+    aws.put(layout.ingestion_key(gap, ".json"), "{}")
+    asked = []
+
+    def running(slots):
+        asked.append(slots)
+        return slots
+
+    with pytest.raises(windows.WindowNotReady, match=layout.slot_stamp(gap)) as waiting:
+        pairs.analyse_pairs(aws.s3, aws.config, RULES, WAIT, True, "", "url", "dag/run", running)
+
+    assert waiting.value.windows == [gap]
+    assert asked == [[gap]]
+    assert aws.keys(layout.pairs_ledger_key(WAIT)) == []  # nothing decided yet
+    decided = pairs.analyse_pairs(aws.s3, aws.config, RULES, WAIT, True, "", "url", "dag/run", lambda slots: [])
+    assert decided["decisions"]["BTC/USDT"]["move-5m"] == "notify"
+
+
+def test_an_earlier_window_whose_record_is_missing_holds_no_pair(aws):
+    slot = WAIT + layout.SLOT * 30
+    seed(aws, slot - layout.SLOT * 2, BTC=90000.0, SOL=140.0)
+    seed(aws, slot, BTC=92000.0, SOL=141.0)  # slot - 5 min: no record at all, no CSV
+
+    result = pairs.analyse_pairs(aws.s3, aws.config, RULES, slot, True, "", "url", "dag/run",
+                                 lambda slots: pytest.fail(f"asked the scheduler about {slots}"))  # fmt: skip
+
+    assert set(result["decisions"]) == {"BTC/USDT", "SOL/USDT"}
+    assert set(entries(aws, slot)) == {"BTC/USDT", "SOL/USDT"}
+
+
+def test_every_pairs_breach_suppressed_only_for_lateness_reaches_ops_and_a_backfills_does_not(aws):
+    late_slot, backfill_slot = WAIT + layout.SLOT * 60, WAIT + layout.SLOT * 90
+    for slot in (late_slot, backfill_slot):
+        seed(aws, slot - layout.SLOT, BTC=99000.0, SOL=150.0)
+        seed(aws, slot, BTC=101000.0, SOL=150.1)  # BTC +2.02 % and crosses 100k; SOL calm
+    why_late = "window ended more than max_alert_age (15 min) ago"
+
+    late = analyse(aws, "dag/run-late", late_slot, due=False, why=why_late)
+    backfill = analyse(aws, "dag/run-backfill", backfill_slot, due=False, why="backfill run (notify_on_backfill off)")
+
+    assert late["alerts"] == []
+    assert late["ops_notice"].splitlines() == [
+        f"Breaches of window {layout.slot_stamp(late_slot)} not sent: {why_late} when their records were analysed:",
+        "- BTC/USDT rule move-5m: +2.02% (change)",
+        "- BTC/USDT rule cross-100k: +2.02% (crossing)",
+        "Run: url",
+    ]
+    assert backfill["ops_notice"] is None

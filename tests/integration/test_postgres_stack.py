@@ -9,22 +9,21 @@ creation, nothing left running after a stop, and a server left by a killed run c
 
 from __future__ import annotations
 
-import io
 import re
 import stat
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime, timedelta
 
 import psutil
 import pytest
 
 from include.price_pipeline import layout
-from local import backfill, run
+from local import run
 from local.api import Api
 from local.postgres import Postgres
 from local.stack import isolated
+from tests.conftest import make_backfill
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -67,15 +66,6 @@ def test_the_startup_history_backfill_is_listed_where_the_ui_reads_backfills(sta
 
     assert stack.history["id"] in listed
     assert listed[stack.history["id"]]["dag_id"] == DAG_ID
-
-
-def make_backfill(stack, monkeypatch, *argv: str) -> tuple[int, str]:
-    """``make backfill`` against the stack (AIRFLOW_PORT as make run's); exit code and output."""
-    out = io.StringIO()
-    monkeypatch.setenv("AIRFLOW_PORT", str(stack.api_port))
-    with redirect_stdout(out), redirect_stderr(out):
-        code = backfill.main([*argv, "--state-dir", str(stack.state_dir)])
-    return code, out.getvalue()
 
 
 def test_make_backfill_runs_distinct_ranges_in_a_row_each_complete_with_the_scheduler_running(stack, monkeypatch):

@@ -542,7 +542,7 @@ def test_a_window_waits_while_an_earlier_record_of_its_lookback_is_still_being_n
     asked = []
 
     with pytest.raises(windows.WindowNotReady, match=layout.slot_stamp(T0 + layout.SLOT * 3)):
-        analyse(s3, slot, lambda slots: asked.append(slots) or 1)
+        analyse(s3, slot, lambda slots: asked.append(slots) or slots)
 
     assert asked == [[T0 + layout.SLOT * 3]]
     assert not s3.under(layout.CHANGES_PREFIX)  # nothing decided yet
@@ -551,7 +551,7 @@ def test_a_window_waits_while_an_earlier_record_of_its_lookback_is_still_being_n
 def test_a_window_goes_on_when_the_earlier_normalization_has_finished_without_a_csv():
     s3, slot = waiting_case()
 
-    result = analyse(s3, slot, lambda slots: 0)
+    result = analyse(s3, slot, lambda slots: [])
 
     assert result["entry"]["previous"]["timestamp"] == alerts.iso(T0 + layout.SLOT * 2)
 
@@ -715,3 +715,34 @@ def test_an_object_used_for_its_window_and_quarantined_for_another_record_counts
     reason_keys = [layout.quarantine_keys(slot, key)[1] for key in (used, bad)]
 
     assert history.objects_seen(reason_keys, [price], layout.QUARANTINE_PREFIX) == 3
+
+
+def test_an_earlier_window_without_the_default_pairs_record_holds_nobody_and_the_scheduler_is_not_asked():
+    """Only another pair's record in the gap: the run of that window waits in its sensor for the default
+    pair's record and normalizes nothing until it comes, so a live alert must not wait for it."""
+    s3, slot = waiting_case()
+    gap = T0 + layout.SLOT * 3
+    del s3.objects[layout.ingestion_key(gap, ".json")]
+    s3.objects[layout.ingestion_key(gap, ".json", pair="BTC/USDT")] = b"{}"
+
+    result = analyse(s3, slot, lambda slots: pytest.fail(f"asked the scheduler about {slots}"))
+
+    assert result["entry"]["previous"]["timestamp"] == alerts.iso(T0 + layout.SLOT * 2)
+
+
+@pytest.mark.parametrize(
+    ("run_type", "ended_ago", "looks_once"),
+    [
+        ("backfill", timedelta(minutes=1), True),  # a backfill's record should be there: look once
+        ("scheduled", timedelta(seconds=899), False),  # live: wait up to the sensor timeout
+        ("manual", timedelta(seconds=899), False),
+        ("scheduled", timedelta(seconds=901), True),  # a run started after the timeout (catch-up, clear)
+        ("manual", timedelta(days=30), True),
+    ],
+)
+def test_a_run_looks_once_for_a_record_that_should_already_be_there(run_type, ended_ago, looks_once):
+    now = T0 + timedelta(days=1)
+
+    why = windows.looks_once(run_type, now - ended_ago, now, 900)
+
+    assert (why is not None) == looks_once
