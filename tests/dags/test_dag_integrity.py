@@ -155,15 +155,23 @@ def test_sensor_is_deferrable_by_default_with_a_finite_timeout_and_poke_interval
     assert sensor.poke_interval == config.sensor_poke_seconds
 
 
-def test_sensor_waits_for_any_object_under_the_window_prefix_only(dag, config):
+def test_sensor_waits_for_the_default_pairs_keys_of_the_window_by_the_key_grammar(dag, config):
+    """Issue 21: the glob follows the ingestion key grammar (``<slot>.`` or ``<slot>-`` then the rest), so
+    another pair's folder key does not wake it (it was ``<slot>*``)."""
+    from fnmatch import fnmatch
+
     sensor = dag.get_task("wait_for_price_record")
     slot = utc(2026, 2, 3, 12, 0)
 
     key = dag.get_template_env().from_string(sensor.bucket_key).render(dag_run=dag_run(slot))
 
+    prefix = layout.ingestion_window_prefix(slot, config.ingestion_prefix)
     assert sensor.bucket_name == config.bucket
     assert sensor.wildcard_match is True
-    assert key == layout.ingestion_window_prefix(slot, config.ingestion_prefix) + "*"
+    assert key == prefix + layout.DEFAULT_PAIR_KEY_GLOB
+    assert fnmatch(prefix + ".json", key)
+    assert fnmatch(prefix + "-v2.csv", key)
+    assert not fnmatch(prefix + "/BTC_USDT.json", key)
 
 
 # ------------------------------------------------------------------ price_notification: the Glue job
@@ -249,7 +257,7 @@ def test_a_run_without_a_logical_date_renders_the_latest_complete_window(dag, co
     key = env.from_string(sensor.bucket_key).render(dag_run=run)
     window = [env.from_string(glue.script_args[n]).render(dag_run=run) for n in ("--window_start", "--window_end")]
 
-    assert key == layout.ingestion_window_prefix(utc(2026, 2, 3, 12, 0), config.ingestion_prefix) + "*"
+    assert key == layout.ingestion_window_prefix(utc(2026, 2, 3, 12, 0), config.ingestion_prefix) + "[.-]*"
     assert window == ["2026-02-03T12:00:00Z", "2026-02-03T12:05:00Z"]
 
 
