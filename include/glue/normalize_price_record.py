@@ -56,6 +56,7 @@ import math
 import os
 import re
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -1132,12 +1133,41 @@ def write_pairs_csv(s3, bucket, key, rows):
             return key, body
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
-            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/csv", **condition)
+            conditional_put(s3, condition, Bucket=bucket, Key=key, Body=body, ContentType="text/csv")
             return key, body
         except Exception as error:  # noqa: BLE001 - botocore's ClientError, told apart by its code
             if _error_code(error) not in CONDITION_FAILED:
                 raise
     raise RuntimeError("{} changed under {} conditional writes in a row".format(key, CONDITIONAL_ATTEMPTS))
+
+
+#: The request headers of S3's conditional writes, by boto3 parameter name.
+CONDITION_HEADERS = {"IfMatch": "If-Match", "IfNoneMatch": "If-None-Match"}
+_CONDITION = threading.local()
+
+
+def conditional_put(s3, condition, **kwargs):
+    """PutObject on ``condition`` (``{"IfNoneMatch": "*"}`` or ``{"IfMatch": etag}``), which S3 enforces.
+    Glue's Python shell 3.9 bundles a botocore from before S3's conditional writes, which has no such
+    parameters (it would refuse them before sending): there the same headers go on the request."""
+    members = s3.meta.service_model.operation_model("PutObject").input_shape.members
+    if all(name in members for name in condition):
+        return s3.put_object(**kwargs, **condition)
+    return put_with_condition_headers(s3, condition, **kwargs)
+
+
+def put_with_condition_headers(s3, condition, **kwargs):
+    """PutObject with ``condition`` sent as its HTTP headers (any botocore version)."""
+    s3.meta.events.register("before-call.s3.PutObject", _add_condition_headers, unique_id=__name__ + ".condition")
+    _CONDITION.headers = {CONDITION_HEADERS[name]: value for name, value in condition.items()}
+    try:
+        return s3.put_object(**kwargs)
+    finally:
+        _CONDITION.headers = None
+
+
+def _add_condition_headers(params, **_):
+    params["headers"].update(getattr(_CONDITION, "headers", None) or {})
 
 
 def _read_with_etag(s3, bucket, key):

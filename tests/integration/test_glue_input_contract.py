@@ -252,3 +252,26 @@ def test_7_concurrent_writers_of_the_shared_csv_both_keep_their_rows(aws):
     assert reads == [key, key]  # the create lost, and the rewrite read the rival's object
     assert pairs_rows(aws, slot).keys() == {"BTC/USDT", "SOL/USDT"}
     assert written == (key, aws.get(key))
+
+
+def test_7_conditional_writes_hold_with_a_botocore_that_has_no_such_parameters(aws):
+    """Glue's Python shell bundles an old botocore: the job then sends S3's condition headers itself, and S3
+    (the stand-in, as S3 does) enforces them: a second create is refused, a rewrite over a stale ETag too."""
+    from botocore.exceptions import ClientError
+
+    from include.glue import normalize_price_record as job
+
+    key = layout.pairs_analysis_key(utc(2025, 9, 9, 13, 0))
+    put = {"Bucket": aws.config.bucket, "Key": key, "ContentType": "text/csv"}
+
+    created = job.put_with_condition_headers(aws.s3, {"IfNoneMatch": "*"}, Body=b"first", **put)
+    with pytest.raises(ClientError) as refused:
+        job.put_with_condition_headers(aws.s3, {"IfNoneMatch": "*"}, Body=b"second", **put)
+    job.put_with_condition_headers(aws.s3, {"IfMatch": created["ETag"]}, Body=b"third", **put)
+    with pytest.raises(ClientError) as stale:
+        job.put_with_condition_headers(aws.s3, {"IfMatch": created["ETag"]}, Body=b"fourth", **put)
+    aws.s3.put_object(Body=b"unconditional", **put)  # the headers go on the conditional requests only
+
+    assert job._error_code(refused.value) in job.CONDITION_FAILED
+    assert job._error_code(stale.value) in job.CONDITION_FAILED
+    assert aws.get(key) == b"unconditional"
