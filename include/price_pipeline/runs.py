@@ -55,12 +55,15 @@ class WindowRecordSensor(S3KeySensor):
 
 def still_normalizing(ti, dag_id: str) -> windows.StillNormalizing:
     """``windows.StillNormalizing`` as the scheduler knows it: of the windows asked about, those with a run
-    that can still normalize them (queued or running, its normalize_price_record not finished)."""
+    that can still normalize them (queued or running, its normalize_price_record not finished). A scheduled
+    or backfill run's logical date is its window's end; a REST trigger may give the start: both are asked
+    (a run of the next window found so is at worst waited for once more)."""
 
     def those(slots: list[datetime]) -> list[datetime]:
         out = []
         for slot in slots:
-            runs = ti.get_task_states(dag_id=dag_id, task_ids=[NORMALIZE_TASK], logical_dates=[slot])
+            dates = [slot, slot + layout.SLOT]
+            runs = ti.get_task_states(dag_id=dag_id, task_ids=[NORMALIZE_TASK], logical_dates=dates)
             if any(
                 tasks.get(NORMALIZE_TASK) not in FINISHED_STATES
                 and ti.get_dagrun_state(dag_id=dag_id, run_id=run_id) in ACTIVE_RUN_STATES

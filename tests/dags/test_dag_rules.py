@@ -43,3 +43,23 @@ def test_other_pairs_add_one_analysis_task_and_one_publish_task(monkeypatch):
     assert dag.get_task("wait_for_price_record").bucket_key.endswith("{{ default_pair_glob }}")
     default = parse(monkeypatch, "price_notification", "include/rules/default.json").price_notification()
     assert "analyse_pairs" not in default.task_ids
+
+
+def test_the_run_of_an_earlier_window_is_found_at_its_scheduled_logical_date_the_windows_end():
+    """A scheduled or backfill run of [slot, slot + 5 min) has the logical date slot + 5 min (its run id
+    says backfill__<end>): asking for runs at the window's start alone found the next window's run."""
+    from datetime import UTC, datetime
+
+    from include.price_pipeline import layout, runs
+
+    slot = datetime(2017, 7, 18, 10, 0, tzinfo=UTC)
+    normalizing = {slot + layout.SLOT: {"backfill__2017-07-18T10:05:00+00:00": {runs.NORMALIZE_TASK: "deferred"}}}
+
+    class Ti:
+        def get_task_states(self, dag_id, task_ids, logical_dates):
+            return {run: tasks for date in logical_dates for run, tasks in normalizing.get(date, {}).items()}
+
+        def get_dagrun_state(self, dag_id, run_id):
+            return "running"
+
+    assert runs.still_normalizing(Ti(), "price_notification")([slot]) == [slot]
