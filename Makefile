@@ -36,7 +36,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check --target-version py39 --no-cache include/glue/
 
 backfill: $(VENV)/.installed
-	$(PY) -m local.backfill --from "$(FROM)" --to "$(TO)" $(if $(NOTIFY),--notify,)
+	$(PY) -m local.backfill --from="$(FROM)" --to="$(TO)" $(if $(NOTIFY),--notify,)
 
 clean:
 	rm -rf .local .pytest_cache .ruff_cache

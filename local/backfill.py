@@ -47,7 +47,7 @@ def window_start(text: str, now: datetime | None = None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="start", required=True, help="first window start, UTC, or -<n>m|h|d before now")
     parser.add_argument("--to", dest="end", required=True, help="last window start (inclusive), as --from")
@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.start or not args.end:
         parser.error("give both FROM and TO, e.g. make backfill FROM=-45m TO=-15m or FROM=2026-11-25T10:00 TO=..")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     now = datetime.now(UTC)
     first, last = window_start(args.start, now), window_start(args.end, now)
     stack = Stack(state_dir=args.state_dir, api_port=int(os.environ.get("AIRFLOW_PORT", "8080")))

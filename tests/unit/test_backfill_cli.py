@@ -45,3 +45,21 @@ def test_the_reason_is_the_skip_reason_or_the_raised_error_of_the_tasks_log():
     assert log_reason(skipped) == "no record for window X: a"
     assert log_reason(failed) == "AirflowFailException: record for window X quarantined: bad"
     assert log_reason(["plain text line"]) is None
+
+
+def test_make_backfill_hands_a_relative_range_to_the_command_as_values_not_options():
+    """``FROM=-45m`` starts with a dash: passed as ``--from -45m`` argparse took it for an option."""
+    import shlex
+    import subprocess
+
+    from local.backfill import parse_args
+    from tests.conftest import ROOT
+
+    printed = subprocess.run(
+        ["make", "-s", "-n", "backfill", "FROM=-45m", "TO=-15m"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    [command] = [shlex.split(line) for line in printed.splitlines() if "local.backfill" in line]
+    args = parse_args(command[command.index("local.backfill") + 1 :])
+
+    assert (args.start, args.end) == ("-45m", "-15m")
