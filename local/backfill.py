@@ -32,16 +32,15 @@ from include.price_pipeline import layout
 from local.api import Api, ApiError, Progress, backfill_when_free, progress, unfinished_windows, wait_for_backfill
 from local.stack import ROOT, Stack
 
-RELATIVE = re.compile(r"-(\d+)([mhd])")
-UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+RELATIVE = re.compile(r"-(?=\d)(?:(?P<days>\d+)d)?(?:(?P<hours>\d+)h)?(?:(?P<minutes>\d+)m)?")
 
 
 def window_start(text: str, now: datetime | None = None) -> datetime:
-    """A window start given as ISO time (UTC unless it says otherwise) or as ``-<n>m|h|d`` before ``now``:
-    the window that was starting then."""
+    """A window start given as ISO time (UTC unless it says otherwise) or as a time before ``now`` such as
+    ``-45m``, ``-2h``, ``-2h15m`` or ``-1d``: the window that was starting then. ValueError otherwise."""
     relative = RELATIVE.fullmatch(text.strip())
     if relative:
-        ago = timedelta(**{UNITS[relative.group(2)]: int(relative.group(1))})
+        ago = timedelta(**{unit: int(n) for unit, n in relative.groupdict().items() if n})
         return layout.slot_start((now or datetime.now(UTC)) - ago)
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -63,7 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     now = datetime.now(UTC)
-    first, last = window_start(args.start, now), window_start(args.end, now)
+    try:
+        first, last = window_start(args.start, now), window_start(args.end, now)
+    except ValueError as error:
+        print(f"FROM and TO are UTC times (2026-11-25T10:00) or times before now (-45m, -2h15m, -1d): {error}")
+        return 2
     stack = Stack(state_dir=args.state_dir, api_port=int(os.environ.get("AIRFLOW_PORT", "8080")))
     if not stack.passwords_file.exists():
         print(f"No `make run` login in {stack.passwords_file}: start `make run` in another terminal first.")

@@ -16,6 +16,7 @@ NOW = utc(2026, 12, 3, 14, 7, 31)
     [
         ("-45m", utc(2026, 12, 3, 13, 20)),  # the window that was starting 45 minutes ago
         ("-2h", utc(2026, 12, 3, 12, 5)),
+        ("-2h15m", utc(2026, 12, 3, 11, 50)),
         ("-1d", utc(2026, 12, 2, 14, 5)),
         ("2026-11-25T10:00", utc(2026, 11, 25, 10, 0)),
         ("2026-11-25T10:00Z", utc(2026, 11, 25, 10, 0)),
@@ -23,6 +24,12 @@ NOW = utc(2026, 12, 3, 14, 7, 31)
 )
 def test_a_range_is_given_in_utc_or_relative_to_now(text, expected):
     assert window_start(text, NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["-", "-2x", "-h", "yesterday", "-2m15h"])
+def test_a_range_that_is_neither_is_refused(text):
+    with pytest.raises(ValueError, match="isoformat"):
+        window_start(text, NOW)
 
 
 def test_the_progress_line_counts_each_kind_of_window():
