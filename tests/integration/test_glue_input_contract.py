@@ -18,6 +18,7 @@ import pytest
 
 from include.price_pipeline import alerts, layout
 from tests.conftest import utc
+from tests.integration.test_glue_window_contract import canonical, has_csv, reason
 from tests.records import candle
 
 pytestmark = pytest.mark.integration
@@ -112,19 +113,6 @@ def range_run(standin, aws_session):
         aws.put(raw_key(slot, "-v2.csv"), f"date,weightedAverage\n{stamp(slot)},3100.5\n")
     window = {"--window_start": iso(START), "--window_end": iso(SLOTS[-1] + layout.SLOT)}
     return aws, aws.run_real_glue_job(window)
-
-
-def canonical(aws, slot) -> dict:
-    [row] = csv.DictReader(io.StringIO(aws.get(layout.analysis_key(slot)).decode()))
-    return row
-
-
-def has_csv(aws, slot) -> bool:
-    return layout.analysis_key(slot) in aws.keys(layout.analysis_key(slot))
-
-
-def reason(aws, slot, key) -> str:
-    return json.loads(aws.get(layout.quarantine_keys(slot, key)[1]))["reason"]
 
 
 def test_the_range_run_succeeds(range_run):
