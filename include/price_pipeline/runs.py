@@ -9,12 +9,14 @@ plain functions that never do).
 
 from __future__ import annotations
 
+import copy
 import logging
 from datetime import datetime, timedelta
 
 import pendulum
 from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+from airflow.sdk import BaseNotifier
 
 from include.price_pipeline import layout, windows
 from include.price_pipeline.settings import Config
@@ -110,6 +112,11 @@ class LiveRunsOpsNotifier(SnsNotifier):
     sees them (``make backfill``'s summary, the UI), so ops hear of live trouble only; but an *Alert claim
     left* (``alerts.OPS_SUBJECT``'s rule: a claim named in the exception) is paged whatever the run, since
     only ops can release it and an alert may be missing."""
+
+    def __call__(self, *args) -> None:
+        # BaseNotifier renders its templates in place: on one shared instance, every failure after the first
+        # in a process (dag.test, tests) sent the first one's text. Each failure renders a copy of its own.
+        BaseNotifier.__call__(copy.copy(self), *args)
 
     def notify(self, context) -> None:
         if context["dag_run"].run_type == "backfill" and "claim" not in str(context.get("exception", "")):
