@@ -125,20 +125,16 @@ def price_history_backfill():
             raise AirflowFailException(str(failure)) from None
 
     @task
-    def report_quarantine(summary: dict, dag_run=None) -> str | None:
+    def report_quarantine(summary: dict, dag_run=None) -> None:
         from airflow.configuration import conf
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.providers.amazon.aws.hooks.sns import SnsHook
 
-        from include.price_pipeline import alerts
+        from include.price_pipeline import alerts, runs
 
         run_url = alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id)
         report = history.report_quarantine(S3Hook(aws_conn_id=config.aws_conn_id).get_conn(), config, summary, run_url)
-        if report is None:
-            return None
-        subject, message = report
-        sns = SnsHook(aws_conn_id=config.aws_conn_id)
-        return sns.publish_to_target(target_arn=config.ops_topic_arn, message=message, subject=subject)["MessageId"]
+        if report is not None:
+            runs.tell_ops(config, *report)
 
     summary = analyse_price_history()
     chain(normalize_price_history, summary, report_quarantine(summary))
