@@ -12,7 +12,7 @@ from datetime import datetime
 from urllib.parse import quote
 
 from include.price_pipeline import layout
-from include.price_pipeline.analysis import Change, Policy, Price
+from include.price_pipeline.analysis import Change, Policy, Price, Suppression
 
 SUBJECT_LIMIT = 99  # SNS wants email subjects of less than 100 characters
 
@@ -54,11 +54,14 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def ledger_entry(change: Change, policy: Policy, decision: str, reason: str) -> dict:
+def ledger_entry(
+    change: Change, policy: Policy, decision: str, reason: str, suppressed_by: Suppression | None = None
+) -> dict:
     """The ledger record of the window whose record is ``change.latest`` (a change that is not a finite
-    number is stored as null: its decision is ``invalid_change``)."""
+    number is stored as null: its decision is ``invalid_change``); a breach the cooldown suppressed also
+    names the window it counts from (``suppressed_by``)."""
     slot = change.latest.slot
-    return {
+    return suppressed(suppressed_by) | {
         "window_start": iso(slot),
         "window_end": iso(slot + layout.SLOT),
         "pair": change.latest.pair,
@@ -75,6 +78,11 @@ def ledger_entry(change: Change, policy: Policy, decision: str, reason: str) -> 
         "reason": reason,
         "sns_message_id": None,
     }
+
+
+def suppressed(suppression: Suppression | None) -> dict:
+    """The ledger field naming the alert window that suppressed a firing (none for any other decision)."""
+    return {} if suppression is None else {"suppressed_by": iso(suppression.window)}
 
 
 def ledger_bytes(entry: dict) -> bytes:

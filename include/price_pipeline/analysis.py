@@ -11,8 +11,10 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from include.price_pipeline import layout
 
@@ -29,6 +31,8 @@ NOTIFIED = "notified"
 CLAIMED = (PUBLISHING, NOTIFIED)
 #: The reason of a breach suppressed only because its window ended too long ago (see due_for_subscribers).
 LATE_REASON = "window ended more than max_alert_age"
+#: Cooldown checkpoints count from here (see :func:`suppressed_by`).
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,11 @@ class Policy:
     def lookback(self) -> timedelta:
         return timedelta(minutes=self.lookback_minutes)
 
+    @property
+    def reach(self) -> timedelta:
+        """How far before a window the repeat-window cooldown may look for earlier breaches."""
+        return cooldown_reach(layout.SLOT * self.repeat_windows) if self.repeat_windows else timedelta(0)
+
     @classmethod
     def from_params(cls, params) -> Policy:
         """The policy a DAG run's params ask for (see ``settings.policy_params``)."""
@@ -84,6 +93,15 @@ class Policy:
             min_abs_move=params["min_abs_move"],
             repeat_windows=params["repeat_windows"],
         )
+
+
+class Verdict(NamedTuple):
+    """A window's decision before the freshness rule, its reason and, for a firing the cooldown
+    suppressed, the window it counts from (:func:`suppressed_by`)."""
+
+    decision: str
+    reason: str
+    suppressed_by: Suppression | None = None
 
 
 def parse_canonical_csv(body: bytes) -> Price:
@@ -145,32 +163,124 @@ def is_breach(change: Change, policy: Policy) -> bool:
     return abs(change.latest.weighted_average - change.previous.weighted_average) >= policy.min_abs_move
 
 
-def classify(change: Change, earlier: list[Change], policy: Policy) -> tuple[str, str]:
-    """``(decision, reason)`` for ``change``, before the freshness rule; ``earlier`` precede it in order.
+# --- the cooldown: one rule for every pair and rule kind (repeat_windows = N is a cooldown of N windows) ---
 
-    With ``repeat_windows = N``, a breach right after another breach in the same direction within the
-    previous N windows of the series is a continuing move and is suppressed.
+
+class NeedEarlier(Exception):
+    """A cooldown decision needs to know whether ``window`` fired, and the prices at hand do not tell."""
+
+    def __init__(self, window: datetime):
+        super().__init__(f"needs whether window {layout.slot_stamp(window)} fired")
+        self.window = window
+
+
+class Suppression(NamedTuple):
+    """Why a firing is suppressed: the alert window it comes within the cooldown of, or, in a run of
+    firings longer than a segment, the run's last firing before the ``checkpoint`` it counts from."""
+
+    window: datetime
+    checkpoint: datetime | None = None
+
+    def reason(self, direction: str, within: str) -> str:
+        if self.checkpoint is None:
+            return f"alerted {direction} at {layout.slot_stamp(self.window)}, within {within}"
+        return (
+            f"run of {direction} firings began before {layout.slot_stamp(self.checkpoint)} - one segment: counted "
+            f"from its last firing before that checkpoint, at {layout.slot_stamp(self.window)}, within {within}"
+        )
+
+
+def cooldown_segment(cooldown: timedelta) -> timedelta:
+    """How long a run of firings may be and still be decided from its first firing: the smallest whole
+    number of days longer than the cooldown (one day for any cooldown under a day)."""
+    return timedelta(days=cooldown // timedelta(days=1) + 1)
+
+
+def cooldown_reach(cooldown: timedelta) -> timedelta:
+    """How far before a window its cooldown decision may look for firings: the window's checkpoint is less
+    than a segment back, and the run is followed at most a segment and a cooldown before that."""
+    return 2 * cooldown_segment(cooldown) + cooldown
+
+
+def suppressed_by(
+    slot: datetime, direction: str, fired: Callable[[datetime], str | None], cooldown: timedelta
+) -> Suppression | None:
+    """Whether the firing (in ``direction``) of the window at ``slot`` alerts (None) or what suppresses it.
+
+    ``fired(window)`` is the direction a window fired in before any cooldown (None: it did not fire, or has
+    no record); it may raise NeedEarlier. The rule, on the series alone: a firing alerts unless the same
+    rule alerted in the same direction at most ``cooldown`` before it. So a *run* (firings in one direction,
+    each at most ``cooldown`` after the previous) alerts on its first firing, then on the first firing more
+    than ``cooldown`` after the last alert, and so on.
+
+    The bound: segments of :func:`cooldown_segment` since EPOCH (UTC midnights for a cooldown under a day)
+    have *checkpoints* at their starts. A run that at the checkpoint before ``slot`` began more than one
+    segment earlier is not followed further: from that checkpoint on, the cooldown counts from the run's
+    last firing before it (an alert may come up to one cooldown later than counted from the run's start,
+    never sooner than a cooldown after the one before). Every run no longer than a segment is decided
+    exactly. ``fired`` is asked about windows at most :func:`cooldown_reach` before ``slot``.
+    """
+    segment = cooldown_segment(cooldown)
+    checkpoint = EPOCH + (slot - EPOCH) // segment * segment
+    run = [slot]  # the run's firings, latest first
+    while True:
+        before = reversed(layout.slots_between(run[-1] - cooldown, run[-1]))
+        earlier = next((window for window in before if fired(window) == direction), None)
+        if earlier is None:
+            last, counted_from, run = run[-1], None, run[:-1]  # the run's first firing alerts
+            break
+        if earlier < checkpoint - segment:
+            run.append(earlier)
+            last = next(firing for firing in run if firing < checkpoint)
+            counted_from, run = checkpoint, [firing for firing in run if firing >= checkpoint]
+            break
+        run.append(earlier)
+    for firing in reversed(run):
+        if firing - last > cooldown:
+            last, counted_from = firing, None
+        if firing == slot:
+            return None if last == slot else Suppression(last, counted_from)
+    return None
+
+
+def breach_direction(change: Change | None, policy: Policy) -> str | None:
+    """The direction a window's change fires in before the cooldown (None: no breach)."""
+    return change.direction if change is not None and is_breach(change, policy) else None
+
+
+def classify(change: Change, earlier: list[Change], policy: Policy, known_from: datetime | None = None) -> Verdict:
+    """The decision for ``change`` before the freshness rule; ``earlier`` precede it in order.
+
+    With ``repeat_windows = N``, a breach is suppressed when the series alerted the same way within the
+    previous N windows (:func:`suppressed_by` with a cooldown of N windows). ``known_from``: the first
+    window whose change ``earlier`` tells (NeedEarlier for an earlier one); None: ``earlier`` is all there is.
     """
     if change.previous is None:
-        return NO_PREVIOUS, f"no earlier record within the {policy.lookback_minutes}-minute lookback"
+        return Verdict(NO_PREVIOUS, f"no earlier record within the {policy.lookback_minutes}-minute lookback")
     if not math.isfinite(change.change_pct):
-        return (
+        return Verdict(
             INVALID_CHANGE,
             f"change from {change.previous.weighted_average!r} to {change.latest.weighted_average!r} "
             "is not a finite number: refused",
         )
     if change.abs_change_pct <= policy.threshold_pct:
-        return BELOW_THRESHOLD, f"|change| {change.abs_change_pct:.4f}% <= threshold {policy.threshold_pct}%"
+        return Verdict(BELOW_THRESHOLD, f"|change| {change.abs_change_pct:.4f}% <= threshold {policy.threshold_pct}%")
     if not is_breach(change, policy):
-        return BELOW_MIN_MOVE, f"absolute move below min_abs_move {policy.min_abs_move}"
+        return Verdict(BELOW_MIN_MOVE, f"absolute move below min_abs_move {policy.min_abs_move}")
     if policy.repeat_windows:
-        recent = [c for c in earlier if change.latest.slot - c.latest.slot <= layout.SLOT * policy.repeat_windows]
-        if any(is_breach(c, policy) and c.direction == change.direction for c in recent):
-            return (
-                SUPPRESSED_REPEAT,
-                f"move continues {change.direction} within {policy.repeat_windows} windows",
-            )
-    return NOTIFY, f"|change| {change.abs_change_pct:.4f}% > threshold {policy.threshold_pct}%"
+        by_slot = {c.latest.slot: c for c in earlier}
+
+        def fired(window: datetime) -> str | None:
+            if known_from is not None and window < known_from:
+                raise NeedEarlier(window)
+            return breach_direction(by_slot.get(window), policy)
+
+        cooldown = layout.SLOT * policy.repeat_windows
+        suppression = suppressed_by(change.latest.slot, change.direction, fired, cooldown)
+        if suppression is not None:
+            within = f"{policy.repeat_windows} windows"
+            return Verdict(SUPPRESSED_REPEAT, suppression.reason(change.direction, within), suppression)
+    return Verdict(NOTIFY, f"|change| {change.abs_change_pct:.4f}% > threshold {policy.threshold_pct}%")
 
 
 def apply_freshness(decision: str, reason: str, due: bool, why_not_due: str) -> tuple[str, str]:

@@ -47,6 +47,7 @@ from include.price_pipeline.analysis import (
     Change,
     Policy,
     Price,
+    Suppression,
     apply_freshness,
     classify,
     due_for_subscribers,
@@ -104,10 +105,15 @@ class Window:
     change: Change
     decision: str
     reason: str
+    suppressed_by: Suppression | None = None
 
     @property
     def slot(self) -> datetime:
         return self.change.latest.slot
+
+    def entry(self, policy: Policy) -> dict:
+        """The window's ledger entry."""
+        return alerts.ledger_entry(self.change, policy, self.decision, self.reason, self.suppressed_by)
 
 
 # ------------------------------------------------------------------------------ pure analysis
@@ -125,8 +131,9 @@ def parse_window_start(text: str) -> datetime:
 
 
 def context_start(start: datetime, policy: Policy) -> datetime:
-    """The earliest slot whose price can matter to the window at ``start`` (the live DAG loads as far back)."""
-    return start - policy.lookback - layout.SLOT * policy.repeat_windows
+    """The earliest slot whose price can matter to the window at ``start``: its lookback, and the
+    references of the earlier breaches its repeat-window cooldown may follow back (``Policy.reach``)."""
+    return start - policy.lookback - policy.reach
 
 
 def analyse_series(
@@ -142,31 +149,29 @@ def analyse_series(
 
     ``prices`` (one per slot) should reach back to :func:`context_start`. Each window gets exactly what
     ``windows.analyse_window`` gives it in a native backfill run: the same change (the series is the
-    same within the lookback), the same repeat-window context (the breaches of the previous
-    ``repeat_windows`` windows) and the same freshness rule for run type ``backfill``.
+    same within the lookback), the same repeat-window cooldown (the breaches it follows back) and the
+    same freshness rule for run type ``backfill``.
     """
     changes = series_changes(list(prices), policy.lookback)
     slots = [change.latest.slot for change in changes]
-    repeat_span = layout.SLOT * policy.repeat_windows
     out = []
     for index in range(bisect.bisect_left(slots, start), bisect.bisect_left(slots, end)):
         change = changes[index]
-        # classify only looks at earlier changes within repeat_span: hand it just those (O(n) overall).
-        earlier = changes[bisect.bisect_left(slots, change.latest.slot - repeat_span, 0, index) : index]
+        # classify looks at earlier changes at most ``policy.reach`` back: hand it just those.
+        earlier = changes[bisect.bisect_left(slots, change.latest.slot - policy.reach, 0, index) : index]
         due, why_not_due = due_for_subscribers(
             "backfill", change.latest.slot + layout.SLOT, now, max_alert_age_minutes, notify_on_backfill
         )
-        decision, reason = apply_freshness(*classify(change, earlier, policy), due, why_not_due)
-        out.append(Window(change, decision, reason))
+        verdict = classify(change, earlier, policy, known_from=change.latest.slot - policy.reach)
+        decision, reason = apply_freshness(verdict.decision, verdict.reason, due, why_not_due)
+        out.append(Window(change, decision, reason, verdict.suppressed_by))
     return out
 
 
 def ledger_objects(analysed: Iterable[Window], policy: Policy, prefix: str) -> dict[str, bytes]:
     """``{ledger key: bytes}`` of every window not due for publishing (due ones are written once sent)."""
     return {
-        layout.ledger_key(window.slot, prefix): alerts.ledger_bytes(
-            alerts.ledger_entry(window.change, policy, window.decision, window.reason)
-        )
+        layout.ledger_key(window.slot, prefix): alerts.ledger_bytes(window.entry(policy))
         for window in analysed
         if window.decision != NOTIFY
     }
@@ -559,7 +564,7 @@ def publish_due(
                 elsewhere += 1
                 log.warning("Window %s is claimed by %s: this run does not publish it", stamp, stored.get("claimed_by"))
             continue
-        entry = alerts.ledger_entry(window.change, policy, window.decision, window.reason)
+        entry = window.entry(policy)
         try:
             windows.claim(s3, config, entry, etag, claimant, started=True)
         except store.ConditionFailed:

@@ -8,7 +8,8 @@ params). Every other pair of the rules file goes through here, in one task of th
   object ``<slot>/pairs.jsonl`` (an entry per pair): S3 bills per request, so the requests of a window do
   not grow with its pairs. The CSVs are found with one listing per day partition the rules look back
   into, and only the slots a decision reads are fetched (``rules.slots_read``: the window's and one
-  reference per rule; a cooldown's history), one GET per slot for every pair;
+  reference per rule; for a firing under a cooldown, the earlier firings it follows back), one GET per
+  slot for every pair;
 - each rule decides (``rules.evaluate``); a firing rule of a window not due for subscribers (a backfill,
   an old window) is ``suppressed_backfill``;
 - the ledger object is created with ``If-None-Match: *`` (read only when one is there already) and else
@@ -97,15 +98,16 @@ def load_pair_prices(
     s3, config: Config, rule_set: rules.Rules, pairs: list[str], slot: datetime, files: list[datetime]
 ) -> dict:
     """``{pair: [Price, ...]}``: of the other-pairs CSVs in the rules' look-back from ``slot`` (``files``:
-    their slots), the ones the decisions read (``rules.slots_read`` for each pair), one GET per slot for
-    every pair. A slot read without a pair's row is not that pair's reference, so the next candidate is
-    read, until every pair's decision has what it reads."""
+    their slots), the ones the decisions read (``rules.slots_read`` for each pair, given what was read),
+    one GET per slot for every pair, in rounds. A slot read without a pair's row is not that pair's
+    reference, so the next candidate is read, until every pair's decision has what it reads."""
     read: dict[datetime, dict[str, Price]] = {}
     while True:
         wanted = set()
         for pair in pairs:
             candidates = [at for at in files if at not in read or pair in read[at]]
-            wanted |= rules.slots_read(rule_set.pairs[pair], candidates, slot) - read.keys()
+            known = [read[at][pair] for at in read if pair in read[at]]
+            wanted |= rules.slots_read(rule_set.pairs[pair], candidates, slot, known) - read.keys()
         if not wanted:
             break
         slots = sorted(wanted)
@@ -234,7 +236,7 @@ def pair_entry(pair, slot, latest, pair_rules, decided, due, why_not_due) -> dic
             "minutes": rule.minutes if rule.kind == rules.CHANGE else 5,
             "level": rule.level if rule.kind == rules.CROSSING else None,
             "sns_message_id": None,
-        }
+        } | alerts.suppressed(decision.suppressed_by)
     due_rules = any(r["decision"] == rules.NOTIFY for r in rule_entries.values())
     return {
         "window_start": alerts.iso(slot),

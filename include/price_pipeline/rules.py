@@ -16,9 +16,10 @@ Rule kinds (every price is a record's ``weightedAverage``; ``t`` is the window's
   counts as at-or-above it: fires only on the window where the side changes, never while the price stays.
 
 Both kinds take ``min_abs_move`` (the move from the reference in price units must be at least this) and
-``cooldown_minutes``: a firing is suppressed when the same rule fired in the same direction on the price
-series within the previous ``cooldown_minutes`` (on the series, not on what was sent, so parallel
-backfills reach the same decisions). The default file reproduces the single-pair pipeline exactly.
+``cooldown_minutes``: a firing is suppressed when the same rule alerted in the same direction on the price
+series within the previous ``cooldown_minutes`` (``analysis.suppressed_by``: on the series, not on what was
+sent, so parallel backfills reach the same decisions). The default file reproduces the single-pair
+pipeline exactly.
 
 Everything here is plain data and pure functions: the DAGs validate the file when they are parsed (a
 small local file, no AWS call) and fail with one line naming the pair, the rule and the field.
@@ -35,7 +36,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from include.price_pipeline import layout
-from include.price_pipeline.analysis import Price, pct_change
+from include.price_pipeline.analysis import NeedEarlier, Price, Suppression, cooldown_reach, pct_change, suppressed_by
 
 #: The rules file the settings default to: today's single-pair behaviour (``include/rules/default.json``).
 DEFAULT_RULES_FILE = Path(__file__).resolve().parents[1] / "rules" / "default.json"
@@ -86,9 +87,15 @@ class Rule:
         return timedelta(minutes=self.minutes if self.kind == CHANGE else 5)
 
     @property
+    def cooldown(self) -> timedelta:
+        return timedelta(minutes=self.cooldown_minutes)
+
+    @property
     def history(self) -> timedelta:
-        """How far back from a window its decision looks (reference, tolerance and cooldown)."""
-        return self.reference_offset + timedelta(minutes=self.tolerance_minutes + self.cooldown_minutes)
+        """How far back from a window its decision may look: its reference (offset and tolerance) and, with
+        a cooldown, the references of the earlier firings its cooldown may follow (``analysis.cooldown_reach``)."""
+        reach = cooldown_reach(self.cooldown) if self.cooldown_minutes else timedelta(0)
+        return reach + self.reference_offset + timedelta(minutes=self.tolerance_minutes)
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,7 @@ class Decision:
     direction: str  # up, down or flat
     change_pct: float | None
     reference: Price | None
+    suppressed_by: Suppression | None = None  # a firing the cooldown suppressed: the window it counts from
 
 
 # --- loading and validation --------------------------------------------------------------------------
@@ -262,8 +270,16 @@ class Series:
         self.slots = [price.slot for price in self.prices]
         self._by_slot = dict(zip(self.slots, self.prices, strict=True))
 
+        self._raw: dict[tuple[Rule, datetime], Decision] = {}
+
     def at(self, slot: datetime) -> Price | None:
         return self._by_slot.get(slot)
+
+    def raw(self, rule: Rule, slot: datetime) -> Decision:
+        """The rule's decision at ``slot`` before the cooldown (remembered: cooldowns ask again)."""
+        if (rule, slot) not in self._raw:
+            self._raw[rule, slot] = _raw(rule, self, slot)
+        return self._raw[rule, slot]
 
     def reference(self, rule: Rule, slot: datetime) -> Price | None:
         """The latest record at or before ``slot - offset`` and no earlier than ``tolerance`` before that."""
@@ -280,19 +296,56 @@ def _reference_index(rule: Rule, slots: list[datetime], slot: datetime) -> int |
     return index
 
 
-def slots_read(rules: tuple[Rule, ...], slots: list[datetime], slot: datetime) -> set[datetime]:
-    """The slots among ``slots`` (those with a record) whose records the rules' decisions at ``slot`` read:
-    the window's own and each rule's reference, and for a rule with a cooldown every slot of its history
-    (its earlier firings decide too). ``evaluate`` over these records alone decides as over all of them,
-    so a window's analysis reads its own record and one per rule, not the whole look-back."""
+def slots_read(
+    rules: tuple[Rule, ...], slots: list[datetime], slot: datetime, known: list[Price] = ()
+) -> set[datetime]:
+    """The slots among ``slots`` (those with a record) whose records the rules' decisions at ``slot`` read,
+    given the records ``known`` already read: the window's own and each rule's reference and, for a rule
+    with a cooldown whose window fires, each window's own and reference record of the earlier windows its
+    cooldown follows back (``analysis.suppressed_by``), asked for a cooldown at a time or, further back, as
+    much again as followed so far. Read them and ask again until nothing new is asked for: ``evaluate``
+    over the records read then decides as over all of them, and a quiet window reads its own record and
+    one per rule, not the whole look-back."""
     ordered = sorted(slots)
-    read = {slot} & set(ordered)
+    listed = set(ordered)
+    series = Series(list(known))
+    read = set()
     for rule in rules:
+        read |= _inputs(rule, ordered, listed, slot)
         if rule.cooldown_minutes:
-            read |= {earlier for earlier in ordered if slot - rule.history <= earlier <= slot}
-        elif (index := _reference_index(rule, ordered, slot)) is not None:
-            read.add(ordered[index])
+            read |= _cooldown_reads(rule, ordered, listed, series, slot)
     return read
+
+
+def _inputs(rule: Rule, ordered: list[datetime], listed: set[datetime], window: datetime) -> set[datetime]:
+    """The records a rule's decision at ``window`` reads before the cooldown: the window's and its reference."""
+    if window not in listed:
+        return set()
+    index = _reference_index(rule, ordered, window)
+    return {window} if index is None else {window, ordered[index]}
+
+
+def _cooldown_reads(rule: Rule, ordered: list[datetime], listed: set[datetime], series: Series, slot: datetime):
+    """The records a cooldown decision at ``slot`` reads, as far as the records read (``series``) tell."""
+    consulted = set()
+
+    def fired(window: datetime) -> str | None:
+        inputs = _inputs(rule, ordered, listed, window)
+        consulted.update(inputs)
+        if any(series.at(at) is None for at in inputs):
+            raise NeedEarlier(window)
+        return _fired(rule, series, window)
+
+    try:
+        direction = fired(slot)
+        if direction is not None:
+            suppressed_by(slot, direction, fired, rule.cooldown)
+    except NeedEarlier as need:
+        if need.window != slot:  # a batch: a cooldown, or as far again as the run was followed
+            span = max(rule.cooldown, slot - need.window)
+            for window in layout.slots_between(need.window - span, need.window + layout.SLOT):
+                consulted |= _inputs(rule, ordered, listed, window)
+    return consulted
 
 
 def _direction(change_pct: float | None) -> str:
@@ -343,25 +396,32 @@ def _raw(rule: Rule, series: Series, slot: datetime) -> Decision:
     return Decision(rule.name, rule.kind, NOTIFY, fired, direction, change, reference)
 
 
+def _fired(rule: Rule, series: Series, window: datetime) -> str | None:
+    """The direction the rule fires in at ``window`` before the cooldown (None: no firing, or no record)."""
+    if series.at(window) is None:
+        return None
+    decision = series.raw(rule, window)
+    return decision.direction if decision.decision == NOTIFY else None
+
+
 def evaluate(rule: Rule, series: Series, slot: datetime) -> Decision:
     """The rule's decision for the window starting at ``slot`` (its record must be in ``series``).
 
     ``series`` must hold every record from ``slot - rule.history`` on: the decision depends on nothing else.
     """
-    decision = _raw(rule, series, slot)
+    decision = series.raw(rule, slot)
     if decision.decision != NOTIFY or not rule.cooldown_minutes:
         return decision
-    first = slot - timedelta(minutes=rule.cooldown_minutes)
-    for earlier in series.prices[bisect.bisect_left(series.slots, first) : bisect.bisect_left(series.slots, slot)]:
-        before = _raw(rule, series, earlier.slot)
-        if before.decision == NOTIFY and before.direction == decision.direction:
-            return replace(
-                decision,
-                decision=SUPPRESSED_COOLDOWN,
-                reason=f"fired {before.direction} at {layout.slot_stamp(earlier.slot)}, within the "
-                f"{rule.cooldown_minutes}-minute cooldown",
-            )
-    return decision
+    suppression = suppressed_by(slot, decision.direction, lambda window: _fired(rule, series, window), rule.cooldown)
+    if suppression is None:
+        return decision
+    within = f"the {rule.cooldown_minutes}-minute cooldown"
+    return replace(
+        decision,
+        decision=SUPPRESSED_COOLDOWN,
+        reason=suppression.reason(decision.direction, within),
+        suppressed_by=suppression,
+    )
 
 
 def evaluate_pair(rules: tuple[Rule, ...], prices: list[Price], slot: datetime) -> list[Decision]:

@@ -252,5 +252,5 @@ def policy_params(config: Config) -> dict[str, dict]:
         "min_abs_move": {"default": 0.0, "type": "number", "minimum": 0,
                          "description": "also require this move in price units"},
         "repeat_windows": {"default": 0, "type": "integer", "minimum": 0,
-                           "description": "suppress same-direction breaches within N windows"},
+                           "description": "suppress a breach within N windows after the last same-direction alert"},
     }  # fmt: skip

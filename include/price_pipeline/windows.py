@@ -20,7 +20,9 @@ from include.price_pipeline.analysis import (
     NOTIFIED,
     NOTIFY,
     PUBLISHING,
+    NeedEarlier,
     Policy,
+    Price,
     apply_freshness,
     classify,
     series_changes,
@@ -115,7 +117,8 @@ def analyse_window(
     names this one: ``<dag_id>/<run_id>``), comes back as ``notified`` / ``claimed_elsewhere`` with the
     stored entry, and nothing is written.
 
-    Every earlier window the decision looks at (lookback and repeat windows) must be settled: see
+    Every earlier window the decision looks at (lookback and repeat windows, and for a breach in a run of
+    breaches the run's earlier windows, read as far back as it follows them) must be settled: see
     :func:`wait_for_earlier_windows`. Without ``still_normalizing`` the window is analysed with the CSVs
     there are.
     """
@@ -128,15 +131,10 @@ def analyse_window(
         return _not_ours(existing, stamp)
 
     first = slot - policy.lookback - layout.SLOT * policy.repeat_windows
-    try:
-        prices = store.load_prices(s3, config.bucket, config.analysis_prefix, first, slot)
-    except ValueError as error:
-        raise WindowFailed(f"window {stamp}: {error}") from None
+    prices = _load(s3, config, slot, first, slot)
     if not prices or prices[-1].slot != slot:
         raise WindowFailed(_missing_record_reason(s3, config, slot))
-    normalized = {price.slot for price in prices}
-    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in normalized]
-    wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
+    _wait_for_gaps(s3, config, slot, first, prices, still_normalizing)
     if prices[-1].superseded:
         log.warning(
             "Window %s: used %s; superseded older objects: %s",
@@ -144,11 +142,21 @@ def analyse_window(
             prices[-1].source_key,
             ", ".join(prices[-1].superseded),
         )
-    changes = series_changes(prices, policy.lookback)
+    while True:  # a breach in a run of breaches follows the run back (bounded: analysis.suppressed_by)
+        changes = series_changes(prices, policy.lookback)
+        try:
+            verdict = classify(changes[-1], changes[:-1], policy, known_from=first + policy.lookback)
+            break
+        except NeedEarlier as need:
+            span = max(layout.SLOT * policy.repeat_windows, slot - need.window)
+            earlier = need.window - span - policy.lookback
+            prices = _load(s3, config, slot, earlier, first - layout.SLOT) + prices
+            first = earlier
+            _wait_for_gaps(s3, config, slot, first, prices, still_normalizing)
     change = changes[-1]
-    decision, reason = apply_freshness(*classify(change, changes[:-1], policy), due, why_not_due)
+    decision, reason = apply_freshness(verdict.decision, verdict.reason, due, why_not_due)
     log.info("Window %s: %s (%s)", stamp, decision, reason)
-    entry = alerts.ledger_entry(change, policy, decision, reason)
+    entry = alerts.ledger_entry(change, policy, decision, reason, verdict.suppressed_by)
     if decision == NOTIFY:
         try:
             claim(s3, config, entry, etag, claimant)
@@ -166,6 +174,22 @@ def analyse_window(
             f"(change {entry['change_pct']:+.2f}%, threshold {policy.threshold_pct}%). Run: {run_url}"
         )
     return {"decision": stored["decision"], "entry": stored, "ops_notice": ops_notice}
+
+
+def _load(s3, config: Config, slot: datetime, first: datetime, last: datetime) -> list[Price]:
+    """The default pair's prices of ``[first, last]`` (WindowFailed naming ``slot`` if one is not valid)."""
+    try:
+        return store.load_prices(s3, config.bucket, config.analysis_prefix, first, last)
+    except ValueError as error:
+        raise WindowFailed(f"window {layout.slot_stamp(slot)}: {error}") from None
+
+
+def _wait_for_gaps(s3, config: Config, slot: datetime, first: datetime, prices: list[Price],
+                   still_normalizing: StillNormalizing | None) -> None:  # fmt: skip
+    """:func:`wait_for_earlier_windows` for the windows before ``slot`` from ``first`` without a price."""
+    normalized = {price.slot for price in prices}
+    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in normalized]
+    wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
 
 
 def _not_ours(existing: dict, stamp: str) -> dict:

@@ -179,7 +179,7 @@ def test_min_abs_move_applies_to_falls_too():
 def test_classify_without_a_previous_record_says_which_lookback_found_none():
     [first] = analysis.series_changes([price(0, 100.0)], timedelta(minutes=45))
 
-    decision, reason = analysis.classify(first, [], Policy(lookback_minutes=45))
+    decision, reason, _ = analysis.classify(first, [], Policy(lookback_minutes=45))
 
     assert decision == analysis.NO_PREVIOUS == "no_previous_record"
     assert "45-minute lookback" in reason
@@ -187,21 +187,21 @@ def test_classify_without_a_previous_record_says_which_lookback_found_none():
 
 @pytest.mark.parametrize("latest", [100.5, 101.0, 99.0], ids=["small", "at-threshold", "at-threshold-down"])
 def test_classify_a_move_up_to_the_threshold_as_below_threshold(latest):
-    decision, reason = analysis.classify(change_of(100.0, latest), [], Policy(threshold_pct=1.0))
+    decision, reason, _ = analysis.classify(change_of(100.0, latest), [], Policy(threshold_pct=1.0))
 
     assert decision == analysis.BELOW_THRESHOLD == "below_threshold"
     assert "threshold 1.0%" in reason
 
 
 def test_classify_a_breach_too_small_in_price_units_as_below_min_abs_move():
-    decision, reason = analysis.classify(change_of(10.0, 10.5), [], Policy(threshold_pct=1.0, min_abs_move=1.0))
+    decision, reason, _ = analysis.classify(change_of(10.0, 10.5), [], Policy(threshold_pct=1.0, min_abs_move=1.0))
 
     assert decision == analysis.BELOW_MIN_MOVE == "below_min_abs_move"
     assert "min_abs_move 1.0" in reason
 
 
 def test_classify_a_breach_as_notify():
-    decision, reason = analysis.classify(change_of(100.0, 97.0), [], Policy(threshold_pct=1.0))
+    decision, reason, _ = analysis.classify(change_of(100.0, 97.0), [], Policy(threshold_pct=1.0))
 
     assert decision == analysis.NOTIFY == "notify"
     assert "3.0000%" in reason
@@ -213,14 +213,14 @@ def test_without_repeat_windows_every_breach_of_a_continuing_move_notifies():
     assert decisions(prices, Policy(threshold_pct=1.0)) == ["no_previous_record", "notify", "notify", "notify"]
 
 
-def test_repeat_windows_suppresses_a_same_direction_breach_right_after_a_breach():
+def test_repeat_windows_suppresses_a_same_direction_breach_right_after_an_alert_and_alerts_again_after():
     prices = [price(0, 100.0), price(1, 102.0), price(2, 104.1), price(3, 106.3)]
 
     assert decisions(prices, Policy(threshold_pct=1.0, repeat_windows=1)) == [
         "no_previous_record",
         "notify",
-        "suppressed_repeat",
-        "suppressed_repeat",
+        "suppressed_repeat",  # one window after the alert
+        "notify",  # two windows after the alert: the move still holds, so it alerts again
     ]
 
 
@@ -252,11 +252,10 @@ def test_suppressed_repeat_reason_names_the_direction_and_the_window_count():
     prices = [price(0, 100.0), price(1, 97.0), price(2, 94.0)]
     changes = analysis.series_changes(prices, timedelta(minutes=60))
 
-    decision, reason = analysis.classify(changes[2], changes[:2], Policy(threshold_pct=1.0, repeat_windows=2))
+    decision, reason, _ = analysis.classify(changes[2], changes[:2], Policy(threshold_pct=1.0, repeat_windows=2))
 
     assert decision == analysis.SUPPRESSED_REPEAT == "suppressed_repeat"
-    assert "down" in reason
-    assert "2 windows" in reason
+    assert reason == "alerted down at 20260203T1205Z, within 2 windows"
 
 
 def test_a_window_gets_the_same_decision_whatever_order_the_series_was_read_in():

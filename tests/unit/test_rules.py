@@ -132,24 +132,159 @@ def test_crossing_on_real_data(poloniex_rows):
     ]
 
 
-def test_cooldown_on_real_data(poloniex_rows):
-    """A firing is suppressed when the rule fired the same way on the series within the cooldown,
-    computed here from the raw firings (cooldown off) by a plain scan."""
+CHECKPOINT = timedelta(days=1)  # a cooldown under a day: runs are re-anchored at UTC midnights
+
+
+def reference_cooldown(firings: list[tuple[datetime, str]], cooldown: timedelta) -> dict:
+    """``{slot: None (alerts) or the slot it counts from (suppressed)}`` of each firing ``(slot, direction)``,
+    forward from the README's definition: a firing alerts unless the rule alerted the same way at most
+    ``cooldown`` before it; a run (same direction, each firing at most ``cooldown`` after the previous)
+    that began more than a day before a UTC midnight it runs through counts from its last firing before
+    that midnight."""
+    last_firing, run_start, last_alert, out = {}, {}, {}, {}
+    for slot, direction in sorted(firings):
+        previous = last_firing.get(direction)
+        if previous is None or slot - previous > cooldown:
+            run_start[direction] = slot
+        else:
+            midnight = datetime(slot.year, slot.month, slot.day, tzinfo=UTC)
+            if previous < midnight and run_start[direction] < midnight - CHECKPOINT:
+                last_alert[direction] = previous
+        alerted = last_alert.get(direction)
+        if alerted is not None and slot - alerted <= cooldown:
+            out[slot] = alerted
+        else:
+            out[slot], last_alert[direction] = None, slot
+        last_firing[direction] = slot
+    return out
+
+
+def change_firings(prices: list[Price], minutes: int, threshold: float) -> list[tuple[datetime, str]]:
+    """Plain: the windows whose price moved more than ``threshold`` % from the record ``minutes`` earlier."""
+    by_slot = {p.slot: p.weighted_average for p in prices}
+    out = []
+    for slot, price in sorted(by_slot.items()):
+        before = by_slot.get(slot - timedelta(minutes=minutes))
+        if before is not None and abs(price - before) / before * 100 > threshold:
+            out.append((slot, "up" if price > before else "down"))
+    return out
+
+
+def crossing_firings(prices: list[Price], level: float) -> list[tuple[datetime, str]]:
+    """Plain: the windows on the other side of ``level`` than the record 5 minutes earlier."""
+    by_slot = {p.slot: p.weighted_average for p in prices}
+    out = []
+    for slot, price in sorted(by_slot.items()):
+        before = by_slot.get(slot - FIVE)
+        if before is not None and (before >= level) != (price >= level):
+            out.append((slot, "up" if price >= level else "down"))
+    return out
+
+
+def assert_every_window(got: dict, firings: list, cooldown: timedelta) -> dict:
+    """``got``: ``{slot: (decision, direction, suppressed_by)}`` of every window. Each firing alerts or is
+    suppressed by the window the reference names; no other window alerts or is suppressed."""
+    expected = reference_cooldown(firings, cooldown)
+    fired = dict(firings)
+    for slot, (decision, direction, by) in got.items():
+        if slot not in expected:
+            assert decision not in ("notify", "suppressed_cooldown", "suppressed_repeat"), slot
+            continue
+        assert direction == fired[slot], slot
+        assert (decision == "notify", by) == (expected[slot] is None, expected[slot]), slot
+    return expected
+
+
+def runs_longer_than_the_cooldown(expected: dict, firings: list, cooldown: timedelta) -> dict:
+    """What the data exercises: ``{direction: alerts that came while their run still held}``, and gaps."""
+    directions = dict(firings)
+    again = {"up": 0, "down": 0}
+    for slot, by in expected.items():
+        if by is None and any(
+            d == directions[slot] and timedelta(0) < slot - s <= cooldown for s, d in firings
+        ):  # an alert with a same-direction firing within the cooldown before it: the run went on
+            again[directions[slot]] += 1
+    return again
+
+
+def rule_decisions(rule: rules.Rule, prices: list[Price]) -> dict:
+    whole = rules.Series(prices)
+    out = {}
+    for price in whole.prices:
+        decided = rules.evaluate(rule, whole, price.slot)
+        out[price.slot] = (decided.decision, decided.direction, decided.suppressed_by and decided.suppressed_by.window)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("minutes", "threshold", "cooldown"),
+    [(5, 0.8, 30), (60, 2.0, 60), (1440, 5.0, 120)],
+    ids=["5m-cool30", "1h-cool60", "24h-cool120"],
+)
+def test_change_cooldown_counts_from_the_last_alert_on_real_data(poloniex_rows, minutes, threshold, cooldown):
+    """Every window of the real file against the reference: runs of firings longer than the cooldown alert
+    again after each cooldown, a gap longer than the cooldown ends a run, up and down are apart."""
     prices = real_prices(poloniex_rows)
-    plain = rules.Rule("move", "change", threshold_pct=0.8, minutes=5, tolerance_minutes=55)
-    cooled = rules.Rule("move", "change", threshold_pct=0.8, minutes=5, tolerance_minutes=55, cooldown_minutes=30)
-    raw = decisions(plain, prices)
-    fired = [(p.slot, direction) for p, (d, direction) in zip(prices, raw, strict=True) if d == "notify"]
-    expected = []
-    for price, (decision, direction) in zip(prices, raw, strict=True):
-        if decision == "notify" and any(
-            direction == d and timedelta(0) < price.slot - s <= timedelta(minutes=30) for s, d in fired
-        ):
-            decision = "suppressed_cooldown"
-        expected.append((decision, direction))
-    assert decisions(cooled, prices) == expected
-    assert ("suppressed_cooldown", "up") in expected
-    assert ("notify", "up") in expected
+    rule = rules.Rule("move", "change", threshold_pct=threshold, minutes=minutes, cooldown_minutes=cooldown)
+    firings = change_firings(prices, minutes, threshold)
+    expected = assert_every_window(rule_decisions(rule, prices), firings, timedelta(minutes=cooldown))
+
+    again = runs_longer_than_the_cooldown(expected, firings, timedelta(minutes=cooldown))
+    assert again["up"] >= 1  # the old rule suppressed these: their run went on
+    assert again["down"] >= 1
+    assert any(by is not None for by in expected.values())
+    assert sum(by is None for by in expected.values()) > again["up"] + again["down"]  # runs that began anew
+
+
+def test_crossing_cooldown_counts_from_the_last_alert_on_real_data(poloniex_rows):
+    prices = real_prices(poloniex_rows)
+    level = sorted(p.weighted_average for p in prices)[len(prices) // 2]
+    rule = rules.Rule("cross", "crossing", level=level, cooldown_minutes=240)
+    firings = crossing_firings(prices, level)
+    expected = assert_every_window(rule_decisions(rule, prices), firings, timedelta(minutes=240))
+
+    again = runs_longer_than_the_cooldown(expected, firings, timedelta(minutes=240))
+    assert again["up"] >= 1
+    assert again["down"] >= 1
+    assert sum(by is not None for by in expected.values()) >= 5
+
+
+def test_repeat_windows_count_from_the_last_alert_on_real_data(poloniex_rows):
+    """The default pair's policy: ``repeat_windows = 6`` is a 30-minute cooldown, as the reference says."""
+    prices = real_prices(poloniex_rows)
+    policy = analysis.Policy(threshold_pct=0.8, repeat_windows=6)
+    changes = analysis.series_changes(prices, policy.lookback)
+    got = {}
+    for index, change in enumerate(changes):
+        verdict = analysis.classify(
+            change, changes[:index][-1000:], policy, known_from=change.latest.slot - policy.reach
+        )
+        got[change.latest.slot] = (
+            verdict.decision,
+            change.direction,
+            verdict.suppressed_by and verdict.suppressed_by.window,
+        )
+    firings = change_firings(prices, 5, 0.8)
+    expected = assert_every_window(got, firings, timedelta(minutes=30))
+
+    again = runs_longer_than_the_cooldown(expected, firings, timedelta(minutes=30))
+    assert again["up"] >= 1
+    assert again["down"] >= 1
+
+
+def test_a_run_longer_than_a_day_counts_from_its_last_firing_before_midnight(poloniex_rows):
+    """The bound: a 24-hour change rule on the real file has runs through a midnight more than a day after
+    they began; from there the cooldown counts from the run's last firing before midnight."""
+    prices = real_prices(poloniex_rows)
+    rule = rules.Rule("move", "change", threshold_pct=3.0, minutes=1440, cooldown_minutes=120)
+    firings = change_firings(prices, 1440, 3.0)
+    got = rule_decisions(rule, prices)
+    expected = assert_every_window(got, firings, timedelta(minutes=120))
+    whole = rules.Series(prices)
+    capped = [s for s in expected if got[s][0] == "suppressed_cooldown"
+              and rules.evaluate(rule, whole, s).suppressed_by.checkpoint is not None]  # fmt: skip
+    assert capped
+    assert "counted from its last firing before that checkpoint" in rules.evaluate(rule, whole, capped[0]).reason
 
 
 # --- edge cases -----------------------------------------------------------------------------------------
@@ -194,12 +329,13 @@ def test_crossing_direction_filter():
         (0, ["notify", "notify", "notify"]),
         (5, ["notify", "notify", "notify"]),  # 10 minutes apart: outside
         (10, ["notify", "suppressed_cooldown", "notify"]),  # exactly 10 minutes: inside
-        (15, ["notify", "suppressed_cooldown", "suppressed_cooldown"]),  # 15 after a suppressed one: inside
+        (15, ["notify", "suppressed_cooldown", "notify"]),  # 25 after the alert, 15 after a suppressed one
+        (25, ["notify", "suppressed_cooldown", "suppressed_cooldown"]),  # exactly 25 after the alert: inside
     ],
 )
 def test_cooldown_boundaries(cooldown, expected):
-    """Breaches up at 5, 15 and 30 minutes (flat between). The cooldown counts the series' firings, a
-    suppressed one included (defined on the prices, not on what was sent)."""
+    """Breaches up at 5, 15 and 30 minutes (flat between). The cooldown counts from the last alert on the
+    series, not from a suppressed firing (defined on the prices, not on what was sent)."""
     prices = series(100, 102, 102, 104.1, 104.1, 104.1, 106.2)
     rule = rules.Rule("move", "change", threshold_pct=1.0, tolerance_minutes=55, cooldown_minutes=cooldown)
     got = [d for d, _ in decisions(rule, prices)]
@@ -235,7 +371,7 @@ def test_min_abs_move_applies_to_both_kinds():
 
 def test_history_covers_everything_a_decision_reads():
     rule = rules.Rule("m", "change", threshold_pct=1.0, minutes=60, tolerance_minutes=10, cooldown_minutes=30)
-    assert rule.history == timedelta(minutes=100)
+    assert rule.history == timedelta(days=2, minutes=30 + 60 + 10)  # two segments, the cooldown, the reference
     prices = real_prices([{"date": 1500000000 + 300 * i, "weightedAverage": 100 + (i % 7)} for i in range(100)])
     last = prices[-1].slot
     window = [p for p in prices if p.slot >= last - rule.history]
@@ -247,6 +383,7 @@ READ_RULES = (
     rules.Rule("move-1h", "change", threshold_pct=1.0, minutes=60, tolerance_minutes=10, min_abs_move=0.0005),
     rules.Rule("cross", "crossing", level=0.09, tolerance_minutes=55),
     rules.Rule("cool", "change", threshold_pct=0.5, minutes=15, tolerance_minutes=10, cooldown_minutes=30),
+    rules.Rule("cool-1h", "change", threshold_pct=1.0, minutes=60, tolerance_minutes=10, cooldown_minutes=60),
 )
 
 
@@ -255,7 +392,12 @@ def test_a_decision_over_the_records_it_reads_is_the_decision_over_every_record(
     whole = rules.Series(real_prices(poloniex_rows, drop_every=7))  # gaps: references found within tolerances
     for index, price in enumerate(whole.prices):
         back = whole.prices[bisect.bisect_left(whole.slots, price.slot - rule.history) : index + 1]
-        read = rules.slots_read((rule,), [p.slot for p in back], price.slot)
+        read: set = set()
+        while (
+            wanted := rules.slots_read((rule,), [p.slot for p in back], price.slot, [p for p in back if p.slot in read])
+            - read
+        ):
+            read |= wanted  # a round of reads, as pairs.load_pair_prices does
         reduced = rules.Series([p for p in back if p.slot in read])
 
         assert rules.evaluate(rule, reduced, price.slot) == rules.evaluate(rule, whole, price.slot)
