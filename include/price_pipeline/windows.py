@@ -72,9 +72,10 @@ class ClaimLeft(Exception):
 
 def run_window_start(data_interval_start: datetime | None, run_after: datetime) -> datetime:
     """The window a run analyses: its data interval, or for a run without a logical date (REST or CLI
-    trigger with none) the latest window complete when it was due to run."""
+    trigger with none) the latest window complete when it was due to run. A plain ``datetime``: Airflow's
+    pendulum times make intervals that a ``timedelta`` cannot divide (a cooldown's checkpoint does)."""
     if data_interval_start is not None:
-        return data_interval_start
+        return layout.slot_start(data_interval_start)
     return layout.slot_start(run_after) - layout.SLOT
 
 

@@ -7,10 +7,11 @@ S3 is the in-memory bucket of test_history (it enforces If-Match / If-None-Match
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import pytest
 
-from include.price_pipeline import history, layout, windows
+from include.price_pipeline import analysis, history, layout, windows
 from include.price_pipeline.analysis import INVALID_CHANGE, NOTIFIED, NOTIFY, PUBLISHING, Policy
 from tests.conftest import utc
 from tests.unit.test_history import CONFIG, NOW, T0, MemoryS3, seeded
@@ -283,3 +284,15 @@ def test_the_run_log_names_the_object_used_and_those_the_glue_job_says_it_supers
     analyse(s3, RUN_A)
 
     assert f"superseded older objects: {older}" in caplog.text
+
+
+def test_a_runs_window_is_a_plain_datetime_that_a_cooldown_can_divide():
+    """Airflow hands the data interval as pendulum times; their differences are pendulum intervals, which
+    ``//`` by a timedelta fails on (a cooldown's checkpoint divides one: analyse_pairs failed so)."""
+    import pendulum
+
+    slot = windows.run_window_start(pendulum.datetime(2026, 1, 5, 10, 0, tz="UTC"), utc(2026, 1, 5, 10, 7))
+
+    assert type(slot) is datetime
+    assert slot == utc(2026, 1, 5, 10, 0)
+    assert analysis.suppressed_by(slot, "up", lambda window: None, timedelta(minutes=15)) is None
