@@ -15,6 +15,10 @@ without running anything. Here StartJobRun also starts a runner thread that:
 It also provisions, idempotently, what the pipeline expects: the bucket, the alert and ops SNS
 topics, one SQS queue subscribed to each (so notifications can be read back), and the Glue role.
 
+S3 listings answer from a sorted index of each bucket's key names (local/s3index.py), so listing a
+prefix costs what it returns, not the size of the bucket, as on S3; ``GET /_standin/s3-index`` shows,
+per bucket, how many keys it holds and how many listings have walked.
+
 Faults (off by default, see local/faults.py for the SPEC format): ``--faults SPEC`` makes a seeded
 fraction of S3, Glue, SNS and CloudWatch Logs calls fail (throttling, 500, 503, connection reset) or
 wait, before moto sees them; ``POST /_standin/faults`` switches them at runtime. The runner's own
@@ -50,7 +54,7 @@ from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
 from include.price_pipeline import settings
-from local import faults
+from local import faults, s3index
 
 log = logging.getLogger("standin")
 log_werkzeug = logging.getLogger("werkzeug")
@@ -391,7 +395,7 @@ class FaultyMotoServer(ThreadedMotoServer):
         self.injector = injector
 
     def _server_entry(self) -> None:
-        app = faults.FaultMiddleware(QuickDispatcher(), self.injector)
+        app = faults.FaultMiddleware(s3index.StatsPath(QuickDispatcher()), self.injector)
         self._server = make_server(self._ip_address, self._port, app, True, request_handler=FaultRequestHandler)
         self._server_ready_event.set()
         self._server.serve_forever()
@@ -422,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     log_werkzeug.setLevel(logging.WARNING)
     url = endpoint(args.host, args.port)
     GlueRunner(url, args.python, args.glue_minute_seconds, injector).install()
+    s3index.S3ListingIndex().install()  # S3 listings in time proportional to the answer (local/s3index.py)
     server = FaultyMotoServer(injector, ip_address=args.host, port=args.port, verbose=False)
     server.start()
     stop = threading.Event()
