@@ -29,8 +29,10 @@ negative MaxKeys, a continuation token moto does not know, a non-indexed bucket)
 from __future__ import annotations
 
 import bisect
+import http.client
 import json
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -289,6 +291,17 @@ class StatsPath:
         body = json.dumps(stats()).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
+
+
+def stats_of(url: str) -> dict[str, dict[str, int]]:
+    """:func:`stats` of the stand-in at ``url`` (its ``GET /_standin/s3-index``)."""
+    parsed = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=30)
+    try:
+        connection.request("GET", STATS_PATH)
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
 
 
 def _plain(*values: Any) -> bool:

@@ -14,6 +14,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -290,3 +291,205 @@ def test_one_connection_carries_many_calls_and_each_answer_is_framed_by_its_leng
     assert put[0] == 200
     assert head == (200, str(len(body)), b"")
     assert get == (200, str(len(body)), body)
+
+
+# ------------------------------------------------------------------ S3 listings from the key index
+
+DAY_PREFIX = "crypto/01-data-ingestion/year=2025/month=07/day=02/"
+#: Keys under several prefixes: three days of hourly records, canonical CSVs one folder deeper,
+#: and names sharing prefixes with and without the delimiter.
+LISTING_KEYS = [
+    *(f"crypto/01-data-ingestion/year=2025/month=07/day={day:02d}/{h:02d}{m:02d}.json" for day in (1, 2, 3)
+      for h in range(24) for m in (0,)),
+    *(f"crypto/02-data-analysis/year=2025/month=07/day=01/{h:02d}00/pairs.csv" for h in range(12)),
+    *("a", "a/", "a/b", "a/b/c/d", "a-b", "ab", "ab/c", "abc", "é/1", "z"),
+]  # fmt: skip
+LISTING_PREFIXES = [
+    "",
+    "crypto/",
+    DAY_PREFIX,
+    "crypto/01-data-ingestion/year=2025/month=07/day=0",
+    "crypto/02-data-analysis/year=2025/month=07/day=01/",
+    "a",
+    "a/b/",
+    "nothing/",
+]
+
+
+def _write_listing_bucket(s3, bucket: str, versioned: bool) -> None:
+    """The same writes on any S3: puts, an overwrite, deletes, a copy and a multipart upload."""
+    s3.create_bucket(Bucket=bucket)
+    if versioned:
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    for key in LISTING_KEYS:
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    s3.put_object(Bucket=bucket, Key=f"{DAY_PREFIX}1200.json", Body=b"overwritten")
+    s3.delete_object(Bucket=bucket, Key=f"{DAY_PREFIX}0100.json")
+    s3.delete_object(Bucket=bucket, Key="a/b/c/d")  # the only key of a/b/c/: a delete marker when versioned
+    s3.copy_object(Bucket=bucket, Key=f"{DAY_PREFIX}0030.json", CopySource={"Bucket": bucket, "Key": "abc"})
+    s3.copy_object(Bucket=bucket, Key="ab/copied", CopySource={"Bucket": bucket, "Key": "a-b"})
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=f"{DAY_PREFIX}2359.json")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key=f"{DAY_PREFIX}2359.json", UploadId=upload, PartNumber=1, Body=b"x")
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key=f"{DAY_PREFIX}2359.json",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
+    )
+
+
+def _listings(s3, bucket: str) -> dict[tuple, list[dict]]:
+    """Every listing variant of the bucket, page by page, as parsed answers without request ids or times."""
+    out = {}
+    for v2 in (True, False):
+        for prefix in LISTING_PREFIXES:
+            for delimiter in (None, "/"):
+                for mode in ("pages", "tiny pages", "after"):
+                    args = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {})}
+                    if mode == "pages":
+                        args["MaxKeys"] = 20  # every page
+                    elif mode == "tiny pages":
+                        args["MaxKeys"] = 2  # the first two pages
+                    elif mode == "after":
+                        args.update({"MaxKeys": 5, ("StartAfter" if v2 else "Marker"): f"{DAY_PREFIX}0300.json"})
+                    pages = []
+                    while len(pages) < (2 if mode == "tiny pages" else 100):
+                        page = (s3.list_objects_v2 if v2 else s3.list_objects)(**args)
+                        page.pop("ResponseMetadata")
+                        for item in page.get("Contents", []):
+                            item.pop("LastModified")
+                        pages.append(page)
+                        if "pages" not in mode or not page["IsTruncated"]:
+                            break
+                        args.pop("StartAfter", None)
+                        if v2:
+                            args["ContinuationToken"] = page["NextContinuationToken"]
+                        else:
+                            args["Marker"] = page["NextMarker"]
+                    out[(v2, prefix, delimiter, mode)] = pages
+    return out
+
+
+@pytest.mark.parametrize("versioned", [False, True], ids=["plain", "versioned"])
+def test_listings_through_the_stand_in_equal_plain_moto(standin, versioned):
+    from moto import mock_aws
+    from moto.s3 import models as s3_models
+
+    from local import s3index
+
+    bucket = f"test-listing-{uuid.uuid4().hex[:12]}"
+    s3 = client("s3", standin)
+    _write_listing_bucket(s3, bucket, versioned)
+    through_stand_in = _listings(s3, bucket)
+    with mock_aws():
+        assert s3_models.S3Backend.list_objects.__module__ == "moto.s3.models", "plain moto, not the index"
+        plain = boto3.client("s3", region_name=settings.LOCAL_REGION)
+        _write_listing_bucket(plain, bucket, versioned)
+        from_moto = _listings(plain, bucket)
+
+    assert through_stand_in == from_moto
+    assert s3index.stats_of(standin)[bucket]["examined"] > 0, "the stand-in answered from its index"
+    day = [[item["Key"] for item in page["Contents"]] for page in through_stand_in[(True, DAY_PREFIX, None, "pages")]]
+    assert [len(page) for page in day] == [20, 5]  # 24 hours - 1 deleted + 1 copied + 1 multipart
+    assert f"{DAY_PREFIX}0100.json" not in day[0]
+
+
+@pytest.mark.parametrize("versioned", [False, True], ids=["plain", "versioned"])
+def test_indexed_listings_are_byte_identical_to_moto_on_the_same_objects(versioned):
+    """In one process, one set of objects: every listing's XML with the index equals moto's own."""
+    from moto import mock_aws
+
+    from local.s3index import S3ListingIndex
+
+    index = S3ListingIndex()
+    bodies: list[bytes] = []
+    with mock_aws(), index:
+        s3 = boto3.client("s3", region_name=settings.LOCAL_REGION)
+        for operation in ("ListObjects", "ListObjectsV2"):
+            s3.meta.events.register(f"after-call.s3.{operation}", lambda http_response, **_: bodies.append(
+                http_response.content))  # fmt: skip
+        _write_listing_bucket(s3, "listing", versioned)
+        indexed = _listings(s3, "listing")
+        indexed_bodies, bodies[:] = list(bodies), []
+        index.uninstall()
+        plain = _listings(s3, "listing")
+
+    assert indexed == plain
+    assert indexed_bodies == bodies
+
+
+def test_a_listing_walks_the_keys_of_its_page_not_the_bucket(monkeypatch):
+    """Keys read per listing of one day (288 keys) in a bucket of ten days: the page's, with the index;
+    every key of the bucket, without it (moto's own listing)."""
+    from moto import mock_aws
+    from moto.s3 import models as s3_models
+    from moto.s3.utils import _VersionedKeyStore
+
+    from local.s3index import S3ListingIndex
+
+    read = []
+    original = _VersionedKeyStore.__sgetitem__
+    monkeypatch.setattr(_VersionedKeyStore, "__sgetitem__", lambda store, key: read.append(key) or original(store, key))
+    day = "crypto/01-data-ingestion/year=2025/month=07/day=05/"
+    index = S3ListingIndex()
+    with mock_aws(), index:
+        s3 = boto3.client("s3", region_name=settings.LOCAL_REGION)
+        s3.create_bucket(Bucket="many")
+        backend = s3_models.s3_backends["123456789012"]["aws"]
+        for n in range(1, 11):
+            for minute in range(0, 1440, 5):
+                key = (
+                    f"crypto/01-data-ingestion/year=2025/month=07/day={n:02d}/{minute // 60:02d}{minute % 60:02d}.json"
+                )
+                backend.put_object("many", key, b"{}")
+        total = len(backend.get_bucket("many").keys)
+
+        def keys_read(**args) -> tuple[int, list]:
+            read.clear()
+            page = s3.list_objects_v2(Bucket="many", **args)
+            return len(read), [item["Key"] for item in page.get("Contents", [])] + [
+                p["Prefix"] for p in page.get("CommonPrefixes", [])
+            ]
+
+        whole_day = keys_read(Prefix=day)
+        first_page = keys_read(Prefix=day, MaxKeys=10)
+        from_the_middle = keys_read(Prefix=day, StartAfter=f"{day}1200.json", MaxKeys=10)
+        days = keys_read(Prefix="crypto/01-data-ingestion/year=2025/month=07/", Delimiter="/")
+        index.uninstall()
+        whole_day_unindexed = keys_read(Prefix=day)
+
+    assert total == 2880
+    assert len(whole_day[1]) == 288
+    # The keys walked (288; the page of 10 and one more; one per day folder) are read at most twice:
+    # whether the newest version is a delete marker, and when handed to moto's listing code.
+    assert whole_day[0] <= 2 * 288
+    assert first_page[0] <= 2 * 11
+    assert from_the_middle[1][0] == f"{day}1205.json"
+    assert from_the_middle[0] <= 2 * 11
+    assert len(days[1]) == 10
+    assert days[0] <= 2 * 10
+    assert whole_day_unindexed == (total, whole_day[1])  # moto's own listing reads every key
+
+
+def test_the_stand_in_lists_a_prefix_by_walking_only_its_keys(standin):
+    """Through the real server: listing one of three prefixes walks that prefix's keys; a delimited
+    listing of the bucket walks one key per common prefix."""
+    from local import s3index
+
+    bucket = f"test-s3-index-{uuid.uuid4().hex[:12]}"
+    s3 = client("s3", standin)
+    s3.create_bucket(Bucket=bucket)
+    for folder in ("day=01", "day=02", "day=03"):
+        for n in range(30):
+            s3.put_object(Bucket=bucket, Key=f"{folder}/{n:04d}.json", Body=b"{}")
+
+    def walked(**args) -> int:
+        before = s3index.stats_of(standin)[bucket]["examined"]
+        s3.list_objects_v2(Bucket=bucket, **args)
+        return s3index.stats_of(standin)[bucket]["examined"] - before
+
+    assert s3index.stats_of(standin)[bucket] == {"keys": 90, "examined": 0}
+    assert walked(Prefix="day=02/") == 30
+    assert walked(Prefix="day=02/", MaxKeys=5) == 6  # the page and one more, to tell it is truncated
+    assert walked(Prefix="day=02/", StartAfter="day=02/0027.json") == 2
+    assert walked(Delimiter="/") == 3
