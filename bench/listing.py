@@ -1,0 +1,108 @@
+"""Listing one day (288 keys) and one window (1 key) in a bucket of N keys, with and without the
+stand-in's S3 listing index (local/s3index.py, issue 23):
+``python -m bench.listing [--sizes 10000 100000] [--repeat 5]``.
+
+The stand-in's own server (faults off) runs in this process; the bucket is filled through moto's backend
+(HTTP PUTs of 100k objects would take minutes and measure nothing listed here), and each day is listed
+the pipeline's way, ``store.list_keys`` over HTTP (ListObjectsV2 pages of 1000). The same bucket is
+listed with the index and with moto's own listing code (the index uninstalled), median of ``--repeat``
+listings each. Prints a markdown table with the command and the machine. Not a test: nothing asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import socket
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+from bench import machine
+from include.price_pipeline import layout, store
+from local import faults, s3index
+from local.standin import FaultyMotoServer, client
+
+DAY = datetime(2025, 7, 1, tzinfo=UTC)
+SLOTS_PER_DAY = 288
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _fill(backend, bucket: str, keys: int) -> tuple[str, str]:
+    """``keys`` raw-record keys, 288 a day from DAY on; the prefixes of a day in the middle and of its noon
+    window (what a sensor pokes)."""
+    days = max(1, keys // SLOTS_PER_DAY)
+    for n in range(keys):
+        slot = DAY + timedelta(days=n // SLOTS_PER_DAY, minutes=5 * (n % SLOTS_PER_DAY))
+        backend.put_object(bucket, layout.ingestion_key(slot, ".json"), b"{}")
+    noon = DAY + timedelta(days=days // 2, hours=12)
+    return layout.INGESTION_PREFIX + layout.partition(noon), layout.ingestion_window_prefix(noon)
+
+
+def _median_ms(s3, bucket: str, prefix: str, repeat: int) -> tuple[float, int]:
+    times, listed = [], 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        listed = len(store.list_keys(s3, bucket, prefix))
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), listed
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="keys in the bucket")
+    parser.add_argument("--repeat", type=int, default=5, help="listings per figure (the median is shown)")
+    args = parser.parse_args(argv)
+
+    from moto.s3.models import s3_backends
+
+    index = s3index.S3ListingIndex()
+    port = _free_port()
+    server = FaultyMotoServer(faults.FaultInjector(faults.parse_spec("off")), ip_address="127.0.0.1", port=port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    s3 = client("s3", url)
+    rows = []
+    try:
+        for size in args.sizes:
+            bucket = f"bench-listing-{size}"
+            index.install()  # the bucket gets an indexed key store
+            s3.create_bucket(Bucket=bucket)
+            backend = s3_backends["123456789012"]["aws"]
+            print(f"filling {bucket} with {size:,} keys ...", file=sys.stderr, flush=True)
+            prefixes = _fill(backend, bucket, size)
+            for prefix, label in zip(prefixes, ("one day", "one window"), strict=True):
+                index.install()
+                with_index, listed = _median_ms(s3, bucket, prefix, args.repeat)
+                index.uninstall()  # moto's own listing code, same bucket
+                without_index, listed_plain = _median_ms(s3, bucket, prefix, args.repeat)
+                assert listed == listed_plain, (listed, listed_plain)
+                rows.append((size, f"{label} ({listed} key{'' if listed == 1 else 's'})", without_index, with_index))
+    finally:
+        index.uninstall()
+        server.stop()
+
+    info = machine.describe()
+    print(f"Command: `{shlex.join(['.venv/bin/python', '-m', 'bench.listing', *argv])}`  ")
+    print(
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB, Python {info['python']}, "
+        f"{info['os']}; load {machine.load_average()}  "
+    )
+    print(f"Median of {args.repeat} listings of a prefix, `store.list_keys` over HTTP to the stand-in's server.")
+    print()
+    print("| keys in bucket | prefix listed | moto's listing (ms) | with the index (ms) | speed-up |")
+    print("|---:|---:|---:|---:|---:|")
+    for size, listed, without_index, with_index in rows:
+        print(f"| {size:,} | {listed} | {without_index:.1f} | {with_index:.1f} | {without_index / with_index:.0f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
