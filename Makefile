@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CHECKOV_VENV := .venv-checkov
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test lint unit dags integration e2e infra security bench soak backfill clean
+.PHONY: install run test test-fast lint bench soak backfill clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ run: $(VENV)/.installed
 
 test: install lint browser
 	$(PY) -m pytest
+
+# The inner loop: lint, unit and DAG tests, no stand-in or Airflow stack (about 2 minutes on 2 cores).
+test-fast: $(VENV)/.installed lint
+	$(PY) -m pytest tests/unit tests/dags
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
