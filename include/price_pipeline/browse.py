@@ -36,6 +36,7 @@ LEDGER_MAX_WINDOWS = 288
 WORKERS = 10
 #: Row of a slot that has neither a price nor a ledger entry.
 MISSING = "missing"
+DAMAGED = "damaged_ledger"  # the window's pairs' ledger object is damaged: its run fails, the row says why
 #: Row of a window with a price (Parquet) but no ledger entry (its run has not decided it).
 NO_ENTRY = "no_ledger_entry"
 #: Row of a window without a record whose raw object was quarantined.
@@ -194,19 +195,22 @@ def _ledger_keys(s3, config: Config, slots: list[datetime]) -> set[str]:
 
 def _read_entries(s3, config: Config, keys: list[str], pair: str = "") -> dict[str, dict]:
     """``{key: entry}`` of ledger objects (a body that is not a JSON object is left out); ``pair``: of the
-    other pairs' objects (JSON lines), that pair's entry."""
+    other pairs' objects, that pair's entry as the pipeline reads it (``pairs.parse_entries``; a damaged
+    object is a row saying so)."""
+    from include.price_pipeline import pairs
 
     def read(key: str) -> dict | None:
         body = store.read_bytes(s3, config.bucket, key)
-        lines = body.decode("utf-8", "replace").splitlines() if pair and body is not None else [body]
-        for line in lines:
+        if pair and body is not None:
             try:
-                entry = json.loads(line) if line is not None else None
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and (not pair or entry.get("pair") == pair):
-                return entry
-        return None
+                return pairs.parse_entries(body, key).get(pair)
+            except pairs.DamagedLedger as damage:
+                return {"decision": DAMAGED, "reason": str(damage)}
+        try:
+            entry = json.loads(body) if body is not None else None
+        except ValueError:
+            return None
+        return entry if isinstance(entry, dict) else None
 
     with ThreadPoolExecutor(WORKERS) as pool:
         entries = list(pool.map(read, keys))
@@ -226,6 +230,8 @@ RULE_PRECEDENCE = (
 
 def row_from_pair_entry(slot: datetime, entry: dict) -> dict:
     """A page row from another pair's entry: the window's price and the deciding rule's change and reason."""
+    if entry.get("decision") == DAMAGED:
+        return row_from_entry(slot, entry)
     decided = entry.get("rules") if isinstance(entry.get("rules"), dict) else {}
     states = [(name, rule) for name, rule in decided.items() if isinstance(rule, dict)]
     rank = {decision: index for index, decision in enumerate(RULE_PRECEDENCE)}

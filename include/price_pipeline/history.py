@@ -454,7 +454,7 @@ def write_ledger(
     s3, bucket: str, prefix: str, objects: dict[str, bytes], first: datetime, last: datetime, merge=None
 ) -> dict:
     """Write each ledger object unless the stored one is identical, ``publishing`` or ``notified``; return
-    the counts. ``merge(stored bytes, new bytes) -> bytes`` instead decides what an object that is there
+    the counts. ``merge(stored bytes, new bytes, key) -> bytes`` instead decides what an object that is there
     becomes (the other pairs' objects: each pair's claimed entry is kept, the others replaced).
 
     One listing per day partition gives each stored entry's ETag: an entry whose ETag is the MD5 of the
@@ -477,7 +477,7 @@ def write_ledger(
                     etag = None
                     continue
                 existing, etag = current
-                body = merge(existing, new) if merge else new
+                body = merge(existing, new, key) if merge else new
                 if existing == body:
                     return "unchanged"
                 if not merge and _decision(existing) in CLAIMED:

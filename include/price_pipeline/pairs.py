@@ -68,10 +68,49 @@ def entries_bytes(entries: dict[str, dict]) -> bytes:
     return b"".join(alerts.ledger_bytes(entries[pair]) for pair in sorted(entries))
 
 
-def parse_entries(body: bytes) -> dict[str, dict]:
-    """``{pair: entry}`` of a window's other-pairs ledger object."""
-    entries = (json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip())
-    return {entry["pair"]: entry for entry in entries}
+SEE_README = "README: Alerts, ledger and at-most-once"
+
+
+class DamagedLedger(ValueError):
+    """A window's other-pairs ledger object that is not what :func:`entries_bytes` writes."""
+
+
+def parse_entries(body: bytes, key: str = "the pairs' ledger object") -> dict[str, dict]:
+    """``{pair: entry}`` of a window's other-pairs ledger object: the one reader of the pipeline and the page.
+
+    Every line must be an entry as :func:`pair_entry` writes it, each pair once; anything else raises
+    DamagedLedger naming ``key`` and the line. So a damaged object fails its window before anything is
+    written or sent: no reader guesses which of two lines of a pair holds (a pair listed notified, then
+    analysed, was sent again), and no claim is left half-updated by an entry without rules."""
+    entries = {}
+    for number, line in enumerate(body.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        problem = _damage(entry) or (entry["pair"] in entries and f"pair {entry['pair']} listed twice")
+        if problem:
+            raise DamagedLedger(
+                f"{key} line {number}: {problem}; fix or delete the object (README: Alerts, ledger and at-most-once)"
+            )
+        entries[entry["pair"]] = entry
+    return entries
+
+
+def _damage(entry) -> str | None:
+    """What is wrong with a parsed ledger line (None: an entry as pair_entry writes it)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("pair"), str):
+        return "not a JSON object with a pair"
+    decided = entry.get("rules")
+    if (
+        entry.get("decision") not in (ANALYSED, PUBLISHING, NOTIFIED)
+        or not isinstance(decided, dict)
+        or not all(isinstance(rule, dict) and isinstance(rule.get("decision"), str) for rule in decided.values())
+    ):
+        return f"pair {entry['pair']}: not an entry with a decision and each rule's"
+    return None
 
 
 def prices_by_slot(bodies: dict[datetime, bytes]) -> dict[datetime, dict[str, Price]]:
@@ -186,9 +225,9 @@ def merged(stored: dict[str, dict], fresh: dict[str, dict]) -> dict[str, dict]:
     return {pair: keep.get(pair) or fresh[pair] for pair in sorted(set(stored) | set(fresh))}
 
 
-def merged_bytes(stored: bytes, fresh: bytes) -> bytes:
-    """:func:`merged` of two ledger objects' bytes (the bulk DAG's ledger pass)."""
-    return entries_bytes(merged(parse_entries(stored), parse_entries(fresh)))
+def merged_bytes(stored: bytes, fresh: bytes, key: str) -> bytes:
+    """:func:`merged` of the stored ledger object ``key`` and a fresh one (the bulk DAG's ledger pass)."""
+    return entries_bytes(merged(parse_entries(stored, key), parse_entries(fresh, key)))
 
 
 def _rewrite(s3, config: Config, slot: datetime, change: Callable[[dict], dict], read_first: bool = False) -> dict:
@@ -200,7 +239,7 @@ def _rewrite(s3, config: Config, slot: datetime, change: Callable[[dict], dict],
     stored, etag, read = {}, None, False
     if read_first:
         current, read = store.read_with_etag(s3, config.bucket, key), True
-        stored, etag = (parse_entries(current[0]), current[1]) if current else ({}, None)
+        stored, etag = (parse_entries(current[0], key), current[1]) if current else ({}, None)
     for _ in range(MAX_WRITE_ATTEMPTS):
         updated = change(stored)
         if read and entries_bytes(updated) == entries_bytes(stored):
@@ -212,7 +251,7 @@ def _rewrite(s3, config: Config, slot: datetime, change: Callable[[dict], dict],
             except store.ConditionFailed:
                 pass
         current, read = store.read_with_etag(s3, config.bucket, key), True
-        stored, etag = (parse_entries(current[0]), current[1]) if current else ({}, None)
+        stored, etag = (parse_entries(current[0], key), current[1]) if current else ({}, None)
     raise RuntimeError(f"window {layout.slot_stamp(slot)}: the pairs' ledger object kept changing; not written")
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
-from include.price_pipeline import layout, pairs, rules, windows
+from include.price_pipeline import browse, layout, pairs, rules, windows
 from tests.conftest import utc
 from tests.records import seed_pairs
 
@@ -240,6 +240,15 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
         analyse(aws, "r", slot, due=False, why="backfill run (notify_on_backfill is off)")
         assert aws.get(layout.pairs_ledger_key(slot)) == bulk[slot]
 
+    damaged_key = layout.pairs_ledger_key(slots[2])  # a damaged object fails the bulk run too, untouched
+    aws.put(damaged_key, bulk[slots[2]] + b"not json\n")
+    with pytest.raises(pairs.DamagedLedger, match=f"{damaged_key} line 3: not a JSON object"):
+        history.backfill_history(
+            aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, Policy(), False, datetime.now().astimezone(),
+            rule_set=RULES,
+        )  # fmt: skip
+    assert aws.get(damaged_key) == bulk[slots[2]] + b"not json\n"
+
 
 def test_a_late_pair_whose_object_was_quarantined_is_late_with_the_quarantine_reason(aws):
     slot = W + layout.SLOT * 144
@@ -315,3 +324,66 @@ def test_every_pairs_breach_suppressed_only_for_lateness_reaches_ops_and_a_backf
         "Run: url",
     ]
     assert backfill["ops_notice"] is None
+
+
+DAMAGED = W + layout.SLOT * 120
+
+
+def damaged_object(aws, slot, *lines: dict) -> bytes:
+    """A window's pairs' ledger object holding ``lines`` as they are (what a hostile writer could leave)."""
+    body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    aws.put(layout.pairs_ledger_key(slot), body)
+    return body
+
+
+def test_a_pair_listed_twice_fails_the_window_and_is_not_sent_again(aws):
+    """Notified, then listed again as analysed: the pipeline read the last line and sent the alert again
+    while the page read the first. Now every reader refuses the object and nothing is written or sent."""
+    seed(aws, DAMAGED - layout.SLOT, BTC=99000.0, SOL=150.0)
+    seed(aws, DAMAGED, BTC=101000.0, SOL=150.1)  # BTC +2.02 %, crosses 100k
+    first = analyse(aws, "dag/run-a", DAMAGED)
+    publish(aws, "dag/run-a", first["alerts"], Sns(), DAMAGED)
+    notified = entries(aws, DAMAGED)["BTC/USDT"]
+    analysed = {**notified, "decision": "analysed", "rules": {n: {**r, "decision": "below_threshold"}
+                                                              for n, r in notified["rules"].items()}}  # fmt: skip
+    body = damaged_object(aws, DAMAGED, notified, analysed, entries(aws, DAMAGED)["SOL/USDT"])
+
+    with pytest.raises(pairs.DamagedLedger, match=r"pairs\.jsonl line 2: pair BTC/USDT listed twice"):
+        analyse(aws, "dag/run-b", DAMAGED)
+
+    assert aws.get(layout.pairs_ledger_key(DAMAGED)) == body
+    [row] = browse.history(aws.s3, aws.config, DAMAGED, DAMAGED + layout.SLOT, pair="BTC/USDT")["windows"]
+    assert row["decision"] == browse.DAMAGED
+    assert "line 2: pair BTC/USDT listed twice" in row["reason"]  # the page shows what the run says
+
+
+def test_an_entry_without_rules_fails_the_publish_before_any_claim_moves(aws):
+    """A pair's entry without ``rules`` beside another pair's claim: the publish task raised a KeyError
+    half-way and left the other pair's claim ``publishing`` (an Alert claim left). Now it refuses the
+    object before it writes or sends anything."""
+    slot = DAMAGED + layout.SLOT * 12
+    seed(aws, slot - layout.SLOT, BTC=99000.0, SOL=150.0)
+    seed(aws, slot, BTC=101000.0, SOL=153.0)
+    due = analyse(aws, "dag/run-a", slot)["alerts"]
+    stored = entries(aws, slot)
+    without_rules = {k: v for k, v in stored["SOL/USDT"].items() if k != "rules"}
+    body = damaged_object(aws, slot, stored["BTC/USDT"], without_rules)
+    sns = Sns()
+
+    with pytest.raises(pairs.DamagedLedger, match="pair SOL/USDT: not an entry with a decision and each rule's"):
+        publish(aws, "dag/run-a", due, sns, slot)
+
+    assert sns.sent == []
+    assert aws.get(layout.pairs_ledger_key(slot)) == body
+
+
+@pytest.mark.parametrize("line", [b"not json", b"[1, 2]", b'{"decision": "analysed", "rules": {}}'])
+def test_a_line_that_is_no_entry_fails_the_window(aws, line):
+    slot = DAMAGED + layout.SLOT * 24
+    seed(aws, slot, BTC=101000.0, SOL=153.0)
+    aws.put(layout.pairs_ledger_key(slot), line + b"\n")
+
+    with pytest.raises(pairs.DamagedLedger, match="line 1: not a JSON object with a pair"):
+        analyse(aws, "dag/run-a", slot)
+
+    assert aws.get(layout.pairs_ledger_key(slot)) == line + b"\n"
