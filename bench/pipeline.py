@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from include.glue import normalize_price_record as job
-from include.price_pipeline import alerts, layout, pairs, settings
+from include.price_pipeline import layout, pairs, settings
 from local.faults import set_faults
 from local.feed import pair_record, synthetic_record, write_record
 from local.stack import ADMIN_USER, AIRFLOW_COMPONENTS, Stack
@@ -65,10 +65,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def iso(moment: datetime) -> str:
-    return alerts.iso(moment)
 
 
 def parse_db_time(value: datetime | None) -> datetime | None:
@@ -136,7 +132,7 @@ class Bench:
             tail = (self.stack.logs / f"{name}.log").read_text(errors="replace")[-1500:]
             self.log(f"  {name} exited with code {process.returncode}; restarting it")
             self.stack.restart(name)
-            self.restarts.append({"component": name, "at": iso(datetime.now(UTC)), "log_tail": tail})
+            self.restarts.append({"component": name, "at": layout.iso(datetime.now(UTC)), "log_tail": tail})
             raise Disrupted(f"{name} exited with code {process.returncode} during a measurement")
 
     # ------------------------------------------------------------------------------ the stack
@@ -221,9 +217,9 @@ class Bench:
         interval from the wall clock, the API takes it explicitly)."""
         body = {
             "dag_run_id": run_id,
-            "logical_date": iso(slot),
-            "data_interval_start": iso(slot),
-            "data_interval_end": iso(slot + layout.SLOT),
+            "logical_date": layout.iso(slot),
+            "data_interval_start": layout.iso(slot),
+            "data_interval_end": layout.iso(slot + layout.SLOT),
             "conf": conf,
         }
         self._api("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
@@ -328,7 +324,7 @@ class Bench:
     def bulk_backfill(self, start: datetime, end: datetime, timeout: float = 3600) -> dict:
         """price_history_backfill over ``[start, end)``, triggered and run by the scheduler."""
         run_id = f"bench_bulk_{layout.slot_stamp(start)}_{layout.slot_stamp(end)}_{int(time.time())}"
-        self.trigger(BULK_DAG, run_id, {**DEFAULT_PARAMS, "start": iso(start), "end": iso(end)})
+        self.trigger(BULK_DAG, run_id, {**DEFAULT_PARAMS, "start": layout.iso(start), "end": layout.iso(end)})
         windows = len(layout.slots_between(start, end))
 
         def progress() -> str:  # one run does every window: its tasks are the steps
@@ -472,7 +468,7 @@ class Bench:
             glue_run = self.last_glue_run()
             last = max(sent, default=landed)
             result = {
-                "window": iso(slot),
+                "window": layout.iso(slot),
                 "pairs": 1 + len(self.other_pairs),
                 "alerts": len(sent),
                 "landed_after_deferral_seconds": TRIGGER_FIRST_CHECK_SECONDS + phase,
@@ -535,11 +531,13 @@ class Bench:
     def _wait_alerts(self, slot: datetime, expected: int, timeout: float) -> list[float]:
         """SQS SentTimestamps of the ``expected`` alerts of the window starting at ``slot`` (none expected:
         the run's end is waited for instead, by the caller)."""
-        needle = re.compile(rf"Window:\s+{re.escape(iso(slot))}")
+        needle = re.compile(rf"Window:\s+{re.escape(layout.iso(slot))}")
         deadline, sent = time.monotonic() + timeout, []
         while len(sent) < expected:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(sent)} of {expected} alerts for window {iso(slot)} within {timeout:.0f}s")
+                raise TimeoutError(
+                    f"{len(sent)} of {expected} alerts for window {layout.iso(slot)} within {timeout:.0f}s"
+                )
             got = self.sqs.receive_message(
                 QueueUrl=self.alert_queue, MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["SentTimestamp"]
             ).get("Messages", [])

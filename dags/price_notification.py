@@ -129,7 +129,7 @@ notify_ops = runs.LiveRunsOpsNotifier(
         # the default pair's own object by the ingestion key grammar, never another pair's
         "default_pair_glob": layout.DEFAULT_PAIR_KEY_GLOB,
         "window_start": _window_start,
-        "iso": lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "iso": layout.iso,
         "slot": layout.SLOT,
     },
     params={
@@ -175,7 +175,7 @@ def price_notification():
             log.info(
                 "Run without a logical date (triggered for %s): analysing the latest complete window, %s",
                 dag_run.run_after,
-                alerts.iso(window_start),
+                layout.iso(window_start),
             )
         policy = analysis.Policy.from_params(params)
         due, why_not = _due(params, dag_run, window_start)

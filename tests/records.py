@@ -58,9 +58,9 @@ def glue_args(bucket: str, start: datetime, end: datetime | None = None):
     the repository's prefixes and field aliases, as the DAGs pass them."""
 
     from include.glue import normalize_price_record as job
-    from include.price_pipeline import alerts, layout
+    from include.price_pipeline import layout
 
-    window = [f"--window_start={alerts.iso(start)}"] + ([f"--window_end={alerts.iso(end)}"] if end else [])
+    window = [f"--window_start={layout.iso(start)}"] + ([f"--window_end={layout.iso(end)}"] if end else [])
     return job.parse_args(
         [
             f"--bucket={bucket}",

@@ -34,16 +34,11 @@ def quoted(text: str) -> str:
     return escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def iso(moment: datetime) -> str:
-    """UTC ISO 8601 with a Z, to the second."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _price(price: Price | None) -> dict | None:
     if price is None:
         return None
     return {
-        "timestamp": iso(price.slot),
+        "timestamp": layout.iso(price.slot),
         "weighted_average": price.weighted_average,
         "source_key": price.source_key,
     }
@@ -62,8 +57,8 @@ def ledger_entry(
     names the window it counts from (``suppressed_by``)."""
     slot = change.latest.slot
     return suppressed(suppressed_by) | {
-        "window_start": iso(slot),
-        "window_end": iso(slot + layout.SLOT),
+        "window_start": layout.iso(slot),
+        "window_end": layout.iso(slot + layout.SLOT),
         "pair": change.latest.pair,
         "latest": _price(change.latest),
         "previous": _price(change.previous),
@@ -82,7 +77,7 @@ def ledger_entry(
 
 def suppressed(suppression: Suppression | None) -> dict:
     """The ledger field naming the alert window that suppressed a firing (none for any other decision)."""
-    return {} if suppression is None else {"suppressed_by": iso(suppression.window)}
+    return {} if suppression is None else {"suppressed_by": layout.iso(suppression.window)}
 
 
 def ledger_bytes(entry: dict) -> bytes:

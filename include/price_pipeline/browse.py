@@ -93,8 +93,8 @@ def history(s3, config: Config, start: datetime, end: datetime, pair: str = "") 
             raise ValueError(f"pairs other than {config.pair} are shown a day at a time")
         rows = _mark_quarantined(_pair_rows(s3, config, slots, pair), bad := quarantined(s3, config, start, end))
         return {
-            "start": iso(start),
-            "end": iso(end),
+            "start": layout.iso(start),
+            "end": layout.iso(end),
             "mode": "ledger",
             "pair": pair,
             "threshold_pct": None,
@@ -109,8 +109,8 @@ def history(s3, config: Config, start: datetime, end: datetime, pair: str = "") 
     bad = quarantined(s3, config, start, end)
     rows = _mark_quarantined(rows, bad)
     return {
-        "start": iso(start),
-        "end": iso(end),
+        "start": layout.iso(start),
+        "end": layout.iso(end),
         "mode": mode,
         "threshold_pct": config.threshold_pct,
         "windows": rows,
@@ -154,15 +154,11 @@ def ledger_details(s3, config: Config, start: datetime, end: datetime) -> list[d
     )
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def row_from_entry(slot: datetime, entry: dict) -> dict:
     """A page row from a ledger entry, whatever fields it has (missing ones are None)."""
     latest = entry.get("latest") if isinstance(entry.get("latest"), dict) else {}
     row = {
-        "window_start": iso(slot),
+        "window_start": layout.iso(slot),
         "price": latest.get("weighted_average"),
         "change_pct": entry.get("change_pct"),
         "threshold_pct": entry.get("threshold_pct"),
@@ -182,7 +178,7 @@ def row_from_entry(slot: datetime, entry: dict) -> dict:
 
 
 def missing_row(slot: datetime) -> dict:
-    return {"window_start": iso(slot), **dict.fromkeys(ROW_FIELDS), "decision": MISSING, "source": None}
+    return {"window_start": layout.iso(slot), **dict.fromkeys(ROW_FIELDS), "decision": MISSING, "source": None}
 
 
 def _ledger_keys(s3, config: Config, slots: list[datetime]) -> set[str]:
@@ -264,7 +260,7 @@ def parquet_prices(s3, config: Config, first: datetime, last: datetime) -> list[
     import pyarrow.parquet as pq
 
     months = layout.months_between(first, last)
-    keys = [layout.parquet_key(year, month, _parquet_prefix(config)) for year, month in months]
+    keys = [layout.parquet_key(year, month) for year, month in months]
     with ThreadPoolExecutor(min(WORKERS, len(keys))) as pool:
         bodies = list(pool.map(lambda key: store.read_bytes(s3, config.bucket, key), keys))
     prices = {}
@@ -277,11 +273,6 @@ def parquet_prices(s3, config: Config, first: datetime, last: datetime) -> list[
             if first <= slot <= last and price is not None:
                 prices[slot] = Price(slot, price, pair, source_key)
     return [prices[slot] for slot in sorted(prices)]
-
-
-def _parquet_prefix(config: Config) -> str:
-    # The bulk DAG writes the Parquet months beside the analysis prefix, as layout.PARQUET_PREFIX does.
-    return getattr(config, "parquet_prefix", layout.PARQUET_PREFIX)
 
 
 def _rows_from_parquet(s3, config: Config, slots: list[datetime]) -> list[dict]:
@@ -309,7 +300,7 @@ def _computed_row(slot: datetime, change, threshold_pct: float) -> dict:
     """A row from the Parquet price alone: its change is below the threshold (or has no previous price)."""
     decision = NO_PREVIOUS if change.change_pct is None else BELOW_THRESHOLD
     return {
-        "window_start": iso(slot),
+        "window_start": layout.iso(slot),
         "price": change.latest.weighted_average,
         "change_pct": change.change_pct,
         "threshold_pct": threshold_pct,
@@ -341,7 +332,7 @@ def quarantined(s3, config: Config, start: datetime, end: datetime) -> list[dict
         note = reasons.get(reason_key, {})
         out.append(
             {
-                "window_start": iso(layout.slot_of_key(key)),
+                "window_start": layout.iso(layout.slot_of_key(key)),
                 "key": key,
                 "reason_key": reason_key if reason_key in reasons else None,
                 "reason": _text(note.get("reason")),

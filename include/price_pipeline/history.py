@@ -192,17 +192,17 @@ def summarize(
         key=lambda w: (-w.change.abs_change_pct, w.slot),
     )
     return {
-        "start": alerts.iso(start),
-        "end": alerts.iso(end),
+        "start": layout.iso(start),
+        "end": layout.iso(end),
         "windows": len(seen) + len(missing),
         "windows_seen": len(seen),
         "missing": len(missing),
-        "missing_windows": [alerts.iso(slot) for slot in missing[:MISSING_NAMED]],
+        "missing_windows": [layout.iso(slot) for slot in missing[:MISSING_NAMED]],
         "quarantined": quarantined,
         "breaches": sum(1 for w in analysed if is_breach(w.change, policy)),
         "decisions": dict(sorted(Counter(w.decision for w in analysed).items())),
         "largest_moves": [
-            {"window_start": alerts.iso(w.slot), "change_pct": round(w.change.change_pct, 4), "decision": w.decision}
+            {"window_start": layout.iso(w.slot), "change_pct": round(w.change.change_pct, 4), "decision": w.decision}
             for w in moved[:LARGEST_MOVES]
         ],
     }
@@ -553,7 +553,7 @@ def publish_due(
     for window in analysed:
         if window.decision != NOTIFY:
             continue
-        stamp = alerts.iso(window.slot)
+        stamp = layout.iso(window.slot)
         stored, etag = windows.read_entry(s3, config, window.slot)
         if stored and stored["decision"] in CLAIMED:
             if stored["decision"] == PUBLISHING and stored.get("claimed_by") == claimant:
@@ -602,7 +602,7 @@ def backfill_history(
     Raises NoUsableWindow when no window of the range has a record (all missing or quarantined), and
     ClaimsLeft (after everything else is written) when an earlier try of this run left claims."""
     if end <= start:
-        raise ValueError(f"end {alerts.iso(end)} is not after start {alerts.iso(start)}")
+        raise ValueError(f"end {layout.iso(end)} is not after start {layout.iso(start)}")
     clock = _Phases()
     needed, month_keys = canonical_keys(s3, config, start, end, policy)
     range_key = layout.range_objects_key(start, end, config.analysis_prefix)

@@ -95,6 +95,12 @@ def slot_stamp(slot: datetime) -> str:
     return slot.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
 
 
+def iso(moment: datetime) -> str:
+    """UTC ISO 8601 with a Z, to the second: every time the ledger, alerts, the page and the Glue job's
+    arguments carry."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_slot_stamp(stamp: str) -> datetime:
     """Inverse of :func:`slot_stamp`."""
     return datetime.strptime(stamp, "%Y%m%dT%H%MZ").replace(tzinfo=UTC)

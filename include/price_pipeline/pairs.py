@@ -278,8 +278,8 @@ def pair_entry(pair, slot, latest, pair_rules, decided, due, why_not_due) -> dic
         } | alerts.suppressed(decision.suppressed_by)
     due_rules = any(r["decision"] == rules.NOTIFY for r in rule_entries.values())
     return {
-        "window_start": alerts.iso(slot),
-        "window_end": alerts.iso(slot + layout.SLOT),
+        "window_start": layout.iso(slot),
+        "window_end": layout.iso(slot + layout.SLOT),
         "pair": pair,
         "latest": alerts._price(latest),
         "rules": rule_entries,

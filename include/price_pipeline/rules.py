@@ -422,9 +422,3 @@ def evaluate(rule: Rule, series: Series, slot: datetime) -> Decision:
         reason=suppression.reason(decision.direction, within),
         suppressed_by=suppression,
     )
-
-
-def evaluate_pair(rules: tuple[Rule, ...], prices: list[Price], slot: datetime) -> list[Decision]:
-    """Every rule's decision for one pair's window, in the file's order."""
-    series = Series(prices)
-    return [evaluate(rule, series, slot) for rule in rules]

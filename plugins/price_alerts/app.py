@@ -211,7 +211,7 @@ def run_links(first: datetime, last: datetime) -> dict[str, str]:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from include.price_pipeline import browse, layout
+    from include.price_pipeline import layout
 
     links: dict[str, str] = {}
     with create_session() as session:
@@ -223,7 +223,7 @@ def run_links(first: datetime, last: datetime) -> dict[str, str]:
             if span is None or span[1] <= first or span[0] >= last:
                 continue
             for slot in layout.slots_between(max(span[0], first), min(span[1], last)):
-                links[browse.iso(slot)] = run_url(BULK_DAG, bulk_run_id)
+                links[layout.iso(slot)] = run_url(BULK_DAG, bulk_run_id)
         live = session.execute(
             select(DagRun.run_id, DagRun.data_interval_start)
             .where(DagRun.dag_id == LIVE_DAG)
@@ -232,7 +232,7 @@ def run_links(first: datetime, last: datetime) -> dict[str, str]:
             .order_by(DagRun.id)
         ).all()
         for live_run_id, interval_start in live:
-            links[browse.iso(interval_start)] = run_url(LIVE_DAG, live_run_id)
+            links[layout.iso(interval_start)] = run_url(LIVE_DAG, live_run_id)
     return links
 
 
@@ -251,7 +251,7 @@ def run_range(dag_id: str, run_id: str) -> tuple[str, str] | None:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from include.price_pipeline import browse
+    from include.price_pipeline import layout
 
     with create_session() as session:
         found = session.execute(
@@ -263,7 +263,7 @@ def run_range(dag_id: str, run_id: str) -> tuple[str, str] | None:
         return None
     interval_start, interval_end, conf = found
     if dag_id == LIVE_DAG and interval_start is not None:
-        return browse.iso(interval_start), browse.iso(interval_end)
+        return layout.iso(interval_start), layout.iso(interval_end)
     if dag_id == BULK_DAG and (span := _bulk_span(conf)):
-        return browse.iso(span[0]), browse.iso(span[1])
+        return layout.iso(span[0]), layout.iso(span[1])
     return None

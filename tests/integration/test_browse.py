@@ -128,22 +128,22 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
     # First answer: the prices; the breach and the windows without a price wait for their ledger entry.
     assert {stamp for stamp, row in by_slot.items() if row["decision"] == "pending"} == set(details)
     back_down = breach + layout.SLOT  # the price returns: a breach too, with no ledger entry here
-    assert set(details) == {browse.iso(s) for s in (breach, back_down, gap, ledger_only)}
-    assert by_slot[browse.iso(breach)]["price"] == prices[breach]
-    assert by_slot[browse.iso(breach)]["change_pct"] == pytest.approx(5.0)
-    computed = by_slot[browse.iso(calm)]
+    assert set(details) == {layout.iso(s) for s in (breach, back_down, gap, ledger_only)}
+    assert by_slot[layout.iso(breach)]["price"] == prices[breach]
+    assert by_slot[layout.iso(breach)]["change_pct"] == pytest.approx(5.0)
+    computed = by_slot[layout.iso(calm)]
     assert (computed["decision"], computed["source"], computed["reason"]) == ("below_threshold", "parquet", None)
     assert computed["price"] == prices[calm]
-    assert by_slot[browse.iso(start)]["decision"] == "no_previous_record"  # nothing before the range
+    assert by_slot[layout.iso(start)]["decision"] == "no_previous_record"  # nothing before the range
     # Second answer: what the ledger says about those.
-    assert details[browse.iso(breach)] | {"change_pct": None} == {
-        "window_start": browse.iso(breach), "price": prices[breach], "change_pct": None, "threshold_pct": 1.0,
+    assert details[layout.iso(breach)] | {"change_pct": None} == {
+        "window_start": layout.iso(breach), "price": prices[breach], "change_pct": None, "threshold_pct": 1.0,
         "direction": "up", "decision": "notified", "reason": "r", "sns_message_id": "msg-9", "source": "ledger",
     }  # fmt: skip
-    assert details[browse.iso(gap)]["decision"] == "missing"
-    assert details[browse.iso(back_down)]["decision"] == "no_ledger_entry"
-    assert details[browse.iso(back_down)]["price"] == prices[back_down]
-    assert details[browse.iso(ledger_only)]["reason"] == "written by a live run"
+    assert details[layout.iso(gap)]["decision"] == "missing"
+    assert details[layout.iso(back_down)]["decision"] == "no_ledger_entry"
+    assert details[layout.iso(back_down)]["price"] == prices[back_down]
+    assert details[layout.iso(ledger_only)]["reason"] == "written by a live run"
 
 
 def test_the_range_defaults_to_the_last_day_and_refuses_more_than_31_days():

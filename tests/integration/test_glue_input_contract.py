@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from include.price_pipeline import alerts, layout
+from include.price_pipeline import layout
 from tests.conftest import utc
 from tests.integration.test_glue_window_contract import canonical, has_csv, reason
 from tests.records import candle
@@ -37,7 +37,7 @@ def stamp(slot) -> int:
 
 
 def iso(slot) -> str:
-    return alerts.iso(slot)
+    return layout.iso(slot)
 
 
 def nested_json(slot) -> str:

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from include.price_pipeline import alerts, layout
+from include.price_pipeline import layout
 from tests.conftest import utc
 from tests.records import candle
 
@@ -33,7 +33,7 @@ def test_one_run_writes_every_pairs_csv_and_quarantines_what_names_another_pair(
     aws.put(key("DOGE/USDT"), json.dumps(candle(WINDOW, 0.2)))  # not configured
     aws.put(key("SOL/USDT", "-v2.json"), json.dumps({**candle(WINDOW, 151.0), "pair": "ETH/USDT"}))  # wrong pair
 
-    run = aws.run_real_glue_job({"--window_start": alerts.iso(WINDOW), "--pairs": PAIRS})
+    run = aws.run_real_glue_job({"--window_start": layout.iso(WINDOW), "--pairs": PAIRS})
 
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     [eth] = rows(aws, layout.analysis_key(WINDOW))

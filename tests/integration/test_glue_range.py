@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from include.glue import normalize_price_record as glue
-from include.price_pipeline import alerts, layout, settings
+from include.price_pipeline import layout, settings
 from local.feed import render, synthetic_record
 from local.standin import ACCESS_KEY, REGION
 from tests.conftest import utc
@@ -27,8 +27,8 @@ def job_args(config: settings.Config, analysis_prefix: str, quarantine_prefix: s
     arguments = settings.glue_job_arguments(config) | {
         "--analysis_prefix": analysis_prefix,
         "--quarantine_prefix": quarantine_prefix,
-        "--window_start": alerts.iso(START),
-        "--window_end": alerts.iso(START + layout.SLOT * WINDOWS),
+        "--window_start": layout.iso(START),
+        "--window_end": layout.iso(START + layout.SLOT * WINDOWS),
     }
     return glue.parse_args([item for pair in arguments.items() for item in pair])
 

@@ -18,7 +18,7 @@ from datetime import timedelta
 
 import pytest
 
-from include.price_pipeline import alerts, layout
+from include.price_pipeline import layout
 from local.standin import client
 from tests.conftest import STANDIN_URL, utc
 from tests.integration.test_standin import log_lines
@@ -82,7 +82,7 @@ def range_run(standin, aws_session):
     aws.put(raw_key(SLOTS[12]), json.dumps(candle(SLOTS[12], 3012.0)))
     time.sleep(1.1)  # S3 LastModified has one-second resolution
     aws.put(raw_key(SLOTS[12], "-v2.csv"), f"date,weightedAverage\n{stamp(SLOTS[12])},3012.5\n")
-    window = {"--window_start": alerts.iso(START), "--window_end": alerts.iso(SLOTS[-1] + layout.SLOT)}
+    window = {"--window_start": layout.iso(START), "--window_end": layout.iso(SLOTS[-1] + layout.SLOT)}
     run = aws.run_real_glue_job(window)
     return aws, run
 
@@ -186,11 +186,11 @@ def test_12_every_raw_object_is_tagged_once_its_window_is_written_and_quarantine
 def test_1_a_live_run_never_rewrites_an_earlier_windows_csv(aws):
     before, window = LIVE - layout.SLOT, LIVE
     aws.put(raw_key(before), json.dumps(candle(before, 3000.0)))
-    assert aws.run_real_glue_job({"--window_start": alerts.iso(before)})["JobRunState"] == "SUCCEEDED"
+    assert aws.run_real_glue_job({"--window_start": layout.iso(before)})["JobRunState"] == "SUCCEEDED"
     earlier_csv = aws.get(layout.analysis_key(before))
     aws.put(raw_key(window), json.dumps([candle(before, 9999.0), candle(window, 3001.0)]))
 
-    run = aws.run_real_glue_job({"--window_start": alerts.iso(window)})
+    run = aws.run_real_glue_job({"--window_start": layout.iso(window)})
 
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     assert aws.get(layout.analysis_key(before)) == earlier_csv

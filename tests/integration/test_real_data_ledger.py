@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.price_pipeline import alerts, analysis, layout, settings, windows
+from include.price_pipeline import analysis, layout, settings, windows
 from local.feed import write_record
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def test_ledger_of_a_replayed_real_day_matches_an_independent_computation(aws, p
         record = {k: int(v) if k == "date" else float(v) for k, v in row.items()}
         write_record(aws.s3, aws.config.bucket, record)  # formats rotate by slot: json, csv, xml, txt
 
-    window = {"--window_start": alerts.iso(DAY - layout.SLOT), "--window_end": alerts.iso(DAY + timedelta(days=1))}
+    window = {"--window_start": layout.iso(DAY - layout.SLOT), "--window_end": layout.iso(DAY + timedelta(days=1))}
     job_arguments = settings.glue_job_arguments(aws.config) | {"--pair": "ETH/BTC"}
     run = aws.run_real_glue_job(window, DefaultArguments=job_arguments)
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")

@@ -554,7 +554,7 @@ def test_a_window_goes_on_when_the_earlier_normalization_has_finished_without_a_
 
     result = analyse(s3, slot, lambda slots: [])
 
-    assert result["entry"]["previous"]["timestamp"] == alerts.iso(T0 + layout.SLOT * 2)
+    assert result["entry"]["previous"]["timestamp"] == layout.iso(T0 + layout.SLOT * 2)
 
 
 def test_a_window_whose_earlier_windows_all_have_csvs_asks_nothing_and_lists_no_raw_prefix():
@@ -696,7 +696,7 @@ def test_the_report_reads_a_bounded_spread_of_reason_files_in_one_listing_and_is
     monkeypatch.setattr(s3, "get_object", lambda **kwargs: reads.append(kwargs["Key"]) or real_get(**kwargs))
     monkeypatch.setattr(history, "QUARANTINE_NOTES_READ", 100)
 
-    summary = report_summary(864, 864, 0, 288) | {"start": alerts.iso(start), "end": alerts.iso(end)}
+    summary = report_summary(864, 864, 0, 288) | {"start": layout.iso(start), "end": layout.iso(end)}
 
     subject, message = history.report_quarantine(s3, CONFIG, summary, "u")
 
@@ -728,7 +728,7 @@ def test_an_earlier_window_without_the_default_pairs_record_holds_nobody_and_the
 
     result = analyse(s3, slot, lambda slots: pytest.fail(f"asked the scheduler about {slots}"))
 
-    assert result["entry"]["previous"]["timestamp"] == alerts.iso(T0 + layout.SLOT * 2)
+    assert result["entry"]["previous"]["timestamp"] == layout.iso(T0 + layout.SLOT * 2)
 
 
 @pytest.mark.parametrize(
