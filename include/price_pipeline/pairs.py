@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -52,6 +53,8 @@ MAX_WRITE_ATTEMPTS = 20
 #: Alerts published at once: each batch is marked started in one write, published in parallel, and
 #: recorded in one more write, so a crash leaves at most this many alerts for ops to check.
 PUBLISH_BATCH = 8
+#: How long a try waits for an overlapping try of its run to record the alerts that try marked.
+OTHER_TRY_WAIT_SECONDS = 60.0
 #: Why an alert whose publish started is not published again.
 LEFT = (
     "a publish started and did not record its outcome, it may have been sent: not publishing again. "
@@ -351,7 +354,7 @@ def late_notice(slot: datetime, late: dict, run_url: str) -> str:
 
 
 def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant: str,
-                   publish: Callable[[dict], str]) -> dict:  # fmt: skip
+                   publish: Callable[[dict], str], other_try_wait: float = OTHER_TRY_WAIT_SECONDS) -> dict:  # fmt: skip
     """Publish each due alert (``analyse_pairs``'s) of ``claimant``'s claims once: ``publish(alert)``
     returns the SNS message id. In batches of PUBLISH_BATCH: one write marks the batch's rules
     ``publish_started`` (only rules of this run's claim, not notified, not started before), they are
@@ -359,12 +362,17 @@ def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant
     its rules are). A Publish that SNS refused (it answered with an error: not sent) gets its mark back, for
     a retry; any other failure may have sent it and keeps the mark.
 
+    Another try of the same run may overlap this one (a zombie and its retry): a mark that appears while
+    this try is marking (it read the rule unmarked) is that try's, which is alive and publishing; this try
+    waits up to ``other_try_wait`` seconds for its outcome instead of calling the claim left.
+
     Returns ``sent`` (``{"<pair> <rule>": message id}``), ``skipped`` (reasons: notified already, not this
-    run's claim), ``left`` (reasons: started by an earlier try, may have been sent: ops decide) and
-    ``failed`` (reasons: not sent, a retry publishes them).
+    run's claim, published by an overlapping try), ``left`` (reasons: started by an earlier try, may have
+    been sent: ops decide) and ``failed`` (reasons: not sent, a retry publishes them).
     """
     out = {"sent": {}, "skipped": [], "left": [], "failed": []}
     stamp = layout.slot_stamp(slot)
+    seen_unmarked: set[tuple[str, str]] = set()
     for first in range(0, len(due), PUBLISH_BATCH):
         batch, verdicts = due[first : first + PUBLISH_BATCH], {}
 
@@ -383,18 +391,24 @@ def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant
                     )
                 elif entry.get("decision") != PUBLISHING or entry.get("claimed_by") != claimant:
                     verdicts[pair, rule] = ("skipped", f"{what} is not claimed by this run: not publishing")
+                elif state.get(PUBLISH_STARTED) and (pair, rule) in seen_unmarked:
+                    verdicts[pair, rule] = ("other_try", what)
                 elif state.get(PUBLISH_STARTED):
                     verdicts[pair, rule] = ("left", f"{what}: {LEFT} (an earlier publish of {claimant})")
                 else:
+                    seen_unmarked.add((pair, rule))
                     verdicts[pair, rule] = ("go", what)
                     marked[pair] = {**entry, "rules": {**entry["rules"], rule: {**state, PUBLISH_STARTED: True}}}
             return marked
 
         _rewrite(s3, config, slot, start, read_first=True)
         go = [alert for alert in batch if verdicts[alert["pair"], alert["rule"]][0] == "go"]
+        other_try = [alert for alert in batch if verdicts[alert["pair"], alert["rule"]][0] == "other_try"]
         for verdict, reason in verdicts.values():
-            if verdict != "go":
+            if verdict not in ("go", "other_try"):
                 out[verdict].append(reason)
+        for verdict, reason in _outcome_of_other_try(s3, config, slot, other_try, other_try_wait):
+            out[verdict].append(reason)
         with ThreadPoolExecutor(PUBLISH_BATCH) as pool:
             results = list(pool.map(lambda alert: _attempt(publish, alert), go))
         if go:
@@ -407,6 +421,33 @@ def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant
                 out["failed"].append(f"{what}: SNS refused the Publish ({error}); a retry publishes it")
             else:
                 out["left"].append(f"{what}: {LEFT} (the Publish failed: {type(error).__name__}: {error})")
+    return out
+
+
+def _outcome_of_other_try(s3, config: Config, slot: datetime, alerts_: list[dict], wait: float) -> list[tuple]:
+    """(verdict, reason) of each alert an overlapping try of this run marked: ``skipped`` once it recorded
+    the alert notified, ``failed`` when SNS refused it (its mark taken back: a retry publishes it), ``left``
+    when it still has not said after ``wait`` seconds (it may have died after the Publish: ops decide)."""
+    stamp, deadline, pending, out = layout.slot_stamp(slot), time.monotonic() + wait, list(alerts_), []
+    key = layout.pairs_ledger_key(slot, config.changes_prefix)
+    while pending:
+        current = store.read_with_etag(s3, config.bucket, key)
+        entries = parse_entries(current[0], key) if current else {}
+        for alert in list(pending):
+            state = entries.get(alert["pair"], {}).get("rules", {}).get(alert["rule"], {})
+            what = f"{alert['pair']} window {stamp} rule {alert['rule']}"
+            if state.get("decision") == NOTIFIED:
+                out.append(("skipped", f"{what}: another try of this run published it (SNS message "
+                                       f"{state['sns_message_id']}), not this one"))  # fmt: skip
+            elif not state.get(PUBLISH_STARTED):
+                out.append(("failed", f"{what}: another try of this run did not publish it; a retry publishes it"))
+            elif time.monotonic() >= deadline:
+                out.append(("left", f"{what}: {LEFT} (another try of this run started it {wait:.0f} s ago)"))
+            else:
+                continue
+            pending.remove(alert)
+        if pending:
+            time.sleep(min(1.0, wait / 10))
     return out
 
 

@@ -387,3 +387,82 @@ def test_a_line_that_is_no_entry_fails_the_window(aws, line):
         analyse(aws, "dag/run-a", slot)
 
     assert aws.get(layout.pairs_ledger_key(slot)) == line + b"\n"
+
+
+def overlapping_tries(aws, monkeypatch, slot, sns_a, sns_b, wait=30.0) -> tuple[dict, dict]:
+    """Two tries of one run publishing one window at once (a zombie and its retry): both read the window's
+    ledger object before either marks it, so one try's marks lose to the other's."""
+    import threading
+
+    due = analyse(aws, "dag/run-z", slot)["alerts"]
+    barrier, first_read, real_read = threading.Barrier(2, timeout=30), threading.local(), pairs.store.read_with_etag
+
+    def read_together(*args):
+        body = real_read(*args)
+        if not getattr(first_read, "done", False):
+            first_read.done = True
+            barrier.wait()
+        return body
+
+    monkeypatch.setattr(pairs.store, "read_with_etag", read_together)
+    results = {}
+
+    def attempt(name, sns):
+        results[name] = pairs.publish_alerts(aws.s3, aws.config, slot, due, "dag/run-z", sns, wait)
+
+    tries = [threading.Thread(target=attempt, args=args) for args in (("a", sns_a), ("b", sns_b))]
+    for thread in tries:
+        thread.start()
+    for thread in tries:
+        thread.join(60)
+    return results["a"], results["b"]
+
+
+class SlowSns(Sns):
+    """An SNS that takes a while to answer (or never records: ``dies``)."""
+
+    def __init__(self, seconds=1.0, dies=False):
+        super().__init__(fail=ConnectionError("the try died after the Publish") if dies else None)
+        self.seconds = seconds
+
+    def __call__(self, alert):
+        import time
+
+        time.sleep(self.seconds)
+        return super().__call__(alert)
+
+
+def test_overlapping_tries_of_one_run_send_each_alert_once_and_the_losing_try_calls_nothing_left(aws, monkeypatch):
+    """The losing try reported every alert as an Alert claim left (78 false pages in 40 windows of a
+    hostile test): it waits for the winner's outcome and says another try published it."""
+    slot = DAMAGED + layout.SLOT * 36
+    seed(aws, slot - layout.SLOT, BTC=99000.0, SOL=150.0)
+    seed(aws, slot, BTC=101000.0, SOL=153.0)  # three due alerts
+    sns_a, sns_b = SlowSns(), SlowSns()
+
+    a, b = overlapping_tries(aws, monkeypatch, slot, sns_a, sns_b)
+
+    assert sorted(sns_a.sent + sns_b.sent) == [
+        ("BTC/USDT", "cross-100k"),
+        ("BTC/USDT", "move-5m"),
+        ("SOL/USDT", "move-5m"),
+    ]
+    assert a["left"] == b["left"] == []
+    assert a["failed"] == b["failed"] == []
+    loser = a if not sns_a.sent else b
+    assert len(loser["skipped"]) == 3
+    assert all("another try of this run published it (SNS message msg-" in reason for reason in loser["skipped"])
+    assert {e["decision"] for e in entries(aws, slot).values()} == {"notified"}
+
+
+def test_an_overlapping_try_that_dies_after_the_publish_leaves_its_claims_for_ops(aws, monkeypatch):
+    slot = DAMAGED + layout.SLOT * 48
+    seed(aws, slot - layout.SLOT, BTC=99000.0, SOL=150.0)
+    seed(aws, slot, BTC=101000.0, SOL=153.0)
+    dying_a, dying_b = SlowSns(0.2, dies=True), SlowSns(0.2, dies=True)
+
+    a, b = overlapping_tries(aws, monkeypatch, slot, dying_a, dying_b, wait=2.0)
+
+    assert len(a["left"]) == len(b["left"]) == 3  # the winner's Publish had no answer; the loser never saw one
+    loser = a if "another try of this run started it" in " ".join(a["left"]) else b
+    assert all("another try of this run started it 2 s ago" in reason for reason in loser["left"])
