@@ -25,7 +25,17 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from include.price_pipeline import layout, store
-from include.price_pipeline.analysis import BELOW_THRESHOLD, NO_PREVIOUS, Price, series_changes
+from include.price_pipeline.analysis import (
+    BELOW_THRESHOLD,
+    NO_PREVIOUS,
+    NOTIFIED,
+    NOTIFY,
+    PUBLISHING,
+    SUPPRESSED_BACKFILL,
+    Price,
+    series_changes,
+)
+from include.price_pipeline.rules import SUPPRESSED_COOLDOWN
 from include.price_pipeline.settings import Config
 
 #: Longest range the page reads (31 days of 5-minute windows).
@@ -213,6 +223,8 @@ def _read_entries(s3, config: Config, keys: list[str], pair: str = "") -> dict[s
     return {key: entry for key, entry in zip(keys, entries, strict=True) if entry is not None}
 
 
+#: A rule's decisions that are a firing, sent or not: the page marks them, one marker per rule.
+FIRED = (NOTIFY, PUBLISHING, NOTIFIED, SUPPRESSED_BACKFILL, SUPPRESSED_COOLDOWN)
 #: Which rule's decision a pair's row shows: the first of these any rule has, else the first rule's.
 RULE_PRECEDENCE = (
     "notified",
@@ -233,7 +245,9 @@ def row_from_pair_entry(slot: datetime, entry: dict) -> dict:
     rank = {decision: index for index, decision in enumerate(RULE_PRECEDENCE)}
     name, rule = min(states, key=lambda s: rank.get(s[1].get("decision"), len(rank)), default=("", {}))
     flat = {**rule, "latest": entry.get("latest"), "reason": f"{name}: {rule.get('reason')}" if name else None}
-    return row_from_entry(slot, flat)
+    fired = [{"rule": n, "direction": r.get("direction"), "decision": r.get("decision")}
+             for n, r in states if r.get("decision") in FIRED]  # fmt: skip
+    return row_from_entry(slot, flat) | {"fired": fired}
 
 
 def _pair_rows(s3, config: Config, slots: list[datetime], pair: str) -> list[dict]:

@@ -139,9 +139,13 @@ def create_app() -> FastAPI:
         except ValueError as error:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
         data["pairs"], data["pair"] = pairs, pair or config.pair
-        if data["threshold_pct"] is None:  # another pair: the band of its first change rule, if any
-            changes = [rule.threshold_pct for rule in rule_set.pairs[pair] if rule.kind == "change"]
-            data["threshold_pct"] = changes[0] if changes else 0.0
+        if data["threshold_pct"] is None:  # another pair: each rule as what it is (a band, a level line)
+            data["rules"] = [
+                {"rule": r.name, "kind": r.kind, "threshold_pct": r.threshold_pct, "level": r.level}
+                for r in rule_set.pairs[pair]
+            ]
+            changes = [r.threshold_pct for r in rule_set.pairs[pair] if r.kind == "change"]
+            data["threshold_pct"] = changes[0] if changes else None
         links = run_links(first, last)
         for row in data["windows"]:
             row["run_url"] = links.get(row["window_start"])

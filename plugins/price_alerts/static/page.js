@@ -36,6 +36,19 @@ function isBreach(row, threshold) {
   return row.change_pct !== null && Math.abs(row.change_pct) > limit;
 }
 
+// The markers of a window: for another pair, one per rule that fired (sent or not; the server says which);
+// for the default pair, its breach.
+function firings(row, threshold) {
+  if (row.price === null) return [];
+  if (row.fired) return row.fired.map((f) => ({ up: f.direction === "up", decision: f.decision, rule: f.rule }));
+  if (!(SENT.has(row.decision) || isBreach(row, threshold))) return [];
+  return [{ up: (row.change_pct ?? 0) > 0 || row.direction === "up", decision: row.decision, rule: "" }];
+}
+
+function levels(data) {
+  return (data.rules ?? []).filter((rule) => rule.kind === "crossing").map((rule) => rule.level);
+}
+
 function scale(domainMin, domainMax, rangeMin, rangeMax) {
   const span = domainMax - domainMin || 1;
   return (value) => rangeMin + ((value - domainMin) / span) * (rangeMax - rangeMin);
@@ -63,10 +76,11 @@ function drawPrice(data, focus) {
   const end = Date.parse(data.end);
   const rows = data.windows;
   const prices = rows.filter((r) => r.price !== null).map((r) => r.price);
+  const lines = levels(data);
   const svg = svgEl("svg", { viewBox: `0 0 ${WIDTH} ${height}`, role: "img", "aria-label": "weighted average" });
   const x = scale(start, end, MARGIN.left, WIDTH - MARGIN.right);
-  const low = prices.length ? Math.min(...prices) : 0;
-  const high = prices.length ? Math.max(...prices) : 1;
+  const low = prices.length || lines.length ? Math.min(...prices, ...lines) : 0;
+  const high = prices.length || lines.length ? Math.max(...prices, ...lines) : 1;
   // 16 px inside the plot at both ends: room for the alert markers above and below the line.
   const y = scale(low, high === low ? low + 1 : high, height - MARGIN.bottom - 16, MARGIN.top + 16);
   let line = "";
@@ -83,6 +97,12 @@ function drawPrice(data, focus) {
     line += previous === null || t - previous > SLOT_MS ? `M${point}` : `L${point}`;
     previous = t;
   }
+  for (const level of lines) {
+    const at = y(level).toFixed(1);
+    svg.appendChild(
+      svgEl("path", { class: "level", d: `M${MARGIN.left},${at}H${WIDTH - MARGIN.right}`, "data-level": level }, `level ${level}`),
+    );
+  }
   svg.appendChild(svgEl("path", { class: "gap", d: gaps || "M0,0" }));
   svg.appendChild(svgEl("path", { class: "price", d: line || "M0,0" }));
   // A price with no neighbour (missing windows on both sides) has no segment: draw it as a dot.
@@ -91,18 +111,19 @@ function drawPrice(data, focus) {
     svg.appendChild(svgEl("circle", { class: "point", r: 2.5, cx: x(Date.parse(row.window_start)), cy: y(row.price) }));
   });
   for (const row of rows) {
-    if (row.price === null || !(SENT.has(row.decision) || isBreach(row, data.threshold_pct))) continue;
-    const up = (row.change_pct ?? 0) > 0 || row.direction === "up";
-    const cx = x(Date.parse(row.window_start));
-    const cy = y(row.price);
-    const d = up ? `M${cx},${cy - 14}l-5,9h10z` : `M${cx},${cy + 14}l-5,-9h10z`;
-    const sent = SENT.has(row.decision) ? "sent" : "unsent";
-    const classes = ["marker", up ? "up" : "down", row.decision === "pending" ? "pending" : sent];
-    if (focus && row.window_start >= focus.start && row.window_start < focus.end) classes.push("focus");
-    const title = `${when(row.window_start)} ${row.decision}: ${fmt(row.change_pct, 2)}% at ${fmt(row.price, 4)}`;
-    svg.appendChild(
-      svgEl("path", { class: classes.join(" "), d, "data-window": row.window_start, "data-decision": row.decision }, title),
-    );
+    const marks = firings(row, data.threshold_pct);
+    marks.forEach(({ up, decision, rule }, index) => {
+      const cx = x(Date.parse(row.window_start)) + (index - (marks.length - 1) / 2) * 11; // side by side
+      const cy = y(row.price);
+      const d = up ? `M${cx},${cy - 14}l-5,9h10z` : `M${cx},${cy + 14}l-5,-9h10z`;
+      const sent = SENT.has(decision) ? "sent" : "unsent";
+      const classes = ["marker", up ? "up" : "down", decision === "pending" ? "pending" : sent];
+      if (focus && row.window_start >= focus.start && row.window_start < focus.end) classes.push("focus");
+      const what = rule ? `${rule} ${decision}` : decision;
+      const title = `${when(row.window_start)} ${what}: ${fmt(row.change_pct, 2)}% at ${fmt(row.price, 4)}`;
+      const attrs = { class: classes.join(" "), d, "data-window": row.window_start, "data-decision": decision };
+      svg.appendChild(svgEl("path", rule ? { ...attrs, "data-rule": rule } : attrs, title));
+    });
   }
   axis(svg, x, height, start, end, [
     [fmt(high, 2), y(high)],
@@ -116,31 +137,35 @@ function drawChange(data) {
   const start = Date.parse(data.start);
   const end = Date.parse(data.end);
   const rows = data.windows.filter((r) => r.change_pct !== null);
-  const threshold = data.threshold_pct;
-  const extent = Math.max(threshold * 1.5, ...rows.map((r) => Math.abs(r.change_pct)));
+  const threshold = data.threshold_pct; // null: another pair without a change rule (no band)
+  const extent = Math.max((threshold ?? 0) * 1.5, ...rows.map((r) => Math.abs(r.change_pct)));
   const svg = svgEl("svg", { viewBox: `0 0 ${WIDTH} ${height}`, role: "img", "aria-label": "% change" });
   const x = scale(start, end, MARGIN.left, WIDTH - MARGIN.right);
   const y = scale(-extent, extent, height - MARGIN.bottom, MARGIN.top);
-  const bandTop = y(threshold);
-  svg.appendChild(
-    svgEl(
-      "rect",
-      { class: "band", x: MARGIN.left, y: bandTop, width: WIDTH - MARGIN.left - MARGIN.right, height: y(-threshold) - bandTop },
-      `threshold ±${threshold}%`,
-    ),
-  );
+  if (threshold !== null) {
+    const bandTop = y(threshold);
+    svg.appendChild(
+      svgEl(
+        "rect",
+        { class: "band", x: MARGIN.left, y: bandTop, width: WIDTH - MARGIN.left - MARGIN.right, height: y(-threshold) - bandTop },
+        `threshold ±${threshold}%`,
+      ),
+    );
+  }
   const paths = { within: "", up: "", down: "" };
   const zero = y(0).toFixed(1);
   for (const row of rows) {
-    const kind = !isBreach(row, threshold) ? "within" : row.change_pct > 0 ? "up" : "down";
+    const fired = row.fired ? row.fired.length > 0 : isBreach(row, threshold);
+    const kind = !fired ? "within" : row.change_pct > 0 ? "up" : "down";
     paths[kind] += `M${x(Date.parse(row.window_start)).toFixed(1)},${zero}V${y(row.change_pct).toFixed(1)}`;
   }
   for (const [kind, d] of Object.entries(paths)) svg.appendChild(svgEl("path", { class: `bars ${kind}`, d: d || "M0,0" }));
-  axis(svg, x, height, start, end, [
+  const ticks = threshold === null ? [["0", y(0)]] : [
     [`+${fmt(threshold, 2)}%`, y(threshold)],
     ["0", y(0)],
     [`-${fmt(threshold, 2)}%`, y(-threshold)],
-  ]);
+  ];
+  axis(svg, x, height, start, end, ticks);
   return svg;
 }
 

@@ -1,0 +1,56 @@
+"""The page's row of another pair's window (``browse.row_from_pair_entry``): the deciding rule's figures and
+every rule that fired, sent or not (the page draws a marker for each)."""
+
+from __future__ import annotations
+
+from include.price_pipeline import browse
+from tests.conftest import utc
+
+SLOT = utc(2026, 3, 24, 10, 0)
+
+
+def entry(**decided: tuple[str, str]) -> dict:
+    """A pair's ledger entry with each rule's (decision, direction)."""
+    return {
+        "pair": "BTC/USDT",
+        "latest": {"weighted_average": 101000.0},
+        "decision": "analysed",
+        "rules": {
+            name: {"decision": decision, "direction": direction, "reason": f"{name} says {decision}",
+                   "change_pct": 2.0, "threshold_pct": 1.0}
+            for name, (decision, direction) in decided.items()
+        },
+    }  # fmt: skip
+
+
+def test_every_rule_that_fired_sent_or_not_is_listed_and_the_most_telling_one_decides_the_row():
+    row = browse.row_from_pair_entry(
+        SLOT,
+        entry(
+            a=("below_threshold", "up"),
+            b=("suppressed_cooldown", "up"),
+            c=("notified", "down"),
+            d=("below_min_abs_move", "up"),
+            e=("suppressed_backfill", "up"),
+        ),
+    )
+
+    assert row["fired"] == [
+        {"rule": "b", "direction": "up", "decision": "suppressed_cooldown"},
+        {"rule": "c", "direction": "down", "decision": "notified"},
+        {"rule": "e", "direction": "up", "decision": "suppressed_backfill"},
+    ]
+    assert (row["decision"], row["reason"], row["price"]) == ("notified", "c: c says notified", 101000.0)
+
+
+def test_a_window_where_no_rule_fired_has_no_marker():
+    row = browse.row_from_pair_entry(SLOT, entry(cross=("not_crossed", "up"), move=("below_threshold", "up")))
+
+    assert row["fired"] == []
+    assert row["decision"] == "not_crossed"
+
+
+def test_a_damaged_objects_row_says_why_and_has_no_marker():
+    row = browse.row_from_pair_entry(SLOT, {"decision": browse.DAMAGED, "reason": "pairs.jsonl line 2: ..."})
+
+    assert (row["decision"], row["reason"], row.get("fired")) == (browse.DAMAGED, "pairs.jsonl line 2: ...", None)
