@@ -243,6 +243,13 @@ def suppressed_by(
     return None
 
 
+def read_back_to(slot: datetime, needed: datetime, cooldown: timedelta) -> datetime:
+    """The first window to read when the cooldown decision at ``slot`` raised NeedEarlier(``needed``): a
+    cooldown before it, or as far again as the run was followed so far (doubling batches: a long run takes
+    a few rounds of reads, not one per cooldown)."""
+    return needed - max(cooldown, slot - needed)
+
+
 def breach_direction(change: Change | None, policy: Policy) -> str | None:
     """The direction a window's change fires in before the cooldown (None: no breach)."""
     return change.direction if change is not None and is_breach(change, policy) else None

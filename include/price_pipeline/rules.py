@@ -36,7 +36,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from include.price_pipeline import layout
-from include.price_pipeline.analysis import NeedEarlier, Price, Suppression, cooldown_reach, pct_change, suppressed_by
+from include.price_pipeline.analysis import (
+    NeedEarlier,
+    Price,
+    Suppression,
+    cooldown_reach,
+    pct_change,
+    read_back_to,
+    suppressed_by,
+)
 
 #: The rules file the settings default to: today's single-pair behaviour (``include/rules/default.json``).
 DEFAULT_RULES_FILE = Path(__file__).resolve().parents[1] / "rules" / "default.json"
@@ -342,8 +350,9 @@ def _cooldown_reads(rule: Rule, ordered: list[datetime], listed: set[datetime], 
             suppressed_by(slot, direction, fired, rule.cooldown)
     except NeedEarlier as need:
         if need.window != slot:  # a batch: a cooldown, or as far again as the run was followed
-            span = max(rule.cooldown, slot - need.window)
-            for window in layout.slots_between(need.window - span, need.window + layout.SLOT):
+            for window in layout.slots_between(
+                read_back_to(slot, need.window, rule.cooldown), need.window + layout.SLOT
+            ):
                 consulted |= _inputs(rule, ordered, listed, window)
     return consulted
 

@@ -25,6 +25,7 @@ from include.price_pipeline.analysis import (
     Price,
     apply_freshness,
     classify,
+    read_back_to,
     series_changes,
     suppressed_for_lateness,
 )
@@ -149,8 +150,7 @@ def analyse_window(
             verdict = classify(changes[-1], changes[:-1], policy, known_from=first + policy.lookback)
             break
         except NeedEarlier as need:
-            span = max(layout.SLOT * policy.repeat_windows, slot - need.window)
-            earlier = need.window - span - policy.lookback
+            earlier = read_back_to(slot, need.window, layout.SLOT * policy.repeat_windows) - policy.lookback
             prices = _load(s3, config, slot, earlier, first - layout.SLOT) + prices
             first = earlier
             _wait_for_gaps(s3, config, slot, first, prices, still_normalizing)
