@@ -95,9 +95,7 @@ def parse_entries(body: bytes, key: str = "the pairs' ledger object") -> dict[st
             entry = None
         problem = _damage(entry) or (entry["pair"] in entries and f"pair {entry['pair']} listed twice")
         if problem:
-            raise DamagedLedger(
-                f"{key} line {number}: {problem}; fix or delete the object (README: Alerts, ledger and at-most-once)"
-            )
+            raise DamagedLedger(f"{key} line {number}: {problem}; fix or delete the object ({SEE_README})")
         entries[entry["pair"]] = entry
     return entries
 
@@ -373,6 +371,7 @@ def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant
     out = {"sent": {}, "skipped": [], "left": [], "failed": []}
     stamp = layout.slot_stamp(slot)
     seen_unmarked: set[tuple[str, str]] = set()
+    other_try: list[dict] = []  # alerts an overlapping try marked: asked about once this try published its own
     for first in range(0, len(due), PUBLISH_BATCH):
         batch, verdicts = due[first : first + PUBLISH_BATCH], {}
 
@@ -403,12 +402,10 @@ def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant
 
         _rewrite(s3, config, slot, start, read_first=True)
         go = [alert for alert in batch if verdicts[alert["pair"], alert["rule"]][0] == "go"]
-        other_try = [alert for alert in batch if verdicts[alert["pair"], alert["rule"]][0] == "other_try"]
+        other_try += [alert for alert in batch if verdicts[alert["pair"], alert["rule"]][0] == "other_try"]
         for verdict, reason in verdicts.values():
             if verdict not in ("go", "other_try"):
                 out[verdict].append(reason)
-        for verdict, reason in _outcome_of_other_try(s3, config, slot, other_try, other_try_wait):
-            out[verdict].append(reason)
         with ThreadPoolExecutor(PUBLISH_BATCH) as pool:
             results = list(pool.map(lambda alert: _attempt(publish, alert), go))
         if go:
@@ -421,6 +418,8 @@ def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant
                 out["failed"].append(f"{what}: SNS refused the Publish ({error}); a retry publishes it")
             else:
                 out["left"].append(f"{what}: {LEFT} (the Publish failed: {type(error).__name__}: {error})")
+    for verdict, reason in _outcome_of_other_try(s3, config, slot, other_try, other_try_wait):
+        out[verdict].append(reason)
     return out
 
 
