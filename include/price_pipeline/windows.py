@@ -151,7 +151,9 @@ def analyse_window(
             break
         except NeedEarlier as need:
             earlier = read_back_to(slot, need.window, layout.SLOT * policy.repeat_windows) - policy.lookback
-            prices = _load(s3, config, slot, earlier, first - layout.SLOT) + prices
+            # up to the last slot before ``first``, which is off the 5-minute grid when lookback_minutes is
+            before_first = layout.slot_start(first - timedelta(seconds=1))  # not a multiple of 5
+            prices = _load(s3, config, slot, earlier, before_first) + prices
             first = earlier
             _wait_for_gaps(s3, config, slot, first, prices, still_normalizing)
     change = changes[-1]

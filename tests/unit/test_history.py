@@ -747,3 +747,24 @@ def test_a_run_looks_once_for_a_record_that_should_already_be_there(run_type, en
     why = windows.looks_once(run_type, now - ended_ago, now, 900)
 
     assert (why is not None) == looks_once
+
+
+def test_a_lookback_off_the_five_minute_grid_follows_a_run_back_without_skipping_a_window():
+    """Found by the property test above: with lookback_minutes=81 the live run first loaded from 22:24,
+    then, following the run back, up to 22:19, so 22:20's price was read by neither load. 23:35 then
+    compared with 22:15, fired, and 23:55 alerted where the bulk run (and the series) says its run's alert
+    at 23:45 was 10 minutes before: suppressed."""
+    prices = {
+        utc(2025, 3, 31, 22, 5): 100.0, utc(2025, 3, 31, 22, 10): 100.0, utc(2025, 3, 31, 22, 15): 100.0,
+        utc(2025, 3, 31, 22, 20): 100.390625, utc(2025, 3, 31, 23, 35): 100.390625,
+        utc(2025, 3, 31, 23, 40): 100.390625, utc(2025, 3, 31, 23, 45): 100.782776,
+        utc(2025, 3, 31, 23, 50): 100.782776, utc(2025, 3, 31, 23, 55): 101.176459,
+    }  # fmt: skip
+    policy = Policy(threshold_pct=0.0, lookback_minutes=81, repeat_windows=2)
+    start, end = T0, utc(2025, 4, 1, 0, 0)
+
+    live = per_window(seeded(prices), start, end, policy, False)
+
+    assert live == bulk(seeded(prices), start, end, policy, False)
+    entry = json.loads(live[utc(2025, 3, 31, 23, 55)])
+    assert (entry["decision"], entry["suppressed_by"]) == ("suppressed_repeat", "2025-03-31T23:45:00Z")
