@@ -1,13 +1,17 @@
 """
 ### Price notification, every 5 minutes
 
-Each run owns one window `[data_interval_start, data_interval_end)` and the ETH price record whose
-candle starts at `data_interval_start`:
+Each run owns one window `[data_interval_start, data_interval_end)` and every configured pair's price
+record whose candle starts at `data_interval_start`:
 
-1. **wait_for_price_record**: the raw object lands under
-   `crypto/01-data-ingestion/year=/month=/day=/<YYYYMMDDTHHMM>Z<any extension>` (one prefix listing). A
-   live window's run waits for it (deferred, up to the sensor timeout); a backfill run, or a window that
-   ended longer ago than the timeout, looks once and is skipped with the reason when nothing is there.
+1. **wait_for_price_record**: the raw objects land under
+   `crypto/01-data-ingestion/year=/month=/day=/<YYYYMMDDTHHMM>Z<any extension>` (the default pair) and
+   `.../<YYYYMMDDTHHMM>Z/<BASE>_<QUOTE><any extension>` (other pairs); one prefix listing per look. A
+   live window's run waits (deferred) for every pair's record, or once one is there, for
+   `PRICE_PAIRS_DEADLINE_SECONDS` after the window ended: no pair is the clock, and the pairs still
+   missing then are late. With none there it gives up at the sensor timeout (*Feed stale*). A backfill
+   run, or a window that ended longer ago than the timeout, looks once and is skipped with the reason
+   when no pair's record is there.
 2. **normalize_price_record**: Glue Python shell job (0.0625 DPU) writes the canonical CSV under
    `crypto/02-data-analysis/`, or quarantines an object it cannot trust.
 3. **compute_price_change**: absolute % change of `weightedAverage` against the previous record within
@@ -23,8 +27,8 @@ candle starts at `data_interval_start`:
 **Many pairs** (`PRICE_RULES_FILE` lists more than the default pair): the same Glue run normalizes every
 pair's record of the window; **analyse_pairs** decides each other pair's rules in one task (one ledger
 entry per pair and window, all pairs in one ledger object) and **publish_pair_alerts** publishes each due
-(pair, rule) alert once, in parallel. The sensor waits for the default pair's record; a pair still missing
-then is reported to ops as late.
+(pair, rule) alert once, in parallel. A pair without a record is late, the default pair included (its
+analysis is skipped): analyse_pairs tells ops which pairs were late for a live window.
 
 An analysis waits (up for reschedule) only for an earlier window whose record is there and whose run can
 still normalize it, the same rule for every pair: a missing record holds nobody.
@@ -125,9 +129,6 @@ notify_ops = runs.LiveRunsOpsNotifier(
     tags=["prices", "alerts", "glue", "sns"],
     default_args={**settings.DEFAULT_TASK_ARGS, "on_failure_callback": notify_ops},
     user_defined_macros={
-        "window_prefix": partial(layout.ingestion_window_prefix, prefix=config.ingestion_prefix),
-        # the default pair's own object by the ingestion key grammar, never another pair's
-        "default_pair_glob": layout.DEFAULT_PAIR_KEY_GLOB,
         "window_start": _window_start,
         "iso": layout.iso,
         "slot": layout.SLOT,
@@ -141,8 +142,10 @@ def price_notification():
         task_id="wait_for_price_record",
         aws_conn_id=config.aws_conn_id,
         bucket_name=config.bucket,
-        bucket_key="{{ window_prefix(window_start(dag_run)) }}{{ default_pair_glob }}",
-        wildcard_match=True,
+        prefix=config.ingestion_prefix,
+        pairs=list(rule_set.pairs),
+        default_pair=config.pair,
+        deadline_seconds=config.pairs_deadline_seconds,
         deferrable=config.deferrable,
         poke_interval=config.sensor_poke_seconds,
         timeout=config.sensor_timeout_seconds,
@@ -166,7 +169,7 @@ def price_notification():
     def compute_price_change(params=None, data_interval_start=None, dag_run=None, ti=None):
         from airflow.configuration import conf
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from include.price_pipeline import analysis
 
@@ -186,6 +189,10 @@ def price_notification():
         )
         try:
             result = runs.analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
+        except windows.RecordMissing as late:
+            if not other_pairs:
+                raise AirflowFailException(str(late)) from None
+            raise AirflowSkipException(f"{config.pair} is late: {late} (analyse_pairs reports it)") from None
         except (windows.WindowFailed, alerts.UnsafeText) as failure:
             raise AirflowFailException(str(failure)) from None
         if result.get("ops_notice"):

@@ -62,6 +62,7 @@ os.environ.update(
         # Short waits so a missing record fails a test in seconds, not minutes.
         "PRICE_SENSOR_TIMEOUT_SECONDS": "6",
         "PRICE_SENSOR_POKE_SECONDS": "1",
+        "PRICE_PAIRS_DEADLINE_SECONDS": "3",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
 )

@@ -142,10 +142,21 @@ def ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION_PREFIX
 #: under the window belongs to no pair and is quarantined with that reason.
 _INGESTION_REST = re.compile(r"(?:/([A-Z0-9]{2,12})_([A-Z0-9]{2,12})((?:[.-][^/]*)?)|([.-][^/]*))")
 _VERSION = re.compile(r"-v([1-9][0-9]{0,8})(?:\.|$)")
-#: The sensor's fnmatch pattern after the window prefix for the default pair's keys. fnmatch's ``*`` also
-#: matches ``/``, so it also matches a key such as ``<slot>-v2/x.json``, outside the grammar: the job
-#: quarantines that one, and a window left without the default pair's record fails with its reason.
+#: The fnmatch pattern after the window prefix for the default pair's keys. fnmatch's ``*`` also matches
+#: ``/``, so it also matches a key such as ``<slot>-v2/x.json``, outside the grammar: the job quarantines
+#: that one, and the pair is late for the window with its reason.
 DEFAULT_PAIR_KEY_GLOB = "[.-]*"
+
+
+def record_glob(slot: datetime, pair: str, default_pair: str, prefix: str = INGESTION_PREFIX) -> str:
+    """The fnmatch pattern of ``pair``'s keys under the window of ``slot``: what the sensor's trigger
+    waits for. A wake-up only: it also matches some keys outside the grammar (``<slot>/<SLUG>X...``),
+    which :func:`read_ingestion_key` then gives no pair or another one; and the default pair's pattern
+    is its documented ``<slot><suffix>`` (its slug's folder, which the grammar also reads as it, is
+    found by the sensor's listing at the deadline)."""
+    if pair == default_pair:
+        return ingestion_window_prefix(slot, prefix) + DEFAULT_PAIR_KEY_GLOB
+    return f"{ingestion_window_prefix(slot, prefix)}/{pair_slug(pair)}*"
 
 
 def read_ingestion_key(key: str, slot: datetime, prefix: str, default_pair: str) -> tuple[str, int] | None:
@@ -158,6 +169,11 @@ def read_ingestion_key(key: str, slot: datetime, prefix: str, default_pair: str)
     base, quote, pair_suffix, default_suffix = match.groups()
     version = _VERSION.match(pair_suffix if base else default_suffix)
     return (f"{base}/{quote}" if base else default_pair), int(version.group(1)) if version else 1
+
+
+def pairs_listed(keys: list[str], slot: datetime, prefix: str, default_pair: str) -> set[str]:
+    """The pairs that have a raw object among ``keys`` listed under the window of ``slot``."""
+    return {read[0] for read in (read_ingestion_key(k, slot, prefix, default_pair) for k in keys) if read}
 
 
 def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:

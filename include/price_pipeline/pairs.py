@@ -119,19 +119,21 @@ def prices_by_slot(bodies: dict[datetime, bytes]) -> dict[datetime, dict[str, Pr
     return {slot: {price.pair: price for price in parse_canonical_rows(body)} for slot, body in bodies.items()}
 
 
-def pairs_csv_slots(s3, config: Config, first: datetime, slot: datetime) -> list[datetime]:
-    """The slots in ``[first, slot]`` that have an other-pairs CSV: one listing per day partition."""
+def csv_slots(s3, config: Config, first: datetime, slot: datetime) -> tuple[list[datetime], bool]:
+    """The slots in ``[first, slot]`` that have an other-pairs CSV, and whether the default pair's CSV of
+    ``slot`` is there: one listing per day partition."""
     first_key, last_key = (
         layout.pairs_analysis_key(first, config.analysis_prefix),
         layout.pairs_analysis_key(slot, config.analysis_prefix),
     )
-    files = []
+    files, default_key, default_there = [], layout.analysis_key(slot, config.analysis_prefix), False
     for day in layout.day_partitions(first, slot):
         day_prefix = f"{config.analysis_prefix}{day}"
         after = "" if first_key < day_prefix else layout.analysis_key(first, config.analysis_prefix)
         keys = store.list_keys(s3, config.bucket, day_prefix, after)
         files += [layout.slot_of_key(k) for k in keys if layout.is_pairs_key(k) and first_key <= k <= last_key]
-    return files
+        default_there = default_there or default_key in keys
+    return files, default_there
 
 
 def load_pair_prices(
@@ -166,7 +168,8 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
 
     Returns ``alerts`` (one per due (pair, rule): ``pair``, ``rule``, ``subject``, ``message``,
     ``attributes``), ``decisions`` (``{pair: {rule: decision}}``, the stored entry's for a pair already
-    claimed), ``late`` (``{pair: reason}`` of pairs without a record of the window) and ``ops_notice``
+    claimed), ``late`` (``{pair: reason}`` of pairs without a record of the window, the default pair
+    included: its own analysis leaves the report to this one) and ``ops_notice``
     (a message for ops naming each breach suppressed only because the window was analysed late, or None).
     """
     pairs = other_pairs(rule_set)
@@ -174,7 +177,7 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
     if not pairs:
         return out
     first = slot - max(rule.history for pair in pairs for rule in rule_set.pairs[pair])
-    files = pairs_csv_slots(s3, config, first, slot)
+    files, default_there = csv_slots(s3, config, first, slot)
     listed = set(files)
     gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in listed]
     windows.wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
@@ -191,6 +194,7 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
     entries = _rewrite(s3, config, slot, lambda stored: merged(stored, fresh))
     stamp = layout.slot_stamp(slot)
     late = [p for p in pairs if p not in entries or (p not in fresh and entries[p]["decision"] not in CLAIMED)]
+    late += [] if default_there else [config.pair]  # its own task skips the window and leaves the report here
     out["late"] = _missing_reasons(s3, config, slot, late)
     for pair in pairs:
         entry = entries.get(pair)
@@ -330,7 +334,7 @@ def _missing_reasons(s3, config: Config, slot: datetime, late: list[str]) -> dic
     notes = store.quarantine_reasons(s3, config.bucket, config.quarantine_prefix, slot) if late else []
     first = {}
     for note in notes:
-        first.setdefault(note.get("pair"), note)
+        first.setdefault(note.get("pair") or config.pair, note)
     return {
         pair: f"quarantined: {alerts.quoted(first[pair]['reason'])} (object {alerts.quoted(first[pair]['source_key'])})"
         if pair in first

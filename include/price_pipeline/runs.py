@@ -1,7 +1,8 @@
 """What the price DAGs' tasks ask Airflow: the one module of ``include/`` that imports it (the others are
 plain functions that never do).
 
-- ``WindowRecordSensor``: a live window's run waits for its record; a past window's run looks once.
+- ``WindowRecordSensor``: a live window's run waits for every pair's record, or a deadline; a past
+  window's run looks once.
 - ``still_normalizing`` / ``analyse_when_settled``: the scheduler's side of the one rule for waiting on
   earlier windows (``windows.wait_for_earlier_windows``), the same for every pair.
 - ``LiveRunsOpsNotifier``: failures page ops for live runs; a backfill's failed windows go to whoever ran it.
@@ -14,8 +15,10 @@ import logging
 from datetime import datetime, timedelta
 
 import pendulum
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
-from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+from airflow.providers.amazon.aws.sensors.base_aws import AwsBaseSensor
+from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import BaseNotifier
 
 from include.price_pipeline import layout, windows
@@ -30,14 +33,49 @@ FINISHED_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
 ACTIVE_RUN_STATES = ("queued", "running")
 #: How often a window waiting for an earlier one's normalization looks again.
 PREVIOUS_WINDOW_POKE = timedelta(seconds=15)
+#: How soon the sensor looks again after a wake-up that found no new pair (a key outside the grammar
+#: matched the trigger's pattern): later than the poke interval, so such a key is no busy loop.
+SLOW_LOOK = timedelta(seconds=30)
 
 
-class WindowRecordSensor(S3KeySensor):
-    """The S3KeySensor of a window's record. A live window's run waits for it as S3KeySensor does (deferred,
-    up to ``timeout``); a run whose record should already be there (``windows.looks_once``: a backfill
-    run, a window that ended longer ago than the timeout) lists once and, with nothing there, is skipped
-    with a one-line reason naming the window and what it listed: a missing record, not a pipeline error,
-    and no page."""
+class WindowRecordSensor(AwsBaseSensor[S3Hook]):
+    """Waits for a window's records, one per configured pair, with one listing of the window's prefix per
+    look (deferred to the provider's S3KeyTrigger between looks). No pair is the window's clock:
+
+    - every pair's record there: done;
+    - some there and the window ended ``deadline_seconds`` ago: done; the missing pairs are *late* (the
+      analysis reports them to ops), so one producer down delays the others by the deadline at most;
+    - none there ``timeout`` seconds after the window ended: fails (ops hear *Feed stale*);
+    - a run whose records should already be there (``windows.looks_once``: a backfill run, a window that
+      ended longer ago than the timeout) lists once and goes on with the pairs there, or with none there is
+      skipped with a one-line reason naming the window and what it listed: a missing record, no page.
+    """
+
+    aws_hook_class = S3Hook
+    template_fields = aws_template_fields("bucket_name")
+
+    def __init__(self, *, bucket_name: str, prefix: str, pairs: list[str], default_pair: str,
+                 deadline_seconds: int, deferrable: bool, **kwargs):  # fmt: skip
+        super().__init__(**kwargs)
+        self.bucket_name, self.prefix, self.pairs, self.default_pair = bucket_name, prefix, pairs, default_pair
+        self.deadline = timedelta(seconds=deadline_seconds)
+        self.deferrable = deferrable
+
+    def _look(self, context) -> tuple[datetime, list[str]]:
+        """The run's window and its configured pairs without a record (one listing)."""
+        slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
+        keys = self.hook.list_keys(self.bucket_name, prefix=layout.ingestion_window_prefix(slot, self.prefix))
+        there = layout.pairs_listed(keys, slot, self.prefix, self.default_pair)
+        return slot, [pair for pair in self.pairs if pair not in there]
+
+    def _settled(self, slot: datetime, missing: list[str], past_deadline: bool) -> bool:
+        if missing and len(missing) < len(self.pairs) and past_deadline:
+            log.warning("Window %s: going on without %s (no record yet: late)", layout.slot_stamp(slot), missing)
+        return not missing or (len(missing) < len(self.pairs) and past_deadline)
+
+    def poke(self, context) -> bool:
+        slot, missing = self._look(context)
+        return self._settled(slot, missing, pendulum.now("UTC") >= slot + layout.SLOT + self.deadline)
 
     def execute(self, context):
         from airflow.sdk.exceptions import AirflowSkipException
@@ -46,13 +84,57 @@ class WindowRecordSensor(S3KeySensor):
         slot = windows.run_window_start(context.get("data_interval_start"), dag_run.run_after)
         why = windows.looks_once(dag_run.run_type, slot + layout.SLOT, pendulum.now("UTC"), self.timeout)
         if why is None:
-            return super().execute(context)
-        if self.poke(context):
+            return self._wait(context) if self.deferrable else super().execute(context)
+        if self._settled(*self._look(context), past_deadline=True):
             return None
+        prefix = layout.ingestion_window_prefix(slot, self.prefix)
         raise AirflowSkipException(
             f"no record for window {layout.slot_stamp(slot)}: nothing matches "
-            f"s3://{self.bucket_name}/{self.bucket_key} ({why}: looked once)"
+            f"s3://{self.bucket_name}/{prefix}* for a pair of the rules ({why}: looked once)"
         )
+
+    def _wait(self, context, missing_before: list[str] | None = None) -> None:
+        """Done, or deferred until the missing records are there (all of them: the trigger's keys), or until
+        the deadline (some there) or the timeout (none there), whichever comes first."""
+        from airflow.providers.amazon.aws.triggers.s3 import S3KeyTrigger
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+
+        slot, missing = self._look(context)
+        now, end = pendulum.now("UTC"), slot + layout.SLOT
+        if self._settled(slot, missing, now >= end + self.deadline):
+            return None
+        if len(missing) < len(self.pairs):
+            until = end + self.deadline
+            keys = [layout.record_glob(slot, pair, self.default_pair, self.prefix) for pair in missing]
+        else:
+            until, keys = end + timedelta(seconds=self.timeout), layout.ingestion_window_prefix(slot, self.prefix) + "*"
+            if now >= until:
+                raise AirflowSensorTimeout(f"no record of any pair for window {layout.slot_stamp(slot)} "
+                                           f"{self.timeout:g} s after it ended")  # fmt: skip
+        if missing == missing_before:  # woken by a key outside the grammar: look again later, not at once
+            trigger = DateTimeTrigger(min(until, now + SLOW_LOOK))
+        else:
+            trigger = S3KeyTrigger(
+                bucket_name=self.bucket_name, bucket_key=keys, wildcard_match=True, aws_conn_id=self.aws_conn_id,
+                region_name=self.region_name, verify=self.verify, botocore_config=self.botocore_config,
+                poke_interval=self.poke_interval,
+            )  # fmt: skip
+        self.defer(trigger=trigger, method_name="resume", kwargs={"missing_before": missing}, timeout=until - now)
+
+    def resume(self, context, event=None, missing_before: list[str] | None = None) -> None:
+        if isinstance(event, dict) and event.get("status") == "error":
+            raise RuntimeError(event["message"])
+        return self._wait(context, missing_before)
+
+    def resume_execution(self, next_method: str, next_kwargs: dict | None, context):
+        """A deferral that timed out (the deadline, or the timeout) is one more look, not a failure."""
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowSensorTimeout:
+            return self._wait(context)
 
 
 def still_normalizing(ti, dag_id: str) -> windows.StillNormalizing:

@@ -57,9 +57,14 @@ SETTINGS = (
     Setting(
         "PRICE_SENSOR_TIMEOUT_SECONDS",
         "900",
-        "how long a live window's run waits for its record (a past window's looks once)",
+        "how long a live window's run waits for a record of any pair (a past window's looks once)",
     ),
     Setting("PRICE_SENSOR_POKE_SECONDS", "2", "how often the sensor lists the window prefix"),
+    Setting(
+        "PRICE_PAIRS_DEADLINE_SECONDS",
+        "120",
+        "how long after a live window ends its run waits for the pairs still missing once one pair's record is there",
+    ),
     Setting(
         "PRICE_GLUE_POLL_SECONDS",
         "5",
@@ -112,6 +117,7 @@ class Config:
     max_alert_age_minutes: int
     sensor_timeout_seconds: int
     sensor_poke_seconds: int
+    pairs_deadline_seconds: int
     glue_poll_seconds: int
     previous_window_wait_seconds: int
     deferrable: bool

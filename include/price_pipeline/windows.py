@@ -47,6 +47,11 @@ class WindowFailed(Exception):
     """The window cannot be analysed and a retry will not change that (the message says why)."""
 
 
+class RecordMissing(WindowFailed):
+    """The window has no canonical record of the default pair (none landed by the sensor's deadline, or
+    the Glue job quarantined it; the message says which): the pair is late for the window."""
+
+
 class WindowNotReady(Exception):
     """An earlier window this one is compared with has a raw record whose normalization is still
     under way (a parallel backfill, a slow or retried Glue run): analysing now would compare with an
@@ -135,7 +140,7 @@ def analyse_window(
     first = slot - policy.lookback - layout.SLOT * policy.repeat_windows
     prices = _load(s3, config, slot, first, slot)
     if not prices or prices[-1].slot != slot:
-        raise WindowFailed(_missing_record_reason(s3, config, slot))
+        raise RecordMissing(_missing_record_reason(s3, config, slot))
     _wait_for_gaps(s3, config, slot, first, prices, still_normalizing)
     if prices[-1].superseded:
         log.warning(
@@ -347,4 +352,4 @@ def _missing_record_reason(s3, config: Config, slot: datetime) -> str:
         first = reasons[0]
         reason, key = alerts.quoted(first["reason"]), alerts.quoted(first["source_key"])
         return f"record for window {stamp} quarantined: {reason} (object {key})"
-    return f"no normalized record for window {stamp} (the raw object held no record of this slot)"
+    return f"no normalized record for window {stamp} (no raw object was there, or it held no record of this slot)"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from include.price_pipeline import analysis, layout, settings
+from include.price_pipeline import analysis, layout, runs, settings, windows
 from tests.conftest import utc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,11 +143,9 @@ def test_price_notification_parses_with_exactly_the_documented_tasks_by_default(
 
 
 def test_sensor_is_deferrable_by_default_with_a_finite_timeout_and_poke_interval(dag, config):
-    from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
-
     sensor = dag.get_task("wait_for_price_record")
 
-    assert isinstance(sensor, S3KeySensor)
+    assert isinstance(sensor, runs.WindowRecordSensor)
     assert sensor.deferrable is True
     assert math.isfinite(sensor.timeout)
     assert 0 < sensor.poke_interval < sensor.timeout
@@ -155,23 +153,16 @@ def test_sensor_is_deferrable_by_default_with_a_finite_timeout_and_poke_interval
     assert sensor.poke_interval == config.sensor_poke_seconds
 
 
-def test_sensor_waits_for_the_default_pairs_keys_of_the_window_by_the_key_grammar(dag, config):
-    """Issue 21: the glob follows the ingestion key grammar (``<slot>.`` or ``<slot>-`` then the rest), so
-    another pair's folder key does not wake it (it was ``<slot>*``)."""
-    from fnmatch import fnmatch
-
+def test_sensor_waits_for_every_configured_pair_until_the_deadline(dag, config):
+    """Issue 19: no pair is the window's clock. The sensor waits for each pair of the rules file (it waited
+    for the default pair's key only) and gives the others ``PRICE_PAIRS_DEADLINE_SECONDS``."""
     sensor = dag.get_task("wait_for_price_record")
-    slot = utc(2026, 2, 3, 12, 0)
 
-    key = dag.get_template_env().from_string(sensor.bucket_key).render(dag_run=dag_run(slot))
-
-    prefix = layout.ingestion_window_prefix(slot, config.ingestion_prefix)
     assert sensor.bucket_name == config.bucket
-    assert sensor.wildcard_match is True
-    assert key == prefix + layout.DEFAULT_PAIR_KEY_GLOB
-    assert fnmatch(prefix + ".json", key)
-    assert fnmatch(prefix + "-v2.csv", key)
-    assert not fnmatch(prefix + "/BTC_USDT.json", key)
+    assert sensor.prefix == config.ingestion_prefix
+    assert sensor.pairs == list(settings.load_rules(config).pairs)
+    assert sensor.default_pair == config.pair
+    assert sensor.deadline.total_seconds() == config.pairs_deadline_seconds
 
 
 # ------------------------------------------------------------------ price_notification: the Glue job
@@ -252,13 +243,12 @@ def test_a_run_without_a_logical_date_renders_the_latest_complete_window(dag, co
     """REST ``"logical_date": null`` and ``airflow dags trigger`` without a date: no data interval."""
     env = dag.get_template_env()
     run = dag_run(None, run_after=utc(2026, 2, 3, 12, 7, 30))
-    sensor, glue = dag.get_task("wait_for_price_record"), dag.get_task("normalize_price_record")
+    glue = dag.get_task("normalize_price_record")
 
-    key = env.from_string(sensor.bucket_key).render(dag_run=run)
     window = [env.from_string(glue.script_args[n]).render(dag_run=run) for n in ("--window_start", "--window_end")]
 
-    assert key == layout.ingestion_window_prefix(utc(2026, 2, 3, 12, 0), config.ingestion_prefix) + "[.-]*"
     assert window == ["2026-02-03T12:00:00Z", "2026-02-03T12:05:00Z"]
+    assert windows.run_window_start(None, run.run_after) == utc(2026, 2, 3, 12, 0)  # what the sensor looks at
 
 
 def test_both_dags_take_their_task_defaults_from_one_home_and_tell_ops_of_failures(dagbag):

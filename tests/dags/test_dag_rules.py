@@ -40,7 +40,7 @@ def test_other_pairs_add_one_analysis_task_and_one_publish_task(monkeypatch):
     analyse, publish = dag.get_task("analyse_pairs"), dag.get_task("publish_pair_alerts")
     assert publish.upstream_task_ids == {"analyse_pairs"}
     assert analyse.upstream_task_ids == {"normalize_price_record"}
-    assert dag.get_task("wait_for_price_record").bucket_key.endswith("{{ default_pair_glob }}")
+    assert dag.get_task("wait_for_price_record").pairs == ["ETH/USDT", "BTC/USDT", "SOL/USDT"]
     default = parse(monkeypatch, "price_notification", "include/rules/default.json").price_notification()
     assert "analyse_pairs" not in default.task_ids
 

@@ -38,6 +38,7 @@ AIRFLOW_SIDE = {
     "PRICE_MAX_ALERT_AGE_MINUTES": "DAG behaviour",
     "PRICE_SENSOR_TIMEOUT_SECONDS": "sensor timing",
     "PRICE_SENSOR_POKE_SECONDS": "sensor timing",
+    "PRICE_PAIRS_DEADLINE_SECONDS": "sensor timing",
     "PRICE_PREVIOUS_WINDOW_WAIT_SECONDS": "DAG behaviour",
     "PRICE_DEFERRABLE": "whether a triggerer runs, an Airflow deployment fact",
     "PRICE_GLUE_POLL_SECONDS": "operator timing",

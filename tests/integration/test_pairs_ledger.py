@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from include.price_pipeline import browse, layout, pairs, rules, windows
 from tests.conftest import utc
-from tests.records import seed_pairs
+from tests.records import candle, seed_normalized, seed_pairs
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +34,9 @@ RULES = rules.parse(
 
 
 def seed(aws, slot, **prices):
+    """The window's canonical CSVs: the other pairs' with ``prices``, and the default pair's, whose own
+    lane is not under test here (without it, the default pair is late too)."""
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot, 2000.0))
     seed_pairs(aws.s3, aws.config.bucket, slot, {f"{base}/USDT": price for base, price in prices.items()})
 
 
@@ -160,7 +163,8 @@ def test_a_backfill_records_a_firing_rule_as_suppressed_and_a_missing_pair_as_la
     assert stored["rules"]["move-5m"]["decision"] == "suppressed_backfill"
     assert stored["rules"]["move-5m"]["reason"] == "backfill run"
     later = analyse(aws, "dag/live", slot + layout.SLOT * 3)
-    assert later["late"] == {pair: "no record of the window when it was analysed" for pair in ("BTC/USDT", "SOL/USDT")}
+    every_pair = ("ETH/USDT", "BTC/USDT", "SOL/USDT")  # the default pair included: no pair is the clock
+    assert later["late"] == {pair: "no record of the window when it was analysed" for pair in every_pair}
     assert aws.keys(layout.pairs_ledger_key(slot + layout.SLOT * 3)) == []  # no entry: a later run can decide it
     assert "- BTC/USDT: no record of the window" in pairs.late_notice(slot, later["late"], "url")
 

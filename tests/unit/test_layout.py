@@ -425,6 +425,41 @@ def test_the_sensor_glob_matches_the_default_pairs_keys_and_no_other_pairs(rest)
         assert not fnmatch.fnmatch(prefix + other, prefix + layout.DEFAULT_PAIR_KEY_GLOB)
 
 
+PAIRS = ["ETH/USDT", "BTC/USDT", "BTC/USDTX", "ETH/BTC"]
+#: Keys under a window: some of a pair by the grammar, some outside it.
+window_rests = st.builds(
+    lambda folder, mark, rest: folder + mark + rest,
+    st.sampled_from(["", "/BTC_USDT", "/BTC_USDTX", "/ETH_BTC", "/ETH_USDT", "/BTC"]),
+    st.sampled_from(["", ".", "-", "-v2", "/", "x"]),
+    st.text(alphabet="abcv0123456789./-_", max_size=12),
+)
+
+
+@PROPERTY
+@given(slot=slots, rest=window_rests, pair=st.sampled_from(PAIRS))
+def test_the_sensors_pattern_of_a_pair_matches_every_key_the_grammar_gives_that_pair(slot, rest, pair):
+    """The sensor's trigger wakes on ``record_glob``: a key of the pair it misses would hold the window
+    until the deadline. (It may match more: a wake-up is checked by ``pairs_listed``.) The default pair's
+    keys are ``<S><suffix>``; the grammar also reads its slug's folder as it, undocumented, and found by
+    the listing at the deadline only."""
+    key = layout.ingestion_window_prefix(slot) + rest
+    read = layout.read_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT")
+
+    if read and read[0] == pair and not (pair == "ETH/USDT" and rest.startswith("/")):
+        assert fnmatch.fnmatch(key, layout.record_glob(slot, pair, "ETH/USDT"))
+    assert (read is not None and read[0] in PAIRS and read[0] == pair) == (
+        pair in layout.pairs_listed([key], slot, layout.INGESTION_PREFIX, "ETH/USDT")
+    )
+
+
+def test_the_pairs_listed_are_those_the_grammar_names_and_no_key_outside_it():
+    prefix = layout.ingestion_window_prefix(SLOT)
+    keys = [prefix + rest for rest in (".json", "/BTC_USDT-v2.csv", "/notes.txt", "-v2/SOL_USDT.json", "/SOL_USDT/x")]
+
+    assert layout.pairs_listed(keys, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == {"ETH/USDT", "BTC/USDT"}
+    assert layout.pairs_listed(keys[2:], SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == set()
+
+
 @PROPERTY
 @given(slot=slots, other=slots, pair=st.sampled_from(["", "BTC/USDT", "SOL/USDT", "ETH/BTC"]))
 def test_one_window_listing_finds_every_pairs_object_of_that_window_only(slot, other, pair):
