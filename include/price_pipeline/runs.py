@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pendulum
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -36,6 +36,12 @@ PREVIOUS_WINDOW_POKE = timedelta(seconds=15)
 #: How soon the sensor looks again after a wake-up that found no new pair (a key outside the grammar
 #: matched the trigger's pattern): later than the poke interval, so such a key is no busy loop.
 SLOW_LOOK = timedelta(seconds=30)
+
+
+def _now() -> datetime:
+    """A plain ``datetime``: a pendulum one makes pendulum intervals, which a deferral's timeout cannot
+    carry to the supervisor (msgpack refuses them: the task failed instead of deferring)."""
+    return datetime.now(UTC)
 
 
 class WindowRecordSensor(AwsBaseSensor[S3Hook]):
@@ -75,14 +81,14 @@ class WindowRecordSensor(AwsBaseSensor[S3Hook]):
 
     def poke(self, context) -> bool:
         slot, missing = self._look(context)
-        return self._settled(slot, missing, pendulum.now("UTC") >= slot + layout.SLOT + self.deadline)
+        return self._settled(slot, missing, _now() >= slot + layout.SLOT + self.deadline)
 
     def execute(self, context):
         from airflow.sdk.exceptions import AirflowSkipException
 
         dag_run = context["dag_run"]
         slot = windows.run_window_start(context.get("data_interval_start"), dag_run.run_after)
-        why = windows.looks_once(dag_run.run_type, slot + layout.SLOT, pendulum.now("UTC"), self.timeout)
+        why = windows.looks_once(dag_run.run_type, slot + layout.SLOT, _now(), self.timeout)
         if why is None:
             return self._wait(context) if self.deferrable else super().execute(context)
         if self._settled(*self._look(context), past_deadline=True):
@@ -101,7 +107,7 @@ class WindowRecordSensor(AwsBaseSensor[S3Hook]):
         from airflow.sdk.exceptions import AirflowSensorTimeout
 
         slot, missing = self._look(context)
-        now, end = pendulum.now("UTC"), slot + layout.SLOT
+        now, end = _now(), slot + layout.SLOT
         if self._settled(slot, missing, now >= end + self.deadline):
             return None
         if len(missing) < len(self.pairs):

@@ -71,8 +71,11 @@ def test_with_the_default_pairs_producer_down_the_other_pairs_alerts_go_out_at_t
     )
     soak.wait_for(lambda: soak.run_state(stack, run_id) in ("success", "failed"), timeout=TIMEOUT, stack=stack)
 
-    tasks = dict(stack.query("SELECT task_id, state FROM task_instance WHERE run_id = %s", run_id))
+    tasks = {task: (state, tries) for task, state, tries in stack.query(
+        "SELECT task_id, state, try_number FROM task_instance WHERE run_id = %s", run_id)}  # fmt: skip
     assert soak.run_state(stack, run_id) == "success", tasks
+    assert {task: tries for task, (_, tries) in tasks.items() if tries > 1} == {}  # no task needed a retry
+    tasks = {task: state for task, (state, _) in tasks.items()}
     assert tasks["compute_price_change"] == "skipped"  # the default pair is late: no decision, no page
     [[sensor_end]] = stack.query(
         "SELECT end_date FROM task_instance WHERE run_id = %s AND task_id = 'wait_for_price_record'", run_id

@@ -11,7 +11,9 @@ import pytest
 from moto import mock_aws
 
 from include.price_pipeline import layout
-from include.price_pipeline.runs import SLOW_LOOK, WindowRecordSensor
+from include.price_pipeline.runs import SLOW_LOOK, WindowRecordSensor, _now
+
+REAL_NOW = _now
 
 BUCKET = "raw"
 PAIRS = ["ETH/USDT", "BTC/USDT", "SOL/USDT"]
@@ -56,7 +58,7 @@ def clock(monkeypatch):
 
     def set_to(after_end: float) -> datetime:
         now = SLOT + layout.SLOT + timedelta(seconds=after_end)
-        monkeypatch.setattr(runs, "pendulum", SimpleNamespace(now=lambda *_: now))
+        monkeypatch.setattr(runs, "_now", lambda: now)
         return now
 
     set_to(10)
@@ -78,6 +80,20 @@ def deferred(call):
     with pytest.raises(TaskDeferred) as caught:
         call()
     return caught.value
+
+
+def test_the_deferral_timeout_is_one_the_task_runner_can_send_to_its_supervisor(s3, monkeypatch):
+    """On the real clock. Airflow's clock is pendulum's, whose intervals msgpack refuses: the sensor's
+    deferral failed on the stack ("Objects of type Interval are not supported") and passed on retries."""
+    import msgspec
+    from airflow.sdk.execution_time.comms import _msgpack_enc_hook
+
+    from include.price_pipeline import runs
+
+    monkeypatch.setattr(runs, "_now", REAL_NOW)
+    wait = deferred(lambda: sensor().execute(context(layout.slot_start(REAL_NOW()) - layout.SLOT)))
+
+    msgspec.msgpack.Encoder(enc_hook=_msgpack_enc_hook).encode({"trigger_timeout": wait.timeout})
 
 
 def test_every_pairs_record_there_is_done_at_once(s3):
