@@ -17,9 +17,9 @@ one Glue job run) per window:
    get ONE message for the run: how many of the range's objects were quarantined, how many windows are
    usable, and the commonest reasons with an example object each. The run stays successful.
 
-Breaches are recorded as `suppressed_backfill` unless `notify_on_backfill` is on: then each due breach is
-claimed in the ledger (`publishing`, a conditional write), published to the alert topic by the run whose
-claim landed, and recorded as notified. A range where no window has a usable record fails with the counts.
+Breaches are recorded as `suppressed_backfill` unless `notify_on_backfill` is on: then each due breach of
+every pair is claimed in the ledger (`publishing`, a conditional write), published to the alert topic by
+the run whose claim landed, and recorded as notified. A range where no window has a usable record fails with the counts.
 
 `start` and `end` are window starts in UTC such as `2025-03-01T00:00:00Z`; `end` is excluded. Running a
 range again writes identical objects.

@@ -632,29 +632,39 @@ def backfill_history(
     summary["claimed_elsewhere"] = published.get("claimed_elsewhere", 0)
     clock.done("publish")
     if rule_set is not None and len(rule_set.pairs) > 1:
+        publish_alert = (
+            (lambda alert: publish(alert["subject"], alert["message"], alert["attributes"])) if publish else None
+        )
         summary["pairs"] = backfill_pairs(
-            s3, config, rule_set, start, end, range_key, notify_on_backfill, parquet_prefix
+            s3, config, rule_set, start, end, range_key, parquet_prefix, publish_alert, run_url, claimant
         )
         clock.done("pairs")
     summary["seconds"] = clock.seconds
     log_summary(summary)
-    if published.get("claims_left"):
+    left = published.get("claims_left", []) + summary.get("pairs", {}).get("published", {}).get("left", [])
+    if left:
         raise ClaimsLeft(
             f"claims left by an earlier try of {claimant} (may have been sent, not sent again): "
-            + ", ".join(published["claims_left"])
+            + ", ".join(left)
             + "; to release a claim see README"
         )
+    refused = summary.get("pairs", {}).get("published", {}).get("failed", [])
+    if refused:  # not sent: the task's retry analyses the range again and publishes them
+        raise RuntimeError("; ".join(refused))
     return summary
 
 
 def backfill_pairs(
-    s3, config: Config, rule_set, start: datetime, end: datetime, range_key: str, notify_on_backfill: bool,
-    parquet_prefix: str = layout.PARQUET_PREFIX,
+    s3, config: Config, rule_set, start: datetime, end: datetime, range_key: str,
+    parquet_prefix: str = layout.PARQUET_PREFIX, publish: Callable[[dict], str] | None = None, run_url: str = "",
+    claimant: str = "",
 ) -> dict:  # fmt: skip
     """The other pairs of the rules file over ``[start, end)``: each window's entry with every rule's
     decision (as a native backfill run of price_notification writes it), one ledger pass for all pairs
-    (never over a ``publishing`` or ``notified`` entry) and each pair's monthly Parquet. Firing rules are
-    recorded ``suppressed_backfill``: this DAG publishes the default pair's breaches only."""
+    (never over a ``publishing`` or ``notified`` entry) and each pair's monthly Parquet. With ``publish``
+    (``notify_on_backfill``), firing rules are claimed by ``claimant`` in that pass and each is published
+    once as the live DAG publishes them (``pairs.publish_alerts``); without, they are recorded
+    ``suppressed_backfill``."""
     from include.price_pipeline import pairs, rules
 
     others = pairs.other_pairs(rule_set)
@@ -668,8 +678,6 @@ def backfill_pairs(
         before += [k for k in keys if layout.is_pairs_key(k) and first <= k <= last]
     bodies, _ = read_canonical(s3, config.bucket, sorted(set(month_keys) | set(before)), range_key)
     by_slot = pairs.prices_by_slot({layout.slot_of_key(key): body for key, body in bodies.items()})
-    why = "bulk backfill: this DAG publishes the default pair only" if notify_on_backfill else (
-        "backfill run (notify_on_backfill is off)")  # fmt: skip
     entries: dict[datetime, dict[str, dict]] = {}
     out = {}
     for pair in others:
@@ -679,8 +687,10 @@ def backfill_pairs(
             if not start <= price.slot < end:
                 continue
             decided = {rule.name: rules.evaluate(rule, series, price.slot) for rule in rule_set.pairs[pair]}
-            entry = pairs.pair_entry(pair, price.slot, price, rule_set.pairs[pair], decided, False, why)
-            entries.setdefault(price.slot, {})[pair] = entry
+            entry = pairs.pair_entry(pair, price.slot, price, rule_set.pairs[pair], decided, publish is not None,
+                                     "backfill run (notify_on_backfill is off)")  # fmt: skip
+            claimed = entry["decision"] == PUBLISHING
+            entries.setdefault(price.slot, {})[pair] = {**entry, "claimed_by": claimant} if claimed else entry
             windows_done += 1
         out[pair] = {"windows": windows_done}
     by_pair_month: dict[str, dict[tuple[int, int], list[dict]]] = {pair: {} for pair in others}
@@ -699,6 +709,16 @@ def backfill_pairs(
     }
     ledger_range = (start, end - layout.SLOT)
     out["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, *ledger_range, pairs.merged_bytes)
+    if publish is not None:
+        out["published"] = {"sent": 0, "skipped": [], "left": [], "failed": []}
+        for slot, by_pair in sorted(entries.items()):
+            due = [alert for entry in by_pair.values() for alert in pairs.due_alerts(entry, config, run_url)]
+            result = pairs.publish_alerts(s3, config, slot, due, claimant, publish) if due else {}
+            out["published"]["sent"] += len(result.get("sent", {}))
+            for outcome in ("skipped", "left", "failed"):
+                out["published"][outcome] += result.get(outcome, [])
+        for reason in out["published"]["skipped"]:
+            log.warning("%s", reason)
     return out
 
 

@@ -194,8 +194,7 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
     entries = _rewrite(s3, config, slot, lambda stored: merged(stored, fresh))
     stamp = layout.slot_stamp(slot)
     late = [p for p in pairs if p not in entries or (p not in fresh and entries[p]["decision"] not in CLAIMED)]
-    late += [] if default_there else [config.pair]  # its own task skips the window and leaves the report here
-    out["late"] = _missing_reasons(s3, config, slot, late)
+    out["late"] = _missing_reasons(s3, config, slot, late, default_there)
     for pair in pairs:
         entry = entries.get(pair)
         if pair in out["late"]:
@@ -206,7 +205,7 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
             log.warning("%s window %s is %s by %s: this run does not publish it", pair, stamp, entry["decision"],
                         entry.get("claimed_by", "an earlier run"))  # fmt: skip
         if ours:
-            out["alerts"] += _alerts(entry, config, run_url)
+            out["alerts"] += due_alerts(entry, config, run_url)
     breaches = [
         f"- {pair} rule {name}: {alerts._number(rule['change_pct']):+.2f}% ({rule['kind']})"
         for pair, entry in sorted(entries.items())
@@ -292,7 +291,7 @@ def pair_entry(pair, slot, latest, pair_rules, decided, due, why_not_due) -> dic
     }
 
 
-def _alerts(entry: dict, config: Config, run_url: str) -> list[dict]:
+def due_alerts(entry: dict, config: Config, run_url: str) -> list[dict]:
     """The alert of each rule the entry has due (``notify``), for the publish task."""
     out = []
     for name, rule in entry["rules"].items():
@@ -328,13 +327,18 @@ def _alerts(entry: dict, config: Config, run_url: str) -> list[dict]:
     return out
 
 
-def _missing_reasons(s3, config: Config, slot: datetime, late: list[str]) -> dict[str, str]:
+def _missing_reasons(s3, config: Config, slot: datetime, late: list[str], default_there: bool) -> dict[str, str]:
     """Why each of the ``late`` pairs has no record of the window: its quarantine reason, if the Glue job
-    left one (one listing of the window's quarantine folder for all of them), else that none was there."""
-    notes = store.quarantine_reasons(s3, config.bucket, config.quarantine_prefix, slot) if late else []
+    left one (one listing of the window's quarantine folder for all of them), else that none was there.
+    The default pair is late too when it has no record at all (its own analysis is skipped and leaves the
+    report here); a quarantined default record fails its own analysis with the reason instead."""
+    notes = (
+        store.quarantine_reasons(s3, config.bucket, config.quarantine_prefix, slot) if late or not default_there else []
+    )
     first = {}
     for note in notes:
         first.setdefault(note.get("pair") or config.pair, note)
+    late = late if default_there or config.pair in first else [*late, config.pair]
     return {
         pair: f"quarantined: {alerts.quoted(first[pair]['reason'])} (object {alerts.quoted(first[pair]['source_key'])})"
         if pair in first

@@ -48,8 +48,8 @@ class WindowFailed(Exception):
 
 
 class RecordMissing(WindowFailed):
-    """The window has no canonical record of the default pair (none landed by the sensor's deadline, or
-    the Glue job quarantined it; the message says which): the pair is late for the window."""
+    """The window has no record of the default pair (none landed by the sensor's deadline, or the one
+    there held no record of this slot): the pair is late for the window."""
 
 
 class WindowNotReady(Exception):
@@ -140,7 +140,7 @@ def analyse_window(
     first = slot - policy.lookback - layout.SLOT * policy.repeat_windows
     prices = _load(s3, config, slot, first, slot)
     if not prices or prices[-1].slot != slot:
-        raise RecordMissing(_missing_record_reason(s3, config, slot))
+        raise _missing_record(s3, config, slot)
     _wait_for_gaps(s3, config, slot, first, prices, still_normalizing)
     if prices[-1].superseded:
         log.warning(
@@ -331,8 +331,8 @@ def wait_for_earlier_windows(
 
 
 def records_not_normalized(s3, config: Config, gaps: list[datetime]) -> list[datetime]:
-    """Of the windows ``gaps`` (sorted), those whose run has a record to normalize: the default pair's
-    raw object, which the run's sensor waits for, is there (one listing per day partition)."""
+    """Of the windows ``gaps`` (sorted), those whose run has a record to normalize: a raw object of any
+    pair is there, which lets the run's sensor go on (one listing per day partition)."""
     window_of = {layout.ingestion_window_prefix(s, config.ingestion_prefix): s for s in gaps}
     length = len(next(iter(window_of)))
     found = set()
@@ -340,16 +340,20 @@ def records_not_normalized(s3, config: Config, gaps: list[datetime]) -> list[dat
         for key in store.list_keys(s3, config.bucket, f"{config.ingestion_prefix}{day}"):
             slot = window_of.get(key[:length])
             read = slot and layout.read_ingestion_key(key, slot, config.ingestion_prefix, config.pair)
-            if read and read[0] == config.pair:
+            if read:
                 found.add(slot)
     return sorted(found)
 
 
-def _missing_record_reason(s3, config: Config, slot: datetime) -> str:
+def _missing_record(s3, config: Config, slot: datetime) -> WindowFailed:
+    """Why the default pair has no canonical record of the window: its quarantine reason (WindowFailed:
+    bad input fails the window), else none was there (RecordMissing: the pair is late)."""
     stamp = layout.slot_stamp(slot)
-    reasons = store.quarantine_reasons(s3, config.bucket, config.quarantine_prefix, slot)
-    if reasons:
-        first = reasons[0]
-        reason, key = alerts.quoted(first["reason"]), alerts.quoted(first["source_key"])
-        return f"record for window {stamp} quarantined: {reason} (object {key})"
-    return f"no normalized record for window {stamp} (no raw object was there, or it held no record of this slot)"
+    notes = store.quarantine_reasons(s3, config.bucket, config.quarantine_prefix, slot)
+    mine = [note for note in notes if not note.get("pair")]  # another pair's note names it
+    if mine:
+        reason, key = alerts.quoted(mine[0]["reason"]), alerts.quoted(mine[0]["source_key"])
+        return WindowFailed(f"record for window {stamp} quarantined: {reason} (object {key})")
+    return RecordMissing(
+        f"no normalized record for window {stamp} (no raw object was there, or it held no record of this slot)"
+    )

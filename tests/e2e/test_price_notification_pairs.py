@@ -150,3 +150,46 @@ def test_an_old_window_without_a_pair_only_logs_it_late(dag, aws):
     assert ops["Subject"] == f"[price pipeline] Late breach not sent: {layout.slot_stamp(slot)}"
     assert "- SOL/USDT rule " in ops["Message"]
     assert list(pair_ledger(aws, slot)) == ["SOL/USDT"]
+
+
+@pytest.fixture(scope="module")
+def bulk_dag(airflow_db):
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRICE_RULES_FILE", "include/rules/local.json")
+        spec = importlib.util.spec_from_file_location("bulk_pairs", ROOT / "dags" / "price_history_backfill.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.price_history_backfill()
+
+
+def test_the_bulk_dag_with_notify_on_backfill_publishes_another_pairs_due_alert_exactly_once(bulk_dag, aws):
+    """Issue 19: the bulk DAG recorded other pairs' firings suppressed_backfill even with notify_on_backfill."""
+    from tests.e2e.test_price_history_backfill import run_bulk
+
+    start = W + layout.SLOT * 60
+    for i, price in enumerate((149.0, 149.5, 150.5)):  # SOL/USDT crosses 150 in the third window
+        slot = start + layout.SLOT * i
+        land(aws, "ETH/USDT", slot, 100.0)
+        land(aws, "BTC/USDT", slot, 90000.0)
+        land(aws, "SOL/USDT", slot, price)
+    end = start + layout.SLOT * 3
+
+    run, summary = run_bulk(bulk_dag, start, end, notify_on_backfill=True)
+
+    assert run.state == "success", task_states(run)
+    [alert] = aws.alerts()
+    assert alert["Subject"] == "SOL/USDT crossed 150 upward: 150.50"
+    assert "/dags/price_history_backfill/runs/" in alert["Message"]
+    assert summary["pairs"]["published"]["sent"] == 1
+    sol = pair_ledger(aws, start + layout.SLOT * 2)["SOL/USDT"]
+    assert (sol["decision"], sol["rules"]["cross-150"]["sns_message_id"]) == ("notified", alert["MessageId"])
+
+    again, _ = run_bulk(bulk_dag, start, end, notify_on_backfill=True)
+
+    assert again.state == "success", task_states(again)
+    assert aws.alerts() == []  # once per (pair, rule, window), whichever run
+    assert pair_ledger(aws, start + layout.SLOT * 2)["SOL/USDT"] == sol

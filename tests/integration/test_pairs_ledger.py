@@ -254,6 +254,50 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
     assert aws.get(damaged_key) == bulk[slots[2]] + b"not json\n"
 
 
+def test_the_bulk_backfill_with_notify_on_backfill_publishes_each_due_alert_of_another_pair_once(aws):
+    """Issue 19: the bulk DAG recorded every other pair's firing ``suppressed_backfill`` even with
+    notify_on_backfill ("this DAG publishes the default pair only"). Now each due (pair, rule, window) is
+    claimed in the bulk's ledger pass and published once, as a live run publishes it; a second bulk run or
+    a native run of a window after it sends nothing more."""
+    from datetime import datetime
+
+    from include.price_pipeline import history
+    from include.price_pipeline.analysis import Policy
+
+    start = utc(2025, 9, 14, 6, 0)  # a day no other test writes
+    slots = [start + layout.SLOT * i for i in range(4)]
+    for i, slot in enumerate(slots):
+        seed(aws, slot, BTC=(99000.0, 99500.0, 100500.0, 100600.0)[i], SOL=150.0)  # crosses 100k once
+    sent = []
+
+    def publish(subject, message, attributes):
+        sent.append(subject)
+        return f"msg-{attributes['rule']}"
+
+    def bulk(claimant):
+        return history.backfill_history(
+            aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, Policy(), True, datetime.now().astimezone(),
+            publish, "url", claimant=claimant, rule_set=RULES,
+        )  # fmt: skip
+
+    summary = bulk("price_history_backfill/run-1")
+
+    assert sorted(sent) == ["BTC/USDT crossed 100000 upward: 100,500.00", "BTC/USDT up 1.01% in 5 min: 100,500.00"]
+    assert summary["pairs"]["published"] == {"sent": 2, "skipped": [], "left": [], "failed": []}
+    btc = entries(aws, slots[2])["BTC/USDT"]
+    assert btc["decision"] == "notified"
+    assert "claimed_by" not in btc
+    assert {name: rule["sns_message_id"] for name, rule in btc["rules"].items()} == {
+        "cross-100k": "msg-cross-100k", "move-5m": "msg-move-5m", "move-1h": None,
+    }  # fmt: skip
+
+    again = bulk("price_history_backfill/run-2")
+    assert len(sent) == 2  # nothing more
+    assert again["pairs"]["published"]["sent"] == 0
+    assert analyse(aws, "price_notification/backfill__x", slots[2])["alerts"] == []
+    assert entries(aws, slots[2])["BTC/USDT"] == btc
+
+
 def test_a_late_pair_whose_object_was_quarantined_is_late_with_the_quarantine_reason(aws):
     slot = W + layout.SLOT * 144
     seed(aws, slot - layout.SLOT, BTC=99000.0, SOL=150.0)

@@ -718,16 +718,19 @@ def test_an_object_used_for_its_window_and_quarantined_for_another_record_counts
     assert history.objects_seen(reason_keys, [price], layout.QUARANTINE_PREFIX) == 3
 
 
-def test_an_earlier_window_without_the_default_pairs_record_holds_nobody_and_the_scheduler_is_not_asked():
-    """Only another pair's record in the gap: the run of that window waits in its sensor for the default
-    pair's record and normalizes nothing until it comes, so a live alert must not wait for it."""
+def test_an_earlier_window_with_another_pairs_record_only_is_asked_about_and_holds_nobody_once_normalized():
+    """Only another pair's record in the gap: no pair is the clock (issue 19), so that window's run goes on
+    at the deadline and normalizes it. An analysis asks whether a run can still do so (it did not ask,
+    when that run waited for the default pair's record), and goes on when none can."""
     s3, slot = waiting_case()
     gap = T0 + layout.SLOT * 3
     del s3.objects[layout.ingestion_key(gap, ".json")]
     s3.objects[layout.ingestion_key(gap, ".json", pair="BTC/USDT")] = b"{}"
+    asked = []
 
-    result = analyse(s3, slot, lambda slots: pytest.fail(f"asked the scheduler about {slots}"))
+    result = analyse(s3, slot, lambda slots: asked.extend(slots) and [])
 
+    assert asked == [gap]
     assert result["entry"]["previous"]["timestamp"] == layout.iso(T0 + layout.SLOT * 2)
 
 
