@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from include.price_pipeline import layout, store
@@ -42,8 +41,6 @@ from include.price_pipeline.settings import Config
 MAX_RANGE = timedelta(days=31)
 #: Ranges of at most this many windows are read from the ledger alone (one GET per window).
 LEDGER_MAX_WINDOWS = 288
-#: Concurrent S3 requests (the client's connection pool is 10 by default).
-WORKERS = 10
 #: Row of a slot that has neither a price nor a ledger entry.
 MISSING = "missing"
 DAMAGED = "damaged_ledger"  # the window's pairs' ledger object is damaged: its run fails, the row says why
@@ -193,9 +190,8 @@ def missing_row(slot: datetime) -> dict:
 
 def _ledger_keys(s3, config: Config, slots: list[datetime]) -> set[str]:
     """Ledger keys that exist for ``slots`` (one listing per day partition, in parallel)."""
-    days = layout.day_partitions(slots[0], slots[-1])
-    with ThreadPoolExecutor(min(WORKERS, len(days))) as pool:
-        listed = pool.map(lambda day: store.list_keys(s3, config.bucket, f"{config.changes_prefix}{day}"), days)
+    prefixes = [f"{config.changes_prefix}{day}" for day in layout.day_partitions(slots[0], slots[-1])]
+    listed = store.in_parallel(s3, lambda prefix: store.list_keys(s3, config.bucket, prefix), prefixes)
     return {key for keys in listed for key in keys}
 
 
@@ -218,8 +214,7 @@ def _read_entries(s3, config: Config, keys: list[str], pair: str = "") -> dict[s
             return None
         return entry if isinstance(entry, dict) else None
 
-    with ThreadPoolExecutor(WORKERS) as pool:
-        entries = list(pool.map(read, keys))
+    entries = store.in_parallel(s3, read, keys)
     return {key: entry for key, entry in zip(keys, entries, strict=True) if entry is not None}
 
 
@@ -275,10 +270,8 @@ def parquet_prices(s3, config: Config, first: datetime, last: datetime) -> list[
 
     months = layout.months_between(first, last)
     keys = [layout.parquet_key(year, month) for year, month in months]
-    with ThreadPoolExecutor(min(WORKERS, len(keys))) as pool:
-        bodies = list(pool.map(lambda key: store.read_bytes(s3, config.bucket, key), keys))
     prices = {}
-    for body in bodies:
+    for body in store.read_many(s3, config.bucket, keys):
         if body is None:
             continue
         table = pq.read_table(io.BytesIO(body), columns=["timestamp", "weighted_average", "pair", "source_key"])
@@ -333,8 +326,7 @@ def quarantined(s3, config: Config, start: datetime, end: datetime) -> list[dict
         f"{config.quarantine_prefix}{layout.month_partition(year, month)}"
         for year, month in layout.months_between(start, end - layout.SLOT)
     ]
-    with ThreadPoolExecutor(min(WORKERS, len(months))) as pool:
-        listed = pool.map(lambda prefix: store.list_keys(s3, config.bucket, prefix), months)
+    listed = store.in_parallel(s3, lambda prefix: store.list_keys(s3, config.bucket, prefix), months)
     keys = [key for keys in listed for key in keys]
     in_range = [key for key in keys if _has_slot(key) and start <= layout.slot_of_key(key) < end]
     reasons = _read_entries(s3, config, [key for key in in_range if key.endswith(".reason.json")])

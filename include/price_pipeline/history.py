@@ -34,7 +34,6 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -72,8 +71,6 @@ Log: {{ ti.log_url }}
 WINDOW_START_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d[05]:00Z$"
 #: Run timeout of the one Glue job run of a range (the job's own 10 minutes are sized for one window).
 GLUE_RANGE_TIMEOUT_MINUTES = 120
-#: Upper bound of concurrent S3 requests (also capped by the client's connection pool, 10 by default).
-MAX_WORKERS = 16
 #: How many of the largest moves the summary lists.
 LARGEST_MOVES = 5
 #: How many missing windows the summary names (it always counts all of them).
@@ -263,16 +260,9 @@ def parquet_bytes(rows: Iterable[dict]) -> bytes:
 # ------------------------------------------------------------------------------ S3
 
 
-def pool_size(s3) -> int:
-    """Threads to use with ``s3``: MAX_WORKERS, or fewer if the client pools fewer connections."""
-    pooled = getattr(getattr(getattr(s3, "meta", None), "config", None), "max_pool_connections", MAX_WORKERS)
-    return max(1, min(MAX_WORKERS, pooled or MAX_WORKERS))
-
-
 def read_all(s3, bucket: str, keys: list[str]) -> dict[str, bytes]:
     """``{key: bytes}`` of every key that exists, read in parallel."""
-    with ThreadPoolExecutor(pool_size(s3)) as pool:
-        bodies = list(pool.map(lambda key: store.read_bytes(s3, bucket, key), keys))
+    bodies = store.read_many(s3, bucket, keys)
     return {key: body for key, body in zip(keys, bodies, strict=True) if body is not None}
 
 
@@ -306,11 +296,9 @@ def list_with_etags(s3, bucket: str, prefixes: Iterable[str]) -> dict[str, str]:
             found.update({item["Key"]: item["ETag"].strip('"') for item in page.get("Contents", [])})
         return found
 
-    prefixes = list(prefixes)
     out: dict[str, str] = {}
-    with ThreadPoolExecutor(max(1, min(pool_size(s3), len(prefixes)))) as pool:
-        for found in pool.map(listing, prefixes):
-            out.update(found)
+    for found in store.in_parallel(s3, listing, list(prefixes)):
+        out.update(found)
     return out
 
 
@@ -370,14 +358,12 @@ def objects_seen(reason_keys: Iterable[str], prices: Iterable[Price], quarantine
 
 def read_quarantine_notes(s3, bucket: str, reason_keys: list[str]) -> list[dict]:
     """Up to QUARANTINE_NOTES_READ of the reason files ``reason_keys``, spread evenly over them, read in
-    parallel (store.READ_WORKERS); each as ``{"key": reason key, "source_key", "reason"}``. A file gone
+    parallel; each as ``{"key": reason key, "source_key", "reason"}``. A file gone
     meanwhile, or not a JSON object, is left out."""
     step = max(1, math.ceil(len(reason_keys) / QUARANTINE_NOTES_READ))
     chosen = reason_keys[::step]
-    with ThreadPoolExecutor(store.READ_WORKERS) as pool:
-        bodies = list(pool.map(lambda key: store.read_bytes(s3, bucket, key), chosen))
     notes = []
-    for key, body in zip(chosen, bodies, strict=True):
+    for key, body in zip(chosen, store.read_many(s3, bucket, chosen), strict=True):
         try:
             note = json.loads(body) if body is not None else None
         except ValueError:
@@ -483,16 +469,13 @@ def write_ledger(
                 if not merge and _decision(existing) in CLAIMED:
                     return f"kept_{_decision(existing)}"
             try:
-                store.write_if(s3, bucket, key, body, "application/json", etag)
+                store.write_if(s3, bucket, key, body, store.NDJSON if merge else store.JSON, etag)
                 return "written"
             except store.ConditionFailed:
                 etag = "changed meanwhile"  # not an MD5: read it again
         raise RuntimeError(f"ledger entry {key} kept changing while being written ({WRITE_ATTEMPTS} attempts)")
 
-    keys = sorted(objects)
-    with ThreadPoolExecutor(pool_size(s3)) as pool:
-        outcomes = list(pool.map(settle, keys))
-    counts = Counter(outcomes)
+    counts = Counter(store.in_parallel(s3, settle, sorted(objects)))
     return {name: counts.get(name, 0) for name in ("written", "unchanged", "kept_notified", "kept_publishing")}
 
 

@@ -46,7 +46,6 @@ from include.price_pipeline.settings import Config
 from include.price_pipeline.windows import PUBLISH_STARTED
 
 log = logging.getLogger(__name__)
-JSON = "application/x-ndjson"
 ANALYSED = "analysed"
 #: The ledger object is rewritten over the version read; a lost race (another run of the window) reads again.
 MAX_WRITE_ATTEMPTS = 20
@@ -154,8 +153,7 @@ def load_pair_prices(
             break
         slots = sorted(wanted)
         keys = [layout.pairs_analysis_key(at, config.analysis_prefix) for at in slots]
-        with ThreadPoolExecutor(store.READ_WORKERS) as pool:
-            bodies = list(pool.map(lambda key: store.read_bytes(s3, config.bucket, key), keys))
+        bodies = store.read_many(s3, config.bucket, keys)
         read.update(prices_by_slot({at: body or b"" for at, body in zip(slots, bodies, strict=True)}))
     return {pair: [read[at][pair] for at in sorted(read) if pair in read[at]] for pair in pairs}
 
@@ -250,7 +248,7 @@ def _rewrite(s3, config: Config, slot: datetime, change: Callable[[dict], dict],
             return updated  # nothing to write (also: no entry at all stays no object)
         if updated:
             try:
-                store.write_if(s3, config.bucket, key, entries_bytes(updated), JSON, etag)
+                store.write_if(s3, config.bucket, key, entries_bytes(updated), store.NDJSON, etag)
                 return updated
             except store.ConditionFailed:
                 pass

@@ -15,7 +15,11 @@ from botocore.exceptions import ClientError
 from include.price_pipeline import layout
 from include.price_pipeline.analysis import Price, parse_canonical_csv
 
-READ_WORKERS = 8
+#: Media types of the ledger's objects: the default pair's entry is one JSON object, the other pairs'
+#: object of a window holds JSON lines.
+JSON, NDJSON = "application/json", "application/x-ndjson"
+#: Upper bound of concurrent S3 requests (also capped by the client's connection pool, 10 by default).
+MAX_WORKERS = 16
 #: S3 answers a failed If-Match / If-None-Match with one of these (412, or 409 for a concurrent write).
 CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
@@ -119,10 +123,22 @@ def _just_before(key: str) -> str:
 
 def load_prices(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> list[Price]:
     """Every normalized price with a slot in ``[first, last]``, in slot order (parallel reads)."""
-    keys = analysis_keys_between(s3, bucket, prefix, first, last)
-    with ThreadPoolExecutor(READ_WORKERS) as pool:
-        bodies = list(pool.map(lambda key: read_bytes(s3, bucket, key), keys))
+    bodies = read_many(s3, bucket, analysis_keys_between(s3, bucket, prefix, first, last))
     return [parse_canonical_csv(body) for body in bodies if body is not None]
+
+
+def in_parallel(s3, call, items: list) -> list:
+    """``[call(item) for item in items]``, the calls made in parallel: the one way the pipeline, the bulk
+    DAG and the page make many S3 requests at once (at most MAX_WORKERS, or the client's pool)."""
+    pooled = getattr(getattr(getattr(s3, "meta", None), "config", None), "max_pool_connections", MAX_WORKERS)
+    workers = max(1, min(MAX_WORKERS, pooled or MAX_WORKERS, len(items)))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(call, items))
+
+
+def read_many(s3, bucket: str, keys: list[str]) -> list[bytes | None]:
+    """Each key's bytes (None where there is no object), in the order of ``keys``, read in parallel."""
+    return in_parallel(s3, lambda key: read_bytes(s3, bucket, key), keys)
 
 
 def quarantine_reasons(s3, bucket: str, prefix: str, slot: datetime) -> list[dict]:

@@ -32,7 +32,6 @@ from include.price_pipeline.analysis import (
 from include.price_pipeline.settings import Config, default_rule_name
 
 log = logging.getLogger(__name__)
-JSON = "application/json"
 #: What a run that did not publish a window says it found (its decision in XCom, never in the ledger).
 CLAIMED_ELSEWHERE = "claimed_elsewhere"
 #: Marks a claim whose publish has begun: from then on nobody publishes it again (at most once).
@@ -240,7 +239,7 @@ def _settle(s3, config: Config, slot: datetime, entry: dict, etag: str | None) -
     if etag is not None and etag == store.md5(body):
         return entry
     try:
-        store.write_if(s3, config.bucket, key, body, JSON, etag)
+        store.write_if(s3, config.bucket, key, body, store.JSON, etag)
         return entry
     except store.ConditionFailed:
         stored, _ = read_entry(s3, config, slot)
@@ -260,7 +259,7 @@ def claim(s3, config: Config, entry: dict, etag: str | None, claimant: str, star
     slot = datetime.fromisoformat(entry["window_start"].replace("Z", "+00:00"))
     claimed = {**entry, "decision": PUBLISHING, "claimed_by": claimant} | ({PUBLISH_STARTED: True} if started else {})
     key = layout.ledger_key(slot, config.changes_prefix)
-    return store.write_if(s3, config.bucket, key, alerts.ledger_bytes(claimed), JSON, etag)
+    return store.write_if(s3, config.bucket, key, alerts.ledger_bytes(claimed), store.JSON, etag)
 
 
 def start_publish(s3, config: Config, slot: datetime, claimant: str) -> None:
@@ -286,7 +285,7 @@ def start_publish(s3, config: Config, slot: datetime, claimant: str) -> None:
         )
     key = layout.ledger_key(slot, config.changes_prefix)
     try:
-        store.write_if(s3, config.bucket, key, alerts.ledger_bytes({**entry, PUBLISH_STARTED: True}), JSON, etag)
+        store.write_if(s3, config.bucket, key, alerts.ledger_bytes({**entry, PUBLISH_STARTED: True}), store.JSON, etag)
     except store.ConditionFailed:
         raise ClaimLost(f"window {stamp}: the claim changed while this run started publishing") from None
 
@@ -306,7 +305,7 @@ def record_notified(s3, config: Config, entry: dict, message_id: str, claimant: 
         log.error("Window %s was published as SNS message %s but the ledger no longer holds its claim", key, message_id)
         raise ClaimLost(f"window {layout.slot_stamp(slot)}: published as {message_id}, but the claim is gone")
     try:
-        store.write_if(s3, config.bucket, key, alerts.ledger_bytes(entry), JSON, etag)
+        store.write_if(s3, config.bucket, key, alerts.ledger_bytes(entry), store.JSON, etag)
     except store.ConditionFailed:
         log.error("Window %s was published as SNS message %s but its claim changed meanwhile", key, message_id)
         raise ClaimLost(f"window {layout.slot_stamp(slot)}: published as {message_id}, but the claim changed") from None

@@ -282,6 +282,9 @@ def test_the_bulk_backfill_with_notify_on_backfill_publishes_each_due_alert_of_a
 
     summary = bulk("price_history_backfill/run-1")
 
+    head = aws.s3.head_object(Bucket=aws.config.bucket, Key=layout.pairs_ledger_key(slots[1]))
+    assert head["ContentType"] == "application/x-ndjson"  # as the pipeline writes it (was application/json)
+
     assert sorted(sent) == ["BTC/USDT crossed 100000 upward: 100,500.00", "BTC/USDT up 1.01% in 5 min: 100,500.00"]
     assert summary["pairs"]["published"] == {"sent": 2, "skipped": [], "left": [], "failed": []}
     btc = entries(aws, slots[2])["BTC/USDT"]
