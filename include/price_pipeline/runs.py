@@ -211,3 +211,138 @@ class LiveRunsOpsNotifier(SnsNotifier):
             log.info("A backfill run's failure: not paged to ops (make backfill and the UI report it)")
             return
         super().notify(context)
+
+
+# ------------------------------------------------------------------ price_notification's task bodies
+
+
+def claimant(dag_run) -> str:
+    """Who claims a window in the ledger: this DAG run."""
+    return f"{dag_run.dag_id}/{dag_run.run_id}"
+
+
+def window_start(dag_run) -> datetime:
+    """The run's window (for templates: ``{{ window_start(dag_run) }}``)."""
+    return windows.run_window_start(dag_run.data_interval_start, dag_run.run_after)
+
+
+def _s3(config: Config):
+    return S3Hook(aws_conn_id=config.aws_conn_id).get_conn()
+
+
+def _run_url(dag_run) -> str:
+    from airflow.configuration import conf
+
+    from include.price_pipeline import alerts
+
+    return alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id)
+
+
+def _due(config: Config, params, dag_run, slot: datetime) -> tuple[bool, str]:
+    """Whether the window's breaches may notify subscribers (freshness is about the clock, not about
+    what is processed), and if not, why."""
+    from include.price_pipeline import analysis
+
+    end = slot + layout.SLOT
+    return analysis.due_for_subscribers(
+        dag_run.run_type, end, _now(), config.max_alert_age_minutes, params["notify_on_backfill"]
+    )
+
+
+def publish_guard(config: Config, context) -> None:
+    """``publish_price_alert``'s pre_execute: only the run whose claim is the ledger entry, only once; skip
+    when it was notified or is claimed elsewhere, fail on a claim left."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
+    try:
+        windows.start_publish(_s3(config), config, slot, claimant(context["dag_run"]))
+    except (windows.AlreadyNotified, windows.ClaimLost) as reason:
+        log.warning("%s", reason)
+        raise AirflowSkipException(str(reason)) from None
+    except windows.ClaimLeft as left:
+        raise AirflowFailException(str(left)) from None
+
+
+def record_notified(config: Config, context, result) -> None:
+    """``publish_price_alert``'s post_execute: replace this run's claim with the notified entry in the
+    same task try that published it."""
+    entry = context["ti"].xcom_pull(task_ids="compute_price_change", key="entry")
+    windows.record_notified(_s3(config), config, entry, result["MessageId"], claimant(context["dag_run"]))
+
+
+def compute_price_change(config: Config, with_other_pairs: bool, params, data_interval_start, dag_run, ti) -> dict:
+    """The default pair's window: decided, recorded, claimed when due (``windows.analyse_window``)."""
+    from functools import partial
+
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from include.price_pipeline import alerts, analysis
+
+    slot = windows.run_window_start(data_interval_start, dag_run.run_after)
+    if data_interval_start is None:
+        log.info("Run without a logical date (triggered for %s): analysing the latest complete window, %s",
+                 dag_run.run_after, layout.iso(slot))  # fmt: skip
+    due, why_not = _due(config, params, dag_run, slot)
+    analyse = partial(windows.analyse_window, _s3(config), config, slot, analysis.Policy.from_params(params), due,
+                      why_not, _run_url(dag_run), claimant=claimant(dag_run))  # fmt: skip
+    try:
+        result = analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
+    except windows.RecordMissing as late:
+        if not with_other_pairs:
+            raise AirflowFailException(str(late)) from None
+        raise AirflowSkipException(f"{config.pair} is late: {late} (analyse_pairs reports it)") from None
+    except (windows.WindowFailed, alerts.UnsafeText) as failure:
+        raise AirflowFailException(str(failure)) from None
+    if result.get("ops_notice"):
+        tell_ops(config, f"[price pipeline] Late breach not sent: {layout.slot_stamp(slot)}", result["ops_notice"])
+    return {key: result.get(key) for key in ("decision", "entry", "subject", "message", "attributes", "slack")}
+
+
+def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> list[dict]:
+    """Every other pair's rules for the window (``pairs.analyse_pairs``); the due alerts, for the publish."""
+    from functools import partial
+
+    from include.price_pipeline import pairs
+
+    slot = windows.run_window_start(data_interval_start, dag_run.run_after)
+    due, why_not = _due(config, params, dag_run, slot)
+    run_url = _run_url(dag_run)
+    analyse = partial(pairs.analyse_pairs, _s3(config), config, rule_set, slot, due, why_not, run_url,
+                      claimant(dag_run))  # fmt: skip
+    result = analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
+    stamp = layout.slot_stamp(slot)
+    if result["late"]:
+        log.warning("Pairs late for window %s: %s", stamp, result["late"])
+    if result["late"] and due:  # a live window: ops hear of it (a backfill of old windows only logs it)
+        tell_ops(config, f"[price pipeline] Pairs late: {stamp}", pairs.late_notice(slot, result["late"], run_url))
+    if result["ops_notice"]:
+        tell_ops(config, f"[price pipeline] Late breach not sent: {stamp}", result["ops_notice"])
+    return result["alerts"]
+
+
+def publish_pair_alerts(config: Config, due: list[dict], data_interval_start, dag_run) -> dict:
+    """Each due (pair, rule) alert once: only this run's claims, marked in the ledger around each Publish."""
+    from airflow.providers.amazon.aws.hooks.sns import SnsHook
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from include.price_pipeline import pairs
+
+    if not due:
+        raise AirflowSkipException("no pair alert is due in this window")
+    slot = windows.run_window_start(data_interval_start, dag_run.run_after)
+    sns = SnsHook(aws_conn_id=config.aws_conn_id)
+
+    def publish(alert: dict) -> str:
+        kwargs = {"subject": alert["subject"], "message_attributes": alert["attributes"]}
+        return sns.publish_to_target(config.alert_topic_arn, alert["message"], **kwargs)["MessageId"]
+
+    result = pairs.publish_alerts(_s3(config), config, slot, due, claimant(dag_run), publish)
+    for reason in result["skipped"]:
+        log.warning("%s", reason)
+    log.info("Published %d pair alerts: %s", len(result["sent"]), result["sent"])
+    if result["failed"]:  # not sent: the task's retry publishes them (and reports any left again)
+        raise RuntimeError("; ".join(result["failed"] + result["left"]))
+    if result["left"]:
+        raise AirflowFailException("; ".join(result["left"]))
+    return result["sent"]
