@@ -6,6 +6,8 @@ plain functions that never do).
 - ``still_normalizing`` / ``analyse_when_settled``: the scheduler's side of the one rule for waiting on
   earlier windows (``windows.wait_for_earlier_windows``), the same for every pair.
 - ``LiveRunsOpsNotifier``: failures page ops for live runs; a backfill's failed windows go to whoever ran it.
+- price_notification's task bodies (``compute_price_change``, ``analyse_pairs``, ``publish_pair_alerts``) and
+  its publish guards (``publish_guard``, ``record_notified``): the DAG file only declares and wires them.
 """
 
 from __future__ import annotations
