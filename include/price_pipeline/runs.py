@@ -77,9 +77,13 @@ class WindowRecordSensor(AwsBaseSensor[S3Hook]):
         return slot, [pair for pair in self.pairs if pair not in there]
 
     def _settled(self, slot: datetime, missing: list[str], past_deadline: bool) -> bool:
-        if missing and len(missing) < len(self.pairs) and past_deadline:
-            log.warning("Window %s: going on without %s (no record yet: late)", layout.slot_stamp(slot), missing)
-        return not missing or (len(missing) < len(self.pairs) and past_deadline)
+        """Every pair's record is there, or some are and the deadline has passed (the others are late)."""
+        if not missing:
+            return True
+        if len(missing) == len(self.pairs) or not past_deadline:
+            return False
+        log.warning("Window %s: going on without %s (no record yet: late)", layout.slot_stamp(slot), missing)
+        return True
 
     def poke(self, context) -> bool:
         slot, missing = self._look(context)
