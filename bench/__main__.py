@@ -1,10 +1,11 @@
 """``make bench`` / ``python -m bench [--quick]``: every performance and cost figure, one report.
 
 Figures: bulk backfill of 1 and 30 days against native per-window backfill, live latency from a record
-landing to the alert in the subscriber queue, DAG parse time, normalization throughput, AWS cost per
-month, and the same for 1, 10 and 100 pairs side by side (``bench/pairs.py``, stacks of their own). The
-full run takes about an hour on a 2-core machine; ``--quick`` (1 and 3 days, 6 native windows, 3 latency
-windows, 1 and 10 pairs) takes a quarter of that. Not a test: nothing asserts a time.
+landing to the alert in the subscriber queue, DAG parse time, normalization throughput, the stand-in's
+S3 listing with and without its index (``bench/listing.py``), AWS cost per month, and the same for 1, 10
+and 100 pairs side by side (``bench/pairs.py``, stacks of their own). The full run takes about an hour
+on a 2-core machine; ``--quick`` (1 and 3 days, 6 native windows, 3 latency windows, 1 and 10 pairs)
+takes a quarter of that. Not a test: nothing asserts a time.
 """
 
 from __future__ import annotations
@@ -17,15 +18,27 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench import cost, machine, pairs, report, throughput, ui
+from bench import cost, listing, machine, pairs, report, throughput, ui
 from bench.pipeline import GLUE_STARTUP_MODEL_MS, Bench, Disrupted, running
 from include.price_pipeline import layout
 
 RESULTS = Path(__file__).with_name("results")
 DAY = timedelta(days=1)
 
-FULL = {"bulk_days": (1, 30), "native_windows": 24, "latency_windows": 9, "throughput_records": 8640}
-QUICK = {"bulk_days": (1, 3), "native_windows": 6, "latency_windows": 3, "throughput_records": 2000}
+FULL = {
+    "bulk_days": (1, 30),
+    "native_windows": 24,
+    "latency_windows": 9,
+    "throughput_records": 8640,
+    "listing_keys": (10_000, 100_000),
+}
+QUICK = {
+    "bulk_days": (1, 3),
+    "native_windows": 6,
+    "latency_windows": 3,
+    "throughput_records": 2000,
+    "listing_keys": (10_000,),
+}
 #: Distinct days for each measurement, so no run sees another's records.
 BULK_STARTS = {1: datetime(2025, 5, 10, tzinfo=UTC)}
 MULTI_DAY_START = datetime(2025, 4, 1, tzinfo=UTC)  # 30 days = all of April: one Parquet month
@@ -62,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"normalization throughput over {plan['throughput_records']:,} records ...")
     results["throughput"] = throughput.parse_and_normalize(throughput.mixed_objects(plan["throughput_records"]))
+    log(f"S3 listing with and without the stand-in's index, buckets of {plan['listing_keys']} keys ...")
+    results["listing"] = listing.measure(list(plan["listing_keys"]), repeat=5)
 
     output = args.output or RESULTS / ("quick.md" if args.quick else "latest.md")
     try:
@@ -82,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     results["load_end"] = machine.load_average()
     results["wall_seconds"] = time.monotonic() - wall
     results |= derived(results)
-    text = report.render(results) + ui.report(results.get("ui")) + pairs.report(results["pairs"])
+    text = (
+        report.render(results)
+        + ui.report(results.get("ui"))
+        + listing.report(results.get("listing"))
+        + pairs.report(results["pairs"])
+    )
     print(text)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)

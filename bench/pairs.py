@@ -1,4 +1,4 @@
-"""``python -m bench.pairs [--quick]``: what more pairs cost, side by side in one run.
+"""``python -m bench.pairs [--quick] [--counts 10]``: what more pairs cost, side by side in one run.
 
 For 1, 10 and 100 pairs (the default pair plus others, each with the default pair's rule: |change| > 1 %
 over 5 minutes), each on a local stack of its own with a rules file of that many pairs:
@@ -11,7 +11,9 @@ over 5 minutes), each on a local stack of its own with a rules file of that many
   each alert's own requests for the share of windows that alert on the repository's real 5-minute data;
 - and, on the 10-pair stack, the bulk backfill of 30 days (every pair's records, one Glue run).
 
-``make bench`` runs this after its own figures and adds the table to its report. Not a test.
+``make bench`` runs this after its own figures and adds the table to its report. ``--counts`` measures only
+the pair counts named (``--counts 10``: the 10-pair row and its 30-day bulk backfill) into a report of its
+own, ``pairs-10.md``. Not a test.
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def parquet_objects(bench: Bench) -> int:
     return sum(item["Key"].endswith(".parquet") for item in listed.get("Contents", []))
 
 
-def run(quick: bool = False, keep_state: bool = False) -> dict:
-    counts = QUICK_COUNTS if quick else COUNTS
+def run(quick: bool = False, keep_state: bool = False, counts: tuple[int, ...] | None = None) -> dict:
+    counts = counts or (QUICK_COUNTS if quick else COUNTS)
     windows = 1 if quick else 3
     bulk_days = 1 if quick else 30
     share = alert_share()
@@ -153,7 +155,8 @@ def report(results: dict | None) -> str:
         "pair-windows (the share of the real 5-minute data's windows above 1 %).",
         "",
         "| Pairs | Record → last alert (median, max) | First alert | S3 requests / window (quiet, all fire) "
-        "| Glue runs / window | SNS publishes / window (all fire) | Cost / month | vs 1 pair |",
+        "| Glue runs / window | SNS publishes / window (all fire) | Cost / month "
+        f"| vs {rows[0]['pairs']} pair{'' if rows[0]['pairs'] == 1 else 's'} |",
         "|---:|---|---:|---|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -210,16 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 and 10 pairs, 1 window each, bulk 1 day")
     parser.add_argument("--output", type=Path, help="report path (default bench/results/pairs.md or pairs-quick.md)")
     parser.add_argument("--keep-state", action="store_true", help="keep each stack's state folder afterwards")
+    parser.add_argument("--counts", type=int, nargs="+", help=f"pair counts to measure (default {COUNTS})")
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
-    results = run(args.quick, args.keep_state)
+    results = run(args.quick, args.keep_state, tuple(args.counts) if args.counts else None)
     text = (
         f"### Pairs benchmark {started:%Y-%m-%d %H:%M} UTC ({'quick' if args.quick else 'full'})\n\n"
         f"Command: `{' '.join(['python -m bench.pairs', *(argv or sys.argv[1:])])}`.  \n"
         f"Machine: {_machine()}.\n" + report(results)
     )
     print(text)
-    output = args.output or RESULTS / ("pairs-quick.md" if args.quick else "pairs.md")
+    name = "pairs-" + "-".join(map(str, args.counts)) if args.counts else "pairs"
+    output = args.output or RESULTS / f"{name}{'-quick' if args.quick else ''}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     output.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
