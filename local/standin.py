@@ -49,6 +49,7 @@ from datetime import UTC, datetime
 
 import boto3
 from moto.glue import models as glue_models
+from moto.glue.exceptions import GlueClientError
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
@@ -104,6 +105,11 @@ class RunOutcome:
     execution_seconds: int = 0
 
 
+class IdempotentParameterMismatchException(GlueClientError):
+    def __init__(self, name: str):
+        super().__init__("IdempotentParameterMismatchException", f"Job {name} already exists with another definition")
+
+
 class GlueRunner:
     """Runs a Glue Python shell job's script for each StartJobRun on the stand-in."""
 
@@ -116,10 +122,24 @@ class GlueRunner:
         self.threads: list[threading.Thread] = []
 
     def install(self) -> None:
-        """Patch moto's Glue backend so runs execute and report real states."""
+        """Patch moto's Glue backend so runs execute and report real states, and CreateJob is Glue's."""
         runner = self
+        original_create = glue_models.GlueBackend.create_job
         original_start = glue_models.GlueBackend.start_job_run
         original_as_dict = glue_models.FakeJobRun.as_dict
+        create_lock = threading.Lock()
+
+        def create_job(backend, name, *args, **kwargs):
+            # Glue's CreateJob is idempotent: the same definition again keeps the job and its runs, another
+            # one is refused. moto replaces the job and drops its runs, so two tasks creating the job at
+            # once (a backfill's first windows) lost the first task's run ("Job run ... not found").
+            with create_lock:
+                existing = backend.jobs.get(name)
+                if existing is None:
+                    original_create(backend, name, *args, **kwargs)
+                    backend.jobs[name].standin_definition = (args, kwargs)
+                elif getattr(existing, "standin_definition", None) != (args, kwargs):
+                    raise IdempotentParameterMismatchException(name)
 
         def start_job_run(backend, name, arguments, *args, **kwargs):
             run_id = original_start(backend, name, arguments, *args, **kwargs)
@@ -142,6 +162,7 @@ class GlueRunner:
                     data["ErrorMessage"] = outcome.error
             return data
 
+        glue_models.GlueBackend.create_job = create_job
         glue_models.GlueBackend.start_job_run = start_job_run
         glue_models.FakeJobRun.as_dict = as_dict
 

@@ -128,6 +128,21 @@ print(json.dumps(dict(zip(names, values))))
 """
 
 
+def test_creating_an_existing_job_again_keeps_it_and_its_runs_as_glue_does(aws):
+    """Two tasks that both find no job create it at once (a backfill's first windows): the second
+    CreateJob must not drop the run the first one already started."""
+    name = glue_job(aws, "print('first')\n")
+    definition = aws.glue.get_job(JobName=name)["Job"]
+    run_id = aws.glue.start_job_run(JobName=name)["JobRunId"]
+
+    aws.glue.create_job(Name=name, Role=definition["Role"], Command=definition["Command"])
+
+    assert aws.glue.get_job_run(JobName=name, RunId=run_id)["JobRun"]["Id"] == run_id
+    with pytest.raises(ClientError, match="IdempotentParameterMismatchException"):
+        aws.glue.create_job(Name=name, Role=definition["Role"], Command=definition["Command"], Timeout=7)
+    assert aws.glue.get_job_run(JobName=name, RunId=run_id)["JobRun"]["Id"] == run_id
+
+
 def test_the_script_receives_the_job_default_arguments_merged_with_the_run_arguments(aws, logs):
     name = glue_job(aws, ECHO_ARGUMENTS, DefaultArguments={"--from_job": "job", "--overridden": "job default"})
 
