@@ -113,10 +113,18 @@ class IdempotentParameterMismatchException(GlueClientError):
 class GlueRunner:
     """Runs a Glue Python shell job's script for each StartJobRun on the stand-in."""
 
-    def __init__(self, url: str, python: str, minute_seconds: float, injector: faults.FaultInjector | None = None):
+    def __init__(
+        self,
+        url: str,
+        python: str,
+        minute_seconds: float,
+        injector: faults.FaultInjector | None = None,
+        startup_seconds: float = 0,
+    ):
         self.url = url
         self.python = python
         self.minute_seconds = minute_seconds  # seconds per Glue "timeout minute" (tests shrink it)
+        self.startup_seconds = startup_seconds  # every run stays RUNNING this long before its script starts
         self.injector = injector  # its glue_startup_ms keeps runs RUNNING before the script starts
         self.outcomes: dict[str, RunOutcome] = {}
         self.threads: list[threading.Thread] = []
@@ -227,7 +235,9 @@ class GlueRunner:
         log.info("glue run %s of %s: %s %s", run_id[:12], job_name, state, error or "")
 
     def _start_up(self) -> None:
-        """Wait the fault spec's ``glue_startup_ms`` (re-read while waiting, so switching it off ends it)."""
+        """Wait ``startup_seconds``, then the fault spec's ``glue_startup_ms`` (re-read while waiting, so
+        switching it off ends it)."""
+        time.sleep(self.startup_seconds)
         started = time.monotonic()
         while self.injector and (time.monotonic() - started) * 1000 < self.injector.spec.glue_startup_ms:
             time.sleep(0.05)
@@ -434,6 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds per minute of a Glue job timeout (tests shrink it to see TIMEOUT quickly)",
     )
     parser.add_argument(
+        "--glue-startup-seconds",
+        type=float,
+        default=float(os.environ.get("STANDIN_GLUE_STARTUP_SECONDS", "0")),
+        help="seconds each Glue run stays RUNNING before its script starts (a Python shell job's start-up)",
+    )
+    parser.add_argument(
         "--faults", default="off", help="fault spec, e.g. s3=0.2,sns=0.2,latency_ms=50 (see local/faults.py)"
     )
     parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (a seed= item wins)")
@@ -446,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s standin %(message)s")
     log_werkzeug.setLevel(logging.WARNING)
     url = endpoint(args.host, args.port)
-    GlueRunner(url, args.python, args.glue_minute_seconds, injector).install()
+    GlueRunner(url, args.python, args.glue_minute_seconds, injector, args.glue_startup_seconds).install()
     s3index.S3ListingIndex().install()  # S3 listings in time proportional to the answer (local/s3index.py)
     server = FaultyMotoServer(injector, ip_address=args.host, port=args.port, verbose=False)
     server.start()

@@ -6,6 +6,7 @@ default pair's record, the sensor timed out after its timeout, and nobody was al
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -52,6 +53,18 @@ def latest_window_with_time_to_spare(spare: timedelta = timedelta(seconds=150)) 
         time.sleep(5)
 
 
+def failed_by_airflow(stack, run_id: str) -> set[str]:
+    """Tasks of the run whose try Airflow itself failed: a deferred task resumed so fast that the scheduler
+    read the stale 'success' of its deferring try only after the resumed try was running, and failed it
+    (apache/airflow#72716, open in 3.3.2; the stand-in's Glue run ends within a second, and a busy machine
+    slows the deferring try's exit). Any other retry is the pipeline's and fails the test."""
+    mismatch = re.compile(
+        rf"reported that the task instance <TaskInstance: {LIVE}\.(\w+) {re.escape(run_id)} \[running\][^>]*> "
+        "finished with state success, but the task instance's state attribute is running"
+    )
+    return set(mismatch.findall((stack.logs / "scheduler.log").read_text(errors="replace")))
+
+
 def test_with_the_default_pairs_producer_down_the_other_pairs_alerts_go_out_at_the_deadline(stack, aws):
     window = latest_window_with_time_to_spare()
     before = window - layout.SLOT
@@ -74,7 +87,8 @@ def test_with_the_default_pairs_producer_down_the_other_pairs_alerts_go_out_at_t
     tasks = {task: (state, tries) for task, state, tries in stack.query(
         "SELECT task_id, state, try_number FROM task_instance WHERE run_id = %s", run_id)}  # fmt: skip
     assert soak.run_state(stack, run_id) == "success", tasks
-    assert {task: tries for task, (_, tries) in tasks.items() if tries > 1} == {}  # no task needed a retry
+    retried = {task: tries for task, (_, tries) in tasks.items() if tries > 1}
+    assert {task: tries for task, tries in retried.items() if task not in failed_by_airflow(stack, run_id)} == {}
     tasks = {task: state for task, (state, _) in tasks.items()}
     assert tasks["compute_price_change"] == "skipped"  # the default pair is late: no decision, no page
     [[sensor_end]] = stack.query(
