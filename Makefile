@@ -27,12 +27,19 @@ EXECUTOR ?= LocalExecutor
 run: $(VENV)/.installed
 	AIRFLOW_EXECUTOR=$(EXECUTOR) $(PY) -m local.run
 
-test: install lint browser
-	$(PY) -m pytest
+# Test files run side by side in TEST_WORKERS processes (pytest-xdist), each file whole in one of them:
+# its module fixtures (a local stack among them) start once, on free ports, in folders of their own.
+# Most of a stack test's time is waiting on Airflow, so three workers fit two cores; the files that
+# start a stack go first (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 3
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-# The inner loop: lint, unit and DAG tests, no stand-in or Airflow stack (about 2 minutes on 2 cores).
+test: install lint browser
+	$(PYTEST)
+
+# The inner loop: lint, unit and DAG tests, no stand-in or Airflow stack (about a minute on 2 cores).
 test-fast: $(VENV)/.installed lint
-	$(PY) -m pytest tests/unit tests/dags
+	$(PYTEST) tests/unit tests/dags
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

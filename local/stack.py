@@ -123,8 +123,11 @@ class Stack:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             # Record-to-alert latency (docs/performance.md): an idle scheduler looks for the next task
             # every 0.2 s instead of 1 s, and the sensor and the Glue task ask every second (the stand-in's
-            # requests cost nothing; production keeps the settings' defaults, see README).
-            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+            # requests cost nothing; production keeps the settings' defaults, see README). The caller's
+            # environment wins: the test suite keeps Airflow's 1 s, several stacks share its two cores.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": os.environ.get(
+                "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "0.2"
+            ),
             "PRICE_SENSOR_POKE_SECONDS": os.environ.get("PRICE_SENSOR_POKE_SECONDS", "1"),
             "PRICE_GLUE_POLL_SECONDS": os.environ.get("PRICE_GLUE_POLL_SECONDS", "1"),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs / "tasks"),

@@ -29,10 +29,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-# Chosen once per session (this module may be imported twice: as conftest and as tests.conftest).
-STANDIN_PORT = int(os.environ.setdefault("PRICE_TEST_STANDIN_PORT", str(_free_port())))
+# Chosen once per session (this module may be imported twice: as conftest and as tests.conftest), and
+# once per xdist worker: a worker inherits the controller's environment, so the names carry its id.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+STANDIN_PORT = int(os.environ.setdefault(f"PRICE_TEST_STANDIN_PORT{_WORKER}", str(_free_port())))
 STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
-AIRFLOW_HOME = Path(os.environ.setdefault("PRICE_TEST_AIRFLOW_HOME", tempfile.mkdtemp(prefix="price-airflow-")))
+AIRFLOW_HOME = Path(
+    os.environ.setdefault(f"PRICE_TEST_AIRFLOW_HOME{_WORKER}", tempfile.mkdtemp(prefix=f"price-airflow-{_WORKER}"))
+)
 sys.path.insert(0, str(ROOT))
 from local.postgres import Postgres  # noqa: E402 - needs ROOT on the path
 
@@ -49,7 +53,9 @@ os.environ.update(
         "AIRFLOW__API__BASE_URL": "http://127.0.0.1:8080",
         # In-process API apps (the plugin tests) sign and check tokens with it; Airflow writes one into
         # airflow.cfg only on some code paths, so a test order could leave it unset.
-        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.setdefault("PRICE_TEST_JWT_SECRET", secrets.token_urlsafe(64)),
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.setdefault(
+            f"PRICE_TEST_JWT_SECRET{_WORKER}", secrets.token_urlsafe(64)
+        ),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
             {
@@ -63,9 +69,34 @@ os.environ.update(
         "PRICE_SENSOR_TIMEOUT_SECONDS": "6",
         "PRICE_SENSOR_POKE_SECONDS": "1",
         "PRICE_PAIRS_DEADLINE_SECONDS": "3",
+        # The tests' local stacks keep Airflow's own idle loop (local/stack.py polls 5 times faster for
+        # the latency benchmark): several stacks share two cores here, and an idle scheduler at 0.2 s
+        # costs about 8 s of CPU a minute with its database.
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "1",
+        # The local stacks' stand-ins keep each Glue run RUNNING 5 s before its script starts, as a Python
+        # shell job's start-up on AWS (tens of seconds) does. A run that ends a second after its task
+        # deferred lets Airflow 3.3.2 read the deferring try's late "success" after the resumed try began,
+        # and fail that try (apache/airflow#72716): a retry that cost minutes on a busy machine.
+        "STANDIN_GLUE_STARTUP_SECONDS": "5",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (``make test``: ``--dist loadfile``) each file is one unit of work, handed out in
+    collection order. Files that start their own Airflow stack take minutes, so they go first, then
+    those on the stand-in or the metadata database, then the rest: the last unit a worker picks up is
+    a short one. Within a class the order is the collection order, and a file's tests stay together."""
+    heavy = {"stack_dir": 0, "airflow_db": 1, "standin": 1}
+
+    def weight(item: pytest.Item) -> int:
+        return min((heavy[name] for name in item.fixturenames if name in heavy), default=2)
+
+    by_file: dict[str, int] = {}
+    for item in items:
+        by_file[item.location[0]] = min(by_file.get(item.location[0], 2), weight(item))
+    items.sort(key=lambda item: by_file[item.location[0]])
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +107,18 @@ def standin():
     log_path = AIRFLOW_HOME / "standin.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "local.standin", "--port", str(STANDIN_PORT), "--glue-minute-seconds", "3"],
+            # dag.test() runs the Glue trigger inline (no executor, no race): no start-up to wait for.
+            [
+                sys.executable,
+                "-m",
+                "local.standin",
+                "--port",
+                str(STANDIN_PORT),
+                "--glue-minute-seconds",
+                "3",
+                "--glue-startup-seconds",
+                "0",
+            ],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -182,9 +224,11 @@ def aws_session(standin) -> Aws:
 
 @pytest.fixture
 def aws(aws_session) -> Aws:
-    """The stand-in with both notification queues drained before the test."""
-    aws_session.alerts()
-    aws_session.ops()
+    """The stand-in with both notification queues drained before the test. moto delivers an SNS message
+    to its queues within the Publish call, so an empty short poll is an empty queue (a long poll here
+    cost every test two idle seconds)."""
+    aws_session.receive(aws_session.alert_queue, wait_seconds=0)
+    aws_session.receive(aws_session.ops_queue, wait_seconds=0)
     return aws_session
 
 

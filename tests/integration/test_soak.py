@@ -22,9 +22,11 @@ WINDOWS = 24
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    report = soak.run_soak(windows=WINDOWS, first=FIRST, fault_spec=soak.DEFAULT_FAULTS, seed=7, timeout=1800)
-    out = tmp_path_factory.mktemp("soak") / "report.json"
+def report(stack_dir):
+    report = soak.run_soak(
+        windows=WINDOWS, first=FIRST, fault_spec=soak.DEFAULT_FAULTS, seed=7, timeout=1800, state_dir=stack_dir
+    )
+    out = stack_dir / "report.json"
     out.write_text(json.dumps(asdict(report), indent=1, sort_keys=True))
     print("\n".join(report.lines()))
     return report
