@@ -143,6 +143,47 @@ def test_creating_an_existing_job_again_keeps_it_and_its_runs_as_glue_does(aws):
     assert aws.glue.get_job_run(JobName=name, RunId=run_id)["JobRun"]["Id"] == run_id
 
 
+def test_a_glue_start_up_keeps_each_run_running_before_its_script_starts(tmp_path):
+    """``--glue-startup-seconds`` (the tests' stacks use 5 s): a run is RUNNING, its script not started,
+    for that long after StartJobRun, as a Python shell job starting up on AWS."""
+    import subprocess
+    import sys
+
+    from local.stack import free_port
+    from local.standin import wait_until_up
+
+    url = f"http://127.0.0.1:{free_port()}"
+    log_path = tmp_path / "standin.log"
+    with open(log_path, "w") as log:
+        argv = [sys.executable, "-m", "local.standin", "--port", url.rsplit(":", 1)[1], "--glue-startup-seconds", "600"]
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_up(url, timeout=60)
+        while "ready" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            time.sleep(0.2)
+        s3, glue = client("s3", url), client("glue", url)
+        config = settings.load({})
+        s3.put_object(Bucket=config.bucket, Key="artifacts/started.py", Body=b"print('started')\n")
+        command = {
+            "Name": "pythonshell",
+            "PythonVersion": "3.9",
+            "ScriptLocation": f"s3://{config.bucket}/artifacts/started.py",
+        }
+        glue.create_job(Name="starting-up", Role=config.glue_role_name, Command=command)
+        run_id = glue.start_job_run(JobName="starting-up")["JobRunId"]
+
+        # Watched for 5 s, several times what the script takes without a start-up (the other tests here).
+        for _ in range(20):
+            run = glue.get_job_run(JobName="starting-up", RunId=run_id)["JobRun"]
+            assert (run["JobRunState"], "CompletedOn" in run) == ("RUNNING", False)
+            time.sleep(0.25)
+        assert "glue run" not in log_path.read_text()  # the runner has not finished it
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
 def test_the_script_receives_the_job_default_arguments_merged_with_the_run_arguments(aws, logs):
     name = glue_job(aws, ECHO_ARGUMENTS, DefaultArguments={"--from_job": "job", "--overridden": "job default"})
 
