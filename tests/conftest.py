@@ -23,16 +23,30 @@ ROOT = Path(__file__).resolve().parents[1]
 POLONIEX_CSV = ROOT / "tests" / "data" / "poloniex" / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _reserve_port() -> str:
+    """A free port on 127.0.0.1, kept bound (never listening) until the stand-in starts: minutes may pass
+    before it does, while this worker's and the other workers' stacks take free ports of their own."""
+    global _PORT_RESERVATION
+    _PORT_RESERVATION = socket.socket()
+    _PORT_RESERVATION.bind(("127.0.0.1", 0))
+    return str(_PORT_RESERVATION.getsockname()[1])
 
 
+def _release_port() -> None:
+    for name in ("conftest", "tests.conftest"):  # whichever import reserved it
+        reservation = getattr(sys.modules.get(name), "_PORT_RESERVATION", None)
+        if reservation is not None:
+            reservation.close()
+
+
+_PORT_RESERVATION: socket.socket | None = None
 # Chosen once per session (this module may be imported twice: as conftest and as tests.conftest), and
 # once per xdist worker: a worker inherits the controller's environment, so the names carry its id.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
-STANDIN_PORT = int(os.environ.setdefault(f"PRICE_TEST_STANDIN_PORT{_WORKER}", str(_free_port())))
+_PORT_KEY = f"PRICE_TEST_STANDIN_PORT{_WORKER}"
+STANDIN_PORT = int(
+    os.environ[_PORT_KEY] if _PORT_KEY in os.environ else os.environ.setdefault(_PORT_KEY, _reserve_port())
+)
 STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
 AIRFLOW_HOME = Path(
     os.environ.setdefault(f"PRICE_TEST_AIRFLOW_HOME{_WORKER}", tempfile.mkdtemp(prefix=f"price-airflow-{_WORKER}"))
@@ -105,6 +119,7 @@ def standin():
     from local.standin import wait_until_up
 
     log_path = AIRFLOW_HOME / "standin.log"
+    _release_port()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             # dag.test() runs the Glue trigger inline (no executor, no race): no start-up to wait for.

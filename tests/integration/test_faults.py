@@ -192,7 +192,17 @@ def url(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("faults") / "standin.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "local.standin", "--port", str(port), "--faults", "sns=0.5,seed=11"],
+            [
+                sys.executable,
+                "-m",
+                "local.standin",
+                "--port",
+                str(port),
+                "--faults",
+                "sns=0.5,seed=11",
+                "--glue-startup-seconds",
+                "0",
+            ],  # the tests' stacks start Glue runs up for 5 s, not this one
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,6 +7,7 @@ as the job does on Glue, so the test points the environment at the stand-in.
 from __future__ import annotations
 
 import json
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -51,7 +52,9 @@ def test_a_long_range_run_spread_over_processes_writes_what_one_process_writes(s
     class CountingPool(ProcessPoolExecutor):
         def __init__(self, max_workers):
             pools.append(max_workers)
-            super().__init__(max_workers)
+            # Fresh interpreters, not forks: a fork of a threaded pytest-xdist worker can hang on a lock
+            # (Glue runs the job alone in its process, where the default fork is safe).
+            super().__init__(max_workers, mp_context=multiprocessing.get_context("spawn"))
 
     monkeypatch.setattr(glue, "ProcessPoolExecutor", CountingPool)
     monkeypatch.setattr(glue, "PROCESSES_ABOVE_OBJECTS", 10)
