@@ -17,7 +17,8 @@ import time
 import pytest
 
 from include.price_pipeline import layout, pairs, rules
-from tests.conftest import _free_port, utc
+from local.stack import free_port
+from tests.conftest import utc
 from tests.e2e.test_price_alerts_page import chromium_path
 from tests.records import seed_pairs
 
@@ -69,7 +70,7 @@ def server(airflow_db, standin, rules_file):
 
     app = create_app()
     token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
-    port = _free_port()
+    port = free_port()
     served = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=served.run, daemon=True)
     thread.start()
