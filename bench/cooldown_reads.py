@@ -1,7 +1,7 @@
 """Canonical CSV reads per window of a pair with cooldown rules (issue 20): ``python -m bench.cooldown_reads``.
 
 The real Poloniex candles (tests/data/poloniex) as one other pair's ``pairs.csv`` per window in a
-counting in-memory S3; every window's analysis reads them through ``pairs.load_pair_prices`` (the live
+counting in-memory S3; every window's analysis reads them through ``store.load_rule_prices`` (the live
 task's reads) and the GETs are counted. Prints, per rule, the reads of a quiet window, of a firing one
 (median) and the most any window needed, with the bound ``Rule.history`` allows.
 """
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from include.glue import normalize_price_record as job
-from include.price_pipeline import layout, pairs, rules
+from include.price_pipeline import layout, rules, store
 from tests.conftest import POLONIEX_CSV
 from tests.records import candle
 
@@ -76,7 +76,9 @@ def main() -> None:
                 if s >= slot - rule.history
             ]
             before = s3.gets
-            prices = pairs.load_pair_prices(s3, config, rule_set, [PAIR], slot, files)[PAIR]
+            prices = store.load_rule_prices(
+                s3, config.bucket, layout.pairs_analysis_key, config.analysis_prefix, rule_set, [PAIR], slot, files
+            )[PAIR]
             reads = s3.gets - before
             decision = rules.evaluate(rule, rules.Series(prices), slot).decision
             (quiet if decision not in (rules.NOTIFY, rules.SUPPRESSED_COOLDOWN) else firing).append(reads)

@@ -435,7 +435,8 @@ class Bench:
         """
         self._drain()
         # An hour of flat prices before each window, as in steady state: the analysis reads all of them.
-        lookback = self.config.lookback_minutes // 5
+        rule = settings.load_rules(self.config).default_rule
+        lookback = (rule.minutes + rule.tolerance_minutes) // 5
         recorded = ("firing", "quiet") if record_requests else ()
         slots = [first + layout.SLOT * (lookback + 3) * i for i in range(windows + len(recorded))]
         with ThreadPoolExecutor(10) as pool:

@@ -67,7 +67,7 @@ notify_ops = SnsNotifier(
             pattern=history.WINDOW_START_PATTERN,
             description="end of the range (excluded), a window start in UTC",
         ),
-        **{name: Param(**spec) for name, spec in settings.policy_params(config).items()},
+        **{name: Param(**spec) for name, spec in settings.policy_params(rule_set.default_rule).items()},
     },
 )
 def price_history_backfill():
@@ -92,20 +92,9 @@ def price_history_backfill():
     def analyse_price_history(params=None, dag_run=None) -> dict:
         from airflow.configuration import conf
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.providers.amazon.aws.hooks.sns import SnsHook
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.price_pipeline import alerts, analysis
-
-        policy = analysis.Policy.from_params(params)
-        publish = None
-        if params["notify_on_backfill"]:
-            sns = SnsHook(aws_conn_id=config.aws_conn_id)
-
-            def publish(subject: str, message: str, attributes: dict) -> str:
-                return sns.publish_to_target(
-                    target_arn=config.alert_topic_arn, message=message, subject=subject, message_attributes=attributes
-                )["MessageId"]
+        from include.price_pipeline import alerts, rules, runs
 
         try:
             return history.backfill_history(
@@ -113,13 +102,12 @@ def price_history_backfill():
                 config,
                 history.parse_window_start(params["start"]),
                 history.parse_window_start(params["end"]),
-                policy,
+                rules.with_overrides(rule_set, params),
                 params["notify_on_backfill"],
                 pendulum.now("UTC"),
-                publish,
+                runs.sns_publisher(config) if params["notify_on_backfill"] else None,
                 alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id),
                 claimant=f"{dag_run.dag_id}/{dag_run.run_id}",
-                rule_set=rule_set,
             )
         except (history.NoUsableWindow, history.ClaimsLeft, alerts.UnsafeText) as failure:
             raise AirflowFailException(str(failure)) from None

@@ -14,8 +14,9 @@ record whose candle starts at `data_interval_start`:
    when no pair's record is there.
 2. **normalize_price_record**: Glue Python shell job (0.0625 DPU) writes the canonical CSV under
    `crypto/02-data-analysis/`, or quarantines an object it cannot trust.
-3. **compute_price_change**: absolute % change of `weightedAverage` against the previous record within
-   the lookback; the decision goes to the ledger `crypto/03-price-changes/`.
+3. **compute_price_change**: the default pair's rule from the rules file (the params below override it for
+   one run), decided by the rules engine as every pair's are; the decision goes to the ledger
+   `crypto/03-price-changes/`.
 4. **is_alert_due** / **publish_price_alert**: SNS alert when the change is above the threshold, at most
    once per window: compute_price_change claims the window in the ledger with a conditional write
    (`publishing`), only the run whose claim landed publishes, and it replaces its claim with `notified`.
@@ -37,7 +38,8 @@ A run without a logical date (REST or CLI trigger with none) analyses the latest
 was triggered. Failures of live runs (a stale feed, a quarantined record, a claim left by a crash, any
 task) go to the ops topic, not to subscribers; a backfill's are reported to whoever ran it (`make backfill`,
 the UI), not paged, but for a claim left, which only ops can release.
-Settings come from `PRICE_*` environment variables (see README); per-run knobs are the params below.
+Settings come from `PRICE_*` environment variables and rules from `PRICE_RULES_FILE` (see README); the params
+below override the default pair's rule for one run.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ notify_ops = runs.LiveRunsOpsNotifier(
         "slot": layout.SLOT,
     },
     params={
-        **{name: Param(**spec) for name, spec in settings.policy_params(config).items()},
+        **{name: Param(**spec) for name, spec in settings.policy_params(rule_set.default_rule).items()},
     },
 )
 def price_notification():
@@ -111,7 +113,7 @@ def price_notification():
 
     @task(multiple_outputs=True)
     def compute_price_change(params=None, data_interval_start=None, dag_run=None, ti=None):
-        return runs.compute_price_change(config, bool(other_pairs), params, data_interval_start, dag_run, ti)
+        return runs.compute_price_change(config, rule_set, params, data_interval_start, dag_run, ti)
 
     @task.short_circuit
     def is_alert_due(decision: str) -> bool:

@@ -12,7 +12,7 @@ from datetime import datetime
 from urllib.parse import quote
 
 from include.price_pipeline import layout
-from include.price_pipeline.analysis import Change, Policy, Price, Suppression
+from include.price_pipeline.analysis import Price, Suppression
 
 SUBJECT_LIMIT = 99  # SNS wants email subjects of less than 100 characters
 
@@ -49,26 +49,25 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def ledger_entry(
-    change: Change, policy: Policy, decision: str, reason: str, suppressed_by: Suppression | None = None
-) -> dict:
-    """The ledger record of the window whose record is ``change.latest`` (a change that is not a finite
-    number is stored as null: its decision is ``invalid_change``); a breach the cooldown suppressed also
-    names the window it counts from (``suppressed_by``)."""
-    slot = change.latest.slot
-    return suppressed(suppressed_by) | {
-        "window_start": layout.iso(slot),
-        "window_end": layout.iso(slot + layout.SLOT),
-        "pair": change.latest.pair,
-        "latest": _price(change.latest),
-        "previous": _price(change.previous),
-        "change_pct": _finite(change.change_pct),
-        "abs_change_pct": _finite(change.abs_change_pct),
-        "direction": change.direction,
-        "threshold_pct": policy.threshold_pct,
-        "lookback_minutes": policy.lookback_minutes,
-        "min_abs_move": policy.min_abs_move,
-        "repeat_windows": policy.repeat_windows,
+def ledger_entry(latest: Price, rule, decided, decision: str, reason: str) -> dict:
+    """The default pair's ledger record of the window of ``latest``: its one rule (``rules.Rule``), what the
+    rule decided (``rules.Decision``) and the final ``decision`` and ``reason`` (after the freshness rule).
+    A change that is not a finite number is stored as null (its decision is ``invalid_change``); a firing the
+    cooldown suppressed also names the window it counts from."""
+    change = decided.change_pct
+    return suppressed(decided.suppressed_by) | {
+        "window_start": layout.iso(latest.slot),
+        "window_end": layout.iso(latest.slot + layout.SLOT),
+        "pair": latest.pair,
+        "latest": _price(latest),
+        "previous": _price(decided.reference),
+        "change_pct": _finite(change),
+        "abs_change_pct": None if change is None else _finite(abs(change)),
+        "direction": decided.direction,
+        "threshold_pct": rule.threshold_pct,
+        "lookback_minutes": rule.minutes + rule.tolerance_minutes,
+        "min_abs_move": rule.min_abs_move,
+        "repeat_windows": rule.cooldown_minutes // 5,
         "decision": decision,
         "reason": reason,
         "sns_message_id": None,
@@ -133,6 +132,13 @@ def alert_message(entry: dict, run_url: str, pair: str) -> str:
             f"Airflow run: {run_url}",
         ]
     )
+
+
+def default_alert(entry: dict, pair: str, rule: str, run_url: str) -> dict:
+    """The default pair's alert of its ledger entry: ``subject``, ``message`` and ``attributes``."""
+    subject, message = alert_subject(entry, pair), alert_message(entry, run_url, pair)
+    return {"pair": pair, "rule": rule, "subject": subject, "message": message,
+            "attributes": alert_attributes(entry, pair, rule)}  # fmt: skip
 
 
 def alert_attributes(entry: dict, pair: str, rule: str = "") -> dict:

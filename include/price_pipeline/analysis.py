@@ -1,8 +1,9 @@
-"""Pure price-change analysis: from a series of normalized prices to one decision per window.
+"""What every decision stands on: normalized prices, the ledger's vocabulary, the cooldown and the
+freshness rule (the rule kinds themselves are ``rules``).
 
-Every decision is a function of the price series and the policy alone (never of what was sent
-before), so the live DAG, a native backfill and the bulk history DAG reach the same answer for the
-same window, whatever order or parallelism they run in.
+Every decision is a function of the price series and the rules alone (never of what was sent before), so
+the live DAG, a native backfill and the bulk history DAG reach the same answer for the same window,
+whatever order or parallelism they run in.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from typing import NamedTuple
 
 from include.price_pipeline import layout
 
+#: Each rule's decision for one window (``rules.evaluate``), and what the ledger makes of a due one.
+NOTIFY = "notify"  # due: the window is claimed (PUBLISHING), then published and recorded as NOTIFIED
 NO_PREVIOUS = "no_previous_record"
 BELOW_THRESHOLD = "below_threshold"
+NOT_CROSSED = "not_crossed"
 BELOW_MIN_MOVE = "below_min_abs_move"
-SUPPRESSED_REPEAT = "suppressed_repeat"
+SUPPRESSED_COOLDOWN = "suppressed_cooldown"
 SUPPRESSED_BACKFILL = "suppressed_backfill"
 INVALID_CHANGE = "invalid_change"  # the change is not a finite number: refused, never published
-NOTIFY = "notify"  # due: the window is claimed (PUBLISHING), then published and recorded as NOTIFIED
 PUBLISHING = "publishing"  # claimed by one run, which alone may publish and then write NOTIFIED
 NOTIFIED = "notified"
 #: Decisions no writer may overwrite: the window's alert belongs to whoever claimed it.
@@ -45,63 +48,6 @@ class Price:
     pair: str
     source_key: str
     superseded: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Change:
-    """A window's price against the latest earlier price within the lookback (if any)."""
-
-    latest: Price
-    previous: Price | None
-    change_pct: float | None
-
-    @property
-    def abs_change_pct(self) -> float | None:
-        return None if self.change_pct is None else abs(self.change_pct)
-
-    @property
-    def direction(self) -> str:
-        if not self.change_pct:
-            return "flat"
-        return "up" if self.change_pct > 0 else "down"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Per-run knobs: the % threshold and the optional de-noising rules (0 = off)."""
-
-    threshold_pct: float = 1.0
-    lookback_minutes: int = 60
-    min_abs_move: float = 0.0
-    repeat_windows: int = 0
-
-    @property
-    def lookback(self) -> timedelta:
-        return timedelta(minutes=self.lookback_minutes)
-
-    @property
-    def reach(self) -> timedelta:
-        """How far before a window the repeat-window cooldown may look for earlier breaches."""
-        return cooldown_reach(layout.SLOT * self.repeat_windows) if self.repeat_windows else timedelta(0)
-
-    @classmethod
-    def from_params(cls, params) -> Policy:
-        """The policy a DAG run's params ask for (see ``settings.policy_params``)."""
-        return cls(
-            threshold_pct=params["threshold_pct"],
-            lookback_minutes=params["lookback_minutes"],
-            min_abs_move=params["min_abs_move"],
-            repeat_windows=params["repeat_windows"],
-        )
-
-
-class Verdict(NamedTuple):
-    """A window's decision before the freshness rule, its reason and, for a firing the cooldown
-    suppressed, the window it counts from (:func:`suppressed_by`)."""
-
-    decision: str
-    reason: str
-    suppressed_by: Suppression | None = None
 
 
 def parse_canonical_csv(body: bytes) -> Price:
@@ -139,28 +85,6 @@ def parse_canonical_rows(body: bytes) -> list[Price]:
 def pct_change(previous: float, latest: float) -> float:
     """Signed % change from ``previous`` to ``latest``."""
     return (latest - previous) / previous * 100.0
-
-
-def series_changes(prices: list[Price], lookback: timedelta) -> list[Change]:
-    """Each price against the latest earlier price no older than ``lookback``, in slot order."""
-    ordered = sorted(prices, key=lambda p: p.slot)
-    changes, previous = [], None
-    for price in ordered:
-        if previous is not None and price.slot - previous.slot <= lookback:
-            changes.append(Change(price, previous, pct_change(previous.weighted_average, price.weighted_average)))
-        else:
-            changes.append(Change(price, None, None))
-        previous = price
-    return changes
-
-
-def is_breach(change: Change, policy: Policy) -> bool:
-    """Above the % threshold and, when set, the absolute move in price units."""
-    if change.change_pct is None or not math.isfinite(change.change_pct):
-        return False
-    if change.abs_change_pct <= policy.threshold_pct:
-        return False
-    return abs(change.latest.weighted_average - change.previous.weighted_average) >= policy.min_abs_move
 
 
 # --- the cooldown: one rule for every pair and rule kind (repeat_windows = N is a cooldown of N windows) ---
@@ -248,46 +172,6 @@ def read_back_to(slot: datetime, needed: datetime, cooldown: timedelta) -> datet
     cooldown before it, or as far again as the run was followed so far (doubling batches: a long run takes
     a few rounds of reads, not one per cooldown)."""
     return needed - max(cooldown, slot - needed)
-
-
-def breach_direction(change: Change | None, policy: Policy) -> str | None:
-    """The direction a window's change fires in before the cooldown (None: no breach)."""
-    return change.direction if change is not None and is_breach(change, policy) else None
-
-
-def classify(change: Change, earlier: list[Change], policy: Policy, known_from: datetime | None = None) -> Verdict:
-    """The decision for ``change`` before the freshness rule; ``earlier`` precede it in order.
-
-    With ``repeat_windows = N``, a breach is suppressed when the series alerted the same way within the
-    previous N windows (:func:`suppressed_by` with a cooldown of N windows). ``known_from``: the first
-    window whose change ``earlier`` tells (NeedEarlier for an earlier one); None: ``earlier`` is all there is.
-    """
-    if change.previous is None:
-        return Verdict(NO_PREVIOUS, f"no earlier record within the {policy.lookback_minutes}-minute lookback")
-    if not math.isfinite(change.change_pct):
-        return Verdict(
-            INVALID_CHANGE,
-            f"change from {change.previous.weighted_average!r} to {change.latest.weighted_average!r} "
-            "is not a finite number: refused",
-        )
-    if change.abs_change_pct <= policy.threshold_pct:
-        return Verdict(BELOW_THRESHOLD, f"|change| {change.abs_change_pct:.4f}% <= threshold {policy.threshold_pct}%")
-    if not is_breach(change, policy):
-        return Verdict(BELOW_MIN_MOVE, f"absolute move below min_abs_move {policy.min_abs_move}")
-    if policy.repeat_windows:
-        by_slot = {c.latest.slot: c for c in earlier}
-
-        def fired(window: datetime) -> str | None:
-            if known_from is not None and window < known_from:
-                raise NeedEarlier(window)
-            return breach_direction(by_slot.get(window), policy)
-
-        cooldown = layout.SLOT * policy.repeat_windows
-        suppression = suppressed_by(change.latest.slot, change.direction, fired, cooldown)
-        if suppression is not None:
-            within = f"{policy.repeat_windows} windows"
-            return Verdict(SUPPRESSED_REPEAT, suppression.reason(change.direction, within), suppression)
-    return Verdict(NOTIFY, f"|change| {change.abs_change_pct:.4f}% > threshold {policy.threshold_pct}%")
 
 
 def apply_freshness(decision: str, reason: str, due: bool, why_not_due: str) -> tuple[str, str]:

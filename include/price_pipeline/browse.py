@@ -4,10 +4,10 @@ Plain functions over a boto3 S3 client (the plugin passes ``S3Hook(aws_conn_id).
 to read a range, chosen by its length:
 
 - **ledger** (up to :data:`LEDGER_MAX_WINDOWS` windows): every ledger entry of the range, as written.
-- **parquet** (longer ranges): prices from the monthly Parquet objects, changes computed with the live
-  DAG's rule at the configured lookback; a window whose change is under the configured threshold is
-  decided from its price (``source = "parquet"``). The windows whose ledger entry says more than the
-  price can (a change above the threshold: sent or not, the SNS message id; no price in the Parquet)
+- **parquet** (longer ranges): prices from the monthly Parquet objects, each window decided by the default
+  pair's rule before its cooldown (``rules.Series.raw``); a window without a previous record or under the
+  threshold is shown as decided from its price (``source = "parquet"``). The windows whose ledger entry says
+  more than the price can (a change above the threshold: sent or not, the SNS message id; no price in the Parquet)
   come back as ``pending``, and :func:`ledger_details` reads their entries in a second request, so the
   page draws the chart of a month before those reads (one GET each) are done.
 
@@ -23,7 +23,7 @@ import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from include.price_pipeline import layout, store
+from include.price_pipeline import layout, rules, store
 from include.price_pipeline.analysis import (
     BELOW_THRESHOLD,
     NO_PREVIOUS,
@@ -31,10 +31,9 @@ from include.price_pipeline.analysis import (
     NOTIFY,
     PUBLISHING,
     SUPPRESSED_BACKFILL,
+    SUPPRESSED_COOLDOWN,
     Price,
-    series_changes,
 )
-from include.price_pipeline.rules import SUPPRESSED_COOLDOWN
 from include.price_pipeline.settings import Config
 
 #: Longest range the page reads (31 days of 5-minute windows).
@@ -89,8 +88,9 @@ def _slot_ceiling(moment: datetime) -> datetime:
     return floor if floor == moment else floor + layout.SLOT
 
 
-def history(s3, config: Config, start: datetime, end: datetime, pair: str = "") -> dict:
-    """Every window of ``[start, end)``, counts by decision, and the quarantined objects of the range.
+def history(s3, config: Config, rule: rules.Rule, start: datetime, end: datetime, pair: str = "") -> dict:
+    """Every window of ``[start, end)``, counts by decision, and the quarantined objects of the range;
+    ``rule``: the default pair's (its threshold, and the decisions of a long range's quiet windows).
 
     ``pair``: another pair than the default one (its ledger entries, a day at most: ValueError beyond);
     each row shows the rule that decided most (notified, then claimed, suppressed, ...) and its reason."""
@@ -112,14 +112,14 @@ def history(s3, config: Config, start: datetime, end: datetime, pair: str = "") 
     if len(slots) <= LEDGER_MAX_WINDOWS:
         mode, rows = "ledger", _rows_from_ledger(s3, config, slots)
     else:
-        mode, rows = "parquet", _rows_from_parquet(s3, config, slots)
+        mode, rows = "parquet", _rows_from_parquet(s3, config, rule, slots)
     bad = quarantined(s3, config, start, end)
     rows = _mark_quarantined(rows, bad)
     return {
         "start": layout.iso(start),
         "end": layout.iso(end),
         "mode": mode,
-        "threshold_pct": config.threshold_pct,
+        "threshold_pct": rule.threshold_pct,
         "windows": rows,
         "counts": dict(sorted(Counter(row["decision"] for row in rows).items())),
         "quarantined": bad,
@@ -139,13 +139,14 @@ def _mark_quarantined(rows: list[dict], bad: list[dict]) -> list[dict]:
     ]
 
 
-def ledger_details(s3, config: Config, start: datetime, end: datetime) -> list[dict]:
+def ledger_details(s3, config: Config, rule: rules.Rule, start: datetime, end: datetime) -> list[dict]:
     """The rows :func:`history` left ``pending`` for ``[start, end)``, from their ledger entries (``missing``
     where there is none)."""
     slots = layout.slots_between(start, end)
     if len(slots) <= LEDGER_MAX_WINDOWS:
         return []
-    pending = {row["window_start"]: row for row in _rows_from_parquet(s3, config, slots) if row["decision"] == PENDING}
+    rows = _rows_from_parquet(s3, config, rule, slots)
+    pending = {row["window_start"]: row for row in rows if row["decision"] == PENDING}
     key_of = {stamp: layout.ledger_key(_parse_time(stamp), config.changes_prefix) for stamp in pending}
     entries = _read_entries(s3, config, list(key_of.values()))
     out = []
@@ -282,41 +283,30 @@ def parquet_prices(s3, config: Config, first: datetime, last: datetime) -> list[
     return [prices[slot] for slot in sorted(prices)]
 
 
-def _rows_from_parquet(s3, config: Config, slots: list[datetime]) -> list[dict]:
-    lookback = timedelta(minutes=config.lookback_minutes)
-    prices = parquet_prices(s3, config, slots[0] - lookback, slots[-1])
-    changes = {change.latest.slot: change for change in series_changes(prices, lookback)}
+def _rows_from_parquet(s3, config: Config, rule: rules.Rule, slots: list[datetime]) -> list[dict]:
+    """Rows of the prices in the Parquet; ``pending`` (its ledger entry tells: ``ledger_details``) unless the
+    rule decides the window from its price alone (no previous record, or under the threshold)."""
+    look_back = rule.reference_offset + timedelta(minutes=rule.tolerance_minutes)
+    series = rules.Series(parquet_prices(s3, config, slots[0] - look_back, slots[-1]))
     rows = []
     for slot in slots:
-        change = changes.get(slot)
-        if change is None or (change.abs_change_pct or 0.0) > config.threshold_pct:
-            rows.append(_pending_row(slot, change, config.threshold_pct))
-        else:
-            rows.append(_computed_row(slot, change, config.threshold_pct))
+        if series.at(slot) is None:
+            rows.append({**missing_row(slot), "decision": PENDING})
+            continue
+        decided = series.raw(rule, slot)
+        quiet = decided.decision in (NO_PREVIOUS, BELOW_THRESHOLD)
+        rows.append({
+            "window_start": layout.iso(slot),
+            "price": series.at(slot).weighted_average,
+            "change_pct": decided.change_pct,
+            "threshold_pct": rule.threshold_pct,
+            "direction": decided.direction,
+            "decision": decided.decision if quiet else PENDING,
+            "reason": None,
+            "sns_message_id": None,
+            "source": "parquet",
+        })  # fmt: skip
     return rows
-
-
-def _pending_row(slot: datetime, change, threshold_pct: float) -> dict:
-    """A row whose ledger entry is still to be read: its price and change if the Parquet has them."""
-    if change is None:
-        return {**missing_row(slot), "decision": PENDING}
-    return {**_computed_row(slot, change, threshold_pct), "decision": PENDING}
-
-
-def _computed_row(slot: datetime, change, threshold_pct: float) -> dict:
-    """A row from the Parquet price alone: its change is below the threshold (or has no previous price)."""
-    decision = NO_PREVIOUS if change.change_pct is None else BELOW_THRESHOLD
-    return {
-        "window_start": layout.iso(slot),
-        "price": change.latest.weighted_average,
-        "change_pct": change.change_pct,
-        "threshold_pct": threshold_pct,
-        "direction": change.direction,
-        "decision": decision,
-        "reason": None,
-        "sns_message_id": None,
-        "source": "parquet",
-    }
 
 
 def quarantined(s3, config: Config, start: datetime, end: datetime) -> list[dict]:

@@ -5,10 +5,9 @@ Task bodies of the ``price_history_backfill`` DAG, after its one Glue job run ha
 1. read every canonical CSV the range needs (the range, the lookback before it, and the rest of each
    month it touches, for Parquet): those the Glue run wrote from its one range object, the others
    with a bounded pool of threads;
-2. decide every window with the live DAG's own rules (:func:`analysis.series_changes`,
-   :func:`analysis.classify`, :func:`analysis.apply_freshness`, :func:`analysis.due_for_subscribers`
-   for run type ``backfill``), so each ledger entry is byte-identical to the one ``price_notification``
-   writes for the same window and params;
+2. decide every window with the live DAG's own rules (``rules.evaluate``, :func:`analysis.apply_freshness`,
+   :func:`analysis.due_for_subscribers` for run type ``backfill``), so each ledger entry is byte-identical
+   to the one ``price_notification`` writes for the same window and params;
 3. write the ledger entries that differ from what is stored, never over a ``publishing`` or ``notified``
    one (conditional writes: an entry claimed or notified meanwhile is seen, not overwritten);
 4. rewrite each month's Parquet object from all canonical CSVs of that month (deterministic bytes);
@@ -37,22 +36,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from include.price_pipeline import alerts, layout, settings, store, windows
+from include.price_pipeline import alerts, layout, rules, store, windows
 from include.price_pipeline.analysis import (
     CLAIMED,
     NOTIFIED,
     NOTIFY,
     PUBLISHING,
-    Change,
-    Policy,
+    SUPPRESSED_COOLDOWN,
     Price,
-    Suppression,
     apply_freshness,
-    classify,
     due_for_subscribers,
-    is_breach,
     parse_canonical_csv,
-    series_changes,
 )
 from include.price_pipeline.settings import Config
 
@@ -97,20 +91,21 @@ class ClaimsLeft(RuntimeError):
 
 @dataclass(frozen=True)
 class Window:
-    """One analysed window: its change against the previous price, and the decision with its reason."""
+    """One analysed window of the default pair: its price, what its rule decided, and the decision with its
+    reason after the freshness rule."""
 
-    change: Change
+    latest: Price
+    decided: rules.Decision
     decision: str
     reason: str
-    suppressed_by: Suppression | None = None
 
     @property
     def slot(self) -> datetime:
-        return self.change.latest.slot
+        return self.latest.slot
 
-    def entry(self, policy: Policy) -> dict:
+    def entry(self, rule: rules.Rule) -> dict:
         """The window's ledger entry."""
-        return alerts.ledger_entry(self.change, policy, self.decision, self.reason, self.suppressed_by)
+        return alerts.ledger_entry(self.latest, rule, self.decided, self.decision, self.reason)
 
 
 # ------------------------------------------------------------------------------ pure analysis
@@ -127,48 +122,36 @@ def parse_window_start(text: str) -> datetime:
     return moment
 
 
-def context_start(start: datetime, policy: Policy) -> datetime:
-    """The earliest slot whose price can matter to the window at ``start``: its lookback, and the
-    references of the earlier breaches its repeat-window cooldown may follow back (``Policy.reach``)."""
-    return start - policy.lookback - policy.reach
-
-
 def analyse_series(
     prices: Iterable[Price],
     start: datetime,
     end: datetime,
-    policy: Policy,
+    rule: rules.Rule,
     notify_on_backfill: bool,
     now: datetime,
     max_alert_age_minutes: int,
 ) -> list[Window]:
     """The decision of every window in ``[start, end)`` that has a price, in slot order.
 
-    ``prices`` (one per slot) should reach back to :func:`context_start`. Each window gets exactly what
-    ``windows.analyse_window`` gives it in a native backfill run: the same change (the series is the
-    same within the lookback), the same repeat-window cooldown (the breaches it follows back) and the
-    same freshness rule for run type ``backfill``.
+    ``prices`` (one per slot) should reach back to ``start - rule.history``. Each window gets exactly what
+    ``windows.analyse_window`` gives it in a native backfill run: the same rule over the same series and
+    the same freshness rule for run type ``backfill``.
     """
-    changes = series_changes(list(prices), policy.lookback)
-    slots = [change.latest.slot for change in changes]
+    series = rules.Series(list(prices))
     out = []
-    for index in range(bisect.bisect_left(slots, start), bisect.bisect_left(slots, end)):
-        change = changes[index]
-        # classify looks at earlier changes at most ``policy.reach`` back: hand it just those.
-        earlier = changes[bisect.bisect_left(slots, change.latest.slot - policy.reach, 0, index) : index]
+    for latest in series.prices[bisect.bisect_left(series.slots, start) : bisect.bisect_left(series.slots, end)]:
         due, why_not_due = due_for_subscribers(
-            "backfill", change.latest.slot + layout.SLOT, now, max_alert_age_minutes, notify_on_backfill
+            "backfill", latest.slot + layout.SLOT, now, max_alert_age_minutes, notify_on_backfill
         )
-        verdict = classify(change, earlier, policy, known_from=change.latest.slot - policy.reach)
-        decision, reason = apply_freshness(verdict.decision, verdict.reason, due, why_not_due)
-        out.append(Window(change, decision, reason, verdict.suppressed_by))
+        decided = rules.evaluate(rule, series, latest.slot)
+        out.append(Window(latest, decided, *apply_freshness(decided.decision, decided.reason, due, why_not_due)))
     return out
 
 
-def ledger_objects(analysed: Iterable[Window], policy: Policy, prefix: str) -> dict[str, bytes]:
+def ledger_objects(analysed: Iterable[Window], rule: rules.Rule, prefix: str) -> dict[str, bytes]:
     """``{ledger key: bytes}`` of every window not due for publishing (due ones are written once sent)."""
     return {
-        layout.ledger_key(window.slot, prefix): alerts.ledger_bytes(window.entry(policy))
+        layout.ledger_key(window.slot, prefix): alerts.ledger_bytes(window.entry(rule))
         for window in analysed
         if window.decision != NOTIFY
     }
@@ -178,15 +161,14 @@ def summarize(
     analysed: list[Window],
     start: datetime,
     end: datetime,
-    policy: Policy,
     quarantined: int,
 ) -> dict:
     """Counts for the task log and XCom: windows seen and missing, quarantined, breaches, largest moves."""
     seen = {window.slot for window in analysed}
     missing = [slot for slot in layout.slots_between(start, end) if slot not in seen]
     moved = sorted(
-        (w for w in analysed if w.change.change_pct is not None),
-        key=lambda w: (-w.change.abs_change_pct, w.slot),
+        (w for w in analysed if w.decided.change_pct is not None),
+        key=lambda w: (-abs(w.decided.change_pct), w.slot),
     )
     return {
         "start": layout.iso(start),
@@ -196,10 +178,10 @@ def summarize(
         "missing": len(missing),
         "missing_windows": [layout.iso(slot) for slot in missing[:MISSING_NAMED]],
         "quarantined": quarantined,
-        "breaches": sum(1 for w in analysed if is_breach(w.change, policy)),
+        "breaches": sum(1 for w in analysed if w.decided.decision in (NOTIFY, SUPPRESSED_COOLDOWN)),
         "decisions": dict(sorted(Counter(w.decision for w in analysed).items())),
         "largest_moves": [
-            {"window_start": layout.iso(w.slot), "change_pct": round(w.change.change_pct, 4), "decision": w.decision}
+            {"window_start": layout.iso(w.slot), "change_pct": round(w.decided.change_pct, 4), "decision": w.decision}
             for w in moved[:LARGEST_MOVES]
         ],
     }
@@ -311,10 +293,10 @@ def all_month_keys(s3, config: Config, start: datetime, end: datetime) -> list[s
     return keys
 
 
-def canonical_keys(s3, config: Config, start: datetime, end: datetime, policy: Policy) -> tuple[list[str], list[str]]:
+def canonical_keys(s3, config: Config, start: datetime, end: datetime, rule: rules.Rule) -> tuple[list, list]:
     """(keys the analysis needs, keys of every month touched by the range) of canonical CSVs.
 
-    The analysis needs ``[context_start, end)``; Parquet needs every CSV of each month of ``[start, end)``.
+    The analysis needs ``[start - rule.history, end)``; Parquet needs every CSV of each month of ``[start, end)``.
     """
     last = end - layout.SLOT
     month_keys = [key for key in all_month_keys(s3, config, start, end) if not layout.is_pairs_key(key)]
@@ -322,7 +304,7 @@ def canonical_keys(s3, config: Config, start: datetime, end: datetime, policy: P
     last_key = layout.analysis_key(last, config.analysis_prefix)
     in_range = [key for key in month_keys if first_key <= key <= last_key]
     before = store.analysis_keys_between(
-        s3, config.bucket, config.analysis_prefix, context_start(start, policy), start - layout.SLOT
+        s3, config.bucket, config.analysis_prefix, start - rule.history, start - layout.SLOT
     )
     return before + in_range, month_keys
 
@@ -518,8 +500,8 @@ def publish_due(
     s3,
     config: Config,
     analysed: list[Window],
-    policy: Policy,
-    publish: Callable[[str, str, dict], str],
+    rule: rules.Rule,
+    publish: Callable[[dict], str],
     run_url: str,
     claimant: str = "",
 ) -> dict:
@@ -528,7 +510,8 @@ def publish_due(
     A window is claimed (``publishing`` by ``claimant``, a conditional write over the entry just read)
     before it is published, and recorded as notified over its claim right after: a window notified or
     claimed by another run, or claimed by a live run between our read and our write, is left to it (and
-    logged). ``publish(subject, message, attributes)`` sends one alert and returns its message id.
+    logged). ``publish(alert)`` sends one alert (``subject``, ``message``, ``attributes``) and returns its
+    message id.
     Returns ``{"sent", "claimed_elsewhere", "claims_left"}``: the last lists windows this run claimed in
     an earlier try and never recorded (they may have been sent: never again, ops decide).
     """
@@ -547,19 +530,14 @@ def publish_due(
                 elsewhere += 1
                 log.warning("Window %s is claimed by %s: this run does not publish it", stamp, stored.get("claimed_by"))
             continue
-        entry = window.entry(policy)
+        entry = window.entry(rule)
         try:
             windows.claim(s3, config, entry, etag, claimant, started=True)
         except store.ConditionFailed:
             elsewhere += 1
             log.warning("Window %s was claimed by another run between our read and our claim: not publishing", stamp)
             continue
-        subject = alerts.alert_subject(entry, config.pair)
-        message_id = publish(
-            subject,
-            alerts.alert_message(entry, run_url, config.pair),
-            alerts.alert_attributes(entry, config.pair, settings.default_rule_name(config)),
-        )
+        message_id = publish(alerts.default_alert(entry, config.pair, rule.name, run_url))
         windows.record_notified(s3, config, entry, message_id, claimant)
         sent += 1
     return {"sent": sent, "claimed_elsewhere": elsewhere, "claims_left": left}
@@ -570,33 +548,33 @@ def backfill_history(
     config: Config,
     start: datetime,
     end: datetime,
-    policy: Policy,
+    rule_set: rules.Rules,
     notify_on_backfill: bool,
     now: datetime,
-    publish: Callable[[str, str, dict], str] | None = None,
+    publish: Callable[[dict], str] | None = None,
     run_url: str = "",
     parquet_prefix: str = layout.PARQUET_PREFIX,
     claimant: str = "",
-    rule_set=None,
 ) -> dict:
     """Analyse every window of ``[start, end)`` from the canonical CSVs, write the ledger and the
-    monthly Parquet, claim and publish due breaches when allowed; return the summary (also logged).
+    monthly Parquet, claim and publish due breaches when allowed; return the summary (also logged). The
+    rules are the run's (``rules.with_overrides``: its params override the default pair's rule).
 
     Raises NoUsableWindow when no window of the range has a record (all missing or quarantined), and
     ClaimsLeft (after everything else is written) when an earlier try of this run left claims."""
     if end <= start:
         raise ValueError(f"end {layout.iso(end)} is not after start {layout.iso(start)}")
-    clock = _Phases()
-    needed, month_keys = canonical_keys(s3, config, start, end, policy)
+    clock, rule = _Phases(), rule_set.default_rule
+    needed, month_keys = canonical_keys(s3, config, start, end, rule)
     range_key = layout.range_objects_key(start, end, config.analysis_prefix)
     bodies, from_range = read_canonical(s3, config.bucket, sorted(set(needed) | set(month_keys)), range_key)
     clock.done("read_csv")
     prices = [parse_canonical_csv(bodies[key]) for key in needed if key in bodies]
-    analysed = analyse_series(prices, start, end, policy, notify_on_backfill, now, config.max_alert_age_minutes)
-    objects = ledger_objects(analysed, policy, config.changes_prefix)
+    analysed = analyse_series(prices, start, end, rule, notify_on_backfill, now, config.max_alert_age_minutes)
+    objects = ledger_objects(analysed, rule, config.changes_prefix)
     reason_keys = quarantined_reason_keys(s3, config, start, end)
-    summary = summarize(analysed, start, end, policy, len(reason_keys))
-    summary["objects"] = objects_seen(reason_keys, (w.change.latest for w in analysed), config.quarantine_prefix)
+    summary = summarize(analysed, start, end, len(reason_keys))
+    summary["objects"] = objects_seen(reason_keys, (w.latest for w in analysed), config.quarantine_prefix)
     summary["canonical_csvs"] = {"from_range_object": from_range, "read": len(bodies) - from_range}
     if not analysed:
         raise NoUsableWindow(
@@ -610,16 +588,13 @@ def backfill_history(
     clock.done("write_ledger")
     summary["parquet"] = write_parquet(s3, config.bucket, parquet_prefix, bodies, month_keys)
     clock.done("write_parquet")
-    published = publish_due(s3, config, analysed, policy, publish, run_url, claimant) if publish else {}
+    published = publish_due(s3, config, analysed, rule, publish, run_url, claimant) if publish else {}
     summary["notified"] = published.get("sent", 0)
     summary["claimed_elsewhere"] = published.get("claimed_elsewhere", 0)
     clock.done("publish")
-    if rule_set is not None and len(rule_set.pairs) > 1:
-        publish_alert = (
-            (lambda alert: publish(alert["subject"], alert["message"], alert["attributes"])) if publish else None
-        )
+    if len(rule_set.pairs) > 1:
         summary["pairs"] = backfill_pairs(
-            s3, config, rule_set, start, end, range_key, parquet_prefix, publish_alert, run_url, claimant
+            s3, config, rule_set, start, end, range_key, parquet_prefix, publish, run_url, claimant
         )
         clock.done("pairs")
     summary["seconds"] = clock.seconds
@@ -648,7 +623,7 @@ def backfill_pairs(
     (``notify_on_backfill``), firing rules are claimed by ``claimant`` in that pass and each is published
     once as the live DAG publishes them (``pairs.publish_alerts``); without, they are recorded
     ``suppressed_backfill``."""
-    from include.price_pipeline import pairs, rules
+    from include.price_pipeline import pairs
 
     others = pairs.other_pairs(rule_set)
     history = max(rule.history for pair in others for rule in rule_set.pairs[pair])
@@ -660,7 +635,7 @@ def backfill_pairs(
         keys = store.list_keys(s3, config.bucket, f"{config.analysis_prefix}{day}")
         before += [k for k in keys if layout.is_pairs_key(k) and first <= k <= last]
     bodies, _ = read_canonical(s3, config.bucket, sorted(set(month_keys) | set(before)), range_key)
-    by_slot = pairs.prices_by_slot({layout.slot_of_key(key): body for key, body in bodies.items()})
+    by_slot = store.prices_by_slot({layout.slot_of_key(key): body for key, body in bodies.items()})
     entries: dict[datetime, dict[str, dict]] = {}
     out = {}
     for pair in others:

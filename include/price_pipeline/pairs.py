@@ -38,8 +38,6 @@ from include.price_pipeline.analysis import (
     NOTIFIED,
     PUBLISHING,
     SUPPRESSED_BACKFILL,
-    Price,
-    parse_canonical_rows,
     suppressed_for_lateness,
 )
 from include.price_pipeline.settings import Config
@@ -113,11 +111,6 @@ def _damage(entry) -> str | None:
     return None
 
 
-def prices_by_slot(bodies: dict[datetime, bytes]) -> dict[datetime, dict[str, Price]]:
-    """``{slot: {pair: Price}}`` of other-pairs CSVs read."""
-    return {slot: {price.pair: price for price in parse_canonical_rows(body)} for slot, body in bodies.items()}
-
-
 def csv_slots(s3, config: Config, first: datetime, slot: datetime) -> tuple[list[datetime], bool]:
     """The slots in ``[first, slot]`` that have an other-pairs CSV, and whether the default pair's CSV of
     ``slot`` is there: one listing per day partition."""
@@ -133,29 +126,6 @@ def csv_slots(s3, config: Config, first: datetime, slot: datetime) -> tuple[list
         files += [layout.slot_of_key(k) for k in keys if layout.is_pairs_key(k) and first_key <= k <= last_key]
         default_there = default_there or default_key in keys
     return files, default_there
-
-
-def load_pair_prices(
-    s3, config: Config, rule_set: rules.Rules, pairs: list[str], slot: datetime, files: list[datetime]
-) -> dict:
-    """``{pair: [Price, ...]}``: of the other-pairs CSVs in the rules' look-back from ``slot`` (``files``:
-    their slots), the ones the decisions read (``rules.slots_read`` for each pair, given what was read),
-    one GET per slot for every pair, in rounds. A slot read without a pair's row is not that pair's
-    reference, so the next candidate is read, until every pair's decision has what it reads."""
-    read: dict[datetime, dict[str, Price]] = {}
-    while True:
-        wanted = set()
-        for pair in pairs:
-            candidates = [at for at in files if at not in read or pair in read[at]]
-            known = [read[at][pair] for at in read if pair in read[at]]
-            wanted |= rules.slots_read(rule_set.pairs[pair], candidates, slot, known) - read.keys()
-        if not wanted:
-            break
-        slots = sorted(wanted)
-        keys = [layout.pairs_analysis_key(at, config.analysis_prefix) for at in slots]
-        bodies = store.read_many(s3, config.bucket, keys)
-        read.update(prices_by_slot({at: body or b"" for at, body in zip(slots, bodies, strict=True)}))
-    return {pair: [read[at][pair] for at in sorted(read) if pair in read[at]] for pair in pairs}
 
 
 def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due: bool, why_not_due: str,
@@ -179,7 +149,8 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
     listed = set(files)
     gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in listed]
     windows.wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
-    prices = load_pair_prices(s3, config, rule_set, pairs, slot, files)
+    prices = store.load_rule_prices(s3, config.bucket, layout.pairs_analysis_key, config.analysis_prefix, rule_set,
+                                    pairs, slot, files)  # fmt: skip
     fresh = {}
     for pair in pairs:
         series = rules.Series(prices[pair])

@@ -36,7 +36,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from include.price_pipeline import layout
-from include.price_pipeline.analysis import (
+from include.price_pipeline.analysis import (  # noqa: F401 - the decisions, re-exported: rules.NOTIFY, ...
+    BELOW_MIN_MOVE,
+    BELOW_THRESHOLD,
+    INVALID_CHANGE,
+    NO_PREVIOUS,
+    NOT_CROSSED,
+    NOTIFY,
+    SUPPRESSED_COOLDOWN,
     NeedEarlier,
     Price,
     Suppression,
@@ -57,15 +64,6 @@ DIRECTIONS = ("up", "down", "both")
 MAX_MINUTES = 1440
 MAX_COOLDOWN_MINUTES = 7 * 1440
 MAX_RULES_FILE_BYTES = 1 << 20
-
-#: Decisions of one rule for one window (the ledger's vocabulary, plus ``not_crossed``).
-NOTIFY = "notify"
-NO_PREVIOUS = "no_previous_record"
-BELOW_THRESHOLD = "below_threshold"
-NOT_CROSSED = "not_crossed"
-BELOW_MIN_MOVE = "below_min_abs_move"
-SUPPRESSED_COOLDOWN = "suppressed_cooldown"
-INVALID_CHANGE = "invalid_change"
 
 _PAIR = re.compile(r"[A-Z0-9]{2,12}/[A-Z0-9]{2,12}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -115,6 +113,11 @@ class Rules:
 
     def history(self) -> timedelta:
         return max(rule.history for rules in self.pairs.values() for rule in rules)
+
+    @property
+    def default_rule(self) -> Rule:
+        """The default pair's one rule (a 5-minute change rule: ``settings.load_rules``)."""
+        return self.pairs[self.default_pair][0]
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,19 @@ def analyse_when_settled(ti, analyse, wait_seconds: int) -> dict:
     return analyse()
 
 
+def sns_publisher(config: Config):
+    """``publish(alert) -> message id``: one alert (``subject``, ``message``, ``attributes``) to the alert topic."""
+    from airflow.providers.amazon.aws.hooks.sns import SnsHook
+
+    sns = SnsHook(aws_conn_id=config.aws_conn_id)
+
+    def publish(alert: dict) -> str:
+        kwargs = {"subject": alert["subject"], "message_attributes": alert["attributes"]}
+        return sns.publish_to_target(config.alert_topic_arn, alert["message"], **kwargs)["MessageId"]
+
+    return publish
+
+
 def tell_ops(config: Config, subject: str, message: str) -> None:
     """One message on the ops topic."""
     from airflow.providers.amazon.aws.hooks.sns import SnsHook
@@ -277,25 +290,26 @@ def record_notified(config: Config, context, result) -> None:
     windows.record_notified(_s3(config), config, entry, result["MessageId"], claimant(context["dag_run"]))
 
 
-def compute_price_change(config: Config, with_other_pairs: bool, params, data_interval_start, dag_run, ti) -> dict:
-    """The default pair's window: decided, recorded, claimed when due (``windows.analyse_window``)."""
+def compute_price_change(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> dict:
+    """The default pair's window: decided by its rule with the run's params (``rules.with_overrides``),
+    recorded, claimed when due (``windows.analyse_window``)."""
     from functools import partial
 
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from include.price_pipeline import alerts, analysis
+    from include.price_pipeline import alerts, rules
 
     slot = windows.run_window_start(data_interval_start, dag_run.run_after)
     if data_interval_start is None:
         log.info("Run without a logical date (triggered for %s): analysing the latest complete window, %s",
                  dag_run.run_after, layout.iso(slot))  # fmt: skip
     due, why_not = _due(config, params, dag_run, slot)
-    analyse = partial(windows.analyse_window, _s3(config), config, slot, analysis.Policy.from_params(params), due,
+    analyse = partial(windows.analyse_window, _s3(config), config, slot, rules.with_overrides(rule_set, params), due,
                       why_not, _run_url(dag_run), claimant=claimant(dag_run))  # fmt: skip
     try:
         result = analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
     except windows.RecordMissing as late:
-        if not with_other_pairs:
+        if len(rule_set.pairs) == 1:
             raise AirflowFailException(str(late)) from None
         raise AirflowSkipException(f"{config.pair} is late: {late} (analyse_pairs reports it)") from None
     except (windows.WindowFailed, alerts.UnsafeText) as failure:
@@ -329,7 +343,6 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
 
 def publish_pair_alerts(config: Config, due: list[dict], data_interval_start, dag_run) -> dict:
     """Each due (pair, rule) alert once: only this run's claims, marked in the ledger around each Publish."""
-    from airflow.providers.amazon.aws.hooks.sns import SnsHook
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from include.price_pipeline import pairs
@@ -337,13 +350,7 @@ def publish_pair_alerts(config: Config, due: list[dict], data_interval_start, da
     if not due:
         raise AirflowSkipException("no pair alert is due in this window")
     slot = windows.run_window_start(data_interval_start, dag_run.run_after)
-    sns = SnsHook(aws_conn_id=config.aws_conn_id)
-
-    def publish(alert: dict) -> str:
-        kwargs = {"subject": alert["subject"], "message_attributes": alert["attributes"]}
-        return sns.publish_to_target(config.alert_topic_arn, alert["message"], **kwargs)["MessageId"]
-
-    result = pairs.publish_alerts(_s3(config), config, slot, due, claimant(dag_run), publish)
+    result = pairs.publish_alerts(_s3(config), config, slot, due, claimant(dag_run), sns_publisher(config))
     for reason in result["skipped"]:
         log.warning("%s", reason)
     log.info("Published %d pair alerts: %s", len(result["sent"]), result["sent"])

@@ -1,8 +1,9 @@
 """Deployment settings: read from the environment, each with a documented default.
 
 Credentials are never settings: they live in the Airflow connection named by ``PRICE_AWS_CONN_ID``
-(``AIRFLOW_CONN_AWS_DEFAULT`` locally, a secrets backend in production). Per-run knobs (threshold,
-lookback, backfill notification) are DAG params whose defaults come from here.
+(``AIRFLOW_CONN_AWS_DEFAULT`` locally, a secrets backend in production). Alert rules are not settings
+either: they live in the rules file (``PRICE_RULES_FILE``); the DAG params override the default pair's
+rule for one run (:func:`policy_params`, ``rules.with_overrides``).
 
 The defaults match the local stand-in (moto's account 123456789012 in us-east-1); on AWS every value
 comes from a Terraform output of the same name (see ``terraform/outputs.tf``).
@@ -51,8 +52,6 @@ SETTINGS = (
     ),
     Setting("PRICE_GLUE_JOB_NAME", "price-normalize-record", "Glue Python shell job name"),
     Setting("PRICE_GLUE_ROLE_NAME", "price-glue-job", "IAM role the Glue job runs as"),
-    Setting("PRICE_THRESHOLD_PCT", "1.0", "default alert threshold, absolute % change"),
-    Setting("PRICE_LOOKBACK_MINUTES", "60", "default: how far back the previous record may be"),
     Setting("PRICE_MAX_ALERT_AGE_MINUTES", "15", "windows ending longer ago than this do not notify"),
     Setting(
         "PRICE_SENSOR_TIMEOUT_SECONDS",
@@ -112,8 +111,6 @@ class Config:
     ops_topic_arn: str
     glue_job_name: str
     glue_role_name: str
-    threshold_pct: float
-    lookback_minutes: int
     max_alert_age_minutes: int
     sensor_timeout_seconds: int
     sensor_poke_seconds: int
@@ -124,6 +121,11 @@ class Config:
     slack_conn_id: str
     max_object_bytes: int
     rules_file: str
+
+
+#: Settings that became fields of the default pair's rule (the rules file is their one home): setting one
+#: fails loudly instead of being ignored.
+RETIRED = {"PRICE_THRESHOLD_PCT": "threshold_pct", "PRICE_LOOKBACK_MINUTES": "tolerance_minutes (lookback - 5)"}
 
 
 def _boolean(raw: str) -> bool:
@@ -137,6 +139,10 @@ def _boolean(raw: str) -> bool:
 def load(environ: Mapping[str, str] | None = None) -> Config:
     """Resolve every setting from ``environ`` (default ``os.environ``), falling back to its default."""
     environ = os.environ if environ is None else environ
+    for name, field in RETIRED.items():
+        if name in environ:
+            raise ValueError(f"{name} is no longer a setting: set {field} of the default pair's rule in the rules "
+                             "file (PRICE_RULES_FILE), or the DAG param of the same name for one run")  # fmt: skip
     values = {}
     for field in fields(Config):
         setting = _BY_NAME[f"PRICE_{field.name.upper()}"]
@@ -158,30 +164,14 @@ def load_rules(config: Config):
         raise rules.RulesError(
             f"rules file {config.rules_file}: default_pair {loaded.default_pair} is not PRICE_PAIR {config.pair}"
         )
-    # The default pair keeps its single-pair path: one 5-minute change rule, set by the PRICE_* defaults and
-    # the DAG params; the file must say the same, so it never reads as something it does not do.
-    expected = rules.Rule(
-        loaded.pairs[config.pair][0].name,
-        rules.CHANGE,
-        threshold_pct=config.threshold_pct,
-        minutes=5,
-        tolerance_minutes=config.lookback_minutes - 5,
-    )
-    if loaded.pairs[config.pair] != (expected,):
+    # The default pair's ledger entry holds one 5-minute change rule (its storage since the first release).
+    rule = loaded.default_rule
+    if len(loaded.pairs[config.pair]) != 1 or rule.kind != rules.CHANGE or rule.minutes != 5:
         raise rules.RulesError(
-            f"rules file {config.rules_file}: pair {config.pair}: the default pair takes one change rule of 5 "
-            f"minutes with threshold_pct {config.threshold_pct} (PRICE_THRESHOLD_PCT) and tolerance_minutes "
-            f"{config.lookback_minutes - 5} (PRICE_LOOKBACK_MINUTES - 5), no min_abs_move or cooldown (DAG params)"
+            f"rules file {config.rules_file}: pair {config.pair}: the default pair takes one change rule of 5 minutes "
+            "(threshold_pct, tolerance_minutes, min_abs_move and cooldown_minutes are yours to set)"
         )
     return loaded
-
-
-def default_rule_name(config: Config) -> str:
-    """The name of the default pair's rule in the rules file (its alerts' ``rule`` attribute)."""
-    from include.price_pipeline import rules
-
-    loaded = rules.load(rules.resolve_path(config.rules_file)).pairs
-    return loaded[config.pair][0].name if config.pair in loaded else ""
 
 
 def glue_job_arguments(config: Config) -> dict[str, str]:
@@ -246,17 +236,18 @@ def glue_job_spec(config: Config) -> dict:
     }
 
 
-def policy_params(config: Config) -> dict[str, dict]:
-    """The alert-policy DAG params as JSON-schema specs (the DAGs wrap each in ``Param``)."""
+def policy_params(rule) -> dict[str, dict]:
+    """The DAG params as JSON-schema specs (the DAGs wrap each in ``Param``): the default pair's ``rule``
+    (``rules.Rule``) as the rules file sets it, each field overridable for one run (``rules.with_overrides``)."""
     return {
-        "threshold_pct": {"default": config.threshold_pct, "type": "number", "minimum": 0,
+        "threshold_pct": {"default": rule.threshold_pct, "type": "number", "minimum": 0,
                           "description": "alert above this absolute % change"},
-        "lookback_minutes": {"default": config.lookback_minutes, "type": "integer", "minimum": 5,
+        "lookback_minutes": {"default": rule.minutes + rule.tolerance_minutes, "type": "integer", "minimum": 5,
                              "description": "previous record no older than this"},
         "notify_on_backfill": {"default": False, "type": "boolean",
                                "description": "notify subscribers for backfills and old windows too"},
-        "min_abs_move": {"default": 0.0, "type": "number", "minimum": 0,
+        "min_abs_move": {"default": rule.min_abs_move, "type": "number", "minimum": 0,
                          "description": "also require this move in price units"},
-        "repeat_windows": {"default": 0, "type": "integer", "minimum": 0,
+        "repeat_windows": {"default": rule.cooldown_minutes // 5, "type": "integer", "minimum": 0,
                            "description": "suppress a breach within N windows after the last same-direction alert"},
     }  # fmt: skip

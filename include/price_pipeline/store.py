@@ -13,7 +13,7 @@ from datetime import datetime
 from botocore.exceptions import ClientError
 
 from include.price_pipeline import layout
-from include.price_pipeline.analysis import Price, parse_canonical_csv
+from include.price_pipeline.analysis import Price, parse_canonical_rows
 
 #: Media types of the ledger's objects: the default pair's entry is one JSON object, the other pairs'
 #: object of a window holds JSON lines.
@@ -121,10 +121,35 @@ def _just_before(key: str) -> str:
     return key[:-1] + chr(ord(key[-1]) - 1)
 
 
-def load_prices(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> list[Price]:
-    """Every normalized price with a slot in ``[first, last]``, in slot order (parallel reads)."""
-    bodies = read_many(s3, bucket, analysis_keys_between(s3, bucket, prefix, first, last))
-    return [parse_canonical_csv(body) for body in bodies if body is not None]
+def prices_by_slot(bodies: dict[datetime, bytes], pair: str = "") -> dict[datetime, dict[str, Price]]:
+    """``{slot: {pair: Price}}`` of canonical CSVs read: a window's pairs.csv holds a row per other pair;
+    with ``pair``, each CSV is that pair's alone (the default pair's, whatever its rows name)."""
+    return {slot: {pair or price.pair: price for price in parse_canonical_rows(body)} for slot, body in bodies.items()}
+
+
+def load_rule_prices(s3, bucket: str, key_of, prefix: str, rule_set, pairs: list[str], slot: datetime,
+                     files: list[datetime]) -> dict[str, list[Price]]:  # fmt: skip
+    """``{pair: [Price, ...]}``: of the canonical CSVs ``key_of(slot, prefix)`` in the rules' look-back from
+    ``slot`` (``files``: their slots), the ones the pairs' decisions read (``rules.slots_read`` for each
+    pair, given what was read), one GET per slot for every pair, in rounds. A slot read without a pair's
+    row is not that pair's reference, so the next candidate is read, until every decision has what it
+    reads. ValueError when a CSV read is not canonical."""
+    from include.price_pipeline import rules
+
+    read: dict[datetime, dict[str, Price]] = {}
+    while True:
+        wanted = set()
+        for pair in pairs:
+            candidates = [at for at in files if at not in read or pair in read[at]]
+            known = [read[at][pair] for at in read if pair in read[at]]
+            wanted |= rules.slots_read(rule_set.pairs[pair], candidates, slot, known) - read.keys()
+        if not wanted:
+            break
+        slots = sorted(wanted)
+        bodies = read_many(s3, bucket, [key_of(at, prefix) for at in slots])
+        own = pairs[0] if key_of is layout.analysis_key else ""  # the default pair's CSVs are its alone
+        read.update(prices_by_slot({at: body or b"" for at, body in zip(slots, bodies, strict=True)}, own))
+    return {pair: [read[at][pair] for at in sorted(read) if pair in read[at]] for pair in pairs}
 
 
 def in_parallel(s3, call, items: list) -> list:

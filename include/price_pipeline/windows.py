@@ -13,23 +13,17 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from include.price_pipeline import alerts, layout, store
+from include.price_pipeline import alerts, layout, rules, store
 from include.price_pipeline.analysis import (
     CLAIMED,
     INVALID_CHANGE,
     NOTIFIED,
     NOTIFY,
     PUBLISHING,
-    NeedEarlier,
-    Policy,
-    Price,
     apply_freshness,
-    classify,
-    read_back_to,
-    series_changes,
     suppressed_for_lateness,
 )
-from include.price_pipeline.settings import Config, default_rule_name
+from include.price_pipeline.settings import Config
 
 log = logging.getLogger(__name__)
 #: What a run that did not publish a window says it found (its decision in XCom, never in the ledger).
@@ -107,14 +101,15 @@ def analyse_window(
     s3,
     config: Config,
     slot: datetime,
-    policy: Policy,
+    rule_set: rules.Rules,
     due: bool,
     why_not_due: str,
     run_url: str,
     still_normalizing: StillNormalizing | None = None,
     claimant: str = "",
 ) -> dict:
-    """Compare the window's price with the previous one, record the decision, claim a due alert.
+    """Decide the default pair's window by its rule (``rule_set.default_rule``: the run's, its params
+    applied), record the decision, claim a due alert.
 
     Returns ``decision``, the ledger ``entry``, and for a due alert (``decision = notify``, once this
     run's ``publishing`` claim landed) the alert ``subject``, ``message``, ``attributes`` and ``slack``
@@ -123,54 +118,49 @@ def analyse_window(
     names this one: ``<dag_id>/<run_id>``), comes back as ``notified`` / ``claimed_elsewhere`` with the
     stored entry, and nothing is written.
 
-    Every earlier window the decision looks at (lookback and repeat windows, and for a breach in a run of
-    breaches the run's earlier windows, read as far back as it follows them) must be settled: see
+    Every earlier window the rule may look at (``rule.history``) must be settled: see
     :func:`wait_for_earlier_windows`. Without ``still_normalizing`` the window is analysed with the CSVs
-    there are.
+    there are. Of those, only the ones the decision reads are fetched (``rules.slots_read``).
     """
     stamp = layout.slot_stamp(slot)
     existing, etag = read_entry(s3, config, slot)
     if existing and existing["decision"] in CLAIMED:
         if existing["decision"] == PUBLISHING and claimant and existing.get("claimed_by") == claimant:
             log.info("Window %s: this run claimed it in an earlier try; keeping the claim", stamp)
-            return _due(existing, config, run_url)
+            return _due(existing, config, rule_set.default_rule.name, run_url)
         return _not_ours(existing, stamp)
 
-    first = slot - policy.lookback - layout.SLOT * policy.repeat_windows
-    prices = _load(s3, config, slot, first, slot)
-    if not prices or prices[-1].slot != slot:
+    rule = rule_set.default_rule
+    first = slot - rule.history
+    keys = store.analysis_keys_between(s3, config.bucket, config.analysis_prefix, first, slot)
+    files = [layout.slot_of_key(key) for key in keys]
+    if slot not in files:
         raise _missing_record(s3, config, slot)
-    _wait_for_gaps(s3, config, slot, first, prices, still_normalizing)
-    if prices[-1].superseded:
-        log.warning(
-            "Window %s: used %s; superseded older objects: %s",
-            stamp,
-            prices[-1].source_key,
-            ", ".join(prices[-1].superseded),
-        )
-    while True:  # a breach in a run of breaches follows the run back (bounded: analysis.suppressed_by)
-        changes = series_changes(prices, policy.lookback)
-        try:
-            verdict = classify(changes[-1], changes[:-1], policy, known_from=first + policy.lookback)
-            break
-        except NeedEarlier as need:
-            earlier = read_back_to(slot, need.window, layout.SLOT * policy.repeat_windows) - policy.lookback
-            # up to the last slot before ``first``, which is off the 5-minute grid when lookback_minutes is
-            before_first = layout.slot_start(first - timedelta(seconds=1))  # not a multiple of 5
-            prices = _load(s3, config, slot, earlier, before_first) + prices
-            first = earlier
-            _wait_for_gaps(s3, config, slot, first, prices, still_normalizing)
-    change = changes[-1]
-    decision, reason = apply_freshness(verdict.decision, verdict.reason, due, why_not_due)
+    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in set(files)]
+    wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
+    try:
+        prices = store.load_rule_prices(s3, config.bucket, layout.analysis_key, config.analysis_prefix,
+                                        rule_set, [config.pair], slot, files)[config.pair]  # fmt: skip
+    except ValueError as error:
+        raise WindowFailed(f"window {stamp}: {error}") from None
+    series = rules.Series(prices)
+    latest = series.at(slot)
+    if latest is None:
+        raise _missing_record(s3, config, slot)
+    if latest.superseded:
+        log.warning("Window %s: used %s; superseded older objects: %s", stamp, latest.source_key,
+                    ", ".join(latest.superseded))  # fmt: skip
+    decided = rules.evaluate(rule, series, slot)
+    decision, reason = apply_freshness(decided.decision, decided.reason, due, why_not_due)
     log.info("Window %s: %s (%s)", stamp, decision, reason)
-    entry = alerts.ledger_entry(change, policy, decision, reason, verdict.suppressed_by)
+    entry = alerts.ledger_entry(latest, rule, decided, decision, reason)
     if decision == NOTIFY:
         try:
             claim(s3, config, entry, etag, claimant)
         except store.ConditionFailed:
             stored, _ = read_entry(s3, config, slot)
             return _not_ours(stored or {"decision": "(deleted)"}, stamp)
-        return _due(entry, config, run_url)
+        return _due(entry, config, rule.name, run_url)
     stored = _settle(s3, config, slot, entry, etag)
     if decision == INVALID_CHANGE:
         raise WindowFailed(f"window {stamp}: {reason}")
@@ -178,25 +168,9 @@ def analyse_window(
     if suppressed_for_lateness(decision, reason) and stored is entry:
         ops_notice = (
             f"Breach of window {stamp} not sent: {reason} when its record was analysed "
-            f"(change {entry['change_pct']:+.2f}%, threshold {policy.threshold_pct}%). Run: {run_url}"
+            f"(change {entry['change_pct']:+.2f}%, threshold {rule.threshold_pct}%). Run: {run_url}"
         )
     return {"decision": stored["decision"], "entry": stored, "ops_notice": ops_notice}
-
-
-def _load(s3, config: Config, slot: datetime, first: datetime, last: datetime) -> list[Price]:
-    """The default pair's prices of ``[first, last]`` (WindowFailed naming ``slot`` if one is not valid)."""
-    try:
-        return store.load_prices(s3, config.bucket, config.analysis_prefix, first, last)
-    except ValueError as error:
-        raise WindowFailed(f"window {layout.slot_stamp(slot)}: {error}") from None
-
-
-def _wait_for_gaps(s3, config: Config, slot: datetime, first: datetime, prices: list[Price],
-                   still_normalizing: StillNormalizing | None) -> None:  # fmt: skip
-    """:func:`wait_for_earlier_windows` for the windows before ``slot`` from ``first`` without a price."""
-    normalized = {price.slot for price in prices}
-    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in normalized]
-    wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
 
 
 def _not_ours(existing: dict, stamp: str) -> dict:
@@ -214,19 +188,11 @@ def _not_ours(existing: dict, stamp: str) -> dict:
     return {"decision": CLAIMED_ELSEWHERE, "entry": existing}
 
 
-def _due(claimed: dict, config: Config, run_url: str) -> dict:
+def _due(claimed: dict, config: Config, rule: str, run_url: str) -> dict:
     """What the publish task needs: the entry as decided (notify), this run's claim and the alert text."""
     entry = {k: v for k, v in claimed.items() if k not in ("claimed_by", PUBLISH_STARTED)} | {"decision": NOTIFY}
-    subject = alerts.alert_subject(entry, config.pair)
-    message = alerts.alert_message(entry, run_url, config.pair)
-    return {
-        "decision": NOTIFY,
-        "entry": entry,
-        "subject": subject,
-        "message": message,
-        "attributes": alerts.alert_attributes(entry, config.pair, default_rule_name(config)),
-        "slack": alerts.slack_text(subject, message),
-    }
+    alert = alerts.default_alert(entry, config.pair, rule, run_url)
+    return {"decision": NOTIFY, "entry": entry, **alert, "slack": alerts.slack_text(alert["subject"], alert["message"])}
 
 
 def _settle(s3, config: Config, slot: datetime, entry: dict, etag: str | None) -> dict:

@@ -135,7 +135,7 @@ def create_app() -> FastAPI:
         if pair and pair not in pairs:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, f"pair must be one of {', '.join(pairs)}")
         try:
-            data = browse.history(s3_client(config), config, first, last, pair or "")
+            data = browse.history(s3_client(config), config, rule_set.default_rule, first, last, pair or "")
         except ValueError as error:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
         data["pairs"], data["pair"] = pairs, pair or config.pair
@@ -155,11 +155,12 @@ def create_app() -> FastAPI:
     @app.get("/api/ledger")
     def ledger(_user: User, start: Start = None, end: End = None, dag_id: DagId = None, run_id: RunId = None):
         """The ledger entries of the rows ``/api/history`` left ``pending`` for the same range."""
-        from include.price_pipeline import browse
+        from include.price_pipeline import browse, settings
 
         first, last, _focus = resolve_range(start, end, dag_id, run_id)
         config = load_config()
-        return json_response({"windows": browse.ledger_details(s3_client(config), config, first, last)})
+        rule = settings.load_rules(config).default_rule
+        return json_response({"windows": browse.ledger_details(s3_client(config), config, rule, first, last)})
 
     return app
 

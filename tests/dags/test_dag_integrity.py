@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from include.price_pipeline import analysis, layout, runs, settings, windows
+from include.price_pipeline import layout, rules, runs, settings, windows
 from tests.conftest import utc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,11 +268,11 @@ def test_both_dags_take_their_task_defaults_from_one_home_and_tell_ops_of_failur
 @pytest.mark.parametrize(
     ("name", "json_type", "default"),
     [
-        ("threshold_pct", "number", float(settings.load({}).threshold_pct)),
-        ("lookback_minutes", "integer", settings.load({}).lookback_minutes),
+        ("threshold_pct", "number", 1.0),
+        ("lookback_minutes", "integer", 60),
         ("notify_on_backfill", "boolean", False),
-        ("min_abs_move", "number", analysis.Policy().min_abs_move),
-        ("repeat_windows", "integer", analysis.Policy().repeat_windows),
+        ("min_abs_move", "number", 0.0),
+        ("repeat_windows", "integer", 0),
     ],
 )
 def test_params_have_a_type_a_description_and_the_documented_default(dag, name, json_type, default):
@@ -284,11 +284,12 @@ def test_params_have_a_type_a_description_and_the_documented_default(dag, name, 
     assert type(param.value) is type(default)
 
 
-def test_param_defaults_match_the_analysis_policy_defaults(dag):
-    policy = analysis.Policy()
+def test_param_defaults_are_the_default_pairs_rule_in_the_rules_file(dag):
+    """The rules file is the rule's one home: with no params given, a run decides by the file's rule."""
+    rule_set = settings.load_rules(settings.load({}))
+    defaults = {name: param.value for name, param in dag.params.items()}
 
-    assert dag.params["threshold_pct"] == policy.threshold_pct
-    assert dag.params["lookback_minutes"] == policy.lookback_minutes
+    assert rules.with_overrides(rule_set, defaults) == rule_set
 
 
 @pytest.mark.parametrize(

@@ -49,14 +49,14 @@ PARAMS = {
     "repeat_windows": 3,  # the default pair's 15-minute cooldown
 }
 ALERTING = {analysis.NOTIFY, analysis.PUBLISHING, analysis.NOTIFIED, analysis.SUPPRESSED_BACKFILL}
-COOLED = {analysis.SUPPRESSED_REPEAT, rules.SUPPRESSED_COOLDOWN}
+COOLED = {rules.SUPPRESSED_COOLDOWN}
 
 
 @pytest.fixture(scope="module")
 def settings_env(tmp_path_factory):
     path = tmp_path_factory.mktemp("rules") / "cooldowns.json"
     path.write_text(json.dumps(RULES))
-    return {"PRICE_RULES_FILE": str(path), "PRICE_THRESHOLD_PCT": "0.4", "PRICE_LOOKBACK_MINUTES": "60"}
+    return {"PRICE_RULES_FILE": str(path)}
 
 
 def parse(name: str, module: str, env: dict):

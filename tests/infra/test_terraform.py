@@ -33,8 +33,6 @@ DEFAULTS = {s.env: s.default for s in settings.SETTINGS}
 #: one side or the other, here).
 AIRFLOW_SIDE = {
     "PRICE_AWS_CONN_ID": "names an Airflow connection, not an AWS resource",
-    "PRICE_THRESHOLD_PCT": "DAG param default",
-    "PRICE_LOOKBACK_MINUTES": "DAG param default",
     "PRICE_MAX_ALERT_AGE_MINUTES": "DAG behaviour",
     "PRICE_SENSOR_TIMEOUT_SECONDS": "sensor timing",
     "PRICE_SENSOR_POKE_SECONDS": "sensor timing",
@@ -620,13 +618,13 @@ def test_catalog_has_the_other_pairs_parquet_partitioned_by_pair_and_month():
 
 
 def test_catalog_columns_are_the_fields_the_pipeline_writes():
-    from include.price_pipeline import alerts, analysis, history
+    from include.price_pipeline import alerts, analysis, history, rules
 
     tf = module()
     slot = datetime(2026, 1, 5, 9, 35, tzinfo=UTC)
     prices = [analysis.Price(slot - layout.SLOT * i, 100.0 + i, "ETH/USDT", f"k{i}") for i in (1, 0)]
-    change = analysis.series_changes(prices, analysis.Policy().lookback)[-1]
-    entry = alerts.ledger_entry(change, analysis.Policy(), analysis.NOTIFY, "above threshold")
+    series, rule = rules.Series(prices), rules.load(rules.DEFAULT_RULES_FILE).default_rule
+    entry = alerts.ledger_entry(series.at(slot), rule, series.raw(rule, slot), analysis.NOTIFY, "above threshold")
 
     assert [column["name"] for column in resolve(tf.locals["ledger_columns"])] == list(entry)
     assert re.findall(r"(\w+):", tf.locals["price_struct"]) == list(entry["latest"])

@@ -10,21 +10,21 @@ from datetime import timedelta
 
 import pytest
 
-from include.price_pipeline import alerts, browse, history, layout
-from include.price_pipeline.analysis import Change, Policy, Price
+from include.price_pipeline import alerts, browse, history, layout, rules
+from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
 pytestmark = pytest.mark.integration
 
-POLICY = Policy(threshold_pct=1.0)
+RULE = rules.load(rules.DEFAULT_RULES_FILE).default_rule
 
 
 def put_entry(aws, slot, price, previous_price, decision, reason="r", **extra):
     previous = Price(slot - layout.SLOT, previous_price, "ETH/USDT", "prev") if previous_price else None
     change_pct = (price - previous_price) / previous_price * 100 if previous_price else None
-    entry = alerts.ledger_entry(
-        Change(Price(slot, price, "ETH/USDT", "src"), previous, change_pct), POLICY, decision, reason
-    )
+    direction = "flat" if not change_pct else "up" if change_pct > 0 else "down"
+    decided = rules.Decision(RULE.name, RULE.kind, decision, reason, direction, change_pct, previous)
+    entry = alerts.ledger_entry(Price(slot, price, "ETH/USDT", "src"), RULE, decided, decision, reason)
     aws.put(layout.ledger_key(slot), alerts.ledger_bytes({**entry, **extra}))
     return entry
 
@@ -36,7 +36,7 @@ def test_short_range_reads_every_ledger_entry_and_marks_missing_windows(aws):
     # start + 2 slots: nothing at all (a gap)
     put_entry(aws, start + 3 * layout.SLOT, 102.1, 102.0, "below_threshold")
 
-    data = browse.history(aws.s3, aws.config, start, start + 4 * layout.SLOT)
+    data = browse.history(aws.s3, aws.config, RULE, start, start + 4 * layout.SLOT)
 
     assert data["mode"] == "ledger"
     assert [(r["window_start"], r["decision"]) for r in data["windows"]] == [
@@ -60,7 +60,7 @@ def test_entries_are_read_tolerantly_unknown_decisions_as_is_missing_fields_blan
     aws.put(layout.ledger_key(start + layout.SLOT), json.dumps({"latest": "not an object", "change_pct": "2"}))
     aws.put(layout.ledger_key(start + 2 * layout.SLOT), b"not json")
 
-    rows = browse.history(aws.s3, aws.config, start, start + 3 * layout.SLOT)["windows"]
+    rows = browse.history(aws.s3, aws.config, RULE, start, start + 3 * layout.SLOT)["windows"]
 
     assert rows[0]["decision"] == "publishing"
     assert rows[0]["price"] is None
@@ -81,7 +81,7 @@ def test_quarantined_objects_of_the_range_come_with_their_reasons(aws):
     aws.put(outside, b"later")
 
     found = browse.quarantined(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30))
-    rows = browse.history(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 15))["windows"]
+    rows = browse.history(aws.s3, aws.config, RULE, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 15))["windows"]
 
     assert found == [
         {
@@ -119,8 +119,8 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
     calm = slots[50]
     put_entry(aws, calm, prices[calm], prices[calm - layout.SLOT], "below_threshold", reason="not read")
 
-    data = browse.history(aws.s3, aws.config, start, end)
-    details = {row["window_start"]: row for row in browse.ledger_details(aws.s3, aws.config, start, end)}
+    data = browse.history(aws.s3, aws.config, RULE, start, end)
+    details = {row["window_start"]: row for row in browse.ledger_details(aws.s3, aws.config, RULE, start, end)}
 
     assert data["mode"] == "parquet"
     by_slot = {row["window_start"]: row for row in data["windows"]}

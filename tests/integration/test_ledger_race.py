@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from include.price_pipeline import layout, windows
-from include.price_pipeline.analysis import NOTIFY, Policy
+from include.price_pipeline import layout, rules, windows
+from include.price_pipeline.analysis import NOTIFY
 from tests.conftest import utc
 from tests.records import candle, seed_normalized
 
@@ -38,7 +38,9 @@ class ReadTogether:
 
 def flow(aws, s3, slot, claimant: str) -> str | None:
     """What one run does: analyse (and claim), then, with the claim, publish and record notified."""
-    result = windows.analyse_window(s3, aws.config, slot, Policy(), True, "", "http://ui/run", claimant=claimant)
+    result = windows.analyse_window(
+        s3, aws.config, slot, rules.load(rules.DEFAULT_RULES_FILE), True, "", "http://ui/run", claimant=claimant
+    )
     if result["decision"] != NOTIFY:
         return None
     windows.start_publish(s3, aws.config, slot, claimant)

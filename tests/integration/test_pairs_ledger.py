@@ -208,7 +208,6 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
     from datetime import datetime
 
     from include.price_pipeline import history
-    from include.price_pipeline.analysis import Policy
     from tests.records import candle, seed_normalized
 
     start = utc(2025, 9, 10, 6, 0)  # a day no other test writes
@@ -218,8 +217,7 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
         seed(aws, slot, BTC=(99000.0, 99500.0, 100500.0, 100600.0, 99800.0, 103000.0)[i], SOL=150.0 + i)
 
     summary = history.backfill_history(
-        aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, Policy(), False, datetime.now().astimezone(),
-        rule_set=RULES,
+        aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, RULES, False, datetime.now().astimezone()
     )  # fmt: skip
 
     month = aws.keys(layout.month_analysis_prefix(2025, 9))
@@ -248,8 +246,7 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
     aws.put(damaged_key, bulk[slots[2]] + b"not json\n")
     with pytest.raises(pairs.DamagedLedger, match=f"{damaged_key} line 3: not a JSON object"):
         history.backfill_history(
-            aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, Policy(), False, datetime.now().astimezone(),
-            rule_set=RULES,
+            aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, RULES, False, datetime.now().astimezone()
         )  # fmt: skip
     assert aws.get(damaged_key) == bulk[slots[2]] + b"not json\n"
 
@@ -262,7 +259,6 @@ def test_the_bulk_backfill_with_notify_on_backfill_publishes_each_due_alert_of_a
     from datetime import datetime
 
     from include.price_pipeline import history
-    from include.price_pipeline.analysis import Policy
 
     start = utc(2025, 9, 14, 6, 0)  # a day no other test writes
     slots = [start + layout.SLOT * i for i in range(4)]
@@ -270,14 +266,14 @@ def test_the_bulk_backfill_with_notify_on_backfill_publishes_each_due_alert_of_a
         seed(aws, slot, BTC=(99000.0, 99500.0, 100500.0, 100600.0)[i], SOL=150.0)  # crosses 100k once
     sent = []
 
-    def publish(subject, message, attributes):
-        sent.append(subject)
-        return f"msg-{attributes['rule']}"
+    def publish(alert):
+        sent.append(alert["subject"])
+        return f"msg-{alert['attributes']['rule']}"
 
     def bulk(claimant):
         return history.backfill_history(
-            aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, Policy(), True, datetime.now().astimezone(),
-            publish, "url", claimant=claimant, rule_set=RULES,
+            aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, RULES, True, datetime.now().astimezone(),
+            publish, "url", claimant=claimant,
         )  # fmt: skip
 
     summary = bulk("price_history_backfill/run-1")
@@ -403,7 +399,8 @@ def test_a_pair_listed_twice_fails_the_window_and_is_not_sent_again(aws):
         analyse(aws, "dag/run-b", DAMAGED)
 
     assert aws.get(layout.pairs_ledger_key(DAMAGED)) == body
-    [row] = browse.history(aws.s3, aws.config, DAMAGED, DAMAGED + layout.SLOT, pair="BTC/USDT")["windows"]
+    rule, end = RULES.default_rule, DAMAGED + layout.SLOT
+    [row] = browse.history(aws.s3, aws.config, rule, DAMAGED, end, pair="BTC/USDT")["windows"]
     assert row["decision"] == browse.DAMAGED
     assert "line 2: pair BTC/USDT listed twice" in row["reason"]  # the page shows what the run says
 

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from include.price_pipeline import alerts, layout
-from include.price_pipeline.analysis import Change, Policy, Price
+from include.price_pipeline import alerts, layout, rules
+from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,9 @@ def test_the_page_without_a_login_redirects_to_the_login_page_and_back(client):
 
 def test_with_the_ui_cookie_the_page_and_its_data_are_served_with_a_strict_csp(client, token, aws):
     previous, latest = Price(SLOT - layout.SLOT, 100.0, "ETH/USDT", "a"), Price(SLOT, 103.0, "ETH/USDT", "b")
-    entry = alerts.ledger_entry(Change(latest, previous, 3.0), Policy(), "notified", "<img src=x onerror=alert(1)>")
+    rule = rules.load(rules.DEFAULT_RULES_FILE).default_rule
+    decided = rules.Decision(rule.name, rule.kind, "notify", "r", "up", 3.0, previous)
+    entry = alerts.ledger_entry(latest, rule, decided, "notified", "<img src=x onerror=alert(1)>")
     aws.put(layout.ledger_key(SLOT), alerts.ledger_bytes({**entry, "sns_message_id": "m-1"}))
     client.cookies.set("_token", token)
     try:

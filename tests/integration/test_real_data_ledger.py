@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.price_pipeline import analysis, layout, settings, windows
+from include.price_pipeline import layout, rules, settings, windows
 from local.feed import write_record
 
 pytestmark = pytest.mark.integration
@@ -49,10 +49,12 @@ def test_ledger_of_a_replayed_real_day_matches_an_independent_computation(aws, p
     job_arguments = settings.glue_job_arguments(aws.config) | {"--pair": "ETH/BTC"}
     run = aws.run_real_glue_job(window, DefaultArguments=job_arguments)
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
-    policy = analysis.Policy(threshold_pct=THRESHOLD, lookback_minutes=60)
+    rule_set = rules.with_overrides(rules.load(rules.DEFAULT_RULES_FILE), {"threshold_pct": THRESHOLD})
     slots = [DAY + layout.SLOT * i for i in range(288)]
     for slot in slots:
-        windows.analyse_window(aws.s3, aws.config, slot, policy, False, "backfill run (notify_on_backfill is off)", "-")
+        windows.analyse_window(
+            aws.s3, aws.config, slot, rule_set, False, "backfill run (notify_on_backfill is off)", "-"
+        )
 
     expected = independent_expectation(rows)
     breaches = 0

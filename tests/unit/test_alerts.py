@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
 from types import SimpleNamespace
 from urllib.parse import unquote, urlsplit
 
@@ -14,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2.sandbox import SandboxedEnvironment
 
-from include.price_pipeline import alerts, analysis, layout
-from include.price_pipeline.analysis import Policy, Price
+from include.price_pipeline import alerts, analysis, layout, rules
+from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
 SLOT = utc(2026, 2, 3, 12, 0)
@@ -28,17 +27,17 @@ def entry_for(
     latest: float,
     pair: str = "ETH/USDT",
     gap_windows: int = 1,
-    policy: Policy | None = None,
+    rule: rules.Rule | None = None,
     decision: str = analysis.NOTIFY,
 ) -> dict:
     """The ledger entry of the window at SLOT, built the way the DAG builds it."""
-    policy = policy or Policy(threshold_pct=1.5)
+    rule = rule or rules.Rule("move-5m", rules.CHANGE, threshold_pct=1.5, tolerance_minutes=24 * 60 - 5)
     prices = [Price(SLOT, latest, pair, layout.ingestion_key(SLOT, ".json"))]
     if previous is not None:
         earlier = SLOT - layout.SLOT * gap_windows
         prices.append(Price(earlier, previous, pair, layout.ingestion_key(earlier, ".csv")))
-    change = analysis.series_changes(prices, timedelta(minutes=24 * 60))[-1]
-    return alerts.ledger_entry(change, policy, decision, "a reason")
+    series = rules.Series(prices)
+    return alerts.ledger_entry(series.at(SLOT), rule, series.raw(rule, SLOT), decision, "a reason")
 
 
 # ------------------------------------------------------------------ ledger
@@ -69,10 +68,11 @@ def test_ledger_bytes_differ_when_the_decision_differs():
     assert alerts.ledger_bytes(notify) != alerts.ledger_bytes(suppressed)
 
 
-def test_ledger_entry_records_the_window_prices_change_and_policy():
-    policy = Policy(threshold_pct=1.5, lookback_minutes=30, min_abs_move=2.0, repeat_windows=3)
+def test_ledger_entry_records_the_window_prices_change_and_rule():
+    rule = rules.Rule("move-5m", rules.CHANGE, threshold_pct=1.5, tolerance_minutes=25, min_abs_move=2.0,
+                      cooldown_minutes=15)  # fmt: skip
 
-    entry = entry_for(100.0, 103.0, policy=policy)
+    entry = entry_for(100.0, 103.0, rule=rule)
 
     assert entry["window_start"] == "2026-02-03T12:00:00Z"
     assert entry["window_end"] == "2026-02-03T12:05:00Z"

@@ -1,4 +1,9 @@
-"""Price-change analysis: from normalized prices to one decision per window."""
+"""The default pair's rule as the DAG params set it (``rules.with_overrides``), decided by the rules engine
+as every pair's are; the freshness rule; the canonical CSV.
+
+These tests were the single-pair engine's (``analysis.classify``); the one engine keeps every behaviour
+they pinned: the previous record within the lookback, the threshold and min_abs_move boundaries, and the
+repeat-window cooldown (now ``suppressed_cooldown``, its reason naming the cooldown in minutes)."""
 
 from __future__ import annotations
 
@@ -11,13 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from include.glue import normalize_price_record as glue
-from include.price_pipeline import analysis, layout
-from include.price_pipeline.analysis import Policy, Price
+from include.price_pipeline import analysis, layout, rules
+from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 from tests.records import candle
 
 T0 = utc(2026, 2, 3, 12, 0)
 ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+DEFAULT_RULES = rules.load(rules.DEFAULT_RULES_FILE)
 
 
 def at(windows: int) -> object:
@@ -30,34 +36,52 @@ def price(windows: int, weighted_average: float, pair: str = "ETH/USDT") -> Pric
     return Price(slot, weighted_average, pair, layout.ingestion_key(slot, ".json"))
 
 
-def decisions(prices: list[Price], policy: Policy) -> list[str]:
+def rule(**params) -> rules.Rule:
+    """The default pair's rule with these DAG params (threshold_pct, lookback_minutes, min_abs_move,
+    repeat_windows), as a run of price_notification decides with it."""
+    return rules.with_overrides(DEFAULT_RULES, params).default_rule
+
+
+def decided(prices: list[Price], the_rule: rules.Rule, window: int | None = None) -> rules.Decision:
+    """The rule's decision of the last window of ``prices`` (or of ``window``)."""
+    series = rules.Series(prices)
+    return rules.evaluate(the_rule, series, series.slots[-1] if window is None else at(window))
+
+
+def decisions(prices: list[Price], the_rule: rules.Rule) -> list[str]:
     """The decision of every window of a series, as the DAG reaches it for each one."""
-    changes = analysis.series_changes(prices, policy.lookback)
-    return [analysis.classify(change, changes[:index], policy)[0] for index, change in enumerate(changes)]
+    series = rules.Series(prices)
+    return [rules.evaluate(the_rule, series, slot).decision for slot in series.slots]
 
 
-# ------------------------------------------------------------------ series_changes
+def change_of(previous: float, latest: float, gap_windows: int = 1, **params) -> rules.Decision:
+    return decided([price(0, previous), price(gap_windows, latest)], rule(**params))
 
 
-def test_series_changes_of_no_prices_is_empty():
-    assert analysis.series_changes([], timedelta(minutes=60)) == []
+# ------------------------------------------------------------------ the previous record
+
+
+def test_the_dag_params_set_the_default_pairs_rule():
+    assert rule() == DEFAULT_RULES.default_rule
+    assert rule(threshold_pct=2.5, lookback_minutes=30, min_abs_move=1.5, repeat_windows=3) == rules.Rule(
+        "move-5m", rules.CHANGE, threshold_pct=2.5, minutes=5, tolerance_minutes=25, min_abs_move=1.5,
+        cooldown_minutes=15,
+    )  # fmt: skip
 
 
 def test_first_price_of_a_series_has_no_previous():
-    [change] = analysis.series_changes([price(0, 100.0)], timedelta(minutes=60))
+    first = decided([price(0, 100.0)], rule())
 
-    assert change.previous is None
-    assert change.change_pct is None
-    assert change.abs_change_pct is None
+    assert (first.reference, first.change_pct, first.decision) == (None, None, analysis.NO_PREVIOUS)
 
 
 def test_each_price_is_compared_with_the_one_before_it():
     prices = [price(0, 100.0), price(1, 102.0), price(2, 96.9)]
+    series = rules.Series(prices)
 
-    changes = analysis.series_changes(prices, timedelta(minutes=60))
+    changes = [rules.evaluate(rule(), series, p.slot) for p in prices]
 
-    assert [c.latest for c in changes] == prices
-    assert [c.previous for c in changes] == [None, prices[0], prices[1]]
+    assert [c.reference for c in changes] == [None, prices[0], prices[1]]
     assert changes[1].change_pct == pytest.approx(2.0)
     assert changes[2].change_pct == pytest.approx(-5.0)
 
@@ -65,42 +89,26 @@ def test_each_price_is_compared_with_the_one_before_it():
 def test_previous_record_exactly_at_the_lookback_boundary_counts():
     earlier, latest = price(0, 100.0), price(12, 103.0)  # 60 minutes apart
 
-    changes = analysis.series_changes([earlier, latest], timedelta(minutes=60))
+    change = decided([earlier, latest], rule(lookback_minutes=60))
 
-    assert changes[-1].previous == earlier
-    assert changes[-1].change_pct == pytest.approx(3.0)
+    assert change.reference == earlier
+    assert change.change_pct == pytest.approx(3.0)
 
 
 def test_previous_record_beyond_the_lookback_gives_no_previous():
-    earlier, latest = price(0, 100.0), price(13, 103.0)  # 65 minutes apart
+    change = decided([price(0, 100.0), price(13, 103.0)], rule(lookback_minutes=60))  # 65 minutes apart
 
-    changes = analysis.series_changes([earlier, latest], timedelta(minutes=60))
-
-    assert changes[-1].previous is None
-    assert changes[-1].change_pct is None
+    assert (change.reference, change.change_pct) == (None, None)
 
 
 def test_a_gap_breaks_the_chain_and_the_next_record_compares_with_the_one_after_the_gap():
     prices = [price(0, 100.0), price(20, 110.0), price(21, 111.1)]
+    series = rules.Series(prices)
 
-    changes = analysis.series_changes(prices, timedelta(minutes=30))
+    changes = [rules.evaluate(rule(lookback_minutes=30), series, p.slot) for p in prices]
 
-    assert [c.previous for c in changes] == [None, None, prices[1]]
+    assert [c.reference for c in changes] == [None, None, prices[1]]
     assert changes[2].change_pct == pytest.approx(1.0)
-
-
-def test_unordered_input_gives_the_same_changes_in_slot_order():
-    ordered = [price(n, 100.0 + n * n) for n in range(8)]
-    shuffled = ordered[:]
-    random.Random(5).shuffle(shuffled)
-    assert shuffled != ordered
-
-    assert analysis.series_changes(shuffled, timedelta(minutes=60)) == analysis.series_changes(
-        ordered, timedelta(minutes=60)
-    )
-    assert [c.latest.slot for c in analysis.series_changes(shuffled, timedelta(minutes=60))] == [
-        at(n) for n in range(8)
-    ]
 
 
 # ------------------------------------------------------------------ pct_change and direction
@@ -128,98 +136,70 @@ def test_pct_change_sign_follows_the_move(previous, latest):
 
 @pytest.mark.parametrize(("latest", "direction"), [(101.0, "up"), (99.0, "down"), (100.0, "flat")])
 def test_change_direction(latest, direction):
-    change = analysis.series_changes([price(0, 100.0), price(1, latest)], timedelta(minutes=60))[-1]
-
-    assert change.direction == direction
+    assert change_of(100.0, latest).direction == direction
 
 
-# ------------------------------------------------------------------ is_breach
-
-
-def change_of(previous: float, latest: float, gap_windows: int = 1):
-    return analysis.series_changes([price(0, previous), price(gap_windows, latest)], timedelta(minutes=60))[-1]
+# ------------------------------------------------------------------ threshold and min_abs_move
 
 
 def test_a_move_exactly_at_the_threshold_is_not_a_breach():
-    change = change_of(100.0, 101.5)
-    assert change.abs_change_pct == 1.5
+    change = change_of(100.0, 101.5, threshold_pct=1.5)
 
-    assert not analysis.is_breach(change, Policy(threshold_pct=1.5))
+    assert change.change_pct == 1.5
+    assert change.decision == analysis.BELOW_THRESHOLD == "below_threshold"
+    assert "threshold 1.5%" in change.reason
 
 
 @pytest.mark.parametrize("latest", [101.6, 98.4], ids=["up", "down"])
 def test_a_move_strictly_above_the_threshold_is_a_breach_in_either_direction(latest):
-    assert analysis.is_breach(change_of(100.0, latest), Policy(threshold_pct=1.5))
+    assert change_of(100.0, latest, threshold_pct=1.5).decision == analysis.NOTIFY
 
 
 def test_a_window_without_a_previous_record_is_never_a_breach():
-    [first] = analysis.series_changes([price(0, 100.0)], timedelta(minutes=60))
+    first = decided([price(0, 100.0)], rule(threshold_pct=0.0, lookback_minutes=45))
 
-    assert not analysis.is_breach(first, Policy(threshold_pct=0.0))
+    assert first.decision == analysis.NO_PREVIOUS == "no_previous_record"
+    assert "5 to 45 minutes earlier" in first.reason
 
 
 def test_min_abs_move_requires_a_move_of_at_least_that_many_price_units():
-    change = change_of(100.0, 102.0)  # 2 %, 2.0 price units
-
-    assert analysis.is_breach(change, Policy(threshold_pct=1.0, min_abs_move=0.0))
-    assert analysis.is_breach(change, Policy(threshold_pct=1.0, min_abs_move=2.0))
-    assert not analysis.is_breach(change, Policy(threshold_pct=1.0, min_abs_move=2.5))
+    # 2 %, 2.0 price units
+    assert change_of(100.0, 102.0, threshold_pct=1.0, min_abs_move=0.0).decision == analysis.NOTIFY
+    assert change_of(100.0, 102.0, threshold_pct=1.0, min_abs_move=2.0).decision == analysis.NOTIFY
+    below = change_of(100.0, 102.0, threshold_pct=1.0, min_abs_move=2.5)
+    assert below.decision == analysis.BELOW_MIN_MOVE == "below_min_abs_move"
+    assert "min_abs_move 2.5" in below.reason
 
 
 def test_min_abs_move_applies_to_falls_too():
-    change = change_of(10.0, 9.0)  # -10 %, 1.0 price unit
-
-    assert not analysis.is_breach(change, Policy(threshold_pct=1.0, min_abs_move=1.5))
-    assert analysis.is_breach(change, Policy(threshold_pct=1.0, min_abs_move=0.5))
-
-
-# ------------------------------------------------------------------ classify
+    # -10 %, 1.0 price unit
+    assert change_of(10.0, 9.0, threshold_pct=1.0, min_abs_move=1.5).decision == analysis.BELOW_MIN_MOVE
+    assert change_of(10.0, 9.0, threshold_pct=1.0, min_abs_move=0.5).decision == analysis.NOTIFY
 
 
-def test_classify_without_a_previous_record_says_which_lookback_found_none():
-    [first] = analysis.series_changes([price(0, 100.0)], timedelta(minutes=45))
+def test_a_breach_notifies_with_its_change_in_the_reason():
+    change = change_of(100.0, 97.0, threshold_pct=1.0)
 
-    decision, reason, _ = analysis.classify(first, [], Policy(lookback_minutes=45))
-
-    assert decision == analysis.NO_PREVIOUS == "no_previous_record"
-    assert "45-minute lookback" in reason
+    assert change.decision == analysis.NOTIFY == "notify"
+    assert "3.0000%" in change.reason
 
 
-@pytest.mark.parametrize("latest", [100.5, 101.0, 99.0], ids=["small", "at-threshold", "at-threshold-down"])
-def test_classify_a_move_up_to_the_threshold_as_below_threshold(latest):
-    decision, reason, _ = analysis.classify(change_of(100.0, latest), [], Policy(threshold_pct=1.0))
-
-    assert decision == analysis.BELOW_THRESHOLD == "below_threshold"
-    assert "threshold 1.0%" in reason
-
-
-def test_classify_a_breach_too_small_in_price_units_as_below_min_abs_move():
-    decision, reason, _ = analysis.classify(change_of(10.0, 10.5), [], Policy(threshold_pct=1.0, min_abs_move=1.0))
-
-    assert decision == analysis.BELOW_MIN_MOVE == "below_min_abs_move"
-    assert "min_abs_move 1.0" in reason
-
-
-def test_classify_a_breach_as_notify():
-    decision, reason, _ = analysis.classify(change_of(100.0, 97.0), [], Policy(threshold_pct=1.0))
-
-    assert decision == analysis.NOTIFY == "notify"
-    assert "3.0000%" in reason
+# ------------------------------------------------------------------ repeat windows: the cooldown
 
 
 def test_without_repeat_windows_every_breach_of_a_continuing_move_notifies():
     prices = [price(0, 100.0), price(1, 102.0), price(2, 104.1), price(3, 106.3)]
 
-    assert decisions(prices, Policy(threshold_pct=1.0)) == ["no_previous_record", "notify", "notify", "notify"]
+    assert decisions(prices, rule(threshold_pct=1.0)) == ["no_previous_record", "notify", "notify", "notify"]
 
 
 def test_repeat_windows_suppresses_a_same_direction_breach_right_after_an_alert_and_alerts_again_after():
     prices = [price(0, 100.0), price(1, 102.0), price(2, 104.1), price(3, 106.3)]
 
-    assert decisions(prices, Policy(threshold_pct=1.0, repeat_windows=1)) == [
+    assert decisions(prices, rule(threshold_pct=1.0, repeat_windows=1)) == [
         "no_previous_record",
         "notify",
-        "suppressed_repeat",  # one window after the alert
+        "suppressed_cooldown",  # one window after the alert
         "notify",  # two windows after the alert: the move still holds, so it alerts again
     ]
 
@@ -227,44 +207,40 @@ def test_repeat_windows_suppresses_a_same_direction_breach_right_after_an_alert_
 def test_repeat_windows_never_suppresses_a_breach_in_the_opposite_direction():
     prices = [price(0, 100.0), price(1, 102.0), price(2, 99.0)]
 
-    assert decisions(prices, Policy(threshold_pct=1.0, repeat_windows=3)) == [
-        "no_previous_record",
-        "notify",
-        "notify",
-    ]
+    assert decisions(prices, rule(threshold_pct=1.0, repeat_windows=3)) == ["no_previous_record", "notify", "notify"]
 
 
 def test_repeat_windows_counts_an_earlier_breach_exactly_n_windows_back_and_not_one_more():
     # Up breach at window 1, calm windows, then another up breach at window 4: three windows later.
     prices = [price(0, 100.0), price(1, 102.0), price(2, 102.1), price(3, 102.2), price(4, 104.5)]
 
-    assert decisions(prices, Policy(threshold_pct=1.0, repeat_windows=3))[-1] == "suppressed_repeat"
-    assert decisions(prices, Policy(threshold_pct=1.0, repeat_windows=2))[-1] == "notify"
+    assert decisions(prices, rule(threshold_pct=1.0, repeat_windows=3))[-1] == "suppressed_cooldown"
+    assert decisions(prices, rule(threshold_pct=1.0, repeat_windows=2))[-1] == "notify"
 
 
 def test_repeat_windows_ignores_earlier_moves_that_were_not_breaches():
     prices = [price(0, 100.0), price(1, 100.5), price(2, 101.0), price(3, 103.0)]
 
-    assert decisions(prices, Policy(threshold_pct=1.0, repeat_windows=3))[-1] == "notify"
+    assert decisions(prices, rule(threshold_pct=1.0, repeat_windows=3))[-1] == "notify"
 
 
-def test_suppressed_repeat_reason_names_the_direction_and_the_window_count():
+def test_a_suppressed_breach_names_the_direction_the_alert_window_and_the_cooldown():
     prices = [price(0, 100.0), price(1, 97.0), price(2, 94.0)]
-    changes = analysis.series_changes(prices, timedelta(minutes=60))
 
-    decision, reason, _ = analysis.classify(changes[2], changes[:2], Policy(threshold_pct=1.0, repeat_windows=2))
+    change = decided(prices, rule(threshold_pct=1.0, repeat_windows=2))
 
-    assert decision == analysis.SUPPRESSED_REPEAT == "suppressed_repeat"
-    assert reason == "alerted down at 20260203T1205Z, within 2 windows"
+    assert change.decision == analysis.SUPPRESSED_COOLDOWN == "suppressed_cooldown"
+    assert change.reason == "alerted down at 20260203T1205Z, within the 10-minute cooldown"
+    assert change.suppressed_by.window == at(1)
 
 
 def test_a_window_gets_the_same_decision_whatever_order_the_series_was_read_in():
     prices = [price(n, 100.0 * (1.02 if n % 3 else 0.99) ** n) for n in range(12)]
     shuffled = prices[:]
     random.Random(11).shuffle(shuffled)
-    policy = Policy(threshold_pct=1.0, repeat_windows=2)
+    the_rule = rule(threshold_pct=1.0, repeat_windows=2)
 
-    assert decisions(shuffled, policy) == decisions(prices, policy)
+    assert decisions(shuffled, the_rule) == decisions(prices, the_rule)
 
 
 # ------------------------------------------------------------------ freshness

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from include.glue import normalize_price_record as glue
-from include.price_pipeline import alerts, analysis, history, layout, windows
+from include.price_pipeline import alerts, analysis, history, layout, rules, windows
 from include.price_pipeline import settings as pipeline_settings
-from include.price_pipeline.analysis import NOTIFIED, NOTIFY, Policy
+from include.price_pipeline.analysis import NOTIFIED, NOTIFY
 from tests.conftest import utc
 from tests.records import candle, glue_args
 
@@ -34,6 +34,17 @@ ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
 NOW = utc(2030, 1, 1)
 #: Series start two hours before a month ends, so ranges and lookbacks cross the month boundary.
 T0 = utc(2025, 3, 31, 22, 0)
+DEFAULT_RULES = rules.load(rules.DEFAULT_RULES_FILE)
+
+
+def run_rules(threshold_pct=1.0, lookback_minutes=60, min_abs_move=0.0, repeat_windows=0) -> rules.Rules:
+    """The rules a run with these DAG params decides by (``rules.with_overrides``, the live path)."""
+    params = {"threshold_pct": threshold_pct, "lookback_minutes": lookback_minutes, "min_abs_move": min_abs_move,
+              "repeat_windows": repeat_windows}  # fmt: skip
+    return rules.with_overrides(DEFAULT_RULES, params)
+
+
+RULE = run_rules().default_rule
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -88,7 +99,7 @@ def seeded(prices: dict) -> MemoryS3:
     return MemoryS3({layout.analysis_key(slot): canonical_csv(slot, value) for slot, value in prices.items()})
 
 
-def per_window(s3: MemoryS3, start, end, policy: Policy, notify_on_backfill: bool) -> dict:
+def per_window(s3: MemoryS3, start, end, rule_set: rules.Rules, notify_on_backfill: bool) -> dict:
     """``{slot: ledger bytes}`` as price_notification's backfill runs reach them, one window at a time."""
     out = {}
     for slot in layout.slots_between(start, end):
@@ -96,24 +107,26 @@ def per_window(s3: MemoryS3, start, end, policy: Policy, notify_on_backfill: boo
             "backfill", slot + layout.SLOT, NOW, CONFIG.max_alert_age_minutes, notify_on_backfill
         )
         try:
-            result = windows.analyse_window(s3, CONFIG, slot, policy, due, why_not, "")
+            result = windows.analyse_window(s3, CONFIG, slot, rule_set, due, why_not, "")
         except windows.WindowFailed:
             continue
         out[slot] = alerts.ledger_bytes(result["entry"])
     return out
 
 
-def bulk(s3: MemoryS3, start, end, policy: Policy, notify_on_backfill: bool) -> dict:
+def bulk(s3: MemoryS3, start, end, rule_set: rules.Rules, notify_on_backfill: bool) -> dict:
     """``{slot: ledger bytes}`` of history.analyse_series over the prices stored in ``s3``."""
-    needed, _ = history.canonical_keys(s3, CONFIG, start, end, policy)
+    needed, _ = history.canonical_keys(s3, CONFIG, start, end, rule_set.default_rule)
     prices = [analysis.parse_canonical_csv(s3.objects[key]) for key in needed]
-    analysed = history.analyse_series(prices, start, end, policy, notify_on_backfill, NOW, CONFIG.max_alert_age_minutes)
-    return {w.slot: alerts.ledger_bytes(w.entry(policy)) for w in analysed}
+    analysed = history.analyse_series(
+        prices, start, end, rule_set.default_rule, notify_on_backfill, NOW, CONFIG.max_alert_age_minutes
+    )
+    return {w.slot: alerts.ledger_bytes(w.entry(rule_set.default_rule)) for w in analysed}
 
 
 @st.composite
 def histories(draw):
-    """A price series with gaps (short and longer than any lookback), a sub-range and a policy."""
+    """A price series with gaps (short and longer than any lookback), a sub-range and a rule_set."""
     gaps = draw(st.lists(st.one_of(st.just(0), st.just(0), st.just(0), st.integers(1, 20)), min_size=8, max_size=80))
     moves = st.one_of(st.floats(-0.004, 0.004), st.floats(-0.04, 0.04), st.sampled_from([0.02, -0.02, 0.0]))
     steps = draw(st.lists(moves, min_size=len(gaps), max_size=len(gaps)))
@@ -125,13 +138,13 @@ def histories(draw):
     span = index + 3
     first = draw(st.integers(0, span // 2))
     last = draw(st.integers(first + 1, span + 1))
-    policy = Policy(
+    rule_set = run_rules(
         threshold_pct=draw(st.sampled_from([0.0, 0.3, 1.0, 1.5])),
         lookback_minutes=draw(st.integers(5, 90)),
         min_abs_move=draw(st.sampled_from([0.0, 0.5, 3.0])),
         repeat_windows=draw(st.sampled_from([0, 1, 2, 3, 6])),
     )
-    return prices, T0 + layout.SLOT * first, T0 + layout.SLOT * last, policy, draw(st.booleans())
+    return prices, T0 + layout.SLOT * first, T0 + layout.SLOT * last, rule_set, draw(st.booleans())
 
 
 # ------------------------------------------------------------------ bulk analysis == per-window analysis
@@ -140,26 +153,26 @@ def histories(draw):
 @PROPERTY
 @given(case=histories())
 def test_bulk_analysis_gives_every_window_the_ledger_bytes_of_its_own_run(case):
-    prices, start, end, policy, notify_on_backfill = case
+    prices, start, end, rule_set, notify_on_backfill = case
 
-    assert bulk(seeded(prices), start, end, policy, notify_on_backfill) == per_window(
-        seeded(prices), start, end, policy, notify_on_backfill
+    assert bulk(seeded(prices), start, end, rule_set, notify_on_backfill) == per_window(
+        seeded(prices), start, end, rule_set, notify_on_backfill
     )
 
 
 @PROPERTY
 @given(case=histories())
 def test_backfill_history_leaves_the_ledger_the_live_runs_leave(case):
-    prices, start, end, policy, notify_on_backfill = case
+    prices, start, end, rule_set, notify_on_backfill = case
     live, backfilled = seeded(prices), seeded(prices)
-    per_window(live, start, end, policy, notify_on_backfill)
+    per_window(live, start, end, rule_set, notify_on_backfill)
     in_range = [slot for slot in prices if start <= slot < end]
     if not in_range:
         with pytest.raises(history.NoUsableWindow, match="no usable window"):
-            history.backfill_history(backfilled, CONFIG, start, end, policy, notify_on_backfill, NOW)
+            history.backfill_history(backfilled, CONFIG, start, end, rule_set, notify_on_backfill, NOW)
         return
 
-    summary = history.backfill_history(backfilled, CONFIG, start, end, policy, notify_on_backfill, NOW)
+    summary = history.backfill_history(backfilled, CONFIG, start, end, rule_set, notify_on_backfill, NOW)
 
     # Due windows: a live run claims them (publishing) before publishing; without a publisher the bulk
     # run writes nothing for them.
@@ -172,7 +185,7 @@ def test_backfill_history_leaves_the_ledger_the_live_runs_leave(case):
 
 def test_repeat_windows_suppress_a_continuing_move_in_bulk_as_in_the_live_run():
     prices = {T0 + layout.SLOT * i: value for i, value in enumerate([100.0, 102.0, 104.0, 102.0, 104.5])}
-    policy = Policy(threshold_pct=1.0, repeat_windows=2)
+    rule_set = run_rules(threshold_pct=1.0, repeat_windows=2)
 
     decisions = [
         w.decision
@@ -180,7 +193,7 @@ def test_repeat_windows_suppress_a_continuing_move_in_bulk_as_in_the_live_run():
             [analysis.parse_canonical_csv(canonical_csv(s, v)) for s, v in prices.items()],
             T0,
             T0 + layout.SLOT * 5,
-            policy,
+            rule_set.default_rule,
             True,
             NOW,
             15,
@@ -188,14 +201,14 @@ def test_repeat_windows_suppress_a_continuing_move_in_bulk_as_in_the_live_run():
     ]
 
     # the up breach at 4 is three windows after the last up alert (at 1): it alerts again
-    assert decisions == ["no_previous_record", NOTIFY, "suppressed_repeat", NOTIFY, NOTIFY]
+    assert decisions == ["no_previous_record", NOTIFY, "suppressed_cooldown", NOTIFY, NOTIFY]
 
 
 def test_breaches_are_suppressed_as_backfill_with_the_live_reason_unless_notify_on_backfill():
     prices = [analysis.parse_canonical_csv(canonical_csv(T0 + layout.SLOT * i, v)) for i, v in enumerate([100, 105])]
 
-    [_, off] = history.analyse_series(prices, T0, T0 + 2 * layout.SLOT, Policy(), False, NOW, 15)
-    [_, on] = history.analyse_series(prices, T0, T0 + 2 * layout.SLOT, Policy(), True, NOW, 15)
+    [_, off] = history.analyse_series(prices, T0, T0 + 2 * layout.SLOT, RULE, False, NOW, 15)
+    [_, on] = history.analyse_series(prices, T0, T0 + 2 * layout.SLOT, RULE, True, NOW, 15)
 
     assert (off.decision, off.reason) == ("suppressed_backfill", "backfill run (notify_on_backfill is off)")
     assert on.decision == NOTIFY
@@ -205,9 +218,9 @@ def test_summary_counts_missing_windows_breaches_and_names_the_largest_moves():
     values = {0: 100.0, 1: 100.2, 3: 103.0, 4: 99.0}
     prices = [analysis.parse_canonical_csv(canonical_csv(T0 + layout.SLOT * i, v)) for i, v in values.items()]
     end = T0 + layout.SLOT * 6
-    analysed = history.analyse_series(prices, T0, end, Policy(), False, NOW, 15)
+    analysed = history.analyse_series(prices, T0, end, RULE, False, NOW, 15)
 
-    summary = history.summarize(analysed, T0, end, Policy(), quarantined=1)
+    summary = history.summarize(analysed, T0, end, quarantined=1)
 
     assert (summary["windows"], summary["windows_seen"], summary["missing"]) == (6, 4, 2)
     assert summary["missing_windows"] == ["2025-03-31T22:10:00Z", "2025-03-31T22:25:00Z"]
@@ -239,7 +252,7 @@ def test_ledger_writes_skip_identical_entries_and_never_overwrite_a_notified_one
     prices = {T0 + layout.SLOT * i: 100.0 + 2 * i for i in range(4)}
     s3 = seeded(prices)
     end = T0 + layout.SLOT * 4
-    first = history.backfill_history(s3, CONFIG, T0, end, Policy(), False, NOW)
+    first = history.backfill_history(s3, CONFIG, T0, end, run_rules(), False, NOW)
     notified_key = layout.ledger_key(T0 + layout.SLOT)
     entry = json.loads(s3.objects[notified_key])
     windows.record_notified(s3, CONFIG, entry, "message-1")
@@ -248,7 +261,7 @@ def test_ledger_writes_skip_identical_entries_and_never_overwrite_a_notified_one
     s3.objects[changed_key] = b'{"decision": "below_threshold"}\n'
     s3.puts.clear()
 
-    second = history.backfill_history(s3, CONFIG, T0, end, Policy(), False, NOW)
+    second = history.backfill_history(s3, CONFIG, T0, end, run_rules(), False, NOW)
 
     assert first["ledger"] == {"written": 4, "unchanged": 0, "kept_notified": 0, "kept_publishing": 0, "due": 0}
     assert second["ledger"] == {"written": 1, "unchanged": 2, "kept_notified": 1, "kept_publishing": 0, "due": 0}
@@ -285,13 +298,13 @@ def test_publish_due_sends_each_due_window_once_and_records_it_notified():
     s3 = seeded(prices)
     sent = []
 
-    def publish(subject, message, attributes):
-        sent.append(subject)
+    def publish(alert):
+        sent.append(alert["subject"])
         return f"message-{len(sent)}"
 
     end = T0 + layout.SLOT * 4
-    first = history.backfill_history(s3, CONFIG, T0, end, Policy(), True, NOW, publish, "http://ui/run")
-    again = history.backfill_history(s3, CONFIG, T0, end, Policy(), True, NOW, publish, "http://ui/run")
+    first = history.backfill_history(s3, CONFIG, T0, end, run_rules(), True, NOW, publish, "http://ui/run")
+    again = history.backfill_history(s3, CONFIG, T0, end, run_rules(), True, NOW, publish, "http://ui/run")
 
     assert first["notified"] == 2
     assert again["notified"] == 0
@@ -342,9 +355,9 @@ def test_each_month_gets_one_parquet_object_from_all_its_csvs_and_a_rerun_writes
     s3 = seeded(prices)
     end = T0 + layout.SLOT * 36
 
-    first = history.backfill_history(s3, CONFIG, T0 + layout.SLOT * 30, end, Policy(), False, NOW)
+    first = history.backfill_history(s3, CONFIG, T0 + layout.SLOT * 30, end, run_rules(), False, NOW)
     s3.puts.clear()
-    again = history.backfill_history(s3, CONFIG, T0 + layout.SLOT * 30, end, Policy(), False, NOW)
+    again = history.backfill_history(s3, CONFIG, T0 + layout.SLOT * 30, end, run_rules(), False, NOW)
 
     assert [(p["key"], p["rows"]) for p in first["parquet"]] == [(layout.parquet_key(2025, 4), 12)]
     assert [p["written"] for p in again["parquet"]] == [False]
@@ -473,9 +486,9 @@ def test_listed_sizes_spare_the_head_request_and_still_refuse_an_oversized_objec
 
 def test_the_analysis_takes_the_glue_runs_range_object_for_listed_keys_and_reads_the_rest():
     prices = {T0 + layout.SLOT * i: 100 + i * 0.7 for i in range(40)}
-    start, end, policy = T0 + layout.SLOT * 10, T0 + layout.SLOT * 30, Policy(1.0, 60, 0.0, 2)
+    start, end, rule_set = T0 + layout.SLOT * 10, T0 + layout.SLOT * 30, run_rules(1.0, 60, 0.0, 2)
     reference = seeded(prices)
-    history.backfill_history(reference, CONFIG, start, end, policy, False, NOW)
+    history.backfill_history(reference, CONFIG, start, end, rule_set, False, NOW)
     s3 = seeded(prices)
     in_range = [layout.analysis_key(slot) for slot in layout.slots_between(start, end)]
     stale_key = layout.analysis_key(T0 + layout.SLOT * 200)  # named by the range object, gone from S3
@@ -490,7 +503,7 @@ def test_the_analysis_takes_the_glue_runs_range_object_for_listed_keys_and_reads
 
     s3.get_object = get_object
 
-    summary = history.backfill_history(s3, CONFIG, start, end, policy, False, NOW)
+    summary = history.backfill_history(s3, CONFIG, start, end, rule_set, False, NOW)
 
     assert s3.under(layout.CHANGES_PREFIX) == reference.under(layout.CHANGES_PREFIX)
     assert summary["canonical_csvs"]["from_range_object"] == len(in_range) - 3
@@ -534,8 +547,8 @@ def waiting_case():
 
 
 def analyse(s3, slot, still_normalizing=None):
-    policy = Policy(1.0, 60, 0.0, 2)
-    return windows.analyse_window(s3, CONFIG, slot, policy, False, "backfill", "", still_normalizing)
+    rule_set = run_rules(1.0, 60, 0.0, 2)
+    return windows.analyse_window(s3, CONFIG, slot, rule_set, False, "backfill", "", still_normalizing)
 
 
 def test_a_window_waits_while_an_earlier_record_of_its_lookback_is_still_being_normalized():
@@ -558,7 +571,9 @@ def test_a_window_goes_on_when_the_earlier_normalization_has_finished_without_a_
 
 
 def test_a_window_whose_earlier_windows_all_have_csvs_asks_nothing_and_lists_no_raw_prefix():
-    s3 = seeded({T0 + layout.SLOT * i: 100.0 for i in range(-14, 6)})  # the whole lookback and repeat span
+    # every window the rule may look at (rule.history: its lookback and, for a cooldown, the runs it follows)
+    span = run_rules(1.0, 60, 0.0, 2).default_rule.history // layout.SLOT
+    s3 = seeded({T0 + layout.SLOT * i: 100.0 for i in range(-span, 6)})
     listed = []
     real = s3.paginate
 
@@ -763,11 +778,11 @@ def test_a_lookback_off_the_five_minute_grid_follows_a_run_back_without_skipping
         utc(2025, 3, 31, 23, 40): 100.390625, utc(2025, 3, 31, 23, 45): 100.782776,
         utc(2025, 3, 31, 23, 50): 100.782776, utc(2025, 3, 31, 23, 55): 101.176459,
     }  # fmt: skip
-    policy = Policy(threshold_pct=0.0, lookback_minutes=81, repeat_windows=2)
+    rule_set = run_rules(threshold_pct=0.0, lookback_minutes=81, repeat_windows=2)
     start, end = T0, utc(2025, 4, 1, 0, 0)
 
-    live = per_window(seeded(prices), start, end, policy, False)
+    live = per_window(seeded(prices), start, end, rule_set, False)
 
-    assert live == bulk(seeded(prices), start, end, policy, False)
+    assert live == bulk(seeded(prices), start, end, rule_set, False)
     entry = json.loads(live[utc(2025, 3, 31, 23, 55)])
-    assert (entry["decision"], entry["suppressed_by"]) == ("suppressed_repeat", "2025-03-31T23:45:00Z")
+    assert (entry["decision"], entry["suppressed_by"]) == ("suppressed_cooldown", "2025-03-31T23:45:00Z")

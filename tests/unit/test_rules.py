@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.price_pipeline import analysis, rules
+from include.price_pipeline import rules
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
@@ -56,30 +56,39 @@ def test_default_file_is_todays_single_pair_policy():
 
 
 @pytest.mark.parametrize(
-    "policy",
+    "params",
     [
-        analysis.Policy(),
-        analysis.Policy(threshold_pct=0.5, repeat_windows=3),
-        analysis.Policy(threshold_pct=0.3, lookback_minutes=10, min_abs_move=0.0004, repeat_windows=1),
+        {},
+        {"threshold_pct": 0.5, "repeat_windows": 3},
+        {"threshold_pct": 0.3, "lookback_minutes": 10, "min_abs_move": 0.0004, "repeat_windows": 1},
     ],
     ids=["default", "repeat3", "lookback10-minmove"],
 )
-def test_change_rule_decides_as_the_single_pair_policy_on_real_data(poloniex_rows, policy):
-    """The default rule with the DAG params as overrides gives every window the decision analysis.classify
-    gives it (gaps made by dropping rows included)."""
+def test_the_default_pairs_rule_with_dag_params_on_real_data(poloniex_rows, params):
+    """The default pair's rule with the DAG params as overrides (its live path) against the single-pair
+    contract computed plainly: the previous record within the lookback, a breach above the threshold with
+    at least min_abs_move, and repeat_windows as a cooldown of that many windows (gaps made by dropping rows).
+    This test compared the engine with ``analysis.classify`` until the one engine replaced it."""
     prices = real_prices(poloniex_rows, drop_every=7)
-    params = {"threshold_pct": policy.threshold_pct, "lookback_minutes": policy.lookback_minutes,
-              "min_abs_move": policy.min_abs_move, "repeat_windows": policy.repeat_windows}  # fmt: skip
-    rule = rules.with_overrides(rules.load(rules.DEFAULT_RULES_FILE), params).pairs["ETH/USDT"][0]
-    changes = analysis.series_changes(prices, policy.lookback)
-    expected = [
-        (analysis.classify(change, changes[:index], policy)[0], change.direction)
-        for index, change in enumerate(changes)
-    ]
-    vocabulary = {rules.SUPPRESSED_COOLDOWN: analysis.SUPPRESSED_REPEAT}
-    got = [(vocabulary.get(decision, decision), direction) for decision, direction in decisions(rule, prices)]
-    assert got == expected
-    assert sum(d == analysis.NOTIFY for d, _ in expected) > 5  # the real data breaches
+    rule = rules.with_overrides(rules.load(rules.DEFAULT_RULES_FILE), params).default_rule
+    threshold, min_move = params.get("threshold_pct", 1.0), params.get("min_abs_move", 0.0)
+    lookback = timedelta(minutes=params.get("lookback_minutes", 60))
+    firings, quiet, previous = [], {}, None
+    for price in prices:
+        if previous is None or price.slot - previous.slot > lookback:
+            quiet[price.slot] = "no_previous_record"
+        elif abs(price.weighted_average - previous.weighted_average) / previous.weighted_average * 100 <= threshold:
+            quiet[price.slot] = "below_threshold"
+        elif abs(price.weighted_average - previous.weighted_average) < min_move:
+            quiet[price.slot] = "below_min_abs_move"
+        else:
+            firings.append((price.slot, "up" if price.weighted_average > previous.weighted_average else "down"))
+        previous = price
+    got = rule_decisions(rule, prices)
+
+    assert_every_window(got, firings, FIVE * params.get("repeat_windows", 0))
+    assert {slot: got[slot][0] for slot in quiet} == quiet
+    assert len(firings) > 5  # the real data breaches
 
 
 # --- each kind on real data, against an independent computation ---------------------------------------
@@ -252,18 +261,8 @@ def test_crossing_cooldown_counts_from_the_last_alert_on_real_data(poloniex_rows
 def test_repeat_windows_count_from_the_last_alert_on_real_data(poloniex_rows):
     """The default pair's policy: ``repeat_windows = 6`` is a 30-minute cooldown, as the reference says."""
     prices = real_prices(poloniex_rows)
-    policy = analysis.Policy(threshold_pct=0.8, repeat_windows=6)
-    changes = analysis.series_changes(prices, policy.lookback)
-    got = {}
-    for index, change in enumerate(changes):
-        verdict = analysis.classify(
-            change, changes[:index][-1000:], policy, known_from=change.latest.slot - policy.reach
-        )
-        got[change.latest.slot] = (
-            verdict.decision,
-            change.direction,
-            verdict.suppressed_by and verdict.suppressed_by.window,
-        )
+    rule = rules.with_overrides(rules.load(rules.DEFAULT_RULES_FILE), {"threshold_pct": 0.8, "repeat_windows": 6})
+    got = rule_decisions(rule.default_rule, prices)
     firings = change_firings(prices, 5, 0.8)
     expected = assert_every_window(got, firings, timedelta(minutes=30))
 

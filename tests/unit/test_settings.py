@@ -63,8 +63,6 @@ def test_documented_defaults_match_the_local_stand_in_and_the_layout():
     assert config.ingestion_prefix == layout.INGESTION_PREFIX
     assert config.analysis_prefix == layout.ANALYSIS_PREFIX
     assert config.alert_topic_arn == "arn:aws:sns:us-east-1:123456789012:price-alerts"
-    assert config.threshold_pct == 1.0
-    assert config.lookback_minutes == 60
     assert config.deferrable is True
 
 
@@ -81,9 +79,6 @@ def test_load_reads_os_environ_when_given_no_mapping(monkeypatch):
 @pytest.mark.parametrize(
     ("variable", "raw", "expected"),
     [
-        ("PRICE_THRESHOLD_PCT", "2.5", 2.5),
-        ("PRICE_THRESHOLD_PCT", "3", 3.0),
-        ("PRICE_LOOKBACK_MINUTES", "30", 30),
         ("PRICE_SENSOR_TIMEOUT_SECONDS", " 120 ", 120),
         ("PRICE_MAX_OBJECT_BYTES", "2048", 2048),
         ("PRICE_PAIR", "BTC/USDT", "BTC/USDT"),
@@ -107,20 +102,18 @@ def test_boolean_settings_accept_the_usual_spellings(raw, expected):
 
 
 def test_an_override_changes_only_its_own_setting():
-    default, changed = settings.load({}), settings.load({"PRICE_LOOKBACK_MINUTES": "15", "UNRELATED": "x"})
+    default, changed = settings.load({}), settings.load({"PRICE_SENSOR_POKE_SECONDS": "15", "UNRELATED": "x"})
 
-    assert changed.lookback_minutes == 15
-    assert {f.name: getattr(changed, f.name) for f in fields(settings.Config) if f.name != "lookback_minutes"} == {
-        f.name: getattr(default, f.name) for f in fields(settings.Config) if f.name != "lookback_minutes"
+    assert changed.sensor_poke_seconds == 15
+    assert {f.name: getattr(changed, f.name) for f in fields(settings.Config) if f.name != "sensor_poke_seconds"} == {
+        f.name: getattr(default, f.name) for f in fields(settings.Config) if f.name != "sensor_poke_seconds"
     }
 
 
 @pytest.mark.parametrize(
     ("variable", "raw"),
     [
-        ("PRICE_THRESHOLD_PCT", "one"),
-        ("PRICE_THRESHOLD_PCT", ""),
-        ("PRICE_LOOKBACK_MINUTES", "1.5"),
+        ("PRICE_SENSOR_TIMEOUT_SECONDS", "1.5"),
         ("PRICE_SENSOR_POKE_SECONDS", "20s"),
         ("PRICE_MAX_OBJECT_BYTES", ""),
         ("PRICE_DEFERRABLE", "maybe"),
@@ -211,13 +204,45 @@ def test_readme_lists_every_price_setting():
     assert missing == [], f"README.md does not mention {missing}"
 
 
-def test_the_default_pairs_rule_in_the_file_must_be_what_the_single_pair_path_does(tmp_path):
-    """The default pair is decided by the PRICE_* defaults and the DAG params: a file saying otherwise
-    (another threshold, a second rule) is refused at parse time rather than silently not applied."""
+def test_the_default_pairs_rule_is_the_files_whatever_its_threshold_cooldown_or_min_abs_move(tmp_path):
+    """The rules file is the one home of the default pair's rule: the DAG params default to it (they used to
+    default to PRICE_THRESHOLD_PCT / PRICE_LOOKBACK_MINUTES, which the file had to repeat)."""
     doc = json.loads((ROOT / settings.load({}).rules_file).read_text())
-    doc["pairs"]["ETH/USDT"][0]["threshold_pct"] = 2.0
+    doc["pairs"]["ETH/USDT"][0] |= {"threshold_pct": 2.0, "tolerance_minutes": 25, "min_abs_move": 3.0,
+                                    "cooldown_minutes": 30}  # fmt: skip
     path = tmp_path / "rules.json"
     path.write_text(json.dumps(doc))
+
+    rule = settings.load_rules(settings.load({"PRICE_RULES_FILE": str(path)})).default_rule
+
+    params = {name: spec["default"] for name, spec in settings.policy_params(rule).items()}
+    assert params == {"threshold_pct": 2.0, "lookback_minutes": 30, "min_abs_move": 3.0, "repeat_windows": 6,
+                      "notify_on_backfill": False}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"minutes": 15}, {"kind": "crossing", "level": 100.0}, "second rule"],
+    ids=["minutes", "crossing", "two-rules"],
+)
+def test_the_default_pair_takes_one_5_minute_change_rule(tmp_path, change):
+    """Its ledger entry (its storage) holds one 5-minute change: a file saying otherwise fails the parse."""
+    doc = json.loads((ROOT / settings.load({}).rules_file).read_text())
+    rule = doc["pairs"]["ETH/USDT"][0]
+    if change == "second rule":
+        doc["pairs"]["ETH/USDT"].append({**rule, "name": "second"})
+    elif "kind" in change:
+        doc["pairs"]["ETH/USDT"][0] = {"name": rule["name"], **change}
+    else:
+        rule |= change
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(doc))
+
     with pytest.raises(ValueError, match="pair ETH/USDT: the default pair takes one change rule of 5 minutes"):
         settings.load_rules(settings.load({"PRICE_RULES_FILE": str(path)}))
-    assert settings.load_rules(settings.load({"PRICE_RULES_FILE": str(path), "PRICE_THRESHOLD_PCT": "2"}))
+
+
+@pytest.mark.parametrize("variable", ["PRICE_THRESHOLD_PCT", "PRICE_LOOKBACK_MINUTES"])
+def test_a_retired_setting_fails_loudly_naming_where_the_value_lives_now(variable):
+    with pytest.raises(ValueError, match=f"{variable} is no longer a setting: set .* in the rules file"):
+        settings.load({variable: "2"})

@@ -12,9 +12,10 @@ from datetime import datetime, timedelta
 import pytest
 
 from include.price_pipeline import analysis, history, layout, windows
-from include.price_pipeline.analysis import INVALID_CHANGE, NOTIFIED, NOTIFY, PUBLISHING, Policy
+from include.price_pipeline.analysis import INVALID_CHANGE, NOTIFIED, NOTIFY, PUBLISHING
 from tests.conftest import utc
 from tests.unit.test_history import CONFIG, NOW, T0, MemoryS3, seeded
+from tests.unit.test_history import DEFAULT_RULES as RULES
 
 SLOT = T0 + layout.SLOT
 KEY = layout.ledger_key(SLOT)
@@ -22,7 +23,7 @@ RUN_A, RUN_B = "price_notification/scheduled__a", "price_notification/manual__b"
 
 
 def analyse(s3, claimant: str, due: bool = True, why_not_due: str = "", **kwargs) -> dict:
-    return windows.analyse_window(s3, CONFIG, SLOT, Policy(), due, why_not_due, "http://ui/run", claimant=claimant)
+    return windows.analyse_window(s3, CONFIG, SLOT, RULES, due, why_not_due, "http://ui/run", claimant=claimant)
 
 
 def entry(s3: MemoryS3) -> dict:
@@ -209,7 +210,16 @@ def test_the_bulk_run_never_overwrites_a_live_claim_and_does_not_publish_a_claim
     sent = []
 
     summary = history.backfill_history(
-        s3, CONFIG, T0, SLOT + layout.SLOT, Policy(), True, NOW, lambda *a: sent.append(a) or "m", "", claimant="bulk"
+        s3,
+        CONFIG,
+        T0,
+        SLOT + layout.SLOT,
+        RULES,
+        True,
+        NOW,
+        lambda alert: sent.append(alert) or "m",
+        "",
+        claimant="bulk",
     )
 
     assert s3.objects[KEY] == claim
@@ -227,11 +237,11 @@ def test_the_bulk_run_claims_before_it_publishes_and_a_live_run_then_finds_the_c
     s3 = seeded({T0: 100.0, SLOT: 103.0})
     seen = []
 
-    def publish(subject, message, attributes):
+    def publish(alert):
         seen.append(entry(s3))
         return "m-bulk"
 
-    history.backfill_history(s3, CONFIG, T0, SLOT + layout.SLOT, Policy(), True, NOW, publish, "", claimant="bulk/r")
+    history.backfill_history(s3, CONFIG, T0, SLOT + layout.SLOT, RULES, True, NOW, publish, "", claimant="bulk/r")
 
     assert [(e["decision"], e["claimed_by"], e[windows.PUBLISH_STARTED]) for e in seen] == [
         (PUBLISHING, "bulk/r", True)
@@ -250,10 +260,10 @@ def test_a_bulk_retry_reports_the_claims_its_earlier_try_left_and_does_not_publi
             CONFIG,
             T0,
             SLOT + layout.SLOT,
-            Policy(),
+            RULES,
             True,
             NOW,
-            lambda *a: pytest.fail("sent"),
+            lambda alert: pytest.fail("sent"),
             "",
             claimant="bulk/r",
         )
@@ -265,7 +275,7 @@ def test_a_range_where_every_window_was_quarantined_fails_with_the_counts():
         s3.objects[layout.quarantine_keys(slot, f"raw/{slot}")[1]] = b'{"reason": "x"}'
 
     with pytest.raises(history.NoUsableWindow) as failure:
-        history.backfill_history(s3, CONFIG, T0, T0 + 4 * layout.SLOT, Policy(), False, NOW)
+        history.backfill_history(s3, CONFIG, T0, T0 + 4 * layout.SLOT, RULES, False, NOW)
 
     assert str(failure.value) == (
         "no usable window from 2025-03-31T22:00:00Z to 2025-03-31T22:20:00Z: 4 windows, "
