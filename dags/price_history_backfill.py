@@ -90,39 +90,15 @@ def price_history_backfill():
 
     @task(execution_timeout=timedelta(minutes=60))
     def analyse_price_history(params=None, dag_run=None) -> dict:
-        from airflow.configuration import conf
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.sdk.exceptions import AirflowFailException
+        from include.price_pipeline import runs
 
-        from include.price_pipeline import alerts, rules, runs
-
-        try:
-            return history.backfill_history(
-                S3Hook(aws_conn_id=config.aws_conn_id).get_conn(),
-                config,
-                history.parse_window_start(params["start"]),
-                history.parse_window_start(params["end"]),
-                rules.with_overrides(rule_set, params),
-                params["notify_on_backfill"],
-                pendulum.now("UTC"),
-                runs.sns_publisher(config) if params["notify_on_backfill"] else None,
-                alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id),
-                claimant=f"{dag_run.dag_id}/{dag_run.run_id}",
-            )
-        except (history.NoUsableWindow, history.ClaimsLeft, alerts.UnsafeText) as failure:
-            raise AirflowFailException(str(failure)) from None
+        return runs.analyse_price_history(config, rule_set, params, dag_run)
 
     @task
     def report_quarantine(summary: dict, dag_run=None) -> None:
-        from airflow.configuration import conf
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from include.price_pipeline import runs
 
-        from include.price_pipeline import alerts, runs
-
-        run_url = alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id)
-        report = history.report_quarantine(S3Hook(aws_conn_id=config.aws_conn_id).get_conn(), config, summary, run_url)
-        if report is not None:
-            runs.tell_ops(config, *report)
+        runs.report_quarantine(config, summary, dag_run)
 
     summary = analyse_price_history()
     chain(normalize_price_history, summary, report_quarantine(summary))

@@ -7,7 +7,8 @@ plain functions that never do).
   earlier windows (``windows.wait_for_earlier_windows``), the same for every pair.
 - ``LiveRunsOpsNotifier``: failures page ops for live runs; a backfill's failed windows go to whoever ran it.
 - price_notification's task bodies (``compute_price_change``, ``analyse_pairs``, ``publish_pair_alerts``) and
-  its publish guards (``publish_guard``, ``record_notified``): the DAG file only declares and wires them.
+  its publish guards (``publish_guard``, ``record_notified``), and price_history_backfill's
+  (``analyse_price_history``, ``report_quarantine``): the DAG files only declare and wire them.
 """
 
 from __future__ import annotations
@@ -359,3 +360,32 @@ def publish_pair_alerts(config: Config, due: list[dict], data_interval_start, da
     if result["left"]:
         raise AirflowFailException("; ".join(result["left"]))
     return result["sent"]
+
+
+# ------------------------------------------------------------------ price_history_backfill's task bodies
+
+
+def analyse_price_history(config: Config, rule_set, params, dag_run) -> dict:
+    """The range's windows of every pair, by the run's rules (``history.backfill_history``)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.price_pipeline import alerts, history, rules
+
+    try:
+        start, end = (history.parse_window_start(params[name]) for name in ("start", "end"))
+        notify = params["notify_on_backfill"]
+        return history.backfill_history(
+            _s3(config), config, start, end, rules.with_overrides(rule_set, params), notify, pendulum.now("UTC"),
+            sns_publisher(config) if notify else None, _run_url(dag_run), claimant=claimant(dag_run),
+        )  # fmt: skip
+    except (history.NoUsableWindow, history.ClaimsLeft, alerts.UnsafeText) as failure:
+        raise AirflowFailException(str(failure)) from None
+
+
+def report_quarantine(config: Config, summary: dict, dag_run) -> None:
+    """Ops' one message of a range with quarantined objects (``history.report_quarantine``), if any."""
+    from include.price_pipeline import history
+
+    report = history.report_quarantine(_s3(config), config, summary, _run_url(dag_run))
+    if report is not None:
+        tell_ops(config, *report)
