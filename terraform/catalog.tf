@@ -5,9 +5,16 @@ locals {
   s3_root    = "s3://${aws_s3_bucket.data.id}/"
   year_range = "${var.history_first_year},${var.history_last_year}"
 
-  # One JSON object per window and line (crypto/03-price-changes/, alerts.ledger_entry); written by
-  # the DAGs. Fields it lacks read as NULL, extra fields are ignored, so this list can grow with it.
+  # One JSON object per line (crypto/03-price-changes/): the default pair's <slot>.json (alerts.ledger_entry)
+  # and every other pair's line of <slot>/pairs.jsonl (pairs.pair_entry: each rule's decision in `rules`),
+  # both read by the one table. Fields an entry lacks read as NULL, extra fields are ignored, so this list
+  # can grow with them.
   price_struct = "struct<timestamp:string,weighted_average:double,source_key:string>"
+  rule_struct = join("", [
+    "struct<kind:string,decision:string,reason:string,direction:string,change_pct:double,",
+    "reference:${local.price_struct},threshold_pct:double,minutes:int,level:double,sns_message_id:string,",
+    "suppressed_by:string>",
+  ])
   ledger_columns = [
     { name = "window_start", type = "string" },
     { name = "window_end", type = "string" },
@@ -24,6 +31,7 @@ locals {
     { name = "decision", type = "string" },
     { name = "reason", type = "string" },
     { name = "sns_message_id", type = "string" },
+    { name = "rules", type = "map<string,${local.rule_struct}>" },
   ]
 
   # The Parquet copy stores the slot as a UTC timestamp (history.parquet_schema), the CSV as text.
@@ -195,7 +203,7 @@ resource "aws_glue_catalog_table" "pair_parquet" {
 resource "aws_glue_catalog_table" "price_changes" {
   name          = "price_changes"
   database_name = aws_glue_catalog_database.history.name
-  description   = "Price-change ledger, one JSON object per 5-minute window"
+  description   = "Price-change ledger: every pair's entries, one JSON object per line"
   table_type    = "EXTERNAL_TABLE"
 
   parameters = {
