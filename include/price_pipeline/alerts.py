@@ -94,17 +94,6 @@ def format_price(value: float) -> str:
     return f"{value:.8f}"
 
 
-def alert_subject(entry: dict, pair: str) -> str:
-    """E.g. ``ETH/USDT up 2.41% in 5 min: 3,120.55``: the configured ``pair`` (never the record's text),
-    checked against SNS's subject rules."""
-    minutes = _minutes_between(entry["previous"]["timestamp"], entry["latest"]["timestamp"])
-    subject = (
-        f"{pair} {entry['direction']} {_number(entry['abs_change_pct']):.2f}% in {minutes} min: "
-        f"{format_price(_number(entry['latest']['weighted_average']))}"
-    )
-    return check_subject(subject[:SUBJECT_LIMIT])
-
-
 def check_subject(subject: str) -> str:
     """``subject`` if SNS accepts it (ASCII printable, no line breaks, under 100 characters, starting with a
     letter, digit or punctuation), else UnsafeText: the stand-in accepts anything, real SNS does not."""
@@ -117,39 +106,45 @@ def check_subject(subject: str) -> str:
     return subject
 
 
-def alert_message(entry: dict, run_url: str, pair: str) -> str:
-    """The body people read: both prices and times, the change, the threshold and the run link."""
-    previous, latest = entry["previous"], entry["latest"]
-    return "\n".join(
+def alert(pair: str, rule: str, view: dict, run_url: str) -> dict:
+    """The one alert of a due rule, for every pair and rule kind: ``subject``, ``message`` and ``attributes``.
+
+    ``view``: the rule's decision as the ledger holds it (``kind``, ``direction``, ``change_pct``, ``reason``,
+    ``reference`` and ``latest`` prices, a crossing's ``level``) and the window (``window_start``,
+    ``window_end``). ``pair`` is the configured pair (never the record's text). E.g. ``ETH/USDT up 2.41% in 5
+    min: 3,120.55`` (the minutes between the reference and the latest record) or ``SOL/USDT crossed 150
+    upward: 150.20``; the subject is checked against SNS's rules, ``change_pct`` is a finite Number
+    attribute (for subscription filter policies)."""
+    reference, latest = view["reference"], view["latest"]
+    price = format_price(_number(latest["weighted_average"]))
+    if view["kind"] == "crossing":
+        what = f"crossed {view['level']:g} {view['direction']}ward"
+    else:
+        minutes = _minutes_between(reference["timestamp"], latest["timestamp"])
+        what = f"{view['direction']} {abs(_number(view['change_pct'])):.2f}% in {minutes} min"
+    message = "\n".join(
         [
-            f"{pair} weighted average moved {_number(entry['change_pct']):+.2f}% "
-            f"(threshold {entry['threshold_pct']}%).",
+            f"{pair} weighted average moved {_number(view['change_pct']):+.2f}% (rule {rule}: {view['reason']}).",
             "",
-            f"Previous: {format_price(_number(previous['weighted_average']))} at {previous['timestamp']}",
-            f"Latest:   {format_price(_number(latest['weighted_average']))} at {latest['timestamp']}",
-            f"Window:   {entry['window_start']} to {entry['window_end']} (UTC)",
+            f"Reference: {format_price(_number(reference['weighted_average']))} at {reference['timestamp']}",
+            f"Latest:    {price} at {latest['timestamp']}",
+            f"Window:    {view['window_start']} to {view['window_end']} (UTC)",
             "",
             f"Airflow run: {run_url}",
         ]
     )
+    attributes = {"symbol": pair, "rule": rule, "direction": view["direction"],
+                  "change_pct": round(_number(view["change_pct"]), 4)}  # fmt: skip
+    return {"pair": pair, "rule": rule, "subject": check_subject(f"{pair} {what}: {price}"[:SUBJECT_LIMIT]),
+            "message": message, "attributes": attributes}  # fmt: skip
 
 
 def default_alert(entry: dict, pair: str, rule: str, run_url: str) -> dict:
-    """The default pair's alert of its ledger entry: ``subject``, ``message`` and ``attributes``."""
-    subject, message = alert_subject(entry, pair), alert_message(entry, run_url, pair)
-    return {"pair": pair, "rule": rule, "subject": subject, "message": message,
-            "attributes": alert_attributes(entry, pair, rule)}  # fmt: skip
-
-
-def alert_attributes(entry: dict, pair: str, rule: str = "") -> dict:
-    """SNS message attributes for subscription filter policies (change_pct is a finite Number); ``rule``
-    names the rules file's rule (SNS refuses an empty attribute: left out when there is none)."""
-    return {
-        "symbol": pair,
-        **({"rule": rule} if rule else {}),
-        "direction": entry["direction"],
-        "change_pct": round(_number(entry["change_pct"]), 4),
-    }
+    """The default pair's alert of its ledger entry (its one change rule, ``rule``)."""
+    fields = ("direction", "change_pct", "reason", "latest", "window_start", "window_end")
+    return alert(
+        pair, rule, {"kind": "change", "reference": entry["previous"]} | {f: entry[f] for f in fields}, run_url
+    )
 
 
 def slack_text(subject: str, message: str) -> str:

@@ -262,38 +262,12 @@ def pair_entry(pair, slot, latest, pair_rules, decided, due, why_not_due) -> dic
 
 def due_alerts(entry: dict, config: Config, run_url: str) -> list[dict]:
     """The alert of each rule the entry has due (``notify``), for the publish task."""
-    out = []
-    for name, rule in entry["rules"].items():
-        if rule["decision"] != rules.NOTIFY:
-            continue
-        pair, latest = entry["pair"], entry["latest"]["weighted_average"]
-        what = (
-            f"{rule['direction']} {alerts._number(abs(rule['change_pct'])):.2f}% in {rule['minutes']} min"
-            if rule["kind"] == rules.CHANGE
-            else f"crossed {rule['level']:g} {rule['direction']}ward"
-        )
-        subject = alerts.check_subject(f"{pair} {what}: {alerts.format_price(latest)}"[:99])
-        message = "\n".join(
-            [
-                f"{pair} weighted average moved {alerts._number(rule['change_pct']):+.2f}% "
-                f"(rule {name}: {rule['reason']}).",
-                "",
-                f"Reference: {alerts.format_price(rule['reference']['weighted_average'])} at "
-                f"{rule['reference']['timestamp']}",
-                f"Latest:    {alerts.format_price(latest)} at {entry['latest']['timestamp']}",
-                f"Window:    {entry['window_start']} to {entry['window_end']} (UTC)",
-                "",
-                f"Airflow run: {run_url}",
-            ]
-        )
-        attributes = {
-            "symbol": pair,
-            "rule": name,
-            "direction": rule["direction"],
-            "change_pct": round(alerts._number(rule["change_pct"]), 4),
-        }
-        out.append({"pair": pair, "rule": name, "subject": subject, "message": message, "attributes": attributes})
-    return out
+    window = {field: entry[field] for field in ("latest", "window_start", "window_end")}
+    return [
+        alerts.alert(entry["pair"], name, rule | window, run_url)
+        for name, rule in entry["rules"].items()
+        if rule["decision"] == rules.NOTIFY
+    ]
 
 
 def _missing_reasons(s3, config: Config, slot: datetime, late: list[str], default_there: bool) -> dict[str, str]:

@@ -62,8 +62,9 @@ def test_breaching_window_publishes_exactly_one_alert_with_the_right_numbers(dag
     assert run.state == "success", task_states(run)
     [alert] = aws.alerts()
     assert alert["Subject"] == "ETH/USDT up 2.50% in 5 min: 102.50"
-    assert "Previous: 100.00 at 2026-01-05T09:55:00Z" in alert["Message"]
-    assert "Latest:   102.50 at 2026-01-05T10:00:00Z" in alert["Message"]
+    assert "Reference: 100.00 at 2026-01-05T09:55:00Z" in alert["Message"]  # one alert text for every pair
+    assert "Latest:    102.50 at 2026-01-05T10:00:00Z" in alert["Message"]
+    assert "(rule move-5m: |change| 2.5000% over 5 min > threshold 1.0%)" in alert["Message"]
     assert alert["MessageAttributes"]["direction"] == {"Type": "String", "Value": "up"}
     assert alert["MessageAttributes"]["change_pct"] == {"Type": "Number", "Value": "2.5"}
     entry = ledger(aws, slot)
@@ -268,7 +269,7 @@ def test_slack_gets_the_same_alert_when_a_webhook_connection_is_configured(
     [alert] = aws.alerts()
     [posted] = received
     assert posted["text"].startswith(f"*{alert['Subject']}*")
-    assert "Previous: 100.00 at 2026-01-11T09:55:00Z" in posted["text"]
+    assert "Reference: 100.00 at 2026-01-11T09:55:00Z" in posted["text"]
 
 
 def test_a_retried_publish_task_does_not_notify_again(dag, aws):

@@ -107,15 +107,21 @@ def test_ledger_entry_of_a_window_without_a_previous_record_serializes_with_null
 
 
 def test_alert_subject_reads_like_the_documented_example():
-    assert alerts.alert_subject(entry_for(3047.12, 3120.55), PAIR) == "ETH/USDT up 2.41% in 5 min: 3,120.55"
+    assert (
+        alerts.default_alert(entry_for(3047.12, 3120.55), PAIR, "move-5m", RUN_URL)["subject"]
+        == "ETH/USDT up 2.41% in 5 min: 3,120.55"
+    )
 
 
 def test_alert_subject_of_a_fall_says_down_with_the_absolute_change():
-    assert alerts.alert_subject(entry_for(3000.0, 2910.0), PAIR) == "ETH/USDT down 3.00% in 5 min: 2,910.00"
+    assert (
+        alerts.default_alert(entry_for(3000.0, 2910.0), PAIR, "move-5m", RUN_URL)["subject"]
+        == "ETH/USDT down 3.00% in 5 min: 2,910.00"
+    )
 
 
 def test_alert_subject_counts_the_minutes_since_the_previous_record():
-    assert alerts.alert_subject(entry_for(100.0, 103.0, gap_windows=3), PAIR).startswith(
+    assert alerts.default_alert(entry_for(100.0, 103.0, gap_windows=3), PAIR, "move-5m", RUN_URL)["subject"].startswith(
         "ETH/USDT up 3.00% in 15 min: "
     )
 
@@ -126,7 +132,7 @@ prices = st.floats(min_value=1e-8, max_value=1e12, allow_nan=False, allow_infini
 @settings(max_examples=300, deadline=None)
 @given(previous=prices, latest=prices, pair=st.text(min_size=1, max_size=200))
 def test_alert_subject_never_exceeds_the_sns_subject_limit(previous, latest, pair):
-    assert len(alerts.alert_subject(entry_for(previous, latest, pair=pair), PAIR)) <= 100
+    assert len(alerts.default_alert(entry_for(previous, latest, pair=pair), PAIR, "move-5m", RUN_URL)["subject"]) <= 100
 
 
 realistic_prices = st.floats(min_value=0.01, max_value=1e7)
@@ -141,7 +147,7 @@ def test_alert_subject_of_a_realistic_alert_is_complete(previous, ratio, pair):
     latest = previous * ratio
     entry = entry_for(previous, latest)
 
-    subject = alerts.alert_subject(entry, pair)
+    subject = alerts.default_alert(entry, pair, "move-5m", RUN_URL)["subject"]
 
     match = re.fullmatch(rf"{re.escape(pair)} (up|down|flat) (\d+\.\d\d)% in 5 min: (.+)", subject)
     assert match, subject
@@ -154,34 +160,33 @@ def test_alert_subject_of_a_realistic_alert_is_complete(previous, ratio, pair):
 
 
 def test_alert_message_holds_both_prices_and_times_the_change_threshold_window_and_run_link():
-    message = alerts.alert_message(entry_for(3047.12, 3120.55), RUN_URL, PAIR)
+    message = alerts.default_alert(entry_for(3047.12, 3120.55), PAIR, "move-5m", RUN_URL)["message"]
 
     assert "3,047.12" in message
     assert "3,120.55" in message
     assert "2026-02-03T11:55:00Z" in message
     assert "2026-02-03T12:00:00Z" in message
     assert "+2.41%" in message
-    assert "threshold 1.5%" in message
+    assert "(rule move-5m: a reason)" in message  # the rule's reason names its threshold
     assert "2026-02-03T12:00:00Z to 2026-02-03T12:05:00Z" in message
     assert RUN_URL in message
     assert message.index("3,047.12") < message.index("3,120.55"), "previous comes before latest"
 
 
 def test_alert_message_of_a_fall_shows_a_negative_change():
-    assert "-3.00%" in alerts.alert_message(entry_for(3000.0, 2910.0), RUN_URL, PAIR)
+    assert "-3.00%" in alerts.default_alert(entry_for(3000.0, 2910.0), PAIR, "move-5m", RUN_URL)["message"]
 
 
 @pytest.mark.parametrize(("latest", "direction", "change"), [(3072.3, "up", 2.41), (2910.0, "down", -3.0)])
 def test_alert_attributes_carry_symbol_direction_and_change_as_a_number(latest, direction, change):
-    attributes = alerts.alert_attributes(entry_for(3000.0, latest), PAIR)
+    attributes = alerts.default_alert(entry_for(3000.0, latest), PAIR, "move-5m", RUN_URL)["attributes"]
 
     assert attributes["symbol"] == "ETH/USDT"
     assert attributes["direction"] == direction
     assert isinstance(attributes["change_pct"], float)
     assert attributes["change_pct"] == pytest.approx(change, abs=1e-4)
-    assert set(attributes) == {"symbol", "direction", "change_pct"}
-    named = alerts.alert_attributes(entry_for(3000.0, latest), PAIR, "move-5m")
-    assert named == {**attributes, "rule": "move-5m"}
+    assert attributes["rule"] == "move-5m"
+    assert set(attributes) == {"symbol", "rule", "direction", "change_pct"}
 
 
 # ------------------------------------------------ no NaN or Infinity; record text never reaches people
@@ -204,13 +209,21 @@ def test_a_non_finite_change_is_stored_as_null_and_json_refuses_nan_and_infinity
 def test_alert_text_and_attributes_refuse_a_non_finite_change():
     entry = {**entry_for(100.0, 103.0), "change_pct": float("inf"), "abs_change_pct": float("inf")}
 
-    for render in (
-        lambda: alerts.alert_subject(entry, PAIR),
-        lambda: alerts.alert_message(entry, RUN_URL, PAIR),
-        lambda: alerts.alert_attributes(entry, PAIR),
-    ):
-        with pytest.raises(alerts.UnsafeText):
-            render()
+    with pytest.raises(alerts.UnsafeText):
+        alerts.default_alert(entry, PAIR, "move-5m", RUN_URL)
+    crossing = {
+        "kind": "crossing",
+        "level": 100.0,
+        "direction": "up",
+        "change_pct": float("nan"),
+        "reason": "r",
+        "reference": entry["previous"],
+        "latest": entry["latest"],
+        "window_start": "",
+        "window_end": "",
+    }
+    with pytest.raises(alerts.UnsafeText):
+        alerts.alert(PAIR, "cross", crossing, RUN_URL)
 
 
 HOSTILE_PAIR = "<!channel> <https://x|LOGIN> \U0001f680 BTC/USDT\nSubject: x"
@@ -219,14 +232,11 @@ HOSTILE_PAIR = "<!channel> <https://x|LOGIN> \U0001f680 BTC/USDT\nSubject: x"
 def test_alert_text_names_the_configured_pair_never_the_records_text():
     entry = entry_for(100.0, 103.0, pair=HOSTILE_PAIR)
 
-    texts = [
-        alerts.alert_subject(entry, PAIR),
-        alerts.alert_message(entry, RUN_URL, PAIR),
-        json.dumps(alerts.alert_attributes(entry, PAIR)),
-    ]
+    alert = alerts.default_alert(entry, PAIR, "move-5m", RUN_URL)
+    texts = [alert["subject"], alert["message"], json.dumps(alert["attributes"])]
 
     assert texts[0] == "ETH/USDT up 3.00% in 5 min: 103.00"
-    assert alerts.alert_attributes(entry, PAIR)["symbol"] == PAIR
+    assert alert["attributes"]["symbol"] == PAIR
     assert not any(part in text for text in texts for part in ("channel", "LOGIN", "BTC", "\U0001f680"))
 
 
@@ -258,7 +268,7 @@ def test_sns_subject_rules_are_checked_by_our_code(subject, why):
 
 def test_a_configured_pair_sns_would_refuse_fails_the_subject_instead_of_reaching_sns():
     with pytest.raises(alerts.UnsafeText):
-        alerts.alert_subject(entry_for(100.0, 103.0), "ETH/\u00e9")
+        alerts.default_alert(entry_for(100.0, 103.0), "ETH/\u00e9", "move-5m", RUN_URL)["subject"]
 
 
 # ------------------------------------------------------------------ format_price and run_url
