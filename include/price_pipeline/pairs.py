@@ -1,8 +1,9 @@
 """The pairs beyond the default one: one analysis for all of them, one ledger entry per (pair, window)
 holding each rule's decision, and once per (pair, rule, window) by conditional ledger writes.
 
-The default pair keeps its single-pair path (``windows.analyse_window``: today's entry bytes, claims and
-params). Every other pair of the rules file goes through here, in one task of the window's run:
+Every pair is decided by the same engine (``rules.evaluate``) and alerted with the same text
+(``alerts.alert``); the default pair keeps its own storage and claim (``windows.analyse_window``: one ledger
+object per window). Every other pair of the rules file goes through here, in one task of the window's run:
 
 - a window's other pairs share one canonical CSV ``<slot>/pairs.csv`` (a row per pair) and one ledger
   object ``<slot>/pairs.jsonl`` (an entry per pair): S3 bills per request, so the requests of a window do

@@ -88,6 +88,27 @@ def test_calm_window_sends_nothing_and_records_below_threshold(dag, aws):
     assert aws.ops() == []
 
 
+def test_the_dag_params_override_the_default_pairs_rule_for_one_run(dag, aws):
+    """The params are per-run overrides of the default pair's rule in the rules file (``rules.with_overrides``):
+    a 2.5 % move alerts under the file's 1 % threshold, not under a run's 3 %, nor with its min_abs_move."""
+    slot = utc(2026, 1, 27, 10, 0)
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
+    write_record(aws.s3, aws.config.bucket, candle(slot, 102.5), "json")
+
+    higher = run_window(dag, slot, notify_on_backfill=True, threshold_pct=3.0)
+
+    assert higher.state == "success", task_states(higher)
+    entry = ledger(aws, slot)
+    assert (entry["decision"], entry["threshold_pct"]) == ("below_threshold", 3.0)
+    assert entry["reason"] == "|change| 2.5000% <= threshold 3.0%"
+    run_window(dag, slot, notify_on_backfill=True, min_abs_move=5.0)
+    assert (ledger(aws, slot)["decision"], ledger(aws, slot)["min_abs_move"]) == ("below_min_abs_move", 5.0)
+    assert aws.alerts() == []
+    run_window(dag, slot, notify_on_backfill=True)  # the file's rule
+    assert ledger(aws, slot)["decision"] == "notified"
+    assert len(aws.alerts()) == 1
+
+
 def parse_dag_with(monkeypatch, name: str, **env: str):
     """A fresh price_notification DAG parsed with extra deployment settings in the environment."""
     import importlib.util
