@@ -69,8 +69,6 @@ GLUE_RANGE_TIMEOUT_MINUTES = 120
 LARGEST_MOVES = 5
 #: How many missing windows the summary names (it always counts all of them).
 MISSING_NAMED = 20
-#: Attempts at a conditional ledger write before giving up (each failure means someone else wrote).
-WRITE_ATTEMPTS = 3
 #: The ops message of a range with quarantined objects reads at most this many reason files (spread
 #: evenly over the range's, in key order) to name the commonest reasons; it always counts all of them.
 QUARANTINE_NOTES_READ = 500
@@ -434,28 +432,21 @@ def write_ledger(
     stored = list_with_etags(s3, bucket, days)
 
     def settle(key: str) -> str:
-        new, etag = objects[key], stored.get(key)
-        for _attempt in range(WRITE_ATTEMPTS):
-            body = new
-            if etag is not None:
-                if etag == store.md5(body):
-                    return "unchanged"
-                current = store.read_with_etag(s3, bucket, key)
-                if current is None:
-                    etag = None
-                    continue
-                existing, etag = current
-                body = merge(existing, new, key) if merge else new
-                if existing == body:
-                    return "unchanged"
-                if not merge and _decision(existing) in CLAIMED:
-                    return f"kept_{_decision(existing)}"
-            try:
-                store.write_if(s3, bucket, key, body, store.NDJSON if merge else store.JSON, etag)
-                return "written"
-            except store.ConditionFailed:
-                etag = "changed meanwhile"  # not an MD5: read it again
-        raise RuntimeError(f"ledger entry {key} kept changing while being written ({WRITE_ATTEMPTS} attempts)")
+        new = objects[key]
+        if stored.get(key) == store.md5(new):
+            return "unchanged"
+
+        def change(existing: bytes | None) -> bytes | None:
+            if existing is None:
+                return new
+            if merge:
+                return merge(existing, new, key)
+            return None if _decision(existing) in CLAIMED else new
+
+        held, wrote = store.update(s3, bucket, key, change, store.NDJSON if merge else store.JSON, key in stored)
+        if wrote or held == new or merge:
+            return "written" if wrote else "unchanged"
+        return f"kept_{_decision(held)}"
 
     counts = Counter(store.in_parallel(s3, settle, sorted(objects)))
     return {name: counts.get(name, 0) for name in ("written", "unchanged", "kept_notified", "kept_publishing")}

@@ -46,8 +46,6 @@ from include.price_pipeline.windows import PUBLISH_STARTED
 
 log = logging.getLogger(__name__)
 ANALYSED = "analysed"
-#: The ledger object is rewritten over the version read; a lost race (another run of the window) reads again.
-MAX_WRITE_ATTEMPTS = 20
 #: Alerts published at once: each batch is marked started in one write, published in parallel, and
 #: recorded in one more write, so a crash leaves at most this many alerts for ops to check.
 PUBLISH_BATCH = 8
@@ -205,28 +203,19 @@ def merged_bytes(stored: bytes, fresh: bytes, key: str) -> bytes:
 
 
 def _rewrite(s3, config: Config, slot: datetime, change: Callable[[dict], dict], read_first: bool = False) -> dict:
-    """Apply ``change({pair: entry}) -> {pair: entry}`` to the window's ledger object over the version read
-    and return what it holds. Unless ``read_first``, the first write creates it (If-None-Match, nothing
-    read: a window's first analysis); else, and once that finds one, it is read and replaced If-Match its
-    ETag, again when another writer came in between. An unchanged object is not written."""
+    """Apply ``change({pair: entry}) -> {pair: entry}`` to the window's ledger object (``store.update``: over
+    the version read, again when another writer came in between; created unread unless ``read_first``) and
+    return what it holds. An unchanged object, or one with no entry at all, is not written."""
     key = layout.pairs_ledger_key(slot, config.changes_prefix)
-    stored, etag, read = {}, None, False
-    if read_first:
-        current, read = store.read_with_etag(s3, config.bucket, key), True
-        stored, etag = (parse_entries(current[0], key), current[1]) if current else ({}, None)
-    for _ in range(MAX_WRITE_ATTEMPTS):
-        updated = change(stored)
-        if read and entries_bytes(updated) == entries_bytes(stored):
-            return updated  # nothing to write (also: no entry at all stays no object)
-        if updated:
-            try:
-                store.write_if(s3, config.bucket, key, entries_bytes(updated), store.NDJSON, etag)
-                return updated
-            except store.ConditionFailed:
-                pass
-        current, read = store.read_with_etag(s3, config.bucket, key), True
-        stored, etag = (parse_entries(current[0], key), current[1]) if current else ({}, None)
-    raise RuntimeError(f"window {layout.slot_stamp(slot)}: the pairs' ledger object kept changing; not written")
+
+    last = {}  # the entries of the last change asked for: what the object holds once update returns
+
+    def changed(body: bytes | None) -> bytes | None:
+        last["entries"] = change(parse_entries(body, key) if body else {})
+        return entries_bytes(last["entries"]) or None
+
+    store.update(s3, config.bucket, key, changed, store.NDJSON, read_first)
+    return last["entries"]
 
 
 def pair_entry(pair, slot, latest, pair_rules, decided, due, why_not_due) -> dict:

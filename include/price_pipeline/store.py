@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -20,6 +21,8 @@ from include.price_pipeline.analysis import Price, parse_canonical_rows
 JSON, NDJSON = "application/json", "application/x-ndjson"
 #: Upper bound of concurrent S3 requests (also capped by the client's connection pool, 10 by default).
 MAX_WORKERS = 16
+#: How often :func:`update` reads an object again after losing a conditional write to another writer.
+WRITE_ATTEMPTS = 20
 #: S3 answers a failed If-Match / If-None-Match with one of these (412, or 409 for a concurrent write).
 CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
@@ -88,6 +91,33 @@ def write_if(s3, bucket: str, key: str, body: bytes, content_type: str, etag: st
             raise ConditionFailed(key) from error
         raise
     return str(response.get("ETag", "")).strip('"')
+
+
+def update(s3, bucket: str, key: str, change: Callable[[bytes | None], bytes | None], content_type: str,
+           read_first: bool = True) -> tuple[bytes | None, bool]:  # fmt: skip
+    """The one retry loop of the ledger's conditional writes: ``change(stored bytes, None when there is no
+    object) -> bytes to store`` (None, or the stored bytes: nothing to write), written over exactly the
+    version read (:func:`write_if`). When another writer came in between, the object is read again and
+    ``change`` asked again, up to WRITE_ATTEMPTS times. Returns (the bytes the key holds, whether this call
+    wrote them). Without ``read_first`` the first try creates the object unread (If-None-Match: a window's
+    first analysis); a ``change`` that writes nothing then reads what is there."""
+    body, etag, read = None, None, False
+    if read_first:
+        body, etag = read_with_etag(s3, bucket, key) or (None, None)
+        read = True
+    for _ in range(WRITE_ATTEMPTS):
+        new = change(body)
+        if read and (new is None or new == body):
+            return body, False
+        if new is not None:
+            try:
+                write_if(s3, bucket, key, new, content_type, etag)
+                return new, True
+            except ConditionFailed:
+                pass
+        body, etag = read_with_etag(s3, bucket, key) or (None, None)
+        read = True
+    raise RuntimeError(f"{key} kept changing while being written ({WRITE_ATTEMPTS} attempts): not written")
 
 
 def list_keys(s3, bucket: str, prefix: str, start_after: str = "") -> list[str]:
