@@ -203,24 +203,20 @@ def test_a_run_without_a_logical_date_analyses_the_latest_window_complete_when_i
 # ------------------------------------------------------------------ the bulk DAG and the claim
 
 
+def bulk(s3, publish, claimant: str) -> dict:
+    """The bulk DAG over the window, notify_on_backfill on."""
+    return history.backfill_history(
+        s3, CONFIG, T0, SLOT + layout.SLOT, RULES, True, NOW, publish, "", claimant=claimant
+    )
+
+
 def test_the_bulk_run_never_overwrites_a_live_claim_and_does_not_publish_a_claimed_window():
     s3 = seeded({T0: 100.0, SLOT: 103.0})
     analyse(s3, RUN_A)
     claim = s3.objects[KEY]
     sent = []
 
-    summary = history.backfill_history(
-        s3,
-        CONFIG,
-        T0,
-        SLOT + layout.SLOT,
-        RULES,
-        True,
-        NOW,
-        lambda alert: sent.append(alert) or "m",
-        "",
-        claimant="bulk",
-    )
+    summary = bulk(s3, lambda alert: sent.append(alert) or "m", "bulk")
 
     assert s3.objects[KEY] == claim
     assert sent == []
@@ -241,7 +237,7 @@ def test_the_bulk_run_claims_before_it_publishes_and_a_live_run_then_finds_the_c
         seen.append(entry(s3))
         return "m-bulk"
 
-    history.backfill_history(s3, CONFIG, T0, SLOT + layout.SLOT, RULES, True, NOW, publish, "", claimant="bulk/r")
+    bulk(s3, publish, "bulk/r")
 
     assert [(e["decision"], e["claimed_by"], e[windows.PUBLISH_STARTED]) for e in seen] == [
         (PUBLISHING, "bulk/r", True)
@@ -255,18 +251,7 @@ def test_a_bulk_retry_reports_the_claims_its_earlier_try_left_and_does_not_publi
     analyse(s3, "bulk/r")  # the earlier try claimed, then died
 
     with pytest.raises(history.ClaimsLeft, match="2025-03-31T22:05:00Z"):
-        history.backfill_history(
-            s3,
-            CONFIG,
-            T0,
-            SLOT + layout.SLOT,
-            RULES,
-            True,
-            NOW,
-            lambda alert: pytest.fail("sent"),
-            "",
-            claimant="bulk/r",
-        )
+        bulk(s3, lambda alert: pytest.fail("sent"), "bulk/r")
 
 
 def test_a_range_where_every_window_was_quarantined_fails_with_the_counts():
