@@ -2,7 +2,7 @@
 
 Starts its own local stack (as ``make bench`` does), runs ``--windows`` live windows of
 price_notification and prints, per window, the seconds from the record landing to each step (sensor
-done, Glue task and job run, compute, is_alert_due, publish, alert in the subscriber queue), then the
+done, Glue task and job run, compute, publish, alert in the subscriber queue), then the
 median/min/max. ``--glue-startup-ms`` runs the same windows again with the stand-in holding each Glue
 job run that long before its script starts (the model of Glue's start-up on AWS). Settings such as
 ``PRICE_SENSOR_POKE_SECONDS`` come from the environment, as for the stack. Not a test.

@@ -478,7 +478,7 @@ class Bench:
                 "sensor_noticed_seconds": sensor_end.timestamp() - landed if sensor_end else None,
                 "glue_task_seconds": tasks["normalize_price_record"]["seconds"],
                 "compute_task_seconds": tasks["compute_price_change"]["seconds"],
-                "publish_task_seconds": tasks.get("publish_price_alert", {}).get("seconds"),
+                "publish_task_seconds": tasks.get("publish_price_alerts", {}).get("seconds"),
                 "run_state": row["state"],
                 "tries": {task_id: task["tries"] for task_id, task in tasks.items()},
                 "timeline": timeline(landed, tasks, glue_run, last),
@@ -637,17 +637,13 @@ TIMELINE = (
     ("Glue task end", "normalize_price_record", "end"),
     ("compute start", "compute_price_change", "start"),
     ("compute end", "compute_price_change", "end"),
-    ("is_alert_due start", "is_alert_due", "start"),
-    ("is_alert_due end", "is_alert_due", "end"),
-    ("publish start", "publish_price_alert", "start"),
-    ("publish end", "publish_price_alert", "end"),
+    ("publish start", "publish_price_alerts", "start"),
+    ("publish end", "publish_price_alerts", "end"),
 )
-#: The other pairs' steps (their analysis and their alerts' publish task).
+#: The other pairs' analysis (their alerts go out from the one publish task).
 PAIRS_TIMELINE = (
     ("analyse_pairs start", "analyse_pairs", "start"),
     ("analyse_pairs end", "analyse_pairs", "end"),
-    ("pair publishes start", "publish_pair_alerts", "start"),
-    ("pair publishes end", "publish_pair_alerts", "end"),
 )
 
 

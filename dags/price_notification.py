@@ -14,22 +14,18 @@ record whose candle starts at `data_interval_start`:
    when no pair's record is there.
 2. **normalize_price_record**: Glue Python shell job (0.0625 DPU) writes the canonical CSV under
    `crypto/02-data-analysis/`, or quarantines an object it cannot trust.
-3. **compute_price_change**: the default pair's rule from the rules file (the params below override it for
-   one run), decided by the rules engine as every pair's are; the decision goes to the ledger
-   `crypto/03-price-changes/`.
-4. **is_alert_due** / **publish_price_alert**: SNS alert when the change is above the threshold, at most
-   once per window: compute_price_change claims the window in the ledger with a conditional write
-   (`publishing`), only the run whose claim landed publishes, and it replaces its claim with `notified`.
-   Backfill runs and windows older than `max_alert_age` are recorded as suppressed unless
-   `notify_on_backfill` (a live breach suppressed for lateness is reported to ops).
-   **post_slack_alert** (only when `PRICE_SLACK_CONN_ID` names a Slack webhook connection) posts the
-   same alert, escaped for Slack, after SNS accepted it.
-
-**Many pairs** (`PRICE_RULES_FILE` lists more than the default pair): the same Glue run normalizes every
-pair's record of the window; **analyse_pairs** decides each other pair's rules in one task (one ledger
-entry per pair and window, all pairs in one ledger object) and **publish_pair_alerts** publishes each due
-(pair, rule) alert once, in parallel. A pair without a record is late, the default pair included (its
-analysis is skipped): analyse_pairs tells ops which pairs were late for a live window.
+3. **compute_price_change** (the default pair) and **analyse_pairs** (every other pair, in one task):
+   each pair's rules from the rules file, decided by one engine (the params below override the default
+   pair's rule for one run); every decision goes to the ledger `crypto/03-price-changes/`, and a due rule
+   is claimed there with a conditional write (`publishing`). A pair without a record is late: analyse_pairs
+   tells ops which pairs were late for a live window.
+4. **publish_price_alerts**: every pair's due alerts, each (pair, rule, window) at most once: only the run
+   whose claim landed publishes, marks it started first and records it `notified` after. Backfill runs and
+   windows older than `max_alert_age` are recorded as suppressed unless `notify_on_backfill` (a live breach
+   suppressed for lateness is reported to ops). It runs whatever the analyses ended with, so one pair's
+   quarantined record holds back no other pair's alert.
+   **post_slack_alerts** (only when `PRICE_SLACK_CONN_ID` names a Slack webhook connection) posts the
+   alerts SNS accepted, escaped for Slack, in one message.
 
 An analysis waits (up for reschedule) only for an earlier window whose record is there and whose run can
 still normalize it, the same rule for every pair: a missing record holds nobody.
@@ -44,11 +40,8 @@ below override the default pair's rule for one run.
 
 from __future__ import annotations
 
-from functools import partial
-
 import pendulum
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
-from airflow.providers.amazon.aws.operators.sns import SnsPublishOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 
 from include.price_pipeline import alerts, layout, pairs, runs, settings
@@ -111,59 +104,33 @@ def price_notification():
         **settings.glue_wait(settings.GLUE_JOB_TIMEOUT_MINUTES, config.glue_poll_seconds),
     )
 
-    @task(multiple_outputs=True)
-    def compute_price_change(params=None, data_interval_start=None, dag_run=None, ti=None):
+    @task
+    def compute_price_change(params=None, data_interval_start=None, dag_run=None, ti=None) -> dict:
         return runs.compute_price_change(config, rule_set, params, data_interval_start, dag_run, ti)
 
-    @task.short_circuit
-    def is_alert_due(decision: str) -> bool:
-        return decision == "notify"
+    @task
+    def analyse_pairs(params=None, data_interval_start=None, dag_run=None, ti=None) -> list[dict]:
+        return runs.analyse_pairs(config, rule_set, params, data_interval_start, dag_run, ti)
+
+    # One pair's failed analysis (a quarantined record) holds back no other pair's alert.
+    @task(trigger_rule="all_done_min_one_success")
+    def publish_price_alerts(default_alert, pair_alerts, data_interval_start=None, dag_run=None, ti=None) -> dict:
+        return runs.publish_price_alerts(config, default_alert, pair_alerts, data_interval_start, dag_run, ti)
+
+    @task
+    def post_slack_alerts(published: dict) -> None:
+        runs.post_slack_alerts(config, published)
 
     price_change = compute_price_change()
-
-    publish_price_alert = SnsPublishOperator(
-        task_id="publish_price_alert",
-        aws_conn_id=config.aws_conn_id,
-        target_arn=config.alert_topic_arn,
-        subject=price_change["subject"],
-        message=price_change["message"],
-        message_attributes=price_change["attributes"],
-        pre_execute=partial(runs.publish_guard, config),
-        post_execute=partial(runs.record_notified, config),
-    )
-
-    alert_tasks = [publish_price_alert]
-    if config.slack_conn_id:
-        # Imported only when used: every task start parses this file, and slack_sdk adds ~0.2 s to each.
-        from airflow.providers.slack.operators.slack_webhook import SlackWebhookOperator
-
-        post_slack_alert = SlackWebhookOperator(
-            task_id="post_slack_alert",
-            slack_webhook_conn_id=config.slack_conn_id,
-            message="{{ ti.xcom_pull(task_ids='compute_price_change', key='slack') }}",
-        )
-        alert_tasks.append(post_slack_alert)
-
+    pair_alerts = analyse_pairs() if other_pairs else None
+    published = publish_price_alerts(price_change, pair_alerts)
     chain(
         wait_for_price_record,
         normalize_price_record,
-        price_change,
-        is_alert_due(price_change["decision"]),
-        *alert_tasks,
+        [price_change, *([pair_alerts] if other_pairs else [])],
+        published,
+        *([post_slack_alerts(published)] if config.slack_conn_id else []),
     )
-
-    if other_pairs:
-
-        @task
-        def analyse_pairs(params=None, data_interval_start=None, dag_run=None, ti=None) -> list[dict]:
-            return runs.analyse_pairs(config, rule_set, params, data_interval_start, dag_run, ti)
-
-        @task
-        def publish_pair_alerts(due: list[dict], data_interval_start=None, dag_run=None) -> dict:
-            return runs.publish_pair_alerts(config, due, data_interval_start, dag_run)
-
-        pair_alerts = analyse_pairs()
-        chain(normalize_price_record, pair_alerts, publish_pair_alerts(pair_alerts))
 
 
 price_notification()

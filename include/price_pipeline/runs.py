@@ -6,8 +6,8 @@ plain functions that never do).
 - ``still_normalizing`` / ``analyse_when_settled``: the scheduler's side of the one rule for waiting on
   earlier windows (``windows.wait_for_earlier_windows``), the same for every pair.
 - ``LiveRunsOpsNotifier``: failures page ops for live runs; a backfill's failed windows go to whoever ran it.
-- price_notification's task bodies (``compute_price_change``, ``analyse_pairs``, ``publish_pair_alerts``) and
-  its publish guards (``publish_guard``, ``record_notified``), and price_history_backfill's
+- price_notification's task bodies (``compute_price_change``, ``analyse_pairs``, ``publish_price_alerts``,
+  ``post_slack_alerts``), and price_history_backfill's
   (``analyse_price_history``, ``report_quarantine``): the DAG files only declare and wire them.
 """
 
@@ -23,6 +23,7 @@ from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 from airflow.providers.amazon.aws.sensors.base_aws import AwsBaseSensor
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import BaseNotifier
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.price_pipeline import layout, windows
 from include.price_pipeline.settings import Config
@@ -205,6 +206,16 @@ def sns_publisher(config: Config):
     return publish
 
 
+#: The analysis tasks of a price_notification run, whose alerts publish_price_alerts sends.
+ANALYSIS_TASKS = ("compute_price_change", "analyse_pairs")
+FAILED_STATES = ("failed", "upstream_failed")
+
+
+class AnalysisFailed(AirflowFailException):
+    """publish_price_alerts sent the alerts due, but an analysis of its run failed: the run must not show
+    success. Not paged: the analysis' own failure was."""
+
+
 def tell_ops(config: Config, subject: str, message: str) -> None:
     """One message on the ops topic."""
     from airflow.providers.amazon.aws.hooks.sns import SnsHook
@@ -227,6 +238,9 @@ class LiveRunsOpsNotifier(SnsNotifier):
         BaseNotifier.__call__(copy.copy(self), *args)
 
     def notify(self, context) -> None:
+        if isinstance(context.get("exception"), AnalysisFailed):
+            log.info("An analysis of this run failed and was reported: not paged again")
+            return
         if context["dag_run"].run_type == "backfill" and "claim" not in str(context.get("exception", "")):
             log.info("A backfill run's failure: not paged to ops (make backfill and the UI report it)")
             return
@@ -269,34 +283,12 @@ def _due(config: Config, params, dag_run, slot: datetime) -> tuple[bool, str]:
     )
 
 
-def publish_guard(config: Config, context) -> None:
-    """``publish_price_alert``'s pre_execute: only the run whose claim is the ledger entry, only once; skip
-    when it was notified or is claimed elsewhere, fail on a claim left."""
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-    slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
-    try:
-        windows.start_publish(_s3(config), config, slot, claimant(context["dag_run"]))
-    except (windows.AlreadyNotified, windows.ClaimLost) as reason:
-        log.warning("%s", reason)
-        raise AirflowSkipException(str(reason)) from None
-    except windows.ClaimLeft as left:
-        raise AirflowFailException(str(left)) from None
-
-
-def record_notified(config: Config, context, result) -> None:
-    """``publish_price_alert``'s post_execute: replace this run's claim with the notified entry in the
-    same task try that published it."""
-    entry = context["ti"].xcom_pull(task_ids="compute_price_change", key="entry")
-    windows.record_notified(_s3(config), config, entry, result["MessageId"], claimant(context["dag_run"]))
-
-
 def compute_price_change(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> dict:
     """The default pair's window: decided by its rule with the run's params (``rules.with_overrides``),
     recorded, claimed when due (``windows.analyse_window``)."""
     from functools import partial
 
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    from airflow.sdk.exceptions import AirflowSkipException
 
     from include.price_pipeline import alerts, rules
 
@@ -317,7 +309,7 @@ def compute_price_change(config: Config, rule_set, params, data_interval_start, 
         raise AirflowFailException(str(failure)) from None
     if result.get("ops_notice"):
         tell_ops(config, f"[price pipeline] Late breach not sent: {layout.slot_stamp(slot)}", result["ops_notice"])
-    return {key: result.get(key) for key in ("decision", "entry", "subject", "message", "attributes", "slack")}
+    return {key: result.get(key) for key in ("decision", "entry", "pair", "rule", "subject", "message", "attributes")}
 
 
 def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> list[dict]:
@@ -342,24 +334,67 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
     return result["alerts"]
 
 
-def publish_pair_alerts(config: Config, due: list[dict], data_interval_start, dag_run) -> dict:
-    """Each due (pair, rule) alert once: only this run's claims, marked in the ledger around each Publish."""
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+def publish_price_alerts(config: Config, default: dict | None, pair_due: list[dict] | None, data_interval_start,
+                         dag_run, ti) -> dict:  # fmt: skip
+    """Every pair's due alerts of the window, each once, through one SNS publisher: the other pairs'
+    (``pairs.publish_alerts``: each rule marked started, published, recorded notified; a refused Publish
+    gets its mark back for the retry), then the default pair's (``default``: compute_price_change's result;
+    its claim in its own ledger object, marked started, published, recorded notified). Only this run's
+    claims; a claim an earlier try left started fails the task (*Alert claim left*: ops decide). When an
+    analysis of the run failed, the task fails once the alerts due were sent (AnalysisFailed), so the run
+    shows failed."""
+    from airflow.sdk.exceptions import AirflowSkipException
 
-    from include.price_pipeline import pairs
+    from include.price_pipeline import alerts, pairs
 
-    if not due:
-        raise AirflowSkipException("no pair alert is due in this window")
+    default_due = bool(default) and default["decision"] == "notify"
+    if not default_due and not pair_due:
+        raise AirflowSkipException("no alert is due in this window")
     slot = windows.run_window_start(data_interval_start, dag_run.run_after)
-    result = pairs.publish_alerts(_s3(config), config, slot, due, claimant(dag_run), sns_publisher(config))
+    s3, publish, who = _s3(config), sns_publisher(config), claimant(dag_run)
+    result, pairs_error = {"sent": {}, "skipped": [], "left": [], "failed": []}, None
+    try:
+        result = pairs.publish_alerts(s3, config, slot, pair_due or [], who, publish)
+    except Exception as error:  # noqa: BLE001 - raised below, once the default pair's alert had its turn
+        pairs_error = error
+    sent = [alert for alert in pair_due or [] if f"{alert['pair']} {alert['rule']}" in result["sent"]]
+    if default_due:
+        try:
+            windows.start_publish(s3, config, slot, who)
+        except (windows.AlreadyNotified, windows.ClaimLost) as reason:
+            result["skipped"].append(f"{config.pair}: {reason}")
+        except windows.ClaimLeft as left:
+            result["left"].append(str(left))
+        else:
+            message_id = publish(default)  # an error leaves the claim started: the retry reports it left
+            windows.record_notified(s3, config, default["entry"], message_id, who)
+            result["sent"][f"{default['pair']} {default['rule']}"] = message_id
+            sent.append(default)
     for reason in result["skipped"]:
         log.warning("%s", reason)
-    log.info("Published %d pair alerts: %s", len(result["sent"]), result["sent"])
+    log.info("Published %d alerts: %s", len(result["sent"]), result["sent"])
+    if pairs_error is not None:
+        raise pairs_error
+    states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=list(ANALYSIS_TASKS), run_ids=[dag_run.run_id])
+    failed = sorted(task for task, state in states.get(dag_run.run_id, {}).items() if state in FAILED_STATES)
     if result["failed"]:  # not sent: the task's retry publishes them (and reports any left again)
         raise RuntimeError("; ".join(result["failed"] + result["left"]))
     if result["left"]:
         raise AirflowFailException("; ".join(result["left"]))
-    return result["sent"]
+    if failed:
+        raise AnalysisFailed(f"{', '.join(failed)} failed for this window (its own failure says why); the alerts "
+                             f"due were sent: {sorted(result['sent'])}")  # fmt: skip
+    return {"sent": result["sent"], "slack": [alerts.slack_text(a["subject"], a["message"]) for a in sent]}
+
+
+def post_slack_alerts(config: Config, published: dict | None) -> None:
+    """The alerts SNS accepted, in one Slack message (one webhook call: a retry repeats one message)."""
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    if not published or not published["slack"]:
+        raise AirflowSkipException("no alert was sent")
+    SlackWebhookHook(slack_webhook_conn_id=config.slack_conn_id).send_text("\n\n".join(published["slack"]))
 
 
 # ------------------------------------------------------------------ price_history_backfill's task bodies
@@ -367,7 +402,6 @@ def publish_pair_alerts(config: Config, due: list[dict], data_interval_start, da
 
 def analyse_price_history(config: Config, rule_set, params, dag_run) -> dict:
     """The range's windows of every pair, by the run's rules (``history.backfill_history``)."""
-    from airflow.sdk.exceptions import AirflowFailException
 
     from include.price_pipeline import alerts, history, rules
 

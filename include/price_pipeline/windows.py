@@ -191,8 +191,7 @@ def _not_ours(existing: dict, stamp: str) -> dict:
 def _due(claimed: dict, config: Config, rule: str, run_url: str) -> dict:
     """What the publish task needs: the entry as decided (notify), this run's claim and the alert text."""
     entry = {k: v for k, v in claimed.items() if k not in ("claimed_by", PUBLISH_STARTED)} | {"decision": NOTIFY}
-    alert = alerts.default_alert(entry, config.pair, rule, run_url)
-    return {"decision": NOTIFY, "entry": entry, **alert, "slack": alerts.slack_text(alert["subject"], alert["message"])}
+    return {"decision": NOTIFY, "entry": entry, **alerts.default_alert(entry, config.pair, rule, run_url)}
 
 
 def _settle(s3, config: Config, slot: datetime, entry: dict, etag: str | None) -> dict:

@@ -27,8 +27,7 @@ TASK_ORDER = (
     "wait_for_price_record",
     "normalize_price_record",
     "compute_price_change",
-    "is_alert_due",
-    "publish_price_alert",
+    "publish_price_alerts",
 )
 VERB_NOUN = re.compile(r"[a-z]+(?:_[a-z0-9]+)+")
 OVERRIDES_UNDER_TEST = ("PRICE_DEFERRABLE", "PRICE_SLACK_CONN_ID")
@@ -132,7 +131,24 @@ def test_any_further_task_of_price_notification_comes_after_the_sns_alert(dag):
     extra = [t for t in dag.tasks if t.task_id not in TASK_ORDER]
 
     for task in extra:
-        assert "publish_price_alert" in task.get_flat_relative_ids(upstream=True), task.task_id
+        assert "publish_price_alerts" in task.get_flat_relative_ids(upstream=True), task.task_id
+
+
+def test_one_publish_task_sends_every_pairs_alerts_whatever_an_analysis_ended_with(monkeypatch):
+    """One publish path: the default pair's alert and the other pairs' go out from one task, which runs even
+    when one analysis failed (a quarantined record of one pair holds back no other pair's alert)."""
+    monkeypatch.setenv("PRICE_RULES_FILE", "include/rules/local.json")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("price_notification_local_rules", DAG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.price_notification()
+
+    publish = dag.get_task("publish_price_alerts")
+    assert publish.upstream_task_ids == {"compute_price_change", "analyse_pairs"}
+    assert publish.trigger_rule == "all_done_min_one_success"  # a failed sensor: nothing to publish
+    assert not [t.task_id for t in dag.tasks if "publish" in t.task_id and t is not publish]
 
 
 def test_price_notification_parses_with_exactly_the_documented_tasks_by_default(dag):

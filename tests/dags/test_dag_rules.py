@@ -35,10 +35,10 @@ def test_a_bad_rules_file_fails_the_parse_with_one_line(monkeypatch, tmp_path, d
     )
 
 
-def test_other_pairs_add_one_analysis_task_and_one_publish_task(monkeypatch):
+def test_other_pairs_add_one_analysis_task_whose_alerts_the_one_publish_task_sends(monkeypatch):
     dag = parse(monkeypatch, "price_notification", "include/rules/local.json").price_notification()
-    analyse, publish = dag.get_task("analyse_pairs"), dag.get_task("publish_pair_alerts")
-    assert publish.upstream_task_ids == {"analyse_pairs"}
+    analyse, publish = dag.get_task("analyse_pairs"), dag.get_task("publish_price_alerts")
+    assert publish.upstream_task_ids == {"compute_price_change", "analyse_pairs"}
     assert analyse.upstream_task_ids == {"normalize_price_record"}
     assert dag.get_task("wait_for_price_record").pairs == ["ETH/USDT", "BTC/USDT", "SOL/USDT"]
     default = parse(monkeypatch, "price_notification", "include/rules/default.json").price_notification()

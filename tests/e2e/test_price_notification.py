@@ -82,7 +82,7 @@ def test_calm_window_sends_nothing_and_records_below_threshold(dag, aws):
     run = run_window(dag, slot, notify_on_backfill=True)
 
     assert run.state == "success", task_states(run)
-    assert task_states(run)["publish_price_alert"] == "skipped"
+    assert task_states(run)["publish_price_alerts"] == "skipped"
     assert aws.alerts() == []
     assert ledger(aws, slot)["decision"] == "below_threshold"
     assert aws.ops() == []
@@ -178,7 +178,7 @@ def test_running_a_window_again_writes_identical_objects_and_never_notifies_twic
     alerts = aws.alerts()
     assert len(alerts) == 1
     assert alerts[0]["Subject"].startswith("ETH/USDT down 3.00%")
-    assert task_states(second)["publish_price_alert"] == "skipped"
+    assert task_states(second)["publish_price_alerts"] == "skipped"
 
 
 def test_old_window_is_recorded_as_suppressed_without_notify_on_backfill(dag, aws):
@@ -294,7 +294,7 @@ def test_slack_gets_the_same_alert_when_a_webhook_connection_is_configured(
 
 
 def test_a_retried_publish_task_does_not_notify_again(dag, aws):
-    """Re-run only publish_price_alert of a notified run, as a retry or a task clear would."""
+    """Re-run only publish_price_alerts of a notified run, as a retry or a task clear would."""
     import subprocess
     import sys
 
@@ -306,7 +306,7 @@ def test_a_retried_publish_task_does_not_notify_again(dag, aws):
     assert len(aws.alerts()) == 1
 
     retry = subprocess.run(
-        [sys.executable, "-m", "airflow", "tasks", "test", "price_notification", "publish_price_alert", run.run_id],
+        [sys.executable, "-m", "airflow", "tasks", "test", "price_notification", "publish_price_alerts", run.run_id],
         capture_output=True,
         text=True,
         cwd=ROOT,

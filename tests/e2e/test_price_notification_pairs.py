@@ -25,7 +25,7 @@ W = utc(2026, 3, 9, 10, 0)  # a day no other test uses
 def dag(airflow_db):
     with pytest.MonkeyPatch.context() as patch:
         dag = parse_dag_with(patch, "price_notification_pairs", PRICE_RULES_FILE="include/rules/local.json")
-    assert {t.task_id for t in dag.tasks} >= {"analyse_pairs", "publish_pair_alerts"}
+    assert {t.task_id for t in dag.tasks} >= {"analyse_pairs", "publish_price_alerts"}
     return dag
 
 
@@ -111,6 +111,27 @@ def test_a_late_pair_is_reported_to_ops_and_does_not_hold_the_others(dag, aws):
     assert ops["Subject"] == f"[price pipeline] Pairs late: {layout.slot_stamp(slot)}"
     assert "- BTC/USDT: no record of the window when it was analysed" in ops["Message"]
     assert list(pair_ledger(aws, slot)) == ["SOL/USDT"]  # no BTC/USDT entry: a later run can still decide it
+
+
+def test_a_quarantined_default_record_holds_back_no_other_pairs_alert_and_the_run_fails(dag, aws):
+    """One publish task sends every pair's alerts: it runs when the default pair's analysis failed (its
+    record quarantined: ops get that page, once), sends SOL/USDT's alert, and fails so the run is not green."""
+    slot = W + layout.SLOT * 48
+    seed(aws, slot - layout.SLOT, {"ETH/USDT": 100.0, "SOL/USDT": 151.0})
+    aws.put(layout.ingestion_key(slot, ".json"), b'{"date": "not a date"}')  # the default pair's record: bad
+    land(aws, "SOL/USDT", slot, 149.9)  # crosses 150 downward
+    land(aws, "BTC/USDT", slot, 90000.0)
+
+    run = run_window(dag, slot, notify_on_backfill=True)
+
+    states = task_states(run)
+    assert run.state == "failed", states
+    assert (states["compute_price_change"], states["publish_price_alerts"]) == ("failed", "failed"), states
+    assert [alert["Subject"] for alert in aws.alerts()] == ["SOL/USDT crossed 150 downward: 149.90"]
+    assert [ops["Subject"] for ops in aws.ops()] == [
+        f"[price pipeline] Record quarantined: compute_price_change {slot:%Y-%m-%d %H:%M} UTC"
+    ]
+    assert pair_ledger(aws, slot)["SOL/USDT"]["decision"] == "notified"
 
 
 def test_a_late_pairs_key_cannot_forge_a_line_or_a_mention_in_the_ops_message(dag, aws):

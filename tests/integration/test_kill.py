@@ -149,7 +149,7 @@ def test_worker_killed_during_the_publish_call_leaves_its_claim_to_ops_and_does_
     # The Publish call is held on its way to SNS: the kill lands while it is in flight.
     run_id, killed_try = kill_while_held(
         stack, aws, api, switch, slot, "sns:Publish.latency_ms=600000", ("latency", "sns", "Publish"),
-        "publish_price_alert",
+        "publish_price_alerts",
     )  # fmt: skip
     dropped = soak.wait_for(
         lambda: faults.fault_state(stack.standin_url)["dropped"].get("sns:latency"), what="the call dropped"
@@ -158,7 +158,7 @@ def test_worker_killed_during_the_publish_call_leaves_its_claim_to_ops_and_does_
 
     assert dropped == 1  # the killed try's Publish never reached SNS
     wait_finished(stack, run_id, "failed")
-    assert soak.task_instance(stack, run_id, "publish_price_alert")[1:] == (killed_try + 1, "failed")
+    assert soak.task_instance(stack, run_id, "publish_price_alerts")[1:] == (killed_try + 1, "failed")
     assert iso(slot) not in alerts_by_window(aws)
     entry = soak.ledger_entry(aws["s3"], slot)
     assert (entry["decision"], entry["claimed_by"], entry["publish_started"]) == (
@@ -166,7 +166,7 @@ def test_worker_killed_during_the_publish_call_leaves_its_claim_to_ops_and_does_
         f"{soak.DAG_ID}/{run_id}",
         True,
     )
-    assert ops_subjects(aws) == ["[price pipeline] Alert claim left: publish_price_alert 2017-07-20 10:00 UTC"]
+    assert ops_subjects(aws) == ["[price pipeline] Alert claim left: publish_price_alerts 2017-07-20 10:00 UTC"]
 
 
 def test_worker_killed_after_sns_accepted_the_publish_does_not_notify_twice(stack, aws, api, switch):
@@ -175,7 +175,7 @@ def test_worker_killed_after_sns_accepted_the_publish_does_not_notify_twice(stac
     slot = utc(2017, 7, 21, 10, 0)
     run_id, _ = kill_while_held(
         stack, aws, api, switch, slot, "sns:Publish.reply_ms=600000", ("reply", "sns", "Publish"),
-        "publish_price_alert",
+        "publish_price_alerts",
     )  # fmt: skip
     switch("off")
 
@@ -183,7 +183,7 @@ def test_worker_killed_after_sns_accepted_the_publish_does_not_notify_twice(stac
     [alert] = alerts_by_window(aws)[iso(slot)]
     assert alert["Subject"].startswith("ETH/USDT up 3.00%")
     assert soak.ledger_entry(aws["s3"], slot)["decision"] == "publishing"
-    assert ops_subjects(aws) == ["[price pipeline] Alert claim left: publish_price_alert 2017-07-21 10:00 UTC"]
+    assert ops_subjects(aws) == ["[price pipeline] Alert claim left: publish_price_alerts 2017-07-21 10:00 UTC"]
 
 
 def test_scheduler_restarted_in_the_middle_of_a_backfill_leaves_no_window_missing_or_notified_twice(stack, aws, api):

@@ -332,8 +332,8 @@ DAG_TASK_IDS = (
     "wait_for_price_record",
     "normalize_price_record",
     "compute_price_change",
-    "is_alert_due",
-    "publish_price_alert",
+    "analyse_pairs",
+    "publish_price_alerts",
 )
 
 
@@ -382,10 +382,10 @@ def test_ops_notification_of_a_quarantined_record_says_so():
 
 
 def test_ops_notification_of_any_other_failure_says_task_failed():
-    subject, message = render_ops("publish_price_alert", ValueError("SNS said no"))
+    subject, message = render_ops("publish_price_alerts", ValueError("SNS said no"))
 
-    assert subject == "[price pipeline] Task failed: publish_price_alert 2026-01-07 10:00 UTC"
-    assert message.startswith("Task publish_price_alert failed for window 2026-01-07 10:00:00+00:00 to ")
+    assert subject == "[price pipeline] Task failed: publish_price_alerts 2026-01-07 10:00 UTC"
+    assert message.startswith("Task publish_price_alerts failed for window 2026-01-07 10:00:00+00:00 to ")
 
 
 def test_ops_notification_without_an_exception_still_renders_as_task_failed():
@@ -418,9 +418,9 @@ def test_ops_notification_of_a_run_without_a_logical_date_renders_with_its_trigg
 def test_ops_notification_of_a_claim_left_by_a_crash_says_so():
     left = RuntimeError("window 20260107T1000Z claim left by an earlier try of price_notification/r: ...")
 
-    subject, _ = render_ops("publish_price_alert", left)
+    subject, _ = render_ops("publish_price_alerts", left)
 
-    assert subject == "[price pipeline] Alert claim left: publish_price_alert 2026-01-07 10:00 UTC"
+    assert subject == "[price pipeline] Alert claim left: publish_price_alerts 2026-01-07 10:00 UTC"
 
 
 @pytest.mark.parametrize("exception", [ValueError("x"), QUARANTINE_FAILURE, None])
