@@ -112,8 +112,9 @@ def price_notification():
     def analyse_pairs(params=None, data_interval_start=None, dag_run=None, ti=None) -> list[dict]:
         return runs.analyse_pairs(config, rule_set, params, data_interval_start, dag_run, ti)
 
-    # One pair's failed analysis (a quarantined record) holds back no other pair's alert.
-    @task(trigger_rule="all_done_min_one_success")
+    # all_done: one pair's failed or skipped analysis (a quarantined record, a late pair) holds back no other
+    # pair's alert; the task fails the run when an analysis failed (runs.AnalysisFailed).
+    @task(trigger_rule="all_done")
     def publish_price_alerts(default_alert, pair_alerts, data_interval_start=None, dag_run=None, ti=None) -> dict:
         return runs.publish_price_alerts(config, default_alert, pair_alerts, data_interval_start, dag_run, ti)
 

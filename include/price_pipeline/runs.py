@@ -340,15 +340,19 @@ def publish_price_alerts(config: Config, default: dict | None, pair_due: list[di
     (``pairs.publish_alerts``: each rule marked started, published, recorded notified; a refused Publish
     gets its mark back for the retry), then the default pair's (``default``: compute_price_change's result;
     its claim in its own ledger object, marked started, published, recorded notified). Only this run's
-    claims; a claim an earlier try left started fails the task (*Alert claim left*: ops decide). When an
-    analysis of the run failed, the task fails once the alerts due were sent (AnalysisFailed), so the run
-    shows failed."""
+    claims; a claim an earlier try left started fails the task (*Alert claim left*: ops decide). It runs
+    whatever the analyses ended with; when one failed (or never ran: a failed sensor), it fails once the
+    alerts due were sent (AnalysisFailed), so the run shows failed."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from include.price_pipeline import alerts, pairs
 
+    states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=list(ANALYSIS_TASKS), run_ids=[dag_run.run_id])
+    failed = sorted(task for task, state in states.get(dag_run.run_id, {}).items() if state in FAILED_STATES)
     default_due = bool(default) and default["decision"] == "notify"
     if not default_due and not pair_due:
+        if failed:
+            raise AnalysisFailed(f"{', '.join(failed)} failed for this window (its own failure says why)")
         raise AirflowSkipException("no alert is due in this window")
     slot = windows.run_window_start(data_interval_start, dag_run.run_after)
     s3, publish, who = _s3(config), sns_publisher(config), claimant(dag_run)
@@ -375,8 +379,6 @@ def publish_price_alerts(config: Config, default: dict | None, pair_due: list[di
     log.info("Published %d alerts: %s", len(result["sent"]), result["sent"])
     if pairs_error is not None:
         raise pairs_error
-    states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=list(ANALYSIS_TASKS), run_ids=[dag_run.run_id])
-    failed = sorted(task for task, state in states.get(dag_run.run_id, {}).items() if state in FAILED_STATES)
     if result["failed"]:  # not sent: the task's retry publishes them (and reports any left again)
         raise RuntimeError("; ".join(result["failed"] + result["left"]))
     if result["left"]:
