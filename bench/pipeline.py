@@ -568,8 +568,7 @@ class Bench:
         other = Counter()
         window_day = layout.partition(slot)
         records = layout.ingestion_window_prefix(slot, self.config.ingestion_prefix)
-        for line in self.recording.read_text().splitlines():
-            entry = json.loads(line)
+        for entry in recorded_requests(self.recording.read_text()):
             service, operation, target = classify(entry)
             if service == "s3" and target is not None:
                 if target.startswith(records) and operation == "PutObject":
@@ -659,6 +658,19 @@ def timeline(landed: float, tasks: dict, glue_run: dict, sent: float) -> dict[st
         out[label] = None if moment is None else moment.timestamp() - landed
     out["alert in SQS"] = sent - landed
     return out
+
+
+def recorded_requests(text: str):
+    """Each request of moto's recording. One JSON object a line, but moto's recorder writes an entry and its
+    newline in two calls from the server's many threads, so two entries may share a line (100 parallel
+    Publishes did that)."""
+    decoder = json.JSONDecoder()
+    for line in text.splitlines():
+        at = 0
+        while at < len(line):
+            entry, at = decoder.raw_decode(line, at)
+            yield entry
+            at = len(line) - len(line[at:].lstrip())
 
 
 def classify(entry: dict) -> tuple[str, str, str | None]:
