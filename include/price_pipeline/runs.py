@@ -337,9 +337,9 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
 def publish_price_alerts(config: Config, default: dict | None, pair_due: list[dict] | None, data_interval_start,
                          dag_run, ti) -> dict:  # fmt: skip
     """Every pair's due alerts of the window, each once, through one SNS publisher: the other pairs'
-    (``pairs.publish_alerts``: each rule marked started, published, recorded notified; a refused Publish
-    gets its mark back for the retry), then the default pair's (``default``: compute_price_change's result;
-    its claim in its own ledger object, marked started, published, recorded notified). Only this run's
+    (``pairs.publish_alerts``), then the default pair's (``default``: compute_price_change's result, its
+    claim in its own ledger object: ``windows.publish_claimed``). Each is marked started, published and
+    recorded notified; a Publish SNS refused gets its mark back for the task's retry. Only this run's
     claims; a claim an earlier try left started fails the task (*Alert claim left*: ops decide). It runs
     whatever the analyses ended with; when one failed (or never ran: a failed sensor), it fails once the
     alerts due were sent (AnalysisFailed), so the run shows failed."""
@@ -363,17 +363,12 @@ def publish_price_alerts(config: Config, default: dict | None, pair_due: list[di
         pairs_error = error
     sent = [alert for alert in pair_due or [] if f"{alert['pair']} {alert['rule']}" in result["sent"]]
     if default_due:
-        try:
-            windows.start_publish(s3, config, slot, who)
-        except (windows.AlreadyNotified, windows.ClaimLost) as reason:
-            result["skipped"].append(f"{config.pair}: {reason}")
-        except windows.ClaimLeft as left:
-            result["left"].append(str(left))
-        else:
-            message_id = publish(default)  # an error leaves the claim started: the retry reports it left
-            windows.record_notified(s3, config, default["entry"], message_id, who)
-            result["sent"][f"{default['pair']} {default['rule']}"] = message_id
+        outcome, what = windows.publish_claimed(s3, config, slot, who, default, publish)
+        if outcome == "sent":
+            result["sent"][f"{default['pair']} {default['rule']}"] = what
             sent.append(default)
+        else:
+            result[outcome].append(what)
     for reason in result["skipped"]:
         log.warning("%s", reason)
     log.info("Published %d alerts: %s", len(result["sent"]), result["sent"])

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from botocore.exceptions import ClientError
+
 from include.price_pipeline import alerts, layout, rules, store
 from include.price_pipeline.analysis import (
     CLAIMED,
@@ -253,6 +255,32 @@ def start_publish(s3, config: Config, slot: datetime, claimant: str) -> None:
         store.write_if(s3, config.bucket, key, alerts.ledger_bytes({**entry, PUBLISH_STARTED: True}), store.JSON, etag)
     except store.ConditionFailed:
         raise ClaimLost(f"window {stamp}: the claim changed while this run started publishing") from None
+
+
+def publish_claimed(s3, config: Config, slot: datetime, claimant: str, alert: dict, publish) -> tuple[str, str]:
+    """Publish the default pair's due ``alert`` (``analyse_window``'s) of ``claimant``'s claim once, as the
+    other pairs' are (``pairs.publish_alerts``): mark the claim started, ``publish(alert)``, record it
+    notified. Returns (outcome, what): ``sent`` (the message id), ``skipped`` (notified already, or not this
+    run's claim), ``left`` (started by an earlier try: it may have been sent, ops decide) or ``failed``
+    (SNS refused it: the mark is taken back, so a retry publishes it). Any other error of the Publish (no
+    answer: it may have been sent) keeps the mark and is raised."""
+    try:
+        start_publish(s3, config, slot, claimant)
+    except (AlreadyNotified, ClaimLost) as reason:
+        return "skipped", f"{config.pair}: {reason}"
+    except ClaimLeft as left:
+        return "left", str(left)
+    try:
+        message_id = publish(alert)
+    except ClientError as refused:
+        entry, etag = read_entry(s3, config, slot)
+        unmarked = {key: value for key, value in entry.items() if key != PUBLISH_STARTED}
+        key = layout.ledger_key(slot, config.changes_prefix)
+        store.write_if(s3, config.bucket, key, alerts.ledger_bytes(unmarked), store.JSON, etag)
+        what = f"{config.pair} window {layout.slot_stamp(slot)}"
+        return "failed", f"{what}: SNS refused the Publish ({refused}); a retry publishes it"
+    record_notified(s3, config, alert["entry"], message_id, claimant)
+    return "sent", message_id
 
 
 def record_notified(s3, config: Config, entry: dict, message_id: str, claimant: str | None = None) -> dict:

@@ -291,3 +291,44 @@ def test_a_runs_window_is_a_plain_datetime_that_a_cooldown_can_divide():
     assert type(slot) is datetime
     assert slot == utc(2026, 1, 5, 10, 0)
     assert analysis.suppressed_by(slot, "up", lambda window: None, timedelta(minutes=15)) is None
+
+
+# ------------------------------------------------------------------ publishing the default pair's claim
+
+
+def test_a_publish_sns_refused_gets_its_mark_back_and_the_retry_sends_it_once():
+    """As for every other pair: an error answer from SNS means not sent, so the claim is not left for ops
+    (the default pair's claim was left started before the one publish task, paging Alert claim left)."""
+    from botocore.exceptions import ClientError
+
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    alert = analyse(s3, RUN_A)
+    sent = []
+
+    def refused(_alert):
+        raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "Publish")
+
+    outcome, why = windows.publish_claimed(s3, CONFIG, SLOT, RUN_A, alert, refused)
+
+    assert outcome == "failed"
+    assert "SNS refused the Publish" in why
+    assert (entry(s3)["decision"], windows.PUBLISH_STARTED in entry(s3)) == (PUBLISHING, False)
+    assert windows.publish_claimed(s3, CONFIG, SLOT, RUN_A, alert, lambda a: sent.append(a) or "m-1") == ("sent", "m-1")
+    assert (entry(s3)["decision"], entry(s3)["sns_message_id"], len(sent)) == (NOTIFIED, "m-1", 1)
+    assert windows.publish_claimed(s3, CONFIG, SLOT, RUN_A, alert, sent.append)[0] == "skipped"
+
+
+def test_a_publish_without_an_answer_keeps_its_mark_and_the_retry_leaves_it_to_ops():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    alert = analyse(s3, RUN_A)
+
+    def no_answer(_alert):
+        raise ConnectionError("reset by peer")
+
+    with pytest.raises(ConnectionError):
+        windows.publish_claimed(s3, CONFIG, SLOT, RUN_A, alert, no_answer)
+
+    outcome, why = windows.publish_claimed(s3, CONFIG, SLOT, RUN_A, alert, lambda a: pytest.fail("sent again"))
+    assert outcome == "left"
+    assert "claim left by an earlier publish" in why
+    assert windows.publish_claimed(s3, CONFIG, SLOT, RUN_B, alert, lambda a: pytest.fail("not ours"))[0] == "skipped"
