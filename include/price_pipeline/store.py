@@ -166,6 +166,7 @@ def load_rule_prices(s3, bucket: str, key_of, prefix: str, rule_set, pairs: list
     reads. ValueError when a CSV read is not canonical."""
     from include.price_pipeline import rules
 
+    own = pairs[0] if key_of is layout.analysis_key else ""  # the default pair's CSVs are its alone
     read: dict[datetime, dict[str, Price]] = {}
     while True:
         wanted = set()
@@ -177,7 +178,6 @@ def load_rule_prices(s3, bucket: str, key_of, prefix: str, rule_set, pairs: list
             break
         slots = sorted(wanted)
         bodies = read_many(s3, bucket, [key_of(at, prefix) for at in slots])
-        own = pairs[0] if key_of is layout.analysis_key else ""  # the default pair's CSVs are its alone
         read.update(prices_by_slot({at: body or b"" for at, body in zip(slots, bodies, strict=True)}, own))
     return {pair: [read[at][pair] for at in sorted(read) if pair in read[at]] for pair in pairs}
 

@@ -114,10 +114,11 @@ def analyse_window(
     applied), record the decision, claim a due alert.
 
     Returns ``decision``, the ledger ``entry``, and for a due alert (``decision = notify``, once this
-    run's ``publishing`` claim landed) the alert ``subject``, ``message``, ``attributes`` and ``slack``
-    text (a retried analysis keeps its own claim); ``ops_notice`` holds a line for the ops topic when a breach was
-    suppressed only for lateness. A window already ``notified``, or claimed by another run (``claimant``
-    names this one: ``<dag_id>/<run_id>``), comes back as ``notified`` / ``claimed_elsewhere`` with the
+    run's ``publishing`` claim landed) the alert (``alerts.default_alert``: ``pair``, ``rule``, ``subject``,
+    ``message``, ``attributes``; a retried analysis keeps its own claim); ``ops_notice`` holds a line for
+    the ops topic when a breach was suppressed only for lateness. A window already ``notified``, or
+    claimed by another run (``claimant`` names this one: ``<dag_id>/<run_id>``), comes back as ``notified``
+    / ``claimed_elsewhere`` with the
     stored entry, and nothing is written.
 
     Every earlier window the rule may look at (``rule.history``) must be settled: see
@@ -138,7 +139,8 @@ def analyse_window(
     files = [layout.slot_of_key(key) for key in keys]
     if slot not in files:
         raise _missing_record(s3, config, slot)
-    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in set(files)]
+    listed = set(files)
+    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in listed]
     wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
     try:
         prices = store.load_rule_prices(s3, config.bucket, layout.analysis_key, config.analysis_prefix,
@@ -229,9 +231,10 @@ def claim(s3, config: Config, entry: dict, etag: str | None, claimant: str, star
     return store.write_if(s3, config.bucket, key, alerts.ledger_bytes(claimed), store.JSON, etag)
 
 
-def start_publish(s3, config: Config, slot: datetime, claimant: str) -> None:
+def start_publish(s3, config: Config, slot: datetime, claimant: str) -> tuple[dict, str]:
     """Right before publishing: return only if ``claimant``'s claim is the window's entry and no earlier
-    try has started publishing it; mark the claim as started first (a conditional write).
+    try has started publishing it; mark the claim as started first (a conditional write). Returns the claim
+    as it was before the mark and the marked claim's ETag (to take the mark back over exactly that version).
 
     Raises AlreadyNotified, ClaimLost (another run's claim, or none) or ClaimLeft (a publish of this claim
     started before and never recorded its outcome: it may have been sent, so ops decide).
@@ -252,9 +255,11 @@ def start_publish(s3, config: Config, slot: datetime, claimant: str) -> None:
         )
     key = layout.ledger_key(slot, config.changes_prefix)
     try:
-        store.write_if(s3, config.bucket, key, alerts.ledger_bytes({**entry, PUBLISH_STARTED: True}), store.JSON, etag)
+        marked = store.write_if(s3, config.bucket, key, alerts.ledger_bytes({**entry, PUBLISH_STARTED: True}),
+                                store.JSON, etag)  # fmt: skip
     except store.ConditionFailed:
         raise ClaimLost(f"window {stamp}: the claim changed while this run started publishing") from None
+    return entry, marked
 
 
 def publish_claimed(s3, config: Config, slot: datetime, claimant: str, alert: dict, publish) -> tuple[str, str]:
@@ -265,7 +270,7 @@ def publish_claimed(s3, config: Config, slot: datetime, claimant: str, alert: di
     (SNS refused it: the mark is taken back, so a retry publishes it). Any other error of the Publish (no
     answer: it may have been sent) keeps the mark and is raised."""
     try:
-        start_publish(s3, config, slot, claimant)
+        claim_before, marked = start_publish(s3, config, slot, claimant)
     except (AlreadyNotified, ClaimLost) as reason:
         return "skipped", f"{config.pair}: {reason}"
     except ClaimLeft as left:
@@ -273,10 +278,8 @@ def publish_claimed(s3, config: Config, slot: datetime, claimant: str, alert: di
     try:
         message_id = publish(alert)
     except ClientError as refused:
-        entry, etag = read_entry(s3, config, slot)
-        unmarked = {key: value for key, value in entry.items() if key != PUBLISH_STARTED}
         key = layout.ledger_key(slot, config.changes_prefix)
-        store.write_if(s3, config.bucket, key, alerts.ledger_bytes(unmarked), store.JSON, etag)
+        store.write_if(s3, config.bucket, key, alerts.ledger_bytes(claim_before), store.JSON, marked)
         what = f"{config.pair} window {layout.slot_stamp(slot)}"
         return "failed", f"{what}: SNS refused the Publish ({refused}); a retry publishes it"
     record_notified(s3, config, alert["entry"], message_id, claimant)
