@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CHECKOV_VENV := .venv-checkov
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test test-fast lint bench soak backfill clean
+.PHONY: install run test test-fast lint bench soak backfill migrate-ledger clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ lint: $(VENV)/.installed
 
 backfill: $(VENV)/.installed
 	$(PY) -m local.backfill --from="$(FROM)" --to="$(TO)" $(if $(NOTIFY),--notify,)
+
+# Once after upgrading to one ledger object per window (README: Upgrading); AWS_ENDPOINT_URL for a stand-in.
+migrate-ledger: $(VENV)/.installed
+	$(PY) -m include.price_pipeline.migrate
 
 clean:
 	rm -rf .local .pytest_cache .ruff_cache

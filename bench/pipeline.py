@@ -477,7 +477,7 @@ class Bench:
                 "first_alert_seconds": min(sent, default=landed) - landed,
                 "sensor_noticed_seconds": sensor_end.timestamp() - landed if sensor_end else None,
                 "glue_task_seconds": tasks["normalize_price_record"]["seconds"],
-                "compute_task_seconds": tasks["compute_price_change"]["seconds"],
+                "analyse_task_seconds": tasks["analyse_pairs"]["seconds"],
                 "publish_task_seconds": tasks.get("publish_price_alerts", {}).get("seconds"),
                 "run_state": row["state"],
                 "tries": {task_id: task["tries"] for task_id, task in tasks.items()},
@@ -634,15 +634,10 @@ TIMELINE = (
     ("Glue run start", "glue run", "start"),
     ("Glue run end", "glue run", "end"),
     ("Glue task end", "normalize_price_record", "end"),
-    ("compute start", "compute_price_change", "start"),
-    ("compute end", "compute_price_change", "end"),
-    ("publish start", "publish_price_alerts", "start"),
-    ("publish end", "publish_price_alerts", "end"),
-)
-#: The other pairs' analysis (their alerts go out from the one publish task).
-PAIRS_TIMELINE = (
     ("analyse_pairs start", "analyse_pairs", "start"),
     ("analyse_pairs end", "analyse_pairs", "end"),
+    ("publish start", "publish_price_alerts", "start"),
+    ("publish end", "publish_price_alerts", "end"),
 )
 
 
@@ -650,7 +645,7 @@ def timeline(landed: float, tasks: dict, glue_run: dict, sent: float) -> dict[st
     """Seconds from the record landing to each step of the window's run (task instance start/end times
     from the metadata DB, the Glue job run's own StartedOn/CompletedOn), ending with the SQS SentTimestamp."""
     out: dict[str, float | None] = {}
-    for label, task, edge in (*TIMELINE, *PAIRS_TIMELINE):
+    for label, task, edge in TIMELINE:
         if task == "glue run":
             moment = glue_run.get("started" if edge == "start" else "completed")
         else:

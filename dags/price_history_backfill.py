@@ -7,12 +7,12 @@ one Glue job run) per window:
 1. **normalize_price_history**: ONE run of the same Glue Python shell job (same name and configuration as
    `price_notification`'s) normalizes every raw record of `[start, end)` to canonical CSV under
    `crypto/02-data-analysis/`, or quarantines it under `crypto/99-quarantine/`.
-2. **analyse_price_history**: every window's change against the previous record within the lookback, by
-   the live DAG's rules, written to the ledger `crypto/03-price-changes/` byte for byte as
-   `price_notification` would write it (a window already `notified` is never overwritten); each month the
-   range touches is rewritten as Parquet, `crypto/02-data-analysis-parquet/year=YYYY/month=MM/data.parquet`,
-   from all canonical CSVs of that month; a summary (windows seen, missing, quarantined, breaches,
-   largest moves) goes to the task log and XCom.
+2. **analyse_price_history**: every pair's windows, decided by the live DAG's rules and functions, written
+   to each window's ledger object `crypto/03-price-changes/.../<slot>/pairs.jsonl` byte for byte as
+   `price_notification` would write it (a pair already `publishing` or `notified` is never overwritten);
+   each pair's month the range touches is rewritten as Parquet under `crypto/02-data-analysis-parquet/`
+   from all canonical CSVs of that month; a summary (windows seen, missing, quarantined, breaches, largest
+   moves, each pair's decisions) goes to the task log and XCom.
 3. **report_quarantine**: when any object of the range is quarantined (by this run or an earlier one), ops
    get ONE message for the run: how many of the range's objects were quarantined, how many windows are
    usable, and the commonest reasons with an example object each. The run stays successful.
@@ -37,7 +37,7 @@ from airflow.sdk import Param, chain, dag, task
 from include.price_pipeline import history, settings
 
 config = settings.load()
-#: The pairs and their rules, validated now (one line naming the field); the other pairs are analysed too.
+#: The pairs and their rules, validated now (one line naming the field).
 rule_set = settings.load_rules(config)
 
 notify_ops = SnsNotifier(

@@ -14,25 +14,24 @@ record whose candle starts at `data_interval_start`:
    when no pair's record is there.
 2. **normalize_price_record**: Glue Python shell job (0.0625 DPU) writes the canonical CSV under
    `crypto/02-data-analysis/`, or quarantines an object it cannot trust.
-3. **compute_price_change** (the default pair) and **analyse_pairs** (every other pair, in one task):
-   each pair's rules from the rules file, decided by one engine (the params below override the default
-   pair's rule for one run); every decision goes to the ledger `crypto/03-price-changes/`, and a due rule
-   is claimed there with a conditional write (`publishing`). A pair without a record is late: analyse_pairs
-   tells ops which pairs were late for a live window.
+3. **analyse_pairs**: every pair's rules from the rules file, decided by one engine (the params below
+   override the default pair's rule for one run); every decision goes to the window's ledger object under
+   `crypto/03-price-changes/`, and a due rule is claimed there with a conditional write (`publishing`). A
+   pair without a record (none there, or quarantined) is late: the run tells ops which pairs were late
+   for a live window, and why. With no pair's record to decide, the task fails.
 4. **publish_price_alerts**: every pair's due alerts, each (pair, rule, window) at most once: only the run
    whose claim landed publishes, marks it started first and records it `notified` after. Backfill runs and
    windows older than `max_alert_age` are recorded as suppressed unless `notify_on_backfill` (a live breach
-   suppressed for lateness is reported to ops). It runs whatever the analyses ended with, so one pair's
-   quarantined record holds back no other pair's alert.
+   suppressed for lateness is reported to ops).
    **post_slack_alerts** (only when `PRICE_SLACK_CONN_ID` names a Slack webhook connection) posts the
    alerts SNS accepted, escaped for Slack, in one message.
 
-An analysis waits (up for reschedule) only for an earlier window whose record is there and whose run can
-still normalize it, the same rule for every pair: a missing record holds nobody.
+The analysis waits (up for reschedule) only for an earlier window whose record is there and whose run can
+still normalize it: a missing record holds nobody.
 
 A run without a logical date (REST or CLI trigger with none) analyses the latest window complete when it
-was triggered. Failures of live runs (a stale feed, a quarantined record, a claim left by a crash, any
-task) go to the ops topic, not to subscribers; a backfill's are reported to whoever ran it (`make backfill`,
+was triggered. Failures of live runs (a stale feed, late or quarantined records, a claim left by a crash,
+any task) go to the ops topic, not to subscribers; a backfill's are reported to whoever ran it (`make backfill`,
 the UI), not paged, but for a claim left, which only ops can release.
 Settings come from `PRICE_*` environment variables and rules from `PRICE_RULES_FILE` (see README); the params
 below override the default pair's rule for one run.
@@ -44,12 +43,11 @@ import pendulum
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
 
-from include.price_pipeline import alerts, layout, pairs, runs, settings
+from include.price_pipeline import alerts, layout, runs, settings
 
 config = settings.load()
 #: The pairs and their rules, validated now: a bad file fails the parse with one line naming the field.
 rule_set = settings.load_rules(config)
-other_pairs = pairs.other_pairs(rule_set)
 
 notify_ops = runs.LiveRunsOpsNotifier(
     aws_conn_id=config.aws_conn_id,
@@ -105,30 +103,23 @@ def price_notification():
     )
 
     @task
-    def compute_price_change(params=None, data_interval_start=None, dag_run=None, ti=None) -> dict:
-        return runs.compute_price_change(config, rule_set, params, data_interval_start, dag_run, ti)
-
-    @task
     def analyse_pairs(params=None, data_interval_start=None, dag_run=None, ti=None) -> list[dict]:
         return runs.analyse_pairs(config, rule_set, params, data_interval_start, dag_run, ti)
 
-    # all_done: one pair's failed or skipped analysis (a quarantined record, a late pair) holds back no other
-    # pair's alert; the task fails the run when an analysis failed (runs.AnalysisFailed).
-    @task(trigger_rule="all_done")
-    def publish_price_alerts(default_alert, pair_alerts, data_interval_start=None, dag_run=None, ti=None) -> dict:
-        return runs.publish_price_alerts(config, default_alert, pair_alerts, data_interval_start, dag_run, ti)
+    @task
+    def publish_price_alerts(due: list[dict], data_interval_start=None, dag_run=None) -> dict:
+        return runs.publish_price_alerts(config, due, data_interval_start, dag_run)
 
     @task
     def post_slack_alerts(published: dict) -> None:
         runs.post_slack_alerts(config, published)
 
-    price_change = compute_price_change()
-    pair_alerts = analyse_pairs() if other_pairs else None
-    published = publish_price_alerts(price_change, pair_alerts)
+    pair_alerts = analyse_pairs()
+    published = publish_price_alerts(pair_alerts)
     chain(
         wait_for_price_record,
         normalize_price_record,
-        [price_change, *([pair_alerts] if other_pairs else [])],
+        pair_alerts,
         published,
         *([post_slack_alerts(published)] if config.slack_conn_id else []),
     )

@@ -61,7 +61,7 @@ LEFT JOIN task_instance t ON t.dag_id = r.dag_id AND t.run_id = r.run_id
 WHERE b.backfill_id = %s GROUP BY r.run_id, r.state, r.data_interval_start ORDER BY r.data_interval_start
 """
 SENSOR_TASK = "wait_for_price_record"
-ANALYSIS_TASKS = ("compute_price_change", "analyse_pairs")
+ANALYSIS_TASKS = ("analyse_pairs",)
 
 
 class Api:

@@ -50,6 +50,7 @@ SLOT = timedelta(minutes=5)
 THRESHOLD_PCT = 1.0  # the DAG's default params, restated: the check does not read the project's values
 LOOKBACK = timedelta(minutes=60)
 BUCKET = "price-notification-local"
+DEFAULT_PAIR = "ETH/USDT"  # the project's default pair, restated
 RAW, ANALYSIS, LEDGER, QUARANTINE = (
     "crypto/01-data-ingestion/",
     "crypto/02-data-analysis/",
@@ -315,7 +316,8 @@ def run_soak(
         runs = wait_for_backfill(stack, backfill["id"], timeout, report=lambda line: log(f"soak: {line}"))
         fault_counts = faults.fault_state(stack.standin_url)
         faults.set_faults(stack.standin_url, "off")
-        ledger = {_window_of_key(key): json.loads(body) for key, body in snapshot(aws["s3"], LEDGER).items()}
+        ledger = {_window_of_key(key): default_entry(body) for key, body in snapshot(aws["s3"], LEDGER).items()}
+        ledger = {window: entry for window, entry in ledger.items() if entry is not None}
         alerts = receive_all(aws["sqs"], queue_url(aws["sqs"], "price-alerts"))
         report = check(
             expected,
@@ -398,14 +400,28 @@ def glue_runs_by_window(glue, job_name: str = "price-normalize-record") -> Count
 
 
 def ledger_entry(s3, window_start: datetime) -> dict | None:
-    """The window's ledger entry, read by its documented key, or None."""
-    key = (
-        f"{LEDGER}year={window_start:%Y}/month={window_start:%m}/day={window_start:%d}/{window_start:%Y%m%dT%H%MZ}.json"
-    )
+    """The default pair's entry of the window, read by its documented key (the window's ledger object, a
+    JSON line per pair) and flattened (:func:`flat_entry`), or None."""
+    key = f"{LEDGER}year={window_start:%Y}/month={window_start:%m}/day={window_start:%d}/{window_start:%Y%m%dT%H%MZ}"
     try:
-        return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        body = s3.get_object(Bucket=BUCKET, Key=f"{key}/pairs.jsonl")["Body"].read()
     except s3.exceptions.NoSuchKey:
         return None
+    return default_entry(body)
+
+
+def default_entry(body: bytes) -> dict | None:
+    """The default pair's line of a window's ledger object, flattened: its one rule's fields beside the
+    entry's (``previous``: the rule's reference), the decision the entry's claim (``publishing``,
+    ``notified``) or else the rule's."""
+    for line in body.decode().splitlines():
+        entry = json.loads(line)
+        if entry.get("pair") == DEFAULT_PAIR:
+            [state] = entry["rules"].values()
+            claimed = entry["decision"] in ("publishing", "notified")
+            return {**entry, **state, "previous": state.get("reference"),
+                    "decision": entry["decision"] if claimed else state["decision"]}  # fmt: skip
+    return None
 
 
 def glue_runs(glue, job_name: str = "price-normalize-record") -> list[dict]:

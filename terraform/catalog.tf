@@ -5,10 +5,9 @@ locals {
   s3_root    = "s3://${aws_s3_bucket.data.id}/"
   year_range = "${var.history_first_year},${var.history_last_year}"
 
-  # One JSON object per line (crypto/03-price-changes/): the default pair's <slot>.json (alerts.ledger_entry)
-  # and every other pair's line of <slot>/pairs.jsonl (pairs.pair_entry: each rule's decision in `rules`),
-  # both read by the one table. Fields an entry lacks read as NULL, extra fields are ignored, so this list
-  # can grow with them.
+  # One JSON object per line (crypto/03-price-changes/.../<slot>/pairs.jsonl): every pair's entry of the
+  # window (pairs.pair_entry), each rule's decision in `rules`. Fields an entry lacks read as NULL, extra
+  # fields are ignored, so this list can grow with them.
   price_struct = "struct<timestamp:string,weighted_average:double,source_key:string>"
   rule_struct = join("", [
     "struct<kind:string,decision:string,reason:string,direction:string,change_pct:double,",
@@ -20,18 +19,8 @@ locals {
     { name = "window_end", type = "string" },
     { name = "pair", type = "string" },
     { name = "latest", type = local.price_struct },
-    { name = "previous", type = local.price_struct },
-    { name = "change_pct", type = "double" },
-    { name = "abs_change_pct", type = "double" },
-    { name = "direction", type = "string" },
-    { name = "threshold_pct", type = "double" },
-    { name = "lookback_minutes", type = "int" },
-    { name = "min_abs_move", type = "double" },
-    { name = "repeat_windows", type = "int" },
-    { name = "decision", type = "string" },
-    { name = "reason", type = "string" },
-    { name = "sns_message_id", type = "string" },
     { name = "rules", type = "map<string,${local.rule_struct}>" },
+    { name = "decision", type = "string" },
   ]
 
   # The Parquet copy stores the slot as a UTC timestamp (history.parquet_schema), the CSV as text.

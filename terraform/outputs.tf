@@ -36,7 +36,7 @@ output "PRICE_ANALYSIS_PREFIX" {
 }
 
 output "PRICE_CHANGES_PREFIX" {
-  description = "price-change ledger, one JSON per window"
+  description = "ledger: one object per window, a JSON line per pair"
   value       = local.price_env.PRICE_CHANGES_PREFIX
 }
 

@@ -52,7 +52,7 @@ variable "analysis_prefix" {
 }
 
 variable "changes_prefix" {
-  description = "PRICE_CHANGES_PREFIX: price-change ledger, one JSON per window."
+  description = "PRICE_CHANGES_PREFIX: ledger: one object per window, a JSON line per pair."
   type        = string
   default     = "crypto/03-price-changes/"
 

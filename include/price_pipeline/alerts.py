@@ -49,31 +49,6 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def ledger_entry(latest: Price, rule, decided, decision: str, reason: str) -> dict:
-    """The default pair's ledger record of the window of ``latest``: its one rule (``rules.Rule``), what the
-    rule decided (``rules.Decision``) and the final ``decision`` and ``reason`` (after the freshness rule).
-    A change that is not a finite number is stored as null (its decision is ``invalid_change``); a firing the
-    cooldown suppressed also names the window it counts from."""
-    change = decided.change_pct
-    return suppressed(decided.suppressed_by) | {
-        "window_start": layout.iso(latest.slot),
-        "window_end": layout.iso(latest.slot + layout.SLOT),
-        "pair": latest.pair,
-        "latest": _price(latest),
-        "previous": _price(decided.reference),
-        "change_pct": _finite(change),
-        "abs_change_pct": None if change is None else _finite(abs(change)),
-        "direction": decided.direction,
-        "threshold_pct": rule.threshold_pct,
-        "lookback_minutes": rule.minutes + rule.tolerance_minutes,
-        "min_abs_move": rule.min_abs_move,
-        "repeat_windows": rule.cooldown_minutes // 5,
-        "decision": decision,
-        "reason": reason,
-        "sns_message_id": None,
-    }
-
-
 def suppressed(suppression: Suppression | None) -> dict:
     """The ledger field naming the alert window that suppressed a firing (none for any other decision)."""
     return {} if suppression is None else {"suppressed_by": layout.iso(suppression.window)}
@@ -139,14 +114,6 @@ def alert(pair: str, rule: str, view: dict, run_url: str) -> dict:
             "message": message, "attributes": attributes}  # fmt: skip
 
 
-def default_alert(entry: dict, pair: str, rule: str, run_url: str) -> dict:
-    """The default pair's alert of its ledger entry (its one change rule, ``rule``)."""
-    fields = ("direction", "change_pct", "reason", "latest", "window_start", "window_end")
-    return alert(
-        pair, rule, {"kind": "change", "reference": entry["previous"]} | {f: entry[f] for f in fields}, run_url
-    )
-
-
 def slack_text(subject: str, message: str) -> str:
     """The alert as Slack mrkdwn: ``&``, ``<`` and ``>`` escaped as Slack asks, so no text can become a
     link, a mention or ``<!channel>``."""
@@ -171,9 +138,7 @@ def run_url(base_url: str, dag_id: str, run_id: str) -> str:
 
 
 def _minutes_between(earlier: str, later: str) -> int:
-    start = datetime.fromisoformat(earlier.replace("Z", "+00:00"))
-    end = datetime.fromisoformat(later.replace("Z", "+00:00"))
-    return int((end - start).total_seconds() // 60)
+    return int((datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds() // 60)
 
 
 #: Ops notifications (SnsNotifier failure callback), rendered with the failed task's context.

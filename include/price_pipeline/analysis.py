@@ -32,6 +32,8 @@ PUBLISHING = "publishing"  # claimed by one run, which alone may publish and the
 NOTIFIED = "notified"
 #: Decisions no writer may overwrite: the window's alert belongs to whoever claimed it.
 CLAIMED = (PUBLISHING, NOTIFIED)
+#: A rule's decisions that are a firing, sent or not (the page marks them, the bulk summary counts them).
+FIRED = (NOTIFY, PUBLISHING, NOTIFIED, SUPPRESSED_BACKFILL, SUPPRESSED_COOLDOWN)
 #: The reason of a breach suppressed only because its window ended too long ago (see due_for_subscribers).
 LATE_REASON = "window ended more than max_alert_age"
 #: Cooldown checkpoints count from here (see :func:`suppressed_by`).
@@ -59,7 +61,7 @@ def parse_canonical_csv(body: bytes) -> Price:
 
 
 def parse_canonical_rows(body: bytes) -> list[Price]:
-    """Every row of a canonical CSV object (a window's other-pairs CSV holds one per pair) as a :class:`Price`."""
+    """Every row of a canonical CSV object (a window's pairs.csv holds one per other pair) as a :class:`Price`."""
     prices = []
     for row in csv.DictReader(io.StringIO(body.decode("utf-8"))):
         missing = [c for c in layout.CANONICAL_COLUMNS if c not in row]

@@ -1,39 +1,30 @@
-"""What the "Price alerts" page shows for a range of windows, read from S3 (no Airflow here).
+"""What the "Price alerts" page shows of one pair for a range of windows, read from S3 (no Airflow here).
 
 Plain functions over a boto3 S3 client (the plugin passes ``S3Hook(aws_conn_id).get_conn()``). Two ways
 to read a range, chosen by its length:
 
-- **ledger** (up to :data:`LEDGER_MAX_WINDOWS` windows): every ledger entry of the range, as written.
-- **parquet** (longer ranges): prices from the monthly Parquet objects, each window decided by the default
-  pair's rule before its cooldown (``rules.Series.raw``); a window without a previous record or under the
-  threshold is shown as decided from its price (``source = "parquet"``). The windows whose ledger entry says
-  more than the price can (a change above the threshold: sent or not, the SNS message id; no price in the Parquet)
-  come back as ``pending``, and :func:`ledger_details` reads their entries in a second request, so the
-  page draws the chart of a month before those reads (one GET each) are done.
+- **ledger** (up to :data:`LEDGER_MAX_WINDOWS` windows): the pair's entry of every window's ledger object
+  (``pairs.parse_entries``, the pipeline's own reader), as written.
+- **parquet** (longer ranges): the pair's prices from its monthly Parquet objects, each window decided by
+  the pair's first rule before its cooldown (``rules.Series.raw``); a window the rule decides from its price
+  alone (no previous record, under the threshold, not crossed) is shown so (``source = "parquet"``). The
+  other windows come back as ``pending``, and :func:`ledger_details` reads their entries in a second
+  request, so the page draws the chart of a month before those reads (one GET each) are done.
 
-Entries are read tolerantly: an unknown decision is shown as it is, a missing field is blank (None).
-Every slot of the range is a row; a window with neither a price nor a ledger entry is ``missing``, or
-``quarantined`` (with the reason) when its raw object was quarantined.
+One row builder (:func:`row_from_entry`): the window's price and the deciding rule's change and reason,
+and a marker for each rule that fired (sent or not). A missing field is blank (None). Every slot of the
+range is a row; a window with neither a price nor a ledger entry is ``missing``, or ``quarantined`` (with
+the reason) when the pair's raw object was quarantined.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from include.price_pipeline import layout, rules, store
-from include.price_pipeline.analysis import (
-    BELOW_THRESHOLD,
-    NO_PREVIOUS,
-    NOTIFIED,
-    NOTIFY,
-    PUBLISHING,
-    SUPPRESSED_BACKFILL,
-    SUPPRESSED_COOLDOWN,
-    Price,
-)
+from include.price_pipeline.analysis import BELOW_THRESHOLD, FIRED, NO_PREVIOUS, NOT_CROSSED, Price
 from include.price_pipeline.settings import Config
 
 #: Longest range the page reads (31 days of 5-minute windows).
@@ -49,6 +40,8 @@ NO_ENTRY = "no_ledger_entry"
 QUARANTINED = "quarantined"
 #: Row whose ledger entry :func:`ledger_details` reads (long ranges).
 PENDING = "pending"
+#: The fields of a quarantined object's reason file a row carries.
+QUARANTINE_FIELDS = ("reason", "source_key", "format_guess")
 #: Ledger entry fields a row carries, beside the window start.
 ROW_FIELDS = ("price", "change_pct", "threshold_pct", "direction", "decision", "reason", "sns_message_id")
 
@@ -88,38 +81,22 @@ def _slot_ceiling(moment: datetime) -> datetime:
     return floor if floor == moment else floor + layout.SLOT
 
 
-def history(s3, config: Config, rule: rules.Rule, start: datetime, end: datetime, pair: str = "") -> dict:
-    """Every window of ``[start, end)``, counts by decision, and the quarantined objects of the range;
-    ``rule``: the default pair's (its threshold, and the decisions of a long range's quiet windows).
-
-    ``pair``: another pair than the default one (its ledger entries, a day at most: ValueError beyond);
-    each row shows the rule that decided most (notified, then claimed, suppressed, ...) and its reason."""
+def history(s3, config: Config, rule_set: rules.Rules, start: datetime, end: datetime, pair: str = "") -> dict:
+    """Every window of ``[start, end)`` of ``pair`` (default: the default pair), counts by decision, and
+    the pair's quarantined objects of the range."""
+    pair = pair or config.pair
     slots = layout.slots_between(start, end)
-    if pair and pair != config.pair:
-        if len(slots) > LEDGER_MAX_WINDOWS:
-            raise ValueError(f"pairs other than {config.pair} are shown a day at a time")
-        rows = _mark_quarantined(_pair_rows(s3, config, slots, pair), bad := quarantined(s3, config, start, end))
-        return {
-            "start": layout.iso(start),
-            "end": layout.iso(end),
-            "mode": "ledger",
-            "pair": pair,
-            "threshold_pct": None,
-            "windows": rows,
-            "counts": dict(sorted(Counter(row["decision"] for row in rows).items())),
-            "quarantined": [item for item in bad if f"/{layout.pair_slug(pair)}" in (item["source_key"] or "")],
-        }
     if len(slots) <= LEDGER_MAX_WINDOWS:
-        mode, rows = "ledger", _rows_from_ledger(s3, config, slots)
+        mode, rows = "ledger", _rows_from_ledger(s3, config, slots, pair)
     else:
-        mode, rows = "parquet", _rows_from_parquet(s3, config, rule, slots)
-    bad = quarantined(s3, config, start, end)
+        mode, rows = "parquet", _rows_from_parquet(s3, config, rule_set.pairs[pair][0], slots, pair)
+    bad = quarantined(s3, config, start, end, pair)
     rows = _mark_quarantined(rows, bad)
     return {
         "start": layout.iso(start),
         "end": layout.iso(end),
         "mode": mode,
-        "threshold_pct": rule.threshold_pct,
+        "pair": pair,
         "windows": rows,
         "counts": dict(sorted(Counter(row["decision"] for row in rows).items())),
         "quarantined": bad,
@@ -139,48 +116,56 @@ def _mark_quarantined(rows: list[dict], bad: list[dict]) -> list[dict]:
     ]
 
 
-def ledger_details(s3, config: Config, rule: rules.Rule, start: datetime, end: datetime) -> list[dict]:
+def ledger_details(s3, config: Config, rule_set: rules.Rules, start: datetime, end: datetime, pair: str = "") -> list:
     """The rows :func:`history` left ``pending`` for ``[start, end)``, from their ledger entries (``missing``
     where there is none)."""
+    pair = pair or config.pair
     slots = layout.slots_between(start, end)
     if len(slots) <= LEDGER_MAX_WINDOWS:
         return []
-    rows = _rows_from_parquet(s3, config, rule, slots)
-    pending = {row["window_start"]: row for row in rows if row["decision"] == PENDING}
-    key_of = {stamp: layout.ledger_key(_parse_time(stamp), config.changes_prefix) for stamp in pending}
-    entries = _read_entries(s3, config, list(key_of.values()))
-    out = []
-    for stamp, key in key_of.items():
-        if key in entries:
-            out.append(row_from_entry(_parse_time(stamp), entries[key]))
-        else:
-            out.append({**pending[stamp], "decision": MISSING if pending[stamp]["price"] is None else NO_ENTRY})
-    return (
-        _mark_quarantined(out, quarantined(s3, config, start, end))
-        if any(r["decision"] == MISSING for r in out)
-        else out
-    )
+    rows = _rows_from_parquet(s3, config, rule_set.pairs[pair][0], slots, pair)
+    pending = {_parse_time(row["window_start"]): row for row in rows if row["decision"] == PENDING}
+    entries = _read_entries(s3, config, list(pending), pair)
+    out = [
+        row_from_entry(slot, entries[slot])
+        if slot in entries
+        else {**row, "decision": MISSING if row["price"] is None else NO_ENTRY}
+        for slot, row in pending.items()
+    ]
+    missing = any(r["decision"] == MISSING for r in out)
+    return _mark_quarantined(out, quarantined(s3, config, start, end, pair)) if missing else out
 
 
 def row_from_entry(slot: datetime, entry: dict) -> dict:
-    """A page row from a ledger entry, whatever fields it has (missing ones are None)."""
+    """A page row from a pair's ledger entry, whatever fields it has: the window's price, the deciding
+    rule's change and reason (the first rule with a decision of RULE_PRECEDENCE, else the first rule), and
+    ``fired``: each rule that fired, sent or not (one marker per rule)."""
+    decided = entry.get("rules") if isinstance(entry.get("rules"), dict) else {}
+    states = [(name, rule) for name, rule in decided.items() if isinstance(rule, dict)]
+    rank = {decision: index for index, decision in enumerate(RULE_PRECEDENCE)}
+    name, rule = min(states, key=lambda s: rank.get(s[1].get("decision"), len(rank)), default=("", entry))
     latest = entry.get("latest") if isinstance(entry.get("latest"), dict) else {}
     row = {
         "window_start": layout.iso(slot),
         "price": latest.get("weighted_average"),
-        "change_pct": entry.get("change_pct"),
-        "threshold_pct": entry.get("threshold_pct"),
-        "direction": entry.get("direction"),
-        "decision": entry.get("decision"),
-        "reason": entry.get("reason"),
-        "sns_message_id": entry.get("sns_message_id"),
+        "change_pct": rule.get("change_pct"),
+        "threshold_pct": rule.get("threshold_pct"),
+        "direction": rule.get("direction"),
+        "decision": rule.get("decision"),
+        "reason": f"{name}: {rule['reason']}" if name and rule.get("reason") is not None else rule.get("reason"),
+        "sns_message_id": rule.get("sns_message_id"),
         "source": "ledger",
+        "fired": [
+            {"rule": n, "direction": r.get("direction"), "decision": r.get("decision")}
+            for n, r in states
+            if r.get("decision") in FIRED
+        ],  # fmt: skip
     }
-    for name in ("price", "change_pct", "threshold_pct"):
-        if not isinstance(row[name], int | float) or isinstance(row[name], bool):
-            row[name] = None
-    for name in ("direction", "decision", "reason", "sns_message_id"):
-        row[name] = None if row[name] is None else str(row[name])
+    for field in ("price", "change_pct", "threshold_pct"):
+        if not isinstance(row[field], int | float) or isinstance(row[field], bool):
+            row[field] = None
+    for field in ("direction", "decision", "reason", "sns_message_id"):
+        row[field] = None if row[field] is None else str(row[field])
     row["decision"] = row["decision"] or "unknown"
     return row
 
@@ -189,39 +174,7 @@ def missing_row(slot: datetime) -> dict:
     return {"window_start": layout.iso(slot), **dict.fromkeys(ROW_FIELDS), "decision": MISSING, "source": None}
 
 
-def _ledger_keys(s3, config: Config, slots: list[datetime]) -> set[str]:
-    """Ledger keys that exist for ``slots`` (one listing per day partition, in parallel)."""
-    prefixes = [f"{config.changes_prefix}{day}" for day in layout.day_partitions(slots[0], slots[-1])]
-    listed = store.in_parallel(s3, lambda prefix: store.list_keys(s3, config.bucket, prefix), prefixes)
-    return {key for keys in listed for key in keys}
-
-
-def _read_entries(s3, config: Config, keys: list[str], pair: str = "") -> dict[str, dict]:
-    """``{key: entry}`` of ledger objects (a body that is not a JSON object is left out); ``pair``: of the
-    other pairs' objects, that pair's entry as the pipeline reads it (``pairs.parse_entries``; a damaged
-    object is a row saying so)."""
-    from include.price_pipeline import pairs
-
-    def read(key: str) -> dict | None:
-        body = store.read_bytes(s3, config.bucket, key)
-        if pair and body is not None:
-            try:
-                return pairs.parse_entries(body, key).get(pair)
-            except pairs.DamagedLedger as damage:
-                return {"decision": DAMAGED, "reason": str(damage)}
-        try:
-            entry = json.loads(body) if body is not None else None
-        except ValueError:
-            return None
-        return entry if isinstance(entry, dict) else None
-
-    entries = store.in_parallel(s3, read, keys)
-    return {key: entry for key, entry in zip(keys, entries, strict=True) if entry is not None}
-
-
-#: A rule's decisions that are a firing, sent or not: the page marks them, one marker per rule.
-FIRED = (NOTIFY, PUBLISHING, NOTIFIED, SUPPRESSED_BACKFILL, SUPPRESSED_COOLDOWN)
-#: Which rule's decision a pair's row shows: the first of these any rule has, else the first rule's.
+#: Which rule's decision a row shows: the first of these any rule has, else the first rule's.
 RULE_PRECEDENCE = (
     "notified",
     "publishing",
@@ -232,45 +185,43 @@ RULE_PRECEDENCE = (
 )
 
 
-def row_from_pair_entry(slot: datetime, entry: dict) -> dict:
-    """A page row from another pair's entry: the window's price and the deciding rule's change and reason."""
-    if entry.get("decision") == DAMAGED:
-        return row_from_entry(slot, entry)
-    decided = entry.get("rules") if isinstance(entry.get("rules"), dict) else {}
-    states = [(name, rule) for name, rule in decided.items() if isinstance(rule, dict)]
-    rank = {decision: index for index, decision in enumerate(RULE_PRECEDENCE)}
-    name, rule = min(states, key=lambda s: rank.get(s[1].get("decision"), len(rank)), default=("", {}))
-    flat = {**rule, "latest": entry.get("latest"), "reason": f"{name}: {rule.get('reason')}" if name else None}
-    fired = [{"rule": n, "direction": r.get("direction"), "decision": r.get("decision")}
-             for n, r in states if r.get("decision") in FIRED]  # fmt: skip
-    return row_from_entry(slot, flat) | {"fired": fired}
+def _read_entries(s3, config: Config, slots: list[datetime], pair: str) -> dict[datetime, dict]:
+    """``{slot: pair's entry}`` of the windows' ledger objects that exist (one listing per day partition,
+    then one GET each), read as the pipeline reads them (``pairs.parse_entries``): a damaged object is an
+    entry saying so."""
+    from include.price_pipeline import pairs
 
-
-def _pair_rows(s3, config: Config, slots: list[datetime], pair: str) -> list[dict]:
-    existing = _ledger_keys(s3, config, slots)
+    if not slots:
+        return {}
+    prefixes = [f"{config.changes_prefix}{day}" for day in layout.day_partitions(min(slots), max(slots))]
+    listed = {key for keys in store.in_parallel(s3, lambda p: store.list_keys(s3, config.bucket, p), prefixes)
+              for key in keys}  # fmt: skip
     key_of = {slot: layout.pairs_ledger_key(slot, config.changes_prefix) for slot in slots}
-    entries = _read_entries(s3, config, [key for key in key_of.values() if key in existing], pair)
-    return [
-        row_from_pair_entry(slot, entries[key_of[slot]]) if key_of[slot] in entries else missing_row(slot)
-        for slot in slots
-    ]
+    there = [slot for slot in slots if key_of[slot] in listed]
+
+    def read(slot: datetime) -> dict | None:
+        body = store.read_bytes(s3, config.bucket, key_of[slot])
+        try:
+            return None if body is None else pairs.parse_entries(body, key_of[slot]).get(pair)
+        except pairs.DamagedLedger as damage:
+            return {"decision": DAMAGED, "reason": str(damage)}
+
+    entries = store.in_parallel(s3, read, there)
+    return {slot: entry for slot, entry in zip(there, entries, strict=True) if entry is not None}
 
 
-def _rows_from_ledger(s3, config: Config, slots: list[datetime]) -> list[dict]:
-    existing = _ledger_keys(s3, config, slots)
-    key_of = {slot: layout.ledger_key(slot, config.changes_prefix) for slot in slots}
-    entries = _read_entries(s3, config, [key for key in key_of.values() if key in existing])
-    return [
-        row_from_entry(slot, entries[key_of[slot]]) if key_of[slot] in entries else missing_row(slot) for slot in slots
-    ]
+def _rows_from_ledger(s3, config: Config, slots: list[datetime], pair: str) -> list[dict]:
+    entries = _read_entries(s3, config, slots, pair)
+    return [row_from_entry(slot, entries[slot]) if slot in entries else missing_row(slot) for slot in slots]
 
 
-def parquet_prices(s3, config: Config, first: datetime, last: datetime) -> list[Price]:
-    """Prices of slots in ``[first, last]`` from the monthly Parquet objects (months without one: none)."""
+def parquet_prices(s3, config: Config, first: datetime, last: datetime, pair: str = "") -> list[Price]:
+    """``pair``'s prices (default: the default pair's) of slots in ``[first, last]`` from its monthly Parquet
+    objects (months without one: none)."""
     import pyarrow.parquet as pq
 
-    months = layout.months_between(first, last)
-    keys = [layout.parquet_key(year, month) for year, month in months]
+    folder = "" if pair in ("", config.pair) else pair
+    keys = [layout.parquet_key(year, month, pair=folder) for year, month in layout.months_between(first, last)]
     prices = {}
     for body in store.read_many(s3, config.bucket, keys):
         if body is None:
@@ -283,18 +234,19 @@ def parquet_prices(s3, config: Config, first: datetime, last: datetime) -> list[
     return [prices[slot] for slot in sorted(prices)]
 
 
-def _rows_from_parquet(s3, config: Config, rule: rules.Rule, slots: list[datetime]) -> list[dict]:
-    """Rows of the prices in the Parquet; ``pending`` (its ledger entry tells: ``ledger_details``) unless the
-    rule decides the window from its price alone (no previous record, or under the threshold)."""
+def _rows_from_parquet(s3, config: Config, rule: rules.Rule, slots: list[datetime], pair: str) -> list[dict]:
+    """Rows of the pair's prices in the Parquet; ``pending`` (its ledger entry tells: ``ledger_details``)
+    unless ``rule`` decides the window from its price alone (no previous record, under the threshold, not
+    crossed)."""
     look_back = rule.reference_offset + timedelta(minutes=rule.tolerance_minutes)
-    series = rules.Series(parquet_prices(s3, config, slots[0] - look_back, slots[-1]))
+    series = rules.Series(parquet_prices(s3, config, slots[0] - look_back, slots[-1], pair))
     rows = []
     for slot in slots:
         if series.at(slot) is None:
             rows.append({**missing_row(slot), "decision": PENDING})
             continue
         decided = series.raw(rule, slot)
-        quiet = decided.decision in (NO_PREVIOUS, BELOW_THRESHOLD)
+        quiet = decided.decision in (NO_PREVIOUS, BELOW_THRESHOLD, NOT_CROSSED)
         rows.append({
             "window_start": layout.iso(slot),
             "price": series.at(slot).weighted_average,
@@ -309,43 +261,17 @@ def _rows_from_parquet(s3, config: Config, rule: rules.Rule, slots: list[datetim
     return rows
 
 
-def quarantined(s3, config: Config, start: datetime, end: datetime) -> list[dict]:
-    """Every quarantined object of windows in ``[start, end)``: its key, reason and source key."""
-    # One listing per month: quarantined objects are few, and a month is one request instead of 31.
-    months = [
-        f"{config.quarantine_prefix}{layout.month_partition(year, month)}"
-        for year, month in layout.months_between(start, end - layout.SLOT)
+def quarantined(s3, config: Config, start: datetime, end: datetime, pair: str) -> list[dict]:
+    """Every quarantined object of ``pair``'s windows in ``[start, end)``: its key, reason and source key (an
+    object whose reason names no pair is the default pair's)."""
+    keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, start, end)
+    return [
+        {
+            "window_start": layout.iso(layout.slot_of_key(note["key"])),
+            "key": note["key"][: -len(".reason.json")] + ".object",
+            "reason_key": note["key"],
+            **{field: None if note.get(field) is None else str(note[field]) for field in QUARANTINE_FIELDS},
+        }
+        for note in store.read_notes(s3, config.bucket, keys)
+        if (note.get("pair") or config.pair) == pair
     ]
-    listed = store.in_parallel(s3, lambda prefix: store.list_keys(s3, config.bucket, prefix), months)
-    keys = [key for keys in listed for key in keys]
-    in_range = [key for key in keys if _has_slot(key) and start <= layout.slot_of_key(key) < end]
-    reasons = _read_entries(s3, config, [key for key in in_range if key.endswith(".reason.json")])
-    out = []
-    for key in in_range:
-        if not key.endswith(".object"):
-            continue
-        reason_key = key[: -len(".object")] + ".reason.json"
-        note = reasons.get(reason_key, {})
-        out.append(
-            {
-                "window_start": layout.iso(layout.slot_of_key(key)),
-                "key": key,
-                "reason_key": reason_key if reason_key in reasons else None,
-                "reason": _text(note.get("reason")),
-                "source_key": _text(note.get("source_key")),
-                "format_guess": _text(note.get("format_guess")),
-            }
-        )
-    return out
-
-
-def _has_slot(key: str) -> bool:
-    try:
-        layout.slot_of_key(key)
-    except ValueError:
-        return False
-    return True
-
-
-def _text(value) -> str | None:
-    return None if value is None else str(value)

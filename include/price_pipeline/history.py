@@ -1,18 +1,19 @@
-"""Bulk price history: every window of a range analysed in one pass, its ledger and monthly Parquet.
+"""Bulk price history: every pair's windows of a range analysed in one pass, its ledger and monthly Parquet.
 
 Task bodies of the ``price_history_backfill`` DAG, after its one Glue job run has normalized the range:
 
-1. read every canonical CSV the range needs (the range, the lookback before it, and the rest of each
+1. read every canonical CSV the range needs (the range, the look-back before it, and the rest of each
    month it touches, for Parquet): those the Glue run wrote from its one range object, the others
    with a bounded pool of threads;
-2. decide every window with the live DAG's own rules (``rules.evaluate``, :func:`analysis.apply_freshness`,
+2. decide every pair's windows with the live DAG's own functions (``rules.evaluate``, ``pairs.pair_entry``,
    :func:`analysis.due_for_subscribers` for run type ``backfill``), so each ledger entry is byte-identical
    to the one ``price_notification`` writes for the same window and params;
-3. write the ledger entries that differ from what is stored, never over a ``publishing`` or ``notified``
-   one (conditional writes: an entry claimed or notified meanwhile is seen, not overwritten);
-4. rewrite each month's Parquet object from all canonical CSVs of that month (deterministic bytes);
-5. with ``notify_on_backfill``, claim each due breach as the live DAG does (``windows.claim``) and publish
-   only the claims that landed, through a callable the task passes;
+3. write each window's ledger object where it differs from what is stored, never over a ``publishing`` or
+   ``notified`` entry (``pairs.merged`` over conditional writes: an entry claimed or notified meanwhile is
+   seen, not overwritten);
+4. rewrite each pair's monthly Parquet object from all canonical CSVs of that month (deterministic bytes);
+5. with ``notify_on_backfill``, the due rules are claimed in that ledger pass and published once each, as
+   the live DAG publishes them (``pairs.publish_alerts``), through a callable the task passes;
 6. when the range holds quarantined objects, build ops' one message of the run (:func:`report_quarantine`):
    the counts and the commonest kinds of reason, each with a quoted example.
 
@@ -33,21 +34,10 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from include.price_pipeline import alerts, layout, rules, store, windows
-from include.price_pipeline.analysis import (
-    CLAIMED,
-    NOTIFIED,
-    NOTIFY,
-    PUBLISHING,
-    SUPPRESSED_COOLDOWN,
-    Price,
-    apply_freshness,
-    due_for_subscribers,
-    parse_canonical_csv,
-)
+from include.price_pipeline import alerts, layout, rules, store
+from include.price_pipeline.analysis import FIRED, PUBLISHING, Price, due_for_subscribers
 from include.price_pipeline.settings import Config
 
 log = logging.getLogger(__name__)
@@ -87,25 +77,6 @@ class ClaimsLeft(RuntimeError):
     """Windows this run claimed in an earlier try are still ``publishing``: they may have been sent."""
 
 
-@dataclass(frozen=True)
-class Window:
-    """One analysed window of the default pair: its price, what its rule decided, and the decision with its
-    reason after the freshness rule."""
-
-    latest: Price
-    decided: rules.Decision
-    decision: str
-    reason: str
-
-    @property
-    def slot(self) -> datetime:
-        return self.latest.slot
-
-    def entry(self, rule: rules.Rule) -> dict:
-        """The window's ledger entry."""
-        return alerts.ledger_entry(self.latest, rule, self.decided, self.decision, self.reason)
-
-
 # ------------------------------------------------------------------------------ pure analysis
 
 
@@ -120,68 +91,45 @@ def parse_window_start(text: str) -> datetime:
     return moment
 
 
-def analyse_series(
-    prices: Iterable[Price],
-    start: datetime,
-    end: datetime,
-    rule: rules.Rule,
-    notify_on_backfill: bool,
-    now: datetime,
-    max_alert_age_minutes: int,
-) -> list[Window]:
-    """The decision of every window in ``[start, end)`` that has a price, in slot order.
-
-    ``prices`` (one per slot) should reach back to ``start - rule.history``. Each window gets exactly what
-    ``windows.analyse_window`` gives it in a native backfill run: the same rule over the same series and
-    the same freshness rule for run type ``backfill``.
-    """
-    series = rules.Series(list(prices))
-    out = []
-    for latest in series.prices[bisect.bisect_left(series.slots, start) : bisect.bisect_left(series.slots, end)]:
-        due, why_not_due = due_for_subscribers(
-            "backfill", latest.slot + layout.SLOT, now, max_alert_age_minutes, notify_on_backfill
-        )
-        decided = rules.evaluate(rule, series, latest.slot)
-        out.append(Window(latest, decided, *apply_freshness(decided.decision, decided.reason, due, why_not_due)))
-    return out
-
-
-def ledger_objects(analysed: Iterable[Window], rule: rules.Rule, prefix: str) -> dict[str, bytes]:
-    """``{ledger key: bytes}`` of every window not due for publishing (due ones are written once sent)."""
-    return {
-        layout.ledger_key(window.slot, prefix): alerts.ledger_bytes(window.entry(rule))
-        for window in analysed
-        if window.decision != NOTIFY
-    }
-
-
-def summarize(
-    analysed: list[Window],
-    start: datetime,
-    end: datetime,
-    quarantined: int,
-) -> dict:
-    """Counts for the task log and XCom: windows seen and missing, quarantined, breaches, largest moves."""
-    seen = {window.slot for window in analysed}
-    missing = [slot for slot in layout.slots_between(start, end) if slot not in seen]
+def summarize(entries: dict[datetime, dict[str, dict]], start: datetime, end: datetime, quarantined: int) -> dict:
+    """Counts for the task log and XCom: windows seen (any pair's record) and missing, quarantined objects,
+    breaches (firings before the cooldown and freshness: sent or not), each rule decision, the largest
+    moves of change rules, and per pair its windows and decisions."""
+    missing = [slot for slot in layout.slots_between(start, end) if slot not in entries]
+    decided = [(slot, entry, name, rule) for slot, by_pair in sorted(entries.items())
+               for entry in by_pair.values() for name, rule in entry["rules"].items()]  # fmt: skip
     moved = sorted(
-        (w for w in analysed if w.decided.change_pct is not None),
-        key=lambda w: (-abs(w.decided.change_pct), w.slot),
+        ((slot, e, n, r) for slot, e, n, r in decided if r["kind"] == rules.CHANGE and r["change_pct"] is not None),
+        key=lambda item: (-abs(item[3]["change_pct"]), item[0], item[1]["pair"], item[2]),
     )
+    by_pair: dict[str, Counter] = {}
+    for _, entry, _, rule in decided:
+        by_pair.setdefault(entry["pair"], Counter())[rule["decision"]] += 1
+    windows_of = Counter(entry["pair"] for by_pair_ in entries.values() for entry in by_pair_.values())
     return {
         "start": layout.iso(start),
         "end": layout.iso(end),
-        "windows": len(seen) + len(missing),
-        "windows_seen": len(seen),
+        "windows": len(entries) + len(missing),
+        "windows_seen": len(entries),
         "missing": len(missing),
         "missing_windows": [layout.iso(slot) for slot in missing[:MISSING_NAMED]],
         "quarantined": quarantined,
-        "breaches": sum(1 for w in analysed if w.decided.decision in (NOTIFY, SUPPRESSED_COOLDOWN)),
-        "decisions": dict(sorted(Counter(w.decision for w in analysed).items())),
+        "breaches": sum(1 for *_, rule in decided if rule["decision"] in FIRED),
+        "decisions": dict(sorted(Counter(rule["decision"] for *_, rule in decided).items())),
         "largest_moves": [
-            {"window_start": layout.iso(w.slot), "change_pct": round(w.decided.change_pct, 4), "decision": w.decision}
-            for w in moved[:LARGEST_MOVES]
-        ],
+            {
+                "window_start": layout.iso(slot),
+                "pair": entry["pair"],
+                "rule": name,
+                "change_pct": round(rule["change_pct"], 4),
+                "decision": rule["decision"],
+            }
+            for slot, entry, name, rule in moved[:LARGEST_MOVES]
+        ],  # fmt: skip
+        "pairs": {
+            pair: {"windows": windows_of[pair], "decisions": dict(sorted(counts.items()))}
+            for pair, counts in sorted(by_pair.items())
+        },  # fmt: skip
     }
 
 
@@ -240,12 +188,6 @@ def parquet_bytes(rows: Iterable[dict]) -> bytes:
 # ------------------------------------------------------------------------------ S3
 
 
-def read_all(s3, bucket: str, keys: list[str]) -> dict[str, bytes]:
-    """``{key: bytes}`` of every key that exists, read in parallel."""
-    bodies = store.read_many(s3, bucket, keys)
-    return {key: body for key, body in zip(keys, bodies, strict=True) if body is not None}
-
-
 def range_objects(s3, bucket: str, key: str) -> dict[str, bytes]:
     """``{key: bytes}`` of the canonical CSVs a Glue range run wrote (its ``_ranges/`` object); ``{}`` if
     there is none (a one-window range, or a range the job has not run over)."""
@@ -264,7 +206,9 @@ def read_canonical(s3, bucket: str, keys: list[str], range_key: str) -> tuple[di
     """
     written = range_objects(s3, bucket, range_key)
     known = {key: written[key] for key in keys if key in written}
-    return known | read_all(s3, bucket, [key for key in keys if key not in known]), len(known)
+    rest = [key for key in keys if key not in known]
+    read = {key: body for key, body in zip(rest, store.read_many(s3, bucket, rest), strict=True) if body is not None}
+    return known | read, len(known)
 
 
 def list_with_etags(s3, bucket: str, prefixes: Iterable[str]) -> dict[str, str]:
@@ -291,40 +235,6 @@ def all_month_keys(s3, config: Config, start: datetime, end: datetime) -> list[s
     return keys
 
 
-def canonical_keys(s3, config: Config, start: datetime, end: datetime, rule: rules.Rule) -> tuple[list, list]:
-    """(keys the analysis needs, keys of every month touched by the range) of canonical CSVs.
-
-    The analysis needs ``[start - rule.history, end)``; Parquet needs every CSV of each month of ``[start, end)``.
-    """
-    last = end - layout.SLOT
-    month_keys = [key for key in all_month_keys(s3, config, start, end) if not layout.is_pairs_key(key)]
-    first_key = layout.analysis_key(start, config.analysis_prefix)
-    last_key = layout.analysis_key(last, config.analysis_prefix)
-    in_range = [key for key in month_keys if first_key <= key <= last_key]
-    before = store.analysis_keys_between(
-        s3, config.bucket, config.analysis_prefix, start - rule.history, start - layout.SLOT
-    )
-    return before + in_range, month_keys
-
-
-def quarantined_reason_keys(s3, config: Config, start: datetime, end: datetime) -> list[str]:
-    """The reason files the Glue job left for windows of ``[start, end)``, in key order: one listing
-    per day partition (a reason file's key names its window, never its reason: that is inside)."""
-    slots = layout.slots_between(start, end)
-    if not slots:
-        return []
-    wanted = {layout.quarantine_window_prefix(slot, config.quarantine_prefix) for slot in slots}
-    days = [f"{config.quarantine_prefix}{day}" for day in layout.day_partitions(slots[0], slots[-1])]
-    length = len(next(iter(wanted)))
-    keys = list_with_etags(s3, config.bucket, days)
-    return sorted(key for key in keys if key.endswith(".reason.json") and key[:length] in wanted)
-
-
-def count_quarantined(s3, config: Config, start: datetime, end: datetime) -> int:
-    """Reason files the Glue job left for windows of ``[start, end)``."""
-    return len(quarantined_reason_keys(s3, config, start, end))
-
-
 def objects_seen(reason_keys: Iterable[str], prices: Iterable[Price], quarantine_prefix: str) -> int:
     """How many raw objects the range's outcome comes from: every quarantined one (``reason_keys``) and
     every one a canonical CSV of the range names (``source_key``, ``superseded``), each once: a used
@@ -334,25 +244,6 @@ def objects_seen(reason_keys: Iterable[str], prices: Iterable[Price], quarantine
         for source in (price.source_key, *price.superseded):
             known.add(layout.quarantine_keys(price.slot, source, quarantine_prefix)[1])
     return len(known)
-
-
-def read_quarantine_notes(s3, bucket: str, reason_keys: list[str]) -> list[dict]:
-    """Up to QUARANTINE_NOTES_READ of the reason files ``reason_keys``, spread evenly over them, read in
-    parallel; each as ``{"key": reason key, "source_key", "reason"}``. A file gone
-    meanwhile, or not a JSON object, is left out."""
-    step = max(1, math.ceil(len(reason_keys) / QUARANTINE_NOTES_READ))
-    chosen = reason_keys[::step]
-    notes = []
-    for key, body in zip(chosen, store.read_many(s3, bucket, chosen), strict=True):
-        try:
-            note = json.loads(body) if body is not None else None
-        except ValueError:
-            note = None
-        if isinstance(note, dict):
-            notes.append(
-                {"key": key, "source_key": str(note.get("source_key", "")), "reason": str(note.get("reason", ""))}
-            )
-    return notes
 
 
 # A value the Glue job quotes in a reason (``_clip``: Python's repr, in ' or "), standing as a word of two
@@ -379,7 +270,7 @@ def quarantine_report(summary: dict, notes: list[dict], run_url: str) -> tuple[s
     subject = f"[price pipeline] Quarantined in range {start}..{end}: {quarantined} of {objects} objects"
     kinds: dict[str, list[dict]] = {}
     for note in sorted(notes, key=lambda note: note["key"]):
-        kinds.setdefault(reason_kind(note["reason"]), []).append(note)
+        kinds.setdefault(reason_kind(note.get("reason", "")), []).append(note)
     common = sorted(kinds.items(), key=lambda item: (-len(item[1]), item[0]))[:COMMON_REASONS]
     sample = (
         "" if len(notes) == quarantined else f" (from the reason files of {len(notes)} of them, spread over the range)"
@@ -395,7 +286,7 @@ def quarantine_report(summary: dict, notes: list[dict], run_url: str) -> tuple[s
         example = examples[0]
         lines += [
             f"- {len(examples)} object{'' if len(examples) == 1 else 's'}: {alerts.quoted(kind)}",
-            f"  e.g. {alerts.quoted(example['source_key'])}: {alerts.quoted(example['reason'])}",
+            f"  e.g. {alerts.quoted(example.get('source_key', ''))}: {alerts.quoted(example.get('reason', ''))}",
         ]
     if len(kinds) > len(common):
         lines.append(f"- and {len(kinds) - len(common)} other kinds of reason")
@@ -412,22 +303,22 @@ def report_quarantine(s3, config: Config, summary: dict, run_url: str) -> tuple[
     if not summary.get("quarantined"):
         return None
     start, end = parse_window_start(summary["start"]), parse_window_start(summary["end"])
-    notes = read_quarantine_notes(s3, config.bucket, quarantined_reason_keys(s3, config, start, end))
+    keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, start, end)
+    notes = store.read_notes(s3, config.bucket, keys[:: max(1, math.ceil(len(keys) / QUARANTINE_NOTES_READ))])
     return quarantine_report(summary, notes, run_url)
 
 
-def write_ledger(
-    s3, bucket: str, prefix: str, objects: dict[str, bytes], first: datetime, last: datetime, merge=None
-) -> dict:
-    """Write each ledger object unless the stored one is identical, ``publishing`` or ``notified``; return
-    the counts. ``merge(stored bytes, new bytes, key) -> bytes`` instead decides what an object that is there
-    becomes (the other pairs' objects: each pair's claimed entry is kept, the others replaced).
+def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first: datetime, last: datetime) -> dict:
+    """Write each window's ledger object unless the stored one holds the same (``pairs.merged``: each
+    pair's ``publishing`` or ``notified`` entry is kept, the others replaced); return the counts.
 
-    One listing per day partition gives each stored entry's ETag: an entry whose ETag is the MD5 of the
-    new bytes is identical and left alone (with SSE-KMS, ETags are no MD5 and every stored entry is read
-    instead). Writes are conditional (If-None-Match for a new key, If-Match on the ETag just read), so an
-    entry claimed or notified by a live run in the meantime is re-read and kept, never overwritten.
+    One listing per day partition gives each stored object's ETag: an object whose ETag is the MD5 of the
+    new bytes is identical and left alone (with SSE-KMS, ETags are no MD5 and every stored object is read
+    instead). Writes are conditional (``store.update``), so an entry claimed or notified by a live run in
+    the meantime is re-read and kept, never overwritten.
     """
+    from include.price_pipeline import pairs
+
     days = [f"{prefix}{day}" for day in layout.day_partitions(first, last)] if objects else []
     stored = list_with_etags(s3, bucket, days)
 
@@ -436,38 +327,36 @@ def write_ledger(
         if stored.get(key) == store.md5(new):
             return "unchanged"
 
-        def change(existing: bytes | None) -> bytes | None:
-            if existing is None:
-                return new
-            if merge:
-                return merge(existing, new, key)
-            return None if _decision(existing) in CLAIMED else new
+        def change(body: bytes | None) -> bytes:
+            merged = pairs.merged(pairs.parse_entries(body, key), pairs.parse_entries(new, key)) if body else None
+            return new if merged is None else pairs.entries_bytes(merged)
 
-        held, wrote = store.update(s3, bucket, key, change, store.NDJSON if merge else store.JSON, key in stored)
-        if wrote or held == new or merge:
-            return "written" if wrote else "unchanged"
-        return f"kept_{_decision(held)}"
+        return "written" if store.update(s3, bucket, key, change, store.NDJSON, key in stored)[1] else "unchanged"
 
     counts = Counter(store.in_parallel(s3, settle, sorted(objects)))
-    return {name: counts.get(name, 0) for name in ("written", "unchanged", "kept_notified", "kept_publishing")}
+    return {name: counts.get(name, 0) for name in ("written", "unchanged")}
 
 
-def _decision(body: bytes) -> str | None:
-    try:
-        return json.loads(body).get("decision")
-    except (ValueError, AttributeError):
-        return None
-
-
-def write_parquet(s3, bucket: str, prefix: str, bodies: dict[str, bytes], month_keys: list[str]) -> list[dict]:
-    """Rewrite the Parquet object of each month from all its canonical CSVs; skip identical bytes."""
-    by_month: dict[tuple[int, int], list[dict]] = {}
+def write_parquet(s3, bucket: str, prefix: str, bodies: dict[str, bytes], month_keys: list[str], rule_set) -> list:
+    """Rewrite each pair's Parquet object of each month from all its canonical CSVs; skip identical bytes.
+    A month has a Parquet object for each pair a CSV of the month can hold (the default pair's own CSV, the
+    others' shared one), even without its row."""
+    others = [pair for pair in rule_set.pairs if pair != rule_set.default_pair]
+    by_pair: dict[str, dict[tuple[int, int], list[dict]]] = {pair: {} for pair in rule_set.pairs}
     for key in month_keys:
         slot = layout.slot_of_key(key)
-        rows = by_month.setdefault((slot.year, slot.month), [])
-        if key in bodies:
-            rows.extend(canonical_rows(bodies[key]))
-    return write_months(s3, bucket, prefix, by_month)
+        holds = others if layout.is_pairs_key(key) else [rule_set.default_pair]
+        for pair in holds:
+            by_pair[pair].setdefault((slot.year, slot.month), [])
+        for row in canonical_rows(bodies.get(key, b"")):
+            pair = row["pair"] if layout.is_pairs_key(key) else rule_set.default_pair
+            if pair in holds:
+                by_pair[pair][(slot.year, slot.month)].append(row)
+    return [
+        item
+        for pair, months in by_pair.items()
+        for item in write_months(s3, bucket, prefix, months, "" if pair == rule_set.default_pair else pair)
+    ]
 
 
 def write_months(s3, bucket: str, prefix: str, by_month: dict[tuple[int, int], list[dict]], pair: str = "") -> list:
@@ -487,53 +376,6 @@ def write_months(s3, bucket: str, prefix: str, by_month: dict[tuple[int, int], l
 # ------------------------------------------------------------------------------ the task
 
 
-def publish_due(
-    s3,
-    config: Config,
-    analysed: list[Window],
-    rule: rules.Rule,
-    publish: Callable[[dict], str],
-    run_url: str,
-    claimant: str = "",
-) -> dict:
-    """Claim and publish each window due for subscribers (``notify_on_backfill``), once.
-
-    A window is claimed (``publishing`` by ``claimant``, a conditional write over the entry just read)
-    before it is published, and recorded as notified over its claim right after: a window notified or
-    claimed by another run, or claimed by a live run between our read and our write, is left to it (and
-    logged). ``publish(alert)`` sends one alert (``subject``, ``message``, ``attributes``) and returns its
-    message id.
-    Returns ``{"sent", "claimed_elsewhere", "claims_left"}``: the last lists windows this run claimed in
-    an earlier try and never recorded (they may have been sent: never again, ops decide).
-    """
-    sent, elsewhere, left = 0, 0, []
-    for window in analysed:
-        if window.decision != NOTIFY:
-            continue
-        stamp = layout.iso(window.slot)
-        stored, etag = windows.read_entry(s3, config, window.slot)
-        if stored and stored["decision"] in CLAIMED:
-            if stored["decision"] == PUBLISHING and stored.get("claimed_by") == claimant:
-                left.append(stamp)
-            elif stored["decision"] == NOTIFIED:
-                log.info("Window %s was already notified (message %s): not again", stamp, stored["sns_message_id"])
-            else:
-                elsewhere += 1
-                log.warning("Window %s is claimed by %s: this run does not publish it", stamp, stored.get("claimed_by"))
-            continue
-        entry = window.entry(rule)
-        try:
-            windows.claim(s3, config, entry, etag, claimant, started=True)
-        except store.ConditionFailed:
-            elsewhere += 1
-            log.warning("Window %s was claimed by another run between our read and our claim: not publishing", stamp)
-            continue
-        message_id = publish(alerts.default_alert(entry, config.pair, rule.name, run_url))
-        windows.record_notified(s3, config, entry, message_id, claimant)
-        sent += 1
-    return {"sent": sent, "claimed_elsewhere": elsewhere, "claims_left": left}
-
-
 def backfill_history(
     s3,
     config: Config,
@@ -547,173 +389,98 @@ def backfill_history(
     parquet_prefix: str = layout.PARQUET_PREFIX,
     claimant: str = "",
 ) -> dict:
-    """Analyse every window of ``[start, end)`` from the canonical CSVs, write the ledger and the
-    monthly Parquet, claim and publish due breaches when allowed; return the summary (also logged). The
-    rules are the run's (``rules.with_overrides``: its params override the default pair's rule).
+    """Analyse every pair's windows of ``[start, end)`` from the canonical CSVs, write the ledger and the
+    monthly Parquet, claim and publish due rules when allowed (``publish``, with ``notify_on_backfill``);
+    return the summary (also logged). The rules are the run's (``rules.with_overrides``: its params override
+    the default pair's rule).
 
     Raises NoUsableWindow when no window of the range has a record (all missing or quarantined), and
     ClaimsLeft (after everything else is written) when an earlier try of this run left claims."""
+    from include.price_pipeline import pairs
+
     if end <= start:
         raise ValueError(f"end {layout.iso(end)} is not after start {layout.iso(start)}")
-    clock, rule = _Phases(), rule_set.default_rule
-    needed, month_keys = canonical_keys(s3, config, start, end, rule)
+    history, seconds, started = rule_set.history(), {}, [time.monotonic()]
+
+    def done(phase: str) -> None:  # wall-clock seconds of each phase, for the log and XCom (never in S3)
+        started.append(time.monotonic())
+        seconds[phase] = round(started[-1] - started[-2], 3)
+
+    month_keys = all_month_keys(s3, config, start, end)
+    before = store.csv_keys(s3, config.bucket, config.analysis_prefix, start - history, start - layout.SLOT) \
+        if history else set()  # fmt: skip
     range_key = layout.range_objects_key(start, end, config.analysis_prefix)
-    bodies, from_range = read_canonical(s3, config.bucket, sorted(set(needed) | set(month_keys)), range_key)
-    clock.done("read_csv")
-    prices = [parse_canonical_csv(bodies[key]) for key in needed if key in bodies]
-    analysed = analyse_series(prices, start, end, rule, notify_on_backfill, now, config.max_alert_age_minutes)
-    objects = ledger_objects(analysed, rule, config.changes_prefix)
-    reason_keys = quarantined_reason_keys(s3, config, start, end)
-    summary = summarize(analysed, start, end, len(reason_keys))
-    summary["objects"] = objects_seen(reason_keys, (w.latest for w in analysed), config.quarantine_prefix)
+    bodies, from_range = read_canonical(s3, config.bucket, sorted(set(month_keys) | before), range_key)
+    done("read_csv")
+    prices: dict[str, list[Price]] = {pair: [] for pair in rule_set.pairs}
+    for key in sorted(bodies, key=layout.slot_of_key):
+        for pair, price in store.csv_prices(key, bodies[key], rule_set.default_pair).items():
+            if pair in prices and start - history <= price.slot < end:
+                prices[pair].append(price)
+    due, why_not_due = due_for_subscribers("backfill", end, now, config.max_alert_age_minutes, notify_on_backfill)
+    entries: dict[datetime, dict[str, dict]] = {}
+    for pair, pair_rules in rule_set.pairs.items():
+        series = rules.Series(prices[pair])
+        for price in series.prices[bisect.bisect_left(series.slots, start) :]:
+            decided = {rule.name: rules.evaluate(rule, series, price.slot) for rule in pair_rules}
+            entry = pairs.pair_entry(pair, price.slot, price, pair_rules, decided, due, why_not_due)
+            claimed = {"claimed_by": claimant} if entry["decision"] == PUBLISHING else {}
+            entries.setdefault(price.slot, {})[pair] = entry | claimed
+    reason_keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, start, end)
+    summary = summarize(entries, start, end, len(reason_keys))
+    in_range = (price for series in prices.values() for price in series if price.slot >= start)
+    summary["objects"] = objects_seen(reason_keys, in_range, config.quarantine_prefix)
     summary["canonical_csvs"] = {"from_range_object": from_range, "read": len(bodies) - from_range}
-    if not analysed:
+    if not entries:
         raise NoUsableWindow(
             f"no usable window from {summary['start']} to {summary['end']}: {summary['windows']} windows, "
             f"{summary['missing']} without a canonical record, {summary['quarantined']} quarantined objects"
         )
-    clock.done("analyse")
+    done("analyse")
+    objects = {layout.pairs_ledger_key(slot, config.changes_prefix): pairs.entries_bytes(by_pair)
+               for slot, by_pair in entries.items()}  # fmt: skip
+    due_alerts = {slot: [alert for entry in by_pair.values() for alert in pairs.due_alerts(entry, config, run_url)]
+                  for slot, by_pair in sorted(entries.items())}  # fmt: skip
     summary["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, start, end - layout.SLOT) | {
-        "due": sum(1 for w in analysed if w.decision == NOTIFY)
+        "due": sum(len(alerts_) for alerts_ in due_alerts.values())
     }
-    clock.done("write_ledger")
-    summary["parquet"] = write_parquet(s3, config.bucket, parquet_prefix, bodies, month_keys)
-    clock.done("write_parquet")
-    published = publish_due(s3, config, analysed, rule, publish, run_url, claimant) if publish else {}
-    summary["notified"] = published.get("sent", 0)
-    summary["claimed_elsewhere"] = published.get("claimed_elsewhere", 0)
-    clock.done("publish")
-    if len(rule_set.pairs) > 1:
-        summary["pairs"] = backfill_pairs(
-            s3, config, rule_set, start, end, range_key, parquet_prefix, publish, run_url, claimant
-        )
-        clock.done("pairs")
-    summary["seconds"] = clock.seconds
+    done("write_ledger")
+    summary["parquet"] = write_parquet(s3, config.bucket, parquet_prefix, bodies, month_keys, rule_set)
+    done("write_parquet")
+    published = {"sent": 0, "skipped": [], "left": [], "failed": []}
+    for slot, due_now in due_alerts.items() if publish else ():
+        result = pairs.publish_alerts(s3, config, slot, due_now, claimant, publish) if due_now else {}
+        published["sent"] += len(result.get("sent", {}))
+        for outcome in ("skipped", "left", "failed"):
+            published[outcome] += result.get(outcome, [])
+    summary["notified"] = published["sent"]
+    summary["not_published"] = len(published["skipped"])
+    done("publish")
+    summary["seconds"] = seconds
     log_summary(summary)
-    left = published.get("claims_left", []) + summary.get("pairs", {}).get("published", {}).get("left", [])
-    if left:
-        raise ClaimsLeft(
-            f"claims left by an earlier try of {claimant} (may have been sent, not sent again): "
-            + ", ".join(left)
-            + "; to release a claim see README"
-        )
-    refused = summary.get("pairs", {}).get("published", {}).get("failed", [])
-    if refused:  # not sent: the task's retry analyses the range again and publishes them
-        raise RuntimeError("; ".join(refused))
+    for reason in published["skipped"]:
+        log.warning("%s", reason)
+    if published["left"]:
+        raise ClaimsLeft("; ".join(published["left"]))
+    if published["failed"]:  # not sent: the task's retry analyses the range again and publishes them
+        raise RuntimeError("; ".join(published["failed"]))
     return summary
-
-
-def backfill_pairs(
-    s3, config: Config, rule_set, start: datetime, end: datetime, range_key: str,
-    parquet_prefix: str = layout.PARQUET_PREFIX, publish: Callable[[dict], str] | None = None, run_url: str = "",
-    claimant: str = "",
-) -> dict:  # fmt: skip
-    """The other pairs of the rules file over ``[start, end)``: each window's entry with every rule's
-    decision (as a native backfill run of price_notification writes it), one ledger pass for all pairs
-    (never over a ``publishing`` or ``notified`` entry) and each pair's monthly Parquet. With ``publish``
-    (``notify_on_backfill``), firing rules are claimed by ``claimant`` in that pass and each is published
-    once as the live DAG publishes them (``pairs.publish_alerts``); without, they are recorded
-    ``suppressed_backfill``."""
-    from include.price_pipeline import pairs
-
-    others = pairs.other_pairs(rule_set)
-    history = max(rule.history for pair in others for rule in rule_set.pairs[pair])
-    month_keys = [key for key in all_month_keys(s3, config, start, end) if layout.is_pairs_key(key)]
-    first = layout.pairs_analysis_key(start - history, config.analysis_prefix)
-    last = layout.pairs_analysis_key(start - layout.SLOT, config.analysis_prefix)
-    before = []
-    for day in layout.day_partitions(start - history, start - layout.SLOT):
-        keys = store.list_keys(s3, config.bucket, f"{config.analysis_prefix}{day}")
-        before += [k for k in keys if layout.is_pairs_key(k) and first <= k <= last]
-    bodies, _ = read_canonical(s3, config.bucket, sorted(set(month_keys) | set(before)), range_key)
-    by_slot = store.prices_by_slot({layout.slot_of_key(key): body for key, body in bodies.items()})
-    entries: dict[datetime, dict[str, dict]] = {}
-    out = {}
-    for pair in others:
-        series = rules.Series([by_slot[slot][pair] for slot in sorted(by_slot) if pair in by_slot[slot]])
-        windows_done = 0
-        for price in series.prices:
-            if not start <= price.slot < end:
-                continue
-            decided = {rule.name: rules.evaluate(rule, series, price.slot) for rule in rule_set.pairs[pair]}
-            entry = pairs.pair_entry(pair, price.slot, price, rule_set.pairs[pair], decided, publish is not None,
-                                     "backfill run (notify_on_backfill is off)")  # fmt: skip
-            claimed = entry["decision"] == PUBLISHING
-            entries.setdefault(price.slot, {})[pair] = {**entry, "claimed_by": claimant} if claimed else entry
-            windows_done += 1
-        out[pair] = {"windows": windows_done}
-    by_pair_month: dict[str, dict[tuple[int, int], list[dict]]] = {pair: {} for pair in others}
-    for key in month_keys:
-        slot = layout.slot_of_key(key)
-        for pair in others:
-            by_pair_month[pair].setdefault((slot.year, slot.month), [])
-        for row in canonical_rows(bodies.get(key, b"")):
-            if row["pair"] in by_pair_month:
-                by_pair_month[row["pair"]][(slot.year, slot.month)].append(row)
-    for pair in others:
-        out[pair]["parquet"] = write_months(s3, config.bucket, parquet_prefix, by_pair_month[pair], pair)
-    objects = {
-        layout.pairs_ledger_key(slot, config.changes_prefix): pairs.entries_bytes(by_pair)
-        for slot, by_pair in entries.items()
-    }
-    ledger_range = (start, end - layout.SLOT)
-    out["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, *ledger_range, pairs.merged_bytes)
-    if publish is not None:
-        out["published"] = {"sent": 0, "skipped": [], "left": [], "failed": []}
-        for slot, by_pair in sorted(entries.items()):
-            due = [alert for entry in by_pair.values() for alert in pairs.due_alerts(entry, config, run_url)]
-            result = pairs.publish_alerts(s3, config, slot, due, claimant, publish) if due else {}
-            out["published"]["sent"] += len(result.get("sent", {}))
-            for outcome in ("skipped", "left", "failed"):
-                out["published"][outcome] += result.get(outcome, [])
-        for reason in out["published"]["skipped"]:
-            log.warning("%s", reason)
-    return out
-
-
-class _Phases:
-    """Wall-clock seconds of each phase, for the log and XCom only (never in an S3 object)."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._last = time.monotonic()
-
-    def done(self, phase: str) -> None:
-        now = time.monotonic()
-        self.seconds[phase] = round(now - self._last, 3)
-        self._last = now
 
 
 def log_summary(summary: dict) -> None:
     """A few readable lines for the task log."""
-    log.info(
-        "Range %s to %s: %d windows, %d seen, %d missing (%d quarantined objects), %d breaches",
-        summary["start"],
-        summary["end"],
-        summary["windows"],
-        summary["windows_seen"],
-        summary["missing"],
-        summary["quarantined"],
-        summary["breaches"],
-    )
-    log.info("Decisions: %s; ledger: %s", summary["decisions"], summary["ledger"])
-    if summary.get("canonical_csvs"):
-        log.info("Canonical CSVs: %s", summary["canonical_csvs"])
+    log.info("Range %s to %s: %d windows, %d seen, %d missing (%d quarantined objects), %d breaches; decisions %s; "
+             "ledger %s; canonical CSVs %s", *(summary[k] for k in ("start", "end", "windows", "windows_seen",
+             "missing", "quarantined", "breaches", "decisions", "ledger", "canonical_csvs")))  # fmt: skip
+    for pair, counts in summary["pairs"].items():
+        log.info("%s: %d windows, %s", pair, counts["windows"], counts["decisions"])
     if summary["missing_windows"]:
         log.info("First missing windows: %s", ", ".join(summary["missing_windows"]))
     for move in summary["largest_moves"]:
-        log.info("Largest move: %s %+.4f%% (%s)", move["window_start"], move["change_pct"], move["decision"])
-    for item in summary.get("parquet", []):
+        log.info("Largest move: %s %s rule %s %+.4f%% (%s)", *move.values())
+    for item in summary["parquet"]:
         log.info(
-            "Parquet %s: %d rows, %d bytes, %s",
-            item["key"],
-            item["rows"],
-            item["bytes"],
-            "written" if item["written"] else "unchanged",
+            "Parquet %s: %d rows, %d bytes, %s", *list(item.values())[:3], "written" if item["written"] else "unchanged"
         )
-    if summary.get("notified"):
-        log.info("Notified subscribers of %d windows", summary["notified"])
-    if summary.get("claimed_elsewhere"):
-        log.warning("%d due windows were claimed by other runs: not published here", summary["claimed_elsewhere"])
-    if summary.get("seconds"):
-        log.info("Seconds per phase: %s", summary["seconds"])
+    log.info("Notified subscribers of %d alerts; %d due were notified or claimed elsewhere: not published here; "
+             "seconds per phase: %s", summary["notified"], summary["not_published"], summary["seconds"])  # fmt: skip

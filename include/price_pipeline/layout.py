@@ -10,7 +10,6 @@ Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHM
     crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>.<...>|-<...>   producer writes
     crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>.csv             Glue job writes
     crypto/02-data-analysis/_ranges/<first slot>-<end slot>.jsonl            Glue run of a range writes
-    crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>.json            ledger, one per window
     crypto/99-quarantine/year=YYYY/month=MM/day=DD/<slot>/<digest>.object    copy of a bad object
     crypto/99-quarantine/year=YYYY/month=MM/day=DD/<slot>/<digest>.reason.json
 
@@ -19,11 +18,12 @@ object is found by listing the one prefix ``ingestion_window_prefix(start)``, ne
 
 Many pairs: a pair other than the default one writes its raw object under the window's folder, named by
 its slug ``BASE_QUOTE`` (``ingestion_key(slot, ext, pair=...)``); every other pair of a window shares one
-canonical CSV (a row per pair, by pair) and one ledger object (JSON lines, an entry per pair, by pair)::
+canonical CSV (a row per pair, by pair), and every pair one ledger object (JSON lines, an entry per pair,
+by pair)::
 
     crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE>[.<...>|-<...>]
     crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>/pairs.csv
-    crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>/pairs.jsonl
+    crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>/pairs.jsonl    ledger, one per window
 
 The same single listing of ``ingestion_window_prefix(start)`` returns every pair's object of the window
 (the default pair's ``<slot>.json`` and the others' ``<slot>/<SLUG>...``): one listing per window,
@@ -31,8 +31,8 @@ whatever the number of pairs. ``read_ingestion_key`` gives each listed key one p
 ingestion key grammar (``_INGESTION_REST``), or none: such a key is quarantined.
 The shared CSV and ledger object keep S3's PUTs per window constant: on S3
 a request costs more than the bytes, and a window of 100 pairs would otherwise write 200 more objects.
-The default pair keeps the single-pair keys, so existing objects, ledgers and readers stay valid without
-a migration (``read_ingestion_key`` reads them as the default pair).
+The default pair keeps the single-pair raw and CSV keys, so producers need not change
+(``read_ingestion_key`` reads them as the default pair).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
     return f"{prefix}{partition(slot)}{slot_stamp(slot)}.csv"
 
 
-#: The name, in a window's folder, of the canonical CSV and of the ledger object every other pair shares.
+#: The name, in a window's folder, of the other pairs' shared canonical CSV and of every pair's ledger object.
 PAIRS_FILE = "pairs"
 
 
@@ -203,13 +203,14 @@ def range_objects_key(start: datetime, end: datetime, prefix: str = ANALYSIS_PRE
 
 
 def ledger_key(slot: datetime, prefix: str = CHANGES_PREFIX) -> str:
-    """Where the default pair's price-change ledger entry of the window starting at ``slot`` lives."""
+    """Where the default pair's ledger entry of the window starting at ``slot`` lived before one ledger object
+    per window held every pair's (``migrate`` moves such entries into :func:`pairs_ledger_key`)."""
     return f"{prefix}{partition(slot)}{slot_stamp(slot)}.json"
 
 
 def pairs_ledger_key(slot: datetime, prefix: str = CHANGES_PREFIX) -> str:
-    """Where the other pairs' ledger entries of the window starting at ``slot`` live: JSON lines, one entry
-    per pair (Athena's JSON SerDe reads it as rows)."""
+    """Where every pair's ledger entry of the window starting at ``slot`` lives: JSON lines, one entry per
+    pair (Athena's JSON SerDe reads it as rows)."""
     return f"{prefix}{partition(slot)}{slot_stamp(slot)}/{PAIRS_FILE}.jsonl"
 
 

@@ -1,25 +1,23 @@
-"""The pairs beyond the default one: one analysis for all of them, one ledger entry per (pair, window)
-holding each rule's decision, and once per (pair, rule, window) by conditional ledger writes.
+"""The ledger: every pair's decision of a window, its claim and its publish, once per (pair, rule, window).
 
-Every pair is decided by the same engine (``rules.evaluate``) and alerted with the same text
-(``alerts.alert``); the default pair keeps its own storage and claim (``windows.analyse_window``: one ledger
-object per window). Every other pair of the rules file goes through here, in one task of the window's run:
+Every pair, the default one included, goes through here in one task of the window's run, decided by one
+engine (``rules.evaluate``) and alerted with one text (``alerts.alert``):
 
-- a window's other pairs share one canonical CSV ``<slot>/pairs.csv`` (a row per pair) and one ledger
-  object ``<slot>/pairs.jsonl`` (an entry per pair): S3 bills per request, so the requests of a window do
-  not grow with its pairs. The CSVs are found with one listing per day partition the rules look back
-  into, and only the slots a decision reads are fetched (``rules.slots_read``: the window's and one
-  reference per rule; for a firing under a cooldown, the earlier firings it follows back), one GET per
-  slot for every pair;
+- a window's entries live in one ledger object ``<slot>/pairs.jsonl`` (an entry per pair, by pair: S3
+  bills per request, so the requests of a window do not grow with its pairs). The canonical CSVs (the
+  default pair's ``<slot>.csv``, the others' ``<slot>/pairs.csv``) are found with one listing per day
+  partition the rules look back into, and only those a decision reads are fetched (``rules.slots_read``:
+  the window's and one reference per rule; for a firing under a cooldown, the earlier firings it follows
+  back);
 - each rule decides (``rules.evaluate``); a firing rule of a window not due for subscribers (a backfill,
   an old window) is ``suppressed_backfill``;
 - the ledger object is created with ``If-None-Match: *`` (read only when one is there already) and else
-  rewritten ``If-Match`` its ETag: an entry ``publishing`` or ``notified`` is kept as it is; a pair with a
-  rule due is claimed ``publishing`` by this run, listing the due rules; only that run publishes them
-  (``publish_alerts``), each rule marked ``publish_started`` before its Publish and ``notified`` with its
-  message id after;
+  rewritten ``If-Match`` its ETag (``store.update``, the one retry loop): an entry ``publishing`` or
+  ``notified`` is kept as it is; a pair with a rule due is claimed ``publishing`` by this run; only that
+  run publishes its due rules (``publish_alerts``), each marked ``publish_started`` before its Publish and
+  ``notified`` with its message id after;
 - a pair without a record of the window is *late*: no entry is written (a later run of the window, a
-  clear, a backfill or the bulk DAG still can), and the run tells ops which pairs were late.
+  clear, a backfill or the bulk DAG still can), and the run tells ops which pairs were late and why.
 """
 
 from __future__ import annotations
@@ -36,16 +34,18 @@ from botocore.exceptions import ClientError
 from include.price_pipeline import alerts, layout, rules, store, windows
 from include.price_pipeline.analysis import (
     CLAIMED,
+    INVALID_CHANGE,
     NOTIFIED,
     PUBLISHING,
-    SUPPRESSED_BACKFILL,
+    apply_freshness,
     suppressed_for_lateness,
 )
 from include.price_pipeline.settings import Config
-from include.price_pipeline.windows import PUBLISH_STARTED
 
 log = logging.getLogger(__name__)
 ANALYSED = "analysed"
+#: Marks a due rule whose publish has begun: from then on nobody publishes it again (at most once).
+PUBLISH_STARTED = "publish_started"
 #: Alerts published at once: each batch is marked started in one write, published in parallel, and
 #: recorded in one more write, so a crash leaves at most this many alerts for ops to check.
 PUBLISH_BATCH = 8
@@ -58,12 +58,8 @@ LEFT = (
 )
 
 
-def other_pairs(rule_set: rules.Rules) -> list[str]:
-    return [pair for pair in rule_set.pairs if pair != rule_set.default_pair]
-
-
 def entries_bytes(entries: dict[str, dict]) -> bytes:
-    """A window's other-pairs ledger object: one canonical line per entry, by pair."""
+    """A window's ledger object: one canonical line per entry, by pair."""
     return b"".join(alerts.ledger_bytes(entries[pair]) for pair in sorted(entries))
 
 
@@ -71,11 +67,11 @@ SEE_README = "README: Alerts, ledger and at-most-once"
 
 
 class DamagedLedger(ValueError):
-    """A window's other-pairs ledger object that is not what :func:`entries_bytes` writes."""
+    """A window's ledger object that is not what :func:`entries_bytes` writes."""
 
 
-def parse_entries(body: bytes, key: str = "the pairs' ledger object") -> dict[str, dict]:
-    """``{pair: entry}`` of a window's other-pairs ledger object: the one reader of the pipeline and the page.
+def parse_entries(body: bytes, key: str = "the window's ledger object") -> dict[str, dict]:
+    """``{pair: entry}`` of a window's ledger object: the one reader of the pipeline and the page.
 
     Every line must be an entry as :func:`pair_entry` writes it, each pair once; anything else raises
     DamagedLedger naming ``key`` and the line. So a damaged object fails its window before anything is
@@ -110,59 +106,51 @@ def _damage(entry) -> str | None:
     return None
 
 
-def csv_slots(s3, config: Config, first: datetime, slot: datetime) -> tuple[list[datetime], bool]:
-    """The slots in ``[first, slot]`` that have an other-pairs CSV, and whether the default pair's CSV of
-    ``slot`` is there: one listing per day partition."""
-    first_key, last_key = (
-        layout.pairs_analysis_key(first, config.analysis_prefix),
-        layout.pairs_analysis_key(slot, config.analysis_prefix),
-    )
-    files, default_key, default_there = [], layout.analysis_key(slot, config.analysis_prefix), False
-    for day in layout.day_partitions(first, slot):
-        day_prefix = f"{config.analysis_prefix}{day}"
-        after = "" if first_key < day_prefix else layout.analysis_key(first, config.analysis_prefix)
-        keys = store.list_keys(s3, config.bucket, day_prefix, after)
-        files += [layout.slot_of_key(k) for k in keys if layout.is_pairs_key(k) and first_key <= k <= last_key]
-        default_there = default_there or default_key in keys
-    return files, default_there
-
-
 def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due: bool, why_not_due: str,
                   run_url: str, claimant: str,
                   still_normalizing: windows.StillNormalizing | None = None) -> dict:  # fmt: skip
-    """Decide every other pair's window, write the window's entries, claim its due rules. Earlier windows
-    the rules read are waited for as the default pair's are (``windows.wait_for_earlier_windows``).
+    """Decide every pair's window (``rule_set``: the run's rules, its params applied to the default pair's),
+    write the window's entries, claim its due rules. Every earlier window the rules may look at
+    (``rule.history``) must be settled: see ``windows.wait_for_earlier_windows``; without
+    ``still_normalizing`` the window is analysed with the CSVs there are.
 
     Returns ``alerts`` (one per due (pair, rule): ``pair``, ``rule``, ``subject``, ``message``,
     ``attributes``), ``decisions`` (``{pair: {rule: decision}}``, the stored entry's for a pair already
-    claimed), ``late`` (``{pair: reason}`` of pairs without a record of the window, the default pair
-    included: its own analysis leaves the report to this one) and ``ops_notice``
-    (a message for ops naming each breach suppressed only because the window was analysed late, or None).
+    claimed), ``late`` (``{pair: reason}`` of pairs without a record of the window: quarantined, or none
+    there) and ``ops_notice`` (a message for ops naming each breach suppressed only because the window was
+    analysed late and each change refused as not a finite number, or None). WindowFailed when no pair
+    has a record (nothing to decide: the run must not look green) or a CSV read is not canonical.
     """
-    pairs = other_pairs(rule_set)
+    pairs = list(rule_set.pairs)
     out = {"alerts": [], "decisions": {}, "late": {}, "ops_notice": None}
-    if not pairs:
-        return out
-    first = slot - max(rule.history for pair in pairs for rule in rule_set.pairs[pair])
-    files, default_there = csv_slots(s3, config, first, slot)
-    listed = set(files)
-    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in listed]
+    stamp = layout.slot_stamp(slot)
+    first = slot - rule_set.history()
+    listed = store.csv_keys(s3, config.bucket, config.analysis_prefix, first, slot)
+    there = {layout.slot_of_key(key) for key in listed}
+    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in there]
     windows.wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
-    prices = store.load_rule_prices(s3, config.bucket, layout.pairs_analysis_key, config.analysis_prefix, rule_set,
-                                    pairs, slot, files)  # fmt: skip
+    try:
+        prices = store.load_rule_prices(s3, config.bucket, config.analysis_prefix, rule_set, pairs, slot, listed)
+    except ValueError as error:
+        raise windows.WindowFailed(f"window {stamp}: {error}") from None
     fresh = {}
     for pair in pairs:
         series = rules.Series(prices[pair])
         if series.at(slot) is None:
             continue
+        if series.at(slot).superseded:
+            log.warning("%s window %s: used %s; superseded older objects: %s", pair, stamp,
+                        series.at(slot).source_key, ", ".join(series.at(slot).superseded))  # fmt: skip
         decided = {rule.name: rules.evaluate(rule, series, slot) for rule in rule_set.pairs[pair]}
         entry = pair_entry(pair, slot, series.at(slot), rule_set.pairs[pair], decided, due, why_not_due)
         fresh[pair] = {**entry, "claimed_by": claimant} if entry["decision"] == PUBLISHING else entry
 
     entries = _rewrite(s3, config, slot, lambda stored: merged(stored, fresh))
-    stamp = layout.slot_stamp(slot)
     late = [p for p in pairs if p not in entries or (p not in fresh and entries[p]["decision"] not in CLAIMED)]
-    out["late"] = _missing_reasons(s3, config, slot, late, default_there)
+    out["late"] = _missing_reasons(s3, config, slot, late)
+    if len(out["late"]) == len(pairs):
+        reasons = "; ".join(f"{pair}: {reason}" for pair, reason in sorted(out["late"].items()))
+        raise windows.WindowFailed(f"window {stamp}: no pair has a record to decide ({reasons})")
     for pair in pairs:
         entry = entries.get(pair)
         if pair in out["late"]:
@@ -174,18 +162,20 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
                         entry.get("claimed_by", "an earlier run"))  # fmt: skip
         if ours:
             out["alerts"] += due_alerts(entry, config, run_url)
+    decided = [(pair, name, rule) for pair, entry in sorted(entries.items()) if entry is fresh.get(pair)
+               for name, rule in entry["rules"].items()]  # fmt: skip
+    late = [
+        (pair, name, rule) for pair, name, rule in decided if suppressed_for_lateness(rule["decision"], rule["reason"])
+    ]
     breaches = [
         f"- {pair} rule {name}: {alerts._number(rule['change_pct']):+.2f}% ({rule['kind']})"
-        for pair, entry in sorted(entries.items())
-        if entry is fresh.get(pair)
-        for name, rule in entry["rules"].items()
-        if suppressed_for_lateness(rule["decision"], rule["reason"])
+        for pair, name, rule in late
     ]
-    if breaches:
-        out["ops_notice"] = "\n".join(
-            [f"Breaches of window {stamp} not sent: {why_not_due} when their records were analysed:", *breaches,
-             f"Run: {run_url}"]
-        )  # fmt: skip
+    refused = [f"- {pair} rule {name}: {rule['reason']}" for pair, name, rule in decided
+               if rule["decision"] == INVALID_CHANGE]  # fmt: skip
+    notice = [f"Breaches of window {stamp} not sent: {why_not_due} when their records were analysed:", *breaches]
+    notice = (notice if breaches else []) + ([f"Changes of window {stamp} refused:", *refused] if refused else [])
+    out["ops_notice"] = "\n".join([*notice, f"Run: {run_url}"]) if notice else None
     log.info("Window %s: %s", stamp, out["decisions"])
     return out
 
@@ -195,11 +185,6 @@ def merged(stored: dict[str, dict], fresh: dict[str, dict]) -> dict[str, dict]:
     (nobody overwrites a claim), else the fresh one, else the stored one (a pair without a record now)."""
     keep = {pair: entry for pair, entry in stored.items() if entry["decision"] in CLAIMED or pair not in fresh}
     return {pair: keep.get(pair) or fresh[pair] for pair in sorted(set(stored) | set(fresh))}
-
-
-def merged_bytes(stored: bytes, fresh: bytes, key: str) -> bytes:
-    """:func:`merged` of the stored ledger object ``key`` and a fresh one (the bulk DAG's ledger pass)."""
-    return entries_bytes(merged(parse_entries(stored, key), parse_entries(fresh, key)))
 
 
 def _rewrite(s3, config: Config, slot: datetime, change: Callable[[dict], dict], read_first: bool = False) -> dict:
@@ -224,9 +209,7 @@ def pair_entry(pair, slot, latest, pair_rules, decided, due, why_not_due) -> dic
     rule_entries = {}
     for rule in pair_rules:
         decision = decided[rule.name]
-        verdict, reason = decision.decision, decision.reason
-        if verdict == rules.NOTIFY and not due:
-            verdict, reason = SUPPRESSED_BACKFILL, why_not_due
+        verdict, reason = apply_freshness(decision.decision, decision.reason, due, why_not_due)
         rule_entries[rule.name] = {
             "kind": rule.kind,
             "decision": verdict,
@@ -260,18 +243,13 @@ def due_alerts(entry: dict, config: Config, run_url: str) -> list[dict]:
     ]
 
 
-def _missing_reasons(s3, config: Config, slot: datetime, late: list[str], default_there: bool) -> dict[str, str]:
+def _missing_reasons(s3, config: Config, slot: datetime, late: list[str]) -> dict[str, str]:
     """Why each of the ``late`` pairs has no record of the window: its quarantine reason, if the Glue job
-    left one (one listing of the window's quarantine folder for all of them), else that none was there.
-    The default pair is late too when it has no record at all (its own analysis is skipped and leaves the
-    report here); a quarantined default record fails its own analysis with the reason instead."""
-    notes = (
-        store.quarantine_reasons(s3, config.bucket, config.quarantine_prefix, slot) if late or not default_there else []
-    )
+    left one (one listing of the window's quarantine folder for all of them), else that none was there."""
+    keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, slot, slot + layout.SLOT)
     first = {}
-    for note in notes:
+    for note in store.read_notes(s3, config.bucket, keys) if late else []:
         first.setdefault(note.get("pair") or config.pair, note)
-    late = late if default_there or config.pair in first else [*late, config.pair]
     return {
         pair: f"quarantined: {alerts.quoted(first[pair]['reason'])} (object {alerts.quoted(first[pair]['source_key'])})"
         if pair in first

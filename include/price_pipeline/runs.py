@@ -6,8 +6,8 @@ plain functions that never do).
 - ``still_normalizing`` / ``analyse_when_settled``: the scheduler's side of the one rule for waiting on
   earlier windows (``windows.wait_for_earlier_windows``), the same for every pair.
 - ``LiveRunsOpsNotifier``: failures page ops for live runs; a backfill's failed windows go to whoever ran it.
-- price_notification's task bodies (``compute_price_change``, ``analyse_pairs``, ``publish_price_alerts``,
-  ``post_slack_alerts``), and price_history_backfill's
+- price_notification's task bodies (``analyse_pairs``, ``publish_price_alerts``, ``post_slack_alerts``),
+  and price_history_backfill's
   (``analyse_price_history``, ``report_quarantine``): the DAG files only declare and wire them.
 """
 
@@ -174,8 +174,8 @@ def still_normalizing(ti, dag_id: str) -> windows.StillNormalizing:
 
 
 def analyse_when_settled(ti, analyse, wait_seconds: int) -> dict:
-    """``analyse(still_normalizing=...)`` (``windows.analyse_window`` or ``pairs.analyse_pairs`` with their
-    window bound), the one way both lanes wait on earlier windows: while ``windows.WindowNotReady``, up for
+    """``analyse(still_normalizing=...)`` (``pairs.analyse_pairs`` with its window bound), the one way a
+    run waits on earlier windows: while ``windows.WindowNotReady``, up for
     reschedule (the worker slot is freed for the earlier window's tasks); once the task has waited
     ``wait_seconds``, ``analyse()`` with the CSVs there are."""
     from airflow.sdk import get_current_context
@@ -206,16 +206,6 @@ def sns_publisher(config: Config):
     return publish
 
 
-#: The analysis tasks of a price_notification run, whose alerts publish_price_alerts sends.
-ANALYSIS_TASKS = ("compute_price_change", "analyse_pairs")
-FAILED_STATES = ("failed", "upstream_failed")
-
-
-class AnalysisFailed(AirflowFailException):
-    """publish_price_alerts sent the alerts due, but an analysis of its run failed: the run must not show
-    success. Not paged: the analysis' own failure was."""
-
-
 def tell_ops(config: Config, subject: str, message: str) -> None:
     """One message on the ops topic."""
     from airflow.providers.amazon.aws.hooks.sns import SnsHook
@@ -238,9 +228,6 @@ class LiveRunsOpsNotifier(SnsNotifier):
         BaseNotifier.__call__(copy.copy(self), *args)
 
     def notify(self, context) -> None:
-        if isinstance(context.get("exception"), AnalysisFailed):
-            log.info("An analysis of this run failed and was reported: not paged again")
-            return
         if context["dag_run"].run_type == "backfill" and "claim" not in str(context.get("exception", "")):
             log.info("A backfill run's failure: not paged to ops (make backfill and the UI report it)")
             return
@@ -283,104 +270,56 @@ def _due(config: Config, params, dag_run, slot: datetime) -> tuple[bool, str]:
     )
 
 
-def compute_price_change(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> dict:
-    """The default pair's window: decided by its rule with the run's params (``rules.with_overrides``),
-    recorded, claimed when due (``windows.analyse_window``)."""
+def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> list[dict]:
+    """Every pair's rules for the window (``pairs.analyse_pairs``), the run's params applied to the default
+    pair's rule (``rules.with_overrides``); the due alerts, for the publish."""
     from functools import partial
 
-    from airflow.sdk.exceptions import AirflowSkipException
-
-    from include.price_pipeline import alerts, rules
+    from include.price_pipeline import alerts, pairs, rules
 
     slot = windows.run_window_start(data_interval_start, dag_run.run_after)
     if data_interval_start is None:
         log.info("Run without a logical date (triggered for %s): analysing the latest complete window, %s",
                  dag_run.run_after, layout.iso(slot))  # fmt: skip
     due, why_not = _due(config, params, dag_run, slot)
-    analyse = partial(windows.analyse_window, _s3(config), config, slot, rules.with_overrides(rule_set, params), due,
-                      why_not, _run_url(dag_run), claimant=claimant(dag_run))  # fmt: skip
+    run_url = _run_url(dag_run)
+    analyse = partial(pairs.analyse_pairs, _s3(config), config, rules.with_overrides(rule_set, params), slot, due,
+                      why_not, run_url, claimant(dag_run))  # fmt: skip
     try:
         result = analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
-    except windows.RecordMissing as late:
-        if len(rule_set.pairs) == 1:
-            raise AirflowFailException(str(late)) from None
-        raise AirflowSkipException(f"{config.pair} is late: {late} (analyse_pairs reports it)") from None
-    except (windows.WindowFailed, alerts.UnsafeText) as failure:
+    except (windows.WindowFailed, pairs.DamagedLedger, alerts.UnsafeText) as failure:
         raise AirflowFailException(str(failure)) from None
-    if result.get("ops_notice"):
-        tell_ops(config, f"[price pipeline] Late breach not sent: {layout.slot_stamp(slot)}", result["ops_notice"])
-    return {key: result.get(key) for key in ("decision", "entry", "pair", "rule", "subject", "message", "attributes")}
-
-
-def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> list[dict]:
-    """Every other pair's rules for the window (``pairs.analyse_pairs``); the due alerts, for the publish."""
-    from functools import partial
-
-    from include.price_pipeline import pairs
-
-    slot = windows.run_window_start(data_interval_start, dag_run.run_after)
-    due, why_not = _due(config, params, dag_run, slot)
-    run_url = _run_url(dag_run)
-    analyse = partial(pairs.analyse_pairs, _s3(config), config, rule_set, slot, due, why_not, run_url,
-                      claimant(dag_run))  # fmt: skip
-    result = analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
     stamp = layout.slot_stamp(slot)
     if result["late"]:
         log.warning("Pairs late for window %s: %s", stamp, result["late"])
     if result["late"] and due:  # a live window: ops hear of it (a backfill of old windows only logs it)
         tell_ops(config, f"[price pipeline] Pairs late: {stamp}", pairs.late_notice(slot, result["late"], run_url))
     if result["ops_notice"]:
-        tell_ops(config, f"[price pipeline] Late breach not sent: {stamp}", result["ops_notice"])
+        tell_ops(config, f"[price pipeline] Alerts not sent: {stamp}", result["ops_notice"])
     return result["alerts"]
 
 
-def publish_price_alerts(config: Config, default: dict | None, pair_due: list[dict] | None, data_interval_start,
-                         dag_run, ti) -> dict:  # fmt: skip
-    """Every pair's due alerts of the window, each once, through one SNS publisher: the other pairs'
-    (``pairs.publish_alerts``), then the default pair's (``default``: compute_price_change's result, its
-    claim in its own ledger object: ``windows.publish_claimed``). Each is marked started, published and
-    recorded notified; a Publish SNS refused gets its mark back for the task's retry. Only this run's
-    claims; a claim an earlier try left started fails the task (*Alert claim left*: ops decide). It runs
-    whatever the analyses ended with; when one failed (or never ran: a failed sensor), it fails once the
-    alerts due were sent (AnalysisFailed), so the run shows failed."""
+def publish_price_alerts(config: Config, due: list[dict], data_interval_start, dag_run) -> dict:
+    """Every pair's due alerts of the window (analyse_pairs'), each once, through one SNS publisher
+    (``pairs.publish_alerts``): marked started, published, recorded notified; a Publish SNS refused gets
+    its mark back for the task's retry. Only this run's claims; a claim an earlier try left started fails
+    the task (*Alert claim left*: ops decide)."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from include.price_pipeline import alerts, pairs
 
-    states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=list(ANALYSIS_TASKS), run_ids=[dag_run.run_id])
-    failed = sorted(task for task, state in states.get(dag_run.run_id, {}).items() if state in FAILED_STATES)
-    default_due = bool(default) and default["decision"] == "notify"
-    if not default_due and not pair_due:
-        if failed:
-            raise AnalysisFailed(f"{', '.join(failed)} failed for this window (its own failure says why)")
+    if not due:
         raise AirflowSkipException("no alert is due in this window")
     slot = windows.run_window_start(data_interval_start, dag_run.run_after)
-    s3, publish, who = _s3(config), sns_publisher(config), claimant(dag_run)
-    result, pairs_error = {"sent": {}, "skipped": [], "left": [], "failed": []}, None
-    try:
-        result = pairs.publish_alerts(s3, config, slot, pair_due or [], who, publish)
-    except Exception as error:  # noqa: BLE001 - raised below, once the default pair's alert had its turn
-        pairs_error = error
-    sent = [alert for alert in pair_due or [] if f"{alert['pair']} {alert['rule']}" in result["sent"]]
-    if default_due:
-        outcome, what = windows.publish_claimed(s3, config, slot, who, default, publish)
-        if outcome == "sent":
-            result["sent"][f"{default['pair']} {default['rule']}"] = what
-            sent.append(default)
-        else:
-            result[outcome].append(what)
+    result = pairs.publish_alerts(_s3(config), config, slot, due, claimant(dag_run), sns_publisher(config))
     for reason in result["skipped"]:
         log.warning("%s", reason)
     log.info("Published %d alerts: %s", len(result["sent"]), result["sent"])
-    if pairs_error is not None:
-        raise pairs_error
     if result["failed"]:  # not sent: the task's retry publishes them (and reports any left again)
         raise RuntimeError("; ".join(result["failed"] + result["left"]))
     if result["left"]:
         raise AirflowFailException("; ".join(result["left"]))
-    if failed:
-        raise AnalysisFailed(f"{', '.join(failed)} failed for this window (its own failure says why); the alerts "
-                             f"due were sent: {sorted(result['sent'])}")  # fmt: skip
+    sent = [alert for alert in due if f"{alert['pair']} {alert['rule']}" in result["sent"]]
     return {"sent": result["sent"], "slack": [alerts.slack_text(a["subject"], a["message"]) for a in sent]}
 
 

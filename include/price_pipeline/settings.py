@@ -37,7 +37,7 @@ SETTINGS = (
     Setting("PRICE_BUCKET", "price-notification-local", "S3 bucket for every prefix below"),
     Setting("PRICE_INGESTION_PREFIX", layout.INGESTION_PREFIX, "where producers write raw records"),
     Setting("PRICE_ANALYSIS_PREFIX", layout.ANALYSIS_PREFIX, "canonical CSV written by the Glue job"),
-    Setting("PRICE_CHANGES_PREFIX", layout.CHANGES_PREFIX, "price-change ledger, one JSON per window"),
+    Setting("PRICE_CHANGES_PREFIX", layout.CHANGES_PREFIX, "ledger: one object per window, a JSON line per pair"),
     Setting("PRICE_QUARANTINE_PREFIX", layout.QUARANTINE_PREFIX, "copies of objects that failed checks"),
     Setting("PRICE_PAIR", "ETH/USDT", "trading pair named in records and alerts"),
     Setting(

@@ -14,11 +14,10 @@ from datetime import datetime
 from botocore.exceptions import ClientError
 
 from include.price_pipeline import layout
-from include.price_pipeline.analysis import Price, parse_canonical_rows
+from include.price_pipeline.analysis import Price, parse_canonical_csv, parse_canonical_rows
 
-#: Media types of the ledger's objects: the default pair's entry is one JSON object, the other pairs'
-#: object of a window holds JSON lines.
-JSON, NDJSON = "application/json", "application/x-ndjson"
+#: Media type of a window's ledger object (JSON lines, an entry per pair).
+NDJSON = "application/x-ndjson"
 #: Upper bound of concurrent S3 requests (also capped by the client's connection pool, 10 by default).
 MAX_WORKERS = 16
 #: How often :func:`update` reads an object again after losing a conditional write to another writer.
@@ -43,12 +42,6 @@ def read_bytes(s3, bucket: str, key: str) -> bytes | None:
         if _is_missing(error):
             return None
         raise
-
-
-def read_json(s3, bucket: str, key: str) -> dict | None:
-    """A JSON object, or None if it does not exist."""
-    body = read_bytes(s3, bucket, key)
-    return None if body is None else json.loads(body)
 
 
 def write_bytes(s3, bucket: str, key: str, body: bytes, content_type: str) -> None:
@@ -130,19 +123,15 @@ def list_keys(s3, bucket: str, prefix: str, start_after: str = "") -> list[str]:
     return keys
 
 
-def analysis_keys_between(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> list[str]:
-    """The default pair's canonical CSV keys with slots in ``[first, last]``: one listing per day partition
-    (other pairs' CSVs, in the window folders ``<slot>/<SLUG>.csv``, are not the default pair's)."""
-    first_key, last_key = layout.analysis_key(first, prefix), layout.analysis_key(last, prefix)
-    keys = []
+def csv_keys(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> set[str]:
+    """Every canonical CSV key with a slot in ``[first, last]``, each window's ``<slot>.csv`` (the default
+    pair's) and ``<slot>/pairs.csv`` (the others'): one listing per day partition."""
+    first_key, last_key = layout.analysis_key(first, prefix), layout.pairs_analysis_key(last, prefix)
+    keys = set()
     for day in layout.day_partitions(first, last):
         day_prefix = f"{prefix}{day}"
         after = "" if first_key < day_prefix else _just_before(first_key)
-        keys.extend(
-            k
-            for k in list_keys(s3, bucket, day_prefix, after)
-            if first_key <= k <= last_key and "/" not in k[len(day_prefix) :]
-        )
+        keys.update(k for k in list_keys(s3, bucket, day_prefix, after) if first_key <= k <= last_key)
     return keys
 
 
@@ -151,35 +140,44 @@ def _just_before(key: str) -> str:
     return key[:-1] + chr(ord(key[-1]) - 1)
 
 
-def prices_by_slot(bodies: dict[datetime, bytes], pair: str = "") -> dict[datetime, dict[str, Price]]:
-    """``{slot: {pair: Price}}`` of canonical CSVs read: a window's pairs.csv holds a row per other pair;
-    with ``pair``, each CSV is that pair's alone (the default pair's, whatever its rows name)."""
-    return {slot: {pair or price.pair: price for price in parse_canonical_rows(body)} for slot, body in bodies.items()}
+def csv_key(pair: str, slot: datetime, prefix: str, default_pair: str) -> str:
+    """The canonical CSV that holds ``pair``'s record of ``slot``."""
+    return (layout.analysis_key if pair == default_pair else layout.pairs_analysis_key)(slot, prefix)
 
 
-def load_rule_prices(s3, bucket: str, key_of, prefix: str, rule_set, pairs: list[str], slot: datetime,
-                     files: list[datetime]) -> dict[str, list[Price]]:  # fmt: skip
-    """``{pair: [Price, ...]}``: of the canonical CSVs ``key_of(slot, prefix)`` in the rules' look-back from
-    ``slot`` (``files``: their slots), the ones the pairs' decisions read (``rules.slots_read`` for each
-    pair, given what was read), one GET per slot for every pair, in rounds. A slot read without a pair's
-    row is not that pair's reference, so the next candidate is read, until every decision has what it
-    reads. ValueError when a CSV read is not canonical."""
+def csv_prices(key: str, body: bytes, default_pair: str) -> dict[str, Price]:
+    """``{pair: Price}`` of a canonical CSV: a window's pairs.csv holds a row per other pair; the default
+    pair's ``<slot>.csv`` is its alone, whatever its row names. ValueError when it is not canonical."""
+    if layout.is_pairs_key(key):
+        return {price.pair: price for price in parse_canonical_rows(body)}
+    return {default_pair: parse_canonical_csv(body)}
+
+
+def load_rule_prices(s3, bucket: str, prefix: str, rule_set, pairs: list[str], slot: datetime,
+                     listed: set[str]) -> dict[str, list[Price]]:  # fmt: skip
+    """``{pair: [Price, ...]}``: of the canonical CSVs ``listed`` (:func:`csv_keys` over the rules' look-back
+    from ``slot``), the ones the pairs' decisions read (``rules.slots_read`` for each pair, given what was
+    read), one GET per CSV for every pair, in rounds. A CSV read without a pair's row is not that pair's
+    reference, so the next candidate is read, until every decision has what it reads. ValueError when a CSV
+    read is not canonical."""
     from include.price_pipeline import rules
 
-    own = pairs[0] if key_of is layout.analysis_key else ""  # the default pair's CSVs are its alone
-    read: dict[datetime, dict[str, Price]] = {}
+    slots = sorted({layout.slot_of_key(key) for key in listed})
+    keys = {pair: {at: csv_key(pair, at, prefix, rule_set.default_pair) for at in slots} for pair in pairs}
+    keys = {pair: {at: key for at, key in of.items() if key in listed} for pair, of in keys.items()}
+    read: dict[str, dict[str, Price]] = {}
     while True:
         wanted = set()
-        for pair in pairs:
-            candidates = [at for at in files if at not in read or pair in read[at]]
-            known = [read[at][pair] for at in read if pair in read[at]]
-            wanted |= rules.slots_read(rule_set.pairs[pair], candidates, slot, known) - read.keys()
+        for pair, of in keys.items():
+            candidates = [at for at, key in of.items() if key not in read or pair in read[key]]
+            known = [read[key][pair] for key in of.values() if pair in read.get(key, {})]
+            wanted |= {of[at] for at in rules.slots_read(rule_set.pairs[pair], candidates, slot, known)} - read.keys()
         if not wanted:
             break
-        slots = sorted(wanted)
-        bodies = read_many(s3, bucket, [key_of(at, prefix) for at in slots])
-        read.update(prices_by_slot({at: body or b"" for at, body in zip(slots, bodies, strict=True)}, own))
-    return {pair: [read[at][pair] for at in sorted(read) if pair in read[at]] for pair in pairs}
+        ordered = sorted(wanted)
+        for key, body in zip(ordered, read_many(s3, bucket, ordered), strict=True):
+            read[key] = {} if body is None else csv_prices(key, body, rule_set.default_pair)  # None: deleted since
+    return {pair: [read[key][pair] for key in of.values() if pair in read.get(key, {})] for pair, of in keys.items()}
 
 
 def in_parallel(s3, call, items: list) -> list:
@@ -196,8 +194,35 @@ def read_many(s3, bucket: str, keys: list[str]) -> list[bytes | None]:
     return in_parallel(s3, lambda key: read_bytes(s3, bucket, key), keys)
 
 
-def quarantine_reasons(s3, bucket: str, prefix: str, slot: datetime) -> list[dict]:
-    """Reason files the Glue job left for the window starting at ``slot``."""
-    window_prefix = f"{prefix}{layout.partition(slot)}{layout.slot_stamp(slot)}/"
-    keys = [k for k in list_keys(s3, bucket, window_prefix) if k.endswith(".reason.json")]
-    return [read_json(s3, bucket, k) for k in keys]
+def quarantine_reason_keys(s3, bucket: str, prefix: str, start: datetime, end: datetime) -> list[str]:
+    """The reason files the Glue job left for windows of ``[start, end)``, in key order (a reason file's key
+    names its window, never its reason: that is inside): one listing of the window's folder for one window,
+    else one per month, in parallel (quarantined objects are few: a month is one request, not 31)."""
+    if end - start == layout.SLOT:
+        prefixes = [layout.quarantine_window_prefix(start, prefix)]
+    else:
+        months = layout.months_between(start, end - layout.SLOT)
+        prefixes = [f"{prefix}{layout.month_partition(year, month)}" for year, month in months]
+    listed = [key for keys in in_parallel(s3, lambda p: list_keys(s3, bucket, p), prefixes) for key in keys]
+    return sorted(key for key in listed if key.endswith(".reason.json") and start <= _window(key) < end)
+
+
+def _window(key: str) -> datetime:
+    try:
+        return layout.slot_of_key(key)
+    except ValueError:  # no stamp: no reason file of the Glue job's
+        return datetime.min.replace(tzinfo=layout.UTC)
+
+
+def read_notes(s3, bucket: str, keys: list[str]) -> list[dict]:
+    """The reason files ``keys`` read in parallel, each a JSON object with its ``key``; one gone meanwhile,
+    or no JSON object, is left out."""
+    notes = []
+    for key, body in zip(keys, read_many(s3, bucket, keys), strict=True):
+        try:
+            note = json.loads(body) if body is not None else None
+        except ValueError:
+            continue
+        if isinstance(note, dict):
+            notes.append({**note, "key": key})
+    return notes

@@ -134,18 +134,13 @@ def create_app() -> FastAPI:
         pairs = list(rule_set.pairs)
         if pair and pair not in pairs:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, f"pair must be one of {', '.join(pairs)}")
-        try:
-            data = browse.history(s3_client(config), config, rule_set.default_rule, first, last, pair or "")
-        except ValueError as error:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
-        data["pairs"], data["pair"] = pairs, pair or config.pair
-        if data["threshold_pct"] is None:  # another pair: each rule as what it is (a band, a level line)
-            data["rules"] = [
-                {"rule": r.name, "kind": r.kind, "threshold_pct": r.threshold_pct, "level": r.level}
-                for r in rule_set.pairs[pair]
-            ]
-            changes = [r.threshold_pct for r in rule_set.pairs[pair] if r.kind == "change"]
-            data["threshold_pct"] = changes[0] if changes else None
+        data = browse.history(s3_client(config), config, rule_set, first, last, pair or "")
+        data["pairs"] = pairs
+        # Each rule as what it is: a change rule's threshold band, a crossing rule's level line.
+        pair_rules = rule_set.pairs[data["pair"]]
+        data["rules"] = [{"rule": r.name, "kind": r.kind, "threshold_pct": r.threshold_pct, "level": r.level}
+                         for r in pair_rules]  # fmt: skip
+        data["threshold_pct"] = next((r.threshold_pct for r in pair_rules if r.kind == "change"), None)
         links = run_links(first, last)
         for row in data["windows"]:
             row["run_url"] = links.get(row["window_start"])
@@ -153,14 +148,18 @@ def create_app() -> FastAPI:
         return json_response(data)
 
     @app.get("/api/ledger")
-    def ledger(_user: User, start: Start = None, end: End = None, dag_id: DagId = None, run_id: RunId = None):
-        """The ledger entries of the rows ``/api/history`` left ``pending`` for the same range."""
+    def ledger(_user: User, start: Start = None, end: End = None, dag_id: DagId = None, run_id: RunId = None,
+               pair: PairName = None):  # fmt: skip
+        """The ledger entries of the rows ``/api/history`` left ``pending`` for the same range and pair."""
         from include.price_pipeline import browse, settings
 
         first, last, _focus = resolve_range(start, end, dag_id, run_id)
         config = load_config()
-        rule = settings.load_rules(config).default_rule
-        return json_response({"windows": browse.ledger_details(s3_client(config), config, rule, first, last)})
+        rule_set = settings.load_rules(config)
+        if pair and pair not in rule_set.pairs:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"pair must be one of {', '.join(rule_set.pairs)}")
+        rows = browse.ledger_details(s3_client(config), config, rule_set, first, last, pair or "")
+        return json_response({"windows": rows})
 
     return app
 

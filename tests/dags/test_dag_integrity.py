@@ -26,7 +26,7 @@ DAG_FILE = DAGS_FOLDER / "price_notification.py"
 TASK_ORDER = (
     "wait_for_price_record",
     "normalize_price_record",
-    "compute_price_change",
+    "analyse_pairs",
     "publish_price_alerts",
 )
 VERB_NOUN = re.compile(r"[a-z]+(?:_[a-z0-9]+)+")
@@ -134,9 +134,11 @@ def test_any_further_task_of_price_notification_comes_after_the_sns_alert(dag):
         assert "publish_price_alerts" in task.get_flat_relative_ids(upstream=True), task.task_id
 
 
-def test_one_publish_task_sends_every_pairs_alerts_whatever_an_analysis_ended_with(monkeypatch):
-    """One publish path: the default pair's alert and the other pairs' go out from one task, which runs even
-    when one analysis failed (a quarantined record of one pair holds back no other pair's alert)."""
+def test_one_publish_task_sends_every_pairs_alerts_from_the_one_analysis(monkeypatch):
+    """One lane: every pair, the default one included, is decided by the one analyse_pairs task, and its due
+    alerts, the default pair's and the other pairs', go out from the one publish task. A pair without a
+    record fails no task (analyse_pairs reports it late; it fails only when no pair has one), so the publish
+    task runs on all_success."""
     monkeypatch.setenv("PRICE_RULES_FILE", "include/rules/local.json")
     import importlib.util
 
@@ -146,9 +148,13 @@ def test_one_publish_task_sends_every_pairs_alerts_whatever_an_analysis_ended_wi
     dag = module.price_notification()
 
     publish = dag.get_task("publish_price_alerts")
-    assert publish.upstream_task_ids == {"compute_price_change", "analyse_pairs"}
-    assert publish.trigger_rule == "all_done"
+    assert publish.upstream_task_ids == {"analyse_pairs"}
+    [due] = publish.op_args  # what it sends: the due alerts analyse_pairs returns, every pair's
+    assert (due.operator.task_id, due.key, publish.op_kwargs) == ("analyse_pairs", "return_value", {})
+    assert publish.trigger_rule == "all_success"
     assert not [t.task_id for t in dag.tasks if "publish" in t.task_id and t is not publish]
+    assert not [t.task_id for t in dag.tasks if "analys" in t.task_id and t.task_id != "analyse_pairs"]
+    assert {t.task_id for t in dag.tasks} == set(TASK_ORDER)  # three pairs: no task more than with one
 
 
 def test_price_notification_parses_with_exactly_the_documented_tasks_by_default(dag):

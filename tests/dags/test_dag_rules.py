@@ -1,5 +1,6 @@
 """The rules file is validated when the DAGs are parsed: a mistake fails the parse with one line naming
-the pair, the rule and the field; with other pairs the notification DAG gains the pairs' tasks."""
+the pair, the rule and the field; every pair, one or many, is analysed by the notification DAG's one
+analysis task."""
 
 from __future__ import annotations
 
@@ -35,14 +36,18 @@ def test_a_bad_rules_file_fails_the_parse_with_one_line(monkeypatch, tmp_path, d
     )
 
 
-def test_other_pairs_add_one_analysis_task_whose_alerts_the_one_publish_task_sends(monkeypatch):
+def test_one_analysis_task_decides_every_pair_and_the_one_publish_task_sends_its_alerts(monkeypatch):
+    """Other pairs add no task: analyse_pairs exists with the default pair alone and with many pairs."""
     dag = parse(monkeypatch, "price_notification", "include/rules/local.json").price_notification()
-    analyse, publish = dag.get_task("analyse_pairs"), dag.get_task("publish_price_alerts")
-    assert publish.upstream_task_ids == {"compute_price_change", "analyse_pairs"}
-    assert analyse.upstream_task_ids == {"normalize_price_record"}
-    assert dag.get_task("wait_for_price_record").pairs == ["ETH/USDT", "BTC/USDT", "SOL/USDT"]
     default = parse(monkeypatch, "price_notification", "include/rules/default.json").price_notification()
-    assert "analyse_pairs" not in default.task_ids
+
+    assert dag.get_task("wait_for_price_record").pairs == ["ETH/USDT", "BTC/USDT", "SOL/USDT"]
+    assert default.get_task("wait_for_price_record").pairs == ["ETH/USDT"]
+    for each in (dag, default):
+        analyse, publish = each.get_task("analyse_pairs"), each.get_task("publish_price_alerts")
+        assert analyse.upstream_task_ids == {"normalize_price_record"}
+        assert publish.upstream_task_ids == {"analyse_pairs"}
+    assert set(dag.task_ids) == set(default.task_ids)
 
 
 def test_the_run_of_an_earlier_window_is_found_at_its_scheduled_logical_date_the_windows_end():

@@ -100,19 +100,18 @@ def live_dag(settings_env, airflow_db):
         **settings_env, "PRICE_MAX_ALERT_AGE_MINUTES": str(10 * 365 * 24 * 60)})  # fmt: skip
 
 
-def ledger_objects(aws, slot) -> tuple[bytes, bytes]:
-    return aws.get(layout.ledger_key(slot)), aws.get(layout.pairs_ledger_key(slot))
+def ledger_objects(aws, slot) -> bytes:
+    return aws.get(layout.pairs_ledger_key(slot))
 
 
 COOLDOWN = {("ETH/USDT", "move-5m"): 15, ("BTC/USDT", "move-15m"): 15, ("SOL/USDT", "cross"): 30}
 
 
-def verdicts(objects: tuple[bytes, bytes]) -> dict[tuple[str, str], tuple[str, str, str | None]]:
+def verdicts(objects: bytes) -> dict[tuple[str, str], tuple[str, str, str | None]]:
     """``{(pair, rule): (alert | cooled | the decision, direction, the alert window a cooled firing counts
-    from)}`` of a window's two ledger objects."""
-    default, others = json.loads(objects[0]), pairs.parse_entries(objects[1])
-    found = {(default["pair"], "move-5m"): (default["decision"], default["direction"], default.get("suppressed_by"))}
-    for pair, entry in others.items():
+    from)}`` of a window's ledger object."""
+    found = {}
+    for pair, entry in pairs.parse_entries(objects).items():
         for name, rule in entry["rules"].items():
             found[pair, name] = (rule["decision"], rule["direction"], rule.get("suppressed_by"))
     kind = {**dict.fromkeys(ALERTING, "alert"), **dict.fromkeys(COOLED, "cooled")}
@@ -140,8 +139,7 @@ def test_live_native_backfill_and_bulk_runs_reach_the_same_cooldown_decisions(bu
     real_due = analysis.due_for_subscribers
 
     for slot in windows:  # native backfill runs: price_notification's backfill lane, byte for byte
-        for key in (layout.ledger_key(slot), layout.pairs_ledger_key(slot)):
-            aws.s3.delete_object(Bucket=aws.config.bucket, Key=key)
+        aws.s3.delete_object(Bucket=aws.config.bucket, Key=layout.pairs_ledger_key(slot))
         with monkeypatch.context() as patch:
             patch.setattr(analysis, "due_for_subscribers", lambda _type, *rest: real_due("backfill", *rest))
             run = live_dag.test(logical_date=slot + layout.SLOT, run_conf=PARAMS)
@@ -150,8 +148,7 @@ def test_live_native_backfill_and_bulk_runs_reach_the_same_cooldown_decisions(bu
     assert aws.alerts() == []
 
     for slot in windows:  # live runs: they alert
-        for key in (layout.ledger_key(slot), layout.pairs_ledger_key(slot)):
-            aws.s3.delete_object(Bucket=aws.config.bucket, Key=key)
+        aws.s3.delete_object(Bucket=aws.config.bucket, Key=layout.pairs_ledger_key(slot))
         run = live_dag.test(logical_date=slot + layout.SLOT, run_conf=PARAMS)
         assert run.state == "success", task_states(run)
         live = verdicts(ledger_objects(aws, slot))

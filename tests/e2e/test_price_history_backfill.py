@@ -13,8 +13,9 @@ import json
 import pandas as pd
 import pytest
 
-from include.price_pipeline import analysis, layout, windows
+from include.price_pipeline import analysis, layout, pairs
 from local.feed import synthetic_record, write_record
+from local.soak import default_entry
 from tests.conftest import utc
 
 pytestmark = pytest.mark.e2e
@@ -160,10 +161,10 @@ def test_ledger_entries_are_byte_identical_to_what_price_notification_writes(fir
     """dag.test() only makes manual runs; the DAG hands dag_run.run_type to due_for_subscribers, so
     patching the run type to "backfill" there gives exactly a native backfill run of the window."""
     _, _, objects = first_run
-    ledger = {k: json.loads(v) for k, v in objects.items() if k.startswith(layout.CHANGES_PREFIX)}
+    ledger = {k: default_entry(v) for k, v in objects.items() if k.startswith(layout.CHANGES_PREFIX)}
     breach = min(k for k, v in ledger.items() if v["decision"] == "suppressed_backfill")
-    after_bad = layout.ledger_key(BAD_SLOT + layout.SLOT)
-    compared = [layout.ledger_key(DAY), after_bad, breach]
+    after_bad = layout.pairs_ledger_key(BAD_SLOT + layout.SLOT)
+    compared = [layout.pairs_ledger_key(DAY), after_bad, breach]
     real_due = analysis.due_for_subscribers
     monkeypatch.setattr(analysis, "due_for_subscribers", lambda _run_type, *rest: real_due("backfill", *rest))
 
@@ -183,15 +184,19 @@ def test_a_rerun_writes_identical_objects_and_leaves_a_notified_window_untouched
     aws = day_of_records
     _, _, before = first_run
     breach_key = min(k for k, v in before.items() if k.startswith(layout.CHANGES_PREFIX) and b"suppressed_b" in v)
-    entry = windows.record_notified(aws.s3, aws.config, json.loads(before[breach_key]), "message-from-live-run")
+    [(pair, entry)] = pairs.parse_entries(before[breach_key]).items()
+    [(rule, state)] = entry["rules"].items()
+    state = state | {"decision": "notified", "sns_message_id": "message-from-live-run"}
+    entry = entry | {"decision": "notified", "rules": {rule: state}}  # as a live run of the window left it
+    aws.put(breach_key, pairs.entries_bytes({pair: entry}))
     expected = {**before, breach_key: aws.get(breach_key)}
 
     run, summary = run_bulk(bulk_dag, DAY, NEXT_DAY)
 
     assert run.state == "success", task_states(run)
     assert day_objects(aws) == expected
-    assert json.loads(aws.get(breach_key)) == entry
-    assert summary["ledger"] == {"written": 0, "unchanged": 284, "kept_notified": 1, "kept_publishing": 0, "due": 0}
+    assert pairs.parse_entries(aws.get(breach_key))[pair] == entry
+    assert summary["ledger"] == {"written": 0, "unchanged": 285, "due": 0}
     assert summary["parquet"][0]["written"] is False
 
 
@@ -209,7 +214,7 @@ def test_notify_on_backfill_publishes_each_due_breach_once_and_skips_the_notifie
     alerts = aws.alerts()
     assert summary["notified"] == len(alerts) == len(fresh) == 3
     assert aws.get(notified_key) == notified_entry
-    entries = [json.loads(aws.get(key)) for key in fresh]
+    entries = [default_entry(aws.get(key)) for key in fresh]
     assert {e["decision"] for e in entries} == {"notified"}
     assert {e["sns_message_id"] for e in entries} == {a["MessageId"] for a in alerts}
     for alert in alerts:

@@ -143,8 +143,9 @@ def test_a_backfill_of_windows_without_records_ends_at_once_naming_each_window_a
     assert code == 1, out
     assert "10 of 10 windows did not succeed (1 failed, 9 no record)" in out
     [failed] = [line.strip() for line in out.splitlines() if " UTC  failed: " in line]
-    assert failed.startswith(f"{first:%Y-%m-%d %H:%M} UTC  failed: AirflowFailException: record for window "
-                             f"{layout.slot_stamp(first)} quarantined: ")  # fmt: skip
+    assert failed.startswith(f"{first:%Y-%m-%d %H:%M} UTC  failed: AirflowFailException: window "
+                             f"{layout.slot_stamp(first)}: no pair has a record to decide (")  # fmt: skip
+    assert "ETH/USDT: quarantined: " in failed  # every pair late, the default one with its reason
     named = [line.strip() for line in out.splitlines() if " UTC  no record: " in line]
     assert len(named) == 9, out
     for index, line in enumerate(named, start=1):

@@ -10,22 +10,27 @@ from datetime import timedelta
 
 import pytest
 
-from include.price_pipeline import alerts, browse, history, layout, rules
+from include.price_pipeline import browse, history, layout, pairs, rules
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
 pytestmark = pytest.mark.integration
 
-RULE = rules.load(rules.DEFAULT_RULES_FILE).default_rule
+RULES = rules.load(rules.DEFAULT_RULES_FILE)
+RULE = RULES.default_rule
+PAIR = RULES.default_pair
 
 
-def put_entry(aws, slot, price, previous_price, decision, reason="r", **extra):
-    previous = Price(slot - layout.SLOT, previous_price, "ETH/USDT", "prev") if previous_price else None
+def put_entry(aws, slot, price, previous_price, decision, reason="r", sns_message_id=None):
+    """The default pair's line of the window's ledger object, as the pipeline writes it."""
+    previous = Price(slot - layout.SLOT, previous_price, PAIR, "prev") if previous_price else None
     change_pct = (price - previous_price) / previous_price * 100 if previous_price else None
     direction = "flat" if not change_pct else "up" if change_pct > 0 else "down"
     decided = rules.Decision(RULE.name, RULE.kind, decision, reason, direction, change_pct, previous)
-    entry = alerts.ledger_entry(Price(slot, price, "ETH/USDT", "src"), RULE, decided, decision, reason)
-    aws.put(layout.ledger_key(slot), alerts.ledger_bytes({**entry, **extra}))
+    entry = pairs.pair_entry(PAIR, slot, Price(slot, price, PAIR, "src"), (RULE,), {RULE.name: decided}, True, "")
+    state = entry["rules"][RULE.name] | {"sns_message_id": sns_message_id}
+    entry |= {"rules": {RULE.name: state}, "decision": "notified" if decision == "notified" else "analysed"}
+    aws.put(layout.pairs_ledger_key(slot), pairs.entries_bytes({PAIR: entry}))
     return entry
 
 
@@ -36,7 +41,7 @@ def test_short_range_reads_every_ledger_entry_and_marks_missing_windows(aws):
     # start + 2 slots: nothing at all (a gap)
     put_entry(aws, start + 3 * layout.SLOT, 102.1, 102.0, "below_threshold")
 
-    data = browse.history(aws.s3, aws.config, RULE, start, start + 4 * layout.SLOT)
+    data = browse.history(aws.s3, aws.config, RULES, start, start + 4 * layout.SLOT)
 
     assert data["mode"] == "ledger"
     assert [(r["window_start"], r["decision"]) for r in data["windows"]] == [
@@ -54,22 +59,29 @@ def test_short_range_reads_every_ledger_entry_and_marks_missing_windows(aws):
     assert data["counts"] == {"below_threshold": 1, "missing": 1, "no_previous_record": 1, "notified": 1}
 
 
-def test_entries_are_read_tolerantly_unknown_decisions_as_is_missing_fields_blank(aws):
+def test_entries_are_read_as_the_pipeline_reads_them_unknown_decisions_as_is_missing_fields_blank(aws):
+    """The page reads the ledger with the pipeline's reader: an entry with a decision it does not know is shown
+    as it is, missing or mistyped fields are blank, and an object the pipeline would refuse is a row saying so."""
     start = utc(2026, 3, 3, 10, 0)
-    aws.put(layout.ledger_key(start), json.dumps({"decision": "publishing", "window_start": "x", "new_field": 1}))
-    aws.put(layout.ledger_key(start + layout.SLOT), json.dumps({"latest": "not an object", "change_pct": "2"}))
-    aws.put(layout.ledger_key(start + 2 * layout.SLOT), b"not json")
+    unknown = {"pair": PAIR, "decision": "publishing", "rules": {"r": {"decision": "brand_new"}}, "new_field": 1}
+    mistyped = {"pair": PAIR, "decision": "analysed", "latest": "not an object",
+                "rules": {"r": {"decision": "below_threshold", "change_pct": "2"}}}  # fmt: skip
+    aws.put(layout.pairs_ledger_key(start), pairs.entries_bytes({PAIR: unknown}))
+    aws.put(layout.pairs_ledger_key(start + layout.SLOT), pairs.entries_bytes({PAIR: mistyped}))
+    aws.put(layout.pairs_ledger_key(start + 2 * layout.SLOT), b"not json")
 
-    rows = browse.history(aws.s3, aws.config, RULE, start, start + 3 * layout.SLOT)["windows"]
+    rows = browse.history(aws.s3, aws.config, RULES, start, start + 4 * layout.SLOT)["windows"]
 
-    assert rows[0]["decision"] == "publishing"
-    assert rows[0]["price"] is None
-    assert rows[0]["reason"] is None
-    assert rows[0]["sns_message_id"] is None
-    assert rows[1]["decision"] == "unknown"
-    assert rows[1]["price"] is None
-    assert rows[1]["change_pct"] is None
-    assert rows[2]["decision"] == "missing"
+    assert (rows[0]["decision"], rows[0]["price"], rows[0]["reason"], rows[0]["sns_message_id"]) == (
+        "brand_new",
+        None,
+        None,
+        None,
+    )
+    assert (rows[1]["decision"], rows[1]["price"], rows[1]["change_pct"]) == ("below_threshold", None, None)
+    assert rows[2]["decision"] == "damaged_ledger"
+    assert "line 1: not a JSON object with a pair" in rows[2]["reason"]
+    assert rows[3]["decision"] == "missing"
 
 
 def test_quarantined_objects_of_the_range_come_with_their_reasons(aws):
@@ -80,8 +92,8 @@ def test_quarantined_objects_of_the_range_come_with_their_reasons(aws):
     outside, _ = layout.quarantine_keys(slot + timedelta(hours=1), "other")
     aws.put(outside, b"later")
 
-    found = browse.quarantined(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30))
-    rows = browse.history(aws.s3, aws.config, RULE, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 15))["windows"]
+    found = browse.quarantined(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30), PAIR)
+    rows = browse.history(aws.s3, aws.config, RULES, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 15))["windows"]
 
     assert found == [
         {
@@ -119,8 +131,8 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
     calm = slots[50]
     put_entry(aws, calm, prices[calm], prices[calm - layout.SLOT], "below_threshold", reason="not read")
 
-    data = browse.history(aws.s3, aws.config, RULE, start, end)
-    details = {row["window_start"]: row for row in browse.ledger_details(aws.s3, aws.config, RULE, start, end)}
+    data = browse.history(aws.s3, aws.config, RULES, start, end)
+    details = {row["window_start"]: row for row in browse.ledger_details(aws.s3, aws.config, RULES, start, end)}
 
     assert data["mode"] == "parquet"
     by_slot = {row["window_start"]: row for row in data["windows"]}
@@ -138,12 +150,13 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
     # Second answer: what the ledger says about those.
     assert details[layout.iso(breach)] | {"change_pct": None} == {
         "window_start": layout.iso(breach), "price": prices[breach], "change_pct": None, "threshold_pct": 1.0,
-        "direction": "up", "decision": "notified", "reason": "r", "sns_message_id": "msg-9", "source": "ledger",
+        "direction": "up", "decision": "notified", "reason": f"{RULE.name}: r", "sns_message_id": "msg-9",
+        "source": "ledger", "fired": [{"rule": RULE.name, "direction": "up", "decision": "notified"}],
     }  # fmt: skip
     assert details[layout.iso(gap)]["decision"] == "missing"
     assert details[layout.iso(back_down)]["decision"] == "no_ledger_entry"
     assert details[layout.iso(back_down)]["price"] == prices[back_down]
-    assert details[layout.iso(ledger_only)]["reason"] == "written by a live run"
+    assert details[layout.iso(ledger_only)]["reason"] == f"{RULE.name}: written by a live run"
 
 
 def test_the_range_defaults_to_the_last_day_and_refuses_more_than_31_days():

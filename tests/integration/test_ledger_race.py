@@ -5,13 +5,11 @@ publishes. Deterministic: a barrier holds each flow right after its ledger read 
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
 
-from include.price_pipeline import layout, rules, windows
-from include.price_pipeline.analysis import NOTIFY
+from include.price_pipeline import layout, pairs, rules
 from tests.conftest import utc
 from tests.records import candle, seed_normalized
 
@@ -36,19 +34,23 @@ class ReadTogether:
                 self._barrier.wait(timeout=30)
 
 
+RULES = rules.load(rules.DEFAULT_RULES_FILE)
+PAIR, RULE = RULES.default_pair, RULES.default_rule.name
+
+
 def flow(aws, s3, slot, claimant: str) -> str | None:
     """What one run does: analyse (and claim), then, with the claim, publish and record notified."""
-    result = windows.analyse_window(
-        s3, aws.config, slot, rules.load(rules.DEFAULT_RULES_FILE), True, "", "http://ui/run", claimant=claimant
-    )
-    if result["decision"] != NOTIFY:
+    result = pairs.analyse_pairs(s3, aws.config, RULES, slot, True, "", "http://ui/run", claimant)
+    if not result["alerts"]:
         return None
-    windows.start_publish(s3, aws.config, slot, claimant)
-    message_id = aws.sns.publish(
-        TopicArn=aws.config.alert_topic_arn, Subject=result["subject"], Message=result["message"]
-    )["MessageId"]
-    windows.record_notified(s3, aws.config, result["entry"], message_id, claimant)
-    return message_id
+
+    def publish(alert):
+        return aws.sns.publish(TopicArn=aws.config.alert_topic_arn, Subject=alert["subject"], Message=alert["message"])[
+            "MessageId"
+        ]
+
+    published = pairs.publish_alerts(s3, aws.config, slot, result["alerts"], claimant, publish)
+    return published["sent"].get(f"{PAIR} {RULE}")
 
 
 @pytest.fixture
@@ -65,9 +67,12 @@ def test_two_runs_racing_on_one_window_publish_exactly_once(sns, stored):
     slot = utc(2026, 3, 2, 10, 0) if stored is None else utc(2026, 3, 3, 10, 0)
     seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
     seed_normalized(aws.s3, aws.config.bucket, candle(slot, 103.0))
-    key = layout.ledger_key(slot)
+    key = layout.pairs_ledger_key(slot)
     if stored:
-        aws.put(key, json.dumps({"decision": stored}) + "\n")
+        aws.put(
+            key,
+            pairs.entries_bytes({PAIR: {"pair": PAIR, "decision": "analysed", "rules": {RULE: {"decision": stored}}}}),
+        )
     barrier = threading.Barrier(2)
     outcomes: dict[str, object] = {}
 
@@ -86,5 +91,5 @@ def test_two_runs_racing_on_one_window_publish_exactly_once(sns, stored):
     sent = aws.alerts()
     assert len(sent) == 1, outcomes
     assert sorted(outcomes.values(), key=lambda v: v is None) == [sent[0]["MessageId"], None]
-    entry = windows.read_entry(aws.s3, aws.config, slot)[0]
-    assert (entry["decision"], entry["sns_message_id"]) == ("notified", sent[0]["MessageId"])
+    entry = pairs.parse_entries(aws.get(key))[PAIR]
+    assert (entry["decision"], entry["rules"][RULE]["sns_message_id"]) == ("notified", sent[0]["MessageId"])

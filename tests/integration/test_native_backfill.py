@@ -16,7 +16,7 @@ import pytest
 from include.price_pipeline import layout, settings
 from local.api import wait_for_backfill
 from local.feed import write_record
-from local.soak import receive_all
+from local.soak import default_entry, receive_all
 from local.stack import Stack, isolated
 from local.standin import client, queue_name
 from tests.records import candle, seed_normalized
@@ -57,8 +57,8 @@ def test_backfill_is_quiet_by_default_notifies_once_when_asked_and_never_again(s
         write_record(s3, config.bucket, candle(FIRST + layout.SLOT * index, price))
 
     def ledger(index: int) -> dict:
-        key = layout.ledger_key(FIRST + layout.SLOT * index)
-        return json.loads(s3.get_object(Bucket=config.bucket, Key=key)["Body"].read())
+        key = layout.pairs_ledger_key(FIRST + layout.SLOT * index)
+        return default_entry(s3.get_object(Bucket=config.bucket, Key=key)["Body"].read())
 
     backfill(stack, notify=False)
     assert receive_all(sqs, alerts_url) == []

@@ -98,10 +98,10 @@ def test_a_scheduled_run_and_a_rest_run_without_logical_date_of_one_window_send_
     [alert] = alerts(aws)
     entry = soak.ledger_entry(aws["s3"], window)
     assert (entry["decision"], entry["sns_message_id"]) == ("notified", alert["MessageId"])
-    logs = {run: task_log(stack, LIVE, run, "compute_price_change") for run in (manual, scheduled)}
+    logs = {run: task_log(stack, LIVE, run, "analyse_pairs") for run in (manual, scheduled)}
     assert "Run without a logical date" in logs[manual]
     assert f"analysing the latest complete window, {iso(window)}" in logs[manual]
-    losers = [run for run, text in logs.items() if "is claimed for publishing by" in text or "already notified" in text]
+    losers = [run for run, text in logs.items() if "this run does not publish it" in text]
     assert len(losers) == 1, "the run that did not publish says why in its log"
 
 

@@ -34,14 +34,16 @@ RULES = rules.parse(
 
 
 def seed(aws, slot, **prices):
-    """The window's canonical CSVs: the other pairs' with ``prices``, and the default pair's, whose own
-    lane is not under test here (without it, the default pair is late too)."""
+    """The window's canonical CSVs: the other pairs' with ``prices``, and the default pair's at a constant
+    price (it never fires here; without it, the default pair is late too)."""
     seed_normalized(aws.s3, aws.config.bucket, candle(slot, 2000.0))
     seed_pairs(aws.s3, aws.config.bucket, slot, {f"{base}/USDT": price for base, price in prices.items()})
 
 
 def entries(aws, slot=W) -> dict:
-    return pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot)))
+    """The other pairs' entries of the window (the default pair's line beside them never fires here)."""
+    found = pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot)))
+    return {pair: entry for pair, entry in found.items() if pair != RULES.default_pair}
 
 
 def analyse(aws, run, slot=W, due=True, why=""):
@@ -162,10 +164,17 @@ def test_a_backfill_records_a_firing_rule_as_suppressed_and_a_missing_pair_as_la
     assert stored["decision"] == "analysed"
     assert stored["rules"]["move-5m"]["decision"] == "suppressed_backfill"
     assert stored["rules"]["move-5m"]["reason"] == "backfill run"
-    later = analyse(aws, "dag/live", slot + layout.SLOT * 3)
-    every_pair = ("ETH/USDT", "BTC/USDT", "SOL/USDT")  # the default pair included: no pair is the clock
-    assert later["late"] == {pair: "no record of the window when it was analysed" for pair in every_pair}
+    late = "no record of the window when it was analysed"
+    with pytest.raises(windows.WindowFailed) as nothing:  # no pair's record at all: nothing to decide
+        analyse(aws, "dag/live", slot + layout.SLOT * 3)
+    every_pair = ("BTC/USDT", "ETH/USDT", "SOL/USDT")  # the default pair included: no pair is the clock
+    assert str(nothing.value).endswith(
+        f"no pair has a record to decide ({'; '.join(f'{p}: {late}' for p in every_pair)})"
+    )
     assert aws.keys(layout.pairs_ledger_key(slot + layout.SLOT * 3)) == []  # no entry: a later run can decide it
+    seed(aws, slot + layout.SLOT * 4, SOL=150.0)
+    later = analyse(aws, "dag/live", slot + layout.SLOT * 4)
+    assert later["late"] == {"BTC/USDT": late}
     assert "- BTC/USDT: no record of the window" in pairs.late_notice(slot, later["late"], "url")
 
 
@@ -198,10 +207,15 @@ def test_a_windows_first_analysis_reads_one_csv_per_slot_its_rules_decide_from_f
 
     assert result["decisions"] == {
         "BTC/USDT": {"move-5m": "below_threshold"},
+        "ETH/USDT": {"move-5m": "below_threshold"},
         "SOL/USDT": {"move-5m": "below_threshold"},
     }
     assert entries(aws, slot)["BTC/USDT"]["rules"]["move-5m"]["reference"]["timestamp"] == "2025-09-08T19:50:00Z"
-    assert sorted(reads) == [layout.pairs_analysis_key(slot - layout.SLOT * back) for back in (2, 1, 0)]
+    # The shared CSV of each slot read once for BTC and SOL, and the default pair's own CSV where it reads.
+    assert sorted(reads) == sorted(
+        [layout.pairs_analysis_key(slot - layout.SLOT * back) for back in (2, 1, 0)]
+        + [layout.analysis_key(slot - layout.SLOT * back) for back in (1, 0)]
+    )
 
 
 def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_and_parquet_per_pair(aws):
@@ -222,12 +236,11 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
 
     month = aws.keys(layout.month_analysis_prefix(2025, 9))
     shared = sum(1 for key in month if layout.is_pairs_key(key))
-    assert summary["parquet"][0]["rows"] == len(month) - shared  # the default pair's month: its rows only
-    btc = summary["pairs"]["BTC/USDT"]
-    assert btc["windows"] == 5
-    assert btc["parquet"][0]["key"] == layout.parquet_key(2025, 9, pair="BTC/USDT")
-    assert btc["parquet"][0]["rows"] >= 6
-    assert summary["pairs"]["SOL/USDT"]["parquet"][0]["rows"] >= 6
+    parquet = {item["key"]: item for item in summary["parquet"]}
+    assert parquet[layout.parquet_key(2025, 9)]["rows"] == len(month) - shared  # the default pair's: its rows only
+    assert summary["pairs"]["BTC/USDT"]["windows"] == 5
+    assert parquet[layout.parquet_key(2025, 9, pair="BTC/USDT")]["rows"] >= 6
+    assert parquet[layout.parquet_key(2025, 9, pair="SOL/USDT")]["rows"] >= 6
     bulk = {slot: aws.get(layout.pairs_ledger_key(slot)) for slot in slots[1:]}
     decisions = [pairs.parse_entries(body)["BTC/USDT"]["rules"]["cross-100k"]["decision"] for body in bulk.values()]
     assert decisions == [
@@ -244,7 +257,7 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
 
     damaged_key = layout.pairs_ledger_key(slots[2])  # a damaged object fails the bulk run too, untouched
     aws.put(damaged_key, bulk[slots[2]] + b"not json\n")
-    with pytest.raises(pairs.DamagedLedger, match=f"{damaged_key} line 3: not a JSON object"):
+    with pytest.raises(pairs.DamagedLedger, match=f"{damaged_key} line 4: not a JSON object"):
         history.backfill_history(
             aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, RULES, False, datetime.now().astimezone()
         )  # fmt: skip
@@ -282,7 +295,7 @@ def test_the_bulk_backfill_with_notify_on_backfill_publishes_each_due_alert_of_a
     assert head["ContentType"] == "application/x-ndjson"  # as the pipeline writes it (was application/json)
 
     assert sorted(sent) == ["BTC/USDT crossed 100000 upward: 100,500.00", "BTC/USDT up 1.01% in 5 min: 100,500.00"]
-    assert summary["pairs"]["published"] == {"sent": 2, "skipped": [], "left": [], "failed": []}
+    assert (summary["notified"], summary["not_published"]) == (2, 0)
     btc = entries(aws, slots[2])["BTC/USDT"]
     assert btc["decision"] == "notified"
     assert "claimed_by" not in btc
@@ -292,7 +305,7 @@ def test_the_bulk_backfill_with_notify_on_backfill_publishes_each_due_alert_of_a
 
     again = bulk("price_history_backfill/run-2")
     assert len(sent) == 2  # nothing more
-    assert again["pairs"]["published"]["sent"] == 0
+    assert (again["notified"], again["not_published"]) == (0, 2)  # both found notified: not sent again
     assert analyse(aws, "price_notification/backfill__x", slots[2])["alerts"] == []
     assert entries(aws, slots[2])["BTC/USDT"] == btc
 
@@ -349,7 +362,7 @@ def test_an_earlier_window_whose_record_is_missing_holds_no_pair(aws):
     result = pairs.analyse_pairs(aws.s3, aws.config, RULES, slot, True, "", "url", "dag/run",
                                  lambda slots: pytest.fail(f"asked the scheduler about {slots}"))  # fmt: skip
 
-    assert set(result["decisions"]) == {"BTC/USDT", "SOL/USDT"}
+    assert set(result["decisions"]) == {"BTC/USDT", "ETH/USDT", "SOL/USDT"}
     assert set(entries(aws, slot)) == {"BTC/USDT", "SOL/USDT"}
 
 

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from include.price_pipeline import alerts, layout, rules
+from include.price_pipeline import layout, pairs, rules
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
@@ -60,8 +60,10 @@ def test_with_the_ui_cookie_the_page_and_its_data_are_served_with_a_strict_csp(c
     previous, latest = Price(SLOT - layout.SLOT, 100.0, "ETH/USDT", "a"), Price(SLOT, 103.0, "ETH/USDT", "b")
     rule = rules.load(rules.DEFAULT_RULES_FILE).default_rule
     decided = rules.Decision(rule.name, rule.kind, "notify", "r", "up", 3.0, previous)
-    entry = alerts.ledger_entry(latest, rule, decided, "notified", "<img src=x onerror=alert(1)>")
-    aws.put(layout.ledger_key(SLOT), alerts.ledger_bytes({**entry, "sns_message_id": "m-1"}))
+    entry = pairs.pair_entry("ETH/USDT", SLOT, latest, (rule,), {rule.name: decided}, True, "")
+    state = {"decision": "notified", "reason": "<img src=x onerror=alert(1)>", "sns_message_id": "m-1"}
+    entry |= {"decision": "notified", "rules": {rule.name: entry["rules"][rule.name] | state}}
+    aws.put(layout.pairs_ledger_key(SLOT), pairs.entries_bytes({"ETH/USDT": entry}))
     client.cookies.set("_token", token)
     try:
         page = client.get("/price-alerts/")
@@ -85,7 +87,7 @@ def test_with_the_ui_cookie_the_page_and_its_data_are_served_with_a_strict_csp(c
     assert (row["decision"], row["sns_message_id"], row["reason"]) == (
         "notified",
         "m-1",
-        "<img src=x onerror=alert(1)>",
+        f"{rule.name}: <img src=x onerror=alert(1)>",
     )
     assert [r["decision"] for r in rest] == ["missing"] * 5
 

@@ -1,18 +1,17 @@
 """A replayed day of real Poloniex data: the ledger matches an independent computation, row for row.
 
 The raw records go through the real Glue job on the stand-in (one range run, mixed formats), then
-each window is analysed by the same function the DAG's compute task calls. The expected values are
+each window is analysed by the same function the DAG's analyse_pairs task calls. The expected values are
 computed here in plain Python from the CSV, without the project's functions.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.price_pipeline import layout, rules, settings, windows
+from include.price_pipeline import layout, pairs, rules, settings
 from local.feed import write_record
 
 pytestmark = pytest.mark.integration
@@ -52,19 +51,18 @@ def test_ledger_of_a_replayed_real_day_matches_an_independent_computation(aws, p
     rule_set = rules.with_overrides(rules.load(rules.DEFAULT_RULES_FILE), {"threshold_pct": THRESHOLD})
     slots = [DAY + layout.SLOT * i for i in range(288)]
     for slot in slots:
-        windows.analyse_window(
-            aws.s3, aws.config, slot, rule_set, False, "backfill run (notify_on_backfill is off)", "-"
-        )
+        why_not_due = "backfill run (notify_on_backfill is off)"
+        pairs.analyse_pairs(aws.s3, aws.config, rule_set, slot, False, why_not_due, "-", "")
 
     expected = independent_expectation(rows)
     breaches = 0
     for slot in slots:
-        entry = json.loads(aws.get(layout.ledger_key(slot)))
+        entry = pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot)))[aws.config.pair]
+        [state] = entry["rules"].values()
         previous, latest, change, decision = expected[int(slot.timestamp())]
-        assert entry["previous"]["weighted_average"] == previous
+        assert state["reference"]["weighted_average"] == previous
         assert entry["latest"]["weighted_average"] == latest
-        assert entry["change_pct"] == pytest.approx(change, rel=1e-12, abs=1e-12)
-        assert entry["decision"] == decision, entry["window_start"]
-        assert entry["pair"] == "ETH/BTC"
+        assert state["change_pct"] == pytest.approx(change, rel=1e-12, abs=1e-12)
+        assert state["decision"] == decision, entry["window_start"]
         breaches += decision == "suppressed_backfill"
     assert breaches >= 1, "2017-07-20 holds at least the 23:15 rally bar"

@@ -1,4 +1,5 @@
-"""Ledger entries, alert subject/message/attributes, run links and the ops notification templates."""
+"""Ledger entries (``pairs.pair_entry``, ``alerts.ledger_bytes``), the one alert builder (``alerts.alert``:
+subject, message, attributes), run links and the ops notification templates."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2.sandbox import SandboxedEnvironment
 
-from include.price_pipeline import alerts, analysis, layout, rules
+from include.price_pipeline import alerts, analysis, layout, pairs, rules, windows
+from include.price_pipeline import settings as price_settings
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
@@ -22,22 +24,43 @@ PAIR = "ETH/USDT"
 RUN_URL = "http://127.0.0.1:8080/dags/price_notification/runs/manual__2026-02-03T12%3A05%3A00%2B00%3A00"
 
 
+MOVE_5M = rules.Rule("move-5m", rules.CHANGE, threshold_pct=1.5, tolerance_minutes=24 * 60 - 5)
+CONFIG = price_settings.load({})
+NOT_DUE = "backfill run (notify_on_backfill is off)"
+
+
 def entry_for(
     previous: float | None,
     latest: float,
-    pair: str = "ETH/USDT",
+    pair: str = PAIR,
     gap_windows: int = 1,
     rule: rules.Rule | None = None,
-    decision: str = analysis.NOTIFY,
+    due: bool = True,
+    record_pair: str | None = None,
 ) -> dict:
-    """The ledger entry of the window at SLOT, built the way the DAG builds it."""
-    rule = rule or rules.Rule("move-5m", rules.CHANGE, threshold_pct=1.5, tolerance_minutes=24 * 60 - 5)
-    prices = [Price(SLOT, latest, pair, layout.ingestion_key(SLOT, ".json"))]
+    """The ledger entry of ``pair``'s window at SLOT, built the way analyse_pairs builds every pair's
+    (``pairs.pair_entry`` of ``rules.evaluate``); ``record_pair``: the pair text the record itself carries."""
+    rule = rule or MOVE_5M
+    prices = [Price(SLOT, latest, record_pair or pair, layout.ingestion_key(SLOT, ".json"))]
     if previous is not None:
         earlier = SLOT - layout.SLOT * gap_windows
-        prices.append(Price(earlier, previous, pair, layout.ingestion_key(earlier, ".csv")))
+        prices.append(Price(earlier, previous, record_pair or pair, layout.ingestion_key(earlier, ".csv")))
     series = rules.Series(prices)
-    return alerts.ledger_entry(series.at(SLOT), rule, series.raw(rule, SLOT), decision, "a reason")
+    decided = {rule.name: rules.evaluate(rule, series, SLOT)}
+    return pairs.pair_entry(pair, SLOT, series.at(SLOT), (rule,), decided, due, NOT_DUE)
+
+
+def alert_of(entry: dict, rule: str = "move-5m") -> dict:
+    """The alert of the entry's ``rule`` whatever it decided: ``alerts.alert`` of the view ``pairs.due_alerts``
+    builds (the rule's state with the entry's latest price and window; pinned by the test below)."""
+    window = {field: entry[field] for field in ("latest", "window_start", "window_end")}
+    return alerts.alert(entry["pair"], rule, entry["rules"][rule] | window, RUN_URL)
+
+
+def published(entry: dict) -> dict:
+    """The one alert the publish task gets of the entry (``pairs.due_alerts``)."""
+    [alert] = pairs.due_alerts(entry, CONFIG, RUN_URL)
+    return alert
 
 
 # ------------------------------------------------------------------ ledger
@@ -59,12 +82,18 @@ def test_ledger_bytes_are_sorted_json_with_a_trailing_newline_that_reads_back_to
     assert body.count(b"\n") == 1  # one object per line, as Athena's JSON SerDe reads the ledger
     assert json.loads(body) == entry
     assert list(json.loads(body)) == sorted(entry)
+    assert list(json.loads(body)["rules"]["move-5m"]) == sorted(entry["rules"]["move-5m"])
 
 
 def test_ledger_bytes_differ_when_the_decision_differs():
-    notify = entry_for(100.0, 103.0, decision=analysis.NOTIFY)
-    suppressed = entry_for(100.0, 103.0, decision=analysis.SUPPRESSED_BACKFILL)
+    notify = entry_for(100.0, 103.0, due=True)
+    suppressed = entry_for(100.0, 103.0, due=False)
 
+    assert notify["rules"]["move-5m"]["decision"] == analysis.NOTIFY
+    assert (suppressed["rules"]["move-5m"]["decision"], suppressed["rules"]["move-5m"]["reason"]) == (
+        analysis.SUPPRESSED_BACKFILL,
+        NOT_DUE,
+    )
     assert alerts.ledger_bytes(notify) != alerts.ledger_bytes(suppressed)
 
 
@@ -74,6 +103,7 @@ def test_ledger_entry_records_the_window_prices_change_and_rule():
 
     entry = entry_for(100.0, 103.0, rule=rule)
 
+    assert entry["pair"] == PAIR
     assert entry["window_start"] == "2026-02-03T12:00:00Z"
     assert entry["window_end"] == "2026-02-03T12:05:00Z"
     assert entry["latest"] == {
@@ -81,58 +111,61 @@ def test_ledger_entry_records_the_window_prices_change_and_rule():
         "weighted_average": 103.0,
         "source_key": layout.ingestion_key(SLOT, ".json"),
     }
-    assert entry["previous"]["timestamp"] == "2026-02-03T11:55:00Z"
-    assert entry["change_pct"] == pytest.approx(3.0)
-    assert entry["direction"] == "up"
-    assert (entry["threshold_pct"], entry["lookback_minutes"], entry["min_abs_move"], entry["repeat_windows"]) == (
-        1.5,
-        30,
-        2.0,
-        3,
-    )
-    assert entry["sns_message_id"] is None
+    assert entry["decision"] == pairs.PUBLISHING  # a rule is due: the caller claims it
+    state = entry["rules"]["move-5m"]
+    assert state["reference"]["timestamp"] == "2026-02-03T11:55:00Z"
+    assert state["change_pct"] == pytest.approx(3.0)
+    assert (state["kind"], state["direction"], state["decision"]) == (rules.CHANGE, "up", analysis.NOTIFY)
+    assert (state["threshold_pct"], state["minutes"], state["level"]) == (1.5, 5, None)
+    assert state["sns_message_id"] is None
+    assert "suppressed_by" not in state
 
 
 def test_ledger_entry_of_a_window_without_a_previous_record_serializes_with_nulls():
-    entry = entry_for(None, 103.0, decision=analysis.NO_PREVIOUS)
+    entry = entry_for(None, 103.0)
 
-    parsed = json.loads(alerts.ledger_bytes(entry))
+    parsed = json.loads(alerts.ledger_bytes(entry))["rules"]["move-5m"]
 
-    assert parsed["previous"] is None
+    assert parsed["decision"] == analysis.NO_PREVIOUS
+    assert parsed["reference"] is None
     assert parsed["change_pct"] is None
     assert parsed["direction"] == "flat"
+    assert entry["decision"] == pairs.ANALYSED
+
+
+def test_the_alert_of_a_due_rule_is_the_alert_of_its_view():
+    """``alert_of`` builds the view as ``pairs.due_alerts`` does; a rule that is not due gets no alert."""
+    entry = entry_for(3047.12, 3120.55)
+
+    assert pairs.due_alerts(entry, CONFIG, RUN_URL) == [alert_of(entry)]
+    assert pairs.due_alerts(entry_for(3047.12, 3050.0), CONFIG, RUN_URL) == []
+    assert pairs.due_alerts(entry_for(3047.12, 3120.55, due=False), CONFIG, RUN_URL) == []
 
 
 # ------------------------------------------------------------------ subject
 
 
 def test_alert_subject_reads_like_the_documented_example():
-    assert (
-        alerts.default_alert(entry_for(3047.12, 3120.55), PAIR, "move-5m", RUN_URL)["subject"]
-        == "ETH/USDT up 2.41% in 5 min: 3,120.55"
-    )
+    assert published(entry_for(3047.12, 3120.55))["subject"] == "ETH/USDT up 2.41% in 5 min: 3,120.55"
 
 
 def test_alert_subject_of_a_fall_says_down_with_the_absolute_change():
-    assert (
-        alerts.default_alert(entry_for(3000.0, 2910.0), PAIR, "move-5m", RUN_URL)["subject"]
-        == "ETH/USDT down 3.00% in 5 min: 2,910.00"
-    )
+    assert published(entry_for(3000.0, 2910.0))["subject"] == "ETH/USDT down 3.00% in 5 min: 2,910.00"
 
 
 def test_alert_subject_counts_the_minutes_since_the_previous_record():
-    assert alerts.default_alert(entry_for(100.0, 103.0, gap_windows=3), PAIR, "move-5m", RUN_URL)["subject"].startswith(
-        "ETH/USDT up 3.00% in 15 min: "
-    )
+    assert published(entry_for(100.0, 103.0, gap_windows=3))["subject"].startswith("ETH/USDT up 3.00% in 15 min: ")
 
 
 prices = st.floats(min_value=1e-8, max_value=1e12, allow_nan=False, allow_infinity=False)
 
 
 @settings(max_examples=300, deadline=None)
-@given(previous=prices, latest=prices, pair=st.text(min_size=1, max_size=200))
-def test_alert_subject_never_exceeds_the_sns_subject_limit(previous, latest, pair):
-    assert len(alerts.default_alert(entry_for(previous, latest, pair=pair), PAIR, "move-5m", RUN_URL)["subject"]) <= 100
+@given(previous=prices, latest=prices, record_pair=st.text(min_size=1, max_size=200))
+def test_alert_subject_never_exceeds_the_sns_subject_limit(previous, latest, record_pair):
+    entry = entry_for(previous, latest, record_pair=record_pair)
+
+    assert len(alert_of(entry)["subject"]) <= 100
 
 
 realistic_prices = st.floats(min_value=0.01, max_value=1e7)
@@ -145,13 +178,13 @@ short_pairs = st.text(
 @given(previous=realistic_prices, ratio=st.floats(min_value=0.05, max_value=9.0), pair=short_pairs)
 def test_alert_subject_of_a_realistic_alert_is_complete(previous, ratio, pair):
     latest = previous * ratio
-    entry = entry_for(previous, latest)
+    entry = entry_for(previous, latest, pair=pair)
 
-    subject = alerts.default_alert(entry, pair, "move-5m", RUN_URL)["subject"]
+    subject = alert_of(entry)["subject"]
 
     match = re.fullmatch(rf"{re.escape(pair)} (up|down|flat) (\d+\.\d\d)% in 5 min: (.+)", subject)
     assert match, subject
-    assert match[1] == entry["direction"]
+    assert match[1] == entry["rules"]["move-5m"]["direction"]
     assert float(match[2]) == pytest.approx(abs(latest - previous) / previous * 100, abs=0.005 + 1e-9)
     assert match[3] == alerts.format_price(latest)
 
@@ -160,26 +193,26 @@ def test_alert_subject_of_a_realistic_alert_is_complete(previous, ratio, pair):
 
 
 def test_alert_message_holds_both_prices_and_times_the_change_threshold_window_and_run_link():
-    message = alerts.default_alert(entry_for(3047.12, 3120.55), PAIR, "move-5m", RUN_URL)["message"]
+    message = published(entry_for(3047.12, 3120.55))["message"]
 
     assert "3,047.12" in message
     assert "3,120.55" in message
     assert "2026-02-03T11:55:00Z" in message
     assert "2026-02-03T12:00:00Z" in message
     assert "+2.41%" in message
-    assert "(rule move-5m: a reason)" in message  # the rule's reason names its threshold
+    assert "(rule move-5m: |change| 2.4098% over 5 min > threshold 1.5%)" in message  # its reason names the threshold
     assert "2026-02-03T12:00:00Z to 2026-02-03T12:05:00Z" in message
     assert RUN_URL in message
     assert message.index("3,047.12") < message.index("3,120.55"), "previous comes before latest"
 
 
 def test_alert_message_of_a_fall_shows_a_negative_change():
-    assert "-3.00%" in alerts.default_alert(entry_for(3000.0, 2910.0), PAIR, "move-5m", RUN_URL)["message"]
+    assert "-3.00%" in published(entry_for(3000.0, 2910.0))["message"]
 
 
 @pytest.mark.parametrize(("latest", "direction", "change"), [(3072.3, "up", 2.41), (2910.0, "down", -3.0)])
 def test_alert_attributes_carry_symbol_direction_and_change_as_a_number(latest, direction, change):
-    attributes = alerts.default_alert(entry_for(3000.0, latest), PAIR, "move-5m", RUN_URL)["attributes"]
+    attributes = published(entry_for(3000.0, latest))["attributes"]
 
     assert attributes["symbol"] == "ETH/USDT"
     assert attributes["direction"] == direction
@@ -193,31 +226,34 @@ def test_alert_attributes_carry_symbol_direction_and_change_as_a_number(latest, 
 
 
 def test_a_non_finite_change_is_stored_as_null_and_json_refuses_nan_and_infinity():
-    infinite = entry_for(5e-324, 1e300, decision=analysis.INVALID_CHANGE)
+    infinite = entry_for(5e-324, 1e300)
+    state = infinite["rules"]["move-5m"]
 
     body = alerts.ledger_bytes(infinite)
 
-    assert json.loads(body)["change_pct"] is None
+    assert state["decision"] == analysis.INVALID_CHANGE
+    assert json.loads(body)["rules"]["move-5m"]["change_pct"] is None
     assert b"Infinity" not in body
     assert b"NaN" not in body
     with pytest.raises(ValueError, match="not JSON compliant"):
-        alerts.ledger_bytes({**infinite, "change_pct": float("inf")})
+        alerts.ledger_bytes({**infinite, "rules": {"move-5m": {**state, "change_pct": float("inf")}}})
     with pytest.raises(ValueError, match="not JSON compliant"):
-        alerts.ledger_bytes({**infinite, "abs_change_pct": float("nan")})
+        alerts.ledger_bytes({**infinite, "rules": {"move-5m": {**state, "change_pct": float("nan")}}})
 
 
 def test_alert_text_and_attributes_refuse_a_non_finite_change():
-    entry = {**entry_for(100.0, 103.0), "change_pct": float("inf"), "abs_change_pct": float("inf")}
+    entry = entry_for(100.0, 103.0)
+    state = entry["rules"]["move-5m"]
 
     with pytest.raises(alerts.UnsafeText):
-        alerts.default_alert(entry, PAIR, "move-5m", RUN_URL)
+        alert_of({**entry, "rules": {"move-5m": {**state, "change_pct": float("inf")}}})
     crossing = {
         "kind": "crossing",
         "level": 100.0,
         "direction": "up",
         "change_pct": float("nan"),
         "reason": "r",
-        "reference": entry["previous"],
+        "reference": state["reference"],
         "latest": entry["latest"],
         "window_start": "",
         "window_end": "",
@@ -230,10 +266,10 @@ HOSTILE_PAIR = "<!channel> <https://x|LOGIN> \U0001f680 BTC/USDT\nSubject: x"
 
 
 def test_alert_text_names_the_configured_pair_never_the_records_text():
-    entry = entry_for(100.0, 103.0, pair=HOSTILE_PAIR)
+    entry = entry_for(100.0, 103.0, record_pair=HOSTILE_PAIR)
 
-    alert = alerts.default_alert(entry, PAIR, "move-5m", RUN_URL)
-    texts = [alert["subject"], alert["message"], json.dumps(alert["attributes"])]
+    alert = published(entry)
+    texts = [alert["subject"], alert["message"], json.dumps(alert["attributes"]), alerts.ledger_bytes(entry).decode()]
 
     assert texts[0] == "ETH/USDT up 3.00% in 5 min: 103.00"
     assert alert["attributes"]["symbol"] == PAIR
@@ -268,7 +304,7 @@ def test_sns_subject_rules_are_checked_by_our_code(subject, why):
 
 def test_a_configured_pair_sns_would_refuse_fails_the_subject_instead_of_reaching_sns():
     with pytest.raises(alerts.UnsafeText):
-        alerts.default_alert(entry_for(100.0, 103.0), "ETH/\u00e9", "move-5m", RUN_URL)["subject"]
+        pairs.due_alerts(entry_for(100.0, 103.0, pair="ETH/\u00e9"), CONFIG, RUN_URL)
 
 
 # ------------------------------------------------------------------ format_price and run_url
@@ -331,7 +367,6 @@ JINJA = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
 DAG_TASK_IDS = (
     "wait_for_price_record",
     "normalize_price_record",
-    "compute_price_change",
     "analyse_pairs",
     "publish_price_alerts",
 )
@@ -359,9 +394,10 @@ def render_ops(task_id: str, exception: object) -> tuple[str, str]:
     return JINJA.from_string(alerts.OPS_SUBJECT).render(context), JINJA.from_string(alerts.OPS_MESSAGE).render(context)
 
 
-QUARANTINE_FAILURE = RuntimeError(
-    "record for window 20260107T1000Z quarantined: record 0: weighted_average is not finite: 'NaN' "
-    "(object crypto/01-data-ingestion/year=2026/month=01/day=07/20260107T1000Z.json)"
+#: What analyse_pairs raises when the window's only record was quarantined (no pair has a record to decide).
+QUARANTINE_FAILURE = windows.WindowFailed(
+    'window 20260107T1000Z: no pair has a record to decide (ETH/USDT: quarantined: "record 0: weighted_average '
+    'is not finite: \'NaN\'" (object "crypto/01-data-ingestion/year=2026/month=01/day=07/20260107T1000Z.json"))'
 )
 
 
@@ -374,9 +410,9 @@ def test_ops_notification_of_the_sensor_says_the_feed_is_stale():
 
 
 def test_ops_notification_of_a_quarantined_record_says_so():
-    subject, message = render_ops("compute_price_change", QUARANTINE_FAILURE)
+    subject, message = render_ops("analyse_pairs", QUARANTINE_FAILURE)
 
-    assert subject == "[price pipeline] Record quarantined: compute_price_change 2026-01-07 10:00 UTC"
+    assert subject == "[price pipeline] Record quarantined: analyse_pairs 2026-01-07 10:00 UTC"
     assert message.startswith("Record quarantined for window 2026-01-07 10:00:00+00:00")
     assert "weighted_average is not finite" in message
 
@@ -405,13 +441,13 @@ def test_ops_message_names_reason_dag_run_try_and_log(task_id):
 
 
 def test_ops_notification_of_a_run_without_a_logical_date_renders_with_its_trigger_time():
-    context = {**ops_context("compute_price_change", ValueError("x")), "dag_run": SimpleNamespace(run_after=SLOT)}
+    context = {**ops_context("analyse_pairs", ValueError("x")), "dag_run": SimpleNamespace(run_after=SLOT)}
     del context["data_interval_start"], context["data_interval_end"]
 
     subject = JINJA.from_string(alerts.OPS_SUBJECT).render(context)
     message = JINJA.from_string(alerts.OPS_MESSAGE).render(context)
 
-    assert subject == "[price pipeline] Task failed: compute_price_change 2026-02-03 12:00 UTC"
+    assert subject == "[price pipeline] Task failed: analyse_pairs 2026-02-03 12:00 UTC"
     assert "(run without a logical date)" in message
 
 

@@ -1,17 +1,22 @@
-"""Bulk history analysis: the same ledger bytes as the live DAG's per-window analysis, deterministic
-Parquet, ledger writes that never overwrite a notified window, and the Glue job's range listing.
+"""Bulk history analysis: every pair's windows in one pass leave the ledger the live DAG's per-window
+analysis leaves, with a summary of it; deterministic Parquet; ledger writes that never overwrite a claimed
+or notified entry; the Glue job's range listing; a window waiting for earlier normalizations; ops' report
+of a range's quarantined objects.
 
-The per-window reference is ``windows.analyse_window`` itself (what every price_notification run does),
-run for each window on an in-memory S3; the bulk side is ``history`` on another.
+The per-window reference is ``pairs.analyse_pairs`` itself (what every price_notification run does), run
+for each window on an in-memory S3; the bulk side is ``history.backfill_history`` on another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import random
 from argparse import Namespace
+from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 
 import boto3
@@ -23,11 +28,11 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from include.glue import normalize_price_record as glue
-from include.price_pipeline import alerts, analysis, history, layout, rules, windows
+from include.price_pipeline import alerts, analysis, history, layout, pairs, rules, windows
 from include.price_pipeline import settings as pipeline_settings
-from include.price_pipeline.analysis import NOTIFIED, NOTIFY
+from include.price_pipeline.analysis import FIRED, NOTIFIED, NOTIFY, PUBLISHING
 from tests.conftest import utc
-from tests.records import candle, glue_args
+from tests.records import candle, glue_args, seed_pairs
 
 CONFIG = pipeline_settings.load({})
 ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
@@ -35,6 +40,16 @@ NOW = utc(2030, 1, 1)
 #: Series start two hours before a month ends, so ranges and lookbacks cross the month boundary.
 T0 = utc(2025, 3, 31, 22, 0)
 DEFAULT_RULES = rules.load(rules.DEFAULT_RULES_FILE)
+PAIR = DEFAULT_RULES.default_pair
+RULE_NAME = DEFAULT_RULES.default_rule.name
+#: Another pair, its record in the window's pairs.csv: a change rule with a cooldown and a crossing rule.
+OTHER = "BTC/USDT"
+OTHER_RULES = (
+    rules.Rule("move-10m", rules.CHANGE, threshold_pct=0.5, minutes=10, tolerance_minutes=10, cooldown_minutes=15),
+    rules.Rule("cross-100", rules.CROSSING, level=100.0),
+)
+#: The bulk run's and the live runs' claimant (a run claims its due rules as ``claimed_by`` it).
+CLAIMANT = "price_history_backfill/manual__1"
 
 
 def run_rules(threshold_pct=1.0, lookback_minutes=60, min_abs_move=0.0, repeat_windows=0) -> rules.Rules:
@@ -44,12 +59,17 @@ def run_rules(threshold_pct=1.0, lookback_minutes=60, min_abs_move=0.0, repeat_w
     return rules.with_overrides(DEFAULT_RULES, params)
 
 
+def with_other(rule_set: rules.Rules) -> rules.Rules:
+    """``rule_set`` with the OTHER pair and its rules."""
+    return replace(rule_set, pairs={**rule_set.pairs, OTHER: OTHER_RULES})
+
+
 RULE = run_rules().default_rule
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class MemoryS3:
-    """Just enough S3, in memory, for store, windows and history: get, (conditional) put, paged listing."""
+    """Just enough S3, in memory, for store, windows, pairs and history: get, (conditional) put, paged listing."""
 
     def __init__(self, objects: dict[str, bytes] | None = None):
         self.objects = dict(objects or {})
@@ -91,42 +111,47 @@ class MemoryS3:
 def canonical_csv(slot, weighted_average: float) -> bytes:
     """The Glue job's canonical CSV of a consistent record, built with the job's own functions."""
     source = layout.ingestion_key(slot, ".json")
-    return glue.to_csv(glue.normalize(candle(slot, weighted_average), ALIASES, "ETH/USDT", source, "json"))
+    return glue.to_csv(glue.normalize(candle(slot, weighted_average), ALIASES, PAIR, source, "json"))
 
 
-def seeded(prices: dict) -> MemoryS3:
-    """An in-memory bucket holding the canonical CSV of each ``{slot: weighted_average}``."""
-    return MemoryS3({layout.analysis_key(slot): canonical_csv(slot, value) for slot, value in prices.items()})
+def seeded(prices: dict, others: dict | None = None) -> MemoryS3:
+    """An in-memory bucket holding the default pair's canonical CSV of each ``{slot: weighted_average}``
+    and, with ``others``, the OTHER pair's row of each ``{slot: weighted_average}`` in the window's pairs.csv."""
+    s3 = MemoryS3({layout.analysis_key(slot): canonical_csv(slot, value) for slot, value in prices.items()})
+    for slot, value in (others or {}).items():
+        seed_pairs(s3, CONFIG.bucket, slot, {OTHER: value})
+    return s3
+
+
+def entry_of(s3: MemoryS3, slot, pair: str = PAIR) -> dict:
+    """``pair``'s ledger entry of the window ``slot`` (``KeyError``: none)."""
+    return pairs.parse_entries(s3.objects[layout.pairs_ledger_key(slot)])[pair]
 
 
 def per_window(s3: MemoryS3, start, end, rule_set: rules.Rules, notify_on_backfill: bool) -> dict:
-    """``{slot: ledger bytes}`` as price_notification's backfill runs reach them, one window at a time."""
-    out = {}
+    """``{ledger key: bytes}`` as price_notification's backfill runs leave them, one window at a time."""
     for slot in layout.slots_between(start, end):
         due, why_not = analysis.due_for_subscribers(
             "backfill", slot + layout.SLOT, NOW, CONFIG.max_alert_age_minutes, notify_on_backfill
         )
         try:
-            result = windows.analyse_window(s3, CONFIG, slot, rule_set, due, why_not, "")
+            pairs.analyse_pairs(s3, CONFIG, rule_set, slot, due, why_not, "", CLAIMANT)
         except windows.WindowFailed:
             continue
-        out[slot] = alerts.ledger_bytes(result["entry"])
-    return out
+    return s3.under(layout.CHANGES_PREFIX)
 
 
 def bulk(s3: MemoryS3, start, end, rule_set: rules.Rules, notify_on_backfill: bool) -> dict:
-    """``{slot: ledger bytes}`` of history.analyse_series over the prices stored in ``s3``."""
-    needed, _ = history.canonical_keys(s3, CONFIG, start, end, rule_set.default_rule)
-    prices = [analysis.parse_canonical_csv(s3.objects[key]) for key in needed]
-    analysed = history.analyse_series(
-        prices, start, end, rule_set.default_rule, notify_on_backfill, NOW, CONFIG.max_alert_age_minutes
-    )
-    return {w.slot: alerts.ledger_bytes(w.entry(rule_set.default_rule)) for w in analysed}
+    """``{ledger key: bytes}`` as history.backfill_history leaves them (no publisher: due rules stay claimed)."""
+    with contextlib.suppress(history.NoUsableWindow):
+        history.backfill_history(s3, CONFIG, start, end, rule_set, notify_on_backfill, NOW, claimant=CLAIMANT)
+    return s3.under(layout.CHANGES_PREFIX)
 
 
 @st.composite
 def histories(draw):
-    """A price series with gaps (short and longer than any lookback), a sub-range and a rule_set."""
+    """A price series with gaps (short and longer than any lookback), a sub-range and a rule_set; in some
+    cases, the OTHER pair's records in some of the series' windows (and its rules)."""
     gaps = draw(st.lists(st.one_of(st.just(0), st.just(0), st.just(0), st.integers(1, 20)), min_size=8, max_size=80))
     moves = st.one_of(st.floats(-0.004, 0.004), st.floats(-0.04, 0.04), st.sampled_from([0.02, -0.02, 0.0]))
     steps = draw(st.lists(moves, min_size=len(gaps), max_size=len(gaps)))
@@ -144,7 +169,17 @@ def histories(draw):
         min_abs_move=draw(st.sampled_from([0.0, 0.5, 3.0])),
         repeat_windows=draw(st.sampled_from([0, 1, 2, 3, 6])),
     )
-    return prices, T0 + layout.SLOT * first, T0 + layout.SLOT * last, rule_set, draw(st.booleans())
+    others = {}
+    if draw(st.booleans()):
+        rule_set = with_other(rule_set)
+        # the other pair's record in some of the default pair's windows and some of its gaps
+        slots = [T0 + layout.SLOT * i for i in range(span)]
+        kept = draw(st.lists(st.booleans(), min_size=len(slots), max_size=len(slots)))
+        shift = draw(st.sampled_from([-0.6, 0.0, 0.4]))
+        others = {
+            slot: round(prices.get(slot, 100.0) + shift, 6) for slot, keep in zip(slots, kept, strict=True) if keep
+        }
+    return prices, others, T0 + layout.SLOT * first, T0 + layout.SLOT * last, rule_set, draw(st.booleans())
 
 
 # ------------------------------------------------------------------ bulk analysis == per-window analysis
@@ -153,85 +188,107 @@ def histories(draw):
 @PROPERTY
 @given(case=histories())
 def test_bulk_analysis_gives_every_window_the_ledger_bytes_of_its_own_run(case):
-    prices, start, end, rule_set, notify_on_backfill = case
+    prices, others, start, end, rule_set, notify_on_backfill = case
 
-    assert bulk(seeded(prices), start, end, rule_set, notify_on_backfill) == per_window(
-        seeded(prices), start, end, rule_set, notify_on_backfill
+    assert bulk(seeded(prices, others), start, end, rule_set, notify_on_backfill) == per_window(
+        seeded(prices, others), start, end, rule_set, notify_on_backfill
     )
 
 
 @PROPERTY
 @given(case=histories())
 def test_backfill_history_leaves_the_ledger_the_live_runs_leave(case):
-    prices, start, end, rule_set, notify_on_backfill = case
-    live, backfilled = seeded(prices), seeded(prices)
+    prices, others, start, end, rule_set, notify_on_backfill = case
+    live, backfilled = seeded(prices, others), seeded(prices, others)
     per_window(live, start, end, rule_set, notify_on_backfill)
-    in_range = [slot for slot in prices if start <= slot < end]
+    in_range = {slot for slot in [*prices, *others] if start <= slot < end}
     if not in_range:
         with pytest.raises(history.NoUsableWindow, match="no usable window"):
             history.backfill_history(backfilled, CONFIG, start, end, rule_set, notify_on_backfill, NOW)
         return
 
-    summary = history.backfill_history(backfilled, CONFIG, start, end, rule_set, notify_on_backfill, NOW)
+    summary = history.backfill_history(
+        backfilled, CONFIG, start, end, rule_set, notify_on_backfill, NOW, claimant=CLAIMANT
+    )
 
-    # Due windows: a live run claims them (publishing) before publishing; without a publisher the bulk
-    # run writes nothing for them.
-    unclaimed = {k: v for k, v in live.under(layout.CHANGES_PREFIX).items() if b'"publishing"' not in v}
-    assert backfilled.under(layout.CHANGES_PREFIX) == unclaimed
+    # Due rules: the bulk run claims them (publishing, by its claimant) in its ledger pass, as a live run
+    # does before publishing; without a publisher they stay claimed.
+    assert backfilled.under(layout.CHANGES_PREFIX) == live.under(layout.CHANGES_PREFIX)
+    entries = [entry for body in live.under(layout.CHANGES_PREFIX).values()
+               for entry in pairs.parse_entries(body).values()]  # fmt: skip
+    decisions = Counter(rule["decision"] for entry in entries for rule in entry["rules"].values())
     assert summary["windows"] == len(layout.slots_between(start, end))
     assert summary["windows_seen"] == len(in_range)
     assert summary["missing"] == summary["windows"] - len(in_range)
+    assert summary["decisions"] == dict(decisions)
+    assert summary["breaches"] == sum(count for decision, count in decisions.items() if decision in FIRED)
+    assert summary["ledger"] == {"written": len(in_range), "unchanged": 0, "due": decisions[NOTIFY]}
+    assert {pair: counts["windows"] for pair, counts in summary["pairs"].items()} == dict(
+        Counter(entry["pair"] for entry in entries)
+    )
+    assert all(entry["claimed_by"] == CLAIMANT for entry in entries if entry["decision"] == PUBLISHING)
 
 
 def test_repeat_windows_suppress_a_continuing_move_in_bulk_as_in_the_live_run():
     prices = {T0 + layout.SLOT * i: value for i, value in enumerate([100.0, 102.0, 104.0, 102.0, 104.5])}
     rule_set = run_rules(threshold_pct=1.0, repeat_windows=2)
+    s3, sent = seeded(prices), []
 
-    decisions = [
-        w.decision
-        for w in history.analyse_series(
-            [analysis.parse_canonical_csv(canonical_csv(s, v)) for s, v in prices.items()],
-            T0,
-            T0 + layout.SLOT * 5,
-            rule_set.default_rule,
-            True,
-            NOW,
-            15,
-        )
-    ]
+    def publish(alert):
+        sent.append(alert)
+        return f"message-{len(sent)}"
 
+    summary = history.backfill_history(s3, CONFIG, T0, T0 + layout.SLOT * 5, rule_set, True, NOW, publish)
+
+    decisions = [entry_of(s3, slot)["rules"][RULE_NAME]["decision"] for slot in prices]
     # the up breach at 4 is three windows after the last up alert (at 1): it alerts again
-    assert decisions == ["no_previous_record", NOTIFY, "suppressed_cooldown", NOTIFY, NOTIFY]
+    assert decisions == ["no_previous_record", NOTIFIED, "suppressed_cooldown", NOTIFIED, NOTIFIED]
+    assert summary["notified"] == len(sent) == 3
 
 
 def test_breaches_are_suppressed_as_backfill_with_the_live_reason_unless_notify_on_backfill():
-    prices = [analysis.parse_canonical_csv(canonical_csv(T0 + layout.SLOT * i, v)) for i, v in enumerate([100, 105])]
+    prices = {T0 + layout.SLOT * i: v for i, v in enumerate([100.0, 105.0])}
+    off, on = seeded(prices), seeded(prices)
 
-    [_, off] = history.analyse_series(prices, T0, T0 + 2 * layout.SLOT, RULE, False, NOW, 15)
-    [_, on] = history.analyse_series(prices, T0, T0 + 2 * layout.SLOT, RULE, True, NOW, 15)
+    history.backfill_history(off, CONFIG, T0, T0 + 2 * layout.SLOT, run_rules(), False, NOW, claimant=CLAIMANT)
+    history.backfill_history(on, CONFIG, T0, T0 + 2 * layout.SLOT, run_rules(), True, NOW, claimant=CLAIMANT)
 
-    assert (off.decision, off.reason) == ("suppressed_backfill", "backfill run (notify_on_backfill is off)")
-    assert on.decision == NOTIFY
+    suppressed, due = entry_of(off, T0 + layout.SLOT), entry_of(on, T0 + layout.SLOT)
+    assert (suppressed["rules"][RULE_NAME]["decision"], suppressed["rules"][RULE_NAME]["reason"]) == (
+        "suppressed_backfill",
+        "backfill run (notify_on_backfill is off)",
+    )
+    assert suppressed["decision"] == pairs.ANALYSED
+    assert due["rules"][RULE_NAME]["decision"] == NOTIFY
+    assert (due["decision"], due["claimed_by"]) == (PUBLISHING, CLAIMANT)
 
 
 def test_summary_counts_missing_windows_breaches_and_names_the_largest_moves():
     values = {0: 100.0, 1: 100.2, 3: 103.0, 4: 99.0}
-    prices = [analysis.parse_canonical_csv(canonical_csv(T0 + layout.SLOT * i, v)) for i, v in values.items()]
-    end = T0 + layout.SLOT * 6
-    analysed = history.analyse_series(prices, T0, end, RULE, False, NOW, 15)
+    s3 = seeded({T0 + layout.SLOT * i: v for i, v in values.items()}, {T0 + layout.SLOT * 5: 101.0})
+    bad = layout.ingestion_key(T0 + layout.SLOT * 2, ".json")
+    s3.objects[layout.quarantine_keys(T0 + layout.SLOT * 2, bad)[1]] = json.dumps({"reason": "x"}).encode()
+    end = T0 + layout.SLOT * 7
 
-    summary = history.summarize(analysed, T0, end, quarantined=1)
+    summary = history.backfill_history(s3, CONFIG, T0, end, with_other(run_rules()), False, NOW)
 
-    assert (summary["windows"], summary["windows_seen"], summary["missing"]) == (6, 4, 2)
-    assert summary["missing_windows"] == ["2025-03-31T22:10:00Z", "2025-03-31T22:25:00Z"]
+    assert (summary["windows"], summary["windows_seen"], summary["missing"]) == (7, 5, 2)
+    assert summary["missing_windows"] == ["2025-03-31T22:10:00Z", "2025-03-31T22:30:00Z"]
     assert summary["breaches"] == 2
     assert summary["quarantined"] == 1
-    assert [m["window_start"] for m in summary["largest_moves"]] == [
-        "2025-03-31T22:20:00Z",
-        "2025-03-31T22:15:00Z",
-        "2025-03-31T22:05:00Z",
+    assert summary["objects"] == 6  # the quarantined one and the five records used
+    assert summary["decisions"] == {"below_threshold": 1, "no_previous_record": 3, "suppressed_backfill": 2}
+    assert summary["pairs"] == {
+        OTHER: {"windows": 1, "decisions": {"no_previous_record": 2}},  # its first record: both its rules
+        PAIR: {"windows": 4, "decisions": {"below_threshold": 1, "no_previous_record": 1, "suppressed_backfill": 2}},
+    }
+    assert [(m["window_start"], m["pair"], m["rule"]) for m in summary["largest_moves"]] == [
+        ("2025-03-31T22:20:00Z", PAIR, RULE_NAME),
+        ("2025-03-31T22:15:00Z", PAIR, RULE_NAME),
+        ("2025-03-31T22:05:00Z", PAIR, RULE_NAME),
     ]
     assert summary["largest_moves"][0]["change_pct"] == round((99.0 - 103.0) / 103.0 * 100, 4)
+    assert summary["largest_moves"][0]["decision"] == "suppressed_backfill"
 
 
 @pytest.mark.parametrize("text", ["2025-03-01T00:03:00Z", "2025-03-01T00:05:00+01:00", "2025-03-01T00:05:00"])
@@ -253,30 +310,49 @@ def test_ledger_writes_skip_identical_entries_and_never_overwrite_a_notified_one
     s3 = seeded(prices)
     end = T0 + layout.SLOT * 4
     first = history.backfill_history(s3, CONFIG, T0, end, run_rules(), False, NOW)
-    notified_key = layout.ledger_key(T0 + layout.SLOT)
-    entry = json.loads(s3.objects[notified_key])
-    windows.record_notified(s3, CONFIG, entry, "message-1")
+    # a live run of the window T0+5 min claims its breach and publishes it
+    notified_slot = T0 + layout.SLOT
+    live = pairs.analyse_pairs(s3, CONFIG, run_rules(), notified_slot, True, "", "", "live/run")
+    assert pairs.publish_alerts(s3, CONFIG, notified_slot, live["alerts"], "live/run", lambda _: "message-1")["sent"]
+    notified_key = layout.pairs_ledger_key(notified_slot)
     notified = s3.objects[notified_key]
-    changed_key = layout.ledger_key(T0 + 2 * layout.SLOT)
-    s3.objects[changed_key] = b'{"decision": "below_threshold"}\n'
+    changed_slot = T0 + 2 * layout.SLOT
+    changed_key = layout.pairs_ledger_key(changed_slot)
+    stale = entry_of(s3, changed_slot)
+    stale["rules"][RULE_NAME] |= {"decision": "below_threshold", "reason": "stale"}
+    s3.objects[changed_key] = pairs.entries_bytes({PAIR: stale})
     s3.puts.clear()
 
     second = history.backfill_history(s3, CONFIG, T0, end, run_rules(), False, NOW)
 
-    assert first["ledger"] == {"written": 4, "unchanged": 0, "kept_notified": 0, "kept_publishing": 0, "due": 0}
-    assert second["ledger"] == {"written": 1, "unchanged": 2, "kept_notified": 1, "kept_publishing": 0, "due": 0}
+    assert first["ledger"] == {"written": 4, "unchanged": 0, "due": 0}
+    assert second["ledger"] == {"written": 1, "unchanged": 3, "due": 0}
     assert s3.objects[notified_key] == notified
-    assert json.loads(s3.objects[notified_key])["decision"] == NOTIFIED
+    assert entry_of(s3, notified_slot)["decision"] == NOTIFIED
+    assert entry_of(s3, notified_slot)["rules"][RULE_NAME]["sns_message_id"] == "message-1"
+    assert entry_of(s3, changed_slot)["rules"][RULE_NAME]["decision"] == "suppressed_backfill"
     assert [k for k in s3.puts if k.startswith(layout.CHANGES_PREFIX)] == [changed_key]
 
 
 def test_an_entry_notified_between_listing_and_writing_is_kept():
-    """The conditional write fails, the entry is read again and, being notified, left alone."""
+    """The conditional write fails, the object is read again and its pair's entry, being notified, is left
+    alone; the other pair's entry is still replaced."""
     slot = T0 + layout.SLOT
-    s3 = seeded({T0: 100.0, slot: 103.0})
-    key = layout.ledger_key(slot)
-    s3.objects[key] = b'{"decision": "suppressed_backfill"}\n'
-    notified = json.dumps({"decision": NOTIFIED, "sns_message_id": "m"}).encode()
+    rule_set = with_other(run_rules())
+    s3 = seeded({T0: 100.0, slot: 103.0}, {T0: 100.0, slot: 101.0})
+    history.backfill_history(s3, CONFIG, T0, slot + layout.SLOT, rule_set, False, NOW)
+    key = layout.pairs_ledger_key(slot)
+    fresh = seeded({T0: 100.0, slot: 103.0}, {T0: 100.0, slot: 99.0})  # the other pair's record changed since
+    history.backfill_history(fresh, CONFIG, T0, slot + layout.SLOT, rule_set, False, NOW)
+    new = fresh.objects[key]
+    stored = pairs.parse_entries(s3.objects[key])
+    assert stored[PAIR] == pairs.parse_entries(new)[PAIR]
+    assert stored[OTHER] != pairs.parse_entries(new)[OTHER]
+    sent = {**stored[PAIR], "decision": NOTIFIED}
+    sent["rules"] = {
+        name: {**rule, "decision": NOTIFIED, "sns_message_id": "m"} for name, rule in sent["rules"].items()
+    }
+    notified = pairs.entries_bytes({**stored, PAIR: sent})
     real_get = s3.get_object
 
     def get_then_notify(Bucket, Key, **kwargs):  # noqa: N803
@@ -287,10 +363,31 @@ def test_an_entry_notified_between_listing_and_writing_is_kept():
 
     s3.get_object = get_then_notify
 
-    counts = history.write_ledger(s3, CONFIG.bucket, layout.CHANGES_PREFIX, {key: b"new\n"}, slot, slot)
+    counts = history.write_ledger(s3, CONFIG.bucket, layout.CHANGES_PREFIX, {key: new}, slot, slot)
 
-    assert counts == {"written": 0, "unchanged": 0, "kept_notified": 1, "kept_publishing": 0}
-    assert s3.objects[key] == notified
+    assert counts == {"written": 1, "unchanged": 0}
+    assert pairs.parse_entries(s3.objects[key]) == {PAIR: sent, OTHER: pairs.parse_entries(new)[OTHER]}
+
+
+def test_a_claim_of_another_run_is_kept_byte_for_byte_and_not_published_by_the_bulk_run():
+    """A live run claimed the window's breach (publishing) and has not recorded it yet: the bulk run with
+    notify_on_backfill leaves its claim as stored and does not publish it."""
+    prices = {T0: 100.0, T0 + layout.SLOT: 103.0}
+    s3 = seeded(prices)
+    slot = T0 + layout.SLOT
+    live = pairs.analyse_pairs(s3, CONFIG, run_rules(), slot, True, "", "", "live/run")
+    assert live["alerts"]
+    claimed = s3.objects[layout.pairs_ledger_key(slot)]
+    sent = []
+
+    summary = history.backfill_history(s3, CONFIG, T0, slot + layout.SLOT, run_rules(), True, NOW,
+                                       lambda alert: sent.append(alert) or "m", claimant=CLAIMANT)  # fmt: skip
+
+    assert s3.objects[layout.pairs_ledger_key(slot)] == claimed
+    assert entry_of(s3, slot)["claimed_by"] == "live/run"
+    assert sent == []
+    assert (summary["notified"], summary["not_published"]) == (0, 1)
+    assert summary["ledger"] == {"written": 1, "unchanged": 1, "due": 1}
 
 
 def test_publish_due_sends_each_due_window_once_and_records_it_notified():
@@ -303,14 +400,20 @@ def test_publish_due_sends_each_due_window_once_and_records_it_notified():
         return f"message-{len(sent)}"
 
     end = T0 + layout.SLOT * 4
-    first = history.backfill_history(s3, CONFIG, T0, end, run_rules(), True, NOW, publish, "http://ui/run")
-    again = history.backfill_history(s3, CONFIG, T0, end, run_rules(), True, NOW, publish, "http://ui/run")
+    first = history.backfill_history(
+        s3, CONFIG, T0, end, run_rules(), True, NOW, publish, "http://ui/run", claimant=CLAIMANT
+    )
+    again = history.backfill_history(
+        s3, CONFIG, T0, end, run_rules(), True, NOW, publish, "http://ui/run", claimant=CLAIMANT
+    )
 
     assert first["notified"] == 2
     assert again["notified"] == 0
+    assert again["not_published"] == 2  # notified already
     assert sent == ["ETH/USDT up 3.00% in 5 min: 103.00", "ETH/USDT down 3.98% in 5 min: 99.0000"]
-    entry = json.loads(s3.objects[layout.ledger_key(T0 + layout.SLOT)])
-    assert (entry["decision"], entry["sns_message_id"]) == (NOTIFIED, "message-1")
+    entry = entry_of(s3, T0 + layout.SLOT)
+    assert (entry["decision"], entry["rules"][RULE_NAME]["sns_message_id"]) == (NOTIFIED, "message-1")
+    assert "claimed_by" not in entry
 
 
 # ------------------------------------------------------------------ Parquet
@@ -546,9 +649,11 @@ def waiting_case():
     return s3, T0 + layout.SLOT * 4
 
 
-def analyse(s3, slot, still_normalizing=None):
+def analyse(s3, slot, still_normalizing=None) -> dict:
+    """The default pair's ledger entry of ``slot`` once a backfill run (``pairs.analyse_pairs``) analysed it."""
     rule_set = run_rules(1.0, 60, 0.0, 2)
-    return windows.analyse_window(s3, CONFIG, slot, rule_set, False, "backfill", "", still_normalizing)
+    pairs.analyse_pairs(s3, CONFIG, rule_set, slot, False, "backfill", "", "", still_normalizing=still_normalizing)
+    return entry_of(s3, slot)
 
 
 def test_a_window_waits_while_an_earlier_record_of_its_lookback_is_still_being_normalized():
@@ -565,9 +670,9 @@ def test_a_window_waits_while_an_earlier_record_of_its_lookback_is_still_being_n
 def test_a_window_goes_on_when_the_earlier_normalization_has_finished_without_a_csv():
     s3, slot = waiting_case()
 
-    result = analyse(s3, slot, lambda slots: [])
+    entry = analyse(s3, slot, lambda slots: [])
 
-    assert result["entry"]["previous"]["timestamp"] == layout.iso(T0 + layout.SLOT * 2)
+    assert entry["rules"][RULE_NAME]["reference"]["timestamp"] == layout.iso(T0 + layout.SLOT * 2)
 
 
 def test_a_window_whose_earlier_windows_all_have_csvs_asks_nothing_and_lists_no_raw_prefix():
@@ -743,10 +848,10 @@ def test_an_earlier_window_with_another_pairs_record_only_is_asked_about_and_hol
     s3.objects[layout.ingestion_key(gap, ".json", pair="BTC/USDT")] = b"{}"
     asked = []
 
-    result = analyse(s3, slot, lambda slots: asked.extend(slots) and [])
+    entry = analyse(s3, slot, lambda slots: asked.extend(slots) and [])
 
     assert asked == [gap]
-    assert result["entry"]["previous"]["timestamp"] == layout.iso(T0 + layout.SLOT * 2)
+    assert entry["rules"][RULE_NAME]["reference"]["timestamp"] == layout.iso(T0 + layout.SLOT * 2)
 
 
 @pytest.mark.parametrize(
@@ -781,8 +886,8 @@ def test_a_lookback_off_the_five_minute_grid_follows_a_run_back_without_skipping
     rule_set = run_rules(threshold_pct=0.0, lookback_minutes=81, repeat_windows=2)
     start, end = T0, utc(2025, 4, 1, 0, 0)
 
-    live = per_window(seeded(prices), start, end, rule_set, False)
+    live = seeded(prices)
 
-    assert live == bulk(seeded(prices), start, end, rule_set, False)
-    entry = json.loads(live[utc(2025, 3, 31, 23, 55)])
-    assert (entry["decision"], entry["suppressed_by"]) == ("suppressed_cooldown", "2025-03-31T23:45:00Z")
+    assert per_window(live, start, end, rule_set, False) == bulk(seeded(prices), start, end, rule_set, False)
+    rule = entry_of(live, utc(2025, 3, 31, 23, 55))["rules"][RULE_NAME]
+    assert (rule["decision"], rule["suppressed_by"]) == ("suppressed_cooldown", "2025-03-31T23:45:00Z")

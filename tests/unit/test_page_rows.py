@@ -1,9 +1,10 @@
-"""The page's row of another pair's window (``browse.row_from_pair_entry``): the deciding rule's figures and
-every rule that fired, sent or not (the page draws a marker for each)."""
+"""The page's row of a pair's window, the default pair's included (``browse.row_from_entry``, the one row
+builder): the deciding rule's figures and every rule that fired, sent or not (the page draws a marker for
+each, one per rule whose decision is in ``analysis.FIRED``)."""
 
 from __future__ import annotations
 
-from include.price_pipeline import browse
+from include.price_pipeline import analysis, browse
 from tests.conftest import utc
 
 SLOT = utc(2026, 3, 24, 10, 0)
@@ -24,7 +25,7 @@ def entry(**decided: tuple[str, str]) -> dict:
 
 
 def test_every_rule_that_fired_sent_or_not_is_listed_and_the_most_telling_one_decides_the_row():
-    row = browse.row_from_pair_entry(
+    row = browse.row_from_entry(
         SLOT,
         entry(
             a=("below_threshold", "up"),
@@ -40,17 +41,28 @@ def test_every_rule_that_fired_sent_or_not_is_listed_and_the_most_telling_one_de
         {"rule": "c", "direction": "down", "decision": "notified"},
         {"rule": "e", "direction": "up", "decision": "suppressed_backfill"},
     ]
+    assert {marker["decision"] for marker in row["fired"]} <= set(analysis.FIRED)
     assert (row["decision"], row["reason"], row["price"]) == ("notified", "c: c says notified", 101000.0)
 
 
 def test_a_window_where_no_rule_fired_has_no_marker():
-    row = browse.row_from_pair_entry(SLOT, entry(cross=("not_crossed", "up"), move=("below_threshold", "up")))
+    row = browse.row_from_entry(SLOT, entry(cross=("not_crossed", "up"), move=("below_threshold", "up")))
 
     assert row["fired"] == []
     assert row["decision"] == "not_crossed"
 
 
 def test_a_damaged_objects_row_says_why_and_has_no_marker():
-    row = browse.row_from_pair_entry(SLOT, {"decision": browse.DAMAGED, "reason": "pairs.jsonl line 2: ..."})
+    row = browse.row_from_entry(SLOT, {"decision": browse.DAMAGED, "reason": "pairs.jsonl line 2: ..."})
 
-    assert (row["decision"], row["reason"], row.get("fired")) == (browse.DAMAGED, "pairs.jsonl line 2: ...", None)
+    assert (row["decision"], row["reason"], row["fired"]) == (browse.DAMAGED, "pairs.jsonl line 2: ...", [])
+
+
+def test_a_rule_claimed_or_due_but_not_yet_sent_has_a_marker_too():
+    row = browse.row_from_entry(SLOT, entry(a=("publishing", "up"), b=("notify", "down"), c=("no_previous", "flat")))
+
+    assert row["fired"] == [
+        {"rule": "a", "direction": "up", "decision": "publishing"},
+        {"rule": "b", "direction": "down", "decision": "notify"},
+    ]
+    assert (row["decision"], row["price"], row["change_pct"]) == ("publishing", 101000.0, 2.0)

@@ -1,0 +1,63 @@
+"""``make migrate-ledger``: the default pair's ledger entries of before one lane (``layout.ledger_key``, an
+object per window) moved into each window's ledger object as the pair's line, once (README: Upgrading).
+
+Each move is a conditional write (``store.update``) that keeps a line the window already holds claimed
+(``publishing``, ``notified``); the old object is deleted only after it, so a run stopped midway is run
+again, and a second run finds nothing to move. A ``notified`` window is never sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from include.price_pipeline import layout, pairs, settings, store
+from include.price_pipeline.analysis import CLAIMED, NOTIFY, PUBLISHING
+
+log = logging.getLogger(__name__)
+#: Fields of an old entry its rule's state keeps beside the ledger's own: what it was decided with.
+KEPT = ("abs_change_pct", "lookback_minutes", "min_abs_move", "repeat_windows", "suppressed_by", pairs.PUBLISH_STARTED)
+
+
+def entry_from_old(old: dict, pair: str, rule: str) -> dict:
+    """The ``pairs.pair_entry`` shape of an old entry, its one rule named ``rule``."""
+    decision = str(old.get("decision") or "unknown")
+    state = {"kind": "change", "decision": NOTIFY if decision == PUBLISHING else decision, "minutes": 5,
+             "level": None, "reference": old.get("previous")}  # fmt: skip
+    state |= {field: old.get(field) for field in ("reason", "direction", "change_pct", "threshold_pct")}
+    state |= {"sns_message_id": old.get("sns_message_id")} | {f: old[f] for f in KEPT if f in old}
+    claim = {"claimed_by": old["claimed_by"]} if decision == PUBLISHING and "claimed_by" in old else {}
+    return {"window_start": old["window_start"], "window_end": old["window_end"], "pair": pair,
+            "latest": old.get("latest"), "rules": {rule: state},
+            "decision": decision if decision in CLAIMED else pairs.ANALYSED} | claim  # fmt: skip
+
+
+def migrate(s3, config: settings.Config, rule: str) -> dict[str, int]:
+    """Move every old entry under the ledger prefix: ``moved``, or ``kept`` (the window held a claimed line)."""
+    prefix, counts = config.changes_prefix, {"moved": 0, "kept": 0}
+    for key in store.list_keys(s3, config.bucket, prefix):
+        slot = layout.slot_of_key(key)
+        old = key == layout.ledger_key(slot, prefix) and json.loads(store.read_bytes(s3, config.bucket, key) or b"0")
+        if not old:  # a window's ledger object, or an old one another run moved meanwhile
+            continue
+        window, entry = layout.pairs_ledger_key(slot, prefix), entry_from_old(old, config.pair, rule)
+
+        def change(body: bytes | None, entry=entry, window=window) -> bytes | None:
+            entries = pairs.parse_entries(body, window) if body else {}
+            return None if entries.get(config.pair, {}).get("decision") in CLAIMED else \
+                pairs.entries_bytes(entries | {config.pair: entry})  # fmt: skip
+
+        wrote = store.update(s3, config.bucket, window, change, store.NDJSON)[1]
+        counts["moved" if wrote else "kept"] += 1
+        s3.delete_object(Bucket=config.bucket, Key=key)
+        log.info("%s -> %s: %s", key, window, "moved" if wrote else "kept the window's claimed line")
+    return counts
+
+
+if __name__ == "__main__":
+    import boto3
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = settings.load()
+    counts = migrate(boto3.client("s3"), config, settings.load_rules(config).default_rule.name)
+    print(f"s3://{config.bucket}/{config.changes_prefix}: {counts['moved']} entries moved, {counts['kept']} kept")

@@ -1,0 +1,315 @@
+"""The ledger, for every pair (the default one here): every write conditional, a due alert claimed before it
+is published, claims and notified entries never overwritten, a publish SNS refused vs one without an answer,
+runs without a logical date, late breaches and refused changes told to ops, the migration of old entries.
+
+S3 is the in-memory bucket of test_history (it enforces If-Match / If-None-Match like S3).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import pytest
+from botocore.exceptions import ClientError
+
+from include.price_pipeline import analysis, layout, migrate, pairs, windows
+from include.price_pipeline.analysis import INVALID_CHANGE, NOTIFIED, NOTIFY, PUBLISHING
+from tests.conftest import utc
+from tests.unit.test_history import CONFIG, T0, MemoryS3, seeded
+from tests.unit.test_history import DEFAULT_RULES as RULES
+
+SLOT = T0 + layout.SLOT
+KEY = layout.pairs_ledger_key(SLOT)
+PAIR, RULE = RULES.default_pair, RULES.default_rule.name
+RUN_A, RUN_B = "price_notification/scheduled__a", "price_notification/manual__b"
+
+
+def analyse(s3, claimant: str, due: bool = True, why_not_due: str = "") -> dict:
+    return pairs.analyse_pairs(s3, CONFIG, RULES, SLOT, due, why_not_due, "http://ui/run", claimant)
+
+
+def publish(s3, claimant: str, due: list[dict], send) -> dict:
+    return pairs.publish_alerts(s3, CONFIG, SLOT, due, claimant, send, other_try_wait=0.0)
+
+
+def entry(s3: MemoryS3) -> dict:
+    return pairs.parse_entries(s3.objects[KEY], KEY)[PAIR]
+
+
+def rule(s3: MemoryS3) -> dict:
+    return entry(s3)["rules"][RULE]
+
+
+def test_a_due_breach_is_claimed_in_the_ledger_before_anything_is_published():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+
+    result = analyse(s3, RUN_A)
+
+    assert [alert["subject"] for alert in result["alerts"]] == ["ETH/USDT up 3.00% in 5 min: 103.00"]
+    assert (entry(s3)["decision"], entry(s3)["claimed_by"]) == (PUBLISHING, RUN_A)
+    assert (rule(s3)["decision"], rule(s3)["sns_message_id"]) == (NOTIFY, None)
+
+
+def test_a_second_run_of_the_window_finds_the_claim_and_does_not_publish():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    due = analyse(s3, RUN_A)["alerts"]
+
+    second = analyse(s3, RUN_B)
+
+    assert second["alerts"] == []
+    assert publish(s3, RUN_B, due, lambda a: pytest.fail("not ours"))["skipped"]
+    assert publish(s3, RUN_A, due, lambda a: "m-1")["sent"] == {f"{PAIR} {RULE}": "m-1"}
+
+
+def test_a_claim_written_between_our_read_and_our_write_wins_and_ours_is_not_published():
+    """The conditional write itself decides: the first write found no object, yet only one claim holds."""
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    real_put = s3.put_object
+    other = seeded({T0: 100.0, SLOT: 103.0})
+    analyse(other, "other/run")
+
+    def someone_claims_first(**kwargs):
+        if kwargs["Key"] == KEY and KEY not in s3.objects:
+            s3.objects[KEY] = other.objects[KEY]
+        return real_put(**kwargs)
+
+    s3.put_object = someone_claims_first
+
+    result = analyse(s3, RUN_A)
+
+    assert result["alerts"] == []
+    assert entry(s3)["claimed_by"] == "other/run"
+
+
+def test_only_the_claimant_records_notified_and_nobody_overwrites_notified():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    due = analyse(s3, RUN_A)["alerts"]
+
+    assert publish(s3, RUN_B, due, lambda a: pytest.fail("not ours"))["sent"] == {}
+    assert publish(s3, RUN_A, due, lambda a: "m-1")["sent"] == {f"{PAIR} {RULE}": "m-1"}
+
+    assert (entry(s3)["decision"], rule(s3)["decision"], rule(s3)["sns_message_id"]) == (NOTIFIED, NOTIFIED, "m-1")
+    assert "claimed_by" not in entry(s3)
+    assert publish(s3, RUN_A, due, lambda a: pytest.fail("sent again"))["skipped"]
+    calm = seeded({T0: 100.0, SLOT: 100.1})
+    calm.objects[KEY] = s3.objects[KEY]
+    assert analyse(calm, RUN_B)["decisions"] == {PAIR: {RULE: NOTIFIED}}, "a later below_threshold never replaces it"
+    assert rule(calm)["sns_message_id"] == "m-1"
+
+
+def test_a_publish_without_an_answer_keeps_its_mark_and_the_retry_leaves_it_to_ops():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    due = analyse(s3, RUN_A)["alerts"]
+
+    def no_answer(_alert):
+        raise ConnectionError("reset by peer")
+
+    first = publish(s3, RUN_A, due, no_answer)
+    again = analyse(s3, RUN_A)["alerts"]
+    second = publish(s3, RUN_A, again, lambda a: pytest.fail("sent again"))
+
+    assert "may have been sent" in first["left"][0]
+    assert again == due, "a cleared run keeps its claim"
+    assert "may have been sent" in second["left"][0]
+    assert rule(s3)[pairs.PUBLISH_STARTED] is True
+
+
+def test_a_publish_sns_refused_gets_its_mark_back_and_the_retry_sends_it_once():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    due = analyse(s3, RUN_A)["alerts"]
+    sent = []
+
+    def refused(_alert):
+        raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "Publish")
+
+    first = publish(s3, RUN_A, due, refused)
+
+    assert "SNS refused the Publish" in first["failed"][0]
+    assert (entry(s3)["decision"], pairs.PUBLISH_STARTED in rule(s3)) == (PUBLISHING, False)
+    assert publish(s3, RUN_A, due, lambda a: sent.append(a) or "m-1")["sent"] == {f"{PAIR} {RULE}": "m-1"}
+    assert (rule(s3)["decision"], rule(s3)["sns_message_id"], len(sent)) == (NOTIFIED, "m-1", 1)
+
+
+def test_a_released_claim_is_claimed_and_published_afresh():
+    """README: an operator who found no alert deletes the pair's line and clears the run."""
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    publish(s3, RUN_A, analyse(s3, RUN_A)["alerts"], lambda a: (_ for _ in ()).throw(ConnectionError("x")))
+    del s3.objects[KEY]
+
+    again = analyse(s3, RUN_A)["alerts"]
+
+    assert publish(s3, RUN_A, again, lambda a: "m")["sent"] == {f"{PAIR} {RULE}": "m"}
+    assert rule(s3)["decision"] == NOTIFIED
+
+
+def test_a_retried_analysis_keeps_its_own_claim_and_another_run_is_told_it_is_claimed(caplog):
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    claimed = analyse(s3, RUN_A)
+
+    again = analyse(s3, RUN_A)
+    other = analyse(s3, RUN_B)
+
+    assert again["alerts"] == claimed["alerts"]
+    assert other["alerts"] == []
+    assert f"is publishing by {RUN_A}: this run does not publish it" in caplog.text
+
+
+def test_every_ledger_write_of_the_live_path_is_conditional():
+    s3 = seeded({T0: 100.0, SLOT: 100.1})
+    conditions = []
+    real_put = s3.put_object
+
+    def recording(**kwargs):
+        conditions.append(("IfNoneMatch" in kwargs, "IfMatch" in kwargs))
+        return real_put(**kwargs)
+
+    s3.put_object = recording
+    analyse(s3, RUN_A)  # creates below_threshold
+    s3.objects[layout.analysis_key(SLOT)] = seeded({SLOT: 103.0}).objects[layout.analysis_key(SLOT)]
+    due = analyse(s3, RUN_B)["alerts"]  # replaces it with a claim
+    publish(s3, RUN_B, due, lambda a: "m")  # marks it started, then records it notified
+
+    # A window's analysis first tries to create its object unread (If-None-Match); the second finds it there,
+    # reads it and writes over that version (If-Match), as do the publish's two writes.
+    assert conditions == [(True, False), (True, False), (False, True), (False, True), (False, True)]
+
+
+def test_a_non_finite_change_is_recorded_without_infinity_never_sent_and_told_to_ops():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    s3.objects[layout.analysis_key(T0)] = s3.objects[layout.analysis_key(T0)].replace(b",100.0,", b",5e-324,")
+
+    result = analyse(s3, RUN_A)
+
+    assert result["alerts"] == []
+    assert (rule(s3)["decision"], rule(s3)["change_pct"]) == (INVALID_CHANGE, None)
+    assert b"Infinity" not in s3.objects[KEY]
+    assert f"Changes of window {layout.slot_stamp(SLOT)} refused:\n- {PAIR} rule {RULE}: " in result["ops_notice"]
+    assert "not a finite number" in result["ops_notice"]
+
+
+def test_a_canonical_csv_with_an_infinite_price_fails_the_window_with_a_reason():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    s3.objects[layout.analysis_key(T0)] = s3.objects[layout.analysis_key(T0)].replace(b",100.0,", b",inf,")
+
+    with pytest.raises(windows.WindowFailed, match="not a finite positive number"):
+        analyse(s3, RUN_A)
+    assert KEY not in s3.objects
+
+
+def test_a_window_without_any_pairs_record_fails_with_each_pairs_reason():
+    s3 = seeded({T0: 100.0})
+
+    with pytest.raises(windows.WindowFailed, match=f"no pair has a record to decide \\({PAIR}: no record of the"):
+        analyse(s3, RUN_A)
+    assert KEY not in s3.objects
+
+
+def test_a_breach_suppressed_only_for_lateness_carries_a_line_for_ops():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+
+    late = analyse(s3, RUN_A, due=False, why_not_due="window ended more than max_alert_age (15 min) ago")
+    backfill = analyse(seeded({T0: 100.0, SLOT: 103.0}), RUN_B, due=False, why_not_due="backfill run (off)")
+
+    assert rule(s3)["decision"] == "suppressed_backfill"
+    assert late["ops_notice"].startswith(
+        f"Breaches of window {layout.slot_stamp(SLOT)} not sent: window ended more than max_alert_age (15 min) ago"
+    )
+    assert f"- {PAIR} rule {RULE}: +3.00% (change)" in late["ops_notice"]
+    assert backfill["ops_notice"] is None
+
+
+@pytest.mark.parametrize(
+    ("run_after", "expected"),
+    [
+        (utc(2026, 1, 5, 10, 7, 12), utc(2026, 1, 5, 10, 0)),
+        (utc(2026, 1, 5, 10, 5), utc(2026, 1, 5, 10, 0)),
+        (utc(2026, 1, 5, 0, 1), utc(2026, 1, 4, 23, 55)),
+    ],
+)
+def test_a_run_without_a_logical_date_analyses_the_latest_window_complete_when_it_was_triggered(run_after, expected):
+    assert windows.run_window_start(None, run_after) == expected
+    assert windows.run_window_start(utc(2026, 1, 1), run_after) == utc(2026, 1, 1)
+
+
+def test_the_run_log_names_the_object_used_and_those_the_glue_job_says_it_superseded(caplog):
+    """Hook for the Glue job's ``superseded`` column (a JSON list); CSVs without it read as before."""
+    s3 = seeded({T0: 100.0, SLOT: 100.1})
+    key = layout.analysis_key(SLOT)
+    header, row = s3.objects[key].decode().splitlines()
+    older = layout.ingestion_key(SLOT, ".json")
+    s3.objects[key] = f'{header},superseded\n{row},"[""{older}""]"\n'.encode()
+
+    analyse(s3, RUN_A)
+
+    assert f"superseded older objects: {older}" in caplog.text
+
+
+def test_a_runs_window_is_a_plain_datetime_that_a_cooldown_can_divide():
+    """Airflow hands the data interval as pendulum times; their differences are pendulum intervals, which
+    ``//`` by a timedelta fails on (a cooldown's checkpoint divides one: analyse_pairs failed so)."""
+    import pendulum
+
+    slot = windows.run_window_start(pendulum.datetime(2026, 1, 5, 10, 0, tz="UTC"), utc(2026, 1, 5, 10, 7))
+
+    assert type(slot) is datetime
+    assert slot == utc(2026, 1, 5, 10, 0)
+    assert analysis.suppressed_by(slot, "up", lambda window: None, timedelta(minutes=15)) is None
+
+
+# ------------------------------------------------------------------ migrating entries of before one lane
+
+OLD = layout.ledger_key(SLOT)
+
+
+def migrated(s3: MemoryS3) -> dict:
+    s3.delete_object = lambda Bucket, Key: s3.objects.pop(Key)  # noqa: N803 - boto3's argument names
+    return migrate.migrate(s3, CONFIG, RULE)
+
+
+def old_entry(decision: str, **fields) -> bytes:
+    entry = {"window_start": layout.iso(SLOT), "window_end": layout.iso(SLOT + layout.SLOT), "pair": PAIR,
+             "latest": {"timestamp": layout.iso(SLOT), "weighted_average": 103.0, "source_key": "k"},
+             "previous": {"timestamp": layout.iso(T0), "weighted_average": 100.0, "source_key": "j"},
+             "change_pct": 3.0, "abs_change_pct": 3.0, "direction": "up", "threshold_pct": 1.0, "lookback_minutes": 5,
+             "min_abs_move": 0.0, "repeat_windows": 0, "decision": decision, "reason": "change above threshold",
+             "sns_message_id": None} | fields  # fmt: skip
+    return json.dumps(entry).encode()
+
+
+def test_the_migration_moves_a_notified_entry_so_that_no_run_sends_its_window_again():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    s3.objects[OLD] = old_entry(NOTIFIED, sns_message_id="m-old")
+
+    assert migrated(s3) == {"moved": 1, "kept": 0}
+
+    assert OLD not in s3.objects
+    assert (entry(s3)["decision"], rule(s3)["decision"], rule(s3)["sns_message_id"]) == (NOTIFIED, NOTIFIED, "m-old")
+    assert (rule(s3)["reference"]["weighted_average"], rule(s3)["lookback_minutes"]) == (100.0, 5)
+    assert analyse(s3, RUN_A)["alerts"] == []
+    assert migrated(s3) == {"moved": 0, "kept": 0}, "a second run finds nothing to move"
+
+
+def test_the_migration_keeps_a_claim_left_started_for_ops_and_every_other_pairs_line():
+    s3 = seeded({T0: 100.0, SLOT: 100.1})
+    s3.objects[KEY] = pairs.entries_bytes({"SOL/USDT": {"pair": "SOL/USDT", "decision": "analysed", "rules": {}}})
+    s3.objects[OLD] = old_entry(PUBLISHING, claimed_by="price_notification/old", publish_started=True)
+
+    migrated(s3)
+
+    assert (entry(s3)["decision"], entry(s3)["claimed_by"]) == (PUBLISHING, "price_notification/old")
+    assert (rule(s3)["decision"], rule(s3)[pairs.PUBLISH_STARTED]) == (NOTIFY, True)
+    assert set(pairs.parse_entries(s3.objects[KEY])) == {PAIR, "SOL/USDT"}
+    due = [{"pair": PAIR, "rule": RULE}]
+    assert "may have been sent" in publish(s3, "price_notification/old", due, lambda a: pytest.fail("sent"))["left"][0]
+
+
+def test_the_migration_never_replaces_a_claimed_entry_a_newer_run_wrote():
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    analyse(s3, RUN_A)
+    claim = s3.objects[KEY]
+    s3.objects[OLD] = old_entry("below_threshold")
+
+    assert migrated(s3) == {"moved": 0, "kept": 1}
+    assert s3.objects[KEY] == claim
+    assert OLD not in s3.objects
