@@ -70,15 +70,15 @@ def main() -> None:
         for index, slot in enumerate(slots):
             if slot - slots[0] < rule.history:
                 continue  # the file's first days: not a whole look-back
-            files = [
-                s
+            listed = {
+                layout.pairs_analysis_key(s)
                 for s in slots[max(0, index - rule.history // layout.SLOT - 1) : index + 1]
                 if s >= slot - rule.history
-            ]
+            }
             before = s3.gets
-            prices = store.load_rule_prices(
-                s3, config.bucket, layout.pairs_analysis_key, config.analysis_prefix, rule_set, [PAIR], slot, files
-            )[PAIR]
+            prices = store.load_rule_prices(s3, config.bucket, config.analysis_prefix, rule_set, [PAIR], slot, listed)[
+                PAIR
+            ]
             reads = s3.gets - before
             decision = rules.evaluate(rule, rules.Series(prices), slot).decision
             (quiet if decision not in (rules.NOTIFY, rules.SUPPRESSED_COOLDOWN) else firing).append(reads)

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from include.glue import normalize_price_record as job
-from include.price_pipeline import layout, pairs, settings
+from include.price_pipeline import layout, settings
 from local.faults import set_faults
 from local.feed import pair_record, synthetic_record, write_record
 from local.stack import ADMIN_USER, AIRFLOW_COMPONENTS, Stack
@@ -117,7 +117,7 @@ class Bench:
         self.stack = Stack(state_dir=state_dir, standin_port=free_port(), api_port=free_port(), extra_env=extra_env)
         self.config = settings.load(self.stack.env())  # the stack's settings, as its tasks see them
         self.rule_set = settings.load_rules(self.config)
-        self.other_pairs = pairs.other_pairs(self.rule_set)
+        self.other_pairs = [pair for pair in self.rule_set.pairs if pair != self.rule_set.default_pair]
         self.log = log
         self.s3 = self.sqs = self.glue = None
         self.restarts: list[dict] = []
