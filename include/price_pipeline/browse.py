@@ -1,20 +1,12 @@
 """What the "Price alerts" page shows of one pair for a range of windows, read from S3 (no Airflow here).
 
-Plain functions over a boto3 S3 client (the plugin passes ``S3Hook(aws_conn_id).get_conn()``). Two ways
-to read a range, chosen by its length:
-
-- **ledger** (up to :data:`LEDGER_MAX_WINDOWS` windows): the pair's entry of every window's ledger object
-  (``pairs.parse_entries``, the pipeline's own reader), as written.
-- **parquet** (longer ranges): the pair's prices from its monthly Parquet objects, each window decided by
-  the pair's first rule before its cooldown (``rules.Series.raw``); a window the rule decides from its price
-  alone (no previous record, under the threshold, not crossed) is shown so (``source = "parquet"``). The
-  other windows come back as ``pending``, and :func:`ledger_details` reads their entries in a second
-  request, so the page draws the chart of a month before those reads (one GET each) are done.
-
-One row builder (:func:`row_from_entry`): the window's price and the deciding rule's change and reason,
-and a marker for each rule that fired (sent or not). A missing field is blank (None). Every slot of the
-range is a row; a window with neither a price nor a ledger entry is ``missing``, or ``quarantined`` (with
-the reason) when the pair's raw object was quarantined.
+A range is read one of two ways, by its length: up to :data:`LEDGER_MAX_WINDOWS` windows, the pair's line
+of each window's ledger object (``pairs.parse_entries``, the pipeline's own reader); longer, its monthly
+Parquet prices, a window every rule decides from its price alone (``rules.Series.raw``: no previous
+record, under the threshold, not crossed) shown so (``source = "parquet"``), the others ``pending`` until
+:func:`ledger_details` reads their entries (a second request: the chart is drawn before). One row builder
+(:func:`row_from_entry`): the price, the deciding rule's change and reason, a marker per rule that fired.
+Every slot is a row; one with neither a price nor an entry is ``missing``, or ``quarantined`` (the reason).
 """
 
 from __future__ import annotations
@@ -89,7 +81,7 @@ def history(s3, config: Config, rule_set: rules.Rules, start: datetime, end: dat
     if len(slots) <= LEDGER_MAX_WINDOWS:
         mode, rows = "ledger", _rows_from_ledger(s3, config, slots, pair)
     else:
-        mode, rows = "parquet", _rows_from_parquet(s3, config, rule_set.pairs[pair][0], slots, pair)
+        mode, rows = "parquet", _rows_from_parquet(s3, config, rule_set.pairs[pair], slots, pair)
     bad = quarantined(s3, config, start, end, pair)
     rows = _mark_quarantined(rows, bad)
     return {
@@ -123,7 +115,7 @@ def ledger_details(s3, config: Config, rule_set: rules.Rules, start: datetime, e
     slots = layout.slots_between(start, end)
     if len(slots) <= LEDGER_MAX_WINDOWS:
         return []
-    rows = _rows_from_parquet(s3, config, rule_set.pairs[pair][0], slots, pair)
+    rows = _rows_from_parquet(s3, config, rule_set.pairs[pair], slots, pair)
     pending = {_parse_time(row["window_start"]): row for row in rows if row["decision"] == PENDING}
     entries = _read_entries(s3, config, list(pending), pair)
     out = [
@@ -234,11 +226,12 @@ def parquet_prices(s3, config: Config, first: datetime, last: datetime, pair: st
     return [prices[slot] for slot in sorted(prices)]
 
 
-def _rows_from_parquet(s3, config: Config, rule: rules.Rule, slots: list[datetime], pair: str) -> list[dict]:
-    """Rows of the pair's prices in the Parquet; ``pending`` (its ledger entry tells: ``ledger_details``)
-    unless ``rule`` decides the window from its price alone (no previous record, under the threshold, not
-    crossed)."""
-    look_back = rule.reference_offset + timedelta(minutes=rule.tolerance_minutes)
+def _rows_from_parquet(s3, config: Config, pair_rules, slots: list[datetime], pair: str) -> list[dict]:
+    """Rows of the pair's prices in the Parquet, as its first rule sees them; ``pending`` (its ledger entry
+    tells: ``ledger_details``) unless every rule decides the window from its price alone (no previous
+    record, under the threshold, not crossed)."""
+    rule = pair_rules[0]
+    look_back = max(r.reference_offset + timedelta(minutes=r.tolerance_minutes) for r in pair_rules)
     series = rules.Series(parquet_prices(s3, config, slots[0] - look_back, slots[-1], pair))
     rows = []
     for slot in slots:
@@ -246,7 +239,7 @@ def _rows_from_parquet(s3, config: Config, rule: rules.Rule, slots: list[datetim
             rows.append({**missing_row(slot), "decision": PENDING})
             continue
         decided = series.raw(rule, slot)
-        quiet = decided.decision in (NO_PREVIOUS, BELOW_THRESHOLD, NOT_CROSSED)
+        quiet = all(series.raw(r, slot).decision in (NO_PREVIOUS, BELOW_THRESHOLD, NOT_CROSSED) for r in pair_rules)
         rows.append({
             "window_start": layout.iso(slot),
             "price": series.at(slot).weighted_average,

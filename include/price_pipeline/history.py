@@ -1,25 +1,12 @@
-"""Bulk price history: every pair's windows of a range analysed in one pass, its ledger and monthly Parquet.
+"""Bulk price history: the ``price_history_backfill`` DAG's analysis of a range its one Glue run normalized,
+every pair's windows in one pass, through the live DAG's own functions (no Airflow here).
 
-Task bodies of the ``price_history_backfill`` DAG, after its one Glue job run has normalized the range:
-
-1. read every canonical CSV the range needs (the range, the look-back before it, and the rest of each
-   month it touches, for Parquet): those the Glue run wrote from its one range object, the others
-   with a bounded pool of threads;
-2. decide every pair's windows with the live DAG's own functions (``rules.evaluate``, ``pairs.pair_entry``,
-   :func:`analysis.due_for_subscribers` for run type ``backfill``), so each ledger entry is byte-identical
-   to the one ``price_notification`` writes for the same window and params;
-3. write each window's ledger object where it differs from what is stored, never over a ``publishing`` or
-   ``notified`` entry (``pairs.merged`` over conditional writes: an entry claimed or notified meanwhile is
-   seen, not overwritten);
-4. rewrite each pair's monthly Parquet object from all canonical CSVs of that month (deterministic bytes);
-5. with ``notify_on_backfill``, the due rules are claimed in that ledger pass and published once each, as
-   the live DAG publishes them (``pairs.publish_alerts``), through a callable the task passes;
-6. when the range holds quarantined objects, build ops' one message of the run (:func:`report_quarantine`):
-   the counts and the commonest kinds of reason, each with a quoted example.
-
-A range with no usable window (every one missing or quarantined) raises NoUsableWindow with the counts.
-
-S3 goes through a boto3 client (``S3Hook(...).get_conn()`` in the task); no Airflow here.
+It reads every canonical CSV the range needs (the Glue run's range object, else S3 with a bounded pool),
+decides every window (``rules.evaluate``, ``pairs.pair_entry``, freshness for run type ``backfill``) so each
+ledger object is byte-identical to what ``price_notification`` writes, writes the ledger (``pairs.merged``
+over conditional writes: a claimed line is never overwritten) and each pair's monthly Parquet, publishes
+the due rules with ``notify_on_backfill`` (``pairs.publish_alerts``) and builds ops' one message of a range
+with quarantined objects (:func:`report_quarantine`). A range with no usable window raises NoUsableWindow.
 """
 
 from __future__ import annotations
@@ -231,7 +218,11 @@ def all_month_keys(s3, config: Config, start: datetime, end: datetime) -> list[s
     keys = []
     for year, month in layout.months_between(start, end - layout.SLOT):
         month_prefix = layout.month_analysis_prefix(year, month, config.analysis_prefix)
-        keys.extend(k for k in store.list_keys(s3, config.bucket, month_prefix) if k.endswith(".csv"))
+        keys.extend(
+            k
+            for k in store.list_keys(s3, config.bucket, month_prefix)
+            if store.canonical_slot(k, config.analysis_prefix)
+        )
     return keys
 
 
@@ -413,8 +404,15 @@ def backfill_history(
     bodies, from_range = read_canonical(s3, config.bucket, sorted(set(month_keys) | before), range_key)
     done("read_csv")
     prices: dict[str, list[Price]] = {pair: [] for pair in rule_set.pairs}
+    unreadable = {}  # a CSV that is not canonical holds no record (nor Parquet rows); the summary names it
     for key in sorted(bodies, key=layout.slot_of_key):
-        for pair, price in store.csv_prices(key, bodies[key], rule_set.default_pair).items():
+        try:
+            read = store.csv_prices(key, bodies[key], rule_set.default_pair)
+        except ValueError as error:
+            unreadable[key] = str(error)
+            log.warning("%s is not canonical, read as no record: %s", key, error)
+            continue
+        for pair, price in read.items():
             if pair in prices and start - history <= price.slot < end:
                 prices[pair].append(price)
     due, why_not_due = due_for_subscribers("backfill", end, now, config.max_alert_age_minutes, notify_on_backfill)
@@ -430,7 +428,8 @@ def backfill_history(
     summary = summarize(entries, start, end, len(reason_keys))
     in_range = (price for series in prices.values() for price in series if price.slot >= start)
     summary["objects"] = objects_seen(reason_keys, in_range, config.quarantine_prefix)
-    summary["canonical_csvs"] = {"from_range_object": from_range, "read": len(bodies) - from_range}
+    summary["canonical_csvs"] = {"from_range_object": from_range, "read": len(bodies) - from_range,
+                                 "not_canonical": dict(sorted(unreadable.items())[:MISSING_NAMED])}  # fmt: skip
     if not entries:
         raise NoUsableWindow(
             f"no usable window from {summary['start']} to {summary['end']}: {summary['windows']} windows, "
@@ -445,7 +444,8 @@ def backfill_history(
         "due": sum(len(alerts_) for alerts_ in due_alerts.values())
     }
     done("write_ledger")
-    summary["parquet"] = write_parquet(s3, config.bucket, parquet_prefix, bodies, month_keys, rule_set)
+    readable = {key: body for key, body in bodies.items() if key not in unreadable}
+    summary["parquet"] = write_parquet(s3, config.bucket, parquet_prefix, readable, month_keys, rule_set)
     done("write_parquet")
     published = {"sent": 0, "skipped": [], "left": [], "failed": []}
     for slot, due_now in due_alerts.items() if publish else ():

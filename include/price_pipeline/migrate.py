@@ -19,15 +19,15 @@ log = logging.getLogger(__name__)
 KEPT = ("abs_change_pct", "lookback_minutes", "min_abs_move", "repeat_windows", "suppressed_by", pairs.PUBLISH_STARTED)
 
 
-def entry_from_old(old: dict, pair: str, rule: str) -> dict:
-    """The ``pairs.pair_entry`` shape of an old entry, its one rule named ``rule``."""
+def entry_from_old(old: dict, slot, pair: str, rule: str) -> dict:
+    """The ``pairs.pair_entry`` shape of the old entry of the window of ``slot``, its one rule named ``rule``."""
     decision = str(old.get("decision") or "unknown")
     state = {"kind": "change", "decision": NOTIFY if decision == PUBLISHING else decision, "minutes": 5,
              "level": None, "reference": old.get("previous")}  # fmt: skip
     state |= {field: old.get(field) for field in ("reason", "direction", "change_pct", "threshold_pct")}
     state |= {"sns_message_id": old.get("sns_message_id")} | {f: old[f] for f in KEPT if f in old}
     claim = {"claimed_by": old["claimed_by"]} if decision == PUBLISHING and "claimed_by" in old else {}
-    return {"window_start": old["window_start"], "window_end": old["window_end"], "pair": pair,
+    return {"window_start": layout.iso(slot), "window_end": layout.iso(slot + layout.SLOT), "pair": pair,
             "latest": old.get("latest"), "rules": {rule: state},
             "decision": decision if decision in CLAIMED else pairs.ANALYSED} | claim  # fmt: skip
 
@@ -36,11 +36,15 @@ def migrate(s3, config: settings.Config, rule: str) -> dict[str, int]:
     """Move every old entry under the ledger prefix: ``moved``, or ``kept`` (the window held a claimed line)."""
     prefix, counts = config.changes_prefix, {"moved": 0, "kept": 0}
     for key in store.list_keys(s3, config.bucket, prefix):
-        slot = layout.slot_of_key(key)
-        old = key == layout.ledger_key(slot, prefix) and json.loads(store.read_bytes(s3, config.bucket, key) or b"0")
-        if not old:  # a window's ledger object, or an old one another run moved meanwhile
+        slot = store.slot_of(key)
+        stored = slot and key == layout.ledger_key(slot, prefix) and store.read_with_etag(s3, config.bucket, key)
+        if not stored:  # a window's ledger object (or no object of ours), or an old one moved meanwhile
             continue
-        window, entry = layout.pairs_ledger_key(slot, prefix), entry_from_old(old, config.pair, rule)
+        try:
+            entry = entry_from_old(json.loads(stored[0]), slot, config.pair, rule)
+        except (ValueError, AttributeError) as error:
+            raise ValueError(f"{key}: not a ledger entry of the default pair ({error}); fix or delete it") from None
+        window = layout.pairs_ledger_key(slot, prefix)
 
         def change(body: bytes | None, entry=entry, window=window) -> bytes | None:
             entries = pairs.parse_entries(body, window) if body else {}
@@ -49,7 +53,8 @@ def migrate(s3, config: settings.Config, rule: str) -> dict[str, int]:
 
         wrote = store.update(s3, config.bucket, window, change, store.NDJSON)[1]
         counts["moved" if wrote else "kept"] += 1
-        s3.delete_object(Bucket=config.bucket, Key=key)
+        if (store.read_with_etag(s3, config.bucket, key) or (None, None))[1] == stored[1]:  # unchanged since read
+            s3.delete_object(Bucket=config.bucket, Key=key)
         log.info("%s -> %s: %s", key, window, "moved" if wrote else "kept the window's claimed line")
     return counts
 

@@ -1,23 +1,11 @@
 """The ledger: every pair's decision of a window, its claim and its publish, once per (pair, rule, window).
 
-Every pair, the default one included, goes through here in one task of the window's run, decided by one
-engine (``rules.evaluate``) and alerted with one text (``alerts.alert``):
-
-- a window's entries live in one ledger object ``<slot>/pairs.jsonl`` (an entry per pair, by pair: S3
-  bills per request, so the requests of a window do not grow with its pairs). The canonical CSVs (the
-  default pair's ``<slot>.csv``, the others' ``<slot>/pairs.csv``) are found with one listing per day
-  partition the rules look back into, and only those a decision reads are fetched (``rules.slots_read``:
-  the window's and one reference per rule; for a firing under a cooldown, the earlier firings it follows
-  back);
-- each rule decides (``rules.evaluate``); a firing rule of a window not due for subscribers (a backfill,
-  an old window) is ``suppressed_backfill``;
-- the ledger object is created with ``If-None-Match: *`` (read only when one is there already) and else
-  rewritten ``If-Match`` its ETag (``store.update``, the one retry loop): an entry ``publishing`` or
-  ``notified`` is kept as it is; a pair with a rule due is claimed ``publishing`` by this run; only that
-  run publishes its due rules (``publish_alerts``), each marked ``publish_started`` before its Publish and
-  ``notified`` with its message id after;
-- a pair without a record of the window is *late*: no entry is written (a later run of the window, a
-  clear, a backfill or the bulk DAG still can), and the run tells ops which pairs were late and why.
+Every pair, the default one included, goes through here in one task of the window's run: decided by one
+engine (``rules.evaluate``), recorded as a line of the window's one ledger object ``<slot>/pairs.jsonl``
+(S3 bills per request: a window's requests do not grow with its pairs), claimed ``publishing`` by the run
+whose conditional write landed (``store.update``: nobody overwrites a claimed line) and published by that
+run alone (``publish_alerts``: each rule marked ``publish_started``, then ``notified`` with its message id).
+A pair without a record of the window is *late*: no line is written, and the run tells ops why.
 """
 
 from __future__ import annotations
@@ -109,30 +97,28 @@ def _damage(entry) -> str | None:
 def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due: bool, why_not_due: str,
                   run_url: str, claimant: str,
                   still_normalizing: windows.StillNormalizing | None = None) -> dict:  # fmt: skip
-    """Decide every pair's window (``rule_set``: the run's rules, its params applied to the default pair's),
-    write the window's entries, claim its due rules. Every earlier window the rules may look at
-    (``rule.history``) must be settled: see ``windows.wait_for_earlier_windows``; without
-    ``still_normalizing`` the window is analysed with the CSVs there are.
+    """Decide every pair's window (``rule_set``: the run's rules), write the window's entries, claim its due
+    rules. Earlier windows the rules may look at must be settled (``windows.wait_for_earlier_windows``).
 
-    Returns ``alerts`` (one per due (pair, rule): ``pair``, ``rule``, ``subject``, ``message``,
-    ``attributes``), ``decisions`` (``{pair: {rule: decision}}``, the stored entry's for a pair already
-    claimed), ``late`` (``{pair: reason}`` of pairs without a record of the window: quarantined, or none
-    there) and ``ops_notice`` (a message for ops naming each breach suppressed only because the window was
-    analysed late and each change refused as not a finite number, or None). WindowFailed when no pair
-    has a record (nothing to decide: the run must not look green) or a CSV read is not canonical.
+    Returns ``alerts`` (one per due (pair, rule), for the publish task), ``decisions`` (``{pair: {rule:
+    decision}}``, the stored entry's for a pair already claimed), ``late`` (``{pair: reason}``: no record of
+    the window, quarantined, or its CSV not canonical) and ``ops_notice`` (breaches suppressed only because
+    the window was analysed late, changes refused as not finite, CSVs read that are not canonical; or
+    None). WindowFailed when no pair has a record (nothing to decide: the run must not look green).
     """
     pairs = list(rule_set.pairs)
     out = {"alerts": [], "decisions": {}, "late": {}, "ops_notice": None}
     stamp = layout.slot_stamp(slot)
     first = slot - rule_set.history()
     listed = store.csv_keys(s3, config.bucket, config.analysis_prefix, first, slot)
-    there = {layout.slot_of_key(key) for key in listed}
-    gaps = [earlier for earlier in layout.slots_between(first, slot) if earlier not in there]
+    # An earlier window lacks a CSV for a pair when that pair's kind (its own, or the shared one) is missing.
+    kinds = {layout.analysis_key if pair == rule_set.default_pair else layout.pairs_analysis_key for pair in pairs}
+    gaps = [earlier for earlier in layout.slots_between(first, slot)
+            if any(kind(earlier, config.analysis_prefix) not in listed for kind in kinds)]  # fmt: skip
     windows.wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
-    try:
-        prices = store.load_rule_prices(s3, config.bucket, config.analysis_prefix, rule_set, pairs, slot, listed)
-    except ValueError as error:
-        raise windows.WindowFailed(f"window {stamp}: {error}") from None
+    unreadable: dict[str, str] = {}  # a CSV that is not canonical holds no record; ops hear which
+    prices = store.load_rule_prices(s3, config.bucket, config.analysis_prefix, rule_set, pairs, slot, listed,
+                                    unreadable)  # fmt: skip
     fresh = {}
     for pair in pairs:
         series = rules.Series(prices[pair])
@@ -147,7 +133,7 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
 
     entries = _rewrite(s3, config, slot, lambda stored: merged(stored, fresh))
     late = [p for p in pairs if p not in entries or (p not in fresh and entries[p]["decision"] not in CLAIMED)]
-    out["late"] = _missing_reasons(s3, config, slot, late)
+    out["late"] = _missing_reasons(s3, config, slot, late, unreadable)
     if len(out["late"]) == len(pairs):
         reasons = "; ".join(f"{pair}: {reason}" for pair, reason in sorted(out["late"].items()))
         raise windows.WindowFailed(f"window {stamp}: no pair has a record to decide ({reasons})")
@@ -175,6 +161,7 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
                if rule["decision"] == INVALID_CHANGE]  # fmt: skip
     notice = [f"Breaches of window {stamp} not sent: {why_not_due} when their records were analysed:", *breaches]
     notice = (notice if breaches else []) + ([f"Changes of window {stamp} refused:", *refused] if refused else [])
+    notice += [f"Canonical CSVs not read: {alerts.quoted(key)}: {why}" for key, why in sorted(unreadable.items())]
     out["ops_notice"] = "\n".join([*notice, f"Run: {run_url}"]) if notice else None
     log.info("Window %s: %s", stamp, out["decisions"])
     return out
@@ -243,19 +230,24 @@ def due_alerts(entry: dict, config: Config, run_url: str) -> list[dict]:
     ]
 
 
-def _missing_reasons(s3, config: Config, slot: datetime, late: list[str]) -> dict[str, str]:
+def _missing_reasons(s3, config: Config, slot: datetime, late: list[str], unreadable: dict) -> dict[str, str]:
     """Why each of the ``late`` pairs has no record of the window: its quarantine reason, if the Glue job
-    left one (one listing of the window's quarantine folder for all of them), else that none was there."""
-    keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, slot, slot + layout.SLOT)
+    left one (one listing of the window's quarantine folder for all of them), its canonical CSV that is not
+    canonical, else that none was there."""
+    keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, slot, slot + layout.SLOT) \
+        if late else []  # fmt: skip
     first = {}
-    for note in store.read_notes(s3, config.bucket, keys) if late else []:
+    for note in store.read_notes(s3, config.bucket, keys):
         first.setdefault(note.get("pair") or config.pair, note)
-    return {
-        pair: f"quarantined: {alerts.quoted(first[pair]['reason'])} (object {alerts.quoted(first[pair]['source_key'])})"
-        if pair in first
-        else "no record of the window when it was analysed"
-        for pair in late
-    }
+    out = {}
+    for pair in late:
+        key, note = store.csv_key(pair, slot, config.analysis_prefix, config.pair), first.get(pair)
+        out[pair] = (
+            f"quarantined: {alerts.quoted(note['reason'])} (object {alerts.quoted(note['source_key'])})" if note
+            else f"canonical CSV {alerts.quoted(key)} not read: {unreadable[key]}" if key in unreadable
+            else "no record of the window when it was analysed"
+        )  # fmt: skip
+    return out
 
 
 def late_notice(slot: datetime, late: dict, run_url: str) -> str:

@@ -1,14 +1,9 @@
-"""What the price DAGs' tasks ask Airflow: the one module of ``include/`` that imports it (the others are
-plain functions that never do).
+"""What the price DAGs' tasks ask Airflow: the one module of ``include/`` that imports it.
 
-- ``WindowRecordSensor``: a live window's run waits for every pair's record, or a deadline; a past
-  window's run looks once.
-- ``still_normalizing`` / ``analyse_when_settled``: the scheduler's side of the one rule for waiting on
-  earlier windows (``windows.wait_for_earlier_windows``), the same for every pair.
-- ``LiveRunsOpsNotifier``: failures page ops for live runs; a backfill's failed windows go to whoever ran it.
-- price_notification's task bodies (``analyse_pairs``, ``publish_price_alerts``, ``post_slack_alerts``),
-  and price_history_backfill's
-  (``analyse_price_history``, ``report_quarantine``): the DAG files only declare and wire them.
+- ``WindowRecordSensor``: a live window's run waits for every pair's record, or a deadline.
+- ``still_normalizing`` / ``analyse_when_settled``: the scheduler's side of waiting on earlier windows.
+- ``LiveRunsOpsNotifier``: failures page ops for live runs; a backfill's go to whoever ran it.
+- the task bodies of both DAGs: the DAG files only declare and wire them.
 """
 
 from __future__ import annotations

@@ -132,7 +132,21 @@ def csv_keys(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> s
         day_prefix = f"{prefix}{day}"
         after = "" if first_key < day_prefix else _just_before(first_key)
         keys.update(k for k in list_keys(s3, bucket, day_prefix, after) if first_key <= k <= last_key)
-    return keys
+    return {key for key in keys if canonical_slot(key, prefix)}
+
+
+def slot_of(key: str) -> datetime | None:
+    """The slot a key names (``layout.slot_of_key``), None for a key with no stamp (no object of ours)."""
+    try:
+        return layout.slot_of_key(key)
+    except ValueError:
+        return None
+
+
+def canonical_slot(key: str, prefix: str) -> datetime | None:
+    """The slot of a canonical CSV key (``<slot>.csv``, ``<slot>/pairs.csv``), None for any other key."""
+    at = slot_of(key)
+    return at if at and key in (layout.analysis_key(at, prefix), layout.pairs_analysis_key(at, prefix)) else None
 
 
 def _just_before(key: str) -> str:
@@ -154,12 +168,12 @@ def csv_prices(key: str, body: bytes, default_pair: str) -> dict[str, Price]:
 
 
 def load_rule_prices(s3, bucket: str, prefix: str, rule_set, pairs: list[str], slot: datetime,
-                     listed: set[str]) -> dict[str, list[Price]]:  # fmt: skip
+                     listed: set[str], unreadable: dict[str, str] | None = None) -> dict[str, list[Price]]:  # fmt: skip
     """``{pair: [Price, ...]}``: of the canonical CSVs ``listed`` (:func:`csv_keys` over the rules' look-back
     from ``slot``), the ones the pairs' decisions read (``rules.slots_read`` for each pair, given what was
     read), one GET per CSV for every pair, in rounds. A CSV read without a pair's row is not that pair's
-    reference, so the next candidate is read, until every decision has what it reads. ValueError when a CSV
-    read is not canonical."""
+    reference, so the next candidate is read, until every decision has what it reads. A CSV read that is not
+    canonical holds no record: ``{key: why}`` in ``unreadable`` (without it: ValueError)."""
     from include.price_pipeline import rules
 
     slots = sorted({layout.slot_of_key(key) for key in listed})
@@ -176,7 +190,12 @@ def load_rule_prices(s3, bucket: str, prefix: str, rule_set, pairs: list[str], s
             break
         ordered = sorted(wanted)
         for key, body in zip(ordered, read_many(s3, bucket, ordered), strict=True):
-            read[key] = {} if body is None else csv_prices(key, body, rule_set.default_pair)  # None: deleted since
+            try:
+                read[key] = {} if body is None else csv_prices(key, body, rule_set.default_pair)  # None: deleted
+            except ValueError as error:
+                if unreadable is None:
+                    raise
+                read[key], unreadable[key] = {}, str(error)
     return {pair: [read[key][pair] for key in of.values() if pair in read.get(key, {})] for pair, of in keys.items()}
 
 
@@ -204,14 +223,7 @@ def quarantine_reason_keys(s3, bucket: str, prefix: str, start: datetime, end: d
         months = layout.months_between(start, end - layout.SLOT)
         prefixes = [f"{prefix}{layout.month_partition(year, month)}" for year, month in months]
     listed = [key for keys in in_parallel(s3, lambda p: list_keys(s3, bucket, p), prefixes) for key in keys]
-    return sorted(key for key in listed if key.endswith(".reason.json") and start <= _window(key) < end)
-
-
-def _window(key: str) -> datetime:
-    try:
-        return layout.slot_of_key(key)
-    except ValueError:  # no stamp: no reason file of the Glue job's
-        return datetime.min.replace(tzinfo=layout.UTC)
+    return sorted(k for k in listed if k.endswith(".reason.json") and (slot := slot_of(k)) and start <= slot < end)
 
 
 def read_notes(s3, bucket: str, keys: list[str]) -> list[dict]:

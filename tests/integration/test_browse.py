@@ -171,3 +171,28 @@ def test_the_range_defaults_to_the_last_day_and_refuses_more_than_31_days():
         browse.parse_range("2026-01-01T00:00Z", "2026-03-01T00:00Z", now)
     with pytest.raises(ValueError, match="before"):
         browse.parse_range("2026-03-02T00:00Z", "2026-03-01T00:00Z", now)
+
+
+def test_a_long_range_of_another_pair_waits_for_the_ledger_where_any_of_its_rules_fired(aws):
+    """Review of one lane: over a long range a window was shown quiet when the pair's first rule was, so a
+    crossing by a small move of a pair whose first rule is a 5 % change had no marker and no message id."""
+    start = utc(2026, 3, 20, 0, 0)
+    slots = layout.slots_between(start, start + timedelta(days=2))
+    move = {"name": "move-5m", "kind": "change", "threshold_pct": 1.0}
+    btc = [{"name": "move-5pct", "kind": "change", "threshold_pct": 5.0},
+           {"name": "cross-100k", "kind": "crossing", "level": 100000}]  # fmt: skip
+    rule_set = rules.parse({"default_pair": PAIR, "pairs": {PAIR: [move], "BTC/USDT": btc}})
+    prices = {slot: 99990.0 + (20.0 if index >= 100 else 0.0) for index, slot in enumerate(slots)}  # crosses at 100
+    rows = [
+        {"timestamp": slot, "weighted_average": price, "pair": "BTC/USDT", "source_key": f"k{slot:%d%H%M}",
+         "source_format": "json", **dict.fromkeys(("open", "high", "low", "close", "volume", "quote_volume"), 1.0)}
+        for slot, price in prices.items()
+    ]  # fmt: skip
+    aws.put(layout.parquet_key(2026, 3, pair="BTC/USDT"), history.parquet_bytes(rows))
+
+    data = browse.history(aws.s3, aws.config, rule_set, start, start + timedelta(days=2), "BTC/USDT")
+
+    by_slot = {row["window_start"]: row for row in data["windows"]}
+    assert data["mode"] == "parquet"
+    assert by_slot[layout.iso(slots[100])]["decision"] == "pending"  # crossed: its ledger entry tells
+    assert by_slot[layout.iso(slots[101])]["decision"] == "below_threshold"  # every rule quiet

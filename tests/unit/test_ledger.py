@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from include.price_pipeline import analysis, layout, migrate, pairs, windows
 from include.price_pipeline.analysis import INVALID_CHANGE, NOTIFIED, NOTIFY, PUBLISHING
 from tests.conftest import utc
-from tests.unit.test_history import CONFIG, T0, MemoryS3, seeded
+from tests.unit.test_history import CONFIG, OTHER, T0, MemoryS3, seeded, with_other
 from tests.unit.test_history import DEFAULT_RULES as RULES
 
 SLOT = T0 + layout.SLOT
@@ -188,13 +188,59 @@ def test_a_non_finite_change_is_recorded_without_infinity_never_sent_and_told_to
     assert "not a finite number" in result["ops_notice"]
 
 
-def test_a_canonical_csv_with_an_infinite_price_fails_the_window_with_a_reason():
-    s3 = seeded({T0: 100.0, SLOT: 103.0})
+def test_a_canonical_csv_that_is_not_canonical_holds_no_record_and_ops_are_told_which():
+    """Review of one lane: a bad CSV raised for the whole window, so one file read as a reference stopped every
+    pair's alerts for as long as rules looked back at it. Now it is read as no record, named to ops."""
+    s3 = seeded({T0 - layout.SLOT: 100.0, T0: 100.0, SLOT: 103.0})
     s3.objects[layout.analysis_key(T0)] = s3.objects[layout.analysis_key(T0)].replace(b",100.0,", b",inf,")
 
-    with pytest.raises(windows.WindowFailed, match="not a finite positive number"):
-        analyse(s3, RUN_A)
-    assert KEY not in s3.objects
+    result = analyse(s3, RUN_A)
+
+    assert rule(s3)["reference"]["timestamp"] == layout.iso(T0 - layout.SLOT)  # the next earlier record
+    assert [alert["pair"] for alert in result["alerts"]] == [PAIR]
+    assert f'Canonical CSVs not read: "{layout.analysis_key(T0)}": ' in result["ops_notice"]
+    assert "not a finite positive number" in result["ops_notice"]
+
+
+def test_one_pairs_bad_csv_of_the_window_makes_it_late_with_the_reason_and_holds_no_other_pair():
+    s3 = seeded({T0: 100.0, SLOT: 103.0}, others={T0: 99.0, SLOT: 101.0})
+    s3.objects[layout.analysis_key(SLOT)] = b"timestamp\n"  # the default pair's CSV of the window: no row
+
+    result = pairs.analyse_pairs(s3, CONFIG, with_other(RULES), SLOT, True, "", "u", RUN_A)
+
+    assert [(a["pair"], a["rule"]) for a in result["alerts"]] == [(OTHER, "cross-100")]
+    assert result["late"][PAIR].startswith(f'canonical CSV "{layout.analysis_key(SLOT)}" not read: ')
+    assert set(pairs.parse_entries(s3.objects[KEY])) == {OTHER}
+
+
+def test_stray_keys_among_the_canonical_csvs_are_not_read():
+    """Review of one lane: a key with no slot stamp (``_SUCCESS``) in a day partition the rules look back
+    into failed every pair's analysis; another key of the window's folder was parsed as a CSV."""
+    midnight = utc(2025, 4, 1)  # its look-back lists the whole day before
+    s3 = seeded({midnight - layout.SLOT: 100.0, midnight: 103.0})
+    s3.objects[layout.ANALYSIS_PREFIX + layout.partition(midnight - layout.SLOT) + "_SUCCESS"] = b""
+    s3.objects[layout.analysis_key(midnight - layout.SLOT).replace(".csv", ".csv.bak")] = b"not a csv"
+
+    result = pairs.analyse_pairs(s3, CONFIG, RULES, midnight, True, "", "u", RUN_A)
+
+    assert [alert["pair"] for alert in result["alerts"]] == [PAIR]
+
+
+def test_an_earlier_window_missing_only_the_shared_csv_is_waited_for_as_a_gap():
+    """Review of one lane: a window counted as settled when either of its CSVs was there; the Glue job writes
+    them separately, so one can land before the other (a failed PUT, a retry) and later windows of the
+    other pairs compared with an older reference without asking whether its run was still normalizing."""
+    s3 = seeded({T0: 100.0, SLOT: 103.0}, others={SLOT: 101.0})
+    s3.objects[layout.ingestion_key(T0, ".json", pair=OTHER)] = b"{}"  # its record is there, not yet normalized
+    asked = []
+
+    def still_normalizing(slots):
+        asked.append(slots)
+        return []
+
+    pairs.analyse_pairs(s3, CONFIG, with_other(RULES), SLOT, True, "", "u", RUN_A, still_normalizing)
+
+    assert asked == [[T0]]
 
 
 def test_a_window_without_any_pairs_record_fails_with_each_pairs_reason():
