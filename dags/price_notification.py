@@ -86,6 +86,8 @@ def price_notification():
         deferrable=config.deferrable,
         poke_interval=config.sensor_poke_seconds,
         timeout=config.sensor_timeout_seconds,
+        # A try resumed before the scheduler saw its deferral end is failed for a retry (apache/airflow#72716):
+        retry_delay=pendulum.duration(seconds=2),  # then it looks again at once, not 20 s later
     )
 
     normalize_price_record = GlueJobOperator(

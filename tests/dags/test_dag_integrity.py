@@ -175,6 +175,16 @@ def test_sensor_is_deferrable_by_default_with_a_finite_timeout_and_poke_interval
     assert sensor.poke_interval == config.sensor_poke_seconds
 
 
+def test_a_sensor_try_failed_by_airflows_deferral_race_is_retried_within_seconds(dag):
+    """A try resumed before the scheduler processed its deferral's end is failed for a retry
+    (apache/airflow#72716): the bench met it once a run, and the window's alerts came 20 s late (the task
+    defaults' retry delay). The sensor's retry looks again 2 s later."""
+    sensor = dag.get_task("wait_for_price_record")
+
+    assert sensor.retries >= 1
+    assert sensor.retry_delay.total_seconds() <= 2
+
+
 def test_sensor_waits_for_every_configured_pair_until_the_deadline(dag, config):
     """Issue 19: no pair is the window's clock. The sensor waits for each pair of the rules file (it waited
     for the default pair's key only) and gives the others ``PRICE_PAIRS_DEADLINE_SECONDS``."""
