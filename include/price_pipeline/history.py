@@ -92,7 +92,7 @@ def summarize(entries: dict[datetime, dict[str, dict]], start: datetime, end: da
     by_pair: dict[str, Counter] = {}
     for _, entry, _, rule in decided:
         by_pair.setdefault(entry["pair"], Counter())[rule["decision"]] += 1
-    windows_of = Counter(entry["pair"] for by_pair_ in entries.values() for entry in by_pair_.values())
+    windows_of = Counter(pair for in_window in entries.values() for pair in in_window)
     return {
         "start": layout.iso(start),
         "end": layout.iso(end),

@@ -2,17 +2,19 @@
 object per window) moved into each window's ledger object as the pair's line, once (README: Upgrading).
 
 Each move is a conditional write (``store.update``) that keeps a line the window already holds claimed
-(``publishing``, ``notified``); the old object is deleted only after it, so a run stopped midway is run
-again, and a second run finds nothing to move. A ``notified`` window is never sent again.
+(``notified``; ``publishing``, unless the old entry says the alert was sent). The old object is deleted
+only after it, and only if unchanged since read (else it is counted ``changed``, for a second run): a run
+stopped midway is run again, and a second run finds nothing to move. A notified window is never sent again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from include.price_pipeline import layout, pairs, settings, store
-from include.price_pipeline.analysis import CLAIMED, NOTIFY, PUBLISHING
+from include.price_pipeline.analysis import CLAIMED, NOTIFIED, NOTIFY, PUBLISHING
 
 log = logging.getLogger(__name__)
 #: Fields of an old entry its rule's state keeps beside the ledger's own: what it was decided with.
@@ -33,8 +35,9 @@ def entry_from_old(old: dict, slot, pair: str, rule: str) -> dict:
 
 
 def migrate(s3, config: settings.Config, rule: str) -> dict[str, int]:
-    """Move every old entry under the ledger prefix: ``moved``, or ``kept`` (the window held a claimed line)."""
-    prefix, counts = config.changes_prefix, {"moved": 0, "kept": 0}
+    """Move every old entry under the ledger prefix: ``moved``, or ``kept`` (the window held a claimed line);
+    ``changed``: written meanwhile, so not deleted (a second run moves it)."""
+    prefix, counts = config.changes_prefix, {"moved": 0, "kept": 0, "changed": 0}
     for key in store.list_keys(s3, config.bucket, prefix):
         slot = store.slot_of(key)
         stored = slot and key == layout.ledger_key(slot, prefix) and store.read_with_etag(s3, config.bucket, key)
@@ -48,14 +51,18 @@ def migrate(s3, config: settings.Config, rule: str) -> dict[str, int]:
 
         def change(body: bytes | None, entry=entry, window=window) -> bytes | None:
             entries = pairs.parse_entries(body, window) if body else {}
-            return None if entries.get(config.pair, {}).get("decision") in CLAIMED else \
-                pairs.entries_bytes(entries | {config.pair: entry})  # fmt: skip
+            held = entries.get(config.pair, {}).get("decision")  # a claim yields only to a sent alert
+            keep = held == NOTIFIED or (held == PUBLISHING and entry["decision"] != NOTIFIED)
+            return None if keep else pairs.entries_bytes(entries | {config.pair: entry})
 
         wrote = store.update(s3, config.bucket, window, change, store.NDJSON)[1]
         counts["moved" if wrote else "kept"] += 1
+        log.info("%s -> %s: %s", key, window, "moved" if wrote else "kept the window's claimed line")
         if (store.read_with_etag(s3, config.bucket, key) or (None, None))[1] == stored[1]:  # unchanged since read
             s3.delete_object(Bucket=config.bucket, Key=key)
-        log.info("%s -> %s: %s", key, window, "moved" if wrote else "kept the window's claimed line")
+        else:  # old code wrote it meanwhile: left for a second run, which moves what it holds now
+            counts["changed"] += 1
+            log.warning("%s changed while it was moved: not deleted; run the migration again", key)
     return counts
 
 
@@ -65,4 +72,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = settings.load()
     counts = migrate(boto3.client("s3"), config, settings.load_rules(config).default_rule.name)
-    print(f"s3://{config.bucket}/{config.changes_prefix}: {counts['moved']} entries moved, {counts['kept']} kept")
+    print(f"s3://{config.bucket}/{config.changes_prefix}: {counts['moved']} entries moved, {counts['kept']} kept, "
+          f"{counts['changed']} changed meanwhile (run again)")  # fmt: skip
+    sys.exit(1 if counts["changed"] else 0)

@@ -111,10 +111,12 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
     stamp = layout.slot_stamp(slot)
     first = slot - rule_set.history()
     listed = store.csv_keys(s3, config.bucket, config.analysis_prefix, first, slot)
-    # An earlier window lacks a CSV for a pair when that pair's kind (its own, or the shared one) is missing.
-    kinds = {layout.analysis_key if pair == rule_set.default_pair else layout.pairs_analysis_key for pair in pairs}
+    # An earlier window is a gap when the CSV of a kind the pairs read (the default pair's own, the others'
+    # shared one) is missing: one pair of each kind stands for it.
+    kinds = {pair == rule_set.default_pair: pair for pair in pairs}.values()
     gaps = [earlier for earlier in layout.slots_between(first, slot)
-            if any(kind(earlier, config.analysis_prefix) not in listed for kind in kinds)]  # fmt: skip
+            if any(store.csv_key(pair, earlier, config.analysis_prefix, rule_set.default_pair) not in listed
+                   for pair in kinds)]  # fmt: skip
     windows.wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
     unreadable: dict[str, str] = {}  # a CSV that is not canonical holds no record; ops hear which
     prices = store.load_rule_prices(s3, config.bucket, config.analysis_prefix, rule_set, pairs, slot, listed,
@@ -122,13 +124,14 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
     fresh = {}
     for pair in pairs:
         series = rules.Series(prices[pair])
-        if series.at(slot) is None:
+        latest = series.at(slot)
+        if latest is None:
             continue
-        if series.at(slot).superseded:
-            log.warning("%s window %s: used %s; superseded older objects: %s", pair, stamp,
-                        series.at(slot).source_key, ", ".join(series.at(slot).superseded))  # fmt: skip
+        if latest.superseded:
+            log.warning("%s window %s: used %s; superseded older objects: %s", pair, stamp, latest.source_key,
+                        ", ".join(latest.superseded))  # fmt: skip
         decided = {rule.name: rules.evaluate(rule, series, slot) for rule in rule_set.pairs[pair]}
-        entry = pair_entry(pair, slot, series.at(slot), rule_set.pairs[pair], decided, due, why_not_due)
+        entry = pair_entry(pair, slot, latest, rule_set.pairs[pair], decided, due, why_not_due)
         fresh[pair] = {**entry, "claimed_by": claimant} if entry["decision"] == PUBLISHING else entry
 
     entries = _rewrite(s3, config, slot, lambda stored: merged(stored, fresh))
@@ -150,13 +153,9 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
             out["alerts"] += due_alerts(entry, config, run_url)
     decided = [(pair, name, rule) for pair, entry in sorted(entries.items()) if entry is fresh.get(pair)
                for name, rule in entry["rules"].items()]  # fmt: skip
-    late = [
-        (pair, name, rule) for pair, name, rule in decided if suppressed_for_lateness(rule["decision"], rule["reason"])
-    ]
-    breaches = [
-        f"- {pair} rule {name}: {alerts._number(rule['change_pct']):+.2f}% ({rule['kind']})"
-        for pair, name, rule in late
-    ]
+    breaches = [f"- {pair} rule {name}: {alerts._number(rule['change_pct']):+.2f}% ({rule['kind']})"
+                for pair, name, rule in decided
+                if suppressed_for_lateness(rule["decision"], rule["reason"])]  # fmt: skip
     refused = [f"- {pair} rule {name}: {rule['reason']}" for pair, name, rule in decided
                if rule["decision"] == INVALID_CHANGE]  # fmt: skip
     notice = [f"Breaches of window {stamp} not sent: {why_not_due} when their records were analysed:", *breaches]

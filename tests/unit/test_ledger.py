@@ -327,13 +327,13 @@ def test_the_migration_moves_a_notified_entry_so_that_no_run_sends_its_window_ag
     s3 = seeded({T0: 100.0, SLOT: 103.0})
     s3.objects[OLD] = old_entry(NOTIFIED, sns_message_id="m-old")
 
-    assert migrated(s3) == {"moved": 1, "kept": 0}
+    assert migrated(s3) == {"moved": 1, "kept": 0, "changed": 0}
 
     assert OLD not in s3.objects
     assert (entry(s3)["decision"], rule(s3)["decision"], rule(s3)["sns_message_id"]) == (NOTIFIED, NOTIFIED, "m-old")
     assert (rule(s3)["reference"]["weighted_average"], rule(s3)["lookback_minutes"]) == (100.0, 5)
     assert analyse(s3, RUN_A)["alerts"] == []
-    assert migrated(s3) == {"moved": 0, "kept": 0}, "a second run finds nothing to move"
+    assert migrated(s3) == {"moved": 0, "kept": 0, "changed": 0}, "a second run finds nothing to move"
 
 
 def test_the_migration_keeps_a_claim_left_started_for_ops_and_every_other_pairs_line():
@@ -356,6 +356,27 @@ def test_the_migration_never_replaces_a_claimed_entry_a_newer_run_wrote():
     claim = s3.objects[KEY]
     s3.objects[OLD] = old_entry("below_threshold")
 
-    assert migrated(s3) == {"moved": 0, "kept": 1}
+    assert migrated(s3) == {"moved": 0, "kept": 1, "changed": 0}
     assert s3.objects[KEY] == claim
     assert OLD not in s3.objects
+
+
+def test_the_migration_leaves_an_old_entry_that_changed_while_it_was_moved_and_says_so(caplog):
+    """Old code still running may record a claim notified between the migration's read and its delete: the
+    object is not deleted (that record would be lost), the run counts it, and a second run moves it."""
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    s3.objects[OLD] = old_entry(PUBLISHING, claimed_by="price_notification/old")
+    real_put = s3.put_object
+
+    def old_code_records_notified(**kwargs):
+        if kwargs["Key"] == KEY:
+            s3.objects[OLD] = old_entry(NOTIFIED, sns_message_id="m-old")
+        return real_put(**kwargs)
+
+    s3.put_object = old_code_records_notified
+
+    assert migrated(s3) == {"moved": 1, "kept": 0, "changed": 1}
+    assert f"{OLD} changed while it was moved: not deleted" in caplog.text
+    s3.put_object = real_put
+    assert migrated(s3) == {"moved": 1, "kept": 0, "changed": 0}  # a sent alert replaces the moved claim
+    assert (entry(s3)["decision"], rule(s3)["sns_message_id"]) == (NOTIFIED, "m-old")
