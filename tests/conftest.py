@@ -316,3 +316,55 @@ def make_backfill(stack, monkeypatch, *argv: str) -> tuple[int, str]:
     with redirect_stdout(out), redirect_stderr(out):
         code = backfill.main([*argv, "--state-dir", str(stack.state_dir)])
     return code, out.getvalue()
+
+
+class ExchangeStandin:
+    """The exchange stand-in (local/exchange.py), a real HTTP server on loopback in a thread, and what the
+    tests ask it over HTTP, as any client would."""
+
+    def __init__(self):
+        import threading
+
+        from local.exchange import serve
+
+        self.server = serve(0)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v3"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _request(self, path: str, body: dict | None = None):
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        root = self.url.removesuffix("/api/v3")
+        with urllib.request.urlopen(urllib.request.Request(root + path, data=data), timeout=10) as answer:  # noqa: S310
+            return json.loads(answer.read())
+
+    def fault(self, mode: str, count: int = 1) -> None:
+        """The next ``count`` klines requests answer ``mode`` (rate_limit, unavailable, malformed, html)."""
+        self._request("/_exchange/fault", {"mode": mode, "count": count})
+
+    def requests(self) -> int:
+        return self._request("/_exchange/requests")["klines"]
+
+    def klines(self, pair: str, start: datetime, end: datetime) -> list[list]:
+        """The served klines of ``pair`` opening in ``[start, end)``, straight from the API."""
+        symbol = pair.replace("/", "")
+        start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000) - 1
+        return self._request(
+            f"/api/v3/klines?symbol={symbol}&interval=5m&startTime={start_ms}&endTime={end_ms}&limit=1000"
+        )
+
+
+@pytest.fixture(scope="session")
+def exchange_standin():
+    standin = ExchangeStandin()
+    yield standin
+    standin.server.shutdown()
+
+
+@pytest.fixture
+def exchange(exchange_standin):
+    """The exchange stand-in with no fault pending."""
+    exchange_standin.fault("none", 0)
+    yield exchange_standin
+    exchange_standin.fault("none", 0)

@@ -31,7 +31,7 @@ import bisect
 import json
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -105,11 +105,23 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where the exchange feed (``exchange.py``) takes a pair's candles: a ccxt exchange id, and how the
+    record's ``weightedAverage`` is had: ``volumes`` (derived from the candle's quote volume, as for any
+    producer) or ``typical_price`` ((high + low + close) / 3, an approximation the pair opted into)."""
+
+    exchange: str = "binance"
+    weighted_average: str = "volumes"
+
+
+@dataclass(frozen=True)
 class Rules:
-    """A validated rules file: the default pair and each pair's rules, in file order."""
+    """A validated rules file: the default pair and each pair's rules, in file order, and each pair's
+    exchange feed source."""
 
     default_pair: str
     pairs: dict[str, tuple[Rule, ...]]
+    feed: dict[str, Source] = field(default_factory=dict)
 
     def history(self) -> timedelta:
         return max(rule.history for rules in self.pairs.values() for rule in rules)
@@ -167,9 +179,9 @@ def parse(document, source: str = "rules file") -> Rules:
     where = f"rules file {source}"
     if not isinstance(document, dict):
         raise RulesError(f"{where}: must be an object with default_pair and pairs")
-    unknown = sorted(set(document) - {"default_pair", "pairs"})
+    unknown = sorted(set(document) - {"default_pair", "pairs", "feed"})
     if unknown:
-        raise RulesError(f"{where}: unknown field {unknown[0]!r} (allowed: default_pair, pairs)")
+        raise RulesError(f"{where}: unknown field {unknown[0]!r} (allowed: default_pair, pairs, feed)")
     pairs = document.get("pairs")
     if not isinstance(pairs, dict) or not pairs:
         raise RulesError(f"{where}: pairs must be a non-empty object of pair -> list of rules")
@@ -190,7 +202,49 @@ def parse(document, source: str = "rules file") -> Rules:
     default = document.get("default_pair")
     if default not in parsed:
         raise RulesError(f"{where}: default_pair {default!r} must be one of the pairs ({', '.join(parsed)})")
-    return Rules(default_pair=default, pairs=parsed)
+    return Rules(default_pair=default, pairs=parsed, feed=_feed(document.get("feed", {}), parsed, where))
+
+
+#: Exchanges whose raw candles carry the quote volume the job derives ``weightedAverage`` from (Binance's
+#: klines: base and quote asset volume); any other exchange's ccxt candles carry the base volume only.
+QUOTE_VOLUME_EXCHANGES = ("binance", "binanceus")
+WEIGHTED_AVERAGE_SOURCES = ("volumes", "typical_price")
+_EXCHANGE = re.compile(r"[a-z][a-z0-9]{1,31}")
+
+
+def _feed(raw, pairs: dict, where: str) -> dict[str, Source]:
+    """Each pair's exchange feed source: ``{"exchange": "binance", "pairs": {"SOL/USDT": {"exchange":
+    "kraken", "weighted_average": "typical_price"}}}``; every field optional (one exchange for all: binance).
+    A pair whose exchange's candles carry no quote volume is refused unless it opts into typical_price."""
+    if not isinstance(raw, dict) or set(raw) - {"exchange", "pairs"}:
+        raise RulesError(f"{where}: feed must be an object of exchange and pairs")
+    default = _source_field(raw, "exchange", _EXCHANGE.fullmatch, "binance", f"{where}: feed")
+    overrides = raw.get("pairs", {})
+    if not isinstance(overrides, dict) or set(overrides) - set(pairs):
+        raise RulesError(f"{where}: feed.pairs must be an object of configured pairs (got {sorted(overrides)})")
+    sources = {}
+    for pair in pairs:
+        own = overrides.get(pair, {})
+        at = f"{where}: feed.pairs {pair}"
+        if not isinstance(own, dict) or set(own) - {"exchange", "weighted_average"}:
+            raise RulesError(f"{at}: must be an object of exchange and weighted_average")
+        exchange = _source_field(own, "exchange", _EXCHANGE.fullmatch, default, at)
+        basis = _source_field(own, "weighted_average", WEIGHTED_AVERAGE_SOURCES.__contains__, "volumes", at)
+        if basis == "volumes" and exchange not in QUOTE_VOLUME_EXCHANGES:
+            raise RulesError(
+                f"{at}: {exchange}'s candles carry no quote volume to derive weightedAverage from (only "
+                f"{', '.join(QUOTE_VOLUME_EXCHANGES)}' do); set weighted_average to typical_price to accept "
+                "(high + low + close) / 3 instead"
+            )
+        sources[pair] = Source(exchange, basis)
+    return sources
+
+
+def _source_field(raw: dict, name: str, valid, default: str, where: str) -> str:
+    value = raw.get(name, default)
+    if not isinstance(value, str) or not valid(value):
+        raise RulesError(f"{where}: {name} {value!r} is not valid")
+    return value
 
 
 _FIELDS = {

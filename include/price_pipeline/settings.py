@@ -82,6 +82,11 @@ SETTINGS = (
         "include/rules/default.json",
         "pairs and alert rules (JSON; relative to the repository root); its default_pair is PRICE_PAIR",
     ),
+    Setting(
+        "PRICE_EXCHANGE_URL",
+        "",
+        "the exchange feed's public API base URL (ccxt's `urls['api']['public']`); empty: each exchange's own",
+    ),
 )
 
 _BY_NAME = {s.env: s for s in SETTINGS}
@@ -121,6 +126,7 @@ class Config:
     slack_conn_id: str
     max_object_bytes: int
     rules_file: str
+    exchange_url: str
 
 
 #: Settings that became fields of the default pair's rule (the rules file is their one home): setting one

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -510,3 +511,54 @@ def test_make_runs_feed_fires_every_rule_of_the_local_file_within_ten_minutes_wh
             for rule in pair_rules:
                 fired = [rules.evaluate(rule, whole, slot).decision for slot in slots[-2:]]
                 assert "notify" in fired, (pair, rule.name, start_minute)
+
+
+# --- the exchange feed's sources (``feed``) ------------------------------------------------------------
+
+TWO_PAIRS = {
+    "default_pair": "ETH/USDT",
+    "pairs": {
+        "ETH/USDT": [{"name": "move-5m", "kind": "change", "threshold_pct": 1, "minutes": 5, "tolerance_minutes": 0}],
+        "SOL/USDT": [{"name": "cross-150", "kind": "crossing", "level": 150, "tolerance_minutes": 0}],
+    },
+}
+
+
+def test_without_a_feed_every_pair_comes_from_binance_with_volumes():
+    assert rules.parse(TWO_PAIRS).feed == {"ETH/USDT": rules.Source(), "SOL/USDT": rules.Source()}
+    assert rules.Source() == rules.Source("binance", "volumes")
+
+
+def test_a_pair_takes_its_own_exchange_and_the_others_the_files():
+    feed = {"exchange": "binanceus", "pairs": {"SOL/USDT": {"exchange": "kraken", "weighted_average": "typical_price"}}}
+    assert rules.parse({**TWO_PAIRS, "feed": feed}).feed == {
+        "ETH/USDT": rules.Source("binanceus", "volumes"),
+        "SOL/USDT": rules.Source("kraken", "typical_price"),
+    }
+
+
+def test_an_exchange_without_quote_volume_is_refused_unless_the_pair_opts_into_typical_price():
+    with pytest.raises(rules.RulesError) as refused:
+        rules.parse({**TWO_PAIRS, "feed": {"pairs": {"SOL/USDT": {"exchange": "kraken"}}}}, "r.json")
+    assert str(refused.value) == (
+        "rules file r.json: feed.pairs SOL/USDT: kraken's candles carry no quote volume to derive weightedAverage "
+        "from (only binance, binanceus' do); set weighted_average to typical_price to accept (high + low + close) / 3 "
+        "instead"
+    )
+
+
+@pytest.mark.parametrize(
+    ("feed", "reason"),
+    [
+        ({"exchange": "Binance!"}, "feed: exchange 'Binance!' is not valid"),
+        ({"pairs": {"DOGE/USDT": {}}}, "feed.pairs must be an object of configured pairs (got ['DOGE/USDT'])"),
+        (
+            {"pairs": {"SOL/USDT": {"weighted_average": "close"}}},
+            "feed.pairs SOL/USDT: weighted_average 'close' is not valid",
+        ),
+        ({"url": "http://x"}, "feed must be an object of exchange and pairs"),
+    ],
+)
+def test_a_bad_feed_fails_the_parse_with_one_line(feed, reason):
+    with pytest.raises(rules.RulesError, match="^rules file r.json: " + re.escape(reason) + "$"):
+        rules.parse({**TWO_PAIRS, "feed": feed}, "r.json")

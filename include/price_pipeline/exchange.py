@@ -1,0 +1,300 @@
+"""The exchange feed: each pair's closed 5-minute candles from its exchange, through ccxt, written to the
+pair's ingestion key exactly as an outside producer would write them.
+
+Where a pair's candles come from is the rules file's ``feed`` (``rules.Source``; default: Binance for
+every pair). What is written is the exchange's own record, so the Glue job decides as for any producer:
+
+- an exchange whose candles carry the quote volume (``rules.QUOTE_VOLUME_EXCHANGES``, Binance's klines
+  through ccxt's raw ``publicGetKlines``): the answer's kline, as a one-kline JSON array; the job derives
+  ``weightedAverage`` (VWAP) from its quote and base volumes;
+- any other exchange, for a pair that opted into ``typical_price``: ccxt's unified candle
+  (``fetch_ohlcv``) as a record that declares ``weightedAverageBasis: typical_price``; the job takes
+  (high + low + close) / 3 and marks the canonical row's ``weighted_average_basis`` so.
+
+A candle is written only once it has closed (its 5 minutes ended by ``now``, the wall clock: whether a
+candle closed is a fact of the exchange's time, not of the run's), only where the pair has no record yet,
+and once (``If-None-Match: *``). Requests go through ccxt's rate limiter (``enableRateLimit``); a refused
+or failed request is tried again with exponential backoff, then the pair is a :class:`FeedProblem`: one
+line naming the exchange and the pair, and nothing written for it.
+
+Plain functions, no Airflow: the DAGs' tasks (``runs``) and ``make backfill`` call them. ccxt is imported
+where an exchange is made, never when a DAG is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from include.price_pipeline import layout, store
+
+SLOT_MS = layout.SLOT_SECONDS * 1000
+#: Most candles one request asks for (Binance's klines limit; ccxt passes it on for other exchanges).
+PAGE = 1000
+TRIES = 4
+BACKOFF_SECONDS = 1.0
+TIMEOUT_MS = 10_000
+RECORD_SUFFIX = ".json"
+
+
+class FeedProblem(Exception):
+    """A pair's candles could not be had or cannot be trusted; the message is one line naming the exchange
+    and the pair, and nothing was written for them. ``unreachable``: the exchange itself did not answer or
+    refused for its rate limit, after every try (its other pairs are not asked again in this fetch)."""
+
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+@dataclass
+class Fetched:
+    """What one fetch did for a pair: keys written, windows that already had a record, windows the exchange
+    served no candle for, problems (one line each)."""
+
+    exchange: str
+    written: list[str] = field(default_factory=list)
+    present: int = 0
+    not_served: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "written": len(self.written),
+            "present": self.present,
+            "not_served": len(self.not_served),
+            "problems": self.problems,
+        }
+
+
+def connect(exchange_id: str, url: str = "", timeout_ms: int = TIMEOUT_MS):
+    """A ccxt exchange with its rate limiter on; ``url`` (``PRICE_EXCHANGE_URL``) replaces its public API's
+    base URL (an exchange stand-in). No API key: public candles need none."""
+    import ccxt
+
+    make = getattr(ccxt, exchange_id, None)
+    if not isinstance(make, type) or not issubclass(make, ccxt.Exchange):
+        raise FeedProblem(f"{exchange_id}: not an exchange ccxt {ccxt.__version__} knows")
+    exchange = make({"enableRateLimit": True, "timeout": timeout_ms, "options": {"fetchMarkets": ["spot"]}})
+    if url:
+        api = exchange.urls["api"]
+        exchange.urls["api"] = {**api, "public": url} if isinstance(api, dict) else url
+    return exchange
+
+
+def candles(exchange, source, pair: str, start: datetime, end: datetime, sleep=time.sleep) -> list[list]:
+    """The pair's candles opening in ``[start, end)``, in order, page by page: raw klines for an exchange
+    with quote volume, else ccxt's unified ``[ms, open, high, low, close, volume]``."""
+    start_ms, end_ms = _ms(start), _ms(end)
+    found: list[list] = []
+    since = start_ms
+    while since < end_ms:
+        page = _call(lambda since=since: _page(exchange, source, pair, since, end_ms), exchange.id, pair, sleep)
+        if not isinstance(page, list) or not all(isinstance(candle, list) and candle for candle in page):
+            raise FeedProblem(f"{exchange.id} {pair}: malformed answer (not a list of candles): {_clip(page)}")
+        opens = [_open_ms(candle, exchange.id, pair) for candle in page]
+        found += [candle for candle, opened in zip(page, opens, strict=True) if since <= opened < end_ms]
+        if not opens or max(opens) < since:
+            break
+        since = max(opens) + SLOT_MS
+    return found
+
+
+def _page(exchange, source, pair: str, since: int, end_ms: int) -> list:
+    if source.weighted_average == "volumes":
+        return exchange.publicGetKlines(
+            {
+                "symbol": pair.replace("/", ""),
+                "interval": "5m",
+                "startTime": since,
+                "endTime": end_ms - 1,
+                "limit": PAGE,
+            }
+        )
+    return exchange.fetch_ohlcv(pair, "5m", since, PAGE, {"until": end_ms - 1})
+
+
+def record(source, candle: list, slot: datetime, now: datetime) -> bytes:
+    """The bytes written for one candle of ``slot``, checked: closed by ``now``, on its slot, every value a
+    finite non-negative number (FeedProblem otherwise, without the exchange and pair: the caller adds them)."""
+    opened = _ms(slot)
+    if opened + SLOT_MS > _ms(now):
+        closes = datetime.fromtimestamp((opened + SLOT_MS) / 1000, UTC)
+        raise FeedProblem(f"candle {slot:%Y-%m-%d %H:%M} UTC is still open (closes {closes:%H:%M:%S} UTC)")
+    volumes = source.weighted_average == "volumes"
+    width = 8 if volumes else 6
+    if len(candle) < width:
+        raise FeedProblem(f"malformed answer: candle has {len(candle)} values, not {width}: {_clip(candle)}")
+    values = [_number(value, candle) for value in candle[1:6]]
+    if volumes:
+        _number(candle[7], candle)
+        times = [_integer(candle[0]), _integer(candle[6]), _integer(candle[8]) if len(candle) > 8 else 0]
+        if times[:2] != [opened, opened + SLOT_MS - 1] or times[2] is None:
+            raise FeedProblem(f"malformed answer: candle {_clip(candle)} does not span one 5-minute candle")
+        # Binance's own kline: times and trade count as numbers, prices and volumes as text (ccxt's raw
+        # methods give everything as text).
+        kline = [times[0], *candle[1:6], times[1], candle[7], *([times[2], *candle[9:]] if len(candle) > 8 else [])]
+        return json.dumps([kline]).encode()
+    open_, high, low, close, volume = values
+    return json.dumps(
+        {
+            "date": opened // 1000,
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "quoteVolume": volume,
+            "weightedAverageBasis": "typical_price",
+        }
+    ).encode()
+
+
+def write_candles(s3, config, rule_set, start: datetime, end: datetime, now: datetime,
+                  connect_to: Callable = connect, sleep=time.sleep) -> dict[str, Fetched]:  # fmt: skip
+    """Fetch and write every configured pair's closed candles of ``[start, end)`` that have no record yet
+    (one window: the live feed; a range: history, paged). Returns each pair's :class:`Fetched`; a pair's
+    problem is in its ``problems`` (one line), with nothing written for the windows it covers."""
+    present = records_present(s3, config, rule_set.default_pair, start, end)
+    exchanges: dict[str, object] = {}
+    unreachable: dict[str, str] = {}  # exchange -> the pair whose tries found it so
+    done: dict[str, Fetched] = {}
+    for pair, source in rule_set.feed.items():
+        fetched = done[pair] = Fetched(source.exchange)
+        wanted = [slot for slot in layout.slots_between(start, end) if (slot, pair) not in present]
+        fetched.present = len(layout.slots_between(start, end)) - len(wanted)
+        if not wanted:
+            continue
+        if source.exchange in unreachable:
+            fetched.problems.append(f"{source.exchange} {pair}: not asked, as for {unreachable[source.exchange]}")
+            continue
+        try:
+            if source.exchange not in exchanges:
+                exchanges[source.exchange] = connect_to(source.exchange, config.exchange_url)
+            exchange = exchanges[source.exchange]
+            found = candles(exchange, source, pair, wanted[0], wanted[-1] + layout.SLOT, sleep)
+            served = {_open_ms(candle, source.exchange, pair): candle for candle in found}
+            bodies = {}
+            for slot in wanted:
+                candle = served.get(_ms(slot))
+                if candle is None:
+                    fetched.not_served.append(layout.slot_stamp(slot))
+                    continue
+                try:
+                    bodies[slot] = record(source, candle, slot, now)
+                except FeedProblem as problem:
+                    raise FeedProblem(f"{source.exchange} {pair}: {problem}") from None
+        except FeedProblem as problem:
+            fetched.problems.append(str(problem))
+            if problem.unreachable:
+                unreachable[source.exchange] = pair
+            continue
+        fetched.written = [key for key in _write(s3, config, pair, rule_set.default_pair, bodies) if key]
+        fetched.present += len(bodies) - len(fetched.written)
+    return done
+
+
+def records_present(s3, config, default_pair: str, start: datetime, end: datetime) -> set[tuple[datetime, str]]:
+    """``{(slot, pair)}`` of the windows of ``[start, end)`` that have a raw record (any producer's): one
+    listing of the window for one window, else one per day, in parallel."""
+    slots = layout.slots_between(start, end)
+    if len(slots) == 1:
+        prefixes = [layout.ingestion_window_prefix(start, config.ingestion_prefix)]
+    else:
+        prefixes = [config.ingestion_prefix + day for day in layout.day_partitions(start, end - layout.SLOT)]
+
+    def listing(prefix: str) -> list[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    wanted = set(slots)
+    present = set()
+    for keys in store.in_parallel(s3, listing, prefixes):
+        for key in keys:
+            try:
+                slot = layout.slot_of_key(key)
+            except ValueError:
+                continue
+            read = layout.read_ingestion_key(key, slot, config.ingestion_prefix, default_pair)
+            if slot in wanted and read:
+                present.add((slot, read[0]))
+    return present
+
+
+def _write(s3, config, pair: str, default_pair: str, bodies: dict[datetime, bytes]) -> list[str | None]:
+    """Write each body once (If-None-Match: a key already there is left as it is: None for it)."""
+
+    def put(item: tuple[datetime, bytes]) -> str | None:
+        slot, body = item
+        key = layout.ingestion_key(slot, RECORD_SUFFIX, config.ingestion_prefix, "" if pair == default_pair else pair)
+        try:
+            store.write_if(s3, config.bucket, key, body, "application/json", None)
+        except store.ConditionFailed:
+            return None
+        return key
+
+    return store.in_parallel(s3, put, list(bodies.items())) if bodies else []
+
+
+def _call(request: Callable, exchange_id: str, pair: str, sleep, tries: int = TRIES):
+    """``request()``, tried again after 1, 2, 4 s (``BACKOFF_SECONDS`` doubling) when the exchange refuses
+    (rate limit, DDoS protection) or does not answer; an exchange's error answer is not tried again."""
+    import ccxt
+
+    for attempt in range(1, tries + 1):
+        try:
+            return request()
+        except ccxt.DDoSProtection as error:  # RateLimitExceeded too: HTTP 418, 429
+            what = f"rate-limited ({_reason(error)})"
+        except ccxt.NetworkError as error:  # not reached, timed out, 5xx
+            what = f"exchange down ({_reason(error)})"
+        except ccxt.BadResponse as error:
+            raise FeedProblem(f"{exchange_id} {pair}: malformed answer ({_clip(error)})") from None
+        except ccxt.BaseError as error:
+            raise FeedProblem(f"{exchange_id} {pair}: the exchange refused ({_clip(error)})") from None
+        if attempt < tries:
+            sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+    raise FeedProblem(f"{exchange_id} {pair}: {what}, {tries} tries", unreachable=True)
+
+
+def _reason(error: Exception) -> str:
+    """``Class: message`` of a ccxt error, with the socket's own reason when there is one (refused ...)."""
+    cause = re.search(r"\[Errno -?\d+\] [^'\")]+", str(error.__cause__ or ""))
+    return f"{type(error).__name__}: {_clip(error)}" + (f"; {cause.group(0)}" if cause else "")
+
+
+def _open_ms(candle, exchange_id: str, pair: str) -> int:
+    """A candle's open time in ms (ccxt's raw methods give every number as text)."""
+    opened = _integer(candle[0] if isinstance(candle, list) and candle else None)
+    if opened is None or opened % SLOT_MS:
+        raise FeedProblem(f"{exchange_id} {pair}: malformed answer: candle {_clip(candle)} opens off a 5-minute slot")
+    return opened
+
+
+def _integer(value) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() and len(value) < 20 else None
+
+
+def _number(value, candle) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+        raise FeedProblem(f"malformed answer: {_clip(value)} in candle {_clip(candle)} is not a price or volume")
+    return number
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _clip(value, limit: int = 160) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
