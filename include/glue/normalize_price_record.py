@@ -27,7 +27,12 @@ headerless in Poloniex order) and ``key=value`` / ``key: value`` text. Field nam
 alias file; every record is validated (the configured pair or none, one value per field, numbers that
 read one way only, prices finite within [MIN_PRICE, MAX_PRICE], high >= low, open, close and
 weighted_average within [low, high], volumes >= 0, a 5-minute slot timestamp from 2009 on) or refused
-with a one-line reason.
+with a one-line reason. The canonical row's ``weighted_average_basis`` says where its weighted average came
+from: ``record`` (given), ``volumes`` (volume / quote_volume), ``no_trade`` (the one price of a candle in
+which nothing traded) or ``typical_price``: (high + low + close) / 3, an approximation a record asks for by
+declaring ``weightedAverageBasis: typical_price`` (BASIS_FIELD) instead of giving a weighted average (an
+exchange whose candles carry no quote volume). Any other value is refused, except the canonical CSV's own
+(its output read back as input), which changes nothing.
 
 The window contract: a raw object listed under window W only ever writes W's canonical CSV
 ``<analysis_prefix>.../<W>.csv``. Its one record of W is a candidate; records of other slots, and
@@ -146,6 +151,15 @@ def quarantine_keys(slot, source_key, prefix):
 NUMERIC_FIELDS = ("open", "high", "low", "close", "volume", "quote_volume", "weighted_average")
 PRICE_FIELDS = ("open", "high", "low", "close", "weighted_average")
 VOLUME_FIELDS = ("volume", "quote_volume")
+#: The field a record declares its weighted average's basis with (spellings: BASIS_SPELLINGS, unless the
+#: alias file names its own). Its one accepted value, TYPICAL_PRICE, asks the job for (high + low + close) / 3
+#: in place of a weighted average the record does not give. The canonical CSV's own values (OUTPUT_BASES: the
+#: job's output read back as input) change nothing, as before; any other value refuses the record.
+BASIS_FIELD = "weighted_average_basis"
+BASIS_SPELLINGS = ("weightedAverageBasis",)
+TYPICAL_PRICE = "typical_price"
+OUTPUT_BASES = ("record", "volumes", "no_trade")
+TYPICAL_PRICE_FIELDS = ("high", "low", "close")
 #: Prices that must lie within [low, high].
 BOUNDED_FIELDS = ("open", "close", "weighted_average")
 #: A price may sit this far (relative) outside [low, high] before it is rejected.
@@ -593,8 +607,9 @@ def _field(raw, aliases, field, convert):
 
 
 def _canonical(raw, aliases, pair, numbers):
-    """Pick and convert each canonical field; derive weighted_average only when no spelling of it is given
-    (from the volumes, or the one price of a no-trade candle)."""
+    """Pick and convert each canonical field; derive weighted_average only when no spelling of it is given:
+    the typical price when the record declares that basis, else from the volumes, or the one price of a
+    no-trade candle. ``weighted_average_basis`` says which: record, typical_price, volumes or no_trade."""
     moment = _field(raw, aliases, "timestamp", _timestamp)
     if moment is None:
         raise Rejected("record has no timestamp field")
@@ -609,13 +624,45 @@ def _canonical(raw, aliases, pair, numbers):
     for field in NUMERIC_FIELDS:
         row[field] = _field(raw, aliases, field, lambda value, field=field: numbers.read(value, field))
     row["weighted_average_basis"] = "record"
-    if row["weighted_average"] is None:
+    basis = _field(raw, {BASIS_FIELD: aliases.get(BASIS_FIELD, BASIS_SPELLINGS)}, BASIS_FIELD, _declared_basis)
+    if basis == TYPICAL_PRICE:
+        row["weighted_average"], row["weighted_average_basis"] = _typical_price(row), TYPICAL_PRICE
+    elif row["weighted_average"] is None:
         if _no_trade(row):
             row["weighted_average"], row["weighted_average_basis"] = row["close"], "no_trade"
         else:
             row["weighted_average"] = _derived_weighted_average(row["volume"], row["quote_volume"])
             row["weighted_average_basis"] = "volumes"
     return row
+
+
+def _declared_basis(value):
+    """A record's declared weighted average basis: TYPICAL_PRICE, or one of the canonical CSV's own
+    (OUTPUT_BASES, which change nothing); anything else is refused."""
+    if value != TYPICAL_PRICE and value not in OUTPUT_BASES:
+        raise Rejected(
+            "{} {} is not accepted: the only basis a record may declare is {}".format(
+                BASIS_FIELD, _clip(value), TYPICAL_PRICE
+            )
+        )
+    return value
+
+
+def _typical_price(row):
+    """(high + low + close) / 3 of a record that declared the typical_price basis: it gives no weighted
+    average of its own, and all three prices."""
+    if row["weighted_average"] is not None:
+        raise Rejected(
+            "{} {} given with a weighted_average: a record gives one or the other".format(BASIS_FIELD, TYPICAL_PRICE)
+        )
+    missing = [field for field in TYPICAL_PRICE_FIELDS if row[field] is None]
+    if missing:
+        raise Rejected(
+            "{} {} needs high, low and close; the record has no {}".format(
+                BASIS_FIELD, TYPICAL_PRICE, " or ".join(missing)
+            )
+        )
+    return (row["high"] + row["low"] + row["close"]) / 3
 
 
 def _no_trade(row):

@@ -41,7 +41,7 @@ def _price(price: Price | None) -> dict | None:
         "timestamp": layout.iso(price.slot),
         "weighted_average": price.weighted_average,
         "source_key": price.source_key,
-    }
+    } | ({"basis": price.basis} if price.basis else {})
 
 
 def _finite(value: float | None) -> float | None:
@@ -145,6 +145,7 @@ def _minutes_between(earlier: str, later: str) -> int:
 OPS_SUBJECT = (
     "[price pipeline] "
     "{% if ti.task_id == 'wait_for_price_record' %}Feed stale"
+    "{% elif ti.task_id.startswith('fetch_exchange') %}Feed problem"
     "{% elif 'quarantined' in (exception | string) %}Record quarantined"
     "{% elif 'claim' in (exception | string) %}Alert claim left"
     "{% else %}Task failed{% endif %}"
@@ -154,6 +155,8 @@ OPS_MESSAGE = """\
 {% if ti.task_id == 'wait_for_price_record' -%}
 Feed stale: no price record arrived for window {{ data_interval_start | default('(run without a logical date)') }} \
 to {{ data_interval_end | default(dag_run.run_after) }}.
+{% elif ti.task_id.startswith('fetch_exchange') -%}
+The exchange feed wrote nothing for the pairs named below (the other pairs' records were written).
 {% elif 'quarantined' in (exception | string) -%}
 Record quarantined for window {{ data_interval_start | default('(run without a logical date)') }}: the object was \
 copied to the quarantine prefix.

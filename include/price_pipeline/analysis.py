@@ -43,13 +43,15 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 @dataclass(frozen=True)
 class Price:
     """One normalized record: its slot, weighted average price, where it came from and, when the Glue job
-    names them (its ``superseded`` column), the window's older raw objects it did not use."""
+    names them (its ``superseded`` column), the window's older raw objects it did not use; ``basis`` is
+    ``typical_price`` when the price is that approximation (the CSV's ``weighted_average_basis``), else empty."""
 
     slot: datetime
     weighted_average: float
     pair: str
     source_key: str
     superseded: tuple[str, ...] = ()
+    basis: str = ""
 
 
 def parse_canonical_csv(body: bytes) -> Price:
@@ -58,6 +60,11 @@ def parse_canonical_csv(body: bytes) -> Price:
     if len(prices) != 1:
         raise ValueError(f"canonical CSV must hold exactly one row, found {len(prices)}")
     return prices[0]
+
+
+#: The one weighted average basis that is an approximation (a feed's opt-in, ``rules.Source``): the ledger's
+#: ``latest`` and the page carry it; the exact ones (record, volumes, no_trade) are not repeated there.
+APPROXIMATION = "typical_price"
 
 
 def parse_canonical_rows(body: bytes) -> list[Price]:
@@ -79,6 +86,7 @@ def parse_canonical_rows(body: bytes) -> list[Price]:
                 pair=row["pair"],
                 source_key=row["source_key"],
                 superseded=tuple(json.loads(row["superseded"])) if row.get("superseded") else (),
+                basis=APPROXIMATION if row.get("weighted_average_basis") == APPROXIMATION else "",
             )
         )
     return prices

@@ -71,8 +71,9 @@ CANONICAL_COLUMNS = (
 )
 #: Columns written after CANONICAL_COLUMNS, added later: a canonical CSV written before them lacks them,
 #: so a reader takes them by name and defaults them (``""``). ``weighted_average_basis`` says where the
-#: weighted average came from: ``record`` (the record gave it), ``volumes`` (volume / quote_volume) or
-#: ``no_trade`` (a zero-volume candle with open = high = low = close: that one price). ``superseded`` is
+#: weighted average came from: ``record`` (the record gave it), ``volumes`` (volume / quote_volume),
+#: ``no_trade`` (a zero-volume candle with open = high = low = close: that one price) or ``typical_price``
+#: ((high + low + close) / 3, an approximation the record asked for instead of giving one). ``superseded`` is
 #: a JSON list of the window's other raw objects, older than ``source_key``, whose record was not used.
 ADDED_COLUMNS = ("weighted_average_basis", "superseded")
 #: The header of every canonical CSV the Glue job writes.

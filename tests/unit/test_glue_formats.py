@@ -264,6 +264,78 @@ def test_weighted_average_is_derived_only_from_both_volumes():
         normalize_record({"date": 1500000000, "volume": 49.75685525})
 
 
+# ---------------------------------------------------------------- a declared basis: the typical price
+
+#: What the exchange feed writes for an exchange whose candles carry no quote volume.
+TYPICAL = {"date": 1796433300, "open": 2839.22, "high": 2844.75, "low": 2839.22, "close": 2844.40,
+           "quoteVolume": 96.39, "weightedAverageBasis": "typical_price"}  # fmt: skip
+
+
+@pytest.mark.parametrize("spelling", ["weightedAverageBasis", "weighted_average_basis"])
+def test_a_record_declaring_the_typical_price_basis_gets_high_low_close_over_three(spelling):
+    record = {name: value for name, value in TYPICAL.items() if name != "weightedAverageBasis"}
+    row = normalize_record({**record, spelling: "typical_price"})
+
+    assert row["weighted_average"] == (2844.75 + 2839.22 + 2844.40) / 3
+    assert row["weighted_average_basis"] == "typical_price"
+    assert (row["timestamp"], row["high"], row["low"], row["close"]) == (
+        "2026-12-05T01:15:00Z",
+        2844.75,
+        2839.22,
+        2844.4,
+    )
+    header, line = list(csv.reader(io.StringIO(glue.to_csv(row).decode("utf-8"))))
+    assert dict(zip(header, line, strict=True))["weighted_average_basis"] == "typical_price"
+
+
+def test_a_typical_price_record_in_any_format_is_read_the_same():
+    text = "date;high;low;close;weightedAverageBasis\n1796433300;2844,75;2839,22;2844,4;typical_price\n"
+    _, [row], skipped = normalize_object(text.encode())
+
+    assert skipped == []
+    assert (row["weighted_average"], row["weighted_average_basis"]) == (
+        (2844.75 + 2839.22 + 2844.4) / 3,
+        "typical_price",
+    )
+
+
+@pytest.mark.parametrize("given", [{"weightedAverage": 2843.0}, {"price": 2843.0}])
+def test_a_record_declaring_the_typical_price_and_giving_a_weighted_average_is_rejected(given):
+    with pytest.raises(glue.Rejected, match="typical_price given with a weighted_average") as refused:
+        normalize_record({**TYPICAL, **given})
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("value", "shown"), [("vwap", "'vwap'"), ("Typical_Price", "'Typical_Price'"), (3, "'3'")])
+def test_a_basis_other_than_typical_price_is_rejected_naming_it(value, shown):
+    record = {**TYPICAL, "volume": 273940.0, "weightedAverageBasis": value}  # derivable: only the basis refuses it
+    with pytest.raises(glue.Rejected, match=re.escape(f"weighted_average_basis {shown} is not accepted")):
+        normalize_record(record)
+
+
+@pytest.mark.parametrize("basis", ["record", "volumes", "no_trade", ""])
+def test_the_canonical_csvs_own_basis_read_back_changes_nothing(basis):
+    """The job's own CSV is valid input: its weighted_average_basis column reads back as before."""
+    record = {"date": 1500000000, "volume": 49.75685525, "quoteVolume": 575.64509072, "weighted_average_basis": basis}
+    row = normalize_record(record)
+    assert (row["weighted_average"], row["weighted_average_basis"]) == (49.75685525 / 575.64509072, "volumes")
+
+
+@pytest.mark.parametrize("missing", ["high", "low", "close"])
+def test_a_typical_price_record_without_high_low_or_close_is_rejected(missing):
+    record = {**TYPICAL, "volume": 273940.0}  # derivable from the volumes: only the basis refuses it
+    del record[missing]
+    with pytest.raises(glue.Rejected, match=f"typical_price needs high, low and close; the record has no {missing}$"):
+        normalize_record(record)
+
+
+def test_a_typical_price_is_validated_as_any_price():
+    with pytest.raises(glue.Rejected, match="high 2839.0 is below low 2844.4"):
+        normalize_record({**TYPICAL, "high": 2839.0, "low": 2844.4, "open": 2840.0})
+    with pytest.raises(glue.Rejected, match="close 2900.0 outside"):
+        normalize_record({**TYPICAL, "close": 2900.0})
+
+
 # ---------------------------------------------------------------- the real data in ../shared/data
 
 

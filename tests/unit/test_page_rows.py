@@ -4,7 +4,10 @@ each, one per rule whose decision is in ``analysis.FIRED``)."""
 
 from __future__ import annotations
 
-from include.price_pipeline import analysis, browse
+import json
+
+from include.glue import normalize_price_record as glue
+from include.price_pipeline import alerts, analysis, browse, layout
 from tests.conftest import utc
 
 SLOT = utc(2026, 3, 24, 10, 0)
@@ -66,3 +69,22 @@ def test_a_rule_claimed_or_due_but_not_yet_sent_has_a_marker_too():
         {"rule": "b", "direction": "down", "decision": "notify"},
     ]
     assert (row["decision"], row["price"], row["change_pct"]) == ("publishing", 101000.0, 2.0)
+
+
+def test_a_price_the_glue_job_took_as_the_typical_price_is_marked_an_approximation():
+    """The exchange feed's record of an exchange without quote volume declares ``typical_price``: the Glue
+    job's CSV row names that basis, the ledger's ``latest`` keeps it, the page row shows it. A price the
+    record gave (or its volumes) is exact and the ledger line is as before (no ``basis``)."""
+    aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+    typical = {"date": int(SLOT.timestamp()), "open": 100.0, "high": 103.0, "low": 99.0, "close": 101.0,
+               "quoteVolume": 5.0, "weightedAverageBasis": "typical_price"}  # fmt: skip
+    given = {**typical, "weightedAverage": 102.0}
+    del given["weightedAverageBasis"]
+    shown = []
+    for record in (typical, given):
+        row = glue.normalize(record, aliases, "BTC/USDT", layout.ingestion_key(SLOT, ".json"), "json")
+        [price] = analysis.parse_canonical_rows(glue.to_csv(row))
+        latest = alerts._price(price)
+        page_row = browse.row_from_entry(SLOT, {**entry(move=("below_threshold", "up")), "latest": latest})
+        shown.append((latest.get("basis"), page_row["price"], page_row["price_basis"]))
+    assert shown == [("typical_price", 101.0, "typical_price"), (None, 102.0, None)]  # (103 + 99 + 101) / 3

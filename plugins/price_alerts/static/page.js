@@ -205,6 +205,17 @@ function cell(text, className) {
   return el("td", className ? { class: className } : {}, text);
 }
 
+// The price cell; a price the Glue job took as the typical price (the record's exchange gives no quote volume
+// to derive the weighted average from) says it is an approximation.
+function priceCell(row) {
+  const td = cell(fmt(row.price, 4), "num");
+  if (row.price !== null && row.price_basis === "typical_price") {
+    const attrs = { class: "basis", "data-basis": row.price_basis, title: "not a volume-weighted average" };
+    td.append(" ", el("span", attrs, "≈ typical price (h+l+c)/3"));
+  }
+  return td;
+}
+
 function drawTable(data, focus, decision, page) {
   const rows = data.windows.filter((r) => !decision || r.decision === decision).reverse();
   const pages = Math.max(1, Math.ceil(rows.length / PAGE_ROWS));
@@ -217,7 +228,7 @@ function drawTable(data, focus, decision, page) {
     const computed = row.source === "parquet" ? "computed" : "";
     tr.append(
       cell(when(row.window_start)),
-      cell(fmt(row.price, 4), "num"),
+      priceCell(row),
       cell(fmt(row.change_pct, 4), "num"),
       cell(fmt(row.threshold_pct, 2), "num"),
       cell(row.decision, computed),
