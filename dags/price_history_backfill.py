@@ -1,9 +1,12 @@
 """
 ### Price history backfill, on demand
 
-Analyses a whole range of 5-minute windows in two tasks, where `price_notification` needs one run (and
+Analyses a whole range of 5-minute windows in a few tasks, where `price_notification` needs one run (and
 one Glue job run) per window:
 
+0. **fetch_exchange_history** (only with `fetch_from_exchange`): every pair's closed candles of the range
+   that have no record yet, fetched from its exchange in pages (as `price_exchange_feed` fetches one
+   window) and written once to their ingestion keys: a pair added today gets its past in the same run.
 1. **normalize_price_history**: ONE run of the same Glue Python shell job (same name and configuration as
    `price_notification`'s) normalizes every raw record of `[start, end)` to canonical CSV under
    `crypto/02-data-analysis/`, or quarantines it under `crypto/99-quarantine/`.
@@ -67,10 +70,21 @@ notify_ops = SnsNotifier(
             pattern=history.WINDOW_START_PATTERN,
             description="end of the range (excluded), a window start in UTC",
         ),
+        "fetch_from_exchange": Param(
+            False,
+            type="boolean",
+            description="first fetch the range's candles from each pair's exchange where a window has no record",
+        ),
         **{name: Param(**spec) for name, spec in settings.policy_params(rule_set.default_rule).items()},
     },
 )
 def price_history_backfill():
+    @task(execution_timeout=timedelta(minutes=60))
+    def fetch_exchange_history(params=None) -> dict:
+        from include.price_pipeline import runs
+
+        return runs.fetch_exchange_history(config, rule_set, params)
+
     # The one Glue job both DAGs share (settings.glue_job_spec); only this run's timeout is longer.
     normalize_price_history = GlueJobOperator(
         task_id="normalize_price_history",
@@ -101,7 +115,7 @@ def price_history_backfill():
         runs.report_quarantine(config, summary, dag_run)
 
     summary = analyse_price_history()
-    chain(normalize_price_history, summary, report_quarantine(summary))
+    chain(fetch_exchange_history(), normalize_price_history, summary, report_quarantine(summary))
 
 
 price_history_backfill()

@@ -354,3 +354,49 @@ def report_quarantine(config: Config, summary: dict, dag_run) -> None:
     report = history.report_quarantine(_s3(config), config, summary, _run_url(dag_run))
     if report is not None:
         tell_ops(config, *report)
+
+
+# ------------------------------------------------------------------ the exchange feed's task bodies
+
+
+class FeedFailed(Exception):
+    """A pair's candles could not be had: one line per pair, naming its exchange. Airflow retries the task
+    (the pairs written meanwhile are not asked again) and pages ops once, after the last try."""
+
+
+def fetch_exchange_candles(config: Config, rule_set, data_interval_start, dag_run) -> dict:
+    """price_exchange_feed's task: every pair's candle of the run's window from its exchange, written once
+    where the pair has no record yet. A pair whose candle could not be had fails the task after the other
+    pairs' were written, with one line per pair (ops: *Feed problem*, once, after the task's retries)."""
+    from include.price_pipeline import exchange
+
+    slot = windows.run_window_start(data_interval_start, dag_run.run_after)
+    done = exchange.write_candles(_s3(config), config, rule_set, slot, slot + layout.SLOT, _now())
+    return _fetched(done, f"window {slot:%Y-%m-%d %H:%M} UTC", missing_is_a_problem=True)
+
+
+def fetch_exchange_history(config: Config, rule_set, params) -> dict:
+    """price_history_backfill's first task, when ``fetch_from_exchange``: the range's closed candles of every
+    pair that has no record yet, fetched in pages and written once (``exchange.write_candles``)."""
+    from include.price_pipeline import exchange, history
+
+    if not params["fetch_from_exchange"]:
+        log.info("fetch_from_exchange is off: the range's records are those producers wrote")
+        return {}
+    start, end = (history.parse_window_start(params[name]) for name in ("start", "end"))
+    end = min(end, layout.slot_start(_now()))  # the window still open has no closed candle yet
+    done = exchange.write_candles(_s3(config), config, rule_set, start, end, _now())
+    return _fetched(done, f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC", missing_is_a_problem=False)
+
+
+def _fetched(done: dict, what: str, missing_is_a_problem: bool) -> dict:
+    """Log each pair's fetch; fail with the problems (one line per pair, naming its exchange)."""
+    problems = []
+    for pair, fetched in done.items():
+        log.info("%s, %s: %s", pair, what, fetched.summary())
+        problems += fetched.problems
+        if missing_is_a_problem and fetched.not_served:
+            problems.append(f"{fetched.exchange} {pair}: the exchange served no candle for {what}")
+    if problems:
+        raise FeedFailed(f"Feed problem, {what}: " + "; ".join(problems))
+    return {pair: fetched.summary() for pair, fetched in done.items()}

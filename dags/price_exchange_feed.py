@@ -1,0 +1,60 @@
+"""
+### Exchange feed, every 5 minutes
+
+A producer the project ships: prices from an exchange without writing one. Each run owns the window
+`[data_interval_start, data_interval_end)`:
+
+**fetch_exchange_candles**: every configured pair's candle opening at `data_interval_start`, from the
+exchange the rules file's `feed` names for it (default: Binance for every pair), through ccxt with its rate
+limiter on, written to the pair's ingestion key `crypto/01-data-ingestion/.../<slot>.json` (other pairs:
+`<slot>/<BASE>_<QUOTE>.json`) as the exchange's own record: `price_notification` then decides it as any
+producer's. A candle is written only once it has closed, only where the pair has no record yet, and once
+(`If-None-Match`). A refused or unanswered request is tried again with backoff (1, 2, 4 s); a pair that
+still has no candle fails the task with one line naming the exchange and the pair, after the other pairs'
+were written, and ops hear of it once (*Feed problem*) after the task's retries.
+
+`PRICE_EXCHANGE_URL` points ccxt at another base URL (the local exchange stand-in); empty, each exchange's
+own public API, which needs no API key. A window's past candles: `price_history_backfill` with
+`fetch_from_exchange`, or `make backfill ... FETCH=1`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+
+from include.price_pipeline import alerts, runs, settings
+
+config = settings.load()
+#: The pairs and where each one's candles come from, validated now (one line naming the field).
+rule_set = settings.load_rules(config)
+
+notify_ops = runs.LiveRunsOpsNotifier(
+    aws_conn_id=config.aws_conn_id,
+    target_arn=config.ops_topic_arn,
+    subject=alerts.OPS_SUBJECT,
+    message=alerts.OPS_MESSAGE,
+)
+
+
+@dag(
+    schedule=CronDataIntervalTimetable("*/5 * * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2017, 7, 14, tz="UTC"),
+    catchup=False,
+    max_active_runs=4,
+    doc_md=__doc__,
+    tags=["prices", "feed", "exchange"],
+    default_args={**settings.DEFAULT_TASK_ARGS, "on_failure_callback": notify_ops},
+)
+def price_exchange_feed():
+    # Each try asks each pair's candle; retries come 20 s, 40 s, 80 s later, within the sensor's timeout.
+    @task(execution_timeout=timedelta(minutes=4))
+    def fetch_exchange_candles(data_interval_start=None, dag_run=None) -> dict:
+        return runs.fetch_exchange_candles(config, rule_set, data_interval_start, dag_run)
+
+    fetch_exchange_candles()
+
+
+price_exchange_feed()
