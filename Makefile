@@ -24,8 +24,11 @@ install: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 # EXECUTOR=CeleryExecutor: two Celery workers and a local Redis broker instead of the LocalExecutor.
 EXECUTOR ?= LocalExecutor
 
+# FEED=exchange: prices from an exchange through ccxt (the exchange stand-in, or PRICE_EXCHANGE_URL's API).
+FEED ?= synthetic
+
 run: $(VENV)/.installed
-	AIRFLOW_EXECUTOR=$(EXECUTOR) $(PY) -m local.run
+	AIRFLOW_EXECUTOR=$(EXECUTOR) FEED=$(FEED) $(PY) -m local.run
 
 # Test files run side by side in TEST_WORKERS processes (pytest-xdist), each file whole in one of them:
 # its module fixtures (a local stack among them) start once, on free ports, in folders of their own.
@@ -47,7 +50,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check --target-version py39 --no-cache include/glue/
 
 backfill: $(VENV)/.installed
-	$(PY) -m local.backfill --from="$(FROM)" --to="$(TO)" $(if $(NOTIFY),--notify,)
+	$(PY) -m local.backfill --from="$(FROM)" --to="$(TO)" $(if $(NOTIFY),--notify,) $(if $(FETCH),--fetch,)
 
 # Once after upgrading to one ledger object per window (README: Upgrading); AWS_ENDPOINT_URL for a stand-in.
 migrate-ledger: $(VENV)/.installed

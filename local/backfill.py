@@ -14,6 +14,11 @@ when every window succeeded with a record, 1 when one failed or had none or Airf
 backfill (its reason is printed), 2 when no ``make run`` answers. Ctrl-C stops the waiting, not the
 backfill.
 
+With ``FETCH=1`` (``make run FEED=exchange`` running), the range's candles are first fetched from the
+exchange feed's exchange for every pair and window that has no record (in pages, written once), so a
+pair added to the rules file gets its past in the same command; a pair whose candles cannot be had stops
+it with that pair's one-line reason, before any backfill is created.
+
 Airflow runs one backfill per DAG at a time: when one is running, this says so and waits for it
 before creating its own. Backfill runs never notify subscribers unless ``NOTIFY=1`` (the
 ``notify_on_backfill`` param); windows already notified are never notified again.
@@ -22,6 +27,7 @@ before creating its own. Backfill runs never notify subscribers unless ``NOTIFY=
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -51,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from", dest="start", required=True, help="first window start, UTC, or -<n>m|h|d before now")
     parser.add_argument("--to", dest="end", required=True, help="last window start (inclusive), as --from")
     parser.add_argument("--notify", action="store_true", help="notify subscribers for breaches too")
+    parser.add_argument("--fetch", action="store_true", help="first fetch missing candles from the exchange feed")
     parser.add_argument("--max-active-runs", type=int, default=8)
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".local", help="the make run state folder")
     args = parser.parse_args(argv)
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ApiError) as error:
         print(f"No `make run` answers on {stack.ui_url} ({error}): start it in another terminal first.")
         return 2
+    if args.fetch and not fetch(stack, first, last + layout.SLOT):
+        return 1
     try:
         backfill = backfill_when_free(
             stack, api, first, last, args.notify, args.max_active_runs, report=lambda line: print(line, flush=True)
@@ -94,6 +103,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nStopped waiting; the backfill goes on ({progress(stack, backfill).line()}).")
         return 130
     return report(final, unfinished_windows(api, backfill))
+
+
+def fetch(stack: Stack, start: datetime, end: datetime) -> bool:
+    """The range's missing candles from ``make run FEED=exchange``'s exchange; False (said why) if not had."""
+    from local.run import FEED_SETTINGS, fetch_history
+
+    settings_file = stack.state_dir / FEED_SETTINGS
+    if not settings_file.exists():
+        print(f"FETCH=1 takes candles from `make run FEED=exchange`'s exchange: {settings_file} is not there.")
+        return False
+    print(f"Fetching the candles of {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC that have no record ...")
+    try:
+        fetched = fetch_history(stack, start, end, json.loads(settings_file.read_text()))
+    except RuntimeError as problem:
+        print(f"Feed problem, nothing backfilled: {problem}", file=sys.stderr)
+        return False
+    for pair, counts in fetched.items():
+        print(f"  {pair}: {counts['written']} written, {counts['present']} had a record, "
+              f"{counts['not_served']} not served by the exchange", flush=True)  # fmt: skip
+    return True
 
 
 def report(final: Progress, unfinished: list[tuple[datetime, str, str]]) -> int:

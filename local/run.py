@@ -9,7 +9,10 @@ process it started.
 Options (environment): STANDIN_PORT (4566), AIRFLOW_PORT (8080), FEED_REPLAY (a Poloniex CSV to
 replay instead of the synthetic walk), STANDIN_FAULTS (fault injection spec, see local/standin.py),
 AIRFLOW_EXECUTOR (LocalExecutor, or CeleryExecutor: two Celery workers and a local Redis broker),
-PRICE_RULES_FILE (default here ``include/rules/local.json``: three pairs, a rule of each kind).
+PRICE_RULES_FILE (default here ``include/rules/local.json``: three pairs, a rule of each kind),
+FEED (``exchange``: prices from an exchange through ccxt instead of the synthetic feed: the exchange
+stand-in on EXCHANGE_PORT, 8765, serving real candles, or the exchange itself when PRICE_EXCHANGE_URL
+names its API, e.g. ``https://api.binance.com/api/v3``).
 """
 
 from __future__ import annotations
@@ -41,8 +44,18 @@ def describe(notification: dict, topic: str) -> str:
 LOCAL_RULES_FILE = "include/rules/local.json"
 
 
+#: Where ``make run FEED=exchange`` leaves the feed's settings for ``make backfill FETCH=1``.
+FEED_SETTINGS = "exchange-feed.json"
+FEED_DAG_ID = "price_exchange_feed"
+
+
 def main() -> int:
     faults = os.environ.get("STANDIN_FAULTS")
+    feed = os.environ.get("FEED", "synthetic")
+    if feed not in ("synthetic", "exchange"):
+        print(f"FEED={feed}: synthetic (the default) or exchange")
+        return 2
+    real_exchange = os.environ.get("PRICE_EXCHANGE_URL", "")
     stack = Stack(
         standin_port=int(os.environ.get("STANDIN_PORT", "4566")),
         api_port=int(os.environ.get("AIRFLOW_PORT", "8080")),
@@ -50,6 +63,7 @@ def main() -> int:
         executor=os.environ.get("AIRFLOW_EXECUTOR", "LocalExecutor"),
         # Airflow's processes and the feed get it; this process's environment stays as it was.
         extra_env={"PRICE_RULES_FILE": os.environ.get("PRICE_RULES_FILE", LOCAL_RULES_FILE)},
+        exchange_port=int(os.environ.get("EXCHANGE_PORT", "8765")) if feed == "exchange" and not real_exchange else 0,
     )
     stop = False
 
@@ -60,7 +74,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        start(stack, replay=os.environ.get("FEED_REPLAY"))
+        start(stack, replay=os.environ.get("FEED_REPLAY"), exchange=feed == "exchange")
         print(
             f"\nAirflow UI: {stack.ui_url}  (login: {ADMIN_USER} / {stack.admin_password()}; "
             f"the password is kept in {stack.passwords_file})\n"
@@ -75,21 +89,57 @@ def main() -> int:
     return 0
 
 
-def start(stack: Stack, replay: str | None = None, log=print) -> dict | None:
+def start(stack: Stack, replay: str | None = None, log=print, exchange: bool = False) -> dict | None:
     """Everything ``make run`` starts, in order; returns the history backfill (None if refused)."""
     log(f"Starting the AWS stand-in on {stack.standin_url} ...", flush=True)
     stack.start_standin()
+    if stack.exchange_port:
+        log(f"Starting the exchange stand-in on {stack.exchange_url} (real candles, Binance's API) ...", flush=True)
+        stack.start_exchange()
     log(f"Starting PostgreSQL ({stack.postgres.data_dir}) and preparing the Airflow database ...", flush=True)
     stack.start_database()
     log(f"Starting api-server, scheduler, dag-processor and triggerer ({stack.executor}) ...", flush=True)
     stack.start_airflow()
     stack.wait_for_dag(DAG_ID)
     stack.airflow("dags", "unpause", DAG_ID)
-    feed_argv = [sys.executable, "-m", "local.feed", "--endpoint", stack.standin_url]
-    if replay:
-        feed_argv += ["--replay", replay]
-    stack._spawn("feed", feed_argv)
+    if exchange:
+        env = stack.env()
+        feed_env = {name: env[name] for name in ("PRICE_RULES_FILE", "PRICE_EXCHANGE_URL") if name in env}
+        (stack.state_dir / FEED_SETTINGS).write_text(json.dumps(feed_env))
+        latest = layout.slot_start(datetime.now(UTC)) - layout.SLOT  # the feed DAG's first run fetches it
+        try:
+            fetched = fetch_history(stack, latest - layout.SLOT * 11, latest)
+            log(
+                f"The past hour's candles, from {env.get('PRICE_EXCHANGE_URL') or 'the exchange'}: {fetched}",
+                flush=True,
+            )
+        except RuntimeError as problem:
+            log(f"The past hour's candles were not all fetched: {problem}", flush=True)
+        stack.wait_for_dag(FEED_DAG_ID)
+        stack.airflow("dags", "unpause", FEED_DAG_ID)
+    else:
+        feed_argv = [sys.executable, "-m", "local.feed", "--endpoint", stack.standin_url]
+        if replay:
+            feed_argv += ["--replay", replay]
+        stack._spawn("feed", feed_argv)
     return backfill_history(Api(stack), log=log)
+
+
+def fetch_history(stack: Stack, start: datetime, end: datetime, feed_env: dict | None = None) -> dict:
+    """Every pair's closed candles of ``[start, end)`` that have no record, from the exchange feed's exchange
+    (``exchange.write_candles``, as price_history_backfill's fetch); each pair's counts. RuntimeError with
+    each pair's one-line reason when a pair's candles could not be had."""
+    from include.price_pipeline import exchange
+    from local.standin import client
+
+    config = settings.load({**stack.env(), **(feed_env or {})})
+    done = exchange.write_candles(
+        client("s3", stack.standin_url), config, settings.load_rules(config), start, end, datetime.now(UTC)
+    )
+    problems = [problem for fetched in done.values() for problem in fetched.problems]
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    return {pair: fetched.summary() for pair, fetched in done.items()}
 
 
 def backfill_history(api: Api, windows: int = 11, log=print) -> dict | None:

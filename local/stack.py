@@ -43,6 +43,7 @@ class Stack:
     executor: str = "LocalExecutor"  # or "CeleryExecutor": ``celery_workers`` workers, a local Redis broker
     celery_workers: int = 2
     broker_port: int = 0  # 0: a free port (CeleryExecutor only)
+    exchange_port: int = 0  # the exchange stand-in's (local/exchange.py); 0: none
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -79,6 +80,11 @@ class Stack:
     @property
     def standin_url(self) -> str:
         return f"http://127.0.0.1:{self.standin_port}"
+
+    @property
+    def exchange_url(self) -> str:
+        """The exchange stand-in's public API, as ccxt is pointed at it (``PRICE_EXCHANGE_URL``)."""
+        return f"http://127.0.0.1:{self.exchange_port}/api/v3"
 
     @property
     def ui_url(self) -> str:
@@ -134,6 +140,7 @@ class Stack:
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.worker_log_port),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.trigger_log_port),
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
+            **({"PRICE_EXCHANGE_URL": self.exchange_url} if self.exchange_port else {}),
             **(self._celery_env() if self.celery else {}),
             **self.extra_env,
         }
@@ -185,6 +192,23 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError("the AWS stand-in did not finish provisioning")
             time.sleep(0.2)
+
+    def start_exchange(self) -> None:
+        """The exchange stand-in, answering before this returns."""
+        import urllib.request
+
+        self._spawn("exchange", [sys.executable, "-m", "local.exchange", "--port", str(self.exchange_port)])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ping = f"{self.exchange_url}/ping"  # http on loopback, our own stand-in
+                with urllib.request.urlopen(ping, timeout=2):  # noqa: S310  # nosec B310 - the URL above
+                    return
+            except OSError:
+                self._check_alive("exchange")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the exchange stand-in did not answer") from None
+                time.sleep(0.2)
 
     def start_database(self) -> None:
         """PostgreSQL (a server left on the data folder by a killed run is stopped first), then
@@ -262,6 +286,8 @@ class Stack:
         """Stand-in, database, then Airflow's ``components`` (default: all); each DAG of ``unpause``
         once the dag-processor has serialized it."""
         self.start_standin()
+        if self.exchange_port:
+            self.start_exchange()
         self.start_database()
         self.start_airflow(components)
         for dag_id in unpause:
