@@ -106,8 +106,9 @@ resource "aws_iam_role_policy" "glue_job" {
 
 # ------------------------------------------------------------------------------------ Airflow
 
-# Exactly the calls the DAGs make (S3KeySensor, GlueJobOperator, the ledger, SNS publish), on exactly
-# these resources. Attach it to the self-hosted Airflow's role (var.airflow_role_name) or to MWAA's.
+# Exactly the calls the DAGs make (S3KeySensor, GlueJobOperator, the ledger, the exchange feed's records,
+# SNS publish), on exactly these resources. Attach it to the self-hosted Airflow's role
+# (var.airflow_role_name) or to MWAA's.
 data "aws_iam_policy_document" "airflow" {
   statement {
     sid       = "ListPipelinePrefixes"
@@ -153,6 +154,15 @@ data "aws_iam_policy_document" "airflow" {
       "${local.bucket_arn}/${local.glue_scripts_prefix}*",
       "${local.bucket_arn}/${local.parquet_prefix}*",
     ]
+  }
+
+  statement {
+    # The exchange feed (price_exchange_feed, and price_history_backfill's fetch_exchange_history) writes
+    # each pair's candle to its ingestion key, once (If-None-Match: *); it lists and reads there as above.
+    sid       = "WriteExchangeFeedRecords"
+    effect    = "Allow"
+    actions   = ["s3:PutObject"]
+    resources = ["${local.bucket_arn}/${var.ingestion_prefix}*"]
   }
 
   statement {

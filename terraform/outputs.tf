@@ -17,6 +17,7 @@ locals {
     PRICE_GLUE_ROLE_NAME    = aws_iam_role.glue_job.name
     PRICE_MAX_OBJECT_BYTES  = tostring(var.max_object_bytes)
     PRICE_RULES_FILE        = var.rules_file
+    PRICE_EXCHANGE_URL      = var.exchange_url
   }
 }
 
@@ -78,4 +79,9 @@ output "PRICE_MAX_OBJECT_BYTES" {
 output "PRICE_RULES_FILE" {
   description = "pairs and alert rules (JSON; relative to the repository root); its default_pair is PRICE_PAIR"
   value       = local.price_env.PRICE_RULES_FILE
+}
+
+output "PRICE_EXCHANGE_URL" {
+  description = "the exchange feed's public API base URL (ccxt's urls['api']['public']); empty: each exchange's own"
+  value       = local.price_env.PRICE_EXCHANGE_URL
 }

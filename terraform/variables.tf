@@ -161,6 +161,20 @@ variable "glue_timeout_minutes" {
   default     = 10
 }
 
+# ------------------------------------------------------------------------------------ exchange feed
+
+variable "exchange_url" {
+  description = "PRICE_EXCHANGE_URL: base URL the exchange feed (price_exchange_feed) sends ccxt's public API calls to, e.g. a proxy's https://<host>/api/v3; empty: each exchange's own public API (Binance: https://api.binance.com), which needs no API key. Either way Airflow needs outbound HTTPS (443) to it."
+  type        = string
+  default     = ""
+
+  validation {
+    # The MWAA startup script exports it in single quotes; egress is documented for HTTPS only.
+    condition     = can(regex("^(https://[^\\s'\"]+)?$", var.exchange_url))
+    error_message = "exchange_url is empty or an https:// URL without spaces or quotes."
+  }
+}
+
 # ------------------------------------------------------------------------------------ SNS
 
 variable "alert_topic_name" {
@@ -252,13 +266,13 @@ variable "mwaa_environment_class" {
 }
 
 variable "mwaa_subnet_ids" {
-  description = "Two private subnets (in different AZs, with a route to S3, SNS, Glue, KMS, Logs) for MWAA."
+  description = "Two private subnets (in different AZs, with a route to S3, SNS, Glue, KMS, Logs) for MWAA; the exchange feed and the install of mwaa_requirements from PyPI also need a route to the internet (0.0.0.0/0 through a NAT gateway): this module creates no VPC."
   type        = list(string)
   default     = []
 }
 
 variable "mwaa_security_group_ids" {
-  description = "Security groups of the MWAA environment (one that allows traffic to itself)."
+  description = "Security groups of the MWAA environment (one that allows traffic to itself, and outbound HTTPS (443) for the exchange feed and PyPI)."
   type        = list(string)
   default     = []
 }
@@ -267,4 +281,15 @@ variable "mwaa_dags_prefix" {
   description = "Where in the data bucket MWAA reads DAGs, its startup script and requirements."
   type        = string
   default     = "airflow/"
+}
+
+variable "mwaa_requirements" {
+  description = "Python packages MWAA installs on its image (<mwaa_dags_prefix>requirements.txt), with MWAA's own constraints for mwaa_airflow_version: what the DAGs' tasks import beyond MWAA's Airflow, amazon provider and boto3. ccxt (the exchange feed) is in no Airflow constraints file: pinned like requirements.txt."
+  type        = list(string)
+  default     = ["ccxt==4.5.64", "pyarrow", "apache-airflow-providers-slack"]
+
+  validation {
+    condition     = alltrue([for r in var.mwaa_requirements : can(regex("^[A-Za-z0-9][^\\s]*$", r))])
+    error_message = "One requirement specifier per entry (e.g. name==1.2.3), no options: MWAA adds the --constraint line."
+  }
 }

@@ -271,6 +271,7 @@ def test_variable_defaults_match_settings():
         "glue_job_name": DEFAULTS["PRICE_GLUE_JOB_NAME"],
         "glue_role_name": DEFAULTS["PRICE_GLUE_ROLE_NAME"],
         "max_object_bytes": DEFAULTS["PRICE_MAX_OBJECT_BYTES"],
+        "exchange_url": DEFAULTS["PRICE_EXCHANGE_URL"],
         "alert_topic_name": DEFAULTS["PRICE_ALERT_TOPIC_ARN"].rsplit(":", 1)[-1],
         "ops_topic_name": DEFAULTS["PRICE_OPS_TOPIC_ARN"].rsplit(":", 1)[-1],
         # Bucket names are global: AWS gets <project>-<account>-<region>, the stand-in <project>-local.
@@ -507,7 +508,18 @@ def test_airflow_policy_grants_exactly_what_the_dags_use():
             layout.GLUE_SCRIPTS_PREFIX,
         )
     }
-    assert writes == {f"{layout.CHANGES_PREFIX}*", f"{layout.GLUE_SCRIPTS_PREFIX}*", f"{layout.PARQUET_PREFIX}*"}
+    assert writes == {
+        f"{layout.INGESTION_PREFIX}*",  # the exchange feed's records (exchange.write_candles), nothing else there
+        f"{layout.CHANGES_PREFIX}*",
+        f"{layout.GLUE_SCRIPTS_PREFIX}*",
+        f"{layout.PARQUET_PREFIX}*",
+    }
+    feed = policy["WriteExchangeFeedRecords"]
+    assert feed["actions"] == ["s3:PutObject"]
+    assert [_s3_prefix_of(arn) for arn in feed["resources"]] == [f"{layout.INGESTION_PREFIX}*"]
+    for statement in policy.values():  # elsewhere the ingestion prefix is only read (and listed)
+        if statement is not feed and feed["resources"][0] in statement["resources"]:
+            assert statement["actions"] == ["s3:GetObject"], statement["sid"]
     [listing] = policy["ListPipelinePrefixes"]["condition"]
     assert listing["variable"] == "s3:prefix"
     listed = {p.removesuffix("*") for p in resolve(listing["values"])}
@@ -599,6 +611,30 @@ def test_mwaa_is_optional_and_off_by_default():
     startup = compact(tf.locals["mwaa_startup_script"])
     assert "local.price_env" in startup
     assert "export${name}" in startup
+
+
+def test_mwaa_installs_the_exchange_feed_client_with_mwaa_constraints():
+    """MWAA gets a generated requirements.txt: ccxt pinned like requirements.txt, no constraints line (MWAA
+    applies its Airflow version's), nothing MWAA's image owns; the environment installs that object."""
+    tf = module()
+    pins = dict(line.split("==", 1) for line in (ROOT / "requirements.txt").read_text("utf-8").split() if "==" in line)
+    wanted = tf.variables["mwaa_requirements"]["default"]
+    assert f"ccxt=={pins['ccxt']}" in wanted
+    for requirement in wanted:
+        name, _, version = requirement.partition("==")
+        assert not requirement.startswith("-"), requirement  # no --constraint / -r: MWAA adds its constraints
+        assert name.lower() not in {"apache-airflow", "apache-airflow-providers-amazon", "boto3", "botocore"}, name
+        assert not version or version == pins.get(name), f"{requirement}: pinned unlike requirements.txt"
+    assert "var.mwaa_requirements" in compact(tf.locals["mwaa_requirements_file"])
+    upload = tf.resource("aws_s3_object", "mwaa_requirements")
+    assert resolve(upload["key"]) == resolve(tf.variables["mwaa_dags_prefix"]["default"]) + "requirements.txt"
+    assert upload["content"] == "${local.mwaa_requirements_file}"
+    environment = tf.resource("aws_mwaa_environment", "this")
+    assert environment["requirements_s3_path"] == "${aws_s3_object.mwaa_requirements[0].key}"
+    assert environment["requirements_s3_object_version"] == "${aws_s3_object.mwaa_requirements[0].version_id}"
+    # The feed reaches the exchange over HTTPS from the MWAA subnets: their egress is the user's to provide.
+    assert "NAT" in tf.variables["mwaa_subnet_ids"]["description"]
+    assert "443" in tf.variables["mwaa_security_group_ids"]["description"]
 
 
 def test_catalog_has_the_other_pairs_parquet_partitioned_by_pair_and_month():
