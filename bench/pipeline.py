@@ -73,15 +73,17 @@ def parse_db_time(value: datetime | None) -> datetime | None:
 
 
 @contextlib.contextmanager
-def running(prefix: str, log=print, keep_state: bool = False, rules: dict | None = None) -> Iterator[Bench]:
-    """A ``Bench`` on a fresh stack in a new temporary state folder (``rules``: a rules file for it),
-    started, then stopped and its folder removed (kept with ``keep_state``) however the block ends."""
+def running(prefix: str, log=print, keep_state: bool = False, rules: dict | None = None,
+            exchange: bool = False) -> Iterator[Bench]:  # fmt: skip
+    """A ``Bench`` on a fresh stack in a new temporary state folder (``rules``: a rules file for it; with
+    ``exchange``, the exchange stand-in too), started, then stopped and its folder removed (kept with
+    ``keep_state``) however the block ends."""
     state_dir = Path(tempfile.mkdtemp(prefix=prefix))
     rules_file = None
     if rules is not None:
         rules_file = state_dir / "rules.json"
         rules_file.write_text(json.dumps(rules, indent=1))
-    bench = Bench(state_dir, log=log, rules_file=rules_file)
+    bench = Bench(state_dir, log=log, rules_file=rules_file, exchange=exchange)
     try:
         bench.start()
         yield bench
@@ -101,7 +103,7 @@ class Disrupted(RuntimeError):
 class Bench:
     """One local stack for every measurement of a benchmark run."""
 
-    def __init__(self, state_dir: Path, log=print, rules_file: Path | None = None):
+    def __init__(self, state_dir: Path, log=print, rules_file: Path | None = None, exchange: bool = False):
         self.state_dir = state_dir
         self.recording = state_dir / "moto_recording.jsonl"
         # The live-latency windows lie in 2025, away from the wall clock, and their runs must wait for the
@@ -114,7 +116,8 @@ class Bench:
         }
         if rules_file is not None:
             extra_env["PRICE_RULES_FILE"] = str(rules_file)
-        self.stack = Stack(state_dir=state_dir, standin_port=free_port(), api_port=free_port(), extra_env=extra_env)
+        self.stack = Stack(state_dir=state_dir, standin_port=free_port(), api_port=free_port(), extra_env=extra_env,
+                           exchange_port=free_port() if exchange else 0)  # fmt: skip
         self.config = settings.load(self.stack.env())  # the stack's settings, as its tasks see them
         self.rule_set = settings.load_rules(self.config)
         self.other_pairs = [pair for pair in self.rule_set.pairs if pair != self.rule_set.default_pair]
@@ -321,10 +324,12 @@ class Bench:
 
     # ------------------------------------------------------------------------------ figures
 
-    def bulk_backfill(self, start: datetime, end: datetime, timeout: float = 3600) -> dict:
-        """price_history_backfill over ``[start, end)``, triggered and run by the scheduler."""
+    def bulk_backfill(self, start: datetime, end: datetime, timeout: float = 3600, **params) -> dict:
+        """price_history_backfill over ``[start, end)`` (``params``: more of its params), triggered and run by
+        the scheduler."""
         run_id = f"bench_bulk_{layout.slot_stamp(start)}_{layout.slot_stamp(end)}_{int(time.time())}"
-        self.trigger(BULK_DAG, run_id, {**DEFAULT_PARAMS, "start": layout.iso(start), "end": layout.iso(end)})
+        conf = {**DEFAULT_PARAMS, "start": layout.iso(start), "end": layout.iso(end), **params}
+        self.trigger(BULK_DAG, run_id, conf)
         windows = len(layout.slots_between(start, end))
 
         def progress() -> str:  # one run does every window: its tasks are the steps
@@ -343,6 +348,7 @@ class Bench:
             "windows": windows,
             "seconds": seconds,
             "seconds_per_window": seconds / windows,
+            "fetch_task_seconds": tasks.get("fetch_exchange_history", {}).get("seconds"),
             "glue_task_seconds": tasks.get("normalize_price_history", {}).get("seconds"),
             "analysis_task_seconds": tasks.get("analyse_price_history", {}).get("seconds"),
             "glue_run": self.last_glue_run(),

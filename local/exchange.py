@@ -9,8 +9,8 @@ unified ``fetch_ohlcv``), ``GET /api/v3/ping`` and ``/api/v3/time``. ccxt is poi
 The candles are the repository's real Poloniex BTC_ETH candles (``tests/data/poloniex``), one row per
 5-minute slot, cycling: slot ``t`` of a pair is row ``(t / 300 + offset(pair)) mod rows``, its prices
 scaled to the pair's level (``LEVELS``; moves in % are the real ones) and its volumes turned into
-Binance's (base volume = Poloniex quoteVolume, quote volume = Poloniex volume x scale, so the VWAP is
-the row's weightedAverage x scale). Like Binance, it serves candles that opened by now, the last one
+Binance's (base volume = Poloniex quoteVolume, quote volume = that x the row's weightedAverage x scale,
+so the VWAP is the row's weightedAverage x scale). Like Binance, it serves candles that opened by now, the last one
 still open; a pair it does not list is Binance's error ``-1121 Invalid symbol`` (HTTP 400).
 
 Faults, for tests: ``POST /_exchange/fault`` with ``{"mode": M, "count": N}`` makes the next N klines
@@ -70,7 +70,10 @@ class Candles:
         def price(name: str) -> str:
             return f"{row[name] * scale:.8f}"
 
-        base_volume, quote_volume = row["quoteVolume"], row["volume"] * scale
+        # The quote volume is the base volume at the row's VWAP: the Poloniex row's own volume, rounded to 8
+        # decimals, gives a VWAP up to 1e-4 off for candles of a few satoshis, outside [low, high].
+        base_volume = row["quoteVolume"]
+        quote_volume = round(base_volume, 8) * row["weightedAverage"] * scale
         return [
             opened_ms,
             price("open"),

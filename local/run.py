@@ -105,6 +105,7 @@ def start(stack: Stack, replay: str | None = None, log=print, exchange: bool = F
     if exchange:
         env = stack.env()
         feed_env = {name: env[name] for name in ("PRICE_RULES_FILE", "PRICE_EXCHANGE_URL") if name in env}
+        feed_env["AWS_ENDPOINT_URL"] = stack.standin_url  # make backfill FETCH=1 writes there too
         (stack.state_dir / FEED_SETTINGS).write_text(json.dumps(feed_env))
         latest = layout.slot_start(datetime.now(UTC)) - layout.SLOT  # the feed DAG's first run fetches it
         try:
@@ -132,10 +133,10 @@ def fetch_history(stack: Stack, start: datetime, end: datetime, feed_env: dict |
     from include.price_pipeline import exchange
     from local.standin import client
 
-    config = settings.load({**stack.env(), **(feed_env or {})})
-    done = exchange.write_candles(
-        client("s3", stack.standin_url), config, settings.load_rules(config), start, end, datetime.now(UTC)
-    )
+    feed_env = feed_env or {}
+    config = settings.load({**stack.env(), **feed_env})
+    s3 = client("s3", feed_env.get("AWS_ENDPOINT_URL", stack.standin_url))
+    done = exchange.write_candles(s3, config, settings.load_rules(config), start, end, datetime.now(UTC))
     problems = [problem for fetched in done.values() for problem in fetched.problems]
     if problems:
         raise RuntimeError("; ".join(problems))
