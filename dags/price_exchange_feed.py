@@ -23,24 +23,19 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import dag, task
 
-from include.price_pipeline import alerts, runs, settings
+from include.price_pipeline import runs, settings
 
 config = settings.load()
 #: The pairs and where each one's candles come from, validated now (one line naming the field).
 rule_set = settings.load_rules(config)
 
-notify_ops = runs.LiveRunsOpsNotifier(
-    aws_conn_id=config.aws_conn_id,
-    target_arn=config.ops_topic_arn,
-    subject=alerts.OPS_SUBJECT,
-    message=alerts.OPS_MESSAGE,
-)
+notify_ops = runs.live_ops_notifier(config)
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("*/5 * * * *", timezone="UTC"),
+    schedule=runs.every_window(),
     start_date=pendulum.datetime(2017, 7, 14, tz="UTC"),
     catchup=False,
     max_active_runs=4,

@@ -41,24 +41,19 @@ from __future__ import annotations
 
 import pendulum
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
-from airflow.sdk import CronDataIntervalTimetable, Param, chain, dag, task
+from airflow.sdk import Param, chain, dag, task
 
-from include.price_pipeline import alerts, layout, runs, settings
+from include.price_pipeline import layout, runs, settings
 
 config = settings.load()
 #: The pairs and their rules, validated now: a bad file fails the parse with one line naming the field.
 rule_set = settings.load_rules(config)
 
-notify_ops = runs.LiveRunsOpsNotifier(
-    aws_conn_id=config.aws_conn_id,
-    target_arn=config.ops_topic_arn,
-    subject=alerts.OPS_SUBJECT,
-    message=alerts.OPS_MESSAGE,
-)
+notify_ops = runs.live_ops_notifier(config)
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("*/5 * * * *", timezone="UTC"),
+    schedule=runs.every_window(),
     start_date=pendulum.datetime(2017, 7, 14, tz="UTC"),
     catchup=False,
     max_active_runs=16,

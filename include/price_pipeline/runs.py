@@ -17,7 +17,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 from airflow.providers.amazon.aws.sensors.base_aws import AwsBaseSensor
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.sdk import BaseNotifier
+from airflow.sdk import BaseNotifier, CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.price_pipeline import layout, windows
@@ -227,6 +227,20 @@ class LiveRunsOpsNotifier(SnsNotifier):
             log.info("A backfill run's failure: not paged to ops (make backfill and the UI report it)")
             return
         super().notify(context)
+
+
+def live_ops_notifier(config: Config) -> LiveRunsOpsNotifier:
+    """The live DAGs' failure callback: ``alerts.OPS_SUBJECT`` / ``OPS_MESSAGE`` on the ops topic."""
+    from include.price_pipeline import alerts
+
+    return LiveRunsOpsNotifier(aws_conn_id=config.aws_conn_id, target_arn=config.ops_topic_arn,
+                               subject=alerts.OPS_SUBJECT, message=alerts.OPS_MESSAGE)  # fmt: skip
+
+
+def every_window() -> CronDataIntervalTimetable:
+    """The live DAGs' schedule: one run per 5-minute window, its data interval the window (a bare cron
+    string would give zero-length intervals)."""
+    return CronDataIntervalTimetable("*/5 * * * *", timezone="UTC")
 
 
 # ------------------------------------------------------------------ price_notification's task bodies
