@@ -9,12 +9,13 @@ exchange the rules file's `feed` names for it (default: Binance for every pair),
 limiter on, written to the pair's ingestion key `crypto/01-data-ingestion/.../<slot>.json` (other pairs:
 `<slot>/<BASE>_<QUOTE>.json`) as the exchange's own record: `price_notification` then decides it as any
 producer's. A candle is written only once it has closed, only where the pair has no record yet, and once
-(`If-None-Match`). A refused or unanswered request is tried again with backoff (1, 2, 4 s); a pair that
-still has no candle fails the task with one line naming the exchange and the pair, after the other pairs'
-were written, and ops hear of it once (*Feed problem*) after the task's retries.
+(`If-None-Match`). A request refused for the rate limit or unanswered is tried again with backoff (1, 2,
+4 s, or the exchange's `Retry-After`); a pair that still has no candle fails the task with one line naming
+the exchange and the pair, after the other pairs' were written (at once for an error or malformed answer,
+else after the task's retries), and ops hear of it once (*Feed problem*).
 
-`PRICE_EXCHANGE_URL` points ccxt at another base URL (the local exchange stand-in); empty, each exchange's
-own public API, which needs no API key. A window's past candles: `price_history_backfill` with
+`PRICE_EXCHANGE_URL` points ccxt's Binance-API exchanges at another base URL (the local exchange stand-in);
+empty, each exchange's own public API, which needs no API key. A window's past candles: `price_history_backfill` with
 `fetch_from_exchange`, or `make backfill ... FETCH=1`.
 """
 
@@ -44,7 +45,7 @@ notify_ops = runs.live_ops_notifier(config)
     default_args={**settings.DEFAULT_TASK_ARGS, "on_failure_callback": notify_ops},
 )
 def price_exchange_feed():
-    # Each try asks each pair's candle; retries come 20 s, 40 s, 80 s later, within the sensor's timeout.
+    # Each try asks the pairs still without a record; retries come about 20, 40, 80 s later.
     @task(execution_timeout=timedelta(minutes=4))
     def fetch_exchange_candles(data_interval_start=None, dag_run=None) -> dict:
         return runs.fetch_exchange_candles(config, rule_set, data_interval_start, dag_run)

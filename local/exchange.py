@@ -14,7 +14,8 @@ so the VWAP is the row's weightedAverage x scale). Like Binance, it serves candl
 still open; a pair it does not list is Binance's error ``-1121 Invalid symbol`` (HTTP 400).
 
 Faults, for tests: ``POST /_exchange/fault`` with ``{"mode": M, "count": N}`` makes the next N klines
-requests answer ``rate_limit`` (HTTP 429, Binance's -1003 body), ``unavailable`` (503), ``malformed``
+requests answer ``rate_limit`` (HTTP 429, Binance's -1003 body, Retry-After 1 s; ``rate_limit_long``:
+120 s), ``unavailable`` (503), ``malformed``
 (a kline missing values) or ``html`` (a 200 page that is not JSON); ``GET /_exchange/requests`` counts
 the klines requests served. An exchange that is down is this stand-in not running.
 
@@ -48,6 +49,7 @@ SLOT_MS = 300_000
 LEVELS = {"ETH/USDT": 3000.0, "BTC/USDT": 90000.0, "SOL/USDT": 150.0}
 QUOTES = ("USDT", "USDC", "BTC", "ETH", "EUR", "USD", "BNB")
 MAX_LIMIT = 1000
+FAULTS = ("rate_limit", "rate_limit_long", "unavailable", "malformed", "html", "none")
 DEFAULT_LIMIT = 500
 
 
@@ -128,9 +130,11 @@ def handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
         def log_message(self, fmt, *args):  # one line per request on stderr, as the AWS stand-in logs
             sys.stderr.write(f"exchange: {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n")
 
-        def answer(self, status: int, body, content_type: str = "application/json") -> None:
+        def answer(self, status: int, body, content_type: str = "application/json", **headers: str) -> None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name.replace("_", "-"), value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -156,17 +160,25 @@ def handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
             if urlsplit(self.path).path != "/_exchange/fault":
                 self.answer(404, {"code": -1, "msg": "no route"})
                 return
-            spec = json.loads(self.rfile.read(min(int(self.headers.get("Content-Length", 0)), 4096)) or b"{}")
+            length = self.headers.get("Content-Length", "")
+            try:
+                spec = json.loads(self.rfile.read(int(length))) if length.isdigit() and int(length) <= 4096 else {}
+            except ValueError:
+                spec = {}
+            mode, count = (spec.get("mode"), spec.get("count", 1)) if isinstance(spec, dict) else (None, 0)
+            if mode not in FAULTS or not isinstance(count, int) or not 0 <= count <= 1000:
+                self.answer(400, {"code": -1, "msg": f"mode one of {FAULTS}, count 0 to 1000"})
+                return
             with exchange.lock:
-                exchange.faults = [spec["mode"]] * int(spec.get("count", 1))
+                exchange.faults = [mode] * count
             self.answer(200, {"faults": len(exchange.faults)})
 
         def klines(self, query: dict) -> None:
             fault = exchange.next_fault()
-            if fault == "rate_limit":
-                self.answer(
-                    429, {"code": -1003, "msg": "Too many requests; current limit is 6000 request weight per 1 MINUTE."}
-                )
+            if fault in ("rate_limit", "rate_limit_long"):
+                limit = "Too many requests; current limit is 6000 request weight per 1 MINUTE."
+                wait = "1" if fault == "rate_limit" else "120"
+                self.answer(429, {"code": -1003, "msg": limit}, Retry_After=wait)  # Binance says when to retry
                 return
             if fault == "unavailable":
                 self.answer(503, b"Service Unavailable", "text/plain")

@@ -136,6 +136,7 @@ def fetch_history(stack: Stack, start: datetime, end: datetime, feed_env: dict |
     feed_env = feed_env or {}
     config = settings.load({**stack.env(), **feed_env})
     s3 = client("s3", feed_env.get("AWS_ENDPOINT_URL", stack.standin_url))
+    start, end = exchange.closed_range(start, end, datetime.now(UTC))
     done = exchange.write_candles(s3, config, settings.load_rules(config), start, end, datetime.now(UTC))
     problems = [problem for fetched in done.values() for problem in fetched.problems]
     if problems:

@@ -649,12 +649,8 @@ def _declared_basis(value):
 
 
 def _typical_price(row):
-    """(high + low + close) / 3 of a record that declared the typical_price basis: it gives no weighted
-    average of its own, and all three prices."""
-    if row["weighted_average"] is not None:
-        raise Rejected(
-            "{} {} given with a weighted_average: a record gives one or the other".format(BASIS_FIELD, TYPICAL_PRICE)
-        )
+    """(high + low + close) / 3 of a record that declared the typical_price basis: it gives all three
+    prices, and no weighted average of its own but that one (the canonical row read back)."""
     missing = [field for field in TYPICAL_PRICE_FIELDS if row[field] is None]
     if missing:
         raise Rejected(
@@ -662,7 +658,16 @@ def _typical_price(row):
                 BASIS_FIELD, TYPICAL_PRICE, " or ".join(missing)
             )
         )
-    return (row["high"] + row["low"] + row["close"]) / 3
+    typical = (row["high"] + row["low"] + row["close"]) / 3
+    given = row["weighted_average"]
+    # A weighted average alongside is the job's own canonical row read back, or a contradiction.
+    if given is not None and abs(given - typical) > RANGE_TOLERANCE * typical:
+        raise Rejected(
+            "{} {} given with a weighted_average {} that is not (high + low + close) / 3 = {}".format(
+                BASIS_FIELD, TYPICAL_PRICE, _clip(given), _clip(typical)
+            )
+        )
+    return typical
 
 
 def _no_trade(row):

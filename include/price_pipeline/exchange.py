@@ -31,7 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from botocore.exceptions import ClientError
+
 from include.price_pipeline import layout, store
+from include.price_pipeline.rules import QUOTE_VOLUME_EXCHANGES
 
 SLOT_MS = layout.SLOT_SECONDS * 1000
 #: Most candles one request asks for (Binance's klines limit; ccxt passes it on for other exchanges).
@@ -39,6 +42,8 @@ PAGE = 1000
 TRIES = 4
 BACKOFF_SECONDS = 1.0
 TIMEOUT_MS = 10_000
+#: A rate limit's Retry-After longer than this is not waited out within the task: the pair is a problem.
+MAX_RETRY_AFTER_SECONDS = 30
 RECORD_SUFFIX = ".json"
 
 
@@ -62,6 +67,7 @@ class Fetched:
     present: int = 0
     not_served: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    passing: bool = False  # a problem another try may not have: the exchange unreachable, S3 refusing
 
     def summary(self) -> dict:
         return {
@@ -73,15 +79,16 @@ class Fetched:
 
 
 def connect(exchange_id: str, url: str = "", timeout_ms: int = TIMEOUT_MS):
-    """A ccxt exchange with its rate limiter on; ``url`` (``PRICE_EXCHANGE_URL``) replaces its public API's
-    base URL (an exchange stand-in). No API key: public candles need none."""
+    """A ccxt exchange with its rate limiter on; ``url`` (``PRICE_EXCHANGE_URL``) replaces the public API's
+    base URL of a Binance-API exchange (``rules.QUOTE_VOLUME_EXCHANGES``: the exchange stand-in, a proxy);
+    any other exchange keeps its own. No API key: public candles need none."""
     import ccxt
 
     make = getattr(ccxt, exchange_id, None)
     if not isinstance(make, type) or not issubclass(make, ccxt.Exchange):
         raise FeedProblem(f"{exchange_id}: not an exchange ccxt {ccxt.__version__} knows")
     exchange = make({"enableRateLimit": True, "timeout": timeout_ms, "options": {"fetchMarkets": ["spot"]}})
-    if url:
+    if url and exchange_id in QUOTE_VOLUME_EXCHANGES:
         api = exchange.urls["api"]
         exchange.urls["api"] = {**api, "public": url} if isinstance(api, dict) else url
     return exchange
@@ -92,31 +99,35 @@ def candles(exchange, source, pair: str, start: datetime, end: datetime, sleep=t
     with quote volume, else ccxt's unified ``[ms, open, high, low, close, volume]``."""
     start_ms, end_ms = _ms(start), _ms(end)
     found: list[list] = []
-    since = start_ms
-    while since < end_ms:
-        page = _call(lambda since=since: _page(exchange, source, pair, since, end_ms), exchange.id, pair, sleep)
+    for since in range(start_ms, end_ms, PAGE * SLOT_MS):  # each page asks for its own span: none is skipped
+        until = min(end_ms, since + PAGE * SLOT_MS)
+        page = _call(
+            lambda since=since, until=until: _page(exchange, source, pair, since, until), exchange, pair, sleep
+        )
         if not isinstance(page, list) or not all(isinstance(candle, list) and candle for candle in page):
             raise FeedProblem(f"{exchange.id} {pair}: malformed answer (not a list of candles): {_clip(page)}")
-        opens = [_open_ms(candle, exchange.id, pair) for candle in page]
-        found += [candle for candle, opened in zip(page, opens, strict=True) if since <= opened < end_ms]
-        if not opens or max(opens) < since:
-            break
-        since = max(opens) + SLOT_MS
+        found += [candle for candle in page if since <= _open_ms(candle, exchange.id, pair) < until]
     return found
 
 
-def _page(exchange, source, pair: str, since: int, end_ms: int) -> list:
+def closed_range(start: datetime, end: datetime, now: datetime) -> tuple[datetime, datetime]:
+    """``[start, end)`` on window starts and cut at the window still open at ``now``: the history a fetch may
+    ask for (a single live window is asked as it is, so that a candle still open is said so)."""
+    return layout.slot_start(start), min(end, layout.slot_start(now))
+
+
+def _page(exchange, source, pair: str, since: int, until: int) -> list:
     if source.weighted_average == "volumes":
         return exchange.publicGetKlines(
             {
                 "symbol": pair.replace("/", ""),
                 "interval": "5m",
                 "startTime": since,
-                "endTime": end_ms - 1,
+                "endTime": until - 1,
                 "limit": PAGE,
             }
         )
-    return exchange.fetch_ohlcv(pair, "5m", since, PAGE, {"until": end_ms - 1})
+    return exchange.fetch_ohlcv(pair, "5m", since, PAGE, {"until": until - 1})
 
 
 def record(source, candle: list, slot: datetime, now: datetime) -> bytes:
@@ -171,6 +182,7 @@ def write_candles(s3, config, rule_set, start: datetime, end: datetime, now: dat
             continue
         if source.exchange in unreachable:
             fetched.problems.append(f"{source.exchange} {pair}: not asked, as for {unreachable[source.exchange]}")
+            fetched.passing = True
             continue
         try:
             if source.exchange not in exchanges:
@@ -192,8 +204,14 @@ def write_candles(s3, config, rule_set, start: datetime, end: datetime, now: dat
             fetched.problems.append(str(problem))
             if problem.unreachable:
                 unreachable[source.exchange] = pair
+                fetched.passing = True
             continue
-        fetched.written = [key for key in _write(s3, config, pair, rule_set.default_pair, bodies) if key]
+        try:
+            fetched.written = [key for key in _write(s3, config, pair, rule_set.default_pair, bodies) if key]
+        except ClientError as error:  # the writes that landed are there; the next fetch skips them
+            fetched.problems.append(f"{source.exchange} {pair}: S3 refused a write ({_clip(error)})")
+            fetched.passing = True
+            continue
         fetched.present += len(bodies) - len(fetched.written)
     return done
 
@@ -240,25 +258,41 @@ def _write(s3, config, pair: str, default_pair: str, bodies: dict[datetime, byte
     return store.in_parallel(s3, put, list(bodies.items())) if bodies else []
 
 
-def _call(request: Callable, exchange_id: str, pair: str, sleep, tries: int = TRIES):
-    """``request()``, tried again after 1, 2, 4 s (``BACKOFF_SECONDS`` doubling) when the exchange refuses
-    (rate limit, DDoS protection) or does not answer; an exchange's error answer is not tried again."""
+def _call(request: Callable, exchange, pair: str, sleep, tries: int = TRIES):
+    """``request()``, tried again after 1, 2, 4 s (``BACKOFF_SECONDS`` doubling, or the ``Retry-After`` the
+    exchange asked for, up to MAX_RETRY_AFTER_SECONDS) when the exchange refuses for its rate limit or does
+    not answer; an exchange's error answer is not tried again, nor a ban (HTTP 418) or a longer wait asked."""
     import ccxt
 
     for attempt in range(1, tries + 1):
+        wait = BACKOFF_SECONDS * 2 ** (attempt - 1)
         try:
             return request()
-        except ccxt.DDoSProtection as error:  # RateLimitExceeded too: HTTP 418, 429
+        except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as error:  # 429 (Binance: DDoSProtection), 418
             what = f"rate-limited ({_reason(error)})"
+            asked = _retry_after(exchange)
+            if " 418 " in str(error) or (asked or 0) > MAX_RETRY_AFTER_SECONDS:
+                raise FeedProblem(f"{exchange.id} {pair}: {what}; not asked again now", unreachable=True) from None
+            wait = max(wait, asked or 0)
         except ccxt.NetworkError as error:  # not reached, timed out, 5xx
             what = f"exchange down ({_reason(error)})"
         except ccxt.BadResponse as error:
-            raise FeedProblem(f"{exchange_id} {pair}: malformed answer ({_clip(error)})") from None
+            raise FeedProblem(f"{exchange.id} {pair}: malformed answer ({_clip(error)})") from None
         except ccxt.BaseError as error:
-            raise FeedProblem(f"{exchange_id} {pair}: the exchange refused ({_clip(error)})") from None
+            raise FeedProblem(f"{exchange.id} {pair}: the exchange refused ({_clip(error)})") from None
         if attempt < tries:
-            sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
-    raise FeedProblem(f"{exchange_id} {pair}: {what}, {tries} tries", unreachable=True)
+            sleep(wait)
+    raise FeedProblem(f"{exchange.id} {pair}: {what}, {tries} tries", unreachable=True)
+
+
+def _retry_after(exchange) -> float | None:
+    """The seconds a refusal's ``Retry-After`` header asks for (ccxt keeps the last answer's headers)."""
+    headers = getattr(exchange, "last_response_headers", None) or {}
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _reason(error: Exception) -> str:

@@ -374,14 +374,16 @@ def report_quarantine(config: Config, summary: dict, dag_run) -> None:
 
 
 class FeedFailed(Exception):
-    """A pair's candles could not be had: one line per pair, naming its exchange. Airflow retries the task
-    (the pairs written meanwhile are not asked again) and pages ops once, after the last try."""
+    """A pair's candles could not be had for a reason another try may not meet (the exchange unreachable or
+    rate-limiting, S3 refusing): one line per pair, naming its exchange. Airflow retries the task (the pairs
+    written meanwhile are not asked again) and pages ops once, after the last try. A refusal or a malformed
+    answer fails the task at once (AirflowFailException): another try would only ask the same."""
 
 
 def fetch_exchange_candles(config: Config, rule_set, data_interval_start, dag_run) -> dict:
     """price_exchange_feed's task: every pair's candle of the run's window from its exchange, written once
     where the pair has no record yet. A pair whose candle could not be had fails the task after the other
-    pairs' were written, with one line per pair (ops: *Feed problem*, once, after the task's retries)."""
+    pairs' were written, with one line per pair (ops: *Feed problem*, once)."""
     from include.price_pipeline import exchange
 
     slot = windows.run_window_start(data_interval_start, dag_run.run_after)
@@ -398,7 +400,7 @@ def fetch_exchange_history(config: Config, rule_set, params) -> dict:
         log.info("fetch_from_exchange is off: the range's records are those producers wrote")
         return {}
     start, end = (history.parse_window_start(params[name]) for name in ("start", "end"))
-    end = min(end, layout.slot_start(_now()))  # the window still open has no closed candle yet
+    start, end = exchange.closed_range(start, end, _now())
     done = exchange.write_candles(_s3(config), config, rule_set, start, end, _now())
     return _fetched(done, f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC", missing_is_a_problem=False)
 
@@ -412,5 +414,6 @@ def _fetched(done: dict, what: str, missing_is_a_problem: bool) -> dict:
         if missing_is_a_problem and fetched.not_served:
             problems.append(f"{fetched.exchange} {pair}: the exchange served no candle for {what}")
     if problems:
-        raise FeedFailed(f"Feed problem, {what}: " + "; ".join(problems))
+        failure = FeedFailed if any(fetched.passing for fetched in done.values()) else AirflowFailException
+        raise failure(f"Feed problem, {what}: " + "; ".join(problems))
     return {pair: fetched.summary() for pair, fetched in done.items()}

@@ -85,7 +85,7 @@ SETTINGS = (
     Setting(
         "PRICE_EXCHANGE_URL",
         "",
-        "the exchange feed's public API base URL (ccxt's `urls['api']['public']`); empty: each exchange's own",
+        "the exchange feed's Binance-API base URL (ccxt's `urls['api']['public']`); empty: each exchange's own",
     ),
 )
 

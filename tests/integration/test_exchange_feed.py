@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from botocore.exceptions import ClientError
 
 from include.price_pipeline import exchange as feed
 from include.price_pipeline import layout, rules
@@ -116,6 +117,47 @@ def test_a_refusing_exchange_is_asked_four_times_with_backoff_then_is_a_one_line
     assert "\n" not in problem
     assert slept == [1.0, 2.0, 4.0]  # BTC/USDT, on the same exchange, is not asked again:
     assert done["BTC/USDT"].problems == ["binance BTC/USDT: not asked, as for ETH/USDT"]
+    assert raw_keys(aws, slot) == []
+
+
+def test_a_rate_limit_asking_for_a_longer_wait_than_the_task_has_is_a_problem_at_once(aws, exchange):
+    slot = DAY.replace(hour=10)
+    exchange.fault("rate_limit_long", 100)
+
+    done, slept = fetch(aws, exchange.url, slot)
+
+    [problem] = done["ETH/USDT"].problems
+    assert problem.startswith("binance ETH/USDT: rate-limited (DDoSProtection: binance 429 Too Many Requests")
+    assert problem.endswith("; not asked again now")
+    assert slept == []
+    assert raw_keys(aws, slot) == []
+
+
+class RefusingPuts:
+    """The stand-in's S3 client, but every PutObject is refused as an old policy without the feed's grant
+    would refuse it (moto has no IAM enforcement to do it)."""
+
+    def __init__(self, s3):
+        self.s3 = s3
+
+    def __getattr__(self, name):
+        return getattr(self.s3, name)
+
+    def put_object(self, **kwargs):
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject")
+
+
+def test_s3_refusing_a_write_is_a_one_line_problem(aws, exchange):
+    slot = DAY.replace(hour=11)
+    config = replace(aws.config, exchange_url=exchange.url)
+
+    done = feed.write_candles(RefusingPuts(aws.s3), config, rule_set(), slot, slot + layout.SLOT, datetime.now(UTC))
+
+    assert done["ETH/USDT"].problems == [
+        "binance ETH/USDT: S3 refused a write (An error occurred (AccessDenied) when calling the PutObject "
+        "operation: Access Denied)"
+    ]
+    assert done["ETH/USDT"].passing
     assert raw_keys(aws, slot) == []
 
 

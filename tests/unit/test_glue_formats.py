@@ -300,10 +300,17 @@ def test_a_typical_price_record_in_any_format_is_read_the_same():
 
 
 @pytest.mark.parametrize("given", [{"weightedAverage": 2843.0}, {"price": 2843.0}])
-def test_a_record_declaring_the_typical_price_and_giving_a_weighted_average_is_rejected(given):
+def test_a_record_declaring_the_typical_price_and_giving_another_weighted_average_is_rejected(given):
     with pytest.raises(glue.Rejected, match="typical_price given with a weighted_average") as refused:
         normalize_record({**TYPICAL, **given})
     assert "\n" not in str(refused.value)
+
+
+def test_a_typical_price_canonical_row_read_back_is_the_same_row():
+    row = normalize_record(TYPICAL)
+    _, [again], skipped = normalize_object(glue.to_csv(row))
+    assert skipped == []
+    assert again == {**row, "source_format": "csv"}
 
 
 @pytest.mark.parametrize(("value", "shown"), [("vwap", "'vwap'"), ("Typical_Price", "'Typical_Price'"), (3, "'3'")])
