@@ -147,7 +147,6 @@ def row_from_entry(slot: datetime, entry: dict) -> dict:
         "reason": f"{name}: {rule['reason']}" if name and rule.get("reason") is not None else rule.get("reason"),
         "sns_message_id": rule.get("sns_message_id"),
         "source": "ledger",
-        "price_basis": latest.get("basis"),
         "fired": [
             {"rule": n, "direction": r.get("direction"), "decision": r.get("decision")}
             for n, r in states
@@ -157,9 +156,11 @@ def row_from_entry(slot: datetime, entry: dict) -> dict:
     for field in ("price", "change_pct", "threshold_pct"):
         if not isinstance(row[field], int | float) or isinstance(row[field], bool):
             row[field] = None
-    for field in ("direction", "decision", "reason", "sns_message_id", "price_basis"):
+    for field in ("direction", "decision", "reason", "sns_message_id"):
         row[field] = None if row[field] is None else str(row[field])
     row["decision"] = row["decision"] or "unknown"
+    if isinstance(latest.get("basis"), str):  # an approximated price (analysis.APPROXIMATION) says so
+        row["price_basis"] = latest["basis"]
     return row
 
 
