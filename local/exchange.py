@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import hashlib
 import json
 import sys
@@ -36,6 +35,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from local.feed import replay_rows
 
 DATA = (
     Path(__file__).resolve().parents[1]
@@ -57,8 +58,7 @@ class Candles:
     """The real candles and how they map to any pair and slot."""
 
     def __init__(self, path: Path = DATA):
-        with path.open(newline="") as handle:
-            self.rows = [{name: float(value) for name, value in row.items()} for row in csv.DictReader(handle)]
+        self.rows = replay_rows(str(path))
         self.level = sum(row["weightedAverage"] for row in self.rows) / len(self.rows)
 
     def offset(self, pair: str) -> int:

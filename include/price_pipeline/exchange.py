@@ -174,10 +174,11 @@ def write_candles(s3, config, rule_set, start: datetime, end: datetime, now: dat
     exchanges: dict[str, object] = {}
     unreachable: dict[str, str] = {}  # exchange -> the pair whose tries found it so
     done: dict[str, Fetched] = {}
+    slots = layout.slots_between(start, end)
     for pair, source in rule_set.feed.items():
         fetched = done[pair] = Fetched(source.exchange)
-        wanted = [slot for slot in layout.slots_between(start, end) if (slot, pair) not in present]
-        fetched.present = len(layout.slots_between(start, end)) - len(wanted)
+        wanted = [slot for slot in slots if (slot, pair) not in present]
+        fetched.present = len(slots) - len(wanted)
         if not wanted:
             continue
         if source.exchange in unreachable:
@@ -225,13 +226,9 @@ def records_present(s3, config, default_pair: str, start: datetime, end: datetim
     else:
         prefixes = [config.ingestion_prefix + day for day in layout.day_partitions(start, end - layout.SLOT)]
 
-    def listing(prefix: str) -> list[str]:
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=config.bucket, Prefix=prefix)
-        return [item["Key"] for page in pages for item in page.get("Contents", [])]
-
     wanted = set(slots)
     present = set()
-    for keys in store.in_parallel(s3, listing, prefixes):
+    for keys in store.in_parallel(s3, lambda prefix: store.list_keys(s3, config.bucket, prefix), prefixes):
         for key in keys:
             try:
                 slot = layout.slot_of_key(key)

@@ -6,7 +6,6 @@ naming the exchange and the pair."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from datetime import timedelta
@@ -14,8 +13,8 @@ from datetime import timedelta
 import pytest
 
 from include.price_pipeline import analysis, layout, pairs, rules
-from tests.conftest import ROOT, utc
-from tests.e2e.test_price_notification import DEFAULT_PARAMS, task_states
+from tests.conftest import utc
+from tests.e2e.test_price_notification import DEFAULT_PARAMS, parse_dag_with, task_states
 
 pytestmark = pytest.mark.e2e
 
@@ -45,15 +44,6 @@ def threshold(moves: dict) -> float:
     return (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def parse(patch, file: str, **env: str):
-    for name, value in env.items():
-        patch.setenv(name, value)
-    spec = importlib.util.spec_from_file_location(f"{file}_exchange", ROOT / "dags" / f"{file}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, file)()
-
-
 @pytest.fixture(scope="module")
 def setup(airflow_db, exchange_standin, tmp_path_factory):
     moves = {pair: changes(exchange_standin, pair) for pair in PAIRS}
@@ -81,9 +71,10 @@ def setup(airflow_db, exchange_standin, tmp_path_factory):
     added_file.write_text(json.dumps(added))
     with pytest.MonkeyPatch.context() as patch:
         env = {"PRICE_RULES_FILE": str(rules_file), "PRICE_EXCHANGE_URL": exchange_standin.url}
-        feed = parse(patch, "price_exchange_feed", **env)
-        notification = parse(patch, "price_notification", **env)
-        history = parse(patch, "price_history_backfill", **{**env, "PRICE_RULES_FILE": str(added_file)})
+        feed = parse_dag_with(patch, "feed_exchange", "price_exchange_feed", **env)
+        notification = parse_dag_with(patch, "notification_exchange", **env)
+        added = {**env, "PRICE_RULES_FILE": str(added_file)}
+        history = parse_dag_with(patch, "history_exchange", "price_history_backfill", **added)
     expected = {(pair, slot) for pair in PAIRS for slot, move in moves[pair].items() if move > thresholds[pair]}
     return feed, notification, history, thresholds, expected
 

@@ -114,16 +114,17 @@ def test_the_dag_params_override_the_default_pairs_rule_for_one_run(dag, aws):
     assert len(aws.alerts()) == 1
 
 
-def parse_dag_with(monkeypatch, name: str, **env: str):
-    """A fresh price_notification DAG parsed with extra deployment settings in the environment."""
+def parse_dag_with(monkeypatch, name: str, dag_id: str = "price_notification", **env: str):
+    """A fresh DAG (``dags/<dag_id>.py``, default price_notification) parsed with extra deployment settings
+    in the environment."""
     import importlib.util
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    spec = importlib.util.spec_from_file_location(name, ROOT / "dags" / "price_notification.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "dags" / f"{dag_id}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.price_notification()
+    return getattr(module, dag_id)()
 
 
 @pytest.fixture

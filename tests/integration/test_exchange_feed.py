@@ -35,15 +35,14 @@ RULES = {
 }
 
 
-def rule_set(**sources):
-    return rules.parse({**RULES, **({"feed": sources} if sources else {})}, "test")
-
-
-def fetch(aws, url: str, start: datetime, end: datetime | None = None, now: datetime | None = None, **sources):
-    """``exchange.write_candles`` as the tasks call it; sleeps recorded, not slept."""
+def fetch(aws, url: str, start: datetime, end: datetime | None = None, now: datetime | None = None,
+          document: dict = RULES, s3=None, **sources):  # fmt: skip
+    """``exchange.write_candles`` as the tasks call it, with ``document``'s rules (``sources``: its feed);
+    sleeps recorded, not slept."""
     slept: list[float] = []
+    rule_set = rules.parse({**document, **({"feed": sources} if sources else {})}, "test")
     done = feed.write_candles(
-        aws.s3, replace(aws.config, exchange_url=url), rule_set(**sources), start, end or start + layout.SLOT,
+        s3 or aws.s3, replace(aws.config, exchange_url=url), rule_set, start, end or start + layout.SLOT,
         now or datetime.now(UTC), sleep=slept.append,
     )  # fmt: skip
     return done, slept
@@ -149,9 +148,8 @@ class RefusingPuts:
 
 def test_s3_refusing_a_write_is_a_one_line_problem(aws, exchange):
     slot = DAY.replace(hour=11)
-    config = replace(aws.config, exchange_url=exchange.url)
 
-    done = feed.write_candles(RefusingPuts(aws.s3), config, rule_set(), slot, slot + layout.SLOT, datetime.now(UTC))
+    done, _ = fetch(aws, exchange.url, slot, s3=RefusingPuts(aws.s3))
 
     assert done["ETH/USDT"].problems == [
         "binance ETH/USDT: S3 refused a write (An error occurred (AccessDenied) when calling the PutObject "
@@ -223,10 +221,10 @@ def test_a_candle_still_open_is_never_written(aws, exchange):
 def test_an_unknown_pair_is_the_exchanges_refusal_not_retried(aws, exchange):
     slot = DAY.replace(hour=8)
     unknown = {**RULES, "pairs": {**RULES["pairs"], "XYZ/QQQ": RULES["pairs"]["BTC/USDT"]}}
-    done = feed.write_candles(
-        aws.s3, replace(aws.config, exchange_url=exchange.url), rules.parse(unknown, "t"), slot, slot + layout.SLOT,
-        datetime.now(UTC), sleep=pytest.fail,
-    )  # fmt: skip
+
+    done, slept = fetch(aws, exchange.url, slot, document=unknown)
+
+    assert slept == []
     assert done["XYZ/QQQ"].problems == [
         'binance XYZ/QQQ: the exchange refused (binance {"code": -1121, "msg": "Invalid symbol."})'
     ]
@@ -253,10 +251,7 @@ def test_a_month_of_history_comes_in_pages_of_a_thousand(aws, exchange):
     before = exchange.requests()
     one_pair = {**RULES, "pairs": {"ETH/USDT": RULES["pairs"]["ETH/USDT"]}}
 
-    done = feed.write_candles(
-        aws.s3, replace(aws.config, exchange_url=exchange.url), rules.parse(one_pair, "t"), start,
-        start + timedelta(days=28), datetime.now(UTC),
-    )  # fmt: skip
+    done, _ = fetch(aws, exchange.url, start, start + timedelta(days=28), document=one_pair)
 
     assert exchange.requests() - before == 9  # 8064 candles
     assert len(done["ETH/USDT"].written) == 28 * 288
