@@ -51,6 +51,11 @@ STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
 AIRFLOW_HOME = Path(
     os.environ.setdefault(f"PRICE_TEST_AIRFLOW_HOME{_WORKER}", tempfile.mkdtemp(prefix=f"price-airflow-{_WORKER}"))
 )
+#: One migrated metadata database per test session (every xdist worker's), copied by each stack and
+#: ``airflow_db``: made once by the first that needs it, removed at the session's end.
+DATABASE_TEMPLATE = Path(
+    os.environ.setdefault("PRICE_TEST_DATABASE_TEMPLATE", tempfile.mkdtemp(prefix="price-database-template-"))
+)
 sys.path.insert(0, str(ROOT))
 from local.postgres import Postgres  # noqa: E402 - needs ROOT on the path
 
@@ -111,6 +116,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         by_file[item.location[0]] = min(by_file.get(item.location[0], 2), weight(item))
     items.sort(key=lambda item: by_file[item.location[0]])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not _WORKER:  # the controller (or the one process): every worker is done with the template
+        import shutil
+
+        shutil.rmtree(DATABASE_TEMPLATE, ignore_errors=True)
+
+
+def migrated_database_copy(data_dir: Path) -> None:
+    """A new metadata database in ``data_dir`` (absent), migrated: a copy of the session's template."""
+    from local.stack import migrated_database
+
+    Postgres(data_dir).copy_from(migrated_database(DATABASE_TEMPLATE))
 
 
 @pytest.fixture(scope="session")
@@ -249,12 +268,13 @@ def aws(aws_session) -> Aws:
 
 @pytest.fixture(scope="session")
 def airflow_db():
-    """A migrated PostgreSQL metadata database for the session's AIRFLOW_HOME (server stopped and its
-    data removed at the end)."""
+    """A migrated PostgreSQL metadata database for the session's AIRFLOW_HOME, a copy of the session's
+    template (server stopped and its data removed at the end)."""
     import shutil
 
     from local.postgres import stop_pid
 
+    migrated_database_copy(POSTGRES.data_dir)
     POSTGRES.prepare()
     with open(AIRFLOW_HOME / "postgres.log", "ab") as log:
         server = subprocess.Popen(
@@ -267,7 +287,6 @@ def airflow_db():
 
     try:
         POSTGRES.wait_ready(alive)
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, cwd=ROOT)
         yield AIRFLOW_HOME
     finally:
         if "airflow.settings" in sys.modules:  # its atexit hook would talk to a stopped server
@@ -281,11 +300,12 @@ def airflow_db():
 def stack_dir():
     """A state folder for one module's local stack. Not under pytest's basetemp: each pytest session
     (anyone's, as root) makes /tmp/pytest-of-<user> 0700 again, and the database server's own user
-    must be able to reach its data folder while the module runs. Afterwards the database (tens of
-    MB) is removed and the logs are kept for a post-mortem."""
+    must be able to reach its data folder while the module runs. Its database is a copy of the session's
+    migrated one. Afterwards the database (tens of MB) is removed and the logs are kept for a post-mortem."""
     import shutil
 
     path = Path(tempfile.mkdtemp(prefix="price-stack-"))
+    migrated_database_copy(path / "postgres")
     yield path
     shutil.rmtree(path / "postgres", ignore_errors=True)
 
