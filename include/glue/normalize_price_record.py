@@ -1106,8 +1106,8 @@ def plan_window(args, slot, outcomes, pair=None):
     ``outcomes`` are ``assess`` results with the key's ``version`` and the listing's ``modified`` added.
     Among the objects with a valid record of the window, the highest version wins, then the newest
     (LastModified, to the second); two at the top with the same version and second are both refused (which
-    one is newer is unknown). The winner gives the canonical CSV, which names the other candidates it
-    superseded; an object with any refused record is copied to quarantine with the reasons; every object
+    one is newer is unknown), and so are the older ones. The winner gives the canonical CSV, which names the
+    other candidates it superseded; an object with any refused record is copied to quarantine with the reasons; every object
     is tagged as ingested once those writes are made. The keys written are ``analysis_key(slot)`` and
     ``quarantine_keys(slot, <listed key>)``, nothing else; for another ``pair`` than ``--pair`` the plan
     holds the ``row`` for the window's shared CSV instead (see plan_pairs).
@@ -1116,11 +1116,12 @@ def plan_window(args, slot, outcomes, pair=None):
     candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: _order(o) + (o["key"],))
     tied = [o for o in candidates if _order(o) == _order(candidates[-1])]
     if len(tied) > 1:
-        for outcome in tied:
-            outcome["reasons"].append(
-                "{} objects of window {} have version {} and LastModified {}: which is newer is unknown, none "
-                "is used (write a correction with a higher -v<N>)".format(len(tied), slot_stamp(slot), *_order(outcome))
-            )
+        top = (
+            "{} objects of window {} have version {} and LastModified {}: which is newer is unknown, none is used "
+            "(write a correction with a higher -v<N>)".format(len(tied), slot_stamp(slot), *_order(tied[0]))
+        )
+        for outcome in candidates:  # an older one is not used either: the producer wrote a newer record since
+            outcome["reasons"].append(top if outcome in tied else "older than the window's newest records; " + top)
         candidates = []
     plan = {"window": slot_stamp(slot), "csv": None, "row": None, "used": None, "quarantine": []}
     plan["tag"] = sorted(o["key"] for o in outcomes)

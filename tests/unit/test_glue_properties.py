@@ -385,6 +385,26 @@ def version(key: str, window: datetime) -> int:
     return (glue.read_ingestion_key(key, window, layout.INGESTION_PREFIX, PAIR) or (None, 1))[1]
 
 
+def test_an_older_record_behind_two_of_unknown_order_is_quarantined_with_them_not_dropped():
+    """Hypothesis found it: the older record was neither used, superseded nor quarantined, only tagged
+    (Terraform expires tagged raw objects)."""
+    window = datetime(2010, 1, 1, tzinfo=UTC)
+    prefix = glue.ingestion_window_prefix(window, layout.INGESTION_PREFIX)
+    body = json.dumps([{"timestamp": int(window.timestamp()), "open": 1, "high": 1, "low": 1, "close": 1,
+                        "volume": 0, "quote_volume": 0, "weighted_average": 1}]).encode()  # fmt: skip
+    modified = {f"{prefix}.json": "2026-01-01T00:00:00Z", f"{prefix}-a.json": "2026-01-01T00:00:01Z",
+                f"{prefix}-b.json": "2026-01-01T00:00:01Z"}  # fmt: skip
+    outcomes = [dict(glue.assess(body, CONTRACT_ARGS, key, window), modified=when, version=1)
+                for key, when in modified.items()]  # fmt: skip
+
+    plan = glue.plan_window(CONTRACT_ARGS, window, outcomes)
+
+    assert plan["used"] is None
+    reasons = {source: note["reason"] for source, _, _, note in plan["quarantine"]}
+    assert sorted(reasons) == sorted(modified)
+    assert reasons[f"{prefix}.json"].startswith("older than the window's newest records; 2 objects of window")
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.data(), SLOT_INDEX)
 def test_any_objects_under_a_window_write_at_most_its_csv_and_their_quarantine_copies(data, slot_index):
