@@ -89,8 +89,11 @@ def main() -> int:
     return 0
 
 
-def start(stack: Stack, replay: str | None = None, log=print, exchange: bool = False) -> dict | None:
-    """Everything ``make run`` starts, in order; returns the history backfill (None if refused)."""
+def start(
+    stack: Stack, replay: str | None = None, log=print, exchange: bool = False, history_windows: int = 11
+) -> dict | None:
+    """Everything ``make run`` starts, in order; returns the history backfill of ``history_windows`` windows
+    (None if refused)."""
     log(f"Starting the AWS stand-in on {stack.standin_url} ...", flush=True)
     stack.start_standin()
     if stack.exchange_port:
@@ -123,7 +126,7 @@ def start(stack: Stack, replay: str | None = None, log=print, exchange: bool = F
         if replay:
             feed_argv += ["--replay", replay]
         stack._spawn("feed", feed_argv)
-    return backfill_history(Api(stack), log=log)
+    return backfill_history(Api(stack), history_windows, log=log)
 
 
 def fetch_history(stack: Stack, start: datetime, end: datetime, feed_env: dict | None = None) -> dict:

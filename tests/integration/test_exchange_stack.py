@@ -17,6 +17,9 @@ from local.standin import client
 from tests.conftest import make_backfill
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+#: make run's history backfill, shorter than its hour: each window is a native run of every task (CPU the
+#: suite's other stacks share); what is checked is that it is created, listed and waited for.
+HISTORY_WINDOWS = 3
 
 PAIRS = {"ETH/USDT", "BTC/USDT", "SOL/USDT"}  # include/rules/local.json, make run's
 
@@ -29,7 +32,7 @@ def stack(stack_dir):
         stack_dir, exchange_port=free_port(), extra_env={"PRICE_RULES_FILE": run.LOCAL_RULES_FILE, **waits}
     )
     try:
-        run.start(stack, log=lambda *args, **kwargs: None, exchange=True)
+        run.start(stack, log=lambda *args, **kwargs: None, history_windows=HISTORY_WINDOWS, exchange=True)
         yield stack
     finally:
         stack.stop()
