@@ -22,7 +22,8 @@ sent, so parallel backfills reach the same decisions). The default file reproduc
 pipeline exactly.
 
 Everything here is plain data and pure functions: the DAGs validate the file when they are parsed (a
-small local file, no AWS call) and fail with one line naming the pair, the rule and the field.
+small local file, no AWS call, and a look for each feed exchange's module file in the installed ccxt) and
+fail with one line naming the pair, the rule and the field.
 """
 
 from __future__ import annotations
