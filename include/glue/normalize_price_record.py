@@ -243,6 +243,18 @@ def _clip(value):
     return repr(str(value)[:40])
 
 
+#: How much of one text from S3 a log line quotes (alerts.QUOTED_LIMIT).
+QUOTED_LIMIT = 300
+
+
+def quoted(text):
+    """A copy of ``alerts.quoted`` (the job runs alone; tests/unit/test_glue_hostile.py checks the copy): text
+    read from S3, a key, as the run log shows it, in double quotes on one line with line breaks, control and
+    non-ASCII characters and Slack's ``<``, ``>``, ``&`` escaped, so that it can forge no line of the log."""
+    escaped = json.dumps(str(text)[:QUOTED_LIMIT], ensure_ascii=True)
+    return escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 # ---------------------------------------------------------------- decoding
 
 
@@ -1292,11 +1304,12 @@ def run(s3, args, spread=False):
     summary.update(quarantined=[], superseded=[])
     for plan in plans:
         for source_key, _copy, _reason, note in plan["quarantine"]:
-            print("QUARANTINED {}: {}".format(source_key, note["reason"]))
+            print("QUARANTINED {}: {}".format(quoted(source_key), note["reason"]))
             summary["quarantined"].append({"key": source_key, "reason": note["reason"]})
         if plan["superseded"]:
             for key in plan["superseded"]:
-                print("SUPERSEDED in window {}: {} (by the newer {})".format(plan["window"], key, plan["used"]))
+                used = quoted(plan["used"])
+                print("SUPERSEDED in window {}: {} (by the newer {})".format(plan["window"], quoted(key), used))
                 summary["superseded"].append({"window": plan["window"], "key": key, "by": plan["used"]})
     writes, other_pairs = [], {}
     for (slot, pair), plan in zip(windows, plans):  # noqa: B905 - no strict= on 3.9

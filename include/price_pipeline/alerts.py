@@ -21,6 +21,15 @@ class UnsafeText(ValueError):
     """Alert text that SNS would refuse or that must not reach people (the message says why)."""
 
 
+class ClaimsLeft(RuntimeError):
+    """Alerts of this run whose publish an earlier try started and never recorded (``pairs.LEFT``): they may
+    have been sent, and only ops can release their claims, so the failure is paged whatever the run (*Alert
+    claim left*). ``claim_left`` is the mark OPS_SUBJECT and the ops notifier test: only this class (and its
+    subclasses) carries it, whereas the exception's text may quote a record's, "claim" included."""
+
+    claim_left = True
+
+
 #: How much of one text from S3 (a key, a reason) a message quotes.
 QUOTED_LIMIT = 300
 
@@ -146,8 +155,8 @@ OPS_SUBJECT = (
     "[price pipeline] "
     "{% if ti.task_id == 'wait_for_price_record' %}Feed stale"
     "{% elif ti.task_id.startswith('fetch_exchange') %}Feed problem"
+    "{% elif exception.claim_left is defined %}Alert claim left"
     "{% elif 'quarantined' in (exception | string) %}Record quarantined"
-    "{% elif 'claim' in (exception | string) %}Alert claim left"
     "{% else %}Task failed{% endif %}"
     ": {{ ti.task_id }} {{ (data_interval_start | default(dag_run.run_after, true)).strftime('%Y-%m-%d %H:%M') }} UTC"
 )

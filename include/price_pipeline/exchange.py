@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from botocore.exceptions import ClientError
 
 from include.price_pipeline import layout, store
+from include.price_pipeline.alerts import quoted
 from include.price_pipeline.rules import QUOTE_VOLUME_EXCHANGES
 
 SLOT_MS = layout.SLOT_SECONDS * 1000
@@ -105,7 +106,7 @@ def candles(exchange, source, pair: str, start: datetime, end: datetime, sleep=t
             lambda since=since, until=until: _page(exchange, source, pair, since, until), exchange, pair, sleep
         )
         if not isinstance(page, list) or not all(isinstance(candle, list) and candle for candle in page):
-            raise FeedProblem(f"{exchange.id} {pair}: malformed answer (not a list of candles): {_clip(page)}")
+            raise FeedProblem(f"{exchange.id} {pair}: malformed answer (not a list of candles): {quoted(page)}")
         found += [candle for candle in page if since <= _open_ms(candle, exchange.id, pair) < until]
     return found
 
@@ -140,13 +141,13 @@ def record(source, candle: list, slot: datetime, now: datetime) -> bytes:
     volumes = source.weighted_average == "volumes"
     width = 8 if volumes else 6
     if len(candle) < width:
-        raise FeedProblem(f"malformed answer: candle has {len(candle)} values, not {width}: {_clip(candle)}")
+        raise FeedProblem(f"malformed answer: candle has {len(candle)} values, not {width}: {quoted(candle)}")
     values = [_number(value, candle) for value in candle[1:6]]
     if volumes:
         _number(candle[7], candle)
         times = [_integer(candle[0]), _integer(candle[6]), _integer(candle[8]) if len(candle) > 8 else 0]
         if times[:2] != [opened, opened + SLOT_MS - 1] or times[2] is None:
-            raise FeedProblem(f"malformed answer: candle {_clip(candle)} does not span one 5-minute candle")
+            raise FeedProblem(f"malformed answer: candle {quoted(candle)} does not span one 5-minute candle")
         # Binance's own kline: times and trade count as numbers, prices and volumes as text (ccxt's raw
         # methods give everything as text).
         kline = [times[0], *candle[1:6], times[1], candle[7], *([times[2], *candle[9:]] if len(candle) > 8 else [])]
@@ -210,7 +211,7 @@ def write_candles(s3, config, rule_set, start: datetime, end: datetime, now: dat
         try:
             fetched.written = [key for key in _write(s3, config, pair, rule_set.default_pair, bodies) if key]
         except ClientError as error:  # the writes that landed are there; the next fetch skips them
-            fetched.problems.append(f"{source.exchange} {pair}: S3 refused a write ({_clip(error)})")
+            fetched.problems.append(f"{source.exchange} {pair}: S3 refused a write ({quoted(error)})")
             fetched.passing = True
             continue
         fetched.present += len(bodies) - len(fetched.written)
@@ -274,9 +275,9 @@ def _call(request: Callable, exchange, pair: str, sleep, tries: int = TRIES):
         except ccxt.NetworkError as error:  # not reached, timed out, 5xx
             what = f"exchange down ({_reason(error)})"
         except ccxt.BadResponse as error:
-            raise FeedProblem(f"{exchange.id} {pair}: malformed answer ({_clip(error)})") from None
+            raise FeedProblem(f"{exchange.id} {pair}: malformed answer ({quoted(error)})") from None
         except ccxt.BaseError as error:
-            raise FeedProblem(f"{exchange.id} {pair}: the exchange refused ({_clip(error)})") from None
+            raise FeedProblem(f"{exchange.id} {pair}: the exchange refused ({quoted(error)})") from None
         if attempt < tries:
             sleep(wait)
     raise FeedProblem(f"{exchange.id} {pair}: {what}, {tries} tries", unreachable=True)
@@ -295,14 +296,14 @@ def _retry_after(exchange) -> float | None:
 def _reason(error: Exception) -> str:
     """``Class: message`` of a ccxt error, with the socket's own reason when there is one (refused ...)."""
     cause = re.search(r"\[Errno -?\d+\] [^'\")]+", str(error.__cause__ or ""))
-    return f"{type(error).__name__}: {_clip(error)}" + (f"; {cause.group(0)}" if cause else "")
+    return f"{type(error).__name__}: {quoted(error)}" + (f"; {cause.group(0)}" if cause else "")
 
 
 def _open_ms(candle, exchange_id: str, pair: str) -> int:
     """A candle's open time in ms (ccxt's raw methods give every number as text)."""
     opened = _integer(candle[0] if isinstance(candle, list) and candle else None)
     if opened is None or opened % SLOT_MS:
-        raise FeedProblem(f"{exchange_id} {pair}: malformed answer: candle {_clip(candle)} opens off a 5-minute slot")
+        raise FeedProblem(f"{exchange_id} {pair}: malformed answer: candle {quoted(candle)} opens off a 5-minute slot")
     return opened
 
 
@@ -318,14 +319,9 @@ def _number(value, candle) -> float:
     except (TypeError, ValueError):
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number) or number < 0:
-        raise FeedProblem(f"malformed answer: {_clip(value)} in candle {_clip(candle)} is not a price or volume")
+        raise FeedProblem(f"malformed answer: {quoted(value)} in candle {quoted(candle)} is not a price or volume")
     return number
 
 
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
-
-
-def _clip(value, limit: int = 160) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -60,10 +60,6 @@ class NoUsableWindow(ValueError):
     """Every window of the range is missing or quarantined: a green run would have done nothing."""
 
 
-class ClaimsLeft(RuntimeError):
-    """Windows this run claimed in an earlier try are still ``publishing``: they may have been sent."""
-
-
 # ------------------------------------------------------------------------------ pure analysis
 
 
@@ -386,7 +382,7 @@ def backfill_history(
     the default pair's rule).
 
     Raises NoUsableWindow when no window of the range has a record (all missing or quarantined), and
-    ClaimsLeft (after everything else is written) when an earlier try of this run left claims."""
+    alerts.ClaimsLeft (after everything else is written) when an earlier try of this run left claims."""
     from include.price_pipeline import pairs
 
     if end <= start:
@@ -461,7 +457,7 @@ def backfill_history(
     for reason in published["skipped"]:
         log.warning("%s", reason)
     if published["left"]:
-        raise ClaimsLeft("; ".join(published["left"]))
+        raise alerts.ClaimsLeft("; ".join(published["left"]))
     if published["failed"]:  # not sent: the task's retry analyses the range again and publishes them
         raise RuntimeError("; ".join(published["failed"]))
     return summary

@@ -62,9 +62,10 @@ def parse_entries(body: bytes, key: str = "the window's ledger object") -> dict[
     """``{pair: entry}`` of a window's ledger object: the one reader of the pipeline and the page.
 
     Every line must be an entry as :func:`pair_entry` writes it, each pair once; anything else raises
-    DamagedLedger naming ``key`` and the line. So a damaged object fails its window before anything is
-    written or sent: no reader guesses which of two lines of a pair holds (a pair listed notified, then
-    analysed, was sent again), and no claim is left half-updated by an entry without rules."""
+    DamagedLedger naming ``key`` and the line, its pair text quoted (``alerts.quoted``: it reaches ops). So a
+    damaged object fails its window before anything is written or sent: no reader guesses which of two lines
+    of a pair holds (a pair listed notified, then analysed, was sent again), and no claim is left half-updated
+    by an entry without rules."""
     entries = {}
     for number, line in enumerate(body.decode("utf-8", "replace").splitlines(), 1):
         if not line.strip():
@@ -73,7 +74,7 @@ def parse_entries(body: bytes, key: str = "the window's ledger object") -> dict[
             entry = json.loads(line)
         except ValueError:
             entry = None
-        problem = _damage(entry) or (entry["pair"] in entries and f"pair {entry['pair']} listed twice")
+        problem = _damage(entry) or (entry["pair"] in entries and f"pair {alerts.quoted(entry['pair'])} listed twice")
         if problem:
             raise DamagedLedger(f"{key} line {number}: {problem}; fix or delete the object ({SEE_README})")
         entries[entry["pair"]] = entry
@@ -90,7 +91,7 @@ def _damage(entry) -> str | None:
         or not isinstance(decided, dict)
         or not all(isinstance(rule, dict) and isinstance(rule.get("decision"), str) for rule in decided.values())
     ):
-        return f"pair {entry['pair']}: not an entry with a decision and each rule's"
+        return f"pair {alerts.quoted(entry['pair'])}: not an entry with a decision and each rule's"
     return None
 
 

@@ -22,12 +22,14 @@ sent, so parallel backfills reach the same decisions). The default file reproduc
 pipeline exactly.
 
 Everything here is plain data and pure functions: the DAGs validate the file when they are parsed (a
-small local file, no AWS call) and fail with one line naming the pair, the rule and the field.
+small local file, no AWS call, and a look for each feed exchange's module file in the installed ccxt) and
+fail with one line naming the pair, the rule and the field.
 """
 
 from __future__ import annotations
 
 import bisect
+import importlib.util
 import json
 import math
 import re
@@ -64,6 +66,13 @@ DIRECTIONS = ("up", "down", "both")
 MAX_MINUTES = 1440
 MAX_COOLDOWN_MINUTES = 7 * 1440
 MAX_RULES_FILE_BYTES = 1 << 20
+#: The Glue job's plausible prices (its MIN_PRICE and MAX_PRICE; the job runs alone, so this is a copy that
+#: tests/unit/test_rules.py checks): no record's price is outside them, so a level or a min_abs_move above
+#: MAX_PRICE, or a threshold_pct above the largest change two such prices make, could never fire. The DAG
+#: params take the same bounds (``settings.policy_params``): a run's conf is refused above them.
+MIN_PRICE = 1e-10
+MAX_PRICE = 1e10
+MAX_THRESHOLD_PCT = MAX_PRICE / MIN_PRICE * 100
 
 _PAIR = re.compile(r"[A-Z0-9]{2,12}/[A-Z0-9]{2,12}")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -165,13 +174,35 @@ def load(path: str | Path) -> Rules:
             raw = handle.read(MAX_RULES_FILE_BYTES + 1)
     except OSError as error:
         raise RulesError(f"rules file {path}: cannot be read ({error.strerror})") from None
+    where = f"rules file {path}"
     if len(raw) > MAX_RULES_FILE_BYTES:
-        raise RulesError(f"rules file {path}: larger than {MAX_RULES_FILE_BYTES} bytes")
+        raise RulesError(f"{where}: larger than {MAX_RULES_FILE_BYTES} bytes")
     try:
-        document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RulesError(f"rules file {path}: not JSON ({error})") from None
+        document = json.loads(raw.decode("utf-8"), object_pairs_hook=lambda pairs: _unique_keys(pairs, where))
+    except RulesError:
+        raise
+    except RecursionError:
+        raise RulesError(f"{where}: not JSON it can read (nested too deeply)") from None
+    except ValueError as error:  # not UTF-8, not JSON, an integer of more digits than Python converts
+        raise RulesError(f"{where}: not JSON ({error})") from None
     return parse(document, str(path))
+
+
+def _unique_keys(pairs: list[tuple[str, object]], where: str) -> dict:
+    """A JSON object of the file, refused when a key appears twice: json keeps the last one silently (a pair
+    listed twice lost its first rules, a rule's field given twice its first value)."""
+    document = {}
+    for key, value in pairs:
+        if key in document:
+            raise RulesError(f"{where}: key {_shown(key)} appears twice in one object (one would be ignored)")
+        document[key] = value
+    return document
+
+
+def _shown(value) -> str:
+    """A value of the file as a one-line reason shows it: its repr, cut (a 400-digit number is not quoted whole)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
 
 
 def parse(document, source: str = "rules file") -> Rules:
@@ -218,7 +249,7 @@ def _feed(raw, pairs: dict, where: str) -> dict[str, Source]:
     A pair whose exchange's candles carry no quote volume is refused unless it opts into typical_price."""
     if not isinstance(raw, dict) or set(raw) - {"exchange", "pairs"}:
         raise RulesError(f"{where}: feed must be an object of exchange and pairs")
-    default = _source_field(raw, "exchange", _EXCHANGE.fullmatch, "binance", f"{where}: feed")
+    default = _exchange(raw, "binance", f"{where}: feed")
     overrides = raw.get("pairs", {})
     if not isinstance(overrides, dict) or set(overrides) - set(pairs):
         raise RulesError(f"{where}: feed.pairs must be an object of configured pairs (got {sorted(overrides)})")
@@ -228,7 +259,7 @@ def _feed(raw, pairs: dict, where: str) -> dict[str, Source]:
         at = f"{where}: feed.pairs {pair}"
         if not isinstance(own, dict) or set(own) - {"exchange", "weighted_average"}:
             raise RulesError(f"{at}: must be an object of exchange and weighted_average")
-        exchange = _source_field(own, "exchange", _EXCHANGE.fullmatch, default, at)
+        exchange = _exchange(own, default, at)
         basis = _source_field(own, "weighted_average", WEIGHTED_AVERAGE_SOURCES.__contains__, "volumes", at)
         if basis == "volumes" and exchange not in QUOTE_VOLUME_EXCHANGES:
             raise RulesError(
@@ -238,6 +269,18 @@ def _feed(raw, pairs: dict, where: str) -> dict[str, Source]:
             )
         sources[pair] = Source(exchange, basis)
     return sources
+
+
+def _exchange(raw: dict, default: str, where: str) -> str:
+    """A feed's exchange id, refused now unless the installed ccxt has it: an unknown one failed only when the
+    feed first asked it. Checked by its module file (``ccxt/<id>.py``, one per exchange), without importing ccxt:
+    the DAGs read this file each time they are parsed."""
+    exchange = _source_field(raw, "exchange", _EXCHANGE.fullmatch, default, where)
+    ccxt = importlib.util.find_spec("ccxt")
+    if ccxt is None or not any(Path(folder, f"{exchange}.py").is_file() for folder in ccxt.submodule_search_locations):
+        known = "ccxt is not installed" if ccxt is None else "see ccxt.exchanges"
+        raise RulesError(f"{where}: exchange {exchange!r} is not one ccxt knows ({known})")
+    return exchange
 
 
 def _source_field(raw: dict, name: str, valid, default: str, where: str) -> str:
@@ -268,14 +311,14 @@ def _rule(raw, where: str, index: int) -> Rule:
         raise RulesError(f"{where}: unknown field {unknown[0]!r} for a {kind} rule")
     values = {
         "tolerance_minutes": _minutes(raw, "tolerance_minutes", where, 0, MAX_MINUTES, default=0, multiple=False),
-        "min_abs_move": _number(raw, "min_abs_move", where, default=0.0),
+        "min_abs_move": _number(raw, "min_abs_move", where, MAX_PRICE, default=0.0),
         "cooldown_minutes": _minutes(raw, "cooldown_minutes", where, 0, MAX_COOLDOWN_MINUTES, default=0),
     }
     if kind == CHANGE:
-        values["threshold_pct"] = _number(raw, "threshold_pct", where)
+        values["threshold_pct"] = _number(raw, "threshold_pct", where, MAX_THRESHOLD_PCT)
         values["minutes"] = _minutes(raw, "minutes", where, 5, MAX_MINUTES, default=5)
     else:
-        values["level"] = _number(raw, "level", where, positive=True)
+        values["level"] = _number(raw, "level", where, MAX_PRICE, positive=True)
         direction = raw.get("direction", "both")
         if direction not in DIRECTIONS:
             raise RulesError(f"{where}: direction must be one of {', '.join(DIRECTIONS)} (got {direction!r})")
@@ -283,14 +326,16 @@ def _rule(raw, where: str, index: int) -> Rule:
     return Rule(name=name, kind=kind, **values)
 
 
-def _number(raw: dict, field: str, where: str, default: float | None = None, positive: bool = False) -> float:
+def _number(raw: dict, field: str, where: str, high: float, default: float | None = None,
+            positive: bool = False) -> float:  # fmt: skip
     value = raw.get(field, default)
     if value is None:
         raise RulesError(f"{where}: {field} is required")
-    valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not valid or value < 0 or (positive and value == 0):
+    # Compared, never converted, before it is known to fit: float() of a 400-digit integer overflows.
+    valid = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= high
+    if not valid or (positive and value == 0):
         bound = "> 0" if positive else ">= 0"
-        raise RulesError(f"{where}: {field} must be a finite number {bound} (got {value!r})")
+        raise RulesError(f"{where}: {field} must be a finite number {bound} and at most {high:g} (got {_shown(value)})")
     return float(value)
 
 
@@ -298,7 +343,7 @@ def _minutes(raw: dict, field: str, where: str, low: int, high: int, default: in
     value = raw.get(field, default)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high or (multiple and value % 5):
         shape = "a multiple of 5 " if multiple else "whole minutes "
-        raise RulesError(f"{where}: {field} must be {shape}from {low} to {high} (got {value!r})")
+        raise RulesError(f"{where}: {field} must be {shape}from {low} to {high} (got {_shown(value)})")
     return value
 
 

@@ -20,7 +20,7 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk import BaseNotifier, CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.price_pipeline import layout, windows
+from include.price_pipeline import alerts, layout, windows
 from include.price_pipeline.settings import Config
 
 log = logging.getLogger(__name__)
@@ -211,11 +211,15 @@ def tell_ops(config: Config, subject: str, message: str) -> None:
     )
 
 
+class ClaimsLeftFailure(alerts.ClaimsLeft, AirflowFailException):
+    """``alerts.ClaimsLeft`` that fails the task without retries: another try would find the claims again."""
+
+
 class LiveRunsOpsNotifier(SnsNotifier):
     """The ops topic's failure callback. A backfill run's failures are not paged: whoever ran the backfill
     sees them (``make backfill``'s summary, the UI), so ops hear of live trouble only; but an *Alert claim
-    left* (``alerts.OPS_SUBJECT``'s rule: a claim named in the exception) is paged whatever the run, since
-    only ops can release it and an alert may be missing."""
+    left* (an ``alerts.ClaimsLeft``, by its mark) is paged whatever the run, since only ops can release it
+    and an alert may be missing."""
 
     def __call__(self, *args) -> None:
         # BaseNotifier renders its templates in place: on one shared instance, every failure after the first
@@ -223,7 +227,7 @@ class LiveRunsOpsNotifier(SnsNotifier):
         BaseNotifier.__call__(copy.copy(self), *args)
 
     def notify(self, context) -> None:
-        if context["dag_run"].run_type == "backfill" and "claim" not in str(context.get("exception", "")):
+        if context["dag_run"].run_type == "backfill" and not getattr(context.get("exception"), "claim_left", False):
             log.info("A backfill run's failure: not paged to ops (make backfill and the UI report it)")
             return
         super().notify(context)
@@ -231,8 +235,6 @@ class LiveRunsOpsNotifier(SnsNotifier):
 
 def live_ops_notifier(config: Config) -> LiveRunsOpsNotifier:
     """The live DAGs' failure callback: ``alerts.OPS_SUBJECT`` / ``OPS_MESSAGE`` on the ops topic."""
-    from include.price_pipeline import alerts
-
     return LiveRunsOpsNotifier(aws_conn_id=config.aws_conn_id, target_arn=config.ops_topic_arn,
                                subject=alerts.OPS_SUBJECT, message=alerts.OPS_MESSAGE)  # fmt: skip
 
@@ -263,8 +265,6 @@ def _s3(config: Config):
 def _run_url(dag_run) -> str:
     from airflow.configuration import conf
 
-    from include.price_pipeline import alerts
-
     return alerts.run_url(conf.get("api", "base_url"), dag_run.dag_id, dag_run.run_id)
 
 
@@ -284,7 +284,7 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
     pair's rule (``rules.with_overrides``); the due alerts, for the publish."""
     from functools import partial
 
-    from include.price_pipeline import alerts, pairs, rules
+    from include.price_pipeline import pairs, rules
 
     slot = windows.run_window_start(data_interval_start, dag_run.run_after)
     if data_interval_start is None:
@@ -315,7 +315,7 @@ def publish_price_alerts(config: Config, due: list[dict], data_interval_start, d
     the task (*Alert claim left*: ops decide)."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from include.price_pipeline import alerts, pairs
+    from include.price_pipeline import pairs
 
     if not due:
         raise AirflowSkipException("no alert is due in this window")
@@ -325,9 +325,9 @@ def publish_price_alerts(config: Config, due: list[dict], data_interval_start, d
         log.warning("%s", reason)
     log.info("Published %d alerts: %s", len(result["sent"]), result["sent"])
     if result["failed"]:  # not sent: the task's retry publishes them (and reports any left again)
-        raise RuntimeError("; ".join(result["failed"] + result["left"]))
+        raise (alerts.ClaimsLeft if result["left"] else RuntimeError)("; ".join(result["failed"] + result["left"]))
     if result["left"]:
-        raise AirflowFailException("; ".join(result["left"]))
+        raise ClaimsLeftFailure("; ".join(result["left"]))
     sent = [alert for alert in due if f"{alert['pair']} {alert['rule']}" in result["sent"]]
     return {"sent": result["sent"], "slack": [alerts.slack_text(a["subject"], a["message"]) for a in sent]}
 
@@ -348,7 +348,7 @@ def post_slack_alerts(config: Config, published: dict | None) -> None:
 def analyse_price_history(config: Config, rule_set, params, dag_run) -> dict:
     """The range's windows of every pair, by the run's rules (``history.backfill_history``)."""
 
-    from include.price_pipeline import alerts, history, rules
+    from include.price_pipeline import history, rules
 
     try:
         start, end = (history.parse_window_start(params[name]) for name in ("start", "end"))
@@ -357,7 +357,9 @@ def analyse_price_history(config: Config, rule_set, params, dag_run) -> dict:
             _s3(config), config, start, end, rules.with_overrides(rule_set, params), notify, pendulum.now("UTC"),
             sns_publisher(config) if notify else None, _run_url(dag_run), claimant=claimant(dag_run),
         )  # fmt: skip
-    except (history.NoUsableWindow, history.ClaimsLeft, alerts.UnsafeText) as failure:
+    except alerts.ClaimsLeft as failure:
+        raise ClaimsLeftFailure(str(failure)) from None
+    except (history.NoUsableWindow, alerts.UnsafeText) as failure:
         raise AirflowFailException(str(failure)) from None
 
 

@@ -244,16 +244,22 @@ def glue_job_spec(config: Config) -> dict:
 
 def policy_params(rule) -> dict[str, dict]:
     """The DAG params as JSON-schema specs (the DAGs wrap each in ``Param``): the default pair's ``rule``
-    (``rules.Rule``) as the rules file sets it, each field overridable for one run (``rules.with_overrides``)."""
+    (``rules.Rule``) as the rules file sets it, each field overridable for one run (``rules.with_overrides``).
+    Each number is bounded as the rules file bounds it, so Airflow refuses a conf that no rule could hold
+    (``lookback_minutes: 10**13`` overflowed the run's date arithmetic) and a file's value is a valid default."""
+    from include.price_pipeline import rules
+
     return {
         "threshold_pct": {"default": rule.threshold_pct, "type": "number", "minimum": 0,
-                          "description": "alert above this absolute % change"},
+                          "maximum": rules.MAX_THRESHOLD_PCT, "description": "alert above this absolute % change"},
         "lookback_minutes": {"default": rule.minutes + rule.tolerance_minutes, "type": "integer", "minimum": 5,
+                             "maximum": rule.minutes + rules.MAX_MINUTES,
                              "description": "previous record no older than this"},
         "notify_on_backfill": {"default": False, "type": "boolean",
                                "description": "notify subscribers for backfills and old windows too"},
-        "min_abs_move": {"default": rule.min_abs_move, "type": "number", "minimum": 0,
+        "min_abs_move": {"default": rule.min_abs_move, "type": "number", "minimum": 0, "maximum": rules.MAX_PRICE,
                          "description": "also require this move in price units"},
         "repeat_windows": {"default": rule.cooldown_minutes // 5, "type": "integer", "minimum": 0,
+                           "maximum": rules.MAX_COOLDOWN_MINUTES // 5,
                            "description": "suppress a breach within N windows after the last same-direction alert"},
     }  # fmt: skip

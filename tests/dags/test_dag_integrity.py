@@ -326,8 +326,11 @@ def test_param_defaults_are_the_default_pairs_rule_in_the_rules_file(dag):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("threshold_pct", -1.0), ("lookback_minutes", 2), ("repeat_windows", -1), ("notify_on_backfill", "yes")],
-)
+    [("threshold_pct", -1.0), ("lookback_minutes", 2), ("repeat_windows", -1), ("notify_on_backfill", "yes"),
+     # issue 35: a REST trigger's huge numbers crashed analyse_pairs (OverflowError) instead of being refused
+     ("lookback_minutes", 10**13), ("lookback_minutes", 1446), ("repeat_windows", 10**13), ("threshold_pct", 10**400),
+     ("threshold_pct", 1e300), ("min_abs_move", 10**400), ("min_abs_move", 1e300)],
+)  # fmt: skip
 def test_params_reject_values_outside_their_schema(dag, name, value):
     from airflow.sdk.exceptions import ParamValidationError
 

@@ -100,8 +100,8 @@ def test_a_key_written_between_the_listing_and_the_write_is_left_as_it_is(aws, e
 @pytest.mark.parametrize(
     ("mode", "reason"),
     [
-        ("rate_limit", "binance ETH/USDT: rate-limited (DDoSProtection: binance 429 Too Many Requests"),
-        ("unavailable", "binance ETH/USDT: exchange down (ExchangeNotAvailable: binance GET "),
+        ("rate_limit", 'binance ETH/USDT: rate-limited (DDoSProtection: "binance 429 Too Many Requests'),
+        ("unavailable", 'binance ETH/USDT: exchange down (ExchangeNotAvailable: "binance GET '),
     ],
 )
 def test_a_refusing_exchange_is_asked_four_times_with_backoff_then_is_a_one_line_problem(aws, exchange, mode, reason):
@@ -126,7 +126,7 @@ def test_a_rate_limit_asking_for_a_longer_wait_than_the_task_has_is_a_problem_at
     done, slept = fetch(aws, exchange.url, slot)
 
     [problem] = done["ETH/USDT"].problems
-    assert problem.startswith("binance ETH/USDT: rate-limited (DDoSProtection: binance 429 Too Many Requests")
+    assert problem.startswith('binance ETH/USDT: rate-limited (DDoSProtection: "binance 429 Too Many Requests')
     assert problem.endswith("; not asked again now")
     assert slept == []
     assert raw_keys(aws, slot) == []
@@ -152,8 +152,8 @@ def test_s3_refusing_a_write_is_a_one_line_problem(aws, exchange):
     done, _ = fetch(aws, exchange.url, slot, s3=RefusingPuts(aws.s3))
 
     assert done["ETH/USDT"].problems == [
-        "binance ETH/USDT: S3 refused a write (An error occurred (AccessDenied) when calling the PutObject "
-        "operation: Access Denied)"
+        'binance ETH/USDT: S3 refused a write ("An error occurred (AccessDenied) when calling the PutObject '
+        'operation: Access Denied")'
     ]
     assert done["ETH/USDT"].passing
     assert raw_keys(aws, slot) == []
@@ -177,8 +177,8 @@ def test_an_exchange_that_is_down_is_a_one_line_problem(aws):
     done, slept = fetch(aws, nobody, slot)
 
     [problem] = done["ETH/USDT"].problems
-    assert problem.startswith("binance ETH/USDT: exchange down (NetworkError: binance GET http://127.0.0.1:")
-    assert problem.endswith("; [Errno 111] Connection refused), 4 tries")
+    assert problem.startswith('binance ETH/USDT: exchange down (NetworkError: "binance GET http://127.0.0.1:')
+    assert problem.endswith('"; [Errno 111] Connection refused), 4 tries')
     assert "\n" not in problem
     assert slept == [1.0, 2.0, 4.0]
     assert raw_keys(aws, slot) == []
@@ -188,7 +188,7 @@ def test_an_exchange_that_is_down_is_a_one_line_problem(aws):
     ("mode", "reason"),
     [
         ("malformed", "binance ETH/USDT: malformed answer: candle has 5 values, not 8: "),
-        ("html", "binance ETH/USDT: malformed answer (not a list of candles): <html><body>maintenance"),
+        ("html", 'binance ETH/USDT: malformed answer (not a list of candles): "\\u003chtml\\u003e\\u003cbody'),
     ],
 )
 def test_a_malformed_answer_is_a_one_line_problem_and_writes_nothing(aws, exchange, mode, reason):
@@ -226,7 +226,7 @@ def test_an_unknown_pair_is_the_exchanges_refusal_not_retried(aws, exchange):
 
     assert slept == []
     assert done["XYZ/QQQ"].problems == [
-        'binance XYZ/QQQ: the exchange refused (binance {"code": -1121, "msg": "Invalid symbol."})'
+        'binance XYZ/QQQ: the exchange refused ("binance {\\"code\\": -1121, \\"msg\\": \\"Invalid symbol.\\"}")'
     ]
     assert len(done["ETH/USDT"].written) == 1
 

@@ -18,7 +18,7 @@ from datetime import timedelta
 
 import pytest
 
-from include.price_pipeline import layout
+from include.price_pipeline import alerts, layout
 from local.standin import client
 from tests.conftest import STANDIN_URL, utc
 from tests.integration.test_standin import log_lines
@@ -159,7 +159,7 @@ def test_6_the_newest_object_wins_and_the_csv_and_run_log_name_the_one_it_supers
     row = canonical(aws, SLOTS[12])
     assert (float(row["weighted_average"]), row["source_key"]) == (3012.5, raw_key(SLOTS[12], "-v2.csv"))
     assert json.loads(row["superseded"]) == [raw_key(SLOTS[12])]
-    logged = f"SUPERSEDED in window {layout.slot_stamp(SLOTS[12])}: {raw_key(SLOTS[12])}"
+    logged = f"SUPERSEDED in window {layout.slot_stamp(SLOTS[12])}: {alerts.quoted(raw_key(SLOTS[12]))}"
     assert any(line.startswith(logged) for line in output(run))
 
 

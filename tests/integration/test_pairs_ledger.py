@@ -408,14 +408,14 @@ def test_a_pair_listed_twice_fails_the_window_and_is_not_sent_again(aws):
                                                               for n, r in notified["rules"].items()}}  # fmt: skip
     body = damaged_object(aws, DAMAGED, notified, analysed, entries(aws, DAMAGED)["SOL/USDT"])
 
-    with pytest.raises(pairs.DamagedLedger, match=r"pairs\.jsonl line 2: pair BTC/USDT listed twice"):
+    with pytest.raises(pairs.DamagedLedger, match=r'pairs\.jsonl line 2: pair "BTC/USDT" listed twice'):
         analyse(aws, "dag/run-b", DAMAGED)
 
     assert aws.get(layout.pairs_ledger_key(DAMAGED)) == body
     rule, end = RULES.default_rule, DAMAGED + layout.SLOT
     [row] = browse.history(aws.s3, aws.config, rule, DAMAGED, end, pair="BTC/USDT")["windows"]
     assert row["decision"] == browse.DAMAGED
-    assert "line 2: pair BTC/USDT listed twice" in row["reason"]  # the page shows what the run says
+    assert 'line 2: pair "BTC/USDT" listed twice' in row["reason"]  # the page shows what the run says
 
 
 def test_an_entry_without_rules_fails_the_publish_before_any_claim_moves(aws):
@@ -431,7 +431,7 @@ def test_an_entry_without_rules_fails_the_publish_before_any_claim_moves(aws):
     body = damaged_object(aws, slot, stored["BTC/USDT"], without_rules)
     sns = Sns()
 
-    with pytest.raises(pairs.DamagedLedger, match="pair SOL/USDT: not an entry with a decision and each rule's"):
+    with pytest.raises(pairs.DamagedLedger, match='pair "SOL/USDT": not an entry with a decision and each rule\'s'):
         publish(aws, "dag/run-a", due, sns, slot)
 
     assert sns.sent == []

@@ -451,12 +451,76 @@ def test_ops_notification_of_a_run_without_a_logical_date_renders_with_its_trigg
     assert "(run without a logical date)" in message
 
 
+#: A failure whose text quotes a record that says "claim": not a claim left.
+CLAIM_IN_A_RECORD = windows.WindowFailed(
+    'window 20260107T1000Z: no pair has a record to decide (ETH/USDT: quarantined: "record 0: pair is not a short '
+    "text: 'claim left'\")"
+)
+
+
 def test_ops_notification_of_a_claim_left_by_a_crash_says_so():
-    left = RuntimeError("window 20260107T1000Z claim left by an earlier try of price_notification/r: ...")
+    left = alerts.ClaimsLeft(f"ETH/USDT move-5m: {pairs.LEFT} (an earlier publish of price_notification/r)")
 
     subject, _ = render_ops("publish_price_alerts", left)
 
     assert subject == "[price pipeline] Alert claim left: publish_price_alerts 2026-01-07 10:00 UTC"
+
+
+def test_ops_notification_of_a_failure_only_mentioning_a_claim_says_task_failed():
+    """Issue 35: the subject (and the backfill page, below) tested for "claim" in the exception's text, which
+    a record can carry; only our own claim-left failure is marked one (``alerts.ClaimsLeft.claim_left``)."""
+    subject, _ = render_ops("analyse_pairs", CLAIM_IN_A_RECORD)
+
+    assert subject.startswith("[price pipeline] Record quarantined: ")
+    subject, _ = render_ops("publish_price_alerts", RuntimeError("SNS refused: the claim was too long"))
+
+    assert subject.startswith("[price pipeline] Task failed: ")
+
+
+@pytest.mark.parametrize(
+    ("run_type", "exception", "paged"),
+    [
+        ("scheduled", ValueError("x"), True),
+        ("backfill", ValueError("x"), False),
+        ("backfill", CLAIM_IN_A_RECORD, False),
+        ("backfill", alerts.ClaimsLeft("ETH/USDT move-5m: left"), True),
+        ("backfill", "claim", False),
+    ],
+    ids=["live", "backfill", "backfill-claim-in-a-record", "backfill-claim-left", "backfill-text"],
+)
+def test_a_backfill_failure_pages_ops_only_for_a_claim_left(monkeypatch, run_type, exception, paged):
+    from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
+
+    from include.price_pipeline import runs
+
+    sent = []
+    monkeypatch.setattr(SnsNotifier, "notify", lambda self, context: sent.append(context))
+    notifier = runs.live_ops_notifier(CONFIG)
+
+    notifier.notify({"dag_run": SimpleNamespace(run_type=run_type), "exception": exception})
+
+    assert len(sent) == paged
+
+
+@pytest.mark.parametrize("failed", [[], ["BTC/USDT move-1h: SNS refused"]], ids=["left", "left-and-failed"])
+def test_the_publish_tasks_claim_left_failure_carries_the_mark(monkeypatch, failed):
+    """Retried while some Publish failed (the retry sends those), else failed at once; marked either way."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.price_pipeline import runs
+
+    left = [f"ETH/USDT move-5m: {pairs.LEFT} (an earlier publish of price_notification/r)"]
+    result = {"sent": [], "skipped": [], "failed": failed, "left": left}
+    monkeypatch.setattr(pairs, "publish_alerts", lambda *args: result)
+    monkeypatch.setattr(runs, "_s3", lambda config: None)
+    monkeypatch.setattr(runs, "sns_publisher", lambda config: None)
+    dag_run = SimpleNamespace(dag_id="price_notification", run_id="r", run_after=SLOT + layout.SLOT)
+
+    with pytest.raises(alerts.ClaimsLeft) as failure:
+        runs.publish_price_alerts(CONFIG, [{"pair": "ETH/USDT", "rule": "move-5m"}], SLOT, dag_run)
+
+    assert failure.value.claim_left is True
+    assert isinstance(failure.value, AirflowFailException) is not bool(failed)
 
 
 @pytest.mark.parametrize("exception", [ValueError("x"), QUARANTINE_FAILURE, None])

@@ -19,7 +19,7 @@ import pytest
 from moto import mock_aws
 
 from include.glue import normalize_price_record as glue
-from include.price_pipeline import layout
+from include.price_pipeline import alerts, layout
 from tests.records import glue_args
 
 MALFORMED = Path(__file__).resolve().parents[2] / "tests" / "data" / "formats" / "malformed"
@@ -227,7 +227,7 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     assert sorted(item["key"] for item in summary["quarantined"]) == sorted([bad, named, folder])
     out = capsys.readouterr().out
     for key in (bad, named, folder):
-        assert "QUARANTINED " + key + ": " + glue.GRAMMAR_REFUSED in out
+        assert "QUARANTINED " + glue.quoted(key) + ": " + glue.GRAMMAR_REFUSED in out
     written = {item["Key"] for item in s3.list_objects_v2(Bucket="price-bucket")["Contents"]} - {
         good,
         bad,
@@ -239,6 +239,47 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     assert written == {layout.analysis_key(slot), *quarantined}
     body = s3.get_object(Bucket="price-bucket", Key=layout.analysis_key(slot))["Body"].read().decode()
     assert "evil" not in body  # the record's pair text is never data in a row: the row names the configured pair
+
+
+#: Key text a producer may choose: after the slot, the grammar's suffix takes any character but "/".
+FORGED_KEY_TEXT = "\nSUMMARY {}\nQUARANTINED nothing <!channel> \u202e"
+
+
+@mock_aws
+def test_the_run_log_quotes_every_key_it_names(monkeypatch, capsys):
+    """Issue 35: QUARANTINED (and SUPERSEDED) lines printed raw keys, so a key could forge run-log lines (the
+    Glue task's log, which make run shows) and Slack mentions."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="price-bucket")
+    slot = datetime(2017, 7, 14, 2, 40, tzinfo=UTC)
+    record = json.dumps({"date": int(slot.timestamp()), "weightedAverage": 0.0864}).encode()
+    window = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX)
+    refused = window + "/x" + FORGED_KEY_TEXT  # outside the key grammar: quarantined
+    older = window + ".json" + FORGED_KEY_TEXT  # the default pair's, version 1: superseded by -v2
+    for key in (refused, older, window + "-v2.json"):
+        s3.put_object(Bucket="price-bucket", Key=key, Body=record)
+
+    summary = glue.run(s3, glue_args("price-bucket", slot))
+
+    assert [item["key"] for item in summary["quarantined"]] == [refused]
+    assert [item["key"] for item in summary["superseded"]] == [older]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == ["QUARANTINED", "SUPERSEDED"]
+    assert lines[0].startswith(f"QUARANTINED {glue.quoted(refused)}: ")
+    assert lines[1].startswith(f"SUPERSEDED in window {glue.slot_stamp(slot)}: {glue.quoted(older)} (by the newer ")
+    for line in lines:
+        assert line.isascii()
+        assert line.isprintable()
+        assert "<!channel>" not in line
+
+
+@pytest.mark.parametrize("text", [FORGED_KEY_TEXT, "x" * 400, "plain/key.json", "é\x00\x1b&<>\"'\\", ""])
+def test_the_jobs_quoting_is_alerts_quoted(text):
+    """The job runs alone on Glue, so it carries a copy of ``alerts.quoted``, the one way text read from S3
+    is shown; the copy must quote as the original does."""
+    assert glue.QUOTED_LIMIT == alerts.QUOTED_LIMIT
+    assert glue.quoted(text) == alerts.quoted(text)
 
 
 @mock_aws

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import pytest
 from botocore.exceptions import ClientError
 
-from include.price_pipeline import analysis, layout, migrate, pairs, windows
+from include.price_pipeline import alerts, analysis, layout, migrate, pairs, windows
 from include.price_pipeline.analysis import INVALID_CHANGE, NOTIFIED, NOTIFY, PUBLISHING
 from tests.conftest import utc
 from tests.unit.test_history import CONFIG, OTHER, T0, MemoryS3, seeded, with_other
@@ -301,6 +301,32 @@ def test_a_runs_window_is_a_plain_datetime_that_a_cooldown_can_divide():
     assert type(slot) is datetime
     assert slot == utc(2026, 1, 5, 10, 0)
     assert analysis.suppressed_by(slot, "up", lambda window: None, timedelta(minutes=15)) is None
+
+
+#: A pair's text as a hostile ledger line could carry it: a forged line, a Slack mention, ESC, RLO.
+FORGED_PAIR = "BTC/USDT\nReason: all fine <!channel> \x1b[2J\u202e"
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [{"pair": FORGED_PAIR, "decision": "bogus"}],
+        [{"pair": FORGED_PAIR, "decision": "analysed", "rules": {}}] * 2,
+    ],
+    ids=["not-an-entry", "listed-twice"],
+)
+def test_a_damaged_ledger_quotes_the_pair_text_it_read(lines):
+    """Issue 35: DamagedLedger put the line's raw pair text in the failure's Reason (ops' message, Slack)."""
+    body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+    with pytest.raises(pairs.DamagedLedger) as damaged:
+        pairs.parse_entries(body, KEY)
+
+    reason = str(damaged.value)
+    assert f"line {len(lines)}: pair {alerts.quoted(FORGED_PAIR)}" in reason
+    assert reason.isascii()
+    assert reason.isprintable()
+    assert "<!channel>" not in reason
 
 
 # ------------------------------------------------------------------ migrating entries of before one lane

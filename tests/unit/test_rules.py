@@ -7,12 +7,15 @@ from __future__ import annotations
 import bisect
 import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from include.glue import normalize_price_record as glue
 from include.price_pipeline import rules
-from include.price_pipeline.analysis import Price
+from include.price_pipeline.analysis import Price, pct_change
 from tests.conftest import utc
 
 T0 = utc(2026, 11, 25, 12, 0)
@@ -562,3 +565,114 @@ def test_an_exchange_without_quote_volume_is_refused_unless_the_pair_opts_into_t
 def test_a_bad_feed_fails_the_parse_with_one_line(feed, reason):
     with pytest.raises(rules.RulesError, match="^rules file r.json: " + re.escape(reason) + "$"):
         rules.parse({**TWO_PAIRS, "feed": feed}, "r.json")
+
+
+# --- issue 35: refused with one line, not a crash or a silent last-wins ---------------------------------
+
+HUGE = "1" * 400  # a JSON integer no float holds: math.isfinite raised OverflowError on it
+
+
+def rule_text(kind: str = "change", **fields: str) -> str:
+    """One rule as JSON text (each field's value is JSON text, so a number stays as written)."""
+    name = "m" if kind == "change" else "c"
+    return "".join(['{"name": "', name, '", "kind": "', kind, '"', *(f', "{k}": {v}' for k, v in fields.items()), "}"])
+
+
+def rules_text(rule: str, feed: str = "") -> str:
+    """A rules file's text with ``rule`` the default pair's one rule, and ``feed`` (JSON text) if given."""
+    feed = f', "feed": {feed}' if feed else ""
+    return "".join(['{"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [', rule, "]}", feed, "}"])
+
+
+def refused_line(tmp_path, text: str) -> str:
+    """The one line ``rules.load`` refuses ``text`` with."""
+    path = tmp_path / "r.json"
+    path.write_text(text)
+    with pytest.raises(rules.RulesError) as refused:
+        rules.load(path)
+    line = str(refused.value)
+    assert line.startswith(f"rules file {path}: ")
+    assert "\n" not in line
+    assert len(line) < 400
+    return line
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (rule_text(threshold_pct=HUGE), "rule m: threshold_pct must be a finite number"),
+        (rule_text(threshold_pct="1", min_abs_move=HUGE), "rule m: min_abs_move must be a finite number"),
+        (rule_text("crossing", level=HUGE), "rule c: level must be a finite number"),
+        (rule_text("crossing", level="-" + HUGE), "rule c: level must be a finite number"),
+        (rule_text("crossing", level="1e400"), "rule c: level must be a finite number"),
+        (rule_text(threshold_pct="1", min_abs_move="1e400"), "rule m: min_abs_move must be a finite number"),
+        (rule_text(threshold_pct="1", minutes=HUGE), "rule m: minutes must be a multiple of 5"),
+        (rule_text("crossing", level="1e11"), "rule c: level must be a finite number > 0 and at most 1e+10"),
+        (rule_text(threshold_pct="1", min_abs_move="2e10"), "rule m: min_abs_move must be a finite number >= 0 and"),
+        (rule_text(threshold_pct="1e23"), "rule m: threshold_pct must be a finite number >= 0 and at most 1e+22"),
+        (rule_text(threshold_pct="1" * 5000), "not JSON"),
+    ],
+    ids=["threshold-int", "min-move-int", "level-int", "level-negative-int", "level-1e400", "min-move-1e400",
+         "minutes-int", "level-above-any-price", "min-move-above-any-price", "threshold-above-any-change",
+         "beyond-pythons-int-digits"],
+)  # fmt: skip
+def test_a_huge_number_is_refused_with_one_line(tmp_path, rule, message):
+    assert message in refused_line(tmp_path, rules_text(rule))
+
+
+def test_the_bounds_accept_every_price_the_glue_job_accepts():
+    """A level or a min_abs_move up to the job's largest price, a threshold up to the largest change two of
+    its prices can make: anything above could never fire (the bounds are the job's, copied: it runs alone)."""
+    assert (rules.MIN_PRICE, rules.MAX_PRICE) == (glue.MIN_PRICE, glue.MAX_PRICE)
+    doc = {"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [
+        {"name": "m", "kind": "change", "threshold_pct": rules.MAX_THRESHOLD_PCT, "min_abs_move": glue.MAX_PRICE},
+        {"name": "c", "kind": "crossing", "level": glue.MAX_PRICE, "min_abs_move": glue.MAX_PRICE}]}}  # fmt: skip
+    assert rules.parse(doc).pairs["ETH/USDT"][1].level == glue.MAX_PRICE
+    changed = pct_change(glue.MIN_PRICE, glue.MAX_PRICE)
+    assert changed <= rules.MAX_THRESHOLD_PCT < 10 * changed
+
+
+def test_a_deeply_nested_file_is_refused_as_not_json_with_one_line(tmp_path):
+    assert "not JSON it can read (nested too deeply)" in refused_line(tmp_path, "[" * 100_000 + "]" * 100_000)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('{"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [{"name": "m", "kind": "change", "threshold_pct": 1}],'
+         ' "ETH/USDT": [{"name": "m", "kind": "change", "threshold_pct": 5}]}}', "ETH/USDT"),
+        (rules_text('{"name": "m", "kind": "change", "threshold_pct": 1, "threshold_pct": 9}'), "threshold_pct"),
+        ('{"default_pair": "ETH/USDT", "default_pair": "ETH/USDT", "pairs": {"ETH/USDT": '
+         '[{"name": "m", "kind": "change", "threshold_pct": 1}]}}', "default_pair"),
+        (rules_text(rule_text(threshold_pct="1"), '{"exchange": "binance", "exchange": "binanceus"}'), "exchange"),
+    ],
+    ids=["pair", "rule-field", "top-level", "feed"],
+)  # fmt: skip
+def test_a_key_repeated_in_one_object_is_refused_naming_it(tmp_path, text, key):
+    """json keeps the last of two equal keys: the first pair's rules, or a rule's first threshold, were
+    silently dropped."""
+    assert f"key {key!r} appears twice in one object" in refused_line(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    "feed",
+    [
+        '{"exchange": "krakenx", "pairs": {"ETH/USDT": {"weighted_average": "typical_price"}}}',
+        '{"pairs": {"ETH/USDT": {"exchange": "krakenx", "weighted_average": "typical_price"}}}',
+    ],
+    ids=["feed", "pair"],
+)
+def test_an_exchange_ccxt_does_not_know_is_refused_when_the_file_is_parsed(tmp_path, feed):
+    line = refused_line(tmp_path, rules_text(rule_text(threshold_pct="1"), feed))
+    assert "exchange 'krakenx' is not one ccxt knows" in line
+
+
+def test_checking_the_exchanges_does_not_import_ccxt():
+    """The DAGs parse the rules file each time they are parsed: ccxt (a second of imports) is not for that."""
+    code = (
+        "import sys; from include.price_pipeline import rules; "
+        "feed = {'pairs': {'SOL/USDT': {'exchange': 'kraken', 'weighted_average': 'typical_price'}}}; "
+        f"assert rules.parse({{**{TWO_PAIRS!r}, 'feed': feed}}).feed['SOL/USDT'].exchange == 'kraken'; "
+        "assert 'ccxt' not in sys.modules, 'ccxt imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=rules.REPO_ROOT, check=True, timeout=60)

@@ -7,10 +7,11 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from include.glue import normalize_price_record as glue
-from include.price_pipeline import layout, settings
+from include.price_pipeline import layout, rules, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -218,6 +219,27 @@ def test_the_default_pairs_rule_is_the_files_whatever_its_threshold_cooldown_or_
     params = {name: spec["default"] for name, spec in settings.policy_params(rule).items()}
     assert params == {"threshold_pct": 2.0, "lookback_minutes": 30, "min_abs_move": 3.0, "repeat_windows": 6,
                       "notify_on_backfill": False}  # fmt: skip
+
+
+def test_every_numeric_param_is_bounded_by_what_a_rule_can_hold():
+    """Issue 35: ``lookback_minutes: 10**13`` in a REST trigger's conf crashed analyse_pairs with OverflowError;
+    the params' schema (what Airflow checks a conf against) now refuses it. A rule at the rules file's bounds
+    is a valid default, and a run with every param at its maximum has a look-back it can compute."""
+    bounds = {"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [
+        {"name": "m", "kind": "change", "threshold_pct": rules.MAX_THRESHOLD_PCT, "minutes": 5,
+         "tolerance_minutes": rules.MAX_MINUTES, "min_abs_move": rules.MAX_PRICE,
+         "cooldown_minutes": rules.MAX_COOLDOWN_MINUTES}]}}  # fmt: skip
+    rule_set = rules.parse(bounds)
+    specs = settings.policy_params(rule_set.default_rule)
+    for spec in specs.values():
+        schema = {key: value for key, value in spec.items() if key not in ("default", "description")}
+        jsonschema.validate(spec["default"], schema)
+        if spec["type"] in ("number", "integer"):
+            for huge in (spec["maximum"] * 2, 10**400):
+                with pytest.raises(jsonschema.ValidationError, match="is greater than the maximum"):
+                    jsonschema.validate(huge, schema)
+    largest = {name: spec.get("maximum", spec["default"]) for name, spec in specs.items()}
+    assert rules.with_overrides(rule_set, largest).history() == rule_set.history()
 
 
 @pytest.mark.parametrize(
