@@ -1115,14 +1115,14 @@ def _elsewhere(stamp, slot):
 def plan_window(args, slot, outcomes, pair=None):
     """Every write the objects listed under window ``slot`` lead to, decided before any is made.
 
-    ``outcomes`` are ``assess`` results with the key's ``version`` and the listing's ``modified`` added.
-    Among the objects with a valid record of the window, the highest version wins, then the newest
-    (LastModified, to the second); two at the top with the same version and second are both refused (which
-    one is newer is unknown), and so are the older ones. The winner gives the canonical CSV, which names the
-    other candidates it superseded; an object with any refused record is copied to quarantine with the reasons; every object
-    is tagged as ingested once those writes are made. The keys written are ``analysis_key(slot)`` and
-    ``quarantine_keys(slot, <listed key>)``, nothing else; for another ``pair`` than ``--pair`` the plan
-    holds the ``row`` for the window's shared CSV instead (see plan_pairs).
+    ``outcomes`` are ``assess`` results with the key's ``version`` and the listing's ``modified`` added. Among
+    the objects with a valid record of the window, the highest version wins, then the newest (LastModified, to
+    the second); two at the top with the same version and second are both refused (which one is newer is
+    unknown), and so are the older ones. The winner gives the canonical CSV, which names the other candidates it
+    superseded; an object with any refused record is copied to quarantine with the reasons; every object is
+    tagged as ingested once those writes are made. The keys written are ``analysis_key(slot)`` and
+    ``quarantine_keys(slot, <listed key>)``, nothing else; for another ``pair`` than ``--pair`` the plan holds
+    the ``row`` for the window's shared CSV instead (see plan_pairs).
     """
     other = pair if pair and pair != args.pair else ""
     candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: _order(o) + (o["key"],))
