@@ -4,7 +4,7 @@
 Each run owns one window `[data_interval_start, data_interval_end)` and every configured pair's price
 record whose candle starts at `data_interval_start`:
 
-1. **wait_for_price_record**: the raw objects land under
+1. **wait_for_price_record** (the provider's `S3KeySensor`, subclassed): the raw objects land under
    `crypto/01-data-ingestion/year=/month=/day=/<YYYYMMDDTHHMM>Z<any extension>` (the default pair) and
    `.../<YYYYMMDDTHHMM>Z/<BASE>_<QUOTE><any extension>` (other pairs); one prefix listing per look. A
    live window's run waits (deferred) for every pair's record, or once one is there, for

@@ -15,8 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pendulum
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
-from airflow.providers.amazon.aws.sensors.base_aws import AwsBaseSensor
-from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
+from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import BaseNotifier, CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -43,9 +42,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class WindowRecordSensor(AwsBaseSensor[S3Hook]):
-    """Waits for a window's records, one per configured pair, with one listing of the window's prefix per
-    look (deferred to the provider's S3KeyTrigger between looks). No pair is the window's clock:
+class WindowRecordSensor(S3KeySensor):
+    """The provider's S3KeySensor on a window's records, one per configured pair: ``bucket_key`` is the
+    patterns (``wildcard_match``) of the pairs still missing, and it waits deferred to the provider's
+    S3KeyTrigger on them between looks. What it changes is the look, one listing of the window's prefix read
+    by the key grammar (not a listing per pattern, whose matches may be keys outside it), and when it is done,
+    for no pair is the window's clock:
 
     - every pair's record there: done;
     - some there and the window ended ``deadline_seconds`` ago: done; the missing pairs are *late* (the
@@ -56,22 +58,21 @@ class WindowRecordSensor(AwsBaseSensor[S3Hook]):
       skipped with a one-line reason naming the window and what it listed: a missing record, no page.
     """
 
-    aws_hook_class = S3Hook
-    template_fields = aws_template_fields("bucket_name")
-
     def __init__(self, *, bucket_name: str, prefix: str, pairs: list[str], default_pair: str,
-                 deadline_seconds: int, deferrable: bool, **kwargs):  # fmt: skip
-        super().__init__(**kwargs)
-        self.bucket_name, self.prefix, self.pairs, self.default_pair = bucket_name, prefix, pairs, default_pair
+                 deadline_seconds: int, **kwargs):  # fmt: skip
+        super().__init__(bucket_name=bucket_name, bucket_key=[], wildcard_match=True, **kwargs)
+        self.prefix, self.pairs, self.default_pair = prefix, pairs, default_pair
         self.deadline = timedelta(seconds=deadline_seconds)
-        self.deferrable = deferrable
 
     def _look(self, context) -> tuple[datetime, list[str]]:
-        """The run's window and its configured pairs without a record (one listing)."""
+        """The run's window and its configured pairs without a record (one listing); ``bucket_key`` becomes
+        the missing pairs' patterns."""
         slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
         keys = self.hook.list_keys(self.bucket_name, prefix=layout.ingestion_window_prefix(slot, self.prefix))
         there = layout.pairs_listed(keys, slot, self.prefix, self.default_pair)
-        return slot, [pair for pair in self.pairs if pair not in there]
+        missing = [pair for pair in self.pairs if pair not in there]
+        self.bucket_key = [layout.record_glob(slot, pair, self.default_pair, self.prefix) for pair in missing]
+        return slot, missing
 
     def _settled(self, slot: datetime, missing: list[str], past_deadline: bool) -> bool:
         """Every pair's record is there, or some are and the deadline has passed (the others are late)."""
@@ -114,8 +115,7 @@ class WindowRecordSensor(AwsBaseSensor[S3Hook]):
         if self._settled(slot, missing, now >= end + self.deadline):
             return None
         if len(missing) < len(self.pairs):
-            until = end + self.deadline
-            keys = [layout.record_glob(slot, pair, self.default_pair, self.prefix) for pair in missing]
+            until, keys = end + self.deadline, self.bucket_key
         else:
             until, keys = end + timedelta(seconds=self.timeout), layout.ingestion_window_prefix(slot, self.prefix) + "*"
             if now >= until:

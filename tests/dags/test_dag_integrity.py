@@ -165,9 +165,13 @@ def test_price_notification_parses_with_exactly_the_documented_tasks_by_default(
 
 
 def test_sensor_is_deferrable_by_default_with_a_finite_timeout_and_poke_interval(dag, config):
+    from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+
     sensor = dag.get_task("wait_for_price_record")
 
     assert isinstance(sensor, runs.WindowRecordSensor)
+    assert isinstance(sensor, S3KeySensor)  # the brief's operator: subclassed, not replaced
+    assert sensor.wildcard_match is True
     assert sensor.deferrable is True
     assert math.isfinite(sensor.timeout)
     assert 0 < sensor.poke_interval < sensor.timeout

@@ -107,9 +107,10 @@ def test_with_the_default_pairs_record_missing_it_waits_for_that_record_until_th
     slot = SLOT
     land(s3, slot, "BTC/USDT", "SOL/USDT")
 
-    wait = deferred(lambda: sensor().execute(context(slot)))
+    waiting = sensor()
+    wait = deferred(lambda: waiting.execute(context(slot)))
 
-    assert wait.trigger.bucket_key == [layout.record_glob(slot, "ETH/USDT", "ETH/USDT")]
+    assert waiting.bucket_key == wait.trigger.bucket_key == [layout.record_glob(slot, "ETH/USDT", "ETH/USDT")]
     assert wait.trigger.wildcard_match is True
     assert wait.timeout == timedelta(seconds=DEADLINE - 10)  # now is 10 s after the window's end
     assert wait.kwargs == {"missing_before": ["ETH/USDT"]}
