@@ -74,8 +74,15 @@ soak: $(VENV)/.installed
 # (Playwright from PyPI drives it; its own browser download is never used). Installed only when missing.
 .PHONY: browser screenshot
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# Several at once on a new machine (two checkouts' make test): dpkg's lock is waited for, and an apt-get
+# update that met another's lists lock tries again 10 s later, by when chromium may be there.
+APT := $(SUDO) apt-get -o DPkg::Lock::Timeout=600
 browser:
-	@command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+	@for try in 1 2 3 4 5 6 7 8 9 10 11 12; do \
+	  command -v chromium >/dev/null && exit 0; \
+	  $(APT) update && $(APT) install -y chromium && exit 0; \
+	  sleep 10; \
+	done; echo "make browser: apt could not install chromium (see above)"; exit 1
 
 # docs/price-alerts.png (shown in the README): the page's browser test on its own local stack, screenshotted.
 screenshot: $(VENV)/.installed browser

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SYSTEM_USER = "airflow-pg"  # only used when running as root
+USERADD_LOCK = "/etc/.price-pipeline-useradd.lock"
 SUPERUSER = "postgres"
 DATABASE = "airflow"
 #: A file in the data folder naming the Airflow version whose ``airflow db migrate`` the database has had.
@@ -161,8 +162,9 @@ class Postgres:
             return
         import fcntl
 
-        # /etc itself: root's own folder, on every machine, where no other user can plant a lock file.
-        lock = os.open("/etc", os.O_RDONLY | os.O_DIRECTORY)
+        # A file only root can open (as shadow's /etc/.pwd.lock, which useradd itself holds): a lock on
+        # anything another user can open, /etc itself included, could be held by that user forever.
+        lock = os.open(USERADD_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self._user_exists():
