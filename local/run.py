@@ -119,7 +119,15 @@ def start(stack: Stack, replay: str | None = None, log=print, exchange: bool = F
         stack.wait_for_dag(FEED_DAG_ID)
         stack.airflow("dags", "unpause", FEED_DAG_ID)
     else:
-        feed_argv = [sys.executable, "-m", "local.feed", "--endpoint", stack.standin_url]
+        feed_argv = [
+            sys.executable,
+            "-m",
+            "local.feed",
+            "--endpoint",
+            stack.standin_url,
+            "--state-dir",
+            str(stack.state_dir),
+        ]
         if replay:
             feed_argv += ["--replay", replay]
         stack._spawn("feed", feed_argv)
@@ -135,7 +143,7 @@ def fetch_history(stack: Stack, start: datetime, end: datetime, feed_env: dict |
 
     feed_env = feed_env or {}
     config = settings.load({**stack.env(), **feed_env})
-    s3 = client("s3", feed_env.get("AWS_ENDPOINT_URL", stack.standin_url))
+    s3 = client("s3", feed_env.get("AWS_ENDPOINT_URL", stack.standin_url), stack.aws_credentials)
     start, end = exchange.closed_range(start, end, datetime.now(UTC))
     done = exchange.write_candles(s3, config, settings.load_rules(config), start, end, datetime.now(UTC))
     problems = [problem for fetched in done.values() for problem in fetched.problems]
@@ -167,10 +175,10 @@ def backfill_history(api: Api, windows: int = 11, log=print) -> dict | None:
 
 def watch_notifications(stack: Stack, should_stop) -> None:
     """Print alert and ops notifications from the stand-in's subscriber queues until told to stop."""
-    from local.standin import client, queue_name
+    from local.standin import queue_name
 
     config = settings.load()
-    sqs = client("sqs", stack.standin_url)
+    sqs = stack.client("sqs")
     queues = {
         "alert": sqs.get_queue_url(QueueName=queue_name(config.alert_topic_arn))["QueueUrl"],
         "ops": sqs.get_queue_url(QueueName=queue_name(config.ops_topic_arn))["QueueUrl"],

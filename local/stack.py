@@ -91,6 +91,19 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     @property
+    def aws_credentials(self):
+        """The credentials this stack's stand-in accepts (generated in the state folder on first use)."""
+        from local.standin import credentials
+
+        return credentials(self.state_dir)
+
+    def client(self, service: str):
+        """A boto3 client for ``service`` on this stack's stand-in."""
+        from local.standin import client
+
+        return client(service, self.standin_url, self.aws_credentials)
+
+    @property
     def passwords_file(self) -> Path:
         """Where Airflow's simple auth manager writes the generated admin password."""
         return self.home / "simple_auth_manager_passwords.json.generated"
@@ -101,10 +114,11 @@ class Stack:
         secret_file = self.home / "jwt_secret"
         if not secret_file.exists():
             write_secret(secret_file, secrets.token_urlsafe(32))
+        aws_key = self.aws_credentials
         connection = {
             "conn_type": "aws",
-            "login": "testing",
-            "password": "testing",
+            "login": aws_key.access_key,
+            "password": aws_key.secret_key,
             "extra": {"region_name": "us-east-1", "endpoint_url": self.standin_url},
         }
         return {
@@ -181,11 +195,12 @@ class Stack:
     def start_standin(self) -> None:
         from local.standin import wait_until_up
 
-        argv = [sys.executable, "-m", "local.standin", "--port", str(self.standin_port), *self.standin_args]
+        argv = [sys.executable, "-m", "local.standin", "--port", str(self.standin_port),
+                "--state-dir", str(self.state_dir), *self.standin_args]  # fmt: skip
         log = self.logs / "standin.log"
         earlier = log.stat().st_size if log.exists() else 0  # the log of a previous make run is appended to
         self._spawn("standin", argv)
-        wait_until_up(self.standin_url, timeout=60)
+        wait_until_up(self.standin_url, self.aws_credentials, timeout=60)
         deadline = time.monotonic() + 30
         while "ready" not in log.read_text()[earlier:]:
             self._check_alive("standin")
