@@ -125,15 +125,8 @@ def start(stack: Stack, replay: str | None = None, log=print, exchange: bool = F
         stack.wait_for_dag(FEED_DAG_ID)
         stack.airflow("dags", "unpause", FEED_DAG_ID)
     else:
-        feed_argv = [
-            sys.executable,
-            "-m",
-            "local.feed",
-            "--endpoint",
-            stack.standin_url,
-            "--state-dir",
-            str(stack.state_dir),
-        ]
+        feed_argv = [sys.executable, "-m", "local.feed", "--endpoint", stack.standin_url,
+                     "--state-dir", str(stack.state_dir)]  # fmt: skip
         if replay:
             feed_argv += ["--replay", replay]
         stack._spawn("feed", feed_argv)

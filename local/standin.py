@@ -427,8 +427,9 @@ def signature_problem(environ: dict, body: bytes, key: Credentials) -> str | Non
     timestamp = headers.get("x-amz-date", "")
     if timestamp[:8] != day:
         return "X-Amz-Date not signed or not the credential's day"
-    if headers.get("x-amz-content-sha256", hashlib.sha256(body).hexdigest()) != hashlib.sha256(body).hexdigest():
-        return "body does not match its signed SHA-256"  # S3 signs the hash, not the body
+    digest = hashlib.sha256(body).hexdigest()
+    if headers.get("x-amz-content-sha256", digest) != digest:  # S3 signs this header, not the body itself
+        return "body does not match its signed SHA-256"
     url = f"http://{headers.get('host', '')}{environ.get('RAW_URI', '')}"
     request = AWSRequest(method=environ["REQUEST_METHOD"], url=url, headers=headers, data=body)
     request.context["timestamp"] = timestamp

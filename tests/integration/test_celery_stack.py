@@ -73,6 +73,8 @@ def test_both_workers_are_up_and_every_port_is_on_loopback(stack):
 def test_the_broker_wants_its_generated_password_which_no_command_line_shows_and_has_no_config_command(tmp_path):
     """Without a password any local user could read and queue Celery tasks (run code as the stack's user),
     and CONFIG SET could make the server write files where it likes."""
+    import secrets
+
     import psutil
     import redis
 
@@ -84,8 +86,9 @@ def test_the_broker_wants_its_generated_password_which_no_command_line_shows_and
 
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(host="127.0.0.1", port=stack.broker_port, socket_timeout=5).ping()
+        guess = secrets.token_urlsafe(32)
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(host="127.0.0.1", port=stack.broker_port, password="guessed", socket_timeout=5).ping()
+            redis.Redis(host="127.0.0.1", port=stack.broker_port, password=guess, socket_timeout=5).ping()
         password = stack.broker_password
         ours = redis.Redis(host="127.0.0.1", port=stack.broker_port, password=password, socket_timeout=5)
         assert ours.ping()
