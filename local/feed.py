@@ -14,7 +14,9 @@ key (``<slot>/<BASE>_<QUOTE>.<ext>``), made to show its rules firing within minu
 a pair with a ``crossing`` rule swings around the level (one crossing every 10 minutes), any other
 steps by 1.2 % every 10 minutes (a 15-minute change above 0.8 % every 10 minutes, alternately up and down).
 
-    python -m local.feed --endpoint http://127.0.0.1:4566 [--replay FILE] [--once]
+    python -m local.feed --endpoint http://127.0.0.1:4566 [--state-dir .local] [--replay FILE] [--once]
+
+It signs with the stand-in's credentials of the state folder (default ``.local``, make run's).
 """
 
 from __future__ import annotations
