@@ -55,7 +55,8 @@ lint: $(VENV)/.installed
 backfill: $(VENV)/.installed
 	$(PY) -m local.backfill --from="$(FROM)" --to="$(TO)" $(if $(NOTIFY),--notify,) $(if $(FETCH),--fetch,)
 
-# Once after upgrading to one ledger object per window (README: Upgrading); AWS_ENDPOINT_URL for a stand-in.
+# Once after upgrading to one ledger object per window (README: Upgrading); for a stand-in, AWS_ENDPOINT_URL and its
+# keys (README: Security).
 migrate-ledger: $(VENV)/.installed
 	$(PY) -m include.price_pipeline.migrate
 

@@ -16,13 +16,15 @@ import shlex
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from bench import machine
 from include.price_pipeline import layout, store
 from local import faults, s3index
-from local.standin import FaultyMotoServer, client
+from local.standin import FaultyMotoServer, client, credentials
 
 DAY = datetime(2025, 7, 1, tzinfo=UTC)
 SLOTS_PER_DAY = 288
@@ -60,9 +62,11 @@ def measure(sizes: list[int], repeat: int) -> dict:
 
     index = s3index.S3ListingIndex()
     port = _free_port()
-    server = FaultyMotoServer(faults.FaultInjector(faults.parse_spec("off")), ip_address="127.0.0.1", port=port)
+    with tempfile.TemporaryDirectory() as state_dir:
+        key = credentials(Path(state_dir))
+    server = FaultyMotoServer(faults.FaultInjector(faults.parse_spec("off")), key, ip_address="127.0.0.1", port=port)
     server.start()
-    s3 = client("s3", f"http://127.0.0.1:{port}")
+    s3 = client("s3", f"http://127.0.0.1:{port}", key)
     rows = []
     try:
         for size in sizes:

@@ -28,7 +28,7 @@ from include.price_pipeline import layout, settings
 from local.faults import set_faults
 from local.feed import pair_record, synthetic_record, write_record
 from local.stack import ADMIN_USER, AIRFLOW_COMPONENTS, Stack
-from local.standin import client, queue_name
+from local.standin import queue_name, signed_headers
 
 LIVE_DAG = "price_notification"
 BULK_DAG = "price_history_backfill"
@@ -143,8 +143,7 @@ class Bench:
     def start(self) -> None:
         self.log(f"starting the stand-in and Airflow in {self.state_dir} ...")
         self.stack.start()
-        url = self.stack.standin_url
-        self.s3, self.sqs, self.glue = client("s3", url), client("sqs", url), client("glue", url)
+        self.s3, self.sqs, self.glue = self.stack.client("s3"), self.stack.client("sqs"), self.stack.client("glue")
         self.alert_queue = self.sqs.get_queue_url(QueueName=queue_name(self.config.alert_topic_arn))["QueueUrl"]
         for dag_id in (LIVE_DAG, BULK_DAG):
             self.stack.wait_for_dag(dag_id, timeout=300)
@@ -558,7 +557,9 @@ class Bench:
     # ------------------------------------------------------------------------------ requests
 
     def _recorder(self, action: str) -> None:
-        request = urllib.request.Request(f"{self.stack.standin_url}/moto-api/recorder/{action}", method="POST")
+        url = f"{self.stack.standin_url}/moto-api/recorder/{action}"
+        headers = signed_headers("POST", url, self.stack.aws_credentials)  # the stand-in refuses unsigned requests
+        request = urllib.request.Request(url, method="POST", headers=headers)
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback stand-in
             response.read()
 
@@ -606,7 +607,7 @@ class Bench:
         return out
 
     def glue_log_bytes(self, run_id: str) -> int:
-        logs = client("logs", self.stack.standin_url)
+        logs = self.stack.client("logs")
         total = 0
         for group in ("/aws-glue/python-jobs/output", "/aws-glue/python-jobs/error"):
             with contextlib.suppress(Exception):

@@ -293,7 +293,7 @@ class FaultMiddleware:
         service = service_of(environ)
         if not spec.active or service not in SERVICES or environ.get(_EXEMPT_ENVIRON):
             return self.app(environ, start_response)
-        body = _buffer_body(environ)
+        body = buffer_body(environ)
         action = action_of(environ, service, body)
         if not self._hold(environ, "latency", service, action):
             environ[_ABORT_ENVIRON] = "drop"
@@ -345,7 +345,7 @@ class FaultMiddleware:
         status = "200 OK"
         if environ.get("REQUEST_METHOD") == "POST":
             try:
-                request = json.loads(_buffer_body(environ) or b"{}")
+                request = json.loads(buffer_body(environ) or b"{}")
                 self.injector.configure(parse_spec(request.get("spec")), request.get("seed"))
             except (ValueError, TypeError, AttributeError) as error:
                 body = json.dumps({"error": str(error)}).encode()
@@ -356,7 +356,7 @@ class FaultMiddleware:
         return [body]
 
 
-def _buffer_body(environ: dict) -> bytes:
+def buffer_body(environ: dict) -> bytes:
     """Read the whole request body now (so a closed connection can be told apart from unread data)."""
     stream = environ["wsgi.input"]
     if environ.get("wsgi.input_terminated"):

@@ -14,7 +14,9 @@ key (``<slot>/<BASE>_<QUOTE>.<ext>``), made to show its rules firing within minu
 a pair with a ``crossing`` rule swings around the level (one crossing every 10 minutes), any other
 steps by 1.2 % every 10 minutes (a 15-minute change above 0.8 % every 10 minutes, alternately up and down).
 
-    python -m local.feed --endpoint http://127.0.0.1:4566 [--replay FILE] [--once]
+    python -m local.feed --endpoint http://127.0.0.1:4566 [--state-dir .local] [--replay FILE] [--once]
+
+It signs with the stand-in's credentials of the state folder (default ``.local``, make run's).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 from include.price_pipeline import layout, settings
@@ -131,6 +134,7 @@ def shifted(rows: list[dict], first_slot: datetime) -> Iterator[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--endpoint", default="http://127.0.0.1:4566", help="AWS stand-in URL")
+    parser.add_argument("--state-dir", type=Path, help="the stand-in's state folder (default: make run's)")
     parser.add_argument("--replay", help="Poloniex-format CSV to replay instead of the random walk")
     parser.add_argument("--original-times", action="store_true", help="replay at the rows' own timestamps")
     parser.add_argument("--history-windows", type=int, default=12, help="past windows to write at start")
@@ -138,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="write the history and exit")
     args = parser.parse_args(argv)
 
-    from local.standin import client
+    from local.standin import DEFAULT_STATE_DIR, client, credentials
 
     config = settings.load()
     rule_set = settings.load_rules(config)
     others = {pair: rules for pair, rules in rule_set.pairs.items() if pair != config.pair}
-    s3 = client("s3", args.endpoint)
+    s3 = client("s3", args.endpoint, credentials(args.state_dir or DEFAULT_STATE_DIR))
     if args.replay and args.original_times:
         for row in replay_rows(args.replay):
             write_record(s3, config.bucket, row, prefix=config.ingestion_prefix)

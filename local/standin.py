@@ -3,7 +3,9 @@
 moto answers S3, SNS, SQS, IAM, Glue and CloudWatch Logs, but marks every Glue job run SUCCEEDED
 without running anything. Here StartJobRun also starts a runner thread that:
 
-1. takes the job's script from the stand-in's own S3 (``Command.ScriptLocation``),
+1. takes the job's script from the stand-in's own S3 (``Command.ScriptLocation``); a script whose bytes
+   are not those of ``include/glue/normalize_price_record.py`` as read at start (or of a file of
+   ``--test-glue-scripts``) is not run: the run FAILS with a one-line ``ErrorMessage``,
 2. runs it in a subprocess with the job's default arguments merged with the run's arguments, and an
    environment pointing boto3 at the stand-in,
 3. reports RUNNING, then SUCCEEDED, FAILED (with the script's last error line as ``ErrorMessage``),
@@ -11,6 +13,15 @@ without running anything. Here StartJobRun also starts a runner thread that:
 4. stores stdout and stderr as the CloudWatch log streams ``<run id>`` in
    ``/aws-glue/python-jobs/output`` and ``/aws-glue/python-jobs/error``, which the Airflow provider
    reads to stream Glue output into the task log.
+
+Who may call it: only requests signed (SigV4, the signature recomputed here, not just the key id) with
+the credentials generated for its state folder (``--state-dir``, default ``.local``: the file
+``aws-standin-credentials.json``, 0600 from its creation; :func:`credentials` makes and reads it, and
+every client of the stack gets them). Any other request to S3, Glue, SNS, SQS, IAM, Logs or moto's own
+``/moto-api/`` is answered 403 with an AWS error body before moto sees it: made-up or other credentials,
+a wrong signature, a body other than the signed one, no signature, presigned URLs (query-string
+signatures: none of the stack's clients uses one). Only ``/_standin/faults`` and ``/_standin/s3-index``
+(below) answer unsigned.
 
 It also provisions, idempotently, what the pipeline expects: the bucket, the alert and ops SNS
 topics, one SQS queue subscribed to each (so notifications can be read back), and the Glue role.
@@ -24,7 +35,7 @@ fraction of S3, Glue, SNS and CloudWatch Logs calls fail (throttling, 500, 503, 
 wait, before moto sees them; ``POST /_standin/faults`` switches them at runtime. The runner's own
 script download and log writing are exempt; the job script's boto3 calls are not.
 
-Run: ``python -m local.standin --host 127.0.0.1 --port 4566 [--faults SPEC --fault-seed N]``.
+Run: ``python -m local.standin --host 127.0.0.1 --port 4566 [--state-dir .local] [--faults SPEC --fault-seed N]``.
 Stop with SIGTERM or Ctrl-C.
 """
 
@@ -32,10 +43,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import hmac
 import io
 import json
 import logging
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -46,23 +61,42 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import boto3
+from botocore.auth import S3SigV4Auth, SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 from moto.glue import models as glue_models
 from moto.glue.exceptions import GlueClientError
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
-from include.price_pipeline import settings
+from include.price_pipeline import layout, settings
 from local import faults, s3index
+from local.stack import write_secret
 
 log = logging.getLogger("standin")
 log_werkzeug = logging.getLogger("werkzeug")
 
 LOG_GROUP = "/aws-glue/python-jobs"
-ACCESS_KEY = "testing"  # moto accepts any key; these are not secrets
 REGION = settings.LOCAL_REGION
+CREDENTIALS_FILE = "aws-standin-credentials.json"
+DEFAULT_STATE_DIR = Path(__file__).resolve().parents[1] / ".local"  # make run's (local/stack.py)
+
+
+def credentials(state_dir: Path) -> Credentials:
+    """The only credentials the stand-in of ``state_dir`` accepts: generated on first use into a file
+    private from its creation (``<state_dir>/aws-standin-credentials.json``), read from it afterwards."""
+    path = Path(state_dir) / CREDENTIALS_FILE
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = {"access_key_id": "LOCAL" + secrets.token_hex(8).upper(), "secret_access_key": secrets.token_urlsafe(30)}
+        write_secret(path, json.dumps(key))
+    key = json.loads(path.read_text())
+    return Credentials(key["access_key_id"], key["secret_access_key"])
 
 
 def endpoint(host: str, port: int) -> str:
@@ -71,20 +105,37 @@ def endpoint(host: str, port: int) -> str:
     return f"http://{'127.0.0.1' if wildcard else host}:{port}"
 
 
-def client(service: str, url: str):
-    """A boto3 client for ``service`` on the stand-in at ``url``."""
+def client(service: str, url: str, key: Credentials):
+    """A boto3 client for ``service`` on the stand-in at ``url``, signing with ``key`` (:func:`credentials`)."""
     return boto3.client(
         service,
         endpoint_url=url,
         region_name=REGION,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=ACCESS_KEY,  # noqa: S106
+        aws_access_key_id=key.access_key,
+        aws_secret_access_key=key.secret_key,
     )
 
 
-def internal_client(service: str, url: str):
+def internal_client(service: str, url: str, key: Credentials):
     """A client for the stand-in's own calls to itself: never faulted (it is the simulated AWS)."""
-    return faults.exempt(client(service, url))
+    return faults.exempt(client(service, url, key))
+
+
+def aws_env(url: str, key: Credentials) -> dict[str, str]:
+    """The environment that points a process's boto3 at the stand-in with ``key``."""
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": key.access_key,
+        "AWS_SECRET_ACCESS_KEY": key.secret_key,
+        "AWS_DEFAULT_REGION": REGION,
+    }
+
+
+def signed_headers(method: str, url: str, key: Credentials, body: bytes = b"") -> dict[str, str]:
+    """The headers of a request signed with ``key`` (SigV4, as S3's), for a call made without boto3."""
+    request = AWSRequest(method=method, url=url, data=body)
+    S3SigV4Auth(key, "s3", REGION).add_auth(request)
+    return dict(request.headers.items())
 
 
 def queue_name(topic_arn: str) -> str:
@@ -110,18 +161,31 @@ class IdempotentParameterMismatchException(GlueClientError):
         super().__init__("IdempotentParameterMismatchException", f"Job {name} already exists with another definition")
 
 
+class NotOurScript(Exception):
+    """A job run's script is not one the runner runs."""
+
+
 class GlueRunner:
-    """Runs a Glue Python shell job's script for each StartJobRun on the stand-in."""
+    """Runs a Glue Python shell job's script for each StartJobRun on the stand-in: only the project's own
+    script (``include/glue/normalize_price_record.py`` as read at start) and the ``test_scripts``."""
 
     def __init__(
         self,
         url: str,
+        key: Credentials,
         python: str,
         minute_seconds: float,
         injector: faults.FaultInjector | None = None,
         startup_seconds: float = 0,
+        test_scripts: Path | None = None,
     ):
         self.url = url
+        self.key = key
+        # Read once, now: a run whose script object differs runs nothing (another user could otherwise
+        # run code as the stack's user through StartJobRun).
+        self.scripts = {layout.GLUE_SCRIPT_PATH.read_bytes()}
+        if test_scripts is not None:
+            self.scripts |= {path.read_bytes() for path in Path(test_scripts).glob("*.py")}
         self.python = python
         self.minute_seconds = minute_seconds  # seconds per Glue "timeout minute" (tests shrink it)
         self.startup_seconds = startup_seconds  # every run stays RUNNING this long before its script starts
@@ -200,10 +264,7 @@ class GlueRunner:
                 argv += [name, str(value)]
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW"))},
-                "AWS_ENDPOINT_URL": self.url,
-                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": ACCESS_KEY,
-                "AWS_DEFAULT_REGION": REGION,
+                **aws_env(self.url, self.key),
                 "PYTHONUNBUFFERED": "1",
             }
             try:
@@ -224,6 +285,8 @@ class GlueRunner:
                 state, error = "TIMEOUT", f"Job run timed out after {timeout_minutes} minute(s)"
             finally:
                 os.unlink(script)
+        except NotOurScript as refused:
+            state, error = "FAILED", f"stand-in refused to run the job: {refused}"
         except Exception as error_:  # the runner must never leave a run RUNNING forever
             state, error = "FAILED", f"stand-in could not run the job: {error_}"
         # As on Glue, the logs are complete by the time a terminal state is visible.
@@ -243,15 +306,18 @@ class GlueRunner:
             time.sleep(0.05)
 
     def _fetch_script(self, script_uri: str) -> str:
+        """The script as a private temporary file; NotOurScript when it is not one the runner runs."""
         bucket, key = script_uri.removeprefix("s3://").split("/", 1)
-        body = internal_client("s3", self.url).get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = internal_client("s3", self.url, self.key).get_object(Bucket=bucket, Key=key)["Body"].read()
+        if body not in self.scripts:
+            raise NotOurScript(f"{script_uri!r} is not {layout.GLUE_SCRIPT_PATH.name}, the only script it runs")
         handle, path = tempfile.mkstemp(suffix=".py", prefix="glue-job-")
         with os.fdopen(handle, "wb") as out:
             out.write(body)
         return path
 
     def _store_logs(self, run_id: str, stdout: str, stderr: str) -> None:
-        logs = internal_client("logs", self.url)
+        logs = internal_client("logs", self.url, self.key)
         for suffix, text in (("output", stdout), ("error", stderr)):
             group = f"{LOG_GROUP}/{suffix}"
             for create, kwargs in (
@@ -282,14 +348,17 @@ def _text(value: bytes | str | None) -> str:
 
 
 def provision(
-    url: str, config: settings.Config | None = None, make_client: Callable[[str, str], object] = client
+    url: str,
+    key: Credentials,
+    config: settings.Config | None = None,
+    make_client: Callable[[str, str, Credentials], object] = client,
 ) -> dict[str, str]:
     """Create, idempotently, the bucket, topics, subscribed queues and Glue role; return queue URLs."""
     config = config or settings.load()
-    s3 = make_client("s3", url)
+    s3 = make_client("s3", url, key)
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=config.bucket)
-    sns, sqs = make_client("sns", url), make_client("sqs", url)
+    sns, sqs = make_client("sns", url, key), make_client("sqs", url, key)
     queues = {}
     for topic_arn in (config.alert_topic_arn, config.ops_topic_arn):
         arn = sns.create_topic(Name=topic_arn.rsplit(":", 1)[-1])["TopicArn"]
@@ -299,7 +368,7 @@ def provision(
         if not any(s["Endpoint"] == queue_arn for s in subscribed):
             sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn)
         queues[arn] = queue_url
-    iam = make_client("iam", url)
+    iam = make_client("iam", url, key)
     trust = {
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Principal": {"Service": "glue.amazonaws.com"}, "Action": "sts:AssumeRole"}],
@@ -309,17 +378,93 @@ def provision(
     return queues
 
 
-def wait_until_up(url: str, timeout: float = 30.0, make_client: Callable[[str, str], object] = client) -> None:
-    """Block until the stand-in answers, or raise TimeoutError."""
+def wait_until_up(
+    url: str, key: Credentials, timeout: float = 30.0, make_client: Callable[[str, str, Credentials], object] = client
+) -> None:
+    """Block until the stand-in answers, or raise TimeoutError; PermissionError if it refuses ``key``
+    (a stand-in of another state folder on that port)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            make_client("s3", url).list_buckets()
+            make_client("s3", url, key).list_buckets()
             return
-        except Exception:
+        except Exception as error:
+            if isinstance(error, ClientError) and error.response["ResponseMetadata"]["HTTPStatusCode"] == 403:
+                raise PermissionError(f"AWS stand-in at {url} refused the credentials: {error}") from None
             if time.monotonic() > deadline:
                 raise TimeoutError(f"AWS stand-in at {url} did not answer within {timeout:.0f}s") from None
             time.sleep(0.2)
+
+
+# -------------------------------------------------------------------------------------- signatures
+
+_AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=([^/,\s]+)/(\d{8})/([^/,\s]+)/([^/,\s]+)/aws4_request,\s*"
+    r"SignedHeaders=([a-z0-9;-]+),\s*Signature=([0-9a-f]{64})"
+)
+#: The stand-in's own endpoints (fault switch, listing counters): not AWS calls, answered unsigned.
+OPEN_PATHS = (faults.CONTROL_PATH, s3index.STATS_PATH)
+
+
+def signature_problem(environ: dict, body: bytes, key: Credentials) -> str | None:
+    """Why a WSGI request is not signed with ``key``, or None when it is: its SigV4 signature recomputed
+    with botocore's signer from the method, the path and query as sent, the signed headers and the body."""
+    match = _AUTHORIZATION.fullmatch(environ.get("HTTP_AUTHORIZATION", "").strip())
+    if match is None:
+        return "no AWS4-HMAC-SHA256 Authorization header"  # presigned URLs too: none of our clients uses one
+    key_id, day, region, service, signed, signature = match.groups()
+    if key_id != key.access_key:
+        return "unknown access key id"
+    headers = {}
+    for name in signed.split(";"):
+        environ_name = name.upper().replace("-", "_")
+        value = environ.get(
+            environ_name if environ_name in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{environ_name}"
+        )
+        if value is None:
+            return f"signed header {name} missing"
+        headers[name] = value
+    timestamp = headers.get("x-amz-date", "")
+    if timestamp[:8] != day:
+        return "X-Amz-Date not signed or not the credential's day"
+    digest = hashlib.sha256(body).hexdigest()
+    if headers.get("x-amz-content-sha256", digest) != digest:  # S3 signs this header, not the body itself
+        return "body does not match its signed SHA-256"
+    url = f"http://{headers.get('host', '')}{environ.get('RAW_URI', '')}"
+    request = AWSRequest(method=environ["REQUEST_METHOD"], url=url, headers=headers, data=body)
+    request.context["timestamp"] = timestamp
+    signer = (S3SigV4Auth if service == "s3" else SigV4Auth)(key, service, region)
+    expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+    return None if hmac.compare_digest(expected, signature) else "signature does not match"
+
+
+class SignedOnly:
+    """WSGI middleware in front of everything the stand-in serves but :data:`OPEN_PATHS`: a request not
+    signed with the stand-in's credentials is answered 403 with an AWS error body, before moto sees it."""
+
+    def __init__(self, app: Callable, key: Credentials):
+        self.app = app
+        self.key = key
+
+    def __call__(self, environ: dict, start_response: Callable):
+        if environ.get("PATH_INFO") in OPEN_PATHS:
+            return self.app(environ, start_response)
+        problem = signature_problem(environ, faults.buffer_body(environ), self.key)
+        if problem is None:
+            return self.app(environ, start_response)
+        log.warning("refused %s %r: %s", environ["REQUEST_METHOD"], environ.get("RAW_URI", "")[:200], problem)
+        message = f"The AWS stand-in accepts only requests signed with its own credentials: {problem}"
+        if environ.get("CONTENT_TYPE", "").startswith("application/x-amz-json"):  # Glue, Logs, SQS
+            content_type = environ["CONTENT_TYPE"]
+            body = json.dumps({"__type": "UnrecognizedClientException", "message": message}).encode()
+        else:  # S3 and the query protocol (SNS, IAM) both read this shape
+            content_type = "text/xml"
+            body = (
+                "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidClientTokenId</Code>"
+                f"<Message>{message}</Message></Error><RequestId>standin</RequestId></ErrorResponse>"
+            ).encode()
+        start_response("403 Forbidden", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
 
 
 class KeepAliveRequestHandler(MotoRequestHandler):
@@ -419,14 +564,16 @@ class QuickDispatcher(DomainDispatcherApplication):
 
 
 class FaultyMotoServer(ThreadedMotoServer):
-    """moto's threaded server with :class:`local.faults.FaultMiddleware` in front of its app."""
+    """moto's threaded server with :class:`SignedOnly` and :class:`local.faults.FaultMiddleware` in front
+    of its app."""
 
-    def __init__(self, injector: faults.FaultInjector, **kwargs):
+    def __init__(self, injector: faults.FaultInjector, key: Credentials, **kwargs):
         super().__init__(**kwargs)
         self.injector = injector
+        self.key = key
 
     def _server_entry(self) -> None:
-        app = faults.FaultMiddleware(s3index.StatsPath(QuickDispatcher()), self.injector)
+        app = SignedOnly(faults.FaultMiddleware(s3index.StatsPath(QuickDispatcher()), self.injector), self.key)
         self._server = make_server(self._ip_address, self._port, app, True, request_handler=FaultRequestHandler)
         self._server_ready_event.set()
         self._server.serve_forever()
@@ -453,6 +600,12 @@ def main(argv: list[str] | None = None) -> int:
         "--faults", default="off", help="fault spec, e.g. s3=0.2,sns=0.2,latency_ms=50 (see local/faults.py)"
     )
     parser.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws (a seed= item wins)")
+    parser.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="the state folder whose credentials it accepts"
+    )
+    parser.add_argument(
+        "--test-glue-scripts", type=Path, help="a folder of scripts (*.py) Glue runs may also name (the runner's tests)"
+    )
     args = parser.parse_args(argv)
     try:
         spec = faults.parse_spec(args.faults)
@@ -462,15 +615,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s standin %(message)s")
     log_werkzeug.setLevel(logging.WARNING)
     url = endpoint(args.host, args.port)
-    GlueRunner(url, args.python, args.glue_minute_seconds, injector, args.glue_startup_seconds).install()
+    key = credentials(args.state_dir)
+    runner = GlueRunner(
+        url, key, args.python, args.glue_minute_seconds, injector, args.glue_startup_seconds, args.test_glue_scripts
+    )
+    runner.install()
     s3index.S3ListingIndex().install()  # S3 listings in time proportional to the answer (local/s3index.py)
-    server = FaultyMotoServer(injector, ip_address=args.host, port=args.port, verbose=False)
+    server = FaultyMotoServer(injector, key, ip_address=args.host, port=args.port, verbose=False)
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    wait_until_up(url, make_client=internal_client)
-    provision(url, make_client=internal_client)
+    wait_until_up(url, key, make_client=internal_client)
+    provision(url, key, make_client=internal_client)
     print(f"faults: {spec.text()} (seed {injector.seed})", flush=True)
     print(f"AWS stand-in ready on {url}", flush=True)
     stop.wait()

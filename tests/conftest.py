@@ -21,6 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 POLONIEX_CSV = ROOT / "tests" / "data" / "poloniex" / "poloniex_BTC_ETH_5m_2017-07-14_2017-08-09.csv"
+#: Scripts the session's stand-in runs besides the project's Glue script (tests of the runner itself).
+GLUE_TEST_SCRIPTS = ROOT / "tests" / "data" / "glue_scripts"
 
 
 def _reserve_port() -> str:
@@ -58,8 +60,11 @@ DATABASE_TEMPLATE = Path(
 )
 sys.path.insert(0, str(ROOT))
 from local.postgres import Postgres  # noqa: E402 - needs ROOT on the path
+from local.standin import credentials  # noqa: E402
 
 POSTGRES = Postgres(AIRFLOW_HOME / "postgres")  # started by the airflow_db fixture
+#: What the session's stand-in accepts (generated in AIRFLOW_HOME, as make run's in .local).
+STANDIN_CREDENTIALS = credentials(AIRFLOW_HOME)
 
 os.environ.update(
     {
@@ -79,8 +84,8 @@ os.environ.update(
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
             {
                 "conn_type": "aws",
-                "login": "testing",
-                "password": "testing",
+                "login": STANDIN_CREDENTIALS.access_key,
+                "password": STANDIN_CREDENTIALS.secret_key,
                 "extra": {"region_name": "us-east-1", "endpoint_url": STANDIN_URL},
             }
         ),
@@ -152,6 +157,10 @@ def standin():
                 "3",
                 "--glue-startup-seconds",
                 "0",
+                "--state-dir",
+                str(AIRFLOW_HOME),
+                "--test-glue-scripts",
+                str(GLUE_TEST_SCRIPTS),
             ],
             cwd=ROOT,
             stdout=log,
@@ -159,7 +168,7 @@ def standin():
             start_new_session=True,
         )
     try:
-        wait_until_up(STANDIN_URL, timeout=60)
+        wait_until_up(STANDIN_URL, STANDIN_CREDENTIALS, timeout=60)
         _wait_provisioned()
         yield STANDIN_URL
     finally:
@@ -171,7 +180,7 @@ def _wait_provisioned(timeout: float = 30) -> None:
     from include.price_pipeline import settings
     from local.standin import client, queue_name
 
-    sqs, deadline = client("sqs", STANDIN_URL), time.monotonic() + timeout
+    sqs, deadline = client("sqs", STANDIN_URL, STANDIN_CREDENTIALS), time.monotonic() + timeout
     wanted = queue_name(settings.load().ops_topic_arn)
     while not any(url.endswith(wanted) for url in sqs.list_queues().get("QueueUrls", [])):
         if time.monotonic() > deadline:
@@ -184,12 +193,19 @@ class Aws:
 
     def __init__(self, url: str):
         from include.price_pipeline import settings
-        from local.standin import client, queue_name
+        from local.standin import queue_name
 
+        self.url = url
         self.config = settings.load()
-        self.s3, self.sqs, self.glue = client("s3", url), client("sqs", url), client("glue", url)
+        self.s3, self.sqs, self.glue = self.client("s3"), self.client("sqs"), self.client("glue")
         self.alert_queue = self.sqs.get_queue_url(QueueName=queue_name(self.config.alert_topic_arn))["QueueUrl"]
         self.ops_queue = self.sqs.get_queue_url(QueueName=queue_name(self.config.ops_topic_arn))["QueueUrl"]
+
+    def client(self, service: str):
+        """A boto3 client for ``service`` on the stand-in."""
+        from local.standin import client
+
+        return client(service, self.url, STANDIN_CREDENTIALS)
 
     def receive(self, queue_url: str, wait_seconds: int = 1) -> list[dict]:
         """Every SNS notification waiting in the queue (the SNS envelopes, parsed), removing them."""

@@ -22,7 +22,6 @@ from include.price_pipeline import layout, settings
 from local.api import Api, backfill_when_free, wait_for_backfill
 from local.feed import write_record
 from local.stack import isolated, log_in
-from local.standin import client
 from tests.records import candle
 
 pytestmark = pytest.mark.e2e
@@ -63,7 +62,7 @@ def stack(stack_dir):
 def runs(stack) -> dict[str, str]:
     """Real runs over the windows; returns ``{window start: run id}`` of the native ones."""
     bucket = settings.load({}).bucket
-    s3 = client("s3", stack.standin_url)
+    s3 = stack.client("s3")
     walk = [100.0 + 0.3 * ((index * 7) % 5 - 2) for index in range(23)] + [100.0]
     for index, price in enumerate(walk):
         write_record(s3, bucket, candle(BULK_START + layout.SLOT * index, price))

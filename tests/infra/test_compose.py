@@ -33,7 +33,8 @@ AIRFLOW_SERVICES = (
     "airflow-worker",
 )
 REQUIRED_SERVICES = {"postgres", "redis", "aws-standin", "airflow-init", *AIRFLOW_SERVICES}
-STANDIN_COMMAND = ["python", "-m", "local.standin", "--host", "0.0.0.0", "--port", "4566"]
+STANDIN_STATE = "/opt/airflow/config/standin"
+STANDIN_COMMAND = ["python", "-m", "local.standin", "--host", "0.0.0.0", "--port", "4566", "--state-dir", STANDIN_STATE]
 
 
 @pytest.fixture(scope="module")
@@ -153,23 +154,28 @@ def test_project_code_is_mounted(services):
         assert (ROOT / folder).is_dir(), f"./{folder} is mounted but missing"
 
 
-def test_aws_connection_points_at_the_standin(services):
+def test_aws_connection_points_at_the_standin_and_signs_with_its_generated_credentials(services):
+    """The stand-in accepts only its state folder's credentials: airflow-init generates them in the config
+    volume and writes aws_default with them; no service carries fixed keys."""
     standin = services["aws-standin"]
     argv = _as_list(standin.get("entrypoint")) + _as_list(standin.get("command"))
     assert argv == STANDIN_COMMAND
     port = int(argv[argv.index("--port") + 1])
     assert port in {int(p) for p in standin.get("expose", [])}
     assert _mounts(standin).get("/opt/airflow/local", "").startswith("./local")
+    assert _mounts(standin)["/opt/airflow/config"] == "airflow-config"
+    assert standin["user"] == services["airflow-scheduler"]["user"], "it reads the 0600 file airflow-init hands over"
+    assert standin["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert standin["environment"]["PYTHONPATH"] == "/opt/airflow"
-    for name in (*AIRFLOW_SERVICES, "airflow-init"):
-        connection = json.loads(services[name]["environment"]["AIRFLOW_CONN_AWS_DEFAULT"])
-        assert connection["conn_type"] == "aws"
-        assert connection["login"]
-        assert connection["password"]
-        extra = connection["extra"]
-        assert extra["region_name"] == settings.LOCAL_REGION
-        endpoint = urlsplit(extra["endpoint_url"])
-        assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "aws-standin", port)
+    assert f'credentials("{STANDIN_STATE}")' in " ".join(standin["healthcheck"]["test"])
+    init = services["airflow-init"]["command"][-1]
+    assert f'credentials("{STANDIN_STATE}")' in init
+    assert "airflow connections add aws_default" in init
+    assert f'"region_name": "{settings.LOCAL_REGION}"' in init
+    [url] = re.findall(r'"endpoint_url": "([^"]+)"', init)
+    assert (urlsplit(url).scheme, urlsplit(url).hostname, urlsplit(url).port) == ("http", "aws-standin", port)
+    for name, service in services.items():
+        assert "AIRFLOW_CONN_AWS_DEFAULT" not in service.get("environment", {}), name
 
 
 def test_price_environment_agrees_with_settings(services):

@@ -17,7 +17,7 @@ from local.api import Api
 from local.feed import write_record
 from local.soak import receive_all
 from local.stack import isolated
-from local.standin import client, queue_name
+from local.standin import queue_name
 from tests.conftest import make_backfill
 from tests.records import candle, seed_normalized, seed_pairs
 
@@ -51,8 +51,8 @@ def api(stack):
 class Queues:
     def __init__(self, stack):
         config = settings.load({})
-        self.sqs = client("sqs", stack.standin_url)
-        self.s3 = client("s3", stack.standin_url)
+        self.sqs = stack.client("sqs")
+        self.s3 = stack.client("s3")
         self.bucket = config.bucket
         self.alerts = self.sqs.get_queue_url(QueueName=queue_name(config.alert_topic_arn))["QueueUrl"]
         self.ops = self.sqs.get_queue_url(QueueName=queue_name(config.ops_topic_arn))["QueueUrl"]

@@ -68,3 +68,35 @@ def test_both_workers_are_up_and_every_port_is_on_loopback(stack):
 
     assert ("127.0.0.1", stack.broker_port) in listening
     assert {ip for ip, _ in listening} <= {"127.0.0.1"}, sorted(listening)
+
+
+def test_the_broker_wants_its_generated_password_which_no_command_line_shows_and_has_no_config_command(tmp_path):
+    """Without a password any local user could read and queue Celery tasks (run code as the stack's user),
+    and CONFIG SET could make the server write files where it likes."""
+    import secrets
+
+    import psutil
+    import redis
+
+    from local.stack import isolated
+
+    stack = isolated(tmp_path, executor="CeleryExecutor")
+    try:
+        stack.start_broker()
+
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=stack.broker_port, socket_timeout=5).ping()
+        guess = secrets.token_urlsafe(32)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=stack.broker_port, password=guess, socket_timeout=5).ping()
+        password = stack.broker_password
+        ours = redis.Redis(host="127.0.0.1", port=stack.broker_port, password=password, socket_timeout=5)
+        assert ours.ping()
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            ours.config_set("dir", "/tmp")
+        assert password not in " ".join(psutil.Process(stack.processes["redis"].pid).cmdline())
+        assert stack.env()["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{password}@127.0.0.1:{stack.broker_port}/0"
+        for name in ("airflow/broker_password", "redis.conf"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    finally:
+        stack.stop()

@@ -13,7 +13,6 @@ import pytest
 from include.price_pipeline import layout, pairs, settings
 from local import run
 from local.stack import free_port, isolated
-from local.standin import client
 from tests.conftest import make_backfill
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -56,7 +55,7 @@ def test_the_feeds_first_run_writes_every_pairs_candle_and_the_window_is_decided
     [(slot,)] = stack.query("SELECT data_interval_start FROM dag_run WHERE dag_id = %s AND run_id = %s",
                             run.FEED_DAG_ID, run_id)  # fmt: skip
     config = settings.load(stack.env())
-    s3 = client("s3", stack.standin_url)
+    s3 = stack.client("s3")
     prefix = layout.ingestion_window_prefix(slot, config.ingestion_prefix)
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=config.bucket, Prefix=prefix).get("Contents", [])]
     assert len(keys) == len(PAIRS), keys

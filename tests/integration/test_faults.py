@@ -23,7 +23,8 @@ from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutE
 
 from local import faults, soak
 from local.stack import ROOT, free_port
-from local.standin import ACCESS_KEY, client, queue_name, wait_until_up
+from local.standin import client, queue_name, wait_until_up
+from tests.conftest import AIRFLOW_HOME, GLUE_TEST_SCRIPTS, STANDIN_CREDENTIALS
 
 pytestmark = pytest.mark.integration
 
@@ -201,15 +202,19 @@ def url(tmp_path_factory):
                 "--faults",
                 "sns=0.5,seed=11",
                 "--glue-startup-seconds",
-                "0",
-            ],  # the tests' stacks start Glue runs up for 5 s, not this one
+                "0",  # the tests' stacks start Glue runs up for 5 s, not this one
+                "--state-dir",
+                str(AIRFLOW_HOME),  # the session stand-in's credentials
+                "--test-glue-scripts",
+                str(GLUE_TEST_SCRIPTS),
+            ],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        wait_until_up(url, timeout=60)
+        wait_until_up(url, STANDIN_CREDENTIALS, timeout=60)
         while "ready" not in log_path.read_text():
             assert process.poll() is None, log_path.read_text()
             time.sleep(0.2)
@@ -232,14 +237,14 @@ def raw_client(service: str, url: str, config: Config = NO_RETRIES):
         service,
         endpoint_url=url,
         region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=ACCESS_KEY,  # moto takes any; the stand-in's own are not secrets
+        aws_access_key_id=STANDIN_CREDENTIALS.access_key,
+        aws_secret_access_key=STANDIN_CREDENTIALS.secret_key,
         config=config,
     )
 
 
 def drain(url: str) -> list[dict]:
-    sqs = client("sqs", url)
+    sqs = client("sqs", url, STANDIN_CREDENTIALS)
     queue = sqs.get_queue_url(QueueName=queue_name(ALERTS))["QueueUrl"]
     out = []
     while got := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"):
@@ -333,7 +338,7 @@ def test_a_faulted_put_writes_nothing(url, switch):
             raw_client("s3", url).put_object(Bucket=BUCKET, Key=key, Body=b"{}")
 
     switch("off")
-    listed = client("s3", url).list_objects_v2(Bucket=BUCKET, Prefix=key)
+    listed = client("s3", url, STANDIN_CREDENTIALS).list_objects_v2(Bucket=BUCKET, Prefix=key)
     assert listed["KeyCount"] == 0
 
 
@@ -347,7 +352,7 @@ def test_a_faulted_publish_sends_nothing_and_retried_publishes_arrive_exactly_on
 
     # A third of the calls fail; botocore's retries get every publish through, and none arrives twice.
     switch("sns=0.3,seed=5")
-    sns = client("sns", url)
+    sns = client("sns", url, STANDIN_CREDENTIALS)
     sent = {sns.publish(TopicArn=ALERTS, Message=f"alert {n}")["MessageId"] for n in range(12)}
     state = faults.fault_state(url)
 
@@ -368,13 +373,13 @@ def test_a_held_call_shows_as_held_and_goes_on_when_the_hold_is_switched_off(url
 
     held = wait_for(lambda: faults.fault_state(url)["held"])
     assert [(h["phase"], h["service"], h["action"]) for h in held] == [("latency", "s3", "PutObject")]
-    assert client("s3", url).list_objects_v2(Bucket=BUCKET, Prefix=key)["KeyCount"] == 0
+    assert client("s3", url, STANDIN_CREDENTIALS).list_objects_v2(Bucket=BUCKET, Prefix=key)["KeyCount"] == 0
 
     switch("off")
     worker.join(timeout=60)
     assert done
     assert done[0]["ResponseMetadata"]["HTTPStatusCode"] == 200
-    assert client("s3", url).get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"1"
+    assert client("s3", url, STANDIN_CREDENTIALS).get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"1"
 
 
 def test_a_call_whose_client_leaves_while_held_never_reaches_moto(url, switch):
@@ -386,7 +391,7 @@ def test_a_call_whose_client_leaves_while_held_never_reaches_moto(url, switch):
         impatient.put_object(Bucket=BUCKET, Key=key, Body=b"lost on the way")
 
     wait_for(lambda: faults.fault_state(url)["dropped"].get("s3:latency"))
-    assert client("s3", url).list_objects_v2(Bucket=BUCKET, Prefix=key)["KeyCount"] == 0
+    assert client("s3", url, STANDIN_CREDENTIALS).list_objects_v2(Bucket=BUCKET, Prefix=key)["KeyCount"] == 0
 
 
 def test_a_held_reply_is_work_done_whose_answer_the_client_may_never_see(url, switch):
@@ -399,18 +404,24 @@ def test_a_held_reply_is_work_done_whose_answer_the_client_may_never_see(url, sw
         impatient.put_object(Bucket=BUCKET, Key=key, Body=b"done, answer lost")
 
     wait_for(lambda: faults.fault_state(url)["dropped"].get("s3:reply"))
-    assert client("s3", url).get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"done, answer lost"
+    assert (
+        client("s3", url, STANDIN_CREDENTIALS).get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"done, answer lost"
+    )
 
 
 # --------------------------------------------------------------------------------- Glue runs
 
 
 def glue_job(url: str, script: str) -> str:
-    """A Python shell job running ``script`` on this module's stand-in (set up with faults off)."""
-    s3, glue = faults.exempt(client("s3", url)), faults.exempt(client("glue", url))
+    """A Python shell job running ``script`` (a file of tests/data/glue_scripts) on this module's stand-in
+    (set up with faults off)."""
+    s3, glue = (
+        faults.exempt(client("s3", url, STANDIN_CREDENTIALS)),
+        faults.exempt(client("glue", url, STANDIN_CREDENTIALS)),
+    )
     name = f"test-faults-{uuid.uuid4().hex[:12]}"
     key = f"artifacts/glue-scripts/tests/{name}.py"
-    s3.put_object(Bucket=BUCKET, Key=key, Body=script.encode())
+    s3.put_object(Bucket=BUCKET, Key=key, Body=(GLUE_TEST_SCRIPTS / script).read_bytes())
     glue.create_job(
         Name=name,
         Role="price-glue-job",
@@ -420,51 +431,50 @@ def glue_job(url: str, script: str) -> str:
 
 
 def run_state(url: str, name: str, run_id: str) -> dict:
-    return faults.exempt(client("glue", url)).get_job_run(JobName=name, RunId=run_id)["JobRun"]
+    return faults.exempt(client("glue", url, STANDIN_CREDENTIALS)).get_job_run(JobName=name, RunId=run_id)["JobRun"]
 
 
 def finished(url: str, name: str, run_id: str) -> dict:
     return wait_for(lambda: (run := run_state(url, name, run_id)).get("CompletedOn") and run, timeout=180)
 
 
-SCRIPT = """\
-import boto3, sys
-s3 = boto3.client("s3")
-s3.put_object(Bucket="price-notification-local", Key=sys.argv[sys.argv.index("--out") + 1], Body=b"ran")
-print("wrote it")
-"""
-
-
 def test_a_jobs_own_calls_meet_the_faults_but_the_runners_script_download_and_logs_do_not(url, switch):
-    name = glue_job(url, SCRIPT)
+    name = glue_job(url, "write_to_s3.py")
     out = f"tests/faults/{uuid.uuid4().hex}.out"
     switch("s3=1,kinds=503")
 
-    run_id = faults.exempt(client("glue", url)).start_job_run(JobName=name, Arguments={"--out": out})["JobRunId"]
+    run_id = faults.exempt(client("glue", url, STANDIN_CREDENTIALS)).start_job_run(
+        JobName=name, Arguments={"--bucket": BUCKET, "--key": out}
+    )["JobRunId"]
     run = finished(url, name, run_id)
 
     assert run["JobRunState"] == "FAILED"
     assert "ServiceUnavailable" in run["ErrorMessage"]  # the job's PutObject, after botocore's retries
     switch("off")
-    errors = client("logs", url).get_log_events(
+    errors = client("logs", url, STANDIN_CREDENTIALS).get_log_events(
         logGroupName="/aws-glue/python-jobs/error", logStreamName=run_id, startFromHead=True
     )["events"]
     assert any("ServiceUnavailable" in event["message"] for event in errors)  # the runner stored its logs
-    assert client("s3", url).list_objects_v2(Bucket=BUCKET, Prefix=out)["KeyCount"] == 0
+    assert client("s3", url, STANDIN_CREDENTIALS).list_objects_v2(Bucket=BUCKET, Prefix=out)["KeyCount"] == 0
 
 
 def test_glue_startup_keeps_a_run_running_before_its_script_starts(url, switch):
-    name = glue_job(url, SCRIPT)
+    name = glue_job(url, "write_to_s3.py")
     out = f"tests/faults/{uuid.uuid4().hex}.out"
     switch("glue_startup_ms=600000")
 
-    run_id = faults.exempt(client("glue", url)).start_job_run(JobName=name, Arguments={"--out": out})["JobRunId"]
+    run_id = faults.exempt(client("glue", url, STANDIN_CREDENTIALS)).start_job_run(
+        JobName=name, Arguments={"--bucket": BUCKET, "--key": out}
+    )["JobRunId"]
 
     assert run_state(url, name, run_id)["JobRunState"] == "RUNNING"
-    assert client("s3", url).list_objects_v2(Bucket=BUCKET, Prefix=out)["KeyCount"] == 0
+    assert client("s3", url, STANDIN_CREDENTIALS).list_objects_v2(Bucket=BUCKET, Prefix=out)["KeyCount"] == 0
     switch("off")
     assert finished(url, name, run_id)["JobRunState"] == "SUCCEEDED"
-    assert client("s3", url).get_object(Bucket=BUCKET, Key=out)["Body"].read() == b"ran"
+    assert (
+        client("s3", url, STANDIN_CREDENTIALS).get_object(Bucket=BUCKET, Key=out)["Body"].read()
+        == f"written by {run_id}".encode()
+    )
 
 
 def wait_for(condition, timeout: float = 60):

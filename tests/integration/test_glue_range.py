@@ -15,8 +15,8 @@ import pytest
 from include.glue import normalize_price_record as glue
 from include.price_pipeline import layout, settings
 from local.feed import render, synthetic_record
-from local.standin import ACCESS_KEY, REGION
-from tests.conftest import utc
+from local.standin import aws_env
+from tests.conftest import STANDIN_CREDENTIALS, utc
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,7 @@ def test_a_long_range_run_spread_over_processes_writes_what_one_process_writes(s
         fmt = ("json", "csv", "xml", "txt")[index % 4]
         aws.put(layout.ingestion_key(slot, f".{fmt}"), render(synthetic_record(slot), fmt))
     aws.put(layout.ingestion_key(slots[9], ".bad.json"), b'{"date": "soon", "weightedAverage": -1}')
-    for name, value in {
-        "AWS_ENDPOINT_URL": standin,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": ACCESS_KEY,
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
+    for name, value in aws_env(standin, STANDIN_CREDENTIALS).items():
         monkeypatch.setenv(name, value)
     pools = []
 

@@ -19,8 +19,7 @@ from datetime import timedelta
 import pytest
 
 from include.price_pipeline import alerts, layout
-from local.standin import client
-from tests.conftest import STANDIN_URL, utc
+from tests.conftest import utc
 from tests.integration.test_standin import log_lines
 from tests.records import candle
 
@@ -100,9 +99,9 @@ def reason(aws, slot, key) -> str:
     return json.loads(aws.get(layout.quarantine_keys(slot, key)[1]))["reason"]
 
 
-def output(run) -> list[str]:
+def output(aws, run) -> list[str]:
     """The run's stdout lines in CloudWatch."""
-    return log_lines(client("logs", STANDIN_URL), "output", run["Id"])
+    return log_lines(aws.client("logs"), "output", run["Id"])
 
 
 def test_the_range_run_succeeds_whatever_its_objects_hold(range_run):
@@ -160,7 +159,7 @@ def test_6_the_newest_object_wins_and_the_csv_and_run_log_name_the_one_it_supers
     assert (float(row["weighted_average"]), row["source_key"]) == (3012.5, raw_key(SLOTS[12], "-v2.csv"))
     assert json.loads(row["superseded"]) == [raw_key(SLOTS[12])]
     logged = f"SUPERSEDED in window {layout.slot_stamp(SLOTS[12])}: {alerts.quoted(raw_key(SLOTS[12]))}"
-    assert any(line.startswith(logged) for line in output(run))
+    assert any(line.startswith(logged) for line in output(aws, run))
 
 
 def test_11_a_no_trade_candle_has_its_one_price_as_weighted_average_marked_so(range_run):

@@ -55,9 +55,7 @@ def flow(aws, s3, slot, claimant: str) -> str | None:
 
 @pytest.fixture
 def sns(aws):
-    from local.standin import client
-
-    aws.sns = client("sns", aws.s3.meta.endpoint_url)
+    aws.sns = aws.client("sns")
     return aws
 
 

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from include.price_pipeline import layout, pairs, rules
-from local.standin import ACCESS_KEY, REGION
-from tests.conftest import ROOT, utc
+from local.standin import aws_env
+from tests.conftest import ROOT, STANDIN_CREDENTIALS, utc
 from tests.records import candle, seed_normalized
 
 pytestmark = pytest.mark.integration
@@ -33,8 +33,7 @@ def old_entry(slot, decision: str, **fields) -> bytes:
 
 
 def migrate(aws) -> str:
-    env = {**os.environ, "AWS_ENDPOINT_URL": aws.s3.meta.endpoint_url, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-           "AWS_SECRET_ACCESS_KEY": ACCESS_KEY, "AWS_DEFAULT_REGION": REGION}  # fmt: skip
+    env = {**os.environ, **aws_env(aws.url, STANDIN_CREDENTIALS)}
     done = subprocess.run(["make", "-s", "migrate-ledger"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

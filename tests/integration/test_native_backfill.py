@@ -18,7 +18,7 @@ from local.api import wait_for_backfill
 from local.feed import write_record
 from local.soak import default_entry, receive_all
 from local.stack import Stack, isolated
-from local.standin import client, queue_name
+from local.standin import queue_name
 from tests.records import candle, seed_normalized
 
 pytestmark = [pytest.mark.integration]
@@ -50,7 +50,7 @@ def backfill(stack: Stack, notify: bool) -> None:
 
 def test_backfill_is_quiet_by_default_notifies_once_when_asked_and_never_again(stack):
     config = settings.load({})
-    s3, sqs = client("s3", stack.standin_url), client("sqs", stack.standin_url)
+    s3, sqs = stack.client("s3"), stack.client("sqs")
     alerts_url = sqs.get_queue_url(QueueName=queue_name(config.alert_topic_arn))["QueueUrl"]
     seed_normalized(s3, config.bucket, candle(FIRST - layout.SLOT, 100.0))
     for index, price in enumerate(PRICES):

@@ -9,9 +9,11 @@ creation, nothing left running after a stop, and a server left by a killed run c
 
 from __future__ import annotations
 
+import contextlib
 import re
 import stat
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -110,6 +112,7 @@ def test_a_refused_history_backfill_is_reported_with_airflows_reason(stack, api)
 def test_login_files_and_the_database_are_private_from_creation(stack):
     assert stat.S_IMODE(stack.passwords_file.stat().st_mode) == 0o600
     assert stat.S_IMODE((stack.home / "jwt_secret").stat().st_mode) == 0o600
+    assert stat.S_IMODE((stack.state_dir / "aws-standin-credentials.json").stat().st_mode) == 0o600
     assert stat.S_IMODE(stack.postgres.data_dir.stat().st_mode) == 0o700
     assert not list((stack.home).glob("*.db")), "no SQLite file"
 
@@ -147,3 +150,50 @@ def test_a_server_left_running_by_a_killed_run_is_stopped_before_a_new_start(sta
                         "by an earlier run"]  # fmt: skip
     finally:
         leftover.kill()
+
+
+def test_a_hangup_of_make_run_stops_every_process_it_started():
+    """Closing the terminal sends SIGHUP: it must clean up as Ctrl-C does, or the stand-in, PostgreSQL,
+    Airflow and the feed (each in its own session, out of the terminal's reach) keep running."""
+    import os
+    import shutil
+    import signal
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from local.stack import ROOT, free_port
+
+    state_dir = Path(tempfile.mkdtemp(prefix="price-stack-"))  # reachable by the database's user (stack_dir)
+    env = {
+        **os.environ,
+        "STATE_DIR": str(state_dir),
+        "STANDIN_PORT": str(free_port()),
+        "AIRFLOW_PORT": str(free_port()),
+    }
+    output = state_dir / "make-run.out"
+    with open(output, "wb") as out:
+        make_run = subprocess.Popen([sys.executable, "-m", "local.run"], cwd=ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)  # fmt: skip
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 600
+        while "Waiting for notifications" not in output.read_text(errors="replace"):
+            assert make_run.poll() is None, output.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "make run did not start within 10 minutes"
+            time.sleep(1)
+        started = psutil.Process(make_run.pid).children(recursive=True)
+        commands = " ".join(" ".join(process.cmdline()) for process in started)
+        assert all(name in commands for name in ("local.standin", "postgres", "scheduler", "local.feed")), commands
+
+        make_run.send_signal(signal.SIGHUP)
+
+        assert make_run.wait(timeout=180) == 0
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert [process.cmdline() for process in alive if process.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        make_run.kill()
+        for process in started:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        shutil.rmtree(state_dir / "postgres", ignore_errors=True)

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from include.price_pipeline import layout, settings
 from local.standin import client, provision, queue_name
-from tests.conftest import utc
+from tests.conftest import GLUE_TEST_SCRIPTS, STANDIN_CREDENTIALS, utc
 from tests.records import candle
 
 pytestmark = pytest.mark.integration
@@ -30,15 +30,16 @@ TERMINAL_STATES = ("SUCCEEDED", "FAILED", "TIMEOUT", "STOPPED", "ERROR")
 
 
 @pytest.fixture
-def logs(standin):
-    return client("logs", standin)
+def logs(aws):
+    return aws.client("logs")
 
 
 def glue_job(aws, script: str | bytes, **job_kwargs) -> str:
-    """Upload ``script`` to the stand-in's S3 and create a Python shell job running it; return its name."""
+    """Upload ``script`` (a file name of tests/data/glue_scripts, or the bytes of one) to the stand-in's S3
+    and create a Python shell job running it; return its name."""
     name = f"test-standin-{uuid.uuid4().hex[:12]}"
     key = f"{layout.GLUE_SCRIPTS_PREFIX}tests/{name}.py"
-    aws.put(key, script)
+    aws.put(key, script if isinstance(script, bytes) else (GLUE_TEST_SCRIPTS / script).read_bytes())
     aws.glue.create_job(
         Name=name,
         Role=aws.config.glue_role_name,
@@ -84,7 +85,7 @@ def log_lines(logs, stream: str, run_id: str) -> list[str]:
 
 
 def test_a_job_that_succeeds_is_succeeded_with_its_stdout_in_cloudwatch(aws, logs):
-    name = glue_job(aws, "print('hello from the job')\nprint('second line')\n")
+    name = glue_job(aws, "hello.py")
 
     run = finished_run(aws, name)
 
@@ -95,7 +96,7 @@ def test_a_job_that_succeeds_is_succeeded_with_its_stdout_in_cloudwatch(aws, log
 
 
 def test_a_job_that_raises_is_failed_with_the_error_and_its_traceback_in_cloudwatch(aws, logs):
-    name = glue_job(aws, "def check():\n    raise ValueError('boom')\n\ncheck()\n")
+    name = glue_job(aws, "raises.py")
 
     run = finished_run(aws, name)
 
@@ -109,7 +110,7 @@ def test_a_job_that_raises_is_failed_with_the_error_and_its_traceback_in_cloudwa
 
 def test_a_job_that_runs_past_its_timeout_is_timeout_and_keeps_its_earlier_output(aws, logs):
     # The session's stand-in counts 3 seconds per Glue timeout minute.
-    name = glue_job(aws, "import time\nprint('started', flush=True)\ntime.sleep(60)\nprint('never')\n", Timeout=1)
+    name = glue_job(aws, "sleeps.py", Timeout=1)
     started = time.monotonic()
 
     run = finished_run(aws, name)
@@ -121,17 +122,10 @@ def test_a_job_that_runs_past_its_timeout_is_timeout_and_keeps_its_earlier_outpu
     assert log_lines(logs, "output", run["Id"]) == ["started"]
 
 
-ECHO_ARGUMENTS = """
-import json, sys
-names, values = sys.argv[1::2], sys.argv[2::2]
-print(json.dumps(dict(zip(names, values))))
-"""
-
-
 def test_creating_an_existing_job_again_keeps_it_and_its_runs_as_glue_does(aws):
     """Two tasks that both find no job create it at once (a backfill's first windows): the second
     CreateJob must not drop the run the first one already started."""
-    name = glue_job(aws, "print('first')\n")
+    name = glue_job(aws, "hello.py")
     definition = aws.glue.get_job(JobName=name)["Job"]
     run_id = aws.glue.start_job_run(JobName=name)["JobRunId"]
 
@@ -150,21 +144,25 @@ def test_a_glue_start_up_keeps_each_run_running_before_its_script_starts(tmp_pat
     import sys
 
     from local.stack import free_port
-    from local.standin import wait_until_up
+    from local.standin import credentials, wait_until_up
 
     url = f"http://127.0.0.1:{free_port()}"
     log_path = tmp_path / "standin.log"
     with open(log_path, "w") as log:
-        argv = [sys.executable, "-m", "local.standin", "--port", url.rsplit(":", 1)[1], "--glue-startup-seconds", "600"]
+        argv = [sys.executable, "-m", "local.standin", "--port", url.rsplit(":", 1)[1], "--glue-startup-seconds", "600",
+                "--state-dir", str(tmp_path), "--test-glue-scripts", str(GLUE_TEST_SCRIPTS)]  # fmt: skip
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until_up(url, timeout=60)
+        key = credentials(tmp_path)
+        wait_until_up(url, key, timeout=60)
         while "ready" not in log_path.read_text():
             assert process.poll() is None, log_path.read_text()
             time.sleep(0.2)
-        s3, glue = client("s3", url), client("glue", url)
+        s3, glue = client("s3", url, key), client("glue", url, key)
         config = settings.load({})
-        s3.put_object(Bucket=config.bucket, Key="artifacts/started.py", Body=b"print('started')\n")
+        s3.put_object(
+            Bucket=config.bucket, Key="artifacts/started.py", Body=(GLUE_TEST_SCRIPTS / "hello.py").read_bytes()
+        )
         command = {
             "Name": "pythonshell",
             "PythonVersion": "3.9",
@@ -185,7 +183,7 @@ def test_a_glue_start_up_keeps_each_run_running_before_its_script_starts(tmp_pat
 
 
 def test_the_script_receives_the_job_default_arguments_merged_with_the_run_arguments(aws, logs):
-    name = glue_job(aws, ECHO_ARGUMENTS, DefaultArguments={"--from_job": "job", "--overridden": "job default"})
+    name = glue_job(aws, "echo_arguments.py", DefaultArguments={"--from_job": "job", "--overridden": "job default"})
 
     run = finished_run(aws, name, {"--overridden": "run value", "--from_run": "run"})
 
@@ -199,18 +197,9 @@ def test_the_script_receives_the_job_default_arguments_merged_with_the_run_argum
     assert received["--JOB_RUN_ID"] == run["Id"]
 
 
-WRITE_TO_S3 = """
-import sys
-import boto3
-args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-body = ("written by " + args["--JOB_RUN_ID"]).encode()
-boto3.client("s3").put_object(Bucket=args["--bucket"], Key=args["--key"], Body=body)
-"""
-
-
 def test_the_script_boto3_reaches_the_stand_in(aws):
     key = f"tests/standin/{uuid.uuid4().hex}/written-by-glue.txt"
-    name = glue_job(aws, WRITE_TO_S3)
+    name = glue_job(aws, "write_to_s3.py")
 
     run = finished_run(aws, name, {"--bucket": aws.config.bucket, "--key": key})
 
@@ -220,7 +209,7 @@ def test_the_script_boto3_reaches_the_stand_in(aws):
 
 def test_terminal_state_is_reported_only_after_the_logs_are_stored(aws, logs):
     # Enough output that storing it takes the stand-in dozens of PutLogEvents calls.
-    name = glue_job(aws, "for n in range(50000):\n    print('line', n)\nprint('LAST LINE')\n")
+    name = glue_job(aws, "many_lines.py")
     run_id = aws.glue.start_job_run(JobName=name)["JobRunId"]
     deadline = time.monotonic() + 90
     while (run := aws.glue.get_job_run(JobName=name, RunId=run_id)["JobRun"])["JobRunState"] not in TERMINAL_STATES:
@@ -236,15 +225,93 @@ def test_terminal_state_is_reported_only_after_the_logs_are_stored(aws, logs):
     assert "CompletedOn" in run
 
 
+@pytest.mark.parametrize("script", ["project", "test"])
+def test_a_run_of_any_other_script_fails_in_one_line_and_runs_nothing(aws, logs, script):
+    """Anyone able to start a Glue run would run code as the stack's user: the runner runs only the
+    project's script (and, here, the session's test scripts), byte for byte."""
+    source = layout.GLUE_SCRIPT_PATH if script == "project" else GLUE_TEST_SCRIPTS / "write_to_s3.py"
+    key = f"tests/standin/{uuid.uuid4().hex}/written-by-glue.txt"
+    name = glue_job(aws, source.read_bytes() + b"\nprint('one line more')\n")
+
+    run = finished_run(aws, name, {"--bucket": aws.config.bucket, "--key": key})
+
+    assert run["JobRunState"] == "FAILED"
+    assert run["ErrorMessage"].startswith("stand-in refused to run the job: ")
+    assert "normalize_price_record.py, the only script it runs" in run["ErrorMessage"]
+    assert "\n" not in run["ErrorMessage"]
+    assert aws.keys(key) == []
+    assert log_lines(logs, "output", run["Id"]) == log_lines(logs, "error", run["Id"]) == []
+
+
+# ------------------------------------------------------------------ who may call it
+
+SIGNED_CALLS = {
+    "s3": lambda c: c.list_objects_v2(Bucket=settings.load().bucket, MaxKeys=1),
+    "glue": lambda c: c.get_jobs(MaxResults=1),
+    "sns": lambda c: c.list_topics(),
+    "sqs": lambda c: c.list_queues(),
+    "iam": lambda c: c.list_roles(MaxItems=1),
+    "logs": lambda c: c.describe_log_groups(limit=1),
+}
+
+
+@pytest.mark.parametrize("service", SIGNED_CALLS)
+@pytest.mark.parametrize("key", ["made up", "our key id, another secret"])
+def test_a_call_not_signed_with_the_stacks_own_credentials_is_refused_403(standin, aws, service, key):
+    from botocore.credentials import Credentials
+
+    access_key = "MADEUPKEYID" if key == "made up" else STANDIN_CREDENTIALS.access_key
+    stranger = client(service, standin, Credentials(access_key, "not-the-secret"))
+
+    with pytest.raises(ClientError) as refused:
+        SIGNED_CALLS[service](stranger)
+
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert "accepts only requests signed with its own credentials" in refused.value.response["Error"]["Message"]
+    SIGNED_CALLS[service](aws.client(service))  # the stack's own: answered
+
+
+def test_a_signed_request_with_another_body_and_a_presigned_url_are_refused_403(standin, aws):
+    """The signature covers the body (S3 signs its SHA-256); a query-string signature is no way in either:
+    none of the stack's clients uses one."""
+    import http.client
+    import urllib.request
+    from urllib.error import HTTPError
+    from urllib.parse import urlsplit
+
+    from local.standin import signed_headers
+
+    key = f"tests/standin/{uuid.uuid4().hex}/tampered.txt"
+    path = f"/{aws.config.bucket}/{key}"
+    headers = signed_headers("PUT", standin + path, STANDIN_CREDENTIALS, b"the signed body")
+    address = urlsplit(standin)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        connection.request("PUT", path, body=b"another body!!!", headers=headers)
+        tampered = connection.getresponse()
+        tampered_body = tampered.read()
+    finally:
+        connection.close()
+    aws.put(key, b"written by the stack")
+    presigned = aws.s3.generate_presigned_url("get_object", Params={"Bucket": aws.config.bucket, "Key": key})
+
+    with pytest.raises(HTTPError) as refused:
+        urllib.request.urlopen(presigned, timeout=10)  # noqa: S310 - the stand-in on loopback
+
+    assert (tampered.status, refused.value.code) == (403, 403)
+    assert b"body does not match" in tampered_body
+    assert aws.get(key) == b"written by the stack"
+
+
 # ------------------------------------------------------------------ provisioning
 
 
 def test_provision_is_idempotent_one_subscription_per_topic(standin, aws):
-    first = provision(standin)
-    second = provision(standin)
+    first = provision(standin, STANDIN_CREDENTIALS)
+    second = provision(standin, STANDIN_CREDENTIALS)
 
     assert first == second
-    sns, sqs = client("sns", standin), client("sqs", standin)
+    sns, sqs = aws.client("sns"), aws.client("sqs")
     config = settings.load()
     assert set(second) == {config.alert_topic_arn, config.ops_topic_arn}
     for topic_arn, queue_url in second.items():
@@ -253,7 +320,7 @@ def test_provision_is_idempotent_one_subscription_per_topic(standin, aws):
         subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
         assert [(s["Protocol"], s["Endpoint"]) for s in subscriptions] == [("sqs", queue_arn)]
     assert config.bucket in {b["Name"] for b in aws.s3.list_buckets()["Buckets"]}
-    assert client("iam", standin).get_role(RoleName=config.glue_role_name)["Role"]["RoleName"] == config.glue_role_name
+    assert aws.client("iam").get_role(RoleName=config.glue_role_name)["Role"]["RoleName"] == config.glue_role_name
 
 
 # ------------------------------------------------------------------ the pipeline's own Glue job
@@ -310,16 +377,7 @@ def test_one_connection_carries_many_calls_and_each_answer_is_framed_by_its_leng
     import http.client
     from urllib.parse import urlsplit
 
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    from local.standin import ACCESS_KEY, REGION
-
-    def signed(method: str, url: str, data: bytes = b"") -> dict:
-        request = AWSRequest(method=method, url=url, data=data)
-        S3SigV4Auth(Credentials(ACCESS_KEY, ACCESS_KEY), "s3", REGION).add_auth(request)
-        return dict(request.headers.items())
+    from local.standin import signed_headers
 
     address = urlsplit(standin)
     path = f"/{aws.config.bucket}/tests/keep-alive/{uuid.uuid4().hex}.txt"
@@ -333,7 +391,9 @@ def test_one_connection_carries_many_calls_and_each_answer_is_framed_by_its_leng
             ("POST", "/no-such-service/anything", b"x" * 5000),
             ("GET", path, b""),
         ):
-            connection.request(method, target, body=data, headers=signed(method, standin + target, data))
+            connection.request(
+                method, target, body=data, headers=signed_headers(method, standin + target, STANDIN_CREDENTIALS, data)
+            )
             response = connection.getresponse()
             answers.append((response.status, response.getheader("Content-Length"), response.read()))
             if method == "PUT":
@@ -434,7 +494,7 @@ def test_listings_through_the_stand_in_equal_plain_moto(standin, versioned):
     from local import s3index
 
     bucket = f"test-listing-{uuid.uuid4().hex[:12]}"
-    s3 = client("s3", standin)
+    s3 = client("s3", standin, STANDIN_CREDENTIALS)
     _write_listing_bucket(s3, bucket, versioned)
     through_stand_in = _listings(s3, bucket)
     with mock_aws():
@@ -533,7 +593,7 @@ def test_the_stand_in_lists_a_prefix_by_walking_only_its_keys(standin):
     from local import s3index
 
     bucket = f"test-s3-index-{uuid.uuid4().hex[:12]}"
-    s3 = client("s3", standin)
+    s3 = client("s3", standin, STANDIN_CREDENTIALS)
     s3.create_bucket(Bucket=bucket)
     for folder in ("day=01", "day=02", "day=03"):
         for n in range(30):

@@ -1,0 +1,2 @@
+print("hello from the job")
+print("second line")

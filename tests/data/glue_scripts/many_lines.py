@@ -1,0 +1,3 @@
+for n in range(50000):
+    print("line", n)
+print("LAST LINE")

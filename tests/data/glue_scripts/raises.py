@@ -1,0 +1,5 @@
+def check():
+    raise ValueError("boom")
+
+
+check()

@@ -1,0 +1,5 @@
+import time
+
+print("started", flush=True)
+time.sleep(60)
+print("never")
