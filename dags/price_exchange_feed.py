@@ -26,17 +26,17 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
-from include.price_pipeline import runs, settings
+from include.price_pipeline import operators, runs, settings
 
 config = settings.load()
 #: The pairs and where each one's candles come from, validated now (one line naming the field).
 rule_set = settings.load_rules(config)
 
-notify_ops = runs.live_ops_notifier(config)
+notify_ops = operators.live_ops_notifier(config)
 
 
 @dag(
-    schedule=runs.every_window(),
+    schedule=operators.every_window(),
     start_date=pendulum.datetime(2017, 7, 14, tz="UTC"),
     catchup=False,
     max_active_runs=4,

@@ -19,10 +19,11 @@ record whose candle starts at `data_interval_start`:
    `crypto/03-price-changes/`, and a due rule is claimed there with a conditional write (`publishing`). A
    pair without a record (none there, or quarantined) is late: the run tells ops which pairs were late
    for a live window, and why. With no pair's record to decide, the task fails.
-4. **publish_price_alerts**: every pair's due alerts, each (pair, rule, window) at most once: only the run
-   whose claim landed publishes, marks it started first and records it `notified` after. Backfill runs and
-   windows older than `max_alert_age` are recorded as suppressed unless `notify_on_backfill` (a live breach
-   suppressed for lateness is reported to ops).
+4. **publish_price_alerts** (the provider's `SnsPublishOperator`, subclassed, mapped): one task instance per
+   due alert, named by its subject, each (pair, rule, window) at most once: only the run whose claim landed
+   publishes, marks it started first and records it `notified` with its SNS message id after. Backfill runs
+   and windows older than `max_alert_age` are recorded as suppressed unless `notify_on_backfill` (a live
+   breach suppressed for lateness is reported to ops); with no alert due the task is skipped.
    **post_slack_alerts** (only when `PRICE_SLACK_CONN_ID` names a Slack webhook connection) posts the
    alerts SNS accepted, escaped for Slack, in one message.
 
@@ -43,17 +44,17 @@ import pendulum
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk import Param, chain, dag, task
 
-from include.price_pipeline import layout, runs, settings
+from include.price_pipeline import layout, operators, runs, settings
 
 config = settings.load()
 #: The pairs and their rules, validated now: a bad file fails the parse with one line naming the field.
 rule_set = settings.load_rules(config)
 
-notify_ops = runs.live_ops_notifier(config)
+notify_ops = operators.live_ops_notifier(config)
 
 
 @dag(
-    schedule=runs.every_window(),
+    schedule=operators.every_window(),
     start_date=pendulum.datetime(2017, 7, 14, tz="UTC"),
     catchup=False,
     max_active_runs=16,
@@ -70,7 +71,7 @@ notify_ops = runs.live_ops_notifier(config)
     },
 )
 def price_notification():
-    wait_for_price_record = runs.WindowRecordSensor(
+    wait_for_price_record = operators.WindowRecordSensor(
         task_id="wait_for_price_record",
         aws_conn_id=config.aws_conn_id,
         bucket_name=config.bucket,
@@ -103,22 +104,23 @@ def price_notification():
     def analyse_pairs(params=None, data_interval_start=None, dag_run=None, ti=None) -> list[dict]:
         return runs.analyse_pairs(config, rule_set, params, data_interval_start, dag_run, ti)
 
-    @task
-    def publish_price_alerts(due: list[dict], data_interval_start=None, dag_run=None) -> dict:
-        return runs.publish_price_alerts(config, due, data_interval_start, dag_run)
-
-    @task
-    def post_slack_alerts(published: dict) -> None:
-        runs.post_slack_alerts(config, published)
+    @task(trigger_rule="none_failed_min_one_success")
+    def post_slack_alerts(due: list[dict], published) -> None:
+        runs.post_slack_alerts(config, due, published)
 
     pair_alerts = analyse_pairs()
-    published = publish_price_alerts(pair_alerts)
+    publish_price_alerts = operators.AlertPublishOperator.partial(
+        task_id="publish_price_alerts",
+        aws_conn_id=config.aws_conn_id,
+        target_arn=config.alert_topic_arn,
+        map_index_template="{{ task.subject }}",
+    ).expand_kwargs(pair_alerts)
     chain(
         wait_for_price_record,
         normalize_price_record,
         pair_alerts,
-        published,
-        *([post_slack_alerts(published)] if config.slack_conn_id else []),
+        publish_price_alerts,
+        *([post_slack_alerts(pair_alerts, publish_price_alerts.output)] if config.slack_conn_id else []),
     )
 
 

@@ -91,7 +91,8 @@ def check_subject(subject: str) -> str:
 
 
 def alert(pair: str, rule: str, view: dict, run_url: str) -> dict:
-    """The one alert of a due rule, for every pair and rule kind: ``subject``, ``message`` and ``attributes``.
+    """The one alert of a due rule, for every pair and rule kind: ``subject``, ``message`` and
+    ``message_attributes`` (the SNS publish operator's arguments, with ``pair`` and ``rule``).
 
     ``view``: the rule's decision as the ledger holds it (``kind``, ``direction``, ``change_pct``, ``reason``,
     ``reference`` and ``latest`` prices, a crossing's ``level``) and the window (``window_start``,
@@ -120,7 +121,7 @@ def alert(pair: str, rule: str, view: dict, run_url: str) -> dict:
     attributes = {"symbol": pair, "rule": rule, "direction": view["direction"],
                   "change_pct": round(_number(view["change_pct"]), 4)}  # fmt: skip
     return {"pair": pair, "rule": rule, "subject": check_subject(f"{pair} {what}: {price}"[:SUBJECT_LIMIT]),
-            "message": message, "attributes": attributes}  # fmt: skip
+            "message": message, "message_attributes": attributes}  # fmt: skip
 
 
 def slack_text(subject: str, message: str) -> str:

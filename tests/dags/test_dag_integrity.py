@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from include.price_pipeline import layout, rules, runs, settings, windows
+from include.price_pipeline import layout, operators, rules, settings, windows
 from tests.conftest import utc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,12 +149,33 @@ def test_one_publish_task_sends_every_pairs_alerts_from_the_one_analysis(monkeyp
 
     publish = dag.get_task("publish_price_alerts")
     assert publish.upstream_task_ids == {"analyse_pairs"}
-    [due] = publish.op_args  # what it sends: the due alerts analyse_pairs returns, every pair's
-    assert (due.operator.task_id, due.key, publish.op_kwargs) == ("analyse_pairs", "return_value", {})
+    # mapped over what it sends: the due alerts analyse_pairs returns, every pair's, one task instance each
+    assert (publish.expand_input.value.operator.task_id, publish.expand_input.value.key) == (
+        "analyse_pairs",
+        "return_value",
+    )
     assert publish.trigger_rule == "all_success"
     assert not [t.task_id for t in dag.tasks if "publish" in t.task_id and t is not publish]
     assert not [t.task_id for t in dag.tasks if "analys" in t.task_id and t.task_id != "analyse_pairs"]
     assert {t.task_id for t in dag.tasks} == set(TASK_ORDER)  # three pairs: no task more than with one
+
+
+def test_price_notification_has_the_briefs_four_operators_by_type(dag):
+    """The brief's shape, as a DagBag check finds it: an S3KeySensor, the Glue job operator, the Python task
+    and the SNS publish operator, mapped (one task instance per alert, named by its subject)."""
+    from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
+    from airflow.providers.amazon.aws.operators.sns import SnsPublishOperator
+    from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    publish = dag.get_task("publish_price_alerts")
+
+    assert isinstance(dag.get_task("wait_for_price_record"), S3KeySensor)
+    assert isinstance(dag.get_task("normalize_price_record"), GlueJobOperator)
+    assert dag.get_task("analyse_pairs").operator_name == "@task"
+    assert isinstance(publish, MappedOperator)
+    assert issubclass(publish.operator_class, SnsPublishOperator)
+    assert publish.partial_kwargs["map_index_template"] == "{{ task.subject }}"
 
 
 def test_price_notification_parses_with_exactly_the_documented_tasks_by_default(dag):
@@ -169,7 +190,7 @@ def test_sensor_is_deferrable_by_default_with_a_finite_timeout_and_poke_interval
 
     sensor = dag.get_task("wait_for_price_record")
 
-    assert isinstance(sensor, runs.WindowRecordSensor)
+    assert isinstance(sensor, operators.WindowRecordSensor)
     assert isinstance(sensor, S3KeySensor)  # the brief's operator: subclassed, not replaced
     assert sensor.wildcard_match is True
     assert sensor.deferrable is True

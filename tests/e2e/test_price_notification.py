@@ -301,7 +301,8 @@ def test_slack_gets_the_same_alert_when_a_webhook_connection_is_configured(
 
 
 def test_a_retried_publish_task_does_not_notify_again(dag, aws):
-    """Re-run only publish_price_alerts of a notified run, as a retry or a task clear would."""
+    """Re-run only publish_price_alerts of a notified run (its one mapped instance), as a retry or a task
+    clear would."""
     import subprocess
     import sys
 
@@ -313,7 +314,18 @@ def test_a_retried_publish_task_does_not_notify_again(dag, aws):
     assert len(aws.alerts()) == 1
 
     retry = subprocess.run(
-        [sys.executable, "-m", "airflow", "tasks", "test", "price_notification", "publish_price_alerts", run.run_id],
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "tasks",
+            "test",
+            "price_notification",
+            "publish_price_alerts",
+            run.run_id,
+            "--map-index",
+            "0",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -212,7 +212,7 @@ def test_alert_message_of_a_fall_shows_a_negative_change():
 
 @pytest.mark.parametrize(("latest", "direction", "change"), [(3072.3, "up", 2.41), (2910.0, "down", -3.0)])
 def test_alert_attributes_carry_symbol_direction_and_change_as_a_number(latest, direction, change):
-    attributes = published(entry_for(3000.0, latest))["attributes"]
+    attributes = published(entry_for(3000.0, latest))["message_attributes"]
 
     assert attributes["symbol"] == "ETH/USDT"
     assert attributes["direction"] == direction
@@ -269,10 +269,15 @@ def test_alert_text_names_the_configured_pair_never_the_records_text():
     entry = entry_for(100.0, 103.0, record_pair=HOSTILE_PAIR)
 
     alert = published(entry)
-    texts = [alert["subject"], alert["message"], json.dumps(alert["attributes"]), alerts.ledger_bytes(entry).decode()]
+    texts = [
+        alert["subject"],
+        alert["message"],
+        json.dumps(alert["message_attributes"]),
+        alerts.ledger_bytes(entry).decode(),
+    ]
 
     assert texts[0] == "ETH/USDT up 3.00% in 5 min: 103.00"
-    assert alert["attributes"]["symbol"] == PAIR
+    assert alert["message_attributes"]["symbol"] == PAIR
     assert not any(part in text for text in texts for part in ("channel", "LOGIN", "BTC", "\U0001f680"))
 
 
@@ -491,36 +496,57 @@ def test_ops_notification_of_a_failure_only_mentioning_a_claim_says_task_failed(
 def test_a_backfill_failure_pages_ops_only_for_a_claim_left(monkeypatch, run_type, exception, paged):
     from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 
-    from include.price_pipeline import runs
+    from include.price_pipeline import operators
 
     sent = []
     monkeypatch.setattr(SnsNotifier, "notify", lambda self, context: sent.append(context))
-    notifier = runs.live_ops_notifier(CONFIG)
+    notifier = operators.live_ops_notifier(CONFIG)
 
     notifier.notify({"dag_run": SimpleNamespace(run_type=run_type), "exception": exception})
 
     assert len(sent) == paged
 
 
-@pytest.mark.parametrize("failed", [[], ["BTC/USDT move-1h: SNS refused"]], ids=["left", "left-and-failed"])
-def test_the_publish_tasks_claim_left_failure_carries_the_mark(monkeypatch, failed):
-    """Retried while some Publish failed (the retry sends those), else failed at once; marked either way."""
-    from airflow.sdk.exceptions import AirflowFailException
+@pytest.mark.parametrize(
+    ("outcome", "raised"),
+    [
+        ("sent", None),
+        ("failed", RuntimeError),
+        ("left", "ClaimsLeftFailure"),
+        ("skipped", "AirflowSkipException"),
+    ],
+)
+def test_the_publish_operator_turns_each_ledger_outcome_into_its_task_state(monkeypatch, outcome, raised):
+    """One mapped publish per alert: sent returns its message id; SNS refused fails the try (the retry
+    publishes it); a claim an earlier try left fails without retries and carries the mark ops are paged by;
+    notified already (or not this run's claim) is a skip with the reason."""
+    from airflow.providers.amazon.aws.operators.sns import SnsPublishOperator
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from include.price_pipeline import runs
+    from include.price_pipeline import operators
 
-    left = [f"ETH/USDT move-5m: {pairs.LEFT} (an earlier publish of price_notification/r)"]
-    result = {"sent": [], "skipped": [], "failed": failed, "left": left}
-    monkeypatch.setattr(pairs, "publish_alerts", lambda *args: result)
-    monkeypatch.setattr(runs, "_s3", lambda config: None)
-    monkeypatch.setattr(runs, "sns_publisher", lambda config: None)
+    reason = f"ETH/USDT window 20260107T1000Z rule move-5m: {outcome}"
+    result = {"sent": {}, "skipped": [], "failed": [], "left": []}
+    result[outcome] = {"ETH/USDT move-5m": "message-1"} if outcome == "sent" else [reason]
+    asked = []
+    monkeypatch.setattr(pairs, "publish_alerts", lambda s3, config, slot, due, claimant, publish: asked.append(
+        (slot, due, claimant)) or result)  # fmt: skip
+    monkeypatch.setattr(operators, "S3Hook", lambda **kwargs: SimpleNamespace(get_conn=lambda: None))
+    task = operators.AlertPublishOperator(task_id="publish_price_alerts", target_arn="arn:aws:sns:x", message="m",
+                                          subject="s", pair="ETH/USDT", rule="move-5m")  # fmt: skip
     dag_run = SimpleNamespace(dag_id="price_notification", run_id="r", run_after=SLOT + layout.SLOT)
+    context = {"dag_run": dag_run, "data_interval_start": SLOT}
 
-    with pytest.raises(alerts.ClaimsLeft) as failure:
-        runs.publish_price_alerts(CONFIG, [{"pair": "ETH/USDT", "rule": "move-5m"}], SLOT, dag_run)
-
-    assert failure.value.claim_left is True
-    assert isinstance(failure.value, AirflowFailException) is not bool(failed)
+    assert isinstance(task, SnsPublishOperator)
+    if raised is None:
+        assert task.execute(context) == {"pair": "ETH/USDT", "rule": "move-5m", "sns_message_id": "message-1"}
+    else:
+        kind = {"ClaimsLeftFailure": operators.ClaimsLeftFailure, "AirflowSkipException": AirflowSkipException}
+        with pytest.raises(kind.get(raised, raised), match=reason) as failure:
+            task.execute(context)
+        assert getattr(failure.value, "claim_left", False) is (outcome == "left")
+        assert isinstance(failure.value, AirflowFailException) is (outcome == "left")
+    assert asked == [(SLOT, [{"pair": "ETH/USDT", "rule": "move-5m"}], "price_notification/r")]
 
 
 @pytest.mark.parametrize("exception", [ValueError("x"), QUARANTINE_FAILURE, None])

@@ -11,7 +11,7 @@ import pytest
 from moto import mock_aws
 
 from include.price_pipeline import layout
-from include.price_pipeline.runs import SLOW_LOOK, WindowRecordSensor, _now
+from include.price_pipeline.operators import SLOW_LOOK, WindowRecordSensor, _now
 
 REAL_NOW = _now
 
@@ -54,11 +54,11 @@ SLOT = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)  # every test's window, [10:00, 
 @pytest.fixture
 def clock(monkeypatch):
     """The sensor's now: set it with ``clock(seconds after the window ended)``."""
-    from include.price_pipeline import runs
+    from include.price_pipeline import operators
 
     def set_to(after_end: float) -> datetime:
         now = SLOT + layout.SLOT + timedelta(seconds=after_end)
-        monkeypatch.setattr(runs, "_now", lambda: now)
+        monkeypatch.setattr(operators, "_now", lambda: now)
         return now
 
     set_to(10)
@@ -88,9 +88,9 @@ def test_the_deferral_timeout_is_one_the_task_runner_can_send_to_its_supervisor(
     import msgspec
     from airflow.sdk.execution_time.comms import _msgpack_enc_hook
 
-    from include.price_pipeline import runs
+    from include.price_pipeline import operators
 
-    monkeypatch.setattr(runs, "_now", REAL_NOW)
+    monkeypatch.setattr(operators, "_now", REAL_NOW)
     wait = deferred(lambda: sensor().execute(context(layout.slot_start(REAL_NOW()) - layout.SLOT)))
 
     msgspec.msgpack.Encoder(enc_hook=_msgpack_enc_hook).encode({"trigger_timeout": wait.timeout})
