@@ -50,7 +50,6 @@ test-fast: $(VENV)/.installed lint
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/ruff check --target-version py39 --no-cache include/glue/
 
 backfill: $(VENV)/.installed
 	$(PY) -m local.backfill --from="$(FROM)" --to="$(TO)" $(if $(NOTIFY),--notify,) $(if $(FETCH),--fetch,)

@@ -335,7 +335,9 @@ def test_glue_job_definition():
 
 
 def _script_options() -> set[str]:
-    source = layout.GLUE_SCRIPT_PATH.read_text(encoding="utf-8")
+    from include.glue.price_glue import job
+
+    source = Path(job.__file__).read_text(encoding="utf-8")
     return set(re.findall(r'add_argument\(\s*"(--[a-z_]+)"', source))
 
 
@@ -382,7 +384,7 @@ def test_glue_job_arguments_match_what_the_dag_passes():
 
 def test_glue_job_arguments_parse_with_the_job_script():
     """The default arguments, as Glue would pass them plus one window, are accepted by the script."""
-    from include.glue import normalize_price_record as job_script
+    from include.glue.price_glue import job
 
     arguments = dict(module().resource("aws_glue_job", "normalize")["default_arguments"])
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text(encoding="utf-8"))
@@ -391,7 +393,7 @@ def test_glue_job_arguments_parse_with_the_job_script():
     arguments["--pairs"] = ""  # join(",", local.other_pairs) of the default rules file: no other pair
     resolved = resolve(arguments, extra={"aws_s3_bucket.data.id": BUCKET})
     argv = [token for pair in resolved.items() for token in pair]
-    args = job_script.parse_args([*argv, "--window_start", "2026-11-25T19:30:00Z"])
+    args = job.parse_args([*argv, "--window_start", "2026-11-25T19:30:00Z"])
     assert args.bucket == BUCKET
     assert args.analysis_prefix == layout.ANALYSIS_PREFIX
     assert args.max_object_bytes == int(DEFAULTS["PRICE_MAX_OBJECT_BYTES"])
