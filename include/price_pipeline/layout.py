@@ -2,8 +2,9 @@
 
 Everything that reads or writes a key (the DAGs, the Glue job, the local stand-in and feed,
 the Terraform checks, the tests) derives it from here. The Glue job (``include/glue/price_glue``) imports
-it too, on Glue's Python 3.9: this module keeps to the standard library and to 3.9 (``timezone.utc``, not
-``datetime.UTC``; ruff's ``per-file-target-version`` checks the syntax).
+it too: this module ships in the job's bundle (``glue_bundle``) and runs on Glue's Python 3.9, so it keeps
+to the standard library and to 3.9 (``timezone.utc``, not ``datetime.UTC``; ruff's
+``per-file-target-version`` and ``tests/unit/test_glue_bundle.py`` check).
 
 Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHMMZ``)::
 

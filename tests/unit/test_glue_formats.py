@@ -12,8 +12,6 @@ import io
 import itertools
 import json
 import re
-import shutil
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,10 +41,6 @@ EVERY_FORMAT = {
     "text-kv",
     "binance-kline",
 }
-PY39_CANDIDATES = (
-    Path.home() / ".pyenv" / "versions" / "3.9.18" / "bin" / "python",
-    shutil.which("python3.9"),
-)
 
 
 def corpus_inputs(folder: Path) -> list[Path]:
@@ -392,20 +386,3 @@ def assert_same_candle(row: dict, source: dict) -> None:
     for column in formats.NUMERIC_FIELDS:
         assert row[column] == float(source[names.get(column, column)])
     assert row["pair"] == PAIR
-
-
-# ---------------------------------------------------------------- Glue's runtime
-
-
-def test_job_script_compiles_under_python_39(tmp_path):
-    python39 = next((str(path) for path in PY39_CANDIDATES if path and Path(path).exists()), None)
-    if python39 is None:
-        pytest.skip("no Python 3.9 here (~/.pyenv/versions/3.9.18/bin/python or python3.9 on PATH)")
-    compile_it = "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)"
-    result = subprocess.run(
-        [python39, "-c", compile_it, str(layout.GLUE_SCRIPT_PATH), str(tmp_path / "job.pyc")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
