@@ -277,8 +277,8 @@ def test_the_run_log_quotes_every_key_it_names(monkeypatch, capsys):
 
 @pytest.mark.parametrize("text", [FORGED_KEY_TEXT, "x" * 400, "plain/key.json", "é\x00\x1b&<>\"'\\", ""])
 def test_the_jobs_quoting_is_alerts_quoted(text):
-    """The job runs alone on Glue, so it carries a copy of ``alerts.quoted``, the one way text read from S3
-    is shown; the copy must quote as the original does."""
+    """alerts.py is not in the Glue job's bundle, so the job carries a copy of ``alerts.quoted``, the one way
+    text read from S3 is shown; the copy must quote as the original does."""
     assert job.QUOTED_LIMIT == alerts.QUOTED_LIMIT
     assert job.quoted(text) == alerts.quoted(text)
 

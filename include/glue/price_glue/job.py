@@ -88,9 +88,10 @@ QUOTED_LIMIT = 300
 
 
 def quoted(text):
-    """A copy of ``alerts.quoted`` (the job runs alone; tests/unit/test_glue_hostile.py checks the copy): text
-    read from S3, a key, as the run log shows it, in double quotes on one line with line breaks, control and
-    non-ASCII characters and Slack's ``<``, ``>``, ``&`` escaped, so that it can forge no line of the log."""
+    """A copy of ``alerts.quoted`` (alerts.py is not in the job's bundle; tests/unit/test_glue_hostile.py
+    checks the copy): text read from S3, a key, as the run log shows it, in double quotes on one line with
+    line breaks, control and non-ASCII characters and Slack's ``<``, ``>``, ``&`` escaped, so that it can
+    forge no line of the log."""
     escaped = json.dumps(str(text)[:QUOTED_LIMIT], ensure_ascii=True)
     return escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 

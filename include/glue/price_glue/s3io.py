@@ -187,7 +187,7 @@ def apply_plan(s3, args, plan):
 
 def s3_client():
     """An S3 client from the environment, with one pooled connection per worker thread."""
-    import boto3  # imported here so the pure functions above are usable without it
+    import boto3  # imported here so the package's pure functions are usable without it
     from botocore.config import Config
 
     return boto3.client("s3", config=Config(max_pool_connections=MAX_WORKERS))
