@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CHECKOV_VENV := .venv-checkov
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test test-fast lint bench soak backfill migrate-ledger clean
+.PHONY: install run test test-fast lint bench soak backfill migrate-ledger glue-bundle clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,6 @@ test-fast: $(VENV)/.installed lint
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/ruff check --target-version py39 --no-cache include/glue/
 
 backfill: $(VENV)/.installed
 	$(PY) -m local.backfill --from="$(FROM)" --to="$(TO)" $(if $(NOTIFY),--notify,) $(if $(FETCH),--fetch,)
@@ -60,8 +59,13 @@ backfill: $(VENV)/.installed
 migrate-ledger: $(VENV)/.installed
 	$(PY) -m include.price_pipeline.migrate
 
+# The Glue job's bundle (its --extra-py-files) for Terraform to upload: build/price_glue.zip, the same bytes on
+# every machine (include/price_pipeline/glue_bundle.py). Before `terraform plan` (docs/deploy.md).
+glue-bundle: $(VENV)/.installed
+	$(PY) -m include.price_pipeline.glue_bundle
+
 clean:
-	rm -rf .local .pytest_cache .ruff_cache
+	rm -rf .local .pytest_cache .ruff_cache build
 
 # Benchmarks (not tests: CI runs `make test`, never this). `$(PY) -m bench --quick` is the short version.
 bench: $(VENV)/.installed browser

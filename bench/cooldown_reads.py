@@ -13,7 +13,7 @@ import statistics
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
-from include.glue import normalize_price_record as job
+from include.glue.price_glue import validation
 from include.price_pipeline import layout, rules, store
 from tests.conftest import POLONIEX_CSV
 from tests.records import candle
@@ -48,8 +48,9 @@ def main() -> None:
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
     objects = {}
     for slot, price in candles:
-        row = job.normalize(candle(slot, price), aliases, PAIR, layout.ingestion_key(slot, ".json", pair=PAIR), "json")
-        body = job.to_csv(row)
+        source = layout.ingestion_key(slot, ".json", pair=PAIR)
+        row = validation.normalize(candle(slot, price), aliases, PAIR, source, "json")
+        body = validation.to_csv(row)
         objects[layout.pairs_analysis_key(slot)] = body.encode() if isinstance(body, str) else body
     median = sorted(p for _, p in candles)[len(candles) // 2]
     slots = [slot for slot, _ in candles]

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
-from include.glue import normalize_price_record as job
+from include.glue.price_glue import validation
 from include.price_pipeline import layout, settings
 from local.faults import set_faults
 from local.feed import pair_record, synthetic_record, write_record
@@ -177,9 +177,9 @@ class Bench:
         sources = {pair: layout.ingestion_key(slot, ".json", pair=pair) for pair in self.other_pairs} if pairs else {
             self.config.pair: layout.ingestion_key(slot, ".json")
         }  # fmt: skip
-        rows = [job.normalize(record, aliases, pair, source, "json") for pair, source in sources.items()]
+        rows = [validation.normalize(record, aliases, pair, source, "json") for pair, source in sources.items()]
         key = layout.pairs_analysis_key(slot) if pairs else layout.analysis_key(slot)
-        self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=job.to_csv(*rows))
+        self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=validation.to_csv(*rows))
 
     def standin_rate(self, count: int = 2000, threads: int = 10) -> dict:
         """Requests per second the stand-in answers one client process for small PUTs and GETs (the bulk

@@ -7,7 +7,7 @@ import json
 import time
 from datetime import UTC, datetime
 
-from include.glue import normalize_price_record as job
+from include.glue.price_glue import formats, validation
 from include.price_pipeline import layout
 from local.feed import FORMATS, render, synthetic_record
 
@@ -25,9 +25,9 @@ def mixed_objects(count: int, first: datetime = datetime(2025, 1, 1, tzinfo=UTC)
 def _normalize_all(objects: list[tuple[str, bytes]], aliases: dict) -> int:
     rows = 0
     for key, data in objects:
-        fmt, raws = job.parse_object(job.decode_text(data), aliases)
+        fmt, raws = formats.parse_object(formats.decode_text(data), aliases)
         for raw in raws:
-            job.normalize(raw, aliases, "ETH/USDT", key, fmt)
+            validation.normalize(raw, aliases, "ETH/USDT", key, fmt)
             rows += 1
     return rows
 

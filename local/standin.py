@@ -6,11 +6,15 @@ without running anything. Here StartJobRun also starts a runner thread that:
 1. takes the job's script from the stand-in's own S3 (``Command.ScriptLocation``); a script whose bytes
    are not those of ``include/glue/normalize_price_record.py`` as read at start (or of a file of
    ``--test-glue-scripts``) is not run: the run FAILS with a one-line ``ErrorMessage``,
-2. runs it in a subprocess with the job's default arguments merged with the run's arguments, and an
-   environment pointing boto3 at the stand-in,
-3. reports RUNNING, then SUCCEEDED, FAILED (with the script's last error line as ``ErrorMessage``),
+2. takes each zip of the ``--extra-py-files`` argument from its S3 too, under the same rule: only the
+   project's own bundle (``glue_bundle.bundle()`` as built at start; provisioning uploads it to
+   ``glue_bundle.KEY``) is accepted,
+3. runs the script in a subprocess with the job's default arguments merged with the run's arguments, the
+   zips as its only ``PYTHONPATH`` (as Glue puts them on the job's path: the job imports its package from
+   the bundle, not from the repository), and an environment pointing boto3 at the stand-in,
+4. reports RUNNING, then SUCCEEDED, FAILED (with the script's last error line as ``ErrorMessage``),
    or TIMEOUT past the run's (or job's) timeout,
-4. stores stdout and stderr as the CloudWatch log streams ``<run id>`` in
+5. stores stdout and stderr as the CloudWatch log streams ``<run id>`` in
    ``/aws-glue/python-jobs/output`` and ``/aws-glue/python-jobs/error``, which the Airflow provider
    reads to stream Glue output into the task log.
 
@@ -24,7 +28,8 @@ signatures: none of the stack's clients uses one). Only ``/_standin/faults`` and
 (below) answer unsigned.
 
 It also provisions, idempotently, what the pipeline expects: the bucket, the alert and ops SNS
-topics, one SQS queue subscribed to each (so notifications can be read back), and the Glue role.
+topics, one SQS queue subscribed to each (so notifications can be read back), the Glue role and the Glue
+job's bundle (Terraform's part on AWS).
 
 S3 listings answer from a sorted index of each bucket's key names (local/s3index.py), so listing a
 prefix costs what it returns, not the size of the bucket, as on S3; ``GET /_standin/s3-index`` shows,
@@ -74,7 +79,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
-from include.price_pipeline import layout, settings
+from include.price_pipeline import glue_bundle, layout, settings
 from local import faults, s3index
 from local.stack import write_secret
 
@@ -162,12 +167,13 @@ class IdempotentParameterMismatchException(GlueClientError):
 
 
 class NotOurScript(Exception):
-    """A job run's script is not one the runner runs."""
+    """A job run's script, or a zip of its ``--extra-py-files``, is not one the runner runs."""
 
 
 class GlueRunner:
     """Runs a Glue Python shell job's script for each StartJobRun on the stand-in: only the project's own
-    script (``include/glue/normalize_price_record.py`` as read at start) and the ``test_scripts``."""
+    script (``include/glue/normalize_price_record.py`` as read at start) and the ``test_scripts``, with
+    only the project's own bundle (``glue_bundle.bundle()`` as built at start) on its path."""
 
     def __init__(
         self,
@@ -184,6 +190,7 @@ class GlueRunner:
         # Read once, now: a run whose script object differs runs nothing (another user could otherwise
         # run code as the stack's user through StartJobRun).
         self.scripts = {layout.GLUE_SCRIPT_PATH.read_bytes()}
+        self.bundle = glue_bundle.bundle()
         if test_scripts is not None:
             self.scripts |= {path.read_bytes() for path in Path(test_scripts).glob("*.py")}
         self.python = python
@@ -256,15 +263,19 @@ class GlueRunner:
         outcome = self.outcomes[run_id]
         started = time.monotonic()
         stdout, stderr = "", ""
+        script, zips = None, []
         try:
             self._start_up()
             script = self._fetch_script(script_uri)
+            for uri in filter(None, arguments.get("--extra-py-files", "").split(",")):
+                zips.append(self._fetch_bundle(uri))
             argv = [self.python, script, "--JOB_NAME", job_name, "--JOB_RUN_ID", run_id]
             for name, value in arguments.items():
                 argv += [name, str(value)]
             env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW"))},
+                **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW", "PYTHONPATH"))},
                 **aws_env(self.url, self.key),
+                **({"PYTHONPATH": os.pathsep.join(zips)} if zips else {}),
                 "PYTHONUNBUFFERED": "1",
             }
             try:
@@ -283,12 +294,13 @@ class GlueRunner:
             except subprocess.TimeoutExpired as expired:
                 stdout, stderr = _text(expired.stdout), _text(expired.stderr)
                 state, error = "TIMEOUT", f"Job run timed out after {timeout_minutes} minute(s)"
-            finally:
-                os.unlink(script)
         except NotOurScript as refused:
             state, error = "FAILED", f"stand-in refused to run the job: {refused}"
         except Exception as error_:  # the runner must never leave a run RUNNING forever
             state, error = "FAILED", f"stand-in could not run the job: {error_}"
+        finally:
+            for path in filter(None, [script, *zips]):
+                os.unlink(path)
         # As on Glue, the logs are complete by the time a terminal state is visible.
         self._store_logs(run_id, stdout, stderr)
         outcome.execution_seconds = int(time.monotonic() - started)
@@ -307,14 +319,20 @@ class GlueRunner:
 
     def _fetch_script(self, script_uri: str) -> str:
         """The script as a private temporary file; NotOurScript when it is not one the runner runs."""
-        bucket, key = script_uri.removeprefix("s3://").split("/", 1)
-        body = internal_client("s3", self.url, self.key).get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = self._fetch(script_uri)
         if body not in self.scripts:
             raise NotOurScript(f"{script_uri!r} is not {layout.GLUE_SCRIPT_PATH.name}, the only script it runs")
-        handle, path = tempfile.mkstemp(suffix=".py", prefix="glue-job-")
-        with os.fdopen(handle, "wb") as out:
-            out.write(body)
-        return path
+        return _private_file(body, ".py")
+
+    def _fetch_bundle(self, uri: str) -> str:
+        """A zip of ``--extra-py-files`` as a private temporary file; NotOurScript unless it is the bundle."""
+        if self._fetch(uri) != self.bundle:
+            raise NotOurScript(f"{uri!r} is not {glue_bundle.BUNDLE_NAME}, the only bundle it runs")
+        return _private_file(self.bundle, ".zip")
+
+    def _fetch(self, uri: str) -> bytes:
+        bucket, key = uri.strip().removeprefix("s3://").split("/", 1)
+        return internal_client("s3", self.url, self.key).get_object(Bucket=bucket, Key=key)["Body"].read()
 
     def _store_logs(self, run_id: str, stdout: str, stderr: str) -> None:
         logs = internal_client("logs", self.url, self.key)
@@ -330,6 +348,14 @@ class GlueRunner:
             events = [{"timestamp": now, "message": line} for line in text.splitlines() if line.strip()]
             for start in range(0, len(events), 1000):
                 logs.put_log_events(logGroupName=group, logStreamName=run_id, logEvents=events[start : start + 1000])
+
+
+def _private_file(body: bytes, suffix: str) -> str:
+    """``body`` in a new temporary file only this user can read; its path."""
+    handle, path = tempfile.mkstemp(suffix=suffix, prefix="glue-job-")
+    with os.fdopen(handle, "wb") as out:
+        out.write(body)
+    return path
 
 
 def last_error_line(stderr: str) -> str:
@@ -353,11 +379,13 @@ def provision(
     config: settings.Config | None = None,
     make_client: Callable[[str, str, Credentials], object] = client,
 ) -> dict[str, str]:
-    """Create, idempotently, the bucket, topics, subscribed queues and Glue role; return queue URLs."""
+    """Create, idempotently, the bucket, topics, subscribed queues and Glue role, and upload the Glue job's
+    bundle; return queue URLs."""
     config = config or settings.load()
     s3 = make_client("s3", url, key)
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=config.bucket)
+    s3.put_object(Bucket=config.bucket, Key=glue_bundle.KEY, Body=glue_bundle.bundle(), ContentType="application/zip")
     sns, sqs = make_client("sns", url, key), make_client("sqs", url, key)
     queues = {}
     for topic_arn in (config.alert_topic_arn, config.ops_topic_arn):

@@ -12,6 +12,19 @@ resource "aws_s3_object" "glue_script" {
   depends_on = [aws_s3_bucket_server_side_encryption_configuration.data]
 }
 
+# The job's package (include/glue/price_glue) and layout.py, which the script imports: built the same on
+# every machine (include/price_pipeline/glue_bundle.py), so an unchanged bundle is not uploaded again.
+resource "aws_s3_object" "glue_bundle" {
+  bucket       = aws_s3_bucket.data.id
+  key          = local.glue_bundle_key
+  source       = local.glue_bundle_file
+  source_hash  = filemd5(local.glue_bundle_file)
+  content_type = "application/zip"
+  kms_key_id   = var.s3_encryption == "SSE-KMS" ? aws_kms_key.pipeline.arn : null
+
+  depends_on = [aws_s3_bucket_server_side_encryption_configuration.data]
+}
+
 resource "aws_glue_security_configuration" "job" {
   name = "${var.glue_job_name}-encryption"
 
@@ -57,6 +70,7 @@ resource "aws_glue_job" "normalize" {
   # The same arguments the DAG passes (it adds --window_start per run; run arguments win).
   default_arguments = {
     "--additional-python-modules" = local.glue_python_modules
+    "--extra-py-files"            = "s3://${aws_s3_bucket.data.id}/${aws_s3_object.glue_bundle.key}"
     "--bucket"                    = aws_s3_bucket.data.id
     "--ingestion_prefix"          = var.ingestion_prefix
     "--analysis_prefix"           = var.analysis_prefix

@@ -46,13 +46,14 @@ data "aws_iam_policy_document" "glue_job" {
   }
 
   statement {
-    # Raw records (read, and the source of a quarantine copy) and the job script itself.
+    # Raw records (read, and the source of a quarantine copy), the job script itself and its bundle.
     sid     = "ReadRawRecordsAndScript"
     effect  = "Allow"
     actions = ["s3:GetObject"]
     resources = [
       "${local.bucket_arn}/${var.ingestion_prefix}*",
       "${local.bucket_arn}/${local.glue_script_key}",
+      "${local.bucket_arn}/${local.glue_bundle_key}",
     ]
   }
 

@@ -19,6 +19,10 @@ locals {
   other_pairs = sort([for pair in keys(jsondecode(file("${path.module}/../${var.rules_file}")).pairs) : pair if pair != var.pair])
   # Same key as the Airflow GlueJobOperator's upload: <s3_artifacts_prefix><script file name>.
   glue_script_key = "${local.glue_scripts_prefix}normalize_price_record.py"
+  # The job's package and layout.py in one zip, its --extra-py-files (glue_bundle.BUNDLE_PATH and KEY):
+  # `make glue-bundle` builds it before a plan.
+  glue_bundle_file = "${path.module}/../build/price_glue.zip"
+  glue_bundle_key  = "${local.glue_scripts_prefix}price_glue.zip"
 
   # Python shell jobs log to /aws-glue/python-jobs/{output,error}; with a security configuration
   # Glue appends the configuration and role to the group name, so permissions cover the stem.

@@ -244,11 +244,14 @@ class Aws:
     def run_real_glue_job(self, arguments: dict[str, str], timeout: float = 300, **job_kwargs) -> dict:
         """One run of the pipeline's real Glue job script on the stand-in, as a job of its own (a unique
         name); its finished JobRun. ``arguments`` are the run's (``--window_start`` ...); ``job_kwargs`` go
-        to CreateJob (default: ``settings.glue_job_arguments`` as DefaultArguments, a 20-minute Timeout)."""
+        to CreateJob (default: ``settings.glue_job_arguments`` as DefaultArguments, a 20-minute Timeout); the
+        job's own DefaultArguments (its bundle, ``settings.glue_job_spec``) are always there."""
         import uuid
 
         from include.price_pipeline import layout, settings
 
+        bundle = settings.glue_job_spec(self.config)["create_job_kwargs"]["DefaultArguments"]
+        job_arguments = {**bundle, **job_kwargs.pop("DefaultArguments", settings.glue_job_arguments(self.config))}
         name = f"test-glue-{uuid.uuid4().hex[:12]}"
         script_key = f"{layout.GLUE_SCRIPTS_PREFIX}tests/{name}.py"
         self.s3.upload_file(str(layout.GLUE_SCRIPT_PATH), self.config.bucket, script_key)
@@ -257,7 +260,7 @@ class Aws:
             Name=name,
             Role=self.config.glue_role_name,
             Command={"Name": "pythonshell", "PythonVersion": "3.9", "ScriptLocation": script},
-            **{"Timeout": 20, "DefaultArguments": settings.glue_job_arguments(self.config), **job_kwargs},
+            **{"Timeout": 20, "DefaultArguments": job_arguments, **job_kwargs},
         )
         run_id = self.glue.start_job_run(JobName=name, Arguments=arguments)["JobRunId"]
         deadline = time.monotonic() + timeout

@@ -23,15 +23,15 @@ def seed_normalized(s3, bucket: str, record: dict, pair: str = "ETH/USDT") -> st
     """Write ``record`` straight to the analysis prefix as the Glue job would (its own functions)."""
     import json
 
-    from include.glue import normalize_price_record as job
+    from include.glue.price_glue import validation
     from include.price_pipeline import layout
 
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
     slot = datetime.fromtimestamp(record["date"], tz=UTC)
     source = layout.ingestion_key(slot, ".json")
-    row = job.normalize(record, aliases, pair, source, "json")
+    row = validation.normalize(record, aliases, pair, source, "json")
     key = layout.analysis_key(slot)
-    s3.put_object(Bucket=bucket, Key=key, Body=job.to_csv(row))
+    s3.put_object(Bucket=bucket, Key=key, Body=validation.to_csv(row))
     return key
 
 
@@ -40,16 +40,16 @@ def seed_pairs(s3, bucket: str, slot: datetime, prices: dict[str, float]) -> str
     Glue job would (its own functions)."""
     import json
 
-    from include.glue import normalize_price_record as job
+    from include.glue.price_glue import validation
     from include.price_pipeline import layout
 
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
     rows = [
-        job.normalize(candle(slot, price), aliases, pair, layout.ingestion_key(slot, ".json", pair=pair), "json")
+        validation.normalize(candle(slot, price), aliases, pair, layout.ingestion_key(slot, ".json", pair=pair), "json")
         for pair, price in sorted(prices.items())
     ]
     key = layout.pairs_analysis_key(slot)
-    s3.put_object(Bucket=bucket, Key=key, Body=job.to_csv(*rows))
+    s3.put_object(Bucket=bucket, Key=key, Body=validation.to_csv(*rows))
     return key
 
 
@@ -57,7 +57,7 @@ def glue_args(bucket: str, start: datetime, end: datetime | None = None):
     """The Glue job's parsed arguments for the windows ``[start, end)`` (one window without ``end``) with
     the repository's prefixes and field aliases, as the DAGs pass them."""
 
-    from include.glue import normalize_price_record as job
+    from include.glue.price_glue import job
     from include.price_pipeline import layout
 
     window = [f"--window_start={layout.iso(start)}"] + ([f"--window_end={layout.iso(end)}"] if end else [])

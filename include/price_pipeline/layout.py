@@ -1,9 +1,10 @@
 """The one home of the pipeline's names: S3 prefixes, key layout, canonical schema, slot math.
 
-Everything that reads or writes a key (the DAGs, the Glue job script, the local stand-in and feed,
-the Terraform checks, the tests) derives it from here. The Glue job script runs alone on Glue's
-Python 3.9 runtime and carries a copy of the few functions it needs; ``tests/unit/test_layout.py``
-checks that the copy agrees with this module.
+Everything that reads or writes a key (the DAGs, the Glue job, the local stand-in and feed,
+the Terraform checks, the tests) derives it from here. The Glue job (``include/glue/price_glue``) imports
+it too: this module ships in the job's bundle (``glue_bundle``) and runs on Glue's Python 3.9, so it keeps
+to the standard library and to 3.9 (``timezone.utc``, not ``datetime.UTC``; ruff's
+``per-file-target-version`` and ``tests/unit/test_glue_bundle.py`` check).
 
 Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHMMZ``)::
 
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 SLOT_SECONDS = 300
@@ -86,30 +87,30 @@ INGESTED_TAG = {"Key": "price-pipeline", "Value": "ingested"}
 def slot_start(moment: datetime) -> datetime:
     """Return the UTC start of the 5-minute slot containing ``moment`` (naive means UTC)."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        moment = moment.replace(tzinfo=timezone.utc)
     epoch = int(moment.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % SLOT_SECONDS, tz=UTC)
+    return datetime.fromtimestamp(epoch - epoch % SLOT_SECONDS, tz=timezone.utc)
 
 
 def slot_stamp(slot: datetime) -> str:
     """Format a slot start as the key stamp ``YYYYMMDDTHHMMZ``."""
-    return slot.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
+    return slot.astimezone(timezone.utc).strftime("%Y%m%dT%H%MZ")
 
 
 def iso(moment: datetime) -> str:
     """UTC ISO 8601 with a Z, to the second: every time the ledger, alerts, the page and the Glue job's
     arguments carry."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_slot_stamp(stamp: str) -> datetime:
     """Inverse of :func:`slot_stamp`."""
-    return datetime.strptime(stamp, "%Y%m%dT%H%MZ").replace(tzinfo=UTC)
+    return datetime.strptime(stamp, "%Y%m%dT%H%MZ").replace(tzinfo=timezone.utc)
 
 
 def partition(slot: datetime) -> str:
     """Hive-style day partition of a slot: ``year=YYYY/month=MM/day=DD/``."""
-    slot = slot.astimezone(UTC)
+    slot = slot.astimezone(timezone.utc)
     return f"year={slot:%Y}/month={slot:%m}/day={slot:%d}/"
 
 
@@ -258,7 +259,7 @@ def slots_between(start: datetime, end: datetime) -> list[datetime]:
 
 def months_between(first: datetime, last: datetime) -> list[tuple[int, int]]:
     """Every ``(year, month)`` from the month of ``first`` to that of ``last`` inclusive, in order."""
-    first, last = first.astimezone(UTC), last.astimezone(UTC)
+    first, last = first.astimezone(timezone.utc), last.astimezone(timezone.utc)
     year, month, out = first.year, first.month, []
     while (year, month) <= (last.year, last.month):
         out.append((year, month))

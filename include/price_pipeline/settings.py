@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
 
-from include.price_pipeline import layout
+from include.price_pipeline import glue_bundle, layout
 
 LOCAL_ACCOUNT = "123456789012"
 LOCAL_REGION = "us-east-1"
@@ -217,7 +217,9 @@ def glue_job_spec(config: Config) -> dict:
     """The Glue job as every DAG's GlueJobOperator defines it: one job, one configuration.
 
     A Python shell job (0.0625 DPU; a Spark job for one record costs about 30x more) running the very
-    script in ``include/glue/``, which the operator uploads to ``artifacts/glue-scripts/``.
+    script in ``include/glue/``, which the operator uploads to ``artifacts/glue-scripts/``, with the job's
+    package on its path from the bundle beside it (``--extra-py-files``). The operator uploads only the
+    script: the bundle is Terraform's upload on AWS and the stand-in's at its start (``glue_bundle``).
     """
     return {
         "job_name": config.glue_job_name,
@@ -237,7 +239,10 @@ def glue_job_spec(config: Config) -> dict:
                 "ScriptLocation": f"s3://{config.bucket}/{layout.GLUE_SCRIPTS_PREFIX}{layout.GLUE_SCRIPT_PATH.name}",
             },
             "Timeout": GLUE_JOB_TIMEOUT_MINUTES,
-            "DefaultArguments": {"--additional-python-modules": "defusedxml==0.7.1"},
+            "DefaultArguments": {
+                "--additional-python-modules": "defusedxml==0.7.1",
+                "--extra-py-files": f"s3://{config.bucket}/{glue_bundle.KEY}",
+            },
         },
     }
 

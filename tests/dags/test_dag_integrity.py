@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from include.price_pipeline import layout, operators, rules, settings, windows
+from include.price_pipeline import glue_bundle, layout, operators, rules, settings, windows
 from tests.conftest import utc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -274,6 +274,16 @@ def test_glue_job_script_location_is_where_the_operator_uploads_the_script(dag):
     uploaded_to = f"s3://{glue.s3_bucket}/{glue.s3_artifacts_prefix}{Path(glue.script_location).name}"
 
     assert glue.create_job_kwargs["Command"]["ScriptLocation"] == uploaded_to
+
+
+def test_glue_job_has_the_bundle_beside_the_script_on_its_path(dag):
+    """The script imports the job's package: Glue puts the bundle Terraform (or the stand-in) uploads on its path."""
+    glue = dag.get_task("normalize_price_record")
+
+    bundle = f"s3://{glue.s3_bucket}/{glue.s3_artifacts_prefix}{glue_bundle.BUNDLE_NAME}"
+
+    assert glue.create_job_kwargs["DefaultArguments"]["--extra-py-files"] == bundle
+    assert f"{glue.s3_artifacts_prefix}{glue_bundle.BUNDLE_NAME}" == glue_bundle.KEY
 
 
 def test_glue_job_gets_the_settings_arguments_and_the_window(dag, config):

@@ -21,7 +21,7 @@ from pathlib import Path
 import hcl2
 import pytest
 
-from include.price_pipeline import layout, settings
+from include.price_pipeline import glue_bundle, layout, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = ROOT / "terraform"
@@ -53,6 +53,10 @@ OUTPUT_RESOURCES = {
 }
 
 BUCKET = "<bucket>"
+#: The job's own default arguments (the DAG's GlueJobOperator sets them in CreateJob, not per run).
+JOB_LEVEL = set(settings.glue_job_spec(settings.load({}))["create_job_kwargs"]["DefaultArguments"])
+#: What the references to the bundle's object resolve to.
+BUNDLE_REFERENCES = {"aws_s3_bucket.data.id": BUCKET, "aws_s3_object.glue_bundle.key": glue_bundle.KEY}
 
 
 # ------------------------------------------------------------------------------------ HCL loading
@@ -299,6 +303,8 @@ def test_layout_locals_match_layout():
     script_key = layout.GLUE_SCRIPTS_PREFIX + layout.GLUE_SCRIPT_PATH.name
     assert resolve(tf.locals["glue_script_key"]) == script_key
     assert tuple(c["name"] for c in resolve(tf.locals["canonical_columns"])) == layout.CANONICAL_COLUMNS
+    assert Path(resolve(tf.locals["glue_bundle_file"])).resolve() == glue_bundle.BUNDLE_PATH
+    assert resolve(tf.locals["glue_bundle_key"]) == glue_bundle.KEY
 
 
 def test_glue_script_is_uploaded_where_the_operator_uploads_it():
@@ -312,6 +318,21 @@ def test_glue_script_is_uploaded_where_the_operator_uploads_it():
     job = tf.resource("aws_glue_job", "normalize")
     [command] = job["command"]
     assert command["script_location"] == "s3://${aws_s3_bucket.data.id}/${aws_s3_object.glue_script.key}"
+
+
+def test_glue_bundle_is_uploaded_where_the_job_looks_for_it():
+    """The zip `make glue-bundle` builds goes to the key the DAG's job definition names in --extra-py-files."""
+    tf = module()
+    bundle = tf.resource("aws_s3_object", "glue_bundle")
+    assert resolve(bundle["key"]) == glue_bundle.KEY
+    assert Path(resolve(bundle["source"])).resolve() == glue_bundle.BUNDLE_PATH
+    assert compact(bundle["source_hash"]) == "${filemd5(local.glue_bundle_file)}"
+    assert "etag" not in bundle
+    arguments = tf.resource("aws_glue_job", "normalize")["default_arguments"]
+    assert arguments["--extra-py-files"] == "s3://${aws_s3_bucket.data.id}/${aws_s3_object.glue_bundle.key}"
+    config = settings.load({"PRICE_BUCKET": BUCKET})
+    resolved = resolve(arguments["--extra-py-files"], extra=BUNDLE_REFERENCES)
+    assert resolved == settings.glue_job_spec(config)["create_job_kwargs"]["DefaultArguments"]["--extra-py-files"]
 
 
 def test_glue_job_definition():
@@ -335,7 +356,9 @@ def test_glue_job_definition():
 
 
 def _script_options() -> set[str]:
-    source = layout.GLUE_SCRIPT_PATH.read_text(encoding="utf-8")
+    from include.glue.price_glue import job
+
+    source = Path(job.__file__).read_text(encoding="utf-8")
     return set(re.findall(r'add_argument\(\s*"(--[a-z_]+)"', source))
 
 
@@ -343,10 +366,10 @@ def test_glue_job_arguments_match_the_script_and_settings():
     job = module().resource("aws_glue_job", "normalize")
     arguments = job["default_arguments"]
     per_run = {"--window_start", "--window_end"}  # the DAG passes these for each window
-    assert _script_options() - per_run == set(arguments) - {"--additional-python-modules"}
+    assert _script_options() - per_run == set(arguments) - JOB_LEVEL
 
     assert arguments["--bucket"] == "${aws_s3_bucket.data.id}"
-    fixed = {k: v for k, v in arguments.items() if k not in ("--field_aliases", "--pairs")}
+    fixed = {k: v for k, v in arguments.items() if k not in ("--field_aliases", "--pairs", "--extra-py-files")}
     resolved = resolve(fixed, extra={"aws_s3_bucket.data.id": BUCKET})
     assert resolved["--ingestion_prefix"] == layout.INGESTION_PREFIX
     assert resolved["--analysis_prefix"] == layout.ANALYSIS_PREFIX
@@ -368,8 +391,8 @@ def test_glue_job_arguments_match_what_the_dag_passes():
     config = settings.load({})
     dag = settings.glue_job_arguments(config)
     arguments = module().resource("aws_glue_job", "normalize")["default_arguments"]
-    assert set(dag) == set(arguments) - {"--additional-python-modules"}
-    computed = {"--field_aliases", "--additional-python-modules", "--pairs"}
+    assert set(dag) == set(arguments) - JOB_LEVEL
+    computed = {"--field_aliases", "--pairs", *JOB_LEVEL}
     fixed = {k: v for k, v in arguments.items() if k not in computed}
     assert resolve(fixed, extra={"aws_s3_bucket.data.id": config.bucket}) == {
         k: v for k, v in dag.items() if k not in computed
@@ -382,16 +405,18 @@ def test_glue_job_arguments_match_what_the_dag_passes():
 
 def test_glue_job_arguments_parse_with_the_job_script():
     """The default arguments, as Glue would pass them plus one window, are accepted by the script."""
-    from include.glue import normalize_price_record as job_script
+    from include.glue.price_glue import job
 
     arguments = dict(module().resource("aws_glue_job", "normalize")["default_arguments"])
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text(encoding="utf-8"))
     # What jsonencode(jsondecode(file(...))) yields: minified, keys sorted.
     arguments["--field_aliases"] = json.dumps(aliases, separators=(",", ":"), sort_keys=True)
     arguments["--pairs"] = ""  # join(",", local.other_pairs) of the default rules file: no other pair
-    resolved = resolve(arguments, extra={"aws_s3_bucket.data.id": BUCKET})
+    resolved = resolve(
+        arguments, extra={"aws_s3_bucket.data.id": BUCKET, "aws_s3_object.glue_bundle.key": glue_bundle.KEY}
+    )
     argv = [token for pair in resolved.items() for token in pair]
-    args = job_script.parse_args([*argv, "--window_start", "2026-11-25T19:30:00Z"])
+    args = job.parse_args([*argv, "--window_start", "2026-11-25T19:30:00Z"])
     assert args.bucket == BUCKET
     assert args.analysis_prefix == layout.ANALYSIS_PREFIX
     assert args.max_object_bytes == int(DEFAULTS["PRICE_MAX_OBJECT_BYTES"])
@@ -541,7 +566,8 @@ def test_glue_role_reads_raw_and_writes_only_its_outputs():
         assert not any("*" in action for action in statement["actions"]), statement["sid"]
         assert "*" not in statement["resources"], statement["sid"]
     reads = {_s3_prefix_of(arn) for arn in policy["ReadRawRecordsAndScript"]["resources"]}
-    assert reads == {f"{layout.INGESTION_PREFIX}*", layout.GLUE_SCRIPTS_PREFIX + layout.GLUE_SCRIPT_PATH.name}
+    script = layout.GLUE_SCRIPTS_PREFIX + layout.GLUE_SCRIPT_PATH.name
+    assert reads == {f"{layout.INGESTION_PREFIX}*", script, glue_bundle.KEY}
     writes = {_s3_prefix_of(arn) for arn in policy["WriteCanonicalCsvAndQuarantine"]["resources"]}
     assert writes == {f"{layout.ANALYSIS_PREFIX}*", f"{layout.QUARANTINE_PREFIX}*"}
     tagging = [s for s in policy.values() if any("Tagging" in action for action in s["actions"])]

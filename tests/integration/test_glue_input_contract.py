@@ -210,14 +210,14 @@ def test_7_a_rerun_keeps_the_rows_of_pairs_it_did_not_rederive(aws):
 def test_7_concurrent_writers_of_the_shared_csv_both_keep_their_rows(aws):
     """Another run creates the shared CSV between this run's read and its write: the create is refused
     (If-None-Match: *), the object read again and merged, so neither run's row is lost."""
-    from include.glue import normalize_price_record as job
+    from include.glue.price_glue import s3io, validation
 
     slot = utc(2025, 9, 9, 12, 0)
     key = layout.pairs_analysis_key(slot)
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
 
     def row(pair, price):
-        return job.normalize(candle(slot, price), aliases, pair, raw_key(slot, ".json", pair), "json")
+        return validation.normalize(candle(slot, price), aliases, pair, raw_key(slot, ".json", pair), "json")
 
     reads = []
 
@@ -233,9 +233,9 @@ def test_7_concurrent_writers_of_the_shared_csv_both_keep_their_rows(aws):
                 return aws.s3.get_object(**kwargs)
             finally:
                 if len(reads) == 1:
-                    aws.s3.put_object(Bucket=aws.config.bucket, Key=key, Body=job.to_csv(row("SOL/USDT", 150.0)))
+                    aws.s3.put_object(Bucket=aws.config.bucket, Key=key, Body=validation.to_csv(row("SOL/USDT", 150.0)))
 
-    written = job.write_pairs_csv(RacingS3(), aws.config.bucket, key, [row("BTC/USDT", 90000.0)])
+    written = s3io.write_pairs_csv(RacingS3(), aws.config.bucket, key, [row("BTC/USDT", 90000.0)])
 
     assert reads == [key, key]  # the create lost, and the rewrite read the rival's object
     assert pairs_rows(aws, slot).keys() == {"BTC/USDT", "SOL/USDT"}
@@ -247,19 +247,19 @@ def test_7_conditional_writes_hold_with_a_botocore_that_has_no_such_parameters(a
     (the stand-in, as S3 does) enforces them: a second create is refused, a rewrite over a stale ETag too."""
     from botocore.exceptions import ClientError
 
-    from include.glue import normalize_price_record as job
+    from include.glue.price_glue import s3io
 
     key = layout.pairs_analysis_key(utc(2025, 9, 9, 13, 0))
     put = {"Bucket": aws.config.bucket, "Key": key, "ContentType": "text/csv"}
 
-    created = job.put_with_condition_headers(aws.s3, {"IfNoneMatch": "*"}, Body=b"first", **put)
+    created = s3io.put_with_condition_headers(aws.s3, {"IfNoneMatch": "*"}, Body=b"first", **put)
     with pytest.raises(ClientError) as refused:
-        job.put_with_condition_headers(aws.s3, {"IfNoneMatch": "*"}, Body=b"second", **put)
-    job.put_with_condition_headers(aws.s3, {"IfMatch": created["ETag"]}, Body=b"third", **put)
+        s3io.put_with_condition_headers(aws.s3, {"IfNoneMatch": "*"}, Body=b"second", **put)
+    s3io.put_with_condition_headers(aws.s3, {"IfMatch": created["ETag"]}, Body=b"third", **put)
     with pytest.raises(ClientError) as stale:
-        job.put_with_condition_headers(aws.s3, {"IfMatch": created["ETag"]}, Body=b"fourth", **put)
+        s3io.put_with_condition_headers(aws.s3, {"IfMatch": created["ETag"]}, Body=b"fourth", **put)
     aws.s3.put_object(Body=b"unconditional", **put)  # the headers go on the conditional requests only
 
-    assert job._error_code(refused.value) in job.CONDITION_FAILED
-    assert job._error_code(stale.value) in job.CONDITION_FAILED
+    assert s3io.error_code(refused.value) in s3io.CONDITION_FAILED
+    assert s3io.error_code(stale.value) in s3io.CONDITION_FAILED
     assert aws.get(key) == b"unconditional"

@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from include.glue import normalize_price_record as glue
+from include.glue.price_glue import job
 from include.price_pipeline import layout, settings
 from local.feed import render, synthetic_record
 from local.standin import aws_env
@@ -31,7 +31,7 @@ def job_args(config: settings.Config, analysis_prefix: str, quarantine_prefix: s
         "--window_start": layout.iso(START),
         "--window_end": layout.iso(START + layout.SLOT * WINDOWS),
     }
-    return glue.parse_args([item for pair in arguments.items() for item in pair])
+    return job.parse_args([item for pair in arguments.items() for item in pair])
 
 
 def test_a_long_range_run_spread_over_processes_writes_what_one_process_writes(standin, aws, monkeypatch):
@@ -51,15 +51,15 @@ def test_a_long_range_run_spread_over_processes_writes_what_one_process_writes(s
             # (Glue runs the job alone in its process, where the default fork is safe).
             super().__init__(max_workers, mp_context=multiprocessing.get_context("spawn"))
 
-    monkeypatch.setattr(glue, "ProcessPoolExecutor", CountingPool)
-    monkeypatch.setattr(glue, "PROCESSES_ABOVE_OBJECTS", 10)
-    monkeypatch.setattr(glue, "MAX_PROCESSES", 3)
-    monkeypatch.setattr(glue.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(job, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(job, "PROCESSES_ABOVE_OBJECTS", 10)
+    monkeypatch.setattr(job, "MAX_PROCESSES", 3)
+    monkeypatch.setattr(job.os, "cpu_count", lambda: 8)
 
     outputs = {}
     for name, spread in (("one", False), ("spread", True)):
         analysis, quarantine = f"tests/glue-range/{name}/analysis/", f"tests/glue-range/{name}/quarantine/"
-        summary = glue.run(aws.s3, job_args(aws.config, analysis, quarantine), spread=spread)
+        summary = job.run(aws.s3, job_args(aws.config, analysis, quarantine), spread=spread)
         written = {**aws.snapshot(analysis), **aws.snapshot(quarantine)}
         outputs[name] = (
             summary,

@@ -18,7 +18,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from include.price_pipeline import layout, settings
+from include.price_pipeline import glue_bundle, layout, settings
 from local.standin import client, provision, queue_name
 from tests.conftest import GLUE_TEST_SCRIPTS, STANDIN_CREDENTIALS, utc
 from tests.records import candle
@@ -243,6 +243,34 @@ def test_a_run_of_any_other_script_fails_in_one_line_and_runs_nothing(aws, logs,
     assert log_lines(logs, "output", run["Id"]) == log_lines(logs, "error", run["Id"]) == []
 
 
+def test_a_run_whose_extra_py_files_is_not_the_projects_bundle_fails_in_one_line_and_runs_nothing(aws, logs):
+    """A zip on the job's path is code too: the runner puts only the project's own bundle there."""
+    zip_key = f"{layout.GLUE_SCRIPTS_PREFIX}tests/{uuid.uuid4().hex}.zip"
+    aws.put(zip_key, glue_bundle.bundle() + b"\n")  # still a zip, not the bundle's bytes
+    key = f"tests/standin/{uuid.uuid4().hex}/written-by-glue.txt"
+    extra = f"s3://{aws.config.bucket}/{glue_bundle.KEY},s3://{aws.config.bucket}/{zip_key}"
+    name = glue_job(aws, "write_to_s3.py", DefaultArguments={"--extra-py-files": extra})
+
+    run = finished_run(aws, name, {"--bucket": aws.config.bucket, "--key": key})
+
+    assert run["JobRunState"] == "FAILED"
+    assert run["ErrorMessage"].startswith("stand-in refused to run the job: ")
+    assert f"{zip_key}' is not price_glue.zip, the only bundle it runs" in run["ErrorMessage"]
+    assert aws.keys(key) == []
+    assert log_lines(logs, "output", run["Id"]) == log_lines(logs, "error", run["Id"]) == []
+
+
+def test_the_project_script_imports_its_package_from_the_bundle_only(aws):
+    """As on Glue, a run's path holds its --extra-py-files and not the repository: without the bundle the
+    job's own script cannot import its package."""
+    name = glue_job(aws, layout.GLUE_SCRIPT_PATH.read_bytes(), DefaultArguments=settings.glue_job_arguments(aws.config))
+
+    run = finished_run(aws, name, {"--window_start": "2025-01-07T00:00:00Z"})
+
+    assert run["JobRunState"] == "FAILED"
+    assert run["ErrorMessage"] == "ModuleNotFoundError: No module named 'include'"
+
+
 # ------------------------------------------------------------------ who may call it
 
 SIGNED_CALLS = {
@@ -321,6 +349,7 @@ def test_provision_is_idempotent_one_subscription_per_topic(standin, aws):
         assert [(s["Protocol"], s["Endpoint"]) for s in subscriptions] == [("sqs", queue_arn)]
     assert config.bucket in {b["Name"] for b in aws.s3.list_buckets()["Buckets"]}
     assert aws.client("iam").get_role(RoleName=config.glue_role_name)["Role"]["RoleName"] == config.glue_role_name
+    assert aws.get(glue_bundle.KEY) == glue_bundle.bundle()  # the Glue job's --extra-py-files
 
 
 # ------------------------------------------------------------------ the pipeline's own Glue job

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from include.glue import normalize_price_record as glue
+from include.glue.price_glue import validation
 from include.price_pipeline import analysis, layout, rules
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
@@ -318,7 +318,7 @@ def test_why_not_due_holds_no_wall_clock_value_so_re_runs_write_the_same_ledger(
 
 def glue_csv(record: dict, source_key: str, pair: str = "ETH/USDT", source_format: str = "json") -> bytes:
     """The canonical CSV the Glue job writes for ``record``, through its own functions."""
-    return glue.to_csv(glue.normalize(record, ALIASES, pair, source_key, source_format))
+    return validation.to_csv(validation.normalize(record, ALIASES, pair, source_key, source_format))
 
 
 def test_parse_canonical_csv_reads_what_the_glue_job_writes():

@@ -12,15 +12,13 @@ import io
 import itertools
 import json
 import re
-import shutil
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from include.glue import normalize_price_record as glue
+from include.glue.price_glue import formats, numbers, validation
 from include.price_pipeline import layout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,10 +41,6 @@ EVERY_FORMAT = {
     "text-kv",
     "binance-kline",
 }
-PY39_CANDIDATES = (
-    Path.home() / ".pyenv" / "versions" / "3.9.18" / "bin" / "python",
-    shutil.which("python3.9"),
-)
 
 
 def corpus_inputs(folder: Path) -> list[Path]:
@@ -60,20 +54,20 @@ def sidecar(path: Path) -> dict:
 
 def normalize_object(data: bytes, aliases: dict = ALIASES, pair: str = PAIR) -> tuple[str, list[dict], list[str]]:
     """Decode, detect and normalize one raw object: (format, canonical rows, reasons of skipped records)."""
-    fmt, raws = glue.parse_object(glue.decode_text(data), aliases)
-    decimal = glue.decimal_convention(raws, aliases)
+    fmt, raws = formats.parse_object(formats.decode_text(data), aliases)
+    decimal = numbers.decimal_convention(raws, aliases)
     rows, skipped = [], []
     for raw in raws:
         try:
-            rows.append(glue.normalize(raw, aliases, pair, KEY, fmt, decimal))
-        except glue.Rejected as error:
+            rows.append(validation.normalize(raw, aliases, pair, KEY, fmt, decimal))
+        except formats.Rejected as error:
             skipped.append(str(error))
     return fmt, rows, skipped
 
 
 def normalize_record(record: dict) -> dict:
     """One JSON-style record through ``normalize``."""
-    return glue.normalize(record, ALIASES, PAIR, KEY, "json")
+    return validation.normalize(record, ALIASES, PAIR, KEY, "json")
 
 
 # ---------------------------------------------------------------- the valid corpus
@@ -86,8 +80,8 @@ def test_valid_corpus_has_25_variants_each_with_its_expected_rows():
 
 
 def test_valid_corpus_covers_every_format():
-    formats = {row["source_format"] for path in corpus_inputs(VALID) for row in sidecar(path)["rows"]}
-    assert formats == EVERY_FORMAT
+    found = {row["source_format"] for path in corpus_inputs(VALID) for row in sidecar(path)["rows"]}
+    assert found == EVERY_FORMAT
 
 
 @pytest.mark.parametrize("path", corpus_inputs(VALID), ids=lambda path: path.name)
@@ -107,12 +101,12 @@ def test_canonical_csv_is_deterministic_and_round_trips(path):
     _, first, _ = normalize_object(path.read_bytes(), pair=pair)
     _, second, _ = normalize_object(path.read_bytes(), pair=pair)
     for row, again in zip(first, second, strict=True):
-        written = glue.to_csv(row)
-        assert written == glue.to_csv(again)
+        written = validation.to_csv(row)
+        assert written == validation.to_csv(again)
         header, line = list(csv.reader(io.StringIO(written.decode("utf-8"))))
         assert tuple(header) == layout.CSV_COLUMNS
         back = dict(zip(header, line, strict=True))
-        for column in glue.NUMERIC_FIELDS:
+        for column in formats.NUMERIC_FIELDS:
             assert (float(back[column]) if back[column] else None) == row[column]
         assert back["timestamp"] == row["timestamp"]
 
@@ -129,7 +123,7 @@ def test_alias_file_keeps_each_field_on_one_line():
 
 
 def test_alias_file_names_every_canonical_field_and_gives_no_spelling_two_meanings():
-    assert set(glue.NUMERIC_FIELDS) | {"timestamp", "pair"} == set(ALIASES)
+    assert set(formats.NUMERIC_FIELDS) | {"timestamp", "pair"} == set(ALIASES)
     spellings = [spelling for names in ALIASES.values() for spelling in names]
     assert len(spellings) == len(set(spellings))
 
@@ -188,7 +182,7 @@ def test_timestamp_spellings_name_the_same_slot(stamp, expected):
     ],
 )
 def test_timestamp_that_names_no_slot_is_rejected(stamp, reason):
-    with pytest.raises(glue.Rejected, match=reason):
+    with pytest.raises(formats.Rejected, match=reason):
         normalize_record({"date": stamp, "weightedAverage": 1})
 
 
@@ -210,7 +204,7 @@ def test_numbers_as_json_numbers_or_text_with_thousands_separators(text, value):
 
 @pytest.mark.parametrize("text", ["1_000", "3,12,0.55", "0x10", "1.2.3", "3.120,5.5", "one", True])
 def test_number_text_that_is_no_number_is_rejected(text):
-    with pytest.raises(glue.Rejected, match="high is not a number"):
+    with pytest.raises(formats.Rejected, match="high is not a number"):
         normalize_record({"date": 1500000000, "high": text, "weightedAverage": 0.1})
 
 
@@ -224,7 +218,7 @@ def test_a_comma_decimal_that_reads_only_one_way_is_read(text, value):
 
 @pytest.mark.parametrize("text", ["3,120", "100,000", "-3,120"])
 def test_a_lone_comma_that_reads_two_ways_1000x_apart_is_refused_outside_semicolon_text(text):
-    with pytest.raises(glue.Rejected, match="is ambiguous"):
+    with pytest.raises(formats.Rejected, match="is ambiguous"):
         normalize_record({"date": 1500000000, "high": text, "weightedAverage": 0.01})
 
 
@@ -252,15 +246,15 @@ def test_semicolon_text_reads_its_numbers_by_the_objects_own_convention(text, va
     ],
 )
 def test_a_value_or_object_that_could_be_misread_1000x_is_refused(text, reason):
-    with pytest.raises(glue.Rejected, match=re.escape(reason)):
-        glue.records_of(text.encode(), SimpleNamespace(aliases=ALIASES, pair=PAIR), KEY)
+    with pytest.raises(formats.Rejected, match=re.escape(reason)):
+        validation.records_of(text.encode(), SimpleNamespace(aliases=ALIASES, pair=PAIR), KEY)
 
 
 def test_weighted_average_is_derived_only_from_both_volumes():
     record = {"date": 1500000000, "volume": 49.75685525, "quoteVolume": 575.64509072}
     row = normalize_record(record)
     assert row["weighted_average"] == 49.75685525 / 575.64509072
-    with pytest.raises(glue.Rejected, match="no volume and quote_volume to derive it"):
+    with pytest.raises(formats.Rejected, match="no volume and quote_volume to derive it"):
         normalize_record({"date": 1500000000, "volume": 49.75685525})
 
 
@@ -284,7 +278,7 @@ def test_a_record_declaring_the_typical_price_basis_gets_high_low_close_over_thr
         2839.22,
         2844.4,
     )
-    header, line = list(csv.reader(io.StringIO(glue.to_csv(row).decode("utf-8"))))
+    header, line = list(csv.reader(io.StringIO(validation.to_csv(row).decode("utf-8"))))
     assert dict(zip(header, line, strict=True))["weighted_average_basis"] == "typical_price"
 
 
@@ -301,14 +295,14 @@ def test_a_typical_price_record_in_any_format_is_read_the_same():
 
 @pytest.mark.parametrize("given", [{"weightedAverage": 2843.0}, {"price": 2843.0}])
 def test_a_record_declaring_the_typical_price_and_giving_another_weighted_average_is_rejected(given):
-    with pytest.raises(glue.Rejected, match="typical_price given with a weighted_average") as refused:
+    with pytest.raises(formats.Rejected, match="typical_price given with a weighted_average") as refused:
         normalize_record({**TYPICAL, **given})
     assert "\n" not in str(refused.value)
 
 
 def test_a_typical_price_canonical_row_read_back_is_the_same_row():
     row = normalize_record(TYPICAL)
-    _, [again], skipped = normalize_object(glue.to_csv(row))
+    _, [again], skipped = normalize_object(validation.to_csv(row))
     assert skipped == []
     assert again == {**row, "source_format": "csv"}
 
@@ -316,7 +310,7 @@ def test_a_typical_price_canonical_row_read_back_is_the_same_row():
 @pytest.mark.parametrize(("value", "shown"), [("vwap", "'vwap'"), ("Typical_Price", "'Typical_Price'"), (3, "'3'")])
 def test_a_basis_other_than_typical_price_is_rejected_naming_it(value, shown):
     record = {**TYPICAL, "volume": 273940.0, "weightedAverageBasis": value}  # derivable: only the basis refuses it
-    with pytest.raises(glue.Rejected, match=re.escape(f"weighted_average_basis {shown} is not accepted")):
+    with pytest.raises(formats.Rejected, match=re.escape(f"weighted_average_basis {shown} is not accepted")):
         normalize_record(record)
 
 
@@ -332,14 +326,15 @@ def test_the_canonical_csvs_own_basis_read_back_changes_nothing(basis):
 def test_a_typical_price_record_without_high_low_or_close_is_rejected(missing):
     record = {**TYPICAL, "volume": 273940.0}  # derivable from the volumes: only the basis refuses it
     del record[missing]
-    with pytest.raises(glue.Rejected, match=f"typical_price needs high, low and close; the record has no {missing}$"):
+    refused = f"typical_price needs high, low and close; the record has no {missing}$"
+    with pytest.raises(formats.Rejected, match=refused):
         normalize_record(record)
 
 
 def test_a_typical_price_is_validated_as_any_price():
-    with pytest.raises(glue.Rejected, match="high 2839.0 is below low 2844.4"):
+    with pytest.raises(formats.Rejected, match="high 2839.0 is below low 2844.4"):
         normalize_record({**TYPICAL, "high": 2839.0, "low": 2844.4, "open": 2840.0})
-    with pytest.raises(glue.Rejected, match="close 2900.0 outside"):
+    with pytest.raises(formats.Rejected, match="close 2900.0 outside"):
         normalize_record({**TYPICAL, "close": 2900.0})
 
 
@@ -388,23 +383,6 @@ def assert_same_candle(row: dict, source: dict) -> None:
     """A canonical row carries exactly the numbers of its Poloniex source record."""
     assert row["timestamp"] == datetime.fromtimestamp(int(source["date"]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     names = {"volume": "volume", "quote_volume": "quoteVolume", "weighted_average": "weightedAverage"}
-    for column in glue.NUMERIC_FIELDS:
+    for column in formats.NUMERIC_FIELDS:
         assert row[column] == float(source[names.get(column, column)])
     assert row["pair"] == PAIR
-
-
-# ---------------------------------------------------------------- Glue's runtime
-
-
-def test_job_script_compiles_under_python_39(tmp_path):
-    python39 = next((str(path) for path in PY39_CANDIDATES if path and Path(path).exists()), None)
-    if python39 is None:
-        pytest.skip("no Python 3.9 here (~/.pyenv/versions/3.9.18/bin/python or python3.9 on PATH)")
-    compile_it = "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)"
-    result = subprocess.run(
-        [python39, "-c", compile_it, str(layout.GLUE_SCRIPT_PATH), str(tmp_path / "job.pyc")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr

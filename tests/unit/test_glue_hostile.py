@@ -18,7 +18,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from include.glue import normalize_price_record as glue
+from include.glue.price_glue import formats, job, validation
 from include.price_pipeline import alerts, layout
 from tests.records import glue_args
 
@@ -69,10 +69,10 @@ def job_args(**overrides) -> SimpleNamespace:
     return SimpleNamespace(**{**defaults, **overrides})
 
 
-def rejection(data: bytes, args: SimpleNamespace | None = None) -> glue.Rejected:
+def rejection(data: bytes, args: SimpleNamespace | None = None) -> formats.Rejected:
     """The Rejected that ``process_object`` raises for ``data`` (fails the test if it accepts it)."""
-    with pytest.raises(glue.Rejected) as caught:
-        glue.process_object(FakeS3(data), args or job_args(), "crypto/01-data-ingestion/x")
+    with pytest.raises(formats.Rejected) as caught:
+        job.process_object(FakeS3(data), args or job_args(), "crypto/01-data-ingestion/x")
     return caught.value
 
 
@@ -112,13 +112,14 @@ def test_xml_bombs_are_refused_before_any_expansion():
 
 
 def test_job_parses_xml_only_through_defusedxml():
-    source = layout.GLUE_SCRIPT_PATH.read_text()
-    imports = [line.strip() for line in source.splitlines() if line.startswith(("import ", "from "))]
+    sources = [path.read_text() for path in sorted(Path(formats.__file__).parent.glob("*.py"))]
+    lines = [line for source in sources for line in source.splitlines()]
+    imports = [line.strip() for line in lines if line.startswith(("import ", "from "))]
     assert [line for line in imports if "xml" in line] == [
         "import defusedxml.ElementTree as defused_etree",
         "from defusedxml import DefusedXmlException",
     ]
-    assert "forbid_dtd=True" in source
+    assert "forbid_dtd=True" in Path(formats.__file__).read_text()
 
 
 # ---------------------------------------------------------------- encodings and size
@@ -135,7 +136,7 @@ def test_job_parses_xml_only_through_defusedxml():
     ids=["utf-8", "utf-8-bom", "utf-16-le-bom", "utf-16-be-bom"],
 )
 def test_accepted_encodings_decode_to_the_same_text(data):
-    assert glue.decode_text(data) == "date=1500000000 pair=Ü weightedAverage=0.0864"
+    assert formats.decode_text(data) == "date=1500000000 pair=Ü weightedAverage=0.0864"
 
 
 @pytest.mark.parametrize(
@@ -149,14 +150,14 @@ def test_accepted_encodings_decode_to_the_same_text(data):
     ],
 )
 def test_other_encodings_are_rejected(data, reason):
-    with pytest.raises(glue.Rejected, match=reason):
-        glue.decode_text(data)
+    with pytest.raises(formats.Rejected, match=reason):
+        formats.decode_text(data)
 
 
 def test_object_over_the_cap_is_refused_without_being_read():
     s3 = FakeS3(b"x" * 2048)
-    with pytest.raises(glue.Rejected, match="over the 1024-byte cap"):
-        glue.process_object(s3, job_args(max_object_bytes=1024), "crypto/01-data-ingestion/x")
+    with pytest.raises(formats.Rejected, match="over the 1024-byte cap"):
+        job.process_object(s3, job_args(max_object_bytes=1024), "crypto/01-data-ingestion/x")
     assert s3.calls == ["head_object"]
 
 
@@ -166,14 +167,14 @@ def test_object_over_the_cap_is_refused_without_being_read():
 @pytest.mark.parametrize("value", ["NaN", "nan", "Infinity", "-Infinity", "inf", "+INF", float("nan"), 10**400])
 def test_non_finite_prices_are_rejected_in_every_spelling(value):
     record = {"date": 1500000000, "high": value, "weightedAverage": 0.0864}
-    with pytest.raises(glue.Rejected, match="high is not finite"):
-        glue.normalize(record, ALIASES, "ETH/USDT", "k", "json")
+    with pytest.raises(formats.Rejected, match="high is not finite"):
+        validation.normalize(record, ALIASES, "ETH/USDT", "k", "json")
 
 
 def test_infinite_derived_weighted_average_is_rejected():
     record = {"date": 1500000000, "volume": 1e308, "quoteVolume": 1e-308}
-    with pytest.raises(glue.Rejected, match="weighted_average must be finite"):
-        glue.normalize(record, ALIASES, "ETH/USDT", "k", "json")
+    with pytest.raises(formats.Rejected, match="weighted_average must be finite"):
+        validation.normalize(record, ALIASES, "ETH/USDT", "k", "json")
 
 
 @pytest.mark.parametrize(
@@ -184,14 +185,14 @@ def test_infinite_derived_weighted_average_is_rejected():
 def test_one_number_grammar_ascii_digits_and_no_comma_with_an_exponent(value):
     """Issue 21, point 4: "٣,١٢٠" and "3,120e0" read 3.12, where ASCII "3,120" is refused as ambiguous."""
     record = {"date": 1500000000, "weightedAverage": value}
-    with pytest.raises(glue.Rejected, match="weighted_average is not a number"):
-        glue.normalize(record, ALIASES, "ETH/USDT", "k", "json")
+    with pytest.raises(formats.Rejected, match="weighted_average is not a number"):
+        validation.normalize(record, ALIASES, "ETH/USDT", "k", "json")
 
 
 def test_a_timestamp_in_other_digits_is_not_understood():
     record = {"date": "١٥٠٠٠٠٠٠٠٠", "weightedAverage": 3120.0}
-    with pytest.raises(glue.Rejected, match="timestamp not understood"):
-        glue.normalize(record, ALIASES, "ETH/USDT", "k", "json")
+    with pytest.raises(formats.Rejected, match="timestamp not understood"):
+        validation.normalize(record, ALIASES, "ETH/USDT", "k", "json")
 
 
 # ---------------------------------------------------------------- input never names an output
@@ -204,11 +205,11 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="price-bucket")
     slot = datetime(2017, 7, 14, 2, 40, tzinfo=UTC)
-    good = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "..%2F..%2Fetc%2Fpasswd.json"
+    good = layout.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "..%2F..%2Fetc%2Fpasswd.json"
     # a '/' after the slot other than a pair folder's is outside the ingestion key grammar (issue 21)
-    bad = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-x/../../crypto/02-data-analysis/evil"
-    named = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-n/../../crypto/03-price-changes/x.json"
-    folder = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "/../../crypto/03-price-changes/y.json"
+    bad = layout.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-x/../../crypto/02-data-analysis/evil"
+    named = layout.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "-n/../../crypto/03-price-changes/x.json"
+    folder = layout.ingestion_window_prefix(slot, layout.INGESTION_PREFIX) + "/../../crypto/03-price-changes/y.json"
     record = {"date": 1500000000, "weightedAverage": 0.0864}
     s3.put_object(Bucket="price-bucket", Key=good, Body=json.dumps(record).encode())
     s3.put_object(
@@ -221,13 +222,13 @@ def test_input_never_builds_an_output_key(monkeypatch, capsys):
     s3.put_object(Bucket="price-bucket", Key=folder, Body=json.dumps(record).encode())
     args = glue_args("price-bucket", slot)
 
-    summary = glue.run(s3, args)
+    summary = job.run(s3, args)
 
     assert summary["rows"] == 1
     assert sorted(item["key"] for item in summary["quarantined"]) == sorted([bad, named, folder])
     out = capsys.readouterr().out
     for key in (bad, named, folder):
-        assert "QUARANTINED " + glue.quoted(key) + ": " + glue.GRAMMAR_REFUSED in out
+        assert "QUARANTINED " + job.quoted(key) + ": " + job.GRAMMAR_REFUSED in out
     written = {item["Key"] for item in s3.list_objects_v2(Bucket="price-bucket")["Contents"]} - {
         good,
         bad,
@@ -254,20 +255,20 @@ def test_the_run_log_quotes_every_key_it_names(monkeypatch, capsys):
     s3.create_bucket(Bucket="price-bucket")
     slot = datetime(2017, 7, 14, 2, 40, tzinfo=UTC)
     record = json.dumps({"date": int(slot.timestamp()), "weightedAverage": 0.0864}).encode()
-    window = glue.ingestion_window_prefix(slot, layout.INGESTION_PREFIX)
+    window = layout.ingestion_window_prefix(slot, layout.INGESTION_PREFIX)
     refused = window + "/x" + FORGED_KEY_TEXT  # outside the key grammar: quarantined
     older = window + ".json" + FORGED_KEY_TEXT  # the default pair's, version 1: superseded by -v2
     for key in (refused, older, window + "-v2.json"):
         s3.put_object(Bucket="price-bucket", Key=key, Body=record)
 
-    summary = glue.run(s3, glue_args("price-bucket", slot))
+    summary = job.run(s3, glue_args("price-bucket", slot))
 
     assert [item["key"] for item in summary["quarantined"]] == [refused]
     assert [item["key"] for item in summary["superseded"]] == [older]
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" ", 1)[0] for line in lines] == ["QUARANTINED", "SUPERSEDED"]
-    assert lines[0].startswith(f"QUARANTINED {glue.quoted(refused)}: ")
-    assert lines[1].startswith(f"SUPERSEDED in window {glue.slot_stamp(slot)}: {glue.quoted(older)} (by the newer ")
+    assert lines[0].startswith(f"QUARANTINED {job.quoted(refused)}: ")
+    assert lines[1].startswith(f"SUPERSEDED in window {layout.slot_stamp(slot)}: {job.quoted(older)} (by the newer ")
     for line in lines:
         assert line.isascii()
         assert line.isprintable()
@@ -276,10 +277,10 @@ def test_the_run_log_quotes_every_key_it_names(monkeypatch, capsys):
 
 @pytest.mark.parametrize("text", [FORGED_KEY_TEXT, "x" * 400, "plain/key.json", "é\x00\x1b&<>\"'\\", ""])
 def test_the_jobs_quoting_is_alerts_quoted(text):
-    """The job runs alone on Glue, so it carries a copy of ``alerts.quoted``, the one way text read from S3
-    is shown; the copy must quote as the original does."""
-    assert glue.QUOTED_LIMIT == alerts.QUOTED_LIMIT
-    assert glue.quoted(text) == alerts.quoted(text)
+    """alerts.py is not in the Glue job's bundle, so the job carries a copy of ``alerts.quoted``, the one way
+    text read from S3 is shown; the copy must quote as the original does."""
+    assert job.QUOTED_LIMIT == alerts.QUOTED_LIMIT
+    assert job.quoted(text) == alerts.quoted(text)
 
 
 @mock_aws
@@ -294,17 +295,17 @@ def test_a_failure_inside_one_object_is_its_quarantine_reason_and_the_range_run_
     for slot in slots:
         record = {"date": int(slot.timestamp()), "weightedAverage": 0.0864}
         s3.put_object(Bucket="price-bucket", Key=layout.ingestion_key(slot, ".json"), Body=json.dumps(record).encode())
-    real_parse = glue.parse_object
+    real_parse = formats.parse_object
 
     def parse_object(text, aliases):
         if f'"date": {int(slots[1].timestamp())}' in text:
             raise KeyError("a bug")
         return real_parse(text, aliases)
 
-    monkeypatch.setattr(glue, "parse_object", parse_object)
+    monkeypatch.setattr(validation, "parse_object", parse_object)
     args = glue_args("price-bucket", first, first + 3 * layout.SLOT)
 
-    summary = glue.run(s3, args)
+    summary = job.run(s3, args)
 
     assert summary["rows"] == 2
     broken = layout.ingestion_key(slots[1], ".json")

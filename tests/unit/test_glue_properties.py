@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from include.glue import normalize_price_record as glue
+from include.glue.price_glue import formats, job, numbers, s3io, validation
 from include.price_pipeline import layout
 
 ALIASES = json.loads(layout.FIELD_ALIASES_PATH.read_text())
@@ -128,21 +128,21 @@ def records(draw, traded: bool = False) -> Record:
 def styles(draw) -> Style:
     fields = ("timestamp", "pair", *NUMERIC)
     names = {field: draw(st.sampled_from((field, *ALIASES[field]))) for field in fields}
-    numbers = draw(st.sampled_from(("json", "text", "thousands")))
+    number_style = draw(st.sampled_from(("json", "text", "thousands")))
     stamps = draw(st.sampled_from(("seconds", "milliseconds", "text", "iso-z", "iso-offset")))
-    return Style(names, numbers, stamps, draw(st.integers(-12 * 4, 14 * 4)) * 15)
+    return Style(names, number_style, stamps, draw(st.integers(-12 * 4, 14 * 4)) * 15)
 
 
 def normalize_object(text: str | bytes) -> tuple[str, list[dict], list[str]]:
     """Decode, detect and normalize one raw object: (format, canonical rows, reasons of skipped records)."""
     data = text.encode("utf-8") if isinstance(text, str) else text
-    fmt, raws = glue.parse_object(glue.decode_text(data), ALIASES)
-    decimal = glue.decimal_convention(raws, ALIASES)
+    fmt, raws = formats.parse_object(formats.decode_text(data), ALIASES)
+    decimal = numbers.decimal_convention(raws, ALIASES)
     rows, skipped = [], []
     for raw in raws:
         try:
-            rows.append(glue.normalize(raw, ALIASES, PAIR, KEY, fmt, decimal))
-        except glue.Rejected as error:
+            rows.append(validation.normalize(raw, ALIASES, PAIR, KEY, fmt, decimal))
+        except formats.Rejected as error:
             skipped.append(str(error))
     return fmt, rows, skipped
 
@@ -194,15 +194,15 @@ def write_kline(record: Record, style: Style) -> list:
     """A Binance kline: base-asset volume at 5 (our quote_volume), quote-asset volume at 7 (our volume)."""
     opened = int(record.slot.timestamp()) * 1000
     values = record.values
-    numbers = [style.number(values[field]) for field in ("open", "high", "low", "close", "quote_volume")]
-    return [opened, *numbers, opened + 299_999, style.number(values["volume"]), 42, "0", "0", "0"]
+    prices = [style.number(values[field]) for field in ("open", "high", "low", "close", "quote_volume")]
+    return [opened, *prices, opened + 299_999, style.number(values["volume"]), 42, "0", "0", "0"]
 
 
 # ---------------------------------------------------------------- round trips
 
 
 @PROPERTY
-@given(records(), styles(), st.sampled_from(glue.WRAPPER_KEYS), st.booleans())
+@given(records(), styles(), st.sampled_from(formats.WRAPPER_KEYS), st.booleans())
 def test_json_object_and_envelope(record, style, wrapper, wrapped):
     document = {wrapper: dict(style.pairs(record))} if wrapped else dict(style.pairs(record))
     assert_normalizes(
@@ -231,7 +231,7 @@ def test_xml_element_and_attribute_styles(recs, style, prefix, attributes):
 
 
 @PROPERTY
-@given(records(), styles(), st.randoms(use_true_random=False), st.sampled_from(glue.DELIMITERS))
+@given(records(), styles(), st.randoms(use_true_random=False), st.sampled_from(formats.DELIMITERS))
 def test_delimited_with_header_in_any_column_order(record, style, random, delimiter_and_format):
     delimiter, fmt = delimiter_and_format
     pairs = style.pairs(record)
@@ -241,7 +241,7 @@ def test_delimited_with_header_in_any_column_order(record, style, random, delimi
 
 
 @PROPERTY
-@given(st.lists(records(), min_size=1, max_size=3), styles(), st.sampled_from(glue.DELIMITERS))
+@given(st.lists(records(), min_size=1, max_size=3), styles(), st.sampled_from(formats.DELIMITERS))
 def test_headerless_in_poloniex_order(recs, style, delimiter_and_format):
     delimiter, fmt = delimiter_and_format
     rows = [
@@ -272,7 +272,7 @@ def test_binance_klines(recs, style, single):
 def test_canonical_csv_is_itself_valid_input(record, style):
     """The job's own output, fed back, gives the same row: nothing is lost or reshaped in to_csv."""
     (row,) = normalize_object(write_json(style.pairs(record)))[1]
-    (again,) = normalize_object(glue.to_csv(row))[1]
+    (again,) = normalize_object(validation.to_csv(row))[1]
     assert again == {**row, "source_format": "csv", "weighted_average_basis": "record"}
 
 
@@ -283,7 +283,7 @@ def accepted_or_rejected(data: bytes) -> list[dict]:
     """Rows of ``data``, or none when it is rejected; any other exception fails the test."""
     try:
         return normalize_object(data)[1]
-    except glue.Rejected as error:
+    except formats.Rejected as error:
         reason = str(error)
     assert reason
     assert "\n" not in reason
@@ -294,14 +294,14 @@ def accepted_or_rejected(data: bytes) -> list[dict]:
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_are_accepted_or_rejected_never_crash(data):
     for row in accepted_or_rejected(data):
-        glue.validate(row)
+        validation.validate(row)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet='{}[]<>"=:,;\t\n .0123456789eE+-TZdatehiglowpqrsvx/!&#%', max_size=300))
 def test_format_shaped_noise_is_accepted_or_rejected_never_crash(text):
     for row in accepted_or_rejected(text.encode("utf-8")):
-        glue.validate(row)
+        validation.validate(row)
 
 
 @PROPERTY
@@ -316,7 +316,7 @@ def test_truncated_valid_objects_never_crash_nor_give_an_invalid_row(record, sty
     }[fmt]
     cut = data.draw(st.integers(min_value=0, max_value=len(text)))
     for row in accepted_or_rejected(text[:cut].encode("utf-8")):
-        glue.validate(row)
+        validation.validate(row)
 
 
 # ---------------------------------------------------------------- the window contract
@@ -377,27 +377,27 @@ def contract_objects(draw, window: datetime) -> tuple[str, bytes]:
         docs = [dict(style.pairs(record)) for record in recs]
         data = (json.dumps(docs) if shape == "json-array" else "\n".join(map(json.dumps, docs)) + "\n").encode()
     suffix = draw(st.text(max_size=30))
-    return glue.ingestion_window_prefix(window, layout.INGESTION_PREFIX) + suffix, data
+    return layout.ingestion_window_prefix(window, layout.INGESTION_PREFIX) + suffix, data
 
 
 def version(key: str, window: datetime) -> int:
     """The version the job gives a listed key (1 outside the grammar: such a key is never read)."""
-    return (glue.read_ingestion_key(key, window, layout.INGESTION_PREFIX, PAIR) or (None, 1))[1]
+    return (layout.read_ingestion_key(key, window, layout.INGESTION_PREFIX, PAIR) or (None, 1))[1]
 
 
 def test_an_older_record_behind_two_of_unknown_order_is_quarantined_with_them_not_dropped():
     """Hypothesis found it: the older record was neither used, superseded nor quarantined, only tagged
     (Terraform expires tagged raw objects)."""
     window = datetime(2010, 1, 1, tzinfo=UTC)
-    prefix = glue.ingestion_window_prefix(window, layout.INGESTION_PREFIX)
+    prefix = layout.ingestion_window_prefix(window, layout.INGESTION_PREFIX)
     body = json.dumps([{"timestamp": int(window.timestamp()), "open": 1, "high": 1, "low": 1, "close": 1,
                         "volume": 0, "quote_volume": 0, "weighted_average": 1}]).encode()  # fmt: skip
     modified = {f"{prefix}.json": "2026-01-01T00:00:00Z", f"{prefix}-a.json": "2026-01-01T00:00:01Z",
                 f"{prefix}-b.json": "2026-01-01T00:00:01Z"}  # fmt: skip
-    outcomes = [dict(glue.assess(body, CONTRACT_ARGS, key, window), modified=when, version=1)
+    outcomes = [dict(job.assess(body, CONTRACT_ARGS, key, window), modified=when, version=1)
                 for key, when in modified.items()]  # fmt: skip
 
-    plan = glue.plan_window(CONTRACT_ARGS, window, outcomes)
+    plan = job.plan_window(CONTRACT_ARGS, window, outcomes)
 
     assert plan["used"] is None
     reasons = {source: note["reason"] for source, _, _, note in plan["quarantine"]}
@@ -412,13 +412,13 @@ def test_any_objects_under_a_window_write_at_most_its_csv_and_their_quarantine_c
     objects = dict(data.draw(st.lists(contract_objects(window), min_size=1, max_size=4)))
     modified = {key: data.draw(st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z"])) for key in objects}
     outcomes = [
-        dict(glue.assess(body, CONTRACT_ARGS, key, window), modified=modified[key], version=version(key, window))
+        dict(job.assess(body, CONTRACT_ARGS, key, window), modified=modified[key], version=version(key, window))
         for key, body in objects.items()
     ]
 
-    plan = glue.plan_window(CONTRACT_ARGS, window, outcomes)
+    plan = job.plan_window(CONTRACT_ARGS, window, outcomes)
     s3 = RecordingS3()
-    written = glue.apply_plan(s3, CONTRACT_ARGS, plan)
+    written = s3io.apply_plan(s3, CONTRACT_ARGS, plan)
 
     allowed = {layout.analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
     assert set(s3.written) <= allowed
@@ -444,7 +444,7 @@ def test_any_other_pairs_objects_of_a_window_write_one_shared_csv_with_a_row_per
     data, slot_index
 ):
     window = datetime.fromtimestamp(slot_index * 300, UTC)
-    prefix = glue.ingestion_window_prefix(window, layout.INGESTION_PREFIX)
+    prefix = layout.ingestion_window_prefix(window, layout.INGESTION_PREFIX)
     chosen = data.draw(st.lists(st.sampled_from(["BTC/USDT", "SOL/USDT", "ETH/BTC"]), min_size=1, unique=True))
     plans, objects = [], []
     for pair in chosen:
@@ -452,18 +452,18 @@ def test_any_other_pairs_objects_of_a_window_write_one_shared_csv_with_a_row_per
         listed = {f"{prefix}/{layout.pair_slug(pair)}{key[len(prefix) :]}": body for key, body in drawn}
         outcomes = [
             dict(
-                glue.assess(body, CONTRACT_ARGS, key, window, pair),
+                job.assess(body, CONTRACT_ARGS, key, window, pair),
                 modified="2026-01-01T00:00:00Z",
                 version=version(key, window),
             )
             for key, body in listed.items()
         ]
-        plans.append(glue.plan_window(CONTRACT_ARGS, window, outcomes, pair))
+        plans.append(job.plan_window(CONTRACT_ARGS, window, outcomes, pair))
         objects += listed
 
-    plan = glue.plan_pairs(CONTRACT_ARGS, window, plans)
+    plan = job.plan_pairs(CONTRACT_ARGS, window, plans)
     s3 = RecordingS3()
-    written = glue.apply_plan(s3, CONTRACT_ARGS, plan)
+    written = s3io.apply_plan(s3, CONTRACT_ARGS, plan)
 
     allowed = {layout.pairs_analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
     assert set(s3.written) <= allowed
@@ -542,9 +542,9 @@ def test_a_record_with_records_nested_at_any_depth_writes_the_outer_price_or_not
     window = datetime.fromtimestamp(slot_index * 300, UTC)
     body = data.draw(nested_json(window) if fmt == "json" else nested_xml(window))
     key = layout.ingestion_key(window, "." + fmt)
-    outcome = dict(glue.assess(body, CONTRACT_ARGS, key, window), modified="2026-01-01T00:00:00Z", version=1)
+    outcome = dict(job.assess(body, CONTRACT_ARGS, key, window), modified="2026-01-01T00:00:00Z", version=1)
 
-    plan = glue.plan_window(CONTRACT_ARGS, window, [outcome])
+    plan = job.plan_window(CONTRACT_ARGS, window, [outcome])
 
     if plan["csv"] is None:
         assert [source for source, *_ in plan["quarantine"]] == [key]  # refused, with its reason

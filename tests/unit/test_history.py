@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from include.glue import normalize_price_record as glue
+from include.glue.price_glue import job, s3io, validation
 from include.price_pipeline import alerts, analysis, history, layout, pairs, rules, windows
 from include.price_pipeline import settings as pipeline_settings
 from include.price_pipeline.analysis import FIRED, NOTIFIED, NOTIFY, PUBLISHING
@@ -111,7 +111,7 @@ class MemoryS3:
 def canonical_csv(slot, weighted_average: float) -> bytes:
     """The Glue job's canonical CSV of a consistent record, built with the job's own functions."""
     source = layout.ingestion_key(slot, ".json")
-    return glue.to_csv(glue.normalize(candle(slot, weighted_average), ALIASES, PAIR, source, "json"))
+    return validation.to_csv(validation.normalize(candle(slot, weighted_average), ALIASES, PAIR, source, "json"))
 
 
 def seeded(prices: dict, others: dict | None = None) -> MemoryS3:
@@ -521,10 +521,10 @@ def test_a_long_range_lists_day_partitions_and_finds_exactly_the_keys_of_its_win
 
     monkeypatch.setattr(s3, "get_paginator", counting)
 
-    by_day = glue.list_raw_keys(s3, job_args(start, end))
+    by_day = s3io.list_raw_keys(s3, job_args(start, end))
     days_listed = len(listed)
-    monkeypatch.setattr(glue, "LIST_BY_DAY_ABOVE_SLOTS", 10_000)
-    by_window = glue.list_raw_keys(s3, job_args(start, end))
+    monkeypatch.setattr(s3io, "LIST_BY_DAY_ABOVE_SLOTS", 10_000)
+    by_window = s3io.list_raw_keys(s3, job_args(start, end))
 
     assert by_day == by_window == sorted(keys)
     assert days_listed == 2
@@ -551,7 +551,7 @@ def test_a_range_run_writes_what_single_window_runs_write_and_quarantines_under_
         for key, body in raw.items():
             s3.put_object(Bucket="raw", Key=key, Body=body)
         for first, last in runs:
-            glue.run(s3, job_args(first, last))
+            job.run(s3, job_args(first, last))
         listed = s3.list_objects_v2(Bucket="raw")["Contents"]
         return {o["Key"]: s3.get_object(Bucket="raw", Key=o["Key"])["Body"].read() for o in listed}
 
@@ -580,7 +580,7 @@ def test_listed_sizes_spare_the_head_request_and_still_refuse_an_oversized_objec
     calls = []
     s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
 
-    summary = glue.run(s3, args)
+    summary = job.run(s3, args)
 
     assert summary["quarantined"] == [{"key": key, "reason": "object is 2048 bytes, over the 1024-byte cap"}]
     assert "HeadObject" not in calls
@@ -596,7 +596,7 @@ def test_the_analysis_takes_the_glue_runs_range_object_for_listed_keys_and_reads
     in_range = [layout.analysis_key(slot) for slot in layout.slots_between(start, end)]
     stale_key = layout.analysis_key(T0 + layout.SLOT * 200)  # named by the range object, gone from S3
     written = [(key, s3.objects[key]) for key in in_range[:-3]] + [(stale_key, b"not, a, price\n")]
-    s3.objects[layout.range_objects_key(start, end)] = glue.range_objects(written)
+    s3.objects[layout.range_objects_key(start, end)] = job.range_objects(written)
     reads = []
     real_get = s3.get_object
 
@@ -617,9 +617,9 @@ def test_the_analysis_takes_the_glue_runs_range_object_for_listed_keys_and_reads
 
 def test_the_range_object_lists_each_canonical_object_once_in_key_order_and_rereads_to_the_same_bytes():
     written = [("b.csv", b'x,y\n2,"a,b"\n'), ("a.csv", "x,y\n1,é\n".encode())]
-    body = glue.range_objects(written)
+    body = job.range_objects(written)
 
-    assert body == glue.range_objects(list(reversed(written)))
+    assert body == job.range_objects(list(reversed(written)))
     assert [json.loads(line)["key"] for line in body.decode().splitlines()] == ["a.csv", "b.csv"]
     assert history.range_objects(MemoryS3({"r.jsonl": body}), "bucket", "r.jsonl") == dict(written)
 
@@ -628,14 +628,14 @@ def test_the_range_object_lists_each_canonical_object_once_in_key_order_and_rere
     ("objects", "cpus", "processes"),
     [
         (1, 8, 1),
-        (glue.PROCESSES_ABOVE_OBJECTS, 8, 1),
-        (glue.PROCESSES_ABOVE_OBJECTS + 1, 2, 2),
+        (job.PROCESSES_ABOVE_OBJECTS, 8, 1),
+        (job.PROCESSES_ABOVE_OBJECTS + 1, 2, 2),
         (8640, 64, 4),
         (8640, 1, 1),
     ],
 )
 def test_only_long_runs_spread_over_processes_one_per_cpu_up_to_the_cap(objects, cpus, processes):
-    assert glue.worker_processes(objects, cpus) == processes
+    assert job.worker_processes(objects, cpus) == processes
 
 
 # ------------------------------------------------------------------ a window waits for earlier normalizations
@@ -724,7 +724,7 @@ def test_reasons_that_differ_only_in_their_values_are_one_kind(one, other):
 
 
 def test_a_reason_kind_keeps_what_is_said_and_different_reasons_stay_apart():
-    grammar = glue.GRAMMAR_REFUSED
+    grammar = job.GRAMMAR_REFUSED
 
     assert history.reason_kind(NO_WA) == NO_WA
     assert history.reason_kind(grammar) == grammar  # its '.', '-', '/' are the grammar, not values

@@ -1,12 +1,8 @@
-"""Slot math and key layout, and the Glue job script's copy of them.
-
-The Glue job runs alone on Glue and carries a copy of the layout functions it needs; the copy must
-write exactly the keys the DAG reads, for every slot and every prefix, or windows silently go missing.
-"""
+"""Slot math and key layout: the keys the Glue job writes (it imports this module, shipped in its bundle)
+and the DAG reads, for every slot and every prefix."""
 
 from __future__ import annotations
 
-import ast
 import fnmatch
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -15,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from include.glue import normalize_price_record as glue
 from include.price_pipeline import layout
 from tests.conftest import utc
 
@@ -232,84 +227,6 @@ def test_day_partitions_hold_every_utc_day_from_first_to_last_once_and_in_order(
     assert layout.partition(last) in partitions
 
 
-# ------------------------------------------------------------------ the Glue script's copy
-
-
-def _copy_block_names() -> set[str]:
-    """Every name the Glue script defines between its ``copy of layout`` markers."""
-    source = layout.GLUE_SCRIPT_PATH.read_text()
-    start = source.index("# --- copy of include/price_pipeline/layout.py")
-    end = source.index("# --- end of copy")
-    names = set()
-    for node in ast.parse(source[start:end]).body:
-        if isinstance(node, ast.FunctionDef):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names.update(target.id for target in node.targets if isinstance(target, ast.Name))
-    return names
-
-
-#: Names of the copy block that the tests below compare with layout.py.
-CHECKED_COPIES = {
-    "SLOT_SECONDS",
-    "CANONICAL_COLUMNS",
-    "ADDED_COLUMNS",
-    "CSV_COLUMNS",
-    "INGESTED_TAG",
-    "slot_stamp",
-    "partition",
-    "ingestion_window_prefix",
-    "analysis_key",
-    "range_objects_key",
-    "quarantine_keys",
-    "_PAIR_SLUG",
-    "pair_slug",
-    "_INGESTION_REST",
-    "_VERSION",
-    "read_ingestion_key",
-    "PAIRS_FILE",
-    "pairs_analysis_key",
-}
-
-
-def test_every_name_in_the_glue_copy_block_is_checked_against_layout():
-    assert _copy_block_names() == CHECKED_COPIES
-
-
-def test_glue_copy_has_the_same_constants_as_layout():
-    assert glue.SLOT_SECONDS == layout.SLOT_SECONDS
-    assert glue.CANONICAL_COLUMNS == layout.CANONICAL_COLUMNS
-    assert glue.ADDED_COLUMNS == layout.ADDED_COLUMNS
-    assert glue.CSV_COLUMNS == layout.CSV_COLUMNS
-    assert glue.INGESTED_TAG == layout.INGESTED_TAG
-    assert glue.PAIRS_FILE == layout.PAIRS_FILE
-
-
-@PROPERTY
-@given(moment=moments, prefix=prefixes)
-def test_glue_copy_builds_the_same_stamps_partitions_and_keys_as_layout(moment, prefix):
-    for slot in (layout.slot_start(moment), moment):
-        assert glue.slot_stamp(slot) == layout.slot_stamp(slot)
-        assert glue.partition(slot) == layout.partition(slot)
-        assert glue.ingestion_window_prefix(slot, prefix) == layout.ingestion_window_prefix(slot, prefix)
-        assert glue.analysis_key(slot, prefix) == layout.analysis_key(slot, prefix)
-        assert glue.pairs_analysis_key(slot, prefix) == layout.pairs_analysis_key(slot, prefix)
-        end = slot + layout.SLOT * 7
-        assert glue.range_objects_key(slot, end, prefix) == layout.range_objects_key(slot, end, prefix)
-
-
-@PROPERTY
-@given(slot=slots, source_key=source_keys, prefix=prefixes)
-def test_glue_copy_builds_the_same_quarantine_keys_as_layout(slot, source_key, prefix):
-    assert glue.quarantine_keys(slot, source_key, prefix) == layout.quarantine_keys(slot, source_key, prefix)
-
-
-def test_glue_copy_agrees_with_layout_under_the_default_prefixes():
-    assert glue.ingestion_window_prefix(SLOT, layout.INGESTION_PREFIX) == layout.ingestion_window_prefix(SLOT)
-    assert glue.analysis_key(SLOT, layout.ANALYSIS_PREFIX) == layout.analysis_key(SLOT)
-    assert glue.quarantine_keys(SLOT, "k.json", layout.QUARANTINE_PREFIX) == layout.quarantine_keys(SLOT, "k.json")
-
-
 # ------------------------------------------------------------------ quarantine keys hold only a digest
 
 
@@ -325,11 +242,10 @@ HOSTILE_SOURCE_KEYS = [
 
 
 @pytest.mark.parametrize("source_key", HOSTILE_SOURCE_KEYS)
-@pytest.mark.parametrize("quarantine_keys", [layout.quarantine_keys, glue.quarantine_keys], ids=["layout", "glue"])
-def test_quarantine_keys_hold_a_hex_digest_in_place_of_the_source_key(quarantine_keys, source_key):
+def test_quarantine_keys_hold_a_hex_digest_in_place_of_the_source_key(source_key):
     window_dir = f"{layout.QUARANTINE_PREFIX}{layout.partition(SLOT)}{layout.slot_stamp(SLOT)}/"
 
-    copy_key, reason_key = quarantine_keys(SLOT, source_key, layout.QUARANTINE_PREFIX)
+    copy_key, reason_key = layout.quarantine_keys(SLOT, source_key, layout.QUARANTINE_PREFIX)
 
     for key, suffix in ((copy_key, ".object"), (reason_key, ".reason.json")):
         assert re.fullmatch(re.escape(window_dir) + DIGEST + re.escape(suffix), key), key
@@ -414,7 +330,6 @@ def test_no_pair_slug_is_the_shared_files_name():
 def test_the_ingestion_key_grammar_gives_a_key_one_pair_and_version_or_none(rest, read):
     key = layout.ingestion_window_prefix(SLOT) + rest
     assert layout.read_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == read
-    assert glue.read_ingestion_key(key, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == read
 
 
 @pytest.mark.parametrize("rest", [".json", "-v2.csv", ".csv.gz", '-"producer, b".csv'])
@@ -468,16 +383,3 @@ def test_one_window_listing_finds_every_pairs_object_of_that_window_only(slot, o
     if slot == other:
         assert layout.read_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT") == (pair or "ETH/USDT", 1)
         assert layout.slot_of_key(key) == slot
-
-
-@PROPERTY
-@given(slot=slots, rest=st.text(max_size=30))
-def test_glue_copy_reads_any_key_as_layout_does(slot, rest):
-    assert glue._PAIR_SLUG.pattern == layout._PAIR_SLUG.pattern
-    assert glue._INGESTION_REST.pattern == layout._INGESTION_REST.pattern
-    assert glue._VERSION.pattern == layout._VERSION.pattern
-    assert glue.pair_slug("sol/usdt") == layout.pair_slug("sol/usdt")
-    key = layout.ingestion_window_prefix(slot) + rest
-    assert glue.read_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT") == (
-        layout.read_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT")
-    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from include.glue import normalize_price_record as glue
+from include.glue.price_glue import validation
 from include.price_pipeline import alerts, analysis, browse, layout
 from tests.conftest import utc
 
@@ -82,8 +82,8 @@ def test_a_price_the_glue_job_took_as_the_typical_price_is_marked_an_approximati
     del given["weightedAverageBasis"]
     shown = []
     for record in (typical, given):
-        row = glue.normalize(record, aliases, "BTC/USDT", layout.ingestion_key(SLOT, ".json"), "json")
-        [price] = analysis.parse_canonical_rows(glue.to_csv(row))
+        row = validation.normalize(record, aliases, "BTC/USDT", layout.ingestion_key(SLOT, ".json"), "json")
+        [price] = analysis.parse_canonical_rows(validation.to_csv(row))
         latest = alerts._price(price)
         page_row = browse.row_from_entry(SLOT, {**entry(move=("below_threshold", "up")), "latest": latest})
         shown.append((latest.get("basis"), page_row["price"], page_row.get("price_basis")))

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.glue import normalize_price_record as glue
+from include.glue.price_glue import validation
 from include.price_pipeline import rules
 from include.price_pipeline.analysis import Price, pct_change
 from tests.conftest import utc
@@ -623,12 +623,13 @@ def test_a_huge_number_is_refused_with_one_line(tmp_path, rule, message):
 def test_the_bounds_accept_every_price_the_glue_job_accepts():
     """A level or a min_abs_move up to the job's largest price, a threshold up to the largest change two of
     its prices can make: anything above could never fire (the bounds are the job's, copied: it runs alone)."""
-    assert (rules.MIN_PRICE, rules.MAX_PRICE) == (glue.MIN_PRICE, glue.MAX_PRICE)
+    assert (rules.MIN_PRICE, rules.MAX_PRICE) == (validation.MIN_PRICE, validation.MAX_PRICE)
+    top = validation.MAX_PRICE
     doc = {"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [
-        {"name": "m", "kind": "change", "threshold_pct": rules.MAX_THRESHOLD_PCT, "min_abs_move": glue.MAX_PRICE},
-        {"name": "c", "kind": "crossing", "level": glue.MAX_PRICE, "min_abs_move": glue.MAX_PRICE}]}}  # fmt: skip
-    assert rules.parse(doc).pairs["ETH/USDT"][1].level == glue.MAX_PRICE
-    changed = pct_change(glue.MIN_PRICE, glue.MAX_PRICE)
+        {"name": "m", "kind": "change", "threshold_pct": rules.MAX_THRESHOLD_PCT, "min_abs_move": top},
+        {"name": "c", "kind": "crossing", "level": top, "min_abs_move": top}]}}  # fmt: skip
+    assert rules.parse(doc).pairs["ETH/USDT"][1].level == top
+    changed = pct_change(validation.MIN_PRICE, top)
     assert changed <= rules.MAX_THRESHOLD_PCT < 10 * changed
 
 

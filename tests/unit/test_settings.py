@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from include.glue import normalize_price_record as glue
+from include.glue.price_glue import job
 from include.price_pipeline import layout, rules, settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,7 +184,7 @@ def test_the_glue_job_parses_every_argument_the_dag_passes_it():
     arguments = settings.glue_job_arguments(config)
     argv = [part for name, value in arguments.items() for part in (name, value)]
 
-    args = glue.parse_args([*argv, "--window_start", "2026-02-03T12:00:00Z"])
+    args = job.parse_args([*argv, "--window_start", "2026-02-03T12:00:00Z"])
 
     for name, value in arguments.items():
         assert str(getattr(args, name.removeprefix("--"))) == value, name

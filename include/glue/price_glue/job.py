@@ -1,0 +1,345 @@
+"""AWS Glue Python shell job: normalize raw price records to the canonical CSV, quarantine the rest.
+
+Runs on Glue's Python 3.9 runtime (and, unchanged, in the local stand-in's Glue runner). Standard
+library plus boto3 and defusedxml only. Arguments (Glue passes ``--name value`` pairs; unknown ones,
+such as Glue's own, are ignored):
+
+    --bucket              S3 bucket
+    --ingestion_prefix    raw records, ``<prefix>year=/month=/day=/<slot>...``
+    --analysis_prefix     canonical CSV output, one object per slot
+    --quarantine_prefix   copies of objects that could not be trusted, with a reason file
+    --window_start        first slot to process, ISO 8601 (``2026-11-25T19:30:00Z``)
+    --window_end          end of the range, exclusive (default: window_start + 5 minutes)
+    --pair                the default pair: an object under a window's single-pair key (``<slot>.<...>``
+                          or ``<slot>-<...>``) is for it; a record names it or none; every row carries it
+    --pairs               the other configured pairs, comma-separated (``BTC/USDT,SOL/USDT``): an object
+                          at ``<slot>/<BASE>_<QUOTE>[.<...>|-<...>]`` is for that pair (any other key:
+                          quarantined, see read_ingestion_key); the window's other pairs
+                          share one CSV ``<slot>/pairs.csv``, a row per pair (by pair); an object naming
+                          no configured pair is quarantined
+    --max_object_bytes    objects above this size are quarantined without being read whole
+    --field_aliases       JSON: canonical field -> accepted spellings (include/glue/field_aliases.json)
+
+The format of a raw object is detected by its content, never its key: JSON (an object, an envelope
+such as ``{"data": ...}``, an array of records, NDJSON, Binance klines), XML (element or attribute
+style, through defusedxml), delimited text (CSV, TSV, semicolon; with a header in any column order or
+headerless in Poloniex order) and ``key=value`` / ``key: value`` text. Field names are looked up in the
+alias file; every record is validated (the configured pair or none, one value per field, numbers that
+read one way only, prices finite within [MIN_PRICE, MAX_PRICE], high >= low, open, close and
+weighted_average within [low, high], volumes >= 0, a 5-minute slot timestamp from 2009 on) or refused
+with a one-line reason. The canonical row's ``weighted_average_basis`` says where its weighted average came
+from: ``record`` (given), ``volumes`` (volume / quote_volume), ``no_trade`` (the one price of a candle in
+which nothing traded) or ``typical_price``: (high + low + close) / 3, an approximation a record asks for by
+declaring ``weightedAverageBasis: typical_price`` (BASIS_FIELD) instead of giving a weighted average (an
+exchange whose candles carry no quote volume). Any other value is refused, except the canonical CSV's own
+(its output read back as input), which changes nothing.
+
+The window contract: a raw object listed under window W only ever writes W's canonical CSV
+``<analysis_prefix>.../<W>.csv``. Its one record of W is a candidate; records of other slots, and
+any refused record, send a copy of the object to the quarantine prefix beside a reason file. Among the
+objects of W with a candidate the highest key version (``-v<N>``) wins, then the newest LastModified;
+a tie in both refuses them (see plan_window); the CSV names the ones it superseded.
+Once a window's writes are made, each of its raw objects is tagged ``price-pipeline=
+ingested`` (Terraform expires only tagged raw objects). The original is never changed otherwise. A
+failure inside one object is its quarantine reason, never the run's. Output holds no wall-clock value,
+so a re-run writes byte-identical objects. A summary is printed as the last line (``SUMMARY {json}``).
+
+A run over more than one window also writes all canonical objects it wrote in one JSON-lines object
+under ``<analysis_prefix>_ranges/`` (the bulk analysis reads that one instead of one per window). A run
+of more than PROCESSES_ABOVE_OBJECTS objects reads and writes them from one process per CPU (botocore
+spends a few milliseconds of CPU per request, so one Python process tops out near 300 requests/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import timedelta
+
+from include.glue.price_glue.formats import Rejected
+from include.glue.price_glue.numbers import read_timestamp
+from include.glue.price_glue.s3io import MAX_WORKERS, apply_plan, list_raw_objects, read_bounded, s3_client
+from include.glue.price_glue.validation import one_line, records_of, to_csv
+from include.price_pipeline.layout import (
+    SLOT_SECONDS,
+    analysis_key,
+    pairs_analysis_key,
+    quarantine_keys,
+    range_objects_key,
+    read_ingestion_key,
+    slot_stamp,
+)
+
+#: Runs of more raw objects than this spread them over processes (one per CPU, at most MAX_PROCESSES).
+PROCESSES_ABOVE_OBJECTS = 1000
+MAX_PROCESSES = 4
+GRAMMAR_REFUSED = (
+    "key does not follow the ingestion key grammar: <slot> then '.' or '-' (the default pair), "
+    "or <slot>/<BASE>_<QUOTE> (another pair), and no other '/'"
+)
+#: A record more than this after the window it was found under is refused as from the future.
+FUTURE_SLACK = timedelta(days=1)
+
+#: How much of one text from S3 a log line quotes (alerts.QUOTED_LIMIT).
+QUOTED_LIMIT = 300
+
+
+def quoted(text):
+    """A copy of ``alerts.quoted`` (alerts.py is not in the job's bundle; tests/unit/test_glue_hostile.py
+    checks the copy): text read from S3, a key, as the run log shows it, in double quotes on one line with
+    line breaks, control and non-ASCII characters and Slack's ``<``, ``>``, ``&`` escaped, so that it can
+    forge no line of the log."""
+    escaped = json.dumps(str(text)[:QUOTED_LIMIT], ensure_ascii=True)
+    return escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--ingestion_prefix", required=True)
+    parser.add_argument("--analysis_prefix", required=True)
+    parser.add_argument("--quarantine_prefix", required=True)
+    parser.add_argument("--window_start", required=True)
+    parser.add_argument("--window_end", default="")
+    parser.add_argument("--pair", default="ETH/USDT")
+    parser.add_argument("--pairs", default="")
+    parser.add_argument("--max_object_bytes", type=int, default=1048576)
+    parser.add_argument("--field_aliases", required=True)
+    args, _glue_own_arguments = parser.parse_known_args(argv)
+    args.aliases = json.loads(args.field_aliases)
+    args.other_pairs = [pair.strip() for pair in args.pairs.split(",") if pair.strip() and pair.strip() != args.pair]
+    args.start = read_timestamp(args.window_start)
+    args.end = read_timestamp(args.window_end) if args.window_end else args.start + timedelta(seconds=SLOT_SECONDS)
+    return args
+
+
+def process_object(s3, args, key, size=None):
+    """Return ``(rows, problems)`` for one raw object; raise Rejected if nothing in it can be used."""
+    return records_of(read_bounded(s3, args.bucket, key, args.max_object_bytes, size), args, key)
+
+
+# --- the window contract: what an object found under window W may write
+
+
+def assess(data, args, key, slot, pair=None):
+    """What the raw object ``key``, listed under window ``slot``, offers that window.
+
+    ``data`` is its bytes, or the Rejected raised while reading it. Returns ``{"key", "row", "reasons",
+    "format"}``: ``row`` is the object's one valid record of ``slot`` (None if it has none, or more than
+    one), ``reasons`` says why anything else in it was refused; a record of any other slot is refused,
+    whatever it holds. Any failure inside is the object's own: it becomes a reason, never a crash.
+    ``pair`` is the pair its key is for (default ``--pair``).
+    """
+    outcome = {"key": key, "row": None, "reasons": [], "format": "unknown"}
+    try:
+        if isinstance(data, Rejected):
+            raise data
+        rows, problems = records_of(data, args, key, pair)
+    except Rejected as error:
+        outcome.update(reasons=[str(error)], format=error.format_guess)
+        return outcome
+    except Exception as error:  # noqa: BLE001 - a bug meeting one object must not fail every window
+        detail = " ".join(str(error).split())[:200]  # one line, bounded
+        outcome["reasons"] = ["could not be processed: {}: {}".format(type(error).__name__, detail)]
+        return outcome
+    stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
+    mine = [row for row in rows if row["timestamp"] == stamp]
+    outcome["format"] = rows[0]["source_format"]
+    outcome["reasons"] = problems + [_elsewhere(row["timestamp"], slot) for row in rows if row["timestamp"] != stamp]
+    if len(mine) == 1:
+        outcome["row"] = mine[0]
+    elif mine:
+        outcome["reasons"].append("{} records of window {} in one object: none is used".format(len(mine), stamp))
+    return outcome
+
+
+def _elsewhere(stamp, slot):
+    """Why a record of slot ``stamp`` found under window ``slot`` is refused."""
+    moment = read_timestamp(stamp)
+    if moment >= slot + timedelta(seconds=SLOT_SECONDS) + FUTURE_SLACK:
+        return "record of {} is more than a day after window {}".format(stamp, slot_stamp(slot))
+    return "record of {} found under window {}: an object writes only its own window".format(stamp, slot_stamp(slot))
+
+
+def plan_window(args, slot, outcomes, pair=None):
+    """Every write the objects listed under window ``slot`` lead to, decided before any is made.
+
+    ``outcomes`` are ``assess`` results with the key's ``version`` and the listing's ``modified`` added. Among
+    the objects with a valid record of the window, the highest version wins, then the newest (LastModified, to
+    the second); two at the top with the same version and second are both refused (which one is newer is
+    unknown), and so are the older ones. The winner gives the canonical CSV, which names the other candidates it
+    superseded; an object with any refused record is copied to quarantine with the reasons; every object is
+    tagged as ingested once those writes are made. The keys written are ``analysis_key(slot)`` and
+    ``quarantine_keys(slot, <listed key>)``, nothing else; for another ``pair`` than ``--pair`` the plan holds
+    the ``row`` for the window's shared CSV instead (see plan_pairs).
+    """
+    other = pair if pair and pair != args.pair else ""
+    candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: _order(o) + (o["key"],))
+    tied = [o for o in candidates if _order(o) == _order(candidates[-1])]
+    if len(tied) > 1:
+        top = (
+            "{} objects of window {} have version {} and LastModified {}: which is newer is unknown, none is used "
+            "(write a correction with a higher -v<N>)".format(len(tied), slot_stamp(slot), *_order(tied[0]))
+        )
+        for outcome in candidates:  # an older one is not used either: the producer wrote a newer record since
+            outcome["reasons"].append(top if outcome in tied else "older than the window's newest records; " + top)
+        candidates = []
+    plan = {"window": slot_stamp(slot), "csv": None, "row": None, "used": None, "quarantine": []}
+    plan["tag"] = sorted(o["key"] for o in outcomes)
+    plan["superseded"] = [o["key"] for o in candidates[:-1]]
+    if candidates:
+        plan["used"] = candidates[-1]["key"]
+        row = dict(candidates[-1]["row"], superseded=json.dumps(plan["superseded"]) if plan["superseded"] else "")
+        if other:
+            plan["row"] = row
+        else:
+            plan["csv"] = (analysis_key(slot, args.analysis_prefix), to_csv(row))
+    for outcome in sorted(outcomes, key=lambda o: o["key"]):
+        if outcome["reasons"]:
+            copy_key, reason_key = quarantine_keys(slot, outcome["key"], args.quarantine_prefix)
+            note = {
+                "source_key": outcome["key"],
+                "reason": one_line(outcome["reasons"]),
+                "format_guess": outcome["format"],
+                "window": plan["window"],
+                "record_used": outcome["key"] == plan["used"],
+            }
+            if other:
+                note["pair"] = other
+            plan["quarantine"].append((outcome["key"], copy_key, reason_key, note))
+    return plan
+
+
+def _order(outcome):
+    """Which of a window's candidate objects is the newer: the key's version, then its LastModified."""
+    return outcome["version"], outcome["modified"]
+
+
+def plan_pairs(args, slot, plans, tag_workers=1):
+    """The other pairs' plans of window ``slot`` as one: their quarantine writes and tags, and the rows of
+    the one CSV ``pairs_analysis_key(slot)``, a row per pair with a record (see write_pairs_csv). One object
+    for every pair: S3 bills a PUT per object, whatever its size. ``tag_workers``: threads tagging the
+    window's raw objects (a live window's run has nothing else to do in parallel)."""
+    rows = [plan["row"] for plan in plans if plan["row"] is not None]
+    return {
+        "window": slot_stamp(slot),
+        "csv": None,
+        "pairs_csv": (pairs_analysis_key(slot, args.analysis_prefix), rows) if rows else None,
+        "quarantine": [item for plan in plans for item in plan["quarantine"]],
+        "tag": sorted(key for plan in plans for key in plan["tag"]),
+        "tag_workers": tag_workers,
+    }
+
+
+def run(s3, args, spread=False):
+    """Process every raw object of the range; return the summary dict.
+
+    The listing gives each object's size (sparing a HEAD request) and LastModified. Each object is read
+    and assessed against the window it is listed under, then each window's writes are planned and made
+    (see plan_window). With ``spread``, a long run reads and writes from several processes (see
+    worker_processes), each with its own S3 client from the environment.
+    """
+    objects = list_raw_objects(s3, args)
+    processes = worker_processes(len(objects)) if spread else 1
+    results = _each(s3, args, _read_listed, objects, processes)
+    by_window = {}
+    for (_key, _size, slot, modified), outcome in zip(objects, results):  # noqa: B905 - no strict= on 3.9
+        pair = outcome.pop("pair")
+        by_window.setdefault((slot, pair or ""), []).append(dict(outcome, modified=modified))
+    windows = sorted(by_window)
+    plans = [plan_window(args, slot, by_window[(slot, pair)], pair) for slot, pair in windows]
+    summary = {"window_start": slot_stamp(args.start), "objects": len(objects), "rows": 0}
+    summary.update(quarantined=[], superseded=[])
+    for plan in plans:
+        for source_key, _copy, _reason, note in plan["quarantine"]:
+            print("QUARANTINED {}: {}".format(quoted(source_key), note["reason"]))
+            summary["quarantined"].append({"key": source_key, "reason": note["reason"]})
+        if plan["superseded"]:
+            for key in plan["superseded"]:
+                used = quoted(plan["used"])
+                print("SUPERSEDED in window {}: {} (by the newer {})".format(plan["window"], quoted(key), used))
+                summary["superseded"].append({"window": plan["window"], "key": key, "by": plan["used"]})
+    writes, other_pairs = [], {}
+    for (slot, pair), plan in zip(windows, plans):  # noqa: B905 - no strict= on 3.9
+        if pair and pair != args.pair:
+            other_pairs.setdefault(slot, []).append(plan)
+        else:
+            writes.append(plan)
+    tag_workers = MAX_WORKERS if len(other_pairs) == 1 else 1  # one window: tag its pairs' objects in parallel
+    writes += [plan_pairs(args, slot, group, tag_workers) for slot, group in sorted(other_pairs.items())]
+    written = [item for item in _each(s3, args, apply_plan, writes, processes) if item is not None]
+    summary["rows"] = len(written)
+    if args.end - args.start > timedelta(seconds=SLOT_SECONDS):
+        summary["range_objects_key"] = write_range_objects(s3, args, written)
+    return summary
+
+
+def range_objects(written):
+    """The JSON-lines body of a range's canonical objects: one ``{"body", "key"}`` line each, in key order."""
+    lines = [json.dumps({"body": body.decode("utf-8"), "key": key}, sort_keys=True) for key, body in written]
+    return "".join(line + "\n" for line in sorted(lines)).encode("utf-8")
+
+
+def write_range_objects(s3, args, written):
+    """Write every canonical object of this range run in one more object (after all of them, so it never
+    names one that is not there yet); the bulk analysis reads it instead of one object per window."""
+    key = range_objects_key(args.start, args.end, args.analysis_prefix)
+    s3.put_object(Bucket=args.bucket, Key=key, Body=range_objects(written), ContentType="application/x-ndjson")
+    return key
+
+
+def worker_processes(objects, cpus=None):
+    """How many processes a run over ``objects`` raw objects uses: 1 up to PROCESSES_ABOVE_OBJECTS,
+    else one per CPU, at most MAX_PROCESSES."""
+    if objects <= PROCESSES_ABOVE_OBJECTS:
+        return 1
+    return max(1, min(MAX_PROCESSES, cpus or os.cpu_count() or 1))
+
+
+def _each(s3, args, task, items, processes):
+    """``[task(s3, args, item) for item in items]``, in order, from MAX_WORKERS threads per process."""
+    if processes <= 1 or len(items) < 2:
+        return _threaded(s3, args, task, items)
+    size = -(-len(items) // processes)
+    chunks = [items[start : start + size] for start in range(0, len(items), size)]
+    with ProcessPoolExecutor(len(chunks)) as pool:
+        parts = pool.map(_in_process, [task] * len(chunks), [args] * len(chunks), chunks)
+        return [result for part in parts for result in part]
+
+
+def _threaded(s3, args, task, items):
+    with ThreadPoolExecutor(MAX_WORKERS) as pool:
+        return list(pool.map(lambda item: task(s3, args, item), items))
+
+
+def _in_process(task, args, items):
+    """One worker process's share: its own client (a client never crosses a process boundary)."""
+    return _threaded(s3_client(), args, task, items)
+
+
+def _read_listed(s3, args, listed):
+    """Read one listed object (an S3 error fails the run, to be retried) and assess it (never raises)."""
+    key, size, slot, _modified = listed
+    configured = [args.pair] + args.other_pairs
+    pair, version = read_ingestion_key(key, slot, args.ingestion_prefix, args.pair) or (None, 1)
+    if pair not in configured:
+        if pair is None:
+            reason = GRAMMAR_REFUSED
+        else:
+            reason = "key names pair {}, not one of the configured pairs ({})".format(pair, ", ".join(configured))
+        return {"key": key, "row": None, "reasons": [reason], "format": "unknown", "pair": None, "version": version}
+    try:
+        data = read_bounded(s3, args.bucket, key, args.max_object_bytes, size)
+    except Rejected as error:
+        data = error
+    return dict(assess(data, args, key, slot, pair), pair=pair, version=version)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    summary = run(s3_client(), args, spread=True)
+    print("SUMMARY " + json.dumps(summary, sort_keys=True))
+    return 0

@@ -1,0 +1,193 @@
+"""The job's S3 requests: listing a range's raw objects, bounded reads, conditional writes of the shared
+CSV (on any botocore), a window's planned writes and tags, and the client."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timezone
+
+from include.glue.price_glue.formats import Rejected
+from include.glue.price_glue.validation import to_csv
+from include.price_pipeline.layout import INGESTED_TAG, ingestion_window_prefix, partition, slots_between
+
+MAX_WORKERS = 16
+#: A conditional write of the other pairs' shared CSV is read, merged and tried again this often.
+CONDITIONAL_ATTEMPTS = 8
+#: S3 answers a failed If-Match / If-None-Match with one of these (412, or 409 for a concurrent write).
+CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+#: Longer ranges are listed by day partition rather than by window prefix (see list_raw_objects).
+LIST_BY_DAY_ABOVE_SLOTS = 12
+
+
+def list_raw_objects(s3, args):
+    """``[(key, size, slot, modified), ...]`` in key order: every raw object of the range with its listed
+    size and LastModified (ISO 8601) and the window whose prefix it lies under.
+
+    A range of up to LIST_BY_DAY_ABOVE_SLOTS windows lists each window's prefix (one LIST per window, as
+    a single live window always has). A longer range lists each day partition it touches once, in
+    parallel, and keeps the keys under one of its window prefixes: the same keys, with ~30 requests
+    instead of 8,640 for a month.
+    """
+    slots = slots_between(args.start, args.end)
+    slot_of_prefix = {ingestion_window_prefix(slot, args.ingestion_prefix): slot for slot in slots}
+    if len(slots) <= LIST_BY_DAY_ABOVE_SLOTS:
+        listings = [_list_objects(s3, args.bucket, prefix) for prefix in slot_of_prefix]
+    else:
+        days = sorted({args.ingestion_prefix + partition(slot) for slot in slots})
+        with ThreadPoolExecutor(min(MAX_WORKERS, len(days))) as pool:
+            listings = list(pool.map(lambda day: _list_objects(s3, args.bucket, day), days))
+    lengths = sorted({len(prefix) for prefix in slot_of_prefix})
+    found = {}
+    for listing in listings:
+        for key, size, modified in listing:
+            for length in lengths:
+                slot = slot_of_prefix.get(key[:length])
+                if slot is not None:
+                    found[key] = (key, size, slot, modified)
+                    break
+    return [found[key] for key in sorted(found)]
+
+
+def list_raw_keys(s3, args):
+    """Every raw object key of the range, in key order."""
+    return [listed[0] for listed in list_raw_objects(s3, args)]
+
+
+def _list_objects(s3, bucket, prefix):
+    """``[(key, size, LastModified as ISO 8601 UTC), ...]`` of every object under ``prefix``."""
+    out = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            # S3's LastModified has one-second resolution (whatever a stand-in gives): compare seconds only
+            modified = item["LastModified"].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            out.append((item["Key"], item["Size"], modified))
+    return out
+
+
+def read_bounded(s3, bucket, key, limit, size=None):
+    """Read at most ``limit`` bytes; reject larger objects without reading them whole.
+
+    ``size`` is the object's size from a listing; without it a HEAD request asks for it.
+    """
+    if size is None:
+        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    if size > limit:
+        raise Rejected("object is {} bytes, over the {}-byte cap".format(size, limit))
+    body = s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-{}".format(limit))["Body"]
+    data = body.read(limit + 1)
+    if len(data) > limit:
+        raise Rejected("object grew past the {}-byte cap while being read".format(limit))
+    return data
+
+
+def write_pairs_csv(s3, bucket, key, rows):
+    """Write the window's shared CSV of the other pairs with ``rows`` (re-derived by this run) and every row
+    it holds of a pair this run did not re-derive (a pair gone from the rules, or whose raw object expired):
+    a re-run loses no pair. The write is conditional on the version read (If-None-Match: * to create,
+    If-Match to replace), read and merged again when another run wrote in between; unchanged bytes are not
+    written again. Returns ``(key, body)`` as it stands."""
+    fresh = {row["pair"] for row in rows}
+    for _attempt in range(CONDITIONAL_ATTEMPTS):
+        current, etag = _read_with_etag(s3, bucket, key)
+        kept = list(csv.DictReader(io.StringIO(current.decode("utf-8")))) if current else []
+        merged = sorted([row for row in kept if row["pair"] not in fresh] + rows, key=lambda row: row["pair"])
+        body = to_csv(*merged)
+        if body == current:
+            return key, body
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            conditional_put(s3, condition, Bucket=bucket, Key=key, Body=body, ContentType="text/csv")
+            return key, body
+        except Exception as error:  # noqa: BLE001 - botocore's ClientError, told apart by its code
+            if error_code(error) not in CONDITION_FAILED:
+                raise
+    raise RuntimeError("{} changed under {} conditional writes in a row".format(key, CONDITIONAL_ATTEMPTS))
+
+
+#: The request headers of S3's conditional writes, by boto3 parameter name.
+CONDITION_HEADERS = {"IfMatch": "If-Match", "IfNoneMatch": "If-None-Match"}
+_CONDITION = threading.local()
+
+
+def conditional_put(s3, condition, **kwargs):
+    """PutObject on ``condition`` (``{"IfNoneMatch": "*"}`` or ``{"IfMatch": etag}``), which S3 enforces.
+    Glue's Python shell 3.9 bundles a botocore from before S3's conditional writes, which has no such
+    parameters (it would refuse them before sending): there the same headers go on the request."""
+    members = s3.meta.service_model.operation_model("PutObject").input_shape.members
+    if all(name in members for name in condition):
+        return s3.put_object(**kwargs, **condition)
+    return put_with_condition_headers(s3, condition, **kwargs)
+
+
+def put_with_condition_headers(s3, condition, **kwargs):
+    """PutObject with ``condition`` sent as its HTTP headers (any botocore version)."""
+    s3.meta.events.register("before-call.s3.PutObject", _add_condition_headers, unique_id=__name__ + ".condition")
+    _CONDITION.headers = {CONDITION_HEADERS[name]: value for name, value in condition.items()}
+    try:
+        return s3.put_object(**kwargs)
+    finally:
+        _CONDITION.headers = None
+
+
+def _add_condition_headers(params, **_):
+    params["headers"].update(getattr(_CONDITION, "headers", None) or {})
+
+
+def _read_with_etag(s3, bucket, key):
+    """``(bytes, ETag)`` of an object, ``(None, None)`` when there is none."""
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except Exception as error:  # noqa: BLE001 - botocore's ClientError, told apart by its code
+        if error_code(error) in ("NoSuchKey", "404", "NotFound"):
+            return None, None
+        raise
+    return response["Body"].read(), response["ETag"]
+
+
+def error_code(error):
+    """The S3 error code of a botocore ClientError (its HTTP status when it has none); None for others."""
+    response = getattr(error, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return response.get("Error", {}).get("Code") or str(response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+
+
+def apply_plan(s3, args, plan):
+    """Make a window's planned writes: quarantine copies and reasons, the canonical CSV (or the other
+    pairs' shared one), then the ``price-pipeline=ingested`` tag on each raw object of the window, only once
+    those writes are made: the lifecycle rule expires tagged objects. A superseded object is tagged too
+    (the CSV names it). Returns ``(key, body)`` of the CSV written, or None."""
+    for source_key, copy_key, reason_key, note in plan["quarantine"]:
+        s3.copy_object(
+            Bucket=args.bucket,
+            Key=copy_key,
+            CopySource={"Bucket": args.bucket, "Key": source_key},
+            TaggingDirective="REPLACE",  # the copy is not "ingested": it expires with the quarantine prefix
+        )
+        body = json.dumps(note, sort_keys=True).encode("utf-8")
+        s3.put_object(Bucket=args.bucket, Key=reason_key, Body=body, ContentType="application/json")
+    written = plan["csv"]
+    if written is not None:
+        key, body = written
+        s3.put_object(Bucket=args.bucket, Key=key, Body=body, ContentType="text/csv")
+    if plan.get("pairs_csv") is not None:
+        written = write_pairs_csv(s3, args.bucket, *plan["pairs_csv"])
+
+    def tag(key):
+        s3.put_object_tagging(Bucket=args.bucket, Key=key, Tagging={"TagSet": [INGESTED_TAG]})
+
+    with ThreadPoolExecutor(plan.get("tag_workers", 1)) as pool:
+        list(pool.map(tag, plan["tag"]))
+    return written
+
+
+def s3_client():
+    """An S3 client from the environment, with one pooled connection per worker thread."""
+    import boto3  # imported here so the package's pure functions are usable without it
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(max_pool_connections=MAX_WORKERS))
