@@ -17,8 +17,8 @@ record whose candle starts at `data_interval_start`:
 3. **analyse_pairs**: every pair's rules from the rules file, decided by one engine (the params below
    override the default pair's rule for one run); every decision goes to the window's ledger object under
    `crypto/03-price-changes/`, and a due rule is claimed there with a conditional write (`publishing`). A
-   pair without a record (none there, or quarantined) is late: the run tells ops which pairs were late
-   for a live window, and why. With no pair's record to decide, the task fails.
+   pair without a record (none there, or quarantined) is late (for a live window ops hear which, and why,
+   from step 5). With no pair's record to decide, the task fails.
 4. **publish_price_alerts** (the provider's `SnsPublishOperator`, subclassed, mapped): one task instance per
    due alert, named by its subject, each (pair, rule, window) at most once: only the run whose claim landed
    publishes, marks it started first and records it `notified` with its SNS message id after. Backfill runs
@@ -26,6 +26,9 @@ record whose candle starts at `data_interval_start`:
    breach suppressed for lateness is reported to ops); with no alert due the task is skipped.
    **post_slack_alerts** (only when `PRICE_SLACK_CONN_ID` names a Slack webhook connection) posts the
    alerts SNS accepted, escaped for Slack, in one message.
+5. **report_window_to_ops**: the window's notices for ops (pairs late, alerts not sent), after the
+   publish whatever became of it, so an ops topic that cannot be told holds back no alert (the task then
+   fails, its log holding the notice).
 
 The analysis waits (up for reschedule) only for an earlier window whose record is there and whose run can
 still normalize it: a missing record holds nobody.
@@ -104,6 +107,12 @@ def price_notification():
     def analyse_pairs(params=None, data_interval_start=None, dag_run=None, ti=None) -> list[dict]:
         return runs.analyse_pairs(config, rule_set, params, data_interval_start, dag_run, ti)
 
+    # After the publish, whatever became of it: ops' notices hold no alert, an ops topic down included.
+    # SNS's client retries throttling and 5xx itself; a topic gone stays gone: retries come soon.
+    @task(trigger_rule="all_done_min_one_success", retry_delay=pendulum.duration(seconds=5))
+    def report_window_to_ops(notices: list[list[str]]) -> None:
+        runs.report_window_to_ops(config, notices)
+
     @task(trigger_rule="none_failed_min_one_success")
     def post_slack_alerts(due: list[dict], published) -> None:
         runs.post_slack_alerts(config, due, published)
@@ -120,7 +129,10 @@ def price_notification():
         normalize_price_record,
         pair_alerts,
         publish_price_alerts,
-        *([post_slack_alerts(pair_alerts, publish_price_alerts.output)] if config.slack_conn_id else []),
+        [
+            report_window_to_ops(pair_alerts["ops"]),
+            *([post_slack_alerts(pair_alerts, publish_price_alerts.output)] if config.slack_conn_id else []),
+        ],
     )
 
 

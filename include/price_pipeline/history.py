@@ -434,7 +434,7 @@ def backfill_history(
     done("analyse")
     objects = {layout.pairs_ledger_key(slot, config.changes_prefix): pairs.entries_bytes(by_pair)
                for slot, by_pair in entries.items()}  # fmt: skip
-    due_alerts = {slot: [alert for entry in by_pair.values() for alert in pairs.due_alerts(entry, config, run_url)]
+    due_alerts = {slot: [alert for entry in by_pair.values() for alert in pairs.due_alerts(entry, run_url)]
                   for slot, by_pair in sorted(entries.items())}  # fmt: skip
     summary["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, start, end - layout.SLOT) | {
         "due": sum(len(alerts_) for alerts_ in due_alerts.values())

@@ -82,16 +82,29 @@ def parse_entries(body: bytes, key: str = "the window's ledger object") -> dict[
 
 
 def _damage(entry) -> str | None:
-    """What is wrong with a parsed ledger line (None: an entry as pair_entry writes it)."""
+    """What is wrong with a parsed ledger line (None: an entry as pair_entry writes it). A due rule must hold
+    what its alert says (a claimed line missing its reference failed the publish with a KeyError after other
+    pairs' claims were written), and a claimed line a due rule (one with none claimed nothing to publish)."""
     if not isinstance(entry, dict) or not isinstance(entry.get("pair"), str):
         return "not a JSON object with a pair"
-    decided = entry.get("rules")
+    pair, decided = alerts.quoted(entry["pair"]), entry.get("rules")
     if (
         entry.get("decision") not in (ANALYSED, PUBLISHING, NOTIFIED)
         or not isinstance(decided, dict)
+        or not decided
         or not all(isinstance(rule, dict) and isinstance(rule.get("decision"), str) for rule in decided.values())
     ):
-        return f"pair {alerts.quoted(entry['pair'])}: not an entry with a decision and each rule's"
+        return f"pair {pair}: not an entry with a decision and each rule's"
+    due = [name for name, rule in decided.items() if rule["decision"] == rules.NOTIFY]
+    if entry["decision"] == PUBLISHING and not due:
+        return f"pair {pair}: claimed without a due rule"
+    for name in due:
+        try:
+            due_alerts({**entry, "rules": {name: decided[name]}}, "")
+        except alerts.UnsafeText:
+            pass  # what the alert would say is refused when it is made, with its own reason
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            return f"pair {pair}: due rule {alerts.quoted(name)} lacks what its alert says ({type(error).__name__})"
     return None
 
 
@@ -151,7 +164,7 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
             log.warning("%s window %s is %s by %s: this run does not publish it", pair, stamp, entry["decision"],
                         entry.get("claimed_by", "an earlier run"))  # fmt: skip
         if ours:
-            out["alerts"] += due_alerts(entry, config, run_url)
+            out["alerts"] += due_alerts(entry, run_url)
     decided = [(pair, name, rule) for pair, entry in sorted(entries.items()) if entry is fresh.get(pair)
                for name, rule in entry["rules"].items()]  # fmt: skip
     breaches = [f"- {pair} rule {name}: {alerts._number(rule['change_pct']):+.2f}% ({rule['kind']})"
@@ -220,7 +233,7 @@ def pair_entry(pair, slot, latest, pair_rules, decided, due, why_not_due) -> dic
     }
 
 
-def due_alerts(entry: dict, config: Config, run_url: str) -> list[dict]:
+def due_alerts(entry: dict, run_url: str) -> list[dict]:
     """The alert of each rule the entry has due (``notify``), for the publish task."""
     window = {field: entry[field] for field in ("latest", "window_start", "window_end")}
     return [

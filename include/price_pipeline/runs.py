@@ -125,7 +125,9 @@ def _due(config: Config, params, dag_run, slot: datetime) -> tuple[bool, str]:
 
 def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> list[dict]:
     """Every pair's rules for the window (``pairs.analyse_pairs``), the run's params applied to the default
-    pair's rule (``rules.with_overrides``); the due alerts, for the publish."""
+    pair's rule (``rules.with_overrides``). Returns the due alerts, for the publish; the notices for ops
+    (``[subject, message]`` each: pairs late in a live window, alerts not sent) go to XCom ``ops``, which
+    ``report_window_to_ops`` sends after the publish: an ops topic that cannot be told holds no alert."""
     from functools import partial
 
     from include.price_pipeline import pairs, rules
@@ -142,14 +144,32 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
         result = analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
     except (windows.WindowFailed, pairs.DamagedLedger, alerts.UnsafeText) as failure:
         raise AirflowFailException(str(failure)) from None
-    stamp = layout.slot_stamp(slot)
+    stamp, ops = layout.slot_stamp(slot), []
     if result["late"]:
         log.warning("Pairs late for window %s: %s", stamp, result["late"])
     if result["late"] and due:  # a live window: ops hear of it (a backfill of old windows only logs it)
-        tell_ops(config, f"[price pipeline] Pairs late: {stamp}", pairs.late_notice(slot, result["late"], run_url))
+        ops.append([f"[price pipeline] Pairs late: {stamp}", pairs.late_notice(slot, result["late"], run_url)])
     if result["ops_notice"]:
-        tell_ops(config, f"[price pipeline] Alerts not sent: {stamp}", result["ops_notice"])
+        ops.append([f"[price pipeline] Alerts not sent: {stamp}", result["ops_notice"]])
+    ti.xcom_push(key="ops", value=ops)
     return result["alerts"]
+
+
+def report_window_to_ops(config: Config, notices: list[list[str]]) -> None:
+    """The window's notices for ops (``analyse_pairs``'), once its alerts were published: each is tried, and a
+    notice the ops topic refuses fails the task after the others were tried (its text is in the log)."""
+    if not notices:
+        log.info("Nothing to tell ops of this window")
+        return
+    failed = []
+    for subject, message in notices:
+        try:
+            tell_ops(config, subject, message)
+        except Exception as error:  # noqa: BLE001 - each notice is tried; the failure is raised below
+            log.error("Could not tell ops %r (%s: %s); the notice is above", subject, type(error).__name__, error)
+            failed.append(f"{subject}: {type(error).__name__}: {error}")
+    if failed:
+        raise RuntimeError("ops topic refused: " + "; ".join(failed))
 
 
 def post_slack_alerts(config: Config, due: list[dict], published) -> None:

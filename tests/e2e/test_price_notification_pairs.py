@@ -213,3 +213,33 @@ def test_the_bulk_dag_with_notify_on_backfill_publishes_another_pairs_due_alert_
     assert again.state == "success", task_states(again)
     assert aws.alerts() == []  # once per (pair, rule, window), whichever run
     assert pair_ledger(aws, start + layout.SLOT * 2)["SOL/USDT"] == sol
+
+
+def test_with_the_ops_topic_gone_every_due_alert_is_still_sent_once(dag, aws):
+    """Issue 35: ops told before the publish failed the analysis on a deleted ops topic after the alerts
+    were claimed, and nothing was sent. Alerts go first; the ops step after them fails, its notice logged."""
+    from local.standin import provision
+    from tests.conftest import STANDIN_CREDENTIALS
+
+    slot = W + layout.SLOT * 72
+    seed(aws, slot - layout.SLOT, {"ETH/USDT": 100.0, "SOL/USDT": 151.0})
+    land(aws, "ETH/USDT", slot, 98.0)  # -2 %
+    land(aws, "SOL/USDT", slot, 149.9)  # crosses 150 downward; BTC/USDT is late: a notice for ops
+    sns = aws.client("sns")
+    sns.delete_topic(TopicArn=aws.config.ops_topic_arn)
+    try:
+        run = run_window(dag, slot, notify_on_backfill=True)
+    finally:
+        provision(aws.url, STANDIN_CREDENTIALS)  # the topic and its queue's subscription back
+
+    states = task_states(run)
+    assert (states["publish_price_alerts"], states["report_window_to_ops"]) == ("success", "failed"), states
+    assert sorted(alert["Subject"] for alert in aws.alerts()) == [
+        "ETH/USDT down 2.00% in 5 min: 98.0000",
+        "SOL/USDT crossed 150 downward: 149.90",
+    ]
+    assert {pair: entry["decision"] for pair, entry in pair_ledger(aws, slot).items()} == {
+        "ETH/USDT": "notified",
+        "SOL/USDT": "notified",
+    }
+    assert run_window(dag, slot, notify_on_backfill=True) and aws.alerts() == []  # once: a re-run sends nothing

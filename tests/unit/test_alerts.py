@@ -59,7 +59,7 @@ def alert_of(entry: dict, rule: str = "move-5m") -> dict:
 
 def published(entry: dict) -> dict:
     """The one alert the publish task gets of the entry (``pairs.due_alerts``)."""
-    [alert] = pairs.due_alerts(entry, CONFIG, RUN_URL)
+    [alert] = pairs.due_alerts(entry, RUN_URL)
     return alert
 
 
@@ -137,9 +137,9 @@ def test_the_alert_of_a_due_rule_is_the_alert_of_its_view():
     """``alert_of`` builds the view as ``pairs.due_alerts`` does; a rule that is not due gets no alert."""
     entry = entry_for(3047.12, 3120.55)
 
-    assert pairs.due_alerts(entry, CONFIG, RUN_URL) == [alert_of(entry)]
-    assert pairs.due_alerts(entry_for(3047.12, 3050.0), CONFIG, RUN_URL) == []
-    assert pairs.due_alerts(entry_for(3047.12, 3120.55, due=False), CONFIG, RUN_URL) == []
+    assert pairs.due_alerts(entry, RUN_URL) == [alert_of(entry)]
+    assert pairs.due_alerts(entry_for(3047.12, 3050.0), RUN_URL) == []
+    assert pairs.due_alerts(entry_for(3047.12, 3120.55, due=False), RUN_URL) == []
 
 
 # ------------------------------------------------------------------ subject
@@ -309,7 +309,7 @@ def test_sns_subject_rules_are_checked_by_our_code(subject, why):
 
 def test_a_configured_pair_sns_would_refuse_fails_the_subject_instead_of_reaching_sns():
     with pytest.raises(alerts.UnsafeText):
-        pairs.due_alerts(entry_for(100.0, 103.0, pair="ETH/\u00e9"), CONFIG, RUN_URL)
+        pairs.due_alerts(entry_for(100.0, 103.0, pair="ETH/\u00e9"), RUN_URL)
 
 
 # ------------------------------------------------------------------ format_price and run_url

@@ -311,7 +311,7 @@ FORGED_PAIR = "BTC/USDT\nReason: all fine <!channel> \x1b[2J\u202e"
     "lines",
     [
         [{"pair": FORGED_PAIR, "decision": "bogus"}],
-        [{"pair": FORGED_PAIR, "decision": "analysed", "rules": {}}] * 2,
+        [{"pair": FORGED_PAIR, "decision": "analysed", "rules": {"move-5m": {"decision": "below_threshold"}}}] * 2,
     ],
     ids=["not-an-entry", "listed-twice"],
 )
@@ -327,6 +327,35 @@ def test_a_damaged_ledger_quotes_the_pair_text_it_read(lines):
     assert reason.isascii()
     assert reason.isprintable()
     assert "<!channel>" not in reason
+
+
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [
+        (lambda line: line["rules"][RULE].pop("reference"), 'due rule "move-5m" lacks what its alert says'),
+        (lambda line: line.update(rules={}), "not an entry with a decision and each rule's"),
+        (lambda line: line["rules"][RULE].update(decision="below_threshold"), "claimed without a due rule"),
+    ],
+    ids=["no-reference", "no-rules", "claimed-nothing-due"],
+)
+def test_a_tampered_claimed_line_fails_the_window_before_anything_is_written_or_sent(tamper, problem):
+    """Issue 35: this run's claimed line without its reference raised KeyError after other pairs' claims were
+    written (their alerts left unsent); one with ``rules: {}`` skipped its pair silently."""
+    s3 = seeded({T0: 100.0, SLOT: 103.0}, others={T0: 99.0, SLOT: 101.0})
+    both = with_other(RULES)
+    claimed = pairs.analyse_pairs(s3, CONFIG, both, SLOT, True, "", "http://ui/run", RUN_A)["alerts"]
+    assert {alert["pair"] for alert in claimed} == {PAIR, OTHER}  # both pairs claimed by RUN_A
+    lines = [json.loads(line) for line in s3.objects[KEY].splitlines()]
+    tamper(next(line for line in lines if line["pair"] == PAIR))
+    s3.objects[KEY] = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    before = dict(s3.objects)
+
+    with pytest.raises(pairs.DamagedLedger, match=problem):
+        pairs.analyse_pairs(s3, CONFIG, both, SLOT, True, "", "http://ui/run", RUN_A)
+    with pytest.raises(pairs.DamagedLedger, match=problem):
+        publish(s3, RUN_A, [a for a in claimed if a["pair"] == OTHER], lambda alert: pytest.fail("sent"))
+
+    assert s3.objects == before
 
 
 # ------------------------------------------------------------------ migrating entries of before one lane
@@ -364,7 +393,9 @@ def test_the_migration_moves_a_notified_entry_so_that_no_run_sends_its_window_ag
 
 def test_the_migration_keeps_a_claim_left_started_for_ops_and_every_other_pairs_line():
     s3 = seeded({T0: 100.0, SLOT: 100.1})
-    s3.objects[KEY] = pairs.entries_bytes({"SOL/USDT": {"pair": "SOL/USDT", "decision": "analysed", "rules": {}}})
+    s3.objects[KEY] = pairs.entries_bytes(
+        {"SOL/USDT": {"pair": "SOL/USDT", "decision": "analysed", "rules": {"cross-150": {"decision": "no_cross"}}}}
+    )
     s3.objects[OLD] = old_entry(PUBLISHING, claimed_by="price_notification/old", publish_started=True)
 
     migrated(s3)
