@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from botocore.exceptions import ClientError
 
@@ -37,8 +37,12 @@ PUBLISH_STARTED = "publish_started"
 #: Alerts published at once: each batch is marked started in one write, published in parallel, and
 #: recorded in one more write, so a crash leaves at most this many alerts for ops to check.
 PUBLISH_BATCH = 8
-#: How long a try waits for an overlapping try of its run to record the alerts that try marked.
+#: How long after its mark a try may still record an alert it marked: another try of the run finding the
+#: mark waits until then for its outcome (a zombie and its retry, or a retry started while the first try is
+#: still publishing), and only then calls the claim left.
 OTHER_TRY_WAIT_SECONDS = 60.0
+#: When a rule's mark was written (the marking try's clock): how long ago another try began publishing it.
+STARTED_AT = "publish_started_at"
 #: Why an alert whose publish started is not published again.
 LEFT = (
     "a publish started and did not record its outcome, it may have been sent: not publishing again. "
@@ -314,14 +318,15 @@ def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant
                     )
                 elif entry.get("decision") != PUBLISHING or entry.get("claimed_by") != claimant:
                     verdicts[pair, rule] = ("skipped", f"{what} is not claimed by this run: not publishing")
-                elif state.get(PUBLISH_STARTED) and (pair, rule) in seen_unmarked:
+                elif state.get(PUBLISH_STARTED) and ((pair, rule) in seen_unmarked or _alive(state, other_try_wait)):
                     verdicts[pair, rule] = ("other_try", what)
                 elif state.get(PUBLISH_STARTED):
                     verdicts[pair, rule] = ("left", f"{what}: {LEFT} (an earlier publish of {claimant})")
                 else:
                     seen_unmarked.add((pair, rule))
                     verdicts[pair, rule] = ("go", what)
-                    marked[pair] = {**entry, "rules": {**entry["rules"], rule: {**state, PUBLISH_STARTED: True}}}
+                    mark = {PUBLISH_STARTED: True, STARTED_AT: layout.iso(_now())}
+                    marked[pair] = {**entry, "rules": {**entry["rules"], rule: {**state, **mark}}}
             return marked
 
         _rewrite(s3, config, slot, start, read_first=True)
@@ -347,11 +352,28 @@ def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant
     return out
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _started_at(state: dict) -> datetime | None:
+    try:
+        return datetime.strptime(state[STARTED_AT], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (KeyError, TypeError, ValueError):
+        return None  # a mark of before STARTED_AT, or damaged: nobody can say it is still alive
+
+
+def _alive(state: dict, wait: float) -> bool:
+    """Whether the try that marked the rule may still record it: marked less than ``wait`` seconds ago."""
+    started = _started_at(state)
+    return started is not None and _now() - started < timedelta(seconds=wait)
+
+
 def _outcome_of_other_try(s3, config: Config, slot: datetime, alerts_: list[dict], wait: float) -> list[tuple]:
-    """(verdict, reason) of each alert an overlapping try of this run marked: ``skipped`` once it recorded
-    the alert notified, ``failed`` when SNS refused it (its mark taken back: a retry publishes it), ``left``
-    when it still has not said after ``wait`` seconds (it may have died after the Publish: ops decide)."""
-    stamp, deadline, pending, out = layout.slot_stamp(slot), time.monotonic() + wait, list(alerts_), []
+    """(verdict, reason) of each alert another try of this run marked: ``skipped`` once it recorded the alert
+    notified, ``failed`` when SNS refused it (its mark taken back: a retry publishes it), ``left`` when it has
+    still not said ``wait`` seconds after its mark (it may have died after the Publish: ops decide)."""
+    stamp, begun, pending, out = layout.slot_stamp(slot), _now(), list(alerts_), []
     key = layout.pairs_ledger_key(slot, config.changes_prefix)
     while pending:
         current = store.read_with_etag(s3, config.bucket, key)
@@ -364,8 +386,8 @@ def _outcome_of_other_try(s3, config: Config, slot: datetime, alerts_: list[dict
                                        f"{state['sns_message_id']}), not this one"))  # fmt: skip
             elif not state.get(PUBLISH_STARTED):
                 out.append(("failed", f"{what}: another try of this run did not publish it; a retry publishes it"))
-            elif time.monotonic() >= deadline:
-                out.append(("left", f"{what}: {LEFT} (another try of this run started it {wait:.0f} s ago)"))
+            elif _now() >= (_started_at(state) or begun) + timedelta(seconds=wait):
+                out.append(("left", f"{what}: {LEFT} (another try of this run started it, {wait:.0f} s ago or more)"))
             else:
                 continue
             pending.remove(alert)
@@ -389,12 +411,12 @@ def _recorded(entries: dict[str, dict], go: list[dict], results: list[tuple]) ->
         entry = updated[alert["pair"]]
         state = entry["rules"][alert["rule"]]
         if message_id is not None:
-            state = {k: v for k, v in state.items() if k != PUBLISH_STARTED} | {
+            state = {k: v for k, v in state.items() if k not in (PUBLISH_STARTED, STARTED_AT)} | {
                 "decision": NOTIFIED,
                 "sns_message_id": message_id,
             }
         elif isinstance(error, ClientError):
-            state = {k: v for k, v in state.items() if k != PUBLISH_STARTED}
+            state = {k: v for k, v in state.items() if k not in (PUBLISH_STARTED, STARTED_AT)}
         entry = {**entry, "rules": {**entry["rules"], alert["rule"]: state}}
         if not any(r["decision"] == rules.NOTIFY for r in entry["rules"].values()):
             entry = {k: v for k, v in entry.items() if k != "claimed_by"} | {"decision": NOTIFIED}

@@ -115,6 +115,47 @@ def test_a_publish_without_an_answer_keeps_its_mark_and_the_retry_leaves_it_to_o
     assert rule(s3)[pairs.PUBLISH_STARTED] is True
 
 
+def test_a_retry_started_after_the_first_try_marked_waits_for_it_and_is_not_a_claim_left(monkeypatch):
+    """Issue 35: a second try that began after the first try had marked its alerts (a retry of a try Airflow
+    thought dead, still publishing) called them *Alert claim left* and failed, though the first try sent and
+    recorded them. A mark younger than OTHER_TRY_WAIT_SECONDS belongs to a try that may still record it."""
+    import threading
+
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    due = analyse(s3, RUN_A)["alerts"]
+    recorded = threading.Event()
+
+    def first_try_sends(alert):  # the first try, marked: the retry starts now, then the first one records
+        threading.Thread(target=retry).start()
+        return "m-1"
+
+    outcome = {}
+
+    def retry():
+        outcome.update(pairs.publish_alerts(s3, CONFIG, SLOT, due, RUN_A, lambda a: pytest.fail("sent twice"), 30.0))
+        recorded.set()
+
+    first = publish(s3, RUN_A, due, first_try_sends)
+    assert recorded.wait(30)
+
+    assert first["sent"] == {f"{PAIR} {RULE}": "m-1"}
+    assert outcome["left"] == []
+    assert "another try of this run published it (SNS message m-1)" in outcome["skipped"][0]
+    assert (rule(s3)["decision"], pairs.STARTED_AT in rule(s3)) == (NOTIFIED, False)
+
+
+def test_a_mark_older_than_the_wait_is_a_claim_left_at_once(monkeypatch):
+    s3 = seeded({T0: 100.0, SLOT: 103.0})
+    due = analyse(s3, RUN_A)["alerts"]
+    publish(s3, RUN_A, due, lambda a: (_ for _ in ()).throw(ConnectionError("no answer")))
+    later = pairs._now() + timedelta(seconds=pairs.OTHER_TRY_WAIT_SECONDS + 1)
+    monkeypatch.setattr(pairs, "_now", lambda: later)
+
+    retry = pairs.publish_alerts(s3, CONFIG, SLOT, due, RUN_A, lambda a: pytest.fail("sent again"))
+
+    assert "may have been sent" in retry["left"][0]
+
+
 def test_a_publish_sns_refused_gets_its_mark_back_and_the_retry_sends_it_once():
     s3 = seeded({T0: 100.0, SLOT: 103.0})
     due = analyse(s3, RUN_A)["alerts"]
