@@ -89,6 +89,8 @@ browser:
 	  sleep 10; \
 	done; echo "make browser: apt could not install chromium (see above)"; exit 1
 
-# docs/price-alerts.png (shown in the README): the page's browser test on its own local stack, screenshotted.
+# docs/price-alerts.png and docs/mapped-publish.png (shown in the README): the page's browser test and the
+# mapped publish's, each on its own local stack, screenshotted.
 screenshot: $(VENV)/.installed browser
 	PRICE_ALERTS_SCREENSHOT=docs/price-alerts.png $(PY) -m pytest tests/e2e/test_price_alerts_page.py -k shows_the_alerts
+	PRICE_GRID_SCREENSHOT=docs/mapped-publish.png $(PY) -m pytest tests/e2e/test_mapped_publish_grid.py

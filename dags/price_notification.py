@@ -26,9 +26,9 @@ record whose candle starts at `data_interval_start`:
    breach suppressed for lateness is reported to ops); with no alert due the task is skipped.
    **post_slack_alerts** (only when `PRICE_SLACK_CONN_ID` names a Slack webhook connection) posts the
    alerts SNS accepted, escaped for Slack, in one message.
-5. **report_window_to_ops**: the window's notices for ops (pairs late, alerts not sent), after the
-   publish whatever became of it, so an ops topic that cannot be told holds back no alert (the task then
-   fails, its log holding the notice).
+5. **report_window_to_ops**, beside the publish: the window's notices for ops (pairs late, alerts not
+   sent), so an ops topic that cannot be told holds back no alert (the task then fails, its log holding
+   the notice, and so does the run).
 
 The analysis waits (up for reschedule) only for an earlier window whose record is there and whose run can
 still normalize it: a missing record holds nobody.
@@ -107,9 +107,9 @@ def price_notification():
     def analyse_pairs(params=None, data_interval_start=None, dag_run=None, ti=None) -> list[dict]:
         return runs.analyse_pairs(config, rule_set, params, data_interval_start, dag_run, ti)
 
-    # After the publish, whatever became of it: ops' notices hold no alert, an ops topic down included.
-    # SNS's client retries throttling and 5xx itself; a topic gone stays gone: retries come soon.
-    @task(trigger_rule="all_done_min_one_success", retry_delay=pendulum.duration(seconds=5))
+    # Beside the publish, not before it: an ops topic that cannot be told holds back no alert, and either
+    # failing fails the run.
+    @task(retry_delay=pendulum.duration(seconds=5))
     def report_window_to_ops(notices: list[list[str]]) -> None:
         runs.report_window_to_ops(config, notices)
 
@@ -128,12 +128,10 @@ def price_notification():
         wait_for_price_record,
         normalize_price_record,
         pair_alerts,
-        publish_price_alerts,
-        [
-            report_window_to_ops(pair_alerts["ops"]),
-            *([post_slack_alerts(pair_alerts, publish_price_alerts.output)] if config.slack_conn_id else []),
-        ],
+        [publish_price_alerts, report_window_to_ops(pair_alerts["ops"])],
     )
+    if config.slack_conn_id:
+        chain(publish_price_alerts, post_slack_alerts(pair_alerts, publish_price_alerts.output))
 
 
 price_notification()

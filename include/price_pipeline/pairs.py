@@ -387,7 +387,7 @@ def _outcome_of_other_try(s3, config: Config, slot: datetime, alerts_: list[dict
             elif not state.get(PUBLISH_STARTED):
                 out.append(("failed", f"{what}: another try of this run did not publish it; a retry publishes it"))
             elif _now() >= (_started_at(state) or begun) + timedelta(seconds=wait):
-                out.append(("left", f"{what}: {LEFT} (another try of this run started it, {wait:.0f} s ago or more)"))
+                out.append(("left", f"{what}: {LEFT} (another try of this run started it {wait:.0f} s ago or more)"))
             else:
                 continue
             pending.remove(alert)

@@ -127,7 +127,7 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
     """Every pair's rules for the window (``pairs.analyse_pairs``), the run's params applied to the default
     pair's rule (``rules.with_overrides``). Returns the due alerts, for the publish; the notices for ops
     (``[subject, message]`` each: pairs late in a live window, alerts not sent) go to XCom ``ops``, which
-    ``report_window_to_ops`` sends after the publish: an ops topic that cannot be told holds no alert."""
+    ``report_window_to_ops`` sends beside the publish: an ops topic that cannot be told holds no alert."""
     from functools import partial
 
     from include.price_pipeline import pairs, rules
@@ -156,8 +156,8 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
 
 
 def report_window_to_ops(config: Config, notices: list[list[str]]) -> None:
-    """The window's notices for ops (``analyse_pairs``'), once its alerts were published: each is tried, and a
-    notice the ops topic refuses fails the task after the others were tried (its text is in the log)."""
+    """The window's notices for ops (``analyse_pairs``'), beside its publish: each is tried, and a notice the
+    ops topic refuses fails the task after the others were tried (its text is in the log)."""
     if not notices:
         log.info("Nothing to tell ops of this window")
         return

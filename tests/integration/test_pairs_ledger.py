@@ -281,7 +281,7 @@ def test_the_bulk_backfill_with_notify_on_backfill_publishes_each_due_alert_of_a
 
     def publish(alert):
         sent.append(alert["subject"])
-        return f"msg-{alert['attributes']['rule']}"
+        return f"msg-{alert['message_attributes']['rule']}"
 
     def bulk(claimant):
         return history.backfill_history(
