@@ -125,7 +125,7 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
          "source_format": "json", **dict.fromkeys(("open", "high", "low", "close", "volume", "quote_volume"), 1.0)}
         for slot, price in prices.items()
     ]  # fmt: skip
-    aws.put(layout.parquet_key(2026, 3), history.parquet_bytes(rows))
+    aws.put(layout.parquet_key(2026, 3, pair="ETH/USDT"), history.parquet_bytes(rows))
     put_entry(aws, breach, prices[breach], prices[breach - layout.SLOT], "notified", sns_message_id="msg-9")
     put_entry(aws, ledger_only, 99.0, None, "no_previous_record", reason="written by a live run")
     calm = slots[50]

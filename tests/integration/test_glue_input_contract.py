@@ -172,7 +172,7 @@ def test_3_a_correction_wins_however_fast_it_is_written(range_run):
 
 
 def pairs_rows(aws, slot) -> dict[str, dict]:
-    return {row["pair"]: row for row in csv.DictReader(io.StringIO(aws.get(layout.pairs_analysis_key(slot)).decode()))}
+    return {row["pair"]: row for row in csv.DictReader(io.StringIO(aws.get(layout.analysis_key(slot)).decode()))}
 
 
 def test_2_with_pairs_configured_a_kline_beside_the_pair_folder_never_becomes_the_default_pairs_price(aws):
@@ -213,7 +213,7 @@ def test_7_concurrent_writers_of_the_shared_csv_both_keep_their_rows(aws):
     from include.glue.price_glue import s3io, validation
 
     slot = utc(2025, 9, 9, 12, 0)
-    key = layout.pairs_analysis_key(slot)
+    key = layout.analysis_key(slot)
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
 
     def row(pair, price):
@@ -249,7 +249,7 @@ def test_7_conditional_writes_hold_with_a_botocore_that_has_no_such_parameters(a
 
     from include.glue.price_glue import s3io
 
-    key = layout.pairs_analysis_key(utc(2025, 9, 9, 13, 0))
+    key = layout.analysis_key(utc(2025, 9, 9, 13, 0))
     put = {"Bucket": aws.config.bucket, "Key": key, "ContentType": "text/csv"}
 
     created = s3io.put_with_condition_headers(aws.s3, {"IfNoneMatch": "*"}, Body=b"first", **put)

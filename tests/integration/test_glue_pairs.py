@@ -38,7 +38,7 @@ def test_one_run_writes_every_pairs_csv_and_quarantines_what_names_another_pair(
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     [eth] = rows(aws, layout.analysis_key(WINDOW))
     assert (eth["pair"], float(eth["weighted_average"])) == ("ETH/USDT", 3000.0)
-    btc, sol = rows(aws, layout.pairs_analysis_key(WINDOW))  # one row per pair, by pair
+    btc, sol = rows(aws, layout.analysis_key(WINDOW))  # one row per pair, by pair
     assert (btc["pair"], float(btc["weighted_average"]), btc["source_key"]) == ("BTC/USDT", 90000.0, key("BTC/USDT"))
     assert (sol["pair"], float(sol["weighted_average"]), sol["source_key"]) == (
         "SOL/USDT",
@@ -46,7 +46,7 @@ def test_one_run_writes_every_pairs_csv_and_quarantines_what_names_another_pair(
         key("SOL/USDT", ".csv"),
     )
     written = aws.keys(layout.ANALYSIS_PREFIX + layout.partition(WINDOW))
-    assert sorted(written) == [layout.analysis_key(WINDOW), layout.pairs_analysis_key(WINDOW)]
+    assert sorted(written) == [layout.analysis_key(WINDOW), layout.analysis_key(WINDOW)]
     reasons = {}
     for reason_key in aws.keys(layout.quarantine_window_prefix(WINDOW)):
         if reason_key.endswith(".reason.json"):

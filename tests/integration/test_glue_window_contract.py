@@ -31,7 +31,7 @@ LIVE = utc(2025, 9, 4, 12, 0)  # the live-run tests' day
 
 
 def raw_key(slot, suffix: str = ".json") -> str:
-    return layout.ingestion_key(slot, suffix)
+    return layout.ingestion_key(slot, suffix, pair="ETH/USDT")
 
 
 def stamp(slot) -> int:

@@ -213,7 +213,7 @@ def test_a_windows_first_analysis_reads_one_csv_per_slot_its_rules_decide_from_f
     assert entries(aws, slot)["BTC/USDT"]["rules"]["move-5m"]["reference"]["timestamp"] == "2025-09-08T19:50:00Z"
     # The shared CSV of each slot read once for BTC and SOL, and the default pair's own CSV where it reads.
     assert sorted(reads) == sorted(
-        [layout.pairs_analysis_key(slot - layout.SLOT * back) for back in (2, 1, 0)]
+        [layout.analysis_key(slot - layout.SLOT * back) for back in (2, 1, 0)]
         + [layout.analysis_key(slot - layout.SLOT * back) for back in (1, 0)]
     )
 
@@ -237,7 +237,9 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
     month = aws.keys(layout.month_analysis_prefix(2025, 9))
     shared = sum(1 for key in month if layout.is_pairs_key(key))
     parquet = {item["key"]: item for item in summary["parquet"]}
-    assert parquet[layout.parquet_key(2025, 9)]["rows"] == len(month) - shared  # the default pair's: its rows only
+    assert (
+        parquet[layout.parquet_key(2025, 9, pair="ETH/USDT")]["rows"] == len(month) - shared
+    )  # the default pair's: its rows only
     assert summary["pairs"]["BTC/USDT"]["windows"] == 5
     assert parquet[layout.parquet_key(2025, 9, pair="BTC/USDT")]["rows"] >= 6
     assert parquet[layout.parquet_key(2025, 9, pair="SOL/USDT")]["rows"] >= 6
@@ -337,7 +339,7 @@ def test_other_pairs_wait_as_the_default_pair_does_only_for_an_earlier_record_a_
             seed(aws, WAIT - layout.SLOT * back, BTC=90000.0, SOL=140.0)
     seed(aws, WAIT, BTC=92000.0, SOL=141.0)
     gap = WAIT - layout.SLOT * 3
-    aws.put(layout.ingestion_key(gap, ".json"), "{}")
+    aws.put(layout.ingestion_key(gap, ".json", pair="ETH/USDT"), "{}")
     asked = []
 
     def running(slots):
