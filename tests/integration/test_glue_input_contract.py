@@ -25,10 +25,10 @@ pytestmark = pytest.mark.integration
 
 START = utc(2025, 9, 8, 0, 0)  # a day no other test writes
 SLOTS = [START + layout.SLOT * i for i in range(16)]
-PAIRS = "BTC/USDT,SOL/USDT"
+PAIRS = "ETH/USDT,BTC/USDT,SOL/USDT"  # the default pair first, as settings.glue_job_arguments lists them
 
 
-def raw_key(slot, suffix: str = ".json", pair: str = "") -> str:
+def raw_key(slot, suffix: str = ".json", pair: str = "ETH/USDT") -> str:
     return layout.ingestion_key(slot, suffix, pair=pair)
 
 
@@ -178,13 +178,14 @@ def pairs_rows(aws, slot) -> dict[str, dict]:
 def test_2_with_pairs_configured_a_kline_beside_the_pair_folder_never_becomes_the_default_pairs_price(aws):
     slot = utc(2025, 9, 9, 10, 0)
     aws.put(raw_key(slot), json.dumps(candle(slot, 3000.0)))
-    aws.put(raw_key(slot, "-v2/BTC_USDT.json"), json.dumps([btc_kline(slot)]))
+    beside = layout.legacy_ingestion_key(slot, "-v2/BTC_USDT.json")  # beside the legacy alias's grammar
+    aws.put(beside, json.dumps([btc_kline(slot)]))
 
     run = aws.run_real_glue_job({"--window_start": iso(slot), "--pairs": PAIRS})
 
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     assert float(canonical(aws, slot)["weighted_average"]) == 3000.0  # was 90050
-    assert "does not follow the ingestion key grammar" in reason(aws, slot, raw_key(slot, "-v2/BTC_USDT.json"))
+    assert "does not follow the ingestion key grammar" in reason(aws, slot, beside)
 
 
 def test_7_a_rerun_keeps_the_rows_of_pairs_it_did_not_rederive(aws):
@@ -193,16 +194,16 @@ def test_7_a_rerun_keeps_the_rows_of_pairs_it_did_not_rederive(aws):
     aws.put(raw_key(slot, ".json", "BTC/USDT"), json.dumps(candle(slot, 90000.0)))
     aws.put(raw_key(slot, ".json", "SOL/USDT"), json.dumps(candle(slot, 150.0)))
     assert aws.run_real_glue_job({"--window_start": iso(slot), "--pairs": PAIRS})["JobRunState"] == "SUCCEEDED"
-    assert pairs_rows(aws, slot).keys() == {"BTC/USDT", "SOL/USDT"}
+    assert pairs_rows(aws, slot).keys() == {"ETH/USDT", "BTC/USDT", "SOL/USDT"}
 
     # SOL left the rules file and its raw object expired; BTC got a correction.
     aws.s3.delete_object(Bucket=aws.config.bucket, Key=raw_key(slot, ".json", "SOL/USDT"))
     aws.put(raw_key(slot, "-v2.json", "BTC/USDT"), json.dumps(candle(slot, 91000.0)))
-    run = aws.run_real_glue_job({"--window_start": iso(slot), "--pairs": "BTC/USDT"})
+    run = aws.run_real_glue_job({"--window_start": iso(slot), "--pairs": "ETH/USDT,BTC/USDT"})
 
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     rows = pairs_rows(aws, slot)
-    assert rows.keys() == {"BTC/USDT", "SOL/USDT"}  # SOL's row was dropped
+    assert rows.keys() == {"ETH/USDT", "BTC/USDT", "SOL/USDT"}  # SOL's row was dropped
     assert float(rows["BTC/USDT"]["weighted_average"]) == 91000.0  # re-derived
     assert float(rows["SOL/USDT"]["weighted_average"]) == 150.0  # kept as it was
 

@@ -86,8 +86,11 @@ def range_run(standin, aws_session):
     return aws, run
 
 
-def canonical(aws, slot) -> dict:
-    [row] = csv.DictReader(io.StringIO(aws.get(layout.analysis_key(slot)).decode()))
+def canonical(aws, slot, pair: str = "ETH/USDT") -> dict:
+    """``pair``'s one row of the window's canonical CSV."""
+    [row] = [
+        row for row in csv.DictReader(io.StringIO(aws.get(layout.analysis_key(slot)).decode())) if row["pair"] == pair
+    ]
     return row
 
 
