@@ -41,67 +41,48 @@ def _parquet_rows(body: bytes | None) -> list[dict]:
 
 
 def _move(s3, bucket: str, old: str, new: str, merge, content_type: str, counts: Counter, kind: str) -> None:
-    """Write ``merge(old bytes, new bytes or None)`` (None: the new place already holds it, or cannot) over the
-    version of ``new`` read; delete ``old`` if it is in the new place and unchanged since read."""
+    """Write ``merge(old bytes, new bytes or None)`` over the version of ``new`` read (None: nothing to write,
+    the bytes of ``new`` when they already hold the old content); delete ``old`` once its content is there and
+    only if unchanged since read."""
     stored = store.read_with_etag(s3, bucket, old)
     if stored is None:  # moved meanwhile by another run
         return
-    held = {}
-
-    def change(body: bytes | None) -> bytes | None:
-        held["merged"] = merge(stored[0], body)
-        return body if held["merged"] is None else held["merged"]
-
-    body, wrote = store.update(s3, bucket, new, change, content_type)
-    if held["merged"] is None and body is not None and not merge.same(stored[0], body):
+    body, wrote = store.update(s3, bucket, new, lambda body: merge(stored[0], body), content_type)
+    if not wrote and merge(stored[0], body) is None:
         counts[f"{kind}_differs"] += 1
-        log.warning("%s: %s holds another row of the default pair; %s left for you to compare", kind, new, old)
-        return
-    if (store.read_with_etag(s3, bucket, old) or (None, None))[1] != stored[1]:
+        log.warning("%s holds another row of the default pair: %s left for you to compare", new, old)
+    elif (store.read_with_etag(s3, bucket, old) or (None, None))[1] != stored[1]:
         counts[f"{kind}_changed"] += 1
         log.warning("%s changed while it was moved: not deleted; run the migration again", old)
-        return
-    s3.delete_object(Bucket=bucket, Key=old)
-    counts[f"{kind}_{'moved' if wrote else 'already_there'}"] += 1
-    log.info("%s -> %s", old, new)
+    else:
+        s3.delete_object(Bucket=bucket, Key=old)
+        counts[f"{kind}_{'moved' if wrote else 'already_there'}"] += 1
+        log.info("%s -> %s", old, new)
 
 
-class _CsvMerge:
-    """The old CSV's one row, as the default pair's, among the window's rows (sorted by pair, as the job does)."""
+def _merge_csv(pair: str):
+    """The old CSV's one row, as ``pair``'s, among the window's rows (by pair, as the job writes them); the new
+    bytes when they hold that row already, None when they hold another row of the pair."""
 
-    def __init__(self, pair: str):
-        self.pair = pair
-
-    def row(self, old: bytes) -> dict:
+    def merge(old: bytes, new: bytes | None) -> bytes | None:
         parse_canonical_csv(old)  # ValueError: not canonical, left as it is
-        return {**_csv_rows(old)[0], "pair": self.pair}
+        row, rows = {**_csv_rows(old)[0], "pair": pair}, _csv_rows(new)
+        if any(r["pair"] == pair for r in rows):
+            return new if to_csv(row) in {to_csv(r) for r in rows if r["pair"] == pair} else None
+        return to_csv(*sorted([*rows, row], key=lambda r: r["pair"]))
 
-    def __call__(self, old: bytes, new: bytes | None) -> bytes | None:
-        rows = _csv_rows(new)
-        if any(row["pair"] == self.pair for row in rows):
-            return None
-        return to_csv(*sorted([*rows, self.row(old)], key=lambda row: row["pair"]))
-
-    def same(self, old: bytes, new: bytes) -> bool:
-        return to_csv(self.row(old)) in {to_csv(row) for row in _csv_rows(new) if row["pair"] == self.pair}
+    return merge
 
 
-class _ParquetMerge:
+def _merge_parquet(old: bytes, new: bytes | None) -> bytes:
     """The old month's rows and the new month's (a timestamp in both: the new one's)."""
-
-    def __call__(self, old: bytes, new: bytes | None) -> bytes | None:
-        rows = {row["timestamp"]: row for row in _parquet_rows(old) + _parquet_rows(new)}
-        merged = history.parquet_bytes(rows.values())
-        return None if merged == new else merged
-
-    def same(self, old: bytes, new: bytes) -> bool:
-        return True  # every old timestamp is in the new month (the merge put it there)
+    return history.parquet_bytes({row["timestamp"]: row for row in _parquet_rows(old) + _parquet_rows(new)}.values())
 
 
 def migrate(s3, config: settings.Config, default_pair: str, parquet_prefix: str = layout.PARQUET_PREFIX) -> Counter:
     """Move every old canonical CSV and Parquet month of the default pair; return the counts."""
     counts: Counter = Counter()
-    csv_merge = _CsvMerge(default_pair)
+    csv_merge = _merge_csv(default_pair)
     for key in store.list_keys(s3, config.bucket, config.analysis_prefix):
         slot = store.slot_of(key)
         if slot and key == layout.legacy_analysis_key(slot, config.analysis_prefix):
@@ -117,7 +98,7 @@ def migrate(s3, config: settings.Config, default_pair: str, parquet_prefix: str 
             year, month = int(parts[0][5:]), int(parts[1][6:])
             if key == layout.legacy_parquet_key(year, month, parquet_prefix):
                 new = layout.parquet_key(year, month, default_pair, parquet_prefix)
-                _move(s3, config.bucket, key, new, _ParquetMerge(), PARQUET, counts, "parquet")
+                _move(s3, config.bucket, key, new, _merge_parquet, PARQUET, counts, "parquet")
     return counts
 
 

@@ -45,7 +45,7 @@ def test_ledger_of_a_replayed_real_day_matches_an_independent_computation(aws, p
         write_record(aws.s3, aws.config.bucket, record, pair="ETH/USDT")  # formats rotate by slot: json, csv, xml, txt
 
     window = {"--window_start": layout.iso(DAY - layout.SLOT), "--window_end": layout.iso(DAY + timedelta(days=1))}
-    job_arguments = settings.glue_job_arguments(aws.config) | {"--pair": "ETH/BTC"}
+    job_arguments = settings.glue_job_arguments(aws.config)
     run = aws.run_real_glue_job(window, DefaultArguments=job_arguments)
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     rule_set = rules.with_overrides(rules.load(rules.DEFAULT_RULES_FILE), {"threshold_pct": THRESHOLD})
