@@ -347,7 +347,7 @@ class RecordingS3:
 CONTRACT_ARGS = SimpleNamespace(
     bucket="b",
     aliases=ALIASES,
-    pair=PAIR,
+    pairs=[PAIR],
     analysis_prefix=layout.ANALYSIS_PREFIX,
     quarantine_prefix=layout.QUARANTINE_PREFIX,
 )
@@ -394,10 +394,10 @@ def test_an_older_record_behind_two_of_unknown_order_is_quarantined_with_them_no
                         "volume": 0, "quote_volume": 0, "weighted_average": 1}]).encode()  # fmt: skip
     modified = {f"{prefix}.json": "2026-01-01T00:00:00Z", f"{prefix}-a.json": "2026-01-01T00:00:01Z",
                 f"{prefix}-b.json": "2026-01-01T00:00:01Z"}  # fmt: skip
-    outcomes = [dict(job.assess(body, CONTRACT_ARGS, key, window), modified=when, version=1)
+    outcomes = [dict(job.assess(body, CONTRACT_ARGS, key, window, PAIR), modified=when, version=1)
                 for key, when in modified.items()]  # fmt: skip
 
-    plan = job.plan_window(CONTRACT_ARGS, window, outcomes)
+    plan = job.plan_window(CONTRACT_ARGS, window, outcomes, PAIR)
 
     assert plan["used"] is None
     reasons = {source: note["reason"] for source, _, _, note in plan["quarantine"]}
@@ -412,13 +412,13 @@ def test_any_objects_under_a_window_write_at_most_its_csv_and_their_quarantine_c
     objects = dict(data.draw(st.lists(contract_objects(window), min_size=1, max_size=4)))
     modified = {key: data.draw(st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z"])) for key in objects}
     outcomes = [
-        dict(job.assess(body, CONTRACT_ARGS, key, window), modified=modified[key], version=version(key, window))
+        dict(job.assess(body, CONTRACT_ARGS, key, window, PAIR), modified=modified[key], version=version(key, window))
         for key, body in objects.items()
     ]
 
-    plan = job.plan_window(CONTRACT_ARGS, window, outcomes)
+    plan = job.plan_window(CONTRACT_ARGS, window, outcomes, PAIR)
     s3 = RecordingS3()
-    written = s3io.apply_plan(s3, CONTRACT_ARGS, plan)
+    written = s3io.apply_plan(s3, CONTRACT_ARGS, job.plan_pairs(CONTRACT_ARGS, window, [plan]))
 
     allowed = {layout.analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
     assert set(s3.written) <= allowed
@@ -465,7 +465,7 @@ def test_any_other_pairs_objects_of_a_window_write_one_shared_csv_with_a_row_per
     s3 = RecordingS3()
     written = s3io.apply_plan(s3, CONTRACT_ARGS, plan)
 
-    allowed = {layout.pairs_analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
+    allowed = {layout.analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
     assert set(s3.written) <= allowed
     assert sorted(s3.tagged) == [(key, [layout.INGESTED_TAG]) for key in sorted(objects)]
     with_record = sorted(pair for pair, one in zip(chosen, plans, strict=True) if one["used"] is not None)
@@ -541,13 +541,13 @@ def test_a_record_with_records_nested_at_any_depth_writes_the_outer_price_or_not
     """The job writes the outer record's price or quarantines the object: never an inner value."""
     window = datetime.fromtimestamp(slot_index * 300, UTC)
     body = data.draw(nested_json(window) if fmt == "json" else nested_xml(window))
-    key = layout.ingestion_key(window, "." + fmt)
-    outcome = dict(job.assess(body, CONTRACT_ARGS, key, window), modified="2026-01-01T00:00:00Z", version=1)
+    key = layout.ingestion_key(window, "." + fmt, pair=PAIR)
+    outcome = dict(job.assess(body, CONTRACT_ARGS, key, window, PAIR), modified="2026-01-01T00:00:00Z", version=1)
 
-    plan = job.plan_window(CONTRACT_ARGS, window, [outcome])
+    plan = job.plan_window(CONTRACT_ARGS, window, [outcome], PAIR)
 
-    if plan["csv"] is None:
+    if plan["row"] is None:
         assert [source for source, *_ in plan["quarantine"]] == [key]  # refused, with its reason
         return
-    [row] = csv.DictReader(io.StringIO(plan["csv"][1].decode()))
+    row = plan["row"]
     assert float(row["weighted_average"]) == OUTER_PRICE

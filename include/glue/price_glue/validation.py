@@ -142,7 +142,7 @@ def _no_trade(row):
 
 
 def _pair(named, configured):
-    """Check that a record's pair names the job's ``--pair`` (see pair_spellings); anything else is refused."""
+    """Check that a record's pair names the pair its key is for (see pair_spellings); anything else is refused."""
     if not isinstance(named, str) or len(named) > 40 or not named.strip().isprintable():
         raise Rejected("pair is not a short text: {}".format(clip(named)))
     if named.strip().upper() not in pair_spellings(configured):
@@ -233,10 +233,10 @@ def _csv_cell(value):
     return repr(value) if isinstance(value, float) else value
 
 
-def records_of(data, args, key, pair=None):
+def records_of(data, args, key, pair):
     """``(rows, problems)`` of one raw object's bytes: its valid canonical rows, and a one-line reason
     per refused record; Rejected (with its format guess) when no record in it can be used. ``pair``: the
-    pair the object's key is for (default ``--pair``)."""
+    pair the object's key is for."""
     fmt = "unknown"
     try:
         fmt, raws = parse_object(decode_text(data), args.aliases)
@@ -246,7 +246,7 @@ def records_of(data, args, key, pair=None):
     rows, problems = [], []
     for index, raw in enumerate(raws):
         try:
-            rows.append(normalize(raw, args.aliases, pair or args.pair, key, fmt, decimal))
+            rows.append(normalize(raw, args.aliases, pair, key, fmt, decimal))
         except Rejected as error:
             problems.append("record {}: {}".format(index, error))
     if not rows:
