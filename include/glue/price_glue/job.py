@@ -137,7 +137,8 @@ def assess(data, args, key, slot, pair):
     try:
         if isinstance(data, Rejected):
             raise data
-        rows, problems = records_of(data, args, key, pair)
+        refused_times = []
+        rows, problems = records_of(data, args, key, pair, refused_times)
     except Rejected as error:
         outcome.update(reasons=[str(error)], format=error.format_guess)
         return outcome
@@ -149,10 +150,15 @@ def assess(data, args, key, slot, pair):
     mine = [row for row in rows if row["timestamp"] == stamp]
     outcome["format"] = rows[0]["source_format"]
     outcome["reasons"] = problems + [_elsewhere(row["timestamp"], slot) for row in rows if row["timestamp"] != stamp]
-    if len(mine) == 1:
+    refused = refused_times.count(stamp)  # a refused record of the window: which one holds is unknown
+    if len(mine) == 1 and not refused:
         outcome["row"] = mine[0]
     elif mine:
-        outcome["reasons"].append("{} records of window {} in one object: none is used".format(len(mine), stamp))
+        outcome["reasons"].append(
+            "{} records of window {} in one object{}: none is used".format(
+                len(mine) + refused, stamp, ", {} of them refused".format(refused) if refused else ""
+            )
+        )
     return outcome
 
 
@@ -170,10 +176,11 @@ def plan_window(args, slot, outcomes, pair):
     ``outcomes`` are ``assess`` results with the key's ``version`` and the listing's ``modified`` added. Among
     the objects with a valid record of the window, the highest version wins, then the newest (LastModified, to
     the second); two at the top with the same version and second are both refused (which one is newer is
-    unknown), and so are the older ones. The winner gives the pair's ``row`` of the window's canonical CSV
-    (see plan_pairs), which names the other candidates it superseded; an object with any refused record is
-    copied to quarantine with the reasons (the note names ``pair``, None for a key of no configured pair);
-    every object is tagged as ingested once those writes are made.
+    unknown), and so are the older ones; so are all when an object of a higher version than theirs was refused
+    (a correction that failed: the record it corrects is not used instead). The winner gives the pair's
+    ``row`` of the window's canonical CSV (see plan_pairs), which names the other candidates it superseded;
+    an object with any refused record is copied to quarantine with the reasons (the note names ``pair``, None
+    for a key of no configured pair); every object is tagged as ingested once those writes are made.
     """
     candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: _order(o) + (o["key"],))
     tied = [o for o in candidates if _order(o) == _order(candidates[-1])]
@@ -184,6 +191,15 @@ def plan_window(args, slot, outcomes, pair):
         )
         for outcome in candidates:  # an older one is not used either: the producer wrote a newer record since
             outcome["reasons"].append(top if outcome in tied else "older than the window's newest records; " + top)
+        candidates = []
+    newer = [o for o in outcomes if o["row"] is None and candidates and o["version"] > candidates[-1]["version"]]
+    if newer:  # a correction was refused: the record it corrects is not used instead of it
+        correction = max(newer, key=_order)
+        why = "the window's correction {} (version {}) was refused: none is used".format(
+            quoted(correction["key"]), correction["version"]
+        )
+        for outcome in candidates:
+            outcome["reasons"].append(why)
         candidates = []
     plan = {"window": slot_stamp(slot), "row": None, "used": None, "quarantine": []}
     plan["tag"] = sorted(o["key"] for o in outcomes)
