@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CHECKOV_VENV := .venv-checkov
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install run test test-fast lint bench soak backfill migrate-ledger glue-bundle clean
+.PHONY: install run test test-fast lint bench soak backfill migrate-ledger migrate-storage glue-bundle clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ backfill: $(VENV)/.installed
 # keys (README: Security).
 migrate-ledger: $(VENV)/.installed
 	$(PY) -m include.price_pipeline.migrate
+
+# Once after upgrading to one storage shape for every pair (README: Upgrading): the default pair's <slot>.csv and
+# Parquet months move into <slot>/pairs.csv and pair=<SLUG>/; a second run moves nothing.
+migrate-storage: $(VENV)/.installed
+	$(PY) -m include.price_pipeline.migrate_storage
 
 # The Glue job's bundle (its --extra-py-files) for Terraform to upload: build/price_glue.zip, the same bytes on
 # every machine (include/price_pipeline/glue_bundle.py). Before `terraform plan` (docs/deploy.md).

@@ -51,7 +51,7 @@ def main() -> None:
         source = layout.ingestion_key(slot, ".json", pair=PAIR)
         row = validation.normalize(candle(slot, price), aliases, PAIR, source, "json")
         body = validation.to_csv(row)
-        objects[layout.pairs_analysis_key(slot)] = body.encode() if isinstance(body, str) else body
+        objects[layout.analysis_key(slot)] = body.encode() if isinstance(body, str) else body
     median = sorted(p for _, p in candles)[len(candles) // 2]
     slots = [slot for slot, _ in candles]
     config = SimpleNamespace(bucket="bench", analysis_prefix=layout.ANALYSIS_PREFIX)
@@ -72,7 +72,7 @@ def main() -> None:
             if slot - slots[0] < rule.history:
                 continue  # the file's first days: not a whole look-back
             listed = {
-                layout.pairs_analysis_key(s)
+                layout.analysis_key(s)
                 for s in slots[max(0, index - rule.history // layout.SLOT - 1) : index + 1]
                 if s >= slot - rule.history
             }

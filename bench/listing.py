@@ -42,7 +42,7 @@ def _fill(backend, bucket: str, keys: int) -> tuple[str, str]:
     days = max(1, keys // SLOTS_PER_DAY)
     for n in range(keys):
         slot = DAY + timedelta(days=n // SLOTS_PER_DAY, minutes=5 * (n % SLOTS_PER_DAY))
-        backend.put_object(bucket, layout.ingestion_key(slot, ".json"), b"{}")
+        backend.put_object(bucket, layout.ingestion_key(slot, ".json", pair="ETH/USDT"), b"{}")
     noon = DAY + timedelta(days=days // 2, hours=12)
     return layout.INGESTION_PREFIX + layout.partition(noon), layout.ingestion_window_prefix(noon)
 

@@ -163,23 +163,22 @@ class Bench:
             for pair in self.other_pairs:
                 record = pair_record(slot, pair, self.rule_set.pairs[pair])
                 write_record(self.s3, self.config.bucket, record, pair=pair)
-            write_record(self.s3, self.config.bucket, synthetic_record(slot))
+            write_record(self.s3, self.config.bucket, synthetic_record(slot), pair=self.rule_set.default_pair)
 
         with ThreadPoolExecutor(10) as pool:
             list(pool.map(write, slots))
 
-    def seed_canonical(self, slot: datetime, weighted_average: float, pairs: bool = False) -> None:
-        """The canonical CSV of ``slot`` as the Glue job writes it (the previous price of a live window):
-        the default pair's, or with ``pairs`` the one of every other pair, each at ``weighted_average``."""
-        record = {"date": int(slot.timestamp()), "weightedAverage": weighted_average, "volume": 1.0}
-        record |= {"high": weighted_average * 1.001, "low": weighted_average * 0.999, "quoteVolume": 1.0}
+    def seed_canonical(self, slot: datetime, prices: dict[str, float]) -> None:
+        """The canonical CSV of ``slot`` as the Glue job writes it (the previous prices of a live window):
+        a row per pair of ``prices`` (``{pair: weighted average}``)."""
         aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
-        sources = {pair: layout.ingestion_key(slot, ".json", pair=pair) for pair in self.other_pairs} if pairs else {
-            self.config.pair: layout.ingestion_key(slot, ".json")
-        }  # fmt: skip
-        rows = [validation.normalize(record, aliases, pair, source, "json") for pair, source in sources.items()]
-        key = layout.pairs_analysis_key(slot) if pairs else layout.analysis_key(slot)
-        self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=validation.to_csv(*rows))
+        rows = []
+        for pair, price in sorted(prices.items()):
+            record = {"date": int(slot.timestamp()), "weightedAverage": price, "volume": 1.0}
+            record |= {"high": price * 1.001, "low": price * 0.999, "quoteVolume": 1.0}
+            source = layout.ingestion_key(slot, ".json", pair=pair)
+            rows.append(validation.normalize(record, aliases, pair, source, "json"))
+        self.s3.put_object(Bucket=self.config.bucket, Key=layout.analysis_key(slot), Body=validation.to_csv(*rows))
 
     def standin_rate(self, count: int = 2000, threads: int = 10) -> dict:
         """Requests per second the stand-in answers one client process for small PUTs and GETs (the bulk
@@ -444,10 +443,10 @@ class Bench:
         lookback = (rule.minutes + rule.tolerance_minutes) // 5
         recorded = ("firing", "quiet") if record_requests else ()
         slots = [first + layout.SLOT * (lookback + 3) * i for i in range(windows + len(recorded))]
+        flat = {self.rule_set.default_pair: FLAT[False]} | dict.fromkeys(self.other_pairs, FLAT[True])
         with ThreadPoolExecutor(10) as pool:
-            seeds = [(slot - layout.SLOT * back, pairs) for slot in slots for back in range(1, lookback + 1)
-                     for pairs in ([False, True] if self.other_pairs else [False])]  # fmt: skip
-            list(pool.map(lambda seed: self.seed_canonical(seed[0], FLAT[seed[1]], seed[1]), seeds))
+            seeds = [slot - layout.SLOT * back for slot in slots for back in range(1, lookback + 1)]
+            list(pool.map(lambda seed: self.seed_canonical(seed, flat), seeds))
         measured, windows_recorded, stamp = [], {}, int(time.time())
         for index, slot in enumerate(slots):
             kind = recorded[index - windows] if index >= windows else "measured"
@@ -465,7 +464,9 @@ class Bench:
             for pair in self.other_pairs:
                 write_record(self.s3, self.config.bucket, flat_record(slot, FLAT[True] * move), pair=pair)
             landed = time.time()
-            write_record(self.s3, self.config.bucket, flat_record(slot, FLAT[False] * move))
+            write_record(
+                self.s3, self.config.bucket, flat_record(slot, FLAT[False] * move), pair=self.rule_set.default_pair
+            )
             expected = 0 if kind == "quiet" else 1 + len(self.other_pairs)
             sent = self._wait_alerts(slot, expected, timeout=900)
             row = self.wait_run(LIVE_DAG, run_id, 900)

@@ -18,7 +18,7 @@ def mixed_objects(count: int, first: datetime = datetime(2025, 1, 1, tzinfo=UTC)
     for index in range(count):
         slot = first + layout.SLOT * index
         fmt = FORMATS[index % len(FORMATS)]
-        out.append((layout.ingestion_key(slot, f".{fmt}"), render(synthetic_record(slot), fmt)))
+        out.append((layout.ingestion_key(slot, f".{fmt}", pair="ETH/USDT"), render(synthetic_record(slot), fmt)))
     return out
 
 

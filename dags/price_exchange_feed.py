@@ -6,8 +6,8 @@ A producer the project ships: prices from an exchange without writing one. Each 
 
 **fetch_exchange_candles**: every configured pair's candle opening at `data_interval_start`, from the
 exchange the rules file's `feed` names for it (default: Binance for every pair), through ccxt with its rate
-limiter on, written to the pair's ingestion key `crypto/01-data-ingestion/.../<slot>.json` (other pairs:
-`<slot>/<BASE>_<QUOTE>.json`) as the exchange's own record: `price_notification` then decides it as any
+limiter on, written to the pair's ingestion key `crypto/01-data-ingestion/.../<slot>/<BASE>_<QUOTE>.json` (every
+pair's, the default one too) as the exchange's own record: `price_notification` then decides it as any
 producer's. A candle is written only once it has closed, only where the pair has no record yet, and once
 (`If-None-Match`). A request refused for the rate limit or unanswered is tried again with backoff (1, 2,
 4 s, or the exchange's `Retry-After`); a pair that still has no candle fails the task with one line naming

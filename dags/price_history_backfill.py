@@ -75,7 +75,7 @@ notify_ops = SnsNotifier(
             type="boolean",
             description="first fetch the range's candles from each pair's exchange where a window has no record",
         ),
-        **{name: Param(**spec) for name, spec in settings.policy_params(rule_set.default_rule).items()},
+        **{name: Param(**spec) for name, spec in settings.policy_params(rule_set).items()},
     },
 )
 def price_history_backfill():

@@ -4,18 +4,18 @@
 Each run owns one window `[data_interval_start, data_interval_end)` and every configured pair's price
 record whose candle starts at `data_interval_start`:
 
-1. **wait_for_price_record** (the provider's `S3KeySensor`, subclassed): the raw objects land under
-   `crypto/01-data-ingestion/year=/month=/day=/<YYYYMMDDTHHMM>Z<any extension>` (the default pair) and
-   `.../<YYYYMMDDTHHMM>Z/<BASE>_<QUOTE><any extension>` (other pairs); one prefix listing per look. A
+1. **wait_for_price_record** (the provider's `S3KeySensor`, subclassed): every pair's raw object lands under
+   `crypto/01-data-ingestion/year=/month=/day=/<YYYYMMDDTHHMM>Z/<BASE>_<QUOTE><any extension>` (a producer's
+   `<YYYYMMDDTHHMM>Z<any extension>` still counts as the default pair's); one prefix listing per look. A
    live window's run waits (deferred) for every pair's record, or once one is there, for
    `PRICE_PAIRS_DEADLINE_SECONDS` after the window ended: no pair is the clock, and the pairs still
    missing then are late. With none there it gives up at the sensor timeout (*Feed stale*). A backfill
    run, or a window that ended longer ago than the timeout, looks once and is skipped with the reason
    when no pair's record is there.
-2. **normalize_price_record**: Glue Python shell job (0.0625 DPU) writes the canonical CSV under
-   `crypto/02-data-analysis/`, or quarantines an object it cannot trust.
+2. **normalize_price_record**: Glue Python shell job (0.0625 DPU) writes the window's canonical CSV (a row
+   per pair) under `crypto/02-data-analysis/`, or quarantines an object it cannot trust.
 3. **analyse_pairs**: every pair's rules from the rules file, decided by one engine (the params below
-   override the default pair's rule for one run); every decision goes to the window's ledger object under
+   override a named pair's change rule for one run); every decision goes to the window's ledger object under
    `crypto/03-price-changes/`, and a due rule is claimed there with a conditional write (`publishing`). A
    pair without a record (none there, or quarantined) is late (for a live window ops hear which, and why,
    from step 5). With no pair's record to decide, the task fails.
@@ -38,7 +38,7 @@ was triggered. Failures of live runs (a stale feed, late or quarantined records,
 any task) go to the ops topic, not to subscribers; a backfill's are reported to whoever ran it (`make backfill`,
 the UI), not paged, but for a claim left, which only ops can release.
 Settings come from `PRICE_*` environment variables and rules from `PRICE_RULES_FILE` (see README); the params
-below override the default pair's rule for one run.
+below override a named pair's change rule for one run (`pair`, `rule`; the numbers left empty are the rule's own).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ notify_ops = operators.live_ops_notifier(config)
         "slot": layout.SLOT,
     },
     params={
-        **{name: Param(**spec) for name, spec in settings.policy_params(rule_set.default_rule).items()},
+        **{name: Param(**spec) for name, spec in settings.policy_params(rule_set).items()},
     },
 )
 def price_notification():
@@ -80,7 +80,7 @@ def price_notification():
         bucket_name=config.bucket,
         prefix=config.ingestion_prefix,
         pairs=list(rule_set.pairs),
-        default_pair=config.pair,
+        default_pair=rule_set.default_pair,
         deadline_seconds=config.pairs_deadline_seconds,
         deferrable=config.deferrable,
         poke_interval=config.sensor_poke_seconds,

@@ -109,9 +109,9 @@ def format_for(slot: datetime) -> str:
 
 
 def write_record(
-    s3, bucket: str, record: dict, fmt: str | None = None, prefix: str = layout.INGESTION_PREFIX, pair: str = ""
+    s3, bucket: str, record: dict, fmt: str | None = None, prefix: str = layout.INGESTION_PREFIX, *, pair: str
 ) -> str:
-    """Write ``record`` under its slot's ingestion key (``pair``: another pair than the default); return the key."""
+    """Write ``record`` as ``pair``'s under its slot's ingestion key; return the key."""
     slot = datetime.fromtimestamp(int(float(record["date"])), tz=UTC)
     fmt = fmt or format_for(slot)
     key = layout.ingestion_key(slot, f".{fmt}", prefix, pair=pair)
@@ -146,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
 
     config = settings.load()
     rule_set = settings.load_rules(config)
-    others = {pair: rules for pair, rules in rule_set.pairs.items() if pair != config.pair}
+    default = rule_set.default_pair  # the replayed or random-walk records; the other pairs' follow their rules
+    others = {pair: rules for pair, rules in rule_set.pairs.items() if pair != default}
     s3 = client("s3", args.endpoint, credentials(args.state_dir or DEFAULT_STATE_DIR))
     if args.replay and args.original_times:
         for row in replay_rows(args.replay):
-            write_record(s3, config.bucket, row, prefix=config.ingestion_prefix)
+            write_record(s3, config.bucket, row, prefix=config.ingestion_prefix, pair=default)
         return 0
 
     current = layout.slot_start(datetime.now(UTC)) - layout.SLOT  # the latest window that has ended
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             for pair, pair_rules in others.items():  # before the default pair's record, which starts the run
                 record = pair_record(slot, pair, pair_rules, args.seed)
                 write_record(s3, config.bucket, record, prefix=config.ingestion_prefix, pair=pair)
-            key = write_record(s3, config.bucket, record_for(slot), prefix=config.ingestion_prefix)
+            key = write_record(s3, config.bucket, record_for(slot), prefix=config.ingestion_prefix, pair=default)
             print(f"feed: wrote {key}", flush=True)
             slot += layout.SLOT
         if args.once:

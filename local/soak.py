@@ -139,7 +139,8 @@ def write_records(s3, rows: list[dict]) -> list[str]:
     """Write each row as its window's raw record (formats rotate as in local/feed.py); return the keys."""
     from local.feed import write_record
 
-    return [write_record(s3, BUCKET, {k: float(v) if k != "date" else int(v) for k, v in row.items()}) for row in rows]
+    rows = ({k: float(v) if k != "date" else int(v) for k, v in row.items()} for row in rows)
+    return [write_record(s3, BUCKET, row, pair=DEFAULT_PAIR) for row in rows]
 
 
 def wait_for_backfill(stack: Stack, backfill_id: int, timeout: float, report=None) -> dict[str, int]:

@@ -38,7 +38,7 @@ resource "aws_glue_catalog_database" "history" {
 resource "aws_glue_catalog_table" "analysis_csv" {
   name          = "analysis_csv"
   database_name = aws_glue_catalog_database.history.name
-  description   = "Canonical records, one CSV with a header per 5-minute slot (written by the Glue job)"
+  description   = "Canonical records, one CSV with a header per 5-minute window, a row per pair (written by the Glue job)"
   table_type    = "EXTERNAL_TABLE"
 
   parameters = {
@@ -93,62 +93,18 @@ resource "aws_glue_catalog_table" "analysis_csv" {
   }
 }
 
+# Every pair's months (layout.parquet_key): pair is its slug BASE_QUOTE, e.g. WHERE pair = 'BTC_USDT'.
 resource "aws_glue_catalog_table" "analysis_parquet" {
   name          = "analysis_parquet"
   database_name = aws_glue_catalog_database.history.name
-  description   = "Canonical records compacted to Parquet, one prefix per month"
+  description   = "Canonical records compacted to Parquet, one prefix per pair and month"
   table_type    = "EXTERNAL_TABLE"
 
   parameters = {
     "classification"            = "parquet"
     "projection.enabled"        = "true"
-    "projection.year.type"      = "integer"
-    "projection.year.range"     = local.year_range
-    "projection.month.type"     = "integer"
-    "projection.month.range"    = "1,12"
-    "projection.month.digits"   = "2"
-    "storage.location.template" = "${local.s3_root}${local.parquet_prefix}year=$${year}/month=$${month}/"
-  }
-
-  partition_keys {
-    name = "year"
-    type = "string"
-  }
-  partition_keys {
-    name = "month"
-    type = "string"
-  }
-
-  storage_descriptor {
-    location      = "${local.s3_root}${local.parquet_prefix}"
-    input_format  = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
-    output_format = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
-
-    ser_de_info {
-      serialization_library = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
-    }
-
-    dynamic "columns" {
-      for_each = local.parquet_columns
-      content {
-        name = columns.value.name
-        type = columns.value.type
-      }
-    }
-  }
-}
-
-# Pairs beyond the default one (layout.parquet_key(..., pair=)): BASE_QUOTE, e.g. WHERE pair = 'BTC_USDT'.
-resource "aws_glue_catalog_table" "pair_parquet" {
-  name          = "pair_parquet"
-  database_name = aws_glue_catalog_database.history.name
-  description   = "Other pairs' canonical records in Parquet, one prefix per pair and month (query with a pair)"
-  table_type    = "EXTERNAL_TABLE"
-
-  parameters = {
-    "classification"            = "parquet"
-    "projection.enabled"        = "true"
-    "projection.pair.type"      = "injected"
+    "projection.pair.type"      = "enum"
+    "projection.pair.values"    = join(",", local.pair_slugs)
     "projection.year.type"      = "integer"
     "projection.year.range"     = local.year_range
     "projection.month.type"     = "integer"

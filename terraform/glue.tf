@@ -48,7 +48,7 @@ resource "aws_glue_security_configuration" "job" {
 
 resource "aws_glue_job" "normalize" {
   name                   = var.glue_job_name
-  description            = "Normalize one window's raw ${var.pair} record to canonical CSV, quarantine the rest"
+  description            = "Normalize one window's raw price records to canonical CSV, quarantine the rest"
   role_arn               = aws_iam_role.glue_job.arn
   glue_version           = "3.0"
   max_capacity           = 0.0625
@@ -75,8 +75,7 @@ resource "aws_glue_job" "normalize" {
     "--ingestion_prefix"          = var.ingestion_prefix
     "--analysis_prefix"           = var.analysis_prefix
     "--quarantine_prefix"         = var.quarantine_prefix
-    "--pair"                      = var.pair
-    "--pairs"                     = join(",", local.other_pairs)
+    "--pairs"                     = join(",", local.glue_pairs)
     "--max_object_bytes"          = tostring(var.max_object_bytes)
     "--field_aliases"             = jsonencode(jsondecode(file(local.field_aliases_file)))
   }

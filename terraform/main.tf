@@ -15,8 +15,11 @@ locals {
   # The Glue job script and its field aliases, uploaded/passed as they are in the repository.
   glue_script_file   = "${path.module}/../include/glue/normalize_price_record.py"
   field_aliases_file = "${path.module}/../include/glue/field_aliases.json"
-  # The rules file's pairs other than the default one: the Glue job's --pairs (settings.glue_job_arguments).
-  other_pairs = sort([for pair in keys(jsondecode(file("${path.module}/../${var.rules_file}")).pairs) : pair if pair != var.pair])
+  # The rules file: its default pair, then its other pairs sorted, are the Glue job's --pairs
+  # (settings.glue_job_arguments); every pair's slug (layout.pair_slug) is a Parquet partition.
+  rules      = jsondecode(file("${path.module}/../${var.rules_file}"))
+  glue_pairs = concat([local.rules.default_pair], sort([for pair in keys(local.rules.pairs) : pair if pair != local.rules.default_pair]))
+  pair_slugs = sort([for pair in keys(local.rules.pairs) : upper(replace(pair, "/", "_"))])
   # Same key as the Airflow GlueJobOperator's upload: <s3_artifacts_prefix><script file name>.
   glue_script_key = "${local.glue_scripts_prefix}normalize_price_record.py"
   # The job's package and layout.py in one zip, its --extra-py-files (glue_bundle.BUNDLE_PATH and KEY):

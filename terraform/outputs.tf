@@ -10,7 +10,6 @@ locals {
     PRICE_ANALYSIS_PREFIX   = var.analysis_prefix
     PRICE_CHANGES_PREFIX    = var.changes_prefix
     PRICE_QUARANTINE_PREFIX = var.quarantine_prefix
-    PRICE_PAIR              = var.pair
     PRICE_ALERT_TOPIC_ARN   = aws_sns_topic.alerts.arn
     PRICE_OPS_TOPIC_ARN     = aws_sns_topic.ops.arn
     PRICE_GLUE_JOB_NAME     = aws_glue_job.normalize.name
@@ -46,11 +45,6 @@ output "PRICE_QUARANTINE_PREFIX" {
   value       = local.price_env.PRICE_QUARANTINE_PREFIX
 }
 
-output "PRICE_PAIR" {
-  description = "trading pair named in records and alerts"
-  value       = local.price_env.PRICE_PAIR
-}
-
 output "PRICE_ALERT_TOPIC_ARN" {
   description = "SNS topic subscribers receive price alerts on"
   value       = local.price_env.PRICE_ALERT_TOPIC_ARN
@@ -77,7 +71,7 @@ output "PRICE_MAX_OBJECT_BYTES" {
 }
 
 output "PRICE_RULES_FILE" {
-  description = "pairs and alert rules (JSON; relative to the repository root); its default_pair is PRICE_PAIR"
+  description = "pairs and alert rules (JSON; relative to the repository root); the default pair among them"
   value       = local.price_env.PRICE_RULES_FILE
 }
 

@@ -138,12 +138,6 @@ variable "rules_file" {
   default     = "include/rules/default.json"
 }
 
-variable "pair" {
-  description = "PRICE_PAIR: trading pair named in records and alerts."
-  type        = string
-  default     = "ETH/USDT"
-}
-
 variable "max_object_bytes" {
   description = "PRICE_MAX_OBJECT_BYTES: raw objects above this are quarantined unread."
   type        = number

@@ -20,36 +20,41 @@ def candle(slot: datetime, weighted_average: float, volume: float = 10.0) -> dic
 
 
 def seed_normalized(s3, bucket: str, record: dict, pair: str = "ETH/USDT") -> str:
-    """Write ``record`` straight to the analysis prefix as the Glue job would (its own functions)."""
-    import json
-
-    from include.glue.price_glue import validation
-    from include.price_pipeline import layout
-
-    aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
+    """Write ``record`` as ``pair``'s row of its window's canonical CSV, as the Glue job would (its own
+    functions), beside the rows of other pairs there."""
     slot = datetime.fromtimestamp(record["date"], tz=UTC)
-    source = layout.ingestion_key(slot, ".json")
-    row = validation.normalize(record, aliases, pair, source, "json")
-    key = layout.analysis_key(slot)
-    s3.put_object(Bucket=bucket, Key=key, Body=validation.to_csv(row))
-    return key
+    return _seed_rows(s3, bucket, slot, {pair: record})
 
 
 def seed_pairs(s3, bucket: str, slot: datetime, prices: dict[str, float]) -> str:
-    """Write the other pairs' canonical CSV of ``slot`` (``{pair: weighted average}``, a row each) as the
-    Glue job would (its own functions)."""
+    """Write pairs' rows of the canonical CSV of ``slot`` (``{pair: weighted average}``, a row each) as the
+    Glue job would (its own functions), beside the rows of other pairs there."""
+    return _seed_rows(s3, bucket, slot, {pair: candle(slot, price) for pair, price in prices.items()})
+
+
+def _seed_rows(s3, bucket: str, slot: datetime, records: dict[str, dict]) -> str:
+    import csv
+    import io
     import json
+
+    from botocore.exceptions import ClientError
 
     from include.glue.price_glue import validation
     from include.price_pipeline import layout
 
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
-    rows = [
-        validation.normalize(candle(slot, price), aliases, pair, layout.ingestion_key(slot, ".json", pair=pair), "json")
-        for pair, price in sorted(prices.items())
-    ]
-    key = layout.pairs_analysis_key(slot)
-    s3.put_object(Bucket=bucket, Key=key, Body=validation.to_csv(*rows))
+    key = layout.analysis_key(slot)
+    try:
+        there = list(csv.DictReader(io.StringIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())))
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "NoSuchKey":
+            raise
+        there = []
+    rows = {row["pair"]: row for row in there}
+    for pair, record in records.items():
+        source = layout.ingestion_key(slot, ".json", pair=pair)
+        rows[pair] = validation.normalize(record, aliases, pair, source, "json")
+    s3.put_object(Bucket=bucket, Key=key, Body=validation.to_csv(*(rows[pair] for pair in sorted(rows))))
     return key
 
 

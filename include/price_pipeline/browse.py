@@ -76,13 +76,13 @@ def _slot_ceiling(moment: datetime) -> datetime:
 def history(s3, config: Config, rule_set: rules.Rules, start: datetime, end: datetime, pair: str = "") -> dict:
     """Every window of ``[start, end)`` of ``pair`` (default: the default pair), counts by decision, and
     the pair's quarantined objects of the range."""
-    pair = pair or config.pair
+    pair = pair or rule_set.default_pair
     slots = layout.slots_between(start, end)
     if len(slots) <= LEDGER_MAX_WINDOWS:
         mode, rows = "ledger", _rows_from_ledger(s3, config, slots, pair)
     else:
         mode, rows = "parquet", _rows_from_parquet(s3, config, rule_set.pairs[pair], slots, pair)
-    bad = quarantined(s3, config, start, end, pair)
+    bad = quarantined(s3, config, start, end, pair, rule_set.default_pair)
     rows = _mark_quarantined(rows, bad)
     return {
         "start": layout.iso(start),
@@ -111,7 +111,7 @@ def _mark_quarantined(rows: list[dict], bad: list[dict]) -> list[dict]:
 def ledger_details(s3, config: Config, rule_set: rules.Rules, start: datetime, end: datetime, pair: str = "") -> list:
     """The rows :func:`history` left ``pending`` for ``[start, end)``, from their ledger entries (``missing``
     where there is none)."""
-    pair = pair or config.pair
+    pair = pair or rule_set.default_pair
     slots = layout.slots_between(start, end)
     if len(slots) <= LEDGER_MAX_WINDOWS:
         return []
@@ -125,7 +125,7 @@ def ledger_details(s3, config: Config, rule_set: rules.Rules, start: datetime, e
         for slot, row in pending.items()
     ]
     missing = any(r["decision"] == MISSING for r in out)
-    return _mark_quarantined(out, quarantined(s3, config, start, end, pair)) if missing else out
+    return _mark_quarantined(out, quarantined(s3, config, start, end, pair, rule_set.default_pair)) if missing else out
 
 
 def row_from_entry(slot: datetime, entry: dict) -> dict:
@@ -209,13 +209,12 @@ def _rows_from_ledger(s3, config: Config, slots: list[datetime], pair: str) -> l
     return [row_from_entry(slot, entries[slot]) if slot in entries else missing_row(slot) for slot in slots]
 
 
-def parquet_prices(s3, config: Config, first: datetime, last: datetime, pair: str = "") -> list[Price]:
-    """``pair``'s prices (default: the default pair's) of slots in ``[first, last]`` from its monthly Parquet
-    objects (months without one: none)."""
+def parquet_prices(s3, config: Config, first: datetime, last: datetime, pair: str) -> list[Price]:
+    """``pair``'s prices of slots in ``[first, last]`` from its monthly Parquet objects (months without one:
+    none)."""
     import pyarrow.parquet as pq
 
-    folder = "" if pair in ("", config.pair) else pair
-    keys = [layout.parquet_key(year, month, pair=folder) for year, month in layout.months_between(first, last)]
+    keys = [layout.parquet_key(year, month, pair) for year, month in layout.months_between(first, last)]
     prices = {}
     for body in store.read_many(s3, config.bucket, keys):
         if body is None:
@@ -256,9 +255,9 @@ def _rows_from_parquet(s3, config: Config, pair_rules, slots: list[datetime], pa
     return rows
 
 
-def quarantined(s3, config: Config, start: datetime, end: datetime, pair: str) -> list[dict]:
+def quarantined(s3, config: Config, start: datetime, end: datetime, pair: str, default_pair: str) -> list[dict]:
     """Every quarantined object of ``pair``'s windows in ``[start, end)``: its key, reason and source key (an
-    object whose reason names no pair is the default pair's)."""
+    object whose reason names no pair is the legacy alias's, ``default_pair``'s)."""
     keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, start, end)
     return [
         {
@@ -268,5 +267,5 @@ def quarantined(s3, config: Config, start: datetime, end: datetime, pair: str) -
             **{field: None if note.get(field) is None else str(note[field]) for field in QUARANTINE_FIELDS},
         }
         for note in store.read_notes(s3, config.bucket, keys)
-        if (note.get("pair") or config.pair) == pair
+        if (note.get("pair") or default_pair) == pair
     ]

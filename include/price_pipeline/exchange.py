@@ -209,7 +209,7 @@ def write_candles(s3, config, rule_set, start: datetime, end: datetime, now: dat
                 fetched.passing = True
             continue
         try:
-            fetched.written = [key for key in _write(s3, config, pair, rule_set.default_pair, bodies) if key]
+            fetched.written = [key for key in _write(s3, config, pair, bodies) if key]
         except ClientError as error:  # the writes that landed are there; the next fetch skips them
             fetched.problems.append(f"{source.exchange} {pair}: S3 refused a write ({quoted(error)})")
             fetched.passing = True
@@ -241,12 +241,12 @@ def records_present(s3, config, default_pair: str, start: datetime, end: datetim
     return present
 
 
-def _write(s3, config, pair: str, default_pair: str, bodies: dict[datetime, bytes]) -> list[str | None]:
+def _write(s3, config, pair: str, bodies: dict[datetime, bytes]) -> list[str | None]:
     """Write each body once (If-None-Match: a key already there is left as it is: None for it)."""
 
     def put(item: tuple[datetime, bytes]) -> str | None:
         slot, body = item
-        key = layout.ingestion_key(slot, RECORD_SUFFIX, config.ingestion_prefix, "" if pair == default_pair else pair)
+        key = layout.ingestion_key(slot, RECORD_SUFFIX, config.ingestion_prefix, pair=pair)
         try:
             store.write_if(s3, config.bucket, key, body, "application/json", None)
         except store.ConditionFailed:

@@ -326,33 +326,24 @@ def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first:
 
 def write_parquet(s3, bucket: str, prefix: str, bodies: dict[str, bytes], month_keys: list[str], rule_set) -> list:
     """Rewrite each pair's Parquet object of each month from all its canonical CSVs; skip identical bytes.
-    A month has a Parquet object for each pair a CSV of the month can hold (the default pair's own CSV, the
-    others' shared one), even without its row."""
-    others = [pair for pair in rule_set.pairs if pair != rule_set.default_pair]
+    A month with a canonical CSV has a Parquet object for every configured pair, even without its row."""
     by_pair: dict[str, dict[tuple[int, int], list[dict]]] = {pair: {} for pair in rule_set.pairs}
     for key in month_keys:
         slot = layout.slot_of_key(key)
-        holds = others if layout.is_pairs_key(key) else [rule_set.default_pair]
-        for pair in holds:
-            by_pair[pair].setdefault((slot.year, slot.month), [])
+        for months in by_pair.values():
+            months.setdefault((slot.year, slot.month), [])
         for row in canonical_rows(bodies.get(key, b"")):
-            pair = row["pair"] if layout.is_pairs_key(key) else rule_set.default_pair
-            if pair in holds:
-                by_pair[pair][(slot.year, slot.month)].append(row)
-    return [
-        item
-        for pair, months in by_pair.items()
-        for item in write_months(s3, bucket, prefix, months, "" if pair == rule_set.default_pair else pair)
-    ]
+            if row["pair"] in by_pair:
+                by_pair[row["pair"]][(slot.year, slot.month)].append(row)
+    return [item for pair, months in by_pair.items() for item in write_months(s3, bucket, prefix, months, pair)]
 
 
-def write_months(s3, bucket: str, prefix: str, by_month: dict[tuple[int, int], list[dict]], pair: str = "") -> list:
-    """Write each month's Parquet object of its rows unless identical bytes are there. ``pair``: another
-    pair than the default one, under ``pair=<BASE>_<QUOTE>/``."""
-    stored = list_with_etags(s3, bucket, [layout.parquet_key(y, m, prefix, pair) for y, m in by_month])
+def write_months(s3, bucket: str, prefix: str, by_month: dict[tuple[int, int], list[dict]], pair: str) -> list:
+    """Write each month's Parquet object of ``pair``'s rows unless identical bytes are there."""
+    stored = list_with_etags(s3, bucket, [layout.parquet_key(y, m, pair, prefix) for y, m in by_month])
     out = []
     for (year, month), rows in sorted(by_month.items()):
-        key, body = layout.parquet_key(year, month, prefix, pair), parquet_bytes(rows)
+        key, body = layout.parquet_key(year, month, pair, prefix), parquet_bytes(rows)
         changed = stored.get(key) != store.md5(body)
         if changed:
             store.write_bytes(s3, bucket, key, body, "application/vnd.apache.parquet")
@@ -379,7 +370,7 @@ def backfill_history(
     """Analyse every pair's windows of ``[start, end)`` from the canonical CSVs, write the ledger and the
     monthly Parquet, claim and publish due rules when allowed (``publish``, with ``notify_on_backfill``);
     return the summary (also logged). The rules are the run's (``rules.with_overrides``: its params override
-    the default pair's rule).
+    a named pair's rule).
 
     Raises NoUsableWindow when no window of the range has a record (all missing or quarantined), and
     alerts.ClaimsLeft (after everything else is written) when an earlier try of this run left claims."""
@@ -403,7 +394,7 @@ def backfill_history(
     unreadable = {}  # a CSV that is not canonical holds no record (nor Parquet rows); the summary names it
     for key in sorted(bodies, key=layout.slot_of_key):
         try:
-            read = store.csv_prices(key, bodies[key], rule_set.default_pair)
+            read = store.csv_prices(bodies[key])
         except ValueError as error:
             unreadable[key] = str(error)
             log.warning("%s is not canonical, read as no record: %s", key, error)

@@ -6,34 +6,27 @@ it too: this module ships in the job's bundle (``glue_bundle``) and runs on Glue
 to the standard library and to 3.9 (``timezone.utc``, not ``datetime.UTC``; ruff's
 ``per-file-target-version`` and ``tests/unit/test_glue_bundle.py`` check).
 
-Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHMMZ``)::
+Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHMMZ``; every pair the
+same, named by its slug ``<BASE>_<QUOTE>``)::
 
-    crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>.<...>|-<...>   producer writes
-    crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>.csv             Glue job writes
+    crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE>[.<...>|-<...>]  producer writes
+    crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>/pairs.csv      Glue job writes, a row per pair
     crypto/02-data-analysis/_ranges/<first slot>-<end slot>.jsonl            Glue run of a range writes
+    crypto/02-data-analysis-parquet/pair=<BASE>_<QUOTE>/year=YYYY/month=MM/data.parquet   bulk DAG writes
+    crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>/pairs.jsonl    ledger, an entry per pair
     crypto/99-quarantine/year=YYYY/month=MM/day=DD/<slot>/<digest>.object    copy of a bad object
     crypto/99-quarantine/year=YYYY/month=MM/day=DD/<slot>/<digest>.reason.json
 
-A window ``[start, start + 5 min)`` owns the record whose candle starts at ``start``; its ingestion
-object is found by listing the one prefix ``ingestion_window_prefix(start)``, never by a bucket scan.
+A window ``[start, start + 5 min)`` owns the records whose candle starts at ``start``; one listing of
+``ingestion_window_prefix(start)`` returns every pair's raw object of the window, whatever the number of
+pairs, and ``read_ingestion_key`` gives each listed key one pair and version by the ingestion key grammar
+(``_INGESTION_REST``), or none: such a key is quarantined. The shared CSV and ledger object keep S3's PUTs
+per window constant: on S3 a request costs more than the bytes.
 
-Many pairs: a pair other than the default one writes its raw object under the window's folder, named by
-its slug ``BASE_QUOTE`` (``ingestion_key(slot, ext, pair=...)``); every other pair of a window shares one
-canonical CSV (a row per pair, by pair), and every pair one ledger object (JSON lines, an entry per pair,
-by pair)::
-
-    crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE>[.<...>|-<...>]
-    crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>/pairs.csv
-    crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>/pairs.jsonl    ledger, one per window
-
-The same single listing of ``ingestion_window_prefix(start)`` returns every pair's object of the window
-(the default pair's ``<slot>.json`` and the others' ``<slot>/<SLUG>...``): one listing per window,
-whatever the number of pairs. ``read_ingestion_key`` gives each listed key one pair and version by the
-ingestion key grammar (``_INGESTION_REST``), or none: such a key is quarantined.
-The shared CSV and ledger object keep S3's PUTs per window constant: on S3
-a request costs more than the bytes, and a window of 100 pairs would otherwise write 200 more objects.
-The default pair keeps the single-pair raw and CSV keys, so producers need not change
-(``read_ingestion_key`` reads them as the default pair).
+The legacy alias: a producer's single-pair key ``<slot>[.<...>|-<...>]`` (the only key before many pairs)
+is still read as the rules file's default pair's, so no producer breaks; nothing of ours writes it.
+``migrate`` moves the default pair's older canonical CSVs (``<slot>.csv``) and Parquet months (without
+``pair=``) into the shapes above.
 """
 
 from __future__ import annotations
@@ -130,47 +123,49 @@ def pair_slug(pair: str) -> str:
     return slug
 
 
-def ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION_PREFIX, pair: str = "") -> str:
-    """Where a producer writes the record of ``slot``; ``extension`` includes its dot (``.json``).
-    ``pair`` empty: the default pair's single-pair key; else the pair's key in the window's folder."""
-    folder = f"/{pair_slug(pair)}" if pair else ""
-    return f"{ingestion_window_prefix(slot, prefix)}{folder}{extension}"
+def ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION_PREFIX, *, pair: str) -> str:
+    """Where a producer writes ``pair``'s record of ``slot``, in the window's folder; ``extension`` includes
+    its dot (``.json``)."""
+    return f"{ingestion_window_prefix(slot, prefix)}/{pair_slug(pair)}{extension}"
+
+
+def legacy_ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION_PREFIX) -> str:
+    """The legacy alias a producer may still write: the default pair's record of ``slot`` at ``<slot><ext>``."""
+    return f"{ingestion_window_prefix(slot, prefix)}{extension}"
 
 
 #: The ingestion key grammar: what follows a window's prefix ``.../<slot>`` in a raw object's key is
-#: ``/<BASE>_<QUOTE>`` (another pair's folder; absent: the default pair) and then a suffix, ``.`` or ``-``
-#: followed by anything but ``/`` (optional after a pair folder). A suffix starting ``-v<N>`` then ``.`` or
-#: its end is version N of the window's record (N from 1; any other suffix is version 1). Every other key
-#: under the window belongs to no pair and is quarantined with that reason.
+#: ``/<BASE>_<QUOTE>`` and then an optional suffix, ``.`` or ``-`` followed by anything but ``/``; or, the
+#: legacy alias of the default pair, the suffix alone. A suffix starting ``-v<N>`` then ``.`` or its end is
+#: version N of the window's record (N from 1; any other suffix is version 1). Every other key under the
+#: window belongs to no pair and is quarantined with that reason.
 _INGESTION_REST = re.compile(r"(?:/([A-Z0-9]{2,12})_([A-Z0-9]{2,12})((?:[.-][^/]*)?)|([.-][^/]*))")
 _VERSION = re.compile(r"-v([1-9][0-9]{0,8})(?:\.|$)")
-#: The fnmatch pattern after the window prefix for the default pair's keys. fnmatch's ``*`` also matches
-#: ``/``, so it also matches a key such as ``<slot>-v2/x.json``, outside the grammar: the job quarantines
-#: that one, and the pair is late for the window with its reason.
-DEFAULT_PAIR_KEY_GLOB = "[.-]*"
 
 
-def record_glob(slot: datetime, pair: str, default_pair: str, prefix: str = INGESTION_PREFIX) -> str:
+def record_glob(slot: datetime, pair: str, prefix: str = INGESTION_PREFIX) -> str:
     """The fnmatch pattern of ``pair``'s keys under the window of ``slot``: what the sensor's trigger
     waits for. A wake-up only: it also matches some keys outside the grammar (``<slot>/<SLUG>X...``),
-    which :func:`read_ingestion_key` then gives no pair or another one; and the default pair's pattern
-    is its documented ``<slot><suffix>`` (its slug's folder, which the grammar also reads as it, is
-    found by the sensor's listing at the deadline)."""
-    if pair == default_pair:
-        return ingestion_window_prefix(slot, prefix) + DEFAULT_PAIR_KEY_GLOB
+    which :func:`read_ingestion_key` then gives no pair or another one; the default pair's legacy alias is
+    found by the sensor's listing (and by its wait for any key while no pair's record is there)."""
     return f"{ingestion_window_prefix(slot, prefix)}/{pair_slug(pair)}*"
 
 
 def read_ingestion_key(key: str, slot: datetime, prefix: str, default_pair: str) -> tuple[str, int] | None:
     """``(pair, version)`` of a raw object listed under the window of ``slot``, by the ingestion key
-    grammar: ``default_pair`` for ``<slot>.<...>`` or ``<slot>-<...>``, the slug's pair for
-    ``<slot>/<SLUG>...``; None for a key outside the grammar (a ``/`` elsewhere, a folder that is no slug)."""
+    grammar: the slug's pair for ``<slot>/<SLUG>...``, ``default_pair`` for the legacy alias ``<slot>.<...>``
+    or ``<slot>-<...>``; None for a key outside the grammar (a ``/`` elsewhere, a folder that is no slug)."""
     match = _INGESTION_REST.fullmatch(key[len(ingestion_window_prefix(slot, prefix)) :])
     if not match:
         return None
-    base, quote, pair_suffix, default_suffix = match.groups()
-    version = _VERSION.match(pair_suffix if base else default_suffix)
+    base, quote, pair_suffix, alias_suffix = match.groups()
+    version = _VERSION.match(pair_suffix if base else alias_suffix)
     return (f"{base}/{quote}" if base else default_pair), int(version.group(1)) if version else 1
+
+
+def is_record_key(key: str, slot: datetime, prefix: str) -> bool:
+    """Whether a key listed under the window of ``slot`` is some pair's raw object (in the grammar)."""
+    return _INGESTION_REST.fullmatch(key[len(ingestion_window_prefix(slot, prefix)) :]) is not None
 
 
 def pairs_listed(keys: list[str], slot: datetime, prefix: str, default_pair: str) -> set[str]:
@@ -178,23 +173,19 @@ def pairs_listed(keys: list[str], slot: datetime, prefix: str, default_pair: str
     return {read[0] for read in (read_ingestion_key(k, slot, prefix, default_pair) for k in keys) if read}
 
 
-def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
-    """Where the Glue job writes the default pair's canonical CSV of ``slot``."""
-    return f"{prefix}{partition(slot)}{slot_stamp(slot)}.csv"
-
-
-#: The name, in a window's folder, of the other pairs' shared canonical CSV and of every pair's ledger object.
+#: The name, in a window's folder, of its canonical CSV and of its ledger object.
 PAIRS_FILE = "pairs"
 
 
-def pairs_analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
-    """Where the Glue job writes the other pairs' canonical records of ``slot``: one CSV, a row per pair."""
+def analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
+    """Where the Glue job writes every pair's canonical record of ``slot``: one CSV, a row per pair."""
     return f"{prefix}{partition(slot)}{slot_stamp(slot)}/{PAIRS_FILE}.csv"
 
 
-def is_pairs_key(key: str) -> bool:
-    """Whether a canonical CSV key is a window's other-pairs CSV (else the default pair's)."""
-    return key.endswith(f"/{PAIRS_FILE}.csv")
+def legacy_analysis_key(slot: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
+    """Where the default pair's canonical CSV of ``slot`` lived before one CSV held every pair's row
+    (``migrate`` moves its row into :func:`analysis_key`; nothing reads it any more)."""
+    return f"{prefix}{partition(slot)}{slot_stamp(slot)}.csv"
 
 
 def range_objects_key(start: datetime, end: datetime, prefix: str = ANALYSIS_PREFIX) -> str:
@@ -277,11 +268,15 @@ def month_analysis_prefix(year: int, month: int, prefix: str = ANALYSIS_PREFIX) 
     return f"{prefix}{month_partition(year, month)}"
 
 
-def parquet_key(year: int, month: int, prefix: str = PARQUET_PREFIX, pair: str = "") -> str:
-    """Where the month's canonical records are compacted to Parquet (one object per month); another pair
-    than the default one under ``pair=<SLUG>/`` (Hive partitions pair, year, month for Athena)."""
-    folder = f"pair={pair_slug(pair)}/" if pair else ""
-    return f"{prefix}{folder}{month_partition(year, month)}{PARQUET_FILE_NAME}"
+def parquet_key(year: int, month: int, pair: str, prefix: str = PARQUET_PREFIX) -> str:
+    """Where ``pair``'s canonical records of a month are compacted to Parquet (one object per pair and
+    month; Hive partitions pair, year, month for Athena)."""
+    return f"{prefix}pair={pair_slug(pair)}/{month_partition(year, month)}{PARQUET_FILE_NAME}"
+
+
+def legacy_parquet_key(year: int, month: int, prefix: str = PARQUET_PREFIX) -> str:
+    """Where the default pair's Parquet month lived before every pair's was under ``pair=`` (``migrate``)."""
+    return f"{prefix}{month_partition(year, month)}{PARQUET_FILE_NAME}"
 
 
 def quarantine_window_prefix(slot: datetime, prefix: str = QUARANTINE_PREFIX) -> str:

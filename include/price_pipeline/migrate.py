@@ -34,9 +34,9 @@ def entry_from_old(old: dict, slot, pair: str, rule: str) -> dict:
             "decision": decision if decision in CLAIMED else pairs.ANALYSED} | claim  # fmt: skip
 
 
-def migrate(s3, config: settings.Config, rule: str) -> dict[str, int]:
-    """Move every old entry under the ledger prefix: ``moved``, or ``kept`` (the window held a claimed line);
-    ``changed``: written meanwhile, so not deleted (a second run moves it)."""
+def migrate(s3, config: settings.Config, pair: str, rule: str) -> dict[str, int]:
+    """Move every old entry under the ledger prefix, as ``pair``'s rule ``rule``: ``moved``, or ``kept`` (the
+    window held a claimed line); ``changed``: written meanwhile, so not deleted (a second run moves it)."""
     prefix, counts = config.changes_prefix, {"moved": 0, "kept": 0, "changed": 0}
     for key in store.list_keys(s3, config.bucket, prefix):
         slot = store.slot_of(key)
@@ -44,16 +44,16 @@ def migrate(s3, config: settings.Config, rule: str) -> dict[str, int]:
         if not stored:  # a window's ledger object (or no object of ours), or an old one moved meanwhile
             continue
         try:
-            entry = entry_from_old(json.loads(stored[0]), slot, config.pair, rule)
+            entry = entry_from_old(json.loads(stored[0]), slot, pair, rule)
         except (ValueError, AttributeError) as error:
             raise ValueError(f"{key}: not a ledger entry of the default pair ({error}); fix or delete it") from None
         window = layout.pairs_ledger_key(slot, prefix)
 
         def change(body: bytes | None, entry=entry, window=window) -> bytes | None:
             entries = pairs.parse_entries(body, window) if body else {}
-            held = entries.get(config.pair, {}).get("decision")  # a claim yields only to a sent alert
+            held = entries.get(pair, {}).get("decision")  # a claim yields only to a sent alert
             keep = held == NOTIFIED or (held == PUBLISHING and entry["decision"] != NOTIFIED)
-            return None if keep else pairs.entries_bytes(entries | {config.pair: entry})
+            return None if keep else pairs.entries_bytes(entries | {pair: entry})
 
         wrote = store.update(s3, config.bucket, window, change, store.NDJSON)[1]
         counts["moved" if wrote else "kept"] += 1
@@ -71,7 +71,8 @@ if __name__ == "__main__":
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = settings.load()
-    counts = migrate(boto3.client("s3"), config, settings.load_rules(config).default_rule.name)
+    rule_set = settings.load_rules(config)  # the old entries were the default pair's first rule's
+    counts = migrate(boto3.client("s3"), config, rule_set.default_pair, rule_set.default_rule.name)
     print(f"s3://{config.bucket}/{config.changes_prefix}: {counts['moved']} entries moved, {counts['kept']} kept, "
           f"{counts['changed']} changed meanwhile (run again)")  # fmt: skip
     sys.exit(1 if counts["changed"] else 0)

@@ -51,6 +51,10 @@ class WindowRecordSensor(S3KeySensor):
     - a run whose records should already be there (``windows.looks_once``: a backfill run, a window that
       ended longer ago than the timeout) lists once and goes on with the pairs there, or with none there is
       skipped with a one-line reason naming the window and what it listed: a missing record, no page.
+
+    ``default_pair``: the pair a producer's legacy alias ``<slot><suffix>`` is read as. The trigger waits on
+    each missing pair's ``<slot>/<SLUG>*`` (all of them: S3KeyTrigger's list means every pattern), so an alias
+    written while another pair's record is there is found by the look at the deadline.
     """
 
     def __init__(self, *, bucket_name: str, prefix: str, pairs: list[str], default_pair: str,
@@ -66,7 +70,7 @@ class WindowRecordSensor(S3KeySensor):
         keys = self.hook.list_keys(self.bucket_name, prefix=layout.ingestion_window_prefix(slot, self.prefix))
         there = layout.pairs_listed(keys, slot, self.prefix, self.default_pair)
         missing = [pair for pair in self.pairs if pair not in there]
-        self.bucket_key = [layout.record_glob(slot, pair, self.default_pair, self.prefix) for pair in missing]
+        self.bucket_key = [layout.record_glob(slot, pair, self.prefix) for pair in missing]
         return slot, missing
 
     def _settled(self, slot: datetime, missing: list[str], past_deadline: bool) -> bool:

@@ -129,12 +129,8 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
     stamp = layout.slot_stamp(slot)
     first = slot - rule_set.history()
     listed = store.csv_keys(s3, config.bucket, config.analysis_prefix, first, slot)
-    # An earlier window is a gap when the CSV of a kind the pairs read (the default pair's own, the others'
-    # shared one) is missing: one pair of each kind stands for it.
-    kinds = {pair == rule_set.default_pair: pair for pair in pairs}.values()
     gaps = [earlier for earlier in layout.slots_between(first, slot)
-            if any(store.csv_key(pair, earlier, config.analysis_prefix, rule_set.default_pair) not in listed
-                   for pair in kinds)]  # fmt: skip
+            if layout.analysis_key(earlier, config.analysis_prefix) not in listed]  # fmt: skip
     windows.wait_for_earlier_windows(s3, config, slot, gaps, still_normalizing)
     unreadable: dict[str, str] = {}  # a CSV that is not canonical holds no record; ops hear which
     prices = store.load_rule_prices(s3, config.bucket, config.analysis_prefix, rule_set, pairs, slot, listed,
@@ -154,7 +150,7 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
 
     entries = _rewrite(s3, config, slot, lambda stored: merged(stored, fresh))
     late = [p for p in pairs if p not in entries or (p not in fresh and entries[p]["decision"] not in CLAIMED)]
-    out["late"] = _missing_reasons(s3, config, slot, late, unreadable)
+    out["late"] = _missing_reasons(s3, config, slot, late, unreadable, rule_set.default_pair)
     if len(out["late"]) == len(pairs):
         reasons = "; ".join(f"{pair}: {reason}" for pair, reason in sorted(out["late"].items()))
         raise windows.WindowFailed(f"window {stamp}: no pair has a record to decide ({reasons})")
@@ -247,18 +243,19 @@ def due_alerts(entry: dict, run_url: str) -> list[dict]:
     ]
 
 
-def _missing_reasons(s3, config: Config, slot: datetime, late: list[str], unreadable: dict) -> dict[str, str]:
+def _missing_reasons(s3, config: Config, slot: datetime, late: list[str], unreadable: dict,
+                     default_pair: str) -> dict[str, str]:  # fmt: skip
     """Why each of the ``late`` pairs has no record of the window: its quarantine reason, if the Glue job
-    left one (one listing of the window's quarantine folder for all of them), its canonical CSV that is not
-    canonical, else that none was there."""
+    left one (one listing of the window's quarantine folder for all of them; a reason naming no pair is the
+    legacy alias's, the default pair's), its canonical CSV that is not canonical, else that none was there."""
     keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, slot, slot + layout.SLOT) \
         if late else []  # fmt: skip
     first = {}
     for note in store.read_notes(s3, config.bucket, keys):
-        first.setdefault(note.get("pair") or config.pair, note)
-    out = {}
+        first.setdefault(note.get("pair") or default_pair, note)
+    key, out = layout.analysis_key(slot, config.analysis_prefix), {}
     for pair in late:
-        key, note = store.csv_key(pair, slot, config.analysis_prefix, config.pair), first.get(pair)
+        note = first.get(pair)
         out[pair] = (
             f"quarantined: {alerts.quoted(note['reason'])} (object {alerts.quoted(note['source_key'])})" if note
             else f"canonical CSV {alerts.quoted(key)} not read: {unreadable[key]}" if key in unreadable

@@ -137,7 +137,7 @@ class Rules:
 
     @property
     def default_rule(self) -> Rule:
-        """The default pair's one rule (a 5-minute change rule: ``settings.load_rules``)."""
+        """The default pair's first rule."""
         return self.pairs[self.default_pair][0]
 
 
@@ -347,26 +347,46 @@ def _minutes(raw: dict, field: str, where: str, low: int, high: int, default: in
     return value
 
 
+#: The DAG params that override one change rule's fields for a run (``with_overrides``).
+OVERRIDES = ("threshold_pct", "lookback_minutes", "min_abs_move", "repeat_windows")
+
+
 def with_overrides(rules: Rules, params) -> Rules:
-    """The rules a DAG run uses: its params (``threshold_pct``, ``lookback_minutes``, ``min_abs_move``,
-    ``repeat_windows``) override the default pair's first ``change`` rule; other rules are as in the file.
-    A param absent from ``params`` (or None) leaves the file's value."""
-    pair_rules = list(rules.pairs[rules.default_pair])
-    index = next((i for i, rule in enumerate(pair_rules) if rule.kind == CHANGE), None)
-    if index is None:
+    """The rules a DAG run uses: its params ``threshold_pct``, ``lookback_minutes``, ``min_abs_move`` and
+    ``repeat_windows`` override, for the run, the change rule ``rule`` of the pair ``pair`` (default: the
+    rules file's default pair, and its first change rule); every other rule is as in the file. A param absent
+    from ``params`` (or None) leaves the file's value. RulesError, one line, when the params name a pair or
+    rule the file does not have, a rule that is no change rule, or a look-back shorter than 5 minutes or longer
+    than the rule's ``minutes`` plus MAX_MINUTES."""
+    pair = params.get("pair") or rules.default_pair
+    if pair not in rules.pairs:
+        raise RulesError(f"param pair {_shown(pair)} is not a pair of the rules file ({', '.join(rules.pairs)})")
+    named, change_rules = params.get("rule"), [rule for rule in rules.pairs[pair] if rule.kind == CHANGE]
+    rule = next((r for r in rules.pairs[pair] if r.name == named), None) if named else next(iter(change_rules), None)
+    if named and rule not in change_rules:
+        what = "has no rule" if rule is None else f"has {rule.kind} rule"
+        raise RulesError(f"param rule: pair {pair} {what} {_shown(named)}; the params override one of its change "
+                         f"rules ({', '.join(r.name for r in change_rules) or 'it has none'})")  # fmt: skip
+    given = {name: params[name] for name in OVERRIDES if params.get(name) is not None}
+    if not given:
         return rules
-    rule = pair_rules[index]
+    if rule is None:
+        raise RulesError(f"params {', '.join(given)}: pair {pair} has no change rule to override")
     changes = {}
-    if params.get("threshold_pct") is not None:
-        changes["threshold_pct"] = float(params["threshold_pct"])
-    if params.get("lookback_minutes") is not None:
-        changes["tolerance_minutes"] = max(0, int(params["lookback_minutes"]) - rule.minutes)
-    if params.get("min_abs_move") is not None:
-        changes["min_abs_move"] = float(params["min_abs_move"])
-    if params.get("repeat_windows") is not None:
-        changes["cooldown_minutes"] = int(params["repeat_windows"]) * 5
-    pair_rules[index] = replace(rule, **changes)
-    return replace(rules, pairs={**rules.pairs, rules.default_pair: tuple(pair_rules)})
+    if "threshold_pct" in given:
+        changes["threshold_pct"] = float(given["threshold_pct"])
+    if "lookback_minutes" in given:
+        lookback = int(given["lookback_minutes"])
+        if not 5 <= lookback <= rule.minutes + MAX_MINUTES:
+            raise RulesError(f"param lookback_minutes {lookback}: rule {rule.name} of pair {pair} takes 5 to "
+                             f"{rule.minutes + MAX_MINUTES}")  # fmt: skip
+        changes["tolerance_minutes"] = max(0, lookback - rule.minutes)
+    if "min_abs_move" in given:
+        changes["min_abs_move"] = float(given["min_abs_move"])
+    if "repeat_windows" in given:
+        changes["cooldown_minutes"] = int(given["repeat_windows"]) * 5
+    pair_rules = tuple(replace(r, **changes) if r is rule else r for r in rules.pairs[pair])
+    return replace(rules, pairs={**rules.pairs, pair: pair_rules})
 
 
 # --- evaluation --------------------------------------------------------------------------------------

@@ -123,14 +123,25 @@ def _due(config: Config, params, dag_run, slot: datetime) -> tuple[bool, str]:
     )
 
 
+def run_rules(rule_set, params):
+    """The run's rules (``rules.with_overrides``): a conf naming a pair or rule there is not fails the task
+    at once with the one-line reason (another try would only meet it again)."""
+    from include.price_pipeline import rules
+
+    try:
+        return rules.with_overrides(rule_set, params)
+    except rules.RulesError as error:
+        raise AirflowFailException(str(error)) from None
+
+
 def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> list[dict]:
-    """Every pair's rules for the window (``pairs.analyse_pairs``), the run's params applied to the default
-    pair's rule (``rules.with_overrides``). Returns the due alerts, for the publish; the notices for ops
-    (``[subject, message]`` each: pairs late in a live window, alerts not sent) go to XCom ``ops``, which
+    """Every pair's rules for the window (``pairs.analyse_pairs``), the run's params applied to the pair's rule
+    they name (``run_rules``). Returns the due alerts, for the publish; the notices for ops (``[subject,
+    message]`` each: pairs late in a live window, alerts not sent) go to XCom ``ops``, which
     ``report_window_to_ops`` sends beside the publish: an ops topic that cannot be told holds no alert."""
     from functools import partial
 
-    from include.price_pipeline import pairs, rules
+    from include.price_pipeline import pairs
 
     slot = windows.run_window_start(data_interval_start, dag_run.run_after)
     if data_interval_start is None:
@@ -138,8 +149,8 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
                  dag_run.run_after, layout.iso(slot))  # fmt: skip
     due, why_not = _due(config, params, dag_run, slot)
     run_url = _run_url(dag_run)
-    analyse = partial(pairs.analyse_pairs, _s3(config), config, rules.with_overrides(rule_set, params), slot, due,
-                      why_not, run_url, claimant(dag_run))  # fmt: skip
+    analyse = partial(pairs.analyse_pairs, _s3(config), config, run_rules(rule_set, params), slot, due, why_not,
+                      run_url, claimant(dag_run))  # fmt: skip
     try:
         result = analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
     except (windows.WindowFailed, pairs.DamagedLedger, alerts.UnsafeText) as failure:
@@ -193,13 +204,13 @@ def post_slack_alerts(config: Config, due: list[dict], published) -> None:
 def analyse_price_history(config: Config, rule_set, params, dag_run) -> dict:
     """The range's windows of every pair, by the run's rules (``history.backfill_history``)."""
 
-    from include.price_pipeline import history, rules
+    from include.price_pipeline import history
 
     try:
         start, end = (history.parse_window_start(params[name]) for name in ("start", "end"))
         notify = params["notify_on_backfill"]
         return history.backfill_history(
-            _s3(config), config, start, end, rules.with_overrides(rule_set, params), notify, pendulum.now("UTC"),
+            _s3(config), config, start, end, run_rules(rule_set, params), notify, pendulum.now("UTC"),
             sns_publisher(config) if notify else None, _run_url(dag_run), claimant=claimant(dag_run),
         )  # fmt: skip
     except alerts.ClaimsLeft as failure:

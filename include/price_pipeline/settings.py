@@ -2,8 +2,8 @@
 
 Credentials are never settings: they live in the Airflow connection named by ``PRICE_AWS_CONN_ID``
 (``AIRFLOW_CONN_AWS_DEFAULT`` locally, a secrets backend in production). Alert rules are not settings
-either: they live in the rules file (``PRICE_RULES_FILE``); the DAG params override the default pair's
-rule for one run (:func:`policy_params`, ``rules.with_overrides``).
+either: they live in the rules file (``PRICE_RULES_FILE``), which also names the default pair; the DAG params
+override a named pair's rule for one run (:func:`policy_params`, ``rules.with_overrides``).
 
 The defaults match the local stand-in (moto's account 123456789012 in us-east-1); on AWS every value
 comes from a Terraform output of the same name (see ``terraform/outputs.tf``).
@@ -39,7 +39,6 @@ SETTINGS = (
     Setting("PRICE_ANALYSIS_PREFIX", layout.ANALYSIS_PREFIX, "canonical CSV written by the Glue job"),
     Setting("PRICE_CHANGES_PREFIX", layout.CHANGES_PREFIX, "ledger: one object per window, a JSON line per pair"),
     Setting("PRICE_QUARANTINE_PREFIX", layout.QUARANTINE_PREFIX, "copies of objects that failed checks"),
-    Setting("PRICE_PAIR", "ETH/USDT", "trading pair named in records and alerts"),
     Setting(
         "PRICE_ALERT_TOPIC_ARN",
         f"arn:aws:sns:{LOCAL_REGION}:{LOCAL_ACCOUNT}:price-alerts",
@@ -80,7 +79,7 @@ SETTINGS = (
     Setting(
         "PRICE_RULES_FILE",
         "include/rules/default.json",
-        "pairs and alert rules (JSON; relative to the repository root); its default_pair is PRICE_PAIR",
+        "pairs and alert rules (JSON; relative to the repository root), the default pair among them",
     ),
     Setting(
         "PRICE_EXCHANGE_URL",
@@ -111,7 +110,6 @@ class Config:
     analysis_prefix: str
     changes_prefix: str
     quarantine_prefix: str
-    pair: str
     alert_topic_arn: str
     ops_topic_arn: str
     glue_job_name: str
@@ -129,9 +127,15 @@ class Config:
     exchange_url: str
 
 
-#: Settings that became fields of the default pair's rule (the rules file is their one home): setting one
-#: fails loudly instead of being ignored.
-RETIRED = {"PRICE_THRESHOLD_PCT": "threshold_pct", "PRICE_LOOKBACK_MINUTES": "tolerance_minutes (lookback - 5)"}
+#: Settings that became fields of the rules file (its one home): setting one fails loudly instead of being
+#: ignored. Each says where its value lives now.
+RETIRED = {
+    "PRICE_THRESHOLD_PCT": "set threshold_pct of the pair's rule in the rules file (PRICE_RULES_FILE), or the DAG "
+    "param of the same name for one run",
+    "PRICE_LOOKBACK_MINUTES": "set tolerance_minutes (lookback - minutes) of the pair's rule in the rules file "
+    "(PRICE_RULES_FILE), or the DAG param lookback_minutes for one run",
+    "PRICE_PAIR": "the rules file (PRICE_RULES_FILE) names the default pair once: its default_pair",
+}
 
 
 def _boolean(raw: str) -> bool:
@@ -145,10 +149,9 @@ def _boolean(raw: str) -> bool:
 def load(environ: Mapping[str, str] | None = None) -> Config:
     """Resolve every setting from ``environ`` (default ``os.environ``), falling back to its default."""
     environ = os.environ if environ is None else environ
-    for name, field in RETIRED.items():
+    for name, instead in RETIRED.items():
         if name in environ:
-            raise ValueError(f"{name} is no longer a setting: set {field} of the default pair's rule in the rules "
-                             "file (PRICE_RULES_FILE), or the DAG param of the same name for one run")  # fmt: skip
+            raise ValueError(f"{name} is no longer a setting: {instead}")
     values = {}
     for field in fields(Config):
         setting = _BY_NAME[f"PRICE_{field.name.upper()}"]
@@ -162,37 +165,24 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
 
 def load_rules(config: Config):
     """The rules file ``PRICE_RULES_FILE`` names, validated (RulesError: one line naming the pair, rule and
-    field); its ``default_pair`` must be ``PRICE_PAIR``. A small local file: fine when a DAG is parsed."""
+    field). A small local file: fine when a DAG is parsed."""
     from include.price_pipeline import rules
 
-    loaded = rules.load(rules.resolve_path(config.rules_file))
-    if loaded.default_pair != config.pair:
-        raise rules.RulesError(
-            f"rules file {config.rules_file}: default_pair {loaded.default_pair} is not PRICE_PAIR {config.pair}"
-        )
-    # The default pair's ledger entry holds one 5-minute change rule (its storage since the first release).
-    rule = loaded.default_rule
-    if len(loaded.pairs[config.pair]) != 1 or rule.kind != rules.CHANGE or rule.minutes != 5:
-        raise rules.RulesError(
-            f"rules file {config.rules_file}: pair {config.pair}: the default pair takes one change rule of 5 minutes "
-            "(threshold_pct, tolerance_minutes, min_abs_move and cooldown_minutes are yours to set)"
-        )
-    return loaded
+    return rules.load(rules.resolve_path(config.rules_file))
 
 
 def glue_job_arguments(config: Config) -> dict[str, str]:
     """The Glue job's fixed arguments (the DAG adds the window); Terraform sets the same defaults.
-    ``--pairs`` names the rules file's other pairs: one run normalizes every pair's record of a window."""
-    from include.price_pipeline import rules
-
-    pairs = rules.load(rules.resolve_path(config.rules_file)).pairs
+    ``--pairs`` names every pair of the rules file, its default pair first (the legacy alias's): one run
+    normalizes every pair's record of a window."""
+    rule_set = load_rules(config)
+    others = sorted(pair for pair in rule_set.pairs if pair != rule_set.default_pair)
     return {
-        "--pairs": ",".join(sorted(pair for pair in pairs if pair != config.pair)),
+        "--pairs": ",".join([rule_set.default_pair, *others]),
         "--bucket": config.bucket,
         "--ingestion_prefix": config.ingestion_prefix,
         "--analysis_prefix": config.analysis_prefix,
         "--quarantine_prefix": config.quarantine_prefix,
-        "--pair": config.pair,
         "--max_object_bytes": str(config.max_object_bytes),
         "--field_aliases": json.dumps(json.loads(layout.FIELD_ALIASES_PATH.read_text()), separators=(",", ":")),
     }
@@ -247,24 +237,33 @@ def glue_job_spec(config: Config) -> dict:
     }
 
 
-def policy_params(rule) -> dict[str, dict]:
-    """The DAG params as JSON-schema specs (the DAGs wrap each in ``Param``): the default pair's ``rule``
-    (``rules.Rule``) as the rules file sets it, each field overridable for one run (``rules.with_overrides``).
-    Each number is bounded as the rules file bounds it, so Airflow refuses a conf that no rule could hold
-    (``lookback_minutes: 10**13`` overflowed the run's date arithmetic) and a file's value is a valid default."""
+def policy_params(rule_set) -> dict[str, dict]:
+    """The DAG params as JSON-schema specs (the DAGs wrap each in ``Param``): ``pair`` and ``rule`` name the
+    change rule the numbers override for one run (``rules.with_overrides``: default the rules file's default
+    pair, its first change rule); each number left empty is the rule's own in the file. Each number is bounded
+    as the rules file bounds its field, so Airflow refuses a conf that no rule could hold (``lookback_minutes:
+    10**13`` overflowed the run's date arithmetic)."""
     from include.price_pipeline import rules
 
+    longest = max((r.minutes for pr in rule_set.pairs.values() for r in pr if r.kind == rules.CHANGE), default=5)
+    empty = " (empty: the rule's own in the rules file)"
     return {
-        "threshold_pct": {"default": rule.threshold_pct, "type": "number", "minimum": 0,
-                          "maximum": rules.MAX_THRESHOLD_PCT, "description": "alert above this absolute % change"},
-        "lookback_minutes": {"default": rule.minutes + rule.tolerance_minutes, "type": "integer", "minimum": 5,
-                             "maximum": rule.minutes + rules.MAX_MINUTES,
-                             "description": "previous record no older than this"},
+        "pair": {"default": rule_set.default_pair, "type": "string", "enum": list(rule_set.pairs),
+                 "description": "the pair whose change rule the numbers below override for this run"},
+        "rule": {"default": None, "type": ["null", "string"], "maxLength": 40,
+                 "description": "the name of that pair's change rule they override (empty: its first change rule)"},
+        "threshold_pct": {"default": None, "type": ["null", "number"], "minimum": 0,
+                          "maximum": rules.MAX_THRESHOLD_PCT,
+                          "description": "alert above this absolute % change" + empty},
+        "lookback_minutes": {"default": None, "type": ["null", "integer"], "minimum": 5,
+                             "maximum": longest + rules.MAX_MINUTES,
+                             "description": "previous record no older than this" + empty},
         "notify_on_backfill": {"default": False, "type": "boolean",
                                "description": "notify subscribers for backfills and old windows too"},
-        "min_abs_move": {"default": rule.min_abs_move, "type": "number", "minimum": 0, "maximum": rules.MAX_PRICE,
-                         "description": "also require this move in price units"},
-        "repeat_windows": {"default": rule.cooldown_minutes // 5, "type": "integer", "minimum": 0,
+        "min_abs_move": {"default": None, "type": ["null", "number"], "minimum": 0, "maximum": rules.MAX_PRICE,
+                         "description": "also require this move in price units" + empty},
+        "repeat_windows": {"default": None, "type": ["null", "integer"], "minimum": 0,
                            "maximum": rules.MAX_COOLDOWN_MINUTES // 5,
-                           "description": "suppress a breach within N windows after the last same-direction alert"},
+                           "description": "suppress a breach within N windows after the last same-direction alert"
+                           + empty},
     }  # fmt: skip

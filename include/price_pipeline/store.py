@@ -14,7 +14,7 @@ from datetime import datetime
 from botocore.exceptions import ClientError
 
 from include.price_pipeline import layout
-from include.price_pipeline.analysis import Price, parse_canonical_csv, parse_canonical_rows
+from include.price_pipeline.analysis import Price, parse_canonical_rows
 
 #: Media type of a window's ledger object (JSON lines, an entry per pair).
 NDJSON = "application/x-ndjson"
@@ -124,9 +124,9 @@ def list_keys(s3, bucket: str, prefix: str, start_after: str = "") -> list[str]:
 
 
 def csv_keys(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> set[str]:
-    """Every canonical CSV key with a slot in ``[first, last]``, each window's ``<slot>.csv`` (the default
-    pair's) and ``<slot>/pairs.csv`` (the others'): one listing per day partition."""
-    first_key, last_key = layout.analysis_key(first, prefix), layout.pairs_analysis_key(last, prefix)
+    """Every window's canonical CSV key (``layout.analysis_key``) with a slot in ``[first, last]``: one
+    listing per day partition."""
+    first_key, last_key = layout.analysis_key(first, prefix), layout.analysis_key(last, prefix)
     keys = set()
     for day in layout.day_partitions(first, last):
         day_prefix = f"{prefix}{day}"
@@ -144,9 +144,9 @@ def slot_of(key: str) -> datetime | None:
 
 
 def canonical_slot(key: str, prefix: str) -> datetime | None:
-    """The slot of a canonical CSV key (``<slot>.csv``, ``<slot>/pairs.csv``), None for any other key."""
+    """The slot of a canonical CSV key (``<slot>/pairs.csv``), None for any other key."""
     at = slot_of(key)
-    return at if at and key in (layout.analysis_key(at, prefix), layout.pairs_analysis_key(at, prefix)) else None
+    return at if at and key == layout.analysis_key(at, prefix) else None
 
 
 def _just_before(key: str) -> str:
@@ -154,17 +154,9 @@ def _just_before(key: str) -> str:
     return key[:-1] + chr(ord(key[-1]) - 1)
 
 
-def csv_key(pair: str, slot: datetime, prefix: str, default_pair: str) -> str:
-    """The canonical CSV that holds ``pair``'s record of ``slot``."""
-    return (layout.analysis_key if pair == default_pair else layout.pairs_analysis_key)(slot, prefix)
-
-
-def csv_prices(key: str, body: bytes, default_pair: str) -> dict[str, Price]:
-    """``{pair: Price}`` of a canonical CSV: a window's pairs.csv holds a row per other pair; the default
-    pair's ``<slot>.csv`` is its alone, whatever its row names. ValueError when it is not canonical."""
-    if layout.is_pairs_key(key):
-        return {price.pair: price for price in parse_canonical_rows(body)}
-    return {default_pair: parse_canonical_csv(body)}
+def csv_prices(body: bytes) -> dict[str, Price]:
+    """``{pair: Price}`` of a window's canonical CSV, a row per pair. ValueError when it is not canonical."""
+    return {price.pair: price for price in parse_canonical_rows(body)}
 
 
 def load_rule_prices(s3, bucket: str, prefix: str, rule_set, pairs: list[str], slot: datetime,
@@ -177,8 +169,7 @@ def load_rule_prices(s3, bucket: str, prefix: str, rule_set, pairs: list[str], s
     from include.price_pipeline import rules
 
     slots = sorted({layout.slot_of_key(key) for key in listed})
-    keys = {pair: {at: csv_key(pair, at, prefix, rule_set.default_pair) for at in slots} for pair in pairs}
-    keys = {pair: {at: key for at, key in of.items() if key in listed} for pair, of in keys.items()}
+    keys = {pair: {at: layout.analysis_key(at, prefix) for at in slots} for pair in pairs}
     read: dict[str, dict[str, Price]] = {}
     while True:
         wanted = set()
@@ -191,7 +182,7 @@ def load_rule_prices(s3, bucket: str, prefix: str, rule_set, pairs: list[str], s
         ordered = sorted(wanted)
         for key, body in zip(ordered, read_many(s3, bucket, ordered), strict=True):
             try:
-                read[key] = {} if body is None else csv_prices(key, body, rule_set.default_pair)  # None: deleted
+                read[key] = {} if body is None else csv_prices(body)  # None: deleted
             except ValueError as error:
                 if unreadable is None:
                     raise

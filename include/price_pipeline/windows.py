@@ -75,7 +75,6 @@ def records_not_normalized(s3, config: Config, gaps: list[datetime]) -> list[dat
     for day in layout.day_partitions(gaps[0], gaps[-1]):
         for key in store.list_keys(s3, config.bucket, f"{config.ingestion_prefix}{day}"):
             slot = window_of.get(key[:length])
-            read = slot and layout.read_ingestion_key(key, slot, config.ingestion_prefix, config.pair)
-            if read:
+            if slot and layout.is_record_key(key, slot, config.ingestion_prefix):
                 found.add(slot)
     return sorted(found)

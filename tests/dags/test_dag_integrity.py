@@ -223,7 +223,7 @@ def test_sensor_waits_for_every_configured_pair_until_the_deadline(dag, config):
     assert sensor.bucket_name == config.bucket
     assert sensor.prefix == config.ingestion_prefix
     assert sensor.pairs == list(settings.load_rules(config).pairs)
-    assert sensor.default_pair == config.pair
+    assert sensor.default_pair == settings.load_rules(config).default_pair
     assert sensor.deadline.total_seconds() == config.pairs_deadline_seconds
 
 
@@ -340,14 +340,18 @@ def test_both_dags_take_their_task_defaults_from_one_home_and_tell_ops_of_failur
 @pytest.mark.parametrize(
     ("name", "json_type", "default"),
     [
-        ("threshold_pct", "number", 1.0),
-        ("lookback_minutes", "integer", 60),
+        ("pair", "string", "ETH/USDT"),
+        ("rule", ["null", "string"], None),
+        ("threshold_pct", ["null", "number"], None),
+        ("lookback_minutes", ["null", "integer"], None),
         ("notify_on_backfill", "boolean", False),
-        ("min_abs_move", "number", 0.0),
-        ("repeat_windows", "integer", 0),
+        ("min_abs_move", ["null", "number"], None),
+        ("repeat_windows", ["null", "integer"], None),
     ],
 )
 def test_params_have_a_type_a_description_and_the_documented_default(dag, name, json_type, default):
+    """The numbers default to empty: the rule the run names (``pair``, ``rule``) keeps its own value from the
+    rules file (a default of the default pair's rule would be carried over to another rule named)."""
     param = dag.params.get_param(name)
 
     assert param.schema["type"] == json_type
@@ -369,7 +373,7 @@ def test_param_defaults_are_the_default_pairs_rule_in_the_rules_file(dag):
     [("threshold_pct", -1.0), ("lookback_minutes", 2), ("repeat_windows", -1), ("notify_on_backfill", "yes"),
      # issue 35: a REST trigger's huge numbers crashed analyse_pairs (OverflowError) instead of being refused
      ("lookback_minutes", 10**13), ("lookback_minutes", 1446), ("repeat_windows", 10**13), ("threshold_pct", 10**400),
-     ("threshold_pct", 1e300), ("min_abs_move", 10**400), ("min_abs_move", 1e300)],
+     ("threshold_pct", 1e300), ("min_abs_move", 10**400), ("min_abs_move", 1e300), ("pair", "DOGE/USDT")],
 )  # fmt: skip
 def test_params_reject_values_outside_their_schema(dag, name, value):
     from airflow.sdk.exceptions import ParamValidationError
@@ -380,6 +384,8 @@ def test_params_reject_values_outside_their_schema(dag, name, value):
 
 def test_params_are_exactly_the_documented_ones(dag):
     assert set(dag.params) == {
+        "pair",
+        "rule",
         "threshold_pct",
         "lookback_minutes",
         "notify_on_backfill",

@@ -76,7 +76,12 @@ def records(aws_session, poloniex_rows):
     """Every pair's raw record of every window, as producers write them (the default pair's under its key)."""
     real = [float(row["weightedAverage"]) for row in poloniex_rows[FIRST_ROW : FIRST_ROW + WINDOWS]]
     for slot, price in zip(layout.slots_between(T0, END), real, strict=True):
-        write_record(aws_session.s3, aws_session.config.bucket, candle(slot, round(price * SCALE["ETH/USDT"], 8)))
+        write_record(
+            aws_session.s3,
+            aws_session.config.bucket,
+            candle(slot, round(price * SCALE["ETH/USDT"], 8)),
+            pair="ETH/USDT",
+        )
         for pair in ("BTC/USDT", "SOL/USDT"):
             record = candle(slot, round(price * SCALE[pair], 8))
             aws_session.put(layout.ingestion_key(slot, ".json", pair=pair), json.dumps(record))

@@ -156,5 +156,7 @@ def test_a_day_of_a_newly_added_pair_is_fetched_normalized_and_decided_in_one_ru
     assert decided[0] == rules.NO_PREVIOUS
     assert set(decided[1:]) <= {rules.NOT_CROSSED, analysis.SUPPRESSED_BACKFILL}, set(decided)
     first = exchange.klines("SOL/USDT", start, start + layout.SLOT)[0]
-    assert json.loads(aws.get(layout.ingestion_key(start, ".json", aws.config.ingestion_prefix, "SOL/USDT"))) == [first]
+    assert json.loads(aws.get(layout.ingestion_key(start, ".json", aws.config.ingestion_prefix, pair="SOL/USDT"))) == [
+        first
+    ]
     assert aws.alerts() == []

@@ -65,11 +65,11 @@ def runs(stack) -> dict[str, str]:
     s3 = stack.client("s3")
     walk = [100.0 + 0.3 * ((index * 7) % 5 - 2) for index in range(23)] + [100.0]
     for index, price in enumerate(walk):
-        write_record(s3, bucket, candle(BULK_START + layout.SLOT * index, price))
-    write_record(s3, bucket, candle(UP, 102.0))
+        write_record(s3, bucket, candle(BULK_START + layout.SLOT * index, price), pair="ETH/USDT")
+    write_record(s3, bucket, candle(UP, 102.0), pair="ETH/USDT")
     bad = b'{"date": %d, "weightedAverage": "NaN"}' % int(BAD.timestamp())
-    s3.put_object(Bucket=bucket, Key=layout.ingestion_key(BAD, ".json"), Body=bad)
-    write_record(s3, bucket, candle(DOWN, 99.0))
+    s3.put_object(Bucket=bucket, Key=layout.ingestion_key(BAD, ".json", pair="ETH/USDT"), Body=bad)
+    write_record(s3, bucket, candle(DOWN, 99.0), pair="ETH/USDT")
 
     conf = {"start": iso(BULK_START), "end": iso(FIRST)}
     stack.airflow("dags", "trigger", BULK, "--conf", json.dumps(conf))

@@ -24,7 +24,7 @@ DAY = utc(2025, 3, 11)
 NEXT_DAY = utc(2025, 3, 12)
 GAPS = (utc(2025, 3, 11, 6, 0), utc(2025, 3, 11, 6, 5))
 BAD_SLOT = utc(2025, 3, 11, 10, 0)
-BAD_KEY = layout.ingestion_key(BAD_SLOT, ".json")
+BAD_KEY = layout.ingestion_key(BAD_SLOT, ".json", pair="ETH/USDT")
 DEFAULT_PARAMS = {
     "notify_on_backfill": False,
     "threshold_pct": 1.0,
@@ -53,7 +53,7 @@ def day_of_records(aws_session):
     """Every window of DAY in rotating formats, but two gaps and one malformed object."""
     for slot in layout.slots_between(DAY, NEXT_DAY):
         if slot not in GAPS and slot != BAD_SLOT:
-            write_record(aws_session.s3, aws_session.config.bucket, synthetic_record(slot))
+            write_record(aws_session.s3, aws_session.config.bucket, synthetic_record(slot), pair="ETH/USDT")
     aws_session.put(BAD_KEY, b'{"date": %d, "weightedAverage": "NaN"}' % BAD_SLOT.timestamp())
     return aws_session
 
@@ -90,7 +90,7 @@ def day_objects(aws) -> dict[str, bytes]:
     day = layout.partition(DAY)
     prefixes = [layout.ANALYSIS_PREFIX + day, layout.CHANGES_PREFIX + day, layout.QUARANTINE_PREFIX + day]
     objects = {k: v for prefix in prefixes for k, v in aws.snapshot(prefix).items()}
-    objects[layout.parquet_key(2025, 3)] = aws.get(layout.parquet_key(2025, 3))
+    objects[layout.parquet_key(2025, 3, pair="ETH/USDT")] = aws.get(layout.parquet_key(2025, 3, pair="ETH/USDT"))
     return objects
 
 
@@ -147,7 +147,7 @@ def test_the_month_parquet_holds_every_canonical_csv_of_march(first_run, day_of_
     _, summary, objects = first_run
     march_csvs = aws.keys(layout.month_analysis_prefix(2025, 3))
 
-    frame = pd.read_parquet(io.BytesIO(objects[layout.parquet_key(2025, 3)]))
+    frame = pd.read_parquet(io.BytesIO(objects[layout.parquet_key(2025, 3, pair="ETH/USDT")]))
 
     assert summary["parquet"][0]["rows"] == len(frame) == len(march_csvs) >= 285
     assert tuple(frame.columns) == layout.CANONICAL_COLUMNS
@@ -226,7 +226,10 @@ def test_a_range_where_every_record_was_quarantined_fails_with_the_counts_and_te
     first = utc(2025, 4, 2, 10, 0)
     for n in range(3):
         slot = first + n * layout.SLOT
-        aws.put(layout.ingestion_key(slot, ".json"), b'{"date": %d, "weightedAverage": "NaN"}' % slot.timestamp())
+        aws.put(
+            layout.ingestion_key(slot, ".json", pair="ETH/USDT"),
+            b'{"date": %d, "weightedAverage": "NaN"}' % slot.timestamp(),
+        )
 
     run, summary = run_bulk(bulk_dag, first, first + 3 * layout.SLOT)
 
@@ -250,9 +253,9 @@ def test_a_mostly_quarantined_range_succeeds_and_tells_ops_once_with_the_counts_
     for n, row in enumerate(candles):
         slot = first + n * layout.SLOT
         record = {"date": int(slot.timestamp()), **{f: row[f] for f in ("open", "high", "low", "close", "volume")}}
-        aws.put(layout.ingestion_key(slot, ".json"), json.dumps(record))
+        aws.put(layout.ingestion_key(slot, ".json", pair="ETH/USDT"), json.dumps(record))
     nan_slot = first + len(candles) * layout.SLOT
-    nan_key = layout.ingestion_key(nan_slot, ".json")
+    nan_key = layout.ingestion_key(nan_slot, ".json", pair="ETH/USDT")
     aws.put(nan_key, b'{"date": %d, "weightedAverage": "NaN"}' % nan_slot.timestamp())
     end = nan_slot + layout.SLOT
 

@@ -57,7 +57,7 @@ def ledger(aws, slot) -> dict:
 def test_breaching_window_publishes_exactly_one_alert_with_the_right_numbers(dag, aws):
     slot = utc(2026, 1, 5, 10, 0)
     seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
-    write_record(aws.s3, aws.config.bucket, candle(slot, 102.5), "xml")
+    write_record(aws.s3, aws.config.bucket, candle(slot, 102.5), "xml", pair="ETH/USDT")
 
     run = run_window(dag, slot, notify_on_backfill=True)
 
@@ -79,7 +79,7 @@ def test_breaching_window_publishes_exactly_one_alert_with_the_right_numbers(dag
 def test_calm_window_sends_nothing_and_records_below_threshold(dag, aws):
     slot = utc(2026, 1, 6, 10, 0)
     seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
-    write_record(aws.s3, aws.config.bucket, candle(slot, 100.4), "txt")
+    write_record(aws.s3, aws.config.bucket, candle(slot, 100.4), "txt", pair="ETH/USDT")
 
     run = run_window(dag, slot, notify_on_backfill=True)
 
@@ -95,7 +95,7 @@ def test_the_dag_params_override_the_default_pairs_rule_for_one_run(dag, aws):
     a 2.5 % move alerts under the file's 1 % threshold, not under a run's 3 %, nor with its min_abs_move."""
     slot = utc(2026, 1, 27, 10, 0)
     seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
-    write_record(aws.s3, aws.config.bucket, candle(slot, 102.5), "json")
+    write_record(aws.s3, aws.config.bucket, candle(slot, 102.5), "json", pair="ETH/USDT")
 
     higher = run_window(dag, slot, notify_on_backfill=True, threshold_pct=3.0)
 
@@ -173,7 +173,7 @@ def test_a_past_windows_missing_record_is_looked_for_once_and_the_run_ends_with_
 def test_running_a_window_again_writes_identical_objects_and_never_notifies_twice(dag, aws):
     slot = utc(2026, 1, 8, 10, 0)
     seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
-    write_record(aws.s3, aws.config.bucket, candle(slot, 97.0), "csv")
+    write_record(aws.s3, aws.config.bucket, candle(slot, 97.0), "csv", pair="ETH/USDT")
 
     first = run_window(dag, slot, notify_on_backfill=True)
     after_first = aws.snapshot("crypto/")
@@ -191,7 +191,7 @@ def test_running_a_window_again_writes_identical_objects_and_never_notifies_twic
 def test_old_window_is_recorded_as_suppressed_without_notify_on_backfill(dag, aws):
     slot = utc(2026, 1, 9, 10, 0)
     seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
-    write_record(aws.s3, aws.config.bucket, candle(slot, 105.0), "json")
+    write_record(aws.s3, aws.config.bucket, candle(slot, 105.0), "json", pair="ETH/USDT")
 
     run = run_window(dag, slot)
 
@@ -209,10 +209,10 @@ def test_old_window_is_recorded_as_suppressed_without_notify_on_backfill(dag, aw
 def test_quarantined_record_fails_with_its_reason_and_the_next_window_compares_with_the_last_good(dag, aws):
     slot = utc(2026, 1, 10, 10, 0)
     seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
-    bad_key = layout.ingestion_key(slot, ".json")
+    bad_key = layout.ingestion_key(slot, ".json", pair="ETH/USDT")
     bad_body = b'{"date": %d, "weightedAverage": "NaN"}' % int(slot.timestamp())
     aws.put(bad_key, bad_body)
-    write_record(aws.s3, aws.config.bucket, candle(slot + layout.SLOT, 103.0), "xml")
+    write_record(aws.s3, aws.config.bucket, candle(slot + layout.SLOT, 103.0), "xml", pair="ETH/USDT")
 
     bad = run_window(dag, slot, notify_on_backfill=True)
     good = run_window(dag, slot + layout.SLOT, notify_on_backfill=True)
@@ -266,7 +266,9 @@ def test_a_quarantined_keys_text_cannot_forge_a_line_or_a_mention_in_the_ops_mes
     """Issue 21, point 8: the default pair's failure reason quotes the key, escaped, on one line."""
     slot = utc(2026, 1, 13, 10, 0)
     seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
-    forged = layout.ingestion_key(slot, ".json\r- forged: all good <!channel> <https:evil.example|click>")
+    forged = layout.ingestion_key(
+        slot, ".json\r- forged: all good <!channel> <https:evil.example|click>", pair="ETH/USDT"
+    )
     aws.put(forged, b'{"date": %d, "weightedAverage": "NaN"}' % int(slot.timestamp()))
 
     run = run_window(dag, slot, notify_on_backfill=True)
@@ -289,7 +291,7 @@ def test_slack_gets_the_same_alert_when_a_webhook_connection_is_configured(
     dag = parse_dag_with(monkeypatch, "price_notification_slack", PRICE_SLACK_CONN_ID="slack_alerts")
     slot = utc(2026, 1, 11, 10, 0)
     seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
-    write_record(aws.s3, aws.config.bucket, candle(slot, 98.0), "json")
+    write_record(aws.s3, aws.config.bucket, candle(slot, 98.0), "json", pair="ETH/USDT")
 
     run = run_window(dag, slot, notify_on_backfill=True)
 
@@ -308,7 +310,7 @@ def test_a_retried_publish_task_does_not_notify_again(dag, aws):
 
     slot = utc(2026, 1, 12, 10, 0)
     seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
-    write_record(aws.s3, aws.config.bucket, candle(slot, 101.5), "json")
+    write_record(aws.s3, aws.config.bucket, candle(slot, 101.5), "json", pair="ETH/USDT")
     run = run_window(dag, slot, notify_on_backfill=True)
     assert run.state == "success", task_states(run)
     assert len(aws.alerts()) == 1

@@ -41,7 +41,7 @@ def seed(aws, slot, prices: dict[str, float]) -> None:
 def land(aws, pair: str, slot, price: float) -> None:
     """A producer's raw record of ``slot`` (the default pair under its single-pair key)."""
     if pair == "ETH/USDT":
-        write_record(aws.s3, aws.config.bucket, candle(slot, price), "json")
+        write_record(aws.s3, aws.config.bucket, candle(slot, price), "json", pair="ETH/USDT")
     else:
         aws.put(layout.ingestion_key(slot, ".json", pair=pair), json.dumps(candle(slot, price)))
 
@@ -118,7 +118,9 @@ def test_a_quarantined_default_record_is_late_with_its_reason_and_holds_back_no_
     the window's one late notice), and every other pair is decided and alerted in the same run."""
     slot = W + layout.SLOT * 48
     seed(aws, slot - layout.SLOT, {"ETH/USDT": 100.0, "SOL/USDT": 151.0})
-    aws.put(layout.ingestion_key(slot, ".json"), b'{"date": "not a date"}')  # the default pair's record: bad
+    aws.put(
+        layout.ingestion_key(slot, ".json", pair="ETH/USDT"), b'{"date": "not a date"}'
+    )  # the default pair's record: bad
     land(aws, "SOL/USDT", slot, 149.9)  # crosses 150 downward
     land(aws, "BTC/USDT", slot, 90000.0)
 

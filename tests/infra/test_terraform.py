@@ -271,7 +271,6 @@ def test_variable_defaults_match_settings():
         "analysis_prefix": DEFAULTS["PRICE_ANALYSIS_PREFIX"],
         "changes_prefix": DEFAULTS["PRICE_CHANGES_PREFIX"],
         "quarantine_prefix": DEFAULTS["PRICE_QUARANTINE_PREFIX"],
-        "pair": DEFAULTS["PRICE_PAIR"],
         "glue_job_name": DEFAULTS["PRICE_GLUE_JOB_NAME"],
         "glue_role_name": DEFAULTS["PRICE_GLUE_ROLE_NAME"],
         "max_object_bytes": DEFAULTS["PRICE_MAX_OBJECT_BYTES"],
@@ -374,7 +373,6 @@ def test_glue_job_arguments_match_the_script_and_settings():
     assert resolved["--ingestion_prefix"] == layout.INGESTION_PREFIX
     assert resolved["--analysis_prefix"] == layout.ANALYSIS_PREFIX
     assert resolved["--quarantine_prefix"] == layout.QUARANTINE_PREFIX
-    assert resolved["--pair"] == DEFAULTS["PRICE_PAIR"]
     assert resolved["--max_object_bytes"] == DEFAULTS["PRICE_MAX_OBJECT_BYTES"]
     assert compact(arguments["--field_aliases"]) == "${jsonencode(jsondecode(file(local.field_aliases_file)))}"
 
@@ -397,9 +395,10 @@ def test_glue_job_arguments_match_what_the_dag_passes():
     assert resolve(fixed, extra={"aws_s3_bucket.data.id": config.bucket}) == {
         k: v for k, v in dag.items() if k not in computed
     }
-    # --pairs: the rules file's pairs other than PRICE_PAIR, sorted (the default file has none)
-    assert compact(arguments["--pairs"]) == '${join(",",local.other_pairs)}'
-    assert dag["--pairs"] == ""
+    # --pairs: every pair of the rules file, its default_pair first, the others sorted (the default file: one)
+    assert compact(arguments["--pairs"]) == '${join(",",local.glue_pairs)}'
+    assert compact(module().locals["glue_pairs"]).startswith("${concat([local.rules.default_pair],sort([")
+    assert dag["--pairs"] == "ETH/USDT"
     assert json.loads(dag["--field_aliases"]) == json.loads(layout.FIELD_ALIASES_PATH.read_text("utf-8"))
 
 
@@ -411,7 +410,7 @@ def test_glue_job_arguments_parse_with_the_job_script():
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text(encoding="utf-8"))
     # What jsonencode(jsondecode(file(...))) yields: minified, keys sorted.
     arguments["--field_aliases"] = json.dumps(aliases, separators=(",", ":"), sort_keys=True)
-    arguments["--pairs"] = ""  # join(",", local.other_pairs) of the default rules file: no other pair
+    arguments["--pairs"] = "ETH/USDT"  # join(",", local.glue_pairs) of the default rules file: its one pair
     resolved = resolve(
         arguments, extra={"aws_s3_bucket.data.id": BUCKET, "aws_s3_object.glue_bundle.key": glue_bundle.KEY}
     )
@@ -602,7 +601,6 @@ def test_catalog_tables_cover_the_history_prefixes():
     slot = datetime(2026, 1, 5, 9, 35, tzinfo=UTC)
     expected = {
         "analysis_csv": (layout.ANALYSIS_PREFIX, ("year", "month", "day"), layout.partition(slot)),
-        "analysis_parquet": (layout.PARQUET_PREFIX, ("year", "month"), "year=2026/month=01/"),
         "price_changes": (layout.CHANGES_PREFIX, ("year", "month", "day"), layout.partition(slot)),
     }
     values = {"year": slot.strftime("%Y"), "month": slot.strftime("%m"), "day": slot.strftime("%d")}
@@ -663,17 +661,25 @@ def test_mwaa_installs_the_exchange_feed_client_with_mwaa_constraints():
     assert "443" in tf.variables["mwaa_security_group_ids"]["description"]
 
 
-def test_catalog_has_the_other_pairs_parquet_partitioned_by_pair_and_month():
+def test_catalog_has_every_pairs_parquet_in_one_table_partitioned_by_pair_and_month():
+    """One Parquet layout for every pair, the default one too (it had a table of its own without pair=)."""
     tf = module()
     extra = {"local.s3_root": f"s3://{BUCKET}/"}
-    table = tf.resource("aws_glue_catalog_table", "pair_parquet")
+    assert ("aws_glue_catalog_table", "pair_parquet") not in tf.resources
+    table = tf.resource("aws_glue_catalog_table", "analysis_parquet")
     assert tuple(k["name"] for k in table["partition_keys"]) == ("pair", "year", "month")
-    parameters = resolve(table["parameters"], extra)
-    assert parameters["projection.pair.type"] == "injected"
-    values = {"pair": "BTC_USDT", "year": "2026", "month": "01"}
-    filled = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], parameters["storage.location.template"])
-    key = layout.parquet_key(2026, 1, pair="BTC/USDT")
-    assert filled + layout.PARQUET_FILE_NAME == f"s3://{BUCKET}/{key}"
+    parameters = dict(table["parameters"])
+    assert parameters.pop("projection.pair.type") == "enum"
+    assert compact(parameters.pop("projection.pair.values")) == '${join(",",local.pair_slugs)}'
+    assert (
+        compact(tf.locals["pair_slugs"]) == '${sort([forpairinkeys(local.rules.pairs):upper(replace(pair,"/","_"))])}'
+    )
+    parameters = resolve(parameters, extra)
+    for pair in ("ETH/USDT", "BTC/USDT"):
+        values = {"pair": layout.pair_slug(pair), "year": "2026", "month": "01"}
+        filled = re.sub(r"\$\{(\w+)\}", lambda m, v=values: v[m.group(1)], parameters["storage.location.template"])
+        key = layout.parquet_key(2026, 1, pair=pair)
+        assert filled + layout.PARQUET_FILE_NAME == f"s3://{BUCKET}/{key}"
     [storage] = table["storage_descriptor"]
     [columns] = storage["dynamic"]
     assert columns["columns"]["for_each"] == "${local.parquet_columns}"

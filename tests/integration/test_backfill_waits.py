@@ -65,7 +65,7 @@ def aws(stack):
 
 def write_records(aws, slot, prices):
     for pair, price in prices.items():
-        write_record(aws.s3, aws.bucket, candle(slot, price), pair="" if pair == "ETH/USDT" else pair)
+        write_record(aws.s3, aws.bucket, candle(slot, price), pair=pair)
 
 
 def seed_history(aws, slots):
@@ -133,7 +133,9 @@ def test_a_backfill_of_windows_without_records_ends_at_once_naming_each_window_a
     the quarantined one fails; each is listed with the reason its task logged, and ops hear nothing."""
     first = datetime(2026, 2, 10, 10, 0, tzinfo=UTC)
     last = first + 9 * layout.SLOT
-    aws.s3.put_object(Bucket=aws.bucket, Key=layout.ingestion_key(first, ".json"), Body=b"not a price record")
+    aws.s3.put_object(
+        Bucket=aws.bucket, Key=layout.ingestion_key(first, ".json", pair="ETH/USDT"), Body=b"not a price record"
+    )
     receive_all(aws.sqs, aws.ops)
 
     started = time.monotonic()

@@ -92,7 +92,7 @@ def test_quarantined_objects_of_the_range_come_with_their_reasons(aws):
     outside, _ = layout.quarantine_keys(slot + timedelta(hours=1), "other")
     aws.put(outside, b"later")
 
-    found = browse.quarantined(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30), PAIR)
+    found = browse.quarantined(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30), PAIR, PAIR)
     rows = browse.history(aws.s3, aws.config, RULES, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 15))["windows"]
 
     assert found == [
@@ -125,7 +125,7 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
          "source_format": "json", **dict.fromkeys(("open", "high", "low", "close", "volume", "quote_volume"), 1.0)}
         for slot, price in prices.items()
     ]  # fmt: skip
-    aws.put(layout.parquet_key(2026, 3), history.parquet_bytes(rows))
+    aws.put(layout.parquet_key(2026, 3, pair="ETH/USDT"), history.parquet_bytes(rows))
     put_entry(aws, breach, prices[breach], prices[breach - layout.SLOT], "notified", sns_message_id="msg-9")
     put_entry(aws, ledger_only, 99.0, None, "no_previous_record", reason="written by a live run")
     calm = slots[50]

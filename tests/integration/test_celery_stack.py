@@ -35,7 +35,7 @@ def test_a_triggered_live_window_runs_on_the_celery_workers_and_alerts_once(stac
     slot = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=1)
     slot -= timedelta(minutes=slot.minute % 5)
     seed_normalized(aws["s3"], soak.BUCKET, candle(slot - SLOT, 100.0))
-    write_record(aws["s3"], soak.BUCKET, candle(slot, 103.0))
+    write_record(aws["s3"], soak.BUCKET, candle(slot, 103.0), pair="ETH/USDT")
     body = {
         "dag_run_id": "celery_live_window",
         "logical_date": slot.isoformat(),

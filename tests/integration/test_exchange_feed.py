@@ -56,7 +56,7 @@ def test_a_closed_candle_is_written_once_as_the_exchanges_own_kline(aws, exchang
     slot = DAY.replace(hour=1)
     done, _ = fetch(aws, exchange.url, slot)
 
-    default_key = layout.ingestion_key(slot, ".json", aws.config.ingestion_prefix)
+    default_key = layout.ingestion_key(slot, ".json", aws.config.ingestion_prefix, pair="ETH/USDT")
     other_key = layout.ingestion_key(slot, ".json", aws.config.ingestion_prefix, pair="BTC/USDT")
     assert done["ETH/USDT"].written == [default_key]
     assert done["BTC/USDT"].written == [other_key]
@@ -71,7 +71,7 @@ def test_a_closed_candle_is_written_once_as_the_exchanges_own_kline(aws, exchang
 
 def test_a_window_another_producer_wrote_is_not_fetched(aws, exchange):
     slot = DAY.replace(hour=2)
-    theirs = layout.ingestion_key(slot, ".csv", aws.config.ingestion_prefix)
+    theirs = layout.ingestion_key(slot, ".csv", aws.config.ingestion_prefix, pair="ETH/USDT")
     aws.put(theirs, "date,close\n1,2\n")
     before = exchange.requests()
 
@@ -86,7 +86,7 @@ def test_a_window_another_producer_wrote_is_not_fetched(aws, exchange):
 def test_a_key_written_between_the_listing_and_the_write_is_left_as_it_is(aws, exchange, monkeypatch):
     """The write itself is conditional (If-None-Match), not the listing before it."""
     slot = DAY.replace(hour=3)
-    key = layout.ingestion_key(slot, ".json", aws.config.ingestion_prefix)
+    key = layout.ingestion_key(slot, ".json", aws.config.ingestion_prefix, pair="ETH/USDT")
     monkeypatch.setattr(feed, "records_present", lambda *args: set())
     aws.put(key, b'{"someone": "else"}')
 
@@ -234,7 +234,7 @@ def test_an_unknown_pair_is_the_exchanges_refusal_not_retried(aws, exchange):
 def test_a_day_of_history_is_one_page_per_pair_and_only_the_missing_windows(aws, exchange):
     day = DAY + timedelta(days=1)
     skipped = day + timedelta(hours=5)
-    aws.put(layout.ingestion_key(skipped, ".xml", aws.config.ingestion_prefix), b"<record/>")
+    aws.put(layout.ingestion_key(skipped, ".xml", aws.config.ingestion_prefix, pair="ETH/USDT"), b"<record/>")
     before = exchange.requests()
 
     done, _ = fetch(aws, exchange.url, day, day + timedelta(days=1))

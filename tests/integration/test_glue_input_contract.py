@@ -25,10 +25,10 @@ pytestmark = pytest.mark.integration
 
 START = utc(2025, 9, 8, 0, 0)  # a day no other test writes
 SLOTS = [START + layout.SLOT * i for i in range(16)]
-PAIRS = "BTC/USDT,SOL/USDT"
+PAIRS = "ETH/USDT,BTC/USDT,SOL/USDT"  # the default pair first, as settings.glue_job_arguments lists them
 
 
-def raw_key(slot, suffix: str = ".json", pair: str = "") -> str:
+def raw_key(slot, suffix: str = ".json", pair: str = "ETH/USDT") -> str:
     return layout.ingestion_key(slot, suffix, pair=pair)
 
 
@@ -172,19 +172,20 @@ def test_3_a_correction_wins_however_fast_it_is_written(range_run):
 
 
 def pairs_rows(aws, slot) -> dict[str, dict]:
-    return {row["pair"]: row for row in csv.DictReader(io.StringIO(aws.get(layout.pairs_analysis_key(slot)).decode()))}
+    return {row["pair"]: row for row in csv.DictReader(io.StringIO(aws.get(layout.analysis_key(slot)).decode()))}
 
 
 def test_2_with_pairs_configured_a_kline_beside_the_pair_folder_never_becomes_the_default_pairs_price(aws):
     slot = utc(2025, 9, 9, 10, 0)
     aws.put(raw_key(slot), json.dumps(candle(slot, 3000.0)))
-    aws.put(raw_key(slot, "-v2/BTC_USDT.json"), json.dumps([btc_kline(slot)]))
+    beside = layout.legacy_ingestion_key(slot, "-v2/BTC_USDT.json")  # beside the legacy alias's grammar
+    aws.put(beside, json.dumps([btc_kline(slot)]))
 
     run = aws.run_real_glue_job({"--window_start": iso(slot), "--pairs": PAIRS})
 
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     assert float(canonical(aws, slot)["weighted_average"]) == 3000.0  # was 90050
-    assert "does not follow the ingestion key grammar" in reason(aws, slot, raw_key(slot, "-v2/BTC_USDT.json"))
+    assert "does not follow the ingestion key grammar" in reason(aws, slot, beside)
 
 
 def test_7_a_rerun_keeps_the_rows_of_pairs_it_did_not_rederive(aws):
@@ -193,16 +194,16 @@ def test_7_a_rerun_keeps_the_rows_of_pairs_it_did_not_rederive(aws):
     aws.put(raw_key(slot, ".json", "BTC/USDT"), json.dumps(candle(slot, 90000.0)))
     aws.put(raw_key(slot, ".json", "SOL/USDT"), json.dumps(candle(slot, 150.0)))
     assert aws.run_real_glue_job({"--window_start": iso(slot), "--pairs": PAIRS})["JobRunState"] == "SUCCEEDED"
-    assert pairs_rows(aws, slot).keys() == {"BTC/USDT", "SOL/USDT"}
+    assert pairs_rows(aws, slot).keys() == {"ETH/USDT", "BTC/USDT", "SOL/USDT"}
 
     # SOL left the rules file and its raw object expired; BTC got a correction.
     aws.s3.delete_object(Bucket=aws.config.bucket, Key=raw_key(slot, ".json", "SOL/USDT"))
     aws.put(raw_key(slot, "-v2.json", "BTC/USDT"), json.dumps(candle(slot, 91000.0)))
-    run = aws.run_real_glue_job({"--window_start": iso(slot), "--pairs": "BTC/USDT"})
+    run = aws.run_real_glue_job({"--window_start": iso(slot), "--pairs": "ETH/USDT,BTC/USDT"})
 
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     rows = pairs_rows(aws, slot)
-    assert rows.keys() == {"BTC/USDT", "SOL/USDT"}  # SOL's row was dropped
+    assert rows.keys() == {"ETH/USDT", "BTC/USDT", "SOL/USDT"}  # SOL's row was dropped
     assert float(rows["BTC/USDT"]["weighted_average"]) == 91000.0  # re-derived
     assert float(rows["SOL/USDT"]["weighted_average"]) == 150.0  # kept as it was
 
@@ -213,7 +214,7 @@ def test_7_concurrent_writers_of_the_shared_csv_both_keep_their_rows(aws):
     from include.glue.price_glue import s3io, validation
 
     slot = utc(2025, 9, 9, 12, 0)
-    key = layout.pairs_analysis_key(slot)
+    key = layout.analysis_key(slot)
     aliases = json.loads(layout.FIELD_ALIASES_PATH.read_text())
 
     def row(pair, price):
@@ -249,7 +250,7 @@ def test_7_conditional_writes_hold_with_a_botocore_that_has_no_such_parameters(a
 
     from include.glue.price_glue import s3io
 
-    key = layout.pairs_analysis_key(utc(2025, 9, 9, 13, 0))
+    key = layout.analysis_key(utc(2025, 9, 9, 13, 0))
     put = {"Bucket": aws.config.bucket, "Key": key, "ContentType": "text/csv"}
 
     created = s3io.put_with_condition_headers(aws.s3, {"IfNoneMatch": "*"}, Body=b"first", **put)

@@ -38,8 +38,8 @@ def test_a_long_range_run_spread_over_processes_writes_what_one_process_writes(s
     slots = layout.slots_between(START, START + layout.SLOT * WINDOWS)
     for index, slot in enumerate(slots):
         fmt = ("json", "csv", "xml", "txt")[index % 4]
-        aws.put(layout.ingestion_key(slot, f".{fmt}"), render(synthetic_record(slot), fmt))
-    aws.put(layout.ingestion_key(slots[9], ".bad.json"), b'{"date": "soon", "weightedAverage": -1}')
+        aws.put(layout.ingestion_key(slot, f".{fmt}", pair="ETH/USDT"), render(synthetic_record(slot), fmt))
+    aws.put(layout.ingestion_key(slots[9], ".bad.json", pair="ETH/USDT"), b'{"date": "soon", "weightedAverage": -1}')
     for name, value in aws_env(standin, STANDIN_CREDENTIALS).items():
         monkeypatch.setenv(name, value)
     pools = []

@@ -31,7 +31,7 @@ LIVE = utc(2025, 9, 4, 12, 0)  # the live-run tests' day
 
 
 def raw_key(slot, suffix: str = ".json") -> str:
-    return layout.ingestion_key(slot, suffix)
+    return layout.ingestion_key(slot, suffix, pair="ETH/USDT")
 
 
 def stamp(slot) -> int:
@@ -86,8 +86,11 @@ def range_run(standin, aws_session):
     return aws, run
 
 
-def canonical(aws, slot) -> dict:
-    [row] = csv.DictReader(io.StringIO(aws.get(layout.analysis_key(slot)).decode()))
+def canonical(aws, slot, pair: str = "ETH/USDT") -> dict:
+    """``pair``'s one row of the window's canonical CSV."""
+    [row] = [
+        row for row in csv.DictReader(io.StringIO(aws.get(layout.analysis_key(slot)).decode())) if row["pair"] == pair
+    ]
     return row
 
 

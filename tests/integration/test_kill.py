@@ -61,7 +61,7 @@ def utc(*args) -> datetime:
 def breach_window(aws, slot: datetime, price: float = 103.0) -> None:
     """A window whose record is ``price`` after 100.0 in the window before (already normalized)."""
     seed_normalized(aws["s3"], soak.BUCKET, candle(slot - SLOT, 100.0))
-    write_record(aws["s3"], soak.BUCKET, candle(slot, price))
+    write_record(aws["s3"], soak.BUCKET, candle(slot, price), pair="ETH/USDT")
 
 
 def held(stack, phase: str, service: str, action: str) -> bool:
@@ -192,7 +192,7 @@ def test_scheduler_restarted_in_the_middle_of_a_backfill_leaves_no_window_missin
     seed_normalized(aws["s3"], soak.BUCKET, candle(first - SLOT, 100.0))
     slots = [first + n * SLOT for n in range(len(prices))]
     for slot, price in zip(slots, prices, strict=True):
-        write_record(aws["s3"], soak.BUCKET, candle(slot, price))
+        write_record(aws["s3"], soak.BUCKET, candle(slot, price), pair="ETH/USDT")
     backfill_id = backfill_when_free(stack, api, slots[0], slots[-1], notify=True, max_active_runs=3)["id"]
 
     def states():

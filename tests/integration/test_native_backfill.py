@@ -54,7 +54,7 @@ def test_backfill_is_quiet_by_default_notifies_once_when_asked_and_never_again(s
     alerts_url = sqs.get_queue_url(QueueName=queue_name(config.alert_topic_arn))["QueueUrl"]
     seed_normalized(s3, config.bucket, candle(FIRST - layout.SLOT, 100.0))
     for index, price in enumerate(PRICES):
-        write_record(s3, config.bucket, candle(FIRST + layout.SLOT * index, price))
+        write_record(s3, config.bucket, candle(FIRST + layout.SLOT * index, price), pair="ETH/USDT")
 
     def ledger(index: int) -> dict:
         key = layout.pairs_ledger_key(FIRST + layout.SLOT * index)

@@ -79,7 +79,7 @@ def latest_window_with_time_to_spare(spare: timedelta = timedelta(seconds=100)) 
 def test_a_scheduled_run_and_a_rest_run_without_logical_date_of_one_window_send_one_alert(stack, aws, api):
     window = latest_window_with_time_to_spare()
     seed_normalized(aws["s3"], soak.BUCKET, candle(window - SLOT, 100.0))
-    write_record(aws["s3"], soak.BUCKET, candle(window, 103.0))
+    write_record(aws["s3"], soak.BUCKET, candle(window, 103.0), pair="ETH/USDT")
     stack.start_airflow(("scheduler",))  # it creates the scheduled run of `window` (catchup off)
 
     manual = api.call("POST", f"/api/v2/dags/{LIVE}/dagRuns", {"logical_date": None})["dag_run_id"]
@@ -108,7 +108,7 @@ def test_a_scheduled_run_and_a_rest_run_without_logical_date_of_one_window_send_
 def test_a_live_run_and_a_notifying_bulk_run_over_the_same_window_send_one_alert(stack, aws, api):
     window = utc(2017, 7, 24, 10, 0)
     seed_normalized(aws["s3"], soak.BUCKET, candle(window - SLOT, 100.0))
-    write_record(aws["s3"], soak.BUCKET, candle(window, 96.0))
+    write_record(aws["s3"], soak.BUCKET, candle(window, 96.0), pair="ETH/USDT")
 
     live = soak.backfill_window(stack, api, window)
     bulk = api.call(
@@ -132,7 +132,7 @@ def test_a_native_backfill_overlapping_a_notifying_bulk_run_sends_each_breach_on
     seed_normalized(aws["s3"], soak.BUCKET, candle(first - SLOT, 100.0))
     slots = [first + n * SLOT for n in range(3)]
     for slot, price in zip(slots, (102.0, 102.1, 99.0), strict=True):
-        write_record(aws["s3"], soak.BUCKET, candle(slot, price))
+        write_record(aws["s3"], soak.BUCKET, candle(slot, price), pair="ETH/USDT")
 
     backfill_id = backfill_when_free(stack, api, slots[0], slots[-1], notify=True, report=lambda line: None)["id"]
     bulk = api.call(

@@ -34,7 +34,7 @@ RULES = rules.parse(
 
 
 def seed(aws, slot, **prices):
-    """The window's canonical CSVs: the other pairs' with ``prices``, and the default pair's at a constant
+    """The window's canonical CSV: the other pairs' rows with ``prices``, and the default pair's at a constant
     price (it never fires here; without it, the default pair is late too)."""
     seed_normalized(aws.s3, aws.config.bucket, candle(slot, 2000.0))
     seed_pairs(aws.s3, aws.config.bucket, slot, {f"{base}/USDT": price for base, price in prices.items()})
@@ -211,11 +211,9 @@ def test_a_windows_first_analysis_reads_one_csv_per_slot_its_rules_decide_from_f
         "SOL/USDT": {"move-5m": "below_threshold"},
     }
     assert entries(aws, slot)["BTC/USDT"]["rules"]["move-5m"]["reference"]["timestamp"] == "2025-09-08T19:50:00Z"
-    # The shared CSV of each slot read once for BTC and SOL, and the default pair's own CSV where it reads.
-    assert sorted(reads) == sorted(
-        [layout.pairs_analysis_key(slot - layout.SLOT * back) for back in (2, 1, 0)]
-        + [layout.analysis_key(slot - layout.SLOT * back) for back in (1, 0)]
-    )
+    # The window's one CSV of each slot any pair reads, read once for every pair (the default pair's own
+    # CSV was a second GET of slots -5 and 0 before one storage shape).
+    assert sorted(reads) == [layout.analysis_key(slot - layout.SLOT * back) for back in (2, 1, 0)]
 
 
 def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_and_parquet_per_pair(aws):
@@ -235,9 +233,9 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
     )  # fmt: skip
 
     month = aws.keys(layout.month_analysis_prefix(2025, 9))
-    shared = sum(1 for key in month if layout.is_pairs_key(key))
+    with_eth = sum(1 for key in month if key.endswith("/pairs.csv") and b",ETH/USDT," in aws.get(key))
     parquet = {item["key"]: item for item in summary["parquet"]}
-    assert parquet[layout.parquet_key(2025, 9)]["rows"] == len(month) - shared  # the default pair's: its rows only
+    assert parquet[layout.parquet_key(2025, 9, pair="ETH/USDT")]["rows"] == with_eth  # the default pair's rows only
     assert summary["pairs"]["BTC/USDT"]["windows"] == 5
     assert parquet[layout.parquet_key(2025, 9, pair="BTC/USDT")]["rows"] >= 6
     assert parquet[layout.parquet_key(2025, 9, pair="SOL/USDT")]["rows"] >= 6
@@ -337,7 +335,7 @@ def test_other_pairs_wait_as_the_default_pair_does_only_for_an_earlier_record_a_
             seed(aws, WAIT - layout.SLOT * back, BTC=90000.0, SOL=140.0)
     seed(aws, WAIT, BTC=92000.0, SOL=141.0)
     gap = WAIT - layout.SLOT * 3
-    aws.put(layout.ingestion_key(gap, ".json"), "{}")
+    aws.put(layout.ingestion_key(gap, ".json", pair="ETH/USDT"), "{}")
     asked = []
 
     def running(slots):
@@ -412,8 +410,8 @@ def test_a_pair_listed_twice_fails_the_window_and_is_not_sent_again(aws):
         analyse(aws, "dag/run-b", DAMAGED)
 
     assert aws.get(layout.pairs_ledger_key(DAMAGED)) == body
-    rule, end = RULES.default_rule, DAMAGED + layout.SLOT
-    [row] = browse.history(aws.s3, aws.config, rule, DAMAGED, end, pair="BTC/USDT")["windows"]
+    end = DAMAGED + layout.SLOT
+    [row] = browse.history(aws.s3, aws.config, RULES, DAMAGED, end, pair="BTC/USDT")["windows"]
     assert row["decision"] == browse.DAMAGED
     assert 'line 2: pair "BTC/USDT" listed twice' in row["reason"]  # the page shows what the run says
 

@@ -42,10 +42,10 @@ def test_ledger_of_a_replayed_real_day_matches_an_independent_computation(aws, p
     assert len(rows) == 289, "the day and the candle before it"
     for row in rows:
         record = {k: int(v) if k == "date" else float(v) for k, v in row.items()}
-        write_record(aws.s3, aws.config.bucket, record)  # formats rotate by slot: json, csv, xml, txt
+        write_record(aws.s3, aws.config.bucket, record, pair="ETH/USDT")  # formats rotate by slot: json, csv, xml, txt
 
     window = {"--window_start": layout.iso(DAY - layout.SLOT), "--window_end": layout.iso(DAY + timedelta(days=1))}
-    job_arguments = settings.glue_job_arguments(aws.config) | {"--pair": "ETH/BTC"}
+    job_arguments = settings.glue_job_arguments(aws.config)
     run = aws.run_real_glue_job(window, DefaultArguments=job_arguments)
     assert run["JobRunState"] == "SUCCEEDED", run.get("ErrorMessage")
     rule_set = rules.with_overrides(rules.load(rules.DEFAULT_RULES_FILE), {"threshold_pct": THRESHOLD})
@@ -57,7 +57,7 @@ def test_ledger_of_a_replayed_real_day_matches_an_independent_computation(aws, p
     expected = independent_expectation(rows)
     breaches = 0
     for slot in slots:
-        entry = pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot)))[aws.config.pair]
+        entry = pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot)))["ETH/USDT"]
         [state] = entry["rules"].values()
         previous, latest, change, decision = expected[int(slot.timestamp())]
         assert state["reference"]["weighted_average"] == previous

@@ -362,7 +362,7 @@ def _canonical_rows(body: bytes) -> list[dict]:
 def test_the_normalize_job_turns_a_raw_record_into_its_canonical_csv_byte_identically_on_rerun(aws, logs):
     slot = utc(2025, 3, 14, 12, 0)
     record = candle(slot, 3120.55)
-    raw_key = layout.ingestion_key(slot, ".json", aws.config.ingestion_prefix)
+    raw_key = layout.ingestion_key(slot, ".json", aws.config.ingestion_prefix, pair="ETH/USDT")
     raw_body = json.dumps(record).encode()
     aws.put(raw_key, raw_body)
     window = {"--window_start": "2025-03-14T12:00:00Z"}
@@ -376,7 +376,7 @@ def test_the_normalize_job_turns_a_raw_record_into_its_canonical_csv_byte_identi
     assert first["JobRunState"] == second["JobRunState"] == "SUCCEEDED", first.get("ErrorMessage")
     [row] = _canonical_rows(first_body)
     assert row["timestamp"] == "2025-03-14T12:00:00Z"
-    assert row["pair"] == aws.config.pair
+    assert row["pair"] == "ETH/USDT"
     assert datetime.fromisoformat(row["timestamp"]).astimezone(UTC) == slot
     for column, field in [
         ("open", "open"),

@@ -41,10 +41,12 @@ def entry_for(
     """The ledger entry of ``pair``'s window at SLOT, built the way analyse_pairs builds every pair's
     (``pairs.pair_entry`` of ``rules.evaluate``); ``record_pair``: the pair text the record itself carries."""
     rule = rule or MOVE_5M
-    prices = [Price(SLOT, latest, record_pair or pair, layout.ingestion_key(SLOT, ".json"))]
+    prices = [Price(SLOT, latest, record_pair or pair, layout.ingestion_key(SLOT, ".json", pair="ETH/USDT"))]
     if previous is not None:
         earlier = SLOT - layout.SLOT * gap_windows
-        prices.append(Price(earlier, previous, record_pair or pair, layout.ingestion_key(earlier, ".csv")))
+        prices.append(
+            Price(earlier, previous, record_pair or pair, layout.ingestion_key(earlier, ".csv", pair="ETH/USDT"))
+        )
     series = rules.Series(prices)
     decided = {rule.name: rules.evaluate(rule, series, SLOT)}
     return pairs.pair_entry(pair, SLOT, series.at(SLOT), (rule,), decided, due, NOT_DUE)
@@ -109,7 +111,7 @@ def test_ledger_entry_records_the_window_prices_change_and_rule():
     assert entry["latest"] == {
         "timestamp": "2026-02-03T12:00:00Z",
         "weighted_average": 103.0,
-        "source_key": layout.ingestion_key(SLOT, ".json"),
+        "source_key": layout.ingestion_key(SLOT, ".json", pair="ETH/USDT"),
     }
     assert entry["decision"] == pairs.PUBLISHING  # a rule is due: the caller claims it
     state = entry["rules"]["move-5m"]

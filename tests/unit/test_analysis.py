@@ -33,7 +33,7 @@ def at(windows: int) -> object:
 
 def price(windows: int, weighted_average: float, pair: str = "ETH/USDT") -> Price:
     slot = at(windows)
-    return Price(slot, weighted_average, pair, layout.ingestion_key(slot, ".json"))
+    return Price(slot, weighted_average, pair, layout.ingestion_key(slot, ".json", pair="ETH/USDT"))
 
 
 def rule(**params) -> rules.Rule:
@@ -323,7 +323,7 @@ def glue_csv(record: dict, source_key: str, pair: str = "ETH/USDT", source_forma
 
 def test_parse_canonical_csv_reads_what_the_glue_job_writes():
     slot = utc(2026, 2, 3, 12, 0)
-    key = layout.ingestion_key(slot, ".json")
+    key = layout.ingestion_key(slot, ".json", pair="ETH/USDT")
 
     parsed = analysis.parse_canonical_csv(glue_csv(candle(slot, 3120.55), key))
 
@@ -333,7 +333,7 @@ def test_parse_canonical_csv_reads_what_the_glue_job_writes():
 
 def test_parse_canonical_csv_keeps_a_source_key_with_commas_and_quotes():
     slot = utc(2026, 2, 3, 12, 5)
-    key = layout.ingestion_key(slot, '-"producer, b".csv')
+    key = layout.ingestion_key(slot, '-"producer, b".csv', pair="ETH/USDT")
 
     assert analysis.parse_canonical_csv(glue_csv(candle(slot, 100.0), key)).source_key == key
 
@@ -348,7 +348,7 @@ def test_parse_canonical_csv_round_trips_any_normalized_record_exactly(windows, 
     slot = at(windows)
     record = {**candle(slot, weighted_average), "pair": pair}
     record.update(high=weighted_average, low=weighted_average)
-    key = layout.ingestion_key(slot, ".json")
+    key = layout.ingestion_key(slot, ".json", pair="ETH/USDT")
 
     parsed = analysis.parse_canonical_csv(glue_csv(record, key, pair))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import defusedxml
 import pytest
 
-from include.glue.price_glue import job
+from include.glue.price_glue import job, validation
 from include.price_pipeline import glue_bundle, layout
 
 PY39_CANDIDATES = (
@@ -34,14 +34,17 @@ ARGV = [
 ON_PYTHON_39 = """
 import json, runpy, sys
 runpy.run_path(sys.argv[1], run_name="glue_entry")  # the script's imports, without running main
-from include.glue.price_glue import job
+from include.glue.price_glue import job, validation
 from include.price_pipeline import layout
 args = job.parse_args(json.loads(sys.argv[2]))
-key = layout.ingestion_key(args.start, ".json")
-outcome = dict(job.assess(sys.argv[3].encode(), args, key, args.start), version=1, modified="2017-07-14T02:41:00Z")
-plan = job.plan_window(args, args.start, [outcome])
+pair = args.pairs[0]
+key = layout.ingestion_key(args.start, ".json", pair=pair)
+outcome = job.assess(sys.argv[3].encode(), args, key, args.start, pair)
+outcome = dict(outcome, version=1, modified="2017-07-14T02:41:00Z")
+plan = job.plan_pairs(args, args.start, [job.plan_window(args, args.start, [outcome], pair)])
 modules = {name: module.__file__ for name, module in sys.modules.items() if name.startswith("include")}
-csv = [plan["csv"][0], plan["csv"][1].decode()]
+from include.glue.price_glue.validation import to_csv
+csv = [plan["pairs_csv"][0], to_csv(*plan["pairs_csv"][1]).decode()]
 print(json.dumps({"version": sys.version_info[:2], "modules": modules, "csv": csv}))
 """
 
@@ -101,7 +104,9 @@ def test_the_job_runs_from_the_bundle_alone_on_python_39_as_on_this_python(tmp_p
     assert all(path.startswith(f"{bundle}/") for path in ran["modules"].values()), ran["modules"]
     assert "include.price_pipeline.layout" in ran["modules"]
     args = job.parse_args(ARGV)
-    outcome = job.assess(raw.encode(), args, layout.ingestion_key(args.start, ".json"), args.start)
-    here = job.plan_window(args, args.start, [dict(outcome, version=1, modified="2017-07-14T02:41:00Z")])
-    assert ran["csv"] == [here["csv"][0], here["csv"][1].decode()]
+    pair = args.pairs[0]
+    outcome = job.assess(raw.encode(), args, layout.ingestion_key(args.start, ".json", pair=pair), args.start, pair)
+    here = job.plan_window(args, args.start, [dict(outcome, version=1, modified="2017-07-14T02:41:00Z")], pair)
+    key, rows = job.plan_pairs(args, args.start, [here])["pairs_csv"]
+    assert ran["csv"] == [key, validation.to_csv(*rows).decode()]
     assert "0.0864" in ran["csv"][1]

@@ -247,7 +247,7 @@ def test_semicolon_text_reads_its_numbers_by_the_objects_own_convention(text, va
 )
 def test_a_value_or_object_that_could_be_misread_1000x_is_refused(text, reason):
     with pytest.raises(formats.Rejected, match=re.escape(reason)):
-        validation.records_of(text.encode(), SimpleNamespace(aliases=ALIASES, pair=PAIR), KEY)
+        validation.records_of(text.encode(), SimpleNamespace(aliases=ALIASES), KEY, PAIR)
 
 
 def test_weighted_average_is_derived_only_from_both_volumes():

@@ -65,7 +65,7 @@ class FakeS3:
 
 
 def job_args(**overrides) -> SimpleNamespace:
-    defaults = {"bucket": "price-bucket", "max_object_bytes": CAP, "aliases": ALIASES, "pair": "ETH/USDT"}
+    defaults = {"bucket": "price-bucket", "max_object_bytes": CAP, "aliases": ALIASES, "pairs": ["ETH/USDT"]}
     return SimpleNamespace(**{**defaults, **overrides})
 
 
@@ -294,7 +294,11 @@ def test_a_failure_inside_one_object_is_its_quarantine_reason_and_the_range_run_
     slots = [first + layout.SLOT * i for i in range(3)]
     for slot in slots:
         record = {"date": int(slot.timestamp()), "weightedAverage": 0.0864}
-        s3.put_object(Bucket="price-bucket", Key=layout.ingestion_key(slot, ".json"), Body=json.dumps(record).encode())
+        s3.put_object(
+            Bucket="price-bucket",
+            Key=layout.ingestion_key(slot, ".json", pair="ETH/USDT"),
+            Body=json.dumps(record).encode(),
+        )
     real_parse = formats.parse_object
 
     def parse_object(text, aliases):
@@ -308,7 +312,7 @@ def test_a_failure_inside_one_object_is_its_quarantine_reason_and_the_range_run_
     summary = job.run(s3, args)
 
     assert summary["rows"] == 2
-    broken = layout.ingestion_key(slots[1], ".json")
+    broken = layout.ingestion_key(slots[1], ".json", pair="ETH/USDT")
     assert summary["quarantined"] == [{"key": broken, "reason": "could not be processed: KeyError: 'a bug'"}]
     listed = {item["Key"] for item in s3.list_objects_v2(Bucket="price-bucket")["Contents"]}
     assert {layout.analysis_key(slots[0]), layout.analysis_key(slots[2])} <= listed

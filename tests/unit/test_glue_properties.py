@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from xml.sax.saxutils import escape, quoteattr
 
 import boto3
+import pytest
 from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -347,7 +348,7 @@ class RecordingS3:
 CONTRACT_ARGS = SimpleNamespace(
     bucket="b",
     aliases=ALIASES,
-    pair=PAIR,
+    pairs=[PAIR],
     analysis_prefix=layout.ANALYSIS_PREFIX,
     quarantine_prefix=layout.QUARANTINE_PREFIX,
 )
@@ -394,15 +395,66 @@ def test_an_older_record_behind_two_of_unknown_order_is_quarantined_with_them_no
                         "volume": 0, "quote_volume": 0, "weighted_average": 1}]).encode()  # fmt: skip
     modified = {f"{prefix}.json": "2026-01-01T00:00:00Z", f"{prefix}-a.json": "2026-01-01T00:00:01Z",
                 f"{prefix}-b.json": "2026-01-01T00:00:01Z"}  # fmt: skip
-    outcomes = [dict(job.assess(body, CONTRACT_ARGS, key, window), modified=when, version=1)
+    outcomes = [dict(job.assess(body, CONTRACT_ARGS, key, window, PAIR), modified=when, version=1)
                 for key, when in modified.items()]  # fmt: skip
 
-    plan = job.plan_window(CONTRACT_ARGS, window, outcomes)
+    plan = job.plan_window(CONTRACT_ARGS, window, outcomes, PAIR)
 
     assert plan["used"] is None
     reasons = {source: note["reason"] for source, _, _, note in plan["quarantine"]}
     assert sorted(reasons) == sorted(modified)
     assert reasons[f"{prefix}.json"].startswith("older than the window's newest records; 2 objects of window")
+
+
+def _outcomes(window: datetime, objects: dict[str, bytes]) -> list[dict]:
+    return [dict(job.assess(body, CONTRACT_ARGS, key, window, PAIR), modified="2026-01-01T00:00:00Z",
+                 version=version(key, window)) for key, body in objects.items()]  # fmt: skip
+
+
+def _record(window: datetime, weighted_average) -> dict:
+    return {"timestamp": int(window.timestamp()), "open": 3000, "high": 3200, "low": 2900, "close": 3100,
+            "volume": 1, "quote_volume": 0.0003, "weighted_average": weighted_average}  # fmt: skip
+
+
+def test_a_refused_correction_is_not_replaced_by_the_record_it_corrects():
+    """Issue 35: a refused -v3 ("3,120": which separator is the decimal one is unknown) had the job use -v2
+    silently; the window now has no record of the pair (late, with the reason) and both are quarantined."""
+    window = datetime(2026, 1, 1, tzinfo=UTC)
+    prefix = layout.ingestion_window_prefix(window, layout.INGESTION_PREFIX) + "/" + layout.pair_slug(PAIR)
+    objects = {f"{prefix}-v2.json": json.dumps(_record(window, 3100)).encode(),
+               f"{prefix}-v3.json": json.dumps(_record(window, "3,120")).encode()}  # fmt: skip
+
+    plan = job.plan_window(CONTRACT_ARGS, window, _outcomes(window, objects), PAIR)
+
+    assert plan["used"] is None
+    reasons = {source: note["reason"] for source, _, _, note in plan["quarantine"]}
+    assert reasons[f"{prefix}-v2.json"] == (
+        f'the window\'s correction "{prefix}-v3.json" (version 3) was refused: none is used'
+    )
+    assert f"{prefix}-v3.json" in reasons
+
+
+def test_an_object_with_two_records_of_the_window_one_refused_uses_neither():
+    window = datetime(2026, 1, 1, tzinfo=UTC)
+    key = layout.ingestion_window_prefix(window, layout.INGESTION_PREFIX) + "/" + layout.pair_slug(PAIR) + ".json"
+    body = json.dumps([_record(window, 3100), _record(window, "NaN")]).encode()
+
+    [outcome] = _outcomes(window, {key: body})
+
+    assert outcome["row"] is None
+    assert (
+        "2 records of window 2026-01-01T00:00:00Z in one object, 1 of them refused: none is used" in outcome["reasons"]
+    )
+
+
+def test_an_object_of_more_records_than_the_cap_is_refused_before_they_are_normalized():
+    """Issue 35: a 1 MiB CSV cost the job 4.3 s of CPU, shared by every pair of the window."""
+    window = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = "\n".join(f"{int(window.timestamp()) - 300 * i},3100,3200,3000,3050,1,0.0003,3100" for i in range(3000))
+    body = ("date,high,low,open,close,volume,quoteVolume,weightedAverage\n" + rows).encode()
+
+    with pytest.raises(validation.Rejected, match="object holds 3000 records, over the cap of 2016 per object"):
+        validation.records_of(body, CONTRACT_ARGS, "k", PAIR)
 
 
 @settings(max_examples=150, deadline=None)
@@ -412,13 +464,13 @@ def test_any_objects_under_a_window_write_at_most_its_csv_and_their_quarantine_c
     objects = dict(data.draw(st.lists(contract_objects(window), min_size=1, max_size=4)))
     modified = {key: data.draw(st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z"])) for key in objects}
     outcomes = [
-        dict(job.assess(body, CONTRACT_ARGS, key, window), modified=modified[key], version=version(key, window))
+        dict(job.assess(body, CONTRACT_ARGS, key, window, PAIR), modified=modified[key], version=version(key, window))
         for key, body in objects.items()
     ]
 
-    plan = job.plan_window(CONTRACT_ARGS, window, outcomes)
+    plan = job.plan_window(CONTRACT_ARGS, window, outcomes, PAIR)
     s3 = RecordingS3()
-    written = s3io.apply_plan(s3, CONTRACT_ARGS, plan)
+    written = s3io.apply_plan(s3, CONTRACT_ARGS, job.plan_pairs(CONTRACT_ARGS, window, [plan]))
 
     allowed = {layout.analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
     assert set(s3.written) <= allowed
@@ -428,10 +480,12 @@ def test_any_objects_under_a_window_write_at_most_its_csv_and_their_quarantine_c
         assert key == plan["used"] or key in plan["superseded"] or key in quarantined
     candidates = sorted(((o["version"], modified[o["key"]]), o["key"]) for o in outcomes if o["row"] is not None)
     newest = [key for order, key in candidates if order == candidates[-1][0]]
-    if written is None:  # no candidate, or two of the same version and second: which is newer is unknown
+    corrected = candidates and any(o["row"] is None and o["version"] > candidates[-1][0][0] for o in outcomes)
+    if written is None:  # no candidate, two of the same version and second, or a refused correction
         assert plan["used"] is None
-        assert len(newest) != 1
+        assert len(newest) != 1 or corrected
         return
+    assert not corrected
     [row] = csv.DictReader(io.StringIO(written[1].decode()))
     assert (row["timestamp"], row["pair"]) == (window.strftime("%Y-%m-%dT%H:%M:%SZ"), PAIR)
     assert [row["source_key"]] == newest  # the highest version, then the newest second, and only it
@@ -465,7 +519,7 @@ def test_any_other_pairs_objects_of_a_window_write_one_shared_csv_with_a_row_per
     s3 = RecordingS3()
     written = s3io.apply_plan(s3, CONTRACT_ARGS, plan)
 
-    allowed = {layout.pairs_analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
+    allowed = {layout.analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
     assert set(s3.written) <= allowed
     assert sorted(s3.tagged) == [(key, [layout.INGESTED_TAG]) for key in sorted(objects)]
     with_record = sorted(pair for pair, one in zip(chosen, plans, strict=True) if one["used"] is not None)
@@ -541,13 +595,13 @@ def test_a_record_with_records_nested_at_any_depth_writes_the_outer_price_or_not
     """The job writes the outer record's price or quarantines the object: never an inner value."""
     window = datetime.fromtimestamp(slot_index * 300, UTC)
     body = data.draw(nested_json(window) if fmt == "json" else nested_xml(window))
-    key = layout.ingestion_key(window, "." + fmt)
-    outcome = dict(job.assess(body, CONTRACT_ARGS, key, window), modified="2026-01-01T00:00:00Z", version=1)
+    key = layout.ingestion_key(window, "." + fmt, pair=PAIR)
+    outcome = dict(job.assess(body, CONTRACT_ARGS, key, window, PAIR), modified="2026-01-01T00:00:00Z", version=1)
 
-    plan = job.plan_window(CONTRACT_ARGS, window, [outcome])
+    plan = job.plan_window(CONTRACT_ARGS, window, [outcome], PAIR)
 
-    if plan["csv"] is None:
+    if plan["row"] is None:
         assert [source for source, *_ in plan["quarantine"]] == [key]  # refused, with its reason
         return
-    [row] = csv.DictReader(io.StringIO(plan["csv"][1].decode()))
+    row = plan["row"]
     assert float(row["weighted_average"]) == OUTER_PRICE

@@ -110,7 +110,7 @@ class MemoryS3:
 
 def canonical_csv(slot, weighted_average: float) -> bytes:
     """The Glue job's canonical CSV of a consistent record, built with the job's own functions."""
-    source = layout.ingestion_key(slot, ".json")
+    source = layout.ingestion_key(slot, ".json", pair="ETH/USDT")
     return validation.to_csv(validation.normalize(candle(slot, weighted_average), ALIASES, PAIR, source, "json"))
 
 
@@ -266,7 +266,7 @@ def test_breaches_are_suppressed_as_backfill_with_the_live_reason_unless_notify_
 def test_summary_counts_missing_windows_breaches_and_names_the_largest_moves():
     values = {0: 100.0, 1: 100.2, 3: 103.0, 4: 99.0}
     s3 = seeded({T0 + layout.SLOT * i: v for i, v in values.items()}, {T0 + layout.SLOT * 5: 101.0})
-    bad = layout.ingestion_key(T0 + layout.SLOT * 2, ".json")
+    bad = layout.ingestion_key(T0 + layout.SLOT * 2, ".json", pair="ETH/USDT")
     s3.objects[layout.quarantine_keys(T0 + layout.SLOT * 2, bad)[1]] = json.dumps({"reason": "x"}).encode()
     end = T0 + layout.SLOT * 7
 
@@ -462,12 +462,12 @@ def test_each_month_gets_one_parquet_object_from_all_its_csvs_and_a_rerun_writes
     s3.puts.clear()
     again = history.backfill_history(s3, CONFIG, T0 + layout.SLOT * 30, end, run_rules(), False, NOW)
 
-    assert [(p["key"], p["rows"]) for p in first["parquet"]] == [(layout.parquet_key(2025, 4), 12)]
+    assert [(p["key"], p["rows"]) for p in first["parquet"]] == [(layout.parquet_key(2025, 4, pair="ETH/USDT"), 12)]
     assert [p["written"] for p in again["parquet"]] == [False]
     assert s3.puts == []
-    frame = pd.read_parquet(io.BytesIO(s3.objects[layout.parquet_key(2025, 4)]))
+    frame = pd.read_parquet(io.BytesIO(s3.objects[layout.parquet_key(2025, 4, pair="ETH/USDT")]))
     assert frame["timestamp"].min() == pd.Timestamp("2025-04-01T00:00:00Z")
-    assert layout.parquet_key(2025, 3) not in s3.objects  # March is outside the range
+    assert layout.parquet_key(2025, 3, pair="ETH/USDT") not in s3.objects  # March is outside the range
 
 
 # ------------------------------------------------------------------ the Glue job's range listing
@@ -496,10 +496,13 @@ def test_a_long_range_lists_day_partitions_and_finds_exactly_the_keys_of_its_win
     s3 = raw_bucket()
     start = utc(2025, 3, 1, 22, 0)
     end = start + timedelta(hours=4)  # 48 windows over two days
-    keys = [layout.ingestion_key(start + layout.SLOT * i, (".json", ".csv", ".x")[i % 3]) for i in range(48)]
+    keys = [
+        layout.ingestion_key(start + layout.SLOT * i, (".json", ".csv", ".x")[i % 3], pair="ETH/USDT")
+        for i in range(48)
+    ]
     decoys = [
-        layout.ingestion_key(start - layout.SLOT, ".json"),  # before the range
-        layout.ingestion_key(end, ".json"),  # the end is excluded
+        layout.ingestion_key(start - layout.SLOT, ".json", pair="ETH/USDT"),  # before the range
+        layout.ingestion_key(end, ".json", pair="ETH/USDT"),  # the end is excluded
         f"{layout.INGESTION_PREFIX}{layout.partition(start)}{layout.slot_stamp(start + timedelta(days=1))}.json",
         f"{layout.INGESTION_PREFIX}{layout.partition(start)}notes.txt",
     ]
@@ -538,11 +541,13 @@ def test_a_range_run_writes_what_single_window_runs_write_and_quarantines_under_
     slots = [start + layout.SLOT * i for i in range(20)]
     bad_slot = slots[7]
     raw = {
-        layout.ingestion_key(slot, f".{fmt}"): render(synthetic_record(slot), fmt)
+        layout.ingestion_key(slot, f".{fmt}", pair="ETH/USDT"): render(synthetic_record(slot), fmt)
         for slot, fmt in zip(slots, ["json", "csv", "xml", "txt"] * 5, strict=True)
         if slot != bad_slot
     }
-    raw[layout.ingestion_key(bad_slot, ".json")] = b'{"date": %d, "weightedAverage": "NaN"}' % bad_slot.timestamp()
+    raw[layout.ingestion_key(bad_slot, ".json", pair="ETH/USDT")] = (
+        b'{"date": %d, "weightedAverage": "NaN"}' % bad_slot.timestamp()
+    )
 
     def outputs(runs) -> dict:
         s3 = raw_bucket()
@@ -564,7 +569,7 @@ def test_a_range_run_writes_what_single_window_runs_write_and_quarantines_under_
     canonical = {k: v for k, v in one_run.items() if k.startswith(layout.ANALYSIS_PREFIX)}
     assert history.range_objects(MemoryS3({range_key: range_body}), "raw", range_key) == canonical
     assert not any("_ranges/" in key for key in window_runs)  # a one-window run writes no range object
-    copy_key, reason_key = layout.quarantine_keys(bad_slot, layout.ingestion_key(bad_slot, ".json"))
+    copy_key, reason_key = layout.quarantine_keys(bad_slot, layout.ingestion_key(bad_slot, ".json", pair="ETH/USDT"))
     assert json.loads(one_run[reason_key])["window"] == layout.slot_stamp(bad_slot)
     assert copy_key in one_run
     assert sum(k.startswith(layout.ANALYSIS_PREFIX) for k in one_run) == 19
@@ -573,7 +578,7 @@ def test_a_range_run_writes_what_single_window_runs_write_and_quarantines_under_
 def test_listed_sizes_spare_the_head_request_and_still_refuse_an_oversized_object(moto_env):
     s3 = raw_bucket()
     slot = utc(2025, 3, 3, 12, 0)
-    key = layout.ingestion_key(slot, ".json")
+    key = layout.ingestion_key(slot, ".json", pair="ETH/USDT")
     s3.put_object(Bucket="raw", Key=key, Body=b"x" * 2048)
     args = job_args(slot, slot + layout.SLOT)
     args.max_object_bytes = 1024
@@ -645,7 +650,7 @@ def waiting_case():
     """Windows every 5 minutes from T0 with CSVs, except T0+15 min, whose raw record is there unnormalized."""
     prices = {T0 + layout.SLOT * i: 100.0 + (3.0 if i == 3 else 0.0) for i in range(6) if i != 3}
     s3 = seeded(prices)
-    s3.objects[layout.ingestion_key(T0 + layout.SLOT * 3, ".json")] = b"{}"
+    s3.objects[layout.ingestion_key(T0 + layout.SLOT * 3, ".json", pair="ETH/USDT")] = b"{}"
     return s3, T0 + layout.SLOT * 4
 
 
@@ -807,7 +812,7 @@ def test_the_report_reads_a_bounded_spread_of_reason_files_in_one_listing_and_is
     s3 = MemoryS3()
     for n, slot in enumerate(layout.slots_between(start, end)):
         for copy in range(3):
-            source = f"{layout.ingestion_key(slot, '.json')}{copy}"
+            source = f"{layout.ingestion_key(slot, '.json', pair='ETH/USDT')}{copy}"
             body = json.dumps({"source_key": source, "reason": NO_WA if n % 4 else "high 1 is below low 2"}).encode()
             s3.objects[layout.quarantine_keys(slot, source)[1]] = body
     s3.objects[layout.quarantine_keys(end, "after the range")[1]] = b"{}"
@@ -831,7 +836,9 @@ def test_the_report_reads_a_bounded_spread_of_reason_files_in_one_listing_and_is
 
 def test_an_object_used_for_its_window_and_quarantined_for_another_record_counts_once():
     slot = T0
-    used, superseded, bad = (layout.ingestion_key(slot, suffix) for suffix in ("-v2.json", ".json", ".xml"))
+    used, superseded, bad = (
+        layout.ingestion_key(slot, suffix, pair="ETH/USDT") for suffix in ("-v2.json", ".json", ".xml")
+    )
     price = analysis.Price(slot, 100.0, "ETH/USDT", used, (superseded,))
     reason_keys = [layout.quarantine_keys(slot, key)[1] for key in (used, bad)]
 
@@ -844,7 +851,7 @@ def test_an_earlier_window_with_another_pairs_record_only_is_asked_about_and_hol
     when that run waited for the default pair's record), and goes on when none can."""
     s3, slot = waiting_case()
     gap = T0 + layout.SLOT * 3
-    del s3.objects[layout.ingestion_key(gap, ".json")]
+    del s3.objects[layout.ingestion_key(gap, ".json", pair="ETH/USDT")]
     s3.objects[layout.ingestion_key(gap, ".json", pair="BTC/USDT")] = b"{}"
     asked = []
 

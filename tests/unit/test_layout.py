@@ -119,8 +119,12 @@ def test_key_builders_follow_the_documented_layout_under_the_default_prefixes():
     day = "year=2026/month=11/day=25/"
 
     assert layout.ingestion_window_prefix(SLOT) == f"crypto/01-data-ingestion/{day}20261125T1930Z"
-    assert layout.ingestion_key(SLOT, ".json") == f"crypto/01-data-ingestion/{day}20261125T1930Z.json"
-    assert layout.analysis_key(SLOT) == f"crypto/02-data-analysis/{day}20261125T1930Z.csv"
+    assert layout.ingestion_key(SLOT, ".json", pair="ETH/USDT") == (
+        f"crypto/01-data-ingestion/{day}20261125T1930Z/ETH_USDT.json"
+    )
+    assert layout.legacy_ingestion_key(SLOT, ".json") == f"crypto/01-data-ingestion/{day}20261125T1930Z.json"
+    assert layout.analysis_key(SLOT) == f"crypto/02-data-analysis/{day}20261125T1930Z/pairs.csv"
+    assert layout.legacy_analysis_key(SLOT) == f"crypto/02-data-analysis/{day}20261125T1930Z.csv"
     assert layout.ledger_key(SLOT) == f"crypto/03-price-changes/{day}20261125T1930Z.json"
     copy_key, reason_key = layout.quarantine_keys(SLOT, "crypto/01-data-ingestion/x.json")
     assert re.fullmatch(rf"crypto/99-quarantine/{day}20261125T1930Z/({DIGEST})\.object", copy_key)
@@ -128,8 +132,10 @@ def test_key_builders_follow_the_documented_layout_under_the_default_prefixes():
 
 
 def test_key_builders_honour_a_custom_prefix():
-    assert layout.ingestion_key(SLOT, ".xml", "raw/") == "raw/year=2026/month=11/day=25/20261125T1930Z.xml"
-    assert layout.analysis_key(SLOT, "out/") == "out/year=2026/month=11/day=25/20261125T1930Z.csv"
+    assert layout.ingestion_key(SLOT, ".xml", "raw/", pair="ETH/USDT") == (
+        "raw/year=2026/month=11/day=25/20261125T1930Z/ETH_USDT.xml"
+    )
+    assert layout.analysis_key(SLOT, "out/") == "out/year=2026/month=11/day=25/20261125T1930Z/pairs.csv"
     assert layout.ledger_key(SLOT, "ledger/") == "ledger/year=2026/month=11/day=25/20261125T1930Z.json"
     assert layout.quarantine_keys(SLOT, "k", "q/")[0].startswith("q/year=2026/month=11/day=25/20261125T1930Z/")
 
@@ -137,9 +143,8 @@ def test_key_builders_honour_a_custom_prefix():
 @PROPERTY
 @given(slot=slots, other=slots, extension=st.sampled_from([".json", ".csv", ".xml", ".txt", ".csv.gz", "", "-b.json"]))
 def test_a_window_prefix_lists_its_own_slot_and_never_another_slot(slot, other, extension):
-    key = layout.ingestion_key(other, extension)
-
-    assert key.startswith(layout.ingestion_window_prefix(slot)) == (slot == other)
+    for key in (layout.ingestion_key(other, extension, pair="ETH/USDT"), layout.legacy_ingestion_key(other, extension)):
+        assert key.startswith(layout.ingestion_window_prefix(slot)) == (slot == other)
 
 
 # ------------------------------------------------------------------ slot_of_key
@@ -148,10 +153,14 @@ def test_a_window_prefix_lists_its_own_slot_and_never_another_slot(slot, other, 
 @pytest.mark.parametrize(
     "key_of",
     [
-        pytest.param(lambda slot: layout.ingestion_key(slot, ".json"), id="ingestion-json"),
-        pytest.param(lambda slot: layout.ingestion_key(slot, ".csv.gz"), id="ingestion-double-extension"),
-        pytest.param(lambda slot: layout.ingestion_key(slot, ""), id="ingestion-no-extension"),
-        pytest.param(lambda slot: layout.ingestion_key(slot, ".json", "other/raw/"), id="ingestion-custom-prefix"),
+        pytest.param(lambda slot: layout.ingestion_key(slot, ".json", pair="ETH/USDT"), id="ingestion-json"),
+        pytest.param(lambda slot: layout.ingestion_key(slot, ".csv.gz", pair="AB/B1"), id="ingestion-double-extension"),
+        pytest.param(lambda slot: layout.ingestion_key(slot, "", pair="ETH/USDT"), id="ingestion-no-extension"),
+        pytest.param(
+            lambda slot: layout.ingestion_key(slot, ".json", "other/raw/", pair="ETH/USDT"),
+            id="ingestion-custom-prefix",
+        ),
+        pytest.param(lambda slot: layout.legacy_ingestion_key(slot, ".json"), id="legacy-alias"),
         pytest.param(layout.analysis_key, id="analysis"),
         pytest.param(layout.ledger_key, id="ledger"),
     ],
@@ -284,17 +293,18 @@ def test_pair_raw_keys_sit_in_the_window_folder_and_the_pairs_share_one_csv_and_
     assert layout.ingestion_key(SLOT, ".json", pair="BTC/USDT") == (
         f"crypto/01-data-ingestion/{day}20261125T1930Z/BTC_USDT.json"
     )
-    assert layout.pairs_analysis_key(SLOT) == f"crypto/02-data-analysis/{day}20261125T1930Z/pairs.csv"
+    assert layout.analysis_key(SLOT) == f"crypto/02-data-analysis/{day}20261125T1930Z/pairs.csv"
     assert layout.pairs_ledger_key(SLOT) == f"crypto/03-price-changes/{day}20261125T1930Z/pairs.jsonl"
-    assert layout.is_pairs_key(layout.pairs_analysis_key(SLOT))
-    assert not layout.is_pairs_key(layout.analysis_key(SLOT))
-    assert layout.slot_of_key(layout.pairs_analysis_key(SLOT)) == SLOT
+    assert layout.slot_of_key(layout.analysis_key(SLOT)) == SLOT
     assert layout.slot_of_key(layout.pairs_ledger_key(SLOT)) == SLOT
     assert layout.parquet_key(2026, 11, pair="SOL/USDT") == (
         "crypto/02-data-analysis-parquet/pair=SOL_USDT/year=2026/month=11/data.parquet"
     )
-    # the default pair keeps the single-pair keys
-    assert layout.parquet_key(2026, 11) == "crypto/02-data-analysis-parquet/year=2026/month=11/data.parquet"
+    # the default pair is a pair as any other; its months of before (migrate_storage moves them) had no pair=
+    assert layout.parquet_key(2026, 11, "ETH/USDT") == (
+        "crypto/02-data-analysis-parquet/pair=ETH_USDT/year=2026/month=11/data.parquet"
+    )
+    assert layout.legacy_parquet_key(2026, 11) == "crypto/02-data-analysis-parquet/year=2026/month=11/data.parquet"
     with pytest.raises(ValueError, match="BASE/QUOTE"):
         layout.pair_slug("ETH/../x")
 
@@ -333,11 +343,13 @@ def test_the_ingestion_key_grammar_gives_a_key_one_pair_and_version_or_none(rest
 
 
 @pytest.mark.parametrize("rest", [".json", "-v2.csv", ".csv.gz", '-"producer, b".csv'])
-def test_the_sensor_glob_matches_the_default_pairs_keys_and_no_other_pairs(rest):
+def test_the_sensor_glob_of_the_default_pair_is_its_slugs_as_for_any_pair_and_the_alias_still_reads_as_it(rest):
     prefix = layout.ingestion_window_prefix(SLOT)
-    assert fnmatch.fnmatch(prefix + rest, prefix + layout.DEFAULT_PAIR_KEY_GLOB)
+    glob = layout.record_glob(SLOT, "ETH/USDT")
+    assert fnmatch.fnmatch(f"{prefix}/ETH_USDT{rest}", glob)
     for other in ("/BTC_USDT.json", "/BTC_USDT-v2.csv", "", "x.json"):
-        assert not fnmatch.fnmatch(prefix + other, prefix + layout.DEFAULT_PAIR_KEY_GLOB)
+        assert not fnmatch.fnmatch(prefix + other, glob)
+    assert layout.read_ingestion_key(prefix + rest, SLOT, layout.INGESTION_PREFIX, "ETH/USDT")[0] == "ETH/USDT"
 
 
 PAIRS = ["ETH/USDT", "BTC/USDT", "BTC/USDTX", "ETH/BTC"]
@@ -354,14 +366,14 @@ window_rests = st.builds(
 @given(slot=slots, rest=window_rests, pair=st.sampled_from(PAIRS))
 def test_the_sensors_pattern_of_a_pair_matches_every_key_the_grammar_gives_that_pair(slot, rest, pair):
     """The sensor's trigger wakes on ``record_glob``: a key of the pair it misses would hold the window
-    until the deadline. (It may match more: a wake-up is checked by ``pairs_listed``.) The default pair's
-    keys are ``<S><suffix>``; the grammar also reads its slug's folder as it, undocumented, and found by
-    the listing at the deadline only."""
+    until the deadline. (It may match more: a wake-up is checked by ``pairs_listed``.) Every pair's keys are
+    ``<S>/<SLUG><suffix>``; the default pair's legacy alias ``<S><suffix>`` is found by the listing (at the
+    deadline, or by the wait for any key while no pair's record is there)."""
     key = layout.ingestion_window_prefix(slot) + rest
     read = layout.read_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT")
 
-    if read and read[0] == pair and not (pair == "ETH/USDT" and rest.startswith("/")):
-        assert fnmatch.fnmatch(key, layout.record_glob(slot, pair, "ETH/USDT"))
+    if read and read[0] == pair and rest.startswith("/"):
+        assert fnmatch.fnmatch(key, layout.record_glob(slot, pair))
     assert (read is not None and read[0] in PAIRS and read[0] == pair) == (
         pair in layout.pairs_listed([key], slot, layout.INGESTION_PREFIX, "ETH/USDT")
     )
@@ -376,9 +388,9 @@ def test_the_pairs_listed_are_those_the_grammar_names_and_no_key_outside_it():
 
 
 @PROPERTY
-@given(slot=slots, other=slots, pair=st.sampled_from(["", "BTC/USDT", "SOL/USDT", "ETH/BTC"]))
+@given(slot=slots, other=slots, pair=st.sampled_from(["", "BTC/USDT", "SOL/USDT", "ETH/BTC", "ETH/USDT"]))
 def test_one_window_listing_finds_every_pairs_object_of_that_window_only(slot, other, pair):
-    key = layout.ingestion_key(other, ".json", pair=pair)
+    key = layout.ingestion_key(other, ".json", pair=pair) if pair else layout.legacy_ingestion_key(other, ".json")
     assert key.startswith(layout.ingestion_window_prefix(slot)) == (slot == other)
     if slot == other:
         assert layout.read_ingestion_key(key, slot, layout.INGESTION_PREFIX, "ETH/USDT") == (pair or "ETH/USDT", 1)

@@ -243,14 +243,14 @@ def test_a_canonical_csv_that_is_not_canonical_holds_no_record_and_ops_are_told_
     assert "not a finite positive number" in result["ops_notice"]
 
 
-def test_one_pairs_bad_csv_of_the_window_makes_it_late_with_the_reason_and_holds_no_other_pair():
-    s3 = seeded({T0: 100.0, SLOT: 103.0}, others={T0: 99.0, SLOT: 101.0})
-    s3.objects[layout.analysis_key(SLOT)] = b"timestamp\n"  # the default pair's CSV of the window: no row
+def test_a_pair_without_a_row_in_the_windows_csv_is_late_and_holds_no_other_pair():
+    """One CSV holds every pair's row: a pair the Glue job wrote no row for is late, the others go on."""
+    s3 = seeded({T0: 100.0}, others={T0: 99.0, SLOT: 101.0})
 
     result = pairs.analyse_pairs(s3, CONFIG, with_other(RULES), SLOT, True, "", "u", RUN_A)
 
     assert [(a["pair"], a["rule"]) for a in result["alerts"]] == [(OTHER, "cross-100")]
-    assert result["late"][PAIR].startswith(f'canonical CSV "{layout.analysis_key(SLOT)}" not read: ')
+    assert result["late"] == {PAIR: "no record of the window when it was analysed"}
     assert set(pairs.parse_entries(s3.objects[KEY])) == {OTHER}
 
 
@@ -265,23 +265,6 @@ def test_stray_keys_among_the_canonical_csvs_are_not_read():
     result = pairs.analyse_pairs(s3, CONFIG, RULES, midnight, True, "", "u", RUN_A)
 
     assert [alert["pair"] for alert in result["alerts"]] == [PAIR]
-
-
-def test_an_earlier_window_missing_only_the_shared_csv_is_waited_for_as_a_gap():
-    """Review of one lane: a window counted as settled when either of its CSVs was there; the Glue job writes
-    them separately, so one can land before the other (a failed PUT, a retry) and later windows of the
-    other pairs compared with an older reference without asking whether its run was still normalizing."""
-    s3 = seeded({T0: 100.0, SLOT: 103.0}, others={SLOT: 101.0})
-    s3.objects[layout.ingestion_key(T0, ".json", pair=OTHER)] = b"{}"  # its record is there, not yet normalized
-    asked = []
-
-    def still_normalizing(slots):
-        asked.append(slots)
-        return []
-
-    pairs.analyse_pairs(s3, CONFIG, with_other(RULES), SLOT, True, "", "u", RUN_A, still_normalizing)
-
-    assert asked == [[T0]]
 
 
 def test_a_window_without_any_pairs_record_fails_with_each_pairs_reason():
@@ -324,7 +307,7 @@ def test_the_run_log_names_the_object_used_and_those_the_glue_job_says_it_supers
     s3 = seeded({T0: 100.0, SLOT: 100.1})
     key = layout.analysis_key(SLOT)
     header, row = s3.objects[key].decode().splitlines()
-    older = layout.ingestion_key(SLOT, ".json")
+    older = layout.ingestion_key(SLOT, ".json", pair="ETH/USDT")
     s3.objects[key] = f'{header},superseded\n{row},"[""{older}""]"\n'.encode()
 
     analyse(s3, RUN_A)
@@ -406,7 +389,7 @@ OLD = layout.ledger_key(SLOT)
 
 def migrated(s3: MemoryS3) -> dict:
     s3.delete_object = lambda Bucket, Key: s3.objects.pop(Key)  # noqa: N803 - boto3's argument names
-    return migrate.migrate(s3, CONFIG, RULE)
+    return migrate.migrate(s3, CONFIG, "ETH/USDT", RULE)
 
 
 def old_entry(decision: str, **fields) -> bytes:
@@ -478,3 +461,22 @@ def test_the_migration_leaves_an_old_entry_that_changed_while_it_was_moved_and_s
     s3.put_object = real_put
     assert migrated(s3) == {"moved": 1, "kept": 0, "changed": 0}  # a sent alert replaces the moved claim
     assert (entry(s3)["decision"], rule(s3)["sns_message_id"]) == (NOTIFIED, "m-old")
+
+
+def test_the_default_pair_with_three_rules_is_accepted_and_each_rule_decided():
+    """Issue 34: ETH/USDT watched with a 5-minute change, a 1-hour change and a crossing was refused ("the
+    default pair takes one change rule of 5 minutes"). Now it is a pair as any other: each rule decided,
+    each due one claimed."""
+    from include.price_pipeline import rules
+
+    three = rules.parse({"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [
+        {"name": "move-5m", "kind": "change", "threshold_pct": 1.0, "minutes": 5},
+        {"name": "move-1h", "kind": "change", "threshold_pct": 2.0, "minutes": 60},
+        {"name": "above-104", "kind": "crossing", "level": 104.0, "direction": "up"}]}})  # fmt: skip
+    s3 = seeded({SLOT - timedelta(hours=1): 100.0, T0: 102.0, SLOT: 105.0})
+
+    result = pairs.analyse_pairs(s3, CONFIG, three, SLOT, True, "", "u", RUN_A)
+
+    assert result["decisions"] == {"ETH/USDT": {"move-5m": NOTIFY, "move-1h": NOTIFY, "above-104": NOTIFY}}
+    assert sorted(alert["rule"] for alert in result["alerts"]) == ["above-104", "move-1h", "move-5m"]
+    assert pairs.parse_entries(s3.objects[KEY])["ETH/USDT"]["decision"] == PUBLISHING

@@ -82,7 +82,9 @@ def test_a_price_the_glue_job_took_as_the_typical_price_is_marked_an_approximati
     del given["weightedAverageBasis"]
     shown = []
     for record in (typical, given):
-        row = validation.normalize(record, aliases, "BTC/USDT", layout.ingestion_key(SLOT, ".json"), "json")
+        row = validation.normalize(
+            record, aliases, "BTC/USDT", layout.ingestion_key(SLOT, ".json", pair="ETH/USDT"), "json"
+        )
         [price] = analysis.parse_canonical_rows(validation.to_csv(row))
         latest = alerts._price(price)
         page_row = browse.row_from_entry(SLOT, {**entry(move=("below_threshold", "up")), "latest": latest})

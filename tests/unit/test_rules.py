@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -492,6 +493,46 @@ def test_params_override_only_the_default_pairs_change_rule():
         p: r for p, r in loaded.pairs.items() if p != "ETH/USDT"
     }
     assert rules.with_overrides(loaded, {}) == loaded
+
+
+def test_params_override_the_change_rule_of_the_pair_and_rule_they_name_and_only_it():
+    loaded = rules.load(rules.REPO_ROOT / "include" / "rules" / "local.json")
+    [(pair, change)] = [(p, r) for p, rs in loaded.pairs.items() if p != "ETH/USDT" for r in rs if r.kind == "change"][
+        :1
+    ]
+    params = {"pair": pair, "rule": change.name, "threshold_pct": 7.5, "lookback_minutes": None}
+
+    overridden = rules.with_overrides(loaded, params)
+
+    assert [r for r in overridden.pairs[pair] if r.name == change.name] == [replace(change, threshold_pct=7.5)]
+    assert {p: rs for p, rs in overridden.pairs.items() if p != pair} == {
+        p: rs for p, rs in loaded.pairs.items() if p != pair
+    }
+    assert rules.with_overrides(loaded, {"pair": pair, "rule": change.name}) == loaded  # nothing to override
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"pair": "DOGE/USDT", "threshold_pct": 2}, "param pair 'DOGE/USDT' is not a pair of the rules file"),
+        ({"rule": "nope", "threshold_pct": 2}, "param rule: pair ETH/USDT has no rule 'nope'"),
+        ({"pair": "BTC/USDT", "rule": "move-5m"}, "param rule: pair BTC/USDT has no rule 'move-5m'"),
+        ({"lookback_minutes": 2000}, "param lookback_minutes 2000: rule move-5m of pair ETH/USDT takes 5 to 1445"),
+    ],
+)
+def test_params_naming_a_pair_or_rule_the_file_has_not_fail_with_one_line(params, reason):
+    loaded = rules.load(rules.REPO_ROOT / "include" / "rules" / "local.json")
+    with pytest.raises(rules.RulesError, match=re.escape(reason)) as failure:
+        rules.with_overrides(loaded, params)
+    assert "\n" not in str(failure.value)
+
+
+def test_params_naming_a_crossing_rule_fail_it_is_no_change_rule():
+    doc = {"default_pair": "ETH/USDT", "pairs": {"ETH/USDT": [
+        {"name": "move-5m", "kind": "change", "threshold_pct": 1.0},
+        {"name": "above", "kind": "crossing", "level": 3000.0, "direction": "up"}]}}  # fmt: skip
+    with pytest.raises(rules.RulesError, match="pair ETH/USDT has crossing rule 'above'; the params override one"):
+        rules.with_overrides(rules.parse(doc), {"rule": "above", "threshold_pct": 2})
 
 
 def test_make_runs_feed_fires_every_rule_of_the_local_file_within_ten_minutes_whenever_it_starts():

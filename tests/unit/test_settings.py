@@ -82,7 +82,6 @@ def test_load_reads_os_environ_when_given_no_mapping(monkeypatch):
     [
         ("PRICE_SENSOR_TIMEOUT_SECONDS", " 120 ", 120),
         ("PRICE_MAX_OBJECT_BYTES", "2048", 2048),
-        ("PRICE_PAIR", "BTC/USDT", "BTC/USDT"),
         ("PRICE_BUCKET", "my-bucket", "my-bucket"),
     ],
 )
@@ -152,7 +151,6 @@ def test_glue_job_arguments_follow_the_configuration():
             "PRICE_INGESTION_PREFIX": "in/",
             "PRICE_ANALYSIS_PREFIX": "out/",
             "PRICE_QUARANTINE_PREFIX": "bad/",
-            "PRICE_PAIR": "BTC/USDT",
             "PRICE_MAX_OBJECT_BYTES": "4096",
         }
     )
@@ -164,19 +162,18 @@ def test_glue_job_arguments_follow_the_configuration():
         "--ingestion_prefix": "in/",
         "--analysis_prefix": "out/",
         "--quarantine_prefix": "bad/",
-        "--pair": "BTC/USDT",
-        "--pairs": "ETH/USDT",  # the rules file's pairs other than PRICE_PAIR
+        "--pairs": "ETH/USDT",  # every pair of the rules file, its default pair first
         "--max_object_bytes": "4096",
     }
 
 
-def test_the_rules_file_names_the_glue_jobs_other_pairs_and_its_default_pair_must_be_price_pair():
+def test_the_glue_jobs_pairs_are_every_pair_of_the_rules_file_its_default_pair_first():
+    """One --pairs list, one write path for every pair (there was a --pair of the default pair's own)."""
     local = settings.load({"PRICE_RULES_FILE": "include/rules/local.json"})
-    assert settings.glue_job_arguments(local)["--pairs"] == "BTC/USDT,SOL/USDT"
-    assert settings.glue_job_arguments(settings.load({}))["--pairs"] == ""
+    assert settings.glue_job_arguments(local)["--pairs"] == "ETH/USDT,BTC/USDT,SOL/USDT"
+    assert settings.glue_job_arguments(settings.load({}))["--pairs"] == "ETH/USDT"
+    assert "--pair" not in settings.glue_job_arguments(local)
     assert settings.load_rules(local).default_pair == "ETH/USDT"
-    with pytest.raises(ValueError, match="default_pair ETH/USDT is not PRICE_PAIR BTC/USDT"):
-        settings.load_rules(settings.load({"PRICE_PAIR": "BTC/USDT"}))
 
 
 def test_the_glue_job_parses_every_argument_the_dag_passes_it():
@@ -187,7 +184,8 @@ def test_the_glue_job_parses_every_argument_the_dag_passes_it():
     args = job.parse_args([*argv, "--window_start", "2026-02-03T12:00:00Z"])
 
     for name, value in arguments.items():
-        assert str(getattr(args, name.removeprefix("--"))) == value, name
+        parsed = getattr(args, name.removeprefix("--"))
+        assert (",".join(parsed) if isinstance(parsed, list) else str(parsed)) == value, name
     assert args.max_object_bytes == 4096
     assert args.aliases == json.loads(layout.FIELD_ALIASES_PATH.read_text())
 
@@ -206,19 +204,23 @@ def test_readme_lists_every_price_setting():
 
 
 def test_the_default_pairs_rule_is_the_files_whatever_its_threshold_cooldown_or_min_abs_move(tmp_path):
-    """The rules file is the one home of the default pair's rule: the DAG params default to it (they used to
-    default to PRICE_THRESHOLD_PCT / PRICE_LOOKBACK_MINUTES, which the file had to repeat)."""
+    """The rules file is the one home of every rule: the DAG params name the default pair, and each number
+    left empty is the named rule's own (they used to default to PRICE_THRESHOLD_PCT / PRICE_LOOKBACK_MINUTES,
+    which the file had to repeat; then to the default pair's one rule, which a run naming another rule would
+    have carried over to it)."""
     doc = json.loads((ROOT / settings.load({}).rules_file).read_text())
     doc["pairs"]["ETH/USDT"][0] |= {"threshold_pct": 2.0, "tolerance_minutes": 25, "min_abs_move": 3.0,
                                     "cooldown_minutes": 30}  # fmt: skip
     path = tmp_path / "rules.json"
     path.write_text(json.dumps(doc))
 
-    rule = settings.load_rules(settings.load({"PRICE_RULES_FILE": str(path)})).default_rule
+    rule_set = settings.load_rules(settings.load({"PRICE_RULES_FILE": str(path)}))
 
-    params = {name: spec["default"] for name, spec in settings.policy_params(rule).items()}
-    assert params == {"threshold_pct": 2.0, "lookback_minutes": 30, "min_abs_move": 3.0, "repeat_windows": 6,
-                      "notify_on_backfill": False}  # fmt: skip
+    params = {name: spec["default"] for name, spec in settings.policy_params(rule_set).items()}
+    assert params == {"pair": "ETH/USDT", "rule": None, "threshold_pct": None, "lookback_minutes": None,
+                      "min_abs_move": None, "repeat_windows": None, "notify_on_backfill": False}  # fmt: skip
+    rule = rules.with_overrides(rule_set, params).default_rule
+    assert (rule.threshold_pct, rule.tolerance_minutes, rule.min_abs_move, rule.cooldown_minutes) == (2.0, 25, 3.0, 30)
 
 
 def test_every_numeric_param_is_bounded_by_what_a_rule_can_hold():
@@ -230,11 +232,11 @@ def test_every_numeric_param_is_bounded_by_what_a_rule_can_hold():
          "tolerance_minutes": rules.MAX_MINUTES, "min_abs_move": rules.MAX_PRICE,
          "cooldown_minutes": rules.MAX_COOLDOWN_MINUTES}]}}  # fmt: skip
     rule_set = rules.parse(bounds)
-    specs = settings.policy_params(rule_set.default_rule)
+    specs = settings.policy_params(rule_set)
     for spec in specs.values():
         schema = {key: value for key, value in spec.items() if key not in ("default", "description")}
         jsonschema.validate(spec["default"], schema)
-        if spec["type"] in ("number", "integer"):
+        if "maximum" in spec:
             for huge in (spec["maximum"] * 2, 10**400):
                 with pytest.raises(jsonschema.ValidationError, match="is greater than the maximum"):
                     jsonschema.validate(huge, schema)
@@ -242,29 +244,23 @@ def test_every_numeric_param_is_bounded_by_what_a_rule_can_hold():
     assert rules.with_overrides(rule_set, largest).history() == rule_set.history()
 
 
-@pytest.mark.parametrize(
-    "change",
-    [{"minutes": 15}, {"kind": "crossing", "level": 100.0}, "second rule"],
-    ids=["minutes", "crossing", "two-rules"],
-)
-def test_the_default_pair_takes_one_5_minute_change_rule(tmp_path, change):
-    """Its ledger entry (its storage) holds one 5-minute change: a file saying otherwise fails the parse."""
+def test_the_default_pair_takes_any_rules_as_every_pair_does(tmp_path):
+    """It used to take one 5-minute change rule only (its own storage, and the one rule the DAG params
+    overrode): ETH/USDT watched with three rules was refused."""
     doc = json.loads((ROOT / settings.load({}).rules_file).read_text())
-    rule = doc["pairs"]["ETH/USDT"][0]
-    if change == "second rule":
-        doc["pairs"]["ETH/USDT"].append({**rule, "name": "second"})
-    elif "kind" in change:
-        doc["pairs"]["ETH/USDT"][0] = {"name": rule["name"], **change}
-    else:
-        rule |= change
+    doc["pairs"]["ETH/USDT"] += [
+        {"name": "move-1h", "kind": "change", "threshold_pct": 3.0, "minutes": 60, "tolerance_minutes": 10},
+        {"name": "above-3000", "kind": "crossing", "level": 3000.0, "direction": "up"},
+    ]
     path = tmp_path / "rules.json"
     path.write_text(json.dumps(doc))
 
-    with pytest.raises(ValueError, match="pair ETH/USDT: the default pair takes one change rule of 5 minutes"):
-        settings.load_rules(settings.load({"PRICE_RULES_FILE": str(path)}))
+    loaded = settings.load_rules(settings.load({"PRICE_RULES_FILE": str(path)}))
+
+    assert [rule.name for rule in loaded.pairs["ETH/USDT"]] == ["move-5m", "move-1h", "above-3000"]
 
 
-@pytest.mark.parametrize("variable", ["PRICE_THRESHOLD_PCT", "PRICE_LOOKBACK_MINUTES"])
+@pytest.mark.parametrize("variable", ["PRICE_THRESHOLD_PCT", "PRICE_LOOKBACK_MINUTES", "PRICE_PAIR"])
 def test_a_retired_setting_fails_loudly_naming_where_the_value_lives_now(variable):
-    with pytest.raises(ValueError, match=f"{variable} is no longer a setting: set .* in the rules file"):
+    with pytest.raises(ValueError, match=f"{variable} is no longer a setting: .*the rules file"):
         settings.load({variable: "2"})

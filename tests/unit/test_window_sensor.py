@@ -71,7 +71,7 @@ def context(slot: datetime, run_type: str = "scheduled") -> dict:
 
 def land(s3, slot: datetime, *pairs: str) -> None:
     for pair in pairs:
-        s3.put_object(Bucket=BUCKET, Key=layout.ingestion_key(slot, ".json", pair="" if pair == "ETH/USDT" else pair))
+        s3.put_object(Bucket=BUCKET, Key=layout.ingestion_key(slot, ".json", pair=pair))
 
 
 def deferred(call):
@@ -110,7 +110,7 @@ def test_with_the_default_pairs_record_missing_it_waits_for_that_record_until_th
     waiting = sensor()
     wait = deferred(lambda: waiting.execute(context(slot)))
 
-    assert waiting.bucket_key == wait.trigger.bucket_key == [layout.record_glob(slot, "ETH/USDT", "ETH/USDT")]
+    assert waiting.bucket_key == wait.trigger.bucket_key == [layout.record_glob(slot, "ETH/USDT")]
     assert wait.trigger.wildcard_match is True
     assert wait.timeout == timedelta(seconds=DEADLINE - 10)  # now is 10 s after the window's end
     assert wait.kwargs == {"missing_before": ["ETH/USDT"]}
@@ -156,7 +156,7 @@ def test_once_one_record_is_there_it_waits_for_all_the_missing_ones_together(s3)
 
     wait = deferred(lambda: sensor().resume(context(slot), {"status": "running"}, first.kwargs["missing_before"]))
 
-    assert wait.trigger.bucket_key == [layout.record_glob(slot, "SOL/USDT", "ETH/USDT")]
+    assert wait.trigger.bucket_key == [layout.record_glob(slot, "SOL/USDT")]
     land(s3, slot, "SOL/USDT")
     assert sensor().resume(context(slot), {"status": "success"}, wait.kwargs["missing_before"]) is None
 
@@ -198,3 +198,11 @@ def test_without_a_triggerer_it_pokes_with_the_same_rule(s3, clock):
     assert sensor(deferrable=False).poke(context(SLOT)) is False
     clock(DEADLINE)
     assert sensor(deferrable=False).poke(context(SLOT)) is True
+
+
+def test_a_producers_legacy_alias_counts_as_the_default_pairs_record(s3):
+    """Every pair's record is ``<slot>/<SLUG>...``; a producer's ``<slot><ext>`` still is the default pair's."""
+    s3.put_object(Bucket=BUCKET, Key=layout.legacy_ingestion_key(SLOT, ".json"))
+    land(s3, SLOT, "BTC/USDT", "SOL/USDT")
+
+    assert sensor().execute(context(SLOT)) is None  # every pair there: done, nobody waited for

@@ -10,13 +10,12 @@ such as Glue's own, are ignored):
     --quarantine_prefix   copies of objects that could not be trusted, with a reason file
     --window_start        first slot to process, ISO 8601 (``2026-11-25T19:30:00Z``)
     --window_end          end of the range, exclusive (default: window_start + 5 minutes)
-    --pair                the default pair: an object under a window's single-pair key (``<slot>.<...>``
-                          or ``<slot>-<...>``) is for it; a record names it or none; every row carries it
-    --pairs               the other configured pairs, comma-separated (``BTC/USDT,SOL/USDT``): an object
-                          at ``<slot>/<BASE>_<QUOTE>[.<...>|-<...>]`` is for that pair (any other key:
-                          quarantined, see read_ingestion_key); the window's other pairs
-                          share one CSV ``<slot>/pairs.csv``, a row per pair (by pair); an object naming
-                          no configured pair is quarantined
+    --pairs               every configured pair, comma-separated, the rules file's default pair first
+                          (``ETH/USDT,BTC/USDT``): an object at ``<slot>/<BASE>_<QUOTE>[.<...>|-<...>]`` is
+                          for that pair, one at the legacy alias ``<slot>.<...>`` or ``<slot>-<...>`` for
+                          the first (any other key: quarantined, see read_ingestion_key); a record names
+                          its pair or none; the window's pairs share one CSV ``<slot>/pairs.csv``, a row
+                          per pair (by pair); an object naming no configured pair is quarantined
     --max_object_bytes    objects above this size are quarantined without being read whole
     --field_aliases       JSON: canonical field -> accepted spellings (include/glue/field_aliases.json)
 
@@ -34,8 +33,8 @@ declaring ``weightedAverageBasis: typical_price`` (BASIS_FIELD) instead of givin
 exchange whose candles carry no quote volume). Any other value is refused, except the canonical CSV's own
 (its output read back as input), which changes nothing.
 
-The window contract: a raw object listed under window W only ever writes W's canonical CSV
-``<analysis_prefix>.../<W>.csv``. Its one record of W is a candidate; records of other slots, and
+The window contract: a raw object listed under window W only ever writes its row of W's canonical CSV
+``<analysis_prefix>.../<W>/pairs.csv``. Its one record of W is a candidate; records of other slots, and
 any refused record, send a copy of the object to the quarantine prefix beside a reason file. Among the
 objects of W with a candidate the highest key version (``-v<N>``) wins, then the newest LastModified;
 a tie in both refuses them (see plan_window); the CSV names the ones it superseded.
@@ -62,11 +61,10 @@ from datetime import timedelta
 from include.glue.price_glue.formats import Rejected
 from include.glue.price_glue.numbers import read_timestamp
 from include.glue.price_glue.s3io import MAX_WORKERS, apply_plan, list_raw_objects, read_bounded, s3_client
-from include.glue.price_glue.validation import one_line, records_of, to_csv
+from include.glue.price_glue.validation import one_line, records_of
 from include.price_pipeline.layout import (
     SLOT_SECONDS,
     analysis_key,
-    pairs_analysis_key,
     quarantine_keys,
     range_objects_key,
     read_ingestion_key,
@@ -77,8 +75,8 @@ from include.price_pipeline.layout import (
 PROCESSES_ABOVE_OBJECTS = 1000
 MAX_PROCESSES = 4
 GRAMMAR_REFUSED = (
-    "key does not follow the ingestion key grammar: <slot> then '.' or '-' (the default pair), "
-    "or <slot>/<BASE>_<QUOTE> (another pair), and no other '/'"
+    "key does not follow the ingestion key grammar: <slot>/<BASE>_<QUOTE>, or <slot> then '.' or '-' "
+    "(the default pair's legacy alias), and no other '/'"
 )
 #: A record more than this after the window it was found under is refused as from the future.
 FUTURE_SLACK = timedelta(days=1)
@@ -104,40 +102,43 @@ def parse_args(argv):
     parser.add_argument("--quarantine_prefix", required=True)
     parser.add_argument("--window_start", required=True)
     parser.add_argument("--window_end", default="")
-    parser.add_argument("--pair", default="ETH/USDT")
-    parser.add_argument("--pairs", default="")
+    parser.add_argument("--pairs", default="ETH/USDT")
     parser.add_argument("--max_object_bytes", type=int, default=1048576)
     parser.add_argument("--field_aliases", required=True)
     args, _glue_own_arguments = parser.parse_known_args(argv)
     args.aliases = json.loads(args.field_aliases)
-    args.other_pairs = [pair.strip() for pair in args.pairs.split(",") if pair.strip() and pair.strip() != args.pair]
+    args.pairs = list(dict.fromkeys(pair.strip() for pair in args.pairs.split(",") if pair.strip()))
+    if not args.pairs:
+        parser.error("--pairs names no pair")
     args.start = read_timestamp(args.window_start)
     args.end = read_timestamp(args.window_end) if args.window_end else args.start + timedelta(seconds=SLOT_SECONDS)
     return args
 
 
 def process_object(s3, args, key, size=None):
-    """Return ``(rows, problems)`` for one raw object; raise Rejected if nothing in it can be used."""
-    return records_of(read_bounded(s3, args.bucket, key, args.max_object_bytes, size), args, key)
+    """Return ``(rows, problems)`` for one raw object of the first pair of ``--pairs``; raise Rejected if
+    nothing in it can be used."""
+    return records_of(read_bounded(s3, args.bucket, key, args.max_object_bytes, size), args, key, args.pairs[0])
 
 
 # --- the window contract: what an object found under window W may write
 
 
-def assess(data, args, key, slot, pair=None):
+def assess(data, args, key, slot, pair):
     """What the raw object ``key``, listed under window ``slot``, offers that window.
 
     ``data`` is its bytes, or the Rejected raised while reading it. Returns ``{"key", "row", "reasons",
     "format"}``: ``row`` is the object's one valid record of ``slot`` (None if it has none, or more than
     one), ``reasons`` says why anything else in it was refused; a record of any other slot is refused,
     whatever it holds. Any failure inside is the object's own: it becomes a reason, never a crash.
-    ``pair`` is the pair its key is for (default ``--pair``).
+    ``pair`` is the pair its key is for.
     """
     outcome = {"key": key, "row": None, "reasons": [], "format": "unknown"}
     try:
         if isinstance(data, Rejected):
             raise data
-        rows, problems = records_of(data, args, key, pair)
+        refused_times = []
+        rows, problems = records_of(data, args, key, pair, refused_times)
     except Rejected as error:
         outcome.update(reasons=[str(error)], format=error.format_guess)
         return outcome
@@ -149,10 +150,15 @@ def assess(data, args, key, slot, pair=None):
     mine = [row for row in rows if row["timestamp"] == stamp]
     outcome["format"] = rows[0]["source_format"]
     outcome["reasons"] = problems + [_elsewhere(row["timestamp"], slot) for row in rows if row["timestamp"] != stamp]
-    if len(mine) == 1:
+    refused = refused_times.count(stamp)  # a refused record of the window: which one holds is unknown
+    if len(mine) == 1 and not refused:
         outcome["row"] = mine[0]
     elif mine:
-        outcome["reasons"].append("{} records of window {} in one object: none is used".format(len(mine), stamp))
+        outcome["reasons"].append(
+            "{} records of window {} in one object{}: none is used".format(
+                len(mine) + refused, stamp, ", {} of them refused".format(refused) if refused else ""
+            )
+        )
     return outcome
 
 
@@ -164,19 +170,18 @@ def _elsewhere(stamp, slot):
     return "record of {} found under window {}: an object writes only its own window".format(stamp, slot_stamp(slot))
 
 
-def plan_window(args, slot, outcomes, pair=None):
+def plan_window(args, slot, outcomes, pair):
     """Every write the objects listed under window ``slot`` lead to, decided before any is made.
 
     ``outcomes`` are ``assess`` results with the key's ``version`` and the listing's ``modified`` added. Among
     the objects with a valid record of the window, the highest version wins, then the newest (LastModified, to
     the second); two at the top with the same version and second are both refused (which one is newer is
-    unknown), and so are the older ones. The winner gives the canonical CSV, which names the other candidates it
-    superseded; an object with any refused record is copied to quarantine with the reasons; every object is
-    tagged as ingested once those writes are made. The keys written are ``analysis_key(slot)`` and
-    ``quarantine_keys(slot, <listed key>)``, nothing else; for another ``pair`` than ``--pair`` the plan holds
-    the ``row`` for the window's shared CSV instead (see plan_pairs).
+    unknown), and so are the older ones; so are all when an object of a higher version than theirs was refused
+    (a correction that failed: the record it corrects is not used instead). The winner gives the pair's
+    ``row`` of the window's canonical CSV (see plan_pairs), which names the other candidates it superseded;
+    an object with any refused record is copied to quarantine with the reasons (the note names ``pair``, None
+    for a key of no configured pair); every object is tagged as ingested once those writes are made.
     """
-    other = pair if pair and pair != args.pair else ""
     candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: _order(o) + (o["key"],))
     tied = [o for o in candidates if _order(o) == _order(candidates[-1])]
     if len(tied) > 1:
@@ -187,16 +192,22 @@ def plan_window(args, slot, outcomes, pair=None):
         for outcome in candidates:  # an older one is not used either: the producer wrote a newer record since
             outcome["reasons"].append(top if outcome in tied else "older than the window's newest records; " + top)
         candidates = []
-    plan = {"window": slot_stamp(slot), "csv": None, "row": None, "used": None, "quarantine": []}
+    newer = [o for o in outcomes if o["row"] is None and candidates and o["version"] > candidates[-1]["version"]]
+    if newer:  # a correction was refused: the record it corrects is not used instead of it
+        correction = max(newer, key=_order)
+        why = "the window's correction {} (version {}) was refused: none is used".format(
+            quoted(correction["key"]), correction["version"]
+        )
+        for outcome in candidates:
+            outcome["reasons"].append(why)
+        candidates = []
+    plan = {"window": slot_stamp(slot), "row": None, "used": None, "quarantine": []}
     plan["tag"] = sorted(o["key"] for o in outcomes)
     plan["superseded"] = [o["key"] for o in candidates[:-1]]
     if candidates:
         plan["used"] = candidates[-1]["key"]
-        row = dict(candidates[-1]["row"], superseded=json.dumps(plan["superseded"]) if plan["superseded"] else "")
-        if other:
-            plan["row"] = row
-        else:
-            plan["csv"] = (analysis_key(slot, args.analysis_prefix), to_csv(row))
+        superseded = json.dumps(plan["superseded"]) if plan["superseded"] else ""
+        plan["row"] = dict(candidates[-1]["row"], superseded=superseded)
     for outcome in sorted(outcomes, key=lambda o: o["key"]):
         if outcome["reasons"]:
             copy_key, reason_key = quarantine_keys(slot, outcome["key"], args.quarantine_prefix)
@@ -207,8 +218,8 @@ def plan_window(args, slot, outcomes, pair=None):
                 "window": plan["window"],
                 "record_used": outcome["key"] == plan["used"],
             }
-            if other:
-                note["pair"] = other
+            if pair:
+                note["pair"] = pair
             plan["quarantine"].append((outcome["key"], copy_key, reason_key, note))
     return plan
 
@@ -219,15 +230,14 @@ def _order(outcome):
 
 
 def plan_pairs(args, slot, plans, tag_workers=1):
-    """The other pairs' plans of window ``slot`` as one: their quarantine writes and tags, and the rows of
-    the one CSV ``pairs_analysis_key(slot)``, a row per pair with a record (see write_pairs_csv). One object
-    for every pair: S3 bills a PUT per object, whatever its size. ``tag_workers``: threads tagging the
-    window's raw objects (a live window's run has nothing else to do in parallel)."""
+    """The pairs' plans of window ``slot`` as one: their quarantine writes and tags, and the rows of the one
+    CSV ``analysis_key(slot)``, a row per pair with a record (see write_pairs_csv). One object for every
+    pair: S3 bills a PUT per object, whatever its size. ``tag_workers``: threads tagging the window's raw
+    objects (a live window's run has nothing else to do in parallel)."""
     rows = [plan["row"] for plan in plans if plan["row"] is not None]
     return {
         "window": slot_stamp(slot),
-        "csv": None,
-        "pairs_csv": (pairs_analysis_key(slot, args.analysis_prefix), rows) if rows else None,
+        "pairs_csv": (analysis_key(slot, args.analysis_prefix), rows) if rows else None,
         "quarantine": [item for plan in plans for item in plan["quarantine"]],
         "tag": sorted(key for plan in plans for key in plan["tag"]),
         "tag_workers": tag_workers,
@@ -262,14 +272,11 @@ def run(s3, args, spread=False):
                 used = quoted(plan["used"])
                 print("SUPERSEDED in window {}: {} (by the newer {})".format(plan["window"], quoted(key), used))
                 summary["superseded"].append({"window": plan["window"], "key": key, "by": plan["used"]})
-    writes, other_pairs = [], {}
-    for (slot, pair), plan in zip(windows, plans):  # noqa: B905 - no strict= on 3.9
-        if pair and pair != args.pair:
-            other_pairs.setdefault(slot, []).append(plan)
-        else:
-            writes.append(plan)
-    tag_workers = MAX_WORKERS if len(other_pairs) == 1 else 1  # one window: tag its pairs' objects in parallel
-    writes += [plan_pairs(args, slot, group, tag_workers) for slot, group in sorted(other_pairs.items())]
+    by_slot = {}
+    for (slot, _pair), plan in zip(windows, plans):  # noqa: B905 - no strict= on 3.9
+        by_slot.setdefault(slot, []).append(plan)
+    tag_workers = MAX_WORKERS if len(by_slot) == 1 else 1  # one window: tag its pairs' objects in parallel
+    writes = [plan_pairs(args, slot, group, tag_workers) for slot, group in sorted(by_slot.items())]
     written = [item for item in _each(s3, args, apply_plan, writes, processes) if item is not None]
     summary["rows"] = len(written)
     if args.end - args.start > timedelta(seconds=SLOT_SECONDS):
@@ -323,8 +330,8 @@ def _in_process(task, args, items):
 def _read_listed(s3, args, listed):
     """Read one listed object (an S3 error fails the run, to be retried) and assess it (never raises)."""
     key, size, slot, _modified = listed
-    configured = [args.pair] + args.other_pairs
-    pair, version = read_ingestion_key(key, slot, args.ingestion_prefix, args.pair) or (None, 1)
+    configured = args.pairs
+    pair, version = read_ingestion_key(key, slot, args.ingestion_prefix, configured[0]) or (None, 1)
     if pair not in configured:
         if pair is None:
             reason = GRAMMAR_REFUSED

@@ -1,4 +1,4 @@
-"""The job's S3 requests: listing a range's raw objects, bounded reads, conditional writes of the shared
+"""The job's S3 requests: listing a range's raw objects, bounded reads, conditional writes of the canonical
 CSV (on any botocore), a window's planned writes and tags, and the client."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from include.glue.price_glue.validation import to_csv
 from include.price_pipeline.layout import INGESTED_TAG, ingestion_window_prefix, partition, slots_between
 
 MAX_WORKERS = 16
-#: A conditional write of the other pairs' shared CSV is read, merged and tried again this often.
+#: A conditional write of a window's canonical CSV is read, merged and tried again this often.
 CONDITIONAL_ATTEMPTS = 8
 #: S3 answers a failed If-Match / If-None-Match with one of these (412, or 409 for a concurrent write).
 CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
@@ -85,7 +85,7 @@ def read_bounded(s3, bucket, key, limit, size=None):
 
 
 def write_pairs_csv(s3, bucket, key, rows):
-    """Write the window's shared CSV of the other pairs with ``rows`` (re-derived by this run) and every row
+    """Write the window's canonical CSV with ``rows`` (re-derived by this run) and every row
     it holds of a pair this run did not re-derive (a pair gone from the rules, or whose raw object expired):
     a re-run loses no pair. The write is conditional on the version read (If-None-Match: * to create,
     If-Match to replace), read and merged again when another run wrote in between; unchanged bytes are not
@@ -157,9 +157,9 @@ def error_code(error):
 
 
 def apply_plan(s3, args, plan):
-    """Make a window's planned writes: quarantine copies and reasons, the canonical CSV (or the other
-    pairs' shared one), then the ``price-pipeline=ingested`` tag on each raw object of the window, only once
-    those writes are made: the lifecycle rule expires tagged objects. A superseded object is tagged too
+    """Make a window's planned writes: quarantine copies and reasons, the canonical CSV, then the
+    ``price-pipeline=ingested`` tag on each raw object of the window, only once those writes are made: the
+    lifecycle rule expires tagged objects. A superseded object is tagged too
     (the CSV names it). Returns ``(key, body)`` of the CSV written, or None."""
     for source_key, copy_key, reason_key, note in plan["quarantine"]:
         s3.copy_object(
@@ -170,12 +170,7 @@ def apply_plan(s3, args, plan):
         )
         body = json.dumps(note, sort_keys=True).encode("utf-8")
         s3.put_object(Bucket=args.bucket, Key=reason_key, Body=body, ContentType="application/json")
-    written = plan["csv"]
-    if written is not None:
-        key, body = written
-        s3.put_object(Bucket=args.bucket, Key=key, Body=body, ContentType="text/csv")
-    if plan.get("pairs_csv") is not None:
-        written = write_pairs_csv(s3, args.bucket, *plan["pairs_csv"])
+    written = None if plan["pairs_csv"] is None else write_pairs_csv(s3, args.bucket, *plan["pairs_csv"])
 
     def tag(key):
         s3.put_object_tagging(Bucket=args.bucket, Key=key, Tagging={"TagSet": [INGESTED_TAG]})

@@ -142,7 +142,7 @@ def _no_trade(row):
 
 
 def _pair(named, configured):
-    """Check that a record's pair names the job's ``--pair`` (see pair_spellings); anything else is refused."""
+    """Check that a record's pair names the pair its key is for (see pair_spellings); anything else is refused."""
     if not isinstance(named, str) or len(named) > 40 or not named.strip().isprintable():
         raise Rejected("pair is not a short text: {}".format(clip(named)))
     if named.strip().upper() not in pair_spellings(configured):
@@ -233,25 +233,44 @@ def _csv_cell(value):
     return repr(value) if isinstance(value, float) else value
 
 
-def records_of(data, args, key, pair=None):
+#: Records one object may hold (a week of 5-minute candles): every record is normalized, so an object of
+#: many (a 1 MiB CSV took 4.3 s) spent the job's time, shared by every pair of the window.
+MAX_RECORDS = 2016
+
+
+def records_of(data, args, key, pair, refused_times=None):
     """``(rows, problems)`` of one raw object's bytes: its valid canonical rows, and a one-line reason
-    per refused record; Rejected (with its format guess) when no record in it can be used. ``pair``: the
-    pair the object's key is for (default ``--pair``)."""
+    per refused record; Rejected (with its format guess) when no record in it can be used, or when it
+    holds more than MAX_RECORDS. ``pair``: the pair the object's key is for. ``refused_times``, if given,
+    gets the time of each refused record whose time reads (``YYYY-MM-DDTHH:MM:SSZ``)."""
     fmt = "unknown"
     try:
         fmt, raws = parse_object(decode_text(data), args.aliases)
+        if len(raws) > MAX_RECORDS:
+            raise Rejected("object holds {} records, over the cap of {} per object".format(len(raws), MAX_RECORDS))
         decimal = decimal_convention(raws, args.aliases)
     except Rejected as error:
         raise Rejected(str(error), error.format_guess if error.format_guess != "unknown" else fmt) from None
     rows, problems = [], []
     for index, raw in enumerate(raws):
         try:
-            rows.append(normalize(raw, args.aliases, pair or args.pair, key, fmt, decimal))
+            rows.append(normalize(raw, args.aliases, pair, key, fmt, decimal))
         except Rejected as error:
             problems.append("record {}: {}".format(index, error))
+            if refused_times is not None:
+                refused_times.append(_time_of(raw, args.aliases))
     if not rows:
         raise Rejected(one_line(problems) or "no record found", fmt)
     return rows, problems
+
+
+def _time_of(raw, aliases):
+    """A refused record's time as the CSV writes it, or None when it does not read."""
+    try:
+        moment = _field(raw, aliases, "timestamp", read_timestamp)
+    except Rejected:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
 def one_line(reasons):
