@@ -47,7 +47,7 @@ def run_id(stack) -> str:
     seed_normalized(s3, soak.BUCKET, candle(W - layout.SLOT, 100.0))
     seed_pairs(s3, soak.BUCKET, W - layout.SLOT * 3, {"BTC/USDT": 90000.0})
     seed_pairs(s3, soak.BUCKET, W - layout.SLOT, {"BTC/USDT": 90500.0, "SOL/USDT": 149.0})
-    write_record(s3, soak.BUCKET, candle(W, 102.5), "json")  # +2.5 % in 5 min
+    write_record(s3, soak.BUCKET, candle(W, 102.5), "json", pair="ETH/USDT")  # +2.5 % in 5 min
     write_record(s3, soak.BUCKET, candle(W, 91000.0), "json", pair="BTC/USDT")  # +1.11 % in 15 min
     write_record(s3, soak.BUCKET, candle(W, 150.5), "json", pair="SOL/USDT")  # crosses 150 upward
 
