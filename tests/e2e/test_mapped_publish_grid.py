@@ -15,6 +15,7 @@ import pytest
 
 from include.price_pipeline import layout, pairs
 from local import soak
+from local.api import Api
 from local.feed import write_record
 from local.stack import isolated, log_in
 from tests.conftest import utc
@@ -51,11 +52,10 @@ def run_id(stack) -> str:
     write_record(s3, soak.BUCKET, candle(W, 91000.0), "json", pair="BTC/USDT")  # +1.11 % in 15 min
     write_record(s3, soak.BUCKET, candle(W, 150.5), "json", pair="SOL/USDT")  # crosses 150 upward
 
-    conf = json.dumps({"notify_on_backfill": True})
     run = "grid__" + layout.slot_stamp(W)
-    stack.airflow(
-        "dags", "trigger", LIVE, "--run-id", run, "--logical-date", layout.iso(W + layout.SLOT), "--conf", conf
-    )
+    body = {"dag_run_id": run, "logical_date": W.isoformat(), "data_interval_start": W.isoformat(),
+            "data_interval_end": (W + layout.SLOT).isoformat(), "conf": {"notify_on_backfill": True}}  # fmt: skip
+    Api(stack).call("POST", f"/api/v2/dags/{LIVE}/dagRuns", body)
     soak.wait_for(lambda: soak.run_state(stack, run) in ("success", "failed"), stack=stack, what="the run")
     return run
 
@@ -75,6 +75,15 @@ def test_a_window_of_three_alerts_publishes_through_three_mapped_sns_publish_ins
         run_id,
     )
 
+    ledger = pairs.parse_entries(
+        aws["s3"].get_object(Bucket=soak.BUCKET, Key=layout.pairs_ledger_key(W))["Body"].read()
+    )
+    decided = {
+        pair: {name: rule["decision"] for name, rule in entry["rules"].items()} for pair, entry in ledger.items()
+    }
+    expected = {"BTC/USDT": {"move-15m": "notified"}, "ETH/USDT": {"move-5m": "notified"},
+                "SOL/USDT": {"cross-150": "notified"}}  # fmt: skip
+    assert decided == expected, [entry["rules"] for entry in ledger.values()]
     assert soak.run_state(stack, run_id) == "success", instances
     assert [(index, state) for index, _, state in instances] == [(0, "success"), (1, "success"), (2, "success")]
     assert sorted(name for _, name, _ in instances) == SUBJECTS  # the grid names each instance by its alert
