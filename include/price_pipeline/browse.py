@@ -1,7 +1,7 @@
 """What the "Price alerts" page shows of one pair for a range of windows, read from S3 (no Airflow here).
 
 A range is read one of two ways, by its length: up to :data:`LEDGER_MAX_WINDOWS` windows, the pair's line
-of each window's ledger object (``pairs.parse_entries``, the pipeline's own reader); longer, its monthly
+of each window's ledger object (``ledger.parse_entries``, the pipeline's own reader); longer, its monthly
 Parquet prices, a window every rule decides from its price alone (``rules.Series.raw``: no previous
 record, under the threshold, not crossed) shown so (``source = "parquet"``), the others ``pending`` until
 :func:`ledger_details` reads their entries (a second request: the chart is drawn before). One row builder
@@ -181,9 +181,9 @@ RULE_PRECEDENCE = (
 
 def _read_entries(s3, config: Config, slots: list[datetime], pair: str) -> dict[datetime, dict]:
     """``{slot: pair's entry}`` of the windows' ledger objects that exist (one listing per day partition,
-    then one GET each), read as the pipeline reads them (``pairs.parse_entries``): a damaged object is an
+    then one GET each), read as the pipeline reads them (``ledger.parse_entries``): a damaged object is an
     entry saying so."""
-    from include.price_pipeline import pairs
+    from include.price_pipeline import ledger
 
     if not slots:
         return {}
@@ -196,8 +196,8 @@ def _read_entries(s3, config: Config, slots: list[datetime], pair: str) -> dict[
     def read(slot: datetime) -> dict | None:
         body = store.read_bytes(s3, config.bucket, key_of[slot])
         try:
-            return None if body is None else pairs.parse_entries(body, key_of[slot]).get(pair)
-        except pairs.DamagedLedger as damage:
+            return None if body is None else ledger.parse_entries(body, key_of[slot]).get(pair)
+        except ledger.DamagedLedger as damage:
             return {"decision": DAMAGED, "reason": str(damage)}
 
     entries = store.in_parallel(s3, read, there)

@@ -2,10 +2,10 @@
 every pair's windows in one pass, through the live DAG's own functions (no Airflow here).
 
 It reads every canonical CSV the range needs (the Glue run's range object, else S3 with a bounded pool),
-decides every window (``rules.evaluate``, ``pairs.pair_entry``, freshness for run type ``backfill``) so each
-ledger object is byte-identical to what ``price_notification`` writes, writes the ledger (``pairs.merged``
+decides every window (``rules.evaluate``, ``ledger.pair_entry``, freshness for run type ``backfill``) so each
+ledger object is byte-identical to what ``price_notification`` writes, writes the ledger (``ledger.merged``
 over conditional writes: a claimed line is never overwritten) and each pair's monthly Parquet, publishes
-the due rules with ``notify_on_backfill`` (``pairs.publish_alerts``) and builds ops' one message of a range
+the due rules with ``notify_on_backfill`` (``ledger.publish_alerts``) and builds ops' one message of a range
 with quarantined objects (:func:`report_quarantine`). A range with no usable window raises NoUsableWindow.
 """
 
@@ -296,7 +296,7 @@ def report_quarantine(s3, config: Config, summary: dict, run_url: str) -> tuple[
 
 
 def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first: datetime, last: datetime) -> dict:
-    """Write each window's ledger object unless the stored one holds the same (``pairs.merged``: each
+    """Write each window's ledger object unless the stored one holds the same (``ledger.merged``: each
     pair's ``publishing`` or ``notified`` entry is kept, the others replaced); return the counts.
 
     One listing per day partition gives each stored object's ETag: an object whose ETag is the MD5 of the
@@ -304,7 +304,7 @@ def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first:
     instead). Writes are conditional (``store.update``), so an entry claimed or notified by a live run in
     the meantime is re-read and kept, never overwritten.
     """
-    from include.price_pipeline import pairs
+    from include.price_pipeline import ledger
 
     days = [f"{prefix}{day}" for day in layout.day_partitions(first, last)] if objects else []
     stored = list_with_etags(s3, bucket, days)
@@ -315,8 +315,8 @@ def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first:
             return "unchanged"
 
         def change(body: bytes | None) -> bytes:
-            merged = pairs.merged(pairs.parse_entries(body, key), pairs.parse_entries(new, key)) if body else None
-            return new if merged is None else pairs.entries_bytes(merged)
+            merged = ledger.merged(ledger.parse_entries(body, key), ledger.parse_entries(new, key)) if body else None
+            return new if merged is None else ledger.entries_bytes(merged)
 
         return "written" if store.update(s3, bucket, key, change, store.NDJSON, key in stored)[1] else "unchanged"
 
@@ -374,7 +374,7 @@ def backfill_history(
 
     Raises NoUsableWindow when no window of the range has a record (all missing or quarantined), and
     alerts.ClaimsLeft (after everything else is written) when an earlier try of this run left claims."""
-    from include.price_pipeline import pairs
+    from include.price_pipeline import ledger
 
     if end <= start:
         raise ValueError(f"end {layout.iso(end)} is not after start {layout.iso(start)}")
@@ -408,7 +408,7 @@ def backfill_history(
         series = rules.Series(prices[pair])
         for price in series.prices[bisect.bisect_left(series.slots, start) :]:
             decided = {rule.name: rules.evaluate(rule, series, price.slot) for rule in pair_rules}
-            entry = pairs.pair_entry(pair, price.slot, price, pair_rules, decided, due, why_not_due)
+            entry = ledger.pair_entry(pair, price.slot, price, pair_rules, decided, due, why_not_due)
             claimed = {"claimed_by": claimant} if entry["decision"] == PUBLISHING else {}
             entries.setdefault(price.slot, {})[pair] = entry | claimed
     reason_keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, start, end)
@@ -423,9 +423,9 @@ def backfill_history(
             f"{summary['missing']} without a canonical record, {summary['quarantined']} quarantined objects"
         )
     done("analyse")
-    objects = {layout.pairs_ledger_key(slot, config.changes_prefix): pairs.entries_bytes(by_pair)
+    objects = {layout.pairs_ledger_key(slot, config.changes_prefix): ledger.entries_bytes(by_pair)
                for slot, by_pair in entries.items()}  # fmt: skip
-    due_alerts = {slot: [alert for entry in by_pair.values() for alert in pairs.due_alerts(entry, run_url)]
+    due_alerts = {slot: [alert for entry in by_pair.values() for alert in ledger.due_alerts(entry, run_url)]
                   for slot, by_pair in sorted(entries.items())}  # fmt: skip
     summary["ledger"] = write_ledger(s3, config.bucket, config.changes_prefix, objects, start, end - layout.SLOT) | {
         "due": sum(len(alerts_) for alerts_ in due_alerts.values())
@@ -436,7 +436,7 @@ def backfill_history(
     done("write_parquet")
     published = {"sent": 0, "skipped": [], "left": [], "failed": []}
     for slot, due_now in due_alerts.items() if publish else ():
-        result = pairs.publish_alerts(s3, config, slot, due_now, claimant, publish) if due_now else {}
+        result = ledger.publish_alerts(s3, config, slot, due_now, claimant, publish) if due_now else {}
         published["sent"] += len(result.get("sent", {}))
         for outcome in ("skipped", "left", "failed"):
             published[outcome] += result.get(outcome, [])

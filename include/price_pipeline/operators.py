@@ -160,7 +160,7 @@ class AlertPublishOperator(SnsPublishOperator):
     shows a task instance per alert, named by its subject, its text as rendered fields and its SNS message id
     in its return value.
 
-    What it adds is the ledger around the provider's Publish (``pairs.publish_alerts`` of this one alert), so
+    What it adds is the ledger around the provider's Publish (``ledger.publish_alerts`` of this one alert), so
     each (pair, rule, window) goes out at most once: only the run whose claim landed publishes; the rule is
     marked ``publish_started`` before the Publish and recorded ``notified`` with its message id after. A Publish
     SNS refused (not sent) gets its mark back and fails the try, for a retry; a rule an earlier try started
@@ -175,7 +175,7 @@ class AlertPublishOperator(SnsPublishOperator):
     def execute(self, context) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from include.price_pipeline import pairs, settings
+        from include.price_pipeline import ledger, settings
 
         dag_run = context["dag_run"]
         slot = windows.run_window_start(context.get("data_interval_start"), dag_run.run_after)
@@ -185,7 +185,7 @@ class AlertPublishOperator(SnsPublishOperator):
             return SnsPublishOperator.execute(self, context)["MessageId"]
 
         alert = {"pair": self.pair, "rule": self.rule}
-        result = pairs.publish_alerts(s3, settings.load(), slot, [alert], claimant(dag_run), publish)
+        result = ledger.publish_alerts(s3, settings.load(), slot, [alert], claimant(dag_run), publish)
         if result["sent"]:
             [message_id] = result["sent"].values()
             log.info("Published as SNS message %s", message_id)

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from include.price_pipeline import browse, history, layout, pairs, rules
+from include.price_pipeline import browse, history, layout, ledger, rules
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
@@ -27,10 +27,10 @@ def put_entry(aws, slot, price, previous_price, decision, reason="r", sns_messag
     change_pct = (price - previous_price) / previous_price * 100 if previous_price else None
     direction = "flat" if not change_pct else "up" if change_pct > 0 else "down"
     decided = rules.Decision(RULE.name, RULE.kind, decision, reason, direction, change_pct, previous)
-    entry = pairs.pair_entry(PAIR, slot, Price(slot, price, PAIR, "src"), (RULE,), {RULE.name: decided}, True, "")
+    entry = ledger.pair_entry(PAIR, slot, Price(slot, price, PAIR, "src"), (RULE,), {RULE.name: decided}, True, "")
     state = entry["rules"][RULE.name] | {"sns_message_id": sns_message_id}
     entry |= {"rules": {RULE.name: state}, "decision": "notified" if decision == "notified" else "analysed"}
-    aws.put(layout.pairs_ledger_key(slot), pairs.entries_bytes({PAIR: entry}))
+    aws.put(layout.pairs_ledger_key(slot), ledger.entries_bytes({PAIR: entry}))
     return entry
 
 
@@ -66,8 +66,8 @@ def test_entries_are_read_as_the_pipeline_reads_them_unknown_decisions_as_is_mis
     unknown = {"pair": PAIR, "decision": "publishing", "rules": {"r": {"decision": "brand_new"}}, "new_field": 1}
     mistyped = {"pair": PAIR, "decision": "analysed", "latest": "not an object",
                 "rules": {"r": {"decision": "below_threshold", "change_pct": "2"}}}  # fmt: skip
-    aws.put(layout.pairs_ledger_key(start), pairs.entries_bytes({PAIR: unknown}))
-    aws.put(layout.pairs_ledger_key(start + layout.SLOT), pairs.entries_bytes({PAIR: mistyped}))
+    aws.put(layout.pairs_ledger_key(start), ledger.entries_bytes({PAIR: unknown}))
+    aws.put(layout.pairs_ledger_key(start + layout.SLOT), ledger.entries_bytes({PAIR: mistyped}))
     aws.put(layout.pairs_ledger_key(start + 2 * layout.SLOT), b"not json")
 
     rows = browse.history(aws.s3, aws.config, RULES, start, start + 4 * layout.SLOT)["windows"]

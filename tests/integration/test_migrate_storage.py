@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import pytest
 
 from include.glue.price_glue import validation
-from include.price_pipeline import analysis, browse, history, layout, pairs, rules
+from include.price_pipeline import analysis, browse, history, layout, ledger, rules
 from local.standin import aws_env
 from tests.conftest import ROOT, STANDIN_CREDENTIALS, utc
 from tests.records import candle, seed_pairs
@@ -70,8 +70,8 @@ def old_bucket(aws) -> dict[datetime, bytes]:
         for pair, rule_list in RULES.pairs.items():
             if series[pair].at(slot) is not None:
                 decided = {r.name: rules.evaluate(r, series[pair], slot) for r in rule_list}
-                by_pair[pair] = pairs.pair_entry(pair, slot, series[pair].at(slot), rule_list, decided, False, "old")
-        aws.put(layout.pairs_ledger_key(slot), pairs.entries_bytes(by_pair))
+                by_pair[pair] = ledger.pair_entry(pair, slot, series[pair].at(slot), rule_list, decided, False, "old")
+        aws.put(layout.pairs_ledger_key(slot), ledger.entries_bytes(by_pair))
     return old_csvs
 
 
@@ -109,8 +109,8 @@ def test_make_migrate_storage_moves_the_default_pairs_csvs_and_parquet_once_and_
     # The live analysis of the next window reads the default pair's migrated row as its reference.
     after = end
     seed_pairs(aws.s3, aws.config.bucket, after, {"ETH/USDT": ETH[SLOTS[-1]], "BTC/USDT": 90010.0})
-    result = pairs.analyse_pairs(aws.s3, aws.config, RULES, after, False, "old", "u", "r")
-    entry = pairs.parse_entries(aws.get(layout.pairs_ledger_key(after)))["ETH/USDT"]
+    result = ledger.analyse_pairs(aws.s3, aws.config, RULES, after, False, "old", "u", "r")
+    entry = ledger.parse_entries(aws.get(layout.pairs_ledger_key(after)))["ETH/USDT"]
     assert result["late"] == {}
     assert entry["rules"]["move-5m"]["reference"]["timestamp"] == layout.iso(SLOTS[-1])
 

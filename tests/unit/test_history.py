@@ -3,7 +3,7 @@ analysis leaves, with a summary of it; deterministic Parquet; ledger writes that
 or notified entry; the Glue job's range listing; a window waiting for earlier normalizations; ops' report
 of a range's quarantined objects.
 
-The per-window reference is ``pairs.analyse_pairs`` itself (what every price_notification run does), run
+The per-window reference is ``ledger.analyse_pairs`` itself (what every price_notification run does), run
 for each window on an in-memory S3; the bulk side is ``history.backfill_history`` on another.
 """
 
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from include.glue.price_glue import job, s3io, validation
-from include.price_pipeline import alerts, analysis, history, layout, pairs, rules, windows
+from include.price_pipeline import alerts, analysis, history, layout, ledger, rules, windows
 from include.price_pipeline import settings as pipeline_settings
 from include.price_pipeline.analysis import FIRED, NOTIFIED, NOTIFY, PUBLISHING
 from tests.conftest import utc
@@ -125,7 +125,7 @@ def seeded(prices: dict, others: dict | None = None) -> MemoryS3:
 
 def entry_of(s3: MemoryS3, slot, pair: str = PAIR) -> dict:
     """``pair``'s ledger entry of the window ``slot`` (``KeyError``: none)."""
-    return pairs.parse_entries(s3.objects[layout.pairs_ledger_key(slot)])[pair]
+    return ledger.parse_entries(s3.objects[layout.pairs_ledger_key(slot)])[pair]
 
 
 def per_window(s3: MemoryS3, start, end, rule_set: rules.Rules, notify_on_backfill: bool) -> dict:
@@ -135,7 +135,7 @@ def per_window(s3: MemoryS3, start, end, rule_set: rules.Rules, notify_on_backfi
             "backfill", slot + layout.SLOT, NOW, CONFIG.max_alert_age_minutes, notify_on_backfill
         )
         try:
-            pairs.analyse_pairs(s3, CONFIG, rule_set, slot, due, why_not, "", CLAIMANT)
+            ledger.analyse_pairs(s3, CONFIG, rule_set, slot, due, why_not, "", CLAIMANT)
         except windows.WindowFailed:
             continue
     return s3.under(layout.CHANGES_PREFIX)
@@ -215,7 +215,7 @@ def test_backfill_history_leaves_the_ledger_the_live_runs_leave(case):
     # does before publishing; without a publisher they stay claimed.
     assert backfilled.under(layout.CHANGES_PREFIX) == live.under(layout.CHANGES_PREFIX)
     entries = [entry for body in live.under(layout.CHANGES_PREFIX).values()
-               for entry in pairs.parse_entries(body).values()]  # fmt: skip
+               for entry in ledger.parse_entries(body).values()]  # fmt: skip
     decisions = Counter(rule["decision"] for entry in entries for rule in entry["rules"].values())
     assert summary["windows"] == len(layout.slots_between(start, end))
     assert summary["windows_seen"] == len(in_range)
@@ -258,7 +258,7 @@ def test_breaches_are_suppressed_as_backfill_with_the_live_reason_unless_notify_
         "suppressed_backfill",
         "backfill run (notify_on_backfill is off)",
     )
-    assert suppressed["decision"] == pairs.ANALYSED
+    assert suppressed["decision"] == ledger.ANALYSED
     assert due["rules"][RULE_NAME]["decision"] == NOTIFY
     assert (due["decision"], due["claimed_by"]) == (PUBLISHING, CLAIMANT)
 
@@ -312,15 +312,15 @@ def test_ledger_writes_skip_identical_entries_and_never_overwrite_a_notified_one
     first = history.backfill_history(s3, CONFIG, T0, end, run_rules(), False, NOW)
     # a live run of the window T0+5 min claims its breach and publishes it
     notified_slot = T0 + layout.SLOT
-    live = pairs.analyse_pairs(s3, CONFIG, run_rules(), notified_slot, True, "", "", "live/run")
-    assert pairs.publish_alerts(s3, CONFIG, notified_slot, live["alerts"], "live/run", lambda _: "message-1")["sent"]
+    live = ledger.analyse_pairs(s3, CONFIG, run_rules(), notified_slot, True, "", "", "live/run")
+    assert ledger.publish_alerts(s3, CONFIG, notified_slot, live["alerts"], "live/run", lambda _: "message-1")["sent"]
     notified_key = layout.pairs_ledger_key(notified_slot)
     notified = s3.objects[notified_key]
     changed_slot = T0 + 2 * layout.SLOT
     changed_key = layout.pairs_ledger_key(changed_slot)
     stale = entry_of(s3, changed_slot)
     stale["rules"][RULE_NAME] |= {"decision": "below_threshold", "reason": "stale"}
-    s3.objects[changed_key] = pairs.entries_bytes({PAIR: stale})
+    s3.objects[changed_key] = ledger.entries_bytes({PAIR: stale})
     s3.puts.clear()
 
     second = history.backfill_history(s3, CONFIG, T0, end, run_rules(), False, NOW)
@@ -345,14 +345,14 @@ def test_an_entry_notified_between_listing_and_writing_is_kept():
     fresh = seeded({T0: 100.0, slot: 103.0}, {T0: 100.0, slot: 99.0})  # the other pair's record changed since
     history.backfill_history(fresh, CONFIG, T0, slot + layout.SLOT, rule_set, False, NOW)
     new = fresh.objects[key]
-    stored = pairs.parse_entries(s3.objects[key])
-    assert stored[PAIR] == pairs.parse_entries(new)[PAIR]
-    assert stored[OTHER] != pairs.parse_entries(new)[OTHER]
+    stored = ledger.parse_entries(s3.objects[key])
+    assert stored[PAIR] == ledger.parse_entries(new)[PAIR]
+    assert stored[OTHER] != ledger.parse_entries(new)[OTHER]
     sent = {**stored[PAIR], "decision": NOTIFIED}
     sent["rules"] = {
         name: {**rule, "decision": NOTIFIED, "sns_message_id": "m"} for name, rule in sent["rules"].items()
     }
-    notified = pairs.entries_bytes({**stored, PAIR: sent})
+    notified = ledger.entries_bytes({**stored, PAIR: sent})
     real_get = s3.get_object
 
     def get_then_notify(Bucket, Key, **kwargs):  # noqa: N803
@@ -366,7 +366,7 @@ def test_an_entry_notified_between_listing_and_writing_is_kept():
     counts = history.write_ledger(s3, CONFIG.bucket, layout.CHANGES_PREFIX, {key: new}, slot, slot)
 
     assert counts == {"written": 1, "unchanged": 0}
-    assert pairs.parse_entries(s3.objects[key]) == {PAIR: sent, OTHER: pairs.parse_entries(new)[OTHER]}
+    assert ledger.parse_entries(s3.objects[key]) == {PAIR: sent, OTHER: ledger.parse_entries(new)[OTHER]}
 
 
 def test_a_claim_of_another_run_is_kept_byte_for_byte_and_not_published_by_the_bulk_run():
@@ -375,7 +375,7 @@ def test_a_claim_of_another_run_is_kept_byte_for_byte_and_not_published_by_the_b
     prices = {T0: 100.0, T0 + layout.SLOT: 103.0}
     s3 = seeded(prices)
     slot = T0 + layout.SLOT
-    live = pairs.analyse_pairs(s3, CONFIG, run_rules(), slot, True, "", "", "live/run")
+    live = ledger.analyse_pairs(s3, CONFIG, run_rules(), slot, True, "", "", "live/run")
     assert live["alerts"]
     claimed = s3.objects[layout.pairs_ledger_key(slot)]
     sent = []
@@ -655,9 +655,9 @@ def waiting_case():
 
 
 def analyse(s3, slot, still_normalizing=None) -> dict:
-    """The default pair's ledger entry of ``slot`` once a backfill run (``pairs.analyse_pairs``) analysed it."""
+    """The default pair's ledger entry of ``slot`` once a backfill run (``ledger.analyse_pairs``) analysed it."""
     rule_set = run_rules(1.0, 60, 0.0, 2)
-    pairs.analyse_pairs(s3, CONFIG, rule_set, slot, False, "backfill", "", "", still_normalizing=still_normalizing)
+    ledger.analyse_pairs(s3, CONFIG, rule_set, slot, False, "backfill", "", "", still_normalizing=still_normalizing)
     return entry_of(s3, slot)
 
 
