@@ -22,7 +22,7 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import BaseNotifier, CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.price_pipeline import alerts, layout, windows
+from include.price_pipeline import alerts, layout, store, windows
 from include.price_pipeline.settings import Config
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ class WindowRecordSensor(S3KeySensor):
         """The run's window and its configured pairs without a record (one listing); ``bucket_key`` becomes
         the missing pairs' patterns."""
         slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
-        keys = self.hook.list_keys(self.bucket_name, prefix=layout.ingestion_window_prefix(slot, self.prefix))
-        there = layout.pairs_listed(keys, slot, self.prefix, self.default_pair)
+        there = {pair for _, pair in store.records_present(self.hook.get_conn(), self.bucket_name, self.prefix, [slot],
+                                                           self.default_pair)}  # fmt: skip
         missing = [pair for pair in self.pairs if pair not in there]
         self.bucket_key = [layout.record_glob(slot, pair, self.prefix) for pair in missing]
         return slot, missing
