@@ -23,7 +23,7 @@ locals {
     { name = "decision", type = "string" },
   ]
 
-  # The Parquet copy stores the slot as a UTC timestamp (history.parquet_schema), the CSV as text.
+  # The Parquet copy stores the slot as a UTC timestamp (parquet.parquet_schema), the CSV as text.
   parquet_columns = [
     for column in local.canonical_columns :
     column.name == "timestamp" ? { name = column.name, type = "timestamp" } : column

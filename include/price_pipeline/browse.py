@@ -15,7 +15,7 @@ import io
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from include.price_pipeline import layout, rules, store
+from include.price_pipeline import layout, quarantine, rules, store
 from include.price_pipeline.analysis import BELOW_THRESHOLD, FIRED, NO_PREVIOUS, NOT_CROSSED, Price
 from include.price_pipeline.settings import Config
 
@@ -258,7 +258,6 @@ def _rows_from_parquet(s3, config: Config, pair_rules, slots: list[datetime], pa
 def quarantined(s3, config: Config, start: datetime, end: datetime, pair: str, default_pair: str) -> list[dict]:
     """Every quarantined object of ``pair``'s windows in ``[start, end)``: its key, reason and source key (an
     object whose reason names no pair is the legacy alias's, ``default_pair``'s)."""
-    keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, start, end)
     return [
         {
             "window_start": layout.iso(layout.slot_of_key(note["key"])),
@@ -266,6 +265,6 @@ def quarantined(s3, config: Config, start: datetime, end: datetime, pair: str, d
             "reason_key": note["key"],
             **{field: None if note.get(field) is None else str(note[field]) for field in QUARANTINE_FIELDS},
         }
-        for note in store.read_notes(s3, config.bucket, keys)
-        if (note.get("pair") or default_pair) == pair
+        for note in quarantine.notes(s3, config, start, end, default_pair)
+        if note["pair"] == pair
     ]

@@ -220,10 +220,10 @@ def analyse_price_history(config: Config, rule_set, params, dag_run) -> dict:
 
 
 def report_quarantine(config: Config, summary: dict, dag_run) -> None:
-    """Ops' one message of a range with quarantined objects (``history.report_quarantine``), if any."""
-    from include.price_pipeline import history
+    """Ops' one message of a range with quarantined objects (``quarantine.report_quarantine``), if any."""
+    from include.price_pipeline import quarantine
 
-    report = history.report_quarantine(_s3(config), config, summary, _run_url(dag_run))
+    report = quarantine.report_quarantine(_s3(config), config, summary, _run_url(dag_run))
     if report is not None:
         tell_ops(config, *report)
 

@@ -136,6 +136,16 @@ def records_present(s3, bucket: str, prefix: str, slots: list[datetime], default
     return layout.records_listed(keys, slots, prefix, default_pair)
 
 
+def list_with_etags(s3, bucket: str, prefixes: list[str]) -> dict[str, str]:
+    """``{key: ETag without quotes}`` of every object under each of ``prefixes`` (listed in parallel)."""
+
+    def listing(prefix: str) -> dict[str, str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return {item["Key"]: item["ETag"].strip('"') for page in pages for item in page.get("Contents", [])}
+
+    return {key: etag for found in in_parallel(s3, listing, prefixes) for key, etag in found.items()}
+
+
 def csv_keys(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> set[str]:
     """Every window's canonical CSV key (``layout.analysis_key``) with a slot in ``[first, last]``: one
     listing per day partition."""

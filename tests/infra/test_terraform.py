@@ -686,7 +686,7 @@ def test_catalog_has_every_pairs_parquet_in_one_table_partitioned_by_pair_and_mo
 
 
 def test_catalog_columns_are_the_fields_the_pipeline_writes():
-    from include.price_pipeline import analysis, history, ledger, rules
+    from include.price_pipeline import analysis, ledger, parquet, rules
 
     tf = module()
     slot = datetime(2026, 1, 5, 9, 35, tzinfo=UTC)
@@ -701,11 +701,11 @@ def test_catalog_columns_are_the_fields_the_pipeline_writes():
     assert re.findall(r"(\w+):", tf.locals["price_struct"]) == list(entry["latest"])
     rule_struct = re.sub(r"\$\{local\.price_struct\}", "", "".join(re.findall(r'"([^"]*)"', tf.locals["rule_struct"])))
     assert re.findall(r"(\w+):", rule_struct) == [*next(iter(entry["rules"].values())), "suppressed_by"]
-    parquet = tf.resource("aws_glue_catalog_table", "analysis_parquet")
-    [storage] = parquet["storage_descriptor"]
+    table = tf.resource("aws_glue_catalog_table", "analysis_parquet")
+    [storage] = table["storage_descriptor"]
     [columns] = storage["dynamic"]
     assert columns["columns"]["for_each"] == "${local.parquet_columns}"
-    assert str(history.parquet_schema().field("timestamp").type).startswith("timestamp")
+    assert str(parquet.parquet_schema().field("timestamp").type).startswith("timestamp")
     # hcl2 versions render the object differently ({'name': ...} or {name = ...}); the words are the same.
     words = [word for word in re.findall(r"[\w.]+|==|\?", tf.locals["parquet_columns"]) if word != "in"]
     assert words == [

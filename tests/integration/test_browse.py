@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from include.price_pipeline import browse, history, layout, ledger, rules
+from include.price_pipeline import browse, layout, ledger, parquet, rules
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
@@ -125,7 +125,7 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
          "source_format": "json", **dict.fromkeys(("open", "high", "low", "close", "volume", "quote_volume"), 1.0)}
         for slot, price in prices.items()
     ]  # fmt: skip
-    aws.put(layout.parquet_key(2026, 3, pair="ETH/USDT"), history.parquet_bytes(rows))
+    aws.put(layout.parquet_key(2026, 3, pair="ETH/USDT"), parquet.parquet_bytes(rows))
     put_entry(aws, breach, prices[breach], prices[breach - layout.SLOT], "notified", sns_message_id="msg-9")
     put_entry(aws, ledger_only, 99.0, None, "no_previous_record", reason="written by a live run")
     calm = slots[50]
@@ -188,7 +188,7 @@ def test_a_long_range_of_another_pair_waits_for_the_ledger_where_any_of_its_rule
          "source_format": "json", **dict.fromkeys(("open", "high", "low", "close", "volume", "quote_volume"), 1.0)}
         for slot, price in prices.items()
     ]  # fmt: skip
-    aws.put(layout.parquet_key(2026, 3, pair="BTC/USDT"), history.parquet_bytes(rows))
+    aws.put(layout.parquet_key(2026, 3, pair="BTC/USDT"), parquet.parquet_bytes(rows))
 
     data = browse.history(aws.s3, aws.config, rule_set, start, start + timedelta(days=2), "BTC/USDT")
 

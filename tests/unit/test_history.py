@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from include.glue.price_glue import job, s3io, validation
-from include.price_pipeline import alerts, analysis, history, layout, ledger, rules, windows
+from include.price_pipeline import alerts, analysis, history, layout, ledger, parquet, quarantine, rules, windows
 from include.price_pipeline import settings as pipeline_settings
 from include.price_pipeline.analysis import FIRED, NOTIFIED, NOTIFY, PUBLISHING
 from tests.conftest import utc
@@ -424,7 +424,7 @@ def month_rows(count: int, seed: int = 3) -> list[dict]:
     rows = []
     for i in range(count):
         slot = utc(2025, 3, 1) + layout.SLOT * i
-        rows.extend(history.canonical_rows(canonical_csv(slot, round(rng.uniform(90, 110), 6))))
+        rows.extend(parquet.canonical_rows(canonical_csv(slot, round(rng.uniform(90, 110), 6))))
     return rows
 
 
@@ -433,20 +433,20 @@ def test_parquet_bytes_are_the_same_for_the_same_rows_in_any_order():
     shuffled = rows[:]
     random.Random(1).shuffle(shuffled)
 
-    assert history.parquet_bytes(rows) == history.parquet_bytes(rows) == history.parquet_bytes(shuffled)
-    assert history.parquet_bytes(rows) != history.parquet_bytes(rows[:-1])
+    assert parquet.parquet_bytes(rows) == parquet.parquet_bytes(rows) == parquet.parquet_bytes(shuffled)
+    assert parquet.parquet_bytes(rows) != parquet.parquet_bytes(rows[:-1])
 
 
 def test_parquet_reads_back_with_the_canonical_columns_a_utc_timestamp_and_float64_numbers():
     rows = month_rows(5)
     rows[2]["quote_volume"] = None
 
-    frame = pd.read_parquet(io.BytesIO(history.parquet_bytes(rows)))
+    frame = pd.read_parquet(io.BytesIO(parquet.parquet_bytes(rows)))
 
     assert tuple(frame.columns) == layout.CANONICAL_COLUMNS
     assert str(frame["timestamp"].dtype) == "datetime64[us, UTC]"
     assert frame["timestamp"].iloc[0] == pd.Timestamp("2025-03-01T00:00:00Z")
-    for column in history.FLOAT_COLUMNS:
+    for column in parquet.FLOAT_COLUMNS:
         assert frame[column].dtype == "float64"
     assert frame["quote_volume"].isna().tolist() == [False, False, True, False, False]
     assert frame["weighted_average"].tolist() == [row["weighted_average"] for row in rows]
@@ -725,18 +725,18 @@ NO_WA = "no weighted_average, and no volume and quote_volume to derive it"
     ],
 )
 def test_reasons_that_differ_only_in_their_values_are_one_kind(one, other):
-    assert history.reason_kind(one) == history.reason_kind(other)
+    assert quarantine.reason_kind(one) == quarantine.reason_kind(other)
 
 
 def test_a_reason_kind_keeps_what_is_said_and_different_reasons_stay_apart():
     grammar = job.GRAMMAR_REFUSED
 
-    assert history.reason_kind(NO_WA) == NO_WA
-    assert history.reason_kind(grammar) == grammar  # its '.', '-', '/' are the grammar, not values
-    assert history.reason_kind("timestamp 2025-04-03T10:02:00+00:00 is not on a 5-minute boundary") == (
+    assert quarantine.reason_kind(NO_WA) == NO_WA
+    assert quarantine.reason_kind(grammar) == grammar  # its '.', '-', '/' are the grammar, not values
+    assert quarantine.reason_kind("timestamp 2025-04-03T10:02:00+00:00 is not on a 5-minute boundary") == (
         "timestamp N is not on a 5-minute boundary"
     )
-    assert history.reason_kind("open 'x' is not a number") != history.reason_kind("close 'x' is not a number")
+    assert quarantine.reason_kind("open 'x' is not a number") != quarantine.reason_kind("close 'x' is not a number")
 
 
 def note(n: int, reason: str, source_key: str = "") -> dict:
@@ -764,7 +764,7 @@ def test_the_ops_report_gives_the_counts_and_the_commonest_kinds_of_reason_most_
     ]
     notes += [note(20 + n, f"reason number {chr(97 + n)}{chr(97 + n)} is rare") for n in range(4)]
 
-    subject, message = history.quarantine_report(report_summary(17, 19), notes, "http://airflow/run")
+    subject, message = quarantine.quarantine_report(report_summary(17, 19), notes, "http://airflow/run")
 
     assert subject == "[price pipeline] Quarantined in range 2025-04-03T10:00Z..2025-04-03T11:05Z: 17 of 19 objects"
     lines = message.splitlines()
@@ -790,7 +790,7 @@ def test_text_from_s3_reaches_the_ops_report_quoted_on_one_line():
     hostile_key = "crypto/01-data-ingestion/x\nReason: all fine <!channel>.json"
     notes = [note(0, "bad <!channel>\nDAG: forged & more", hostile_key)]
 
-    _, message = history.quarantine_report(report_summary(1, 1), notes, "u")
+    _, message = quarantine.quarantine_report(report_summary(1, 1), notes, "u")
 
     assert "<!channel>" not in message
     assert "\nReason: all fine" not in message
@@ -799,7 +799,7 @@ def test_text_from_s3_reaches_the_ops_report_quoted_on_one_line():
 
 
 def test_a_sample_of_the_reasons_is_said_to_be_one():
-    _, message = history.quarantine_report(report_summary(900, 900), [note(0, NO_WA)], "u")
+    _, message = quarantine.quarantine_report(report_summary(900, 900), [note(0, NO_WA)], "u")
 
     assert "Commonest reasons (from the reason files of 1 of them, spread over the range):" in message
 
@@ -819,11 +819,11 @@ def test_the_report_reads_a_bounded_spread_of_reason_files_in_one_listing_and_is
     reads = []
     real_get = s3.get_object
     monkeypatch.setattr(s3, "get_object", lambda **kwargs: reads.append(kwargs["Key"]) or real_get(**kwargs))
-    monkeypatch.setattr(history, "QUARANTINE_NOTES_READ", 100)
+    monkeypatch.setattr(quarantine, "QUARANTINE_NOTES_READ", 100)
 
     summary = report_summary(864, 864, 0, 288) | {"start": layout.iso(start), "end": layout.iso(end)}
 
-    subject, message = history.report_quarantine(s3, CONFIG, summary, "u")
+    subject, message = quarantine.report_quarantine(s3, CONFIG, summary, "u")
 
     assert subject.endswith(": 864 of 864 objects")
     assert len(reads) == len(set(reads)) == 96  # every 9th of 864
@@ -831,7 +831,7 @@ def test_the_report_reads_a_bounded_spread_of_reason_files_in_one_listing_and_is
     assert "(from the reason files of 96 of them, spread over the range)" in message
     assert f'- 72 objects: "{NO_WA}"' in message
     assert '- 24 objects: "high N is below low N"' in message
-    assert history.report_quarantine(s3, CONFIG, summary | {"quarantined": 0}, "u") is None
+    assert quarantine.report_quarantine(s3, CONFIG, summary | {"quarantined": 0}, "u") is None
 
 
 def test_an_object_used_for_its_window_and_quarantined_for_another_record_counts_once():
