@@ -82,7 +82,7 @@ def history(s3, config: Config, rule_set: rules.Rules, start: datetime, end: dat
         mode, rows = "ledger", _rows_from_ledger(s3, config, slots, pair)
     else:
         mode, rows = "parquet", _rows_from_parquet(s3, config, rule_set.pairs[pair], slots, pair)
-    bad = quarantined(s3, config, start, end, pair, rule_set.default_pair)
+    bad = quarantined(s3, config, rule_set, start, end, pair)
     rows = _mark_quarantined(rows, bad)
     return {
         "start": layout.iso(start),
@@ -125,7 +125,7 @@ def ledger_details(s3, config: Config, rule_set: rules.Rules, start: datetime, e
         for slot, row in pending.items()
     ]
     missing = any(r["decision"] == MISSING for r in out)
-    return _mark_quarantined(out, quarantined(s3, config, start, end, pair, rule_set.default_pair)) if missing else out
+    return _mark_quarantined(out, quarantined(s3, config, rule_set, start, end, pair)) if missing else out
 
 
 def row_from_entry(slot: datetime, entry: dict) -> dict:
@@ -255,9 +255,9 @@ def _rows_from_parquet(s3, config: Config, pair_rules, slots: list[datetime], pa
     return rows
 
 
-def quarantined(s3, config: Config, start: datetime, end: datetime, pair: str, default_pair: str) -> list[dict]:
-    """Every quarantined object of ``pair``'s windows in ``[start, end)``: its key, reason and source key (an
-    object whose reason names no pair is the legacy alias's, ``default_pair``'s)."""
+def quarantined(s3, config: Config, rule_set: rules.Rules, start: datetime, end: datetime, pair: str) -> list[dict]:
+    """Every quarantined object of ``pair``'s windows in ``[start, end)`` (``quarantine.notes``): its key,
+    reason and source key."""
     return [
         {
             "window_start": layout.iso(layout.slot_of_key(note["key"])),
@@ -265,6 +265,6 @@ def quarantined(s3, config: Config, start: datetime, end: datetime, pair: str, d
             "reason_key": note["key"],
             **{field: None if note.get(field) is None else str(note[field]) for field in QUARANTINE_FIELDS},
         }
-        for note in quarantine.notes(s3, config, start, end, default_pair)
+        for note in quarantine.notes(s3, config, rule_set, start, end)
         if note["pair"] == pair
     ]

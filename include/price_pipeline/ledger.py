@@ -148,7 +148,7 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
 
     entries = _rewrite(s3, config, slot, lambda stored: merged(stored, fresh))
     late = [p for p in pairs if p not in entries or (p not in fresh and entries[p]["decision"] not in CLAIMED)]
-    out["late"] = _missing_reasons(s3, config, slot, late, unreadable, rule_set.default_pair)
+    out["late"] = _missing_reasons(s3, config, rule_set, slot, late, unreadable)
     if len(out["late"]) == len(pairs):
         reasons = "; ".join(f"{pair}: {reason}" for pair, reason in sorted(out["late"].items()))
         raise windows.WindowFailed(f"window {stamp}: no pair has a record to decide ({reasons})")
@@ -250,13 +250,12 @@ def due_alerts(entry: dict, run_url: str) -> list[dict]:
     ]
 
 
-def _missing_reasons(s3, config: Config, slot: datetime, late: list[str], unreadable: dict,
-                     default_pair: str) -> dict[str, str]:  # fmt: skip
+def _missing_reasons(s3, config: Config, rule_set, slot: datetime, late: list[str], unreadable: dict) -> dict:
     """Why each of the ``late`` pairs has no record of the window: its quarantine reason, if the Glue job
-    left one (one listing of the window's quarantine folder for all of them; a reason naming no pair is the
-    legacy alias's, the default pair's), its canonical CSV that is not canonical, else that none was there."""
+    left one (``quarantine.notes``: one listing of the window's quarantine folder for all of them), its
+    canonical CSV that is not canonical, else that none was there."""
     first = {}
-    for note in quarantine.notes(s3, config, slot, slot + layout.SLOT, default_pair) if late else ():
+    for note in quarantine.notes(s3, config, rule_set, slot, slot + layout.SLOT) if late else ():
         first.setdefault(note["pair"], note)
     key, out = layout.analysis_key(slot, config.analysis_prefix), {}
     for pair in late:

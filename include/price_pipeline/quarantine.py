@@ -9,6 +9,7 @@ import re
 from datetime import datetime
 
 from include.price_pipeline import alerts, store
+from include.price_pipeline.rules import Rules
 from include.price_pipeline.settings import Config
 
 #: The ops message of a range with quarantined objects reads at most this many reason files (spread
@@ -79,8 +80,9 @@ def report_quarantine(s3, config: Config, summary: dict, run_url: str) -> tuple[
     return quarantine_report(summary, notes, run_url)
 
 
-def notes(s3, config: Config, start: datetime, end: datetime, default_pair: str) -> list[dict]:
+def notes(s3, config: Config, rule_set: Rules, start: datetime, end: datetime) -> list[dict]:
     """The reason files the Glue job left for the windows of ``[start, end)``, each with its ``key`` and its
-    ``pair``: a reason naming no pair is the legacy alias's, ``default_pair``'s."""
+    ``pair``: a reason naming no pair is the legacy alias's, the default pair's."""
     keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, start, end)
-    return [{**note, "pair": note.get("pair") or default_pair} for note in store.read_notes(s3, config.bucket, keys)]
+    alias = rule_set.default_pair
+    return [{**note, "pair": note.get("pair") or alias} for note in store.read_notes(s3, config.bucket, keys)]

@@ -92,7 +92,7 @@ def test_quarantined_objects_of_the_range_come_with_their_reasons(aws):
     outside, _ = layout.quarantine_keys(slot + timedelta(hours=1), "other")
     aws.put(outside, b"later")
 
-    found = browse.quarantined(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30), PAIR, PAIR)
+    found = browse.quarantined(aws.s3, aws.config, RULES, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30), PAIR)
     rows = browse.history(aws.s3, aws.config, RULES, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 15))["windows"]
 
     assert found == [
