@@ -6,7 +6,7 @@ locals {
   year_range = "${var.history_first_year},${var.history_last_year}"
 
   # One JSON object per line (crypto/03-price-changes/.../<slot>/pairs.jsonl): every pair's entry of the
-  # window (pairs.pair_entry), each rule's decision in `rules`. Fields an entry lacks read as NULL, extra
+  # window (ledger.pair_entry), each rule's decision in `rules`. Fields an entry lacks read as NULL, extra
   # fields are ignored, so this list can grow with them.
   price_struct = "struct<timestamp:string,weighted_average:double,source_key:string>"
   rule_struct = join("", [
@@ -23,7 +23,7 @@ locals {
     { name = "decision", type = "string" },
   ]
 
-  # The Parquet copy stores the slot as a UTC timestamp (history.parquet_schema), the CSV as text.
+  # The Parquet copy stores the slot as a UTC timestamp (parquet.parquet_schema), the CSV as text.
   parquet_columns = [
     for column in local.canonical_columns :
     column.name == "timestamp" ? { name = column.name, type = "timestamp" } : column

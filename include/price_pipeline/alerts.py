@@ -22,7 +22,7 @@ class UnsafeText(ValueError):
 
 
 class ClaimsLeft(RuntimeError):
-    """Alerts of this run whose publish an earlier try started and never recorded (``pairs.LEFT``): they may
+    """Alerts of this run whose publish an earlier try started and never recorded (``ledger.LEFT``): they may
     have been sent, and only ops can release their claims, so the failure is paged whatever the run (*Alert
     claim left*). ``claim_left`` is the mark OPS_SUBJECT and the ops notifier test: only this class (and its
     subclasses) carries it, whereas the exception's text may quote a record's, "claim" included."""

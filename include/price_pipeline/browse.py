@@ -1,7 +1,7 @@
 """What the "Price alerts" page shows of one pair for a range of windows, read from S3 (no Airflow here).
 
 A range is read one of two ways, by its length: up to :data:`LEDGER_MAX_WINDOWS` windows, the pair's line
-of each window's ledger object (``pairs.parse_entries``, the pipeline's own reader); longer, its monthly
+of each window's ledger object (``ledger.parse_entries``, the pipeline's own reader); longer, its monthly
 Parquet prices, a window every rule decides from its price alone (``rules.Series.raw``: no previous
 record, under the threshold, not crossed) shown so (``source = "parquet"``), the others ``pending`` until
 :func:`ledger_details` reads their entries (a second request: the chart is drawn before). One row builder
@@ -15,7 +15,7 @@ import io
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from include.price_pipeline import layout, rules, store
+from include.price_pipeline import layout, quarantine, rules, store
 from include.price_pipeline.analysis import BELOW_THRESHOLD, FIRED, NO_PREVIOUS, NOT_CROSSED, Price
 from include.price_pipeline.settings import Config
 
@@ -82,7 +82,7 @@ def history(s3, config: Config, rule_set: rules.Rules, start: datetime, end: dat
         mode, rows = "ledger", _rows_from_ledger(s3, config, slots, pair)
     else:
         mode, rows = "parquet", _rows_from_parquet(s3, config, rule_set.pairs[pair], slots, pair)
-    bad = quarantined(s3, config, start, end, pair, rule_set.default_pair)
+    bad = quarantined(s3, config, rule_set, start, end, pair)
     rows = _mark_quarantined(rows, bad)
     return {
         "start": layout.iso(start),
@@ -125,7 +125,7 @@ def ledger_details(s3, config: Config, rule_set: rules.Rules, start: datetime, e
         for slot, row in pending.items()
     ]
     missing = any(r["decision"] == MISSING for r in out)
-    return _mark_quarantined(out, quarantined(s3, config, start, end, pair, rule_set.default_pair)) if missing else out
+    return _mark_quarantined(out, quarantined(s3, config, rule_set, start, end, pair)) if missing else out
 
 
 def row_from_entry(slot: datetime, entry: dict) -> dict:
@@ -181,9 +181,9 @@ RULE_PRECEDENCE = (
 
 def _read_entries(s3, config: Config, slots: list[datetime], pair: str) -> dict[datetime, dict]:
     """``{slot: pair's entry}`` of the windows' ledger objects that exist (one listing per day partition,
-    then one GET each), read as the pipeline reads them (``pairs.parse_entries``): a damaged object is an
+    then one GET each), read as the pipeline reads them (``ledger.parse_entries``): a damaged object is an
     entry saying so."""
-    from include.price_pipeline import pairs
+    from include.price_pipeline import ledger
 
     if not slots:
         return {}
@@ -196,8 +196,8 @@ def _read_entries(s3, config: Config, slots: list[datetime], pair: str) -> dict[
     def read(slot: datetime) -> dict | None:
         body = store.read_bytes(s3, config.bucket, key_of[slot])
         try:
-            return None if body is None else pairs.parse_entries(body, key_of[slot]).get(pair)
-        except pairs.DamagedLedger as damage:
+            return None if body is None else ledger.parse_entries(body, key_of[slot]).get(pair)
+        except ledger.DamagedLedger as damage:
             return {"decision": DAMAGED, "reason": str(damage)}
 
     entries = store.in_parallel(s3, read, there)
@@ -255,10 +255,9 @@ def _rows_from_parquet(s3, config: Config, pair_rules, slots: list[datetime], pa
     return rows
 
 
-def quarantined(s3, config: Config, start: datetime, end: datetime, pair: str, default_pair: str) -> list[dict]:
-    """Every quarantined object of ``pair``'s windows in ``[start, end)``: its key, reason and source key (an
-    object whose reason names no pair is the legacy alias's, ``default_pair``'s)."""
-    keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, start, end)
+def quarantined(s3, config: Config, rule_set: rules.Rules, start: datetime, end: datetime, pair: str) -> list[dict]:
+    """Every quarantined object of ``pair``'s windows in ``[start, end)`` (``quarantine.notes``): its key,
+    reason and source key."""
     return [
         {
             "window_start": layout.iso(layout.slot_of_key(note["key"])),
@@ -266,6 +265,6 @@ def quarantined(s3, config: Config, start: datetime, end: datetime, pair: str, d
             "reason_key": note["key"],
             **{field: None if note.get(field) is None else str(note[field]) for field in QUARANTINE_FIELDS},
         }
-        for note in store.read_notes(s3, config.bucket, keys)
-        if (note.get("pair") or default_pair) == pair
+        for note in quarantine.notes(s3, config, rule_set, start, end)
+        if note["pair"] == pair
     ]

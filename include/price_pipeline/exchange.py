@@ -171,11 +171,11 @@ def write_candles(s3, config, rule_set, start: datetime, end: datetime, now: dat
     """Fetch and write every configured pair's closed candles of ``[start, end)`` that have no record yet
     (one window: the live feed; a range: history, paged). Returns each pair's :class:`Fetched`; a pair's
     problem is in its ``problems`` (one line), with nothing written for the windows it covers."""
-    present = records_present(s3, config, rule_set.default_pair, start, end)
+    slots = layout.slots_between(start, end)
+    present = store.records_present(s3, config.bucket, config.ingestion_prefix, slots, rule_set.default_pair)
     exchanges: dict[str, object] = {}
     unreachable: dict[str, str] = {}  # exchange -> the pair whose tries found it so
     done: dict[str, Fetched] = {}
-    slots = layout.slots_between(start, end)
     for pair, source in rule_set.feed.items():
         fetched = done[pair] = Fetched(source.exchange)
         wanted = [slot for slot in slots if (slot, pair) not in present]
@@ -216,29 +216,6 @@ def write_candles(s3, config, rule_set, start: datetime, end: datetime, now: dat
             continue
         fetched.present += len(bodies) - len(fetched.written)
     return done
-
-
-def records_present(s3, config, default_pair: str, start: datetime, end: datetime) -> set[tuple[datetime, str]]:
-    """``{(slot, pair)}`` of the windows of ``[start, end)`` that have a raw record (any producer's): one
-    listing of the window for one window, else one per day, in parallel."""
-    slots = layout.slots_between(start, end)
-    if len(slots) == 1:
-        prefixes = [layout.ingestion_window_prefix(start, config.ingestion_prefix)]
-    else:
-        prefixes = [config.ingestion_prefix + day for day in layout.day_partitions(start, end - layout.SLOT)]
-
-    wanted = set(slots)
-    present = set()
-    for keys in store.in_parallel(s3, lambda prefix: store.list_keys(s3, config.bucket, prefix), prefixes):
-        for key in keys:
-            try:
-                slot = layout.slot_of_key(key)
-            except ValueError:
-                continue
-            read = layout.read_ingestion_key(key, slot, config.ingestion_prefix, default_pair)
-            if slot in wanted and read:
-                present.add((slot, read[0]))
-    return present
 
 
 def _write(s3, config, pair: str, bodies: dict[datetime, bytes]) -> list[str | None]:

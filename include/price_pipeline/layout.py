@@ -163,14 +163,14 @@ def read_ingestion_key(key: str, slot: datetime, prefix: str, default_pair: str)
     return (f"{base}/{quote}" if base else default_pair), int(version.group(1)) if version else 1
 
 
-def is_record_key(key: str, slot: datetime, prefix: str) -> bool:
-    """Whether a key listed under the window of ``slot`` is some pair's raw object (in the grammar)."""
-    return _INGESTION_REST.fullmatch(key[len(ingestion_window_prefix(slot, prefix)) :]) is not None
-
-
-def pairs_listed(keys: list[str], slot: datetime, prefix: str, default_pair: str) -> set[str]:
-    """The pairs that have a raw object among ``keys`` listed under the window of ``slot``."""
-    return {read[0] for read in (read_ingestion_key(k, slot, prefix, default_pair) for k in keys) if read}
+def records_listed(keys: list[str], slots: list[datetime], prefix: str, default_pair: str) -> set[tuple[datetime, str]]:
+    """``{(slot, pair)}`` of the windows ``slots`` that have a raw object among the listed ``keys``, each key
+    read by :func:`read_ingestion_key` under the window whose prefix it starts with."""
+    window_of = {ingestion_window_prefix(slot, prefix): slot for slot in slots}
+    length = len(next(iter(window_of), ""))
+    found = ((slot, read_ingestion_key(key, slot, prefix, default_pair)) for key in keys
+             if (slot := window_of.get(key[:length])))  # fmt: skip
+    return {(slot, read[0]) for slot, read in found if read}
 
 
 #: The name, in a window's folder, of its canonical CSV and of its ledger object.

@@ -13,16 +13,16 @@ import json
 import logging
 import sys
 
-from include.price_pipeline import layout, pairs, settings, store
+from include.price_pipeline import layout, ledger, settings, store
 from include.price_pipeline.analysis import CLAIMED, NOTIFIED, NOTIFY, PUBLISHING
 
 log = logging.getLogger(__name__)
 #: Fields of an old entry its rule's state keeps beside the ledger's own: what it was decided with.
-KEPT = ("abs_change_pct", "lookback_minutes", "min_abs_move", "repeat_windows", "suppressed_by", pairs.PUBLISH_STARTED)
+KEPT = ("abs_change_pct", "lookback_minutes", "min_abs_move", "repeat_windows", "suppressed_by", ledger.PUBLISH_STARTED)
 
 
 def entry_from_old(old: dict, slot, pair: str, rule: str) -> dict:
-    """The ``pairs.pair_entry`` shape of the old entry of the window of ``slot``, its one rule named ``rule``."""
+    """The ``ledger.pair_entry`` shape of the old entry of the window of ``slot``, its one rule named ``rule``."""
     decision = str(old.get("decision") or "unknown")
     state = {"kind": "change", "decision": NOTIFY if decision == PUBLISHING else decision, "minutes": 5,
              "level": None, "reference": old.get("previous")}  # fmt: skip
@@ -31,7 +31,7 @@ def entry_from_old(old: dict, slot, pair: str, rule: str) -> dict:
     claim = {"claimed_by": old["claimed_by"]} if decision == PUBLISHING and "claimed_by" in old else {}
     return {"window_start": layout.iso(slot), "window_end": layout.iso(slot + layout.SLOT), "pair": pair,
             "latest": old.get("latest"), "rules": {rule: state},
-            "decision": decision if decision in CLAIMED else pairs.ANALYSED} | claim  # fmt: skip
+            "decision": decision if decision in CLAIMED else ledger.ANALYSED} | claim  # fmt: skip
 
 
 def migrate(s3, config: settings.Config, pair: str, rule: str) -> dict[str, int]:
@@ -50,10 +50,10 @@ def migrate(s3, config: settings.Config, pair: str, rule: str) -> dict[str, int]
         window = layout.pairs_ledger_key(slot, prefix)
 
         def change(body: bytes | None, entry=entry, window=window) -> bytes | None:
-            entries = pairs.parse_entries(body, window) if body else {}
+            entries = ledger.parse_entries(body, window) if body else {}
             held = entries.get(pair, {}).get("decision")  # a claim yields only to a sent alert
             keep = held == NOTIFIED or (held == PUBLISHING and entry["decision"] != NOTIFIED)
-            return None if keep else pairs.entries_bytes(entries | {pair: entry})
+            return None if keep else ledger.entries_bytes(entries | {pair: entry})
 
         wrote = store.update(s3, config.bucket, window, change, store.NDJSON)[1]
         counts["moved" if wrote else "kept"] += 1

@@ -21,11 +21,10 @@ import sys
 from collections import Counter
 
 from include.glue.price_glue.validation import to_csv
-from include.price_pipeline import history, layout, settings, store
+from include.price_pipeline import layout, parquet, settings, store
 from include.price_pipeline.analysis import parse_canonical_csv
 
 log = logging.getLogger(__name__)
-PARQUET = "application/vnd.apache.parquet"
 
 
 def _csv_rows(body: bytes | None) -> list[dict]:
@@ -76,13 +75,13 @@ def _merge_csv(pair: str):
 
 def _merge_parquet(old: bytes, new: bytes | None) -> bytes:
     """The old month's rows and the new month's (a timestamp in both: the new one's)."""
-    return history.parquet_bytes({row["timestamp"]: row for row in _parquet_rows(old) + _parquet_rows(new)}.values())
+    return parquet.parquet_bytes({row["timestamp"]: row for row in _parquet_rows(old) + _parquet_rows(new)}.values())
 
 
-def migrate(s3, config: settings.Config, default_pair: str, parquet_prefix: str = layout.PARQUET_PREFIX) -> Counter:
-    """Move every old canonical CSV and Parquet month of the default pair; return the counts."""
+def migrate(s3, config: settings.Config, pair: str, parquet_prefix: str = layout.PARQUET_PREFIX) -> Counter:
+    """Move every old canonical CSV and Parquet month, the default pair's (``pair``); return the counts."""
     counts: Counter = Counter()
-    csv_merge = _merge_csv(default_pair)
+    csv_merge = _merge_csv(pair)
     for key in store.list_keys(s3, config.bucket, config.analysis_prefix):
         slot = store.slot_of(key)
         if slot and key == layout.legacy_analysis_key(slot, config.analysis_prefix):
@@ -97,8 +96,8 @@ def migrate(s3, config: settings.Config, default_pair: str, parquet_prefix: str 
         if len(parts) == 3 and parts[0][:5] == "year=" and parts[1][:6] == "month=":
             year, month = int(parts[0][5:]), int(parts[1][6:])
             if key == layout.legacy_parquet_key(year, month, parquet_prefix):
-                new = layout.parquet_key(year, month, default_pair, parquet_prefix)
-                _move(s3, config.bucket, key, new, _merge_parquet, PARQUET, counts, "parquet")
+                new = layout.parquet_key(year, month, pair, parquet_prefix)
+                _move(s3, config.bucket, key, new, _merge_parquet, parquet.MEDIA_TYPE, counts, "parquet")
     return counts
 
 

@@ -22,7 +22,7 @@ from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.sdk import BaseNotifier, CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.price_pipeline import alerts, layout, windows
+from include.price_pipeline import alerts, layout, store, windows
 from include.price_pipeline.settings import Config
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ class WindowRecordSensor(S3KeySensor):
         """The run's window and its configured pairs without a record (one listing); ``bucket_key`` becomes
         the missing pairs' patterns."""
         slot = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
-        keys = self.hook.list_keys(self.bucket_name, prefix=layout.ingestion_window_prefix(slot, self.prefix))
-        there = layout.pairs_listed(keys, slot, self.prefix, self.default_pair)
+        there = {pair for _, pair in store.records_present(self.hook.get_conn(), self.bucket_name, self.prefix, [slot],
+                                                           self.default_pair)}  # fmt: skip
         missing = [pair for pair in self.pairs if pair not in there]
         self.bucket_key = [layout.record_glob(slot, pair, self.prefix) for pair in missing]
         return slot, missing
@@ -160,7 +160,7 @@ class AlertPublishOperator(SnsPublishOperator):
     shows a task instance per alert, named by its subject, its text as rendered fields and its SNS message id
     in its return value.
 
-    What it adds is the ledger around the provider's Publish (``pairs.publish_alerts`` of this one alert), so
+    What it adds is the ledger around the provider's Publish (``ledger.publish_alerts`` of this one alert), so
     each (pair, rule, window) goes out at most once: only the run whose claim landed publishes; the rule is
     marked ``publish_started`` before the Publish and recorded ``notified`` with its message id after. A Publish
     SNS refused (not sent) gets its mark back and fails the try, for a retry; a rule an earlier try started
@@ -175,7 +175,7 @@ class AlertPublishOperator(SnsPublishOperator):
     def execute(self, context) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from include.price_pipeline import pairs, settings
+        from include.price_pipeline import ledger, settings
 
         dag_run = context["dag_run"]
         slot = windows.run_window_start(context.get("data_interval_start"), dag_run.run_after)
@@ -185,7 +185,7 @@ class AlertPublishOperator(SnsPublishOperator):
             return SnsPublishOperator.execute(self, context)["MessageId"]
 
         alert = {"pair": self.pair, "rule": self.rule}
-        result = pairs.publish_alerts(s3, settings.load(), slot, [alert], claimant(dag_run), publish)
+        result = ledger.publish_alerts(s3, settings.load(), slot, [alert], claimant(dag_run), publish)
         if result["sent"]:
             [message_id] = result["sent"].values()
             log.info("Published as SNS message %s", message_id)

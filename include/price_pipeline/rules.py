@@ -6,20 +6,9 @@ The rules file (``PRICE_RULES_FILE``, JSON) lists the pairs the pipeline watches
      "pairs": {"ETH/USDT": [{"name": "move-5m", "kind": "change", "threshold_pct": 1.0, "minutes": 5,
                              "tolerance_minutes": 55, "min_abs_move": 0, "cooldown_minutes": 0}]}}
 
-Rule kinds (every price is a record's ``weightedAverage``; ``t`` is the window's slot):
-
-- ``change``: the absolute % change from the *reference* price to the window's price is above
-  ``threshold_pct``. The reference is the record ``minutes`` earlier (a multiple of 5, up to 1440) or,
-  when that one is missing, the nearest earlier record no more than ``tolerance_minutes`` before it.
-- ``crossing``: the price crosses ``level`` (``direction`` ``up``, ``down`` or ``both``) between the
-  previous record (within ``tolerance_minutes`` of the previous slot) and this one. A price at the level
-  counts as at-or-above it: fires only on the window where the side changes, never while the price stays.
-
-Both kinds take ``min_abs_move`` (the move from the reference in price units must be at least this) and
-``cooldown_minutes``: a firing is suppressed when the same rule alerted in the same direction on the price
-series within the previous ``cooldown_minutes`` (``analysis.suppressed_by``: on the series, not on what was
-sent, so parallel backfills reach the same decisions). The default file reproduces the single-pair
-pipeline exactly.
+The rule kinds (``change``, ``crossing``), ``min_abs_move`` and ``cooldown_minutes`` are documented once, in
+README "Pairs and alert rules"; a cooldown is decided on the price series (``analysis.suppressed_by``), not
+on what was sent, so parallel backfills reach the same decisions.
 
 Everything here is plain data and pure functions: the DAGs validate the file when they are parsed (a
 small local file, no AWS call, and a look for each feed exchange's module file in the installed ccxt) and

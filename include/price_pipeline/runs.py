@@ -52,7 +52,7 @@ def still_normalizing(ti, dag_id: str) -> windows.StillNormalizing:
 
 
 def analyse_when_settled(ti, analyse, wait_seconds: int) -> dict:
-    """``analyse(still_normalizing=...)`` (``pairs.analyse_pairs`` with its window bound), the one way a
+    """``analyse(still_normalizing=...)`` (``ledger.analyse_pairs`` with its window bound), the one way a
     run waits on earlier windows: while ``windows.WindowNotReady``, up for
     reschedule (the worker slot is freed for the earlier window's tasks); once the task has waited
     ``wait_seconds``, ``analyse()`` with the CSVs there are."""
@@ -135,13 +135,13 @@ def run_rules(rule_set, params):
 
 
 def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> list[dict]:
-    """Every pair's rules for the window (``pairs.analyse_pairs``), the run's params applied to the pair's rule
+    """Every pair's rules for the window (``ledger.analyse_pairs``), the run's params applied to the pair's rule
     they name (``run_rules``). Returns the due alerts, for the publish; the notices for ops (``[subject,
     message]`` each: pairs late in a live window, alerts not sent) go to XCom ``ops``, which
     ``report_window_to_ops`` sends beside the publish: an ops topic that cannot be told holds no alert."""
     from functools import partial
 
-    from include.price_pipeline import pairs
+    from include.price_pipeline import ledger
 
     slot = windows.run_window_start(data_interval_start, dag_run.run_after)
     if data_interval_start is None:
@@ -149,17 +149,17 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
                  dag_run.run_after, layout.iso(slot))  # fmt: skip
     due, why_not = _due(config, params, dag_run, slot)
     run_url = _run_url(dag_run)
-    analyse = partial(pairs.analyse_pairs, _s3(config), config, run_rules(rule_set, params), slot, due, why_not,
+    analyse = partial(ledger.analyse_pairs, _s3(config), config, run_rules(rule_set, params), slot, due, why_not,
                       run_url, claimant(dag_run))  # fmt: skip
     try:
         result = analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
-    except (windows.WindowFailed, pairs.DamagedLedger, alerts.UnsafeText) as failure:
+    except (windows.WindowFailed, ledger.DamagedLedger, alerts.UnsafeText) as failure:
         raise AirflowFailException(str(failure)) from None
     stamp, ops = layout.slot_stamp(slot), []
     if result["late"]:
         log.warning("Pairs late for window %s: %s", stamp, result["late"])
     if result["late"] and due:  # a live window: ops hear of it (a backfill of old windows only logs it)
-        ops.append([f"[price pipeline] Pairs late: {stamp}", pairs.late_notice(slot, result["late"], run_url)])
+        ops.append([f"[price pipeline] Pairs late: {stamp}", ledger.late_notice(slot, result["late"], run_url)])
     if result["ops_notice"]:
         ops.append([f"[price pipeline] Alerts not sent: {stamp}", result["ops_notice"]])
     ti.xcom_push(key="ops", value=ops)
@@ -220,10 +220,10 @@ def analyse_price_history(config: Config, rule_set, params, dag_run) -> dict:
 
 
 def report_quarantine(config: Config, summary: dict, dag_run) -> None:
-    """Ops' one message of a range with quarantined objects (``history.report_quarantine``), if any."""
-    from include.price_pipeline import history
+    """Ops' one message of a range with quarantined objects (``quarantine.report_quarantine``), if any."""
+    from include.price_pipeline import quarantine
 
-    report = history.report_quarantine(_s3(config), config, summary, _run_url(dag_run))
+    report = quarantine.report_quarantine(_s3(config), config, summary, _run_url(dag_run))
     if report is not None:
         tell_ops(config, *report)
 

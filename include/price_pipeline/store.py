@@ -123,6 +123,29 @@ def list_keys(s3, bucket: str, prefix: str, start_after: str = "") -> list[str]:
     return keys
 
 
+def records_present(s3, bucket: str, prefix: str, slots: list[datetime], default_pair: str = "") -> set:
+    """``{(slot, pair)}`` of the windows ``slots`` (in order) that have a raw record, any producer's: the one
+    lister of raw records (the sensor, the wait for earlier windows, the exchange feed). One listing of the
+    window for one window, else one per day partition, in parallel; ``default_pair``: the pair the legacy
+    alias is read as (``layout.read_ingestion_key``)."""
+    if len(slots) == 1:
+        prefixes = [layout.ingestion_window_prefix(slots[0], prefix)]
+    else:
+        prefixes = [prefix + day for day in layout.day_partitions(slots[0], slots[-1])] if slots else []
+    keys = [key for listed in in_parallel(s3, lambda p: list_keys(s3, bucket, p), prefixes) for key in listed]
+    return layout.records_listed(keys, slots, prefix, default_pair)
+
+
+def list_with_etags(s3, bucket: str, prefixes: list[str]) -> dict[str, str]:
+    """``{key: ETag without quotes}`` of every object under each of ``prefixes`` (listed in parallel)."""
+
+    def listing(prefix: str) -> dict[str, str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return {item["Key"]: item["ETag"].strip('"') for page in pages for item in page.get("Contents", [])}
+
+    return {key: etag for found in in_parallel(s3, listing, prefixes) for key, etag in found.items()}
+
+
 def csv_keys(s3, bucket: str, prefix: str, first: datetime, last: datetime) -> set[str]:
     """Every window's canonical CSV key (``layout.analysis_key``) with a slot in ``[first, last]``: one
     listing per day partition."""

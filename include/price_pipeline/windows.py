@@ -53,28 +53,14 @@ def wait_for_earlier_windows(
     s3, config: Config, slot: datetime, gaps: list[datetime], still_normalizing: StillNormalizing | None
 ) -> None:
     """The one rule for waiting on earlier windows, for every pair: of the earlier windows ``gaps`` a
-    decision of ``slot`` looks at and finds no canonical price in, raise WindowNotReady naming those
-    whose record is there (:func:`records_not_normalized`) and whose normalization a run can still
+    decision of ``slot`` looks at and finds no canonical price in, raise WindowNotReady naming those whose
+    raw record (any pair's: it lets the run's sensor go on) is there and whose normalization a run can still
     finish (``still_normalizing(windows)``: the caller asks its scheduler). A window without a record, or
     whose run has failed, finished or will never run, holds nobody: a live alert never waits for another
     window's missing record."""
     if still_normalizing is None or not gaps:
         return
-    pending = records_not_normalized(s3, config, gaps)
+    pending = sorted({slot for slot, _ in store.records_present(s3, config.bucket, config.ingestion_prefix, gaps)})
     waiting = still_normalizing(pending) if pending else []
     if waiting:
         raise WindowNotReady(slot, waiting)
-
-
-def records_not_normalized(s3, config: Config, gaps: list[datetime]) -> list[datetime]:
-    """Of the windows ``gaps`` (sorted), those whose run has a record to normalize: a raw object of any
-    pair is there, which lets the run's sensor go on (one listing per day partition)."""
-    window_of = {layout.ingestion_window_prefix(s, config.ingestion_prefix): s for s in gaps}
-    length = len(next(iter(window_of)))
-    found = set()
-    for day in layout.day_partitions(gaps[0], gaps[-1]):
-        for key in store.list_keys(s3, config.bucket, f"{config.ingestion_prefix}{day}"):
-            slot = window_of.get(key[:length])
-            if slot and layout.is_record_key(key, slot, config.ingestion_prefix):
-                found.add(slot)
-    return sorted(found)

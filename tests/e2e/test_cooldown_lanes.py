@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import pytest
 
-from include.price_pipeline import analysis, layout, pairs, rules
+from include.price_pipeline import analysis, layout, ledger, rules
 from local.feed import write_record
 from tests.conftest import ROOT, utc
 from tests.e2e.test_price_history_backfill import iso, task_states, xcom_summary
@@ -116,7 +116,7 @@ def verdicts(objects: bytes) -> dict[tuple[str, str], tuple[str, str, str | None
     """``{(pair, rule): (alert | cooled | the decision, direction, the alert window a cooled firing counts
     from)}`` of a window's ledger object."""
     found = {}
-    for pair, entry in pairs.parse_entries(objects).items():
+    for pair, entry in ledger.parse_entries(objects).items():
         for name, rule in entry["rules"].items():
             found[pair, name] = (rule["decision"], rule["direction"], rule.get("suppressed_by"))
     kind = {**dict.fromkeys(ALERTING, "alert"), **dict.fromkeys(COOLED, "cooled")}

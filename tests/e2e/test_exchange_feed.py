@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from include.price_pipeline import analysis, layout, pairs, rules
+from include.price_pipeline import analysis, layout, ledger, rules
 from tests.conftest import utc
 from tests.e2e.test_price_notification import DEFAULT_PARAMS, parse_dag_with, task_states
 
@@ -105,7 +105,7 @@ def test_the_feeds_records_alert_on_exactly_the_windows_the_candles_say_once_eac
 
     got = alerted(aws.alerts())
     assert sorted(got) == sorted(expected)  # each once
-    assert set(pairs.parse_entries(aws.get(layout.pairs_ledger_key(WINDOWS[1])))) == set(PAIRS)
+    assert set(ledger.parse_entries(aws.get(layout.pairs_ledger_key(WINDOWS[1])))) == set(PAIRS)
 
     for slot in WINDOWS[:3]:  # the feed and the window again: nothing more is written or sent
         assert feed.test(logical_date=slot + layout.SLOT).state == "success"
@@ -149,7 +149,7 @@ def test_a_day_of_a_newly_added_pair_is_fetched_normalized_and_decided_in_one_ru
     assert run.state == "success", task_states(run)
     slots = layout.slots_between(start, end)
     decided = [
-        pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot)))["SOL/USDT"]["rules"]["cross-150"]["decision"]
+        ledger.parse_entries(aws.get(layout.pairs_ledger_key(slot)))["SOL/USDT"]["rules"]["cross-150"]["decision"]
         for slot in slots
     ]
     assert len(decided) == 288

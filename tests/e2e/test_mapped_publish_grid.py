@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from include.price_pipeline import layout, pairs
+from include.price_pipeline import layout, ledger
 from local import soak
 from local.api import Api
 from local.feed import write_record
@@ -89,10 +89,10 @@ def test_a_window_of_three_alerts_publishes_through_three_mapped_sns_publish_ins
     assert sorted(name for _, name, _ in instances) == SUBJECTS  # the grid names each instance by its alert
     alerts = soak.receive_all(aws["sqs"], soak.queue_url(aws["sqs"], "price-alerts"))
     assert sorted(alert["Subject"] for alert in alerts) == SUBJECTS  # once each
-    ledger = pairs.parse_entries(
+    entries = ledger.parse_entries(
         aws["s3"].get_object(Bucket=soak.BUCKET, Key=layout.pairs_ledger_key(W))["Body"].read()
     )
-    recorded = {rule["sns_message_id"] for entry in ledger.values() for rule in entry["rules"].values()} - {None}
+    recorded = {rule["sns_message_id"] for entry in entries.values() for rule in entry["rules"].values()} - {None}
     values = [value if isinstance(value, dict) else json.loads(value) for _, value in returned]
     assert {value["sns_message_id"] for value in values} == recorded == {alert["MessageId"] for alert in alerts}
 

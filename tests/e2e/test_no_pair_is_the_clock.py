@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.price_pipeline import layout, pairs
+from include.price_pipeline import layout, ledger
 from local import soak
 from local.stack import isolated
 from tests.records import candle, seed_normalized, seed_pairs
@@ -104,8 +104,8 @@ def test_with_the_default_pairs_producer_down_the_other_pairs_alerts_go_out_at_t
     [ops] = soak.receive_all(aws["sqs"], soak.queue_url(aws["sqs"], "price-pipeline-ops"))
     assert ops["Subject"] == f"[price pipeline] Pairs late: {layout.slot_stamp(window)}"
     assert "- ETH/USDT: no record of the window when it was analysed" in ops["Message"]
-    ledger = aws["s3"].get_object(Bucket=soak.BUCKET, Key=layout.pairs_ledger_key(window))["Body"].read()
-    assert {pair: entry["decision"] for pair, entry in pairs.parse_entries(ledger).items()} == {
+    body = aws["s3"].get_object(Bucket=soak.BUCKET, Key=layout.pairs_ledger_key(window))["Body"].read()
+    assert {pair: entry["decision"] for pair, entry in ledger.parse_entries(body).items()} == {
         "BTC/USDT": "notified",
         "SOL/USDT": "notified",
     }

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from include.price_pipeline import layout, pairs, rules
+from include.price_pipeline import layout, ledger, rules
 from local.stack import free_port
 from tests.conftest import utc
 from tests.e2e.test_price_alerts_page import chromium_path
@@ -51,13 +51,13 @@ def rules_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ledger(rules_file, aws_session):
+def decided(rules_file, aws_session):
     """Each window decided by the pipeline's own analyse_pairs, as a backfill run (fired: not sent)."""
     rule_set = rules.load(rules_file)
     for index, slot in enumerate(layout.slots_between(T0, T0 + layout.SLOT * len(SOL))):
         prices = {"SOL/USDT": SOL[index]} | ({"BTC/USDT": BTC[index]} if index < len(BTC) else {})
         seed_pairs(aws_session.s3, aws_session.config.bucket, slot, prices)
-        pairs.analyse_pairs(aws_session.s3, aws_session.config, rule_set, slot, False, "backfill run", "u", "r")
+        ledger.analyse_pairs(aws_session.s3, aws_session.config, rule_set, slot, False, "backfill run", "u", "r")
     return aws_session
 
 
@@ -85,7 +85,7 @@ def server(airflow_db, standin, rules_file):
 
 
 @pytest.fixture(scope="module")
-def page(server, ledger):
+def page(server, decided):
     """A logged-in browser page; ``page.open(pair)`` shows the range for ``pair``."""
     from playwright.sync_api import sync_playwright
 

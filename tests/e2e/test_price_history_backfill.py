@@ -13,7 +13,7 @@ import json
 import pandas as pd
 import pytest
 
-from include.price_pipeline import analysis, layout, pairs
+from include.price_pipeline import analysis, layout, ledger
 from local.feed import synthetic_record, write_record
 from local.soak import default_entry
 from tests.conftest import utc
@@ -161,8 +161,8 @@ def test_ledger_entries_are_byte_identical_to_what_price_notification_writes(fir
     """dag.test() only makes manual runs; the DAG hands dag_run.run_type to due_for_subscribers, so
     patching the run type to "backfill" there gives exactly a native backfill run of the window."""
     _, _, objects = first_run
-    ledger = {k: default_entry(v) for k, v in objects.items() if k.startswith(layout.CHANGES_PREFIX)}
-    breach = min(k for k, v in ledger.items() if v["decision"] == "suppressed_backfill")
+    entries = {k: default_entry(v) for k, v in objects.items() if k.startswith(layout.CHANGES_PREFIX)}
+    breach = min(k for k, v in entries.items() if v["decision"] == "suppressed_backfill")
     after_bad = layout.pairs_ledger_key(BAD_SLOT + layout.SLOT)
     compared = [layout.pairs_ledger_key(DAY), after_bad, breach]
     real_due = analysis.due_for_subscribers
@@ -175,8 +175,8 @@ def test_ledger_entries_are_byte_identical_to_what_price_notification_writes(fir
         assert run.state == "success", task_states(run)
 
     assert [aws.get(key) for key in compared] == [objects[key] for key in compared]
-    assert ledger[breach]["reason"] == "backfill run (notify_on_backfill is off)"
-    assert ledger[after_bad]["previous"]["timestamp"] == "2025-03-11T09:55:00Z"
+    assert entries[breach]["reason"] == "backfill run (notify_on_backfill is off)"
+    assert entries[after_bad]["previous"]["timestamp"] == "2025-03-11T09:55:00Z"
     assert aws.alerts() == []
 
 
@@ -184,18 +184,18 @@ def test_a_rerun_writes_identical_objects_and_leaves_a_notified_window_untouched
     aws = day_of_records
     _, _, before = first_run
     breach_key = min(k for k, v in before.items() if k.startswith(layout.CHANGES_PREFIX) and b"suppressed_b" in v)
-    [(pair, entry)] = pairs.parse_entries(before[breach_key]).items()
+    [(pair, entry)] = ledger.parse_entries(before[breach_key]).items()
     [(rule, state)] = entry["rules"].items()
     state = state | {"decision": "notified", "sns_message_id": "message-from-live-run"}
     entry = entry | {"decision": "notified", "rules": {rule: state}}  # as a live run of the window left it
-    aws.put(breach_key, pairs.entries_bytes({pair: entry}))
+    aws.put(breach_key, ledger.entries_bytes({pair: entry}))
     expected = {**before, breach_key: aws.get(breach_key)}
 
     run, summary = run_bulk(bulk_dag, DAY, NEXT_DAY)
 
     assert run.state == "success", task_states(run)
     assert day_objects(aws) == expected
-    assert pairs.parse_entries(aws.get(breach_key))[pair] == entry
+    assert ledger.parse_entries(aws.get(breach_key))[pair] == entry
     assert summary["ledger"] == {"written": 0, "unchanged": 285, "due": 0}
     assert summary["parquet"][0]["written"] is False
 

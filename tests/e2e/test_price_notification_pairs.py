@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from include.price_pipeline import layout, pairs
+from include.price_pipeline import layout, ledger
 from local.feed import write_record
 from tests.conftest import utc
 from tests.e2e.test_price_notification import parse_dag_with, run_window, task_states
@@ -47,7 +47,7 @@ def land(aws, pair: str, slot, price: float) -> None:
 
 
 def pair_ledger(aws, slot) -> dict:
-    return pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot)))
+    return ledger.parse_entries(aws.get(layout.pairs_ledger_key(slot)))
 
 
 def test_three_pairs_one_live_window_exactly_the_expected_messages(dag, aws):

@@ -686,7 +686,7 @@ def test_catalog_has_every_pairs_parquet_in_one_table_partitioned_by_pair_and_mo
 
 
 def test_catalog_columns_are_the_fields_the_pipeline_writes():
-    from include.price_pipeline import analysis, history, pairs, rules
+    from include.price_pipeline import analysis, ledger, parquet, rules
 
     tf = module()
     slot = datetime(2026, 1, 5, 9, 35, tzinfo=UTC)
@@ -694,18 +694,18 @@ def test_catalog_columns_are_the_fields_the_pipeline_writes():
     series = rules.Series(prices)
     btc = rules.load(rules.REPO_ROOT / "include" / "rules" / "local.json").pairs["BTC/USDT"]
     decided = {rule.name: rules.evaluate(rule, series, slot) for rule in btc}
-    entry = pairs.pair_entry("BTC/USDT", slot, series.at(slot), btc, decided, True, "")
-    # One table reads every pair's entries (the default pair's too): the fields of pairs.pair_entry.
+    entry = ledger.pair_entry("BTC/USDT", slot, series.at(slot), btc, decided, True, "")
+    # One table reads every pair's entries (the default pair's too): the fields of ledger.pair_entry.
     columns = [column["name"] for column in resolve(tf.locals["ledger_columns"])]
     assert columns == list(entry)
     assert re.findall(r"(\w+):", tf.locals["price_struct"]) == list(entry["latest"])
     rule_struct = re.sub(r"\$\{local\.price_struct\}", "", "".join(re.findall(r'"([^"]*)"', tf.locals["rule_struct"])))
     assert re.findall(r"(\w+):", rule_struct) == [*next(iter(entry["rules"].values())), "suppressed_by"]
-    parquet = tf.resource("aws_glue_catalog_table", "analysis_parquet")
-    [storage] = parquet["storage_descriptor"]
+    table = tf.resource("aws_glue_catalog_table", "analysis_parquet")
+    [storage] = table["storage_descriptor"]
     [columns] = storage["dynamic"]
     assert columns["columns"]["for_each"] == "${local.parquet_columns}"
-    assert str(history.parquet_schema().field("timestamp").type).startswith("timestamp")
+    assert str(parquet.parquet_schema().field("timestamp").type).startswith("timestamp")
     # hcl2 versions render the object differently ({'name': ...} or {name = ...}); the words are the same.
     words = [word for word in re.findall(r"[\w.]+|==|\?", tf.locals["parquet_columns"]) if word != "in"]
     assert words == [

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from include.price_pipeline import browse, history, layout, pairs, rules
+from include.price_pipeline import browse, layout, ledger, parquet, rules
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
@@ -27,10 +27,10 @@ def put_entry(aws, slot, price, previous_price, decision, reason="r", sns_messag
     change_pct = (price - previous_price) / previous_price * 100 if previous_price else None
     direction = "flat" if not change_pct else "up" if change_pct > 0 else "down"
     decided = rules.Decision(RULE.name, RULE.kind, decision, reason, direction, change_pct, previous)
-    entry = pairs.pair_entry(PAIR, slot, Price(slot, price, PAIR, "src"), (RULE,), {RULE.name: decided}, True, "")
+    entry = ledger.pair_entry(PAIR, slot, Price(slot, price, PAIR, "src"), (RULE,), {RULE.name: decided}, True, "")
     state = entry["rules"][RULE.name] | {"sns_message_id": sns_message_id}
     entry |= {"rules": {RULE.name: state}, "decision": "notified" if decision == "notified" else "analysed"}
-    aws.put(layout.pairs_ledger_key(slot), pairs.entries_bytes({PAIR: entry}))
+    aws.put(layout.pairs_ledger_key(slot), ledger.entries_bytes({PAIR: entry}))
     return entry
 
 
@@ -66,8 +66,8 @@ def test_entries_are_read_as_the_pipeline_reads_them_unknown_decisions_as_is_mis
     unknown = {"pair": PAIR, "decision": "publishing", "rules": {"r": {"decision": "brand_new"}}, "new_field": 1}
     mistyped = {"pair": PAIR, "decision": "analysed", "latest": "not an object",
                 "rules": {"r": {"decision": "below_threshold", "change_pct": "2"}}}  # fmt: skip
-    aws.put(layout.pairs_ledger_key(start), pairs.entries_bytes({PAIR: unknown}))
-    aws.put(layout.pairs_ledger_key(start + layout.SLOT), pairs.entries_bytes({PAIR: mistyped}))
+    aws.put(layout.pairs_ledger_key(start), ledger.entries_bytes({PAIR: unknown}))
+    aws.put(layout.pairs_ledger_key(start + layout.SLOT), ledger.entries_bytes({PAIR: mistyped}))
     aws.put(layout.pairs_ledger_key(start + 2 * layout.SLOT), b"not json")
 
     rows = browse.history(aws.s3, aws.config, RULES, start, start + 4 * layout.SLOT)["windows"]
@@ -92,7 +92,7 @@ def test_quarantined_objects_of_the_range_come_with_their_reasons(aws):
     outside, _ = layout.quarantine_keys(slot + timedelta(hours=1), "other")
     aws.put(outside, b"later")
 
-    found = browse.quarantined(aws.s3, aws.config, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30), PAIR, PAIR)
+    found = browse.quarantined(aws.s3, aws.config, RULES, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 30), PAIR)
     rows = browse.history(aws.s3, aws.config, RULES, utc(2026, 3, 4, 10, 0), utc(2026, 3, 4, 10, 15))["windows"]
 
     assert found == [
@@ -125,7 +125,7 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
          "source_format": "json", **dict.fromkeys(("open", "high", "low", "close", "volume", "quote_volume"), 1.0)}
         for slot, price in prices.items()
     ]  # fmt: skip
-    aws.put(layout.parquet_key(2026, 3, pair="ETH/USDT"), history.parquet_bytes(rows))
+    aws.put(layout.parquet_key(2026, 3, pair="ETH/USDT"), parquet.parquet_bytes(rows))
     put_entry(aws, breach, prices[breach], prices[breach - layout.SLOT], "notified", sns_message_id="msg-9")
     put_entry(aws, ledger_only, 99.0, None, "no_previous_record", reason="written by a live run")
     calm = slots[50]
@@ -188,7 +188,7 @@ def test_a_long_range_of_another_pair_waits_for_the_ledger_where_any_of_its_rule
          "source_format": "json", **dict.fromkeys(("open", "high", "low", "close", "volume", "quote_volume"), 1.0)}
         for slot, price in prices.items()
     ]  # fmt: skip
-    aws.put(layout.parquet_key(2026, 3, pair="BTC/USDT"), history.parquet_bytes(rows))
+    aws.put(layout.parquet_key(2026, 3, pair="BTC/USDT"), parquet.parquet_bytes(rows))
 
     data = browse.history(aws.s3, aws.config, rule_set, start, start + timedelta(days=2), "BTC/USDT")
 

@@ -87,7 +87,7 @@ def test_a_key_written_between_the_listing_and_the_write_is_left_as_it_is(aws, e
     """The write itself is conditional (If-None-Match), not the listing before it."""
     slot = DAY.replace(hour=3)
     key = layout.ingestion_key(slot, ".json", aws.config.ingestion_prefix, pair="ETH/USDT")
-    monkeypatch.setattr(feed, "records_present", lambda *args: set())
+    monkeypatch.setattr(feed.store, "records_present", lambda *args: set())
     aws.put(key, b'{"someone": "else"}')
 
     done, _ = fetch(aws, exchange.url, slot)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.price_pipeline import layout, pairs, settings
+from include.price_pipeline import layout, ledger, settings
 from local import run
 from local.stack import free_port, isolated
 from tests.conftest import make_backfill
@@ -60,11 +60,11 @@ def test_the_feeds_first_run_writes_every_pairs_candle_and_the_window_is_decided
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=config.bucket, Prefix=prefix).get("Contents", [])]
     assert len(keys) == len(PAIRS), keys
 
-    ledger = layout.pairs_ledger_key(slot, config.changes_prefix)
+    ledger_key = layout.pairs_ledger_key(slot, config.changes_prefix)
 
     def decided():
         try:
-            return pairs.parse_entries(s3.get_object(Bucket=config.bucket, Key=ledger)["Body"].read())
+            return ledger.parse_entries(s3.get_object(Bucket=config.bucket, Key=ledger_key)["Body"].read())
         except s3.exceptions.NoSuchKey:
             return None
 

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from include.price_pipeline import layout, pairs, rules
+from include.price_pipeline import layout, ledger, rules
 from tests.conftest import utc
 from tests.records import candle, seed_normalized
 
@@ -40,7 +40,7 @@ PAIR, RULE = RULES.default_pair, RULES.default_rule.name
 
 def flow(aws, s3, slot, claimant: str) -> str | None:
     """What one run does: analyse (and claim), then, with the claim, publish and record notified."""
-    result = pairs.analyse_pairs(s3, aws.config, RULES, slot, True, "", "http://ui/run", claimant)
+    result = ledger.analyse_pairs(s3, aws.config, RULES, slot, True, "", "http://ui/run", claimant)
     if not result["alerts"]:
         return None
 
@@ -49,7 +49,7 @@ def flow(aws, s3, slot, claimant: str) -> str | None:
             "MessageId"
         ]
 
-    published = pairs.publish_alerts(s3, aws.config, slot, result["alerts"], claimant, publish)
+    published = ledger.publish_alerts(s3, aws.config, slot, result["alerts"], claimant, publish)
     return published["sent"].get(f"{PAIR} {RULE}")
 
 
@@ -69,7 +69,7 @@ def test_two_runs_racing_on_one_window_publish_exactly_once(sns, stored):
     if stored:
         aws.put(
             key,
-            pairs.entries_bytes({PAIR: {"pair": PAIR, "decision": "analysed", "rules": {RULE: {"decision": stored}}}}),
+            ledger.entries_bytes({PAIR: {"pair": PAIR, "decision": "analysed", "rules": {RULE: {"decision": stored}}}}),
         )
     barrier = threading.Barrier(2)
     outcomes: dict[str, object] = {}
@@ -89,5 +89,5 @@ def test_two_runs_racing_on_one_window_publish_exactly_once(sns, stored):
     sent = aws.alerts()
     assert len(sent) == 1, outcomes
     assert sorted(outcomes.values(), key=lambda v: v is None) == [sent[0]["MessageId"], None]
-    entry = pairs.parse_entries(aws.get(key))[PAIR]
+    entry = ledger.parse_entries(aws.get(key))[PAIR]
     assert (entry["decision"], entry["rules"][RULE]["sns_message_id"]) == ("notified", sent[0]["MessageId"])

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from include.price_pipeline import layout, pairs, rules
+from include.price_pipeline import layout, ledger, rules
 from local.standin import aws_env
 from tests.conftest import ROOT, STANDIN_CREDENTIALS, utc
 from tests.records import candle, seed_normalized
@@ -46,14 +46,14 @@ def test_make_migrate_ledger_moves_every_old_entry_once_and_a_notified_window_is
     aws.put(layout.ledger_key(claimed), old_entry(claimed, "publishing", claimed_by="price_notification/x",
                                                   publish_started=True))  # fmt: skip
     aws.put(layout.ledger_key(calm), old_entry(calm, "below_threshold"))
-    aws.put(layout.pairs_ledger_key(calm), pairs.entries_bytes({"SOL/USDT": {
+    aws.put(layout.pairs_ledger_key(calm), ledger.entries_bytes({"SOL/USDT": {
         "pair": "SOL/USDT", "decision": "analysed", "rules": {"cross": {"decision": "not_crossed"}}}}))  # fmt: skip
 
     first = migrate(aws)
 
     assert "3 entries moved, 0 kept" in first
     assert [key for key in aws.keys(layout.CHANGES_PREFIX + layout.partition(SLOT)) if key.endswith("Z.json")] == []
-    lines = {slot: pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot))) for slot in (notified, claimed, calm)}
+    lines = {slot: ledger.parse_entries(aws.get(layout.pairs_ledger_key(slot))) for slot in (notified, claimed, calm)}
     assert lines[notified]["ETH/USDT"]["decision"] == "notified"
     assert lines[notified]["ETH/USDT"]["rules"][RULE]["sns_message_id"] == "m-before"
     assert (lines[claimed]["ETH/USDT"]["decision"], lines[claimed]["ETH/USDT"]["claimed_by"]) == (
@@ -65,5 +65,5 @@ def test_make_migrate_ledger_moves_every_old_entry_once_and_a_notified_window_is
 
     seed_normalized(aws.s3, aws.config.bucket, candle(notified - layout.SLOT, 100.0))
     seed_normalized(aws.s3, aws.config.bucket, candle(notified, 103.0))
-    again = pairs.analyse_pairs(aws.s3, aws.config, rules.load(rules.DEFAULT_RULES_FILE), notified, True, "", "u", "r")
+    again = ledger.analyse_pairs(aws.s3, aws.config, rules.load(rules.DEFAULT_RULES_FILE), notified, True, "", "u", "r")
     assert again["alerts"] == []  # the window's alert went out before the upgrade: never again

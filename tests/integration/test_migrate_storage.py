@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import pytest
 
 from include.glue.price_glue import validation
-from include.price_pipeline import analysis, browse, history, layout, pairs, rules
+from include.price_pipeline import analysis, browse, history, layout, ledger, parquet, rules
 from local.standin import aws_env
 from tests.conftest import ROOT, STANDIN_CREDENTIALS, utc
 from tests.records import candle, seed_pairs
@@ -54,11 +54,11 @@ def old_bucket(aws) -> dict[datetime, bytes]:
             seed_pairs(aws.s3, aws.config.bucket, slot, {"BTC/USDT": BTC[slot]})
     months = {"ETH/USDT": [], "BTC/USDT": []}
     for slot in SLOTS:
-        months["ETH/USDT"] += history.canonical_rows(old_csvs[slot])
+        months["ETH/USDT"] += parquet.canonical_rows(old_csvs[slot])
         if slot != SLOTS[2]:
-            months["BTC/USDT"] += [r for r in history.canonical_rows(aws.get(layout.analysis_key(slot)))]
-    aws.put(layout.legacy_parquet_key(2025, 10), history.parquet_bytes(months["ETH/USDT"]))
-    aws.put(layout.parquet_key(2025, 10, "BTC/USDT"), history.parquet_bytes(months["BTC/USDT"]))
+            months["BTC/USDT"] += [r for r in parquet.canonical_rows(aws.get(layout.analysis_key(slot)))]
+    aws.put(layout.legacy_parquet_key(2025, 10), parquet.parquet_bytes(months["ETH/USDT"]))
+    aws.put(layout.parquet_key(2025, 10, "BTC/USDT"), parquet.parquet_bytes(months["BTC/USDT"]))
     series = {
         "ETH/USDT": rules.Series([analysis.parse_canonical_csv(old_csvs[s]) for s in SLOTS]),
         "BTC/USDT": rules.Series(
@@ -70,8 +70,8 @@ def old_bucket(aws) -> dict[datetime, bytes]:
         for pair, rule_list in RULES.pairs.items():
             if series[pair].at(slot) is not None:
                 decided = {r.name: rules.evaluate(r, series[pair], slot) for r in rule_list}
-                by_pair[pair] = pairs.pair_entry(pair, slot, series[pair].at(slot), rule_list, decided, False, "old")
-        aws.put(layout.pairs_ledger_key(slot), pairs.entries_bytes(by_pair))
+                by_pair[pair] = ledger.pair_entry(pair, slot, series[pair].at(slot), rule_list, decided, False, "old")
+        aws.put(layout.pairs_ledger_key(slot), ledger.entries_bytes(by_pair))
     return old_csvs
 
 
@@ -91,7 +91,7 @@ def test_make_migrate_storage_moves_the_default_pairs_csvs_and_parquet_once_and_
         rows = {price.pair: price for price in analysis.parse_canonical_rows(aws.get(layout.analysis_key(slot)))}
         assert set(rows) == ({"ETH/USDT"} if slot == SLOTS[2] else {"ETH/USDT", "BTC/USDT"})
         assert rows["ETH/USDT"] == analysis.parse_canonical_csv(old_csvs[slot])  # the row as it was, no loss
-    parquet = layout.parquet_key(2025, 10, "ETH/USDT")
+    month_key = layout.parquet_key(2025, 10, "ETH/USDT")
     assert layout.legacy_parquet_key(2025, 10) not in aws.keys(layout.PARQUET_PREFIX)
 
     # The page: the ledger's rows as before, and the Parquet prices of every window under pair=ETH_USDT.
@@ -103,14 +103,14 @@ def test_make_migrate_storage_moves_the_default_pairs_csvs_and_parquet_once_and_
     summary = history.backfill_history(aws.s3, aws.config, START, end, RULES, False, datetime.now(UTC))
     assert (summary["pairs"]["ETH/USDT"]["windows"], summary["pairs"]["BTC/USDT"]["windows"]) == (6, 5)
     assert summary["missing"] == 0
-    migrated = {row["timestamp"] for row in _rows(aws.get(parquet))}
+    migrated = {row["timestamp"] for row in _rows(aws.get(month_key))}
     assert migrated == set(SLOTS)
 
     # The live analysis of the next window reads the default pair's migrated row as its reference.
     after = end
     seed_pairs(aws.s3, aws.config.bucket, after, {"ETH/USDT": ETH[SLOTS[-1]], "BTC/USDT": 90010.0})
-    result = pairs.analyse_pairs(aws.s3, aws.config, RULES, after, False, "old", "u", "r")
-    entry = pairs.parse_entries(aws.get(layout.pairs_ledger_key(after)))["ETH/USDT"]
+    result = ledger.analyse_pairs(aws.s3, aws.config, RULES, after, False, "old", "u", "r")
+    entry = ledger.parse_entries(aws.get(layout.pairs_ledger_key(after)))["ETH/USDT"]
     assert result["late"] == {}
     assert entry["rules"]["move-5m"]["reference"]["timestamp"] == layout.iso(SLOTS[-1])
 
@@ -119,7 +119,7 @@ def test_make_migrate_storage_moves_the_default_pairs_csvs_and_parquet_once_and_
     table = catalog[catalog.index('resource "aws_glue_catalog_table" "analysis_parquet"') :]
     template = re.search(r'"storage.location.template" = "\$\{local.s3_root\}\$\{local.parquet_prefix\}([^"]+)"', table)
     location = template.group(1).replace("$${pair}", "ETH_USDT").replace("$${year}", "2025").replace("$${month}", "10")
-    assert parquet == layout.PARQUET_PREFIX + location + layout.PARQUET_FILE_NAME
+    assert month_key == layout.PARQUET_PREFIX + location + layout.PARQUET_FILE_NAME
 
 
 def _rows(body: bytes) -> list[dict]:

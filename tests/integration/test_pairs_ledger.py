@@ -9,7 +9,7 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
-from include.price_pipeline import browse, layout, pairs, rules, windows
+from include.price_pipeline import browse, layout, ledger, rules, windows
 from tests.conftest import utc
 from tests.records import candle, seed_normalized, seed_pairs
 
@@ -42,12 +42,12 @@ def seed(aws, slot, **prices):
 
 def entries(aws, slot=W) -> dict:
     """The other pairs' entries of the window (the default pair's line beside them never fires here)."""
-    found = pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot)))
+    found = ledger.parse_entries(aws.get(layout.pairs_ledger_key(slot)))
     return {pair: entry for pair, entry in found.items() if pair != RULES.default_pair}
 
 
 def analyse(aws, run, slot=W, due=True, why=""):
-    return pairs.analyse_pairs(aws.s3, aws.config, RULES, slot, due, why, "url", run)
+    return ledger.analyse_pairs(aws.s3, aws.config, RULES, slot, due, why, "url", run)
 
 
 class Sns:
@@ -64,7 +64,7 @@ class Sns:
 
 
 def publish(aws, run, due, sns, slot=W):
-    return pairs.publish_alerts(aws.s3, aws.config, slot, due, run, sns)
+    return ledger.publish_alerts(aws.s3, aws.config, slot, due, run, sns)
 
 
 def test_every_pairs_due_rules_are_claimed_once_in_one_object_and_each_published_once(aws):
@@ -175,7 +175,7 @@ def test_a_backfill_records_a_firing_rule_as_suppressed_and_a_missing_pair_as_la
     seed(aws, slot + layout.SLOT * 4, SOL=150.0)
     later = analyse(aws, "dag/live", slot + layout.SLOT * 4)
     assert later["late"] == {"BTC/USDT": late}
-    assert "- BTC/USDT: no record of the window" in pairs.late_notice(slot, later["late"], "url")
+    assert "- BTC/USDT: no record of the window" in ledger.late_notice(slot, later["late"], "url")
 
 
 def count_gets(aws, call):
@@ -203,7 +203,7 @@ def test_a_windows_first_analysis_reads_one_csv_per_slot_its_rules_decide_from_f
     seed(aws, slot - layout.SLOT, SOL=150.0)  # BTC has no record 5 minutes earlier: its reference is at -10
     seed(aws, slot, BTC=99000.0, SOL=150.0)
 
-    result, reads = count_gets(aws, lambda: pairs.analyse_pairs(aws.s3, aws.config, five, slot, True, "", "u", "r"))
+    result, reads = count_gets(aws, lambda: ledger.analyse_pairs(aws.s3, aws.config, five, slot, True, "", "u", "r"))
 
     assert result["decisions"] == {
         "BTC/USDT": {"move-5m": "below_threshold"},
@@ -240,7 +240,7 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
     assert parquet[layout.parquet_key(2025, 9, pair="BTC/USDT")]["rows"] >= 6
     assert parquet[layout.parquet_key(2025, 9, pair="SOL/USDT")]["rows"] >= 6
     bulk = {slot: aws.get(layout.pairs_ledger_key(slot)) for slot in slots[1:]}
-    decisions = [pairs.parse_entries(body)["BTC/USDT"]["rules"]["cross-100k"]["decision"] for body in bulk.values()]
+    decisions = [ledger.parse_entries(body)["BTC/USDT"]["rules"]["cross-100k"]["decision"] for body in bulk.values()]
     assert decisions == [
         "not_crossed",
         "suppressed_backfill",
@@ -255,7 +255,7 @@ def test_the_bulk_backfill_writes_each_windows_entries_as_a_backfill_run_does_an
 
     damaged_key = layout.pairs_ledger_key(slots[2])  # a damaged object fails the bulk run too, untouched
     aws.put(damaged_key, bulk[slots[2]] + b"not json\n")
-    with pytest.raises(pairs.DamagedLedger, match=f"{damaged_key} line 4: not a JSON object"):
+    with pytest.raises(ledger.DamagedLedger, match=f"{damaged_key} line 4: not a JSON object"):
         history.backfill_history(
             aws.s3, aws.config, slots[1], slots[-1] + layout.SLOT, RULES, False, datetime.now().astimezone()
         )  # fmt: skip
@@ -343,12 +343,12 @@ def test_other_pairs_wait_as_the_default_pair_does_only_for_an_earlier_record_a_
         return slots
 
     with pytest.raises(windows.WindowNotReady, match=layout.slot_stamp(gap)) as waiting:
-        pairs.analyse_pairs(aws.s3, aws.config, RULES, WAIT, True, "", "url", "dag/run", running)
+        ledger.analyse_pairs(aws.s3, aws.config, RULES, WAIT, True, "", "url", "dag/run", running)
 
     assert waiting.value.windows == [gap]
     assert asked == [[gap]]
     assert aws.keys(layout.pairs_ledger_key(WAIT)) == []  # nothing decided yet
-    decided = pairs.analyse_pairs(aws.s3, aws.config, RULES, WAIT, True, "", "url", "dag/run", lambda slots: [])
+    decided = ledger.analyse_pairs(aws.s3, aws.config, RULES, WAIT, True, "", "url", "dag/run", lambda slots: [])
     assert decided["decisions"]["BTC/USDT"]["move-5m"] == "notify"
 
 
@@ -357,7 +357,7 @@ def test_an_earlier_window_whose_record_is_missing_holds_no_pair(aws):
     seed(aws, slot - layout.SLOT * 2, BTC=90000.0, SOL=140.0)
     seed(aws, slot, BTC=92000.0, SOL=141.0)  # slot - 5 min: no record at all, no CSV
 
-    result = pairs.analyse_pairs(aws.s3, aws.config, RULES, slot, True, "", "url", "dag/run",
+    result = ledger.analyse_pairs(aws.s3, aws.config, RULES, slot, True, "", "url", "dag/run",
                                  lambda slots: pytest.fail(f"asked the scheduler about {slots}"))  # fmt: skip
 
     assert set(result["decisions"]) == {"BTC/USDT", "ETH/USDT", "SOL/USDT"}
@@ -406,7 +406,7 @@ def test_a_pair_listed_twice_fails_the_window_and_is_not_sent_again(aws):
                                                               for n, r in notified["rules"].items()}}  # fmt: skip
     body = damaged_object(aws, DAMAGED, notified, analysed, entries(aws, DAMAGED)["SOL/USDT"])
 
-    with pytest.raises(pairs.DamagedLedger, match=r'pairs\.jsonl line 2: pair "BTC/USDT" listed twice'):
+    with pytest.raises(ledger.DamagedLedger, match=r'pairs\.jsonl line 2: pair "BTC/USDT" listed twice'):
         analyse(aws, "dag/run-b", DAMAGED)
 
     assert aws.get(layout.pairs_ledger_key(DAMAGED)) == body
@@ -429,7 +429,7 @@ def test_an_entry_without_rules_fails_the_publish_before_any_claim_moves(aws):
     body = damaged_object(aws, slot, stored["BTC/USDT"], without_rules)
     sns = Sns()
 
-    with pytest.raises(pairs.DamagedLedger, match='pair "SOL/USDT": not an entry with a decision and each rule\'s'):
+    with pytest.raises(ledger.DamagedLedger, match='pair "SOL/USDT": not an entry with a decision and each rule\'s'):
         publish(aws, "dag/run-a", due, sns, slot)
 
     assert sns.sent == []
@@ -442,7 +442,7 @@ def test_a_line_that_is_no_entry_fails_the_window(aws, line):
     seed(aws, slot, BTC=101000.0, SOL=153.0)
     aws.put(layout.pairs_ledger_key(slot), line + b"\n")
 
-    with pytest.raises(pairs.DamagedLedger, match="line 1: not a JSON object with a pair"):
+    with pytest.raises(ledger.DamagedLedger, match="line 1: not a JSON object with a pair"):
         analyse(aws, "dag/run-a", slot)
 
     assert aws.get(layout.pairs_ledger_key(slot)) == line + b"\n"
@@ -454,7 +454,7 @@ def overlapping_tries(aws, monkeypatch, slot, sns_a, sns_b, wait=30.0) -> tuple[
     import threading
 
     due = analyse(aws, "dag/run-z", slot)["alerts"]
-    barrier, first_read, real_read = threading.Barrier(2, timeout=30), threading.local(), pairs.store.read_with_etag
+    barrier, first_read, real_read = threading.Barrier(2, timeout=30), threading.local(), ledger.store.read_with_etag
 
     def read_together(*args):
         body = real_read(*args)
@@ -463,11 +463,11 @@ def overlapping_tries(aws, monkeypatch, slot, sns_a, sns_b, wait=30.0) -> tuple[
             barrier.wait()
         return body
 
-    monkeypatch.setattr(pairs.store, "read_with_etag", read_together)
+    monkeypatch.setattr(ledger.store, "read_with_etag", read_together)
     results = {}
 
     def attempt(name, sns):
-        results[name] = pairs.publish_alerts(aws.s3, aws.config, slot, due, "dag/run-z", sns, wait)
+        results[name] = ledger.publish_alerts(aws.s3, aws.config, slot, due, "dag/run-z", sns, wait)
 
     tries = [threading.Thread(target=attempt, args=args) for args in (("a", sns_a), ("b", sns_b))]
     for thread in tries:

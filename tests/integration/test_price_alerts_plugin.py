@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from include.price_pipeline import layout, pairs, rules
+from include.price_pipeline import layout, ledger, rules
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
 
@@ -60,10 +60,10 @@ def test_with_the_ui_cookie_the_page_and_its_data_are_served_with_a_strict_csp(c
     previous, latest = Price(SLOT - layout.SLOT, 100.0, "ETH/USDT", "a"), Price(SLOT, 103.0, "ETH/USDT", "b")
     rule = rules.load(rules.DEFAULT_RULES_FILE).default_rule
     decided = rules.Decision(rule.name, rule.kind, "notify", "r", "up", 3.0, previous)
-    entry = pairs.pair_entry("ETH/USDT", SLOT, latest, (rule,), {rule.name: decided}, True, "")
+    entry = ledger.pair_entry("ETH/USDT", SLOT, latest, (rule,), {rule.name: decided}, True, "")
     state = {"decision": "notified", "reason": "<img src=x onerror=alert(1)>", "sns_message_id": "m-1"}
     entry |= {"decision": "notified", "rules": {rule.name: entry["rules"][rule.name] | state}}
-    aws.put(layout.pairs_ledger_key(SLOT), pairs.entries_bytes({"ETH/USDT": entry}))
+    aws.put(layout.pairs_ledger_key(SLOT), ledger.entries_bytes({"ETH/USDT": entry}))
     client.cookies.set("_token", token)
     try:
         page = client.get("/price-alerts/")
@@ -128,7 +128,7 @@ def test_the_ui_lists_the_nav_view_and_the_dag_run_view(client, token):
 
 
 def test_the_pair_selector_shows_another_pairs_windows_and_refuses_an_unknown_pair(client, token, aws, monkeypatch):
-    from include.price_pipeline import pairs, rules, settings
+    from include.price_pipeline import ledger, rules, settings
     from tests.records import seed_pairs
 
     monkeypatch.setenv("PRICE_RULES_FILE", "include/rules/local.json")
@@ -136,7 +136,7 @@ def test_the_pair_selector_shows_another_pairs_windows_and_refuses_an_unknown_pa
     for at, price in ((slot - layout.SLOT, 149.0), (slot, 151.0)):
         seed_pairs(aws.s3, aws.config.bucket, at, {"SOL/USDT": price, "BTC/USDT": 90000.0})
     rule_set = rules.load(rules.resolve_path("include/rules/local.json"))
-    pairs.analyse_pairs(aws.s3, aws.config, rule_set, slot, False, "backfill run", "u", "r")
+    ledger.analyse_pairs(aws.s3, aws.config, rule_set, slot, False, "backfill run", "u", "r")
     headers = {"Authorization": f"Bearer {token}"}
     window = "start=2026-03-21T10:00Z&end=2026-03-21T10:10Z"
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.price_pipeline import layout, pairs, rules, settings
+from include.price_pipeline import layout, ledger, rules, settings
 from local.feed import write_record
 
 pytestmark = pytest.mark.integration
@@ -52,12 +52,12 @@ def test_ledger_of_a_replayed_real_day_matches_an_independent_computation(aws, p
     slots = [DAY + layout.SLOT * i for i in range(288)]
     for slot in slots:
         why_not_due = "backfill run (notify_on_backfill is off)"
-        pairs.analyse_pairs(aws.s3, aws.config, rule_set, slot, False, why_not_due, "-", "")
+        ledger.analyse_pairs(aws.s3, aws.config, rule_set, slot, False, why_not_due, "-", "")
 
     expected = independent_expectation(rows)
     breaches = 0
     for slot in slots:
-        entry = pairs.parse_entries(aws.get(layout.pairs_ledger_key(slot)))["ETH/USDT"]
+        entry = ledger.parse_entries(aws.get(layout.pairs_ledger_key(slot)))["ETH/USDT"]
         [state] = entry["rules"].values()
         previous, latest, change, decision = expected[int(slot.timestamp())]
         assert state["reference"]["weighted_average"] == previous

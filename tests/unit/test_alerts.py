@@ -1,4 +1,4 @@
-"""Ledger entries (``pairs.pair_entry``, ``alerts.ledger_bytes``), the one alert builder (``alerts.alert``:
+"""Ledger entries (``ledger.pair_entry``, ``alerts.ledger_bytes``), the one alert builder (``alerts.alert``:
 subject, message, attributes), run links and the ops notification templates."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2.sandbox import SandboxedEnvironment
 
-from include.price_pipeline import alerts, analysis, layout, pairs, rules, windows
+from include.price_pipeline import alerts, analysis, layout, ledger, rules, windows
 from include.price_pipeline import settings as price_settings
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
@@ -39,7 +39,7 @@ def entry_for(
     record_pair: str | None = None,
 ) -> dict:
     """The ledger entry of ``pair``'s window at SLOT, built the way analyse_pairs builds every pair's
-    (``pairs.pair_entry`` of ``rules.evaluate``); ``record_pair``: the pair text the record itself carries."""
+    (``ledger.pair_entry`` of ``rules.evaluate``); ``record_pair``: the pair text the record itself carries."""
     rule = rule or MOVE_5M
     prices = [Price(SLOT, latest, record_pair or pair, layout.ingestion_key(SLOT, ".json", pair="ETH/USDT"))]
     if previous is not None:
@@ -49,19 +49,19 @@ def entry_for(
         )
     series = rules.Series(prices)
     decided = {rule.name: rules.evaluate(rule, series, SLOT)}
-    return pairs.pair_entry(pair, SLOT, series.at(SLOT), (rule,), decided, due, NOT_DUE)
+    return ledger.pair_entry(pair, SLOT, series.at(SLOT), (rule,), decided, due, NOT_DUE)
 
 
 def alert_of(entry: dict, rule: str = "move-5m") -> dict:
-    """The alert of the entry's ``rule`` whatever it decided: ``alerts.alert`` of the view ``pairs.due_alerts``
+    """The alert of the entry's ``rule`` whatever it decided: ``alerts.alert`` of the view ``ledger.due_alerts``
     builds (the rule's state with the entry's latest price and window; pinned by the test below)."""
     window = {field: entry[field] for field in ("latest", "window_start", "window_end")}
     return alerts.alert(entry["pair"], rule, entry["rules"][rule] | window, RUN_URL)
 
 
 def published(entry: dict) -> dict:
-    """The one alert the publish task gets of the entry (``pairs.due_alerts``)."""
-    [alert] = pairs.due_alerts(entry, RUN_URL)
+    """The one alert the publish task gets of the entry (``ledger.due_alerts``)."""
+    [alert] = ledger.due_alerts(entry, RUN_URL)
     return alert
 
 
@@ -113,7 +113,7 @@ def test_ledger_entry_records_the_window_prices_change_and_rule():
         "weighted_average": 103.0,
         "source_key": layout.ingestion_key(SLOT, ".json", pair="ETH/USDT"),
     }
-    assert entry["decision"] == pairs.PUBLISHING  # a rule is due: the caller claims it
+    assert entry["decision"] == ledger.PUBLISHING  # a rule is due: the caller claims it
     state = entry["rules"]["move-5m"]
     assert state["reference"]["timestamp"] == "2026-02-03T11:55:00Z"
     assert state["change_pct"] == pytest.approx(3.0)
@@ -132,16 +132,16 @@ def test_ledger_entry_of_a_window_without_a_previous_record_serializes_with_null
     assert parsed["reference"] is None
     assert parsed["change_pct"] is None
     assert parsed["direction"] == "flat"
-    assert entry["decision"] == pairs.ANALYSED
+    assert entry["decision"] == ledger.ANALYSED
 
 
 def test_the_alert_of_a_due_rule_is_the_alert_of_its_view():
-    """``alert_of`` builds the view as ``pairs.due_alerts`` does; a rule that is not due gets no alert."""
+    """``alert_of`` builds the view as ``ledger.due_alerts`` does; a rule that is not due gets no alert."""
     entry = entry_for(3047.12, 3120.55)
 
-    assert pairs.due_alerts(entry, RUN_URL) == [alert_of(entry)]
-    assert pairs.due_alerts(entry_for(3047.12, 3050.0), RUN_URL) == []
-    assert pairs.due_alerts(entry_for(3047.12, 3120.55, due=False), RUN_URL) == []
+    assert ledger.due_alerts(entry, RUN_URL) == [alert_of(entry)]
+    assert ledger.due_alerts(entry_for(3047.12, 3050.0), RUN_URL) == []
+    assert ledger.due_alerts(entry_for(3047.12, 3120.55, due=False), RUN_URL) == []
 
 
 # ------------------------------------------------------------------ subject
@@ -311,7 +311,7 @@ def test_sns_subject_rules_are_checked_by_our_code(subject, why):
 
 def test_a_configured_pair_sns_would_refuse_fails_the_subject_instead_of_reaching_sns():
     with pytest.raises(alerts.UnsafeText):
-        pairs.due_alerts(entry_for(100.0, 103.0, pair="ETH/\u00e9"), RUN_URL)
+        ledger.due_alerts(entry_for(100.0, 103.0, pair="ETH/\u00e9"), RUN_URL)
 
 
 # ------------------------------------------------------------------ format_price and run_url
@@ -466,7 +466,7 @@ CLAIM_IN_A_RECORD = windows.WindowFailed(
 
 
 def test_ops_notification_of_a_claim_left_by_a_crash_says_so():
-    left = alerts.ClaimsLeft(f"ETH/USDT move-5m: {pairs.LEFT} (an earlier publish of price_notification/r)")
+    left = alerts.ClaimsLeft(f"ETH/USDT move-5m: {ledger.LEFT} (an earlier publish of price_notification/r)")
 
     subject, _ = render_ops("publish_price_alerts", left)
 
@@ -531,7 +531,7 @@ def test_the_publish_operator_turns_each_ledger_outcome_into_its_task_state(monk
     result = {"sent": {}, "skipped": [], "failed": [], "left": []}
     result[outcome] = {"ETH/USDT move-5m": "message-1"} if outcome == "sent" else [reason]
     asked = []
-    monkeypatch.setattr(pairs, "publish_alerts", lambda s3, config, slot, due, claimant, publish: asked.append(
+    monkeypatch.setattr(ledger, "publish_alerts", lambda s3, config, slot, due, claimant, publish: asked.append(
         (slot, due, claimant)) or result)  # fmt: skip
     monkeypatch.setattr(operators, "S3Hook", lambda **kwargs: SimpleNamespace(get_conn=lambda: None))
     task = operators.AlertPublishOperator(task_id="publish_price_alerts", target_arn="arn:aws:sns:x", message="m",

@@ -3,7 +3,7 @@ analysis leaves, with a summary of it; deterministic Parquet; ledger writes that
 or notified entry; the Glue job's range listing; a window waiting for earlier normalizations; ops' report
 of a range's quarantined objects.
 
-The per-window reference is ``pairs.analyse_pairs`` itself (what every price_notification run does), run
+The per-window reference is ``ledger.analyse_pairs`` itself (what every price_notification run does), run
 for each window on an in-memory S3; the bulk side is ``history.backfill_history`` on another.
 """
 
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from include.glue.price_glue import job, s3io, validation
-from include.price_pipeline import alerts, analysis, history, layout, pairs, rules, windows
+from include.price_pipeline import alerts, analysis, history, layout, ledger, parquet, quarantine, rules, windows
 from include.price_pipeline import settings as pipeline_settings
 from include.price_pipeline.analysis import FIRED, NOTIFIED, NOTIFY, PUBLISHING
 from tests.conftest import utc
@@ -125,7 +125,7 @@ def seeded(prices: dict, others: dict | None = None) -> MemoryS3:
 
 def entry_of(s3: MemoryS3, slot, pair: str = PAIR) -> dict:
     """``pair``'s ledger entry of the window ``slot`` (``KeyError``: none)."""
-    return pairs.parse_entries(s3.objects[layout.pairs_ledger_key(slot)])[pair]
+    return ledger.parse_entries(s3.objects[layout.pairs_ledger_key(slot)])[pair]
 
 
 def per_window(s3: MemoryS3, start, end, rule_set: rules.Rules, notify_on_backfill: bool) -> dict:
@@ -135,7 +135,7 @@ def per_window(s3: MemoryS3, start, end, rule_set: rules.Rules, notify_on_backfi
             "backfill", slot + layout.SLOT, NOW, CONFIG.max_alert_age_minutes, notify_on_backfill
         )
         try:
-            pairs.analyse_pairs(s3, CONFIG, rule_set, slot, due, why_not, "", CLAIMANT)
+            ledger.analyse_pairs(s3, CONFIG, rule_set, slot, due, why_not, "", CLAIMANT)
         except windows.WindowFailed:
             continue
     return s3.under(layout.CHANGES_PREFIX)
@@ -215,7 +215,7 @@ def test_backfill_history_leaves_the_ledger_the_live_runs_leave(case):
     # does before publishing; without a publisher they stay claimed.
     assert backfilled.under(layout.CHANGES_PREFIX) == live.under(layout.CHANGES_PREFIX)
     entries = [entry for body in live.under(layout.CHANGES_PREFIX).values()
-               for entry in pairs.parse_entries(body).values()]  # fmt: skip
+               for entry in ledger.parse_entries(body).values()]  # fmt: skip
     decisions = Counter(rule["decision"] for entry in entries for rule in entry["rules"].values())
     assert summary["windows"] == len(layout.slots_between(start, end))
     assert summary["windows_seen"] == len(in_range)
@@ -258,7 +258,7 @@ def test_breaches_are_suppressed_as_backfill_with_the_live_reason_unless_notify_
         "suppressed_backfill",
         "backfill run (notify_on_backfill is off)",
     )
-    assert suppressed["decision"] == pairs.ANALYSED
+    assert suppressed["decision"] == ledger.ANALYSED
     assert due["rules"][RULE_NAME]["decision"] == NOTIFY
     assert (due["decision"], due["claimed_by"]) == (PUBLISHING, CLAIMANT)
 
@@ -312,15 +312,15 @@ def test_ledger_writes_skip_identical_entries_and_never_overwrite_a_notified_one
     first = history.backfill_history(s3, CONFIG, T0, end, run_rules(), False, NOW)
     # a live run of the window T0+5 min claims its breach and publishes it
     notified_slot = T0 + layout.SLOT
-    live = pairs.analyse_pairs(s3, CONFIG, run_rules(), notified_slot, True, "", "", "live/run")
-    assert pairs.publish_alerts(s3, CONFIG, notified_slot, live["alerts"], "live/run", lambda _: "message-1")["sent"]
+    live = ledger.analyse_pairs(s3, CONFIG, run_rules(), notified_slot, True, "", "", "live/run")
+    assert ledger.publish_alerts(s3, CONFIG, notified_slot, live["alerts"], "live/run", lambda _: "message-1")["sent"]
     notified_key = layout.pairs_ledger_key(notified_slot)
     notified = s3.objects[notified_key]
     changed_slot = T0 + 2 * layout.SLOT
     changed_key = layout.pairs_ledger_key(changed_slot)
     stale = entry_of(s3, changed_slot)
     stale["rules"][RULE_NAME] |= {"decision": "below_threshold", "reason": "stale"}
-    s3.objects[changed_key] = pairs.entries_bytes({PAIR: stale})
+    s3.objects[changed_key] = ledger.entries_bytes({PAIR: stale})
     s3.puts.clear()
 
     second = history.backfill_history(s3, CONFIG, T0, end, run_rules(), False, NOW)
@@ -345,14 +345,14 @@ def test_an_entry_notified_between_listing_and_writing_is_kept():
     fresh = seeded({T0: 100.0, slot: 103.0}, {T0: 100.0, slot: 99.0})  # the other pair's record changed since
     history.backfill_history(fresh, CONFIG, T0, slot + layout.SLOT, rule_set, False, NOW)
     new = fresh.objects[key]
-    stored = pairs.parse_entries(s3.objects[key])
-    assert stored[PAIR] == pairs.parse_entries(new)[PAIR]
-    assert stored[OTHER] != pairs.parse_entries(new)[OTHER]
+    stored = ledger.parse_entries(s3.objects[key])
+    assert stored[PAIR] == ledger.parse_entries(new)[PAIR]
+    assert stored[OTHER] != ledger.parse_entries(new)[OTHER]
     sent = {**stored[PAIR], "decision": NOTIFIED}
     sent["rules"] = {
         name: {**rule, "decision": NOTIFIED, "sns_message_id": "m"} for name, rule in sent["rules"].items()
     }
-    notified = pairs.entries_bytes({**stored, PAIR: sent})
+    notified = ledger.entries_bytes({**stored, PAIR: sent})
     real_get = s3.get_object
 
     def get_then_notify(Bucket, Key, **kwargs):  # noqa: N803
@@ -366,7 +366,7 @@ def test_an_entry_notified_between_listing_and_writing_is_kept():
     counts = history.write_ledger(s3, CONFIG.bucket, layout.CHANGES_PREFIX, {key: new}, slot, slot)
 
     assert counts == {"written": 1, "unchanged": 0}
-    assert pairs.parse_entries(s3.objects[key]) == {PAIR: sent, OTHER: pairs.parse_entries(new)[OTHER]}
+    assert ledger.parse_entries(s3.objects[key]) == {PAIR: sent, OTHER: ledger.parse_entries(new)[OTHER]}
 
 
 def test_a_claim_of_another_run_is_kept_byte_for_byte_and_not_published_by_the_bulk_run():
@@ -375,7 +375,7 @@ def test_a_claim_of_another_run_is_kept_byte_for_byte_and_not_published_by_the_b
     prices = {T0: 100.0, T0 + layout.SLOT: 103.0}
     s3 = seeded(prices)
     slot = T0 + layout.SLOT
-    live = pairs.analyse_pairs(s3, CONFIG, run_rules(), slot, True, "", "", "live/run")
+    live = ledger.analyse_pairs(s3, CONFIG, run_rules(), slot, True, "", "", "live/run")
     assert live["alerts"]
     claimed = s3.objects[layout.pairs_ledger_key(slot)]
     sent = []
@@ -424,7 +424,7 @@ def month_rows(count: int, seed: int = 3) -> list[dict]:
     rows = []
     for i in range(count):
         slot = utc(2025, 3, 1) + layout.SLOT * i
-        rows.extend(history.canonical_rows(canonical_csv(slot, round(rng.uniform(90, 110), 6))))
+        rows.extend(parquet.canonical_rows(canonical_csv(slot, round(rng.uniform(90, 110), 6))))
     return rows
 
 
@@ -433,20 +433,20 @@ def test_parquet_bytes_are_the_same_for_the_same_rows_in_any_order():
     shuffled = rows[:]
     random.Random(1).shuffle(shuffled)
 
-    assert history.parquet_bytes(rows) == history.parquet_bytes(rows) == history.parquet_bytes(shuffled)
-    assert history.parquet_bytes(rows) != history.parquet_bytes(rows[:-1])
+    assert parquet.parquet_bytes(rows) == parquet.parquet_bytes(rows) == parquet.parquet_bytes(shuffled)
+    assert parquet.parquet_bytes(rows) != parquet.parquet_bytes(rows[:-1])
 
 
 def test_parquet_reads_back_with_the_canonical_columns_a_utc_timestamp_and_float64_numbers():
     rows = month_rows(5)
     rows[2]["quote_volume"] = None
 
-    frame = pd.read_parquet(io.BytesIO(history.parquet_bytes(rows)))
+    frame = pd.read_parquet(io.BytesIO(parquet.parquet_bytes(rows)))
 
     assert tuple(frame.columns) == layout.CANONICAL_COLUMNS
     assert str(frame["timestamp"].dtype) == "datetime64[us, UTC]"
     assert frame["timestamp"].iloc[0] == pd.Timestamp("2025-03-01T00:00:00Z")
-    for column in history.FLOAT_COLUMNS:
+    for column in parquet.FLOAT_COLUMNS:
         assert frame[column].dtype == "float64"
     assert frame["quote_volume"].isna().tolist() == [False, False, True, False, False]
     assert frame["weighted_average"].tolist() == [row["weighted_average"] for row in rows]
@@ -655,9 +655,9 @@ def waiting_case():
 
 
 def analyse(s3, slot, still_normalizing=None) -> dict:
-    """The default pair's ledger entry of ``slot`` once a backfill run (``pairs.analyse_pairs``) analysed it."""
+    """The default pair's ledger entry of ``slot`` once a backfill run (``ledger.analyse_pairs``) analysed it."""
     rule_set = run_rules(1.0, 60, 0.0, 2)
-    pairs.analyse_pairs(s3, CONFIG, rule_set, slot, False, "backfill", "", "", still_normalizing=still_normalizing)
+    ledger.analyse_pairs(s3, CONFIG, rule_set, slot, False, "backfill", "", "", still_normalizing=still_normalizing)
     return entry_of(s3, slot)
 
 
@@ -725,18 +725,18 @@ NO_WA = "no weighted_average, and no volume and quote_volume to derive it"
     ],
 )
 def test_reasons_that_differ_only_in_their_values_are_one_kind(one, other):
-    assert history.reason_kind(one) == history.reason_kind(other)
+    assert quarantine.reason_kind(one) == quarantine.reason_kind(other)
 
 
 def test_a_reason_kind_keeps_what_is_said_and_different_reasons_stay_apart():
     grammar = job.GRAMMAR_REFUSED
 
-    assert history.reason_kind(NO_WA) == NO_WA
-    assert history.reason_kind(grammar) == grammar  # its '.', '-', '/' are the grammar, not values
-    assert history.reason_kind("timestamp 2025-04-03T10:02:00+00:00 is not on a 5-minute boundary") == (
+    assert quarantine.reason_kind(NO_WA) == NO_WA
+    assert quarantine.reason_kind(grammar) == grammar  # its '.', '-', '/' are the grammar, not values
+    assert quarantine.reason_kind("timestamp 2025-04-03T10:02:00+00:00 is not on a 5-minute boundary") == (
         "timestamp N is not on a 5-minute boundary"
     )
-    assert history.reason_kind("open 'x' is not a number") != history.reason_kind("close 'x' is not a number")
+    assert quarantine.reason_kind("open 'x' is not a number") != quarantine.reason_kind("close 'x' is not a number")
 
 
 def note(n: int, reason: str, source_key: str = "") -> dict:
@@ -764,7 +764,7 @@ def test_the_ops_report_gives_the_counts_and_the_commonest_kinds_of_reason_most_
     ]
     notes += [note(20 + n, f"reason number {chr(97 + n)}{chr(97 + n)} is rare") for n in range(4)]
 
-    subject, message = history.quarantine_report(report_summary(17, 19), notes, "http://airflow/run")
+    subject, message = quarantine.quarantine_report(report_summary(17, 19), notes, "http://airflow/run")
 
     assert subject == "[price pipeline] Quarantined in range 2025-04-03T10:00Z..2025-04-03T11:05Z: 17 of 19 objects"
     lines = message.splitlines()
@@ -790,7 +790,7 @@ def test_text_from_s3_reaches_the_ops_report_quoted_on_one_line():
     hostile_key = "crypto/01-data-ingestion/x\nReason: all fine <!channel>.json"
     notes = [note(0, "bad <!channel>\nDAG: forged & more", hostile_key)]
 
-    _, message = history.quarantine_report(report_summary(1, 1), notes, "u")
+    _, message = quarantine.quarantine_report(report_summary(1, 1), notes, "u")
 
     assert "<!channel>" not in message
     assert "\nReason: all fine" not in message
@@ -799,7 +799,7 @@ def test_text_from_s3_reaches_the_ops_report_quoted_on_one_line():
 
 
 def test_a_sample_of_the_reasons_is_said_to_be_one():
-    _, message = history.quarantine_report(report_summary(900, 900), [note(0, NO_WA)], "u")
+    _, message = quarantine.quarantine_report(report_summary(900, 900), [note(0, NO_WA)], "u")
 
     assert "Commonest reasons (from the reason files of 1 of them, spread over the range):" in message
 
@@ -819,11 +819,11 @@ def test_the_report_reads_a_bounded_spread_of_reason_files_in_one_listing_and_is
     reads = []
     real_get = s3.get_object
     monkeypatch.setattr(s3, "get_object", lambda **kwargs: reads.append(kwargs["Key"]) or real_get(**kwargs))
-    monkeypatch.setattr(history, "QUARANTINE_NOTES_READ", 100)
+    monkeypatch.setattr(quarantine, "QUARANTINE_NOTES_READ", 100)
 
     summary = report_summary(864, 864, 0, 288) | {"start": layout.iso(start), "end": layout.iso(end)}
 
-    subject, message = history.report_quarantine(s3, CONFIG, summary, "u")
+    subject, message = quarantine.report_quarantine(s3, CONFIG, summary, "u")
 
     assert subject.endswith(": 864 of 864 objects")
     assert len(reads) == len(set(reads)) == 96  # every 9th of 864
@@ -831,7 +831,7 @@ def test_the_report_reads_a_bounded_spread_of_reason_files_in_one_listing_and_is
     assert "(from the reason files of 96 of them, spread over the range)" in message
     assert f'- 72 objects: "{NO_WA}"' in message
     assert '- 24 objects: "high N is below low N"' in message
-    assert history.report_quarantine(s3, CONFIG, summary | {"quarantined": 0}, "u") is None
+    assert quarantine.report_quarantine(s3, CONFIG, summary | {"quarantined": 0}, "u") is None
 
 
 def test_an_object_used_for_its_window_and_quarantined_for_another_record_counts_once():

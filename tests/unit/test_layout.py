@@ -366,7 +366,7 @@ window_rests = st.builds(
 @given(slot=slots, rest=window_rests, pair=st.sampled_from(PAIRS))
 def test_the_sensors_pattern_of_a_pair_matches_every_key_the_grammar_gives_that_pair(slot, rest, pair):
     """The sensor's trigger wakes on ``record_glob``: a key of the pair it misses would hold the window
-    until the deadline. (It may match more: a wake-up is checked by ``pairs_listed``.) Every pair's keys are
+    until the deadline. (It may match more: a wake-up is checked by ``records_listed``.) Every pair's keys are
     ``<S>/<SLUG><suffix>``; the default pair's legacy alias ``<S><suffix>`` is found by the listing (at the
     deadline, or by the wait for any key while no pair's record is there)."""
     key = layout.ingestion_window_prefix(slot) + rest
@@ -375,7 +375,7 @@ def test_the_sensors_pattern_of_a_pair_matches_every_key_the_grammar_gives_that_
     if read and read[0] == pair and rest.startswith("/"):
         assert fnmatch.fnmatch(key, layout.record_glob(slot, pair))
     assert (read is not None and read[0] in PAIRS and read[0] == pair) == (
-        pair in layout.pairs_listed([key], slot, layout.INGESTION_PREFIX, "ETH/USDT")
+        (slot, pair) in layout.records_listed([key], [slot], layout.INGESTION_PREFIX, "ETH/USDT")
     )
 
 
@@ -383,8 +383,9 @@ def test_the_pairs_listed_are_those_the_grammar_names_and_no_key_outside_it():
     prefix = layout.ingestion_window_prefix(SLOT)
     keys = [prefix + rest for rest in (".json", "/BTC_USDT-v2.csv", "/notes.txt", "-v2/SOL_USDT.json", "/SOL_USDT/x")]
 
-    assert layout.pairs_listed(keys, SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == {"ETH/USDT", "BTC/USDT"}
-    assert layout.pairs_listed(keys[2:], SLOT, layout.INGESTION_PREFIX, "ETH/USDT") == set()
+    listed = layout.records_listed(keys, [SLOT], layout.INGESTION_PREFIX, "ETH/USDT")
+    assert listed == {(SLOT, "ETH/USDT"), (SLOT, "BTC/USDT")}
+    assert layout.records_listed(keys[2:], [SLOT], layout.INGESTION_PREFIX, "ETH/USDT") == set()
 
 
 @PROPERTY

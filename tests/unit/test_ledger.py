@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import pytest
 from botocore.exceptions import ClientError
 
-from include.price_pipeline import alerts, analysis, layout, migrate, pairs, windows
+from include.price_pipeline import alerts, analysis, layout, ledger, migrate, windows
 from include.price_pipeline.analysis import INVALID_CHANGE, NOTIFIED, NOTIFY, PUBLISHING
 from tests.conftest import utc
 from tests.unit.test_history import CONFIG, OTHER, T0, MemoryS3, seeded, with_other
@@ -26,15 +26,15 @@ RUN_A, RUN_B = "price_notification/scheduled__a", "price_notification/manual__b"
 
 
 def analyse(s3, claimant: str, due: bool = True, why_not_due: str = "") -> dict:
-    return pairs.analyse_pairs(s3, CONFIG, RULES, SLOT, due, why_not_due, "http://ui/run", claimant)
+    return ledger.analyse_pairs(s3, CONFIG, RULES, SLOT, due, why_not_due, "http://ui/run", claimant)
 
 
 def publish(s3, claimant: str, due: list[dict], send) -> dict:
-    return pairs.publish_alerts(s3, CONFIG, SLOT, due, claimant, send, other_try_wait=0.0)
+    return ledger.publish_alerts(s3, CONFIG, SLOT, due, claimant, send, other_try_wait=0.0)
 
 
 def entry(s3: MemoryS3) -> dict:
-    return pairs.parse_entries(s3.objects[KEY], KEY)[PAIR]
+    return ledger.parse_entries(s3.objects[KEY], KEY)[PAIR]
 
 
 def rule(s3: MemoryS3) -> dict:
@@ -112,7 +112,7 @@ def test_a_publish_without_an_answer_keeps_its_mark_and_the_retry_leaves_it_to_o
     assert "may have been sent" in first["left"][0]
     assert again == due, "a cleared run keeps its claim"
     assert "may have been sent" in second["left"][0]
-    assert rule(s3)[pairs.PUBLISH_STARTED] is True
+    assert rule(s3)[ledger.PUBLISH_STARTED] is True
 
 
 def test_a_retry_started_after_the_first_try_marked_waits_for_it_and_is_not_a_claim_left(monkeypatch):
@@ -132,7 +132,7 @@ def test_a_retry_started_after_the_first_try_marked_waits_for_it_and_is_not_a_cl
     outcome = {}
 
     def retry():
-        outcome.update(pairs.publish_alerts(s3, CONFIG, SLOT, due, RUN_A, lambda a: pytest.fail("sent twice"), 30.0))
+        outcome.update(ledger.publish_alerts(s3, CONFIG, SLOT, due, RUN_A, lambda a: pytest.fail("sent twice"), 30.0))
         recorded.set()
 
     first = publish(s3, RUN_A, due, first_try_sends)
@@ -141,17 +141,17 @@ def test_a_retry_started_after_the_first_try_marked_waits_for_it_and_is_not_a_cl
     assert first["sent"] == {f"{PAIR} {RULE}": "m-1"}
     assert outcome["left"] == []
     assert "another try of this run published it (SNS message m-1)" in outcome["skipped"][0]
-    assert (rule(s3)["decision"], pairs.STARTED_AT in rule(s3)) == (NOTIFIED, False)
+    assert (rule(s3)["decision"], ledger.STARTED_AT in rule(s3)) == (NOTIFIED, False)
 
 
 def test_a_mark_older_than_the_wait_is_a_claim_left_at_once(monkeypatch):
     s3 = seeded({T0: 100.0, SLOT: 103.0})
     due = analyse(s3, RUN_A)["alerts"]
     publish(s3, RUN_A, due, lambda a: (_ for _ in ()).throw(ConnectionError("no answer")))
-    later = pairs._now() + timedelta(seconds=pairs.OTHER_TRY_WAIT_SECONDS + 1)
-    monkeypatch.setattr(pairs, "_now", lambda: later)
+    later = ledger._now() + timedelta(seconds=ledger.OTHER_TRY_WAIT_SECONDS + 1)
+    monkeypatch.setattr(ledger, "_now", lambda: later)
 
-    retry = pairs.publish_alerts(s3, CONFIG, SLOT, due, RUN_A, lambda a: pytest.fail("sent again"))
+    retry = ledger.publish_alerts(s3, CONFIG, SLOT, due, RUN_A, lambda a: pytest.fail("sent again"))
 
     assert "may have been sent" in retry["left"][0]
 
@@ -167,7 +167,7 @@ def test_a_publish_sns_refused_gets_its_mark_back_and_the_retry_sends_it_once():
     first = publish(s3, RUN_A, due, refused)
 
     assert "SNS refused the Publish" in first["failed"][0]
-    assert (entry(s3)["decision"], pairs.PUBLISH_STARTED in rule(s3)) == (PUBLISHING, False)
+    assert (entry(s3)["decision"], ledger.PUBLISH_STARTED in rule(s3)) == (PUBLISHING, False)
     assert publish(s3, RUN_A, due, lambda a: sent.append(a) or "m-1")["sent"] == {f"{PAIR} {RULE}": "m-1"}
     assert (rule(s3)["decision"], rule(s3)["sns_message_id"], len(sent)) == (NOTIFIED, "m-1", 1)
 
@@ -247,11 +247,11 @@ def test_a_pair_without_a_row_in_the_windows_csv_is_late_and_holds_no_other_pair
     """One CSV holds every pair's row: a pair the Glue job wrote no row for is late, the others go on."""
     s3 = seeded({T0: 100.0}, others={T0: 99.0, SLOT: 101.0})
 
-    result = pairs.analyse_pairs(s3, CONFIG, with_other(RULES), SLOT, True, "", "u", RUN_A)
+    result = ledger.analyse_pairs(s3, CONFIG, with_other(RULES), SLOT, True, "", "u", RUN_A)
 
     assert [(a["pair"], a["rule"]) for a in result["alerts"]] == [(OTHER, "cross-100")]
     assert result["late"] == {PAIR: "no record of the window when it was analysed"}
-    assert set(pairs.parse_entries(s3.objects[KEY])) == {OTHER}
+    assert set(ledger.parse_entries(s3.objects[KEY])) == {OTHER}
 
 
 def test_stray_keys_among_the_canonical_csvs_are_not_read():
@@ -262,7 +262,7 @@ def test_stray_keys_among_the_canonical_csvs_are_not_read():
     s3.objects[layout.ANALYSIS_PREFIX + layout.partition(midnight - layout.SLOT) + "_SUCCESS"] = b""
     s3.objects[layout.analysis_key(midnight - layout.SLOT).replace(".csv", ".csv.bak")] = b"not a csv"
 
-    result = pairs.analyse_pairs(s3, CONFIG, RULES, midnight, True, "", "u", RUN_A)
+    result = ledger.analyse_pairs(s3, CONFIG, RULES, midnight, True, "", "u", RUN_A)
 
     assert [alert["pair"] for alert in result["alerts"]] == [PAIR]
 
@@ -343,8 +343,8 @@ def test_a_damaged_ledger_quotes_the_pair_text_it_read(lines):
     """Issue 35: DamagedLedger put the line's raw pair text in the failure's Reason (ops' message, Slack)."""
     body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
-    with pytest.raises(pairs.DamagedLedger) as damaged:
-        pairs.parse_entries(body, KEY)
+    with pytest.raises(ledger.DamagedLedger) as damaged:
+        ledger.parse_entries(body, KEY)
 
     reason = str(damaged.value)
     assert f"line {len(lines)}: pair {alerts.quoted(FORGED_PAIR)}" in reason
@@ -367,16 +367,16 @@ def test_a_tampered_claimed_line_fails_the_window_before_anything_is_written_or_
     written (their alerts left unsent); one with ``rules: {}`` skipped its pair silently."""
     s3 = seeded({T0: 100.0, SLOT: 103.0}, others={T0: 99.0, SLOT: 101.0})
     both = with_other(RULES)
-    claimed = pairs.analyse_pairs(s3, CONFIG, both, SLOT, True, "", "http://ui/run", RUN_A)["alerts"]
+    claimed = ledger.analyse_pairs(s3, CONFIG, both, SLOT, True, "", "http://ui/run", RUN_A)["alerts"]
     assert {alert["pair"] for alert in claimed} == {PAIR, OTHER}  # both pairs claimed by RUN_A
     lines = [json.loads(line) for line in s3.objects[KEY].splitlines()]
     tamper(next(line for line in lines if line["pair"] == PAIR))
     s3.objects[KEY] = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
     before = dict(s3.objects)
 
-    with pytest.raises(pairs.DamagedLedger, match=problem):
-        pairs.analyse_pairs(s3, CONFIG, both, SLOT, True, "", "http://ui/run", RUN_A)
-    with pytest.raises(pairs.DamagedLedger, match=problem):
+    with pytest.raises(ledger.DamagedLedger, match=problem):
+        ledger.analyse_pairs(s3, CONFIG, both, SLOT, True, "", "http://ui/run", RUN_A)
+    with pytest.raises(ledger.DamagedLedger, match=problem):
         publish(s3, RUN_A, [a for a in claimed if a["pair"] == OTHER], lambda alert: pytest.fail("sent"))
 
     assert s3.objects == before
@@ -417,7 +417,7 @@ def test_the_migration_moves_a_notified_entry_so_that_no_run_sends_its_window_ag
 
 def test_the_migration_keeps_a_claim_left_started_for_ops_and_every_other_pairs_line():
     s3 = seeded({T0: 100.0, SLOT: 100.1})
-    s3.objects[KEY] = pairs.entries_bytes(
+    s3.objects[KEY] = ledger.entries_bytes(
         {"SOL/USDT": {"pair": "SOL/USDT", "decision": "analysed", "rules": {"cross-150": {"decision": "no_cross"}}}}
     )
     s3.objects[OLD] = old_entry(PUBLISHING, claimed_by="price_notification/old", publish_started=True)
@@ -425,8 +425,8 @@ def test_the_migration_keeps_a_claim_left_started_for_ops_and_every_other_pairs_
     migrated(s3)
 
     assert (entry(s3)["decision"], entry(s3)["claimed_by"]) == (PUBLISHING, "price_notification/old")
-    assert (rule(s3)["decision"], rule(s3)[pairs.PUBLISH_STARTED]) == (NOTIFY, True)
-    assert set(pairs.parse_entries(s3.objects[KEY])) == {PAIR, "SOL/USDT"}
+    assert (rule(s3)["decision"], rule(s3)[ledger.PUBLISH_STARTED]) == (NOTIFY, True)
+    assert set(ledger.parse_entries(s3.objects[KEY])) == {PAIR, "SOL/USDT"}
     due = [{"pair": PAIR, "rule": RULE}]
     assert "may have been sent" in publish(s3, "price_notification/old", due, lambda a: pytest.fail("sent"))["left"][0]
 
@@ -475,8 +475,8 @@ def test_the_default_pair_with_three_rules_is_accepted_and_each_rule_decided():
         {"name": "above-104", "kind": "crossing", "level": 104.0, "direction": "up"}]}})  # fmt: skip
     s3 = seeded({SLOT - timedelta(hours=1): 100.0, T0: 102.0, SLOT: 105.0})
 
-    result = pairs.analyse_pairs(s3, CONFIG, three, SLOT, True, "", "u", RUN_A)
+    result = ledger.analyse_pairs(s3, CONFIG, three, SLOT, True, "", "u", RUN_A)
 
     assert result["decisions"] == {"ETH/USDT": {"move-5m": NOTIFY, "move-1h": NOTIFY, "above-104": NOTIFY}}
     assert sorted(alert["rule"] for alert in result["alerts"]) == ["above-104", "move-1h", "move-5m"]
-    assert pairs.parse_entries(s3.objects[KEY])["ETH/USDT"]["decision"] == PUBLISHING
+    assert ledger.parse_entries(s3.objects[KEY])["ETH/USDT"]["decision"] == PUBLISHING

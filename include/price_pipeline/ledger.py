@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from botocore.exceptions import ClientError
 
-from include.price_pipeline import alerts, layout, rules, store, windows
+from include.price_pipeline import alerts, layout, quarantine, rules, store, windows
 from include.price_pipeline.analysis import (
     CLAIMED,
     INVALID_CHANGE,
@@ -144,13 +144,11 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
         if latest.superseded:
             log.warning("%s window %s: used %s; superseded older objects: %s", pair, stamp, latest.source_key,
                         ", ".join(latest.superseded))  # fmt: skip
-        decided = {rule.name: rules.evaluate(rule, series, slot) for rule in rule_set.pairs[pair]}
-        entry = pair_entry(pair, slot, latest, rule_set.pairs[pair], decided, due, why_not_due)
-        fresh[pair] = {**entry, "claimed_by": claimant} if entry["decision"] == PUBLISHING else entry
+        fresh[pair] = decide(pair, rule_set.pairs[pair], series, slot, due, why_not_due, claimant)
 
     entries = _rewrite(s3, config, slot, lambda stored: merged(stored, fresh))
     late = [p for p in pairs if p not in entries or (p not in fresh and entries[p]["decision"] not in CLAIMED)]
-    out["late"] = _missing_reasons(s3, config, slot, late, unreadable, rule_set.default_pair)
+    out["late"] = _missing_reasons(s3, config, rule_set, slot, late, unreadable)
     if len(out["late"]) == len(pairs):
         reasons = "; ".join(f"{pair}: {reason}" for pair, reason in sorted(out["late"].items()))
         raise windows.WindowFailed(f"window {stamp}: no pair has a record to decide ({reasons})")
@@ -203,6 +201,15 @@ def _rewrite(s3, config: Config, slot: datetime, change: Callable[[dict], dict],
     return last["entries"]
 
 
+def decide(pair, pair_rules, series: rules.Series, slot, due, why_not_due, claimant: str) -> dict:
+    """The entry of ``pair``'s window ``slot`` (its record in ``series``): each rule decided by one engine
+    (``rules.evaluate``), ``publishing`` and claimed by ``claimant`` when a rule is due. The one decision of
+    a window, the live lane's and the bulk's."""
+    decided = {rule.name: rules.evaluate(rule, series, slot) for rule in pair_rules}
+    entry = pair_entry(pair, slot, series.at(slot), pair_rules, decided, due, why_not_due)
+    return {**entry, "claimed_by": claimant} if entry["decision"] == PUBLISHING else entry
+
+
 def pair_entry(pair, slot, latest, pair_rules, decided, due, why_not_due) -> dict:
     """The deterministic ledger entry of one pair's window: each rule's decision; ``publishing`` when a
     rule is due (the caller adds ``claimed_by``), else ``analysed``."""
@@ -243,16 +250,13 @@ def due_alerts(entry: dict, run_url: str) -> list[dict]:
     ]
 
 
-def _missing_reasons(s3, config: Config, slot: datetime, late: list[str], unreadable: dict,
-                     default_pair: str) -> dict[str, str]:  # fmt: skip
+def _missing_reasons(s3, config: Config, rule_set, slot: datetime, late: list[str], unreadable: dict) -> dict:
     """Why each of the ``late`` pairs has no record of the window: its quarantine reason, if the Glue job
-    left one (one listing of the window's quarantine folder for all of them; a reason naming no pair is the
-    legacy alias's, the default pair's), its canonical CSV that is not canonical, else that none was there."""
-    keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, slot, slot + layout.SLOT) \
-        if late else []  # fmt: skip
+    left one (``quarantine.notes``: one listing of the window's quarantine folder for all of them), its
+    canonical CSV that is not canonical, else that none was there."""
     first = {}
-    for note in store.read_notes(s3, config.bucket, keys):
-        first.setdefault(note.get("pair") or default_pair, note)
+    for note in quarantine.notes(s3, config, rule_set, slot, slot + layout.SLOT) if late else ():
+        first.setdefault(note["pair"], note)
     key, out = layout.analysis_key(slot, config.analysis_prefix), {}
     for pair in late:
         note = first.get(pair)
