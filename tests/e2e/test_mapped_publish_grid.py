@@ -75,23 +75,20 @@ def test_a_window_of_three_alerts_publishes_through_three_mapped_sns_publish_ins
         run_id,
     )
 
-    ledger = pairs.parse_entries(
+    entries = ledger.parse_entries(
         aws["s3"].get_object(Bucket=soak.BUCKET, Key=layout.pairs_ledger_key(W))["Body"].read()
     )
     decided = {
-        pair: {name: rule["decision"] for name, rule in entry["rules"].items()} for pair, entry in ledger.items()
+        pair: {name: rule["decision"] for name, rule in entry["rules"].items()} for pair, entry in entries.items()
     }
     expected = {"BTC/USDT": {"move-15m": "notified"}, "ETH/USDT": {"move-5m": "notified"},
                 "SOL/USDT": {"cross-150": "notified"}}  # fmt: skip
-    assert decided == expected, [entry["rules"] for entry in ledger.values()]
+    assert decided == expected, [entry["rules"] for entry in entries.values()]
     assert soak.run_state(stack, run_id) == "success", instances
     assert [(index, state) for index, _, state in instances] == [(0, "success"), (1, "success"), (2, "success")]
     assert sorted(name for _, name, _ in instances) == SUBJECTS  # the grid names each instance by its alert
     alerts = soak.receive_all(aws["sqs"], soak.queue_url(aws["sqs"], "price-alerts"))
     assert sorted(alert["Subject"] for alert in alerts) == SUBJECTS  # once each
-    entries = ledger.parse_entries(
-        aws["s3"].get_object(Bucket=soak.BUCKET, Key=layout.pairs_ledger_key(W))["Body"].read()
-    )
     recorded = {rule["sns_message_id"] for entry in entries.values() for rule in entry["rules"].values()} - {None}
     values = [value if isinstance(value, dict) else json.loads(value) for _, value in returned]
     assert {value["sns_message_id"] for value in values} == recorded == {alert["MessageId"] for alert in alerts}

@@ -63,7 +63,7 @@ def test_entries_are_read_as_the_pipeline_reads_them_unknown_decisions_as_is_mis
     """The page reads the ledger with the pipeline's reader: an entry with a decision it does not know is shown
     as it is, missing or mistyped fields are blank, and an object the pipeline would refuse is a row saying so."""
     start = utc(2026, 3, 3, 10, 0)
-    unknown = {"pair": PAIR, "decision": "publishing", "rules": {"r": {"decision": "brand_new"}}, "new_field": 1}
+    unknown = {"pair": PAIR, "decision": "analysed", "rules": {"r": {"decision": "brand_new"}}, "new_field": 1}
     mistyped = {"pair": PAIR, "decision": "analysed", "latest": "not an object",
                 "rules": {"r": {"decision": "below_threshold", "change_pct": "2"}}}  # fmt: skip
     aws.put(layout.pairs_ledger_key(start), ledger.entries_bytes({PAIR: unknown}))
