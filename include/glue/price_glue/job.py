@@ -1,52 +1,24 @@
 """AWS Glue Python shell job: normalize raw price records to the canonical CSV, quarantine the rest.
 
-Runs on Glue's Python 3.9 runtime (and, unchanged, in the local stand-in's Glue runner). Standard
-library plus boto3 and defusedxml only. Arguments (Glue passes ``--name value`` pairs; unknown ones,
-such as Glue's own, are ignored):
+Runs on Glue's Python 3.9 runtime (and, unchanged, in the local stand-in's Glue runner); standard library
+plus boto3 and defusedxml only. Formats, the record checks, the window contract and the tie rule are
+README's "Bad input"; keys are README's "Key layout". Arguments (``--name value``; unknown ones ignored):
 
     --bucket              S3 bucket
     --ingestion_prefix    raw records, ``<prefix>year=/month=/day=/<slot>...``
-    --analysis_prefix     canonical CSV output, one object per slot
+    --analysis_prefix     canonical CSV output, ``<slot>/pairs.csv``, a row per pair
     --quarantine_prefix   copies of objects that could not be trusted, with a reason file
     --window_start        first slot to process, ISO 8601 (``2026-11-25T19:30:00Z``)
     --window_end          end of the range, exclusive (default: window_start + 5 minutes)
-    --pairs               every configured pair, comma-separated, the rules file's default pair first
-                          (``ETH/USDT,BTC/USDT``): an object at ``<slot>/<BASE>_<QUOTE>[.<...>|-<...>]`` is
-                          for that pair, one at the legacy alias ``<slot>.<...>`` or ``<slot>-<...>`` for
-                          the first (any other key: quarantined, see read_ingestion_key); a record names
-                          its pair or none; the window's pairs share one CSV ``<slot>/pairs.csv``, a row
-                          per pair (by pair); an object naming no configured pair is quarantined
+    --pairs               every configured pair, comma-separated, the default pair first (the legacy alias's)
     --max_object_bytes    objects above this size are quarantined without being read whole
     --field_aliases       JSON: canonical field -> accepted spellings (include/glue/field_aliases.json)
 
-The format of a raw object is detected by its content, never its key: JSON (an object, an envelope
-such as ``{"data": ...}``, an array of records, NDJSON, Binance klines), XML (element or attribute
-style, through defusedxml), delimited text (CSV, TSV, semicolon; with a header in any column order or
-headerless in Poloniex order) and ``key=value`` / ``key: value`` text. Field names are looked up in the
-alias file; every record is validated (the configured pair or none, one value per field, numbers that
-read one way only, prices finite within [MIN_PRICE, MAX_PRICE], high >= low, open, close and
-weighted_average within [low, high], volumes >= 0, a 5-minute slot timestamp from 2009 on) or refused
-with a one-line reason. The canonical row's ``weighted_average_basis`` says where its weighted average came
-from: ``record`` (given), ``volumes`` (volume / quote_volume), ``no_trade`` (the one price of a candle in
-which nothing traded) or ``typical_price``: (high + low + close) / 3, an approximation a record asks for by
-declaring ``weightedAverageBasis: typical_price`` (BASIS_FIELD) instead of giving a weighted average (an
-exchange whose candles carry no quote volume). Any other value is refused, except the canonical CSV's own
-(its output read back as input), which changes nothing.
-
-The window contract: a raw object listed under window W only ever writes its row of W's canonical CSV
-``<analysis_prefix>.../<W>/pairs.csv``. Its one record of W is a candidate; records of other slots, and
-any refused record, send a copy of the object to the quarantine prefix beside a reason file. Among the
-objects of W with a candidate the highest key version (``-v<N>``) wins, then the newest LastModified;
-a tie in both refuses them (see plan_window); the CSV names the ones it superseded.
-Once a window's writes are made, each of its raw objects is tagged ``price-pipeline=
-ingested`` (Terraform expires only tagged raw objects). The original is never changed otherwise. A
-failure inside one object is its quarantine reason, never the run's. Output holds no wall-clock value,
-so a re-run writes byte-identical objects. A summary is printed as the last line (``SUMMARY {json}``).
-
-A run over more than one window also writes all canonical objects it wrote in one JSON-lines object
-under ``<analysis_prefix>_ranges/`` (the bulk analysis reads that one instead of one per window). A run
-of more than PROCESSES_ABOVE_OBJECTS objects reads and writes them from one process per CPU (botocore
-spends a few milliseconds of CPU per request, so one Python process tops out near 300 requests/s).
+A failure inside one object is its quarantine reason, never the run's; output holds no wall-clock value, so
+a re-run writes byte-identical objects. A summary is printed as the last line (``SUMMARY {json}``). A range
+run also writes its CSVs as one JSON-lines object under ``<analysis_prefix>_ranges/``; a run of more than
+PROCESSES_ABOVE_OBJECTS objects works from one process per CPU (one Python process tops out near 300
+requests/s: botocore spends milliseconds of CPU per request).
 """
 
 from __future__ import annotations
@@ -87,9 +59,7 @@ QUOTED_LIMIT = 300
 
 def quoted(text):
     """A copy of ``alerts.quoted`` (alerts.py is not in the job's bundle; tests/unit/test_glue_hostile.py
-    checks the copy): text read from S3, a key, as the run log shows it, in double quotes on one line with
-    line breaks, control and non-ASCII characters and Slack's ``<``, ``>``, ``&`` escaped, so that it can
-    forge no line of the log."""
+    checks the copy): S3 text quoted on one line, escaped so that it can forge no line of the log."""
     escaped = json.dumps(str(text)[:QUOTED_LIMIT], ensure_ascii=True)
     return escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
@@ -125,14 +95,9 @@ def process_object(s3, args, key, size=None):
 
 
 def assess(data, args, key, slot, pair):
-    """What the raw object ``key``, listed under window ``slot``, offers that window.
-
-    ``data`` is its bytes, or the Rejected raised while reading it. Returns ``{"key", "row", "reasons",
-    "format"}``: ``row`` is the object's one valid record of ``slot`` (None if it has none, or more than
-    one), ``reasons`` says why anything else in it was refused; a record of any other slot is refused,
-    whatever it holds. Any failure inside is the object's own: it becomes a reason, never a crash.
-    ``pair`` is the pair its key is for.
-    """
+    """What the raw object ``key`` of ``pair`` (``data``: its bytes, or the Rejected raised reading them), listed
+    under window ``slot``, offers it: ``{"key", "row", "reasons", "format"}``, ``row`` its one valid record of
+    ``slot`` or None. Any failure inside is the object's own: it becomes a reason, never a crash."""
     outcome = {"key": key, "row": None, "reasons": [], "format": "unknown"}
     try:
         if isinstance(data, Rejected):
@@ -173,14 +138,9 @@ def _elsewhere(stamp, slot):
 def plan_window(args, slot, outcomes, pair):
     """Every write the objects listed under window ``slot`` lead to, decided before any is made.
 
-    ``outcomes`` are ``assess`` results with the key's ``version`` and the listing's ``modified`` added. Among
-    the objects with a valid record of the window, the highest version wins, then the newest (LastModified, to
-    the second); two at the top with the same version and second are both refused (which one is newer is
-    unknown), and so are the older ones; so are all when an object of a higher version than theirs was refused
-    (a correction that failed: the record it corrects is not used instead). The winner gives the pair's
-    ``row`` of the window's canonical CSV (see plan_pairs), which names the other candidates it superseded;
-    an object with any refused record is copied to quarantine with the reasons (the note names ``pair``, None
-    for a key of no configured pair); every object is tagged as ingested once those writes are made.
+    ``outcomes`` are ``assess`` results with the key's ``version`` and the listing's ``modified`` added. The
+    winner is the tie rule's (README "Bad input"); the rest of the objects with a refused record are copied to
+    quarantine (the note names ``pair``, None for no configured pair); every object is tagged as ingested.
     """
     candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: _order(o) + (o["key"],))
     tied = [o for o in candidates if _order(o) == _order(candidates[-1])]
@@ -231,9 +191,8 @@ def _order(outcome):
 
 def plan_pairs(args, slot, plans, tag_workers=1):
     """The pairs' plans of window ``slot`` as one: their quarantine writes and tags, and the rows of the one
-    CSV ``analysis_key(slot)``, a row per pair with a record (see write_pairs_csv). One object for every
-    pair: S3 bills a PUT per object, whatever its size. ``tag_workers``: threads tagging the window's raw
-    objects (a live window's run has nothing else to do in parallel)."""
+    CSV ``analysis_key(slot)`` (S3 bills a PUT per object, whatever its size). ``tag_workers``: threads tagging
+    the window's raw objects (a live window's run has nothing else to do in parallel)."""
     rows = [plan["row"] for plan in plans if plan["row"] is not None]
     return {
         "window": slot_stamp(slot),
@@ -245,13 +204,9 @@ def plan_pairs(args, slot, plans, tag_workers=1):
 
 
 def run(s3, args, spread=False):
-    """Process every raw object of the range; return the summary dict.
-
-    The listing gives each object's size (sparing a HEAD request) and LastModified. Each object is read
-    and assessed against the window it is listed under, then each window's writes are planned and made
-    (see plan_window). With ``spread``, a long run reads and writes from several processes (see
-    worker_processes), each with its own S3 client from the environment.
-    """
+    """Process every raw object of the range; return the summary dict. Each object is assessed against the
+    window it is listed under (the listing gives its size and LastModified), then each window's writes are
+    planned and made. With ``spread``, a long run works from several processes (``worker_processes``)."""
     objects = list_raw_objects(s3, args)
     processes = worker_processes(len(objects)) if spread else 1
     results = _each(s3, args, _read_listed, objects, processes)
