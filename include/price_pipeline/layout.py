@@ -1,32 +1,9 @@
 """The one home of the pipeline's names: S3 prefixes, key layout, canonical schema, slot math.
 
-Everything that reads or writes a key (the DAGs, the Glue job, the local stand-in and feed,
-the Terraform checks, the tests) derives it from here. The Glue job (``include/glue/price_glue``) imports
-it too: this module ships in the job's bundle (``glue_bundle``) and runs on Glue's Python 3.9, so it keeps
-to the standard library and to 3.9 (``timezone.utc``, not ``datetime.UTC``; ruff's
-``per-file-target-version`` and ``tests/unit/test_glue_bundle.py`` check).
-
-Key layout (``<slot>`` is the record's UTC 5-minute slot start as ``YYYYMMDDTHHMMZ``; every pair the
-same, named by its slug ``<BASE>_<QUOTE>``)::
-
-    crypto/01-data-ingestion/year=YYYY/month=MM/day=DD/<slot>/<BASE>_<QUOTE>[.<...>|-<...>]  producer writes
-    crypto/02-data-analysis/year=YYYY/month=MM/day=DD/<slot>/pairs.csv      Glue job writes, a row per pair
-    crypto/02-data-analysis/_ranges/<first slot>-<end slot>.jsonl            Glue run of a range writes
-    crypto/02-data-analysis-parquet/pair=<BASE>_<QUOTE>/year=YYYY/month=MM/data.parquet   bulk DAG writes
-    crypto/03-price-changes/year=YYYY/month=MM/day=DD/<slot>/pairs.jsonl    ledger, an entry per pair
-    crypto/99-quarantine/year=YYYY/month=MM/day=DD/<slot>/<digest>.object    copy of a bad object
-    crypto/99-quarantine/year=YYYY/month=MM/day=DD/<slot>/<digest>.reason.json
-
-A window ``[start, start + 5 min)`` owns the records whose candle starts at ``start``; one listing of
-``ingestion_window_prefix(start)`` returns every pair's raw object of the window, whatever the number of
-pairs, and ``read_ingestion_key`` gives each listed key one pair and version by the ingestion key grammar
-(``_INGESTION_REST``), or none: such a key is quarantined. The shared CSV and ledger object keep S3's PUTs
-per window constant: on S3 a request costs more than the bytes.
-
-The legacy alias: a producer's single-pair key ``<slot>[.<...>|-<...>]`` (the only key before many pairs)
-is still read as the rules file's default pair's, so no producer breaks; nothing of ours writes it.
-``migrate`` moves the default pair's older canonical CSVs (``<slot>.csv``) and Parquet months (without
-``pair=``) into the shapes above.
+Everything that reads or writes a key derives it from here; the keys, the ingestion key grammar and the
+legacy alias are README's "Key layout". The Glue job imports this module from its bundle (``glue_bundle``)
+on Glue's Python 3.9, so it keeps to the standard library and to 3.9 (``timezone.utc``, not ``datetime.UTC``;
+ruff's ``per-file-target-version`` and ``tests/unit/test_glue_bundle.py`` check).
 """
 
 from __future__ import annotations
@@ -144,10 +121,8 @@ _VERSION = re.compile(r"-v([1-9][0-9]{0,8})(?:\.|$)")
 
 
 def record_glob(slot: datetime, pair: str, prefix: str = INGESTION_PREFIX) -> str:
-    """The fnmatch pattern of ``pair``'s keys under the window of ``slot``: what the sensor's trigger
-    waits for. A wake-up only: it also matches some keys outside the grammar (``<slot>/<SLUG>X...``),
-    which :func:`read_ingestion_key` then gives no pair or another one; the default pair's legacy alias is
-    found by the sensor's listing (and by its wait for any key while no pair's record is there)."""
+    """The fnmatch pattern of ``pair``'s keys under the window of ``slot``, which the sensor's trigger waits
+    for: a wake-up only (it matches some keys outside the grammar; the sensor's listing reads them)."""
     return f"{ingestion_window_prefix(slot, prefix)}/{pair_slug(pair)}*"
 
 
