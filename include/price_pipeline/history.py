@@ -1,12 +1,6 @@
 """Bulk price history: the ``price_history_backfill`` DAG's analysis of a range its one Glue run normalized,
-every pair's windows in one pass, through the live DAG's own functions (no Airflow here).
-
-It reads every canonical CSV the range needs (the Glue run's range object, else S3 with a bounded pool),
-decides every window by the live lane's own decision (``ledger.decide``, freshness for run type ``backfill``)
-so each ledger object is byte-identical to what ``price_notification`` writes, writes the ledger
-(``ledger.merged`` over conditional writes: a claimed line is never overwritten) and each pair's monthly
-Parquet (``parquet``), and publishes the due rules with ``notify_on_backfill`` (``ledger.publish_alerts``).
-A range with no usable window raises NoUsableWindow.
+every pair's windows in one pass, by the live lane's own decision (``ledger.decide``), so each ledger object
+is byte-identical to what ``price_notification`` writes (README "Backfill"). No Airflow here.
 """
 
 from __future__ import annotations
@@ -118,11 +112,8 @@ def range_objects(s3, bucket: str, key: str) -> dict[str, bytes]:
 
 
 def read_canonical(s3, bucket: str, keys: list[str], range_key: str) -> tuple[dict[str, bytes], int]:
-    """(``{key: bytes}`` of the listed canonical CSVs ``keys``, how many came from the range object).
-
-    The listing decides which windows have a CSV; the bytes of each come from the Glue run's range object
-    when it wrote that key (the same bytes it put there, one GET instead of thousands), else from S3.
-    """
+    """(``{key: bytes}`` of the listed canonical CSVs ``keys``, how many came from the range object): the Glue
+    run's range object gives the keys it wrote (one GET instead of thousands), S3 the others."""
     written = range_objects(s3, bucket, range_key)
     known = {key: written[key] for key in keys if key in written}
     rest = [key for key in keys if key not in known]
@@ -155,14 +146,9 @@ def objects_seen(reason_keys: Iterable[str], prices: Iterable[Price], quarantine
 
 
 def write_ledger(s3, bucket: str, prefix: str, objects: dict[str, bytes], first: datetime, last: datetime) -> dict:
-    """Write each window's ledger object unless the stored one holds the same (``ledger.merged``: each
-    pair's ``publishing`` or ``notified`` entry is kept, the others replaced); return the counts.
-
-    One listing per day partition gives each stored object's ETag: an object whose ETag is the MD5 of the
-    new bytes is identical and left alone (with SSE-KMS, ETags are no MD5 and every stored object is read
-    instead). Writes are conditional (``store.update``), so an entry claimed or notified by a live run in
-    the meantime is re-read and kept, never overwritten.
-    """
+    """Write each window's ledger object unless the stored one holds the same (``ledger.merged`` keeps each
+    pair's ``publishing`` or ``notified`` entry); return the counts. A stored object whose listed ETag is the
+    new bytes' MD5 is left alone (with SSE-KMS ETags are no MD5: each is read); writes are conditional."""
     days = [f"{prefix}{day}" for day in layout.day_partitions(first, last)] if objects else []
     stored = store.list_with_etags(s3, bucket, days)
 
@@ -197,13 +183,9 @@ def backfill_history(
     parquet_prefix: str = layout.PARQUET_PREFIX,
     claimant: str = "",
 ) -> dict:
-    """Analyse every pair's windows of ``[start, end)`` from the canonical CSVs, write the ledger and the
-    monthly Parquet, claim and publish due rules when allowed (``publish``, with ``notify_on_backfill``);
-    return the summary (also logged). The rules are the run's (``rules.with_overrides``: its params override
-    a named pair's rule).
-
-    Raises NoUsableWindow when no window of the range has a record (all missing or quarantined), and
-    alerts.ClaimsLeft (after everything else is written) when an earlier try of this run left claims."""
+    """Analyse every pair's windows of ``[start, end)``, write the ledger and the monthly Parquet, claim and
+    publish due rules when ``publish``; return the summary (also logged). NoUsableWindow when no window has a
+    record; alerts.ClaimsLeft (after everything else is written) when an earlier try of this run left claims."""
     if end <= start:
         raise ValueError(f"end {layout.iso(end)} is not after start {layout.iso(start)}")
     history, seconds, started = rule_set.history(), {}, [time.monotonic()]
