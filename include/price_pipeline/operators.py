@@ -1,12 +1,6 @@
-"""What the price DAGs declare, as Airflow classes: the brief's operators, subclassed where the pipeline needs
-more than the provider's, and the failure callback. The task bodies are ``runs``; neither is imported by the
-plain modules of ``include/``.
-
-- ``WindowRecordSensor``: the provider's ``S3KeySensor``; a live window's run waits for every pair's
-  record, or a deadline.
-- ``AlertPublishOperator``: the provider's ``SnsPublishOperator``, one mapped task instance per due alert,
-  published at most once through the ledger.
-- ``LiveRunsOpsNotifier``: failures page ops for live runs; a backfill's go to whoever ran it.
+"""What the price DAGs declare, as Airflow classes: the providers' operators subclassed where the pipeline
+needs more, and the failure callback. The task bodies are ``runs``; the plain modules of ``include/`` import
+neither.
 """
 
 from __future__ import annotations
@@ -38,23 +32,12 @@ def _now() -> datetime:
 
 
 class WindowRecordSensor(S3KeySensor):
-    """The provider's S3KeySensor on a window's records, one per configured pair: ``bucket_key`` is the
-    patterns (``wildcard_match``) of the pairs still missing, and it waits deferred to the provider's
-    S3KeyTrigger on them between looks. What it changes is the look, one listing of the window's prefix read
-    by the key grammar (not a listing per pattern, whose matches may be keys outside it), and when it is done,
-    for no pair is the window's clock:
-
-    - every pair's record there: done;
-    - some there and the window ended ``deadline_seconds`` ago: done; the missing pairs are *late* (the
-      analysis reports them to ops), so one producer down delays the others by the deadline at most;
-    - none there ``timeout`` seconds after the window ended: fails (ops hear *Feed stale*);
-    - a run whose records should already be there (``windows.looks_once``: a backfill run, a window that
-      ended longer ago than the timeout) lists once and goes on with the pairs there, or with none there is
-      skipped with a one-line reason naming the window and what it listed: a missing record, no page.
-
-    ``default_pair``: the pair a producer's legacy alias ``<slot><suffix>`` is read as. The trigger waits on
-    each missing pair's ``<slot>/<SLUG>*`` (all of them: S3KeyTrigger's list means every pattern), so an alias
-    written while another pair's record is there is found by the look at the deadline.
+    """The provider's S3KeySensor on a window's records, one per configured pair, deferred to S3KeyTrigger on
+    the missing pairs' patterns between looks. A look is one listing of the window's prefix read by the key
+    grammar; it is done when every pair's record is there, or some are and the window ended
+    ``deadline_seconds`` ago (the rest are *late*), and fails with none ``timeout`` seconds after the window
+    ended. A run whose records should already be there (``windows.looks_once``) looks once, and with none
+    there is skipped with a one-line reason. ``default_pair``: the pair the legacy alias is read as.
     """
 
     def __init__(self, *, bucket_name: str, prefix: str, pairs: list[str], default_pair: str,
@@ -156,16 +139,8 @@ def claimant(dag_run) -> str:
 
 class AlertPublishOperator(SnsPublishOperator):
     """The provider's SnsPublishOperator for one due alert of the run's window, mapped over analyse_pairs'
-    alerts (``expand_kwargs``: ``pair``, ``rule``, ``subject``, ``message``, ``message_attributes``): the UI
-    shows a task instance per alert, named by its subject, its text as rendered fields and its SNS message id
-    in its return value.
-
-    What it adds is the ledger around the provider's Publish (``ledger.publish_alerts`` of this one alert), so
-    each (pair, rule, window) goes out at most once: only the run whose claim landed publishes; the rule is
-    marked ``publish_started`` before the Publish and recorded ``notified`` with its message id after. A Publish
-    SNS refused (not sent) gets its mark back and fails the try, for a retry; a rule an earlier try started
-    and never recorded (it may have been sent) fails without retries, *Alert claim left*: ops decide. One
-    notified already, or not this run's claim, is skipped with the reason.
+    alerts (``expand_kwargs``), with the ledger around its Publish (``ledger.publish_alerts`` of this one
+    alert), so each (pair, rule, window) goes out at most once (README "Alerts, ledger and at-most-once").
     """
 
     def __init__(self, *, pair: str, rule: str, **kwargs):
@@ -198,10 +173,8 @@ class AlertPublishOperator(SnsPublishOperator):
 
 
 class LiveRunsOpsNotifier(SnsNotifier):
-    """The ops topic's failure callback. A backfill run's failures are not paged: whoever ran the backfill
-    sees them (``make backfill``'s summary, the UI), so ops hear of live trouble only; but an *Alert claim
-    left* (an ``alerts.ClaimsLeft``, by its mark) is paged whatever the run, since only ops can release it
-    and an alert may be missing."""
+    """The ops topic's failure callback: a backfill run's failures go to whoever ran it, not to ops, except an
+    *Alert claim left* (``alerts.ClaimsLeft``): only ops can release it, and an alert may be missing."""
 
     def __call__(self, *args) -> None:
         # BaseNotifier renders its templates in place: on one shared instance, every failure after the first
