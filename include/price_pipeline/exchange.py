@@ -1,24 +1,10 @@
 """The exchange feed: each pair's closed 5-minute candles from its exchange, through ccxt, written to the
 pair's ingestion key exactly as an outside producer would write them.
 
-Where a pair's candles come from is the rules file's ``feed`` (``rules.Source``; default: Binance for
-every pair). What is written is the exchange's own record, so the Glue job decides as for any producer:
-
-- an exchange whose candles carry the quote volume (``rules.QUOTE_VOLUME_EXCHANGES``, Binance's klines
-  through ccxt's raw ``publicGetKlines``): the answer's kline, as a one-kline JSON array; the job derives
-  ``weightedAverage`` (VWAP) from its quote and base volumes;
-- any other exchange, for a pair that opted into ``typical_price``: ccxt's unified candle
-  (``fetch_ohlcv``) as a record that declares ``weightedAverageBasis: typical_price``; the job takes
-  (high + low + close) / 3 and marks the canonical row's ``weighted_average_basis`` so.
-
-A candle is written only once it has closed (its 5 minutes ended by ``now``, the wall clock: whether a
-candle closed is a fact of the exchange's time, not of the run's), only where the pair has no record yet,
-and once (``If-None-Match: *``). Requests go through ccxt's rate limiter (``enableRateLimit``); a refused
-or failed request is tried again with exponential backoff, then the pair is a :class:`FeedProblem`: one
-line naming the exchange and the pair, and nothing written for it.
-
-Plain functions, no Airflow: the DAGs' tasks (``runs``) and ``make backfill`` call them. ccxt is imported
-where an exchange is made, never when a DAG is parsed.
+What is written, when, how often and from which exchange (the rules file's ``feed``, ``rules.Source``) is
+README's "Exchange feed". A candle is closed by the wall clock ``now``: whether it closed is a fact of the
+exchange's time, not of the run's. Plain functions, no Airflow: the DAGs' tasks (``runs``) and ``make
+backfill`` call them; ccxt is imported where an exchange is made, never when a DAG is parsed.
 """
 
 from __future__ import annotations
