@@ -52,10 +52,8 @@ def still_normalizing(ti, dag_id: str) -> windows.StillNormalizing:
 
 
 def analyse_when_settled(ti, analyse, wait_seconds: int) -> dict:
-    """``analyse(still_normalizing=...)`` (``ledger.analyse_pairs`` with its window bound), the one way a
-    run waits on earlier windows: while ``windows.WindowNotReady``, up for
-    reschedule (the worker slot is freed for the earlier window's tasks); once the task has waited
-    ``wait_seconds``, ``analyse()`` with the CSVs there are."""
+    """``analyse(still_normalizing=...)``, the one way a run waits on earlier windows: up for reschedule while
+    ``windows.WindowNotReady`` (freeing the worker slot); after ``wait_seconds``, ``analyse()`` as things are."""
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowRescheduleException
 
@@ -232,10 +230,8 @@ def report_quarantine(config: Config, summary: dict, dag_run) -> None:
 
 
 class FeedFailed(Exception):
-    """A pair's candles could not be had for a reason another try may not meet (the exchange unreachable or
-    rate-limiting, S3 refusing): one line per pair, naming its exchange. Airflow retries the task (the pairs
-    written meanwhile are not asked again) and pages ops once, after the last try. A refusal or a malformed
-    answer fails the task at once (AirflowFailException): another try would only ask the same."""
+    """A pair's candles could not be had for a reason another try may not meet (one line per pair): Airflow
+    retries the task and pages ops once, after the last try (README "Exchange feed")."""
 
 
 def fetch_exchange_candles(config: Config, rule_set, data_interval_start, dag_run) -> dict:

@@ -204,13 +204,9 @@ def glue_wait(timeout_minutes: int, poll_seconds: int) -> dict:
 
 
 def glue_job_spec(config: Config) -> dict:
-    """The Glue job as every DAG's GlueJobOperator defines it: one job, one configuration.
-
-    A Python shell job (0.0625 DPU; a Spark job for one record costs about 30x more) running the very
-    script in ``include/glue/``, which the operator uploads to ``artifacts/glue-scripts/``, with the job's
-    package on its path from the bundle beside it (``--extra-py-files``). The operator uploads only the
-    script: the bundle is Terraform's upload on AWS and the stand-in's at its start (``glue_bundle``).
-    """
+    """The Glue job as every DAG's GlueJobOperator defines it: one Python shell job (0.0625 DPU; a Spark job
+    costs about 30x more) running the script the operator uploads, its package from the bundle beside it
+    (``--extra-py-files``: Terraform's upload on AWS, the stand-in's at its start; README "Architecture")."""
     return {
         "job_name": config.glue_job_name,
         "job_desc": "Normalize raw price records to canonical CSV (price pipeline)",
@@ -238,11 +234,9 @@ def glue_job_spec(config: Config) -> dict:
 
 
 def policy_params(rule_set) -> dict[str, dict]:
-    """The DAG params as JSON-schema specs (the DAGs wrap each in ``Param``): ``pair`` and ``rule`` name the
-    change rule the numbers override for one run (``rules.with_overrides``: default the rules file's default
-    pair, its first change rule); each number left empty is the rule's own in the file. Each number is bounded
-    as the rules file bounds its field, so Airflow refuses a conf that no rule could hold (``lookback_minutes:
-    10**13`` overflowed the run's date arithmetic)."""
+    """The DAG params as JSON-schema specs (wrapped in ``Param``) that override one change rule for a run
+    (``rules.with_overrides``), each bounded as the rules file bounds its field, so Airflow refuses a conf no
+    rule could hold (``lookback_minutes: 10**13`` overflowed the run's date arithmetic)."""
     from include.price_pipeline import rules
 
     longest = max((r.minutes for pr in rule_set.pairs.values() for r in pr if r.kind == rules.CHANGE), default=5)

@@ -88,12 +88,10 @@ def write_if(s3, bucket: str, key: str, body: bytes, content_type: str, etag: st
 
 def update(s3, bucket: str, key: str, change: Callable[[bytes | None], bytes | None], content_type: str,
            read_first: bool = True) -> tuple[bytes | None, bool]:  # fmt: skip
-    """The one retry loop of the ledger's conditional writes: ``change(stored bytes, None when there is no
-    object) -> bytes to store`` (None, or the stored bytes: nothing to write), written over exactly the
-    version read (:func:`write_if`). When another writer came in between, the object is read again and
-    ``change`` asked again, up to WRITE_ATTEMPTS times. Returns (the bytes the key holds, whether this call
-    wrote them). Without ``read_first`` the first try creates the object unread (If-None-Match: a window's
-    first analysis); a ``change`` that writes nothing then reads what is there."""
+    """The one retry loop of conditional writes: ``change(stored bytes or None) -> bytes to store`` (None or
+    the stored bytes: nothing to write) over exactly the version read, read and asked again up to
+    WRITE_ATTEMPTS times when another writer came in between. Returns (the bytes the key holds, whether this
+    call wrote them). Without ``read_first`` the first try creates the object unread (If-None-Match)."""
     body, etag, read = None, None, False
     if read_first:
         body, etag = read_with_etag(s3, bucket, key) or (None, None)
@@ -125,9 +123,8 @@ def list_keys(s3, bucket: str, prefix: str, start_after: str = "") -> list[str]:
 
 def records_present(s3, bucket: str, prefix: str, slots: list[datetime], default_pair: str = "") -> set:
     """``{(slot, pair)}`` of the windows ``slots`` (in order) that have a raw record, any producer's: the one
-    lister of raw records (the sensor, the wait for earlier windows, the exchange feed). One listing of the
-    window for one window, else one per day partition, in parallel; ``default_pair``: the pair the legacy
-    alias is read as (``layout.read_ingestion_key``)."""
+    lister of raw records (one listing for one window, else one per day partition, in parallel).
+    ``default_pair``: the pair the legacy alias is read as."""
     if len(slots) == 1:
         prefixes = [layout.ingestion_window_prefix(slots[0], prefix)]
     else:
