@@ -4,19 +4,14 @@
 A producer the project ships: prices from an exchange without writing one. Each run owns the window
 `[data_interval_start, data_interval_end)`:
 
-**fetch_exchange_candles**: every configured pair's candle opening at `data_interval_start`, from the
-exchange the rules file's `feed` names for it (default: Binance for every pair), through ccxt with its rate
-limiter on, written to the pair's ingestion key `crypto/01-data-ingestion/.../<slot>/<BASE>_<QUOTE>.json` (every
-pair's, the default one too) as the exchange's own record: `price_notification` then decides it as any
-producer's. A candle is written only once it has closed, only where the pair has no record yet, and once
-(`If-None-Match`). A request refused for the rate limit or unanswered is tried again with backoff (1, 2,
-4 s, or the exchange's `Retry-After`); a pair that still has no candle fails the task with one line naming
-the exchange and the pair, after the other pairs' were written (at once for an error or malformed answer,
-else after the task's retries), and ops hear of it once (*Feed problem*).
+**fetch_exchange_candles**: every configured pair's closed candle opening at `data_interval_start`, from the
+exchange the rules file's `feed` names for it (default: Binance), through ccxt, written once to the pair's
+ingestion key as the exchange's own record, where the pair has no record yet: `price_notification` then
+decides it as any producer's. A pair that still has no candle after the retries fails the task with one line
+naming the exchange and the pair, and ops hear of it once (*Feed problem*).
 
-`PRICE_EXCHANGE_URL` points ccxt's Binance-API exchanges at another base URL (the local exchange stand-in);
-empty, each exchange's own public API, which needs no API key. A window's past candles: `price_history_backfill` with
-`fetch_from_exchange`, or `make backfill ... FETCH=1`.
+`PRICE_EXCHANGE_URL` points ccxt's Binance-API exchanges at another base URL (the local exchange stand-in).
+Past candles: `price_history_backfill` with `fetch_from_exchange`. Details: README "Exchange feed".
 """
 
 from __future__ import annotations

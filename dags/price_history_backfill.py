@@ -5,27 +5,21 @@ Analyses a whole range of 5-minute windows in a few tasks, where `price_notifica
 one Glue job run) per window:
 
 0. **fetch_exchange_history** (only with `fetch_from_exchange`): every pair's closed candles of the range
-   that have no record yet, fetched from its exchange in pages (as `price_exchange_feed` fetches one
-   window) and written once to their ingestion keys: a pair added today gets its past in the same run.
-1. **normalize_price_history**: ONE run of the same Glue Python shell job (same name and configuration as
-   `price_notification`'s) normalizes every raw record of `[start, end)` to canonical CSV under
-   `crypto/02-data-analysis/`, or quarantines it under `crypto/99-quarantine/`.
-2. **analyse_price_history**: every pair's windows, decided by the live DAG's rules and functions, written
-   to each window's ledger object `crypto/03-price-changes/.../<slot>/pairs.jsonl` byte for byte as
-   `price_notification` would write it (a pair already `publishing` or `notified` is never overwritten);
-   each pair's month the range touches is rewritten as Parquet under `crypto/02-data-analysis-parquet/`
-   from all canonical CSVs of that month; a summary (windows seen, missing, quarantined, breaches, largest
-   moves, each pair's decisions) goes to the task log and XCom.
-3. **report_quarantine**: when any object of the range is quarantined (by this run or an earlier one), ops
-   get ONE message for the run: how many of the range's objects were quarantined, how many windows are
-   usable, and the commonest reasons with an example object each. The run stays successful.
+   that have no record yet, fetched from its exchange and written once, as `price_exchange_feed` does.
+1. **normalize_price_history**: ONE run of the same Glue job normalizes every raw record of `[start, end)`
+   to canonical CSV, or quarantines it.
+2. **analyse_price_history**: every pair's windows, decided by the live DAG's rules, written to each
+   window's ledger object byte for byte as `price_notification` would write it (a pair already `publishing`
+   or `notified` is never overwritten); each pair's months are rewritten as Parquet; a summary goes to the
+   task log and XCom.
+3. **report_quarantine**: when any object of the range is quarantined, ops get ONE message for the run
+   (counts and the commonest reasons). The run stays successful.
 
-Breaches are recorded as `suppressed_backfill` unless `notify_on_backfill` is on: then each due breach of
-every pair is claimed in the ledger (`publishing`, a conditional write), published to the alert topic by
-the run whose claim landed, and recorded as notified. A range where no window has a usable record fails with the counts.
+Breaches are recorded as `suppressed_backfill` unless `notify_on_backfill` is on: then each due breach is
+claimed and published at most once, as in a live run. A range where no window has a usable record fails.
 
 `start` and `end` are window starts in UTC such as `2025-03-01T00:00:00Z`; `end` is excluded. Running a
-range again writes identical objects.
+range again writes identical objects. Details: README "Backfill".
 """
 
 from __future__ import annotations

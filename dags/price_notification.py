@@ -4,39 +4,24 @@
 Each run owns one window `[data_interval_start, data_interval_end)` and every configured pair's price
 record whose candle starts at `data_interval_start`:
 
-1. **wait_for_price_record** (the provider's `S3KeySensor`, subclassed): every pair's raw object lands under
-   `crypto/01-data-ingestion/year=/month=/day=/<YYYYMMDDTHHMM>Z/<BASE>_<QUOTE><any extension>` (a producer's
-   `<YYYYMMDDTHHMM>Z<any extension>` still counts as the default pair's); one prefix listing per look. A
-   live window's run waits (deferred) for every pair's record, or once one is there, for
-   `PRICE_PAIRS_DEADLINE_SECONDS` after the window ended: no pair is the clock, and the pairs still
-   missing then are late. With none there it gives up at the sensor timeout (*Feed stale*). A backfill
-   run, or a window that ended longer ago than the timeout, looks once and is skipped with the reason
-   when no pair's record is there.
+1. **wait_for_price_record** (`S3KeySensor`, subclassed): waits (deferred) for every pair's raw object under
+   `crypto/01-data-ingestion/.../<YYYYMMDDTHHMM>Z/<BASE>_<QUOTE><any extension>`, or once one is there, for
+   `PRICE_PAIRS_DEADLINE_SECONDS` after the window ended (the pairs still missing are late). With none there
+   it gives up at the sensor timeout (*Feed stale*); a backfill run, or an old window, looks once.
 2. **normalize_price_record**: Glue Python shell job (0.0625 DPU) writes the window's canonical CSV (a row
-   per pair) under `crypto/02-data-analysis/`, or quarantines an object it cannot trust.
-3. **analyse_pairs**: every pair's rules from the rules file, decided by one engine (the params below
-   override a named pair's change rule for one run); every decision goes to the window's ledger object under
-   `crypto/03-price-changes/`, and a due rule is claimed there with a conditional write (`publishing`). A
-   pair without a record (none there, or quarantined) is late (for a live window ops hear which, and why,
-   from step 5). With no pair's record to decide, the task fails.
-4. **publish_price_alerts** (the provider's `SnsPublishOperator`, subclassed, mapped): one task instance per
-   due alert, named by its subject, each (pair, rule, window) at most once: only the run whose claim landed
-   publishes, marks it started first and records it `notified` with its SNS message id after. Backfill runs
-   and windows older than `max_alert_age` are recorded as suppressed unless `notify_on_backfill` (a live
-   breach suppressed for lateness is reported to ops); with no alert due the task is skipped.
-   **post_slack_alerts** (only when `PRICE_SLACK_CONN_ID` names a Slack webhook connection) posts the
-   alerts SNS accepted, escaped for Slack, in one message.
-5. **report_window_to_ops**, beside the publish: the window's notices for ops (pairs late, alerts not
-   sent), so an ops topic that cannot be told holds back no alert (the task then fails, its log holding
-   the notice, and so does the run).
+   per pair), or quarantines an object it cannot trust.
+3. **analyse_pairs**: every pair's rules, decided by one engine; every decision goes to the window's ledger
+   object, and a due rule is claimed there with a conditional write (`publishing`). With no pair's record to
+   decide, the task fails.
+4. **publish_price_alerts** (`SnsPublishOperator`, subclassed, mapped): one task instance per due alert,
+   each (pair, rule, window) at most once, recorded `notified` with its SNS message id. Backfill runs and
+   windows older than `max_alert_age` are recorded as suppressed unless `notify_on_backfill`.
+   **post_slack_alerts** (only with `PRICE_SLACK_CONN_ID`) posts the alerts SNS accepted in one message.
+5. **report_window_to_ops**, beside the publish: the window's notices for ops (pairs late, alerts not sent).
 
-The analysis waits (up for reschedule) only for an earlier window whose record is there and whose run can
-still normalize it: a missing record holds nobody.
-
-A run without a logical date (REST or CLI trigger with none) analyses the latest window complete when it
-was triggered. Failures of live runs (a stale feed, late or quarantined records, a claim left by a crash,
-any task) go to the ops topic, not to subscribers; a backfill's are reported to whoever ran it (`make backfill`,
-the UI), not paged, but for a claim left, which only ops can release.
+The analysis waits only for an earlier window whose record is there and whose run can still normalize it.
+A run without a logical date analyses the latest window complete when it was triggered. Failures of live
+runs go to the ops topic; a backfill's to whoever ran it, but for a claim left, which only ops can release.
 Settings come from `PRICE_*` environment variables and rules from `PRICE_RULES_FILE` (see README); the params
 below override a named pair's change rule for one run (`pair`, `rule`; the numbers left empty are the rule's own).
 """
