@@ -1,18 +1,6 @@
-"""The one home of the alert rules: the rules file's schema, its validator and each rule kind's meaning.
-
-The rules file (``PRICE_RULES_FILE``, JSON) lists the pairs the pipeline watches and each pair's rules::
-
-    {"default_pair": "ETH/USDT",
-     "pairs": {"ETH/USDT": [{"name": "move-5m", "kind": "change", "threshold_pct": 1.0, "minutes": 5,
-                             "tolerance_minutes": 55, "min_abs_move": 0, "cooldown_minutes": 0}]}}
-
-The rule kinds (``change``, ``crossing``), ``min_abs_move`` and ``cooldown_minutes`` are documented once, in
-README "Pairs and alert rules"; a cooldown is decided on the price series (``analysis.suppressed_by``), not
-on what was sent, so parallel backfills reach the same decisions.
-
-Everything here is plain data and pure functions: the DAGs validate the file when they are parsed (a
-small local file, no AWS call, and a look for each feed exchange's module file in the installed ccxt) and
-fail with one line naming the pair, the rule and the field.
+"""The one home of the alert rules: the rules file's schema, its validator and each rule kind's meaning; the
+file and the rule kinds are README's "Pairs and alert rules". Plain data and pure functions: the DAGs
+validate the file when they are parsed (no AWS call) and fail with one line naming the pair, rule and field.
 """
 
 from __future__ import annotations
@@ -341,12 +329,9 @@ OVERRIDES = ("threshold_pct", "lookback_minutes", "min_abs_move", "repeat_window
 
 
 def with_overrides(rules: Rules, params) -> Rules:
-    """The rules a DAG run uses: its params ``threshold_pct``, ``lookback_minutes``, ``min_abs_move`` and
-    ``repeat_windows`` override, for the run, the change rule ``rule`` of the pair ``pair`` (default: the
-    rules file's default pair, and its first change rule); every other rule is as in the file. A param absent
-    from ``params`` (or None) leaves the file's value. RulesError, one line, when the params name a pair or
-    rule the file does not have, a rule that is no change rule, or a look-back shorter than 5 minutes or longer
-    than the rule's ``minutes`` plus MAX_MINUTES."""
+    """The rules a DAG run uses: its params (OVERRIDES; absent or None: the file's value) override the change
+    rule ``rule`` of the pair ``pair`` (default: the default pair's first change rule). RulesError, one line,
+    for a pair or rule the file does not have, a rule that is no change rule, or a look-back out of range."""
     pair = params.get("pair") or rules.default_pair
     if pair not in rules.pairs:
         raise RulesError(f"param pair {_shown(pair)} is not a pair of the rules file ({', '.join(rules.pairs)})")
@@ -419,12 +404,9 @@ def slots_read(
     rules: tuple[Rule, ...], slots: list[datetime], slot: datetime, known: list[Price] = ()
 ) -> set[datetime]:
     """The slots among ``slots`` (those with a record) whose records the rules' decisions at ``slot`` read,
-    given the records ``known`` already read: the window's own and each rule's reference and, for a rule
-    with a cooldown whose window fires, each window's own and reference record of the earlier windows its
-    cooldown follows back (``analysis.suppressed_by``), asked for a cooldown at a time or, further back, as
-    much again as followed so far. Read them and ask again until nothing new is asked for: ``evaluate``
-    over the records read then decides as over all of them, and a quiet window reads its own record and
-    one per rule, not the whole look-back."""
+    given the records ``known`` already read: the window's own, each rule's reference and, for a firing with
+    a cooldown, those of the earlier windows it follows back. Read them and ask again until nothing new is
+    asked for: ``evaluate`` then decides as over all records, and a quiet window reads one per rule."""
     ordered = sorted(slots)
     listed = set(ordered)
     series = Series(list(known))
@@ -525,10 +507,8 @@ def _fired(rule: Rule, series: Series, window: datetime) -> str | None:
 
 
 def evaluate(rule: Rule, series: Series, slot: datetime) -> Decision:
-    """The rule's decision for the window starting at ``slot`` (its record must be in ``series``).
-
-    ``series`` must hold every record from ``slot - rule.history`` on: the decision depends on nothing else.
-    """
+    """The rule's decision for the window starting at ``slot``; ``series`` must hold every record from
+    ``slot - rule.history`` on (the decision depends on nothing else)."""
     decision = series.raw(rule, slot)
     if decision.decision != NOTIFY or not rule.cooldown_minutes:
         return decision
