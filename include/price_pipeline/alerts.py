@@ -35,10 +35,9 @@ QUOTED_LIMIT = 300
 
 
 def quoted(text: str) -> str:
-    """Text read from S3 (a key, a quarantine reason) as a message shows it: in double quotes, cut at
-    QUOTED_LIMIT characters, with line breaks, control and non-ASCII characters and Slack's ``<``, ``>``,
-    ``&`` written as JSON escapes. It stays one line and can neither forge a line of the message nor
-    become a link, a mention or ``<!channel>`` wherever the message goes (mail, SQS, Slack)."""
+    """Text read from S3 as a message shows it: in double quotes, cut at QUOTED_LIMIT characters, line breaks,
+    control and non-ASCII characters and Slack's ``<``, ``>``, ``&`` as JSON escapes, so it stays one line and
+    can neither forge a line of the message nor become a link or a mention wherever it goes."""
     escaped = json.dumps(str(text)[:QUOTED_LIMIT], ensure_ascii=True)
     return escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
@@ -91,15 +90,10 @@ def check_subject(subject: str) -> str:
 
 
 def alert(pair: str, rule: str, view: dict, run_url: str) -> dict:
-    """The one alert of a due rule, for every pair and rule kind: ``subject``, ``message`` and
-    ``message_attributes`` (the SNS publish operator's arguments, with ``pair`` and ``rule``).
-
-    ``view``: the rule's decision as the ledger holds it (``kind``, ``direction``, ``change_pct``, ``reason``,
-    ``reference`` and ``latest`` prices, a crossing's ``level``) and the window (``window_start``,
-    ``window_end``). ``pair`` is the configured pair (never the record's text). E.g. ``ETH/USDT up 2.41% in 5
-    min: 3,120.55`` (the minutes between the reference and the latest record) or ``SOL/USDT crossed 150
-    upward: 150.20``; the subject is checked against SNS's rules, ``change_pct`` is a finite Number
-    attribute (for subscription filter policies)."""
+    """The one alert of a due rule, for every pair and rule kind: the SNS publish operator's ``subject``,
+    ``message`` and ``message_attributes``, with ``pair`` and ``rule``. ``view``: the rule's decision as the
+    ledger holds it and the window. E.g. ``ETH/USDT up 2.41% in 5 min: 3,120.55`` or ``SOL/USDT crossed 150
+    upward: 150.20``; ``change_pct`` is a finite Number attribute (for subscription filter policies)."""
     reference, latest = view["reference"], view["latest"]
     price = format_price(_number(latest["weighted_average"]))
     if view["kind"] == "crossing":

@@ -1,12 +1,6 @@
-"""What the "Price alerts" page shows of one pair for a range of windows, read from S3 (no Airflow here).
-
-A range is read one of two ways, by its length: up to :data:`LEDGER_MAX_WINDOWS` windows, the pair's line
-of each window's ledger object (``ledger.parse_entries``, the pipeline's own reader); longer, its monthly
-Parquet prices, a window every rule decides from its price alone (``rules.Series.raw``: no previous
-record, under the threshold, not crossed) shown so (``source = "parquet"``), the others ``pending`` until
-:func:`ledger_details` reads their entries (a second request: the chart is drawn before). One row builder
-(:func:`row_from_entry`): the price, the deciding rule's change and reason, a marker per rule that fired.
-Every slot is a row; one with neither a price nor an entry is ``missing``, or ``quarantined`` (the reason).
+"""What the "Price alerts" page shows of one pair for a range of windows, read from S3 (no Airflow here;
+README "Price alerts page"): up to :data:`LEDGER_MAX_WINDOWS` windows from the ledger, longer from the monthly
+Parquet, with ``pending`` rows :func:`ledger_details` fills in. Every slot is a row (:func:`row_from_entry`).
 """
 
 from __future__ import annotations
@@ -39,10 +33,8 @@ ROW_FIELDS = ("price", "change_pct", "threshold_pct", "direction", "decision", "
 
 
 def parse_range(start: str | None, end: str | None, now: datetime) -> tuple[datetime, datetime]:
-    """``[start, end)`` on slot boundaries from ISO 8601 texts; default the last 24 hours before ``now``.
-
-    Raises ValueError for an empty, reversed or longer than :data:`MAX_RANGE` range.
-    """
+    """``[start, end)`` on slot boundaries from ISO 8601 texts (default: the last 24 hours before ``now``);
+    ValueError for an empty, reversed or longer than :data:`MAX_RANGE` range."""
     end_at = _slot_ceiling(_parse_time(end)) if end else _slot_ceiling(now)
     start_at = layout.slot_start(_parse_time(start)) if start else end_at - timedelta(days=1)
     if start_at >= end_at:

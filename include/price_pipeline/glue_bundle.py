@@ -1,15 +1,8 @@
-"""The Glue job's bundle: the one zip its ``--extra-py-files`` names, holding the package
-``include.glue.price_glue`` and ``include.price_pipeline.layout`` (with the ``__init__`` files above them)
-under the names the job script imports them by. Glue puts the zip on the job's path; so does the local
-stand-in's Glue runner, which runs no other zip.
-
-Built here and only here: ``make glue-bundle`` writes :data:`BUNDLE_PATH` for Terraform to upload to
-:data:`KEY` (terraform/glue.tf), and the local stand-in uploads :func:`bundle` there when it starts.
-Deterministic: entries in name order, one fixed time and mode, stored uncompressed (no zlib version in the
-bytes), so the same code gives the same bytes on any machine and a re-upload changes nothing.
-
-Everything in the bundle runs on Glue's Python 3.9 with the standard library, boto3 and defusedxml
-(ruff's ``per-file-target-version`` in pyproject.toml and tests/unit/test_glue_bundle.py check).
+"""The Glue job's bundle: the one zip its ``--extra-py-files`` names, holding ``include.glue.price_glue`` and
+``include.price_pipeline.layout`` under the names the job script imports them by. Built here only: ``make
+glue-bundle`` writes :data:`BUNDLE_PATH` for Terraform to upload to :data:`KEY`, the stand-in uploads
+:func:`bundle` at its start. Deterministic (name order, one fixed time and mode, stored uncompressed: no zlib
+version in the bytes), so a re-upload changes nothing.
 """
 
 from __future__ import annotations
