@@ -1,11 +1,6 @@
-"""The ledger: every pair's decision of a window, its claim and its publish, once per (pair, rule, window).
-
-Every pair, the default one included, goes through here in one task of the window's run: decided by one
-engine (``rules.evaluate``), recorded as a line of the window's one ledger object ``<slot>/pairs.jsonl``
-(S3 bills per request: a window's requests do not grow with its pairs), claimed ``publishing`` by the run
-whose conditional write landed (``store.update``: nobody overwrites a claimed line) and published by that
-run alone (``publish_alerts``: each rule marked ``publish_started``, then ``notified`` with its message id).
-A pair without a record of the window is *late*: no line is written, and the run tells ops why.
+"""The ledger: every pair's decision of a window, its claim and its publish, once per (pair, rule, window);
+README "Alerts, ledger and at-most-once" explains the claim and the publish. A pair without a record of the
+window is *late*: no line is written, and the run tells ops why.
 """
 
 from __future__ import annotations
@@ -63,13 +58,9 @@ class DamagedLedger(ValueError):
 
 
 def parse_entries(body: bytes, key: str = "the window's ledger object") -> dict[str, dict]:
-    """``{pair: entry}`` of a window's ledger object: the one reader of the pipeline and the page.
-
-    Every line must be an entry as :func:`pair_entry` writes it, each pair once; anything else raises
-    DamagedLedger naming ``key`` and the line, its pair text quoted (``alerts.quoted``: it reaches ops). So a
-    damaged object fails its window before anything is written or sent: no reader guesses which of two lines
-    of a pair holds (a pair listed notified, then analysed, was sent again), and no claim is left half-updated
-    by an entry without rules."""
+    """``{pair: entry}`` of a window's ledger object: the one reader of the pipeline and the page. Anything but
+    entries as :func:`pair_entry` writes them, each pair once, raises DamagedLedger naming ``key`` and the line:
+    no reader guesses which of two lines of a pair holds, and no claim is left half-updated."""
     entries = {}
     for number, line in enumerate(body.decode("utf-8", "replace").splitlines(), 1):
         if not line.strip():
@@ -116,14 +107,9 @@ def analyse_pairs(s3, config: Config, rule_set: rules.Rules, slot: datetime, due
                   run_url: str, claimant: str,
                   still_normalizing: windows.StillNormalizing | None = None) -> dict:  # fmt: skip
     """Decide every pair's window (``rule_set``: the run's rules), write the window's entries, claim its due
-    rules. Earlier windows the rules may look at must be settled (``windows.wait_for_earlier_windows``).
-
-    Returns ``alerts`` (one per due (pair, rule), for the publish task), ``decisions`` (``{pair: {rule:
-    decision}}``, the stored entry's for a pair already claimed), ``late`` (``{pair: reason}``: no record of
-    the window, quarantined, or its CSV not canonical) and ``ops_notice`` (breaches suppressed only because
-    the window was analysed late, changes refused as not finite, CSVs read that are not canonical; or
-    None). WindowFailed when no pair has a record (nothing to decide: the run must not look green).
-    """
+    rules; earlier windows the rules may look at must be settled (``windows.wait_for_earlier_windows``).
+    Returns ``alerts`` (one per due (pair, rule)), ``decisions`` (``{pair: {rule: decision}}``), ``late``
+    (``{pair: reason}``) and ``ops_notice`` (or None). WindowFailed when no pair has a record."""
     pairs = list(rule_set.pairs)
     out = {"alerts": [], "decisions": {}, "late": {}, "ops_notice": None}
     stamp = layout.slot_stamp(slot)
@@ -282,20 +268,14 @@ def late_notice(slot: datetime, late: dict, run_url: str) -> str:
 
 def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant: str,
                    publish: Callable[[dict], str], other_try_wait: float = OTHER_TRY_WAIT_SECONDS) -> dict:  # fmt: skip
-    """Publish each due alert (``analyse_pairs``'s) of ``claimant``'s claims once: ``publish(alert)``
-    returns the SNS message id. In batches of PUBLISH_BATCH: one write marks the batch's rules
-    ``publish_started`` (only rules of this run's claim, not notified, not started before), they are
-    published in parallel, one write records each as ``notified`` with its message id (an entry once all
-    its rules are). A Publish that SNS refused (it answered with an error: not sent) gets its mark back, for
-    a retry; any other failure may have sent it and keeps the mark.
+    """Publish each due alert (``analyse_pairs``'s) of ``claimant``'s claims once; ``publish(alert)`` returns
+    the SNS message id. In batches of PUBLISH_BATCH: one write marks the rules ``publish_started``, they are
+    published in parallel, one write records each ``notified``. A Publish SNS refused gets its mark back, for a
+    retry; any other failure may have sent it and keeps the mark. A mark an overlapping try of the same run
+    made while this one was marking is waited for up to ``other_try_wait`` seconds, not called left.
 
-    Another try of the same run may overlap this one (a zombie and its retry): a mark that appears while
-    this try is marking (it read the rule unmarked) is that try's, which is alive and publishing; this try
-    waits up to ``other_try_wait`` seconds for its outcome instead of calling the claim left.
-
-    Returns ``sent`` (``{"<pair> <rule>": message id}``), ``skipped`` (reasons: notified already, not this
-    run's claim, published by an overlapping try), ``left`` (reasons: started by an earlier try, may have
-    been sent: ops decide) and ``failed`` (reasons: not sent, a retry publishes them).
+    Returns ``sent`` (``{"<pair> <rule>": message id}``), ``skipped``, ``left`` (may have been sent: ops
+    decide) and ``failed`` (not sent: a retry publishes them), each with its reasons.
     """
     out = {"sent": {}, "skipped": [], "left": [], "failed": []}
     stamp = layout.slot_stamp(slot)
