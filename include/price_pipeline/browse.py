@@ -5,11 +5,10 @@ Parquet, with ``pending`` rows :func:`ledger_details` fills in. Every slot is a 
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from include.price_pipeline import layout, quarantine, rules, store
+from include.price_pipeline import layout, parquet, quarantine, rules, store
 from include.price_pipeline.analysis import BELOW_THRESHOLD, FIRED, NO_PREVIOUS, NOT_CROSSED, Price
 from include.price_pipeline.settings import Config
 
@@ -204,18 +203,14 @@ def _rows_from_ledger(s3, config: Config, slots: list[datetime], pair: str) -> l
 def parquet_prices(s3, config: Config, first: datetime, last: datetime, pair: str) -> list[Price]:
     """``pair``'s prices of slots in ``[first, last]`` from its monthly Parquet objects (months without one:
     none)."""
-    import pyarrow.parquet as pq
-
     keys = [layout.parquet_key(year, month, pair) for year, month in layout.months_between(first, last)]
+    columns = ["timestamp", "weighted_average", "pair", "source_key"]
     prices = {}
     for body in store.read_many(s3, config.bucket, keys):
-        if body is None:
-            continue
-        table = pq.read_table(io.BytesIO(body), columns=["timestamp", "weighted_average", "pair", "source_key"])
-        for stamp, price, pair, source_key in zip(*(table.column(i).to_pylist() for i in range(4)), strict=True):
-            slot = stamp.astimezone(UTC)
-            if first <= slot <= last and price is not None:
-                prices[slot] = Price(slot, price, pair, source_key)
+        for row in parquet.read_rows(body, columns):
+            slot = row["timestamp"].astimezone(UTC)
+            if first <= slot <= last and row["weighted_average"] is not None:
+                prices[slot] = Price(slot, row["weighted_average"], row["pair"], row["source_key"])
     return [prices[slot] for slot in sorted(prices)]
 
 

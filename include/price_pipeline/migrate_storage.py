@@ -33,12 +33,6 @@ def _csv_rows(body: bytes | None) -> list[dict]:
     return list(csv.DictReader(io.StringIO(body.decode("utf-8")))) if body else []
 
 
-def _parquet_rows(body: bytes | None) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(io.BytesIO(body)).to_pylist() if body else []
-
-
 def _move(s3, bucket: str, old: str, new: str, merge, content_type: str, counts: Counter, kind: str) -> None:
     """Write ``merge(old bytes, new bytes or None)`` over the version of ``new`` read (None: nothing to write,
     the bytes of ``new`` when they already hold the old content); delete ``old`` once its content is there and
@@ -75,7 +69,8 @@ def _merge_csv(pair: str):
 
 def _merge_parquet(old: bytes, new: bytes | None) -> bytes:
     """The old month's rows and the new month's (a timestamp in both: the new one's)."""
-    return parquet.parquet_bytes({row["timestamp"]: row for row in _parquet_rows(old) + _parquet_rows(new)}.values())
+    rows = {row["timestamp"]: row for row in parquet.read_rows(old) + parquet.read_rows(new)}
+    return parquet.parquet_bytes(rows.values())
 
 
 def migrate(s3, config: settings.Config, pair: str, parquet_prefix: str = layout.PARQUET_PREFIX) -> Counter:

@@ -29,6 +29,13 @@ def canonical_rows(body: bytes) -> list[dict]:
     return rows
 
 
+def read_rows(body: bytes | None, columns: list[str] | None = None) -> list[dict]:
+    """The rows of a Parquet object (``columns``, default all) as dicts; none without a body."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(body), columns=columns).to_pylist() if body else []
+
+
 def parquet_schema():
     """layout.CANONICAL_COLUMNS as Arrow types: timestamp in UTC (microseconds), numbers float64."""
     import pyarrow as pa
