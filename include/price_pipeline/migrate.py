@@ -1,10 +1,7 @@
 """``make migrate-ledger``: the default pair's ledger entries of before one lane (``layout.ledger_key``, an
-object per window) moved into each window's ledger object as the pair's line, once (README: Upgrading).
-
-Each move is a conditional write (``store.update``) that keeps a line the window already holds claimed
-(``notified``; ``publishing``, unless the old entry says the alert was sent). The old object is deleted
-only after it, and only if unchanged since read (else it is counted ``changed``, for a second run): a run
-stopped midway is run again, and a second run finds nothing to move. A notified window is never sent again.
+object per window) moved into each window's ledger object as the pair's line, once (README "Upgrading from
+one ledger object per window"). A claimed line the window holds is kept (but a sent alert replaces a claim);
+the old object is deleted only after, and only if unchanged since read. A second run finds nothing to move.
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
-"""``make migrate-storage``: the default pair's canonical CSVs and Parquet months of before one storage shape
-moved into every pair's shape, once (README: Upgrading). Raw objects need nothing: a producer's ``<slot><ext>``
-is still read as the default pair's (``layout.read_ingestion_key``).
-
-- each ``<slot>.csv`` (``layout.legacy_analysis_key``): its row, as the default pair's, into the window's
-  ``<slot>/pairs.csv`` beside the rows there (a conditional write, ``store.update``). A window whose CSV
-  already holds another row of the pair keeps it (the Glue job wrote it since): the old object is left and
-  counted ``differs``, for ops to look at;
-- each ``year=/month=/data.parquet`` (``layout.legacy_parquet_key``): its rows into ``pair=<SLUG>/``'s month
-  (merged by timestamp with rows there, which win), conditionally too.
-
-An old object is deleted only once what it holds is in the new place, and only if unchanged since read (else
-it is counted ``changed``: run again). A second run finds nothing to move.
+"""``make migrate-storage``: the default pair's canonical CSVs (``layout.legacy_analysis_key``) and Parquet
+months (``layout.legacy_parquet_key``) of before one storage shape moved into every pair's shape, once, with
+conditional writes (README "Upgrading to one storage shape for every pair"). An old object is deleted only
+once what it holds is in the new place, and only if unchanged since read. A second run finds nothing to move.
 """
 
 from __future__ import annotations

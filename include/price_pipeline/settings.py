@@ -1,12 +1,6 @@
-"""Deployment settings: read from the environment, each with a documented default.
-
-Credentials are never settings: they live in the Airflow connection named by ``PRICE_AWS_CONN_ID``
-(``AIRFLOW_CONN_AWS_DEFAULT`` locally, a secrets backend in production). Alert rules are not settings
-either: they live in the rules file (``PRICE_RULES_FILE``), which also names the default pair; the DAG params
-override a named pair's rule for one run (:func:`policy_params`, ``rules.with_overrides``).
-
-The defaults match the local stand-in (moto's account 123456789012 in us-east-1); on AWS every value
-comes from a Terraform output of the same name (see ``terraform/outputs.tf``).
+"""Deployment settings: read from the environment, each with a documented default (README "Settings").
+Credentials are never settings (the Airflow connection ``PRICE_AWS_CONN_ID`` names), nor are alert rules
+(the rules file). The defaults match the local stand-in; on AWS each comes from a Terraform output.
 """
 
 from __future__ import annotations
