@@ -1,9 +1,6 @@
 """What every decision stands on: normalized prices, the ledger's vocabulary, the cooldown and the
-freshness rule (the rule kinds themselves are ``rules``).
-
-Every decision is a function of the price series and the rules alone (never of what was sent before), so
-the live DAG, a native backfill and the bulk history DAG reach the same answer for the same window,
-whatever order or parallelism they run in.
+freshness rule (the rule kinds themselves are ``rules``). A decision is a function of the price series and
+the rules alone, never of what was sent, so every DAG reaches the same answer in any order or parallelism.
 """
 
 from __future__ import annotations
@@ -139,20 +136,11 @@ def cooldown_reach(cooldown: timedelta) -> timedelta:
 def suppressed_by(
     slot: datetime, direction: str, fired: Callable[[datetime], str | None], cooldown: timedelta
 ) -> Suppression | None:
-    """Whether the firing (in ``direction``) of the window at ``slot`` alerts (None) or what suppresses it.
-
-    ``fired(window)`` is the direction a window fired in before any cooldown (None: it did not fire, or has
-    no record); it may raise NeedEarlier. The rule, on the series alone: a firing alerts unless the same
-    rule alerted in the same direction at most ``cooldown`` before it. So a *run* (firings in one direction,
-    each at most ``cooldown`` after the previous) alerts on its first firing, then on the first firing more
-    than ``cooldown`` after the last alert, and so on.
-
-    The bound: segments of :func:`cooldown_segment` since EPOCH (UTC midnights for a cooldown under a day)
-    have *checkpoints* at their starts. A run that at the checkpoint before ``slot`` began more than one
-    segment earlier is not followed further: from that checkpoint on, the cooldown counts from the run's
-    last firing before it (an alert may come up to one cooldown later than counted from the run's start,
-    never sooner than a cooldown after the one before). Every run no longer than a segment is decided
-    exactly. ``fired`` is asked about windows at most :func:`cooldown_reach` before ``slot``.
+    """Whether the firing (in ``direction``) of the window at ``slot`` alerts (None) or what suppresses it: the
+    cooldown and its bound, README "Pairs and alert rules" (``cooldown_minutes``), with the segments of
+    :func:`cooldown_segment` since EPOCH as the checkpoints. ``fired(window)`` is the direction a window fired
+    in before any cooldown (None: no firing or no record), asked at most :func:`cooldown_reach` before ``slot``;
+    it may raise NeedEarlier.
     """
     segment = cooldown_segment(cooldown)
     checkpoint = EPOCH + (slot - EPOCH) // segment * segment

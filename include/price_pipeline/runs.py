@@ -1,8 +1,5 @@
 """The price DAGs' task bodies: the DAG files only declare and wire them (the classes they declare are
 ``operators``). With ``operators``, the modules of ``include/`` that import Airflow.
-
-- ``still_normalizing`` / ``analyse_when_settled``: the scheduler's side of waiting on earlier windows.
-- ``tell_ops``: one message on the ops topic.
 """
 
 from __future__ import annotations
@@ -133,10 +130,9 @@ def run_rules(rule_set, params):
 
 
 def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run, ti) -> list[dict]:
-    """Every pair's rules for the window (``ledger.analyse_pairs``), the run's params applied to the pair's rule
-    they name (``run_rules``). Returns the due alerts, for the publish; the notices for ops (``[subject,
-    message]`` each: pairs late in a live window, alerts not sent) go to XCom ``ops``, which
-    ``report_window_to_ops`` sends beside the publish: an ops topic that cannot be told holds no alert."""
+    """Every pair's rules for the window (``ledger.analyse_pairs``) with the run's params (``run_rules``).
+    Returns the due alerts; the notices for ops go to XCom ``ops``, which ``report_window_to_ops`` sends beside
+    the publish: an ops topic that cannot be told holds no alert."""
     from functools import partial
 
     from include.price_pipeline import ledger

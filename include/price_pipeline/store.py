@@ -1,6 +1,5 @@
-"""S3 reads and writes of the pipeline's objects, given a boto3 S3 client (no Airflow here).
-
-Tasks pass ``S3Hook(aws_conn_id).get_conn()``; tests pass a client on the local stand-in.
+"""S3 reads and writes of the pipeline's objects, given a boto3 S3 client (no Airflow here): tasks pass
+``S3Hook(aws_conn_id).get_conn()``, tests a client on the local stand-in.
 """
 
 from __future__ import annotations
@@ -181,11 +180,9 @@ def csv_prices(body: bytes) -> dict[str, Price]:
 
 def load_rule_prices(s3, bucket: str, prefix: str, rule_set, pairs: list[str], slot: datetime,
                      listed: set[str], unreadable: dict[str, str] | None = None) -> dict[str, list[Price]]:  # fmt: skip
-    """``{pair: [Price, ...]}``: of the canonical CSVs ``listed`` (:func:`csv_keys` over the rules' look-back
-    from ``slot``), the ones the pairs' decisions read (``rules.slots_read`` for each pair, given what was
-    read), one GET per CSV for every pair, in rounds. A CSV read without a pair's row is not that pair's
-    reference, so the next candidate is read, until every decision has what it reads. A CSV read that is not
-    canonical holds no record: ``{key: why}`` in ``unreadable`` (without it: ValueError)."""
+    """``{pair: [Price, ...]}`` of the canonical CSVs ``listed`` that the pairs' decisions at ``slot`` read
+    (``rules.slots_read``), one GET per CSV for every pair, in rounds until nothing new is asked for. A CSV that
+    is not canonical holds no record: ``{key: why}`` in ``unreadable`` (without it: ValueError)."""
     from include.price_pipeline import rules
 
     slots = sorted({layout.slot_of_key(key) for key in listed})

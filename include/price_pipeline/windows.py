@@ -52,12 +52,9 @@ def looks_once(run_type: str, window_end: datetime, now: datetime, sensor_timeou
 def wait_for_earlier_windows(
     s3, config: Config, slot: datetime, gaps: list[datetime], still_normalizing: StillNormalizing | None
 ) -> None:
-    """The one rule for waiting on earlier windows, for every pair: of the earlier windows ``gaps`` a
-    decision of ``slot`` looks at and finds no canonical price in, raise WindowNotReady naming those whose
-    raw record (any pair's: it lets the run's sensor go on) is there and whose normalization a run can still
-    finish (``still_normalizing(windows)``: the caller asks its scheduler). A window without a record, or
-    whose run has failed, finished or will never run, holds nobody: a live alert never waits for another
-    window's missing record."""
+    """The one rule for waiting on earlier windows: of the windows ``gaps`` a decision of ``slot`` finds no
+    canonical price in, raise WindowNotReady naming those with a raw record (any pair's) whose normalization a
+    run can still finish (``still_normalizing``): a missing record holds nobody."""
     if still_normalizing is None or not gaps:
         return
     pending = sorted({slot for slot, _ in store.records_present(s3, config.bucket, config.ingestion_prefix, gaps)})

@@ -1,9 +1,6 @@
 """The FastAPI app of the "Price alerts" page, mounted by the Airflow API server at ``/price-alerts``.
-
-Every route requires the UI's login: the JWT Airflow's own API accepts (``Authorization: Bearer`` or the
-UI's ``_token`` cookie, checked by ``airflow.api_fastapi.core_api.security.get_user``), and read access
-to the price DAGs' runs. Without it the page redirects to the login page and the data answers 401.
-Read-only: GET routes only. S3 is read through the Airflow AWS connection when a page asks, never at import.
+Read-only GET routes behind the UI's login and read access to the price DAGs' runs (README "Price alerts
+page"); S3 is read through the Airflow AWS connection when a page asks, never at import.
 """
 
 from __future__ import annotations
