@@ -69,11 +69,8 @@ def spellings(raw, aliases, field):
 
 
 def decode_text(data):
-    """Bytes to text: UTF-8 (BOM optional) or UTF-16 with BOM; anything else is rejected.
-
-    Control characters other than tab and line breaks mean binary data or a wrong guess of the
-    encoding (UTF-16 without its BOM reads as UTF-8 full of NULs), so they are rejected too.
-    """
+    """Bytes to text: UTF-8 (BOM optional) or UTF-16 with BOM; anything else is rejected, and so are control
+    characters but tab and line breaks (binary data, or UTF-16 without its BOM read as UTF-8)."""
     if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         raise Rejected("UTF-32 is not accepted (only UTF-8, or UTF-16 with BOM)")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -125,13 +122,9 @@ def _named(names, values, source_format):
 
 
 def parse_object(text, aliases):
-    """Detect the format of ``text`` by its content and return ``(format_name, [raw mapping, ...])``.
-
-    The first character tells XML (``<``) and JSON (``{`` or ``[``) from text. Text is key=value when
-    every line is made of ``key=value`` or ``key: value`` pairs, and delimited (CSV, TSV, ...) otherwise.
-    In JSON and XML a record is any mapping or element holding a price or volume field (``aliases``),
-    at any depth: records nested in a record are records of the object too, never hidden by it.
-    """
+    """Detect the format of ``text`` by its content and return ``(format_name, [raw mapping, ...])``: XML
+    (``<``), JSON (``{``, ``[``), key=value text when every line is a pair, else delimited. Which mappings are
+    records is README's "Bad input"."""
     stripped = text.strip()
     if not stripped:
         raise Rejected("object is empty")
@@ -286,10 +279,8 @@ def _nested_records(values, names):
 
 
 def _wrapper(mapping):
-    """The key of an envelope's payload, as ``data`` in ``{"data": {...}}``; None when there is none.
-
-    An envelope reporting an error (``{"error": "Invalid currency pair."}``) is rejected with its message.
-    """
+    """The key of an envelope's payload, as ``data`` in ``{"data": {...}}``, or None; an envelope reporting an
+    error (``{"error": "Invalid currency pair."}``) is rejected with its message."""
     error = mapping.get("error")
     if isinstance(error, (str, list)) and error:
         raise Rejected("producer reported an error: {}".format(clip(error)), "json")

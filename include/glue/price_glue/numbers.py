@@ -23,12 +23,9 @@ _NON_FINITE = ("nan", "inf", "infinity")
 
 
 def _number_shape(text):
-    """``(digits, evidence, ambiguous)`` of a number written as text, or None when it is no number.
-
-    ``digits`` is the number with a ``.`` decimal point (None while ambiguous); ``evidence`` the
-    decimal separator the text shows (``.``, ``,`` or None); ``ambiguous`` the separator of a value
-    that reads two ways, 1000x apart (``3,120`` is 3120 or 3.12; ``1.234`` is 1.234 or 1234).
-    """
+    """``(digits, evidence, ambiguous)`` of a number written as text, or None: ``digits`` with a ``.`` point
+    (None while ambiguous), ``evidence`` the decimal separator the text shows, ``ambiguous`` the separator of a
+    value that reads two ways, 1000x apart (``3,120``: 3120 or 3.12)."""
     match = _NUMBER_TEXT.fullmatch(text)
     if not match:
         return None
@@ -123,12 +120,8 @@ class Numbers:
         return whole + "." + fraction if point == ambiguous else whole + fraction
 
     def _point(self, ambiguous):
-        """The decimal separator that settles a value with one ``ambiguous`` separator, or None.
-
-        Semicolon text writes decimals with a comma unless its other numbers show a point; elsewhere a
-        point is the decimal separator unless the object's numbers show a comma, and a lone comma
-        (``"3,120"`` in JSON) is never settled.
-        """
+        """The decimal separator that settles a value with one ``ambiguous`` separator, or None (the rule is
+        README's "Bad input": a lone comma outside semicolon text is never settled)."""
         if self.semicolon:
             if ambiguous == ",":
                 return self.decimal or ","

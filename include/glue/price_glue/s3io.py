@@ -24,14 +24,9 @@ LIST_BY_DAY_ABOVE_SLOTS = 12
 
 
 def list_raw_objects(s3, args):
-    """``[(key, size, slot, modified), ...]`` in key order: every raw object of the range with its listed
-    size and LastModified (ISO 8601) and the window whose prefix it lies under.
-
-    A range of up to LIST_BY_DAY_ABOVE_SLOTS windows lists each window's prefix (one LIST per window, as
-    a single live window always has). A longer range lists each day partition it touches once, in
-    parallel, and keeps the keys under one of its window prefixes: the same keys, with ~30 requests
-    instead of 8,640 for a month.
-    """
+    """``[(key, size, slot, modified), ...]`` in key order: every raw object of the range with its listed size,
+    LastModified (ISO 8601) and window. Up to LIST_BY_DAY_ABOVE_SLOTS windows, one LIST per window; longer,
+    one per day partition, in parallel (~30 requests instead of 8,640 for a month)."""
     slots = slots_between(args.start, args.end)
     slot_of_prefix = {ingestion_window_prefix(slot, args.ingestion_prefix): slot for slot in slots}
     if len(slots) <= LIST_BY_DAY_ABOVE_SLOTS:
@@ -69,10 +64,8 @@ def _list_objects(s3, bucket, prefix):
 
 
 def read_bounded(s3, bucket, key, limit, size=None):
-    """Read at most ``limit`` bytes; reject larger objects without reading them whole.
-
-    ``size`` is the object's size from a listing; without it a HEAD request asks for it.
-    """
+    """Read at most ``limit`` bytes; reject larger objects without reading them whole (``size``: the listed
+    size; without it a HEAD request asks)."""
     if size is None:
         size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
     if size > limit:
@@ -85,11 +78,9 @@ def read_bounded(s3, bucket, key, limit, size=None):
 
 
 def write_pairs_csv(s3, bucket, key, rows):
-    """Write the window's canonical CSV with ``rows`` (re-derived by this run) and every row
-    it holds of a pair this run did not re-derive (a pair gone from the rules, or whose raw object expired):
-    a re-run loses no pair. The write is conditional on the version read (If-None-Match: * to create,
-    If-Match to replace), read and merged again when another run wrote in between; unchanged bytes are not
-    written again. Returns ``(key, body)`` as it stands."""
+    """Write the window's canonical CSV with ``rows`` and every row it holds of a pair this run did not
+    re-derive (a re-run loses no pair), conditional on the version read, merged again when another run wrote
+    in between; unchanged bytes are not written again. Returns ``(key, body)`` as it stands."""
     fresh = {row["pair"] for row in rows}
     for _attempt in range(CONDITIONAL_ATTEMPTS):
         current, etag = _read_with_etag(s3, bucket, key)
@@ -157,10 +148,9 @@ def error_code(error):
 
 
 def apply_plan(s3, args, plan):
-    """Make a window's planned writes: quarantine copies and reasons, the canonical CSV, then the
-    ``price-pipeline=ingested`` tag on each raw object of the window, only once those writes are made: the
-    lifecycle rule expires tagged objects. A superseded object is tagged too
-    (the CSV names it). Returns ``(key, body)`` of the CSV written, or None."""
+    """Make a window's planned writes: quarantine copies and reasons, the canonical CSV, then (the lifecycle
+    rule expires tagged objects) the ``price-pipeline=ingested`` tag on each raw object of the window.
+    Returns ``(key, body)`` of the CSV written, or None."""
     for source_key, copy_key, reason_key, note in plan["quarantine"]:
         s3.copy_object(
             Bucket=args.bucket,

@@ -39,10 +39,8 @@ EARLIEST = datetime(2009, 1, 1, tzinfo=timezone.utc)
 
 
 def normalize(raw, aliases, pair, source_key, source_format, decimal=None):
-    """One raw mapping to a validated canonical row (a dict keyed by CSV_COLUMNS but ``superseded``).
-
-    ``decimal`` is the object's decimal separator when its text numbers show one (decimal_convention).
-    """
+    """One raw mapping to a validated canonical row (keyed by CSV_COLUMNS but ``superseded``); ``decimal``: the
+    object's decimal separator when its text numbers show one (decimal_convention)."""
     try:
         row = _canonical(raw, aliases, pair, Numbers(decimal, source_format))
         validate(row)
