@@ -26,26 +26,12 @@ GLUE_SCRIPTS_PREFIX = "artifacts/glue-scripts/"
 GLUE_SCRIPT_PATH = Path(__file__).resolve().parents[1] / "glue" / "normalize_price_record.py"
 FIELD_ALIASES_PATH = Path(__file__).resolve().parents[1] / "glue" / "field_aliases.json"
 
-#: Canonical normalized record, in CSV column order. No wall-clock fields: re-runs are byte-identical.
-CANONICAL_COLUMNS = (
-    "timestamp",  # UTC slot start, ISO 8601 with Z
-    "pair",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "weighted_average",
-    "source_key",
-    "source_format",
-)
-#: Columns written after CANONICAL_COLUMNS, added later: a canonical CSV written before them lacks them,
-#: so a reader takes them by name and defaults them (``""``). ``weighted_average_basis`` says where the
-#: weighted average came from: ``record`` (the record gave it), ``volumes`` (volume / quote_volume),
-#: ``no_trade`` (a zero-volume candle with open = high = low = close: that one price) or ``typical_price``
-#: ((high + low + close) / 3, an approximation the record asked for instead of giving one). ``superseded`` is
-#: a JSON list of the window's other raw objects, older than ``source_key``, whose record was not used.
+#: Canonical normalized record, in CSV column order (``timestamp``: the UTC slot start, ISO 8601 with Z). No
+#: wall-clock fields: re-runs are byte-identical.
+CANONICAL_COLUMNS = ("timestamp", "pair", "open", "high", "low", "close", "volume", "quote_volume",
+                     "weighted_average", "source_key", "source_format")  # fmt: skip
+#: Columns added later (README "Canonical CSV"): a CSV written before them lacks them, so a reader takes them
+#: by name and defaults them (``""``).
 ADDED_COLUMNS = ("weighted_average_basis", "superseded")
 #: The header of every canonical CSV the Glue job writes.
 CSV_COLUMNS = CANONICAL_COLUMNS + ADDED_COLUMNS
@@ -111,11 +97,8 @@ def legacy_ingestion_key(slot: datetime, extension: str, prefix: str = INGESTION
     return f"{ingestion_window_prefix(slot, prefix)}{extension}"
 
 
-#: The ingestion key grammar: what follows a window's prefix ``.../<slot>`` in a raw object's key is
-#: ``/<BASE>_<QUOTE>`` and then an optional suffix, ``.`` or ``-`` followed by anything but ``/``; or, the
-#: legacy alias of the default pair, the suffix alone. A suffix starting ``-v<N>`` then ``.`` or its end is
-#: version N of the window's record (N from 1; any other suffix is version 1). Every other key under the
-#: window belongs to no pair and is quarantined with that reason.
+#: The ingestion key grammar (README "Key layout"): what follows a window's prefix is ``/<BASE>_<QUOTE>`` and
+#: an optional suffix, or (the legacy alias) the suffix alone; ``-v<N>`` starting the suffix is version N.
 _INGESTION_REST = re.compile(r"(?:/([A-Z0-9]{2,12})_([A-Z0-9]{2,12})((?:[.-][^/]*)?)|([.-][^/]*))")
 _VERSION = re.compile(r"-v([1-9][0-9]{0,8})(?:\.|$)")
 
