@@ -105,15 +105,8 @@ def closed_range(start: datetime, end: datetime, now: datetime) -> tuple[datetim
 
 def _page(exchange, source, pair: str, since: int, until: int) -> list:
     if source.weighted_average == "volumes":
-        return exchange.publicGetKlines(
-            {
-                "symbol": pair.replace("/", ""),
-                "interval": "5m",
-                "startTime": since,
-                "endTime": until - 1,
-                "limit": PAGE,
-            }
-        )
+        query = {"symbol": pair.replace("/", ""), "interval": "5m", "startTime": since, "endTime": until - 1}
+        return exchange.publicGetKlines({**query, "limit": PAGE})
     return exchange.fetch_ohlcv(pair, "5m", since, PAGE, {"until": until - 1})
 
 
@@ -139,17 +132,8 @@ def record(source, candle: list, slot: datetime, now: datetime) -> bytes:
         kline = [times[0], *candle[1:6], times[1], candle[7], *([times[2], *candle[9:]] if len(candle) > 8 else [])]
         return json.dumps([kline]).encode()
     open_, high, low, close, volume = values
-    return json.dumps(
-        {
-            "date": opened // 1000,
-            "open": open_,
-            "high": high,
-            "low": low,
-            "close": close,
-            "quoteVolume": volume,
-            "weightedAverageBasis": "typical_price",
-        }
-    ).encode()
+    unified = {"date": opened // 1000, "open": open_, "high": high, "low": low, "close": close, "quoteVolume": volume}
+    return json.dumps({**unified, "weightedAverageBasis": "typical_price"}).encode()
 
 
 def write_candles(s3, config, rule_set, start: datetime, end: datetime, now: datetime,

@@ -462,15 +462,8 @@ def _raw(rule: Rule, series: Series, slot: datetime) -> Decision:
     reference = series.reference(rule, slot)
     if reference is None:
         wanted = rule.reference_offset.total_seconds() // 60
-        return Decision(
-            rule.name,
-            rule.kind,
-            NO_PREVIOUS,
-            f"no record from {wanted:.0f} to {wanted + rule.tolerance_minutes:.0f} minutes earlier",
-            "flat",
-            None,
-            None,
-        )
+        reason = f"no record from {wanted:.0f} to {wanted + rule.tolerance_minutes:.0f} minutes earlier"
+        return Decision(rule.name, rule.kind, NO_PREVIOUS, reason, "flat", None, None)
     change = pct_change(reference.weighted_average, latest.weighted_average)
     direction = _direction(change)
     if not math.isfinite(change):
@@ -515,10 +508,5 @@ def evaluate(rule: Rule, series: Series, slot: datetime) -> Decision:
     suppression = suppressed_by(slot, decision.direction, lambda window: _fired(rule, series, window), rule.cooldown)
     if suppression is None:
         return decision
-    within = f"the {rule.cooldown_minutes}-minute cooldown"
-    return replace(
-        decision,
-        decision=SUPPRESSED_COOLDOWN,
-        reason=suppression.reason(decision.direction, within),
-        suppressed_by=suppression,
-    )
+    reason = suppression.reason(decision.direction, f"the {rule.cooldown_minutes}-minute cooldown")
+    return replace(decision, decision=SUPPRESSED_COOLDOWN, reason=reason, suppressed_by=suppression)
