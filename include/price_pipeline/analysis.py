@@ -76,16 +76,10 @@ def parse_canonical_rows(body: bytes) -> list[Price]:
             raise ValueError(
                 f"canonical CSV weighted_average {row['weighted_average']!r} is not a finite positive number"
             )
-        prices.append(
-            Price(
-                slot=datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")),
-                weighted_average=weighted_average,
-                pair=row["pair"],
-                source_key=row["source_key"],
-                superseded=tuple(json.loads(row["superseded"])) if row.get("superseded") else (),
-                basis=APPROXIMATION if row.get("weighted_average_basis") == APPROXIMATION else "",
-            )
-        )
+        slot = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))
+        superseded = tuple(json.loads(row["superseded"])) if row.get("superseded") else ()
+        basis = APPROXIMATION if row.get("weighted_average_basis") == APPROXIMATION else ""
+        prices.append(Price(slot, weighted_average, row["pair"], row["source_key"], superseded, basis))
     return prices
 
 

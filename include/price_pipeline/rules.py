@@ -43,10 +43,8 @@ DIRECTIONS = ("up", "down", "both")
 MAX_MINUTES = 1440
 MAX_COOLDOWN_MINUTES = 7 * 1440
 MAX_RULES_FILE_BYTES = 1 << 20
-#: The Glue job's plausible prices (its MIN_PRICE and MAX_PRICE; the job runs alone, so this is a copy that
-#: tests/unit/test_rules.py checks): no record's price is outside them, so a level or a min_abs_move above
-#: MAX_PRICE, or a threshold_pct above the largest change two such prices make, could never fire. The DAG
-#: params take the same bounds (``settings.policy_params``): a run's conf is refused above them.
+#: A copy of the Glue job's plausible prices (tests/unit/test_rules.py checks it): a level, min_abs_move or
+#: threshold_pct beyond what two such prices make could never fire, so the file and the params refuse it.
 MIN_PRICE = 1e-10
 MAX_PRICE = 1e10
 MAX_THRESHOLD_PCT = MAX_PRICE / MIN_PRICE * 100

@@ -14,10 +14,8 @@ from include.price_pipeline.layout import CANONICAL_COLUMNS, CSV_COLUMNS
 
 PRICE_FIELDS = ("open", "high", "low", "close", "weighted_average")
 VOLUME_FIELDS = ("volume", "quote_volume")
-#: The field a record declares its weighted average's basis with (spellings: BASIS_SPELLINGS, unless the
-#: alias file names its own). Its one accepted value, TYPICAL_PRICE, asks the job for (high + low + close) / 3
-#: in place of a weighted average the record does not give. The canonical CSV's own values (OUTPUT_BASES: the
-#: job's output read back as input) change nothing, as before; any other value refuses the record.
+#: The field a record declares its weighted average's basis with (README "Key layout", canonical CSV): only
+#: TYPICAL_PRICE asks for something; OUTPUT_BASES (the job's output read back) change nothing; others refuse.
 BASIS_FIELD = "weighted_average_basis"
 BASIS_SPELLINGS = ("weightedAverageBasis",)
 TYPICAL_PRICE = "typical_price"
