@@ -215,9 +215,8 @@ def parquet_prices(s3, config: Config, first: datetime, last: datetime, pair: st
 
 
 def _rows_from_parquet(s3, config: Config, pair_rules, slots: list[datetime], pair: str) -> list[dict]:
-    """Rows of the pair's prices in the Parquet, as its first rule sees them; ``pending`` (its ledger entry
-    tells: ``ledger_details``) unless every rule decides the window from its price alone (no previous
-    record, under the threshold, not crossed)."""
+    """Rows of the pair's prices in the Parquet, as its first rule sees them; ``pending`` (``ledger_details``)
+    unless every rule decides the window from its price alone (no previous record, under threshold, not crossed)."""
     rule = pair_rules[0]
     look_back = max(r.reference_offset + timedelta(minutes=r.tolerance_minutes) for r in pair_rules)
     series = rules.Series(parquet_prices(s3, config, slots[0] - look_back, slots[-1], pair))

@@ -90,9 +90,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Source:
-    """Where the exchange feed (``exchange.py``) takes a pair's candles: a ccxt exchange id, and how the
-    record's ``weightedAverage`` is had: ``volumes`` (derived from the candle's quote volume, as for any
-    producer) or ``typical_price`` ((high + low + close) / 3, an approximation the pair opted into)."""
+    """Where the exchange feed takes a pair's candles (a ccxt exchange id) and how its ``weightedAverage`` is
+    had: ``volumes`` or ``typical_price`` (README "Exchange feed")."""
 
     exchange: str = "binance"
     weighted_average: str = "volumes"
@@ -219,9 +218,8 @@ _EXCHANGE = re.compile(r"[a-z][a-z0-9]{1,31}")
 
 
 def _feed(raw, pairs: dict, where: str) -> dict[str, Source]:
-    """Each pair's exchange feed source: ``{"exchange": "binance", "pairs": {"SOL/USDT": {"exchange":
-    "kraken", "weighted_average": "typical_price"}}}``; every field optional (one exchange for all: binance).
-    A pair whose exchange's candles carry no quote volume is refused unless it opts into typical_price."""
+    """Each pair's exchange feed source from the file's ``feed`` (README "Exchange feed"); a pair whose
+    exchange's candles carry no quote volume is refused unless it opts into typical_price."""
     if not isinstance(raw, dict) or set(raw) - {"exchange", "pairs"}:
         raise RulesError(f"{where}: feed must be an object of exchange and pairs")
     default = _exchange(raw, "binance", f"{where}: feed")
@@ -247,9 +245,8 @@ def _feed(raw, pairs: dict, where: str) -> dict[str, Source]:
 
 
 def _exchange(raw: dict, default: str, where: str) -> str:
-    """A feed's exchange id, refused now unless the installed ccxt has it: an unknown one failed only when the
-    feed first asked it. Checked by its module file (``ccxt/<id>.py``, one per exchange), without importing ccxt:
-    the DAGs read this file each time they are parsed."""
+    """A feed's exchange id, refused unless the installed ccxt has its module file (``ccxt/<id>.py``): checked
+    without importing ccxt, since the DAGs read this file each time they are parsed."""
     exchange = _source_field(raw, "exchange", _EXCHANGE.fullmatch, default, where)
     ccxt = importlib.util.find_spec("ccxt")
     if ccxt is None or not any(Path(folder, f"{exchange}.py").is_file() for folder in ccxt.submodule_search_locations):
