@@ -57,9 +57,8 @@ def parse_window_start(text: str) -> datetime:
 
 
 def summarize(entries: dict[datetime, dict[str, dict]], start: datetime, end: datetime, quarantined: int) -> dict:
-    """Counts for the task log and XCom: windows seen (any pair's record) and missing, quarantined objects,
-    breaches (firings before the cooldown and freshness: sent or not), each rule decision, the largest
-    moves of change rules, and per pair its windows and decisions."""
+    """Counts for the task log and XCom: windows seen and missing, quarantined objects, breaches (sent or
+    not), each rule decision, the largest moves of change rules, and per pair its windows and decisions."""
     missing = [slot for slot in layout.slots_between(start, end) if slot not in entries]
     decided = [(slot, entry, name, rule) for slot, by_pair in sorted(entries.items())
                for entry in by_pair.values() for name, rule in entry["rules"].items()]  # fmt: skip

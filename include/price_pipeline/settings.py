@@ -158,17 +158,15 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
 
 
 def load_rules(config: Config):
-    """The rules file ``PRICE_RULES_FILE`` names, validated (RulesError: one line naming the pair, rule and
-    field). A small local file: fine when a DAG is parsed."""
+    """The rules file ``PRICE_RULES_FILE`` names, validated (a small local file: fine when a DAG is parsed)."""
     from include.price_pipeline import rules
 
     return rules.load(rules.resolve_path(config.rules_file))
 
 
 def glue_job_arguments(config: Config) -> dict[str, str]:
-    """The Glue job's fixed arguments (the DAG adds the window); Terraform sets the same defaults.
-    ``--pairs`` names every pair of the rules file, its default pair first (the legacy alias's): one run
-    normalizes every pair's record of a window."""
+    """The Glue job's fixed arguments (the DAG adds the window; Terraform sets the same defaults): ``--pairs``
+    names every pair of the rules file, its default pair first (the legacy alias's)."""
     rule_set = load_rules(config)
     others = sorted(pair for pair in rule_set.pairs if pair != rule_set.default_pair)
     return {
