@@ -31,7 +31,7 @@ def test_one_run_writes_every_pairs_csv_and_quarantines_what_names_another_pair(
     aws.put(key("BTC/USDT"), json.dumps({**candle(WINDOW, 90000.0), "pair": "BTC_USDT"}))
     aws.put(key("SOL/USDT", ".csv"), f"date,weightedAverage\n{int(WINDOW.timestamp())},150.5\n")
     aws.put(key("DOGE/USDT"), json.dumps(candle(WINDOW, 0.2)))  # not configured
-    aws.put(key("SOL/USDT", "-v2.json"), json.dumps({**candle(WINDOW, 151.0), "pair": "ETH/USDT"}))  # wrong pair
+    aws.put(key("SOL/USDT", "-misfiled.json"), json.dumps({**candle(WINDOW, 151.0), "pair": "ETH/USDT"}))  # wrong pair
 
     run = aws.run_real_glue_job({"--window_start": layout.iso(WINDOW), "--pairs": PAIRS})
 
@@ -51,13 +51,19 @@ def test_one_run_writes_every_pairs_csv_and_quarantines_what_names_another_pair(
         if reason_key.endswith(".reason.json"):
             note = json.loads(aws.get(reason_key))
             reasons[note["source_key"]] = note["reason"]
-    assert reasons.keys() == {key("DOGE/USDT"), key("SOL/USDT", "-v2.json")}
+    assert reasons.keys() == {key("DOGE/USDT"), key("SOL/USDT", "-misfiled.json")}
     assert (
         "key names pair DOGE/USDT, not one of the configured pairs (ETH/USDT, BTC/USDT, SOL/USDT)"
         in reasons[key("DOGE/USDT")]
     )
-    assert "record names pair 'ETH/USDT', not the configured SOL/USDT" in reasons[key("SOL/USDT", "-v2.json")]
-    raws = (key("ETH/USDT"), key("BTC/USDT"), key("SOL/USDT", ".csv"), key("DOGE/USDT"), key("SOL/USDT", "-v2.json"))
+    assert "record names pair 'ETH/USDT', not the configured SOL/USDT" in reasons[key("SOL/USDT", "-misfiled.json")]
+    raws = (
+        key("ETH/USDT"),
+        key("BTC/USDT"),
+        key("SOL/USDT", ".csv"),
+        key("DOGE/USDT"),
+        key("SOL/USDT", "-misfiled.json"),
+    )
     for raw in raws:
         assert aws.s3.get_object_tagging(Bucket=aws.config.bucket, Key=raw)["TagSet"] == [layout.INGESTED_TAG]
 

@@ -104,7 +104,7 @@ def test_make_migrate_storage_moves_the_default_pairs_csvs_and_parquet_once_and_
     assert (summary["pairs"]["ETH/USDT"]["windows"], summary["pairs"]["BTC/USDT"]["windows"]) == (6, 5)
     assert summary["missing"] == 0
     migrated = {row["timestamp"] for row in _rows(aws.get(month_key))}
-    assert migrated == set(SLOTS)
+    assert {moment for moment in migrated if START <= moment < end} == set(SLOTS)  # the month holds other tests' days
 
     # The live analysis of the next window reads the default pair's migrated row as its reference.
     after = end
