@@ -53,10 +53,18 @@ def slot_stamp(slot: datetime) -> str:
     return slot.astimezone(timezone.utc).strftime("%Y%m%dT%H%MZ")
 
 
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def iso(moment: datetime) -> str:
     """UTC ISO 8601 with a Z, to the second: every time the ledger, alerts, the page and the Glue job's
     arguments carry."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(timezone.utc).strftime(ISO_FORMAT)
+
+
+def parse_iso(text: str) -> datetime:
+    """Inverse of :func:`iso` (exactly its format, else ValueError)."""
+    return datetime.strptime(text, ISO_FORMAT).replace(tzinfo=timezone.utc)
 
 
 def parse_slot_stamp(stamp: str) -> datetime:

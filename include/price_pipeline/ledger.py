@@ -339,7 +339,7 @@ def _now() -> datetime:
 
 def _started_at(state: dict) -> datetime | None:
     try:
-        return datetime.strptime(state[STARTED_AT], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return layout.parse_iso(state[STARTED_AT])
     except (KeyError, TypeError, ValueError):
         return None  # a mark of before STARTED_AT, or damaged: nobody can say it is still alive
 

@@ -37,6 +37,7 @@ from include.glue.price_glue.validation import one_line, records_of
 from include.price_pipeline.layout import (
     SLOT_SECONDS,
     analysis_key,
+    iso,
     quarantine_keys,
     range_objects_key,
     read_ingestion_key,
@@ -111,7 +112,7 @@ def assess(data, args, key, slot, pair):
         detail = " ".join(str(error).split())[:200]  # one line, bounded
         outcome["reasons"] = ["could not be processed: {}: {}".format(type(error).__name__, detail)]
         return outcome
-    stamp = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = iso(slot)
     mine = [row for row in rows if row["timestamp"] == stamp]
     outcome["format"] = rows[0]["source_format"]
     outcome["reasons"] = problems + [_elsewhere(row["timestamp"], slot) for row in rows if row["timestamp"] != stamp]

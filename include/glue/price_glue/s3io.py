@@ -8,11 +8,10 @@ import io
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timezone
 
 from include.glue.price_glue.formats import Rejected
 from include.glue.price_glue.validation import to_csv
-from include.price_pipeline.layout import INGESTED_TAG, ingestion_window_prefix, partition, slots_between
+from include.price_pipeline.layout import INGESTED_TAG, ingestion_window_prefix, iso, partition, slots_between
 
 MAX_WORKERS = 16
 #: A conditional write of a window's canonical CSV is read, merged and tried again this often.
@@ -58,7 +57,7 @@ def _list_objects(s3, bucket, prefix):
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             # S3's LastModified has one-second resolution (whatever a stand-in gives): compare seconds only
-            modified = item["LastModified"].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            modified = iso(item["LastModified"])
             out.append((item["Key"], item["Size"], modified))
     return out
 

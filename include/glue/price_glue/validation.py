@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from include.glue.price_glue.formats import NUMERIC_FIELDS, Rejected, clip, decode_text, parse_object, spellings
 from include.glue.price_glue.numbers import Numbers, decimal_convention, read_timestamp
-from include.price_pipeline.layout import CANONICAL_COLUMNS, CSV_COLUMNS
+from include.price_pipeline.layout import CANONICAL_COLUMNS, CSV_COLUMNS, iso
 
 PRICE_FIELDS = ("open", "high", "low", "close", "weighted_average")
 VOLUME_FIELDS = ("volume", "quote_volume")
@@ -78,7 +78,7 @@ def _canonical(raw, aliases, pair, numbers):
     if moment.second or moment.microsecond or moment.minute % 5:
         raise Rejected("timestamp {} is not on a 5-minute boundary".format(moment.isoformat()))
     row = dict.fromkeys(CANONICAL_COLUMNS)
-    row["timestamp"] = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    row["timestamp"] = iso(moment)
     _field(raw, aliases, "pair", lambda named: _pair(named, pair))
     row["pair"] = pair
     for field in NUMERIC_FIELDS:
@@ -266,7 +266,7 @@ def _time_of(raw, aliases):
         moment = _field(raw, aliases, "timestamp", read_timestamp)
     except Rejected:
         return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+    return iso(moment) if moment else None
 
 
 def one_line(reasons):
