@@ -58,14 +58,6 @@ data "aws_iam_policy_document" "glue_job" {
   }
 
   statement {
-    # Tag a raw record ingested once its canonical CSV or quarantine copy is written (lifecycle expiry).
-    sid       = "TagIngestedRawRecords"
-    effect    = "Allow"
-    actions   = ["s3:PutObjectTagging"]
-    resources = ["${local.bucket_arn}/${var.ingestion_prefix}*"]
-  }
-
-  statement {
     sid     = "WriteCanonicalCsvAndQuarantine"
     effect  = "Allow"
     actions = ["s3:PutObject"]

@@ -17,20 +17,18 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "data" {
   }
 }
 
-# What is kept (README "Bad input" says the same): raw objects until 30 days after upload once the Glue
-# job has tagged them ingested (their canonical CSV or quarantine copy is written; untagged ones are
-# kept), quarantine copies 180 days, canonical CSVs, Parquet and the ledger with every version forever.
+# What is kept (README "Bad input" says the same): raw objects until 90 days after upload (by then their
+# window's canonical CSV or quarantine copy holds what they gave; a per-object "ingested" tag cost a request
+# per pair and window), quarantine copies 180 days, canonical CSVs, Parquet and the ledger with every version
+# forever.
 resource "aws_s3_bucket_lifecycle_configuration" "data" {
   bucket = aws_s3_bucket.data.id
 
   rule {
-    id     = "expire-ingested-raw-records"
+    id     = "expire-raw-records"
     status = "Enabled"
     filter {
-      and {
-        prefix = var.ingestion_prefix
-        tags   = local.ingested_tag
-      }
+      prefix = var.ingestion_prefix
     }
     expiration {
       days = var.ingestion_expiration_days
@@ -38,21 +36,20 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
     noncurrent_version_expiration {
       noncurrent_days = var.noncurrent_version_expiration_days
     }
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
   }
 
   rule {
-    # A tag filter cannot carry these two: the delete marker left once a raw object's last version is
-    # gone, and uploads that never completed.
-    id     = "raw-delete-markers-and-uploads"
+    # An expiration in days cannot carry this: the delete marker left once a raw object's last version is gone.
+    id     = "raw-delete-markers"
     status = "Enabled"
     filter {
       prefix = var.ingestion_prefix
     }
     expiration {
       expired_object_delete_marker = true
-    }
-    abort_incomplete_multipart_upload {
-      days_after_initiation = 1
     }
   }
 
@@ -179,8 +176,6 @@ locals {
     data        = aws_s3_bucket.data
     access_logs = aws_s3_bucket.access_logs
   }
-  # The tag the Glue job puts on a raw object once it is ingested (layout.INGESTED_TAG).
-  ingested_tag = { "price-pipeline" = "ingested" }
 }
 
 resource "aws_s3_bucket_public_access_block" "bucket" {

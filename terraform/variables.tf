@@ -85,9 +85,9 @@ variable "s3_encryption" {
 }
 
 variable "ingestion_expiration_days" {
-  description = "Raw records the Glue job has tagged ingested expire this many days after upload (untagged ones are kept)."
+  description = "Raw records expire this many days after upload: a window no run normalized by then (Airflow down, catchup off) must be backfilled before."
   type        = number
-  default     = 30
+  default     = 90
 
   validation {
     condition     = var.ingestion_expiration_days >= 1

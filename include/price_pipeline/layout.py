@@ -35,9 +35,6 @@ CANONICAL_COLUMNS = ("timestamp", "pair", "open", "high", "low", "close", "volum
 ADDED_COLUMNS = ("weighted_average_basis", "superseded")
 #: The header of every canonical CSV the Glue job writes.
 CSV_COLUMNS = CANONICAL_COLUMNS + ADDED_COLUMNS
-#: The S3 object tag the Glue job puts on a raw object once what it gave is written (canonical CSV or
-#: quarantine copy); Terraform expires only raw objects that carry it.
-INGESTED_TAG = {"Key": "price-pipeline", "Value": "ingested"}
 
 
 def slot_start(moment: datetime) -> datetime:

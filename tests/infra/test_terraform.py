@@ -469,7 +469,7 @@ def test_bucket_is_private_encrypted_versioned_and_expires_by_prefix():
     assert policy == '${data.aws_iam_policy_document.deny_insecure_transport["data"].json}'
 
 
-def test_only_ingested_raw_records_and_quarantine_copies_expire_and_ledger_history_is_kept():
+def test_only_raw_records_and_quarantine_copies_expire_and_ledger_history_is_kept():
     tf = module()
     expiry, noncurrent = {}, set()
     for lifecycle_rule in tf.resource("aws_s3_bucket_lifecycle_configuration", "data")["rule"]:
@@ -481,9 +481,8 @@ def test_only_ingested_raw_records_and_quarantine_copies_expire_and_ledger_histo
                 expiry[(prefix, tuple(sorted(tags.items())))] = resolve(expiration["days"])
         if lifecycle_rule.get("noncurrent_version_expiration"):
             noncurrent.add(prefix)
-    ingested = (layout.INGESTED_TAG["Key"], layout.INGESTED_TAG["Value"])
-    assert set(expiry) == {(layout.INGESTION_PREFIX, (ingested,)), (layout.QUARANTINE_PREFIX, ())}
-    assert expiry[(layout.QUARANTINE_PREFIX, ())] > expiry[(layout.INGESTION_PREFIX, (ingested,))]
+    assert set(expiry) == {(layout.INGESTION_PREFIX, ()), (layout.QUARANTINE_PREFIX, ())}
+    assert expiry[(layout.QUARANTINE_PREFIX, ())] > expiry[(layout.INGESTION_PREFIX, ())]
     # No version purge reaches the ledger, the canonical CSV or Parquet (a rule without prefix would).
     assert noncurrent == {layout.INGESTION_PREFIX, layout.QUARANTINE_PREFIX}
 
@@ -569,11 +568,7 @@ def test_glue_role_reads_raw_and_writes_only_its_outputs():
     assert reads == {f"{layout.INGESTION_PREFIX}*", script, glue_bundle.KEY}
     writes = {_s3_prefix_of(arn) for arn in policy["WriteCanonicalCsvAndQuarantine"]["resources"]}
     assert writes == {f"{layout.ANALYSIS_PREFIX}*", f"{layout.QUARANTINE_PREFIX}*"}
-    tagging = [s for s in policy.values() if any("Tagging" in action for action in s["actions"])]
-    assert [(s["actions"], s["resources"]) for s in tagging] == [
-        (["s3:PutObjectTagging"], ["${local.bucket_arn}/${var.ingestion_prefix}*"])
-    ]
-    assert {_s3_prefix_of(arn) for arn in tagging[0]["resources"]} == {f"{layout.INGESTION_PREFIX}*"}
+    assert not [s for s in policy.values() if any("Tagging" in action for action in s["actions"])]
 
 
 def test_outputs_are_exactly_the_deployment_settings():

@@ -324,15 +324,15 @@ def test_truncated_valid_objects_never_crash_nor_give_an_invalid_row(record, sty
 
 
 class RecordingS3:
-    """The S3 calls apply_plan makes, recorded: which keys it writes and tags."""
+    """The S3 calls apply_plan makes, recorded: which keys it writes (it has no other call to make)."""
 
     #: botocore's model of S3 as a real client holds it: the job asks it which parameters PutObject takes.
     meta = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").meta
 
     def __init__(self):
-        self.written, self.tagged = [], []
+        self.written = []
 
-    def copy_object(self, Bucket, Key, CopySource, TaggingDirective):  # noqa: N803 - boto3's names
+    def copy_object(self, Bucket, Key, CopySource):  # noqa: N803 - boto3's names
         self.written.append(Key)
 
     def put_object(self, Bucket, Key, Body, ContentType, **condition):  # noqa: N803
@@ -340,9 +340,6 @@ class RecordingS3:
 
     def get_object(self, Bucket, Key):  # noqa: N803 - nothing is written yet
         raise ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject")
-
-    def put_object_tagging(self, Bucket, Key, Tagging):  # noqa: N803
-        self.tagged.append((Key, Tagging["TagSet"]))
 
 
 CONTRACT_ARGS = SimpleNamespace(
@@ -387,8 +384,8 @@ def version(key: str, window: datetime) -> int:
 
 
 def test_an_older_record_behind_two_of_unknown_order_is_quarantined_with_them_not_dropped():
-    """Hypothesis found it: the older record was neither used, superseded nor quarantined, only tagged
-    (Terraform expires tagged raw objects)."""
+    """Hypothesis found it: the older record was neither used, superseded nor quarantined (Terraform expires
+    raw objects)."""
     window = datetime(2010, 1, 1, tzinfo=UTC)
     prefix = layout.ingestion_window_prefix(window, layout.INGESTION_PREFIX)
     body = json.dumps([{"timestamp": int(window.timestamp()), "open": 1, "high": 1, "low": 1, "close": 1,
@@ -474,7 +471,6 @@ def test_any_objects_under_a_window_write_at_most_its_csv_and_their_quarantine_c
 
     allowed = {layout.analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
     assert set(s3.written) <= allowed
-    assert s3.tagged == [(key, [layout.INGESTED_TAG]) for key in sorted(objects)]  # after every write
     quarantined = {source for source, *_ in plan["quarantine"]}
     for key in objects:  # nothing is dropped silently: each object gave the CSV, was superseded or quarantined
         assert key == plan["used"] or key in plan["superseded"] or key in quarantined
@@ -521,7 +517,6 @@ def test_any_other_pairs_objects_of_a_window_write_one_shared_csv_with_a_row_per
 
     allowed = {layout.analysis_key(window)} | {k for key in objects for k in layout.quarantine_keys(window, key)}
     assert set(s3.written) <= allowed
-    assert sorted(s3.tagged) == [(key, [layout.INGESTED_TAG]) for key in sorted(objects)]
     with_record = sorted(pair for pair, one in zip(chosen, plans, strict=True) if one["used"] is not None)
     if not with_record:
         assert written is None

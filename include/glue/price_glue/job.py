@@ -141,7 +141,7 @@ def plan_window(args, slot, outcomes, pair):
 
     ``outcomes`` are ``assess`` results with the key's ``version`` and the listing's ``modified`` added. The
     winner is the tie rule's (README "Bad input"); the rest of the objects with a refused record are copied to
-    quarantine (the note names ``pair``, None for no configured pair); every object is tagged as ingested.
+    quarantine (the note names ``pair``, None for no configured pair).
     """
     candidates = sorted((o for o in outcomes if o["row"] is not None), key=lambda o: _order(o) + (o["key"],))
     tied = [o for o in candidates if _order(o) == _order(candidates[-1])]
@@ -163,7 +163,6 @@ def plan_window(args, slot, outcomes, pair):
             outcome["reasons"].append(why)
         candidates = []
     plan = {"window": slot_stamp(slot), "row": None, "used": None, "quarantine": []}
-    plan["tag"] = sorted(o["key"] for o in outcomes)
     plan["superseded"] = [o["key"] for o in candidates[:-1]]
     if candidates:
         plan["used"] = candidates[-1]["key"]
@@ -190,17 +189,14 @@ def _order(outcome):
     return outcome["version"], outcome["modified"]
 
 
-def plan_pairs(args, slot, plans, tag_workers=1):
-    """The pairs' plans of window ``slot`` as one: their quarantine writes and tags, and the rows of the one
-    CSV ``analysis_key(slot)`` (S3 bills a PUT per object, whatever its size). ``tag_workers``: threads tagging
-    the window's raw objects (a live window's run has nothing else to do in parallel)."""
+def plan_pairs(args, slot, plans):
+    """The pairs' plans of window ``slot`` as one: their quarantine writes, and the rows of the one CSV
+    ``analysis_key(slot)`` (S3 bills a PUT per object, whatever its size)."""
     rows = [plan["row"] for plan in plans if plan["row"] is not None]
     return {
         "window": slot_stamp(slot),
         "pairs_csv": (analysis_key(slot, args.analysis_prefix), rows) if rows else None,
         "quarantine": [item for plan in plans for item in plan["quarantine"]],
-        "tag": sorted(key for plan in plans for key in plan["tag"]),
-        "tag_workers": tag_workers,
     }
 
 
@@ -231,8 +227,7 @@ def run(s3, args, spread=False):
     by_slot = {}
     for (slot, _pair), plan in zip(windows, plans):  # noqa: B905 - no strict= on 3.9
         by_slot.setdefault(slot, []).append(plan)
-    tag_workers = MAX_WORKERS if len(by_slot) == 1 else 1  # one window: tag its pairs' objects in parallel
-    writes = [plan_pairs(args, slot, group, tag_workers) for slot, group in sorted(by_slot.items())]
+    writes = [plan_pairs(args, slot, group) for slot, group in sorted(by_slot.items())]
     written = [item for item in _each(s3, args, apply_plan, writes, processes) if item is not None]
     summary["rows"] = len(written)
     if args.end - args.start > timedelta(seconds=SLOT_SECONDS):

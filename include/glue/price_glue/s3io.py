@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from include.glue.price_glue.formats import Rejected
 from include.glue.price_glue.validation import to_csv
-from include.price_pipeline.layout import INGESTED_TAG, ingestion_window_prefix, iso, partition, slots_between
+from include.price_pipeline.layout import ingestion_window_prefix, iso, partition, slots_between
 
 MAX_WORKERS = 16
 #: A conditional write of a window's canonical CSV is read, merged and tried again this often.
@@ -147,26 +147,17 @@ def error_code(error):
 
 
 def apply_plan(s3, args, plan):
-    """Make a window's planned writes: quarantine copies and reasons, the canonical CSV, then (the lifecycle
-    rule expires tagged objects) the ``price-pipeline=ingested`` tag on each raw object of the window.
-    Returns ``(key, body)`` of the CSV written, or None."""
+    """Make a window's planned writes: quarantine copies and reasons, then the canonical CSV. Returns
+    ``(key, body)`` of the CSV written, or None."""
     for source_key, copy_key, reason_key, note in plan["quarantine"]:
         s3.copy_object(
             Bucket=args.bucket,
             Key=copy_key,
             CopySource={"Bucket": args.bucket, "Key": source_key},
-            TaggingDirective="REPLACE",  # the copy is not "ingested": it expires with the quarantine prefix
         )
         body = json.dumps(note, sort_keys=True).encode("utf-8")
         s3.put_object(Bucket=args.bucket, Key=reason_key, Body=body, ContentType="application/json")
-    written = None if plan["pairs_csv"] is None else write_pairs_csv(s3, args.bucket, *plan["pairs_csv"])
-
-    def tag(key):
-        s3.put_object_tagging(Bucket=args.bucket, Key=key, Tagging={"TagSet": [INGESTED_TAG]})
-
-    with ThreadPoolExecutor(plan.get("tag_workers", 1)) as pool:
-        list(pool.map(tag, plan["tag"]))
-    return written
+    return None if plan["pairs_csv"] is None else write_pairs_csv(s3, args.bucket, *plan["pairs_csv"])
 
 
 def s3_client():
