@@ -8,8 +8,9 @@ record whose candle starts at `data_interval_start`:
    `crypto/01-data-ingestion/.../<YYYYMMDDTHHMM>Z/<BASE>_<QUOTE><any extension>`, or once one is there, for
    `PRICE_PAIRS_DEADLINE_SECONDS` after the window ended (the pairs still missing are late). With none there
    it gives up at the sensor timeout (*Feed stale*); a backfill run, or an old window, looks once.
-2. **normalize_price_record**: Glue Python shell job (0.0625 DPU) writes the window's canonical CSV (a row
-   per pair), or quarantines an object it cannot trust.
+2. **normalize_price_record** (`GlueJobOperator`, subclassed): Glue Python shell job (0.0625 DPU) writes the
+   window's canonical CSV (a row per pair), or quarantines an object it cannot trust; deferred while it runs,
+   unless it ends within 3 s (a deferral costs a second task start).
 3. **analyse_pairs**: every pair's rules, decided by one engine; every decision goes to the window's ledger
    object, and a due rule is claimed there with a conditional write (`publishing`). With no pair's record to
    decide, the task fails.
@@ -29,7 +30,6 @@ below override a named pair's change rule for one run (`pair`, `rule`; the numbe
 from __future__ import annotations
 
 import pendulum
-from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk import Param, chain, dag, task
 
 from include.price_pipeline import layout, operators, runs, settings
@@ -74,7 +74,7 @@ def price_notification():
         retry_delay=pendulum.duration(seconds=2),  # then it looks again at once, not 20 s later
     )
 
-    normalize_price_record = GlueJobOperator(
+    normalize_price_record = operators.WindowGlueJobOperator(
         task_id="normalize_price_record",
         aws_conn_id=config.aws_conn_id,
         **settings.glue_job_spec(config),
