@@ -24,13 +24,14 @@ NOT_CROSSED = "not_crossed"
 BELOW_MIN_MOVE = "below_min_abs_move"
 SUPPRESSED_COOLDOWN = "suppressed_cooldown"
 SUPPRESSED_BACKFILL = "suppressed_backfill"
+SUPPRESSED_QUIET_HOURS = "suppressed_quiet_hours"  # a firing in the rule's quiet hours: recorded, never sent
 INVALID_CHANGE = "invalid_change"  # the change is not a finite number: refused, never published
 PUBLISHING = "publishing"  # claimed by one run, which alone may publish and then write NOTIFIED
 NOTIFIED = "notified"
 #: Decisions no writer may overwrite: the window's alert belongs to whoever claimed it.
 CLAIMED = (PUBLISHING, NOTIFIED)
 #: A rule's decisions that are a firing, sent or not (the page marks them, the bulk summary counts them).
-FIRED = (NOTIFY, PUBLISHING, NOTIFIED, SUPPRESSED_BACKFILL, SUPPRESSED_COOLDOWN)
+FIRED = (NOTIFY, PUBLISHING, NOTIFIED, SUPPRESSED_BACKFILL, SUPPRESSED_COOLDOWN, SUPPRESSED_QUIET_HOURS)
 #: The reason of a breach suppressed only because its window ended too long ago (see due_for_subscribers).
 LATE_REASON = "window ended more than max_alert_age"
 #: Cooldown checkpoints count from here (see :func:`suppressed_by`).

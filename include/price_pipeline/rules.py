@@ -11,8 +11,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
+from functools import partial
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from include.price_pipeline import layout
 from include.price_pipeline.analysis import (  # noqa: F401 - the decisions, re-exported: rules.NOTIFY, ...
@@ -23,6 +25,7 @@ from include.price_pipeline.analysis import (  # noqa: F401 - the decisions, re-
     NOT_CROSSED,
     NOTIFY,
     SUPPRESSED_COOLDOWN,
+    SUPPRESSED_QUIET_HOURS,
     NeedEarlier,
     Price,
     Suppression,
@@ -58,6 +61,29 @@ class RulesError(ValueError):
 
 
 @dataclass(frozen=True)
+class QuietHours:
+    """Hours of the local wall clock of ``time_zone`` in which a rule's firing is recorded, not sent, unless
+    its |change| is above ``unless_pct`` (README "Quiet hours"). ``start`` after ``end`` spans midnight."""
+
+    start: time
+    end: time
+    time_zone: str
+    unless_pct: float | None = None
+
+    def local(self, slot: datetime) -> time:
+        return slot.astimezone(ZoneInfo(self.time_zone)).time()
+
+    def hold(self, slot: datetime) -> bool:
+        """Whether the window starting at ``slot`` starts inside the quiet hours (at ``start``: inside; at
+        ``end``: outside), by the wall clock of its zone on that day: daylight saving moves them in UTC."""
+        at = self.local(slot)
+        return self.start <= at < self.end if self.start < self.end else not self.end <= at < self.start
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M} {self.time_zone}"
+
+
+@dataclass(frozen=True)
 class Rule:
     """One rule of one pair; fields a kind does not use keep their defaults."""
 
@@ -70,6 +96,7 @@ class Rule:
     tolerance_minutes: int = 0  # how much earlier than wanted the reference record may be
     min_abs_move: float = 0.0
     cooldown_minutes: int = 0
+    quiet_hours: QuietHours | None = None
 
     @property
     def reference_offset(self) -> timedelta:
@@ -262,10 +289,8 @@ def _source_field(raw: dict, name: str, valid, default: str, where: str) -> str:
     return value
 
 
-_FIELDS = {
-    CHANGE: {"name", "kind", "threshold_pct", "minutes", "tolerance_minutes", "min_abs_move", "cooldown_minutes"},
-    CROSSING: {"name", "kind", "level", "direction", "tolerance_minutes", "min_abs_move", "cooldown_minutes"},
-}
+_COMMON = {"name", "kind", "tolerance_minutes", "min_abs_move", "cooldown_minutes", "quiet_hours"}
+_FIELDS = {CHANGE: _COMMON | {"threshold_pct", "minutes"}, CROSSING: _COMMON | {"level", "direction"}}
 
 
 def _rule(raw, where: str, index: int) -> Rule:
@@ -285,6 +310,7 @@ def _rule(raw, where: str, index: int) -> Rule:
         "tolerance_minutes": _minutes(raw, "tolerance_minutes", where, 0, MAX_MINUTES, default=0, multiple=False),
         "min_abs_move": _number(raw, "min_abs_move", where, MAX_PRICE, default=0.0),
         "cooldown_minutes": _minutes(raw, "cooldown_minutes", where, 0, MAX_COOLDOWN_MINUTES, default=0),
+        "quiet_hours": _quiet_hours(raw.get("quiet_hours"), f"{where}: quiet_hours"),
     }
     if kind == CHANGE:
         values["threshold_pct"] = _number(raw, "threshold_pct", where, MAX_THRESHOLD_PCT)
@@ -296,6 +322,35 @@ def _rule(raw, where: str, index: int) -> Rule:
             raise RulesError(f"{where}: direction must be one of {', '.join(DIRECTIONS)} (got {direction!r})")
         values["direction"] = direction
     return Rule(name=name, kind=kind, **values)
+
+
+_CLOCK = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+def _quiet_hours(raw, where: str) -> QuietHours | None:
+    """A rule's ``quiet_hours``: ``{"from": "23:00", "to": "07:00", "time_zone": "Europe/Berlin"}`` and
+    optionally ``unless_pct``; None when the rule has none."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"from", "to", "time_zone", "unless_pct"}:
+        raise RulesError(f"{where}: must be an object of from, to, time_zone and optionally unless_pct")
+    clock = {}
+    for name in ("from", "to"):
+        value = raw.get(name)
+        if not isinstance(value, str) or not _CLOCK.fullmatch(value):
+            raise RulesError(f"{where}: {name} must be HH:MM, 00:00 to 23:59 (got {_shown(value)})")
+        clock[name] = time.fromisoformat(value)
+    if clock["from"] == clock["to"]:
+        raise RulesError(f"{where}: from and to are the same time (no quiet hours, or all day?)")
+    zone = raw.get("time_zone")
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, TypeError, ValueError):
+        raise RulesError(
+            f"{where}: time_zone must be an IANA time zone, e.g. Europe/Berlin (got {_shown(zone)})"
+        ) from None
+    unless = _number(raw, "unless_pct", where, MAX_THRESHOLD_PCT) if "unless_pct" in raw else None
+    return QuietHours(clock["from"], clock["to"], zone, unless)
 
 
 def _number(raw: dict, field: str, where: str, high: float, default: float | None = None,
@@ -496,12 +551,21 @@ def _fired(rule: Rule, series: Series, window: datetime) -> str | None:
 
 def evaluate(rule: Rule, series: Series, slot: datetime) -> Decision:
     """The rule's decision for the window starting at ``slot``; ``series`` must hold every record from
-    ``slot - rule.history`` on (the decision depends on nothing else)."""
+    ``slot - rule.history`` on (the decision depends on nothing else). A firing is then held by the cooldown
+    (which counts every firing, held or sent) or by the quiet hours."""
     decision = series.raw(rule, slot)
-    if decision.decision != NOTIFY or not rule.cooldown_minutes:
+    if decision.decision != NOTIFY:
         return decision
-    suppression = suppressed_by(slot, decision.direction, lambda window: _fired(rule, series, window), rule.cooldown)
-    if suppression is None:
+    if rule.cooldown_minutes:
+        suppression = suppressed_by(slot, decision.direction, partial(_fired, rule, series), rule.cooldown)
+        if suppression is not None:
+            reason = suppression.reason(decision.direction, f"the {rule.cooldown_minutes}-minute cooldown")
+            return replace(decision, decision=SUPPRESSED_COOLDOWN, reason=reason, suppressed_by=suppression)
+    quiet = rule.quiet_hours
+    if quiet is None or not quiet.hold(slot):
         return decision
-    reason = suppression.reason(decision.direction, f"the {rule.cooldown_minutes}-minute cooldown")
-    return replace(decision, decision=SUPPRESSED_COOLDOWN, reason=reason, suppressed_by=suppression)
+    held = f"quiet hours {quiet} (the window starts {quiet.local(slot):%H:%M} there)"
+    if quiet.unless_pct is not None and abs(decision.change_pct) > quiet.unless_pct:
+        return replace(decision, reason=f"{decision.reason}; sent in {held}: |change| above {quiet.unless_pct:g}%")
+    unless = "" if quiet.unless_pct is None else f", |change| <= unless_pct {quiet.unless_pct:g}%"
+    return replace(decision, decision=SUPPRESSED_QUIET_HOURS, reason=f"{held}{unless}: {decision.reason}")

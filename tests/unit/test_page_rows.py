@@ -36,6 +36,7 @@ def test_every_rule_that_fired_sent_or_not_is_listed_and_the_most_telling_one_de
             c=("notified", "down"),
             d=("below_min_abs_move", "up"),
             e=("suppressed_backfill", "up"),
+            f=("suppressed_quiet_hours", "down"),
         ),
     )
 
@@ -43,6 +44,7 @@ def test_every_rule_that_fired_sent_or_not_is_listed_and_the_most_telling_one_de
         {"rule": "b", "direction": "up", "decision": "suppressed_cooldown"},
         {"rule": "c", "direction": "down", "decision": "notified"},
         {"rule": "e", "direction": "up", "decision": "suppressed_backfill"},
+        {"rule": "f", "direction": "down", "decision": "suppressed_quiet_hours"},
     ]
     assert {marker["decision"] for marker in row["fired"]} <= set(analysis.FIRED)
     assert (row["decision"], row["reason"], row["price"]) == ("notified", "c: c says notified", 101000.0)
