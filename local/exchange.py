@@ -15,9 +15,13 @@ still open; a pair it does not list is Binance's error ``-1121 Invalid symbol`` 
 
 Faults, for tests: ``POST /_exchange/fault`` with ``{"mode": M, "count": N}`` makes the next N klines
 requests answer ``rate_limit`` (HTTP 429, Binance's -1003 body, Retry-After 1 s; ``rate_limit_long``:
-120 s), ``unavailable`` (503), ``malformed``
-(a kline missing values) or ``html`` (a 200 page that is not JSON); ``GET /_exchange/requests`` counts
-the klines requests served. An exchange that is down is this stand-in not running.
+120 s), ``unavailable`` (503), ``malformed`` (a kline missing values), ``html`` (a 200 page that is not
+JSON) or ``slow`` (the answer one byte every ``"seconds"``, default 5: each read is quick, the answer never
+is); ``GET /_exchange/requests`` counts the klines requests served. ``POST /_exchange/damage`` with
+``{"damages": [{"pair": P, "at": open_ms, "values": {index: value}, "width": N, "twin": bool}, ...]}``
+serves P's kline opening at ``at`` with those values set (and cut to ``width`` values), or beside it a
+second kline so changed when ``twin``: every request covering it, until the list is replaced. An exchange
+that is down is this stand-in not running.
 
 Run: ``python -m local.exchange --port 8765 [--data CSV]``. Stop with SIGTERM or Ctrl-C.
 """
@@ -50,7 +54,7 @@ SLOT_MS = 300_000
 LEVELS = {"ETH/USDT": 3000.0, "BTC/USDT": 90000.0, "SOL/USDT": 150.0}
 QUOTES = ("USDT", "USDC", "BTC", "ETH", "EUR", "USD", "BNB")
 MAX_LIMIT = 1000
-FAULTS = ("rate_limit", "rate_limit_long", "unavailable", "malformed", "html", "none")
+FAULTS = ("rate_limit", "rate_limit_long", "unavailable", "malformed", "html", "slow", "none")
 DEFAULT_LIMIT = 500
 
 
@@ -114,6 +118,8 @@ class Exchange:
     def __init__(self, candles: Candles, pairs: tuple[str, ...]):
         self.candles, self.pairs = candles, pairs
         self.faults: list[str] = []
+        self.slow_seconds = 5.0
+        self.damages: list[dict] = []
         self.requests = 0
         self.lock = threading.Lock()
 
@@ -121,6 +127,17 @@ class Exchange:
         with self.lock:
             self.requests += 1
             return self.faults.pop(0) if self.faults else None
+
+    def damaged(self, pair: str, served: list[list]) -> list[list]:
+        """``served`` with this pair's damages applied (see the module's docstring)."""
+        out = []
+        for kline in served:
+            out.append(kline)
+            for damage in (d for d in self.damages if d.get("pair") == pair and d.get("at") == kline[0]):
+                changed = [damage["values"].get(str(index), value) for index, value in enumerate(kline)]
+                changed = changed[: damage.get("width", len(changed))]
+                out[-1:] = [kline, changed] if damage.get("twin") else [changed]
+        return out
 
 
 def handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
@@ -157,20 +174,27 @@ def handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
                 route(query)
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            if urlsplit(self.path).path != "/_exchange/fault":
+            path = urlsplit(self.path).path
+            if path not in ("/_exchange/fault", "/_exchange/damage"):
                 self.answer(404, {"code": -1, "msg": "no route"})
                 return
             length = self.headers.get("Content-Length", "")
             try:
-                spec = json.loads(self.rfile.read(int(length))) if length.isdigit() and int(length) <= 4096 else {}
+                spec = json.loads(self.rfile.read(int(length))) if length.isdigit() and int(length) <= 65536 else {}
             except ValueError:
                 spec = {}
+            if path == "/_exchange/damage":
+                with exchange.lock:
+                    exchange.damages = list(spec.get("damages", [])) if isinstance(spec, dict) else []
+                self.answer(200, {"damages": len(exchange.damages)})
+                return
             mode, count = (spec.get("mode"), spec.get("count", 1)) if isinstance(spec, dict) else (None, 0)
             if mode not in FAULTS or not isinstance(count, int) or not 0 <= count <= 1000:
                 self.answer(400, {"code": -1, "msg": f"mode one of {FAULTS}, count 0 to 1000"})
                 return
             with exchange.lock:
                 exchange.faults = [mode] * count
+                exchange.slow_seconds = float(spec.get("seconds", 5.0))
             self.answer(200, {"faults": len(exchange.faults)})
 
         def klines(self, query: dict) -> None:
@@ -200,10 +224,27 @@ def handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
             now = int(time.time() * 1000)
             if "startTime" not in query:  # Binance: the latest candles
                 start = max(0, (min(end, now) // SLOT_MS - limit + 1) * SLOT_MS)
-            served = list(exchange.candles.klines(pair, start, end, limit, now))
+            served = exchange.damaged(pair, list(exchange.candles.klines(pair, start, end, limit, now)))
             if fault == "malformed":
                 served = [kline[:5] for kline in served]
+            if fault == "slow":
+                self.drip(json.dumps(served).encode(), exchange.slow_seconds)
+                return
             self.answer(200, served)
+
+        def drip(self, body: bytes, seconds: float) -> None:
+            """A 200 answer of ``body`` one byte every ``seconds``, until the client has gone."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for index in range(len(body)):
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+                    time.sleep(seconds)
+            except OSError:
+                self.close_connection = True
 
         def exchange_info(self, _query: dict) -> None:
             pairs = exchange.pairs or tuple(LEVELS)

@@ -378,9 +378,13 @@ class ExchangeStandin:
         with urllib.request.urlopen(urllib.request.Request(root + path, data=data), timeout=10) as answer:  # noqa: S310
             return json.loads(answer.read())
 
-    def fault(self, mode: str, count: int = 1) -> None:
-        """The next ``count`` klines requests answer ``mode`` (rate_limit, unavailable, malformed, html)."""
-        self._request("/_exchange/fault", {"mode": mode, "count": count})
+    def fault(self, mode: str, count: int = 1, **spec) -> None:
+        """The next ``count`` klines requests answer ``mode`` (rate_limit, unavailable, malformed, html, slow)."""
+        self._request("/_exchange/fault", {"mode": mode, "count": count, **spec})
+
+    def damage(self, *damages: dict) -> None:
+        """Serve these damaged klines from now on (local/exchange.py: pair, at, values, width, twin)."""
+        self._request("/_exchange/damage", {"damages": list(damages)})
 
     def requests(self) -> int:
         return self._request("/_exchange/requests")["klines"]
@@ -403,7 +407,9 @@ def exchange_standin():
 
 @pytest.fixture
 def exchange(exchange_standin):
-    """The exchange stand-in with no fault pending."""
+    """The exchange stand-in with no fault pending and no damaged kline."""
     exchange_standin.fault("none", 0)
+    exchange_standin.damage()
     yield exchange_standin
     exchange_standin.fault("none", 0)
+    exchange_standin.damage()
