@@ -120,8 +120,10 @@ def fetch(stack: Stack, start: datetime, end: datetime) -> bool:
         print(f"Feed problem, nothing backfilled: {problem}", file=sys.stderr)
         return False
     for pair, counts in fetched.items():
-        print(f"  {pair}: {counts['written']} written, {counts['present']} had a record, "
-              f"{counts['not_served']} not served by the exchange", flush=True)  # fmt: skip
+        print(f"  {pair}: {counts['written']} written, {counts['present']} had a record, {counts['not_served']} "
+              f"not served by the exchange, {counts['refused']} refused", flush=True)  # fmt: skip
+        for line in counts["refusals"]:
+            print(f"    refused: {line}", flush=True)
     return True
 
 

@@ -1,24 +1,28 @@
 """The exchange feed: each pair's closed 5-minute candles from its exchange, through ccxt, written to the
 pair's ingestion key exactly as an outside producer would write them.
 
-What is written, when, how often and from which exchange (the rules file's ``feed``, ``rules.Source``) is
-README's "Exchange feed". A candle is closed by the wall clock ``now``: whether it closed is a fact of the
-exchange's time, not of the run's. Plain functions, no Airflow: the DAGs' tasks (``runs``) and ``make
-backfill`` call them; ccxt is imported where an exchange is made, never when a DAG is parsed.
+What is written, when, how often, from which exchange (the rules file's ``feed``, ``rules.Source``) and what
+is refused is README's "Exchange feed". A candle is closed by the wall clock ``now``: whether it closed is a
+fact of the exchange's time, not of the run's. Plain functions, no Airflow: the DAGs' tasks (``runs``) and
+``make backfill`` call them; ccxt is imported where an exchange is made, never when a DAG is parsed.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from types import SimpleNamespace
 
 from botocore.exceptions import ClientError
 
+from include.glue.price_glue.formats import Rejected
+from include.glue.price_glue.validation import records_of
 from include.price_pipeline import layout, store
 from include.price_pipeline.alerts import quoted
 from include.price_pipeline.rules import QUOTE_VOLUME_EXCHANGES
@@ -28,16 +32,24 @@ SLOT_MS = layout.SLOT_SECONDS * 1000
 PAGE = 1000
 TRIES = 4
 BACKOFF_SECONDS = 1.0
+#: ccxt's timeout: it bounds each read of an answer, not the answer.
 TIMEOUT_MS = 10_000
+#: Longest one request may take as a whole; one over it is not tried again in this fetch (README).
+DEADLINE_SECONDS = 20.0
 #: A rate limit's Retry-After longer than this is not waited out within the task: the pair is a problem.
 MAX_RETRY_AFTER_SECONDS = 30
 RECORD_SUFFIX = ".json"
+#: How many windows not served, or refused, a pair's summary names (it counts them all).
+NAMED = 20
+#: The Glue job's own reading of a record: what the feed writes, the job accepts.
+_JOB = SimpleNamespace(aliases=json.loads(layout.FIELD_ALIASES_PATH.read_text()))
+_MS_DIGITS = re.compile(r"[0-9]{1,15}")
 
 
 class FeedProblem(Exception):
-    """A pair's candles could not be had or cannot be trusted; the message is one line naming the exchange
-    and the pair, and nothing was written for them. ``unreachable``: the exchange itself did not answer or
-    refused for its rate limit, after every try (its other pairs are not asked again in this fetch)."""
+    """A pair's candles could not be had, or a candle cannot be trusted; the message is one line.
+    ``unreachable``: the exchange itself did not answer in time or refused for its rate limit, after every
+    try (its other pairs are not asked again in this fetch)."""
 
     def __init__(self, message: str, unreachable: bool = False):
         super().__init__(message)
@@ -47,22 +59,26 @@ class FeedProblem(Exception):
 @dataclass
 class Fetched:
     """What one fetch did for a pair: keys written, windows that already had a record, windows the exchange
-    served no candle for, problems (one line each)."""
+    served no candle for (stamps), windows refused (a line each, naming the candles), and the pair's
+    problems (one line each: nothing was fetched for it)."""
 
     exchange: str
     written: list[str] = field(default_factory=list)
     present: int = 0
     not_served: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     passing: bool = False  # a problem another try may not have: the exchange unreachable, S3 refusing
 
     def summary(self) -> dict:
-        return {
-            "written": len(self.written),
-            "present": self.present,
-            "not_served": len(self.not_served),
-            "problems": self.problems,
-        }
+        """Counts, and the first NAMED windows not served and refusals, then how many more there are."""
+
+        def named(items: list[str]) -> list[str]:
+            return items[:NAMED] + ([f"and {len(items) - NAMED} more"] if len(items) > NAMED else [])
+
+        return {"written": len(self.written), "present": self.present, "not_served": len(self.not_served),
+                "refused": len(self.refused), "windows_not_served": named(self.not_served),
+                "refusals": named(self.refused), "problems": self.problems}  # fmt: skip
 
 
 def connect(exchange_id: str, url: str = "", timeout_ms: int = TIMEOUT_MS):
@@ -81,19 +97,20 @@ def connect(exchange_id: str, url: str = "", timeout_ms: int = TIMEOUT_MS):
     return exchange
 
 
-def candles(exchange, source, pair: str, start: datetime, end: datetime, sleep=time.sleep) -> list[list]:
-    """The pair's candles opening in ``[start, end)``, in order, page by page: raw klines for an exchange
-    with quote volume, else ccxt's unified ``[ms, open, high, low, close, volume]``."""
+def candles(exchange, source, pair: str, start: datetime, end: datetime, sleep=time.sleep,
+            deadline: float = DEADLINE_SECONDS) -> list:  # fmt: skip
+    """The pair's candles opening in ``[start, end)`` as the exchange answered them, page by page: raw klines
+    for an exchange with quote volume, else ccxt's unified ``[ms, open, high, low, close, volume]``; an item
+    whose open time does not read is kept (``records`` reports it)."""
     start_ms, end_ms = _ms(start), _ms(end)
-    found: list[list] = []
+    found: list = []
     for since in range(start_ms, end_ms, PAGE * SLOT_MS):  # each page asks for its own span: none is skipped
         until = min(end_ms, since + PAGE * SLOT_MS)
-        page = _call(
-            lambda since=since, until=until: _page(exchange, source, pair, since, until), exchange, pair, sleep
-        )
-        if not isinstance(page, list) or not all(isinstance(candle, list) and candle for candle in page):
+        page = _call(lambda since=since, until=until: _page(exchange, source, pair, since, until), exchange, pair,
+                     sleep, deadline=deadline)  # fmt: skip
+        if not isinstance(page, list):
             raise FeedProblem(f"{exchange.id} {pair}: malformed answer (not a list of candles): {quoted(page)}")
-        found += [candle for candle in page if since <= _open_ms(candle, exchange.id, pair) < until]
+        found += [candle for candle in page if (opened := open_ms(candle)) is None or since <= opened < until]
     return found
 
 
@@ -110,81 +127,104 @@ def _page(exchange, source, pair: str, since: int, until: int) -> list:
     return exchange.fetch_ohlcv(pair, "5m", since, PAGE, {"until": until - 1})
 
 
-def record(source, candle: list, slot: datetime, now: datetime) -> bytes:
-    """The bytes written for one candle of ``slot``, checked: closed by ``now``, on its slot, every value a
-    finite non-negative number (FeedProblem otherwise, without the exchange and pair: the caller adds them)."""
-    opened = _ms(slot)
-    if opened + SLOT_MS > _ms(now):
-        closes = datetime.fromtimestamp((opened + SLOT_MS) / 1000, UTC)
-        raise FeedProblem(f"candle {slot:%Y-%m-%d %H:%M} UTC is still open (closes {closes:%H:%M:%S} UTC)")
-    volumes = source.weighted_average == "volumes"
-    width = 8 if volumes else 6
-    if len(candle) < width:
-        raise FeedProblem(f"malformed answer: candle has {len(candle)} values, not {width}: {quoted(candle)}")
-    values = [_number(value, candle) for value in candle[1:6]]
-    if volumes:
-        _number(candle[7], candle)
-        times = [_integer(candle[0]), _integer(candle[6]), _integer(candle[8]) if len(candle) > 8 else 0]
-        if times[:2] != [opened, opened + SLOT_MS - 1] or times[2] is None:
-            raise FeedProblem(f"malformed answer: candle {quoted(candle)} does not span one 5-minute candle")
-        # Binance's own kline: times and trade count as numbers, prices and volumes as text (ccxt's raw
-        # methods give everything as text).
-        kline = [times[0], *candle[1:6], times[1], candle[7], *([times[2], *candle[9:]] if len(candle) > 8 else [])]
-        return json.dumps([kline]).encode()
-    open_, high, low, close, volume = values
-    unified = {"date": opened // 1000, "open": open_, "high": high, "low": low, "close": close, "quoteVolume": volume}
-    return json.dumps({**unified, "weightedAverageBasis": "typical_price"}).encode()
+def records(source, pair: str, found: list, wanted: list[datetime], now: datetime):
+    """``(bodies by window, refused lines, windows not served)`` of the pair's candles ``found`` for the
+    windows ``wanted``. A window gets its one candle (identical copies are one) when ``record`` takes it; two
+    different candles, or one refused, leave it without a record and give a line naming the pair, the window
+    and the values; a candle whose open time does not read gives a line and no window."""
+    name, by_window, refused = f"{source.exchange} {pair}", {}, []
+    for candle in found:
+        opened = open_ms(candle)
+        if opened is None:
+            refused.append(f"{name}: a candle without an open time in ms: {quoted(candle)}")
+        elif candle not in (same := by_window.setdefault(opened - opened % SLOT_MS, [])):
+            same.append(candle)
+    bodies, not_served = {}, []
+    for slot in wanted:
+        served, at = by_window.get(_ms(slot), []), f"{name} {slot:%Y-%m-%d %H:%M} UTC"
+        try:
+            if len(served) > 1:
+                raise FeedProblem(f"{len(served)} different candles, {quoted(served[0])} and {quoted(served[1])}")
+            if served:
+                bodies[slot] = record(source, served[0], slot, now)
+            else:
+                not_served.append(layout.slot_stamp(slot))
+        except FeedProblem as problem:
+            refused.append(f"{at}: {problem}")
+    return bodies, refused, not_served
+
+
+def record(source, candle, slot: datetime, now: datetime) -> bytes:
+    """The bytes written for the candle of ``slot``: the exchange's kline (times and trade count as numbers,
+    as Binance sends them; ccxt's raw methods give every number as text), or for a typical_price pair ccxt's
+    unified candle as a record declaring that basis. FeedProblem (the reason, without the exchange, pair and
+    window) for a candle off the window's start, still open at ``now``, or that the Glue job would refuse:
+    its own reading of the bytes is the one definition of a candle and of a number."""
+    if open_ms(candle) != _ms(slot):
+        raise FeedProblem(f"candle opens off the window's start: {quoted(candle)}")
+    if _ms(slot) + SLOT_MS > _ms(now):
+        raise FeedProblem(f"candle is still open (closes {slot + layout.SLOT:%H:%M:%S} UTC)")
+    if source.weighted_average == "volumes":
+        kline = [_integer(value) if index in (0, 6, 8) and _integer(value) is not None else value
+                 for index, value in enumerate(candle)]  # fmt: skip
+        body = json.dumps([kline]).encode()
+    elif len(candle) == 6:
+        prices = dict(zip(("open", "high", "low", "close", "quoteVolume"), candle[1:], strict=True))
+        body = json.dumps({"date": _ms(slot) // 1000, **prices, "weightedAverageBasis": "typical_price"}).encode()
+    else:
+        raise FeedProblem(f"candle has {len(candle)} values, not 6: {quoted(candle)}")
+    try:
+        records_of(body, _JOB, "", "")
+    except Rejected as refused:  # one record: its reason is "record 0: ..."
+        raise FeedProblem(f"{quoted(str(refused).removeprefix('record 0: '))} in candle {quoted(candle)}") from None
+    return body
 
 
 def write_candles(s3, config, rule_set, start: datetime, end: datetime, now: datetime,
-                  connect_to: Callable = connect, sleep=time.sleep) -> dict[str, Fetched]:  # fmt: skip
+                  connect_to: Callable = connect, sleep=time.sleep, deadline: float = DEADLINE_SECONDS,
+                  ) -> dict[str, Fetched]:  # fmt: skip
     """Fetch and write every configured pair's closed candles of ``[start, end)`` that have no record yet
-    (one window: the live feed; a range: history, paged). Returns each pair's :class:`Fetched`; a pair's
-    problem is in its ``problems`` (one line), with nothing written for the windows it covers."""
+    (one window: the live feed; a range: history, paged), each exchange asked on its own thread, its pairs
+    in turn. Returns each pair's :class:`Fetched`: a refused window costs that window only; a pair's problem
+    (one line) costs its windows."""
     slots = layout.slots_between(start, end)
     present = store.records_present(s3, config.bucket, config.ingestion_prefix, slots, rule_set.default_pair)
-    exchanges: dict[str, object] = {}
-    unreachable: dict[str, str] = {}  # exchange -> the pair whose tries found it so
-    done: dict[str, Fetched] = {}
+    done = {pair: Fetched(source.exchange) for pair, source in rule_set.feed.items()}
+    by_exchange: dict[str, list[str]] = {}
     for pair, source in rule_set.feed.items():
-        fetched = done[pair] = Fetched(source.exchange)
-        wanted = [slot for slot in slots if (slot, pair) not in present]
-        fetched.present = len(slots) - len(wanted)
-        if not wanted:
-            continue
-        if source.exchange in unreachable:
-            fetched.problems.append(f"{source.exchange} {pair}: not asked, as for {unreachable[source.exchange]}")
-            fetched.passing = True
-            continue
-        try:
-            if source.exchange not in exchanges:
-                exchanges[source.exchange] = connect_to(source.exchange, config.exchange_url)
-            exchange = exchanges[source.exchange]
-            found = candles(exchange, source, pair, wanted[0], wanted[-1] + layout.SLOT, sleep)
-            served = {_open_ms(candle, source.exchange, pair): candle for candle in found}
-            bodies = {}
-            for slot in wanted:
-                candle = served.get(_ms(slot))
-                if candle is None:
-                    fetched.not_served.append(layout.slot_stamp(slot))
-                    continue
-                try:
-                    bodies[slot] = record(source, candle, slot, now)
-                except FeedProblem as problem:
-                    raise FeedProblem(f"{source.exchange} {pair}: {problem}") from None
-        except FeedProblem as problem:
-            fetched.problems.append(str(problem))
-            if problem.unreachable:
-                unreachable[source.exchange] = pair
+        by_exchange.setdefault(source.exchange, []).append(pair)
+
+    def ask(exchange_id: str) -> None:
+        exchange, unreachable = None, None  # the pair whose tries found the exchange so
+        for pair in by_exchange[exchange_id]:
+            fetched, source = done[pair], rule_set.feed[pair]
+            wanted = [slot for slot in slots if (slot, pair) not in present]
+            fetched.present = len(slots) - len(wanted)
+            if not wanted:
+                continue
+            if unreachable:
+                fetched.problems.append(f"{exchange_id} {pair}: not asked, as for {unreachable}")
                 fetched.passing = True
-            continue
-        try:
-            fetched.written = [key for key in _write(s3, config, pair, bodies) if key]
-        except ClientError as error:  # the writes that landed are there; the next fetch skips them
-            fetched.problems.append(f"{source.exchange} {pair}: S3 refused a write ({quoted(error)})")
-            fetched.passing = True
-            continue
-        fetched.present += len(bodies) - len(fetched.written)
+                continue
+            try:
+                exchange = exchange or connect_to(exchange_id, config.exchange_url)
+                found = candles(exchange, source, pair, wanted[0], wanted[-1] + layout.SLOT, sleep, deadline)
+            except FeedProblem as problem:
+                fetched.problems.append(str(problem))
+                fetched.passing = problem.unreachable
+                unreachable = pair if problem.unreachable else None
+                continue
+            bodies, fetched.refused, fetched.not_served = records(source, pair, found, wanted, now)
+            try:
+                fetched.written = [key for key in _write(s3, config, pair, bodies) if key]
+            except ClientError as error:  # the writes that landed are there; the next fetch skips them
+                fetched.problems.append(f"{exchange_id} {pair}: S3 refused a write ({quoted(error)})")
+                fetched.passing = True
+                continue
+            fetched.present += len(bodies) - len(fetched.written)
+
+    with ThreadPoolExecutor(max(1, len(by_exchange))) as pool:
+        list(pool.map(ask, by_exchange))
     return done
 
 
@@ -203,16 +243,20 @@ def _write(s3, config, pair: str, bodies: dict[datetime, bytes]) -> list[str | N
     return store.in_parallel(s3, put, list(bodies.items())) if bodies else []
 
 
-def _call(request: Callable, exchange, pair: str, sleep, tries: int = TRIES):
-    """``request()``, tried again after 1, 2, 4 s (``BACKOFF_SECONDS`` doubling, or the ``Retry-After`` the
-    exchange asked for, up to MAX_RETRY_AFTER_SECONDS) when the exchange refuses for its rate limit or does
-    not answer; an exchange's error answer is not tried again, nor a ban (HTTP 418) or a longer wait asked."""
+def _call(request: Callable, exchange, pair: str, sleep, tries: int = TRIES, deadline: float = DEADLINE_SECONDS):
+    """``request()`` within ``deadline`` seconds as a whole, tried again after 1, 2, 4 s (``BACKOFF_SECONDS``
+    doubling, or the ``Retry-After`` the exchange asked for, up to MAX_RETRY_AFTER_SECONDS) when the exchange
+    refuses for its rate limit or does not answer; an exchange's error answer is not tried again, nor a ban
+    (HTTP 418), a longer wait asked, or a request past its deadline."""
     import ccxt
 
     for attempt in range(1, tries + 1):
         wait = BACKOFF_SECONDS * 2 ** (attempt - 1)
         try:
-            return request()
+            return _within(deadline, request)
+        except TimeoutError:
+            raise FeedProblem(f"{exchange.id} {pair}: no whole answer within {deadline:g} s; not asked again now",
+                              unreachable=True) from None  # fmt: skip
         except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as error:  # 429 (Binance: DDoSProtection), 418
             what = f"rate-limited ({_reason(error)})"
             asked = _retry_after(exchange)
@@ -228,6 +272,27 @@ def _call(request: Callable, exchange, pair: str, sleep, tries: int = TRIES):
         if attempt < tries:
             sleep(wait)
     raise FeedProblem(f"{exchange.id} {pair}: {what}, {tries} tries", unreachable=True)
+
+
+def _within(seconds: float, request: Callable):
+    """``request()`` on a thread of its own, waited for ``seconds`` at most (TimeoutError after them: the
+    thread, a daemon, is left to its socket, which ccxt's per-read timeout may never close)."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["answer"] = request()
+        except Exception as error:  # noqa: BLE001 - raised on the caller's thread below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="exchange-request", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["answer"]
 
 
 def _retry_after(exchange) -> float | None:
@@ -246,28 +311,16 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {quoted(error)}" + (f"; {cause.group(0)}" if cause else "")
 
 
-def _open_ms(candle, exchange_id: str, pair: str) -> int:
-    """A candle's open time in ms (ccxt's raw methods give every number as text)."""
-    opened = _integer(candle[0] if isinstance(candle, list) and candle else None)
-    if opened is None or opened % SLOT_MS:
-        raise FeedProblem(f"{exchange_id} {pair}: malformed answer: candle {quoted(candle)} opens off a 5-minute slot")
-    return opened
+def open_ms(candle) -> int | None:
+    """A candle's open time in ms, None when it has none that reads."""
+    return _integer(candle[0]) if isinstance(candle, list) and candle else None
 
 
 def _integer(value) -> int | None:
+    """A JSON integer, or one written in ASCII digits (ccxt's raw methods give every number as text)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    return int(value) if isinstance(value, str) and value.isdigit() and len(value) < 20 else None
-
-
-def _number(value, candle) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number) or number < 0:
-        raise FeedProblem(f"malformed answer: {quoted(value)} in candle {quoted(candle)} is not a price or volume")
-    return number
+    return int(value) if isinstance(value, str) and _MS_DIGITS.fullmatch(value) else None
 
 
 def _ms(moment: datetime) -> int:

@@ -256,13 +256,17 @@ def fetch_exchange_history(config: Config, rule_set, params) -> dict:
 
 
 def _fetched(done: dict, what: str, missing_is_a_problem: bool) -> dict:
-    """Log each pair's fetch; fail with the problems (one line per pair, naming its exchange)."""
+    """Log each pair's fetch; fail with the problems (one line per pair, naming its exchange). A live window
+    (``missing_is_a_problem``) refused or not served is a problem; a range's refused windows are logged and
+    cost those windows only: the range goes on to be normalized and decided."""
     problems = []
     for pair, fetched in done.items():
-        log.info("%s, %s: %s", pair, what, fetched.summary())
+        (log.warning if fetched.refused else log.info)("%s, %s: %s", pair, what, fetched.summary())
         problems += fetched.problems
-        if missing_is_a_problem and fetched.not_served:
-            problems.append(f"{fetched.exchange} {pair}: the exchange served no candle for {what}")
+        if missing_is_a_problem:
+            problems += fetched.refused
+            if fetched.not_served:
+                problems.append(f"{fetched.exchange} {pair}: the exchange served no candle for {what}")
     if problems:
         failure = FeedFailed if any(fetched.passing for fetched in done.values()) else AirflowFailException
         raise failure(f"Feed problem, {what}: " + "; ".join(problems))

@@ -184,23 +184,28 @@ def test_an_exchange_that_is_down_is_a_one_line_problem(aws):
     assert raw_keys(aws, slot) == []
 
 
-@pytest.mark.parametrize(
-    ("mode", "reason"),
-    [
-        ("malformed", "binance ETH/USDT: malformed answer: candle has 5 values, not 8: "),
-        ("html", 'binance ETH/USDT: malformed answer (not a list of candles): "\\u003chtml\\u003e\\u003cbody'),
-    ],
-)
-def test_a_malformed_answer_is_a_one_line_problem_and_writes_nothing(aws, exchange, mode, reason):
+def test_an_answer_that_is_no_list_of_candles_is_a_one_line_problem_and_writes_nothing(aws, exchange):
     slot = DAY.replace(hour=7)
-    exchange.fault(mode, 1)  # ETH/USDT's answer only
+    exchange.fault("html", 1)  # ETH/USDT's answer only
 
     done, slept = fetch(aws, exchange.url, slot)
 
     [problem] = done["ETH/USDT"].problems
-    assert problem.startswith(reason)
+    assert problem.startswith('binance ETH/USDT: malformed answer (not a list of candles): "\\u003chtml\\u003e')
     assert "\n" not in problem
     assert slept == []  # an answer is not tried again
+    assert [key.rsplit("/", 2)[-2:] for key in raw_keys(aws, slot)] == [[layout.slot_stamp(slot), "BTC_USDT.json"]]
+
+
+def test_a_candle_missing_values_is_its_windows_one_line_refusal(aws, exchange):
+    slot = DAY.replace(hour=7, minute=5)
+    exchange.fault("malformed", 1)  # ETH/USDT's answer only
+
+    done, slept = fetch(aws, exchange.url, slot)
+
+    [refused] = done["ETH/USDT"].refused
+    assert refused.startswith(f'binance ETH/USDT {slot:%Y-%m-%d %H:%M} UTC: "kline has 5 values; a Binance kline ')
+    assert (done["ETH/USDT"].problems, done["ETH/USDT"].written, slept) == ([], [], [])
     assert [key.rsplit("/", 2)[-2:] for key in raw_keys(aws, slot)] == [[layout.slot_stamp(slot), "BTC_USDT.json"]]
 
 
@@ -212,8 +217,8 @@ def test_a_candle_still_open_is_never_written(aws, exchange):
 
     assert exchange.klines("ETH/USDT", current, current + layout.SLOT), "the exchange serves the open candle"
     closes = current + layout.SLOT
-    assert done["ETH/USDT"].problems == [
-        f"binance ETH/USDT: candle {current:%Y-%m-%d %H:%M} UTC is still open (closes {closes:%H:%M:%S} UTC)"
+    assert done["ETH/USDT"].refused == [
+        f"binance ETH/USDT {current:%Y-%m-%d %H:%M} UTC: candle is still open (closes {closes:%H:%M:%S} UTC)"
     ]
     assert raw_keys(aws, current) == []
 

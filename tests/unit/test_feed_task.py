@@ -11,6 +11,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.price_pipeline import exchange, runs
+from include.price_pipeline.alerts import quoted
 from include.price_pipeline.exchange import FeedProblem, Fetched
 from include.price_pipeline.rules import Source
 
@@ -64,7 +65,7 @@ def test_a_feed_problem_quotes_the_candle_it_read(source, candle):
     with pytest.raises(FeedProblem) as problem:
         exchange.record(source, candle, SLOT, SLOT + timedelta(hours=1))
     assert_one_quoted_line(str(problem.value))
-    assert str(problem.value).startswith("malformed answer: ")
+    assert str(problem.value).endswith(quoted(candle))
 
 
 def test_a_feed_problem_quotes_the_exchanges_error_text():
