@@ -56,9 +56,11 @@ def parse_window_start(text: str) -> datetime:
     return moment
 
 
-def summarize(entries: dict[datetime, dict[str, dict]], start: datetime, end: datetime, quarantined: int) -> dict:
-    """Counts for the task log and XCom: windows seen and missing, quarantined objects, breaches (sent or
-    not), each rule decision, the largest moves of change rules, and per pair its windows and decisions."""
+def summarize(entries: dict[datetime, dict[str, dict]], start: datetime, end: datetime, quarantined: int,
+              pairs: Iterable[str] = ()) -> dict:  # fmt: skip
+    """Counts for the task log and XCom: windows seen (any pair's) and missing, quarantined objects, breaches
+    (sent or not), each rule decision, the largest moves of change rules, and per pair (each of ``pairs``, and
+    any decided) its windows with a usable record and decisions."""
     missing = [slot for slot in layout.slots_between(start, end) if slot not in entries]
     decided = [(slot, entry, name, rule) for slot, by_pair in sorted(entries.items())
                for entry in by_pair.values() for name, rule in entry["rules"].items()]  # fmt: skip
@@ -66,7 +68,7 @@ def summarize(entries: dict[datetime, dict[str, dict]], start: datetime, end: da
         ((slot, e, n, r) for slot, e, n, r in decided if r["kind"] == rules.CHANGE and r["change_pct"] is not None),
         key=lambda item: (-abs(item[3]["change_pct"]), item[0], item[1]["pair"], item[2]),
     )
-    by_pair: dict[str, Counter] = {}
+    by_pair: dict[str, Counter] = {pair: Counter() for pair in pairs}
     for _, entry, _, rule in decided:
         by_pair.setdefault(entry["pair"], Counter())[rule["decision"]] += 1
     windows_of = Counter(pair for in_window in entries.values() for pair in in_window)
@@ -219,7 +221,7 @@ def backfill_history(
             entries.setdefault(price.slot, {})[pair] = ledger.decide(pair, pair_rules, series, price.slot, due,
                                                                      why_not_due, claimant)  # fmt: skip
     reason_keys = store.quarantine_reason_keys(s3, config.bucket, config.quarantine_prefix, start, end)
-    summary = summarize(entries, start, end, len(reason_keys))
+    summary = summarize(entries, start, end, len(reason_keys), rule_set.pairs)
     in_range = (price for series in prices.values() for price in series if price.slot >= start)
     summary["objects"] = objects_seen(reason_keys, in_range, config.quarantine_prefix)
     summary["canonical_csvs"] = {"from_range_object": from_range, "read": len(bodies) - from_range,

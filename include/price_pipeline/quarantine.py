@@ -47,10 +47,11 @@ def quarantine_report(summary: dict, notes: list[dict], run_url: str) -> tuple[s
     sample = (
         "" if len(notes) == quarantined else f" (from the reason files of {len(notes)} of them, spread over the range)"
     )
+    usable = "; ".join(f"{pair}: {counts['windows']} of {summary['windows']} windows have a usable record"
+                       for pair, counts in summary["pairs"].items())  # fmt: skip
     lines = [
         f"The bulk analysis of {summary['start']} to {summary['end']} (end excluded) succeeded, but the Glue job "
-        f"quarantined {quarantined} of {objects} objects of the range: {summary['windows_seen']} of "
-        f"{summary['windows']} windows have a usable record, {summary['missing']} have none.",
+        f"quarantined {quarantined} of {objects} objects of the range: {usable}.",
         "",
         f"Commonest reasons{sample}:",
     ]

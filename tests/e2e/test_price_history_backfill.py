@@ -268,7 +268,8 @@ def test_a_mostly_quarantined_range_succeeds_and_tells_ops_once_with_the_counts_
         ops["Subject"] == "[price pipeline] Quarantined in range 2025-04-03T10:00Z..2025-04-03T11:05Z: 11 of 13 objects"
     )
     message = ops["Message"]
-    assert "quarantined 11 of 13 objects of the range: 2 of 13 windows have a usable record" in message
+    assert "quarantined 11 of 13 objects of the range: " in message
+    assert "ETH/USDT: 2 of 13 windows have a usable record" in message
     wa_line = next(line for line in message.splitlines() if "no weighted_average" in line)
     assert wa_line.startswith('- 10 objects: "no weighted_average, and no volume and quote_volume to derive it"')
     nan_line = next(line for line in message.splitlines() if "is not finite" in line)

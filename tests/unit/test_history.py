@@ -17,7 +17,7 @@ import random
 from argparse import Namespace
 from collections import Counter
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import pandas as pd
@@ -223,9 +223,10 @@ def test_backfill_history_leaves_the_ledger_the_live_runs_leave(case):
     assert summary["decisions"] == dict(decisions)
     assert summary["breaches"] == sum(count for decision, count in decisions.items() if decision in FIRED)
     assert summary["ledger"] == {"written": len(in_range), "unchanged": 0, "due": decisions[NOTIFY]}
-    assert {pair: counts["windows"] for pair, counts in summary["pairs"].items()} == dict(
-        Counter(entry["pair"] for entry in entries)
-    )
+    windows_of = Counter(entry["pair"] for entry in entries)
+    assert {pair: counts["windows"] for pair, counts in summary["pairs"].items()} == {
+        pair: windows_of[pair] for pair in rule_set.pairs
+    }
     assert all(entry["claimed_by"] == CLAIMANT for entry in entries if entry["decision"] == PUBLISHING)
 
 
@@ -753,6 +754,7 @@ def report_summary(quarantined: int, objects: int, seen: int = 2, windows: int =
         "windows": windows,
         "windows_seen": seen,
         "missing": windows - seen,
+        "pairs": {"ETH/USDT": {"windows": seen}},
     }
 
 
@@ -770,7 +772,7 @@ def test_the_ops_report_gives_the_counts_and_the_commonest_kinds_of_reason_most_
     lines = message.splitlines()
     assert lines[0] == (
         "The bulk analysis of 2025-04-03T10:00:00Z to 2025-04-03T11:05:00Z (end excluded) succeeded, but the Glue "
-        "job quarantined 17 of 19 objects of the range: 2 of 13 windows have a usable record, 11 have none."
+        "job quarantined 17 of 19 objects of the range: ETH/USDT: 2 of 13 windows have a usable record."
     )
     kinds = [line for line in lines if line.startswith("- ")]
     assert kinds == [
@@ -898,3 +900,20 @@ def test_a_lookback_off_the_five_minute_grid_follows_a_run_back_without_skipping
     assert per_window(live, start, end, rule_set, False) == bulk(seeded(prices), start, end, rule_set, False)
     rule = entry_of(live, utc(2025, 3, 31, 23, 55))["rules"][RULE_NAME]
     assert (rule["decision"], rule["suppressed_by"]) == ("suppressed_cooldown", "2025-03-31T23:45:00Z")
+
+
+def test_the_ops_report_counts_each_pairs_usable_windows():
+    """Issue 36: "288 of 288 windows have a usable record" when one pair had none for a window."""
+    start = datetime(2025, 4, 3, tzinfo=UTC)
+    entry = {"rules": {}}
+    entries = {slot: {"ETH/USDT": {**entry, "pair": "ETH/USDT"}, "BTC/USDT": {**entry, "pair": "BTC/USDT"}}
+               for slot in layout.slots_between(start, start + timedelta(days=1))}  # fmt: skip
+    del entries[start + timedelta(hours=7, minutes=40)]["BTC/USDT"]
+    summary = history.summarize(entries, start, start + timedelta(days=1), 1, ["ETH/USDT", "BTC/USDT", "SOL/USDT"])
+
+    _, message = quarantine.quarantine_report({**summary, "objects": 575}, [], "http://airflow/run")
+
+    assert message.splitlines()[0].endswith(
+        "quarantined 1 of 575 objects of the range: BTC/USDT: 287 of 288 windows have a usable record; "
+        "ETH/USDT: 288 of 288 windows have a usable record; SOL/USDT: 0 of 288 windows have a usable record."
+    )
