@@ -89,11 +89,18 @@ def check_subject(subject: str) -> str:
     return subject
 
 
+#: Every alert's SNS message attributes, the names subscription filter policies may use (README "Who gets which
+#: alert"): ``pair`` (``BTC/USDT``), ``rule`` (its name in the rules file), ``kind`` (``change``, ``crossing``),
+#: ``direction`` (``up``, ``down``), ``change_pct`` (a Number, signed, 4 decimals) and ``symbol``, ``pair``'s
+#: first name, kept for subscribers filtering on it. A stable contract: names and values only ever get added.
+ATTRIBUTES = ("pair", "rule", "kind", "direction", "change_pct", "symbol")
+
+
 def alert(pair: str, rule: str, view: dict, run_url: str) -> dict:
     """The one alert of a due rule, for every pair and rule kind: the SNS publish operator's ``subject``,
     ``message`` and ``message_attributes``, with ``pair`` and ``rule``. ``view``: the rule's decision as the
     ledger holds it and the window. E.g. ``ETH/USDT up 2.41% in 5 min: 3,120.55`` or ``SOL/USDT crossed 150
-    upward: 150.20``; ``change_pct`` is a finite Number attribute (for subscription filter policies)."""
+    upward: 150.20``; its ``message_attributes`` are :data:`ATTRIBUTES`."""
     reference, latest = view["reference"], view["latest"]
     price = format_price(_number(latest["weighted_average"]))
     if view["kind"] == "crossing":
@@ -112,7 +119,7 @@ def alert(pair: str, rule: str, view: dict, run_url: str) -> dict:
             f"Airflow run: {run_url}",
         ]
     )
-    attributes = {"symbol": pair, "rule": rule, "direction": view["direction"],
+    attributes = {"pair": pair, "symbol": pair, "rule": rule, "kind": view["kind"], "direction": view["direction"],
                   "change_pct": round(_number(view["change_pct"]), 4)}  # fmt: skip
     return {"pair": pair, "rule": rule, "subject": check_subject(f"{pair} {what}: {price}"[:SUBJECT_LIMIT]),
             "message": message, "message_attributes": attributes}  # fmt: skip

@@ -68,14 +68,17 @@ def test_three_pairs_one_live_window_exactly_the_expected_messages(dag, aws):
         "SOL/USDT crossed 150 upward: 150.50",
     ]
     attributes = {k: v["Value"] for k, v in sent["BTC/USDT up 1.11% in 15 min: 91,000.00"]["MessageAttributes"].items()}
-    assert attributes == {"symbol": "BTC/USDT", "rule": "move-15m", "direction": "up", "change_pct": "1.1111"}
+    assert attributes == {"pair": "BTC/USDT", "symbol": "BTC/USDT", "rule": "move-15m", "kind": "change",
+                          "direction": "up", "change_pct": "1.1111"}  # fmt: skip
     eth = sent["ETH/USDT up 2.50% in 5 min: 102.50"]["MessageAttributes"]
     assert {k: v["Value"] for k, v in eth.items()} == {
-        "symbol": "ETH/USDT", "rule": "move-5m", "direction": "up", "change_pct": "2.5"
+        "pair": "ETH/USDT", "symbol": "ETH/USDT", "rule": "move-5m", "kind": "change", "direction": "up",
+        "change_pct": "2.5"
     }  # fmt: skip
     sol = sent["SOL/USDT crossed 150 upward: 150.50"]
     assert {k: v["Value"] for k, v in sol["MessageAttributes"].items()} == {
-        "symbol": "SOL/USDT", "rule": "cross-150", "direction": "up", "change_pct": "1.0067"
+        "pair": "SOL/USDT", "symbol": "SOL/USDT", "rule": "cross-150", "kind": "crossing", "direction": "up",
+        "change_pct": "1.0067"
     }  # fmt: skip
     assert "Reference: 149.00 at 2026-03-09T09:55:00Z" in sol["Message"]
     btc = pair_ledger(aws, W)["BTC/USDT"]

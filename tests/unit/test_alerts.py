@@ -213,15 +213,25 @@ def test_alert_message_of_a_fall_shows_a_negative_change():
 
 
 @pytest.mark.parametrize(("latest", "direction", "change"), [(3072.3, "up", 2.41), (2910.0, "down", -3.0)])
-def test_alert_attributes_carry_symbol_direction_and_change_as_a_number(latest, direction, change):
+def test_alert_attributes_carry_pair_kind_direction_and_change_as_a_number(latest, direction, change):
     attributes = published(entry_for(3000.0, latest))["message_attributes"]
 
-    assert attributes["symbol"] == "ETH/USDT"
+    assert attributes["pair"] == attributes["symbol"] == "ETH/USDT"  # symbol: pair's first name, still there
+    assert attributes["kind"] == "change"
     assert attributes["direction"] == direction
     assert isinstance(attributes["change_pct"], float)
     assert attributes["change_pct"] == pytest.approx(change, abs=1e-4)
     assert attributes["rule"] == "move-5m"
-    assert set(attributes) == {"symbol", "rule", "direction", "change_pct"}
+    assert set(attributes) == set(alerts.ATTRIBUTES) == {"pair", "symbol", "rule", "kind", "direction", "change_pct"}
+
+
+def test_a_crossing_alert_says_its_kind():
+    cross = rules.Rule("cross-101", rules.CROSSING, level=101.0, direction="both", tolerance_minutes=55)
+
+    attributes = published(entry_for(100.0, 103.0, rule=cross))["message_attributes"]
+
+    assert attributes | {"change_pct": 0} == {"pair": PAIR, "symbol": PAIR, "rule": "cross-101", "kind": "crossing",
+                                              "direction": "up", "change_pct": 0}  # fmt: skip
 
 
 # ------------------------------------------------ no NaN or Infinity; record text never reaches people
