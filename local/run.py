@@ -10,6 +10,8 @@ Options (environment): STATE_DIR (``.local``), STANDIN_PORT (4566), AIRFLOW_PORT
 Poloniex CSV to replay instead of the synthetic walk), STANDIN_FAULTS (fault injection spec, see local/standin.py),
 AIRFLOW_EXECUTOR (LocalExecutor, or CeleryExecutor: two Celery workers and a local Redis broker),
 PRICE_RULES_FILE (default here ``include/rules/local.json``: three pairs, a rule of each kind),
+ALERT_SUBSCRIPTIONS_FILE (default ``local/alert_subscriptions.json``: three subscribers, each a queue on the stand-in
+with its filter policy; every alert printed says which of them received it; empty: none),
 FEED (``exchange``: prices from an exchange through ccxt instead of the synthetic feed: the exchange
 stand-in on EXCHANGE_PORT, 8765, serving real candles, or the exchange itself when PRICE_EXCHANGE_URL
 names its API, e.g. ``https://api.binance.com/api/v3``).
@@ -28,18 +30,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from include.price_pipeline import layout, settings
+from local import subscriptions
 from local.api import Api, ApiError
 from local.stack import ADMIN_USER, ROOT, Stack
 
 DAG_ID = "price_notification"
 
 
-def describe(notification: dict, topic: str) -> str:
-    """One console block per SNS notification."""
+def describe(notification: dict, topic: str, received_by: list[str] | None = None) -> str:
+    """One console block per SNS notification; ``received_by``: the alert subscriptions it reached."""
     stamp = time.strftime("%H:%M:%S")
-    return f"\n[{stamp}] {topic.upper()}: {notification.get('Subject', '')}\n    " + notification["Message"].replace(
-        "\n", "\n    "
-    )
+    heading = f"\n[{stamp}] {topic.upper()}: {notification.get('Subject', '')}\n    "
+    if received_by is not None:
+        heading += f"Received by: {', '.join(received_by) or 'no subscription (no filter policy admits it)'}\n    "
+    return heading + notification["Message"].replace("\n", "\n    ")
 
 
 #: make run watches three pairs with a rule of each kind, so a newcomer sees each fire within minutes.
@@ -58,11 +62,19 @@ def main() -> int:
         print(f"FEED={feed}: synthetic (the default) or exchange")
         return 2
     real_exchange = os.environ.get("PRICE_EXCHANGE_URL", "")
+    subscriptions_file = os.environ.get("ALERT_SUBSCRIPTIONS_FILE", str(subscriptions.EXAMPLE))
+    try:
+        alert_subscriptions = subscriptions.load(subscriptions_file) if subscriptions_file else []
+    except (OSError, ValueError) as problem:
+        print(f"ALERT_SUBSCRIPTIONS_FILE: {problem}")
+        return 2
+    standin_args = ("--faults", faults) if faults else ()
+    standin_args += ("--subscriptions", subscriptions_file) if subscriptions_file else ()
     stack = Stack(
         state_dir=Path(os.environ.get("STATE_DIR", ROOT / ".local")),
         standin_port=int(os.environ.get("STANDIN_PORT", "4566")),
         api_port=int(os.environ.get("AIRFLOW_PORT", "8080")),
-        standin_args=("--faults", faults) if faults else (),
+        standin_args=standin_args,
         executor=os.environ.get("AIRFLOW_EXECUTOR", "LocalExecutor"),
         # Airflow's processes and the feed get it; this process's environment stays as it was.
         extra_env={"PRICE_RULES_FILE": os.environ.get("PRICE_RULES_FILE", LOCAL_RULES_FILE)},
@@ -85,7 +97,7 @@ def main() -> int:
             f"Logs: {stack.logs}/   Stop with Ctrl-C.\nWaiting for notifications ...",
             flush=True,
         )
-        watch_notifications(stack, lambda: stop)
+        watch_notifications(stack, lambda: stop, alert_subscriptions)
     finally:
         with contextlib.suppress(OSError):  # a closed terminal fails every write
             print("\nStopping every process ...", flush=True)
@@ -175,27 +187,34 @@ def backfill_history(api: Api, windows: int = 11, log=print) -> dict | None:
     return backfill
 
 
-def watch_notifications(stack: Stack, should_stop) -> None:
+def watch_notifications(stack: Stack, should_stop, alert_subscriptions: list[dict] = ()) -> None:
     """Print alert and ops notifications from the stand-in's subscriber queues until told to stop."""
-    from local.standin import queue_name
-
     config = settings.load()
     sqs = stack.client("sqs")
-    queues = {
-        "alert": sqs.get_queue_url(QueueName=queue_name(config.alert_topic_arn))["QueueUrl"],
-        "ops": sqs.get_queue_url(QueueName=queue_name(config.ops_topic_arn))["QueueUrl"],
-    }
+    subscribers = subscriptions.queues(sqs, config.alert_topic_arn, list(alert_subscriptions))
     while not should_stop():
-        for topic, url in queues.items():
-            for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-                print(describe(json.loads(message["Body"]), topic), flush=True)
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        print_notifications(sqs, config, subscribers)
         for name, process in stack.processes.items():
             if process.poll() is not None:
                 raise subprocess.SubprocessError(
                     f"{name} exited (code {process.returncode}); see {stack.logs}/{name}.log"
                 )
         time.sleep(2)
+
+
+def print_notifications(sqs, config: settings.Config, subscribers: dict[str, str], out=print) -> None:
+    """Print the alert and ops notifications waiting in the topics' ``-inbox`` queues (each alert with the
+    ``subscribers`` that received it, when there are any), removing them and the subscribers' copies."""
+    from local.standin import queue_name
+
+    inboxes = {"alert": config.alert_topic_arn, "ops": config.ops_topic_arn}
+    waiting = {topic: subscriptions.drain(sqs, sqs.get_queue_url(QueueName=queue_name(arn))["QueueUrl"])
+               for topic, arn in inboxes.items()}  # fmt: skip
+    received = subscriptions.received(sqs, subscribers)  # after the inboxes: every copy of theirs is there
+    for topic, notifications in waiting.items():
+        for notification in notifications:
+            receivers = received.get(notification["MessageId"], []) if topic == "alert" and subscribers else None
+            out(describe(notification, topic, receivers), flush=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ signatures: none of the stack's clients uses one). Only ``/_standin/faults`` and
 (below) answer unsigned.
 
 It also provisions, idempotently, what the pipeline expects: the bucket, the alert and ops SNS
-topics, one SQS queue subscribed to each (so notifications can be read back), the Glue role and the Glue
+topics, one SQS queue subscribed to each (so notifications can be read back), one more on the alert topic
+for each subscription of ``--subscriptions FILE`` (local/subscriptions.py), the Glue role and the Glue
 job's bundle (Terraform's part on AWS).
 
 S3 listings answer from a sorted index of each bucket's key names (local/s3index.py), so listing a
@@ -80,7 +81,7 @@ from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
 from include.price_pipeline import glue_bundle, layout, settings
-from local import faults, s3index
+from local import faults, s3index, subscriptions
 from local.stack import write_secret
 
 log = logging.getLogger("standin")
@@ -378,9 +379,11 @@ def provision(
     key: Credentials,
     config: settings.Config | None = None,
     make_client: Callable[[str, str, Credentials], object] = client,
+    alert_subscriptions: list[dict] | None = None,
 ) -> dict[str, str]:
     """Create, idempotently, the bucket, topics, subscribed queues and Glue role, and upload the Glue job's
-    bundle; return queue URLs."""
+    bundle; return the ``-inbox`` queues' URLs. Each of ``alert_subscriptions`` (local/subscriptions.py) is one
+    more queue on the alert topic, with its filter policy."""
     config = config or settings.load()
     s3 = make_client("s3", url, key)
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
@@ -396,6 +399,7 @@ def provision(
         if not any(s["Endpoint"] == queue_arn for s in subscribed):
             sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn)
         queues[arn] = queue_url
+    subscriptions.provision(sns, sqs, config.alert_topic_arn, alert_subscriptions or [])
     iam = make_client("iam", url, key)
     trust = {
         "Version": "2012-10-17",
@@ -632,11 +636,15 @@ def main(argv: list[str] | None = None) -> int:
         "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="the state folder whose credentials it accepts"
     )
     parser.add_argument(
+        "--subscriptions", type=Path, help="an alert subscriptions file (local/subscriptions.py): a queue for each"
+    )
+    parser.add_argument(
         "--test-glue-scripts", type=Path, help="a folder of scripts (*.py) Glue runs may also name (the runner's tests)"
     )
     args = parser.parse_args(argv)
     try:
         spec = faults.parse_spec(args.faults)
+        alert_subscriptions = subscriptions.load(args.subscriptions) if args.subscriptions else []
     except ValueError as error:
         parser.error(str(error))
     injector = faults.FaultInjector(spec, args.fault_seed)
@@ -655,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     wait_until_up(url, key, make_client=internal_client)
-    provision(url, key, make_client=internal_client)
+    provision(url, key, make_client=internal_client, alert_subscriptions=alert_subscriptions)
     print(f"faults: {spec.text()} (seed {injector.seed})", flush=True)
     print(f"AWS stand-in ready on {url}", flush=True)
     stop.wait()

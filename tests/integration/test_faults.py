@@ -503,4 +503,4 @@ def test_make_run_hands_standin_faults_to_the_stand_in(monkeypatch):
 
     with pytest.raises(Started):
         run.main()
-    assert seen["standin_args"] == ("--faults", "s3=0.2,glue=0.2,sns=0.2,logs=0.2,latency_ms=50")
+    assert seen["standin_args"][:2] == ("--faults", "s3=0.2,glue=0.2,sns=0.2,logs=0.2,latency_ms=50")

@@ -249,7 +249,7 @@ def test_make_run_prints_where_the_generated_password_is_kept(tmp_path, monkeypa
     monkeypatch.setattr(run, "Stack", lambda **kwargs: FakeStack(tmp_path, **kwargs))
     monkeypatch.setattr(run, "Api", lambda stack: None)
     monkeypatch.setattr(run, "backfill_history", lambda api, windows, log=print: None)
-    monkeypatch.setattr(run, "watch_notifications", lambda stack, should_stop: None)
+    monkeypatch.setattr(run, "watch_notifications", lambda stack, should_stop, subscriptions: None)
     monkeypatch.setattr(run.signal, "signal", lambda *args: None)
 
     run.main()
