@@ -1,4 +1,4 @@
-# Alert and ops topics: KMS-encrypted, TLS only, email subscriptions from variables.
+# Alert and ops topics: KMS-encrypted, TLS only; email subscriptions and the alert topic's filtered ones from variables.
 
 resource "aws_sns_topic" "alerts" {
   name              = var.alert_topic_name
@@ -84,6 +84,23 @@ resource "aws_sns_topic_subscription" "alert_emails" {
   topic_arn = aws_sns_topic.alerts.arn
   protocol  = "email"
   endpoint  = each.value
+}
+
+resource "aws_sns_topic_subscription" "alerts" {
+  for_each = { for s in var.alert_subscriptions : "${s.protocol} ${s.endpoint}" => s }
+
+  topic_arn           = aws_sns_topic.alerts.arn
+  protocol            = each.value.protocol
+  endpoint            = each.value.endpoint
+  filter_policy       = each.value.filter_policy
+  filter_policy_scope = each.value.filter_policy == null ? null : "MessageAttributes"
+
+  lifecycle {
+    precondition {
+      condition     = !(each.value.protocol == "email" && contains(var.alert_emails, each.value.endpoint))
+      error_message = "${each.value.endpoint} is in alert_emails too (every alert): keep it in one of the two."
+    }
+  }
 }
 
 resource "aws_sns_topic_subscription" "ops_emails" {

@@ -184,9 +184,40 @@ variable "ops_topic_name" {
 }
 
 variable "alert_emails" {
-  description = "Email addresses subscribed to the alert topic (each must confirm by mail)."
+  description = "Email addresses subscribed to the alert topic, every alert (each must confirm by mail)."
   type        = list(string)
   default     = []
+}
+
+# Who gets which alert (README): the filter policy is SNS's own JSON on the alert's message attributes, the
+# names of include/price_pipeline/alerts.py ATTRIBUTES; make run's local/alert_subscriptions.json takes the same.
+variable "alert_subscriptions" {
+  description = "Subscriptions to the alert topic: protocol, endpoint and an optional SNS filter policy (JSON) on the alert's message attributes."
+  type = list(object({
+    protocol      = string
+    endpoint      = string
+    filter_policy = optional(string)
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for s in var.alert_subscriptions : contains(["email", "sms", "https", "sqs", "lambda"], s.protocol)])
+    error_message = "Each subscription's protocol must be one of email, sms, https, sqs, lambda."
+  }
+  validation {
+    condition     = alltrue([for s in var.alert_subscriptions : trimspace(s.endpoint) != ""])
+    error_message = "Each subscription needs an endpoint (an address, a phone number, a URL or an ARN)."
+  }
+  validation {
+    condition = alltrue([for s in var.alert_subscriptions : s.filter_policy == null ? true : try(alltrue([
+      for name in keys(jsondecode(s.filter_policy)) : contains(["pair", "rule", "kind", "direction", "change_pct", "symbol"], name)
+    ]), false)])
+    error_message = "A filter_policy must be a JSON object whose keys are alert attributes: pair, rule, kind, direction, change_pct, symbol."
+  }
+  validation {
+    condition     = length(distinct([for s in var.alert_subscriptions : "${s.protocol} ${s.endpoint}"])) == length(var.alert_subscriptions)
+    error_message = "SNS keeps one subscription per protocol and endpoint: merge the filters of a repeated endpoint into one policy."
+  }
 }
 
 variable "ops_emails" {

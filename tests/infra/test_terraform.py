@@ -717,3 +717,108 @@ def test_catalog_columns_are_the_fields_the_pipeline_writes():
         "timestamp",
         "column",
     ]
+
+
+# ------------------------------------------------------------------------------------ alert subscriptions
+
+TFVARS_EXAMPLE = TERRAFORM_DIR / "terraform.tfvars.example"
+
+
+def _heredoc(text: str) -> str:
+    """The text of an HCL heredoc as python-hcl2 returns it (markers included)."""
+    match = re.fullmatch(r"<<-?(\w+)\n(.*)\n\s*\1", text, re.S)
+    return match.group(2) if match else text
+
+
+def test_alert_subscriptions_subscribe_to_the_alert_topic_with_their_filter_policy_on_message_attributes():
+    subscription = module().resource("aws_sns_topic_subscription", "alerts")
+    assert compact(subscription["for_each"]) == compact(
+        '${{for s in var.alert_subscriptions : "${s.protocol} ${s.endpoint}" => s}}'
+    )
+    assert subscription["topic_arn"] == "${aws_sns_topic.alerts.arn}"
+    assert (subscription["protocol"], subscription["endpoint"]) == ("${each.value.protocol}", "${each.value.endpoint}")
+    assert subscription["filter_policy"] == "${each.value.filter_policy}"
+    assert subscription["filter_policy_scope"] == '${each.value.filter_policy == null ? null : "MessageAttributes"}'
+    emails = module().resource("aws_sns_topic_subscription", "alert_emails")  # unchanged: no subscription moves
+    assert (emails["for_each"], emails["protocol"]) == ("${toset(var.alert_emails)}", "email")
+
+
+def test_alert_subscriptions_validation_allows_the_protocols_and_attribute_names_make_run_allows():
+    from include.price_pipeline import alerts
+    from local import subscriptions
+
+    conditions = " ".join(v["condition"] for v in module().variables["alert_subscriptions"]["validation"])
+    [protocols] = re.findall(r"contains\((\[[^\]]*\]), s\.protocol\)", conditions)
+    [names] = re.findall(r"contains\((\[[^\]]*\]), name\)", conditions)
+    assert tuple(json.loads(protocols)) == subscriptions.PROTOCOLS
+    assert tuple(json.loads(names)) == alerts.ATTRIBUTES
+
+
+def test_the_tfvars_example_declares_make_runs_three_subscribers():
+    from local import subscriptions
+
+    declared = load_hcl(TFVARS_EXAMPLE)["alert_subscriptions"]
+    example = [{**s, "filter_policy": json.loads(_heredoc(s["filter_policy"]))} for s in declared]
+    assert example == subscriptions.load(subscriptions.EXAMPLE)
+
+
+def _plan_variables(tmp_path: Path, tfvars: str) -> subprocess.CompletedProcess:
+    """``terraform plan`` of a module holding only variables.tf's alert_emails and alert_subscriptions (no
+    provider, so no download): their validation, as Terraform runs it, on ``tfvars``."""
+    text = (TERRAFORM_DIR / "variables.tf").read_text(encoding="utf-8")
+    blocks = [re.search(rf'^variable "{name}" {{\n.*?^}}\n', text, re.S | re.M).group(0)
+              for name in ("alert_emails", "alert_subscriptions")]  # fmt: skip
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "main.tf").write_text("\n".join(blocks))
+    (tmp_path / "terraform.tfvars").write_text(tfvars)
+    env = {**os.environ, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1", "NO_COLOR": "1"}
+    run = {"cwd": tmp_path, "capture_output": True, "text": True, "env": env, "timeout": 120}
+    subprocess.run(["terraform", "init", "-backend=false", "-input=false"], check=True, **run)
+    return subprocess.run(["terraform", "plan", "-input=false", "-no-color", "-lock=false"], **run)
+
+
+@pytest.mark.parametrize(
+    ("subscription", "refusal"),
+    [
+        ('{protocol = "http", endpoint = "http://x"}', "protocol must be one of email, sms, https, sqs, lambda"),
+        ('{protocol = "email", endpoint = " "}', "needs an endpoint"),
+        ('{protocol = "sms", endpoint = "+15555550100", filter_policy = "{\\"severity\\": [\\"high\\"]}"}',
+         "keys are alert attributes"),
+        ('{protocol = "sms", endpoint = "+15555550100", filter_policy = "pair = BTC"}', "keys are alert attributes"),
+        ('{protocol = "sms", endpoint = "+15555550100"}, {protocol = "sms", endpoint = "+15555550100"}',
+         "one subscription per protocol and endpoint"),
+    ],
+)  # fmt: skip
+def test_terraform_refuses_a_subscription_sns_would_refuse_or_that_filters_on_no_attribute(
+    tmp_path, subscription, refusal
+):
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not on PATH")
+
+    wrong = _plan_variables(tmp_path, f"alert_subscriptions = [{subscription}]\n")
+
+    assert wrong.returncode != 0
+    assert refusal in " ".join((wrong.stdout + wrong.stderr).split()), wrong.stderr
+
+
+def test_terraform_accepts_the_tfvars_examples_subscriptions(tmp_path):
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not on PATH")
+
+    example = _plan_variables(tmp_path, TFVARS_EXAMPLE.read_text(encoding="utf-8"))
+
+    assert example.returncode == 0, example.stdout + example.stderr
+
+
+def test_the_tfvars_example_is_formatted():
+    if shutil.which("terraform") is None:
+        pytest.skip("terraform is not on PATH")
+    check = subprocess.run(
+        ["terraform", "fmt", "-check", "-diff", "-"],
+        input=TFVARS_EXAMPLE.read_text(encoding="utf-8"),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CHECKPOINT_DISABLE": "1"},
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
