@@ -16,8 +16,10 @@ still open; a pair it does not list is Binance's error ``-1121 Invalid symbol`` 
 Faults, for tests: ``POST /_exchange/fault`` with ``{"mode": M, "count": N}`` makes the next N klines
 requests answer ``rate_limit`` (HTTP 429, Binance's -1003 body, Retry-After 1 s; ``rate_limit_long``:
 120 s), ``unavailable`` (503), ``malformed`` (a kline missing values), ``html`` (a 200 page that is not
-JSON) or ``slow`` (the answer one byte every ``"seconds"``, default 5: each read is quick, the answer never
-is); ``GET /_exchange/requests`` counts the klines requests served. ``POST /_exchange/damage`` with
+JSON), ``slow`` (the answer one byte every ``"seconds"``, default 5: each read is quick, the answer never
+is) or ``delayed`` (the answer whole, ``"seconds"`` later: a far exchange's round trip); ``GET
+/_exchange/requests`` counts the klines requests served and the most it was answering at once (since the
+last fault spec). ``POST /_exchange/damage`` with
 ``{"damages": [{"pair": P, "at": open_ms, "values": {index: value}, "width": N, "twin": bool}, ...]}``
 serves P's kline opening at ``at`` with those values set (and cut to ``width`` values), or beside it a
 second kline so changed when ``twin``: every request covering it, until the list is replaced. An exchange
@@ -54,8 +56,10 @@ SLOT_MS = 300_000
 LEVELS = {"ETH/USDT": 3000.0, "BTC/USDT": 90000.0, "SOL/USDT": 150.0}
 QUOTES = ("USDT", "USDC", "BTC", "ETH", "EUR", "USD", "BNB")
 MAX_LIMIT = 1000
-FAULTS = ("rate_limit", "rate_limit_long", "unavailable", "malformed", "html", "slow", "none")
+FAULTS = ("rate_limit", "rate_limit_long", "unavailable", "malformed", "html", "slow", "delayed", "none")
 DEFAULT_LIMIT = 500
+#: Most requests one fault spec covers (a bench of 1,000 pairs delays each of theirs).
+MAX_FAULTS = 100_000
 
 
 class Candles:
@@ -121,6 +125,7 @@ class Exchange:
         self.slow_seconds = 5.0
         self.damages: list[dict] = []
         self.requests = 0
+        self.in_flight = self.most_at_once = 0
         self.lock = threading.Lock()
 
     def next_fault(self) -> str | None:
@@ -165,7 +170,9 @@ def handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
                 "/api/v3/exchangeInfo": self.exchange_info,
                 "/api/v3/ping": lambda _query: self.answer(200, {}),
                 "/api/v3/time": lambda _query: self.answer(200, {"serverTime": int(time.time() * 1000)}),
-                "/_exchange/requests": lambda _query: self.answer(200, {"klines": exchange.requests}),
+                "/_exchange/requests": lambda _query: self.answer(
+                    200, {"klines": exchange.requests, "most_at_once": exchange.most_at_once}
+                ),
             }
             route = routes.get(url.path)
             if route is None:
@@ -189,15 +196,26 @@ def handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
                 self.answer(200, {"damages": len(exchange.damages)})
                 return
             mode, count = (spec.get("mode"), spec.get("count", 1)) if isinstance(spec, dict) else (None, 0)
-            if mode not in FAULTS or not isinstance(count, int) or not 0 <= count <= 1000:
-                self.answer(400, {"code": -1, "msg": f"mode one of {FAULTS}, count 0 to 1000"})
+            if mode not in FAULTS or not isinstance(count, int) or not 0 <= count <= MAX_FAULTS:
+                self.answer(400, {"code": -1, "msg": f"mode one of {FAULTS}, count 0 to {MAX_FAULTS}"})
                 return
             with exchange.lock:
                 exchange.faults = [mode] * count
                 exchange.slow_seconds = float(spec.get("seconds", 5.0))
+                exchange.most_at_once = exchange.in_flight  # counted again from this spec on
             self.answer(200, {"faults": len(exchange.faults)})
 
         def klines(self, query: dict) -> None:
+            with exchange.lock:
+                exchange.in_flight += 1
+                exchange.most_at_once = max(exchange.most_at_once, exchange.in_flight)
+            try:
+                self.answer_klines(query)
+            finally:
+                with exchange.lock:
+                    exchange.in_flight -= 1
+
+        def answer_klines(self, query: dict) -> None:
             fault = exchange.next_fault()
             if fault in ("rate_limit", "rate_limit_long"):
                 limit = "Too many requests; current limit is 6000 request weight per 1 MINUTE."
@@ -230,6 +248,8 @@ def handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
             if fault == "slow":
                 self.drip(json.dumps(served).encode(), exchange.slow_seconds)
                 return
+            if fault == "delayed":
+                time.sleep(exchange.slow_seconds)
             self.answer(200, served)
 
         def drip(self, body: bytes, seconds: float) -> None:

@@ -379,7 +379,8 @@ class ExchangeStandin:
             return json.loads(answer.read())
 
     def fault(self, mode: str, count: int = 1, **spec) -> None:
-        """The next ``count`` klines requests answer ``mode`` (rate_limit, unavailable, malformed, html, slow)."""
+        """The next ``count`` klines requests answer ``mode`` (rate_limit, unavailable, malformed, html, slow,
+        delayed)."""
         self._request("/_exchange/fault", {"mode": mode, "count": count, **spec})
 
     def damage(self, *damages: dict) -> None:
@@ -388,6 +389,10 @@ class ExchangeStandin:
 
     def requests(self) -> int:
         return self._request("/_exchange/requests")["klines"]
+
+    def most_at_once(self) -> int:
+        """The most klines requests the stand-in was answering at one time."""
+        return self._request("/_exchange/requests")["most_at_once"]
 
     def klines(self, pair: str, start: datetime, end: datetime) -> list[list]:
         """The served klines of ``pair`` opening in ``[start, end)``, straight from the API."""

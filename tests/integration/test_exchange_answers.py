@@ -170,9 +170,11 @@ def slow_exchange():
     standin.server.shutdown()
 
 
-def test_a_slow_exchange_costs_its_own_pairs_that_window_never_another_exchanges(aws, exchange, slow_exchange):
+def test_a_slow_exchange_costs_its_own_pairs_that_window_never_another_exchanges(aws, exchange, slow_exchange,
+                                                                                  monkeypatch):  # fmt: skip
     """An answer of a byte every 0.5 s never meets ccxt's per-read timeout: the request's deadline ends it."""
     slot = utc(2026, 5, 19, 9, 0)
+    monkeypatch.setattr(feed, "WORKERS_PER_EXCHANGE", 1)  # one worker: SOL/USDT is not begun once BTC/USDT failed
     slow_exchange.fault("slow", 10, seconds=0.5)
     document = {**RULES, "pairs": {**RULES["pairs"], "SOL/USDT": RULES["pairs"]["ETH/USDT"]}}
     rule_set = rules.parse({**document, "feed": {"exchange": "binance", "pairs": {

@@ -97,6 +97,14 @@ def test_a_key_written_between_the_listing_and_the_write_is_left_as_it_is(aws, e
     assert aws.get(key) == b'{"someone": "else"}'
 
 
+@pytest.fixture
+def one_worker(monkeypatch):
+    """One worker per exchange: its pairs are asked in turn, so what one pair's tries did is what they show,
+    and the pairs after one that found the exchange unreachable are not begun (several workers each finish
+    the pair they began)."""
+    monkeypatch.setattr(feed, "WORKERS_PER_EXCHANGE", 1)
+
+
 @pytest.mark.parametrize(
     ("mode", "reason"),
     [
@@ -104,7 +112,8 @@ def test_a_key_written_between_the_listing_and_the_write_is_left_as_it_is(aws, e
         ("unavailable", 'binance ETH/USDT: exchange down (ExchangeNotAvailable: "binance GET '),
     ],
 )
-def test_a_refusing_exchange_is_asked_four_times_with_backoff_then_is_a_one_line_problem(aws, exchange, mode, reason):
+def test_a_refusing_exchange_is_asked_four_times_with_backoff_then_is_a_one_line_problem(aws, exchange, mode, reason,
+                                                                                         one_worker):  # fmt: skip
     slot = DAY.replace(hour=4)
     exchange.fault(mode, 100)
 
@@ -119,7 +128,7 @@ def test_a_refusing_exchange_is_asked_four_times_with_backoff_then_is_a_one_line
     assert raw_keys(aws, slot) == []
 
 
-def test_a_rate_limit_asking_for_a_longer_wait_than_the_task_has_is_a_problem_at_once(aws, exchange):
+def test_a_rate_limit_asking_for_a_longer_wait_than_the_task_has_is_a_problem_at_once(aws, exchange, one_worker):
     slot = DAY.replace(hour=10)
     exchange.fault("rate_limit_long", 100)
 
@@ -159,7 +168,7 @@ def test_s3_refusing_a_write_is_a_one_line_problem(aws, exchange):
     assert raw_keys(aws, slot) == []
 
 
-def test_a_rate_limit_that_passes_is_waited_out(aws, exchange):
+def test_a_rate_limit_that_passes_is_waited_out(aws, exchange, one_worker):
     slot = DAY.replace(hour=5)
     exchange.fault("rate_limit", 2)
 
@@ -170,7 +179,7 @@ def test_a_rate_limit_that_passes_is_waited_out(aws, exchange):
     assert not any(f.problems for f in done.values())
 
 
-def test_an_exchange_that_is_down_is_a_one_line_problem(aws):
+def test_an_exchange_that_is_down_is_a_one_line_problem(aws, one_worker):
     slot = DAY.replace(hour=6)
     nobody = f"http://127.0.0.1:{free_port()}/api/v3"
 
@@ -184,7 +193,7 @@ def test_an_exchange_that_is_down_is_a_one_line_problem(aws):
     assert raw_keys(aws, slot) == []
 
 
-def test_an_answer_that_is_no_list_of_candles_is_a_one_line_problem_and_writes_nothing(aws, exchange):
+def test_an_answer_that_is_no_list_of_candles_is_a_one_line_problem_and_writes_nothing(aws, exchange, one_worker):
     slot = DAY.replace(hour=7)
     exchange.fault("html", 1)  # ETH/USDT's answer only
 
@@ -197,7 +206,7 @@ def test_an_answer_that_is_no_list_of_candles_is_a_one_line_problem_and_writes_n
     assert [key.rsplit("/", 2)[-2:] for key in raw_keys(aws, slot)] == [[layout.slot_stamp(slot), "BTC_USDT.json"]]
 
 
-def test_a_candle_missing_values_is_its_windows_one_line_refusal(aws, exchange):
+def test_a_candle_missing_values_is_its_windows_one_line_refusal(aws, exchange, one_worker):
     slot = DAY.replace(hour=7, minute=5)
     exchange.fault("malformed", 1)  # ETH/USDT's answer only
 
@@ -275,3 +284,20 @@ def test_an_exchange_without_quote_volume_writes_a_typical_price_record(aws, exc
         "quoteVolume": float(kline[5]),
         "weightedAverageBasis": "typical_price",
     }
+
+
+def test_an_exchanges_pairs_are_asked_by_several_workers_at_once_and_all_written(aws, exchange):
+    """A far exchange (each answer 0.2 s later): 40 pairs asked one after another took 8 s; the workers of
+    one exchange ask them side by side, within its one limiter."""
+    slot = DAY.replace(hour=20)
+    exchange.fault("delayed", 1000, seconds=0.2)
+    many = {f"P{index:03d}/USDT": [{"name": "move", "kind": "change", "threshold_pct": 1.0}] for index in range(40)}
+    rule_set = rules.parse({"default_pair": "P000/USDT", "pairs": many}, "test")
+
+    done = feed.write_candles(aws.s3, replace(aws.config, exchange_url=exchange.url), rule_set, slot,
+                              slot + layout.SLOT, slot + timedelta(minutes=6), sleep=lambda _: None)  # fmt: skip
+
+    assert {pair: (len(fetched.written), fetched.problems) for pair, fetched in done.items()} == {
+        pair: (1, []) for pair in many
+    }
+    assert 2 <= exchange.most_at_once() <= feed.WORKERS_PER_EXCHANGE
