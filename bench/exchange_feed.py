@@ -4,8 +4,8 @@ The exchange feed's fetch of one closed window (``exchange.write_candles``, as `
 it) for ``--pairs`` pairs of one exchange: the exchange stand-in (``local/exchange.py``, Binance's klines API)
 answering each request ``--round-trip`` seconds late (a far exchange), the records written to S3 on moto's
 server on loopback. For each round trip: seconds from the fetch's start to the last record written, klines
-requests, the most answered at once, with the workers of one exchange (``WORKERS_PER_EXCHANGE``) and with
-one. Writes ``bench/results/exchange-feed.md``. Not a test.
+requests, the most answered at once, with the workers of one exchange (``WORKERS_PER_EXCHANGE``), and at the
+first round trip with one (the feed before it had workers). Writes ``bench/results/exchange-feed.md``. Not a test.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         s3.create_bucket(Bucket=config.bucket)
         rows = []
         for index, round_trip in enumerate(args.round_trip):
-            for workers in (exchange.WORKERS_PER_EXCHANGE, 1):
+            for workers in (exchange.WORKERS_PER_EXCHANGE, 1)[: 1 if index else 2]:  # one worker: the first only
                 slot = SLOT + layout.SLOT * (2 * index + (workers == 1))  # a window of its own: nothing present
                 log(f"{args.pairs} pairs, round trip {round_trip} s, {workers} worker(s) ...")
                 rows.append(measure(s3, config, standin, args.pairs, round_trip, workers, slot))
