@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                           aws_access_key_id="bench", aws_secret_access_key="bench")  # fmt: skip
         config = replace(settings.load({}), exchange_url=standin.url)
         s3.create_bucket(Bucket=config.bucket)
-        rows = []
+        rows, parallel = [], exchange.WORKERS_PER_EXCHANGE
         for index, round_trip in enumerate(args.round_trip):
-            for workers in (exchange.WORKERS_PER_EXCHANGE, 1)[: 1 if index else 2]:  # one worker: the first only
+            for workers in (parallel, 1)[: 1 if index else 2]:  # one worker: at the first round trip only
                 slot = SLOT + layout.SLOT * (2 * index + (workers == 1))  # a window of its own: nothing present
                 log(f"{args.pairs} pairs, round trip {round_trip} s, {workers} worker(s) ...")
                 rows.append(measure(s3, config, standin, args.pairs, round_trip, workers, slot))
