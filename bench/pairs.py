@@ -62,22 +62,23 @@ def alert_share(threshold_pct: float = RULE["threshold_pct"]) -> float:
     return sum(abs(b[1] / a[1] - 1) * 100 > threshold_pct for a, b in pairs) / len(pairs)
 
 
-def blended_requests(quiet: dict, firing: dict, share: float) -> dict[str, dict[str, float]]:
+def blended_requests(quiet: dict, firing: dict, share: float, scale: float = 1.0) -> dict[str, dict[str, float]]:
     """Requests of an average window: the quiet window's, plus ``share`` of what a window where every pair
-    fires adds (each alert's publish and ledger writes scale with the alerts)."""
+    fires adds (each alert's publish and ledger writes scale with the alerts): ``scale`` times what the
+    recorded firing window added, when only ``1 / scale`` of its pairs fired."""
     out: dict[str, dict[str, float]] = {}
     for service in sorted(set(quiet) | set(firing)):
         operations = set(quiet.get(service, {})) | set(firing.get(service, {}))
         out[service] = {}
         for operation in sorted(operations):
             base = quiet.get(service, {}).get(operation, 0)
-            out[service][operation] = base + share * max(0, firing.get(service, {}).get(operation, 0) - base)
+            out[service][operation] = base + share * scale * max(0, firing.get(service, {}).get(operation, 0) - base)
     return out
 
 
-def monthly_cost(latency: dict, job: dict, share: float) -> dict:
+def monthly_cost(latency: dict, job: dict, share: float, scale: float = 1.0) -> dict:
     quiet, firing = latency["quiet_window"], latency["request_window"]
-    requests = blended_requests(quiet["requests"]["by_service"], firing["requests"]["by_service"], share)
+    requests = blended_requests(quiet["requests"]["by_service"], firing["requests"]["by_service"], share, scale)
     publishes = requests.get("sns", {}).pop("Publish", 0)
     return cost.monthly(
         cost.load_prices(),
@@ -90,12 +91,13 @@ def monthly_cost(latency: dict, job: dict, share: float) -> dict:
     )
 
 
-def measure(count: int, windows: int, bulk_days: int | None, keep_state: bool = False) -> dict:
-    """Every figure of one pair count, on a stack of its own."""
-    out: dict = {"pairs": count}
+def measure(count: int, windows: int, bulk_days: int | None, keep_state: bool = False,
+            firing: int | None = None) -> dict:  # fmt: skip
+    """Every figure of one pair count, on a stack of its own (``firing``: pairs that move in a firing window)."""
+    out: dict = {"pairs": count, "firing": min(firing or count, count)}
     with running(f"price-bench-pairs{count}-", log, keep_state, rules=rules_document(count)) as bench:
         log(f"{count} pairs: live latency over {windows} windows (+2 recorded for request counts) ...")
-        out["latency"] = latency = bench.live_latency(LATENCY_START, windows)
+        out["latency"] = latency = bench.live_latency(LATENCY_START, windows, firing=out["firing"])
         log(f"  median {latency['median_seconds']:.1f} s, max {latency['max_seconds']:.1f} s")
         out["glue_job"] = bench.glue_job()
         if bulk_days:
@@ -117,15 +119,16 @@ def parquet_objects(bench: Bench) -> int:
     return sum(item["Key"].endswith(".parquet") for item in listed.get("Contents", []))
 
 
-def run(quick: bool = False, keep_state: bool = False, counts: tuple[int, ...] | None = None) -> dict:
+def run(quick: bool = False, keep_state: bool = False, counts: tuple[int, ...] | None = None,
+        firing: int | None = None) -> dict:  # fmt: skip
     counts = counts or (QUICK_COUNTS if quick else COUNTS)
     windows = 1 if quick else 3
     bulk_days = 1 if quick else 30
     share = alert_share()
     results = {"counts": counts, "alert_share": share, "load_start": machine.load_average(), "rows": []}
     for count in counts:
-        row = measure(count, windows, bulk_days if count == BULK_PAIRS else None, keep_state)
-        row["cost"] = monthly_cost(row["latency"], row["glue_job"], share)
+        row = measure(count, windows, bulk_days if count == BULK_PAIRS else None, keep_state, firing)
+        row["cost"] = monthly_cost(row["latency"], row["glue_job"], share, row["pairs"] / row["firing"])
         results["rows"].append(row)
     results["load_end"] = machine.load_average()
     return results
@@ -147,17 +150,19 @@ def report(results: dict | None) -> str:
         "## Many pairs: latency, requests and cost by pair count",
         "",
         f"`python -m bench.pairs` (part of `make bench`): a stack of its own per pair count, a rules file of that "
-        f"many pairs (ETH/USDT + P001/USDT ..., each |change| > 1 % over 5 min). Load average at start "
-        f"{results['load_start']}, at end {results['load_end']}. Latency: a live window where every pair fires, "
-        "from the default pair's record (which lands last) to the window's last alert in SQS. Requests: the "
-        "stand-in's recording of one window where no pair fires / one where every pair fires. Cost per month: "
+        f"many pairs (ETH/USDT + P001/USDT ..., each |change| > 1 % over 5 min; the firing window moves the pairs "
+        "in brackets, every pair unless `--firing` says). Load average at start "
+        f"{results['load_start']}, at end {results['load_end']}. Latency: a live window where those pairs fire, "
+        "from the default pair's record (which lands last) to the window's last alert in SQS; a quiet window is "
+        "decided when its analysis task ends (ledger written). Requests: the stand-in's recording of one window "
+        "where no pair fires / one where those fire. Cost per month: "
         f"the quiet window's requests every window plus each alert's own for {results['alert_share']:.1%} of "
         "pair-windows (the share of the real 5-minute data's windows above 1 %).",
         "",
-        "| Pairs | Record → last alert (median, max) | First alert | S3 requests / window (quiet, all fire) "
-        "| Glue runs / window | SNS publishes / window (all fire) | Cost / month "
+        "| Pairs (firing) | Record → last alert (median, max) | First alert | Quiet window decided "
+        "| S3 requests / window (quiet, firing) | Glue runs / window | SNS publishes / window (firing) | Cost / month "
         f"| vs {rows[0]['pairs']} pair{'' if rows[0]['pairs'] == 1 else 's'} |",
-        "|---:|---|---:|---|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         latency = row["latency"]
@@ -166,10 +171,11 @@ def report(results: dict | None) -> str:
         publishes = latency["request_window"]["requests"]["by_service"].get("sns", {}).get("Publish", 0)
         first = statistics.median(w["first_alert_seconds"] for w in latency["windows"])
         total = row["cost"]["python_shell_total"]
+        decided = latency["quiet_window"]["timeline"]["analyse_pairs end"]
         lines.append(
-            f"| {row['pairs']} | {latency['median_seconds']:.1f} s, {latency['max_seconds']:.1f} s | {first:.1f} s "
-            f"| {quiet.get('s3', 0):,}, {firing.get('s3', 0):,} | {glue_runs} | {publishes} | ${total:,.2f} "
-            f"| {total / base:.2f}× |"
+            f"| {row['pairs']} ({row.get('firing', row['pairs'])}) | {latency['median_seconds']:.1f} s, "
+            f"{latency['max_seconds']:.1f} s | {first:.1f} s | {decided:.1f} s | {quiet.get('s3', 0):,}, "
+            f"{firing.get('s3', 0):,} | {glue_runs} | {publishes} | ${total:,.2f} | {total / base:.2f}× |"
         )
     lines += ["", "Monthly cost by item (Python shell Glue job, 8,640 runs):", ""]
     items = [name for name, _, _ in rows[0]["cost"]["python_shell"]]
@@ -180,7 +186,7 @@ def report(results: dict | None) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     totals = [f"**${row['cost']['python_shell_total']:,.2f}**" for row in rows]
     lines.append("| **Total** | " + " | ".join(totals) + " |")
-    for kind, title in (("quiet_window", "no pair fires"), ("request_window", "every pair fires")):
+    for kind, title in (("quiet_window", "no pair fires"), ("request_window", "the pairs in brackets fire")):
         lines += ["", f"S3 requests of one window where {title}, by operation:", ""]
         s3 = [row["latency"][kind]["requests"]["by_service"].get("s3", {}) for row in rows]
         lines.append("| Operation | " + " | ".join(f"{row['pairs']} pairs" for row in rows) + " |")
@@ -214,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="report path (default bench/results/pairs.md or pairs-quick.md)")
     parser.add_argument("--keep-state", action="store_true", help="keep each stack's state folder afterwards")
     parser.add_argument("--counts", type=int, nargs="+", help=f"pair counts to measure (default {COUNTS})")
+    parser.add_argument("--firing", type=int, help="pairs that move in a firing window (default: every pair)")
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
-    results = run(args.quick, args.keep_state, tuple(args.counts) if args.counts else None)
+    results = run(args.quick, args.keep_state, tuple(args.counts) if args.counts else None, args.firing)
     text = (
         f"### Pairs benchmark {started:%Y-%m-%d %H:%M} UTC ({'quick' if args.quick else 'full'})\n\n"
         f"Command: `{' '.join(['python -m bench.pairs', *(argv or sys.argv[1:])])}`.  \n"

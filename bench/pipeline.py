@@ -424,7 +424,8 @@ class Bench:
             "cli_output": done.stdout[-500:],
         }
 
-    def live_latency(self, first: datetime, windows: int, record_requests: bool = True) -> dict:
+    def live_latency(self, first: datetime, windows: int, record_requests: bool = True,
+                     firing: int | None = None) -> dict:  # fmt: skip
         """Record landing -> alert in the subscriber queue, for ``windows`` live runs of price_notification.
 
         Each run is triggered through the REST API for a past window with ``notify_on_backfill`` (a
@@ -435,7 +436,8 @@ class Bench:
         pair's (which the sensor waits for) last, as ``make run``'s feed writes them; the latency runs from
         that last record to the window's last alert. With ``record_requests`` two more windows run with the
         stand-in recording every request: one where every pair fires (``request_window``) and one where
-        none does (``quiet_window``), to count the AWS requests of a window and of its alerts.
+        none does (``quiet_window``), to count the AWS requests of a window and of its alerts. ``firing``: how
+        many pairs move in a firing window (the default pair and the first others; default every pair).
         """
         self._drain()
         # An hour of flat prices before each window, as in steady state: the analysis reads all of them.
@@ -460,14 +462,18 @@ class Bench:
             # trigger checks once within ~3 s of the deferral, then every sensor_poke_seconds.
             phase = self.config.sensor_poke_seconds * (index % max(1, windows)) / max(1, windows)
             time.sleep(TRIGGER_FIRST_CHECK_SECONDS + phase)
-            move = 1.0 if kind == "quiet" else MOVE
-            for pair in self.other_pairs:
+            movers = 0 if kind == "quiet" else (firing or 1 + len(self.other_pairs)) - 1
+            for rank, pair in enumerate(self.other_pairs):
+                move = MOVE if rank < movers else 1.0
                 write_record(self.s3, self.config.bucket, flat_record(slot, FLAT[True] * move), pair=pair)
             landed = time.time()
             write_record(
-                self.s3, self.config.bucket, flat_record(slot, FLAT[False] * move), pair=self.rule_set.default_pair
+                self.s3,
+                self.config.bucket,
+                flat_record(slot, FLAT[False] * (1.0 if kind == "quiet" else MOVE)),
+                pair=self.rule_set.default_pair,
             )
-            expected = 0 if kind == "quiet" else 1 + len(self.other_pairs)
+            expected = 0 if kind == "quiet" else 1 + movers
             sent = self._wait_alerts(slot, expected, timeout=900)
             row = self.wait_run(LIVE_DAG, run_id, 900)
             tasks = self.task_times(LIVE_DAG, run_id)

@@ -51,3 +51,13 @@ def test_a_recording_whose_threads_put_two_requests_on_one_line_is_read_whole():
     text = '{"a": 1}\n{"b": 2}{"c": "}{"}\n\n{"d": 4} \n'
 
     assert list(recorded_requests(text)) == [{"a": 1}, {"b": 2}, {"c": "}{"}, {"d": 4}]
+
+
+def test_a_window_where_a_tenth_of_the_pairs_fired_counts_each_alert_ten_times_in_the_blend():
+    """``--firing``: 100 of 1,000 pairs fired in the recorded window; every pair fires for the alert share."""
+    quiet = {"s3": {"PutObject": 2}}
+    firing = {"s3": {"PutObject": 6}, "sns": {"Publish": 4}}
+
+    blended = pairs.blended_requests(quiet, firing, share=0.025, scale=10)
+
+    assert blended == {"s3": {"PutObject": 3}, "sns": {"Publish": 1}}
