@@ -12,10 +12,9 @@ import pytest
 from include.price_pipeline import layout, ledger, settings
 from local import soak, subscriptions
 from local.api import Api
-from local.feed import write_record
 from local.stack import isolated
 from tests.conftest import utc
-from tests.records import candle, seed_normalized, seed_pairs
+from tests.e2e.test_mapped_publish_grid import every_local_pair_fires
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
@@ -56,17 +55,7 @@ def bulk_state(stack, run_id: str) -> str | None:
 def test_each_subscription_gets_exactly_the_alerts_its_filter_admits_once_and_never_again(stack):
     aws = soak.aws_clients(stack)
     s3 = aws["s3"]
-    seed_normalized(s3, soak.BUCKET, candle(W - layout.SLOT, 100.0))
-    seed_pairs(s3, soak.BUCKET, W - layout.SLOT * 3, {"BTC/USDT": 90000.0})
-    seed_pairs(s3, soak.BUCKET, W - layout.SLOT, {"BTC/USDT": 90500.0, "SOL/USDT": 149.0})
-    write_record(s3, soak.BUCKET, candle(W, 102.5), "json", pair="ETH/USDT")  # +2.5 % in 5 min
-    write_record(s3, soak.BUCKET, candle(W, 91000.0), "json", pair="BTC/USDT")  # +1.11 % in 15 min
-    write_record(s3, soak.BUCKET, candle(W, 150.5), "json", pair="SOL/USDT")  # crosses 150 upward
-    api, run = Api(stack), "subscriptions__" + layout.slot_stamp(W)
-    body = {"dag_run_id": run, "logical_date": W.isoformat(), "data_interval_start": W.isoformat(),
-            "data_interval_end": (W + layout.SLOT).isoformat(), "conf": {"notify_on_backfill": True}}  # fmt: skip
-    api.call("POST", f"/api/v2/dags/{LIVE}/dagRuns", body)
-    soak.wait_for(lambda: soak.run_state(stack, run) in ("success", "failed"), stack=stack, what="the run")
+    api, run = Api(stack), every_local_pair_fires(stack, W, "subscriptions__" + layout.slot_stamp(W))
 
     got = received(aws)
 

@@ -41,23 +41,27 @@ def stack(stack_dir):
         yield stack
 
 
-@pytest.fixture(scope="module")
-def run_id(stack) -> str:
-    """One run of window W (triggered for it, notifying) in which every pair of the local rules fires."""
+def every_local_pair_fires(stack, window, run: str) -> str:
+    """One run ``run`` of ``window`` (triggered for it through the REST API, notifying) in which every pair of
+    the local rules fires, as SUBJECTS say; returns once it ended."""
     s3 = stack.client("s3")
-    seed_normalized(s3, soak.BUCKET, candle(W - layout.SLOT, 100.0))
-    seed_pairs(s3, soak.BUCKET, W - layout.SLOT * 3, {"BTC/USDT": 90000.0})
-    seed_pairs(s3, soak.BUCKET, W - layout.SLOT, {"BTC/USDT": 90500.0, "SOL/USDT": 149.0})
-    write_record(s3, soak.BUCKET, candle(W, 102.5), "json", pair="ETH/USDT")  # +2.5 % in 5 min
-    write_record(s3, soak.BUCKET, candle(W, 91000.0), "json", pair="BTC/USDT")  # +1.11 % in 15 min
-    write_record(s3, soak.BUCKET, candle(W, 150.5), "json", pair="SOL/USDT")  # crosses 150 upward
-
-    run = "grid__" + layout.slot_stamp(W)
-    body = {"dag_run_id": run, "logical_date": W.isoformat(), "data_interval_start": W.isoformat(),
-            "data_interval_end": (W + layout.SLOT).isoformat(), "conf": {"notify_on_backfill": True}}  # fmt: skip
+    seed_normalized(s3, soak.BUCKET, candle(window - layout.SLOT, 100.0))
+    seed_pairs(s3, soak.BUCKET, window - layout.SLOT * 3, {"BTC/USDT": 90000.0})
+    seed_pairs(s3, soak.BUCKET, window - layout.SLOT, {"BTC/USDT": 90500.0, "SOL/USDT": 149.0})
+    write_record(s3, soak.BUCKET, candle(window, 102.5), "json", pair="ETH/USDT")  # +2.5 % in 5 min
+    write_record(s3, soak.BUCKET, candle(window, 91000.0), "json", pair="BTC/USDT")  # +1.11 % in 15 min
+    write_record(s3, soak.BUCKET, candle(window, 150.5), "json", pair="SOL/USDT")  # crosses 150 upward
+    body = {"dag_run_id": run, "logical_date": window.isoformat(), "data_interval_start": window.isoformat(),
+            "data_interval_end": (window + layout.SLOT).isoformat(), "conf": {"notify_on_backfill": True}}  # fmt: skip
     Api(stack).call("POST", f"/api/v2/dags/{LIVE}/dagRuns", body)
     soak.wait_for(lambda: soak.run_state(stack, run) in ("success", "failed"), stack=stack, what="the run")
     return run
+
+
+@pytest.fixture(scope="module")
+def run_id(stack) -> str:
+    """One run of window W in which every pair of the local rules fires."""
+    return every_local_pair_fires(stack, W, "grid__" + layout.slot_stamp(W))
 
 
 def test_a_window_of_three_alerts_publishes_through_three_mapped_sns_publish_instances(stack, run_id):
