@@ -205,10 +205,11 @@ def watch_notifications(stack: Stack, should_stop, alert_subscriptions: list[dic
 def print_notifications(sqs, config: settings.Config, subscribers: dict[str, str], out=print) -> None:
     """Print the alert and ops notifications waiting in the topics' ``-inbox`` queues (each alert with the
     ``subscribers`` that received it, when there are any), removing them and the subscribers' copies."""
+    from local.soak import receive_all
     from local.standin import queue_name
 
     inboxes = {"alert": config.alert_topic_arn, "ops": config.ops_topic_arn}
-    waiting = {topic: subscriptions.drain(sqs, sqs.get_queue_url(QueueName=queue_name(arn))["QueueUrl"])
+    waiting = {topic: receive_all(sqs, sqs.get_queue_url(QueueName=queue_name(arn))["QueueUrl"], wait_seconds=0)
                for topic, arn in inboxes.items()}  # fmt: skip
     received = subscriptions.received(sqs, subscribers)  # after the inboxes: every copy of theirs is there
     for topic, notifications in waiting.items():

@@ -150,10 +150,14 @@ def wait_for_backfill(stack: Stack, backfill_id: int, timeout: float, report=Non
     return dict(stack.query("SELECT state, count(*) FROM dag_run WHERE backfill_id = %s GROUP BY state", backfill_id))
 
 
-def receive_all(sqs, queue_url: str) -> list[dict]:
-    """Every SNS envelope waiting in an SQS queue (removed from it)."""
+def receive_all(sqs, queue_url: str, wait_seconds: int = 1) -> list[dict]:
+    """Every SNS envelope waiting in an SQS queue (removed from it); the last, empty receive waits
+    ``wait_seconds`` (0: the stand-in delivers within the Publish call, so one empty short poll is an empty
+    queue, as ``make run``'s printing loop reads it)."""
     out = []
-    while got := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+    while got := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds).get(
+        "Messages", []
+    ):
         for message in got:
             out.append(json.loads(message["Body"]))
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -73,21 +73,12 @@ def provision(sns, sqs, topic_arn: str, subscriptions: list[dict]) -> None:
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn, Attributes=attributes)
 
 
-def drain(sqs, queue_url: str) -> list[dict]:
-    """Every SNS envelope in the queue, removed from it. The stand-in delivers within the Publish call, so one
-    empty short poll is an empty queue."""
-    out = []
-    while got := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []):
-        for message in got:
-            out.append(json.loads(message["Body"]))
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-    return out
-
-
 def received(sqs, queues: dict[str, str]) -> dict[str, list[str]]:
-    """Which subscriptions received each message now in their queues (drained): labels by SNS message id."""
+    """Which subscriptions received each message now in their queues (emptied): labels by SNS message id."""
+    from local.soak import receive_all
+
     by_message: dict[str, list[str]] = {}
     for name, queue_url in queues.items():
-        for envelope in drain(sqs, queue_url):
+        for envelope in receive_all(sqs, queue_url, wait_seconds=0):
             by_message.setdefault(envelope["MessageId"], []).append(name)
     return by_message

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from include.price_pipeline import alerts, settings
-from local import run, subscriptions
+from local import run, soak, subscriptions
 from local.standin import provision, queue_name
 from tests.conftest import STANDIN_CREDENTIALS
 
@@ -52,7 +52,7 @@ def queues(aws, topics) -> dict[str, str]:
     config, subscribed = topics
     queues = subscriptions.queues(aws.sqs, config.alert_topic_arn, subscribed)
     for queue_url in [*queues.values(), inbox(aws, config)]:
-        subscriptions.drain(aws.sqs, queue_url)
+        soak.receive_all(aws.sqs, queue_url, wait_seconds=0)
     return queues
 
 
@@ -82,7 +82,7 @@ def test_each_subscription_gets_exactly_the_alerts_its_filter_policy_admits_once
     config, _ = topics
 
     sent = publish_window(config)
-    got = {name: subscriptions.drain(aws.sqs, url) for name, url in queues.items()}
+    got = {name: soak.receive_all(aws.sqs, url, wait_seconds=0) for name, url in queues.items()}
 
     received = {name: sorted((e["MessageAttributes"]["pair"]["Value"], e["MessageAttributes"]["change_pct"]["Value"])
                              for e in envelopes) for name, envelopes in got.items()}  # fmt: skip
@@ -95,7 +95,7 @@ def test_each_subscription_gets_exactly_the_alerts_its_filter_policy_admits_once
     for envelopes in got.values():  # once each, the very messages published
         assert len({e["MessageId"] for e in envelopes}) == len(envelopes)
         assert {e["MessageId"] for e in envelopes} <= set(sent)
-    assert sorted(e["MessageId"] for e in subscriptions.drain(aws.sqs, inbox(aws, config))) == sorted(sent)
+    assert sorted(e["MessageId"] for e in soak.receive_all(aws.sqs, inbox(aws, config), wait_seconds=0)) == sorted(sent)
     listed = aws.client("sns").list_subscriptions_by_topic(TopicArn=config.alert_topic_arn)["Subscriptions"]
     assert len(listed) == 1 + len(queues)  # the inbox and one per subscription, provisioned twice
 
