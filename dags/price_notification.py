@@ -86,6 +86,9 @@ def price_notification():
         verbose=True,
         deferrable=config.deferrable,
         **settings.glue_wait(settings.GLUE_JOB_TIMEOUT_MINUTES, config.glue_poll_seconds),
+        # As the sensor's: a try apache/airflow#72716 fails (a run that outlasted the short wait, then a trigger
+        # firing at once) is retried 2 s later, not 20 s; the retry reattaches to the same Glue run.
+        retry_delay=pendulum.duration(seconds=2),
     )
 
     @task
