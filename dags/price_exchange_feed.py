@@ -8,7 +8,8 @@ A producer the project ships: prices from an exchange without writing one. Each 
 exchange the rules file's `feed` names for it (default: Binance), through ccxt, written once to the pair's
 ingestion key as the exchange's own record, where the pair has no record yet: `price_notification` then
 decides it as any producer's. A pair that still has no candle after the retries fails the task with one line
-naming the exchange and the pair, and ops hear of it once (*Feed problem*).
+naming the exchange and the pair: the exchange's *Feed problem* incident for ops, paged when it opens,
+resolved by the first window whose fetch succeeds (README "Ops incidents").
 
 `PRICE_EXCHANGE_URL` points ccxt's Binance-API exchanges at another base URL (the local exchange stand-in).
 Past candles: `price_history_backfill` with `fetch_from_exchange`. Details: README "Exchange feed".
@@ -27,8 +28,6 @@ config = settings.load()
 #: The pairs and where each one's candles come from, validated now (one line naming the field).
 rule_set = settings.load_rules(config)
 
-notify_ops = operators.live_ops_notifier(config)
-
 
 @dag(
     schedule=operators.every_window(),
@@ -37,7 +36,7 @@ notify_ops = operators.live_ops_notifier(config)
     max_active_runs=4,
     doc_md=__doc__,
     tags=["prices", "feed", "exchange"],
-    default_args={**settings.DEFAULT_TASK_ARGS, "on_failure_callback": notify_ops},
+    default_args={**settings.DEFAULT_TASK_ARGS, **operators.incident_callbacks(config)},
 )
 def price_exchange_feed():
     # Each try asks the pairs still without a record; retries come about 20, 40, 80 s later.

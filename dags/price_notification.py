@@ -18,11 +18,13 @@ record whose candle starts at `data_interval_start`:
    each (pair, rule, window) at most once, recorded `notified` with its SNS message id. Backfill runs and
    windows older than `max_alert_age` are recorded as suppressed unless `notify_on_backfill`.
    **post_slack_alerts** (only with `PRICE_SLACK_CONN_ID`) posts the alerts SNS accepted in one message.
-5. **report_window_to_ops**, beside the publish: the window's notices for ops (pairs late, alerts not sent).
+5. **report_window_to_ops**, beside the publish: the window's news for ops (pairs late, alerts not sent).
 
 The analysis waits only for an earlier window whose record is there and whose run can still normalize it.
 A run without a logical date analyses the latest window complete when it was triggered. Failures of live
-runs go to the ops topic; a backfill's to whoever ran it, but for a claim left, which only ops can release.
+runs and late pairs are ops incidents (README "Ops incidents"): paged when they open, reminded while they last,
+resolved by the first healthy window. A backfill's failures go to whoever ran it, but for a claim left, which
+only ops can release.
 Settings come from `PRICE_*` environment variables and rules from `PRICE_RULES_FILE` (see README); the params
 below override a named pair's change rule for one run (`pair`, `rule`; the numbers left empty are the rule's own).
 """
@@ -38,8 +40,6 @@ config = settings.load()
 #: The pairs and their rules, validated now: a bad file fails the parse with one line naming the field.
 rule_set = settings.load_rules(config)
 
-notify_ops = operators.live_ops_notifier(config)
-
 
 @dag(
     schedule=operators.every_window(),
@@ -48,7 +48,7 @@ notify_ops = operators.live_ops_notifier(config)
     max_active_runs=16,
     doc_md=__doc__,
     tags=["prices", "alerts", "glue", "sns"],
-    default_args={**settings.DEFAULT_TASK_ARGS, "on_failure_callback": notify_ops},
+    default_args={**settings.DEFAULT_TASK_ARGS, **operators.incident_callbacks(config)},
     user_defined_macros={
         "window_start": runs.window_start,
         "iso": layout.iso,
@@ -98,8 +98,8 @@ def price_notification():
     # Beside the publish, not before it: an ops topic that cannot be told holds back no alert, and either
     # failing fails the run.
     @task(retry_delay=pendulum.duration(seconds=5))
-    def report_window_to_ops(notices: list[list[str]]) -> None:
-        runs.report_window_to_ops(config, notices)
+    def report_window_to_ops(ops: dict, ti=None) -> None:
+        runs.report_window_to_ops(config, ops, ti)
 
     @task(trigger_rule="none_failed_min_one_success")
     def post_slack_alerts(due: list[dict], published) -> None:

@@ -59,6 +59,17 @@ RAW, ANALYSIS, LEDGER, QUARANTINE = (
 )
 _STAMP = re.compile(r"(\d{8}T\d{4}Z)")
 _WINDOW_LINE = re.compile(r"^Window:\s+(\S+) to", re.MULTILINE)
+#: An ops incident's message subjects (README "Ops incidents"), restated: opened, reminded, resolved.
+_INCIDENT = re.compile(
+    r"^\[price pipeline\] (?:(?P<reminded>Still )|(?P<resolved>Resolved, )|"
+    r"(?P<opened>(?:Feed stale|Feed problem|Pair late|Record quarantined|Alert claim left|Task failed): ))"
+)
+
+
+def incident_event(subject: str) -> str | None:
+    """``opened``, ``reminded`` or ``resolved`` for an ops incident's message, None for another."""
+    found = _INCIDENT.match(subject)
+    return found.lastgroup if found else None
 
 
 # ---------------------------------------------------------------------------------- the series
@@ -209,6 +220,9 @@ class SoakReport:
     runs: dict[str, int] = field(default_factory=dict)
     task_tries: dict[str, int] = field(default_factory=dict)
     ops_notifications: int = 0
+    #: Ops incident messages seen ({"opened": n, ...}) and expected: a backfill opens none (README "Ops incidents").
+    incident_messages: dict[str, int] = field(default_factory=dict)
+    incident_messages_expected: dict[str, int] = field(default_factory=dict)
     glue_runs: int = 0
     faults: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -225,6 +239,7 @@ class SoakReport:
             or self.missing_analysis
             or self.altered_analysis
             or self.quarantined
+            or self.incident_messages != self.incident_messages_expected
         )
 
     def lines(self) -> list[str]:
@@ -247,6 +262,8 @@ class SoakReport:
             f"per service {self.faults.get('calls', {})})",
             f"dag runs           {self.runs}; task tries {self.task_tries}; Glue runs {self.glue_runs}; "
             f"ops notifications {self.ops_notifications}",
+            f"ops incidents      {self.incident_messages or 'none'} "
+            f"(expected {self.incident_messages_expected or 'none'})",
             f"elapsed            {self.seconds:.0f} s",
             "RESULT             " + ("OK" if self.ok else "FAILED"),
         ]
@@ -340,7 +357,9 @@ def run_soak(
                 backfill_id,
             )
         )
-        report.ops_notifications = len(receive_all(aws["sqs"], queue_url(aws["sqs"], "price-pipeline-ops")))
+        ops = receive_all(aws["sqs"], queue_url(aws["sqs"], "price-pipeline-ops"))
+        report.ops_notifications = len(ops)
+        report.incident_messages = dict(Counter(filter(None, (incident_event(m["Subject"]) for m in ops))))
         report.glue_runs = len(glue_runs(aws["glue"]))
         report.faults = fault_counts
         report.seconds = time.monotonic() - started

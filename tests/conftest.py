@@ -277,11 +277,16 @@ def aws_session(standin) -> Aws:
 
 @pytest.fixture
 def aws(aws_session) -> Aws:
-    """The stand-in with both notification queues drained before the test. moto delivers an SNS message
-    to its queues within the Publish call, so an empty short poll is an empty queue (a long poll here
-    cost every test two idle seconds)."""
+    """The stand-in with both notification queues drained and no ops incident open before the test. moto
+    delivers an SNS message to its queues within the Publish call, so an empty short poll is an empty queue
+    (a long poll here cost every test two idle seconds)."""
     aws_session.receive(aws_session.alert_queue, wait_seconds=0)
     aws_session.receive(aws_session.ops_queue, wait_seconds=0)
+    from include.price_pipeline import layout
+
+    # Each test's ops incidents are its own: one another test left open would count, not page, its failures.
+    config = aws_session.config
+    aws_session.s3.delete_object(Bucket=config.bucket, Key=layout.incidents_key(config.changes_prefix))
     return aws_session
 
 

@@ -24,7 +24,7 @@ class UnsafeText(ValueError):
 class ClaimsLeft(RuntimeError):
     """Alerts of this run whose publish an earlier try started and never recorded (``ledger.LEFT``): they may
     have been sent, and only ops can release their claims, so the failure is paged whatever the run (*Alert
-    claim left*). ``claim_left`` is the mark OPS_SUBJECT and the ops notifier test: only this class (and its
+    claim left*). ``claim_left`` is the mark ``incidents.failures_of`` tests: only this class (and its
     subclasses) carries it, whereas the exception's text may quote a record's, "claim" included."""
 
     claim_left = True
@@ -152,16 +152,8 @@ def _minutes_between(earlier: str, later: str) -> int:
     return int((datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds() // 60)
 
 
-#: Ops notifications (SnsNotifier failure callback), rendered with the failed task's context.
-OPS_SUBJECT = (
-    "[price pipeline] "
-    "{% if ti.task_id == 'wait_for_price_record' %}Feed stale"
-    "{% elif ti.task_id.startswith('fetch_exchange') %}Feed problem"
-    "{% elif exception.claim_left is defined %}Alert claim left"
-    "{% elif 'quarantined' in (exception | string) %}Record quarantined"
-    "{% else %}Task failed{% endif %}"
-    ": {{ ti.task_id }} {{ (data_interval_start | default(dag_run.run_after, true)).strftime('%Y-%m-%d %H:%M') }} UTC"
-)
+#: The ops message of a live task's failure, rendered with the failed task's context: the detail of the
+#: incident it opens (``incidents.failures_of`` says which).
 OPS_MESSAGE = """\
 {% if ti.task_id == 'wait_for_price_record' -%}
 Feed stale: no price record arrived for window {{ data_interval_start | default('(run without a logical date)') }} \

@@ -254,3 +254,17 @@ def quarantined(s3, config: Config, rule_set: rules.Rules, start: datetime, end:
         for note in quarantine.notes(s3, config, rule_set, start, end)
         if note["pair"] == pair
     ]
+
+
+def incidents(s3, config: Config) -> dict:
+    """The page's ops incidents: those open (oldest first) and the last closed (newest first), each its kind,
+    subject, first and last failing window, windows counted and, once closed, the window that resolved it."""
+    from include.price_pipeline import incidents as ops
+
+    shown = ("kind", "subject", "first", "last", "windows", "resolved")
+    state = ops.read(s3, config.bucket, config.changes_prefix)
+    opened = sorted(state["open"].values(), key=lambda incident: (incident["first"], incident["subject"]))
+    return {
+        "open": [{name: incident.get(name) for name in shown} for incident in opened],
+        "closed": [{name: incident.get(name) for name in shown} for incident in state["closed"]],
+    }

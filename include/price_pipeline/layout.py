@@ -170,6 +170,12 @@ def pairs_ledger_key(slot: datetime, prefix: str = CHANGES_PREFIX) -> str:
     return f"{prefix}{partition(slot)}{slot_stamp(slot)}/{PAIRS_FILE}.jsonl"
 
 
+def incidents_key(prefix: str = CHANGES_PREFIX) -> str:
+    """The ops incidents' one state object (``incidents``), beside the ledger: the folder starts with an
+    underscore, so Athena and Hive skip it and no partition listing sees it."""
+    return f"{prefix}_incidents/state.json"
+
+
 def quarantine_keys(slot: datetime, source_key: str, prefix: str = QUARANTINE_PREFIX) -> tuple[str, str]:
     """(copy key, reason key) for a quarantined object; the source key only enters as a digest."""
     digest = hashlib.sha256(source_key.encode("utf-8")).hexdigest()[:16]

@@ -254,16 +254,10 @@ def _missing_reasons(s3, config: Config, rule_set, slot: datetime, late: list[st
     return out
 
 
-def late_notice(slot: datetime, late: dict, run_url: str) -> str:
-    """The ops message naming the pairs whose record was missing when the window was analysed."""
-    lines = [f"Window {layout.slot_stamp(slot)} was analysed without these pairs:"]
-    lines += [f"- {pair}: {reason}" for pair, reason in sorted(late.items())]
-    lines += [
-        "",
-        "Their windows have no ledger entry yet: clearing this run once the record is there (or a backfill,",
-        f"or the price_history_backfill DAG) analyses them. Run: {run_url}",
-    ]
-    return "\n".join(lines)
+def late_note(run_url: str) -> str:
+    """What the ops message opening late pairs' incidents says to do of them."""
+    return ("Their windows have no ledger entry yet: clearing this run once the record is there (or a backfill,\n"
+            f"or the price_history_backfill DAG) analyses them. Run: {run_url}")  # fmt: skip
 
 
 def publish_alerts(s3, config: Config, slot: datetime, due: list[dict], claimant: str,

@@ -11,7 +11,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.providers.amazon.aws.operators.sns import SnsPublishOperator
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
@@ -206,9 +205,17 @@ class AlertPublishOperator(SnsPublishOperator):
         raise AirflowSkipException(result["skipped"][0])
 
 
-class LiveRunsOpsNotifier(SnsNotifier):
-    """The ops topic's failure callback: a backfill run's failures go to whoever ran it, not to ops, except an
-    *Alert claim left* (``alerts.ClaimsLeft``): only ops can release it, and an alert may be missing."""
+class LiveRunsOpsNotifier(BaseNotifier):
+    """The live DAGs' failure callback: the failed task's last try is an ops incident (``incidents``): opened
+    (paged ``alerts.OPS_MESSAGE``, rendered) by the first failing window, counted by the next ones, reminded
+    while it lasts. A backfill run's failures go to whoever ran it, not to ops, except an *Alert claim left*
+    (``alerts.ClaimsLeft``): only ops can release it, and an alert may be missing; it is paged, no incident."""
+
+    template_fields = ("message",)
+
+    def __init__(self, config: Config, message: str):
+        super().__init__()
+        self.config, self.message = config, message
 
     def __call__(self, *args) -> None:
         # BaseNotifier renders its templates in place: on one shared instance, every failure after the first
@@ -216,16 +223,42 @@ class LiveRunsOpsNotifier(SnsNotifier):
         BaseNotifier.__call__(copy.copy(self), *args)
 
     def notify(self, context) -> None:
-        if context["dag_run"].run_type == "backfill" and not getattr(context.get("exception"), "claim_left", False):
-            log.info("A backfill run's failure: not paged to ops (make backfill and the UI report it)")
+        from include.price_pipeline import incidents, runs
+
+        exception, dag_run = context.get("exception"), context["dag_run"]
+        window = windows.run_window_start(context.get("data_interval_start"), dag_run.run_after)
+        failures = incidents.failures_of(context["dag"].dag_id, context["ti"].task_id, exception, self.message)
+        if dag_run.run_type == "backfill":
+            if getattr(exception, "claim_left", False):
+                runs.tell_ops(self.config, *incidents.opening(failures, window))
+            else:
+                log.info("A backfill run's failure: not paged to ops (make backfill and the UI report it)")
             return
-        super().notify(context)
+        runs.observe_incidents(self.config, incidents.Observation(window, failures=tuple(failures)), context["ti"])
 
 
-def live_ops_notifier(config: Config) -> LiveRunsOpsNotifier:
-    """The live DAGs' failure callback: ``alerts.OPS_SUBJECT`` / ``OPS_MESSAGE`` on the ops topic."""
-    return LiveRunsOpsNotifier(aws_conn_id=config.aws_conn_id, target_arn=config.ops_topic_arn,
-                               subject=alerts.OPS_SUBJECT, message=alerts.OPS_MESSAGE)  # fmt: skip
+def heal_incidents(config: Config):
+    """The live DAGs' success callback: a task's success heals the incidents its failures opened
+    (``incidents``), in a window after their last failing one. One read of the state; a write only to resolve."""
+
+    def heal(context) -> None:
+        from include.price_pipeline import incidents, runs
+
+        dag_run = context["dag_run"]
+        if dag_run.run_type == "backfill":
+            return
+        window = windows.run_window_start(context.get("data_interval_start"), dag_run.run_after)
+        healer = f"{context['dag'].dag_id}.{context['ti'].task_id}"
+        runs.observe_incidents(config, incidents.Observation(window, healthy_task=healer), context["ti"])
+
+    return heal
+
+
+def incident_callbacks(config: Config) -> dict:
+    """The live DAGs' task callbacks: a failure opens or counts an incident (``LiveRunsOpsNotifier``), a
+    success heals the incidents the task's failures opened (``heal_incidents``)."""
+    return {"on_failure_callback": LiveRunsOpsNotifier(config, alerts.OPS_MESSAGE),
+            "on_success_callback": heal_incidents(config)}  # fmt: skip
 
 
 def every_window() -> CronDataIntervalTimetable:

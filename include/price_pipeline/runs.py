@@ -79,14 +79,56 @@ def sns_publisher(config: Config):
     return publish
 
 
-def tell_ops(config: Config, subject: str, message: str) -> None:
-    """One message on the ops topic."""
+def ops_sender(config: Config):
+    """``send(subject, text)``: one ops message on the ops topic, and in Slack too with ``PRICE_SLACK_CONN_ID``
+    (a Slack post that fails is logged: the topic has the message, and a retry would send it there twice)."""
     from airflow.providers.amazon.aws.hooks.sns import SnsHook
 
-    log.warning("%s", message)
-    SnsHook(aws_conn_id=config.aws_conn_id).publish_to_target(
-        target_arn=config.ops_topic_arn, subject=subject, message=message
-    )
+    sns = SnsHook(aws_conn_id=config.aws_conn_id)
+
+    def send(subject: str, text: str) -> None:
+        log.warning("Ops: %s\n%s", subject, text)
+        sns.publish_to_target(target_arn=config.ops_topic_arn, subject=subject, message=text)
+        if config.slack_conn_id:
+            from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+            try:
+                SlackWebhookHook(slack_webhook_conn_id=config.slack_conn_id).send_text(alerts.slack_text(subject, text))
+            except Exception:
+                log.exception("Slack refused the ops message %r (it is on the ops topic)", subject)
+
+    return send
+
+
+def tell_ops(config: Config, subject: str, message: str) -> None:
+    """One message on the ops topic (and Slack), not an incident."""
+    ops_sender(config)(subject, message)
+
+
+def observe_incidents(config: Config, seen, ti) -> None:
+    """``incidents.observe`` on the deployment's state and ops topic, by the task instance ``ti`` (its retry
+    sends what it left unsent). When the state cannot be read or written, the failures seen are paged as they
+    are, the reason added: ops hear of them, if not once."""
+    import time
+
+    from include.price_pipeline import incidents
+
+    repeat = timedelta(minutes=config.ops_repeat_minutes)
+    sender = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
+    try:
+        sent = incidents.observe(_s3(config), config.bucket, config.changes_prefix, seen, repeat,
+                                 ops_sender(config), time.time(), sender)  # fmt: skip
+    except incidents.NotSent:
+        raise
+    except Exception as error:
+        if not seen.failures:
+            raise
+        log.exception("The incident state could not be changed: paging the failures as they are")
+        subject, text = incidents.opening(list(seen.failures), seen.window)
+        tell_ops(config, subject, f"{text}\n\n(Not an incident: its state could not be changed: "
+                                  f"{type(error).__name__}: {alerts.quoted(error)})")  # fmt: skip
+        return
+    log.info("Ops incidents: %s", "; ".join(subject for subject, _ in sent) or "nothing to tell")
 
 
 # ------------------------------------------------------------------ price_notification's task bodies
@@ -149,25 +191,35 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
         result = analyse_when_settled(ti, analyse, config.previous_window_wait_seconds)
     except (windows.WindowFailed, ledger.DamagedLedger, alerts.UnsafeText) as failure:
         raise AirflowFailException(str(failure)) from None
-    stamp, ops = layout.slot_stamp(slot), []
+    stamp, ops = layout.slot_stamp(slot), {"window": layout.iso(slot), "notices": []}
     if result["late"]:
         log.warning("Pairs late for window %s: %s", stamp, result["late"])
-    if result["late"] and due:  # a live window: ops hear of it (a backfill of old windows only logs it)
-        ops.append([f"[price pipeline] Pairs late: {stamp}", ledger.late_notice(slot, result["late"], run_url)])
+    if due and dag_run.run_type != "backfill":  # a live window: its pairs are incidents (a backfill's only logs)
+        late = result["late"]
+        ops |= {"late": late, "on_time": sorted(set(rule_set.pairs) - set(late)), "run_url": run_url}
     if result["ops_notice"]:
-        ops.append([f"[price pipeline] Alerts not sent: {stamp}", result["ops_notice"]])
+        ops["notices"].append([f"[price pipeline] Alerts not sent: {stamp}", result["ops_notice"]])
     ti.xcom_push(key="ops", value=ops)
     return result["alerts"]
 
 
-def report_window_to_ops(config: Config, notices: list[list[str]]) -> None:
-    """The window's notices for ops (``analyse_pairs``'), beside its publish: each is tried, and a notice the
-    ops topic refuses fails the task after the others were tried (its text is in the log)."""
-    if not notices:
-        log.info("Nothing to tell ops of this window")
-        return
+def report_window_to_ops(config: Config, ops: dict, ti) -> None:
+    """The window's news for ops (``analyse_pairs``'), beside its publish: a live window's late pairs are
+    incidents (each opened once, resolved by its first record on time: ``incidents.late_pairs``), and its
+    alerts not sent a notice. Each is tried; one the ops topic refuses fails the task after the others."""
+    from include.price_pipeline import incidents, ledger
+
     failed = []
-    for subject, message in notices:
+    if "late" in ops:
+        failures, healthy = incidents.late_pairs(ops["late"], ops["on_time"])
+        seen = incidents.Observation(layout.parse_iso(ops["window"]), failures, healthy=healthy,
+                                     note=ledger.late_note(ops["run_url"]))  # fmt: skip
+        try:
+            observe_incidents(config, seen, ti)
+        except Exception as error:  # noqa: BLE001 - the notices are tried too; the failure is raised below
+            log.error("Ops incidents of the late pairs not told (%s: %s)", type(error).__name__, error)
+            failed.append(f"incidents: {type(error).__name__}: {error}")
+    for subject, message in ops["notices"]:
         try:
             tell_ops(config, subject, message)
         except Exception as error:  # noqa: BLE001 - each notice is tried; the failure is raised below
@@ -227,7 +279,17 @@ def report_quarantine(config: Config, summary: dict, dag_run) -> None:
 
 class FeedFailed(Exception):
     """A pair's candles could not be had for a reason another try may not meet (one line per pair): Airflow
-    retries the task and pages ops once, after the last try (README "Exchange feed")."""
+    retries the task; its last try's failure is a *Feed problem* incident of each of ``exchanges`` (README
+    "Exchange feed")."""
+
+    def __init__(self, message: str, exchanges: set[str]):
+        super().__init__(message)
+        self.exchanges = sorted(exchanges)
+
+
+class FeedRefused(FeedFailed, AirflowFailException):
+    """FeedFailed where no pair's candle could be had and every problem is an answer another try would only
+    repeat: no retry."""
 
 
 def fetch_exchange_candles(config: Config, rule_set, data_interval_start, dag_run) -> dict:
@@ -259,15 +321,17 @@ def _fetched(done: dict, what: str, missing_is_a_problem: bool) -> dict:
     """Log each pair's fetch; fail with the problems (one line per pair, naming its exchange). A live window
     (``missing_is_a_problem``) refused or not served is a problem; a range's refused windows are logged and
     cost those windows only: the range goes on to be normalized and decided."""
-    problems = []
+    problems, exchanges = [], set()
     for pair, fetched in done.items():
         (log.warning if fetched.refused else log.info)("%s, %s: %s", pair, what, fetched.summary())
-        problems += fetched.problems
+        found = list(fetched.problems)
         if missing_is_a_problem:
-            problems += fetched.refused
+            found += fetched.refused
             if fetched.not_served:
-                problems.append(f"{fetched.exchange} {pair}: the exchange served no candle for {what}")
+                found.append(f"{fetched.exchange} {pair}: the exchange served no candle for {what}")
+        problems += found
+        exchanges |= {fetched.exchange} if found else set()
     if problems:
-        failure = FeedFailed if any(fetched.passing for fetched in done.values()) else AirflowFailException
-        raise failure(f"Feed problem, {what}: " + "; ".join(problems))
+        failure = FeedFailed if any(fetched.passing for fetched in done.values()) else FeedRefused
+        raise failure(f"Feed problem, {what}: " + "; ".join(problems), exchanges)
     return {pair: fetched.summary() for pair, fetched in done.items()}

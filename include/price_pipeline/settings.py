@@ -43,6 +43,11 @@ SETTINGS = (
         f"arn:aws:sns:{LOCAL_REGION}:{LOCAL_ACCOUNT}:price-pipeline-ops",
         "SNS topic for pipeline health (failures, stale feed, quarantine)",
     ),
+    Setting(
+        "PRICE_OPS_REPEAT_MINUTES",
+        "60",
+        "how often an open ops incident is reminded, in minutes of failing windows (0: never)",
+    ),
     Setting("PRICE_GLUE_JOB_NAME", "price-normalize-record", "Glue Python shell job name"),
     Setting("PRICE_GLUE_ROLE_NAME", "price-glue-job", "IAM role the Glue job runs as"),
     Setting("PRICE_MAX_ALERT_AGE_MINUTES", "15", "windows ending longer ago than this do not notify"),
@@ -106,6 +111,7 @@ class Config:
     quarantine_prefix: str
     alert_topic_arn: str
     ops_topic_arn: str
+    ops_repeat_minutes: int
     glue_job_name: str
     glue_role_name: str
     max_alert_age_minutes: int

@@ -142,6 +142,7 @@ def create_app() -> FastAPI:
         for row in data["windows"]:
             row["run_url"] = links.get(row["window_start"])
         data["focus"] = {"start": focus[0], "end": focus[1]} if focus else None
+        data["incidents"] = browse.incidents(s3_client(config), config)
         return json_response(data)
 
     @app.get("/api/ledger")

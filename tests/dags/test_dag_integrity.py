@@ -323,15 +323,23 @@ def test_a_run_without_a_logical_date_renders_the_latest_complete_window(dag, co
     assert windows.run_window_start(None, run.run_after) == utc(2026, 2, 3, 12, 0)  # what the sensor looks at
 
 
-def test_both_dags_take_their_task_defaults_from_one_home_and_tell_ops_of_failures(dagbag):
+def test_the_dags_take_their_task_defaults_from_one_home_and_tell_ops_of_failures(dagbag):
     from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
 
-    for dag_id in ("price_notification", "price_history_backfill"):
+    from include.price_pipeline import operators
+
+    for dag_id in ("price_notification", "price_history_backfill", "price_exchange_feed"):
         default_args = dict(dagbag.dags[dag_id].default_args)
         callback = default_args.pop("on_failure_callback")
+        healer = default_args.pop("on_success_callback", None)
 
         assert default_args == settings.DEFAULT_TASK_ARGS, dag_id
-        assert isinstance(callback, SnsNotifier), dag_id
+        if dag_id == "price_history_backfill":  # a range's failure goes to whoever ran it: no incident
+            assert isinstance(callback, SnsNotifier)
+            assert healer is None
+        else:  # a live window's failure is an ops incident, healed by the task's success in a later window
+            assert isinstance(callback, operators.LiveRunsOpsNotifier), dag_id
+            assert healer.__qualname__ == "heal_incidents.<locals>.heal", dag_id
 
 
 # ------------------------------------------------------------------ price_notification: params

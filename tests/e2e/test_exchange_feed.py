@@ -30,11 +30,11 @@ def vwap(kline: list) -> float:
     return quote / base if base else float(kline[4])
 
 
-def changes(exchange, pair: str) -> dict:
-    """Each window's % change from the window before, from the served klines alone."""
-    served = [vwap(kline) for kline in exchange.klines(pair, WINDOWS[0], WINDOWS[-1] + layout.SLOT)]
-    assert len(served) == len(WINDOWS)
-    return {slot: abs(served[i] / served[i - 1] - 1) * 100 for i, slot in enumerate(WINDOWS) if i}
+def changes(exchange, pair: str, windows: list = WINDOWS) -> dict:
+    """Each window's % change from the window before, from the served klines alone (consecutive windows)."""
+    served = [vwap(kline) for kline in exchange.klines(pair, windows[0], windows[-1] + layout.SLOT)]
+    assert len(served) == len(windows)
+    return {slot: abs(served[i] / served[i - 1] - 1) * 100 for i, slot in enumerate(windows) if i}
 
 
 def threshold(moves: dict) -> float:
@@ -129,7 +129,7 @@ def test_a_feed_problem_reaches_ops_once_naming_the_exchange_and_the_pair(setup,
 
     assert task_states(run) == {"fetch_exchange_candles": "failed"}
     [ops] = aws.ops()
-    assert ops["Subject"] == f"[price pipeline] Feed problem: fetch_exchange_candles {slot:%Y-%m-%d %H:%M} UTC"
+    assert ops["Subject"] == f"[price pipeline] Feed problem: binance {slot:%Y-%m-%d %H:%M} UTC"  # an incident
     reason = next(line for line in ops["Message"].splitlines() if line.startswith("Reason: "))
     assert reason.startswith(
         f"Reason: Feed problem, window {slot:%Y-%m-%d %H:%M} UTC: binance ETH/USDT: rate-limited ("

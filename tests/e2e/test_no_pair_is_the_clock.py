@@ -102,7 +102,7 @@ def test_with_the_default_pairs_producer_down_the_other_pairs_alerts_go_out_at_t
         "SOL/USDT crossed 150 upward: 150.50",
     ]
     [ops] = soak.receive_all(aws["sqs"], soak.queue_url(aws["sqs"], "price-pipeline-ops"))
-    assert ops["Subject"] == f"[price pipeline] Pairs late: {layout.slot_stamp(window)}"
+    assert ops["Subject"] == f"[price pipeline] Pair late: ETH/USDT {window:%Y-%m-%d %H:%M} UTC"
     assert "- ETH/USDT: no record of the window when it was analysed" in ops["Message"]
     body = aws["s3"].get_object(Bucket=soak.BUCKET, Key=layout.pairs_ledger_key(window))["Body"].read()
     assert {pair: entry["decision"] for pair, entry in ledger.parse_entries(body).items()} == {

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.price_pipeline import layout
+from include.price_pipeline import alerts, layout
 from local.feed import write_record
 from local.soak import default_entry
 from tests.conftest import ROOT, utc
@@ -228,9 +228,10 @@ def test_quarantined_record_fails_with_its_reason_and_the_next_window_compares_w
     reason = json.loads(aws.get(reason_key))
     assert reason["source_key"] == bad_key
     assert "not finite" in reason["reason"]
-    [ops] = aws.ops()
+    [ops, resolved] = aws.ops()  # an incident: the good window resolves it
     assert ops["Subject"].startswith("[price pipeline] Record quarantined")
     assert "not finite" in ops["Message"]
+    assert resolved["Subject"] == "[price pipeline] Resolved, record quarantined: analyse_pairs after 5 min, 1 window"
 
     assert good.state == "success", task_states(good)
     [alert] = aws.alerts()
@@ -300,6 +301,30 @@ def test_slack_gets_the_same_alert_when_a_webhook_connection_is_configured(
     [posted] = received
     assert posted["text"].startswith(f"*{alert['Subject']}*")
     assert "Reference: 100.00 at 2026-01-11T09:55:00Z" in posted["text"]
+
+
+def test_slack_gets_the_ops_incidents_the_ops_topic_gets(airflow_db, aws, monkeypatch, slack_receiver):
+    """Issue 38: one incident, its messages on the ops topic and in Slack alike (opened, then resolved)."""
+    url, received = slack_receiver
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "password": url}))
+    dag = parse_dag_with(monkeypatch, "price_notification_slack_ops", PRICE_SLACK_CONN_ID="slack_alerts")
+    slot = utc(2026, 1, 14, 10, 0)
+    seed_normalized(aws.s3, aws.config.bucket, candle(slot - layout.SLOT, 100.0))
+    aws.put(layout.ingestion_key(slot, ".json", pair="ETH/USDT"), b'{"date": %d, "weightedAverage": "NaN"}' % int(
+        slot.timestamp()))  # fmt: skip
+    write_record(aws.s3, aws.config.bucket, candle(slot + layout.SLOT, 100.1), "json", pair="ETH/USDT")
+
+    assert run_window(dag, slot, notify_on_backfill=True).state == "failed"
+    assert run_window(dag, slot + layout.SLOT, notify_on_backfill=True).state == "success"
+
+    ops = aws.ops()
+    assert [message["Subject"] for message in ops] == [
+        "[price pipeline] Record quarantined: analyse_pairs 2026-01-14 10:00 UTC",
+        "[price pipeline] Resolved, record quarantined: analyse_pairs after 5 min, 1 window",
+    ]
+    assert [posted["text"] for posted in received] == [
+        alerts.slack_text(message["Subject"], message["Message"]) for message in ops
+    ]
 
 
 def test_a_retried_publish_task_does_not_notify_again(dag, aws):

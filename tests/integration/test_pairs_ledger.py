@@ -9,7 +9,7 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
-from include.price_pipeline import browse, layout, ledger, rules, windows
+from include.price_pipeline import browse, incidents, layout, ledger, rules, windows
 from tests.conftest import utc
 from tests.records import candle, seed_normalized, seed_pairs
 
@@ -175,7 +175,8 @@ def test_a_backfill_records_a_firing_rule_as_suppressed_and_a_missing_pair_as_la
     seed(aws, slot + layout.SLOT * 4, SOL=150.0)
     later = analyse(aws, "dag/live", slot + layout.SLOT * 4)
     assert later["late"] == {"BTC/USDT": late}
-    assert "- BTC/USDT: no record of the window" in ledger.late_notice(slot, later["late"], "url")
+    [failure], _ = incidents.late_pairs(later["late"], ["SOL/USDT"])
+    assert failure.detail.startswith("- BTC/USDT: no record of the window")
 
 
 def count_gets(aws, call):

@@ -153,3 +153,32 @@ def test_the_pair_selector_shows_another_pairs_windows_and_refuses_an_unknown_pa
     unknown = client.get(f"/price-alerts/api/history?{window}&pair=DOGE/USDT", headers=headers)
     assert unknown.status_code == 400
     assert "pair must be one of ETH/USDT, BTC/USDT, SOL/USDT" in unknown.text
+
+
+def test_the_page_data_carries_the_open_incidents_and_the_last_closed(client, token, aws):
+    """Issue 38: what ops were paged of, as the page shows it: open incidents, oldest first, then closed ones."""
+    from datetime import timedelta
+
+    from include.price_pipeline import incidents
+
+    feed = incidents.Failure(incidents.FEED_PROBLEM, "binance", "price_exchange_feed.fetch_exchange_candles", "x")
+    late = incidents.Failure(incidents.PAIR_LATE, "BTC/USDT", "", "- BTC/USDT: no record")
+    for index, seen in enumerate([
+        incidents.Observation(SLOT, failures=(feed,)),
+        incidents.Observation(SLOT + layout.SLOT, failures=(feed, late)),
+        incidents.Observation(SLOT + layout.SLOT * 2, healthy_task=feed.healer),
+    ]):  # fmt: skip
+        incidents.observe(aws.s3, aws.config.bucket, aws.config.changes_prefix, seen, timedelta(hours=1),
+                          lambda *_: None, now=index)  # fmt: skip
+    client.cookies.set("_token", token)
+    try:
+        shown = client.get(f"/price-alerts/api/history?{RANGE}").json()["incidents"]
+    finally:
+        client.cookies.clear()
+
+    assert shown == {
+        "open": [{"kind": "Pair late", "subject": "BTC/USDT", "first": "2026-03-20T10:05:00Z",
+                  "last": "2026-03-20T10:05:00Z", "windows": 1, "resolved": None}],
+        "closed": [{"kind": "Feed problem", "subject": "binance", "first": "2026-03-20T10:00:00Z",
+                    "last": "2026-03-20T10:05:00Z", "windows": 2, "resolved": "2026-03-20T10:10:00Z"}],
+    }  # fmt: skip

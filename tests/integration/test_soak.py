@@ -50,6 +50,11 @@ def test_no_window_is_notified_twice_and_nothing_unexpected_is_notified(report):
     assert report.unexpected_alerts == []
 
 
+def test_a_backfill_under_faults_opens_no_ops_incident(report):
+    """Issue 38: backfill runs neither open nor resolve incidents, whatever failed and was retried."""
+    assert report.incident_messages == report.incident_messages_expected == {}
+
+
 def test_no_object_is_lost_altered_or_quarantined(report):
     assert report.lost_objects == []
     assert report.missing_analysis == []

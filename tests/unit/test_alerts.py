@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2.sandbox import SandboxedEnvironment
 
-from include.price_pipeline import alerts, analysis, layout, ledger, rules, windows
+from include.price_pipeline import alerts, analysis, incidents, layout, ledger, rules, windows
 from include.price_pipeline import settings as price_settings
 from include.price_pipeline.analysis import Price
 from tests.conftest import utc
@@ -406,9 +406,13 @@ def ops_context(task_id: str, exception: object) -> dict:
     }
 
 
-def render_ops(task_id: str, exception: object) -> tuple[str, str]:
-    context = ops_context(task_id, exception)
-    return JINJA.from_string(alerts.OPS_SUBJECT).render(context), JINJA.from_string(alerts.OPS_MESSAGE).render(context)
+def render_ops(task_id: str, exception: object, context: dict | None = None) -> tuple[str, str]:
+    """The message opening the incident of the failure (``incidents.failures_of``, OPS_MESSAGE rendered)."""
+    context = context or ops_context(task_id, exception)
+    message = JINJA.from_string(alerts.OPS_MESSAGE).render(context)
+    window = windows.run_window_start(context.get("data_interval_start"), context["dag_run"].run_after)
+    failures = incidents.failures_of("price_notification", task_id, exception, message)
+    return incidents.opening(failures, window)[0], message
 
 
 #: What analyse_pairs raises when the window's only record was quarantined (no pair has a record to decide).
@@ -457,14 +461,13 @@ def test_ops_message_names_reason_dag_run_try_and_log(task_id):
     assert f"Log: http://127.0.0.1:8080/dags/price_notification/runs/r/tasks/{task_id}?try_number=2" in message
 
 
-def test_ops_notification_of_a_run_without_a_logical_date_renders_with_its_trigger_time():
+def test_ops_notification_of_a_run_without_a_logical_date_names_the_window_it_analysed():
     context = {**ops_context("analyse_pairs", ValueError("x")), "dag_run": SimpleNamespace(run_after=SLOT)}
     del context["data_interval_start"], context["data_interval_end"]
 
-    subject = JINJA.from_string(alerts.OPS_SUBJECT).render(context)
-    message = JINJA.from_string(alerts.OPS_MESSAGE).render(context)
+    subject, message = render_ops("analyse_pairs", context["exception"], context)
 
-    assert subject == "[price pipeline] Task failed: analyse_pairs 2026-02-03 12:00 UTC"
+    assert subject == "[price pipeline] Task failed: analyse_pairs 2026-02-03 11:55 UTC"  # the window before
     assert "(run without a logical date)" in message
 
 
@@ -506,17 +509,23 @@ def test_ops_notification_of_a_failure_only_mentioning_a_claim_says_task_failed(
     ids=["live", "backfill", "backfill-claim-in-a-record", "backfill-claim-left", "backfill-text"],
 )
 def test_a_backfill_failure_pages_ops_only_for_a_claim_left(monkeypatch, run_type, exception, paged):
-    from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
+    from include.price_pipeline import operators, runs
 
-    from include.price_pipeline import operators
+    paged_as_is, observed = [], []
+    monkeypatch.setattr(runs, "tell_ops", lambda config, subject, message: paged_as_is.append(subject))
+    monkeypatch.setattr(runs, "observe_incidents", lambda config, seen, ti: observed.append(seen))
+    notifier = operators.incident_callbacks(CONFIG)["on_failure_callback"]
 
-    sent = []
-    monkeypatch.setattr(SnsNotifier, "notify", lambda self, context: sent.append(context))
-    notifier = operators.live_ops_notifier(CONFIG)
+    notifier.notify({**ops_context("publish_price_alerts", exception),
+                     "dag_run": SimpleNamespace(run_type=run_type, run_after=SLOT)})  # fmt: skip
 
-    notifier.notify({"dag_run": SimpleNamespace(run_type=run_type), "exception": exception})
-
-    assert len(sent) == paged
+    if run_type == "backfill":  # never an incident: a claim left paged as it is
+        assert (len(paged_as_is), observed) == (paged, [])
+    else:
+        [seen] = observed
+        assert [(f.kind, f.subject, f.healer) for f in seen.failures] == [
+            (incidents.TASK_FAILED, "publish_price_alerts", "price_notification.publish_price_alerts")
+        ]
 
 
 @pytest.mark.parametrize(

@@ -269,6 +269,26 @@ function drawQuarantine(data) {
   if (!data.quarantined.length) body.appendChild(el("tr")).appendChild(el("td", { colspan: 5 }, "none in this range"));
 }
 
+function drawIncidents(data) {
+  const body = document.querySelector("#incidents tbody");
+  body.replaceChildren();
+  const rows = [...data.incidents.open.map((item) => ["open", item]), ...data.incidents.closed.map((item) => ["resolved", item])];
+  for (const [state, item] of rows) {
+    const tr = el("tr", { "data-incident": state });
+    tr.append(
+      cell(state),
+      cell(item.kind),
+      cell(item.subject),
+      cell(when(item.first)),
+      cell(when(item.last)),
+      cell(String(item.windows)),
+      cell(item.resolved ? when(item.resolved) : ""),
+    );
+    body.appendChild(tr);
+  }
+  if (!rows.length) body.appendChild(el("tr")).appendChild(el("td", { colspan: 7 }, "none"));
+}
+
 function presets() {
   const box = document.getElementById("presets");
   const end = new Date(Math.ceil(Date.now() / SLOT_MS) * SLOT_MS);
@@ -289,6 +309,7 @@ function draw(data, decision) {
   select.onchange = () => drawTable(data, focus, select.value, 0);
   drawTable(data, focus, select.value, 0);
   drawQuarantine(data);
+  drawIncidents(data);
 }
 
 function settle(state, mark) {
