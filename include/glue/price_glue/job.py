@@ -32,7 +32,14 @@ from datetime import timedelta
 
 from include.glue.price_glue.formats import Rejected
 from include.glue.price_glue.numbers import read_timestamp
-from include.glue.price_glue.s3io import MAX_WORKERS, apply_plan, list_raw_objects, read_bounded, s3_client
+from include.glue.price_glue.s3io import (
+    MAX_WORKERS,
+    apply_plan,
+    list_canonical_etags,
+    list_raw_objects,
+    read_bounded,
+    s3_client,
+)
 from include.glue.price_glue.validation import one_line, records_of
 from include.price_pipeline.layout import (
     SLOT_SECONDS,
@@ -228,6 +235,10 @@ def run(s3, args, spread=False):
     for (slot, _pair), plan in zip(windows, plans):  # noqa: B905 - no strict= on 3.9
         by_slot.setdefault(slot, []).append(plan)
     writes = [plan_pairs(args, slot, group) for slot, group in sorted(by_slot.items())]
+    stored = list_canonical_etags(s3, args)
+    for write in writes if stored is not None else ():
+        if write["pairs_csv"] is not None:
+            write["listed"] = stored.get(write["pairs_csv"][0])
     written = [item for item in _each(s3, args, apply_plan, writes, processes) if item is not None]
     summary["rows"] = len(written)
     if args.end - args.start > timedelta(seconds=SLOT_SECONDS):

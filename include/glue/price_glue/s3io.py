@@ -1,17 +1,26 @@
-"""The job's S3 requests: listing a range's raw objects, bounded reads, conditional writes of the canonical
-CSV (on any botocore), a window's planned writes and tags, and the client."""
+"""The job's S3 requests: listing a range's raw objects and canonical CSVs, bounded reads, conditional writes
+of the canonical CSV (on any botocore), a window's planned writes, and the client."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from include.glue.price_glue.formats import Rejected
 from include.glue.price_glue.validation import to_csv
-from include.price_pipeline.layout import ingestion_window_prefix, iso, partition, slots_between
+from include.price_pipeline.layout import (
+    SLOT_SECONDS,
+    day_partitions,
+    ingestion_window_prefix,
+    iso,
+    partition,
+    slots_between,
+)
 
 MAX_WORKERS = 16
 #: A conditional write of a window's canonical CSV is read, merged and tried again this often.
@@ -20,6 +29,8 @@ CONDITIONAL_ATTEMPTS = 8
 CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 #: Longer ranges are listed by day partition rather than by window prefix (see list_raw_objects).
 LIST_BY_DAY_ABOVE_SLOTS = 12
+#: ``write_pairs_csv``'s ``listed`` when no listing was made: the key is read before it is written.
+UNLISTED = object()
 
 
 def list_raw_objects(s3, args):
@@ -37,7 +48,7 @@ def list_raw_objects(s3, args):
     lengths = sorted({len(prefix) for prefix in slot_of_prefix})
     found = {}
     for listing in listings:
-        for key, size, modified in listing:
+        for key, size, modified, _etag in listing:
             for length in lengths:
                 slot = slot_of_prefix.get(key[:length])
                 if slot is not None:
@@ -46,19 +57,36 @@ def list_raw_objects(s3, args):
     return [found[key] for key in sorted(found)]
 
 
+def list_canonical_etags(s3, args):
+    """``{key: ETag}`` of the canonical CSVs already in the range's day partitions, one LIST a day, for a range
+    of more than LIST_BY_DAY_ABOVE_SLOTS windows (``write_pairs_csv``'s ``listed``); None for a shorter one,
+    whose CSVs are each read before they are written."""
+    if len(slots_between(args.start, args.end)) <= LIST_BY_DAY_ABOVE_SLOTS:
+        return None
+    last = args.end - timedelta(seconds=SLOT_SECONDS)
+    return list_etags(s3, args.bucket, [args.analysis_prefix + day for day in day_partitions(args.start, last)])
+
+
 def list_raw_keys(s3, args):
     """Every raw object key of the range, in key order."""
     return [listed[0] for listed in list_raw_objects(s3, args)]
 
 
+def list_etags(s3, bucket, prefixes):
+    """``{key: ETag without quotes}`` of every object under each of ``prefixes``, listed in parallel."""
+    with ThreadPoolExecutor(max(1, min(MAX_WORKERS, len(prefixes)))) as pool:
+        listings = list(pool.map(lambda prefix: _list_objects(s3, bucket, prefix), prefixes))
+    return {key: etag for listing in listings for key, _size, _modified, etag in listing}
+
+
 def _list_objects(s3, bucket, prefix):
-    """``[(key, size, LastModified as ISO 8601 UTC), ...]`` of every object under ``prefix``."""
+    """``[(key, size, LastModified as ISO 8601 UTC, ETag without quotes), ...]`` of every object under ``prefix``."""
     out = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             # S3's LastModified has one-second resolution (whatever a stand-in gives): compare seconds only
             modified = iso(item["LastModified"])
-            out.append((item["Key"], item["Size"], modified))
+            out.append((item["Key"], item["Size"], modified, item["ETag"].strip('"')))
     return out
 
 
@@ -76,13 +104,20 @@ def read_bounded(s3, bucket, key, limit, size=None):
     return data
 
 
-def write_pairs_csv(s3, bucket, key, rows):
+def write_pairs_csv(s3, bucket, key, rows, listed=UNLISTED):
     """Write the window's canonical CSV with ``rows`` and every row it holds of a pair this run did not
     re-derive (a re-run loses no pair), conditional on the version read, merged again when another run wrote
-    in between; unchanged bytes are not written again. Returns ``(key, body)`` as it stands."""
+    in between; unchanged bytes are not written again. Returns ``(key, body)`` as it stands.
+
+    ``listed``: the key's ETag as a listing of this run gave it, None when the listing had no such key. A
+    key listed as absent is created unread (If-None-Match), one listed with the MD5 of ``rows`` alone is
+    left as it is; any other is read first (an ETag that is no MD5, with SSE-KMS, only costs that read)."""
     fresh = {row["pair"] for row in rows}
+    alone = to_csv(*sorted(rows, key=lambda row: row["pair"]))
+    if listed is not UNLISTED and listed == _md5(alone):
+        return key, alone
+    current, etag = (None, None) if listed is None else _read_with_etag(s3, bucket, key)
     for _attempt in range(CONDITIONAL_ATTEMPTS):
-        current, etag = _read_with_etag(s3, bucket, key)
         kept = list(csv.DictReader(io.StringIO(current.decode("utf-8")))) if current else []
         merged = sorted([row for row in kept if row["pair"] not in fresh] + rows, key=lambda row: row["pair"])
         body = to_csv(*merged)
@@ -95,7 +130,13 @@ def write_pairs_csv(s3, bucket, key, rows):
         except Exception as error:  # noqa: BLE001 - botocore's ClientError, told apart by its code
             if error_code(error) not in CONDITION_FAILED:
                 raise
+        current, etag = _read_with_etag(s3, bucket, key)
     raise RuntimeError("{} changed under {} conditional writes in a row".format(key, CONDITIONAL_ATTEMPTS))
+
+
+def _md5(body):
+    """The ETag S3 gives ``body`` written in one part without SSE-KMS."""
+    return hashlib.md5(body, usedforsecurity=False).hexdigest()
 
 
 #: The request headers of S3's conditional writes, by boto3 parameter name.
@@ -157,7 +198,9 @@ def apply_plan(s3, args, plan):
         )
         body = json.dumps(note, sort_keys=True).encode("utf-8")
         s3.put_object(Bucket=args.bucket, Key=reason_key, Body=body, ContentType="application/json")
-    return None if plan["pairs_csv"] is None else write_pairs_csv(s3, args.bucket, *plan["pairs_csv"])
+    if plan["pairs_csv"] is None:
+        return None
+    return write_pairs_csv(s3, args.bucket, *plan["pairs_csv"], plan.get("listed", UNLISTED))
 
 
 def s3_client():
