@@ -92,8 +92,7 @@ def price_history_backfill():
         },
         verbose=True,
         deferrable=config.deferrable,
-        # A range run's poll also reads its log lines: every 5 s whatever PRICE_GLUE_POLL_SECONDS says.
-        **settings.glue_wait(history.GLUE_RANGE_TIMEOUT_MINUTES, 5),
+        **settings.glue_wait(history.GLUE_RANGE_TIMEOUT_MINUTES, config.glue_poll_seconds),
     )
 
     @task(execution_timeout=timedelta(minutes=60))
