@@ -28,10 +28,9 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
-from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk import Param, chain, dag, task
 
-from include.price_pipeline import history, settings
+from include.price_pipeline import history, operators, settings
 
 config = settings.load()
 #: The pairs and their rules, validated now (one line naming the field).
@@ -79,8 +78,9 @@ def price_history_backfill():
 
         return runs.fetch_exchange_history(config, rule_set, params)
 
-    # The one Glue job both DAGs share (settings.glue_job_spec); only this run's timeout is longer.
-    normalize_price_history = GlueJobOperator(
+    # The one Glue job both DAGs share (settings.glue_job_spec), watched as the live task watches it (a run that
+    # ends within seconds is not deferred); only this run's timeout is longer.
+    normalize_price_history = operators.WindowGlueJobOperator(
         task_id="normalize_price_history",
         aws_conn_id=config.aws_conn_id,
         run_job_kwargs={"Timeout": history.GLUE_RANGE_TIMEOUT_MINUTES},
@@ -93,6 +93,9 @@ def price_history_backfill():
         verbose=True,
         deferrable=config.deferrable,
         **settings.glue_wait(history.GLUE_RANGE_TIMEOUT_MINUTES, config.glue_poll_seconds),
+        # As the live task's: a try apache/airflow#72716 fails (a run that outlasted the short wait, then a trigger
+        # firing at once) is retried 2 s later, not 20 s; the retry reattaches to the same Glue run.
+        retry_delay=pendulum.duration(seconds=2),
     )
 
     @task(execution_timeout=timedelta(minutes=60))

@@ -137,8 +137,9 @@ class _RunEnded(Exception):  # noqa: N818 - not an error: the run ended before t
 class WindowGlueJobOperator(GlueJobOperator):
     """The provider's GlueJobOperator, deferred as it is, but for a run that ends within ``SHORT_RUN``
     seconds of its start: that one is watched to its end on the worker, since a deferral costs a second
-    task start (1.5-2 s; the local stand-in's runs last under a second). A Python shell run on AWS takes
-    longer than that to start and is deferred as before, ``SHORT_RUN`` later."""
+    task start (1.5-2 s; the local stand-in's runs of one window last under a second, of a day's range about
+    3 s). A Python shell run on AWS takes longer than that to start and is deferred as before, ``SHORT_RUN``
+    later. Both DAGs' Glue tasks are one."""
 
     SHORT_RUN = 3.0
 
