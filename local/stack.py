@@ -148,6 +148,10 @@ class Stack:
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": os.environ.get(
                 "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "0.2"
             ),
+            # A task's supervisor notices its process ended at its next heartbeat check, up to this long after:
+            # a deferring try's lingered 5 s (Airflow's default), long enough for a 1 s trigger to fire and
+            # resume the task meanwhile, and the lingering try's stale success then failed it (apache/airflow#72716).
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": os.environ.get("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", "1"),
             "PRICE_SENSOR_POKE_SECONDS": os.environ.get("PRICE_SENSOR_POKE_SECONDS", "1"),
             "PRICE_GLUE_POLL_SECONDS": os.environ.get("PRICE_GLUE_POLL_SECONDS", "1"),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs / "tasks"),
