@@ -22,15 +22,21 @@ pytestmark = pytest.mark.integration
 
 START = utc(2025, 8, 14, 0, 0)  # a day no other test writes
 WINDOWS = 40
+PAIRS = "ETH/USDT,BTC/USDT"
 
 
-def job_args(config: settings.Config, analysis_prefix: str, quarantine_prefix: str):
-    arguments = settings.glue_job_arguments(config) | {
-        "--analysis_prefix": analysis_prefix,
-        "--quarantine_prefix": quarantine_prefix,
-        "--window_start": layout.iso(START),
-        "--window_end": layout.iso(START + layout.SLOT * WINDOWS),
-    }
+def job_args(config: settings.Config, analysis_prefix: str, quarantine_prefix: str, start=START, windows=WINDOWS,
+             pairs: str = ""):  # fmt: skip
+    arguments = (
+        settings.glue_job_arguments(config)
+        | ({"--pairs": pairs} if pairs else {})
+        | {
+            "--analysis_prefix": analysis_prefix,
+            "--quarantine_prefix": quarantine_prefix,
+            "--window_start": layout.iso(start),
+            "--window_end": layout.iso(start + layout.SLOT * windows),
+        }
+    )
     return job.parse_args([item for pair in arguments.items() for item in pair])
 
 
@@ -78,3 +84,39 @@ def test_a_long_range_run_spread_over_processes_writes_what_one_process_writes(s
     lines = [json.loads(line) for line in spread[range_key].decode().splitlines()]
     assert [line["key"] for line in lines] == sorted(k for k in spread if k.endswith(".csv"))
     assert all(spread[line["key"]] == line["body"].encode() for line in lines)
+
+
+def test_a_range_run_reads_no_canonical_csv_it_creates_and_rewrites_none_it_would_leave_unchanged(aws):
+    """Issue 37: the range run read every window's pairs.csv before its conditional write (a 404 on a first
+    run: 8,640 GETs a month of history); a day's LIST gives each key's ETag. A second run over the same
+    records writes nothing; a CSV holding another pair's row as well is read and merged, that row kept."""
+    start = utc(2025, 8, 15, 0, 0)  # a day no other test writes
+    slots = layout.slots_between(start, start + layout.SLOT * WINDOWS)
+    analysis, quarantine = "tests/glue-range/requests/analysis/", "tests/glue-range/requests/quarantine/"
+    eth = layout.ingestion_key(slots[5], ".json", pair="ETH/USDT")
+    aws.put(eth, render(synthetic_record(slots[5]), "json"))
+    job.run(aws.s3, job_args(aws.config, analysis, quarantine, slots[5], 1, PAIRS))  # the window's CSV: ETH's row
+    aws.s3.delete_object(Bucket=aws.config.bucket, Key=eth)
+    merged_key = layout.analysis_key(slots[5], analysis)
+    for slot in slots:
+        aws.put(layout.ingestion_key(slot, ".json", pair="BTC/USDT"), render(synthetic_record(slot), "json"))
+    calls: list[tuple[str, str]] = []
+
+    def count(params, model, **_):
+        if params.get("Key", "").startswith(analysis) and params["Key"].endswith("pairs.csv"):
+            calls.append((model.name, params["Key"]))
+
+    aws.s3.meta.events.register("provide-client-params.s3", count)
+    try:
+        job.run(aws.s3, job_args(aws.config, analysis, quarantine, start, pairs=PAIRS))
+        first = list(calls)
+        calls.clear()
+        job.run(aws.s3, job_args(aws.config, analysis, quarantine, start, pairs=PAIRS))
+    finally:
+        aws.s3.meta.events.unregister("provide-client-params.s3", count)
+
+    assert [key for name, key in first if name == "GetObject"] == [merged_key]
+    assert len([1 for name, _ in first if name == "PutObject"]) == WINDOWS
+    assert [key for name, key in calls if name == "PutObject"] == []  # nothing to change: nothing written
+    assert b"ETH/USDT" in aws.get(merged_key)  # the row of a pair this run did not re-derive is kept
+    assert b"BTC/USDT" in aws.get(merged_key)
