@@ -92,14 +92,17 @@ def monthly_cost(latency: dict, job: dict, share: float, scale: float = 1.0) -> 
 
 
 def measure(count: int, windows: int, bulk_days: int | None, keep_state: bool = False,
-            firing: int | None = None) -> dict:  # fmt: skip
-    """Every figure of one pair count, on a stack of its own (``firing``: pairs that move in a firing window)."""
-    out: dict = {"pairs": count, "firing": min(firing or count, count)}
-    with running(f"price-bench-pairs{count}-", log, keep_state, rules=rules_document(count)) as bench:
+            firing: int | None = None, executor: str = "LocalExecutor") -> dict:  # fmt: skip
+    """Every figure of one pair count, on a stack of its own (``firing``: pairs that move in a firing window;
+    ``executor``: the stack's)."""
+    out: dict = {"pairs": count, "firing": min(firing or count, count), "executor": executor}
+    with running(f"price-bench-pairs{count}-", log, keep_state, rules=rules_document(count),
+                 executor=executor) as bench:  # fmt: skip
         log(f"{count} pairs: live latency over {windows} windows (+2 recorded for request counts) ...")
         out["latency"] = latency = bench.live_latency(LATENCY_START, windows, firing=out["firing"])
         log(f"  median {latency['median_seconds']:.1f} s, max {latency['max_seconds']:.1f} s")
         out["glue_job"] = bench.glue_job()
+        out["analysis_peak_mib"] = bench.task_peak_memory_mib("analyse_pairs")
         if bulk_days:
             start = BULK_START
             end = start + timedelta(days=bulk_days)
@@ -120,16 +123,18 @@ def parquet_objects(bench: Bench) -> int:
 
 
 def run(quick: bool = False, keep_state: bool = False, counts: tuple[int, ...] | None = None,
-        firing: int | None = None) -> dict:  # fmt: skip
+        firing: int | None = None, executors: tuple[str, ...] = ("LocalExecutor",)) -> dict:  # fmt: skip
     counts = counts or (QUICK_COUNTS if quick else COUNTS)
     windows = 1 if quick else 3
     bulk_days = 1 if quick else 30
     share = alert_share()
     results = {"counts": counts, "alert_share": share, "load_start": machine.load_average(), "rows": []}
     for count in counts:
-        row = measure(count, windows, bulk_days if count == BULK_PAIRS else None, keep_state, firing)
-        row["cost"] = monthly_cost(row["latency"], row["glue_job"], share, row["pairs"] / row["firing"])
-        results["rows"].append(row)
+        for executor in executors:
+            bulk = bulk_days if count == BULK_PAIRS and executor == executors[0] else None
+            row = measure(count, windows, bulk, keep_state, firing, executor)
+            row["cost"] = monthly_cost(row["latency"], row["glue_job"], share, row["pairs"] / row["firing"])
+            results["rows"].append(row)
     results["load_end"] = machine.load_average()
     return results
 
@@ -172,8 +177,9 @@ def report(results: dict | None) -> str:
         first = statistics.median(w["first_alert_seconds"] for w in latency["windows"])
         total = row["cost"]["python_shell_total"]
         decided = latency["quiet_window"]["timeline"]["analyse_pairs end"]
+        executor = "" if row.get("executor", "LocalExecutor") == "LocalExecutor" else ", Celery ×2"
         lines.append(
-            f"| {row['pairs']} ({row.get('firing', row['pairs'])}) | {latency['median_seconds']:.1f} s, "
+            f"| {row['pairs']} ({row.get('firing', row['pairs'])}{executor}) | {latency['median_seconds']:.1f} s, "
             f"{latency['max_seconds']:.1f} s | {first:.1f} s | {decided:.1f} s | {quiet.get('s3', 0):,}, "
             f"{firing.get('s3', 0):,} | {glue_runs} | {publishes} | ${total:,.2f} | {total / base:.2f}× |"
         )
@@ -193,6 +199,10 @@ def report(results: dict | None) -> str:
         lines.append("|---|" + "---:|" * len(rows))
         for operation in sorted({op for counts in s3 for op in counts}):
             lines.append(f"| {operation} | " + " | ".join(f"{counts.get(operation, 0):,}" for counts in s3) + " |")
+    peaks = [f"{row['pairs']} pairs{'' if row.get('executor', 'LocalExecutor') == 'LocalExecutor' else ' (Celery)'}: "
+             f"{row['analysis_peak_mib']} MiB" for row in rows if row.get("analysis_peak_mib")]  # fmt: skip
+    if peaks:
+        lines += ["", "Peak memory of the live analysis task's process (`analyse_pairs`, its log): " + "; ".join(peaks)]
     for row in rows:
         if "bulk" in row:
             bulk = row["bulk"]
@@ -221,9 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-state", action="store_true", help="keep each stack's state folder afterwards")
     parser.add_argument("--counts", type=int, nargs="+", help=f"pair counts to measure (default {COUNTS})")
     parser.add_argument("--firing", type=int, help="pairs that move in a firing window (default: every pair)")
+    parser.add_argument(
+        "--executors", nargs="+", choices=("LocalExecutor", "CeleryExecutor"), default=["LocalExecutor"],
+        help="each count on a stack of each executor (CeleryExecutor: 2 workers), side by side",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
-    results = run(args.quick, args.keep_state, tuple(args.counts) if args.counts else None, args.firing)
+    counts = tuple(args.counts) if args.counts else None
+    results = run(args.quick, args.keep_state, counts, args.firing, tuple(args.executors))
     text = (
         f"### Pairs benchmark {started:%Y-%m-%d %H:%M} UTC ({'quick' if args.quick else 'full'})\n\n"
         f"Command: `{' '.join(['python -m bench.pairs', *(argv or sys.argv[1:])])}`.  \n"

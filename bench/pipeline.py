@@ -74,16 +74,17 @@ def parse_db_time(value: datetime | None) -> datetime | None:
 
 @contextlib.contextmanager
 def running(prefix: str, log=print, keep_state: bool = False, rules: dict | None = None,
-            exchange: bool = False) -> Iterator[Bench]:  # fmt: skip
+            exchange: bool = False, executor: str = "LocalExecutor") -> Iterator[Bench]:  # fmt: skip
     """A ``Bench`` on a fresh stack in a new temporary state folder (``rules``: a rules file for it; with
-    ``exchange``, the exchange stand-in too), started, then stopped and its folder removed (kept with
-    ``keep_state``) however the block ends."""
+    ``exchange``, the exchange stand-in too; ``executor``: ``CeleryExecutor`` for two Celery workers and a
+    local Redis), started, then stopped and its folder removed (kept with ``keep_state``) however the block
+    ends."""
     state_dir = Path(tempfile.mkdtemp(prefix=prefix))
     rules_file = None
     if rules is not None:
         rules_file = state_dir / "rules.json"
         rules_file.write_text(json.dumps(rules, indent=1))
-    bench = Bench(state_dir, log=log, rules_file=rules_file, exchange=exchange)
+    bench = Bench(state_dir, log=log, rules_file=rules_file, exchange=exchange, executor=executor)
     try:
         bench.start()
         yield bench
@@ -103,7 +104,8 @@ class Disrupted(RuntimeError):
 class Bench:
     """One local stack for every measurement of a benchmark run."""
 
-    def __init__(self, state_dir: Path, log=print, rules_file: Path | None = None, exchange: bool = False):
+    def __init__(self, state_dir: Path, log=print, rules_file: Path | None = None, exchange: bool = False,
+                 executor: str = "LocalExecutor"):  # fmt: skip
         self.state_dir = state_dir
         self.recording = state_dir / "moto_recording.jsonl"
         # The live-latency windows lie in 2025, away from the wall clock, and their runs must wait for the
@@ -117,7 +119,7 @@ class Bench:
         if rules_file is not None:
             extra_env["PRICE_RULES_FILE"] = str(rules_file)
         self.stack = Stack(state_dir=state_dir, standin_port=free_port(), api_port=free_port(), extra_env=extra_env,
-                           exchange_port=free_port() if exchange else 0)  # fmt: skip
+                           exchange_port=free_port() if exchange else 0, executor=executor)  # fmt: skip
         self.config = settings.load(self.stack.env())  # the stack's settings, as its tasks see them
         self.rule_set = settings.load_rules(self.config)
         self.other_pairs = [pair for pair in self.rule_set.pairs if pair != self.rule_set.default_pair]
@@ -612,6 +614,21 @@ class Bench:
             listed = self.s3.list_objects_v2(Bucket=self.config.bucket, Prefix=window_prefix)
             out[name] = sum(item["Size"] for item in listed.get("Contents", []))
         return out
+
+    def task_peak_memory_mib(self, task_id: str) -> int | None:
+        """The largest peak memory the task's processes logged (``runs.peak_memory_mib``), over every run."""
+        found = re.compile(r"Peak memory of this task's process: (\d+) MiB")
+        peaks = [int(match.group(1)) for path in (self.stack.logs / "tasks").rglob(f"task_id={task_id}/*.log")
+                 for match in found.finditer(path.read_text(errors="replace"))]  # fmt: skip
+        return max(peaks, default=None)
+
+    def glue_summary(self, run_id: str) -> dict:
+        """The job's own ``SUMMARY`` line of a run (its output log), ``{}`` when there is none."""
+        logs = self.stack.client("logs")
+        events = logs.get_log_events(logGroupName="/aws-glue/python-jobs/output", logStreamName=run_id,
+                                     startFromHead=True)["events"]  # fmt: skip
+        lines = [line for event in events for line in event["message"].splitlines() if line.startswith("SUMMARY ")]
+        return json.loads(lines[-1].removeprefix("SUMMARY ")) if lines else {}
 
     def glue_log_bytes(self, run_id: str) -> int:
         logs = self.stack.client("logs")

@@ -423,3 +423,23 @@ def exchange(exchange_standin):
     yield exchange_standin
     exchange_standin.fault("none", 0)
     exchange_standin.damage()
+
+
+def reads_together(monkeypatch, timeout: float = 30.0, parties: int = 2) -> None:
+    """Make ``parties`` threads' first read of an object (``store.read_with_etag``) wait for each other:
+    each has read before any writes, so their conditional writes race for real."""
+    import threading
+
+    from include.price_pipeline import store
+
+    barrier, first_read = threading.Barrier(parties, timeout=timeout), threading.local()
+    real_read = store.read_with_etag
+
+    def read_together(*args):
+        body = real_read(*args)
+        if not getattr(first_read, "done", False):
+            first_read.done = True
+            barrier.wait()
+        return body
+
+    monkeypatch.setattr(store, "read_with_etag", read_together)

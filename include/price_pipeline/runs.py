@@ -200,7 +200,15 @@ def analyse_pairs(config: Config, rule_set, params, data_interval_start, dag_run
     if result["ops_notice"]:
         ops["notices"].append([f"[price pipeline] Alerts not sent: {stamp}", result["ops_notice"]])
     ti.xcom_push(key="ops", value=ops)
+    log.info("Peak memory of this task's process: %.0f MiB", peak_memory_mib())
     return result["alerts"]
+
+
+def peak_memory_mib() -> float:
+    """The task process's peak resident memory so far (Linux ``ru_maxrss``, KiB), in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def report_window_to_ops(config: Config, ops: dict, ti) -> None:
@@ -255,7 +263,7 @@ def analyse_price_history(config: Config, rule_set, params, dag_run) -> dict:
     try:
         start, end = (history.parse_window_start(params[name]) for name in ("start", "end"))
         notify = params["notify_on_backfill"]
-        return history.backfill_history(
+        summary = history.backfill_history(
             _s3(config), config, start, end, run_rules(rule_set, params), notify, pendulum.now("UTC"),
             sns_publisher(config) if notify else None, _run_url(dag_run), claimant=claimant(dag_run),
         )  # fmt: skip
@@ -263,6 +271,7 @@ def analyse_price_history(config: Config, rule_set, params, dag_run) -> dict:
         raise ClaimsLeftFailure(str(failure)) from None
     except (history.NoUsableWindow, alerts.UnsafeText) as failure:
         raise AirflowFailException(str(failure)) from None
+    return summary | {"peak_memory_mib": round(peak_memory_mib())}
 
 
 def report_quarantine(config: Config, summary: dict, dag_run) -> None:

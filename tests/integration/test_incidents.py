@@ -9,8 +9,8 @@ from datetime import timedelta
 
 import pytest
 
-from include.price_pipeline import incidents, layout, store
-from tests.conftest import utc
+from include.price_pipeline import incidents, layout
+from tests.conftest import reads_together, utc
 
 pytestmark = pytest.mark.integration
 
@@ -32,17 +32,7 @@ def state(aws) -> dict:
 def test_two_runs_failing_alike_at_once_open_one_incident(aws, monkeypatch, windows):
     """Both read the state before either writes (a barrier after each first read): both try to create it,
     one write wins, the other reads again and counts (or, for the same window, leaves it)."""
-    barrier, first_read = threading.Barrier(2, timeout=10), threading.local()
-    read = store.read_with_etag
-
-    def read_together(*args):
-        found = read(*args)
-        if not getattr(first_read, "done", False):
-            first_read.done = True
-            barrier.wait()
-        return found
-
-    monkeypatch.setattr(store, "read_with_etag", read_together)
+    reads_together(monkeypatch, timeout=10)
     sent, lock = [], threading.Lock()
 
     def send(subject, text):

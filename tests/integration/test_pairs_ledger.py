@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from include.price_pipeline import browse, incidents, layout, ledger, rules, windows
-from tests.conftest import utc
+from tests.conftest import reads_together, utc
 from tests.records import candle, seed_normalized, seed_pairs
 
 pytestmark = pytest.mark.integration
@@ -455,16 +455,7 @@ def overlapping_tries(aws, monkeypatch, slot, sns_a, sns_b, wait=30.0) -> tuple[
     import threading
 
     due = analyse(aws, "dag/run-z", slot)["alerts"]
-    barrier, first_read, real_read = threading.Barrier(2, timeout=30), threading.local(), ledger.store.read_with_etag
-
-    def read_together(*args):
-        body = real_read(*args)
-        if not getattr(first_read, "done", False):
-            first_read.done = True
-            barrier.wait()
-        return body
-
-    monkeypatch.setattr(ledger.store, "read_with_etag", read_together)
+    reads_together(monkeypatch)
     results = {}
 
     def attempt(name, sns):

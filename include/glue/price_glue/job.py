@@ -307,8 +307,20 @@ def _read_listed(s3, args, listed):
     return dict(assess(data, args, key, slot, pair), pair=pair, version=version)
 
 
+def peak_memory_mib():
+    """``{"job": MiB, "largest_worker": MiB}``: the peak resident memory of this process and of its largest
+    worker process (Linux ``ru_maxrss``, KiB); a Python shell job of 0.0625 DPU has 1 GB."""
+    import resource
+
+    return {
+        "job": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "largest_worker": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+    }
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     summary = run(s3_client(), args, spread=True)
+    summary["peak_memory_mib"] = peak_memory_mib()
     print("SUMMARY " + json.dumps(summary, sort_keys=True))
     return 0
