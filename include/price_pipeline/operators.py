@@ -240,13 +240,14 @@ class LiveRunsOpsNotifier(BaseNotifier):
 
 def heal_incidents(config: Config):
     """The live DAGs' success callback: a task's success heals the incidents its failures opened
-    (``incidents``), in a window after their last failing one. One read of the state; a write only to resolve."""
+    (``incidents``), in a window after their last failing one. One read of the state; a write only to resolve.
+    A mapped task heals through its first instance: a hundred alerts' publishes are one read, not a hundred."""
 
     def heal(context) -> None:
         from include.price_pipeline import incidents, runs
 
         dag_run = context["dag_run"]
-        if dag_run.run_type == "backfill":
+        if dag_run.run_type == "backfill" or context["ti"].map_index > 0:
             return
         window = windows.run_window_start(context.get("data_interval_start"), dag_run.run_after)
         healer = f"{context['dag'].dag_id}.{context['ti'].task_id}"

@@ -587,3 +587,26 @@ def test_text_from_s3_is_quoted_on_one_line_and_can_become_no_slack_markup(text)
     assert shown.isprintable()  # no line break, no control character
     assert not {"<", ">", "&"} & set(shown)
     assert json.loads(shown) == text[: alerts.QUOTED_LIMIT]
+
+
+@pytest.mark.parametrize(
+    ("run_type", "map_index", "observed"),
+    [("scheduled", -1, True), ("manual", 0, True), ("scheduled", 7, False), ("backfill", -1, False)],
+)
+def test_a_live_tasks_success_heals_its_incidents_once_per_task(monkeypatch, run_type, map_index, observed):
+    """Issue 38: the success callback reads the incident state once per task of a live window: a mapped
+    publish of a hundred alerts through its first instance only; a backfill's success heals nothing."""
+    from include.price_pipeline import operators, runs
+
+    seen = []
+    monkeypatch.setattr(runs, "observe_incidents", lambda config, observation, ti: seen.append(observation))
+    heal = operators.incident_callbacks(CONFIG)["on_success_callback"]
+    context = ops_context("publish_price_alerts", None)
+    context["ti"].map_index = map_index
+    context["dag_run"] = SimpleNamespace(run_type=run_type, run_after=SLOT)
+
+    heal(context)
+
+    assert [(s.window, s.healthy_task) for s in seen] == (
+        [(utc(2026, 1, 7, 10, 0), "price_notification.publish_price_alerts")] if observed else []
+    )
