@@ -41,6 +41,7 @@ AIRFLOW_SIDE = {
     "PRICE_DEFERRABLE": "whether a triggerer runs, an Airflow deployment fact",
     "PRICE_GLUE_POLL_SECONDS": "operator timing",
     "PRICE_SLACK_CONN_ID": "names an Airflow connection (the webhook is a secret, never a Terraform output)",
+    "PRICE_OPS_REPEAT_MINUTES": "ops paging behaviour (how often an open incident is reminded)",
 }
 
 #: Which Terraform resource each ARN/name output comes from.
