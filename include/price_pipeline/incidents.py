@@ -68,12 +68,17 @@ class Observation:
     note: str = ""
 
 
+def task_healer(dag_id: str, task_id: str) -> str:
+    """The name a task's incidents carry as ``healer``, which its success in a later window heals."""
+    return f"{dag_id}.{task_id}"
+
+
 def failures_of(dag_id: str, task_id: str, exception: object, detail: str) -> list[Failure]:
     """What a live task's failure is (its last try's): the sensor's is *Feed stale*, the exchange feed's a
     *Feed problem* of each exchange the exception names (``exchanges``), our claim-left failure (the
     ``claim_left`` mark, never the text) an *Alert claim left*, a failure naming a quarantined record a
     *Record quarantined*, any other *Task failed*; the subject the task, healed by its success."""
-    healer = f"{dag_id}.{task_id}"
+    healer = task_healer(dag_id, task_id)
     if task_id.startswith("fetch_exchange"):
         return [Failure(FEED_PROBLEM, name, healer, detail) for name in sorted(getattr(exception, "exchanges", ()))
                 or [task_id]]  # fmt: skip

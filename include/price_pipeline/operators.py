@@ -250,7 +250,7 @@ def heal_incidents(config: Config):
         if dag_run.run_type == "backfill" or context["ti"].map_index > 0:
             return
         window = windows.run_window_start(context.get("data_interval_start"), dag_run.run_after)
-        healer = f"{context['dag'].dag_id}.{context['ti'].task_id}"
+        healer = incidents.task_healer(context["dag"].dag_id, context["ti"].task_id)
         runs.observe_incidents(config, incidents.Observation(window, healthy_task=healer), context["ti"])
 
     return heal

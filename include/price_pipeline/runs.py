@@ -339,7 +339,8 @@ def _fetched(done: dict, what: str, missing_is_a_problem: bool) -> dict:
             if fetched.not_served:
                 found.append(f"{fetched.exchange} {pair}: the exchange served no candle for {what}")
         problems += found
-        exchanges |= {fetched.exchange} if found else set()
+        if found:
+            exchanges.add(fetched.exchange)
     if problems:
         failure = FeedFailed if any(fetched.passing for fetched in done.values()) else FeedRefused
         raise failure(f"Feed problem, {what}: " + "; ".join(problems), exchanges)
