@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from include.price_pipeline import layout, store
 
@@ -30,10 +30,35 @@ def canonical_rows(body: bytes) -> list[dict]:
 
 
 def read_rows(body: bytes | None, columns: list[str] | None = None) -> list[dict]:
-    """The rows of a Parquet object (``columns``, default all) as dicts; none without a body."""
+    """The rows of a Parquet object (``columns``, default all) as dicts, timestamps as UTC datetimes; none
+    without a body."""
+    by_column = read_columns(body, columns)
+    return [dict(zip(by_column, row, strict=True)) for row in zip(*by_column.values(), strict=True)]
+
+
+def read_columns(body: bytes | None, columns: list[str] | None = None) -> dict[str, list]:
+    """The columns of a Parquet object (``columns``, default all) as lists, timestamps as UTC datetimes;
+    empty lists without a body."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(body), columns=columns).to_pylist() if body else []
+    if not body:
+        return {name: [] for name in columns or layout.CANONICAL_COLUMNS}
+    table = pq.read_table(io.BytesIO(body), columns=columns)
+    return {name: _values(table.column(name)) for name in table.column_names}
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _values(column) -> list:
+    """A column's values; a timestamp column's from its microseconds (Arrow's own conversion of a zoned
+    timestamp is 8 times slower: a year of one pair's prices, 105,120 rows, took 0.5 s)."""
+    import pyarrow as pa
+
+    if not pa.types.is_timestamp(column.type):
+        return column.to_pylist()
+    micros = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
+    return [None if value is None else _EPOCH + timedelta(microseconds=value) for value in micros]
 
 
 def parquet_schema():

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -98,10 +98,16 @@ class Rule:
     cooldown_minutes: int = 0
     quiet_hours: QuietHours | None = None
 
-    @property
+    # Cached: asked once per window decided (a year of one pair is 105,120 decisions).
+    @cached_property
     def reference_offset(self) -> timedelta:
         """How far before the window's slot the reference record should be."""
         return timedelta(minutes=self.minutes if self.kind == CHANGE else 5)
+
+    @cached_property
+    def tolerance(self) -> timedelta:
+        """How much earlier than wanted the reference record may be."""
+        return timedelta(minutes=self.tolerance_minutes)
 
     @property
     def cooldown(self) -> timedelta:
@@ -112,7 +118,7 @@ class Rule:
         """How far back from a window its decision may look: its reference (offset and tolerance) and, with
         a cooldown, the references of the earlier firings its cooldown may follow (``analysis.cooldown_reach``)."""
         reach = cooldown_reach(self.cooldown) if self.cooldown_minutes else timedelta(0)
-        return reach + self.reference_offset + timedelta(minutes=self.tolerance_minutes)
+        return reach + self.reference_offset + self.tolerance
 
 
 @dataclass(frozen=True)
@@ -445,7 +451,7 @@ def _reference_index(rule: Rule, slots: list[datetime], slot: datetime) -> int |
     """Index in the sorted ``slots`` of the rule's reference record for the window at ``slot``, if any."""
     wanted = slot - rule.reference_offset
     index = bisect.bisect_right(slots, wanted) - 1
-    if index < 0 or wanted - slots[index] > timedelta(minutes=rule.tolerance_minutes):
+    if index < 0 or wanted - slots[index] > rule.tolerance:
         return None
     return index
 
