@@ -1,6 +1,7 @@
 """What the "Price alerts" page shows of one pair for a range of windows, read from S3 (no Airflow here;
 README "Price alerts page"): up to :data:`LEDGER_MAX_WINDOWS` windows from the ledger, longer from the monthly
-Parquet, with ``pending`` rows :func:`ledger_details` fills in. Every slot is a row (:func:`row_from_entry`).
+Parquet, with ``pending`` rows :func:`ledger_details` fills in. Every slot is a row (:func:`row_from_entry`);
+over more than :data:`LIST_ALL_MAX_WINDOWS` the quiet ones are drawn (:func:`envelope`) and counted, not listed.
 """
 
 from __future__ import annotations
@@ -12,10 +13,17 @@ from include.price_pipeline import layout, parquet, quarantine, rules, store
 from include.price_pipeline.analysis import BELOW_THRESHOLD, FIRED, NO_PREVIOUS, NOT_CROSSED, Price
 from include.price_pipeline.settings import Config
 
-#: Longest range the page reads (31 days of 5-minute windows).
-MAX_RANGE = timedelta(days=31)
+#: Longest range the page reads (a year of 5-minute windows, a leap year's included).
+MAX_RANGE = timedelta(days=366)
 #: Ranges of at most this many windows are read from the ledger alone (one GET per window).
 LEDGER_MAX_WINDOWS = 288
+#: Ranges of at most this many windows (31 days) list every window; longer ones list those that are not
+#: :data:`QUIET` (a year's 105,120 rows are 20 MB of JSON the table would page through 200 at a time).
+LIST_ALL_MAX_WINDOWS = 31 * 288
+#: Most rows a long range lists (the newest; the rest are counted): a bounded answer whatever the range.
+MAX_LISTED = 20_000
+#: Steps of a long range's chart: one per pixel column of the page's chart.
+ENVELOPE_STEPS = 1_200
 #: Row of a slot that has neither a price nor a ledger entry.
 MISSING = "missing"
 DAMAGED = "damaged_ledger"  # the window's pairs' ledger object is damaged: its run fails, the row says why
@@ -25,6 +33,8 @@ NO_ENTRY = "no_ledger_entry"
 QUARANTINED = "quarantined"
 #: Row whose ledger entry :func:`ledger_details` reads (long ranges).
 PENDING = "pending"
+#: Decisions a window gets from its price alone (nothing fired, nothing missing).
+QUIET = (NO_PREVIOUS, BELOW_THRESHOLD, NOT_CROSSED)
 #: The fields of a quarantined object's reason file a row carries.
 QUARANTINE_FIELDS = ("reason", "source_key", "format_guess")
 #: Ledger entry fields a row carries, beside the window start.
@@ -65,8 +75,9 @@ def _slot_ceiling(moment: datetime) -> datetime:
 
 
 def history(s3, config: Config, rule_set: rules.Rules, start: datetime, end: datetime, pair: str = "") -> dict:
-    """Every window of ``[start, end)`` of ``pair`` (default: the default pair), counts by decision, and
-    the pair's quarantined objects of the range."""
+    """The windows of ``[start, end)`` of ``pair`` (default: the default pair): every one listed up to
+    :data:`LIST_ALL_MAX_WINDOWS`, else those not quiet (``unlisted_counts`` counts the others, ``envelope``
+    draws them); counts by decision of every window, and the pair's quarantined objects of the range."""
     pair = pair or rule_set.default_pair
     slots = layout.slots_between(start, end)
     if len(slots) <= LEDGER_MAX_WINDOWS:
@@ -75,15 +86,45 @@ def history(s3, config: Config, rule_set: rules.Rules, start: datetime, end: dat
         mode, rows = "parquet", _rows_from_parquet(s3, config, rule_set.pairs[pair], slots, pair)
     bad = quarantined(s3, config, rule_set, start, end, pair)
     rows = _mark_quarantined(rows, bad)
+    listed = _listed(rows)
+    # Not listed over a long range: the quiet windows, and those without a price (missing unless the ledger
+    # has their entry: ledger_details then returns it).
+    every = Counter(MISSING if row["decision"] == PENDING and row["price"] is None else row["decision"] for row in rows)
+    unlisted = every - Counter(row["decision"] for row in listed)
     return {
         "start": layout.iso(start),
         "end": layout.iso(end),
         "mode": mode,
         "pair": pair,
-        "windows": rows,
-        "counts": dict(sorted(Counter(row["decision"] for row in rows).items())),
+        "windows": listed,
+        "counts": dict(sorted(every.items())),
+        "unlisted_counts": dict(sorted(unlisted.items())),
+        "envelope": envelope(rows) if len(listed) < len(rows) else None,
         "quarantined": bad,
     }
+
+
+def _listed(rows: list[dict]) -> list[dict]:
+    """The rows a range lists: all of a range of up to :data:`LIST_ALL_MAX_WINDOWS`, else the newest
+    :data:`MAX_LISTED` of those with a price and a decision not :data:`QUIET` (a rule may have fired), in order."""
+    if len(rows) <= LIST_ALL_MAX_WINDOWS:
+        return rows
+    return [row for row in rows if row["decision"] not in QUIET and row["price"] is not None][-MAX_LISTED:]
+
+
+def envelope(rows: list[dict]) -> dict:
+    """A long range's chart in :data:`ENVELOPE_STEPS` steps of ``step_seconds`` from its start: each step's
+    lowest and highest price, and the lowest and highest change of its quiet windows (``None``: none); the
+    listed windows are drawn from their rows."""
+    per = -(-len(rows) // ENVELOPE_STEPS)
+    price, change = [], []
+    for first in range(0, len(rows), per):
+        steps = rows[first : first + per]
+        prices = [row["price"] for row in steps if row["price"] is not None]
+        changes = [row["change_pct"] for row in steps if row["decision"] in QUIET and row["change_pct"] is not None]
+        price.append([min(prices), max(prices)] if prices else None)
+        change.append([min(changes), max(changes)] if changes else None)
+    return {"step_seconds": int(per * layout.SLOT.total_seconds()), "price": price, "change": change}
 
 
 def _mark_quarantined(rows: list[dict], bad: list[dict]) -> list[dict]:
@@ -101,19 +142,24 @@ def _mark_quarantined(rows: list[dict], bad: list[dict]) -> list[dict]:
 
 def ledger_details(s3, config: Config, rule_set: rules.Rules, start: datetime, end: datetime, pair: str = "") -> list:
     """The rows :func:`history` left ``pending`` for ``[start, end)``, from their ledger entries (``missing``
-    where there is none)."""
+    where there is none), in order; over a long range also the windows without a price that have an entry."""
     pair = pair or rule_set.default_pair
     slots = layout.slots_between(start, end)
     if len(slots) <= LEDGER_MAX_WINDOWS:
         return []
     rows = _rows_from_parquet(s3, config, rule_set.pairs[pair], slots, pair)
-    pending = {_parse_time(row["window_start"]): row for row in rows if row["decision"] == PENDING}
+    listed = _listed(rows)
+    unpriced = set() if listed is rows else {row["window_start"] for row in rows if row["price"] is None}
+    wanted = unpriced | {row["window_start"] for row in listed}
+    pending = {_parse_time(row["window_start"]): row for row in rows
+               if row["decision"] == PENDING and row["window_start"] in wanted}  # fmt: skip
     entries = _read_entries(s3, config, list(pending), pair)
     out = [
         row_from_entry(slot, entries[slot])
         if slot in entries
         else {**row, "decision": MISSING if row["price"] is None else NO_ENTRY}
         for slot, row in pending.items()
+        if slot in entries or row["window_start"] not in unpriced
     ]
     missing = any(r["decision"] == MISSING for r in out)
     return _mark_quarantined(out, quarantined(s3, config, rule_set, start, end, pair)) if missing else out
@@ -207,10 +253,10 @@ def parquet_prices(s3, config: Config, first: datetime, last: datetime, pair: st
     columns = ["timestamp", "weighted_average", "pair", "source_key"]
     prices = {}
     for body in store.read_many(s3, config.bucket, keys):
-        for row in parquet.read_rows(body, columns):
-            slot = row["timestamp"].astimezone(UTC)
-            if first <= slot <= last and row["weighted_average"] is not None:
-                prices[slot] = Price(slot, row["weighted_average"], row["pair"], row["source_key"])
+        found = parquet.read_columns(body, columns)  # a year is 105,120 rows: no dict per row
+        for slot, price, name, key in zip(*(found[column] for column in columns), strict=True):
+            if first <= slot <= last and price is not None:
+                prices[slot] = Price(slot, price, name, key)
     return [prices[slot] for slot in sorted(prices)]
 
 
@@ -218,7 +264,7 @@ def _rows_from_parquet(s3, config: Config, pair_rules, slots: list[datetime], pa
     """Rows of the pair's prices in the Parquet, as its first rule sees them; ``pending`` (``ledger_details``)
     unless every rule decides the window from its price alone (no previous record, under threshold, not crossed)."""
     rule = pair_rules[0]
-    look_back = max(r.reference_offset + timedelta(minutes=r.tolerance_minutes) for r in pair_rules)
+    look_back = max(r.reference_offset + r.tolerance for r in pair_rules)
     series = rules.Series(parquet_prices(s3, config, slots[0] - look_back, slots[-1], pair))
     rows = []
     for slot in slots:
@@ -226,7 +272,7 @@ def _rows_from_parquet(s3, config: Config, pair_rules, slots: list[datetime], pa
             rows.append({**missing_row(slot), "decision": PENDING})
             continue
         decided = series.raw(rule, slot)
-        quiet = all(series.raw(r, slot).decision in (NO_PREVIOUS, BELOW_THRESHOLD, NOT_CROSSED) for r in pair_rules)
+        quiet = all(series.raw(r, slot).decision in QUIET for r in pair_rules)
         rows.append({
             "window_start": layout.iso(slot),
             "price": series.at(slot).weighted_average,

@@ -138,7 +138,7 @@ def create_app() -> FastAPI:
         data["rules"] = [{"rule": r.name, "kind": r.kind, "threshold_pct": r.threshold_pct, "level": r.level}
                          for r in pair_rules]  # fmt: skip
         data["threshold_pct"] = next((r.threshold_pct for r in pair_rules if r.kind == "change"), None)
-        links = run_links(first, last)
+        links = run_links(first, last, [row["window_start"] for row in data["windows"]])
         for row in data["windows"]:
             row["run_url"] = links.get(row["window_start"])
         data["focus"] = {"start": focus[0], "end": focus[1]} if focus else None
@@ -157,6 +157,9 @@ def create_app() -> FastAPI:
         if pair and pair not in rule_set.pairs:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, f"pair must be one of {', '.join(rule_set.pairs)}")
         rows = browse.ledger_details(s3_client(config), config, rule_set, first, last, pair or "")
+        links = run_links(first, last, [row["window_start"] for row in rows])
+        for row in rows:
+            row["run_url"] = links.get(row["window_start"])
         return json_response({"windows": rows})
 
     return app
@@ -206,26 +209,19 @@ def run_url(dag_id: str, run_id: str) -> str:
     return f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
-def run_links(first: datetime, last: datetime) -> dict[str, str]:
-    """``{window start: run page}``: the live DAG's run of each window (the latest if it ran more than
-    once), else the bulk run whose range holds it."""
+def run_links(first: datetime, last: datetime, windows: list[str]) -> dict[str, str]:
+    """``{window start: run page}`` of ``windows`` (ISO starts in ``[first, last)``): the live DAG's run of
+    each window (the latest if it ran more than once), else the latest bulk run whose range holds it."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     from include.price_pipeline import layout
 
-    links: dict[str, str] = {}
     with create_session() as session:
         bulk = session.execute(
-            select(DagRun.run_id, DagRun.conf).where(DagRun.dag_id == BULK_DAG).order_by(DagRun.id)
+            select(DagRun.run_id, DagRun.conf).where(DagRun.dag_id == BULK_DAG).order_by(DagRun.id.desc())
         ).all()
-        for bulk_run_id, conf in bulk:
-            span = _bulk_span(conf)
-            if span is None or span[1] <= first or span[0] >= last:
-                continue
-            for slot in layout.slots_between(max(span[0], first), min(span[1], last)):
-                links[layout.iso(slot)] = run_url(BULK_DAG, bulk_run_id)
         live = session.execute(
             select(DagRun.run_id, DagRun.data_interval_start)
             .where(DagRun.dag_id == LIVE_DAG)
@@ -233,8 +229,18 @@ def run_links(first: datetime, last: datetime) -> dict[str, str]:
             .where(DagRun.data_interval_start < last)
             .order_by(DagRun.id)
         ).all()
-        for live_run_id, interval_start in live:
-            links[layout.iso(interval_start)] = run_url(LIVE_DAG, live_run_id)
+    live_links = {layout.iso(interval_start): run_url(LIVE_DAG, live_run_id) for live_run_id, interval_start in live}
+    spans = [(span, bulk_run_id) for bulk_run_id, conf in bulk
+             if (span := _bulk_span(conf)) and span[0] < last and span[1] > first]  # fmt: skip
+    links = {}
+    for window in windows:
+        if window in live_links:
+            links[window] = live_links[window]
+        elif spans:
+            slot = layout.parse_iso(window)
+            run = next((run_id for span, run_id in spans if span[0] <= slot < span[1]), None)
+            if run is not None:
+                links[window] = run_url(BULK_DAG, run)
     return links
 
 

@@ -132,6 +132,30 @@ def test_the_page_shows_the_alerts_their_runs_and_the_quarantine(stack, runs, br
     assert problems == []
 
 
+def test_the_page_over_a_year_lists_the_alerts_and_draws_the_rest(stack, runs, browser):
+    """Issue 37: a year is 105,120 windows; the page draws them (the quiet ones as the chart's envelope),
+    counts them all and lists the windows where a rule may have fired, with their ledger entries and runs."""
+    page = browser.new_page(viewport={"width": 1300, "height": 1400})
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+
+    log_in(page, stack, f"{stack.ui_url}/price-alerts/?start=2025-02-11T00:00Z&end=2026-02-11T00:00Z")
+    page.wait_for_selector("body[data-state=complete]")
+
+    assert ": 105120 windows (" in page.locator("#status").text_content()
+    counts = {span.get_attribute("data-decision"): span.text_content() for span in page.locator("#counts span").all()}
+    assert int(counts["missing"].split(": ")[1]) > 105_000
+    assert page.locator(f'path.marker.up.sent[data-window="{iso(UP)}"]').count() == 1
+    assert page.locator(f'path.marker.down.sent[data-window="{iso(DOWN)}"]').count() == 1
+    row = page.locator(f'#windows tr[data-window="{iso(UP)}"]')
+    assert row.locator("td").nth(4).text_content() == "notified"
+    assert row.locator("a.run").get_attribute("href") == f"/dags/{LIVE}/runs/{quote(runs[iso(UP)], safe='')}"
+    listed = page.locator("#windows tbody tr").count()
+    assert 2 <= listed < 24  # the breaches, not the bulk run's quiet windows
+    assert "V" in page.locator("path.price").get_attribute("d")  # drawn as the envelope: a step per pixel column
+    assert problems == []
+
+
 def test_the_ui_shows_the_page_in_its_navigation_and_on_the_dag_run(stack, runs, browser):
     page = browser.new_page()
     problems = []

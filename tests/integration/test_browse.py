@@ -159,7 +159,55 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
     assert details[layout.iso(ledger_only)]["reason"] == f"{RULE.name}: written by a live run"
 
 
-def test_the_range_defaults_to_the_last_day_and_refuses_more_than_31_days():
+def test_a_range_longer_than_31_days_lists_what_is_not_quiet_and_draws_the_rest(aws, monkeypatch):
+    """Issue 37: a year is 105,120 windows (20 MB of rows); over more than 31 days the page lists the windows
+    that fired, wait for their ledger entry or lack a price, counts every window and draws the quiet ones as
+    a chart envelope; the windows without a price are counted missing unless the ledger has their entry."""
+    start = utc(2019, 6, 1)
+    end = start + timedelta(days=40)  # 11,520 windows over two monthly Parquet objects
+    slots = layout.slots_between(start, end)
+    breach, gap, ledger_only = slots[5000], slots[9000], slots[-2]  # ledger_only: decided live, not in the Parquet yet
+    prices = {slot: 100.0 + (index % 7) * 0.01 for index, slot in enumerate(slots)}
+    prices[breach] = prices[breach - layout.SLOT] * 1.05
+    del prices[gap], prices[ledger_only]
+    for month in (6, 7):
+        rows = [
+            {"timestamp": slot, "weighted_average": price, "pair": PAIR, "source_key": f"k{slot:%d%H%M}",
+             "source_format": "json", **dict.fromkeys(("open", "high", "low", "close", "volume", "quote_volume"), 1.0)}
+            for slot, price in prices.items() if slot.month == month
+        ]  # fmt: skip
+        aws.put(layout.parquet_key(2019, month, pair=PAIR), parquet.parquet_bytes(rows))
+    put_entry(aws, breach, prices[breach], prices[breach - layout.SLOT], "notified", sns_message_id="msg-40")
+    put_entry(aws, ledger_only, 99.0, None, "no_previous_record", reason="written by a live run")
+
+    data = browse.history(aws.s3, aws.config, RULES, start, end)
+    details = {row["window_start"]: row for row in browse.ledger_details(aws.s3, aws.config, RULES, start, end)}
+
+    listed = {row["window_start"]: row["decision"] for row in data["windows"]}
+    back_down = breach + layout.SLOT
+    assert listed == {layout.iso(breach): "pending", layout.iso(back_down): "pending"}
+    assert sum(data["counts"].values()) == len(slots)
+    assert data["unlisted_counts"] == {"below_threshold": len(slots) - 5, "missing": 2, "no_previous_record": 1}
+    # The ledger's answer: the listed windows', and the entry of a window without a price (no gap: none).
+    assert list(details) == [layout.iso(breach), layout.iso(back_down), layout.iso(ledger_only)]
+    assert details[layout.iso(breach)]["decision"] == "notified"
+    assert details[layout.iso(back_down)]["decision"] == "no_ledger_entry"
+    assert details[layout.iso(ledger_only)]["reason"] == f"{RULE.name}: written by a live run"
+    # The envelope: 1,200 steps of 10 windows (11,520 / 1,200 rounded up), each its lowest and highest price.
+    envelope = data["envelope"]
+    assert envelope["step_seconds"] == 10 * 300
+    assert len(envelope["price"]) == 1152
+    assert envelope["price"][0] == [100.0, 100.06]
+    assert envelope["price"][500] == [100.0, prices[breach]]  # the breach's step reaches its price
+    assert max(high for _low, high in envelope["change"] if high is not None) < 1.0  # quiet windows only
+    # Bounded whatever the range: the newest MAX_LISTED of them.
+    monkeypatch.setattr(browse, "MAX_LISTED", 1)
+    assert [row["window_start"] for row in browse.history(aws.s3, aws.config, RULES, start, end)["windows"]] == [
+        layout.iso(back_down)
+    ]
+
+
+def test_the_range_defaults_to_the_last_day_and_refuses_more_than_a_leap_year():
     now = utc(2026, 3, 5, 12, 3)
 
     assert browse.parse_range(None, None, now) == (utc(2026, 3, 4, 12, 5), utc(2026, 3, 5, 12, 5))
@@ -167,8 +215,9 @@ def test_the_range_defaults_to_the_last_day_and_refuses_more_than_31_days():
         utc(2026, 3, 1),
         utc(2026, 3, 2),
     )
-    with pytest.raises(ValueError, match="31 days"):
-        browse.parse_range("2026-01-01T00:00Z", "2026-03-01T00:00Z", now)
+    assert browse.parse_range("2025-03-04T12:05Z", None, now) == (utc(2025, 3, 4, 12, 5), utc(2026, 3, 5, 12, 5))
+    with pytest.raises(ValueError, match="366 days"):
+        browse.parse_range("2025-01-01T00:00Z", "2026-03-01T00:00Z", now)
     with pytest.raises(ValueError, match="before"):
         browse.parse_range("2026-03-02T00:00Z", "2026-03-01T00:00Z", now)
 

@@ -97,9 +97,9 @@ def test_the_plugin_is_read_only_and_refuses_bad_ranges(client, token):
 
     assert client.post("/price-alerts/api/history", headers=headers).status_code == 405
     assert client.delete("/price-alerts/", headers=headers).status_code == 405
-    too_long = client.get("/price-alerts/api/history?start=2026-01-01T00:00Z&end=2026-03-01T00:00Z", headers=headers)
+    too_long = client.get("/price-alerts/api/history?start=2025-01-01T00:00Z&end=2026-03-01T00:00Z", headers=headers)
     assert too_long.status_code == 400
-    assert "31 days" in too_long.json()["detail"]
+    assert "366 days" in too_long.json()["detail"]
     unknown_run = client.get("/price-alerts/api/history?dag_id=price_notification&run_id=nope", headers=headers)
     assert unknown_run.status_code == 404
     assert client.get("/price-alerts/static/index.py", headers=headers).status_code == 404

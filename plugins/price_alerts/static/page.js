@@ -49,6 +49,17 @@ function levels(data) {
   return (data.rules ?? []).filter((rule) => rule.kind === "crossing").map((rule) => rule.level);
 }
 
+// A long range's steps (the server's envelope: each step's lowest and highest value, null: none), each at
+// the middle of its time.
+function steps(data, field) {
+  if (!data.envelope) return [];
+  const start = Date.parse(data.start);
+  const step = data.envelope.step_seconds * 1000;
+  return data.envelope[field]
+    .map((span, index) => span && { t: start + index * step + step / 2, low: span[0], high: span[1] })
+    .filter(Boolean);
+}
+
 function scale(domainMin, domainMax, rangeMin, rangeMax) {
   const span = domainMax - domainMin || 1;
   return (value) => rangeMin + ((value - domainMin) / span) * (rangeMax - rangeMin);
@@ -75,7 +86,11 @@ function drawPrice(data, focus) {
   const start = Date.parse(data.start);
   const end = Date.parse(data.end);
   const rows = data.windows;
-  const prices = rows.filter((r) => r.price !== null).map((r) => r.price);
+  const envelope = steps(data, "price");
+  const prices = [
+    ...rows.filter((r) => r.price !== null).map((r) => r.price),
+    ...envelope.flatMap((s) => [s.low, s.high]),
+  ];
   const lines = levels(data);
   const svg = svgEl("svg", { viewBox: `0 0 ${WIDTH} ${height}`, role: "img", "aria-label": "weighted average" });
   const x = scale(start, end, MARGIN.left, WIDTH - MARGIN.right);
@@ -93,10 +108,13 @@ function drawPrice(data, focus) {
       previous = null;
       continue;
     }
+    if (envelope.length) continue; // over a long range the listed rows are not neighbours: the envelope is the line
     const point = `${x(t).toFixed(1)},${y(row.price).toFixed(1)}`;
     line += previous === null || t - previous > SLOT_MS ? `M${point}` : `L${point}`;
     previous = t;
   }
+  // A step a pixel wide from its lowest to its highest price (at least a pixel tall).
+  for (const { t, low, high } of envelope) line += `M${x(t).toFixed(1)},${(y(high) - 0.5).toFixed(1)}V${(y(low) + 0.5).toFixed(1)}`;
   for (const level of lines) {
     const at = y(level).toFixed(1);
     svg.appendChild(
@@ -107,7 +125,7 @@ function drawPrice(data, focus) {
   svg.appendChild(svgEl("path", { class: "price", d: line || "M0,0" }));
   // A price with no neighbour (missing windows on both sides) has no segment: draw it as a dot.
   rows.forEach((row, index) => {
-    if (row.price === null || rows[index - 1]?.price != null || rows[index + 1]?.price != null) return;
+    if (envelope.length || row.price === null || rows[index - 1]?.price != null || rows[index + 1]?.price != null) return;
     svg.appendChild(svgEl("circle", { class: "point", r: 2.5, cx: x(Date.parse(row.window_start)), cy: y(row.price) }));
   });
   for (const row of rows) {
@@ -137,8 +155,13 @@ function drawChange(data) {
   const start = Date.parse(data.start);
   const end = Date.parse(data.end);
   const rows = data.windows.filter((r) => r.change_pct !== null);
+  const quiet = steps(data, "change"); // a long range's quiet windows, a bar a step
   const threshold = data.threshold_pct; // null: another pair without a change rule (no band)
-  const extent = Math.max((threshold ?? 0) * 1.5, ...rows.map((r) => Math.abs(r.change_pct)));
+  const extent = Math.max(
+    (threshold ?? 0) * 1.5,
+    ...rows.map((r) => Math.abs(r.change_pct)),
+    ...quiet.flatMap((s) => [Math.abs(s.low), Math.abs(s.high)]),
+  );
   const svg = svgEl("svg", { viewBox: `0 0 ${WIDTH} ${height}`, role: "img", "aria-label": "% change" });
   const x = scale(start, end, MARGIN.left, WIDTH - MARGIN.right);
   const y = scale(-extent, extent, height - MARGIN.bottom, MARGIN.top);
@@ -159,6 +182,7 @@ function drawChange(data) {
     const kind = !fired ? "within" : row.change_pct > 0 ? "up" : "down";
     paths[kind] += `M${x(Date.parse(row.window_start)).toFixed(1)},${zero}V${y(row.change_pct).toFixed(1)}`;
   }
+  for (const { t, low, high } of quiet) paths.within += `M${x(t).toFixed(1)},${y(Math.max(high, 0)).toFixed(1)}V${y(Math.min(low, 0)).toFixed(1)}`;
   for (const [kind, d] of Object.entries(paths)) svg.appendChild(svgEl("path", { class: `bars ${kind}`, d: d || "M0,0" }));
   const ticks = threshold === null ? [["0", y(0)]] : [
     [`+${fmt(threshold, 2)}%`, y(threshold)],
@@ -169,9 +193,10 @@ function drawChange(data) {
   return svg;
 }
 
-function countDecisions(rows) {
-  const counts = {};
-  for (const row of rows) counts[row.decision] = (counts[row.decision] ?? 0) + 1;
+// Every window's decision: the listed rows' and, over a long range, those of the quiet windows not listed.
+function countDecisions(data) {
+  const counts = { ...(data.unlisted_counts ?? {}) };
+  for (const row of data.windows) counts[row.decision] = (counts[row.decision] ?? 0) + 1;
   return Object.fromEntries(Object.entries(counts).sort());
 }
 
@@ -181,7 +206,7 @@ function drawCounts(data) {
   const select = document.getElementById("decision");
   const chosen = select.value;
   select.replaceChildren(el("option", { value: "" }, "all"));
-  for (const [decision, count] of Object.entries(countDecisions(data.windows))) {
+  for (const [decision, count] of Object.entries(countDecisions(data))) {
     box.appendChild(el("span", { "data-decision": decision }, `${decision}: ${count}`));
     select.appendChild(el("option", { value: decision }, `${decision} (${count})`));
   }
@@ -292,7 +317,7 @@ function drawIncidents(data) {
 function presets() {
   const box = document.getElementById("presets");
   const end = new Date(Math.ceil(Date.now() / SLOT_MS) * SLOT_MS);
-  for (const [label, days] of [["24 h", 1], ["7 days", 7], ["30 days", 30]]) {
+  for (const [label, days] of [["24 h", 1], ["7 days", 7], ["30 days", 30], ["a year", 365]]) {
     const start = new Date(end.getTime() - days * 86400000);
     const query = new URLSearchParams({ start: start.toISOString(), end: end.toISOString() });
     box.appendChild(el("a", { href: `?${query}` }, label));
@@ -340,8 +365,13 @@ async function main() {
   const pairs = document.getElementById("pair");
   pairs.replaceChildren(...(data.pairs ?? []).map((name) => el("option", { value: name }, name)));
   pairs.value = data.pair ?? "";
-  const range = `${when(data.start)} to ${when(data.end)} UTC: ${data.windows.length} windows`;
-  const pending = data.windows.filter((row) => row.decision === "pending").length;
+  const total = Object.values(countDecisions(data)).reduce((sum, count) => sum + count, 0);
+  const unlisted = total - data.windows.length;
+  const listed = unlisted ? ` (${data.windows.length} listed; the other ${unlisted}, quiet or without a price, are drawn and counted: a range of up to 31 days lists them)` : "";
+  const range = `${when(data.start)} to ${when(data.end)} UTC: ${total} windows${listed}`;
+  // Over a long range the windows without a price are not listed: the ledger may have their entries too.
+  const unpriced = data.envelope ? (data.unlisted_counts.missing ?? 0) : 0;
+  const pending = data.windows.filter((row) => row.decision === "pending").length + unpriced;
   draw(data, params.get("decision") ?? "");
   status.textContent = pending
     ? `${range} from the monthly Parquet prices; reading the ledger entries of ${pending} windows…`
@@ -350,9 +380,17 @@ async function main() {
   if (!pending) return settle("complete", "price-alerts-complete");
   const details = await getJson("api/ledger", query);
   const byWindow = new Map(details.windows.map((row) => [row.window_start, row]));
+  const shown = new Set(data.windows.map((row) => row.window_start));
   data.windows = data.windows.map((row) =>
     byWindow.has(row.window_start) ? { ...byWindow.get(row.window_start), run_url: row.run_url } : row,
   );
+  // Over a long range a window without a price is counted missing; the ledger may have its entry after all.
+  const found = details.windows.filter((row) => !shown.has(row.window_start));
+  if (found.length) {
+    data.unlisted_counts.missing -= found.length;
+    if (!data.unlisted_counts.missing) delete data.unlisted_counts.missing;
+    data.windows = [...data.windows, ...found].sort((a, b) => a.window_start.localeCompare(b.window_start));
+  }
   draw(data);
   status.textContent = `${range} from the monthly Parquet prices and ${details.windows.length} ledger entries.`;
   return settle("complete", "price-alerts-complete");
