@@ -98,7 +98,19 @@ class Rule:
     cooldown_minutes: int = 0
     quiet_hours: QuietHours | None = None
 
-    # Cached: asked once per window decided (a year of one pair is 105,120 decisions).
+    # Cached, as the hash: asked once per window decided (a year of one pair is 105,120 decisions).
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash(tuple(getattr(self, name) for name in self.__dataclass_fields__))
+
+    def __getstate__(self) -> dict:
+        """The fields alone: a string's hash differs from one process to the next, so a cached one must not
+        travel with a pickled rule."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
     @cached_property
     def reference_offset(self) -> timedelta:
         """How far before the window's slot the reference record should be."""
@@ -437,9 +449,10 @@ class Series:
 
     def raw(self, rule: Rule, slot: datetime) -> Decision:
         """The rule's decision at ``slot`` before the cooldown (remembered: cooldowns ask again)."""
-        if (rule, slot) not in self._raw:
-            self._raw[rule, slot] = _raw(rule, self, slot)
-        return self._raw[rule, slot]
+        decision = self._raw.get((rule, slot))
+        if decision is None:
+            decision = self._raw[rule, slot] = _raw(rule, self, slot)
+        return decision
 
     def reference(self, rule: Rule, slot: datetime) -> Price | None:
         """The latest record at or before ``slot - offset`` and no earlier than ``tolerance`` before that."""

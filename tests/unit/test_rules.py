@@ -718,3 +718,18 @@ def test_checking_the_exchanges_does_not_import_ccxt():
         "assert 'ccxt' not in sys.modules, 'ccxt imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=rules.REPO_ROOT, check=True, timeout=60)
+
+
+def test_a_pickled_rule_carries_its_fields_not_its_cached_hash():
+    """Issue 37 caches a rule's hash (the engine keys 105,120 decisions a year by rule): the cache must not
+    travel to another process, where a string's hash differs."""
+    import pickle
+
+    rule = rules.load(rules.DEFAULT_RULES_FILE).default_rule
+    assert {rule: 1}[replace(rule)] == 1  # equal rules, one hash, cached or not
+    code = (
+        "import pickle, sys; from include.price_pipeline import rules; "
+        "rule = pickle.loads(sys.stdin.buffer.read()); "
+        "assert {rules.load(rules.DEFAULT_RULES_FILE).default_rule: 1}[rule] == 1"
+    )
+    subprocess.run([sys.executable, "-c", code], input=pickle.dumps(rule), cwd=rules.REPO_ROOT, check=True, timeout=60)
