@@ -89,7 +89,10 @@ def history(s3, config: Config, rule_set: rules.Rules, start: datetime, end: dat
     listed = _listed(rows)
     # Not listed over a long range: the quiet windows, and those without a price (missing unless the ledger
     # has their entry: ledger_details then returns it).
-    every = Counter(MISSING if row["decision"] == PENDING and row["price"] is None else row["decision"] for row in rows)
+    no_price = MISSING if listed is not rows else PENDING
+    every = Counter(
+        no_price if row["decision"] == PENDING and row["price"] is None else row["decision"] for row in rows
+    )
     unlisted = every - Counter(row["decision"] for row in listed)
     return {
         "start": layout.iso(start),

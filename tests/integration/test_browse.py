@@ -137,6 +137,7 @@ def test_long_range_reads_prices_from_parquet_and_the_ledger_only_where_it_says_
     assert data["mode"] == "parquet"
     by_slot = {row["window_start"]: row for row in data["windows"]}
     assert len(by_slot) == len(slots)
+    assert (data["counts"]["pending"], data["unlisted_counts"], data["envelope"]) == (4, {}, None)  # all listed
     # First answer: the prices; the breach and the windows without a price wait for their ledger entry.
     assert {stamp for stamp, row in by_slot.items() if row["decision"] == "pending"} == set(details)
     back_down = breach + layout.SLOT  # the price returns: a breach too, with no ledger entry here
